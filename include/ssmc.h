@@ -1,0 +1,132 @@
+/* ssmc.h: the public C API of ssmc, a compiler for recurrent sequence models.
+ *
+ * A context collects diagnostics; a model is one `model` block of a source file,
+ * compiled with its dims bound for one device. Running a model takes host tensors
+ * named as in the source, in any of the supported dtypes. Nothing in the library
+ * prints, exits or aborts: every fallible call returns an ssmc_status and leaves a
+ * readable message in the context (ssmc_ctx_error).
+ *
+ * Shapes (SPEC §5): an input is [B, T, ...declared axes after T], a param as
+ * declared, a state [B, ...declared], an output [B, T, ...]. All row-major.
+ * See docs/api.md. */
+#ifndef SSMC_H
+#define SSMC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SSMC_VERSION "0.1.0"
+#define SSMC_MAX_RANK 8
+
+typedef struct ssmc_ctx ssmc_ctx;
+typedef struct ssmc_model ssmc_model;
+
+typedef enum ssmc_status {
+    SSMC_OK = 0,
+    SSMC_ERR_SOURCE,      /* the source did not parse or check: see the diagnostics */
+    SSMC_ERR_ARG,         /* a bad argument: unknown name, wrong shape, missing tensor */
+    SSMC_ERR_IO,          /* a file could not be read or written */
+    SSMC_ERR_NOMEM,       /* an allocation failed (host or device) */
+    SSMC_ERR_UNSUPPORTED, /* not available in this build or on this machine */
+    SSMC_ERR_BACKEND,     /* LLVM, NVRTC or the CUDA driver failed: see the log */
+    SSMC_ERR_NUMERIC      /* a non-finite value was found (check_finite) */
+} ssmc_status;
+
+typedef enum ssmc_device {
+    SSMC_DEVICE_INTERP, /* the f64 reference interpreter */
+    SSMC_DEVICE_CPU,    /* LLVM JIT */
+    SSMC_DEVICE_CUDA    /* NVRTC + CUDA driver */
+} ssmc_device;
+
+typedef enum ssmc_algo {
+    SSMC_ALGO_AUTO,
+    SSMC_ALGO_RECURRENT,
+    SSMC_ALGO_CHUNKED,
+    SSMC_ALGO_SCAN
+} ssmc_algo;
+
+typedef enum ssmc_dtype { SSMC_F32, SSMC_F16, SSMC_BF16, SSMC_F64 } ssmc_dtype;
+
+typedef enum ssmc_role { SSMC_INPUT, SSMC_PARAM, SSMC_STATE, SSMC_OUTPUT } ssmc_role;
+
+typedef struct ssmc_dim {
+    const char *name;
+    int64_t value;
+} ssmc_dim;
+
+typedef struct ssmc_options {
+    const char *model;     /* which model of the file; NULL: the first */
+    const ssmc_dim *dims;  /* overrides of the declared dim defaults (-D) */
+    int ndims;
+    ssmc_device device;
+    ssmc_algo algo;
+    int threads;           /* CPU worker threads; 0: all cores */
+    const char *cuda_arch; /* e.g. "sm_90"; NULL: the GPU's own */
+    int check_finite;      /* nonzero: report NaN/Inf in inputs and outputs */
+} ssmc_options;
+
+/* One tensor handed to ssmc_run. Inputs and params are read; outputs are
+ * written; a state is read as the initial state and overwritten with the final
+ * state (a state not given starts at zero and its final value is dropped). */
+typedef struct ssmc_arg {
+    const char *name;
+    ssmc_dtype dtype;
+    void *data;
+} ssmc_arg;
+
+typedef struct ssmc_tensor_info {
+    const char *name;
+    ssmc_role role;
+    int per_step;                  /* has the T axis (inputs, outputs) */
+    int rank;                      /* declared axes, T excluded */
+    int64_t shape[SSMC_MAX_RANK];  /* declared axes, T excluded */
+} ssmc_tensor_info;
+
+typedef enum ssmc_emit_kind {
+    SSMC_EMIT_AST,
+    SSMC_EMIT_IR,
+    SSMC_EMIT_ANALYSIS,
+    SSMC_EMIT_LLVM,
+    SSMC_EMIT_CUDA,
+    SSMC_EMIT_PTX
+} ssmc_emit_kind;
+
+/* ---- context ---- */
+ssmc_ctx *ssmc_ctx_new(void);
+void ssmc_ctx_free(ssmc_ctx *ctx);
+/* The text of every diagnostic of the last failed call ("" if none). */
+const char *ssmc_ctx_error(const ssmc_ctx *ctx);
+/* Called with each diagnostic as it is reported, in addition to collecting it. */
+void ssmc_ctx_set_diag_callback(ssmc_ctx *ctx, void (*fn)(void *ud, const char *msg), void *ud);
+const char *ssmc_status_name(ssmc_status s);
+
+/* ---- compiling ---- */
+/* Compiles one model of `source` (named `filename` in diagnostics). */
+ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
+                         const ssmc_options *opts, ssmc_model **out);
+void ssmc_model_free(ssmc_model *m);
+
+/* Text output of a compiler stage (ast, ir, analysis, llvm, cuda, ptx) for the
+ * model chosen by opts (all models for ast). *text is malloc'd; free() it. */
+ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
+                      const ssmc_options *opts, ssmc_emit_kind kind, char **text);
+
+/* ---- introspection ---- */
+const char *ssmc_model_name(const ssmc_model *m);
+int ssmc_model_num_tensors(const ssmc_model *m);
+ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info);
+/* Index of a tensor by name, or -1. */
+int ssmc_model_find(const ssmc_model *m, const char *name);
+
+/* ---- running ---- */
+/* Runs the model over `batch` sequences of length `T` (T >= 1) on host tensors. */
+ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
