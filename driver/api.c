@@ -1,0 +1,387 @@
+/* api.c: the public API (include/ssmc.h). The compile pipeline reads top to
+ * bottom in compile_ir: parse, pick the model, check with the -D overrides,
+ * lower to IR, verify. Backends (backend.h) take the verified IR from there.
+ * Everything allocated for a model lives in its arena. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "frontend/ast.h"
+#include "ir/ir.h"
+#include "passes/passes.h"
+
+struct ssmc_ctx {
+    diag diag;
+};
+
+struct ssmc_model {
+    ssmc_ctx *ctx;
+    arena arena;
+    src_file file;
+    ir_model *ir;
+    ssmc_options opts;
+    const backend *be;
+    void *be_state;
+};
+
+ssmc_ctx *ssmc_ctx_new(void) { return calloc(1, sizeof(ssmc_ctx)); }
+
+void ssmc_ctx_free(ssmc_ctx *ctx)
+{
+    if (!ctx) return;
+    diag_free(&ctx->diag);
+    free(ctx);
+}
+
+const char *ssmc_ctx_error(const ssmc_ctx *ctx) { return ctx->diag.text.data ? ctx->diag.text.data : ""; }
+
+void ssmc_ctx_set_diag_callback(ssmc_ctx *ctx, void (*fn)(void *ud, const char *msg), void *ud)
+{
+    ctx->diag.callback = fn;
+    ctx->diag.ud = ud;
+}
+
+const char *ssmc_status_name(ssmc_status s)
+{
+    static const char *names[] = {"ok", "source error", "bad argument", "i/o error", "out of memory",
+                                  "unsupported", "backend error", "non-finite value"};
+    return (unsigned)s < sizeof names / sizeof *names ? names[s] : "unknown status";
+}
+
+/* Parses the source into a; returns the file's tree or NULL. */
+static ast_file *parse(arena *a, diag *d, src_file *f, const char *filename, const char *source, size_t len)
+{
+    char *text = arena_alloc(a, len + 1);
+    if (!text) {
+        diag_error(d, "out of memory");
+        return NULL;
+    }
+    memcpy(text, source, len);
+    f->name = arena_strdup(a, filename ? filename : "<input>");
+    f->text = text;
+    f->len = len;
+    return parse_file(a, d, f);
+}
+
+static ast_model *pick_model(diag *d, ast_file *af, const char *name)
+{
+    if (!name) return &af->models[0];
+    for (int i = 0; i < af->nmodels; i++)
+        if (strcmp(af->models[i].name, name) == 0) return &af->models[i];
+    strbuf names = {0};
+    for (int i = 0; i < af->nmodels; i++) sb_printf(&names, "%s%s", i ? ", " : "", af->models[i].name);
+    diag_error(d, "no model named '%s' (the file has: %s)", name, sb_cstr(&names));
+    sb_free(&names);
+    return NULL;
+}
+
+/* The front half of the pipeline: source to verified IR. */
+static ir_model *compile_ir(arena *a, diag *d, src_file *f, const char *filename, const char *source, size_t len,
+                            const ssmc_options *o)
+{
+    ast_file *af = parse(a, d, f, filename, source, len);
+    if (!af) return NULL;
+    ast_model *am = pick_model(d, af, o->model);
+    if (!am) return NULL;
+    ast_dim_override *over = arena_array(a, (size_t)(o->ndims > 0 ? o->ndims : 1), sizeof *over);
+    if (!over) return NULL;
+    for (int i = 0; i < o->ndims; i++) over[i] = (ast_dim_override){o->dims[i].name, o->dims[i].value};
+    if (!check_model(a, d, f, am, over, o->ndims)) return NULL;
+    ir_model *m = ir_lower(a, d, f, am);
+    if (!m || !ir_verify(m, d)) return NULL;
+    return m;
+}
+
+static const ssmc_options default_options;
+
+ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
+                         const ssmc_options *opts, ssmc_model **out)
+{
+    diag_reset(&ctx->diag);
+    *out = NULL;
+    const ssmc_options *o = opts ? opts : &default_options;
+    ssmc_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        diag_error(&ctx->diag, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    m->ctx = ctx;
+    arena_init(&m->arena);
+    m->opts = *o;
+    m->opts.dims = NULL;
+    m->opts.ndims = 0;
+    if (o->model) m->opts.model = arena_strdup(&m->arena, o->model);
+    if (o->cuda_arch) m->opts.cuda_arch = arena_strdup(&m->arena, o->cuda_arch);
+    m->ir = compile_ir(&m->arena, &ctx->diag, &m->file, filename, source, len, o);
+    if (!m->ir) {
+        ssmc_status s = m->arena.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
+        ssmc_model_free(m);
+        return s;
+    }
+    if (o->device != SSMC_DEVICE_INTERP) {
+        m->be = backend_for(o->device);
+        if (!m->be) {
+            diag_error(&ctx->diag, "the %s backend is not available in this build",
+                       o->device == SSMC_DEVICE_CPU ? "cpu (LLVM)" : "cuda");
+            ssmc_model_free(m);
+            return SSMC_ERR_UNSUPPORTED;
+        }
+        ssmc_status s = m->be->compile(m->ir, &m->opts, &ctx->diag, &m->be_state);
+        if (s != SSMC_OK) {
+            ssmc_model_free(m);
+            return s;
+        }
+    }
+    *out = m;
+    return SSMC_OK;
+}
+
+void ssmc_model_free(ssmc_model *m)
+{
+    if (!m) return;
+    if (m->be && m->be_state) m->be->free(m->be_state);
+    arena_free(&m->arena);
+    free(m);
+}
+
+ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
+                      const ssmc_options *opts, ssmc_emit_kind kind, char **text)
+{
+    diag_reset(&ctx->diag);
+    *text = NULL;
+    const ssmc_options *o = opts ? opts : &default_options;
+    arena a;
+    arena_init(&a);
+    src_file f;
+    strbuf out = {0};
+    ssmc_status s = SSMC_OK;
+    if (kind == SSMC_EMIT_AST) {
+        ast_file *af = parse(&a, &ctx->diag, &f, filename, source, len);
+        if (af)
+            ast_print(&out, af);
+        else
+            s = SSMC_ERR_SOURCE;
+    } else {
+        ir_model *m = compile_ir(&a, &ctx->diag, &f, filename, source, len, o);
+        if (!m) {
+            s = SSMC_ERR_SOURCE;
+        } else if (kind == SSMC_EMIT_IR) {
+            ir_print(&out, m);
+        } else if (kind == SSMC_EMIT_ANALYSIS) {
+            pass_analysis an;
+            if (pass_analyze(&a, m, &an, &ctx->diag))
+                pass_analysis_print(&out, m, &an);
+            else
+                s = SSMC_ERR_SOURCE;
+        } else {
+            ssmc_device dev = kind == SSMC_EMIT_LLVM ? SSMC_DEVICE_CPU : SSMC_DEVICE_CUDA;
+            const backend *be = backend_for(dev);
+            if (!be) {
+                diag_error(&ctx->diag, "--emit=%s needs the %s backend, which this build lacks",
+                           kind == SSMC_EMIT_LLVM ? "llvm" : kind == SSMC_EMIT_CUDA ? "cuda" : "ptx",
+                           dev == SSMC_DEVICE_CPU ? "cpu (LLVM)" : "cuda");
+                s = SSMC_ERR_UNSUPPORTED;
+            } else {
+                s = be->emit(m, o, kind, &out, &ctx->diag);
+            }
+        }
+    }
+    if (a.failed || out.failed) {
+        diag_error(&ctx->diag, "out of memory");
+        s = SSMC_ERR_NOMEM;
+    }
+    if (s == SSMC_OK) *text = sb_take(&out);
+    sb_free(&out);
+    arena_free(&a);
+    return s;
+}
+
+const char *ssmc_model_name(const ssmc_model *m) { return m->ir->name; }
+int ssmc_model_num_tensors(const ssmc_model *m)
+{
+    int n = 0;
+    for (uint32_t i = 0; i < m->ir->ntensors; i++) n += m->ir->tensors[i].kind != IR_LET;
+    return n;
+}
+
+/* Public tensor i is the i-th IR tensor that is not a let. */
+static int public_to_ir(const ssmc_model *m, int i)
+{
+    for (uint32_t k = 0; k < m->ir->ntensors; k++)
+        if (m->ir->tensors[k].kind != IR_LET && i-- == 0) return (int)k;
+    return -1;
+}
+
+ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info)
+{
+    int k = i >= 0 ? public_to_ir(m, i) : -1;
+    if (k < 0) return SSMC_ERR_ARG;
+    const ir_tensor *t = &m->ir->tensors[k];
+    static const ssmc_role roles[] = {[IR_INPUT] = SSMC_INPUT, [IR_PARAM] = SSMC_PARAM, [IR_STATE] = SSMC_STATE,
+                                      [IR_OUTPUT] = SSMC_OUTPUT};
+    memset(info, 0, sizeof *info);
+    info->name = t->name;
+    info->role = roles[t->kind];
+    info->per_step = t->per_step;
+    info->rank = t->rank;
+    for (int j = 0; j < t->rank; j++) info->shape[j] = m->ir->dims[t->dims[j]].value;
+    return SSMC_OK;
+}
+
+int ssmc_model_find(const ssmc_model *m, const char *name)
+{
+    for (int i = 0; i < ssmc_model_num_tensors(m); i++)
+        if (strcmp(m->ir->tensors[public_to_ir(m, i)].name, name) == 0) return i;
+    return -1;
+}
+
+/* ---- running ---- */
+
+static double to_f64(const void *p, ssmc_dtype dt, size_t i)
+{
+    switch (dt) {
+    case SSMC_F32: return ((const float *)p)[i];
+    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
+    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    case SSMC_F64: return ((const double *)p)[i];
+    }
+    return NAN;
+}
+
+static void from_f64(void *p, ssmc_dtype dt, size_t i, double v)
+{
+    switch (dt) {
+    case SSMC_F32: ((float *)p)[i] = (float)v; break;
+    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
+    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
+    case SSMC_F64: ((double *)p)[i] = v; break;
+    }
+}
+
+/* Elements of tensor t for a run: [B, T, ...] for per-step, [B, ...] for
+ * states, [...] for params. False when the count overflows. */
+static bool run_elems(const ir_model *m, const ir_tensor *t, int64_t batch, int64_t T, size_t *out)
+{
+    size_t n = (size_t)ir_tensor_elems(m, t);
+    if (t->kind == IR_PARAM) {
+        *out = n;
+        return true;
+    }
+    if (mul_overflows(n, (size_t)batch, &n)) return false;
+    if (t->per_step && mul_overflows(n, (size_t)T, &n)) return false;
+    *out = n;
+    return true;
+}
+
+static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const backend_tensor *bt)
+{
+    const ir_model *ir = m->ir;
+    diag *d = &m->ctx->diag;
+    double **data = calloc(ir->ntensors ? ir->ntensors : 1, sizeof *data);
+    ssmc_status s = data ? SSMC_OK : SSMC_ERR_NOMEM;
+    for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
+        const ir_tensor *t = &ir->tensors[i];
+        if (!bt[i].data) continue;
+        size_t n;
+        run_elems(ir, t, batch, T, &n);
+        data[i] = malloc((n ? n : 1) * sizeof(double));
+        if (!data[i]) {
+            s = SSMC_ERR_NOMEM;
+            break;
+        }
+        if (t->kind != IR_OUTPUT)
+            for (size_t k = 0; k < n; k++) data[i][k] = to_f64(bt[i].data, bt[i].dtype, k);
+    }
+    if (s == SSMC_OK) {
+        ir_interp_args args = {.batch = batch, .T = T, .data = data};
+        if (!ir_interp(ir, &args, d)) s = SSMC_ERR_NOMEM;
+    }
+    for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
+        const ir_tensor *t = &ir->tensors[i];
+        if (!bt[i].data || (t->kind != IR_OUTPUT && t->kind != IR_STATE)) continue;
+        size_t n;
+        run_elems(ir, t, batch, T, &n);
+        for (size_t k = 0; k < n; k++) from_f64(bt[i].data, bt[i].dtype, k, data[i][k]);
+    }
+    if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
+    for (uint32_t i = 0; data && i < ir->ntensors; i++) free(data[i]);
+    free(data);
+    return s;
+}
+
+static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_tensor *bt, int64_t batch, int64_t T,
+                         diag *d, const char *when)
+{
+    size_t n;
+    run_elems(ir, t, batch, T, &n);
+    for (size_t k = 0; k < n; k++) {
+        double v = to_f64(bt->data, bt->dtype, k);
+        if (!isfinite(v)) {
+            diag_error(d, "%s %s '%s' holds a non-finite value (%g) at flat index %zu", when, ir_kind_names[t->kind],
+                       t->name, v, k);
+            return false;
+        }
+    }
+    return true;
+}
+
+ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs)
+{
+    diag *d = &m->ctx->diag;
+    diag_reset(d);
+    const ir_model *ir = m->ir;
+    if (batch < 1 || T < 1) {
+        diag_error(d, "batch and T must be at least 1 (got batch %lld, T %lld)", (long long)batch, (long long)T);
+        return SSMC_ERR_ARG;
+    }
+    backend_tensor *bt = calloc(ir->ntensors ? ir->ntensors : 1, sizeof *bt);
+    if (!bt) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    ssmc_status s = SSMC_OK;
+    for (int i = 0; s == SSMC_OK && i < nargs; i++) {
+        int k = args[i].name ? ir_find_tensor(ir, args[i].name) : -1;
+        if (k < 0 || ir->tensors[k].kind == IR_LET) {
+            diag_error(d, "model '%s' has no input, param, state or output named '%s'", ir->name,
+                       args[i].name ? args[i].name : "(null)");
+            s = SSMC_ERR_ARG;
+        } else if (bt[k].data) {
+            diag_error(d, "tensor '%s' is given twice", args[i].name);
+            s = SSMC_ERR_ARG;
+        } else if (!args[i].data) {
+            diag_error(d, "tensor '%s' has no data", args[i].name);
+            s = SSMC_ERR_ARG;
+        } else if ((unsigned)args[i].dtype > SSMC_F64) {
+            diag_error(d, "tensor '%s' has an unknown dtype", args[i].name);
+            s = SSMC_ERR_ARG;
+        } else {
+            bt[k] = (backend_tensor){args[i].data, args[i].dtype};
+        }
+    }
+    for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
+        const ir_tensor *t = &ir->tensors[i];
+        size_t n;
+        if (!run_elems(ir, t, batch, T, &n) || n > ((size_t)1 << 46)) {
+            diag_error(d, "%s '%s' would have too many elements for batch %lld, T %lld", ir_kind_names[t->kind],
+                       t->name, (long long)batch, (long long)T);
+            s = SSMC_ERR_ARG;
+        } else if ((t->kind == IR_INPUT || t->kind == IR_PARAM) && !bt[i].data) {
+            diag_error(d, "missing %s '%s'", ir_kind_names[t->kind], t->name);
+            s = SSMC_ERR_ARG;
+        } else if (m->opts.check_finite && bt[i].data && t->kind != IR_OUTPUT &&
+                   !check_finite(ir, t, &bt[i], batch, T, d, "input")) {
+            s = SSMC_ERR_NUMERIC;
+        }
+    }
+    if (s == SSMC_OK) s = m->be ? m->be->run(m->be_state, batch, T, bt, d) : run_interp(m, batch, T, bt);
+    for (uint32_t i = 0; s == SSMC_OK && m->opts.check_finite && i < ir->ntensors; i++) {
+        const ir_tensor *t = &ir->tensors[i];
+        if (bt[i].data && (t->kind == IR_OUTPUT || t->kind == IR_STATE) &&
+            !check_finite(ir, t, &bt[i], batch, T, d, "result"))
+            s = SSMC_ERR_NUMERIC;
+    }
+    free(bt);
+    return s;
+}

@@ -1,0 +1,30 @@
+/* backend.h: what the driver asks of a device backend (CPU through LLVM,
+ * CUDA through NVRTC). A backend compiles one verified IR model into an opaque
+ * state, runs it on host tensors, and renders its generated code as text.
+ * Tensors come in IR tensor order; data is NULL for a tensor not given (lets
+ * always; a state without initial/final value; an output not kept). */
+#ifndef SSMC_BACKEND_H
+#define SSMC_BACKEND_H
+
+#include "ssmc.h"
+#include "ir/ir.h"
+#include "support/support.h"
+
+typedef struct backend_tensor {
+    void *data;
+    ssmc_dtype dtype;
+} backend_tensor;
+
+typedef struct backend {
+    const char *name;
+    ssmc_status (*compile)(const ir_model *m, const ssmc_options *o, diag *d, void **state);
+    ssmc_status (*run)(void *state, int64_t batch, int64_t T, const backend_tensor *tensors, diag *d);
+    /* Text of generated code (SSMC_EMIT_LLVM, _CUDA, _PTX); no device needed. */
+    ssmc_status (*emit)(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d);
+    void (*free)(void *state);
+} backend;
+
+/* NULL where this build has no such backend. */
+const backend *backend_for(ssmc_device device);
+
+#endif

@@ -1,0 +1,622 @@
+/* main.c: the ssmc command line (SPEC §5). The only place that prints.
+ *   ssmc check FILE
+ *   ssmc emit  FILE --emit=ast|ir|analysis|llvm|cuda|ptx [-D H=16 ...]
+ *   ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]
+ *                   [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]
+ *                   [--init-state NAME=FILE.npy] [--verify]
+ *   ssmc build FILE -o DIR [--target cpu,cuda:sm_90]
+ *   ssmc bench FILE [same options as run]
+ * Exit status: 0 success, 1 an error in the input or a failed verification,
+ * 2 a usage error. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "ssmc.h"
+#include "runtime/npy.h"
+#include "support/support.h"
+
+#define MAX_PAIRS 64
+
+typedef struct pair {
+    const char *name, *value;
+} pair;
+
+typedef struct cli {
+    const char *cmd, *file, *emit, *out, *target, *model, *arch;
+    ssmc_dim dims[MAX_PAIRS];
+    int ndims;
+    pair ins[MAX_PAIRS], inits[MAX_PAIRS];
+    int nins, ninits;
+    int64_t batch, T, iters;
+    uint64_t seed;
+    ssmc_device device;
+    ssmc_dtype dtype;
+    ssmc_algo algo;
+    int threads;
+    bool verify, check_finite;
+} cli;
+
+static void usage(void)
+{
+    fputs("usage:\n"
+          "  ssmc check FILE\n"
+          "  ssmc emit  FILE --emit=ast|ir|analysis|llvm|cuda|ptx [-D NAME=VAL ...] [--arch sm_90]\n"
+          "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
+          "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
+          "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
+          "                  [--algo recurrent|chunked|scan] [--check-finite]\n"
+          "  ssmc build FILE -o DIR [--target cpu,cuda:sm_90]\n"
+          "  ssmc bench FILE [same options as run] [--iters N]\n",
+          stderr);
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "ssmc: ");
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    usage();
+    return 2;
+}
+
+static bool parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bool split_pair(char *s, pair *p)
+{
+    char *eq = strchr(s, '=');
+    if (!eq || eq == s || !eq[1]) return false;
+    *eq = 0;
+    p->name = s;
+    p->value = eq + 1;
+    return true;
+}
+
+/* Returns 0 on success, else the exit status. */
+static int parse_args(int argc, char **argv, cli *c)
+{
+    if (argc < 2) return usage_error("missing command%s", "");
+    c->cmd = argv[1];
+    c->iters = 20;
+    for (int i = 2; i < argc; i++) {
+        char *a = argv[i];
+        char *val = NULL;
+#define ARG(flag)                                                                          \
+    (strcmp(a, flag) == 0 ? (i + 1 < argc ? (val = argv[++i], true) : (val = NULL, true))  \
+                          : (strncmp(a, flag "=", sizeof flag) == 0 ? (val = a + sizeof flag, true) : false))
+        if (strncmp(a, "-D", 2) == 0) {
+            char *s = a[2] ? a + 2 : (i + 1 < argc ? argv[++i] : NULL);
+            pair p;
+            int64_t v;
+            if (!s || !split_pair(s, &p)) return usage_error("-D takes NAME=VALUE, as in -D H=16%s", "");
+            if (!parse_int(p.value, 1, (int64_t)1 << 31, &v))
+                return usage_error("-D %s: the value must be an integer from 1 to 2^31", p.name);
+            if (c->ndims == MAX_PAIRS) return usage_error("too many -D options%s", "");
+            c->dims[c->ndims++] = (ssmc_dim){p.name, v};
+            continue;
+        }
+        if (ARG("--emit")) {
+            c->emit = val;
+        } else if (ARG("--batch")) {
+            if (!val || !parse_int(val, 1, (int64_t)1 << 31, &c->batch)) return usage_error("--batch takes a positive integer%s", "");
+        } else if (ARG("--seqlen")) {
+            if (!val || !parse_int(val, 1, (int64_t)1 << 40, &c->T)) return usage_error("--seqlen takes a positive integer%s", "");
+        } else if (ARG("--iters")) {
+            if (!val || !parse_int(val, 1, 1000000, &c->iters)) return usage_error("--iters takes a positive integer%s", "");
+        } else if (ARG("--threads")) {
+            int64_t v;
+            if (!val || !parse_int(val, 0, 4096, &v)) return usage_error("--threads takes an integer from 0 to 4096%s", "");
+            c->threads = (int)v;
+        } else if (ARG("--seed")) {
+            int64_t v;
+            if (!val || !parse_int(val, 0, INT64_MAX, &v)) return usage_error("--seed takes a non-negative integer%s", "");
+            c->seed = (uint64_t)v;
+        } else if (ARG("--device")) {
+            if (val && strcmp(val, "interp") == 0) c->device = SSMC_DEVICE_INTERP;
+            else if (val && strcmp(val, "cpu") == 0) c->device = SSMC_DEVICE_CPU;
+            else if (val && strcmp(val, "cuda") == 0) c->device = SSMC_DEVICE_CUDA;
+            else return usage_error("--device takes interp, cpu or cuda%s", "");
+        } else if (ARG("--dtype")) {
+            if (val && strcmp(val, "f32") == 0) c->dtype = SSMC_F32;
+            else if (val && strcmp(val, "bf16") == 0) c->dtype = SSMC_BF16;
+            else if (val && strcmp(val, "f16") == 0) c->dtype = SSMC_F16;
+            else return usage_error("--dtype takes f32, bf16 or f16%s", "");
+        } else if (ARG("--algo")) {
+            if (val && strcmp(val, "recurrent") == 0) c->algo = SSMC_ALGO_RECURRENT;
+            else if (val && strcmp(val, "chunked") == 0) c->algo = SSMC_ALGO_CHUNKED;
+            else if (val && strcmp(val, "scan") == 0) c->algo = SSMC_ALGO_SCAN;
+            else return usage_error("--algo takes recurrent, chunked or scan%s", "");
+        } else if (ARG("--in") || ARG("--init-state")) {
+            bool init = strncmp(a, "--init-state", 12) == 0;
+            pair p;
+            if (!val || !split_pair(val, &p)) return usage_error("%s takes NAME=FILE.npy", init ? "--init-state" : "--in");
+            if ((init ? c->ninits : c->nins) == MAX_PAIRS) return usage_error("too many %s options", a);
+            if (init) c->inits[c->ninits++] = p;
+            else c->ins[c->nins++] = p;
+        } else if (ARG("--out") || ARG("-o")) {
+            if (!val) return usage_error("%s takes a directory", a);
+            c->out = val;
+        } else if (ARG("--target")) {
+            if (!val) return usage_error("--target takes a list such as cpu,cuda:sm_90%s", "");
+            c->target = val;
+        } else if (ARG("--model")) {
+            if (!val) return usage_error("--model takes a model name%s", "");
+            c->model = val;
+        } else if (ARG("--arch")) {
+            if (!val) return usage_error("--arch takes a GPU architecture such as sm_90%s", "");
+            c->arch = val;
+        } else if (strcmp(a, "--verify") == 0) {
+            c->verify = true;
+        } else if (strcmp(a, "--check-finite") == 0) {
+            c->check_finite = true;
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error("unknown option '%s'", a);
+        } else if (!c->file) {
+            c->file = a;
+        } else {
+            return usage_error("unexpected argument '%s'", a);
+        }
+#undef ARG
+    }
+    if (!c->file) return usage_error("missing FILE%s", "");
+    return 0;
+}
+
+/* ---- random inputs: splitmix64, uniform in [-1, 1) ---- */
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double uniform(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0; }
+
+static size_t dtype_size(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
+
+static double get(const void *p, ssmc_dtype dt, size_t i)
+{
+    switch (dt) {
+    case SSMC_F32: return ((const float *)p)[i];
+    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
+    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    case SSMC_F64: return ((const double *)p)[i];
+    }
+    return NAN;
+}
+
+static void set(void *p, ssmc_dtype dt, size_t i, double v)
+{
+    switch (dt) {
+    case SSMC_F32: ((float *)p)[i] = (float)v; break;
+    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
+    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
+    case SSMC_F64: ((double *)p)[i] = v; break;
+    }
+}
+
+typedef struct tensor {
+    ssmc_tensor_info info;
+    int64_t shape[SSMC_MAX_RANK + 2]; /* as on disk: with B and T */
+    int rank;
+    size_t count;
+    void *data;      /* in the run dtype */
+    double *initial; /* states: the initial value, f64 (for --verify) */
+    bool given;      /* inputs/params from --in, states from --init-state */
+} tensor;
+
+static int fail(ssmc_ctx *ctx, const char *what)
+{
+    fputs(ssmc_ctx_error(ctx), stderr);
+    if (!*ssmc_ctx_error(ctx)) fprintf(stderr, "error: %s\n", what);
+    return 1;
+}
+
+static char *read_source(const char *path, size_t *len)
+{
+    const char *why;
+    char *text = read_file(path, len, &why);
+    if (!text) fprintf(stderr, "error: cannot read '%s': %s\n", path, why);
+    return text;
+}
+
+static ssmc_options options_of(const cli *c)
+{
+    ssmc_options o = {0};
+    o.model = c->model;
+    o.dims = c->dims;
+    o.ndims = c->ndims;
+    o.device = c->device;
+    o.algo = c->algo;
+    o.threads = c->threads;
+    o.cuda_arch = c->arch;
+    o.check_finite = c->check_finite;
+    return o;
+}
+
+static int cmd_check_emit(const cli *c, bool emit)
+{
+    size_t len;
+    char *src = read_source(c->file, &len);
+    if (!src) return 1;
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    if (!ctx) return 1;
+    ssmc_options o = options_of(c);
+    int rc = 0;
+    if (!emit) {
+        char *text;
+        if (ssmc_emit(ctx, c->file, src, len, &o, SSMC_EMIT_ANALYSIS, &text) != SSMC_OK) {
+            rc = fail(ctx, "check failed");
+        } else {
+            free(text);
+        }
+    } else {
+        static const struct {
+            const char *name;
+            ssmc_emit_kind kind;
+        } kinds[] = {{"ast", SSMC_EMIT_AST}, {"ir", SSMC_EMIT_IR}, {"analysis", SSMC_EMIT_ANALYSIS},
+                     {"llvm", SSMC_EMIT_LLVM}, {"cuda", SSMC_EMIT_CUDA}, {"ptx", SSMC_EMIT_PTX}};
+        int k = -1;
+        for (size_t i = 0; c->emit && i < sizeof kinds / sizeof *kinds; i++)
+            if (strcmp(kinds[i].name, c->emit) == 0) k = (int)i;
+        if (k < 0) {
+            ssmc_ctx_free(ctx);
+            free(src);
+            return usage_error("--emit takes ast, ir, analysis, llvm, cuda or ptx%s", "");
+        }
+        char *text;
+        if (ssmc_emit(ctx, c->file, src, len, &o, kinds[k].kind, &text) != SSMC_OK) {
+            rc = fail(ctx, "emit failed");
+        } else {
+            fputs(text, stdout);
+            free(text);
+        }
+    }
+    ssmc_ctx_free(ctx);
+    free(src);
+    return rc;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static bool mkdir_p(const char *dir)
+{
+    char buf[4096];
+    if (strlen(dir) >= sizeof buf) return false;
+    strcpy(buf, dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return false;
+        *p = '/';
+    }
+    return mkdir(buf, 0777) == 0 || errno == EEXIST;
+}
+
+/* Loads the --in / --init-state files, fixing B and T from them where the
+ * command line did not. Returns false with a message on any mismatch. */
+static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, int64_t *B, int64_t *T)
+{
+    int n = ssmc_model_num_tensors(m);
+    for (int pass = 0; pass < 2; pass++) {
+        const pair *ps = pass ? c->inits : c->ins;
+        int np = pass ? c->ninits : c->nins;
+        for (int i = 0; i < np; i++) {
+            int k = ssmc_model_find(m, ps[i].name);
+            ssmc_tensor_info info;
+            if (k < 0) {
+                fprintf(stderr, "error: %s %s: model '%s' has no tensor named '%s'\n", pass ? "--init-state" : "--in",
+                        ps[i].name, ssmc_model_name(m), ps[i].name);
+                return false;
+            }
+            ssmc_model_tensor(m, k, &info);
+            bool ok_role = pass ? info.role == SSMC_STATE : (info.role == SSMC_INPUT || info.role == SSMC_PARAM);
+            if (!ok_role) {
+                fprintf(stderr, "error: %s %s: '%s' is %s\n", pass ? "--init-state" : "--in", ps[i].name, ps[i].name,
+                        pass ? "not a state" : "not an input or a param (initial states go with --init-state)");
+                return false;
+            }
+            if (files[k].data) {
+                fprintf(stderr, "error: '%s' is given twice\n", ps[i].name);
+                return false;
+            }
+            strbuf err = {0};
+            if (rt_npy_read(ps[i].value, c->dtype == SSMC_BF16 ? RT_NPY_ALLOW_BF16 : 0, &files[k], &err) != SSMC_OK) {
+                fprintf(stderr, "error: %s\n", sb_cstr(&err));
+                sb_free(&err);
+                return false;
+            }
+            sb_free(&err);
+            /* expected: [B?, T?, shape...] */
+            int lead = info.role == SSMC_PARAM ? 0 : info.per_step ? 2 : 1;
+            bool ok = files[k].rank == lead + info.rank;
+            for (int j = 0; ok && j < info.rank; j++) ok = files[k].shape[lead + j] == info.shape[j];
+            if (ok && lead >= 1) {
+                if (!*B) *B = files[k].shape[0];
+                ok = files[k].shape[0] == *B;
+            }
+            if (ok && lead == 2) {
+                if (!*T) *T = files[k].shape[1];
+                ok = files[k].shape[1] == *T;
+            }
+            if (!ok) {
+                strbuf want = {0}, got = {0};
+                if (lead >= 1) sb_printf(&want, "%s", *B ? "" : "B");
+                if (*B && lead >= 1) sb_printf(&want, "%lld", (long long)*B);
+                if (lead == 2) {
+                    if (*T) sb_printf(&want, ", %lld", (long long)*T);
+                    else sb_puts(&want, ", T");
+                }
+                for (int j = 0; j < info.rank; j++) sb_printf(&want, "%s%lld", (j || lead) ? ", " : "", (long long)info.shape[j]);
+                for (int j = 0; j < files[k].rank; j++) sb_printf(&got, "%s%lld", j ? ", " : "", (long long)files[k].shape[j]);
+                fprintf(stderr, "error: %s: '%s' must have shape [%s], the file has [%s]\n", ps[i].value, ps[i].name,
+                        sb_cstr(&want), sb_cstr(&got));
+                sb_free(&want);
+                sb_free(&got);
+                return false;
+            }
+        }
+    }
+    (void)n;
+    return true;
+}
+
+static void free_tensors(tensor *ts, int n)
+{
+    for (int i = 0; ts && i < n; i++) {
+        free(ts[i].data);
+        free(ts[i].initial);
+    }
+    free(ts);
+}
+
+/* Runs the same inputs through the interpreter and prints the relative error
+ * of every output and final state. Returns false when one is over tolerance. */
+static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n, int64_t B, int64_t T, bool *ok)
+{
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = options_of(c);
+    o.device = SSMC_DEVICE_INTERP;
+    o.check_finite = 0;
+    ssmc_model *ref = NULL;
+    if (!ctx || ssmc_compile(ctx, c->file, src, len, &o, &ref) != SSMC_OK) {
+        if (ctx) fail(ctx, "verify: compile failed");
+        ssmc_ctx_free(ctx);
+        return false;
+    }
+    ssmc_arg *args = calloc((size_t)n, sizeof *args);
+    double **bufs = calloc((size_t)n, sizeof *bufs);
+    bool good = args && bufs;
+    for (int i = 0; good && i < n; i++) {
+        bufs[i] = malloc((ts[i].count ? ts[i].count : 1) * sizeof(double));
+        if (!bufs[i]) {
+            good = false;
+            break;
+        }
+        for (size_t k = 0; k < ts[i].count; k++)
+            bufs[i][k] = ts[i].info.role == SSMC_STATE ? ts[i].initial[k]
+                         : ts[i].info.role == SSMC_OUTPUT ? NAN : get(ts[i].data, c->dtype, k);
+        args[i] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i]};
+    }
+    if (good && ssmc_run(ref, B, T, args, n) != SSMC_OK) {
+        fail(ctx, "verify: interpreter failed");
+        good = false;
+    }
+    double tol = c->dtype == SSMC_F32 ? 1e-5 : c->dtype == SSMC_F16 ? 1e-2 : 2e-2;
+    for (int i = 0; good && i < n; i++) {
+        if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
+        double maxref = 0, maxdiff = 0;
+        bool finite = true;
+        for (size_t k = 0; k < ts[i].count; k++) {
+            double r = bufs[i][k], g = get(ts[i].data, c->dtype, k);
+            if (!isfinite(g) || !isfinite(r)) finite = false;
+            if (fabs(r) > maxref) maxref = fabs(r);
+            if (fabs(g - r) > maxdiff) maxdiff = fabs(g - r);
+        }
+        double rel = maxref > 0 ? maxdiff / maxref : maxdiff;
+        bool pass = finite && rel <= tol;
+        if (!pass) *ok = false;
+        printf("verify %-6s %-12s rel_err %.3e  (max |ref| %.3e, tol %.0e)  %s\n",
+               ts[i].info.role == SSMC_OUTPUT ? "output" : "state", ts[i].info.name, rel, maxref, tol,
+               pass ? "ok" : finite ? "FAIL" : "FAIL (non-finite)");
+    }
+    for (int i = 0; bufs && i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(args);
+    ssmc_model_free(ref);
+    ssmc_ctx_free(ctx);
+    return good;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmd_run(const cli *c, bool bench)
+{
+    size_t len;
+    char *src = read_source(c->file, &len);
+    if (!src) return 1;
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = options_of(c);
+    ssmc_model *m = NULL;
+    double t0 = now_s();
+    if (!ctx || ssmc_compile(ctx, c->file, src, len, &o, &m) != SSMC_OK) {
+        int rc = ctx ? fail(ctx, "compile failed") : 1;
+        ssmc_ctx_free(ctx);
+        free(src);
+        return rc;
+    }
+    double compile_s = now_s() - t0;
+    int n = ssmc_model_num_tensors(m);
+    int rc = 1;
+    tensor *ts = calloc((size_t)n, sizeof *ts);
+    rt_npy *files = calloc((size_t)n, sizeof *files);
+    ssmc_arg *args = calloc((size_t)n, sizeof *args);
+    int64_t B = c->batch, T = c->T;
+    if (!ts || !files || !args || !load_given(c, m, files, &B, &T)) goto done;
+    if (!B) B = 1;
+    if (!T) T = 16;
+    uint64_t rng = c->seed * 0x2545f4914f6cdd1dull + 1;
+    for (int i = 0; i < n; i++) {
+        tensor *t = &ts[i];
+        ssmc_model_tensor(m, i, &t->info);
+        if (t->info.role != SSMC_PARAM) t->shape[t->rank++] = B;
+        if (t->info.per_step) t->shape[t->rank++] = T;
+        size_t count = 1;
+        bool over = false;
+        for (int j = 0; j < t->rank; j++) over |= mul_overflows(count, (size_t)t->shape[j], &count);
+        for (int j = 0; j < t->info.rank; j++) {
+            t->shape[t->rank++] = t->info.shape[j];
+            over |= mul_overflows(count, (size_t)t->info.shape[j], &count);
+        }
+        if (over || count > ((size_t)1 << 34)) {
+            fprintf(stderr, "error: tensor '%s' is too large for batch %lld and seqlen %lld\n", t->info.name,
+                    (long long)B, (long long)T);
+            goto done;
+        }
+        t->count = count;
+        t->data = malloc((count ? count : 1) * dtype_size(c->dtype));
+        if (!t->data) {
+            fprintf(stderr, "error: out of memory for tensor '%s'\n", t->info.name);
+            goto done;
+        }
+        bool from_file = files[i].data != NULL;
+        if (t->info.role == SSMC_OUTPUT) {
+            for (size_t k = 0; k < count; k++) set(t->data, c->dtype, k, NAN); /* poison */
+        } else if (from_file) {
+            rt_npy_convert(&files[i], c->dtype, t->data);
+        } else if (t->info.role == SSMC_STATE) {
+            for (size_t k = 0; k < count; k++) set(t->data, c->dtype, k, 0.0);
+        } else {
+            for (size_t k = 0; k < count; k++) set(t->data, c->dtype, k, uniform(&rng));
+        }
+        if (t->info.role == SSMC_STATE) {
+            t->initial = malloc((count ? count : 1) * sizeof(double));
+            if (!t->initial) goto done;
+            for (size_t k = 0; k < count; k++) t->initial[k] = get(t->data, c->dtype, k);
+        }
+        args[i] = (ssmc_arg){t->info.name, c->dtype, t->data};
+    }
+
+    int64_t iters = bench ? c->iters : 1;
+    double *times = calloc((size_t)iters, sizeof *times);
+    if (!times) goto done;
+    for (int64_t it = 0; it < iters + (bench ? 1 : 0); it++) {
+        for (int i = 0; i < n; i++) /* every run starts from the initial state */
+            if (ts[i].info.role == SSMC_STATE)
+                for (size_t k = 0; k < ts[i].count; k++) set(ts[i].data, c->dtype, k, ts[i].initial[k]);
+        double s0 = now_s();
+        if (ssmc_run(m, B, T, args, n) != SSMC_OK) {
+            free(times);
+            fail(ctx, "run failed");
+            goto done;
+        }
+        double dt = now_s() - s0;
+        if (!bench) times[0] = dt;
+        else if (it > 0) times[it - 1] = dt; /* the first run is a warm-up */
+    }
+    qsort(times, (size_t)iters, sizeof *times, cmp_double);
+    double median = times[iters / 2];
+    free(times);
+    static const char *devs[] = {"interp", "cpu", "cuda"};
+    static const char *dts[] = {"f32", "f16", "bf16", "f64"};
+    printf("model %s  device %s  dtype %s  batch %lld  seqlen %lld  compile %.2f ms  run %.3f ms%s\n",
+           ssmc_model_name(m), devs[c->device], dts[c->dtype], (long long)B, (long long)T, compile_s * 1e3,
+           median * 1e3, bench ? " (median)" : "");
+    if (bench) {
+        double bytes = 0;
+        for (int i = 0; i < n; i++)
+            bytes += (double)ts[i].count * (double)dtype_size(c->dtype) * (ts[i].info.role == SSMC_STATE ? 2 : 1);
+        printf("%-10s %-10s %-10s %12s %12s %12s\n", "model", "device", "dtype", "compile_ms", "median_ms", "GB/s");
+        printf("%-10s %-10s %-10s %12.2f %12.4f %12.2f\n", ssmc_model_name(m), devs[c->device], dts[c->dtype],
+               compile_s * 1e3, median * 1e3, bytes / median * 1e-9);
+    }
+    for (int i = 0; !bench && i < n; i++) {
+        if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
+        double sum = 0, amax = 0;
+        for (size_t k = 0; k < ts[i].count; k++) {
+            double v = get(ts[i].data, c->dtype, k);
+            sum += v;
+            if (fabs(v) > amax || isnan(v)) amax = fabs(v);
+        }
+        printf("  %-6s %-12s [", ts[i].info.role == SSMC_OUTPUT ? "output" : "state", ts[i].info.name);
+        for (int j = 0; j < ts[i].rank; j++) printf("%s%lld", j ? ", " : "", (long long)ts[i].shape[j]);
+        printf("]  sum %.6g  max|x| %.6g\n", sum, amax);
+    }
+    bool ok = true;
+    if (c->verify && !verify(c, src, len, ts, n, B, T, &ok)) goto done;
+    if (c->out) {
+        if (!mkdir_p(c->out)) {
+            fprintf(stderr, "error: cannot create directory '%s': %s\n", c->out, strerror(errno));
+            goto done;
+        }
+        for (int i = 0; i < n; i++) {
+            if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
+            float *f = malloc((ts[i].count ? ts[i].count : 1) * sizeof(float));
+            if (!f) goto done;
+            for (size_t k = 0; k < ts[i].count; k++) f[k] = (float)get(ts[i].data, c->dtype, k);
+            char *path = malloc(strlen(c->out) + strlen(ts[i].info.name) + 8);
+            strbuf err = {0};
+            ssmc_status s = path ? (sprintf(path, "%s/%s.npy", c->out, ts[i].info.name),
+                                    rt_npy_write_f32(path, f, ts[i].rank, ts[i].shape, &err))
+                                 : SSMC_ERR_NOMEM;
+            free(f);
+            free(path);
+            if (s != SSMC_OK) {
+                fprintf(stderr, "error: %s\n", err.len ? sb_cstr(&err) : "out of memory");
+                sb_free(&err);
+                goto done;
+            }
+            sb_free(&err);
+        }
+    }
+    rc = ok ? 0 : 1;
+done:
+    for (int i = 0; files && i < n; i++) rt_npy_free(&files[i]);
+    free(files);
+    free(args);
+    free_tensors(ts, n);
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+    free(src);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    cli c = {0};
+    int rc = parse_args(argc, argv, &c);
+    if (rc) return rc;
+    if (strcmp(c.cmd, "check") == 0) return cmd_check_emit(&c, false);
+    if (strcmp(c.cmd, "emit") == 0) {
+        if (!c.emit) return usage_error("emit needs --emit=ast|ir|analysis|llvm|cuda|ptx%s", "");
+        return cmd_check_emit(&c, true);
+    }
+    if (strcmp(c.cmd, "run") == 0) return cmd_run(&c, false);
+    if (strcmp(c.cmd, "bench") == 0) return cmd_run(&c, true);
+    if (strcmp(c.cmd, "build") == 0) {
+        fprintf(stderr, "error: ssmc build is not available in this build\n");
+        return 1;
+    }
+    return usage_error("unknown command '%s'", c.cmd);
+}

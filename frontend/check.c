@@ -1,0 +1,568 @@
+/* check.c: semantic checks of one model (SPEC §1), after -D overrides.
+ *
+ * Resolves every name to its declaration, gives every index variable of a
+ * statement an id and a dim, and rejects, with a located error: duplicate and
+ * undeclared names, wrong index counts, unbound index variables, a variable on
+ * axes of different dims, `t` misused, inputs/outputs whose first axis is not T,
+ * a state updated twice or an output not written exactly once, writes to inputs
+ * or params, group divisors that do not divide, unknown functions and wrong
+ * arity. Lets become declarations (kind AST_LET) whose axes are inferred from
+ * their right side. On success the tree is annotated as ast.h says. */
+#include "ast.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_VARS 64
+#define MAX_ELEMS ((int64_t)1 << 40)
+
+static const struct {
+    const char *name;
+    int arity;
+} funcs[] = {
+#define X(id, name, arity) {name, arity},
+    AST_FUNCS(X)
+#undef X
+};
+
+typedef struct var_info {
+    const char *name;
+    src_loc loc;   /* where it is bound */
+    int dim;       /* decl index of its dim, or -1 while unknown */
+    src_loc dim_loc; /* where its dim was fixed */
+    bool used;
+} var_info;
+
+typedef struct checker {
+    arena *a;
+    diag *d;
+    const src_file *f;
+    ast_model *m;
+    ast_decl *decls; /* declarations plus one per let, in order */
+    int ndecls, cap;
+    int *defined_at; /* per decl: statement index that defines/updates it, or -1 */
+    /* the statement being checked */
+    ast_stmt *st;
+    int stmt_index;
+    var_info vars[MAX_VARS];
+    int nvars;
+    int scope[MAX_VARS]; /* visible variables, innermost last */
+    int nscope;
+    bool time_invariant; /* checking a time-invariant let */
+    bool ok;
+} checker;
+
+static void err(checker *c, src_loc loc, const char *fmt, ...)
+{
+    if (!c->ok) return; /* first error only: later ones are usually consequences */
+    c->ok = false;
+    strbuf m = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    sb_vprintf(&m, fmt, ap);
+    va_end(ap);
+    diag_at(c->d, c->f, loc, "%s", sb_cstr(&m));
+    sb_free(&m);
+}
+
+static int find_decl(checker *c, const char *name)
+{
+    for (int i = 0; i < c->ndecls; i++)
+        if (strcmp(c->decls[i].name, name) == 0) return i;
+    return -1;
+}
+
+static const char *kind_name(ast_decl_kind k)
+{
+    static const char *names[] = {"dim", "input", "param", "state", "output", "let"};
+    return names[k];
+}
+
+static bool per_step(const ast_decl *d) { return d->naxes > 0 && strcmp(d->axes[0], "T") == 0; }
+
+static int64_t dim_value(checker *c, int dim) { return c->decls[dim].value; }
+
+/* ---- index variables ---- */
+
+static int lookup_var(checker *c, const char *name)
+{
+    for (int i = c->nscope - 1; i >= 0; i--)
+        if (strcmp(c->vars[c->scope[i]].name, name) == 0) return c->scope[i];
+    return -1;
+}
+
+static int new_var(checker *c, const char *name, src_loc loc)
+{
+    if (c->nvars == MAX_VARS) {
+        err(c, loc, "too many index variables in one statement (at most %d)", MAX_VARS);
+        return -1;
+    }
+    if (find_decl(c, name) >= 0 && c->decls[find_decl(c, name)].kind == AST_DIM) {
+        err(c, loc, "'%s' is a dim; an index variable needs another name", name);
+        return -1;
+    }
+    int v = c->nvars++;
+    c->vars[v] = (var_info){.name = name, .loc = loc, .dim = -1};
+    c->scope[c->nscope++] = v;
+    return v;
+}
+
+/* Gives variable v the dim of an axis, or checks it has that dim already. */
+static void bind_dim(checker *c, int v, int dim, src_loc loc)
+{
+    var_info *vi = &c->vars[v];
+    if (vi->dim < 0) {
+        vi->dim = dim;
+        vi->dim_loc = loc;
+    } else if (vi->dim != dim) {
+        err(c, loc, "index variable '%s' indexes an axis of dim %s here, but an axis of dim %s at %u:%u",
+            vi->name, c->decls[dim].name, c->decls[vi->dim].name, vi->dim_loc.line, vi->dim_loc.col);
+    }
+}
+
+/* ---- expressions ---- */
+
+static void check_expr(checker *c, ast_expr *e);
+
+/* A read of a tensor: index count, `t` placement, dims of plain variables.
+ * Division and offset indices are validated in pass 2 (check_late). */
+static void check_read(checker *c, ast_expr *e)
+{
+    int s = find_decl(c, e->name);
+    if (s < 0) {
+        if (lookup_var(c, e->name) >= 0)
+            err(c, e->loc, "'%s' is an index variable, not a tensor", e->name);
+        else
+            err(c, e->loc, "undeclared tensor '%s'", e->name);
+        return;
+    }
+    e->sym = s;
+    ast_decl *d = &c->decls[s];
+    if (d->kind == AST_DIM) {
+        err(c, e->loc, "'%s' is a dim and takes no indices", e->name);
+        return;
+    }
+    if (d->kind == AST_OUTPUT) {
+        err(c, e->loc, "output '%s' cannot be read; compute it with a let and read that", e->name);
+        return;
+    }
+    if (d->kind == AST_LET && d->stmt >= c->stmt_index) {
+        err(c, e->loc, "let '%s' is used before it is defined", e->name);
+        return;
+    }
+    if (d->kind == AST_LET && d->stmt < 0) {
+        err(c, e->loc, "let '%s' is used before it is defined", e->name);
+        return;
+    }
+    if (e->nix != d->naxes) {
+        err(c, e->loc, "'%s' has %d ax%s but is indexed with %d ind%s", e->name, d->naxes,
+            d->naxes == 1 ? "is" : "es", e->nix, e->nix == 1 ? "ex" : "ices");
+        return;
+    }
+    bool ps = per_step(d);
+    if (c->time_invariant) {
+        if (ps) {
+            err(c, e->loc, "a time-invariant let cannot read per-step '%s'; index the let with t to make it per step",
+                e->name);
+            return;
+        }
+        if (d->kind == AST_STATE) {
+            err(c, e->loc, "a time-invariant let cannot read state '%s'", e->name);
+            return;
+        }
+    }
+    for (int i = 0; i < e->nix; i++) {
+        ast_index *ix = &e->ix[i];
+        bool time_axis = ps && i == 0;
+        if (time_axis) {
+            if (ix->kind != AST_IX_T && ix->kind != AST_IX_T_VAR) {
+                err(c, ix->loc, "the first index of per-step '%s' must be t (or t - k)", e->name);
+                return;
+            }
+            if (d->kind != AST_INPUT && !(ix->kind == AST_IX_T && ix->k == 0)) {
+                err(c, ix->loc, "time offsets are only allowed on inputs; '%s' is a %s", e->name,
+                    kind_name(d->kind));
+                return;
+            }
+        } else if (ix->kind == AST_IX_T || ix->kind == AST_IX_T_VAR) {
+            if (ps)
+                err(c, ix->loc, "'t' may only be the first index");
+            else
+                err(c, ix->loc, "%s '%s' has no time axis; 't' cannot index it", kind_name(d->kind), e->name);
+            return;
+        }
+        int dim = find_decl(c, d->axes[i]);
+        if (ix->kind == AST_IX_VAR || ix->kind == AST_IX_DIV || ix->kind == AST_IX_T_VAR) {
+            int v = lookup_var(c, ix->name);
+            if (v < 0) {
+                err(c, ix->name_loc,
+                    "index variable '%s' is not bound: it must appear on the left side or in a reduction", ix->name);
+                return;
+            }
+            ix->var = v;
+            c->vars[v].used = true;
+            if (ix->kind == AST_IX_VAR) bind_dim(c, v, dim, ix->name_loc);
+        }
+    }
+}
+
+static void check_expr(checker *c, ast_expr *e)
+{
+    if (!c->ok) return;
+    switch (e->kind) {
+    case AST_NUM: return;
+    case AST_NAME: {
+        int s = find_decl(c, e->name);
+        if (s < 0) {
+            if (lookup_var(c, e->name) >= 0)
+                err(c, e->loc, "'%s' is an index variable; it cannot be used as a value", e->name);
+            else
+                err(c, e->loc, "undeclared name '%s'", e->name);
+            return;
+        }
+        e->sym = s;
+        ast_decl *d = &c->decls[s];
+        if (d->kind == AST_DIM) return;
+        if (d->naxes > 0) {
+            err(c, e->loc, "'%s' is a tensor of %d ax%s and needs indices", e->name, d->naxes,
+                d->naxes == 1 ? "is" : "es");
+            return;
+        }
+        e->kind = AST_READ; /* a scalar read */
+        check_read(c, e);
+        return;
+    }
+    case AST_READ: check_read(c, e); return;
+    case AST_NEG: check_expr(c, e->a); return;
+    case AST_BIN:
+        check_expr(c, e->a);
+        check_expr(c, e->b);
+        return;
+    case AST_CALL: {
+        int fn = -1;
+        for (int i = 0; i < AST_FN_COUNT; i++)
+            if (strcmp(funcs[i].name, e->name) == 0) fn = i;
+        if (fn < 0) {
+            err(c, e->loc, "unknown function '%s'", e->name);
+            return;
+        }
+        if (e->nargs != funcs[fn].arity) {
+            err(c, e->loc, "'%s' takes %d argument%s, found %d", e->name, funcs[fn].arity,
+                funcs[fn].arity == 1 ? "" : "s", e->nargs);
+            return;
+        }
+        e->fn = fn;
+        for (int i = 0; i < e->nargs; i++) check_expr(c, e->args[i]);
+        return;
+    }
+    case AST_REDUCE: {
+        int saved = c->nscope;
+        e->var_ids = arena_array(c->a, (size_t)e->nvars, sizeof *e->var_ids);
+        if (!e->var_ids) {
+            err(c, e->loc, "out of memory");
+            return;
+        }
+        for (int i = 0; i < e->nvars; i++) {
+            if (lookup_var(c, e->vars[i]) >= 0) {
+                err(c, e->var_locs[i], "'%s' is already an index variable here; a reduction needs a new name",
+                    e->vars[i]);
+                return;
+            }
+            e->var_ids[i] = new_var(c, e->vars[i], e->var_locs[i]);
+            if (e->var_ids[i] < 0) return;
+        }
+        check_expr(c, e->a);
+        for (int i = 0; c->ok && i < e->nvars; i++)
+            if (!c->vars[e->var_ids[i]].used)
+                err(c, e->var_locs[i], "reduction variable '%s' is not used in the reduced expression", e->vars[i]);
+        c->nscope = saved;
+        return;
+    }
+    }
+}
+
+/* Pass 2: needs every plain variable's dim. */
+static void check_late(checker *c, ast_expr *e)
+{
+    if (!c->ok || !e) return;
+    switch (e->kind) {
+    case AST_NEG: check_late(c, e->a); return;
+    case AST_BIN:
+        check_late(c, e->a);
+        check_late(c, e->b);
+        return;
+    case AST_CALL:
+        for (int i = 0; i < e->nargs; i++) check_late(c, e->args[i]);
+        return;
+    case AST_REDUCE:
+        for (int i = 0; c->ok && i < e->nvars; i++)
+            if (c->vars[e->var_ids[i]].dim < 0)
+                err(c, e->var_locs[i], "cannot infer the range of '%s': use it to index an axis directly", e->vars[i]);
+        check_late(c, e->a);
+        return;
+    case AST_READ: break;
+    default: return;
+    }
+    ast_decl *d = &c->decls[e->sym];
+    for (int i = 0; c->ok && i < e->nix; i++) {
+        ast_index *ix = &e->ix[i];
+        int64_t axis = strcmp(d->axes[i], "T") == 0 ? -1 : dim_value(c, find_decl(c, d->axes[i]));
+        if (ix->kind == AST_IX_INT && (ix->k < 0 || ix->k >= axis)) {
+            err(c, ix->loc, "index %lld is out of range for axis %s = %lld of '%s'", (long long)ix->k, d->axes[i],
+                (long long)axis, e->name);
+        } else if (ix->kind == AST_IX_T_VAR || ix->kind == AST_IX_DIV) {
+            var_info *v = &c->vars[ix->var];
+            if (v->dim < 0) {
+                err(c, ix->name_loc, "cannot infer the range of '%s': use it to index an axis directly", v->name);
+                return;
+            }
+            if (ix->kind == AST_IX_DIV) {
+                int64_t r = ix->k;
+                if (ix->div_name) {
+                    int rd = find_decl(c, ix->div_name);
+                    if (rd < 0 || c->decls[rd].kind != AST_DIM) {
+                        err(c, ix->div_loc, "'%s' is not a dim; a group divisor is a dim or an integer", ix->div_name);
+                        return;
+                    }
+                    r = dim_value(c, rd);
+                }
+                if (r < 1) {
+                    err(c, ix->div_loc, "a group divisor must be at least 1");
+                    return;
+                }
+                int64_t range = dim_value(c, v->dim);
+                if (range % r != 0) {
+                    err(c, ix->div_loc, "group divisor %lld does not divide the range %s = %lld of '%s'",
+                        (long long)r, c->decls[v->dim].name, (long long)range, v->name);
+                    return;
+                }
+                if (range / r != axis) {
+                    err(c, ix->loc, "'%s / %lld' ranges over %lld values but axis %s of '%s' has %lld",
+                        v->name, (long long)r, (long long)(range / r), d->axes[i], e->name, (long long)axis);
+                    return;
+                }
+                ix->div = r;
+            }
+        }
+    }
+}
+
+/* ---- declarations ---- */
+
+static bool add_decl(checker *c, const ast_decl *d)
+{
+    if (c->ndecls == c->cap) {
+        int ncap = c->cap ? c->cap * 2 : 32;
+        ast_decl *n = arena_array(c->a, (size_t)ncap, sizeof *n);
+        if (!n) return false;
+        if (c->ndecls) memcpy(n, c->decls, (size_t)c->ndecls * sizeof *n);
+        c->decls = n;
+        c->cap = ncap;
+    }
+    c->decls[c->ndecls++] = *d;
+    return true;
+}
+
+static void check_decls(checker *c, const ast_dim_override *over, int nover)
+{
+    ast_model *m = c->m;
+    for (int i = 0; c->ok && i < m->ndecls; i++) {
+        ast_decl *d = &m->decls[i];
+        int prev = find_decl(c, d->name);
+        if (prev >= 0) {
+            err(c, d->loc, "'%s' is already declared at %u:%u", d->name, c->decls[prev].loc.line,
+                c->decls[prev].loc.col);
+            return;
+        }
+        if (!add_decl(c, d)) err(c, d->loc, "out of memory");
+    }
+    for (int i = 0; c->ok && i < nover; i++) {
+        int k = find_decl(c, over[i].name);
+        if (k < 0 || c->decls[k].kind != AST_DIM) {
+            c->ok = false;
+            diag_error(c->d, "-D %s: model '%s' has no dim named '%s'", over[i].name, m->name, over[i].name);
+            return;
+        }
+        if (over[i].value < 1 || over[i].value > ((int64_t)1 << 31)) {
+            c->ok = false;
+            diag_error(c->d, "-D %s=%lld: a dim must be between 1 and 2^31", over[i].name, (long long)over[i].value);
+            return;
+        }
+        c->decls[k].value = over[i].value;
+    }
+    for (int i = 0; c->ok && i < c->ndecls; i++) {
+        ast_decl *d = &c->decls[i];
+        if (d->kind == AST_DIM) continue;
+        int64_t elems = 1;
+        for (int j = 0; c->ok && j < d->naxes; j++) {
+            bool is_t = strcmp(d->axes[j], "T") == 0;
+            if (is_t) {
+                if (j != 0)
+                    err(c, d->axis_locs[j], "T may only be the first axis");
+                else if (d->kind != AST_INPUT && d->kind != AST_OUTPUT)
+                    err(c, d->axis_locs[j], "a %s has no time axis; only inputs and outputs start with T",
+                        kind_name(d->kind));
+                continue;
+            }
+            int k = find_decl(c, d->axes[j]);
+            if (k < 0)
+                err(c, d->axis_locs[j], "undeclared dim '%s'", d->axes[j]);
+            else if (c->decls[k].kind != AST_DIM)
+                err(c, d->axis_locs[j], "'%s' is a %s, not a dim", d->axes[j], kind_name(c->decls[k].kind));
+            else if (c->decls[k].value > MAX_ELEMS / elems)
+                err(c, d->axis_locs[j], "'%s' would have more than 2^40 elements", d->name);
+            else
+                elems *= c->decls[k].value;
+        }
+        if (c->ok && (d->kind == AST_INPUT || d->kind == AST_OUTPUT) && !per_step(d))
+            err(c, d->naxes ? d->axis_locs[0] : d->loc, "the first axis of %s '%s' must be T", kind_name(d->kind),
+                d->name);
+    }
+}
+
+/* ---- statements ---- */
+
+static void check_stmt(checker *c, int si)
+{
+    ast_stmt *s = &c->m->stmts[si];
+    c->st = s;
+    c->stmt_index = si;
+    c->nvars = 0;
+    c->nscope = 0;
+    c->time_invariant = false;
+
+    ast_decl *target = NULL;
+    ast_decl let = {0};
+    if (s->is_let) {
+        int prev = find_decl(c, s->name);
+        if (prev >= 0) {
+            err(c, s->loc, "'%s' is already declared at %u:%u", s->name, c->decls[prev].loc.line,
+                c->decls[prev].loc.col);
+            return;
+        }
+        let.kind = AST_LET;
+        let.name = s->name;
+        let.loc = s->loc;
+        let.stmt = -1; /* not readable inside its own definition */
+        c->time_invariant = !(s->nlhs > 0 && s->lhs[0].kind == AST_IX_T);
+        if (!c->time_invariant) {
+            let.axes[let.naxes] = "T";
+            let.axis_locs[let.naxes++] = s->lhs[0].loc;
+        }
+        if (!add_decl(c, &let)) {
+            err(c, s->loc, "out of memory");
+            return;
+        }
+        s->sym = c->ndecls - 1;
+    } else {
+        int k = find_decl(c, s->name);
+        if (k < 0) {
+            err(c, s->loc, "undeclared name '%s' (declare it as a state or an output, or use 'let')", s->name);
+            return;
+        }
+        target = &c->decls[k];
+        if (target->kind != AST_STATE && target->kind != AST_OUTPUT) {
+            err(c, s->loc, "cannot assign to %s '%s'; only states and outputs are assigned", kind_name(target->kind),
+                s->name);
+            return;
+        }
+        if (c->defined_at[k] >= 0) {
+            ast_stmt *first = &c->m->stmts[c->defined_at[k]];
+            err(c, s->loc, "%s '%s' is already %s at %u:%u", kind_name(target->kind), s->name,
+                target->kind == AST_STATE ? "updated in this step" : "written", first->loc.line, first->loc.col);
+            return;
+        }
+        c->defined_at[k] = si;
+        s->sym = k;
+        if (s->nlhs != target->naxes) {
+            err(c, s->loc, "'%s' has %d ax%s but is assigned with %d ind%s", s->name, target->naxes,
+                target->naxes == 1 ? "is" : "es", s->nlhs, s->nlhs == 1 ? "ex" : "ices");
+            return;
+        }
+    }
+    /* the left side: distinct plain variables, after `t` where there is one */
+    for (int i = 0; c->ok && i < s->nlhs; i++) {
+        ast_index *ix = &s->lhs[i];
+        bool time_axis = i == 0 && (s->is_let ? !c->time_invariant : target->kind == AST_OUTPUT);
+        if (time_axis) {
+            if (ix->kind != AST_IX_T || ix->k != 0) err(c, ix->loc, "the first index on the left must be plain t");
+            continue;
+        }
+        if (ix->kind == AST_IX_T || ix->kind == AST_IX_T_VAR) {
+            err(c, ix->loc, s->is_let ? "'t' may only be the first index of a let"
+                                      : "'t' cannot index a state; a state holds one value per sequence");
+            return;
+        }
+        if (ix->kind != AST_IX_VAR) {
+            err(c, ix->loc, "an index on the left side must be a plain index variable");
+            return;
+        }
+        if (lookup_var(c, ix->name) >= 0) {
+            err(c, ix->loc, "index variable '%s' appears twice on the left side", ix->name);
+            return;
+        }
+        ix->var = new_var(c, ix->name, ix->name_loc);
+        if (ix->var < 0) return;
+        if (target) bind_dim(c, ix->var, find_decl(c, target->axes[i]), ix->name_loc);
+    }
+    if (!c->ok) return;
+    if (c->time_invariant && s->nlhs == 0 && s->brackets) {
+        err(c, s->loc, "empty index list");
+        return;
+    }
+
+    check_expr(c, s->rhs);
+    for (int i = 0; c->ok && i < s->nlhs; i++) {
+        ast_index *ix = &s->lhs[i];
+        if (ix->var >= 0 && c->vars[ix->var].dim < 0)
+            err(c, ix->name_loc, "cannot infer the range of '%s': the right side never uses it to index an axis",
+                ix->name);
+    }
+    check_late(c, s->rhs);
+    if (!c->ok) return;
+
+    if (s->is_let) {
+        ast_decl *d = &c->decls[s->sym];
+        for (int i = 0; i < s->nlhs; i++) {
+            if (s->lhs[i].kind == AST_IX_T) continue;
+            var_info *v = &c->vars[s->lhs[i].var];
+            d->axes[d->naxes] = c->decls[v->dim].name;
+            d->axis_locs[d->naxes++] = s->lhs[i].loc;
+        }
+        d->stmt = si;
+    }
+    s->nvars = c->nvars;
+    s->var_names = arena_array(c->a, (size_t)(c->nvars ? c->nvars : 1), sizeof *s->var_names);
+    s->var_dims = arena_array(c->a, (size_t)(c->nvars ? c->nvars : 1), sizeof *s->var_dims);
+    if (!s->var_names || !s->var_dims) {
+        err(c, s->loc, "out of memory");
+        return;
+    }
+    for (int i = 0; i < c->nvars; i++) {
+        s->var_names[i] = c->vars[i].name;
+        s->var_dims[i] = c->vars[i].dim;
+    }
+}
+
+bool check_model(arena *a, diag *d, const src_file *f, ast_model *m, const ast_dim_override *over, int nover)
+{
+    checker c = {.a = a, .d = d, .f = f, .m = m, .ok = true};
+    check_decls(&c, over, nover);
+    if (c.ok) {
+        c.defined_at = arena_array(a, (size_t)c.ndecls + (size_t)m->nstmts + 1, sizeof *c.defined_at);
+        if (!c.defined_at) {
+            diag_error(d, "out of memory");
+            return false;
+        }
+        for (int i = 0; i < c.ndecls + m->nstmts + 1; i++) c.defined_at[i] = -1;
+    }
+    for (int i = 0; c.ok && i < m->nstmts; i++) check_stmt(&c, i);
+    for (int i = 0; c.ok && i < c.ndecls; i++)
+        if (c.decls[i].kind == AST_OUTPUT && c.defined_at[i] < 0)
+            err(&c, c.decls[i].loc, "output '%s' is never written", c.decls[i].name);
+    if (c.ok) {
+        m->decls = c.decls;
+        m->ndecls = c.ndecls;
+    }
+    return c.ok;
+}

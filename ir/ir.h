@@ -1,0 +1,166 @@
+/* ir.h: the IR of one model: the per-step computation over index domains.
+ *
+ * A model is a list of tensors (inputs, params, states, outputs, lets) and a
+ * list of statements in program order. Each statement defines one tensor over
+ * the index domain of its free variables: a time-invariant let (evaluated once,
+ * before step 0), a per-step let, a state update, or an output. Its value is an
+ * expression in the model's flat instruction array; instructions refer to each
+ * other by 32-bit index, and an operand always precedes its user.
+ *
+ * Reads (IR_LOAD) name a tensor and one index per axis. A read of a state says
+ * which value it sees: `after_update` false is S(t-1), true is S(t). Reads of
+ * per-step tensors carry a time lag (t - lag or t - var) on their T axis.
+ * Dims are concrete here: -D overrides are applied before lowering. */
+#ifndef SSMC_IR_H
+#define SSMC_IR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "support/diag.h"
+
+#define IR_MAX_RANK 8
+typedef uint32_t ir_ref;
+#define IR_NONE UINT32_MAX
+
+/* op, operand count, printed name. Unary functions map 1:1 onto the
+ * language's functions; SUM and RMAX reduce their operand over bound vars. */
+#define IR_OPS(X)                                                                  \
+    X(CONST, 0, "const")  /* .num */                                               \
+    X(LOAD, 0, "load")    /* .load */                                              \
+    X(NEG, 1, "neg") X(ADD, 2, "add") X(SUB, 2, "sub") X(MUL, 2, "mul")             \
+    X(DIV, 2, "div")                                                               \
+    X(EXP, 1, "exp") X(LOG, 1, "log") X(LOG1P, 1, "log1p") X(SQRT, 1, "sqrt")       \
+    X(RSQRT, 1, "rsqrt") X(ABS, 1, "abs") X(TANH, 1, "tanh")                       \
+    X(SIGMOID, 1, "sigmoid") X(SOFTPLUS, 1, "softplus") X(SILU, 1, "silu")          \
+    X(RELU, 1, "relu") X(POW, 2, "pow") X(MIN, 2, "min") X(MAX, 2, "max")           \
+    X(SUM, 1, "sum")      /* .red: bound variables; a = body */                    \
+    X(RMAX, 1, "rmax")    /* .red */
+
+typedef enum ir_op {
+#define X(op, n, name) IR_##op,
+    IR_OPS(X)
+#undef X
+    IR_OP_COUNT
+} ir_op;
+
+extern const char *const ir_op_names[];
+extern const uint8_t ir_op_arity[];
+
+typedef enum ir_kind { IR_INPUT, IR_PARAM, IR_STATE, IR_OUTPUT, IR_LET } ir_kind;
+extern const char *const ir_kind_names[];
+
+typedef struct ir_dim {
+    const char *name;
+    int64_t value;
+    src_loc loc;
+} ir_dim;
+
+typedef struct ir_tensor {
+    const char *name;
+    ir_kind kind;
+    bool per_step;            /* a T axis first (not counted in rank) */
+    int rank;
+    int dims[IR_MAX_RANK];    /* dim ids of the axes after T */
+    int def;                  /* the statement defining it (lets, outputs, updated states), or -1 */
+    src_loc loc;
+} ir_tensor;
+
+typedef struct ir_var {
+    const char *name;
+    int dim;                  /* its range is dims[dim].value */
+} ir_var;
+
+typedef enum ir_index_kind {
+    IR_IX_VAR,   /* var */
+    IR_IX_DIV,   /* var / k: grouped axes */
+    IR_IX_CONST  /* k */
+} ir_index_kind;
+
+typedef struct ir_index {
+    ir_index_kind kind;
+    int var;
+    int64_t k;
+} ir_index;
+
+typedef struct ir_inst {
+    uint8_t op;     /* ir_op */
+    src_loc loc;
+    ir_ref a, b;    /* operands (IR_NONE when absent) */
+    union {
+        double num; /* CONST */
+        struct {
+            int tensor;
+            uint32_t ix;       /* indices: model.ix[ix .. ix + rank) */
+            int64_t lag;       /* per-step tensors: read at t - lag (lag_var < 0) */
+            int lag_var;       /* ... or at t - var */
+            bool after_update; /* states: sees S(t) rather than S(t-1) */
+        } load;
+        struct {
+            uint32_t vars;     /* bound variables: model.red_vars[vars .. vars + nvars) */
+            uint32_t nvars;
+        } red;
+    };
+} ir_inst;
+
+typedef struct ir_stmt {
+    int tensor;              /* the tensor it defines */
+    int vars[IR_MAX_RANK];   /* free variables, one per axis of the tensor (after T) */
+    ir_ref root;
+    bool per_step;           /* false: a time-invariant let, evaluated once */
+    src_loc loc;
+} ir_stmt;
+
+typedef struct ir_model {
+    const char *name;
+    src_loc loc;
+    const src_file *file;    /* the source, for comments in generated code */
+    ir_dim *dims;
+    uint32_t ndims;
+    ir_tensor *tensors;
+    uint32_t ntensors;
+    ir_var *vars;
+    uint32_t nvars;
+    ir_inst *insts;
+    uint32_t ninsts;
+    ir_index *ix;
+    uint32_t nix;
+    uint32_t *red_vars;
+    uint32_t nred_vars;
+    ir_stmt *stmts;
+    uint32_t nstmts;
+} ir_model;
+
+/* Elements of one sequence's slice of a tensor (product of its axes, T excluded). */
+int64_t ir_tensor_elems(const ir_model *m, const ir_tensor *t);
+int ir_find_tensor(const ir_model *m, const char *name);
+
+/* ---- builder: growable arrays, frozen into the arena by ir_finish ---- */
+typedef struct ir_builder ir_builder;
+typedef struct arena arena;
+typedef struct strbuf strbuf;
+
+/* Lowering from the checked AST (ir/lower.c). */
+typedef struct ast_model ast_model;
+ir_model *ir_lower(arena *a, diag *d, const src_file *f, const ast_model *m);
+
+/* Printer (ir/print.c): the text of `ssmc emit --emit=ir`. */
+void ir_print(strbuf *out, const ir_model *m);
+/* One expression, in the language's syntax (used by the printer and codegen comments). */
+void ir_print_expr(strbuf *out, const ir_model *m, ir_ref r);
+
+/* Verifier (ir/verify.c): structural invariants; returns false with a
+ * diagnostic naming the broken invariant. Run after lowering and after passes. */
+bool ir_verify(const ir_model *m, diag *d);
+
+/* Reference interpreter (ir/interp.c): f64, sequential, any model.
+ * Tensors are given as f64 arrays in the layouts of SPEC §5, indexed by tensor
+ * id; NULL for a state means zero initial state and no final state; NULL for
+ * an output means it is not kept. Lets must be NULL. */
+typedef struct ir_interp_args {
+    int64_t batch, T;
+    double **data; /* [ntensors] */
+} ir_interp_args;
+bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d);
+
+#endif

@@ -1,0 +1,192 @@
+/* print.c: the IR as text (ssmc emit --emit=ir) and single expressions in the
+ * language's own syntax (for comments in generated code). The text is stable:
+ * golden tests compare it. */
+#include "ir.h"
+
+#include <stdlib.h>
+
+#include "support/support.h"
+
+static void print_num(strbuf *out, double v)
+{
+    if (v == (double)(int64_t)v && v > -1e15 && v < 1e15)
+        sb_printf(out, "%lld", (long long)v);
+    else
+        sb_printf(out, "%.17g", v);
+}
+
+static void print_index(strbuf *out, const ir_model *m, const ir_index *ix)
+{
+    switch (ix->kind) {
+    case IR_IX_VAR: sb_puts(out, m->vars[ix->var].name); break;
+    case IR_IX_DIV: sb_printf(out, "%s / %lld", m->vars[ix->var].name, (long long)ix->k); break;
+    case IR_IX_CONST: sb_printf(out, "%lld", (long long)ix->k); break;
+    }
+}
+
+static void print_load(strbuf *out, const ir_model *m, const ir_inst *in)
+{
+    const ir_tensor *t = &m->tensors[in->load.tensor];
+    sb_puts(out, t->name);
+    if (t->kind == IR_STATE) sb_puts(out, in->load.after_update ? "@new" : "@old");
+    if (!t->per_step && t->rank == 0) return;
+    sb_putc(out, '[');
+    if (t->per_step) {
+        if (in->load.lag_var >= 0)
+            sb_printf(out, "t - %s", m->vars[in->load.lag_var].name);
+        else if (in->load.lag)
+            sb_printf(out, "t - %lld", (long long)in->load.lag);
+        else
+            sb_putc(out, 't');
+        if (t->rank) sb_puts(out, ", ");
+    }
+    for (int i = 0; i < t->rank; i++) {
+        if (i) sb_puts(out, ", ");
+        print_index(out, m, &m->ix[in->load.ix + (uint32_t)i]);
+    }
+    sb_putc(out, ']');
+}
+
+static void print_red_vars(strbuf *out, const ir_model *m, const ir_inst *in)
+{
+    for (uint32_t i = 0; i < in->red.nvars; i++) {
+        const ir_var *v = &m->vars[m->red_vars[in->red.vars + i]];
+        sb_printf(out, "%s%s", i ? ", " : "", v->name);
+    }
+}
+
+static int prec(const ir_inst *in)
+{
+    switch (in->op) {
+    case IR_ADD:
+    case IR_SUB: return 1;
+    case IR_MUL:
+    case IR_DIV: return 2;
+    case IR_NEG: return 3;
+    default: return 4;
+    }
+}
+
+static void expr(strbuf *out, const ir_model *m, ir_ref r, int min_prec)
+{
+    const ir_inst *in = &m->insts[r];
+    int p = prec(in);
+    bool paren = p < min_prec;
+    if (paren) sb_putc(out, '(');
+    switch (in->op) {
+    case IR_CONST: print_num(out, in->num); break;
+    case IR_LOAD: print_load(out, m, in); break;
+    case IR_NEG:
+        sb_putc(out, '-');
+        expr(out, m, in->a, 3);
+        break;
+    case IR_ADD:
+    case IR_SUB:
+    case IR_MUL:
+    case IR_DIV: {
+        static const char ops[] = {[IR_ADD] = '+', [IR_SUB] = '-', [IR_MUL] = '*', [IR_DIV] = '/'};
+        expr(out, m, in->a, p);
+        sb_printf(out, " %c ", ops[in->op]);
+        expr(out, m, in->b, p + 1); /* left associative */
+        break;
+    }
+    case IR_SUM:
+    case IR_RMAX:
+        sb_puts(out, in->op == IR_SUM ? "sum(" : "max(");
+        print_red_vars(out, m, in);
+        sb_puts(out, ": ");
+        expr(out, m, in->a, 0);
+        sb_putc(out, ')');
+        break;
+    default:
+        sb_printf(out, "%s(", ir_op_names[in->op]);
+        expr(out, m, in->a, 0);
+        if (in->b != IR_NONE) {
+            sb_puts(out, ", ");
+            expr(out, m, in->b, 0);
+        }
+        sb_putc(out, ')');
+        break;
+    }
+    if (paren) sb_putc(out, ')');
+}
+
+void ir_print_expr(strbuf *out, const ir_model *m, ir_ref r) { expr(out, m, r, 0); }
+
+static void print_lhs(strbuf *out, const ir_model *m, const ir_stmt *s)
+{
+    const ir_tensor *t = &m->tensors[s->tensor];
+    sb_puts(out, t->name);
+    if (!t->per_step && t->rank == 0) return;
+    sb_putc(out, '[');
+    if (t->per_step) sb_printf(out, "t%s", t->rank ? ", " : "");
+    for (int i = 0; i < t->rank; i++)
+        sb_printf(out, "%s%s:%s", i ? ", " : "", m->vars[s->vars[i]].name, m->dims[t->dims[i]].name);
+    sb_putc(out, ']');
+}
+
+/* Marks the instructions reachable from r (a statement's expression). */
+static void mark(const ir_model *m, ir_ref r, unsigned char *seen)
+{
+    if (r == IR_NONE || seen[r]) return;
+    seen[r] = 1;
+    mark(m, m->insts[r].a, seen);
+    mark(m, m->insts[r].b, seen);
+}
+
+void ir_print(strbuf *out, const ir_model *m)
+{
+    sb_printf(out, "model %s\n", m->name);
+    for (uint32_t i = 0; i < m->ndims; i++) sb_printf(out, "  dim %s = %lld\n", m->dims[i].name, (long long)m->dims[i].value);
+    for (uint32_t i = 0; i < m->ntensors; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        sb_printf(out, "  %-6s %s", ir_kind_names[t->kind], t->name);
+        if (t->per_step || t->rank) {
+            sb_putc(out, '[');
+            if (t->per_step) sb_printf(out, "T%s", t->rank ? ", " : "");
+            for (int j = 0; j < t->rank; j++) sb_printf(out, "%s%s", j ? ", " : "", m->dims[t->dims[j]].name);
+            sb_putc(out, ']');
+        }
+        if (t->kind == IR_LET) sb_puts(out, t->per_step ? "  per-step" : "  time-invariant");
+        if (t->kind == IR_STATE && t->def < 0) sb_puts(out, "  never updated");
+        sb_putc(out, '\n');
+    }
+    unsigned char *seen = calloc(m->ninsts ? m->ninsts : 1, 1);
+    if (!seen) {
+        out->failed = true;
+        return;
+    }
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        const ir_stmt *s = &m->stmts[si];
+        sb_printf(out, "\n  %s ", s->per_step ? "step" : "once");
+        print_lhs(out, m, s);
+        sb_printf(out, "    ; line %u\n", s->loc.line);
+        for (uint32_t i = 0; i < m->ninsts; i++) seen[i] = 0;
+        mark(m, s->root, seen);
+        for (uint32_t i = 0; i < m->ninsts; i++) {
+            if (!seen[i]) continue;
+            const ir_inst *in = &m->insts[i];
+            sb_printf(out, "    %%%u = %s ", i, ir_op_names[in->op]);
+            switch (in->op) {
+            case IR_CONST: print_num(out, in->num); break;
+            case IR_LOAD: print_load(out, m, in); break;
+            case IR_SUM:
+            case IR_RMAX:
+                sb_putc(out, '[');
+                for (uint32_t k = 0; k < in->red.nvars; k++) {
+                    const ir_var *v = &m->vars[m->red_vars[in->red.vars + k]];
+                    sb_printf(out, "%s%s:%s", k ? ", " : "", v->name, m->dims[v->dim].name);
+                }
+                sb_printf(out, "] %%%u", in->a);
+                break;
+            default:
+                sb_printf(out, "%%%u", in->a);
+                if (in->b != IR_NONE) sb_printf(out, ", %%%u", in->b);
+                break;
+            }
+            sb_putc(out, '\n');
+        }
+        sb_printf(out, "    = %%%u\n", s->root);
+    }
+    free(seen);
+}

@@ -1,0 +1,46 @@
+/* passes.h: the passes over the IR, in the order the driver runs them.
+ * Each pass lives in its own file (passes/<name>.c) with one entry point. */
+#ifndef SSMC_PASSES_H
+#define SSMC_PASSES_H
+
+#include "ir/ir.h"
+#include "support/support.h"
+
+/* ---- analysis.c: how each state's update acts on the state (SPEC §2) ---- */
+typedef enum pass_class {
+    PASS_CLASS_CONSTANT,  /* never updated */
+    PASS_CLASS_IDENTITY,  /* S(t) = S(t-1) + U_t */
+    PASS_CLASS_SCALAR,    /* S(t) = a_t S(t-1) + U_t, one coefficient per independent index */
+    PASS_CLASS_DIAGONAL,  /* elementwise coefficients along some passive-free axis */
+    PASS_CLASS_DIAG_RANK, /* diagonal plus a rank-r correction (delta rule) */
+    PASS_CLASS_DENSE,     /* a general linear map */
+    PASS_CLASS_NONLINEAR  /* not affine in S */
+} pass_class;
+
+typedef enum pass_role { PASS_ROLE_INDEPENDENT, PASS_ROLE_PASSIVE, PASS_ROLE_MIXED } pass_role;
+
+typedef struct pass_state {
+    int tensor;
+    pass_class cls;
+    int rank;                     /* r of diagonal+rank-r */
+    pass_role roles[IR_MAX_RANK]; /* per axis of the state */
+} pass_state;
+
+typedef struct pass_readout {
+    int output;     /* tensor id of the output */
+    int state;      /* tensor id of the state read */
+    int axis;       /* the state axis contracted */
+    ir_ref sum;     /* the reduction instruction */
+} pass_readout;
+
+typedef struct pass_analysis {
+    pass_state *states;
+    int nstates;
+    pass_readout *readouts;
+    int nreadouts;
+} pass_analysis;
+
+bool pass_analyze(arena *a, const ir_model *m, pass_analysis *out, diag *d);
+void pass_analysis_print(strbuf *out, const ir_model *m, const pass_analysis *an);
+
+#endif
