@@ -18,4 +18,11 @@ void pass_analysis_print(strbuf *out, const ir_model *m, const pass_analysis *an
 {
     sb_printf(out, "model %s\n", m->name);
     for (int i = 0; i < an->nstates; i++) sb_printf(out, "  state %s: unanalysed\n", m->tensors[an->states[i].tensor].name);
+    pass_sched s;
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    if (pass_schedule(&a, m, &s, &d)) pass_schedule_print(out, m, &s);
+    diag_free(&d);
+    arena_free(&a);
 }

@@ -44,3 +44,26 @@ bool pass_analyze(arena *a, const ir_model *m, pass_analysis *out, diag *d);
 void pass_analysis_print(strbuf *out, const ir_model *m, const pass_analysis *an);
 
 #endif
+
+/* ---- schedule.c: what can run in parallel, and how states are updated ----
+ *
+ * An index class joins every index variable and every axis of a state, let or
+ * output that the statements tie together (the same variable indexing them).
+ * A class is `splittable` when each value of it can be computed apart from the
+ * others for the whole sequence: every state and output has an axis in it, no
+ * reduction runs over it, and no read of a state or let reaches another value
+ * of it (no grouped, constant or mixed index). Backends put batch x splittable
+ * classes on their grid (threads, blocks); everything else loops inside.
+ * Inputs and params are read-only and may be read at any index. */
+typedef struct pass_sched {
+    int nclasses;
+    int *class_dim;        /* [nclasses] the dim of each class */
+    bool *splittable;      /* [nclasses] */
+    int *var_class;        /* [nvars] class of each variable, -1 if it indexes only inputs/params */
+    int *axis_class;       /* [ntensors * IR_MAX_RANK] class of each axis; -1 for inputs and params */
+    bool *inplace;         /* [nstmts] a state update that reads the old state only at its own
+                              element: it may overwrite the state as it goes */
+} pass_sched;
+
+bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d);
+void pass_schedule_print(strbuf *out, const ir_model *m, const pass_sched *s);

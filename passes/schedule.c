@@ -1,0 +1,161 @@
+/* schedule.c: index classes, which of them split across parallel workers, and
+ * which state updates may run in place (see passes.h). Union-find over slots:
+ * one slot per variable, one per axis of every state, let and output. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes.h"
+
+typedef struct uf {
+    int *parent;
+    bool *poison;
+} uf;
+
+static int find(uf *u, int x)
+{
+    while (u->parent[x] != x) x = u->parent[x] = u->parent[u->parent[x]];
+    return x;
+}
+
+static void unite(uf *u, int a, int b)
+{
+    a = find(u, a);
+    b = find(u, b);
+    if (a == b) return;
+    u->parent[a] = b;
+    u->poison[b] |= u->poison[a];
+}
+
+static bool tracked(const ir_tensor *t) { return t->kind == IR_STATE || t->kind == IR_LET || t->kind == IR_OUTPUT; }
+
+typedef struct ctx {
+    const ir_model *m;
+    uf u;
+    int nvars; /* slots [0, nvars) are variables, then tensor axes */
+    const ir_stmt *s;
+    bool *self_ok; /* per statement: in-place so far */
+    uint32_t si;
+} ctx;
+
+static int axis_slot(ctx *c, int tensor, int axis) { return c->nvars + tensor * IR_MAX_RANK + axis; }
+
+static void walk(ctx *c, ir_ref r)
+{
+    const ir_model *m = c->m;
+    if (r == IR_NONE) return;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_LOAD) {
+        const ir_tensor *t = &m->tensors[in->load.tensor];
+        const ir_tensor *lhs = &m->tensors[c->s->tensor];
+        bool self = in->load.tensor == c->s->tensor && t->kind == IR_STATE && !in->load.after_update;
+        if (in->load.lag_var >= 0) c->u.poison[find(&c->u, in->load.lag_var)] = true;
+        for (int i = 0; i < t->rank; i++) {
+            const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
+            if (self && !(ix->kind == IR_IX_VAR && ix->var == c->s->vars[i])) c->self_ok[c->si] = false;
+            if (!tracked(t)) continue;
+            int slot = axis_slot(c, in->load.tensor, i);
+            if (ix->kind == IR_IX_VAR)
+                unite(&c->u, ix->var, slot);
+            else
+                c->u.poison[find(&c->u, slot)] = true;
+        }
+        (void)lhs;
+        return;
+    }
+    if (in->op == IR_SUM || in->op == IR_RMAX) {
+        walk(c, in->a);
+        /* a reduction over a class ties its values together */
+        for (uint32_t i = 0; i < in->red.nvars; i++) {
+            int v = (int)m->red_vars[in->red.vars + i];
+            c->u.poison[find(&c->u, v)] = true;
+        }
+        return;
+    }
+    walk(c, in->a);
+    walk(c, in->b);
+}
+
+bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
+{
+    ctx c = {.m = m, .nvars = (int)m->nvars};
+    int nslots = (int)m->nvars + (int)m->ntensors * IR_MAX_RANK;
+    c.u.parent = malloc((size_t)(nslots ? nslots : 1) * sizeof *c.u.parent);
+    c.u.poison = calloc((size_t)(nslots ? nslots : 1), sizeof *c.u.poison);
+    c.self_ok = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.self_ok);
+    int *root_class = malloc((size_t)(nslots ? nslots : 1) * sizeof *root_class);
+    memset(out, 0, sizeof *out);
+    out->var_class = arena_array(a, m->nvars ? m->nvars : 1, sizeof(int));
+    out->axis_class = arena_array(a, (size_t)m->ntensors * IR_MAX_RANK + 1, sizeof(int));
+    out->class_dim = arena_array(a, (size_t)nslots + 1, sizeof(int));
+    out->splittable = arena_array(a, (size_t)nslots + 1, sizeof(bool));
+    bool ok = c.u.parent && c.u.poison && c.self_ok && root_class && out->var_class && out->axis_class &&
+              out->class_dim && out->splittable;
+    if (!ok) {
+        free(c.u.parent);
+        free(c.u.poison);
+        free(root_class);
+        diag_error(d, "out of memory");
+        return false;
+    }
+    for (int i = 0; i < nslots; i++) c.u.parent[i] = i;
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        c.s = &m->stmts[si];
+        c.si = si;
+        c.self_ok[si] = true;
+        const ir_tensor *t = &m->tensors[c.s->tensor];
+        for (int i = 0; i < t->rank; i++) unite(&c.u, c.s->vars[i], axis_slot(&c, c.s->tensor, i));
+        walk(&c, c.s->root);
+    }
+    /* number the classes that hold at least one tracked axis */
+    for (int i = 0; i < nslots; i++) root_class[i] = -1;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        const ir_tensor *t = &m->tensors[ti];
+        for (int ax = 0; ax < IR_MAX_RANK; ax++) out->axis_class[ti * IR_MAX_RANK + (uint32_t)ax] = -1;
+        if (!tracked(t)) continue;
+        for (int ax = 0; ax < t->rank; ax++) {
+            int r = find(&c.u, axis_slot(&c, (int)ti, ax));
+            if (root_class[r] < 0) {
+                root_class[r] = out->nclasses;
+                out->class_dim[out->nclasses] = t->dims[ax];
+                out->splittable[out->nclasses] = !c.u.poison[r];
+                out->nclasses++;
+            }
+            out->axis_class[ti * IR_MAX_RANK + (uint32_t)ax] = root_class[r];
+        }
+    }
+    for (uint32_t v = 0; v < m->nvars; v++) out->var_class[v] = root_class[find(&c.u, (int)v)];
+    /* every state and output must carry a splittable class, and only once */
+    for (int k = 0; k < out->nclasses; k++) {
+        for (uint32_t ti = 0; out->splittable[k] && ti < m->ntensors; ti++) {
+            const ir_tensor *t = &m->tensors[ti];
+            if (t->kind != IR_STATE && t->kind != IR_OUTPUT) continue;
+            int count = 0;
+            for (int ax = 0; ax < t->rank; ax++) count += out->axis_class[ti * IR_MAX_RANK + (uint32_t)ax] == k;
+            if (count != 1) out->splittable[k] = false;
+        }
+    }
+    out->inplace = c.self_ok;
+    for (uint32_t si = 0; si < m->nstmts; si++)
+        if (m->tensors[m->stmts[si].tensor].kind != IR_STATE) out->inplace[si] = false;
+    free(c.u.parent);
+    free(c.u.poison);
+    free(root_class);
+    return true;
+}
+
+void pass_schedule_print(strbuf *out, const ir_model *m, const pass_sched *s)
+{
+    for (int k = 0; k < s->nclasses; k++) {
+        sb_printf(out, "  class %d: %s = %lld, %s:", k, m->dims[s->class_dim[k]].name,
+                  (long long)m->dims[s->class_dim[k]].value, s->splittable[k] ? "split" : "local");
+        for (uint32_t ti = 0; ti < m->ntensors; ti++)
+            for (int ax = 0; ax < m->tensors[ti].rank; ax++)
+                if (s->axis_class[ti * IR_MAX_RANK + (uint32_t)ax] == k)
+                    sb_printf(out, " %s.%d", m->tensors[ti].name, ax);
+        sb_putc(out, '\n');
+    }
+    for (uint32_t si = 0; si < m->nstmts; si++)
+        if (m->tensors[m->stmts[si].tensor].kind == IR_STATE)
+            sb_printf(out, "  update %s: %s\n", m->tensors[m->stmts[si].tensor].name,
+                      s->inplace[si] ? "in place" : "through a scratch copy");
+}
