@@ -1,0 +1,31 @@
+/* pool.h: a small thread pool for the CPU backend's parallel loops.
+ *
+ * A pool holds nthreads - 1 persistent worker threads; the thread that calls
+ * rt_pool_run is worker 0 and works too. rt_pool_run splits [0, n) into at most
+ * nthreads contiguous, nearly equal ranges, runs fn on each (worker i gets the
+ * i-th range), and returns when every range is done. Idle workers sleep on a
+ * condition variable (no spinning). Pools are independent of each other; one
+ * pool may be run from several threads (runs on one pool are serialised), but
+ * fn must not call rt_pool_run on the pool that is running it. */
+#ifndef RT_POOL_H
+#define RT_POOL_H
+
+#include <stdint.h>
+
+#include "support/support.h"
+
+typedef struct rt_pool rt_pool;
+
+/* fn(arg, begin, end, worker): handles [begin, end), begin < end; worker is in
+ * [0, rt_pool_size). */
+typedef void rt_pool_fn(void *arg, int64_t begin, int64_t end, int worker);
+
+/* nthreads: total workers including the caller; 0 means one per available core.
+ * Returns NULL with a message in err when threads cannot be created. */
+rt_pool *rt_pool_new(int nthreads, strbuf *err);
+void rt_pool_free(rt_pool *p); /* joins the workers; NULL is allowed */
+int rt_pool_size(const rt_pool *p);
+/* Does nothing when n <= 0. */
+void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg);
+
+#endif

@@ -1,0 +1,181 @@
+/* test_pool.c: the thread pool (runtime/pool.h): every index covered exactly
+ * once, small and empty ranges, many consecutive runs, and pools used from
+ * several threads at once. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/pool.h"
+
+typedef struct sum_job {
+    int64_t (*partial)[8];   /* one cache line per worker */
+    unsigned char *hits;     /* hits[i]: times index i was visited */
+    atomic_int calls;
+    int size;
+    atomic_int bad;          /* a range or worker index out of bounds */
+} sum_job;
+
+static void sum_range(void *arg, int64_t begin, int64_t end, int worker)
+{
+    sum_job *j = arg;
+    atomic_fetch_add(&j->calls, 1);
+    if (begin >= end || worker < 0 || worker >= j->size) {
+        atomic_store(&j->bad, 1);
+        return;
+    }
+    int64_t s = 0;
+    for (int64_t i = begin; i < end; i++) {
+        s += i;
+        if (j->hits) j->hits[i]++;
+    }
+    j->partial[worker][0] += s;
+}
+
+/* Runs a sum of 0..n-1 on p; true when the total, the number of calls and (if
+ * tracked) the coverage are right. Asserts nothing, so threads may call it. */
+static bool sum_ok(rt_pool *p, int64_t n, bool track)
+{
+    sum_job j = {0};
+    j.size = rt_pool_size(p);
+    j.partial = calloc((size_t)j.size, sizeof *j.partial);
+    if (track) j.hits = calloc((size_t)(n > 0 ? n : 1), 1);
+    rt_pool_run(p, n, sum_range, &j);
+    int64_t total = 0;
+    for (int w = 0; w < j.size; w++) total += j.partial[w][0];
+    int64_t want_calls = n <= 0 ? 0 : n < j.size ? n : j.size;
+    bool ok = !atomic_load(&j.bad) && total == (n > 0 ? n * (n - 1) / 2 : 0) && atomic_load(&j.calls) == want_calls;
+    for (int64_t i = 0; track && i < n; i++) ok = ok && j.hits[i] == 1;
+    free(j.hits);
+    free(j.partial);
+    return ok;
+}
+
+static void check_sum(rt_pool *p, int64_t n, bool track)
+{
+    if (!sum_ok(p, n, track)) fail_msg("sum over %lld with %d workers is wrong", (long long)n, rt_pool_size(p));
+}
+
+static void test_sums(void **state)
+{
+    strbuf err = {0};
+    rt_pool *p = rt_pool_new(4, &err);
+    assert_non_null(p);
+    assert_int_equal(rt_pool_size(p), 4);
+    check_sum(p, 1000003, true);
+    check_sum(p, 4, true);
+    check_sum(p, 5, true);
+    rt_pool_free(p);
+    sb_free(&err);
+}
+
+static void test_all_cores(void **state)
+{
+    strbuf err = {0};
+    rt_pool *p = rt_pool_new(0, &err);
+    assert_non_null(p);
+    assert_true(rt_pool_size(p) >= 1);
+    check_sum(p, 100000, true);
+    rt_pool_free(p);
+    rt_pool_free(NULL);
+    assert_null(rt_pool_new(-1, &err));
+    assert_true(err.len > 0);
+    sb_free(&err);
+}
+
+static void test_small_n(void **state)
+{
+    strbuf err = {0};
+    rt_pool *p = rt_pool_new(8, &err);
+    for (int64_t n = 1; n <= 9; n++) check_sum(p, n, true);
+    rt_pool_free(p);
+    p = rt_pool_new(1, &err);
+    check_sum(p, 1000, true);
+    rt_pool_free(p);
+    sb_free(&err);
+}
+
+static void test_empty(void **state)
+{
+    strbuf err = {0};
+    rt_pool *p = rt_pool_new(3, &err);
+    check_sum(p, 0, false);
+    check_sum(p, -5, false);
+    rt_pool_free(p);
+    sb_free(&err);
+}
+
+static void test_many_runs(void **state)
+{
+    strbuf err = {0};
+    rt_pool *p = rt_pool_new(4, &err);
+    for (int r = 0; r < 20000; r++) check_sum(p, 1 + r % 13, false);
+    rt_pool_free(p);
+    /* creating and freeing pools in a loop leaks nothing and never hangs */
+    for (int r = 0; r < 50; r++) {
+        p = rt_pool_new(3, &err);
+        if (r % 2) check_sum(p, 100, false);
+        rt_pool_free(p);
+    }
+    sb_free(&err);
+}
+
+typedef struct thread_arg {
+    rt_pool *shared; /* NULL: make a pool of one's own */
+    int runs;
+    atomic_int failures;
+} thread_arg;
+
+static void *pool_user(void *a_)
+{
+    thread_arg *a = a_;
+    strbuf err = {0};
+    rt_pool *p = a->shared ? a->shared : rt_pool_new(3, &err);
+    for (int r = 0; r < a->runs; r++)
+        if (!p || !sum_ok(p, 1000 + r, r % 50 == 0)) atomic_fetch_add(&a->failures, 1);
+    if (!a->shared) rt_pool_free(p);
+    sb_free(&err);
+    return NULL;
+}
+
+static void test_two_pools_two_threads(void **state)
+{
+    pthread_t t[2];
+    thread_arg a = {NULL, 2000, 0};
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, pool_user, &a), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&a.failures), 0);
+}
+
+static void test_one_pool_two_threads(void **state)
+{
+    strbuf err = {0};
+    rt_pool *p = rt_pool_new(4, &err);
+    pthread_t t[2];
+    thread_arg a = {p, 2000, 0};
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, pool_user, &a), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&a.failures), 0);
+    rt_pool_free(p);
+    sb_free(&err);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sums),
+        cmocka_unit_test(test_all_cores),
+        cmocka_unit_test(test_small_n),
+        cmocka_unit_test(test_empty),
+        cmocka_unit_test(test_many_runs),
+        cmocka_unit_test(test_two_pools_two_threads),
+        cmocka_unit_test(test_one_pool_two_threads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
