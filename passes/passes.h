@@ -10,8 +10,9 @@
 typedef enum pass_class {
     PASS_CLASS_CONSTANT,  /* never updated */
     PASS_CLASS_IDENTITY,  /* S(t) = S(t-1) + U_t */
-    PASS_CLASS_SCALAR,    /* S(t) = a_t S(t-1) + U_t, one coefficient per independent index */
-    PASS_CLASS_DIAGONAL,  /* elementwise coefficients along some passive-free axis */
+    PASS_CLASS_SCALAR,    /* S(t) = a_t S(t-1) + U_t, a_t on no axis, or constant along every
+                             axis a readout contracts and along some passive axis */
+    PASS_CLASS_DIAGONAL,  /* elementwise: a_t varies along a contracted axis or along every axis */
     PASS_CLASS_DIAG_RANK, /* diagonal plus a rank-r correction (delta rule) */
     PASS_CLASS_DENSE,     /* a general linear map */
     PASS_CLASS_NONLINEAR  /* not affine in S */
@@ -19,11 +20,27 @@ typedef enum pass_class {
 
 typedef enum pass_role { PASS_ROLE_INDEPENDENT, PASS_ROLE_PASSIVE, PASS_ROLE_MIXED } pass_role;
 
+/* A read of another state by an update: the update is coupled to it. */
+typedef struct pass_read {
+    int tensor;
+    bool after_update; /* reads its S(t) rather than S(t-1) */
+} pass_read;
+
 typedef struct pass_state {
     int tensor;
     pass_class cls;
     int rank;                     /* r of diagonal+rank-r */
-    pass_role roles[IR_MAX_RANK]; /* per axis of the state */
+    pass_role roles[IR_MAX_RANK]; /* per axis of the state (all mixed when nonlinear) */
+    pass_class diag;              /* the pointwise part alone: IDENTITY, SCALAR or DIAGONAL (for
+                                     DIAG_RANK its diagonal part); cls when constant, nonlinear
+                                     or truncated */
+    ir_ref coef;                  /* the pointwise coefficient when it is one expression of the
+                                     update statement, else IR_NONE */
+    const char *coef_text;        /* the pointwise coefficient as text; NULL when not affine */
+    ir_ref why;                   /* NONLINEAR: where the update stops being affine */
+    bool truncated;               /* too large to expand: DENSE stands for "affine, unknown" */
+    const pass_read *reads;       /* other states the update reads */
+    int nreads;
 } pass_state;
 
 typedef struct pass_readout {
@@ -31,6 +48,8 @@ typedef struct pass_readout {
     int state;      /* tensor id of the state read */
     int axis;       /* the state axis contracted */
     ir_ref sum;     /* the reduction instruction */
+    int via;        /* the per-step let whose statement holds the sum, or -1 */
+    bool after_update; /* reads S(t) rather than S(t-1) */
 } pass_readout;
 
 typedef struct pass_analysis {
