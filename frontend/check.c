@@ -82,6 +82,14 @@ static bool per_step(const ast_decl *d) { return d->naxes > 0 && strcmp(d->axes[
 
 static int64_t dim_value(checker *c, int dim) { return c->decls[dim].value; }
 
+/* A name not declared yet may be a let that a later statement defines. */
+static const ast_stmt *later_let(checker *c, const char *name)
+{
+    for (int i = c->stmt_index + 1; i < c->m->nstmts; i++)
+        if (c->m->stmts[i].is_let && strcmp(c->m->stmts[i].name, name) == 0) return &c->m->stmts[i];
+    return NULL;
+}
+
 /* ---- index variables ---- */
 
 static int lookup_var(checker *c, const char *name)
@@ -130,8 +138,11 @@ static void check_read(checker *c, ast_expr *e)
 {
     int s = find_decl(c, e->name);
     if (s < 0) {
+        const ast_stmt *let = later_let(c, e->name);
         if (lookup_var(c, e->name) >= 0)
             err(c, e->loc, "'%s' is an index variable, not a tensor", e->name);
+        else if (let)
+            err(c, e->loc, "let '%s' is used before it is defined at %u:%u", e->name, let->loc.line, let->loc.col);
         else
             err(c, e->loc, "undeclared tensor '%s'", e->name);
         return;
@@ -151,7 +162,13 @@ static void check_read(checker *c, ast_expr *e)
         return;
     }
     if (d->kind == AST_LET && d->stmt < 0) {
-        err(c, e->loc, "let '%s' is used before it is defined", e->name);
+        err(c, e->loc, "let '%s' is read in its own definition", e->name);
+        return;
+    }
+    bool ps = per_step(d);
+    if (!ps && e->nix > 0 && (e->ix[0].kind == AST_IX_T || e->ix[0].kind == AST_IX_T_VAR)) {
+        err(c, e->ix[0].loc, "%s '%s' has no time axis; 't' cannot index it%s", kind_name(d->kind), e->name,
+            d->kind == AST_STATE ? " (a read before the state's update sees the previous step)" : "");
         return;
     }
     if (e->nix != d->naxes) {
@@ -159,7 +176,6 @@ static void check_read(checker *c, ast_expr *e)
             d->naxes == 1 ? "is" : "es", e->nix, e->nix == 1 ? "ex" : "ices");
         return;
     }
-    bool ps = per_step(d);
     if (c->time_invariant) {
         if (ps) {
             err(c, e->loc, "a time-invariant let cannot read per-step '%s'; index the let with t to make it per step",
@@ -214,8 +230,11 @@ static void check_expr(checker *c, ast_expr *e)
     case AST_NAME: {
         int s = find_decl(c, e->name);
         if (s < 0) {
+            const ast_stmt *let = later_let(c, e->name);
             if (lookup_var(c, e->name) >= 0)
                 err(c, e->loc, "'%s' is an index variable; it cannot be used as a value", e->name);
+            else if (let)
+                err(c, e->loc, "let '%s' is used before it is defined at %u:%u", e->name, let->loc.line, let->loc.col);
             else
                 err(c, e->loc, "undeclared name '%s'", e->name);
             return;
@@ -349,6 +368,14 @@ static void check_late(checker *c, ast_expr *e)
 
 /* ---- declarations ---- */
 
+/* Multiplies *elems by an axis of size n unless the tensor would pass MAX_ELEMS. */
+static bool grow_elems(int64_t *elems, int64_t n)
+{
+    if (n > MAX_ELEMS / *elems) return false;
+    *elems *= n;
+    return true;
+}
+
 static bool add_decl(checker *c, const ast_decl *d)
 {
     if (c->ndecls == c->cap) {
@@ -380,7 +407,12 @@ static void check_decls(checker *c, const ast_dim_override *over, int nover)
         int k = find_decl(c, over[i].name);
         if (k < 0 || c->decls[k].kind != AST_DIM) {
             c->ok = false;
-            diag_error(c->d, "-D %s: model '%s' has no dim named '%s'", over[i].name, m->name, over[i].name);
+            strbuf dims = {0};
+            for (int j = 0; j < c->ndecls; j++)
+                if (c->decls[j].kind == AST_DIM) sb_printf(&dims, "%s%s", dims.len ? ", " : "", c->decls[j].name);
+            diag_error(c->d, "-D %s: model '%s' has no dim named '%s' (its dims: %s)", over[i].name, m->name,
+                       over[i].name, dims.len ? sb_cstr(&dims) : "none");
+            sb_free(&dims);
             return;
         }
         if (over[i].value < 1 || over[i].value > ((int64_t)1 << 31)) {
@@ -409,10 +441,8 @@ static void check_decls(checker *c, const ast_dim_override *over, int nover)
                 err(c, d->axis_locs[j], "undeclared dim '%s'", d->axes[j]);
             else if (c->decls[k].kind != AST_DIM)
                 err(c, d->axis_locs[j], "'%s' is a %s, not a dim", d->axes[j], kind_name(c->decls[k].kind));
-            else if (c->decls[k].value > MAX_ELEMS / elems)
+            else if (!grow_elems(&elems, c->decls[k].value))
                 err(c, d->axis_locs[j], "'%s' would have more than 2^40 elements", d->name);
-            else
-                elems *= c->decls[k].value;
         }
         if (c->ok && (d->kind == AST_INPUT || d->kind == AST_OUTPUT) && !per_step(d))
             err(c, d->naxes ? d->axis_locs[0] : d->loc, "the first axis of %s '%s' must be T", kind_name(d->kind),
@@ -444,7 +474,7 @@ static void check_stmt(checker *c, int si)
         let.name = s->name;
         let.loc = s->loc;
         let.stmt = -1; /* not readable inside its own definition */
-        c->time_invariant = !(s->nlhs > 0 && s->lhs[0].kind == AST_IX_T);
+        c->time_invariant = !(s->nlhs > 0 && (s->lhs[0].kind == AST_IX_T || s->lhs[0].kind == AST_IX_T_VAR));
         if (!c->time_invariant) {
             let.axes[let.naxes] = "T";
             let.axis_locs[let.naxes++] = s->lhs[0].loc;
@@ -522,10 +552,16 @@ static void check_stmt(checker *c, int si)
     if (!c->ok) return;
 
     if (s->is_let) {
+        /* a let's size comes from its variables: bounded like a declared tensor's */
         ast_decl *d = &c->decls[s->sym];
+        int64_t elems = 1;
         for (int i = 0; i < s->nlhs; i++) {
             if (s->lhs[i].kind == AST_IX_T) continue;
             var_info *v = &c->vars[s->lhs[i].var];
+            if (!grow_elems(&elems, dim_value(c, v->dim))) {
+                err(c, s->lhs[i].loc, "'%s' would have more than 2^40 elements", s->name);
+                return;
+            }
             d->axes[d->naxes] = c->decls[v->dim].name;
             d->axis_locs[d->naxes++] = s->lhs[i].loc;
         }

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -170,7 +171,14 @@ yy1:
 yy2:
 	++lx->cur;
 yy3:
-	{ return error(lx, start, "unexpected character"); }
+	{
+            unsigned char c = (unsigned char)*start;
+            if (c >= 0x20 && c < 0x7f)
+                snprintf(lx->errbuf, sizeof lx->errbuf, "unexpected character '%c'", c);
+            else
+                snprintf(lx->errbuf, sizeof lx->errbuf, "invalid byte 0x%02x", c);
+            return error(lx, start, lx->errbuf);
+        }
 yy4:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -548,8 +556,16 @@ yy40:
 yy41:
 	++lx->cur;
 	{
+            /* the error points at the opening delimiter, not where the text ran out */
+            uint32_t open_line = lx->line;
+            const char *open_line_start = lx->line_start;
             for (;;) {
-                if (lx->cur >= lx->end) return error(lx, start, "unterminated comment");
+                if (lx->cur >= lx->end) {
+                    lx->line = open_line;
+                    lx->line_start = open_line_start;
+                    lx->cur = start + 2;
+                    return error(lx, start, "unterminated comment");
+                }
                 if (lx->cur[0] == '*' && lx->cur + 1 < lx->end && lx->cur[1] == '/') { lx->cur += 2; break; }
                 if (lx->cur[0] == '\n') { lx->line++; lx->line_start = lx->cur + 1; }
                 lx->cur++;

@@ -36,6 +36,8 @@ typedef struct token {
 typedef struct lexer {
     const char *cur, *end, *line_start;
     uint32_t line;
+    char errbuf[48]; /* a formatted TOK_ERROR message: token.error may point here, so it
+                        lasts while the lexer does and until the next lex_next */
 } lexer;
 
 /* text must be NUL-terminated at text[len]. */

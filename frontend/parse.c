@@ -1,6 +1,9 @@
 /* parse.c: recursive-descent parser for SPEC §1. Reads the whole token stream
  * first; stops at the first syntax error with a located diagnostic. Nesting is
- * bounded (MAX_DEPTH) so no input can exhaust the stack. Builds the AST in the
+ * bounded (MAX_DEPTH), and so is the height of every expression tree
+ * (MAX_HEIGHT: operator chains grow the tree without recursing here), so no
+ * input can exhaust the stack here or in the passes that walk the tree
+ * recursively. Builds the AST in the
  * caller's arena; names are not resolved here (check.c does that). */
 #include "ast.h"
 #include "lex.h"
@@ -10,6 +13,7 @@
 #include <string.h>
 
 #define MAX_DEPTH 256
+#define MAX_HEIGHT 1024
 
 typedef struct parser {
     arena *a;
@@ -17,7 +21,8 @@ typedef struct parser {
     const src_file *f;
     token *toks;
     size_t ntoks, pos;
-    int depth;
+    int depth;  /* parse_unary calls in progress: one per level of nesting */
+    int height; /* height of the expression tree the last parse_ call returned */
     bool failed;
 } parser;
 
@@ -41,12 +46,23 @@ static void describe(const token *t, char *buf, size_t n)
         snprintf(buf, n, "%s", tok_names[t->kind]);
 }
 
+/* t is the current token. When it starts a later line than the token before
+ * it (or is the end of the file), what is missing most likely belongs at the
+ * end of that earlier line, so the caret goes right after its last token. */
 static void fail(parser *p, const token *t, const char *what)
 {
     if (p->failed) return;
     p->failed = true;
     char found[64];
     describe(t, found, sizeof found);
+    const token *prev = p->pos > 0 && t == &p->toks[p->pos] ? &p->toks[p->pos - 1] : NULL;
+    if (prev && (t->kind == TOK_EOF || t->loc.line > prev->loc.line)) {
+        char after[64];
+        describe(prev, after, sizeof after);
+        src_loc end = {prev->loc.line, prev->loc.col + prev->len};
+        diag_at(p->d, p->f, end, "expected %s after %s, found %s", what, after, found);
+        return;
+    }
     diag_at(p->d, p->f, t->loc, "expected %s, found %s", what, found);
 }
 
@@ -78,6 +94,19 @@ static ast_expr *new_expr(parser *p, ast_expr_kind k, src_loc loc)
     e->loc = loc;
     e->sym = -1;
     return e;
+}
+
+/* Records the height of the tree e (NULL passes through) just built at token at. */
+static ast_expr *set_height(parser *p, ast_expr *e, int h, const token *at)
+{
+    if (!e) return NULL;
+    p->height = h;
+    if (h <= MAX_HEIGHT) return e;
+    if (!p->failed)
+        diag_at(p->d, p->f, at->loc, "expression is too deep (more than %d operations on one path); split it with lets",
+                MAX_HEIGHT);
+    p->failed = true;
+    return NULL;
 }
 
 static ast_expr *parse_expr(parser *p);
@@ -207,13 +236,13 @@ static ast_expr *parse_reduction(parser *p, token *kw, char op)
     e->nvars = n;
     e->a = parse_expr(p);
     if (!e->a || !expect(p, TOK_RPAREN, "')' to close the reduction")) return NULL;
-    return e;
+    return set_height(p, e, p->height + 1, kw);
 }
 
 static ast_expr *parse_call_args(parser *p, ast_expr *e)
 {
     ast_expr *args[8];
-    int n = 0;
+    int n = 0, h = 0;
     if (peek(p)->kind != TOK_RPAREN) {
         do {
             if (n == 8) {
@@ -222,6 +251,7 @@ static ast_expr *parse_call_args(parser *p, ast_expr *e)
             }
             args[n] = parse_expr(p);
             if (!args[n]) return NULL;
+            if (p->height > h) h = p->height;
             n++;
         } while (accept(p, TOK_COMMA));
     }
@@ -230,6 +260,7 @@ static ast_expr *parse_call_args(parser *p, ast_expr *e)
     if (!e->args) return NULL;
     memcpy(e->args, args, (size_t)n * sizeof *args);
     e->nargs = n;
+    p->height = h + 1; /* within bounds: h is an argument's checked height */
     return e;
 }
 
@@ -242,6 +273,7 @@ static ast_expr *parse_primary(parser *p)
         advance(p);
         ast_expr *e = new_expr(p, AST_NUM, t->loc);
         if (e) e->num = t->num;
+        p->height = 1;
         return e;
     }
     case TOK_LPAREN: {
@@ -282,10 +314,12 @@ static ast_expr *parse_primary(parser *p)
             if (!e) return NULL;
             e->name = name;
             if (!parse_index_list(p, &e->ix, &e->nix)) return NULL;
+            p->height = 1;
             return e;
         }
         ast_expr *e = new_expr(p, AST_NAME, t->loc);
         if (e) e->name = name;
+        p->height = 1;
         return e;
     }
     case TOK_T:
@@ -314,6 +348,7 @@ static ast_expr *parse_unary(parser *p)
         ast_expr *a = parse_unary(p);
         e = a ? new_expr(p, AST_NEG, t->loc) : NULL;
         if (e) e->a = a;
+        e = set_height(p, e, p->height + 1, t);
     } else if (accept(p, TOK_PLUS)) {
         e = parse_unary(p);
     } else {
@@ -323,7 +358,8 @@ static ast_expr *parse_unary(parser *p)
     return e;
 }
 
-static ast_expr *binary(parser *p, token *op, ast_expr *a, ast_expr *b)
+/* a op b, where a's tree has height ha and b's is the last one parsed */
+static ast_expr *binary(parser *p, token *op, ast_expr *a, int ha, ast_expr *b)
 {
     if (!a || !b) return NULL;
     ast_expr *e = new_expr(p, AST_BIN, op->loc);
@@ -331,7 +367,7 @@ static ast_expr *binary(parser *p, token *op, ast_expr *a, ast_expr *b)
     e->op = *op->start;
     e->a = a;
     e->b = b;
-    return e;
+    return set_height(p, e, (ha > p->height ? ha : p->height) + 1, op);
 }
 
 static ast_expr *parse_term(parser *p)
@@ -339,24 +375,22 @@ static ast_expr *parse_term(parser *p)
     ast_expr *e = parse_unary(p);
     while (e && (peek(p)->kind == TOK_STAR || peek(p)->kind == TOK_SLASH)) {
         token *op = advance(p);
-        e = binary(p, op, e, parse_unary(p));
+        int ha = p->height;
+        e = binary(p, op, e, ha, parse_unary(p));
     }
     return e;
 }
 
+/* Every level of nesting (parentheses, calls, reductions, unary signs) goes
+ * through parse_unary, which alone counts depth. */
 static ast_expr *parse_expr(parser *p)
 {
-    if (++p->depth > MAX_DEPTH) {
-        if (!p->failed) diag_at(p->d, p->f, peek(p)->loc, "expression nested too deeply (more than %d levels)", MAX_DEPTH);
-        p->failed = true;
-        return NULL;
-    }
     ast_expr *e = parse_term(p);
     while (e && (peek(p)->kind == TOK_PLUS || peek(p)->kind == TOK_MINUS)) {
         token *op = advance(p);
-        e = binary(p, op, e, parse_term(p));
+        int ha = p->height;
+        e = binary(p, op, e, ha, parse_term(p));
     }
-    p->depth--;
     return e;
 }
 
@@ -446,10 +480,20 @@ static bool parse_stmt(parser *p, model_builder *b, bool is_let)
     return true;
 }
 
-static bool parse_model(parser *p, ast_model *m)
+static bool parse_model(parser *p, ast_model *m, bool first)
 {
-    token *kw = expect(p, TOK_MODEL, "'model'");
-    if (!kw) return false;
+    token *kw = peek(p);
+    if (kw->kind != TOK_MODEL) {
+        /* at the token itself: stray text is not something missing from the line before */
+        char found[64];
+        describe(kw, found, sizeof found);
+        if (!p->failed)
+            diag_at(p->d, p->f, kw->loc, "expected %s, found %s", first ? "'model'" : "another 'model' or the end of the file",
+                    found);
+        p->failed = true;
+        return false;
+    }
+    advance(p);
     token *n = expect(p, TOK_IDENT, "a model name");
     if (!n || !expect(p, TOK_LBRACE, "'{'")) return false;
     m->name = name_of(p, n);
@@ -513,7 +557,7 @@ ast_file *parse_file(arena *a, diag *d, const src_file *f)
     bool ok = file != NULL;
     while (ok && peek(&p)->kind != TOK_EOF) {
         ast_model m = {0};
-        ok = parse_model(&p, &m) && VEC_PUSH(models, nmodels, cmodels, m);
+        ok = parse_model(&p, &m, nmodels == 0) && VEC_PUSH(models, nmodels, cmodels, m);
     }
     if (ok && nmodels == 0) {
         diag_at(d, f, peek(&p)->loc, "expected 'model', found end of file (the file holds no model)");

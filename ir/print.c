@@ -9,7 +9,8 @@
 
 static void print_num(strbuf *out, double v)
 {
-    if (v == (double)(int64_t)v && v > -1e15 && v < 1e15)
+    /* range first: converting a double outside int64's range is undefined */
+    if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v)
         sb_printf(out, "%lld", (long long)v);
     else
         sb_printf(out, "%.17g", v);

@@ -24,7 +24,9 @@ static void emit(diag *d, strbuf *msg)
 }
 
 /* Copies the source line, turning tabs and control bytes into spaces so the
- * caret lines up and garbage input prints as something readable. */
+ * caret lines up and garbage input prints as something readable. A long line
+ * is quoted as a window around the column, its cut ends marked with "...". */
+#define QUOTE_WIDTH 160
 static void quote_line(strbuf *m, const src_file *f, src_loc loc)
 {
     size_t pos = 0;
@@ -34,15 +36,21 @@ static void quote_line(strbuf *m, const src_file *f, src_loc loc)
         pos++;
     }
     if (line != loc.line) return;
-    size_t end = pos;
-    while (end < f->len && f->text[end] != '\n' && end - pos < 240) end++;
-    sb_puts(m, "    ");
-    for (size_t i = pos; i < end; i++) {
+    size_t eol = pos;
+    while (eol < f->len && f->text[eol] != '\n') eol++;
+    size_t col = loc.col ? loc.col - 1 : 0; /* 0-based byte offset of the caret */
+    size_t skip = col + 40 > QUOTE_WIDTH ? col - QUOTE_WIDTH / 2 : 0;
+    if (skip > eol - pos) skip = eol - pos;
+    size_t start = pos + skip;
+    size_t end = eol - start > QUOTE_WIDTH ? start + QUOTE_WIDTH : eol;
+    sb_puts(m, skip ? "    ..." : "    ");
+    for (size_t i = start; i < end; i++) {
         unsigned char c = (unsigned char)f->text[i];
         sb_putc(m, (c < 0x20 || c >= 0x7f) ? ' ' : (char)c);
     }
-    sb_puts(m, "\n    ");
-    for (uint32_t c = 1; c < loc.col && c <= 240; c++) sb_putc(m, ' ');
+    if (end < eol) sb_puts(m, "...");
+    sb_puts(m, skip ? "\n       " : "\n    ");
+    for (size_t c = skip; c < col && c < skip + QUOTE_WIDTH; c++) sb_putc(m, ' ');
     sb_puts(m, "^\n");
 }
 
