@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "build.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
@@ -119,6 +120,14 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
         ssmc_model_free(m);
         return s;
     }
+    if (o->device != SSMC_DEVICE_INTERP && (o->algo == SSMC_ALGO_CHUNKED || o->algo == SSMC_ALGO_SCAN)) {
+        /* SPEC §3 lists them; this version generates the recurrent algorithm only */
+        diag_error(&ctx->diag, "--algo=%s is not implemented yet: the %s backend runs the recurrent algorithm "
+                   "(use --algo=recurrent or leave --algo out)",
+                   o->algo == SSMC_ALGO_CHUNKED ? "chunked" : "scan", o->device == SSMC_DEVICE_CPU ? "cpu" : "cuda");
+        ssmc_model_free(m);
+        return SSMC_ERR_UNSUPPORTED;
+    }
     if (o->device != SSMC_DEVICE_INTERP) {
         m->be = backend_for(o->device);
         if (!m->be) {
@@ -143,6 +152,33 @@ void ssmc_model_free(ssmc_model *m)
     if (m->be && m->be_state) m->be->free(m->be_state);
     arena_free(&m->arena);
     free(m);
+}
+
+ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
+                       const ssmc_options *opts)
+{
+    diag_reset(&ctx->diag);
+    ssmc_options o = opts ? *opts : default_options;
+    arena a;
+    arena_init(&a);
+    src_file f;
+    ast_file *af = parse(&a, &ctx->diag, &f, filename, source, len);
+    ssmc_status s = af ? SSMC_OK : SSMC_ERR_SOURCE;
+    /* each model is checked from a fresh parse: checking annotates the tree */
+    for (int i = 0; af && i < af->nmodels; i++) {
+        if (opts && opts->model && strcmp(opts->model, af->models[i].name) != 0) continue;
+        o.model = af->models[i].name;
+        arena ma;
+        arena_init(&ma);
+        src_file mf;
+        pass_analysis an;
+        ir_model *m = compile_ir(&ma, &ctx->diag, &mf, filename, source, len, &o);
+        if (!m || !pass_analyze(&ma, m, &an, &ctx->diag)) s = ma.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
+        arena_free(&ma);
+    }
+    if (af && opts && opts->model && !pick_model(&ctx->diag, af, opts->model)) s = SSMC_ERR_SOURCE;
+    arena_free(&a);
+    return s;
 }
 
 ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
@@ -198,6 +234,8 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
 }
 
 const char *ssmc_model_name(const ssmc_model *m) { return m->ir->name; }
+const ir_model *api_model_ir(const ssmc_model *m) { return m->ir; }
+diag *api_ctx_diag(ssmc_ctx *ctx) { return &ctx->diag; }
 int ssmc_model_num_tensors(const ssmc_model *m)
 {
     int n = 0;
@@ -310,6 +348,7 @@ static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const bac
     return s;
 }
 
+/* when: "" for the tensors handed in, " after the run" for the results */
 static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_tensor *bt, int64_t batch, int64_t T,
                          diag *d, const char *when)
 {
@@ -318,19 +357,26 @@ static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_t
     for (size_t k = 0; k < n; k++) {
         double v = to_f64(bt->data, bt->dtype, k);
         if (!isfinite(v)) {
-            diag_error(d, "%s %s '%s' holds a non-finite value (%g) at flat index %zu", when, ir_kind_names[t->kind],
-                       t->name, v, k);
+            diag_error(d, "%s '%s' holds a non-finite value (%g) at flat index %zu%s", ir_kind_names[t->kind], t->name,
+                       v, k, when);
             return false;
         }
     }
     return true;
 }
 
-ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs)
+/* ssmc_run and ssmc_run_device: the arguments checked once, then the device
+ * (or the interpreter) runs. Device tensors cannot be checked for finiteness. */
+static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, bool on_device,
+                              void *stream)
 {
     diag *d = &m->ctx->diag;
     diag_reset(d);
     const ir_model *ir = m->ir;
+    if (on_device && !(m->be && m->be->run_device)) {
+        diag_error(d, "ssmc_run_device needs a model compiled for the cuda device");
+        return SSMC_ERR_UNSUPPORTED;
+    }
     if (batch < 1 || T < 1) {
         diag_error(d, "batch and T must be at least 1 (got batch %lld, T %lld)", (long long)batch, (long long)T);
         return SSMC_ERR_ARG;
@@ -370,18 +416,31 @@ ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *ar
         } else if ((t->kind == IR_INPUT || t->kind == IR_PARAM) && !bt[i].data) {
             diag_error(d, "missing %s '%s'", ir_kind_names[t->kind], t->name);
             s = SSMC_ERR_ARG;
-        } else if (m->opts.check_finite && bt[i].data && t->kind != IR_OUTPUT &&
-                   !check_finite(ir, t, &bt[i], batch, T, d, "input")) {
+        } else if (!on_device && m->opts.check_finite && bt[i].data && t->kind != IR_OUTPUT &&
+                   !check_finite(ir, t, &bt[i], batch, T, d, "")) {
             s = SSMC_ERR_NUMERIC;
         }
     }
-    if (s == SSMC_OK) s = m->be ? m->be->run(m->be_state, batch, T, bt, d) : run_interp(m, batch, T, bt);
-    for (uint32_t i = 0; s == SSMC_OK && m->opts.check_finite && i < ir->ntensors; i++) {
+    if (s == SSMC_OK && on_device)
+        s = m->be->run_device(m->be_state, batch, T, bt, stream, d);
+    else if (s == SSMC_OK)
+        s = m->be ? m->be->run(m->be_state, batch, T, bt, d) : run_interp(m, batch, T, bt);
+    for (uint32_t i = 0; s == SSMC_OK && !on_device && m->opts.check_finite && i < ir->ntensors; i++) {
         const ir_tensor *t = &ir->tensors[i];
         if (bt[i].data && (t->kind == IR_OUTPUT || t->kind == IR_STATE) &&
-            !check_finite(ir, t, &bt[i], batch, T, d, "result"))
+            !check_finite(ir, t, &bt[i], batch, T, d, " after the run"))
             s = SSMC_ERR_NUMERIC;
     }
     free(bt);
     return s;
+}
+
+ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs)
+{
+    return run_common(m, batch, T, args, nargs, false, NULL);
+}
+
+ssmc_status ssmc_run_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, void *stream)
+{
+    return run_common(m, batch, T, args, nargs, true, stream);
 }

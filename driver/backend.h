@@ -22,6 +22,10 @@ typedef struct backend {
     /* Text of generated code (SSMC_EMIT_LLVM, _CUDA, _PTX); no device needed. */
     ssmc_status (*emit)(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d);
     void (*free)(void *state);
+    /* Runs on device tensors (data are device addresses), enqueued on `stream`
+     * with no copies or synchronisation; NULL for a backend without a device. */
+    ssmc_status (*run_device)(void *state, int64_t batch, int64_t T, const backend_tensor *tensors, void *stream,
+                              diag *d);
 } backend;
 
 /* NULL where this build has no such backend. */

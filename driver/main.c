@@ -101,8 +101,9 @@ static int parse_args(int argc, char **argv, cli *c)
             pair p;
             int64_t v;
             if (!s || !split_pair(s, &p)) return usage_error("-D takes NAME=VALUE, as in -D H=16%s", "");
-            if (!parse_int(p.value, 1, (int64_t)1 << 31, &v))
-                return usage_error("-D %s: the value must be an integer from 1 to 2^31", p.name);
+            /* the range is the library's to check: it reports it like any error in the model */
+            if (!parse_int(p.value, INT64_MIN, INT64_MAX, &v))
+                return usage_error("-D %s: the value must be an integer", p.name);
             if (c->ndims == MAX_PAIRS) return usage_error("too many -D options%s", "");
             c->dims[c->ndims++] = (ssmc_dim){p.name, v};
             continue;
@@ -256,12 +257,7 @@ static int cmd_check_emit(const cli *c, bool emit)
     ssmc_options o = options_of(c);
     int rc = 0;
     if (!emit) {
-        char *text;
-        if (ssmc_emit(ctx, c->file, src, len, &o, SSMC_EMIT_ANALYSIS, &text) != SSMC_OK) {
-            rc = fail(ctx, "check failed");
-        } else {
-            free(text);
-        }
+        if (ssmc_check(ctx, c->file, src, len, &o) != SSMC_OK) rc = fail(ctx, "check failed");
     } else {
         static const struct {
             const char *name;
@@ -346,6 +342,13 @@ static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, int64_t *B, i
             sb_free(&err);
             /* expected: [B?, T?, shape...] */
             int lead = info.role == SSMC_PARAM ? 0 : info.per_step ? 2 : 1;
+            /* an empty B or T would be taken for "not given" below and the run would read past the file's data */
+            for (int j = 0; j < lead && j < files[k].rank; j++) {
+                if (files[k].shape[j] != 0) continue;
+                fprintf(stderr, "error: %s: '%s' has an empty %s axis (axis %d is 0); B and T must be at least 1\n",
+                        ps[i].value, ps[i].name, j == 0 ? "batch" : "sequence", j);
+                return false;
+            }
             bool ok = files[k].rank == lead + info.rank;
             for (int j = 0; ok && j < info.rank; j++) ok = files[k].shape[lead + j] == info.shape[j];
             if (ok && lead >= 1) {
@@ -449,6 +452,23 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* ssmc build FILE -o DIR [--target LIST]: an AOT bundle (ssmc_build). */
+static int cmd_build(const cli *c)
+{
+    if (!c->out) return usage_error("build needs -o DIR%s", "");
+    size_t len;
+    char *src = read_source(c->file, &len);
+    if (!src) return 1;
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = options_of(c);
+    int rc = 0;
+    if (!ctx || ssmc_build(ctx, c->file, src, len, &o, c->target, c->out) != SSMC_OK)
+        rc = ctx ? fail(ctx, "build failed") : 1;
+    ssmc_ctx_free(ctx);
+    free(src);
+    return rc;
 }
 
 static int cmd_run(const cli *c, bool bench)
@@ -614,9 +634,6 @@ int main(int argc, char **argv)
     }
     if (strcmp(c.cmd, "run") == 0) return cmd_run(&c, false);
     if (strcmp(c.cmd, "bench") == 0) return cmd_run(&c, true);
-    if (strcmp(c.cmd, "build") == 0) {
-        fprintf(stderr, "error: ssmc build is not available in this build\n");
-        return 1;
-    }
+    if (strcmp(c.cmd, "build") == 0) return cmd_build(&c);
     return usage_error("unknown command '%s'", c.cmd);
 }

@@ -110,6 +110,11 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
                          const ssmc_options *opts, ssmc_model **out);
 void ssmc_model_free(ssmc_model *m);
 
+/* Parses the file and checks every model in it (only opts->model when set),
+ * through lowering and the recurrence analysis, as `ssmc check` does. */
+ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
+                       const ssmc_options *opts);
+
 /* Text output of a compiler stage (ast, ir, analysis, llvm, cuda, ptx) for the
  * model chosen by opts (all models for ast). *text is malloc'd; free() it. */
 ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
@@ -125,6 +130,28 @@ int ssmc_model_find(const ssmc_model *m, const char *name);
 /* ---- running ---- */
 /* Runs the model over `batch` sequences of length `T` (T >= 1) on host tensors. */
 ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs);
+
+/* The same on tensors already on the GPU, for a model compiled for
+ * SSMC_DEVICE_CUDA: every ssmc_arg.data is a device address (a CUdeviceptr in
+ * the primary context of device 0), and the kernel is enqueued on `stream` (a
+ * CUstream; NULL: the default stream) with no copies and no synchronisation.
+ * A state given is read as the initial state and overwritten in place with the
+ * final state (T = 1 is one decode step). check_finite does not apply. The
+ * first run of each dtype signature compiles (or loads from the kernel cache)
+ * before it enqueues. */
+ssmc_status ssmc_run_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, void *stream);
+
+/* ---- ahead of time ---- */
+/* Builds a bundle of one model of `source` (opts->model; opts->dims apply)
+ * into the directory `outdir` (created if needed): <model>.h, a documented C
+ * ABI, and lib<model>.so and lib<model>.a, which need neither LLVM nor ssmc
+ * at run time (only libc, libm and pthreads). `targets` is a comma-separated
+ * list; "cpu" is this machine's CPU, "cpu:x86-64-v2", "cpu:x86-64-v3" or
+ * "cpu:x86-64-v4" a portable x86-64 level; NULL means "cpu". Needs a C
+ * compiler and `ar` on PATH (or $CC and $AR); their output is in the
+ * diagnostics when they fail. */
+ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, size_t len, const ssmc_options *opts,
+                       const char *targets, const char *outdir);
 
 #ifdef __cplusplus
 }

@@ -62,8 +62,6 @@ typedef struct pass_analysis {
 bool pass_analyze(arena *a, const ir_model *m, pass_analysis *out, diag *d);
 void pass_analysis_print(strbuf *out, const ir_model *m, const pass_analysis *an);
 
-#endif
-
 /* ---- schedule.c: what can run in parallel, and how states are updated ----
  *
  * An index class joins every index variable and every axis of a state, let or
@@ -86,3 +84,5 @@ typedef struct pass_sched {
 
 bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d);
 void pass_schedule_print(strbuf *out, const ir_model *m, const pass_sched *s);
+
+#endif

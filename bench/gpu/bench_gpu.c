@@ -187,7 +187,9 @@ static int alloc_tensors(bench_run *r, ssmc_model *m)
         for (int k = 0; k < info.rank; k++) elems *= (size_t)info.shape[k];
         if (info.role != SSMC_PARAM) elems *= (size_t)r->c->batch;
         if (info.per_step) elems *= (size_t)r->c->T;
-        *t = (bench_tensor){.name = info.name, .role = info.role, .elems = elems};
+        /* the name outlives this model: the cache-hit run uses a second one */
+        *t = (bench_tensor){.name = strdup(info.name), .role = info.role, .elems = elems};
+        if (!t->name) return 0;
         t->dtype = info.role == SSMC_PARAM ? SSMC_F32 : SSMC_BF16;
         t->bytes = elems * dtype_size(t->dtype);
         t->host = malloc(t->bytes);
@@ -226,7 +228,7 @@ static void make_args(bench_run *r)
 static ssmc_status run_model(bench_run *r, ssmc_model *m)
 {
 #ifdef BENCH_HAVE_RUN_DEVICE
-    if (r->gpu) return ssmc_run_device(m, r->c->batch, r->c->T, r->args, r->nt);
+    if (r->gpu) return ssmc_run_device(m, r->c->batch, r->c->T, r->args, r->nt, NULL);
 #endif
     return ssmc_run(m, r->c->batch, r->c->T, r->args, r->nt);
 }
@@ -278,6 +280,7 @@ static void free_run(bench_run *r)
         if (r->gpu) rt_cuda_free(r->gpu, r->t[i].dev, &err);
         sb_free(&err);
         free(r->t[i].host);
+        free((char *)r->t[i].name);
     }
     free(r->src);
 }

@@ -1,0 +1,1625 @@
+/* llvm.c: the CPU backend's code generator, through the LLVM 19 C API (the only
+ * file that includes llvm-c). See llvm.h for the kernel's contract.
+ *
+ * The lowering reads top to bottom:
+ *  1. plan_make: passes/schedule.c says which index classes may split across
+ *     workers; the plan tiles as few of them as give max(8, threads) items per
+ *     sequence, outer axes first. A state's contiguous last axis (GLA's V) stays
+ *     a loop inside the item, long and contiguous, unless nothing else splits;
+ *     then it is cut in tiles of 16k floats (measured: bench/RESULTS.md). It then
+ *     picks, per statement, the reductions to interchange (accumulate into a
+ *     small vector along the statement's last axis when the big operand, e.g.
+ *     the state in o[j] = sum(i: q[i] * S[i,j]), is contiguous along that axis
+ *     rather than along the reduced one), and lays out the per-worker scratch:
+ *     one buffer per let (over the item's slice, one step only), per state that
+ *     cannot be updated in place (the new value, copied back after the
+ *     statement), per interchanged reduction.
+ *  2. gen_kernel: an item function (every tensor and scratch buffer a separate
+ *     noalias pointer) with loops item -> t -> statement loop nests, innermost =
+ *     the last axis; an entry function with the public signature unpacks the
+ *     arguments and calls it (inlined by the optimiser).
+ *  3. optimise: triple and data layout of the host TargetMachine (CPU name and
+ *     features of this machine) are set before "default<O3>", so the loop
+ *     vectoriser sees the real vector width.
+ * Math functions are inline IR with no calls (exp, log, log1p, tanh from
+ * Cephes' single-precision polynomials, ~1 ulp), so loops that use them
+ * vectorise; pow is the one libm call. Only reduction accumulations carry
+ * `reassoc`; every other FP operation carries just `contract`, and the helpers
+ * none that could rewrite their error-compensating steps.
+ *
+ * Guarantees: results within ~1e-6 relative of the f64 interpreter for f32
+ * data on well-conditioned models; no global mutable state (one LLVM context,
+ * target machine and LLJIT per compile; LLVM's target registration runs once
+ * under pthread_once). */
+#include "codegen/llvm.h"
+
+#ifdef SSMC_HAVE_LLVM
+
+#include <llvm-c/Analysis.h>
+#include <llvm-c/Core.h>
+#include <llvm-c/Error.h>
+#include <llvm-c/LLJIT.h>
+#include <llvm-c/Orc.h>
+#include <llvm-c/Target.h>
+#include <llvm-c/TargetMachine.h>
+#include <llvm-c/Transforms/PassBuilder.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "passes/passes.h"
+#include "runtime/cache.h"
+
+/* ---------------------------------------------------------------- plan */
+
+#define VEC_FLOATS 16 /* tiles of a contiguous axis are multiples of this (one AVX-512 vector) */
+#define MIN_ITEMS 8
+
+typedef struct plan {
+    const ir_model *m;
+    pass_sched s;
+    int64_t *tile;     /* [nclasses] values of the class per item (its dim when not on the grid) */
+    int64_t *ntiles;   /* [nclasses] tiles of the class (1 when not on the grid) */
+    int *grid;         /* [ngrid] classes on the grid, slowest first */
+    int ngrid;
+    int64_t items_per_seq;
+    int64_t *fstride;  /* [ntensors * IR_MAX_RANK] row-major strides over the declared axes */
+    int64_t *lstride;  /* [ntensors * IR_MAX_RANK] strides over the item's slice (lets, state copies) */
+    int64_t *elems;    /* [ntensors] elements of one sequence's slice */
+    int64_t *lelems;   /* [ntensors] elements of the item's slice (lets, states) */
+    int *xchg_var;     /* [ninsts] interchanged SUM: the statement variable innermost; else -1 */
+    bool *stmt_xchg;   /* [nstmts] the statement has an interchanged SUM */
+    int *fuse;         /* [nstmts] a state update: the readout fused into its loops, or -1;
+                          the readout itself: -2 (emitted with the update) */
+    ir_ref *fuse_sum;  /* [nstmts] the readout's reduction that runs inside the update's loops */
+    int *hoist_var;    /* [ninsts] an expensive subtree that varies with one outer loop variable
+                          only: computed for each of its values before the loop nest; else -1 */
+    int *buf_tensor;   /* [ntensors] scratch buffer of a let, or of a non-inplace state's copy; -1 */
+    int *buf_inst;     /* [ninsts] scratch buffer of an interchanged SUM; -1 */
+    int64_t *buf_off;  /* [nbufs] offsets into scratch, in floats */
+    int64_t *buf_len;  /* [nbufs] */
+    int nbufs;
+    int64_t scratch_floats;
+} plan;
+
+static int64_t dim_of_class(const plan *p, int k) { return p->m->dims[p->s.class_dim[k]].value; }
+static int axis_class(const plan *p, int ti, int ax) { return p->s.axis_class[ti * IR_MAX_RANK + ax]; }
+/* A variable fixed by the item (no loop): one value per item. */
+static bool var_fixed(const plan *p, int v)
+{
+    int k = p->s.var_class[v];
+    return k >= 0 && p->tile[k] == 1;
+}
+static int64_t var_extent(const plan *p, int v)
+{
+    int k = p->s.var_class[v];
+    return k >= 0 ? p->tile[k] : p->m->dims[p->m->vars[v].dim].value;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Largest element count of a tensor read in the tree of r whose last index is
+ * variable v (or, with `red`, one of the reduction's own variables). */
+static int64_t weight_last(const plan *p, ir_ref r, int v, const ir_inst *red)
+{
+    const ir_model *m = p->m;
+    if (r == IR_NONE) return 0;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_LOAD) {
+        const ir_tensor *t = &m->tensors[in->load.tensor];
+        if (t->rank < 2) return 0;
+        const ir_index *ix = &m->ix[in->load.ix + (uint32_t)t->rank - 1];
+        if (ix->kind != IR_IX_VAR) return 0;
+        bool hit = false;
+        if (red) {
+            for (uint32_t i = 0; i < red->red.nvars; i++) hit |= (int)m->red_vars[red->red.vars + i] == ix->var;
+        } else {
+            hit = ix->var == v;
+        }
+        return hit ? p->elems[in->load.tensor] : 0;
+    }
+    int64_t a = weight_last(p, in->a, v, red), b = weight_last(p, in->b, v, red);
+    return a > b ? a : b;
+}
+
+/* Marks the SUMs of statement s that are not inside another reduction and
+ * whose big operand is contiguous along s's last variable v. */
+static void mark_xchg(plan *p, uint32_t si, ir_ref r, int v)
+{
+    const ir_model *m = p->m;
+    if (r == IR_NONE) return;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_RMAX) return;
+    if (in->op == IR_SUM) {
+        if (weight_last(p, in->a, v, NULL) > weight_last(p, in->a, v, in)) {
+            p->xchg_var[r] = v;
+            p->stmt_xchg[si] = true;
+        }
+        return;
+    }
+    mark_xchg(p, si, in->a, v);
+    mark_xchg(p, si, in->b, v);
+}
+
+/* ---- fusion of a state update U with an adjacent readout R (before or after it)
+ * that reduces over the rest of U's loop nest: mamba2's y[p] = sum(n: S[p,n] C[n])
+ * after S[p,n] = ..., or o[j] = sum(i: q[i] S[i,j]) accumulated along j. R's
+ * loops (its free loops, then the reduction's, or with an interchanged sum the
+ * reduction's before its last free loop) must pair up, class by class, with U's
+ * loops, and R may read U's state only inside that reduction and only at the
+ * element U is at; U must be in place, without reductions, and not read R. */
+
+static int count_reductions(const ir_model *m, ir_ref r, ir_ref *last)
+{
+    if (r == IR_NONE) return 0;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_SUM || in->op == IR_RMAX) {
+        *last = r;
+        return 1 + count_reductions(m, in->a, last);
+    }
+    if (in->op == IR_LOAD || in->op == IR_CONST) return 0;
+    return count_reductions(m, in->a, last) + count_reductions(m, in->b, last);
+}
+
+static bool reads_tensor(const ir_model *m, ir_ref r, int ti)
+{
+    if (r == IR_NONE) return false;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_LOAD) return in->load.tensor == ti;
+    if (in->op == IR_CONST) return false;
+    return reads_tensor(m, in->a, ti) || reads_tensor(m, in->b, ti);
+}
+
+/* Every read of U's state in the tree of r is at U's current element, given
+ * map (R's variable -> U's variable); none at all outside `sum`. */
+static bool reads_at_element(const plan *p, ir_ref r, const ir_stmt *u, const int *map, ir_ref sum, bool inside)
+{
+    const ir_model *m = p->m;
+    if (r == IR_NONE) return true;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_CONST) return true;
+    if (in->op != IR_LOAD)
+        return reads_at_element(p, in->a, u, map, sum, inside || r == sum) &&
+               reads_at_element(p, in->b, u, map, sum, inside || r == sum);
+    if (in->load.tensor != u->tensor) return true;
+    if (!inside) return false;
+    const ir_tensor *t = &m->tensors[u->tensor];
+    for (int i = 0; i < t->rank; i++) {
+        const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
+        if (ix->kind != IR_IX_VAR) return false;
+        int uv = u->vars[i];
+        if (var_fixed(p, ix->var) ? !var_fixed(p, uv) || p->s.var_class[ix->var] != p->s.var_class[uv]
+                                  : map[ix->var] != uv)
+            return false;
+    }
+    return true;
+}
+
+/* The loop variables of R in emission order; returns their number. */
+static int readout_loops(const plan *p, const ir_stmt *r, ir_ref sum, bool xchg, int *out)
+{
+    const ir_model *m = p->m;
+    const ir_tensor *t = &m->tensors[r->tensor];
+    int n = 0, last = -1;
+    for (int i = 0; i < t->rank; i++) {
+        if (var_fixed(p, r->vars[i])) continue;
+        if (xchg && i == t->rank - 1)
+            last = r->vars[i];
+        else
+            out[n++] = r->vars[i];
+    }
+    const ir_inst *in = &m->insts[sum];
+    for (uint32_t i = 0; i < in->red.nvars && n < 2 * IR_MAX_RANK; i++) out[n++] = (int)m->red_vars[in->red.vars + i];
+    if (last >= 0 && n < 2 * IR_MAX_RANK) out[n++] = last;
+    return n;
+}
+
+static bool try_fuse(plan *p, arena *a, uint32_t ui, uint32_t ri)
+{
+    const ir_model *m = p->m;
+    const ir_stmt *u = &m->stmts[ui], *r = &m->stmts[ri];
+    const ir_tensor *rt = &m->tensors[r->tensor];
+    if (!r->per_step || (rt->kind != IR_OUTPUT && rt->kind != IR_LET) || p->fuse[ri] != -1) return false;
+    if (reads_tensor(m, u->root, r->tensor)) return false;
+    ir_ref sum = IR_NONE;
+    if (count_reductions(m, r->root, &sum) != 1 || m->insts[sum].op != IR_SUM) return false;
+    int rl[2 * IR_MAX_RANK], ul[IR_MAX_RANK];
+    int nr = readout_loops(p, r, sum, p->xchg_var[sum] >= 0, rl), nu = 0;
+    for (int i = 0; i < m->tensors[u->tensor].rank; i++)
+        if (!var_fixed(p, u->vars[i])) ul[nu++] = u->vars[i];
+    if (nr != nu || nu == 0) return false;
+    int *map = arena_array(a, m->nvars + 1, sizeof *map);
+    if (!map) return false;
+    for (uint32_t v = 0; v < m->nvars; v++) map[v] = -1;
+    for (int i = 0; i < nu; i++) {
+        int k = p->s.var_class[rl[i]];
+        if (k < 0 || k != p->s.var_class[ul[i]]) return false;
+        map[rl[i]] = ul[i];
+    }
+    if (!reads_at_element(p, r->root, u, map, sum, false)) return false;
+    p->fuse[ui] = (int)ri;
+    p->fuse[ri] = -2;
+    p->fuse_sum[ui] = sum;
+    return true;
+}
+
+static void plan_fusion(plan *p, arena *a)
+{
+    const ir_model *m = p->m;
+    for (uint32_t si = 0; si < m->nstmts; si++) p->fuse[si] = -1;
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        const ir_stmt *u = &m->stmts[si];
+        ir_ref none;
+        if (!u->per_step || m->tensors[u->tensor].kind != IR_STATE || !p->s.inplace[si] || p->fuse[si] != -1 ||
+            count_reductions(m, u->root, &none) != 0)
+            continue;
+        if (si + 1 < m->nstmts && try_fuse(p, a, si, si + 1)) continue;
+        if (si > 0) try_fuse(p, a, si, si - 1);
+    }
+}
+
+/* ---- hoisting: exp(lg[t,h,i]) in S[h,i,j] = exp(lg[t,h,i]) * S[h,i,j] + ...
+ * would be computed, scalar, once per i inside the i loop; computed before the
+ * nest for every i into a small buffer, it vectorises along i. A subtree is
+ * hoisted when it holds an expensive operation, no reduction, and reads the
+ * statement's loop variables through exactly one of them, not the innermost. */
+
+#define HOIST_OTHER (1u << IR_MAX_RANK)      /* a variable that is not the statement's */
+#define HOIST_COSTLY (1u << (IR_MAX_RANK + 1)) /* an expensive operation */
+#define HOIST_NEVER (1u << (IR_MAX_RANK + 2))  /* a reduction */
+
+/* Variables the item fixes are constants here. */
+static unsigned var_bit(const plan *p, const ir_stmt *s, int rank, int v)
+{
+    if (var_fixed(p, v)) return 0;
+    for (int i = 0; i < rank; i++)
+        if (s->vars[i] == v) return 1u << i;
+    return HOIST_OTHER;
+}
+
+/* Bit i: the tree reads statement variable vars[i]; then the flags above. */
+static unsigned hoist_scan(const plan *p, const ir_stmt *s, ir_ref r)
+{
+    const ir_model *m = p->m;
+    if (r == IR_NONE) return 0;
+    const ir_inst *in = &m->insts[r];
+    int rank = m->tensors[s->tensor].rank;
+    switch ((ir_op)in->op) {
+    case IR_CONST: return 0;
+    case IR_LOAD: {
+        unsigned f = in->load.lag_var >= 0 ? var_bit(p, s, rank, in->load.lag_var) : 0;
+        const ir_tensor *t = &m->tensors[in->load.tensor];
+        for (int i = 0; i < t->rank; i++) {
+            const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
+            if (ix->kind != IR_IX_CONST) f |= var_bit(p, s, rank, ix->var);
+        }
+        return f;
+    }
+    case IR_SUM:
+    case IR_RMAX: return HOIST_NEVER;
+    case IR_EXP:
+    case IR_LOG:
+    case IR_LOG1P:
+    case IR_SQRT:
+    case IR_RSQRT:
+    case IR_TANH:
+    case IR_SIGMOID:
+    case IR_SOFTPLUS:
+    case IR_SILU:
+    case IR_POW:
+    case IR_DIV: return HOIST_COSTLY | hoist_scan(p, s, in->a) | hoist_scan(p, s, in->b);
+    default: return hoist_scan(p, s, in->a) | hoist_scan(p, s, in->b);
+    }
+}
+
+static void mark_hoists(plan *p, const ir_stmt *s, ir_ref r, int innermost, bool parent)
+{
+    const ir_model *m = p->m;
+    if (r == IR_NONE) return;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_SUM || in->op == IR_RMAX || in->op == IR_LOAD || in->op == IR_CONST) return;
+    unsigned f = hoist_scan(p, s, r), vars = f & ((1u << IR_MAX_RANK) - 1);
+    bool one = vars && !(vars & (vars - 1));
+    int pos = one ? __builtin_ctz(vars) : -1;
+    bool ok = (f & HOIST_COSTLY) && !(f & (HOIST_OTHER | HOIST_NEVER)) && one && pos != innermost;
+    if (ok && !parent) p->hoist_var[r] = s->vars[pos];
+    mark_hoists(p, s, in->a, innermost, ok || parent);
+    mark_hoists(p, s, in->b, innermost, ok || parent);
+}
+
+static void plan_hoists(plan *p)
+{
+    const ir_model *m = p->m;
+    for (uint32_t r = 0; r < m->ninsts; r++) p->hoist_var[r] = -1;
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        const ir_stmt *s = &m->stmts[si];
+        const ir_tensor *t = &m->tensors[s->tensor];
+        if (!s->per_step || p->fuse[si] == -2 || p->stmt_xchg[si]) continue;
+        int innermost = -1;
+        for (int i = 0; i < t->rank; i++)
+            if (!var_fixed(p, s->vars[i])) innermost = i;
+        if (innermost > 0) mark_hoists(p, s, s->root, innermost, false);
+    }
+}
+
+static int resolved_threads(const ssmc_options *o)
+{
+    if (o && o->threads > 0) return o->threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static bool plan_make(arena *a, const ir_model *m, const ssmc_options *o, plan *p, diag *d)
+{
+    memset(p, 0, sizeof *p);
+    p->m = m;
+    if (!pass_schedule(a, m, &p->s, d)) return false;
+    int nc = p->s.nclasses;
+    size_t nt = m->ntensors ? m->ntensors : 1, ni = m->ninsts ? m->ninsts : 1;
+    p->tile = arena_array(a, (size_t)nc + 1, sizeof *p->tile);
+    p->ntiles = arena_array(a, (size_t)nc + 1, sizeof *p->ntiles);
+    p->grid = arena_array(a, (size_t)nc + 1, sizeof *p->grid);
+    p->fstride = arena_array(a, nt * IR_MAX_RANK, sizeof *p->fstride);
+    p->lstride = arena_array(a, nt * IR_MAX_RANK, sizeof *p->lstride);
+    p->elems = arena_array(a, nt, sizeof *p->elems);
+    p->lelems = arena_array(a, nt, sizeof *p->lelems);
+    p->xchg_var = arena_array(a, ni, sizeof *p->xchg_var);
+    p->stmt_xchg = arena_array(a, m->nstmts + 1, sizeof *p->stmt_xchg);
+    p->fuse = arena_array(a, m->nstmts + 1, sizeof *p->fuse);
+    p->fuse_sum = arena_array(a, m->nstmts + 1, sizeof *p->fuse_sum);
+    p->hoist_var = arena_array(a, ni, sizeof *p->hoist_var);
+    p->buf_tensor = arena_array(a, nt, sizeof *p->buf_tensor);
+    p->buf_inst = arena_array(a, ni, sizeof *p->buf_inst);
+    p->buf_off = arena_array(a, nt + ni, sizeof *p->buf_off);
+    p->buf_len = arena_array(a, nt + ni, sizeof *p->buf_len);
+    int *order = arena_array(a, (size_t)nc + 1, sizeof *order);
+    int *key = arena_array(a, (size_t)nc + 1, sizeof *key);
+    int *pos = arena_array(a, (size_t)nc + 1, sizeof *pos);
+    bool *inner = arena_array(a, (size_t)nc + 1, sizeof *inner);
+    if (a->failed) {
+        diag_error(d, "out of memory");
+        return false;
+    }
+
+    /* ---- the grid: which classes split, in tiles of what size */
+    /* sort key: classes on outer state axes first (outermost first), then
+     * classes that hold a state's contiguous last axis, then the rest */
+    for (int k = 0; k < nc; k++) {
+        p->tile[k] = dim_of_class(p, k);
+        p->ntiles[k] = 1;
+        pos[k] = IR_MAX_RANK;
+        inner[k] = false;
+    }
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        const ir_tensor *t = &m->tensors[ti];
+        for (int ax = 0; t->kind == IR_STATE && ax < t->rank; ax++) {
+            int k = axis_class(p, (int)ti, ax);
+            if (k < 0) continue;
+            if (ax < pos[k]) pos[k] = ax;
+            if (ax == t->rank - 1) inner[k] = true;
+        }
+    }
+    for (int k = 0; k < nc; k++) key[k] = (pos[k] == IR_MAX_RANK ? 2 : inner[k] ? 1 : 0) * IR_MAX_RANK + pos[k];
+    int ncand = 0;
+    for (int k = 0; k < nc; k++)
+        if (p->s.splittable[k] && dim_of_class(p, k) > 1) order[ncand++] = k;
+    for (int i = 1; i < ncand; i++) /* insertion sort by key, stable */
+        for (int j = i; j > 0 && key[order[j - 1]] > key[order[j]]; j--) {
+            int tmp = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = tmp;
+        }
+    /* max(MIN_ITEMS, threads) items from the outer classes. A state's
+     * contiguous axis is cut only when nothing else splits (a model whose
+     * state is a vector): measured on GLA (bench/RESULTS.md), tiles of it
+     * cost more than the parallelism they buy (shorter inner loops, per-step
+     * work repeated per tile, rows shared between threads). */
+    int64_t want = resolved_threads(o);
+    if (want < MIN_ITEMS) want = MIN_ITEMS;
+    int64_t g = 1;
+    for (int i = 0; i < ncand && g < want; i++) {
+        int k = order[i];
+        if (inner[k] && g > 1) break;
+        int64_t dim = dim_of_class(p, k), need = ceil_div(want, g);
+        int64_t tile = ceil_div(dim, need);
+        if (inner[k]) tile = ceil_div(tile, VEC_FLOATS) * VEC_FLOATS;
+        if (tile >= dim) continue;
+        p->tile[k] = tile;
+        p->ntiles[k] = ceil_div(dim, tile);
+        g *= p->ntiles[k];
+        p->grid[p->ngrid++] = k;
+    }
+    p->items_per_seq = g;
+
+    /* ---- strides */
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        const ir_tensor *t = &m->tensors[ti];
+        int64_t s = 1, ls = 1;
+        for (int ax = t->rank - 1; ax >= 0; ax--) {
+            p->fstride[ti * IR_MAX_RANK + (uint32_t)ax] = s;
+            s *= m->dims[t->dims[ax]].value;
+            int k = axis_class(p, (int)ti, ax);
+            int64_t ext = k >= 0 ? p->tile[k] : m->dims[t->dims[ax]].value;
+            p->lstride[ti * IR_MAX_RANK + (uint32_t)ax] = ext == 1 ? 0 : ls;
+            ls *= ext;
+        }
+        p->elems[ti] = s;
+        p->lelems[ti] = ls;
+        p->buf_tensor[ti] = -1;
+    }
+
+    /* ---- interchanged reductions */
+    for (uint32_t r = 0; r < m->ninsts; r++) {
+        p->xchg_var[r] = -1;
+        p->buf_inst[r] = -1;
+    }
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        const ir_stmt *s = &m->stmts[si];
+        const ir_tensor *t = &m->tensors[s->tensor];
+        if (t->rank == 0) continue;
+        int v = s->vars[t->rank - 1];
+        if (var_fixed(p, v) || var_extent(p, v) < 2) continue;
+        mark_xchg(p, si, s->root, v);
+    }
+    plan_fusion(p, a);
+    if (!getenv("SSMC_NOHOIST")) plan_hoists(p); else for (uint32_t r = 0; r < m->ninsts; r++) p->hoist_var[r] = -1;
+
+    /* ---- scratch */
+    int64_t off = 0;
+#define ADD_BUF(len)                                                   \
+    (p->buf_off[p->nbufs] = off, p->buf_len[p->nbufs] = (len),         \
+     off += ceil_div((len), VEC_FLOATS) * VEC_FLOATS, p->nbufs++)
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        const ir_tensor *t = &m->tensors[ti];
+        bool copy = t->kind == IR_STATE && t->def >= 0 && !p->s.inplace[t->def];
+        if (t->kind == IR_LET || copy) p->buf_tensor[ti] = ADD_BUF(p->lelems[ti]);
+    }
+    for (uint32_t r = 0; r < m->ninsts; r++) {
+        if (p->xchg_var[r] >= 0) p->buf_inst[r] = ADD_BUF(var_extent(p, p->xchg_var[r]));
+        if (p->hoist_var[r] >= 0) p->buf_inst[r] = ADD_BUF(var_extent(p, p->hoist_var[r]));
+    }
+#undef ADD_BUF
+    p->scratch_floats = off;
+    return true;
+}
+
+static void describe_sums(strbuf *out, const plan *p, ir_ref r)
+{
+    if (r == IR_NONE) return;
+    const ir_inst *in = &p->m->insts[r];
+    if (in->op == IR_SUM || in->op == IR_RMAX) {
+        sb_printf(out, "; %s(", in->op == IR_SUM ? "sum" : "max");
+        for (uint32_t i = 0; i < in->red.nvars; i++)
+            sb_printf(out, "%s%s", i ? "," : "", p->m->vars[p->m->red_vars[in->red.vars + i]].name);
+        if (p->xchg_var[r] >= 0)
+            sb_printf(out, ") accumulated into a vector along %s", p->m->vars[p->xchg_var[r]].name);
+        else
+            sb_puts(out, ") an inner loop");
+    }
+    if (in->op != IR_LOAD && in->op != IR_CONST) {
+        describe_sums(out, p, in->a);
+        describe_sums(out, p, in->b);
+    }
+}
+
+static void describe_hoists(strbuf *out, const plan *p, ir_ref r)
+{
+    if (r == IR_NONE) return;
+    const ir_inst *in = &p->m->insts[r];
+    if (p->hoist_var[r] >= 0) {
+        sb_puts(out, "; ");
+        ir_print_expr(out, p->m, r);
+        sb_printf(out, " computed for all %s before the loops", p->m->vars[p->hoist_var[r]].name);
+        return;
+    }
+    if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_SUM || in->op == IR_RMAX) return;
+    describe_hoists(out, p, in->a);
+    describe_hoists(out, p, in->b);
+}
+
+/* Comment lines for --emit=llvm: the grid and each statement's loops. */
+static void plan_describe(strbuf *out, const plan *p)
+{
+    const ir_model *m = p->m;
+    sb_printf(out, "; ssmc: model %s, CPU kernel %s\n", m->name, "(LLVM, recurrent)");
+    sb_puts(out, "; items: batch");
+    for (int i = 0; i < p->ngrid; i++) {
+        int k = p->grid[i];
+        sb_printf(out, " x %s", m->dims[p->s.class_dim[k]].name);
+        if (p->tile[k] > 1) sb_printf(out, "(tiles of %lld)", (long long)p->tile[k]);
+    }
+    sb_printf(out, " = %lld per sequence; scratch %lld floats per worker\n", (long long)p->items_per_seq,
+              (long long)p->scratch_floats);
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        const ir_stmt *s = &m->stmts[si];
+        const ir_tensor *t = &m->tensors[s->tensor];
+        sb_printf(out, "; %s %s[", s->per_step ? "per step:" : "once:    ", t->name);
+        for (int i = 0; i < t->rank; i++) sb_printf(out, "%s%s", i ? "," : "", m->vars[s->vars[i]].name);
+        sb_puts(out, "]: loops");
+        int nloops = 0;
+        for (int i = 0; i < t->rank; i++) {
+            int v = s->vars[i];
+            if (var_fixed(p, v)) continue;
+            sb_printf(out, " %s(%lld)", m->vars[v].name, (long long)var_extent(p, v));
+            nloops++;
+        }
+        if (!nloops) sb_puts(out, " none");
+        describe_sums(out, p, s->root);
+        describe_hoists(out, p, s->root);
+        if (t->kind == IR_STATE)
+            sb_puts(out, p->s.inplace[si] ? "; updated in place" : "; updated through a scratch copy");
+        if (p->fuse[si] >= 0) sb_printf(out, "; fused with %s", m->tensors[m->stmts[p->fuse[si]].tensor].name);
+        if (p->fuse[si] == -2) sb_puts(out, "; runs inside the state update's loops");
+        sb_putc(out, '\n');
+    }
+}
+
+static void set_shape(const plan *p, llvm_kernel_shape *shape)
+{
+    shape->items_per_seq = p->items_per_seq;
+    shape->scratch_floats = p->scratch_floats;
+    shape->splits_rows = false;
+    for (uint32_t ti = 0; ti < p->m->ntensors; ti++) {
+        const ir_tensor *t = &p->m->tensors[ti];
+        if (t->kind == IR_STATE && t->rank > 0 && p->ntiles[axis_class(p, (int)ti, t->rank - 1)] > 1)
+            shape->splits_rows = true;
+    }
+}
+
+/* ---------------------------------------------------------------- LLVM setup */
+
+static pthread_once_t llvm_once = PTHREAD_ONCE_INIT;
+static int llvm_init_failed; /* written once under llvm_once */
+
+static void llvm_init(void)
+{
+    if (LLVMInitializeNativeTarget() || LLVMInitializeNativeAsmPrinter()) llvm_init_failed = 1;
+}
+
+static ssmc_status fail_llvm(diag *d, const char *what, char *msg)
+{
+    diag_error(d, "llvm: %s: %s", what, msg ? msg : "(no message)");
+    if (msg) LLVMDisposeMessage(msg);
+    return SSMC_ERR_BACKEND;
+}
+
+static ssmc_status fail_error(diag *d, const char *what, LLVMErrorRef e)
+{
+    char *msg = LLVMGetErrorMessage(e);
+    diag_error(d, "llvm: %s: %s", what, msg);
+    LLVMDisposeErrorMessage(msg);
+    return SSMC_ERR_BACKEND;
+}
+
+/* A TargetMachine for this machine's CPU, or for the named one; PIC (fit for
+ * the JIT and for shared objects). */
+static ssmc_status host_target(const char *cpu_name, diag *d, LLVMTargetMachineRef *tm)
+{
+    pthread_once(&llvm_once, llvm_init);
+    if (llvm_init_failed) {
+        diag_error(d, "llvm: the native target could not be initialised");
+        return SSMC_ERR_BACKEND;
+    }
+    char *triple = LLVMGetDefaultTargetTriple();
+    char *err = NULL;
+    LLVMTargetRef target;
+    if (LLVMGetTargetFromTriple(triple, &target, &err)) {
+        LLVMDisposeMessage(triple);
+        return fail_llvm(d, "no target for the host triple", err);
+    }
+    char *cpu = cpu_name ? NULL : LLVMGetHostCPUName(), *features = cpu_name ? NULL : LLVMGetHostCPUFeatures();
+    *tm = LLVMCreateTargetMachine(target, triple, cpu_name ? cpu_name : cpu, cpu_name ? "" : features,
+                                  LLVMCodeGenLevelAggressive, LLVMRelocPIC, LLVMCodeModelDefault);
+    LLVMDisposeMessage(triple);
+    if (cpu) LLVMDisposeMessage(cpu);
+    if (features) LLVMDisposeMessage(features);
+    if (!*tm) {
+        diag_error(d, "llvm: cannot create a target machine for the host");
+        return SSMC_ERR_BACKEND;
+    }
+    return SSMC_OK;
+}
+
+/* ---------------------------------------------------------------- code generation */
+
+typedef struct loop {
+    LLVMBasicBlockRef header, exit;
+    LLVMValueRef iv, hi;
+} loop;
+
+typedef struct cg {
+    const plan *p;
+    const ir_model *m;
+    LLVMContextRef ctx;
+    LLVMModuleRef mod;
+    LLVMBuilderRef b;
+    LLVMBuilderRef eb; /* before the entry block's terminator: allocas */
+    LLVMTypeRef f32, i32, i64, ptr, void_ty, helper_ty;
+    LLVMValueRef fn;   /* the item function being built */
+    LLVMValueRef T, bidx, t;
+    LLVMValueRef *tptr;   /* [ntensors] tensor pointers (lets: their scratch buffer) */
+    LLVMValueRef *bptr;   /* [nbufs] scratch buffers */
+    LLVMValueRef *base;   /* [nclasses] first value of the class in this item */
+    LLVMValueRef *ext;    /* [nclasses] values of the class in this item */
+    LLVMValueRef *var;    /* [nvars] current value of each index variable */
+    LLVMValueRef h_exp, h_log, h_log1p, h_tanh, h_softplus;
+    ir_ref fused_sum;     /* a fused readout's reduction, already accumulated in fused_acc */
+    LLVMValueRef fused_acc;
+    ir_ref hoisting;      /* the hoisted subtree being computed (not read back) */
+} cg;
+
+#define CONTRACT LLVMFastMathAllowContract
+#define REASSOC (LLVMFastMathAllowContract | LLVMFastMathAllowReassoc)
+
+static LLVMValueRef fmf(LLVMValueRef v, LLVMFastMathFlags f)
+{
+    if (LLVMIsAInstruction(v) && LLVMCanValueUseFastMathFlags(v)) LLVMSetFastMathFlags(v, f);
+    return v;
+}
+static LLVMValueRef K(cg *c, double v) { return LLVMConstReal(c->f32, v); }
+static LLVMValueRef I64(cg *c, int64_t v) { return LLVMConstInt(c->i64, (unsigned long long)v, 1); }
+static LLVMValueRef I32(cg *c, int32_t v) { return LLVMConstInt(c->i32, (unsigned long long)(int64_t)v, 1); }
+static LLVMValueRef f_add(cg *c, LLVMValueRef a, LLVMValueRef b) { return fmf(LLVMBuildFAdd(c->b, a, b, ""), CONTRACT); }
+static LLVMValueRef f_sub(cg *c, LLVMValueRef a, LLVMValueRef b) { return fmf(LLVMBuildFSub(c->b, a, b, ""), CONTRACT); }
+static LLVMValueRef f_mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return fmf(LLVMBuildFMul(c->b, a, b, ""), CONTRACT); }
+static LLVMValueRef f_div(cg *c, LLVMValueRef a, LLVMValueRef b) { return fmf(LLVMBuildFDiv(c->b, a, b, ""), CONTRACT); }
+static LLVMValueRef fcmp(cg *c, LLVMRealPredicate pr, LLVMValueRef a, LLVMValueRef b)
+{
+    return LLVMBuildFCmp(c->b, pr, a, b, "");
+}
+static LLVMValueRef sel(cg *c, LLVMValueRef cond, LLVMValueRef a, LLVMValueRef b)
+{
+    return LLVMBuildSelect(c->b, cond, a, b, "");
+}
+static LLVMValueRef iadd(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(c->b, a, b, ""); }
+static LLVMValueRef isub(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWSub(c->b, a, b, ""); }
+static LLVMValueRef imul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWMul(c->b, a, b, ""); }
+
+/* A call of an intrinsic overloaded on f32 (llvm.fabs, llvm.sqrt, ...). */
+static LLVMValueRef intrinsic(cg *c, const char *name, LLVMValueRef x, LLVMValueRef y)
+{
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    LLVMTypeRef ty = c->f32;
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, &ty, 1);
+    LLVMTypeRef fty = LLVMIntrinsicGetType(c->ctx, id, &ty, 1);
+    LLVMValueRef args[2] = {x, y};
+    return LLVMBuildCall2(c->b, fty, f, args, y ? 2 : 1, "");
+}
+
+static LLVMValueRef call_helper(cg *c, LLVMValueRef h, LLVMValueRef x)
+{
+    return LLVMBuildCall2(c->b, c->helper_ty, h, &x, 1, "");
+}
+
+static void add_attr(cg *c, LLVMValueRef fn, unsigned idx, const char *name)
+{
+    unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
+    LLVMAddAttributeAtIndex(fn, idx, LLVMCreateEnumAttribute(c->ctx, kind, 0));
+}
+
+/* Starts `float name(float)`, internal and always inlined; returns its argument. */
+static LLVMValueRef helper_begin(cg *c, const char *name, LLVMValueRef *fn)
+{
+    *fn = LLVMAddFunction(c->mod, name, c->helper_ty);
+    LLVMSetLinkage(*fn, LLVMInternalLinkage);
+    add_attr(c, *fn, LLVMAttributeFunctionIndex, "alwaysinline");
+    add_attr(c, *fn, LLVMAttributeFunctionIndex, "nounwind");
+    LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, *fn, "entry"));
+    return LLVMGetParam(*fn, 0);
+}
+
+static LLVMValueRef poly(cg *c, LLVMValueRef x, const double *k, int n)
+{
+    LLVMValueRef p = K(c, k[0]);
+    for (int i = 1; i < n; i++) p = f_add(c, f_mul(c, p, x), K(c, k[i]));
+    return p;
+}
+
+static LLVMValueRef as_f32(cg *c, LLVMValueRef i) { return LLVMBuildBitCast(c->b, i, c->f32, ""); }
+static LLVMValueRef as_i32(cg *c, LLVMValueRef f) { return LLVMBuildBitCast(c->b, f, c->i32, ""); }
+
+/* exp: n = rint(x / ln 2), r = x - n ln 2 in two parts, a degree-6 polynomial,
+ * scaled by 2^n in two halves so that results down to the subnormals and up to
+ * overflow come out right. NaN passes through. */
+static void gen_exp_helper(cg *c)
+{
+    LLVMValueRef x = helper_begin(c, "ssmc.exp", &c->h_exp);
+    LLVMValueRef xc = intrinsic(c, "llvm.maxnum", intrinsic(c, "llvm.minnum", x, K(c, 88.8)), K(c, -104.0));
+    LLVMValueRef n = intrinsic(c, "llvm.rint", f_mul(c, xc, K(c, 1.44269504088896341)), NULL);
+    LLVMValueRef r = f_sub(c, xc, f_mul(c, n, K(c, 0.693359375)));
+    r = f_add(c, r, f_mul(c, n, K(c, 2.12194440e-4)));
+    static const double k[] = {1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3,
+                               4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1};
+    LLVMValueRef p = poly(c, r, k, 6);
+    p = f_add(c, f_add(c, f_mul(c, p, f_mul(c, r, r)), r), K(c, 1.0));
+    LLVMValueRef ni = LLVMBuildFPToSI(c->b, n, c->i32, "");
+    LLVMValueRef h = LLVMBuildAShr(c->b, ni, I32(c, 1), "");
+    LLVMValueRef s1 = as_f32(c, LLVMBuildShl(c->b, LLVMBuildAdd(c->b, h, I32(c, 127), ""), I32(c, 23), ""));
+    LLVMValueRef s2 = as_f32(c, LLVMBuildShl(c->b, LLVMBuildAdd(c->b, LLVMBuildSub(c->b, ni, h, ""), I32(c, 127), ""),
+                                             I32(c, 23), ""));
+    LLVMValueRef res = f_mul(c, f_mul(c, p, s1), s2);
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUNO, x, x), x, res));
+}
+
+/* log: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-9 polynomial in m - 1,
+ * e ln 2 added in two parts. Subnormals are scaled first; 0, negatives, +inf
+ * and NaN give -inf, NaN, +inf, NaN. */
+static void gen_log_helper(cg *c)
+{
+    LLVMValueRef x = helper_begin(c, "ssmc.log", &c->h_log);
+    LLVMValueRef small = fcmp(c, LLVMRealOLT, x, K(c, 1.17549435e-38));
+    LLVMValueRef xs = sel(c, small, f_mul(c, x, K(c, 8388608.0)), x);
+    LLVMValueRef bits = as_i32(c, xs);
+    LLVMValueRef e = LLVMBuildSub(c->b, LLVMBuildAnd(c->b, LLVMBuildLShr(c->b, bits, I32(c, 23), ""), I32(c, 255), ""),
+                                  I32(c, 126), "");
+    e = LLVMBuildSub(c->b, e, sel(c, small, I32(c, 23), I32(c, 0)), "");
+    LLVMValueRef mant = as_f32(c, LLVMBuildOr(c->b, LLVMBuildAnd(c->b, bits, I32(c, 0x007fffff), ""),
+                                              I32(c, 0x3f000000), ""));
+    LLVMValueRef lt = fcmp(c, LLVMRealOLT, mant, K(c, 0.707106781186547524));
+    e = LLVMBuildSub(c->b, e, LLVMBuildZExt(c->b, lt, c->i32, ""), "");
+    LLVMValueRef xm = sel(c, lt, f_sub(c, f_add(c, mant, mant), K(c, 1.0)), f_sub(c, mant, K(c, 1.0)));
+    LLVMValueRef z = f_mul(c, xm, xm);
+    static const double k[] = {7.0376836292E-2, -1.1514610310E-1, 1.1676998740E-1, -1.2420140846E-1, 1.4249322787E-1,
+                               -1.6668057665E-1, 2.0000714765E-1, -2.4999993993E-1, 3.3333331174E-1};
+    LLVMValueRef y = f_mul(c, f_mul(c, poly(c, xm, k, 9), xm), z);
+    LLVMValueRef fe = LLVMBuildSIToFP(c->b, e, c->f32, "");
+    y = f_add(c, y, f_mul(c, fe, K(c, -2.12194440e-4)));
+    y = f_sub(c, y, f_mul(c, z, K(c, 0.5)));
+    LLVMValueRef r = f_add(c, f_add(c, xm, y), f_mul(c, fe, K(c, 0.693359375)));
+    double inf = INFINITY, nan = NAN;
+    r = sel(c, fcmp(c, LLVMRealOEQ, x, K(c, inf)), K(c, inf), r);
+    r = sel(c, fcmp(c, LLVMRealOEQ, x, K(c, 0.0)), K(c, -inf), r);
+    r = sel(c, fcmp(c, LLVMRealOLT, x, K(c, 0.0)), K(c, nan), r);
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUNO, x, x), x, r));
+}
+
+/* log1p: log(u) * x / (u - 1) with u = 1 + x, which cancels the rounding of u
+ * (Goldberg); x itself where u rounds to 1. */
+static void gen_log1p_helper(cg *c)
+{
+    LLVMValueRef x = helper_begin(c, "ssmc.log1p", &c->h_log1p);
+    LLVMValueRef u = LLVMBuildFAdd(c->b, K(c, 1.0), x, "");
+    LLVMValueRef dd = LLVMBuildFSub(c->b, u, K(c, 1.0), "");
+    LLVMValueRef r = LLVMBuildFMul(c->b, call_helper(c, c->h_log, u), LLVMBuildFDiv(c->b, x, dd, ""), "");
+    r = sel(c, fcmp(c, LLVMRealOEQ, dd, K(c, 0.0)), x, r);
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealOEQ, u, K(c, INFINITY)), u, r));
+}
+
+/* tanh: an odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above. */
+static void gen_tanh_helper(cg *c)
+{
+    LLVMValueRef x = helper_begin(c, "ssmc.tanh", &c->h_tanh);
+    LLVMValueRef ax = intrinsic(c, "llvm.fabs", x, NULL);
+    LLVMValueRef s = f_mul(c, x, x);
+    static const double k[] = {-5.70498872745E-3, 2.06390887954E-2, -5.37397155531E-2, 1.33314422036E-1,
+                               -3.33332819422E-1};
+    LLVMValueRef small = f_add(c, f_mul(c, f_mul(c, poly(c, s, k, 5), s), x), x);
+    LLVMValueRef e = call_helper(c, c->h_exp, f_add(c, ax, ax));
+    LLVMValueRef big = f_sub(c, K(c, 1.0), f_div(c, K(c, 2.0), f_add(c, e, K(c, 1.0))));
+    big = intrinsic(c, "llvm.copysign", big, x);
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealOGE, ax, K(c, 0.625)), big, small));
+}
+
+/* softplus as the interpreter writes it: x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)). */
+static void gen_softplus_helper(cg *c)
+{
+    LLVMValueRef x = helper_begin(c, "ssmc.softplus", &c->h_softplus);
+    LLVMValueRef ax = intrinsic(c, "llvm.fabs", x, NULL);
+    LLVMValueRef l = call_helper(c, c->h_log1p, call_helper(c, c->h_exp, LLVMBuildFNeg(c->b, ax, "")));
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealOGT, x, K(c, 0.0)), f_add(c, x, l), l));
+}
+
+/* sigmoid: with e = exp(-|x|) <= 1, 1 / (1 + e) for x >= 0 and e / (1 + e)
+ * below, so that neither side overflows (1 / (1 + exp(-x)) would give 0 for
+ * x < -88.7, where the result is still a subnormal). */
+static LLVMValueRef sigmoid(cg *c, LLVMValueRef x)
+{
+    LLVMValueRef e = call_helper(c, c->h_exp, LLVMBuildFNeg(c->b, intrinsic(c, "llvm.fabs", x, NULL), ""));
+    LLVMValueRef r = f_div(c, K(c, 1.0), f_add(c, K(c, 1.0), e));
+    return sel(c, fcmp(c, LLVMRealOGE, x, K(c, 0.0)), r, f_mul(c, e, r));
+}
+
+/* ---- loops: do-while over [lo, hi), hi > lo unless `guard` (then the loop may be empty) */
+
+static LLVMBasicBlockRef new_block(cg *c, const char *name) { return LLVMAppendBasicBlockInContext(c->ctx, c->fn, name); }
+
+static LLVMValueRef loop_begin(cg *c, loop *L, LLVMValueRef lo, LLVMValueRef hi, bool guard, const char *name)
+{
+    LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);
+    L->header = new_block(c, name);
+    L->exit = new_block(c, "exit");
+    L->hi = hi;
+    if (guard)
+        LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lo, hi, ""), L->header, L->exit);
+    else
+        LLVMBuildBr(c->b, L->header);
+    LLVMPositionBuilderAtEnd(c->b, L->header);
+    L->iv = LLVMBuildPhi(c->b, c->i64, name);
+    LLVMAddIncoming(L->iv, &lo, &pre, 1);
+    return L->iv;
+}
+
+static void loop_end(cg *c, loop *L)
+{
+    LLVMValueRef next = iadd(c, L->iv, I64(c, 1));
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
+    LLVMAddIncoming(L->iv, &next, &latch, 1);
+    LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, next, L->hi, ""), L->header, L->exit);
+    LLVMMoveBasicBlockAfter(L->exit, latch);
+    LLVMPositionBuilderAtEnd(c->b, L->exit);
+}
+
+/* The loop bounds of variable v in this item. */
+static void var_range(cg *c, int v, LLVMValueRef *lo, LLVMValueRef *hi)
+{
+    int k = c->p->s.var_class[v];
+    if (k < 0 || c->p->ntiles[k] == 1) {
+        *lo = I64(c, 0);
+        *hi = I64(c, c->m->dims[c->m->vars[v].dim].value);
+    } else {
+        *lo = c->base[k];
+        *hi = iadd(c, c->base[k], c->ext[k]);
+    }
+}
+
+static LLVMValueRef open_var(cg *c, loop *L, int v)
+{
+    LLVMValueRef lo, hi;
+    var_range(c, v, &lo, &hi);
+    return c->var[v] = loop_begin(c, L, lo, hi, false, c->m->vars[v].name);
+}
+
+/* ---- addressing */
+
+static LLVMValueRef index_value(cg *c, const ir_index *ix)
+{
+    switch (ix->kind) {
+    case IR_IX_VAR: return c->var[ix->var];
+    case IR_IX_DIV: return LLVMBuildUDiv(c->b, c->var[ix->var], I64(c, ix->k), "");
+    case IR_IX_CONST: return I64(c, ix->k);
+    }
+    return I64(c, 0);
+}
+
+static LLVMValueRef gep(cg *c, LLVMValueRef base, LLVMValueRef off)
+{
+    return LLVMBuildInBoundsGEP2(c->b, c->f32, base, &off, 1, "");
+}
+
+/* Element `idx` of tensor ti: the caller's tensor (time step tt for per-step
+ * tensors), or, with `local`, its scratch buffer over the item's slice. */
+static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, bool local)
+{
+    const plan *p = c->p;
+    const ir_tensor *t = &c->m->tensors[ti];
+    LLVMValueRef off = I64(c, 0);
+    for (int i = 0; i < t->rank; i++) {
+        int64_t st = local ? p->lstride[ti * IR_MAX_RANK + i] : p->fstride[ti * IR_MAX_RANK + i];
+        if (local && st == 0) continue;
+        if (!local && c->m->dims[t->dims[i]].value == 1) continue;
+        LLVMValueRef v = idx[i];
+        if (local) {
+            int k = axis_class(p, ti, i);
+            if (k >= 0 && p->ntiles[k] > 1) v = isub(c, v, c->base[k]);
+        }
+        off = iadd(c, off, st == 1 ? v : imul(c, v, I64(c, st)));
+    }
+    LLVMValueRef base;
+    if (local) {
+        base = t->kind == IR_LET ? c->tptr[ti] : c->bptr[p->buf_tensor[ti]];
+    } else {
+        base = c->tptr[ti];
+        LLVMValueRef n = I64(c, p->elems[ti]);
+        if (t->per_step)
+            off = iadd(c, off, imul(c, iadd(c, imul(c, c->bidx, c->T), tt), n));
+        else if (t->kind != IR_PARAM)
+            off = iadd(c, off, imul(c, c->bidx, n));
+    }
+    return gep(c, base, off);
+}
+
+static LLVMValueRef gen(cg *c, ir_ref r);
+
+static LLVMValueRef gen_load(cg *c, const ir_inst *in)
+{
+    const ir_model *m = c->m;
+    int ti = in->load.tensor;
+    const ir_tensor *t = &m->tensors[ti];
+    LLVMValueRef idx[IR_MAX_RANK];
+    for (int i = 0; i < t->rank; i++) idx[i] = index_value(c, &m->ix[in->load.ix + (uint32_t)i]);
+    if (t->kind == IR_LET) return LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, NULL, true), "");
+    if (!t->per_step) return LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, NULL, false), "");
+    if (in->load.lag_var < 0 && in->load.lag == 0)
+        return LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, c->t, false), "");
+    /* t - k before the start of the sequence reads 0: clamp the address, select the value */
+    LLVMValueRef lag = in->load.lag_var >= 0 ? c->var[in->load.lag_var] : I64(c, in->load.lag);
+    LLVMValueRef tt = isub(c, c->t, lag);
+    LLVMValueRef ok = LLVMBuildICmp(c->b, LLVMIntSGE, tt, I64(c, 0), "");
+    LLVMValueRef v = LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, sel(c, ok, tt, I64(c, 0)), false), "");
+    return sel(c, ok, v, K(c, 0.0));
+}
+
+/* A reduction as a loop nest inside the current element; the accumulator is
+ * an alloca that mem2reg turns into a phi. */
+static LLVMValueRef gen_reduce(cg *c, const ir_inst *in)
+{
+    const ir_model *m = c->m;
+    LLVMValueRef acc = LLVMBuildAlloca(c->eb, c->f32, "acc");
+    LLVMBuildStore(c->b, K(c, in->op == IR_SUM ? 0.0 : -INFINITY), acc);
+    loop L[IR_MAX_RANK];
+    uint32_t n = in->red.nvars;
+    for (uint32_t i = 0; i < n; i++) open_var(c, &L[i], (int)m->red_vars[in->red.vars + i]);
+    LLVMValueRef x = gen(c, in->a);
+    LLVMValueRef old = LLVMBuildLoad2(c->b, c->f32, acc, "");
+    LLVMValueRef upd;
+    if (in->op == IR_SUM) {
+        upd = fmf(LLVMBuildFAdd(c->b, old, x, ""), REASSOC);
+    } else { /* the interpreter's max: NaN wins */
+        LLVMValueRef take = LLVMBuildOr(c->b, fcmp(c, LLVMRealOGT, x, old), fcmp(c, LLVMRealUNO, x, x), "");
+        upd = sel(c, take, x, old);
+    }
+    LLVMBuildStore(c->b, upd, acc);
+    for (uint32_t i = n; i > 0; i--) loop_end(c, &L[i - 1]);
+    return LLVMBuildLoad2(c->b, c->f32, acc, "");
+}
+
+/* The accumulator element of an interchanged SUM at the current value of its variable. */
+static LLVMValueRef xchg_ptr(cg *c, ir_ref r)
+{
+    int v = c->p->xchg_var[r];
+    LLVMValueRef lo, hi;
+    var_range(c, v, &lo, &hi);
+    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+}
+
+/* The scratch element of a hoisted subtree at the current value of its variable. */
+static LLVMValueRef hoist_ptr(cg *c, ir_ref r)
+{
+    int v = c->p->hoist_var[r];
+    LLVMValueRef lo, hi;
+    var_range(c, v, &lo, &hi);
+    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+}
+
+static LLVMValueRef gen(cg *c, ir_ref r)
+{
+    const ir_inst *in = &c->m->insts[r];
+    if (c->p->hoist_var[r] >= 0 && r != c->hoisting) return LLVMBuildLoad2(c->b, c->f32, hoist_ptr(c, r), "");
+    switch ((ir_op)in->op) {
+    case IR_CONST: return K(c, in->num);
+    case IR_LOAD: return gen_load(c, in);
+    case IR_SUM:
+    case IR_RMAX:
+        if (c->p->xchg_var[r] >= 0) return LLVMBuildLoad2(c->b, c->f32, xchg_ptr(c, r), "");
+        if (r == c->fused_sum) return LLVMBuildLoad2(c->b, c->f32, c->fused_acc, "");
+        return gen_reduce(c, in);
+    default: break;
+    }
+    LLVMValueRef a = gen(c, in->a), b = in->b != IR_NONE ? gen(c, in->b) : NULL;
+    switch ((ir_op)in->op) {
+    case IR_NEG: return LLVMBuildFNeg(c->b, a, "");
+    case IR_ADD: return f_add(c, a, b);
+    case IR_SUB: return f_sub(c, a, b);
+    case IR_MUL: return f_mul(c, a, b);
+    case IR_DIV: return f_div(c, a, b);
+    case IR_EXP: return call_helper(c, c->h_exp, a);
+    case IR_LOG: return call_helper(c, c->h_log, a);
+    case IR_LOG1P: return call_helper(c, c->h_log1p, a);
+    case IR_SQRT: return intrinsic(c, "llvm.sqrt", a, NULL);
+    case IR_RSQRT: return f_div(c, K(c, 1.0), intrinsic(c, "llvm.sqrt", a, NULL));
+    case IR_ABS: return intrinsic(c, "llvm.fabs", a, NULL);
+    case IR_TANH: return call_helper(c, c->h_tanh, a);
+    case IR_SIGMOID: return sigmoid(c, a);
+    case IR_SOFTPLUS: return call_helper(c, c->h_softplus, a);
+    case IR_SILU: return f_mul(c, a, sigmoid(c, a));
+    case IR_RELU: return sel(c, fcmp(c, LLVMRealOGT, a, K(c, 0.0)), a, K(c, 0.0));
+    case IR_POW: return intrinsic(c, "llvm.pow", a, b);
+    case IR_MIN: return intrinsic(c, "llvm.minnum", a, b);
+    case IR_MAX: return intrinsic(c, "llvm.maxnum", a, b);
+    default: break;
+    }
+    return K(c, NAN);
+}
+
+/* acc[v] = sum over the reduction's variables of its body, for every value of
+ * v (the statement's last variable) in this item, v innermost. */
+static void gen_xchg(cg *c, ir_ref r)
+{
+    const ir_model *m = c->m;
+    const ir_inst *in = &m->insts[r];
+    int v = c->p->xchg_var[r];
+    loop z;
+    open_var(c, &z, v);
+    LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, r));
+    loop_end(c, &z);
+    loop L[IR_MAX_RANK + 1];
+    uint32_t n = in->red.nvars;
+    for (uint32_t i = 0; i < n; i++) open_var(c, &L[i], (int)m->red_vars[in->red.vars + i]);
+    open_var(c, &L[n], v);
+    LLVMValueRef x = gen(c, in->a);
+    LLVMValueRef pa = xchg_ptr(c, r);
+    LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
+    for (uint32_t i = n + 1; i > 0; i--) loop_end(c, &L[i - 1]);
+}
+
+static void gen_xchg_all(cg *c, ir_ref r)
+{
+    if (r == IR_NONE) return;
+    const ir_inst *in = &c->m->insts[r];
+    if (in->op == IR_SUM || in->op == IR_RMAX) {
+        if (c->p->xchg_var[r] >= 0) gen_xchg(c, r);
+        return;
+    }
+    if (in->op == IR_LOAD || in->op == IR_CONST) return;
+    gen_xchg_all(c, in->a);
+    gen_xchg_all(c, in->b);
+}
+
+/* Computes the hoisted subtrees of r, each over its variable's values. */
+static void gen_hoists(cg *c, ir_ref r)
+{
+    if (r == IR_NONE) return;
+    const ir_inst *in = &c->m->insts[r];
+    if (c->p->hoist_var[r] >= 0) {
+        loop L;
+        open_var(c, &L, c->p->hoist_var[r]);
+        c->hoisting = r;
+        LLVMValueRef v = gen(c, r);
+        c->hoisting = IR_NONE;
+        LLVMBuildStore(c->b, v, hoist_ptr(c, r));
+        loop_end(c, &L);
+        return;
+    }
+    if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_SUM || in->op == IR_RMAX) return;
+    gen_hoists(c, in->a);
+    gen_hoists(c, in->b);
+}
+
+/* Sets the variables of statement s that the item fixes. */
+static void fix_vars(cg *c, const ir_stmt *s)
+{
+    const plan *p = c->p;
+    const ir_tensor *t = &c->m->tensors[s->tensor];
+    for (int i = 0; i < t->rank; i++) {
+        int v = s->vars[i], k = p->s.var_class[v];
+        if (var_fixed(p, v)) c->var[v] = p->ntiles[k] > 1 ? c->base[k] : I64(c, 0);
+    }
+}
+
+/* Branches around what follows when output `ti` was not asked for; returns the
+ * block to close with end_skip, or NULL for a tensor that is always there. */
+static LLVMBasicBlockRef begin_skip(cg *c, int ti)
+{
+    if (c->m->tensors[ti].kind != IR_OUTPUT) return NULL;
+    LLVMBasicBlockRef body = new_block(c, "out"), skip = new_block(c, "out.done");
+    LLVMBuildCondBr(c->b, LLVMBuildIsNotNull(c->b, c->tptr[ti], ""), body, skip);
+    LLVMPositionBuilderAtEnd(c->b, body);
+    return skip;
+}
+
+static void end_skip(cg *c, LLVMBasicBlockRef skip)
+{
+    if (!skip) return;
+    LLVMBuildBr(c->b, skip);
+    LLVMPositionBuilderAtEnd(c->b, skip);
+}
+
+static void store_result(cg *c, const ir_stmt *s, LLVMValueRef val)
+{
+    const ir_tensor *t = &c->m->tensors[s->tensor];
+    LLVMValueRef idx[IR_MAX_RANK];
+    for (int i = 0; i < t->rank; i++) idx[i] = c->var[s->vars[i]];
+    bool local = t->kind == IR_LET || (t->kind == IR_STATE && c->p->buf_tensor[s->tensor] >= 0);
+    LLVMBuildStore(c->b, val, elem_ptr(c, s->tensor, idx, c->t, local));
+}
+
+/* One statement over the item's slice of its domain. */
+static void gen_stmt(cg *c, uint32_t si)
+{
+    const plan *p = c->p;
+    const ir_stmt *s = &c->m->stmts[si];
+    const ir_tensor *t = &c->m->tensors[s->tensor];
+    LLVMBasicBlockRef skip = begin_skip(c, s->tensor); /* an output not asked for is not computed */
+    bool xchg = p->stmt_xchg[si];
+    loop L[IR_MAX_RANK];
+    int nl = 0;
+    fix_vars(c, s);
+    gen_hoists(c, s->root);
+    for (int i = 0; i < t->rank; i++)
+        if (!var_fixed(p, s->vars[i]) && !(xchg && i == t->rank - 1)) open_var(c, &L[nl++], s->vars[i]);
+    if (xchg) {
+        gen_xchg_all(c, s->root);
+        open_var(c, &L[nl++], s->vars[t->rank - 1]);
+    }
+    store_result(c, s, gen(c, s->root));
+    while (nl > 0) loop_end(c, &L[--nl]);
+    if (t->kind == IR_STATE && p->buf_tensor[s->tensor] >= 0) {
+        /* the update was simultaneous: only now does the new value replace S(t-1) */
+        LLVMValueRef idx[IR_MAX_RANK];
+        for (int i = 0; i < t->rank; i++)
+            if (!var_fixed(p, s->vars[i])) open_var(c, &L[nl++], s->vars[i]);
+        for (int i = 0; i < t->rank; i++) idx[i] = c->var[s->vars[i]];
+        LLVMValueRef v = LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, s->tensor, idx, NULL, true), "");
+        LLVMBuildStore(c->b, v, elem_ptr(c, s->tensor, idx, NULL, false));
+        while (nl > 0) loop_end(c, &L[--nl]);
+    }
+    end_skip(c, skip);
+}
+
+/* State update ui and readout ri in one loop nest (see plan_fusion). */
+static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
+{
+    const plan *p = c->p;
+    const ir_model *m = c->m;
+    const ir_stmt *u = &m->stmts[ui], *r = &m->stmts[ri];
+    const ir_tensor *ut = &m->tensors[u->tensor], *rt = &m->tensors[r->tensor];
+    ir_ref sum = p->fuse_sum[ui];
+    bool xchg = p->xchg_var[sum] >= 0;
+    int rl[2 * IR_MAX_RANK], ul[IR_MAX_RANK], nu = 0, nfree = 0;
+    int n = readout_loops(p, r, sum, xchg, rl);
+    for (int i = 0; i < ut->rank; i++)
+        if (!var_fixed(p, u->vars[i])) ul[nu++] = u->vars[i];
+    for (int i = 0; i < rt->rank; i++) nfree += !var_fixed(p, r->vars[i]);
+    int db = xchg ? nfree - 1 : nfree; /* depth at which the reduction's loops start */
+    fix_vars(c, u);
+    fix_vars(c, r);
+    gen_hoists(c, u->root);
+    loop L[IR_MAX_RANK];
+    for (int i = 0; i < db; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
+    LLVMValueRef acc = NULL;
+    if (xchg) {
+        loop z;
+        open_var(c, &z, p->xchg_var[sum]);
+        LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, sum));
+        loop_end(c, &z);
+    } else {
+        acc = LLVMBuildAlloca(c->eb, c->f32, "acc");
+        LLVMBuildStore(c->b, K(c, 0.0), acc);
+    }
+    for (int i = db; i < n; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
+    LLVMValueRef x = NULL;
+    if (ri < ui) x = gen(c, m->insts[sum].a); /* reads S(t-1): before the update */
+    store_result(c, u, gen(c, u->root));
+    if (ri > ui) x = gen(c, m->insts[sum].a); /* reads S(t): after it */
+    if (xchg) {
+        LLVMValueRef pa = xchg_ptr(c, sum);
+        LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
+    } else {
+        LLVMBuildStore(c->b, fmf(LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->f32, acc, ""), x, ""), REASSOC), acc);
+    }
+    for (int i = n; i > db; i--) loop_end(c, &L[i - 1]);
+    LLVMBasicBlockRef skip = begin_skip(c, r->tensor);
+    loop f;
+    if (xchg) open_var(c, &f, p->xchg_var[sum]);
+    c->fused_sum = sum;
+    c->fused_acc = acc;
+    store_result(c, r, gen(c, r->root));
+    c->fused_sum = IR_NONE;
+    if (xchg) loop_end(c, &f);
+    end_skip(c, skip);
+    for (int i = db; i > 0; i--) loop_end(c, &L[i - 1]);
+}
+
+/* The item function: (T, item_begin, item_end, tensor pointers..., scratch buffers...). */
+static LLVMValueRef gen_items(cg *c, const char *name)
+{
+    const plan *p = c->p;
+    const ir_model *m = c->m;
+    int np = 3 + (int)m->ntensors + p->nbufs;
+    LLVMTypeRef *pt = calloc((size_t)np, sizeof *pt);
+    if (!pt) return NULL;
+    pt[0] = pt[1] = pt[2] = c->i64;
+    for (int i = 3; i < np; i++) pt[i] = c->ptr;
+    LLVMTypeRef fty = LLVMFunctionType(c->void_ty, pt, (unsigned)np, 0);
+    free(pt);
+    c->fn = LLVMAddFunction(c->mod, name, fty);
+    LLVMSetLinkage(c->fn, LLVMInternalLinkage);
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "alwaysinline");
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "nounwind");
+    const char *pvw = getenv("SSMC_PVW");
+    if (pvw) LLVMAddAttributeAtIndex(c->fn, LLVMAttributeFunctionIndex, LLVMCreateStringAttribute(c->ctx, "prefer-vector-width", 19, pvw, (unsigned)strlen(pvw)));
+    for (int i = 3; i < np; i++) {
+        add_attr(c, c->fn, (unsigned)i + 1, "noalias");
+        add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
+        int ti = i - 3;
+        if (ti < (int)m->ntensors && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
+            add_attr(c, c->fn, (unsigned)i + 1, "readonly");
+    }
+    c->T = LLVMGetParam(c->fn, 0);
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) c->tptr[ti] = LLVMGetParam(c->fn, 3 + ti);
+    for (int j = 0; j < p->nbufs; j++) c->bptr[j] = LLVMGetParam(c->fn, 3 + m->ntensors + (unsigned)j);
+    for (uint32_t ti = 0; ti < m->ntensors; ti++)
+        if (m->tensors[ti].kind == IR_LET) c->tptr[ti] = c->bptr[p->buf_tensor[ti]];
+
+    LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
+    LLVMPositionBuilderAtEnd(c->b, entry);
+    LLVMValueRef br = LLVMBuildBr(c->b, start);
+    LLVMPositionBuilderBefore(c->eb, br);
+    LLVMPositionBuilderAtEnd(c->b, start);
+
+    loop item;
+    LLVMValueRef it = loop_begin(c, &item, LLVMGetParam(c->fn, 1), LLVMGetParam(c->fn, 2), true, "item");
+    LLVMValueRef G = I64(c, p->items_per_seq);
+    c->bidx = LLVMBuildUDiv(c->b, it, G, "b");
+    LLVMValueRef g = LLVMBuildURem(c->b, it, G, "");
+    for (int k = 0; k < p->s.nclasses; k++) {
+        c->base[k] = I64(c, 0);
+        c->ext[k] = I64(c, p->tile[k]);
+    }
+    for (int i = p->ngrid - 1; i >= 0; i--) { /* mixed radix, the last grid class fastest */
+        int k = p->grid[i];
+        LLVMValueRef nt = I64(c, p->ntiles[k]);
+        LLVMValueRef tile = I64(c, p->tile[k]);
+        c->base[k] = imul(c, LLVMBuildURem(c->b, g, nt, ""), tile);
+        g = LLVMBuildUDiv(c->b, g, nt, "");
+        int64_t dim = dim_of_class(p, k);
+        if (dim % p->tile[k]) {
+            LLVMValueRef left = isub(c, I64(c, dim), c->base[k]);
+            c->ext[k] = sel(c, LLVMBuildICmp(c->b, LLVMIntSLT, left, tile, ""), left, tile);
+        }
+    }
+    c->t = I64(c, 0);
+    for (uint32_t si = 0; si < m->nstmts; si++)
+        if (!m->stmts[si].per_step) gen_stmt(c, si);
+    loop step;
+    c->t = loop_begin(c, &step, I64(c, 0), c->T, true, "t");
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        if (!m->stmts[si].per_step || p->fuse[si] == -2) continue;
+        if (p->fuse[si] >= 0)
+            gen_fused(c, si, (uint32_t)p->fuse[si]);
+        else
+            gen_stmt(c, si);
+    }
+    loop_end(c, &step);
+    loop_end(c, &item);
+    LLVMBuildRetVoid(c->b);
+    return c->fn;
+}
+
+/* The public entry: (const llvm_kargs *, item_begin, item_end, scratch). */
+static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
+{
+    const plan *p = c->p;
+    const ir_model *m = c->m;
+    LLVMTypeRef pt[4] = {c->ptr, c->i64, c->i64, c->ptr};
+    LLVMTypeRef fty = LLVMFunctionType(c->void_ty, pt, 4, 0);
+    LLVMValueRef fn = LLVMAddFunction(c->mod, symbol, fty);
+    add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
+    LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+    LLVMTypeRef fields[2] = {c->i64, c->ptr};
+    LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, 2, 0);
+    LLVMValueRef a = LLVMGetParam(fn, 0), scratch = LLVMGetParam(fn, 3);
+    int np = 3 + (int)m->ntensors + p->nbufs;
+    LLVMValueRef *args = calloc((size_t)np, sizeof *args);
+    if (!args) return;
+    args[0] = LLVMBuildLoad2(c->b, c->i64, LLVMBuildStructGEP2(c->b, kargs, a, 0, ""), "T");
+    args[1] = LLVMGetParam(fn, 1);
+    args[2] = LLVMGetParam(fn, 2);
+    LLVMValueRef tensors = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, kargs, a, 1, ""), "tensors");
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        LLVMValueRef ix = I64(c, ti);
+        args[3 + ti] = m->tensors[ti].kind == IR_LET
+                           ? LLVMConstNull(c->ptr)
+                           : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
+                                            m->tensors[ti].name);
+    }
+    for (int j = 0; j < p->nbufs; j++) args[3 + m->ntensors + (unsigned)j] = gep(c, scratch, I64(c, p->buf_off[j]));
+    LLVMBuildCall2(c->b, LLVMGlobalGetValueType(items), items, args, (unsigned)np, "");
+    LLVMBuildRetVoid(c->b);
+    free(args);
+}
+
+const char *llvm_symbol(arena *a, const char *name) { return arena_printf(a, "ssmc_%s", name); }
+
+/* Builds the (verified, not yet optimised) module of m in ctx for tm. */
+static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef ctx, LLVMTargetMachineRef tm,
+                                const char *symbol, diag *d, LLVMModuleRef *out)
+{
+    *out = NULL;
+    cg c = {.p = p, .m = m, .ctx = ctx, .fused_sum = IR_NONE, .hoisting = IR_NONE};
+    c.mod = LLVMModuleCreateWithNameInContext(m->name, ctx);
+    char *triple = LLVMGetTargetMachineTriple(tm);
+    LLVMSetTarget(c.mod, triple);
+    LLVMDisposeMessage(triple);
+    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
+    char *layout = LLVMCopyStringRepOfTargetData(td);
+    LLVMSetDataLayout(c.mod, layout);
+    LLVMDisposeMessage(layout);
+    LLVMDisposeTargetData(td);
+
+    c.b = LLVMCreateBuilderInContext(ctx);
+    c.eb = LLVMCreateBuilderInContext(ctx);
+    c.f32 = LLVMFloatTypeInContext(ctx);
+    c.i32 = LLVMInt32TypeInContext(ctx);
+    c.i64 = LLVMInt64TypeInContext(ctx);
+    c.ptr = LLVMPointerTypeInContext(ctx, 0);
+    c.void_ty = LLVMVoidTypeInContext(ctx);
+    c.helper_ty = LLVMFunctionType(c.f32, &c.f32, 1, 0);
+    size_t nt = m->ntensors + 1;
+    c.tptr = calloc(nt, sizeof *c.tptr);
+    c.bptr = calloc((size_t)p->nbufs + 1, sizeof *c.bptr);
+    c.base = calloc((size_t)p->s.nclasses + 1, sizeof *c.base);
+    c.ext = calloc((size_t)p->s.nclasses + 1, sizeof *c.ext);
+    c.var = calloc(m->nvars + 1, sizeof *c.var);
+    ssmc_status s = SSMC_OK;
+    LLVMValueRef items = NULL;
+    if (!c.tptr || !c.bptr || !c.base || !c.ext || !c.var) {
+        diag_error(d, "out of memory");
+        s = SSMC_ERR_NOMEM;
+    } else {
+        gen_exp_helper(&c);
+        gen_log_helper(&c);
+        gen_log1p_helper(&c);
+        gen_tanh_helper(&c);
+        gen_softplus_helper(&c);
+        char *iname = malloc(strlen(symbol) + 8);
+        if (iname) {
+            sprintf(iname, "%s.items", symbol);
+            items = gen_items(&c, iname);
+            free(iname);
+        }
+        if (!items) {
+            diag_error(d, "out of memory");
+            s = SSMC_ERR_NOMEM;
+        } else {
+            gen_entry(&c, symbol, items);
+        }
+    }
+    free(c.tptr);
+    free(c.bptr);
+    free(c.base);
+    free(c.ext);
+    free(c.var);
+    LLVMDisposeBuilder(c.b);
+    LLVMDisposeBuilder(c.eb);
+    char *msg = NULL;
+    if (s == SSMC_OK && LLVMVerifyModule(c.mod, LLVMReturnStatusAction, &msg)) {
+        diag_error(d, "internal error: llvm: the generated module for model %s does not verify: %s", m->name, msg);
+        s = SSMC_ERR_BACKEND;
+    }
+    if (msg) LLVMDisposeMessage(msg);
+    if (s != SSMC_OK) {
+        LLVMDisposeModule(c.mod);
+        return s;
+    }
+    *out = c.mod;
+    return SSMC_OK;
+}
+
+#define PIPELINE "default<O3>"
+
+static ssmc_status optimise(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d)
+{
+    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
+    LLVMPassBuilderOptionsSetLoopVectorization(po, 1);
+    LLVMPassBuilderOptionsSetSLPVectorization(po, 1);
+    LLVMPassBuilderOptionsSetLoopInterleaving(po, getenv("SSMC_IL") ? 1 : 0);
+    LLVMPassBuilderOptionsSetLoopUnrolling(po, getenv("SSMC_UNROLL") ? 1 : 0);
+    LLVMErrorRef e = LLVMRunPasses(mod, getenv("SSMC_OPT") ? getenv("SSMC_OPT") : PIPELINE, tm, po);
+    LLVMDisposePassBuilderOptions(po);
+    return e ? fail_error(d, "optimisation failed", e) : SSMC_OK;
+}
+
+/* Everything a compile needs before the module: target machine, plan. */
+static ssmc_status prepare(const ir_model *m, const ssmc_options *o, const char *cpu, arena *a, plan *p,
+                           LLVMTargetMachineRef *tm, diag *d)
+{
+    if (!plan_make(a, m, o, p, d)) return a->failed ? SSMC_ERR_NOMEM : SSMC_ERR_BACKEND;
+    return host_target(cpu, d, tm);
+}
+
+/* ---------------------------------------------------------------- JIT */
+
+struct llvm_jit {
+    LLVMOrcLLJITRef jit;
+    llvm_kernel_fn *fn;
+};
+
+/* The cache key of a kernel: everything its object code depends on. The
+ * unoptimised module holds the model, the plan, the triple and data layout. */
+static rt_cache_key cache_key(LLVMModuleRef mod, LLVMTargetMachineRef tm)
+{
+    unsigned major, minor, patch;
+    LLVMGetVersion(&major, &minor, &patch);
+    char llvm_version[64];
+    snprintf(llvm_version, sizeof llvm_version, "LLVM %u.%u.%u", major, minor, patch);
+    char *text = LLVMPrintModuleToString(mod);
+    char *cpu = LLVMGetTargetMachineCPU(tm), *features = LLVMGetTargetMachineFeatureString(tm);
+    const char *parts[] = {"ssmc cpu kernel 1", SSMC_VERSION, llvm_version, cpu, features, PIPELINE, text};
+    rt_cache_key key = rt_cache_key_make(parts, (int)(sizeof parts / sizeof *parts));
+    LLVMDisposeMessage(text);
+    LLVMDisposeMessage(cpu);
+    LLVMDisposeMessage(features);
+    return key;
+}
+
+/* The object code of m for tm: from the kernel cache when it holds it, else
+ * optimised and compiled now (and stored). The cache is an optimisation: when
+ * its directory cannot be used the kernel is compiled as if it missed. */
+static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d, LLVMMemoryBufferRef *obj)
+{
+    *obj = NULL;
+    rt_cache_key key = cache_key(mod, tm);
+    void *data = NULL;
+    size_t len = 0;
+    bool hit = false;
+    strbuf err = {0};
+    if (rt_cache_get(NULL, key, &data, &len, &hit, &err) == SSMC_OK && hit) {
+        *obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(data, len, "ssmc kernel (cached)");
+        free(data);
+        sb_free(&err);
+        return SSMC_OK;
+    }
+    sb_free(&err);
+    ssmc_status s = optimise(mod, tm, d);
+    char *msg = NULL;
+    if (s == SSMC_OK && LLVMTargetMachineEmitToMemoryBuffer(tm, mod, LLVMObjectFile, &msg, obj))
+        return fail_llvm(d, "code generation failed", msg);
+    if (s == SSMC_OK) {
+        strbuf perr = {0};
+        rt_cache_put(NULL, key, LLVMGetBufferStart(*obj), LLVMGetBufferSize(*obj), &perr);
+        sb_free(&perr);
+    }
+    return s;
+}
+
+ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, llvm_jit **out,
+                             llvm_kernel_shape *shape)
+{
+    *out = NULL;
+    arena a;
+    arena_init(&a);
+    plan p;
+    LLVMTargetMachineRef tm = NULL;
+    ssmc_status s = prepare(m, o, NULL, &a, &p, &tm, d);
+    const char *symbol = llvm_symbol(&a, m->name);
+    llvm_jit *j = calloc(1, sizeof *j);
+    if (s == SSMC_OK && (!j || !symbol)) {
+        diag_error(d, "out of memory");
+        s = SSMC_ERR_NOMEM;
+    }
+    LLVMContextRef ctx = LLVMContextCreate();
+    LLVMModuleRef mod = NULL;
+    LLVMMemoryBufferRef obj = NULL;
+    if (s == SSMC_OK) s = build_module(m, &p, ctx, tm, symbol, d, &mod);
+    if (s == SSMC_OK) s = kernel_object(mod, tm, d, &obj);
+    if (s == SSMC_OK) {
+        /* the object is compiled already: the JIT only links it, for this CPU */
+        LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm);
+        tm = NULL;
+        LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
+        LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, jtmb);
+        LLVMErrorRef e = LLVMOrcCreateLLJIT(&j->jit, jb);
+        if (e) s = fail_error(d, "cannot create the JIT", e);
+    }
+    if (s == SSMC_OK) {
+        LLVMOrcDefinitionGeneratorRef gen = NULL;
+        LLVMErrorRef e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
+            &gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL);
+        if (e)
+            s = fail_error(d, "cannot resolve symbols of this process (libm)", e);
+        else
+            LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->jit), gen);
+    }
+    if (s == SSMC_OK) {
+        LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), obj);
+        obj = NULL; /* the JIT owns it now, also on failure */
+        if (e) s = fail_error(d, "cannot add the kernel to the JIT", e);
+    }
+    if (s == SSMC_OK) {
+        LLVMOrcExecutorAddress addr = 0;
+        LLVMErrorRef e = LLVMOrcLLJITLookup(j->jit, &addr, symbol);
+        if (e)
+            s = fail_error(d, "cannot link the kernel", e);
+        else
+            j->fn = (llvm_kernel_fn *)(uintptr_t)addr;
+    }
+    if (obj) LLVMDisposeMemoryBuffer(obj);
+    if (mod) LLVMDisposeModule(mod);
+    LLVMContextDispose(ctx);
+    if (tm) LLVMDisposeTargetMachine(tm);
+    if (s == SSMC_OK) {
+        set_shape(&p, shape);
+        *out = j;
+    } else {
+        llvm_jit_free(j);
+    }
+    arena_free(&a);
+    return s;
+}
+
+llvm_kernel_fn *llvm_jit_kernel(const llvm_jit *j) { return j->fn; }
+
+void llvm_jit_free(llvm_jit *j)
+{
+    if (!j) return;
+    if (j->jit) {
+        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
+        if (e) LLVMConsumeError(e);
+    }
+    free(j);
+}
+
+/* ---------------------------------------------------------------- text and objects */
+
+ssmc_status llvm_emit_text(const ir_model *m, const ssmc_options *o, strbuf *out, diag *d)
+{
+    arena a;
+    arena_init(&a);
+    plan p;
+    LLVMTargetMachineRef tm = NULL;
+    ssmc_status s = prepare(m, o, NULL, &a, &p, &tm, d);
+    LLVMContextRef ctx = LLVMContextCreate();
+    LLVMModuleRef mod = NULL;
+    if (s == SSMC_OK) s = build_module(m, &p, ctx, tm, llvm_symbol(&a, m->name), d, &mod);
+    if (s == SSMC_OK) s = optimise(mod, tm, d);
+    if (s == SSMC_OK) {
+        plan_describe(out, &p);
+        char *text = LLVMPrintModuleToString(mod);
+        sb_puts(out, text);
+        LLVMDisposeMessage(text);
+    }
+    if (mod) LLVMDisposeModule(mod);
+    LLVMContextDispose(ctx);
+    if (tm) LLVMDisposeTargetMachine(tm);
+    arena_free(&a);
+    return s;
+}
+
+ssmc_status llvm_emit_object(const ir_model *m, const ssmc_options *o, const char *cpu, const char *path,
+                             llvm_kernel_shape *shape, diag *d)
+{
+    arena a;
+    arena_init(&a);
+    plan p;
+    LLVMTargetMachineRef tm = NULL;
+    ssmc_status s = prepare(m, o, cpu, &a, &p, &tm, d);
+    LLVMContextRef ctx = LLVMContextCreate();
+    LLVMModuleRef mod = NULL;
+    char *file = arena_strdup(&a, path);
+    if (s == SSMC_OK) s = build_module(m, &p, ctx, tm, llvm_symbol(&a, m->name), d, &mod);
+    if (s == SSMC_OK) s = optimise(mod, tm, d);
+    if (s == SSMC_OK) {
+        char *err = NULL;
+        LLVMSetVisibility(LLVMGetNamedFunction(mod, llvm_symbol(&a, m->name)), LLVMHiddenVisibility);
+        if (LLVMTargetMachineEmitToFile(tm, mod, file, LLVMObjectFile, &err))
+            s = fail_llvm(d, "cannot write the object file", err);
+    }
+    if (mod) LLVMDisposeModule(mod);
+    if (s == SSMC_OK) set_shape(&p, shape);
+    LLVMContextDispose(ctx);
+    if (tm) LLVMDisposeTargetMachine(tm);
+    arena_free(&a);
+    return s;
+}
+
+#else /* !SSMC_HAVE_LLVM */
+
+const char *llvm_symbol(arena *a, const char *name) { return arena_printf(a, "ssmc_%s", name); }
+
+static ssmc_status no_llvm(diag *d)
+{
+    diag_error(d, "this build of ssmc has no LLVM: the cpu backend is not available");
+    return SSMC_ERR_UNSUPPORTED;
+}
+
+ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, llvm_jit **out,
+                             llvm_kernel_shape *shape)
+{
+    *out = NULL;
+    return no_llvm(d);
+}
+llvm_kernel_fn *llvm_jit_kernel(const llvm_jit *j) { return NULL; }
+void llvm_jit_free(llvm_jit *j) {}
+ssmc_status llvm_emit_text(const ir_model *m, const ssmc_options *o, strbuf *out, diag *d) { return no_llvm(d); }
+ssmc_status llvm_emit_object(const ir_model *m, const ssmc_options *o, const char *cpu, const char *path,
+                             llvm_kernel_shape *shape, diag *d)
+{
+    return no_llvm(d);
+}
+
+#endif

@@ -1,0 +1,14 @@
+/* build.h: what driver/build.c (ssmc_build, the AOT bundle) needs from the
+ * rest of the driver. */
+#ifndef SSMC_DRIVER_BUILD_H
+#define SSMC_DRIVER_BUILD_H
+
+#include "ir/ir.h"
+#include "ssmc.h"
+
+/* The verified IR of a compiled model (driver/api.c); it lives as long as m. */
+const ir_model *api_model_ir(const ssmc_model *m);
+/* The context's diagnostics sink (driver/api.c). */
+diag *api_ctx_diag(ssmc_ctx *ctx);
+
+#endif

@@ -1,0 +1,199 @@
+/* cpu.c: the CPU backend (backend.h): a model JIT-compiled by codegen/llvm.c,
+ * run over a thread pool (runtime/pool.h) of options.threads workers (0: one per
+ * core), each worker taking a contiguous range of the kernel's work items with
+ * its own scratch.
+ *
+ * The kernel computes in f32 on f32 tensors. f32 tensors are handed to it as
+ * they are (states are updated in the caller's buffer); tensors of another
+ * dtype go through an f32 copy: inputs, params and initial states converted
+ * before the run, outputs and final states converted back after. So does an
+ * f32 state that is not 64-byte aligned when the kernel's grid cuts its rows
+ * between threads (llvm_kernel_shape.splits_rows) and the run is long. A state not
+ * given starts from zeros and its final value is dropped; an output not given
+ * is not computed. Everything a run allocates is freed before it returns, so
+ * one compiled model may be run from several threads at once (runs of one pool
+ * are serialised by the pool). */
+#include "backend.h"
+
+#ifdef SSMC_HAVE_LLVM
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen/llvm.h"
+#include "runtime/pool.h"
+
+typedef struct cpu_model {
+    const ir_model *m; /* owned by the caller; outlives this state */
+    llvm_jit *jit;
+    llvm_kernel_fn *fn;
+    llvm_kernel_shape shape;
+    rt_pool *pool;
+} cpu_model;
+
+static void cpu_free(void *state)
+{
+    cpu_model *cm = state;
+    if (!cm) return;
+    rt_pool_free(cm->pool);
+    llvm_jit_free(cm->jit);
+    free(cm);
+}
+
+static ssmc_status cpu_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+{
+    *state = NULL;
+    cpu_model *cm = calloc(1, sizeof *cm);
+    if (!cm) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    cm->m = m;
+    ssmc_status s = llvm_jit_compile(m, o, d, &cm->jit, &cm->shape);
+    if (s == SSMC_OK) {
+        cm->fn = llvm_jit_kernel(cm->jit);
+        strbuf err = {0};
+        cm->pool = rt_pool_new(o->threads, &err);
+        if (!cm->pool) {
+            diag_error(d, "%s", sb_cstr(&err));
+            s = SSMC_ERR_BACKEND;
+        }
+        sb_free(&err);
+    }
+    if (s != SSMC_OK) {
+        cpu_free(cm);
+        return s;
+    }
+    *state = cm;
+    return SSMC_OK;
+}
+
+static void to_f32(float *dst, const void *src, ssmc_dtype dt, size_t n)
+{
+    switch (dt) {
+    case SSMC_F32: memcpy(dst, src, n * sizeof(float)); break;
+    case SSMC_F16:
+        for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    case SSMC_BF16:
+        for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    case SSMC_F64:
+        for (size_t i = 0; i < n; i++) dst[i] = (float)((const double *)src)[i];
+        break;
+    }
+}
+
+static void from_f32(void *dst, const float *src, ssmc_dtype dt, size_t n)
+{
+    switch (dt) {
+    case SSMC_F32: memcpy(dst, src, n * sizeof(float)); break;
+    case SSMC_F16:
+        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = f32_to_f16(src[i]);
+        break;
+    case SSMC_BF16:
+        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = f32_to_bf16(src[i]);
+        break;
+    case SSMC_F64:
+        for (size_t i = 0; i < n; i++) ((double *)dst)[i] = src[i];
+        break;
+    }
+}
+
+typedef struct cpu_job {
+    llvm_kernel_fn *fn;
+    llvm_kargs args;
+    float *scratch;
+    int64_t stride; /* floats of scratch per worker */
+} cpu_job;
+
+static void cpu_work(void *arg, int64_t begin, int64_t end, int worker)
+{
+    cpu_job *j = arg;
+    j->fn(&j->args, begin, end, j->scratch + (int64_t)worker * j->stride);
+}
+
+static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_tensor *bt, diag *d)
+{
+    cpu_model *cm = state;
+    const ir_model *m = cm->m;
+    uint32_t nt = m->ntensors;
+    float **ptrs = calloc(nt ? nt : 1, sizeof *ptrs);
+    bool *owned = calloc(nt ? nt : 1, sizeof *owned);
+    size_t *count = calloc(nt ? nt : 1, sizeof *count);
+    ssmc_status s = ptrs && owned && count ? SSMC_OK : SSMC_ERR_NOMEM;
+    int workers = cm->pool ? rt_pool_size(cm->pool) : 1;
+    /* threads would share the cache lines at the tile edges of a misaligned
+     * state at every step: for a long run an aligned copy costs far less */
+    bool share_rows = cm->shape.splits_rows && workers > 1 && T >= 16;
+    for (uint32_t i = 0; s == SSMC_OK && i < nt; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (t->kind == IR_LET) continue;
+        /* ssmc_run has checked that these products do not overflow */
+        size_t n = (size_t)ir_tensor_elems(m, t);
+        if (t->kind != IR_PARAM) n *= (size_t)batch;
+        if (t->per_step) n *= (size_t)T;
+        count[i] = n;
+        bool misaligned = ((uintptr_t)bt[i].data & 63) != 0;
+        if (bt[i].data && bt[i].dtype == SSMC_F32 && !(t->kind == IR_STATE && misaligned && share_rows)) {
+            ptrs[i] = bt[i].data;
+            continue;
+        }
+        if (!bt[i].data && t->kind == IR_OUTPUT) continue;
+        size_t bytes = ((n ? n : 1) * sizeof(float) + 63) / 64 * 64;
+        ptrs[i] = aligned_alloc(64, bytes);
+        if (!ptrs[i]) {
+            s = SSMC_ERR_NOMEM;
+            break;
+        }
+        owned[i] = true;
+        if (bt[i].data && t->kind != IR_OUTPUT)
+            to_f32(ptrs[i], bt[i].data, bt[i].dtype, n);
+        else if (t->kind == IR_STATE)
+            memset(ptrs[i], 0, n * sizeof(float));
+    }
+    int64_t stride = cm->shape.scratch_floats > 0 ? cm->shape.scratch_floats : 16;
+    float *scratch = NULL;
+    if (s == SSMC_OK) {
+        scratch = aligned_alloc(64, (size_t)stride * sizeof(float) * (size_t)workers);
+        if (!scratch) s = SSMC_ERR_NOMEM;
+    }
+    if (s == SSMC_OK) {
+        cpu_job job = {cm->fn, {T, ptrs}, scratch, stride};
+        rt_pool_run(cm->pool, batch * cm->shape.items_per_seq, cpu_work, &job);
+        for (uint32_t i = 0; i < nt; i++) {
+            const ir_tensor *t = &m->tensors[i];
+            if (owned[i] && bt[i].data && (t->kind == IR_OUTPUT || t->kind == IR_STATE))
+                from_f32(bt[i].data, ptrs[i], bt[i].dtype, count[i]);
+        }
+    }
+    if (s == SSMC_ERR_NOMEM) diag_error(d, "out of memory");
+    for (uint32_t i = 0; owned && i < nt; i++)
+        if (owned[i]) free(ptrs[i]);
+    free(scratch);
+    free(ptrs);
+    free(owned);
+    free(count);
+    return s;
+}
+
+static ssmc_status cpu_emit(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
+{
+    if (kind != SSMC_EMIT_LLVM) {
+        diag_error(d, "the cpu backend emits llvm only");
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    return llvm_emit_text(m, o, out, d);
+}
+
+const backend cpu_backend = {
+    .name = "cpu", .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
+};
+
+#else
+
+/* Without LLVM this file defines nothing: backend_for(SSMC_DEVICE_CPU) is NULL. */
+typedef int cpu_backend_needs_llvm;
+
+#endif

@@ -1,0 +1,441 @@
+/* cuda.c (driver): the CUDA backend (driver/backend.h) for SSMC_DEVICE_CUDA.
+ *
+ * compile plans the kernel (codegen/cuda_plan.c) and opens the GPU; kernels
+ * are generated and compiled lazily, one per dtype signature of a run (the
+ * dtypes of the tensors given, which states and outputs are present, whether
+ * vector loads are allowed), and kept for the model's life. A kernel comes
+ * from the on-disk cache (runtime/cache.h) when an entry exists under the key
+ * (generated source, NVRTC options, NVRTC version, GPU arch); otherwise NVRTC
+ * compiles it to a cubin, which is stored there. A cache that cannot be used
+ * costs a compile, never a failure.
+ *
+ * run takes host tensors: it copies them into one device buffer kept by the
+ * model (grown when a run needs more), launches, and copies the outputs and
+ * final states back; run_device takes device pointers and a stream and only
+ * enqueues the launch. Every CUDA and NVRTC call is checked (runtime/cuda.h);
+ * failures are reported through the diag with the program's name and NVRTC's
+ * log. A model's runs are serialised by a lock. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "codegen/cuda.h"
+#include "runtime/cache.h"
+#include "runtime/cuda.h"
+
+#define ALIGN 256 /* device sub-buffers: every vector load is aligned */
+
+typedef struct cuda_kernel {
+    unsigned char *sig; /* the signature's bytes (see sig_bytes) */
+    CUmodule mod;
+    CUfunction fn;
+} cuda_kernel;
+
+typedef struct cuda_state {
+    arena arena;
+    const ir_model *m;
+    cuda_plan *plan;
+    rt_cuda *gpu;
+    rt_nvrtc *nvrtc;      /* loaded when a kernel is first needed */
+    char arch[32];
+    cuda_kernel *kernels;
+    size_t nkernels, ckernels;
+    CUdeviceptr buf;      /* host runs: every tensor, then the workspace */
+    size_t buf_cap;
+    CUdeviceptr ws;       /* device runs: the workspace */
+    size_t ws_cap;
+    pthread_mutex_t lock;
+} cuda_state;
+
+/* NVRTC options beyond those rt_nvrtc_compile always passes; part of the key. */
+static const char *const nvrtc_opts[] = {"--extra-device-vectorization"};
+#define NVRTC_NOPTS ((int)(sizeof nvrtc_opts / sizeof nvrtc_opts[0]))
+
+static size_t dtype_size(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
+
+/* One byte per tensor (0: absent, else 1 + dtype) and the vector flag. */
+static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }
+
+static void sig_bytes(const ir_model *m, const cuda_sig *sig, unsigned char *out)
+{
+    for (uint32_t i = 0; i < m->ntensors; i++) out[i] = sig->present[i] ? (unsigned char)(1 + sig->dtype[i]) : 0;
+    out[m->ntensors] = sig->vec;
+}
+
+static ssmc_status fail(diag *d, ssmc_status st, strbuf *err, const char *what)
+{
+    diag_error(d, "cuda: %s: %s", what, sb_cstr(err));
+    sb_free(err);
+    return st;
+}
+
+static ssmc_status load_nvrtc(rt_nvrtc **n, diag *d)
+{
+    if (*n) return SSMC_OK;
+    strbuf err = {0};
+    ssmc_status st = rt_nvrtc_load(n, &err);
+    return st ? fail(d, st, &err, "cannot compile kernels") : SSMC_OK;
+}
+
+/* Generated source to an image (cubin or PTX) through the cache (cubins only). */
+static ssmc_status build_image(rt_nvrtc *n, const ir_model *m, const char *src, const char *arch, bool cubin,
+                               char **image, size_t *len, diag *d)
+{
+    strbuf prog = {0}, log = {0}, opts = {0};
+    cuda_program_name(&prog, m);
+    for (int i = 0; i < NVRTC_NOPTS; i++) sb_printf(&opts, "%s ", nvrtc_opts[i]);
+    sb_puts(&opts, cubin ? "cubin" : "ptx");
+    const char *parts[] = {src, sb_cstr(&opts), rt_nvrtc_version_string(n), arch};
+    rt_cache_key key = rt_cache_key_make(parts, 4);
+    bool hit = false;
+    ssmc_status st = SSMC_OK;
+    if (cubin) {
+        void *data = NULL;
+        strbuf err = {0};
+        if (rt_cache_get(NULL, key, &data, len, &hit, &err) == SSMC_OK && hit) *image = data;
+        sb_free(&err);
+    }
+    if (!hit) {
+        st = rt_nvrtc_compile(n, src, sb_cstr(&prog), arch, cubin, nvrtc_opts, NVRTC_NOPTS, image, len, &log);
+        if (st != SSMC_OK) {
+            diag_error(d, "cuda: %s", sb_cstr(&log));
+        } else if (cubin) {
+            strbuf err = {0};
+            rt_cache_put(NULL, key, *image, *len, &err); /* a cache that cannot be written costs a recompile */
+            sb_free(&err);
+        }
+    }
+    sb_free(&prog);
+    sb_free(&log);
+    sb_free(&opts);
+    return st;
+}
+
+/* The kernel for a signature: from this model's table, the disk cache, or NVRTC. */
+static ssmc_status kernel_for(cuda_state *s, const cuda_sig *sig, CUfunction *fn, diag *d)
+{
+    size_t n = sig_len(s->m);
+    unsigned char *key = malloc(n);
+    if (!key) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    sig_bytes(s->m, sig, key);
+    for (size_t i = 0; i < s->nkernels; i++)
+        if (memcmp(s->kernels[i].sig, key, n) == 0) {
+            free(key);
+            *fn = s->kernels[i].fn;
+            return SSMC_OK;
+        }
+    strbuf src = {0}, name = {0}, err = {0};
+    char *image = NULL;
+    size_t len = 0;
+    cuda_kernel k = {.sig = key};
+    ssmc_status st = cuda_emit(&src, s->plan, sig, d);
+    if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
+    if (st == SSMC_OK) st = build_image(s->nvrtc, s->m, sb_cstr(&src), s->arch, true, &image, &len, d);
+    if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &k.mod, &err)) != SSMC_OK)
+        fail(d, st, &err, "loading the kernel");
+    cuda_kernel_name(&name, s->m);
+    if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, k.mod, sb_cstr(&name), &k.fn, &err)) != SSMC_OK)
+        fail(d, st, &err, "finding the kernel");
+    if (st == SSMC_OK && !VEC_PUSH(s->kernels, s->nkernels, s->ckernels, k)) {
+        diag_error(d, "out of memory");
+        st = SSMC_ERR_NOMEM;
+    }
+    if (st != SSMC_OK) {
+        if (k.mod) rt_cuda_module_unload(s->gpu, k.mod, &err);
+        free(key);
+    } else {
+        *fn = k.fn;
+    }
+    free(image);
+    sb_free(&src);
+    sb_free(&name);
+    sb_free(&err);
+    return st;
+}
+
+static void state_free(void *state)
+{
+    cuda_state *s = state;
+    if (!s) return;
+    strbuf err = {0};
+    for (size_t i = 0; i < s->nkernels; i++) {
+        rt_cuda_module_unload(s->gpu, s->kernels[i].mod, &err);
+        free(s->kernels[i].sig);
+    }
+    free(s->kernels);
+    if (s->gpu) {
+        rt_cuda_free(s->gpu, s->buf, &err);
+        rt_cuda_free(s->gpu, s->ws, &err);
+    }
+    sb_free(&err);
+    rt_cuda_close(s->gpu);
+    rt_nvrtc_free(s->nvrtc);
+    pthread_mutex_destroy(&s->lock);
+    arena_free(&s->arena);
+    free(s);
+}
+
+static ssmc_status cuda_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+{
+    *state = NULL;
+    cuda_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    arena_init(&s->arena);
+    s->m = m;
+    if (pthread_mutex_init(&s->lock, NULL) != 0) {
+        free(s);
+        diag_error(d, "cuda: cannot create a lock");
+        return SSMC_ERR_NOMEM;
+    }
+    cuda_tune tune = cuda_tune_from_env();
+    ssmc_status st = cuda_plan_make(&s->arena, m, &tune, &s->plan, d);
+    strbuf err = {0};
+    if (st == SSMC_OK && (st = rt_cuda_open(&s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "no GPU to run on");
+    if (st == SSMC_OK) {
+        const char *arch = o->cuda_arch ? o->cuda_arch : rt_cuda_arch_name(s->gpu);
+        if (strlen(arch) >= sizeof s->arch) {
+            diag_error(d, "cuda: bad GPU architecture '%s'", arch);
+            st = SSMC_ERR_ARG;
+        } else {
+            strcpy(s->arch, arch);
+        }
+    }
+    sb_free(&err);
+    if (st != SSMC_OK) {
+        state_free(s);
+        return st;
+    }
+    *state = s;
+    return SSMC_OK;
+}
+
+/* Elements of a tensor in a run (as driver/api.c counts them). */
+static size_t run_elems(const ir_model *m, uint32_t i, int64_t batch, int64_t T)
+{
+    const ir_tensor *t = &m->tensors[i];
+    size_t n = (size_t)ir_tensor_elems(m, t);
+    if (t->kind == IR_PARAM) return n;
+    n *= (size_t)batch;
+    return t->per_step ? n * (size_t)T : n;
+}
+
+static ssmc_status make_sig(const ir_model *m, const backend_tensor *bt, bool device, cuda_sig *sig, ssmc_dtype *dt,
+                            bool *present)
+{
+    sig->vec = true;
+    for (uint32_t i = 0; i < m->ntensors; i++) {
+        present[i] = m->tensors[i].kind != IR_LET && bt[i].data != NULL;
+        dt[i] = present[i] ? bt[i].dtype : SSMC_F32;
+        if (device && present[i] && ((uintptr_t)bt[i].data & 15u)) sig->vec = false;
+    }
+    sig->dtype = dt;
+    sig->present = present;
+    return SSMC_OK;
+}
+
+static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T, CUdeviceptr ws,
+                          const CUdeviceptr *ptrs, CUstream stream, diag *d)
+{
+    const ir_model *m = s->m;
+    cuda_launch l = cuda_launch_of(s->plan, batch);
+    if (l.blocks > 0x7fffffff) {
+        diag_error(d, "cuda: a batch of %lld needs %lld blocks, more than a grid holds", (long long)batch,
+                   (long long)l.blocks);
+        return SSMC_ERR_ARG;
+    }
+    void **params = calloc(m->ntensors + 3, sizeof *params);
+    if (!params) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    long long B = batch, TT = T;
+    int k = 0;
+    params[k++] = &B;
+    params[k++] = &TT;
+    params[k++] = &ws;
+    for (uint32_t i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].kind != IR_LET) params[k++] = (void *)&ptrs[i];
+    unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
+    strbuf err = {0};
+    ssmc_status st = rt_cuda_launch(s->gpu, fn, grid, block, l.shared_bytes, stream, params, &err);
+    free(params);
+    return st ? fail(d, st, &err, "launching the kernel") : SSMC_OK;
+}
+
+static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend_tensor *bt, diag *d)
+{
+    cuda_state *s = state;
+    const ir_model *m = s->m;
+    ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
+    bool *present = calloc(m->ntensors + 1, sizeof *present);
+    size_t *off = calloc(m->ntensors + 1, sizeof *off);
+    CUdeviceptr *ptrs = calloc(m->ntensors + 1, sizeof *ptrs);
+    if (!dt || !present || !off || !ptrs) {
+        free(dt);
+        free(present);
+        free(off);
+        free(ptrs);
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    pthread_mutex_lock(&s->lock);
+    cuda_sig sig;
+    make_sig(m, bt, false, &sig, dt, present);
+    CUfunction fn;
+    strbuf err = {0};
+    ssmc_status st = kernel_for(s, &sig, &fn, d);
+    /* one buffer: every tensor at an aligned offset, then the workspace */
+    size_t total = 0;
+    for (uint32_t i = 0; i < m->ntensors; i++) {
+        off[i] = total;
+        if (present[i]) total += (run_elems(m, i, batch, T) * dtype_size(dt[i]) + ALIGN - 1) / ALIGN * ALIGN;
+    }
+    cuda_launch l = cuda_launch_of(s->plan, batch);
+    size_t ws_off = total;
+    total += (size_t)l.blocks * (size_t)l.ws_floats * 4;
+    if (st == SSMC_OK && total > s->buf_cap) {
+        rt_cuda_free(s->gpu, s->buf, &err);
+        s->buf = 0;
+        s->buf_cap = 0;
+        if ((st = rt_cuda_alloc(s->gpu, total, &s->buf, &err)) != SSMC_OK)
+            fail(d, st, &err, "allocating device memory for the run");
+        else
+            s->buf_cap = total;
+    }
+    for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
+        ir_kind k = m->tensors[i].kind;
+        ptrs[i] = present[i] ? s->buf + off[i] : 0;
+        if (present[i] && (k == IR_INPUT || k == IR_PARAM || k == IR_STATE) &&
+            (st = rt_cuda_htod(s->gpu, ptrs[i], bt[i].data, run_elems(m, i, batch, T) * dtype_size(dt[i]), &err)))
+            fail(d, st, &err, "copying tensors to the GPU");
+    }
+    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, d);
+    if (st == SSMC_OK && (st = rt_cuda_sync(s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "running the kernel");
+    for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
+        ir_kind k = m->tensors[i].kind;
+        if (present[i] && (k == IR_OUTPUT || k == IR_STATE) &&
+            (st = rt_cuda_dtoh(s->gpu, bt[i].data, ptrs[i], run_elems(m, i, batch, T) * dtype_size(dt[i]), &err)))
+            fail(d, st, &err, "copying results from the GPU");
+    }
+    pthread_mutex_unlock(&s->lock);
+    sb_free(&err);
+    free(dt);
+    free(present);
+    free(off);
+    free(ptrs);
+    return st;
+}
+
+static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const backend_tensor *bt, void *stream,
+                                   diag *d)
+{
+    cuda_state *s = state;
+    const ir_model *m = s->m;
+    ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
+    bool *present = calloc(m->ntensors + 1, sizeof *present);
+    CUdeviceptr *ptrs = calloc(m->ntensors + 1, sizeof *ptrs);
+    if (!dt || !present || !ptrs) {
+        free(dt);
+        free(present);
+        free(ptrs);
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    pthread_mutex_lock(&s->lock);
+    cuda_sig sig;
+    make_sig(m, bt, true, &sig, dt, present);
+    for (uint32_t i = 0; i < m->ntensors; i++) ptrs[i] = present[i] ? (CUdeviceptr)(uintptr_t)bt[i].data : 0;
+    CUfunction fn;
+    strbuf err = {0};
+    ssmc_status st = kernel_for(s, &sig, &fn, d);
+    cuda_launch l = cuda_launch_of(s->plan, batch);
+    size_t ws = (size_t)l.blocks * (size_t)l.ws_floats * 4;
+    if (st == SSMC_OK && ws > s->ws_cap) {
+        /* the old workspace may still be in use by a launch in flight */
+        if ((st = rt_cuda_sync(s->gpu, &err)) == SSMC_OK) st = rt_cuda_free(s->gpu, s->ws, &err);
+        s->ws = 0;
+        s->ws_cap = 0;
+        if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, ws, &s->ws, &err)) == SSMC_OK) s->ws_cap = ws;
+        if (st != SSMC_OK) fail(d, st, &err, "allocating the kernel's workspace");
+    }
+    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->ws : 0, ptrs, (CUstream)stream, d);
+    pthread_mutex_unlock(&s->lock);
+    sb_free(&err);
+    free(dt);
+    free(present);
+    free(ptrs);
+    return st;
+}
+
+/* The arch for emitted PTX: the option, else the GPU's, else sm_90. */
+static void emit_arch(const ssmc_options *o, char *arch, size_t n)
+{
+    if (o->cuda_arch) {
+        snprintf(arch, n, "%s", o->cuda_arch);
+        return;
+    }
+    rt_cuda *gpu = NULL;
+    strbuf err = {0};
+    if (rt_cuda_open(&gpu, &err) == SSMC_OK)
+        snprintf(arch, n, "%s", rt_cuda_arch_name(gpu));
+    else
+        snprintf(arch, n, "sm_90");
+    rt_cuda_close(gpu);
+    sb_free(&err);
+}
+
+static ssmc_status cuda_emit_text(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
+{
+    arena a;
+    arena_init(&a);
+    cuda_plan *plan = NULL;
+    ssmc_dtype *dt = arena_array(&a, m->ntensors + 1, sizeof *dt);
+    bool *present = arena_array(&a, m->ntensors + 1, sizeof *present);
+    cuda_tune tune = cuda_tune_from_env();
+    ssmc_status st = dt && present ? cuda_plan_make(&a, m, &tune, &plan, d) : SSMC_ERR_NOMEM;
+    if (st == SSMC_OK) {
+        /* the general form: f32 everywhere, every state read and written */
+        for (uint32_t i = 0; i < m->ntensors; i++) present[i] = m->tensors[i].kind != IR_LET;
+        cuda_sig sig = {.dtype = dt, .present = present, .vec = true};
+        if (kind == SSMC_EMIT_CUDA) {
+            st = cuda_emit(out, plan, &sig, d);
+        } else if (kind != SSMC_EMIT_PTX) {
+            diag_error(d, "the cuda backend emits CUDA C and PTX only");
+            st = SSMC_ERR_ARG;
+        } else {
+            strbuf src = {0};
+            rt_nvrtc *n = NULL;
+            char arch[32], *image = NULL;
+            size_t len = 0;
+            emit_arch(o, arch, sizeof arch);
+            st = cuda_emit(&src, plan, &sig, d);
+            if (st == SSMC_OK) st = load_nvrtc(&n, d);
+            if (st == SSMC_OK) st = build_image(n, m, sb_cstr(&src), arch, false, &image, &len, d);
+            if (st == SSMC_OK) sb_puts(out, image);
+            free(image);
+            rt_nvrtc_free(n);
+            sb_free(&src);
+        }
+    } else if (!dt || !present) {
+        diag_error(d, "out of memory");
+    }
+    arena_free(&a);
+    return st;
+}
+
+const backend cuda_backend = {
+    .name = "cuda",
+    .compile = cuda_compile,
+    .run = cuda_run,
+    .emit = cuda_emit_text,
+    .free = state_free,
+    .run_device = cuda_run_device,
+};

@@ -1,0 +1,73 @@
+/* mamba2_main.c: a program that uses an ssmc AOT bundle of examples/mamba2.ssm
+ * through its header alone (no ssmc, no LLVM): built by test_cpu_aot.c against
+ * DIR/mamba2.h and DIR/libmamba2.so (or .a).
+ *
+ *   mamba2_main DIR BATCH T THREADS state|nostate
+ * reads every input and param from DIR/<name>.bin (raw f32, the shapes of
+ * mamba2.h), and with `state` the initial state from DIR/S.bin; runs
+ * mamba2_run; writes DIR/y.out (and DIR/S.out with `state`). Exit status: 0,
+ * 1 on a file error, 2 when mamba2_run fails, 3 when it accepts a bad call. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mamba2.h"
+
+static float *load(const char *dir, const char *name, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
+    FILE *f = fopen(path, "rb");
+    float *p = malloc(n * sizeof *p);
+    if (!f || !p || fread(p, sizeof *p, n, f) != n) {
+        fprintf(stderr, "cannot read %s\n", path);
+        exit(1);
+    }
+    fclose(f);
+    return p;
+}
+
+static void save(const char *dir, const char *name, const float *p, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.out", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(p, sizeof *p, n, f) != n || fclose(f) != 0) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(1);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 6) {
+        fprintf(stderr, "usage: mamba2_main DIR BATCH T THREADS state|nostate\n");
+        return 1;
+    }
+    const char *dir = argv[1];
+    int64_t B = atoll(argv[2]), T = atoll(argv[3]);
+    int threads = atoi(argv[4]);
+    int with_state = strcmp(argv[5], "state") == 0;
+    const size_t H = MAMBA2_DIM_H, P = MAMBA2_DIM_P, N = MAMBA2_DIM_N, BT = (size_t)(B * T);
+    mamba2_tensors t = {0};
+    t.x = load(dir, "x", BT * H * P);
+    t.dt = load(dir, "dt", BT * H);
+    t.B = load(dir, "B", BT * N);
+    t.C = load(dir, "C", BT * N);
+    t.A_log = load(dir, "A_log", H);
+    t.D = load(dir, "D", H);
+    t.dt_bias = load(dir, "dt_bias", H);
+    t.S = with_state ? load(dir, "S", (size_t)B * H * P * N) : NULL;
+    t.y = malloc(BT * H * P * sizeof *t.y);
+    if (!t.y) return 1;
+    /* bad calls are refused */
+    if (mamba2_run(0, T, &t, threads) != MAMBA2_ERR_ARG || mamba2_run(B, 0, &t, threads) != MAMBA2_ERR_ARG)
+        return 3;
+    mamba2_tensors missing = t;
+    missing.C = NULL;
+    if (mamba2_run(B, T, &missing, threads) != MAMBA2_ERR_ARG) return 3;
+    if (mamba2_run(B, T, &t, threads) != 0) return 2;
+    save(dir, "y", t.y, BT * H * P);
+    if (with_state) save(dir, "S", t.S, (size_t)B * H * P * N);
+    return 0;
+}

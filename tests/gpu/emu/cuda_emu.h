@@ -1,0 +1,87 @@
+// cuda_emu.h: the few CUDA builtins the kernels of codegen/cuda.c use, on CPU
+// threads, for tests/unit/test_cuda_emu.c. One std::thread per GPU thread,
+// blocks one after another; __syncthreads is a barrier over the block and a
+// warp shuffle goes through a per-warp exchange between two warp barriers, so a
+// kernel whose lanes disagree on their shuffles deadlocks (the test times out)
+// rather than computing garbage. Vector loads check their alignment. Include it
+// before the generated source, then define EMU_KERNEL as the kernel's name and
+// include it again with EMU_TAIL defined for emu_launch.
+#ifndef EMU_TAIL
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <pthread.h>
+#include <thread>
+#include <utility>
+#include <vector>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__
+struct emu_dim3 { unsigned x, y, z; };
+static thread_local emu_dim3 threadIdx, blockIdx;
+float ssmc_smem[1 << 20];
+static pthread_barrier_t emu_block_barrier, emu_warp_barrier[32];
+static float emu_exchange[32][32];
+static inline void __syncthreads() { pthread_barrier_wait(&emu_block_barrier); }
+static inline float __shfl_xor_sync(unsigned, float v, int o)
+{
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    emu_exchange[w][lane] = v;
+    pthread_barrier_wait(&emu_warp_barrier[w]);
+    float r = emu_exchange[w][lane ^ o];
+    pthread_barrier_wait(&emu_warp_barrier[w]);
+    return r;
+}
+static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };
+struct double2 { double x, y; };
+struct uint2 { unsigned x, y; };
+struct uint4 { unsigned x, y, z, w; };
+template <class T> static inline T __ldg(const T *p)
+{
+    if ((sizeof(T) == 8 || sizeof(T) == 16) && ((uintptr_t)p % sizeof(T))) {
+        fprintf(stderr, "cuda_emu: misaligned %zu-byte load at %p\n", sizeof(T), (const void *)p);
+        abort();
+    }
+    return *p;
+}
+#else
+template <class... P, size_t... I>
+static void emu_call_idx(void (*f)(long long, long long, float *, P...), long long B, long long T, float *ws,
+                         void **ptrs, std::index_sequence<I...>)
+{
+    f(B, T, ws, (P)ptrs[I]...);
+}
+template <class... P>
+static void emu_call(void (*f)(long long, long long, float *, P...), long long B, long long T, float *ws, void **ptrs)
+{
+    emu_call_idx(f, B, T, ws, ptrs, std::index_sequence_for<P...>{});
+}
+extern "C" int emu_launch(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+{
+    for (long long b = 0; b < blocks; b++) {
+        for (size_t i = 0; i < sizeof ssmc_smem / sizeof *ssmc_smem; i++) ssmc_smem[i] = NAN; /* garbage */
+        pthread_barrier_init(&emu_block_barrier, NULL, (unsigned)threads);
+        for (int w = 0; w * 32 < threads; w++)
+            pthread_barrier_init(&emu_warp_barrier[w], NULL, (unsigned)(threads - w * 32 < 32 ? threads - w * 32 : 32));
+        std::vector<std::thread> th;
+        for (int i = 0; i < threads; i++)
+            th.emplace_back([=] {
+                threadIdx.x = (unsigned)i;
+                blockIdx.x = (unsigned)b;
+                emu_call(EMU_KERNEL, B, T, ws, ptrs);
+            });
+        for (auto &x : th) x.join();
+        pthread_barrier_destroy(&emu_block_barrier);
+        for (int w = 0; w * 32 < threads; w++) pthread_barrier_destroy(&emu_warp_barrier[w]);
+    }
+    return 0;
+}
+#endif

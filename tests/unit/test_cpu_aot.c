@@ -1,0 +1,297 @@
+/* test_cpu_aot.c: `ssmc build` bundles, used the way a C program would.
+ *
+ * Builds examples/mamba2.ssm with odd dims (H=3, P=37, N=19) into a temporary
+ * directory with the CLI (`ssmc build FILE -o DIR --target cpu`), checks that
+ * lib<model>.so needs neither LLVM nor ssmc, compiles tests/aot/mamba2_main.c
+ * against DIR/mamba2.h twice (linked with the .so and with the .a), runs both
+ * on fresh random inputs written as raw f32 files (3 threads from a random
+ * initial state; 1 thread with no state given), and compares the outputs and
+ * the final state with the interpreter on the same values (relative error at
+ * most 1e-5). A bundle whose grid cuts a vector state into tiles runs on a
+ * misaligned state exactly as on an aligned one (its wrapper copies the state
+ * to an aligned buffer). Then through the API: a bundle for the portable level
+ * cpu:x86-64-v3 (on x86-64 hosts) gives the same results, and targets the
+ * build cannot make (cuda:sm_90, unknown ones) are refused with a message.
+ * Needs a C compiler (cc, or $CC) and ar; exits 77 (skipped) when this build
+ * has no CPU backend. SSMC_TEST_SEED=<n> repeats a run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ssmc.h"
+#include "support/support.h"
+#include "tests/unit/helpers/cpu_harness.h"
+
+static const ssmc_dim dims[] = {{"H", 3}, {"P", 37}, {"N", 19}};
+#define NDIMS 3
+#define BATCH 2
+#define SEQLEN 33
+
+static char dir[64];
+static const char *root;
+
+static int sh(const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+static bool file_contains(const char *path, const char *needle)
+{
+    size_t len;
+    const char *why;
+    char *text = read_file(path, &len, &why);
+    if (!text) fail_msg("cannot read %s: %s", path, why);
+    bool found = false;
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= len && !found; i++) found = memcmp(text + i, needle, k) == 0;
+    free(text);
+    return found;
+}
+
+static void write_raw(const char *name, const double *v, size_t n)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    for (size_t i = 0; i < n; i++) {
+        float x = (float)v[i];
+        assert_int_equal(fwrite(&x, sizeof x, 1, f), 1);
+    }
+    assert_int_equal(fclose(f), 0);
+}
+
+static float *read_raw(const char *name, size_t n)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s.out", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("%s was not written", path);
+    float *p = malloc(n * sizeof *p);
+    assert_non_null(p);
+    assert_int_equal(fread(p, sizeof *p, n, f), n);
+    fclose(f);
+    return p;
+}
+
+static double rel_error(const float *got, const double *ref, size_t n)
+{
+    double maxref = 0, maxdiff = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        maxref = fmax(maxref, fabs(ref[i]));
+        maxdiff = fmax(maxdiff, fabs(got[i] - ref[i]));
+    }
+    return maxref > 0 ? maxdiff / maxref : maxdiff;
+}
+
+/* Runs DIR/<exe> and checks it against the interpreter on fresh data. */
+static void run_and_check(ssmc_model *ref, const char *exe, int threads, bool with_state, uint64_t seed)
+{
+    int n = ssmc_model_num_tensors(ref);
+    double *data[16] = {0};
+    ssmc_arg args[16];
+    size_t count[16];
+    int na = 0;
+    uint64_t s = seed;
+    assert_true(n <= 16);
+    for (int i = 0; i < n; i++) {
+        ssmc_tensor_info info;
+        ssmc_model_tensor(ref, i, &info);
+        size_t c = 1;
+        for (int j = 0; j < info.rank; j++) c *= (size_t)info.shape[j];
+        if (info.role != SSMC_PARAM) c *= BATCH;
+        if (info.per_step) c *= SEQLEN;
+        count[i] = c;
+        data[i] = malloc(c * sizeof(double));
+        assert_non_null(data[i]);
+        for (size_t k = 0; k < c; k++) {
+            s += 0x9e3779b97f4a7c15ull;
+            uint64_t z = (s ^ (s >> 31)) * 0xbf58476d1ce4e5b9ull;
+            double u = (double)((z ^ (z >> 29)) >> 11) * 0x1.0p-53;
+            double lo = strcmp(info.name, "dt") == 0 ? -3 : -1, hi = 1;
+            data[i][k] = info.role == SSMC_OUTPUT ? NAN : (double)(float)(lo + (hi - lo) * u);
+        }
+        if (info.role == SSMC_STATE && !with_state) continue; /* zero initial state, final not checked */
+        if (info.role != SSMC_OUTPUT) write_raw(info.name, data[i], c);
+        args[na++] = (ssmc_arg){info.name, SSMC_F64, data[i]};
+    }
+    int rc = sh("'%s/%s' '%s' %d %d %d %s", dir, exe, dir, BATCH, SEQLEN, threads, with_state ? "state" : "nostate");
+    if (rc != 0) fail_msg("%s exited with %d", exe, rc);
+    assert_int_equal(ssmc_run(ref, BATCH, SEQLEN, args, na), SSMC_OK);
+    int checked = 0;
+    for (int i = 0; i < n; i++) {
+        ssmc_tensor_info info;
+        ssmc_model_tensor(ref, i, &info);
+        if (info.role == SSMC_OUTPUT || (info.role == SSMC_STATE && with_state)) {
+            float *got = read_raw(info.name, count[i]);
+            double e = rel_error(got, data[i], count[i]);
+            printf("  %s %-9s %s %-2s rel error %.3e\n", exe, with_state ? "state" : "no state",
+                   info.role == SSMC_OUTPUT ? "output" : "state", info.name, e);
+            if (!(e <= 1e-5)) fail_msg("%s: %s rel error %.3e > 1e-5 (SSMC_TEST_SEED=%" PRIu64 ")", exe, info.name, e,
+                                       seed);
+            free(got);
+            checked++;
+        }
+        free(data[i]);
+    }
+    assert_int_equal(checked, with_state ? 2 : 1);
+}
+
+static void compile_consumers(const char *tag)
+{
+    const char *cc = getenv("CC") && *getenv("CC") ? getenv("CC") : "cc";
+    int rc = sh("%s -O2 -I'%s' '%s/tests/aot/mamba2_main.c' -o '%s/main_so%s' -L'%s' -lmamba2 -Wl,-rpath,'%s' -lm "
+                "-lpthread",
+                cc, dir, root, dir, tag, dir, dir);
+    if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .so failed (%d)", rc);
+    rc = sh("%s -O2 -I'%s' '%s/tests/aot/mamba2_main.c' -o '%s/main_a%s' '%s/libmamba2.a' -lm -lpthread", cc, dir,
+            root, dir, tag, dir);
+    if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .a failed (%d)", rc);
+}
+
+/* A bundle whose grid cuts a state's rows (a vector state of 50 in tiles of
+ * 16, 16, 16, 2): its wrapper copies a misaligned state to an aligned buffer
+ * for long runs, so a run on a state at an odd address must give, bit for
+ * bit, what a run on an aligned one gives. */
+static const char vec_source[] =
+    "model vecrnn {\n"
+    "  dim E = 50;\n"
+    "  input x[T,E], g[T,E];\n"
+    "  state s[E];\n"
+    "  output y[T,E];\n"
+    "  s[e] = sigmoid(g[t,e]) * s[e] + x[t,e];\n"
+    "  y[t,e] = s[e] * x[t,e];\n"
+    "}\n";
+
+static const char vec_main[] =
+    "#include <stdint.h>\n#include <string.h>\n#include \"vecrnn.h\"\n"
+    "int main(void)\n{\n"
+    "    enum { B = 3, T = 40, E = VECRNN_DIM_E };\n"
+    "    static float x[B * T * E], g[B * T * E], y1[B * T * E], y2[B * T * E], s1[B * E + 32], s2[B * E + 32];\n"
+    "    unsigned r = 7;\n"
+    "    for (size_t i = 0; i < B * T * E; i++) {\n"
+    "        x[i] = (float)((r = r * 1103515245u + 12345u) >> 8) / 8388608.0f - 1.0f;\n"
+    "        g[i] = (float)((r = r * 1103515245u + 12345u) >> 8) / 8388608.0f - 1.0f;\n"
+    "    }\n"
+    "    float *sa = (float *)(((uintptr_t)s1 + 63) & ~(uintptr_t)63);\n"
+    "    float *sb = (float *)((((uintptr_t)s2 + 63) & ~(uintptr_t)63) + 4);\n"
+    "    for (size_t i = 0; i < B * E; i++) sa[i] = sb[i] = 0.25f;\n"
+    "    vecrnn_tensors t1 = {x, g, sa, y1}, t2 = {x, g, sb, y2};\n"
+    "    if (vecrnn_run(B, T, &t1, 4) || vecrnn_run(B, T, &t2, 4)) return 2;\n"
+    "    if (memcmp(y1, y2, sizeof y1) || memcmp(sa, sb, B * E * sizeof(float))) return 4;\n"
+    "    if (sa[0] == 0.25f) return 5;\n"
+    "    return 0;\n}\n";
+
+static void write_file(const char *name, const char *text, size_t n)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, n, f), n);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void check_row_split_bundle(const char *cli)
+{
+    write_file("vecrnn.ssm", vec_source, sizeof vec_source - 1);
+    write_file("vecrnn_main.c", vec_main, sizeof vec_main - 1);
+    int rc = sh("'%s' build '%s/vecrnn.ssm' -o '%s' --threads 4", cli, dir, dir);
+    if (rc != 0) fail_msg("ssmc build of vecrnn exited with %d", rc);
+    const char *cc = getenv("CC") && *getenv("CC") ? getenv("CC") : "cc";
+    rc = sh("%s -O2 -I'%s' '%s/vecrnn_main.c' -o '%s/vecrnn_main' '%s/libvecrnn.a' -lm -lpthread", cc, dir, dir, dir,
+            dir);
+    if (rc != 0) fail_msg("compiling the vecrnn consumer failed (%d)", rc);
+    rc = sh("'%s/vecrnn_main'", dir);
+    if (rc != 0) fail_msg("the vecrnn bundle gave different results on a misaligned state (exit %d)", rc);
+}
+
+static void test_bundle(void **state)
+{
+    (void)state;
+    uint64_t seed = harness_seed();
+    root = getenv("SSMC_SOURCE_DIR");
+    const char *cli = getenv("SSMC_CLI");
+    assert_non_null(root);
+    assert_non_null(cli);
+    size_t len;
+    char *src = harness_read_source("examples/mamba2.ssm", &len);
+    assert_non_null(src);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *probe = NULL, *ref = NULL;
+    ssmc_status s = harness_compile(ctx, "mamba2.ssm", src, len, dims, NDIMS, SSMC_DEVICE_CPU, 1, &probe);
+    ssmc_model_free(probe);
+    if (s == SSMC_ERR_UNSUPPORTED) {
+        free(src);
+        ssmc_ctx_free(ctx);
+        skip();
+    }
+    assert_int_equal(harness_compile(ctx, "mamba2.ssm", src, len, dims, NDIMS, SSMC_DEVICE_INTERP, 0, &ref), SSMC_OK);
+    strcpy(dir, "/tmp/ssmc-aot-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+
+    /* the CLI */
+    int rc = sh("'%s' build '%s/examples/mamba2.ssm' -o '%s' --target cpu -D H=3 -D P=37 -D N=19", cli, root, dir);
+    if (rc != 0) fail_msg("ssmc build exited with %d", rc);
+    char so[128];
+    snprintf(so, sizeof so, "%s/libmamba2.so", dir);
+    assert_false(file_contains(so, "libLLVM"));
+    assert_false(file_contains(so, "libssmc"));
+    assert_true(file_contains(so, "mamba2_run"));
+    compile_consumers("");
+    run_and_check(ref, "main_so", 3, true, seed);
+    run_and_check(ref, "main_a", 1, false, seed + 1);
+
+    /* the API: a portable x86-64 level, and targets that cannot be built */
+    ssmc_options o = {.dims = dims, .ndims = NDIMS, .threads = 2};
+#if defined(__x86_64__)
+    s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu:x86-64-v3", dir);
+    if (s != SSMC_OK) fail_msg("build for cpu:x86-64-v3: %s", ssmc_ctx_error(ctx));
+    compile_consumers("_v3");
+    run_and_check(ref, "main_so_v3", 2, true, seed + 2);
+#endif
+    check_row_split_bundle(cli);
+
+    s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu,cuda:sm_90", dir);
+    assert_int_equal(s, SSMC_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "not supported yet"));
+    s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu:pentium", dir);
+    assert_int_equal(s, SSMC_ERR_ARG);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "unknown cpu target"));
+
+    ssmc_model_free(ref);
+    ssmc_ctx_free(ctx);
+    free(src);
+}
+
+static int remove_dir(void **state)
+{
+    (void)state;
+    if (dir[0]) sh("rm -rf '%s'", dir);
+    dir[0] = 0;
+    return 0;
+}
+
+int main(void)
+{
+    if (!harness_cpu_available()) return 77; /* no LLVM in this build: skipped */
+    const struct CMUnitTest tests[] = {cmocka_unit_test_teardown(test_bundle, remove_dir)};
+    return cmocka_run_group_tests_name("cpu aot", tests, NULL, NULL);
+}

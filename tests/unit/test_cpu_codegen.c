@@ -1,0 +1,270 @@
+/* test_cpu_codegen.c: the CPU backend on models written to reach the corners
+ * of its lowering, against the f64 interpreter (relative error at most 1e-5 for
+ * f32 tensors):
+ *  - a state update that reads its state at other indices (the delta rule
+ *    written inline), which must go through a scratch copy;
+ *  - reads at t - k (a literal and a reduction variable: causal convolution,
+ *    token shift) that read 0 before the sequence starts;
+ *  - grouped heads (h / 2) on inputs; scalar lets; a max reduction; a scalar
+ *    output; every function of the language;
+ *  - a model whose only parallel axis is its state's contiguous one, cut into
+ *    unequal tiles (and its state copied to aligned memory when misaligned);
+ * and the run-time paths: f16 and f64 tensors, states not given (start at
+ * zero), outputs not given (must stay untouched), 1, 2 and 5 threads over
+ * batch 7 (uneven ranges), `--emit=llvm` text, and the kernel cache (a miss
+ * that stores an entry, then a hit that loads it). Exits 77 (skipped) when
+ * this build has no CPU backend. SSMC_TEST_SEED=<n> repeats a run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ssmc.h"
+#include "tests/unit/helpers/cpu_harness.h"
+
+static const char source[] =
+    "model conv {\n"
+    "  dim C = 6, W = 4;\n"
+    "  input x[T,C];\n"
+    "  param w[C,W];\n"
+    "  state s[C];\n"
+    "  output y[T,C], z[T,C];\n"
+    "  let half = 0.5;\n"
+    "  y[t,c] = sum(k: w[c,k] * x[t-k,c]);\n"
+    "  z[t,c] = x[t-1,c] - x[t,c] + s[c];\n"
+    "  s[c] = s[c] * half + x[t-2,c];\n"
+    "}\n"
+    "model mathy {\n"
+    "  dim N = 9;\n"
+    "  input x[T,N];\n"
+    "  param p[N];\n"
+    "  state s[N];\n"
+    "  output y[T,N], m[T];\n"
+    "  y[t,n] = exp(x[t,n]) + log(abs(x[t,n]) + 0.1) + log1p(abs(x[t,n])) + sqrt(abs(x[t,n]))\n"
+    "         + rsqrt(abs(x[t,n]) + 0.5) + tanh(3 * x[t,n]) + sigmoid(x[t,n]) + softplus(4 * x[t,n])\n"
+    "         + silu(x[t,n]) + relu(x[t,n]) + pow(abs(x[t,n]) + 0.5, p[n]) + min(x[t,n], p[n])\n"
+    "         + max(x[t,n], 0.2) - x[t,n] / (p[n] + 2);\n"
+    "  m[t] = max(n: x[t,n] * s[n]);\n"
+    "  s[n] = tanh(s[n] + x[t,n]);\n"
+    "}\n"
+    "model gqa {\n"
+    "  dim H = 4, G = 2, K = 5, V = 6;\n"
+    "  input q[T,H,K], k[T,G,K], v[T,G,V];\n"
+    "  state S[H,K,V];\n"
+    "  output y[T,H,V];\n"
+    "  S[h,i,j] = 0.9 * S[h,i,j] + k[t,h/2,i] * v[t,h/2,j];\n"
+    "  y[t,h,j] = sum(i: q[t,h,i] * S[h,i,j]);\n"
+    "}\n"
+    "model inline_delta {\n"
+    "  dim H = 3, K = 5, V = 7;\n"
+    "  input k[T,H,K], v[T,H,V], b[T,H];\n"
+    "  state S[H,K,V];\n"
+    "  output y[T,H,V];\n"
+    "  S[h,i,j] = S[h,i,j] + sigmoid(b[t,h]) * k[t,h,i] * (v[t,h,j] - sum(a: k[t,h,a] * S[h,a,j]));\n"
+    "  y[t,h,j] = sum(i: k[t,h,i] * S[h,i,j]);\n"
+    "}\n"
+    /* a vector state: nothing but its contiguous axis splits, in tiles of 16, 16, 16, 2 */
+    "model tiles {\n"
+    "  dim E = 50;\n"
+    "  input x[T,E], g[T,E];\n"
+    "  state s[E];\n"
+    "  output y[T,E];\n"
+    "  let decay[t,e] = sigmoid(g[t,e]);\n"
+    "  s[e] = decay[t,e] * s[e] + x[t,e];\n"
+    "  y[t,e] = s[e] * x[t,e] + s[e];\n"
+    "}\n"
+    /* two heads, a wide value axis that stays inside the item */
+    "model wide {\n"
+    "  dim H = 2, K = 3, V = 50;\n"
+    "  input k[T,H,K], v[T,H,V], g[T,H];\n"
+    "  state S[H,K,V];\n"
+    "  output y[T,H,V], o[T,H,K];\n"
+    "  let decay[t,h] = sigmoid(g[t,h]);\n"
+    "  S[h,i,j] = decay[t,h] * S[h,i,j] + k[t,h,i] * v[t,h,j];\n"
+    "  y[t,h,j] = sum(i: k[t,h,i] * S[h,i,j]);\n"
+    "  o[t,h,i] = k[t,h,i] * decay[t,h];\n"
+    "}\n";
+
+typedef struct model_case {
+    const char *model;
+    harness_range ranges[4];
+} model_case;
+
+static const model_case cases[] = {
+    {"conv", {{NULL, 0, 0}}},
+    {"mathy", {{"p", -1.5, 1.5}, {"x", -2, 2}}},
+    {"gqa", {{NULL, 0, 0}}},
+    {"inline_delta", {{"k", -0.5, 0.5}}},
+    {"tiles", {{NULL, 0, 0}}},
+    {"wide", {{NULL, 0, 0}}},
+};
+
+static uint64_t seed0;
+
+static void compile_pair(const char *model, int threads, ssmc_ctx *ctx, ssmc_model **cpu, ssmc_model **ref)
+{
+    ssmc_options o = {.model = model, .device = SSMC_DEVICE_CPU, .threads = threads};
+    ssmc_status s = ssmc_compile(ctx, "test_cpu_codegen.ssm", source, sizeof source - 1, &o, cpu);
+    if (s == SSMC_ERR_UNSUPPORTED) skip();
+    if (s != SSMC_OK) fail_msg("%s: cpu compile failed: %s", model, ssmc_ctx_error(ctx));
+    o.device = SSMC_DEVICE_INTERP;
+    s = ssmc_compile(ctx, "test_cpu_codegen.ssm", source, sizeof source - 1, &o, ref);
+    if (s != SSMC_OK) fail_msg("%s: interpreter compile failed: %s", model, ssmc_ctx_error(ctx));
+}
+
+static void expect(const char *model, const char *what, const harness_run *r, const harness_result *res, double tol,
+                   int min_checked)
+{
+    if (!res->ok) fail_msg("%s (%s): %s (SSMC_TEST_SEED=%" PRIu64 ")", model, what, res->why, seed0);
+    if (!(res->worst <= tol) || res->checked < min_checked)
+        fail_msg("%s (%s, T=%" PRId64 ", batch %" PRId64 "): '%s' rel error %.3e > %.0e, %d checked "
+                 "(SSMC_TEST_SEED=%" PRIu64 ")",
+                 model, what, r->T, r->batch, res->worst_name ? res->worst_name : "?", res->worst, tol, res->checked,
+                 seed0);
+}
+
+/* Every model, f32, several T, batch 7 over 1, 2 and 5 threads. */
+static void test_models(void **state)
+{
+    (void)state;
+    uint64_t seed = seed0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        static const int threads[] = {1, 2, 5};
+        for (int ti = 0; ti < 3; ti++) {
+            ssmc_ctx *ctx = ssmc_ctx_new();
+            ssmc_model *cpu, *ref;
+            compile_pair(cases[ci].model, threads[ti], ctx, &cpu, &ref);
+            static const int64_t Ts[] = {1, 2, 3, 17};
+            for (int k = 0; k < 4; k++) {
+                harness_run r = {.batch = 7, .T = Ts[k], .dtype = SSMC_F32, .random_state = k % 2,
+                                 .ranges = cases[ci].ranges, .seed = seed++};
+                harness_result res;
+                harness_compare(cpu, ref, &r, &res);
+                expect(cases[ci].model, "f32", &r, &res, 1e-5, 2);
+            }
+            ssmc_model_free(cpu);
+            ssmc_model_free(ref);
+            ssmc_ctx_free(ctx);
+        }
+    }
+}
+
+/* f16 and f64 tensors; states not given; outputs not given. */
+static void test_run_paths(void **state)
+{
+    (void)state;
+    uint64_t seed = seed0 + 7777;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        ssmc_ctx *ctx = ssmc_ctx_new();
+        ssmc_model *cpu, *ref;
+        compile_pair(cases[ci].model, 2, ctx, &cpu, &ref);
+        harness_result res;
+        harness_run r = {.batch = 2, .T = 11, .dtype = SSMC_F64, .random_state = true, .ranges = cases[ci].ranges,
+                         .seed = seed++};
+        harness_compare(cpu, ref, &r, &res);
+        expect(cases[ci].model, "f64 tensors", &r, &res, 1e-5, 2);
+        r.dtype = SSMC_F16;
+        r.seed = seed++;
+        harness_compare(cpu, ref, &r, &res);
+        expect(cases[ci].model, "f16 tensors", &r, &res, 1e-2, 2);
+        r.dtype = SSMC_F32;
+        r.no_state = true;
+        r.seed = seed++;
+        harness_compare(cpu, ref, &r, &res);
+        expect(cases[ci].model, "no state given", &r, &res, 1e-5, 1);
+        r.no_state = false;
+        r.skip_outputs = true;
+        r.seed = seed++;
+        harness_compare(cpu, ref, &r, &res);
+        expect(cases[ci].model, "some outputs not given", &r, &res, 1e-5, 1);
+        ssmc_model_free(cpu);
+        ssmc_model_free(ref);
+        ssmc_ctx_free(ctx);
+    }
+}
+
+/* --emit=llvm: the plan's comment lines, then an optimised, vectorised module. */
+static void test_emit(void **state)
+{
+    (void)state;
+    size_t len;
+    char *src = harness_read_source("examples/mamba2.ssm", &len);
+    assert_non_null(src);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = {.threads = 2}; /* the grid aims at max(8, threads) items */
+    char *text = NULL;
+    ssmc_status s = ssmc_emit(ctx, "mamba2.ssm", src, len, &o, SSMC_EMIT_LLVM, &text);
+    free(src);
+    if (s == SSMC_ERR_UNSUPPORTED) {
+        ssmc_ctx_free(ctx);
+        skip();
+    }
+    if (s != SSMC_OK) fail_msg("emit failed: %s", ssmc_ctx_error(ctx));
+    assert_non_null(strstr(text, "; items: batch x H x P(tiles of 16) = 8 per sequence"));
+    assert_non_null(strstr(text, "; per step: S[h,p,n]: loops p(16) n(64); updated in place; fused with y"));
+    assert_non_null(strstr(text, "define void @ssmc_mamba2(ptr"));
+    assert_non_null(strstr(text, "x float>")); /* the loop vectoriser ran */
+    assert_null(strstr(text, "@expf"));         /* exp is inline, not a libm call */
+    free(text);
+    ssmc_ctx_free(ctx);
+}
+
+/* A fresh kernel cache: the first compile misses and stores one entry, the
+ * second loads it; both kernels give the interpreter's results. */
+static void test_kernel_cache(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ssmc-cpu-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const char *old = getenv("SSMC_CACHE_DIR");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("SSMC_CACHE_DIR", dir, 1);
+    for (int round = 0; round < 2; round++) {
+        ssmc_ctx *ctx = ssmc_ctx_new();
+        ssmc_model *cpu, *ref;
+        compile_pair("tiles", 2, ctx, &cpu, &ref);
+        int entries = 0;
+        DIR *d = opendir(dir);
+        assert_non_null(d);
+        for (struct dirent *de; (de = readdir(d));) entries += de->d_name[0] != '.';
+        closedir(d);
+        assert_int_equal(entries, 1);
+        harness_run r = {.batch = 3, .T = 20, .dtype = SSMC_F32, .random_state = true, .seed = seed0 + 99 + round};
+        harness_result res;
+        harness_compare(cpu, ref, &r, &res);
+        expect("tiles", round ? "cache hit" : "cache miss", &r, &res, 1e-5, 2);
+        ssmc_model_free(cpu);
+        ssmc_model_free(ref);
+        ssmc_ctx_free(ctx);
+    }
+    if (saved)
+        setenv("SSMC_CACHE_DIR", saved, 1);
+    else
+        unsetenv("SSMC_CACHE_DIR");
+    free(saved);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    if (!harness_cpu_available()) return 77; /* no LLVM in this build: skipped */
+    seed0 = harness_seed();
+    printf("test_cpu_codegen: SSMC_TEST_SEED=%" PRIu64 "\n", seed0);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_models),
+        cmocka_unit_test(test_run_paths),
+        cmocka_unit_test(test_emit),
+        cmocka_unit_test(test_kernel_cache),
+    };
+    return cmocka_run_group_tests_name("cpu codegen", tests, NULL, NULL);
+}

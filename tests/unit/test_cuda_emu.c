@@ -1,0 +1,351 @@
+/* test_cuda_emu.c: the CUDA backend's generated kernels, run without a GPU.
+ * Each kernel is compiled as C++ against tests/gpu/emu/cuda_emu.h (CUDA's
+ * builtins on CPU threads: real barriers, real warp exchanges) and run over
+ * the same grid and block as on a GPU, then compared with the interpreter:
+ * every example and every model of tests/gpu/edge.ssm in f32 from an initial
+ * state (the final state of a random 5-step prefix) and in bf16 at odd dims
+ * without one, plus the benchmark models under other layouts (cuda_tune).
+ * Tolerances: max|got - ref| / max|ref| <= 1e-5 (f32), 2e-2 (bf16). Outputs
+ * and shared memory start as NaN. Needs a C++ compiler ($CXX, else c++):
+ * skip() without one. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "codegen/cuda.h"
+#include "frontend/ast.h"
+#include "ir/ir.h"
+
+static bool have_cxx;
+static char workdir[64];
+static uint64_t rng = 0x243f6a8885a308d3ull;
+
+static double uniform(void)
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng >> 11) * 0x1.0p-53 * 2.0 - 1.0;
+}
+
+static const char *src_dir(void)
+{
+    const char *d = getenv("SSMC_SOURCE_DIR");
+    return d ? d : ".";
+}
+
+static const char *cxx(void)
+{
+    const char *c = getenv("CXX");
+    return c && *c ? c : "c++";
+}
+
+static size_t dsize(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
+
+static double get(const void *p, ssmc_dtype dt, size_t i)
+{
+    switch (dt) {
+    case SSMC_F32: return ((const float *)p)[i];
+    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
+    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    case SSMC_F64: return ((const double *)p)[i];
+    }
+    return NAN;
+}
+
+static void set(void *p, ssmc_dtype dt, size_t i, double v)
+{
+    switch (dt) {
+    case SSMC_F32: ((float *)p)[i] = (float)v; break;
+    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
+    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
+    case SSMC_F64: ((double *)p)[i] = v; break;
+    }
+}
+
+typedef struct model {
+    arena a;
+    diag d;
+    src_file f;
+    char *text;
+    ir_model *m;
+} model;
+
+/* Source to verified IR, as the driver does it; odd: every dim made odd
+ * (d | 1) unless `dims` gives them. */
+static void model_open(model *md, const char *rel, const char *name, const ssmc_dim *dims, int nd, bool odd)
+{
+    memset(md, 0, sizeof *md);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", src_dir(), rel);
+    size_t len;
+    const char *why;
+    md->text = read_file(path, &len, &why);
+    if (!md->text) fail_msg("cannot read %s: %s", path, why);
+    arena_init(&md->a);
+    md->f = (src_file){rel, md->text, len};
+    ast_file *af = parse_file(&md->a, &md->d, &md->f);
+    if (!af) fail_msg("%s", sb_cstr(&md->d.text));
+    ast_model *am = &af->models[0];
+    for (int i = 0; name && i < af->nmodels; i++)
+        if (strcmp(af->models[i].name, name) == 0) am = &af->models[i];
+    ast_dim_override over[16];
+    int n = 0;
+    for (int i = 0; i < nd; i++) over[n++] = (ast_dim_override){dims[i].name, dims[i].value};
+    for (int i = 0; odd && !nd && i < am->ndecls && n < 16; i++)
+        if (am->decls[i].kind == AST_DIM) over[n++] = (ast_dim_override){am->decls[i].name, am->decls[i].value | 1};
+    if (!check_model(&md->a, &md->d, &md->f, am, over, n)) fail_msg("%s", sb_cstr(&md->d.text));
+    md->m = ir_lower(&md->a, &md->d, &md->f, am);
+    if (!md->m || !ir_verify(md->m, &md->d)) fail_msg("%s", sb_cstr(&md->d.text));
+}
+
+static void model_close(model *md)
+{
+    diag_free(&md->d);
+    arena_free(&md->a);
+    free(md->text);
+}
+
+typedef int (*launch_fn)(long long, int, long long, long long, float *, void **);
+
+/* Compiles the kernel with the emulation header; returns the library. */
+static void *build(const char *src, const char *kernel, launch_fn *launch)
+{
+    char cpp[128], so[128], cmd[1024];
+    snprintf(cpp, sizeof cpp, "%s/k.cpp", workdir);
+    snprintf(so, sizeof so, "%s/k%d.so", workdir, (int)(rng & 0xffff));
+    FILE *f = fopen(cpp, "w");
+    assert_non_null(f);
+    fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n#define EMU_TAIL\n"
+               "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n",
+            src_dir(), src, kernel, src_dir());
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s -std=c++17 -O1 -shared -fPIC -w -o %s %s -lpthread", cxx(), so, cpp);
+    if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), kernel);
+    void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!h) fail_msg("%s", dlerror());
+    *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
+    assert_non_null(*launch);
+    unlink(so);
+    return h;
+}
+
+/* One emulated run against the interpreter. */
+static void emu_case(const model *md, const cuda_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
+                     const char *what)
+{
+    const ir_model *m = md->m;
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    cuda_plan *plan;
+    if (cuda_plan_make(&a, m, tune, &plan, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
+    uint32_t nt = m->ntensors;
+    ssmc_dtype *dts = calloc(nt, sizeof *dts);
+    bool *present = calloc(nt, sizeof *present);
+    void **buf = calloc(nt, sizeof *buf), **ptrs = calloc(nt, sizeof *ptrs);
+    double **ref = calloc(nt, sizeof *ref), **data = calloc(nt, sizeof *data);
+    size_t *count = calloc(nt, sizeof *count);
+    assert_true(dts && present && buf && ptrs && ref && data && count);
+    for (uint32_t i = 0; i < nt; i++) {
+        dts[i] = dt;
+        present[i] = m->tensors[i].kind != IR_LET && (m->tensors[i].kind != IR_STATE || init);
+    }
+    cuda_sig sig = {dts, present, true};
+    strbuf src = {0}, kname = {0};
+    if (cuda_emit(&src, plan, &sig, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
+    cuda_kernel_name(&kname, m);
+    launch_fn launch;
+    void *lib = build(sb_cstr(&src), sb_cstr(&kname), &launch);
+
+    int np = 0;
+    for (uint32_t i = 0; i < nt; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (t->kind == IR_LET) continue;
+        size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)B) * (t->per_step ? (size_t)T : 1);
+        count[i] = n;
+        ref[i] = calloc(n ? n : 1, sizeof(double));
+        buf[i] = aligned_alloc(64, ((n ? n : 1) * dsize(dt) + 63) / 64 * 64);
+        assert_true(ref[i] && buf[i]);
+        for (size_t k = 0; k < n; k++) {
+            set(buf[i], dt, k, t->kind == IR_OUTPUT ? NAN : t->kind == IR_STATE ? 0.0 : uniform());
+            ref[i][k] = get(buf[i], dt, k);
+        }
+        ptrs[np++] = present[i] ? buf[i] : NULL;
+    }
+    if (init) { /* the final state of a random 5-step prefix */
+        double **pd = calloc(nt, sizeof *pd);
+        for (uint32_t i = 0; i < nt; i++) {
+            const ir_tensor *t = &m->tensors[i];
+            if (t->kind == IR_LET || t->kind == IR_OUTPUT) continue;
+            size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)B) * (t->per_step ? 5 : 1);
+            pd[i] = calloc(n ? n : 1, sizeof(double));
+            if (t->kind == IR_PARAM) memcpy(pd[i], ref[i], n * sizeof(double));
+            if (t->kind == IR_INPUT)
+                for (size_t k = 0; k < n; k++) pd[i][k] = uniform();
+        }
+        ir_interp_args pa = {B, 5, pd};
+        assert_true(ir_interp(m, &pa, &d));
+        for (uint32_t i = 0; i < nt; i++) {
+            if (m->tensors[i].kind == IR_STATE)
+                for (size_t k = 0; k < count[i]; k++) {
+                    set(buf[i], dt, k, pd[i][k]);
+                    ref[i][k] = get(buf[i], dt, k);
+                }
+            free(pd[i]);
+        }
+        free(pd);
+    }
+    cuda_launch l = cuda_launch_of(plan, B);
+    float *ws = NULL;
+    if (l.ws_floats) {
+        ws = malloc((size_t)(l.blocks * l.ws_floats) * sizeof(float));
+        assert_non_null(ws);
+        for (int64_t k = 0; k < l.blocks * l.ws_floats; k++) ws[k] = NAN;
+    }
+    launch(l.blocks, (int)l.threads, B, T, ws, ptrs);
+    for (uint32_t i = 0; i < nt; i++)
+        data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init) ? NULL : ref[i];
+    ir_interp_args ia = {B, T, data};
+    assert_true(ir_interp(m, &ia, &d));
+    double tol = dt == SSMC_F32 ? 1e-5 : 2e-2;
+    for (uint32_t i = 0; i < nt; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (t->kind != IR_OUTPUT && !(t->kind == IR_STATE && init)) continue;
+        double mref = 0, mdiff = 0;
+        for (size_t k = 0; k < count[i]; k++) {
+            double g = get(buf[i], dt, k), r = ref[i][k];
+            if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", what, t->name, k, g, r);
+            if (fabs(r) > mref) mref = fabs(r);
+            if (fabs(g - r) > mdiff) mdiff = fabs(g - r);
+        }
+        double rel = mref > 0 ? mdiff / mref : mdiff;
+        if (rel > tol) fail_msg("%s: %s: relative error %.3e > %.0e", what, t->name, rel, tol);
+        printf("# %-58s %-6s rel %.2e\n", what, t->name, rel);
+    }
+    dlclose(lib);
+    for (uint32_t i = 0; i < nt; i++) {
+        free(buf[i]);
+        free(ref[i]);
+    }
+    free(ws);
+    free(dts);
+    free(present);
+    free(buf);
+    free(ptrs);
+    free(ref);
+    free(data);
+    free(count);
+    sb_free(&src);
+    sb_free(&kname);
+    diag_free(&d);
+    arena_free(&a);
+}
+
+/* f32 from a state at the declared dims; bf16 without one at odd dims. */
+static void two_cases(const char *rel, const char *name, const ssmc_dim *odd, int nodd)
+{
+    char what[256];
+    model md;
+    model_open(&md, rel, name, NULL, 0, false);
+    snprintf(what, sizeof what, "%s %s f32 B=2 T=6 from a state", rel, name ? name : "");
+    emu_case(&md, NULL, SSMC_F32, 2, 6, true, what);
+    model_close(&md);
+    model_open(&md, rel, name, odd, nodd, true);
+    snprintf(what, sizeof what, "%s %s bf16 B=3 T=3 odd dims", rel, name ? name : "");
+    emu_case(&md, NULL, SSMC_BF16, 3, 3, false, what);
+    model_close(&md);
+}
+
+static void test_examples(void **state)
+{
+    if (!have_cxx) skip();
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/examples", src_dir());
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    char names[64][128];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 64) {
+        size_t l = strlen(e->d_name);
+        if (l > 4 && strcmp(e->d_name + l - 4, ".ssm") == 0) snprintf(names[n++], 128, "examples/%s", e->d_name);
+    }
+    closedir(d);
+    assert_true(n >= 9);
+    for (int i = 0; i < n; i++) two_cases(names[i], NULL, NULL, 0);
+}
+
+static void test_edge_models(void **state)
+{
+    if (!have_cxx) skip();
+    static const ssmc_dim dense[] = {{"N", 13}, {"D", 3}};
+    static const ssmc_dim mix[] = {{"H", 9}, {"G", 3}, {"HG", 3}, {"K", 5}, {"V", 7}, {"W", 3}, {"E", 9}};
+    static const ssmc_dim big[] = {{"N", 37}};
+    two_cases("tests/gpu/edge.ssm", "dense", dense, 2);
+    two_cases("tests/gpu/edge.ssm", "mix", mix, 7);
+    two_cases("tests/gpu/edge.ssm", "big", big, 1);
+}
+
+/* The benchmark models under layouts other than the default. */
+static void test_layouts(void **state)
+{
+    if (!have_cxx) skip();
+    static const cuda_tune tunes[] = {
+        {.share_lets = 2},
+        {.lane_slots = 16, .state_slots = 32},
+        {.lane_slots = 8, .state_slots = 64, .warps = 2},
+    };
+    static const struct {
+        const char *file;
+        ssmc_dim dims[3];
+    } cases[] = {
+        {"examples/gla.ssm", {{"H", 2}, {"K", 64}, {"V", 48}}},
+        {"examples/gated_deltanet.ssm", {{"H", 2}, {"K", 64}, {"V", 48}}},
+        {"examples/mamba2.ssm", {{"H", 2}, {"P", 48}, {"N", 64}}},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (size_t v = 0; v < sizeof tunes / sizeof tunes[0]; v++) {
+            model md;
+            model_open(&md, cases[k].file, NULL, cases[k].dims, 3, false);
+            char what[256];
+            snprintf(what, sizeof what, "%s layout %zu f32 B=2 T=4 from a state", cases[k].file, v);
+            emu_case(&md, &tunes[v], SSMC_F32, 2, 4, true, what);
+            model_close(&md);
+        }
+}
+
+static int setup(void **state)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "%s --version >/dev/null 2>&1", cxx());
+    have_cxx = system(cmd) == 0;
+    if (!have_cxx) printf("# no C++ compiler (%s): emulated kernels skipped\n", cxx());
+    strcpy(workdir, "/tmp/ssmc-emu-XXXXXX");
+    return mkdtemp(workdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", workdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_edge_models),
+        cmocka_unit_test(test_layouts),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

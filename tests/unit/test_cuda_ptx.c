@@ -1,0 +1,352 @@
+/* test_cuda_ptx.c: the CUDA backend without a GPU. Every example (and the
+ * edge-case models of tests/gpu/edge.ssm), at its own dims and at odd dims,
+ * is emitted as CUDA C and compiled by NVRTC to PTX for sm_90, for the f32
+ * signature of `ssmc emit` and for bf16, f16 and mixed signatures with states
+ * absent and vector loads off. The emitted source names every statement's
+ * DSL line; an NVRTC failure names the generated program; the plans of the
+ * benchmark shapes keep their states in registers. The NVRTC cases skip()
+ * where NVRTC cannot be loaded. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen/cuda.h"
+#include "frontend/ast.h"
+#include "ir/ir.h"
+#include "runtime/cuda.h"
+#include "ssmc.h"
+
+static rt_nvrtc *nvrtc; /* NULL: NVRTC cases skip */
+static char nvrtc_why[1024];
+
+static const char *src_dir(void)
+{
+    const char *d = getenv("SSMC_SOURCE_DIR");
+    return d ? d : ".";
+}
+
+static char *slurp(const char *rel, size_t *len)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", src_dir(), rel);
+    const char *why;
+    char *s = read_file(path, len, &why);
+    if (!s) fail_msg("cannot read %s: %s", path, why);
+    return s;
+}
+
+/* The example files, sorted, as paths relative to the source dir. */
+static int list_examples(char names[][128], int max)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/examples", src_dir());
+    DIR *d = opendir(dir);
+    if (!d) fail_msg("cannot open %s", dir);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < max) {
+        size_t l = strlen(e->d_name);
+        if (l > 4 && strcmp(e->d_name + l - 4, ".ssm") == 0) snprintf(names[n++], 128, "examples/%s", e->d_name);
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof names[0], (int (*)(const void *, const void *))strcmp);
+    return n;
+}
+
+/* Every dim of the model made odd (d -> d + 1 when even), as -D options. */
+static int odd_dims(const ir_model *m, ssmc_dim *out)
+{
+    for (uint32_t i = 0; i < m->ndims; i++) out[i] = (ssmc_dim){m->dims[i].name, m->dims[i].value | 1};
+    return (int)m->ndims;
+}
+
+typedef struct compiled {
+    arena a;
+    diag d;
+    src_file f;
+    ir_model *m;
+} compiled;
+
+/* Source to verified IR, as the driver does it. */
+static void compile_ir(compiled *c, const char *name, const char *text, size_t len, const char *model,
+                       const ssmc_dim *dims, int ndims)
+{
+    arena_init(&c->a);
+    memset(&c->d, 0, sizeof c->d);
+    c->f = (src_file){name, text, len};
+    ast_file *af = parse_file(&c->a, &c->d, &c->f);
+    if (!af) fail_msg("%s", sb_cstr(&c->d.text));
+    ast_model *am = &af->models[0];
+    for (int i = 0; model && i < af->nmodels; i++)
+        if (strcmp(af->models[i].name, model) == 0) am = &af->models[i];
+    ast_dim_override over[16];
+    for (int i = 0; i < ndims; i++) over[i] = (ast_dim_override){dims[i].name, dims[i].value};
+    if (!check_model(&c->a, &c->d, &c->f, am, over, ndims)) fail_msg("%s", sb_cstr(&c->d.text));
+    c->m = ir_lower(&c->a, &c->d, &c->f, am);
+    if (!c->m || !ir_verify(c->m, &c->d)) fail_msg("%s", sb_cstr(&c->d.text));
+}
+
+static void compiled_free(compiled *c)
+{
+    diag_free(&c->d);
+    arena_free(&c->a);
+}
+
+/* Emits one signature and compiles it to PTX for sm_90. */
+static void ptx_of(const ir_model *m, const cuda_plan *p, ssmc_dtype io, ssmc_dtype params, bool states, bool vec)
+{
+    ssmc_dtype dt[64];
+    bool present[64];
+    assert_true(m->ntensors <= 64);
+    for (uint32_t i = 0; i < m->ntensors; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        dt[i] = t->kind == IR_PARAM ? params : io;
+        present[i] = t->kind != IR_LET && (t->kind != IR_STATE || states);
+    }
+    cuda_sig sig = {dt, present, vec};
+    strbuf src = {0}, name = {0}, log = {0}, entry = {0};
+    diag d = {0};
+    if (cuda_emit(&src, p, &sig, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+    cuda_program_name(&name, m);
+    char *ptx = NULL;
+    size_t len;
+    if (rt_nvrtc_compile(nvrtc, sb_cstr(&src), sb_cstr(&name), "sm_90", false, NULL, 0, &ptx, &len, &log) != SSMC_OK)
+        fail_msg("%s (io %d, params %d, states %d, vec %d):\n%s", m->name, io, params, states, vec, sb_cstr(&log));
+    cuda_kernel_name(&entry, m);
+    assert_non_null(strstr(ptx, sb_cstr(&entry)));
+    assert_non_null(strstr(ptx, ".target sm_90"));
+    free(ptx);
+    sb_free(&src);
+    sb_free(&name);
+    sb_free(&log);
+    sb_free(&entry);
+    diag_free(&d);
+}
+
+/* odd: the dims to use at odd sizes (NULL: every dim made odd) */
+static void check_model_ptx(const char *rel, const char *model, const ssmc_dim *odd_given, int nodd)
+{
+    size_t len;
+    char *text = slurp(rel, &len);
+    for (int odd = 0; odd < 2; odd++) {
+        compiled c;
+        ssmc_dim dims[16];
+        int nd = 0;
+        if (odd && odd_given) {
+            nd = nodd;
+            for (int i = 0; i < nd; i++) dims[i] = (ssmc_dim){strdup(odd_given[i].name), odd_given[i].value};
+        } else if (odd) { /* the dims of the first compile, made odd */
+            compiled c0;
+            compile_ir(&c0, rel, text, len, model, NULL, 0);
+            nd = odd_dims(c0.m, dims);
+            for (int i = 0; i < nd; i++) dims[i].name = strdup(dims[i].name);
+            compiled_free(&c0);
+        }
+        compile_ir(&c, rel, text, len, model, dims, nd);
+        cuda_plan *p;
+        diag d = {0};
+        if (cuda_plan_make(&c.a, c.m, NULL, &p, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+        diag_free(&d);
+        ptx_of(c.m, p, SSMC_BF16, SSMC_F32, true, true);
+        ptx_of(c.m, p, SSMC_BF16, SSMC_BF16, false, false);
+        ptx_of(c.m, p, SSMC_F16, SSMC_F32, true, true);
+        if (!odd) ptx_of(c.m, p, SSMC_F64, SSMC_F32, true, true);
+
+        /* the public path: ssmc emit --emit=ptx --arch sm_90 (f32) */
+        ssmc_ctx *ctx = ssmc_ctx_new();
+        ssmc_options o = {.model = model, .dims = dims, .ndims = nd, .cuda_arch = "sm_90"};
+        char *ptx = NULL;
+        if (ssmc_emit(ctx, rel, text, len, &o, SSMC_EMIT_PTX, &ptx) != SSMC_OK)
+            fail_msg("%s%s: %s", rel, odd ? " (odd dims)" : "", ssmc_ctx_error(ctx));
+        strbuf entry = {0};
+        cuda_kernel_name(&entry, c.m);
+        assert_non_null(strstr(ptx, sb_cstr(&entry)));
+        assert_non_null(strstr(ptx, ".target sm_90"));
+        sb_free(&entry);
+        free(ptx);
+        ssmc_ctx_free(ctx);
+        for (int i = 0; odd && i < nd; i++) free((char *)dims[i].name);
+        compiled_free(&c);
+    }
+    free(text);
+}
+
+static void test_examples_to_ptx(void **state)
+{
+    if (!nvrtc) skip();
+    char names[64][128];
+    int n = list_examples(names, 64);
+    assert_true(n >= 9);
+    for (int i = 0; i < n; i++) check_model_ptx(names[i], NULL, NULL, 0);
+}
+
+static void test_edge_models_to_ptx(void **state)
+{
+    if (!nvrtc) skip();
+    static const ssmc_dim dense[] = {{"N", 13}, {"D", 3}};
+    static const ssmc_dim mix[] = {{"H", 9}, {"G", 3}, {"HG", 3}, {"K", 5}, {"V", 7}, {"W", 3}, {"E", 9}};
+    static const ssmc_dim big[] = {{"N", 161}};
+    check_model_ptx("tests/gpu/edge.ssm", "dense", dense, 2);
+    check_model_ptx("tests/gpu/edge.ssm", "mix", mix, 7);
+    check_model_ptx("tests/gpu/edge.ssm", "big", big, 1);
+}
+
+/* Every statement's comment names its line, with the left side and the
+ * expression as the IR printer writes it. */
+static void test_emit_names_lines(void **state)
+{
+    size_t len;
+    char *text = slurp("examples/mamba2.ssm", &len);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    char *cu = NULL;
+    ssmc_options o = {0};
+    if (ssmc_emit(ctx, "mamba2.ssm", text, len, &o, SSMC_EMIT_CUDA, &cu) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+    assert_non_null(strstr(cu, "// line 15: A[h] = -exp(A_log[h])"));
+    assert_non_null(strstr(cu, "// line 16: delta[t,h] = softplus(dt[t, h] + dt_bias[h])"));
+    assert_non_null(strstr(cu, "// line 17: S[h,p,n] = exp(delta[t, h] * A[h]) * S@old[h, p, n]"));
+    assert_non_null(strstr(cu, "// line 18: y[t,h,p] = sum(n: S@new[h, p, n] * C[t, n])"));
+    assert_non_null(strstr(cu, "extern \"C\" __global__"));
+    assert_non_null(strstr(cu, "ssmc_mamba2.cu"));
+    free(cu);
+    ssmc_ctx_free(ctx);
+    free(text);
+}
+
+/* A kernel NVRTC rejects: the message names the generated program. */
+static void test_nvrtc_failure_names_program(void **state)
+{
+    if (!nvrtc) skip();
+    size_t len;
+    char *text = slurp("examples/gla.ssm", &len);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    char *out = NULL;
+    ssmc_options o = {.cuda_arch = "sm_10"}; /* well-formed, but no NVRTC targets it */
+    assert_int_equal(ssmc_emit(ctx, "gla.ssm", text, len, &o, SSMC_EMIT_PTX, &out), SSMC_ERR_BACKEND);
+    assert_null(out);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "ssmc_gla.cu"));
+
+    /* a syntax error in the generated source: NVRTC's log points into ssmc_gla.cu */
+    compiled c;
+    compile_ir(&c, "gla.ssm", text, len, NULL, NULL, 0);
+    cuda_plan *p;
+    diag d = {0};
+    assert_int_equal(cuda_plan_make(&c.a, c.m, NULL, &p, &d), SSMC_OK);
+    ssmc_dtype dt[16] = {0};
+    bool present[16];
+    for (uint32_t i = 0; i < c.m->ntensors; i++) present[i] = c.m->tensors[i].kind != IR_LET;
+    cuda_sig sig = {dt, present, true};
+    strbuf src = {0}, bad = {0}, name = {0}, log = {0};
+    assert_int_equal(cuda_emit(&src, p, &sig, &d), SSMC_OK);
+    const char *nl = strchr(sb_cstr(&src), '\n');
+    sb_putn(&bad, sb_cstr(&src), (size_t)(nl - sb_cstr(&src)) + 1);
+    sb_puts(&bad, "this is not CUDA;\n");
+    sb_puts(&bad, nl + 1);
+    cuda_program_name(&name, c.m);
+    char *ptx = NULL;
+    assert_int_equal(rt_nvrtc_compile(nvrtc, sb_cstr(&bad), sb_cstr(&name), "sm_90", false, NULL, 0, &ptx, &len, &log),
+                     SSMC_ERR_BACKEND);
+    assert_non_null(strstr(sb_cstr(&log), "ssmc_gla.cu(2)"));
+    sb_free(&src);
+    sb_free(&bad);
+    sb_free(&name);
+    sb_free(&log);
+    diag_free(&d);
+    compiled_free(&c);
+    ssmc_ctx_free(ctx);
+    free(text);
+}
+
+/* At the benchmark shapes every state stays in registers (lets may be shared
+ * on purpose: GLA's gate is computed once per block), nothing goes to the
+ * global workspace, and a sequence spreads over enough blocks. The LSTM's
+ * hidden state, read at every index by every gate, lives in shared memory. */
+static void test_plans_keep_states_in_registers(void **state)
+{
+    static const struct {
+        const char *file;
+        ssmc_dim dims[3];
+        int nd;
+    } cases[] = {
+        {"examples/gla.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3},
+        {"examples/gated_deltanet.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3},
+        {"examples/deltanet.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3},
+        {"examples/mamba2.ssm", {{"H", 64}, {"P", 64}, {"N", 128}}, 3},
+        {"examples/retnet.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3},
+        {"examples/rwkv6.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3},
+        {"examples/linear_attn.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3},
+        {"examples/mamba.ssm", {{"E", 1024}, {"N", 16}}, 2},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        size_t len;
+        char *text = slurp(cases[k].file, &len);
+        compiled c;
+        compile_ir(&c, cases[k].file, text, len, NULL, cases[k].dims, cases[k].nd);
+        cuda_plan *p;
+        diag d = {0};
+        assert_int_equal(cuda_plan_make(&c.a, c.m, NULL, &p, &d), SSMC_OK);
+        for (uint32_t i = 0; i < c.m->ntensors; i++) {
+            ir_kind kind = c.m->tensors[i].kind;
+            if (kind == IR_STATE && cuda_plan_place(p, (int)i) != CUDA_PLACE_REG)
+                fail_msg("%s: state %s is not in registers", cases[k].file, c.m->tensors[i].name);
+            if (kind == IR_LET && cuda_plan_place(p, (int)i) == CUDA_PLACE_GLOBAL)
+                fail_msg("%s: let %s is in global memory", cases[k].file, c.m->tensors[i].name);
+        }
+        cuda_launch l = cuda_launch_of(p, 4);
+        assert_true(l.shared_bytes <= 4096);
+        assert_int_equal(l.ws_floats, 0);
+        assert_true(l.threads >= 32 && l.threads <= 256);
+        assert_true(l.blocks >= 4 * 16); /* at least batch x heads */
+        diag_free(&d);
+        compiled_free(&c);
+        free(text);
+    }
+    size_t len;
+    char *text = slurp("examples/lstm.ssm", &len);
+    compiled c;
+    compile_ir(&c, "lstm.ssm", text, len, NULL, NULL, 0);
+    cuda_plan *p;
+    diag d = {0};
+    assert_int_equal(cuda_plan_make(&c.a, c.m, NULL, &p, &d), SSMC_OK);
+    assert_int_equal(cuda_plan_place(p, ir_find_tensor(c.m, "h")), CUDA_PLACE_SHARED);
+    assert_int_equal(cuda_plan_place(p, ir_find_tensor(c.m, "c")), CUDA_PLACE_REG);
+    diag_free(&d);
+    compiled_free(&c);
+    free(text);
+}
+
+static int setup(void **state)
+{
+    strbuf err = {0};
+    if (rt_nvrtc_load(&nvrtc, &err) != SSMC_OK) {
+        snprintf(nvrtc_why, sizeof nvrtc_why, "%s", sb_cstr(&err));
+        printf("# NVRTC cases skipped: %s\n", nvrtc_why);
+        nvrtc = NULL;
+    }
+    sb_free(&err);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    rt_nvrtc_free(nvrtc);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_examples_to_ptx),
+        cmocka_unit_test(test_edge_models_to_ptx),
+        cmocka_unit_test(test_emit_names_lines),
+        cmocka_unit_test(test_nvrtc_failure_names_program),
+        cmocka_unit_test(test_plans_keep_states_in_registers),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
