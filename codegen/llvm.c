@@ -2,30 +2,40 @@
  * file that includes llvm-c). See llvm.h for the kernel's contract.
  *
  * The lowering reads top to bottom:
- *  1. plan_make: passes/schedule.c says which index classes may split across
- *     workers; the plan tiles as few of them as give max(8, threads) items per
- *     sequence, outer axes first. A state's contiguous last axis (GLA's V) stays
- *     a loop inside the item, long and contiguous, unless nothing else splits;
- *     then it is cut in tiles of 16k floats (measured: bench/RESULTS.md). It then
- *     picks, per statement, the reductions to interchange (accumulate into a
- *     small vector along the statement's last axis when the big operand, e.g.
- *     the state in o[j] = sum(i: q[i] * S[i,j]), is contiguous along that axis
- *     rather than along the reduced one), and lays out the per-worker scratch:
- *     one buffer per let (over the item's slice, one step only), per state that
- *     cannot be updated in place (the new value, copied back after the
- *     statement), per interchanged reduction.
- *  2. gen_kernel: an item function (every tensor and scratch buffer a separate
- *     noalias pointer) with loops item -> t -> statement loop nests, innermost =
- *     the last axis; an entry function with the public signature unpacks the
- *     arguments and calls it (inlined by the optimiser).
- *  3. optimise: triple and data layout of the host TargetMachine (CPU name and
- *     features of this machine) are set before "default<O3>", so the loop
- *     vectoriser sees the real vector width.
- * Math functions are inline IR with no calls (exp, log, log1p, tanh from
- * Cephes' single-precision polynomials, ~1 ulp), so loops that use them
+ *  1. plan_make decides everything the code depends on, from the verified IR
+ *     and passes/schedule.c's index classes:
+ *     - the grid: the classes that may split across workers are tiled into as
+ *       few items as give max(8, threads) per sequence, outer axes first. A
+ *       state's contiguous last axis (GLA's V) stays a loop inside the item,
+ *       long and contiguous, unless nothing else splits; then it is cut in
+ *       tiles of 16k floats (measured: bench/RESULTS.md);
+ *     - interchanged reductions: o[j] = sum(i: q[i] * S[i,j]) accumulates into
+ *       a vector along j, i outside, when the big operand is contiguous along
+ *       the statement's last axis rather than along the reduced one;
+ *     - fusion: a state update and the adjacent readout that reduces over the
+ *       rest of its loops (y[p] = sum(n: S[p,n] C[n]), or the interchanged form)
+ *       run in one loop nest, one pass over the state per step;
+ *     - hoisting: an expensive subexpression that varies along one outer loop
+ *       only (exp(lg[t,h,i]) in an update over i, j) is computed for all its
+ *       values before the nest, where it vectorises;
+ *     - the per-worker scratch: a buffer per let (over the item's slice, one
+ *       step), per state that cannot be updated in place (the new value,
+ *       copied back after the statement), per interchanged sum or hoisted value.
+ *  2. build_module: an item function (every tensor and scratch buffer its own
+ *     noalias pointer) with loops item -> t -> statement nests, innermost = the
+ *     last axis, and an entry function with the public signature that unpacks
+ *     the arguments and calls it (inlined by the optimiser).
+ *  3. optimise: the module carries the triple and data layout of a
+ *     TargetMachine for this CPU (its name and features) before "default<O3>",
+ *     so the vectoriser sees the real vector width.
+ *  4. out: the JIT emits an object (or takes it from the kernel cache,
+ *     runtime/cache.h) and links it with ORC LLJIT; --emit=llvm prints the
+ *     module; a bundle writes the object to a file.
+ * Math functions are inline IR with no calls (exp, log, log1p and tanh from
+ * Cephes' single-precision polynomials, within 2.1 ulp), so loops that use them
  * vectorise; pow is the one libm call. Only reduction accumulations carry
- * `reassoc`; every other FP operation carries just `contract`, and the helpers
- * none that could rewrite their error-compensating steps.
+ * `reassoc`; every other FP operation just `contract`, and the helpers' error-
+ * compensating steps (log1p) not even that.
  *
  * Guarantees: results within ~1e-6 relative of the f64 interpreter for f32
  * data on well-conditioned models; no global mutable state (one LLVM context,
@@ -466,7 +476,7 @@ static bool plan_make(arena *a, const ir_model *m, const ssmc_options *o, plan *
         mark_xchg(p, si, s->root, v);
     }
     plan_fusion(p, a);
-    if (!getenv("SSMC_NOHOIST")) plan_hoists(p); else for (uint32_t r = 0; r < m->ninsts; r++) p->hoist_var[r] = -1;
+    plan_hoists(p);
 
     /* ---- scratch */
     int64_t off = 0;
@@ -537,9 +547,9 @@ static void plan_describe(strbuf *out, const plan *p)
     for (uint32_t si = 0; si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         const ir_tensor *t = &m->tensors[s->tensor];
-        sb_printf(out, "; %s %s[", s->per_step ? "per step:" : "once:    ", t->name);
-        for (int i = 0; i < t->rank; i++) sb_printf(out, "%s%s", i ? "," : "", m->vars[s->vars[i]].name);
-        sb_puts(out, "]: loops");
+        sb_printf(out, "; %s %s", s->per_step ? "per step:" : "once:    ", t->name);
+        for (int i = 0; i < t->rank; i++) sb_printf(out, "%s%s", i ? "," : "[", m->vars[s->vars[i]].name);
+        sb_puts(out, t->rank ? "]: loops" : ": loops");
         int nloops = 0;
         for (int i = 0; i < t->rank; i++) {
             int v = s->vars[i];
@@ -1220,8 +1230,6 @@ static LLVMValueRef gen_items(cg *c, const char *name)
     LLVMSetLinkage(c->fn, LLVMInternalLinkage);
     add_attr(c, c->fn, LLVMAttributeFunctionIndex, "alwaysinline");
     add_attr(c, c->fn, LLVMAttributeFunctionIndex, "nounwind");
-    const char *pvw = getenv("SSMC_PVW");
-    if (pvw) LLVMAddAttributeAtIndex(c->fn, LLVMAttributeFunctionIndex, LLVMCreateStringAttribute(c->ctx, "prefer-vector-width", 19, pvw, (unsigned)strlen(pvw)));
     for (int i = 3; i < np; i++) {
         add_attr(c, c->fn, (unsigned)i + 1, "noalias");
         add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
@@ -1397,9 +1405,11 @@ static ssmc_status optimise(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d)
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
     LLVMPassBuilderOptionsSetLoopVectorization(po, 1);
     LLVMPassBuilderOptionsSetSLPVectorization(po, 1);
-    LLVMPassBuilderOptionsSetLoopInterleaving(po, getenv("SSMC_IL") ? 1 : 0);
-    LLVMPassBuilderOptionsSetLoopUnrolling(po, getenv("SSMC_UNROLL") ? 1 : 0);
-    LLVMErrorRef e = LLVMRunPasses(mod, getenv("SSMC_OPT") ? getenv("SSMC_OPT") : PIPELINE, tm, po);
+    /* Unrolling and interleaving off: they doubled compile time (60-150 ms a
+     * model instead of 30-60) for no run-time gain we could measure. */
+    LLVMPassBuilderOptionsSetLoopInterleaving(po, 0);
+    LLVMPassBuilderOptionsSetLoopUnrolling(po, 0);
+    LLVMErrorRef e = LLVMRunPasses(mod, PIPELINE, tm, po);
     LLVMDisposePassBuilderOptions(po);
     return e ? fail_error(d, "optimisation failed", e) : SSMC_OK;
 }
@@ -1429,7 +1439,8 @@ static rt_cache_key cache_key(LLVMModuleRef mod, LLVMTargetMachineRef tm)
     snprintf(llvm_version, sizeof llvm_version, "LLVM %u.%u.%u", major, minor, patch);
     char *text = LLVMPrintModuleToString(mod);
     char *cpu = LLVMGetTargetMachineCPU(tm), *features = LLVMGetTargetMachineFeatureString(tm);
-    const char *parts[] = {"ssmc cpu kernel 1", SSMC_VERSION, llvm_version, cpu, features, PIPELINE, text};
+    const char *parts[] = {"ssmc cpu kernel 1", SSMC_VERSION, llvm_version, cpu, features,
+                           PIPELINE " without unrolling or interleaving", text};
     rt_cache_key key = rt_cache_key_make(parts, (int)(sizeof parts / sizeof *parts));
     LLVMDisposeMessage(text);
     LLVMDisposeMessage(cpu);
