@@ -75,6 +75,52 @@ static void walk(ctx *c, ir_ref r)
     walk(c, in->b);
 }
 
+/* Counts the axes of tensor ti whose class root is in `roots` (marked). */
+static int axes_in(ctx *c, uint32_t ti, const bool *marked)
+{
+    int n = 0;
+    for (int ax = 0; ax < c->m->tensors[ti].rank; ax++) n += marked[find(&c->u, axis_slot(c, (int)ti, ax))];
+    return n;
+}
+
+/* Two unpoisoned classes over the same dim that no variable ties together
+ * (a state and an output that are both elementwise in c but never read each
+ * other) can still be split together: value v of one goes with value v of
+ * the other. Such a group is merged into one class when every state and
+ * output has exactly one axis in it; otherwise they stay apart. */
+static void merge_aligned(ctx *c)
+{
+    const ir_model *m = c->m;
+    int nslots = c->nvars + (int)m->ntensors * IR_MAX_RANK;
+    bool *marked = calloc((size_t)nslots, sizeof *marked);
+    if (!marked) return; /* the merge only widens parallelism: skipping it is safe */
+    for (uint32_t dim = 0; dim < m->ndims; dim++) {
+        int nroots = 0, first = -1;
+        for (int i = 0; i < nslots; i++) marked[i] = false;
+        for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+            const ir_tensor *t = &m->tensors[ti];
+            if (!tracked(t)) continue;
+            for (int ax = 0; ax < t->rank; ax++) {
+                int r = find(&c->u, axis_slot(c, (int)ti, ax));
+                if ((uint32_t)t->dims[ax] != dim || c->u.poison[r] || marked[r]) continue;
+                marked[r] = true;
+                nroots++;
+                if (first < 0) first = r;
+            }
+        }
+        if (nroots < 2) continue;
+        bool ok = true;
+        for (uint32_t ti = 0; ok && ti < m->ntensors; ti++) {
+            const ir_tensor *t = &m->tensors[ti];
+            if (t->kind == IR_STATE || t->kind == IR_OUTPUT) ok = axes_in(c, ti, marked) == 1;
+        }
+        if (!ok) continue;
+        for (int i = 0; i < nslots; i++)
+            if (marked[i]) unite(&c->u, i, first);
+    }
+    free(marked);
+}
+
 bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
 {
     ctx c = {.m = m, .nvars = (int)m->nvars};
@@ -106,6 +152,7 @@ bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
         for (int i = 0; i < t->rank; i++) unite(&c.u, c.s->vars[i], axis_slot(&c, c.s->tensor, i));
         walk(&c, c.s->root);
     }
+    merge_aligned(&c);
     /* number the classes that hold at least one tracked axis */
     for (int i = 0; i < nslots; i++) root_class[i] = -1;
     for (uint32_t ti = 0; ti < m->ntensors; ti++) {
