@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "support/dtype.h"
 #include "build.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
@@ -276,27 +277,6 @@ int ssmc_model_find(const ssmc_model *m, const char *name)
 
 /* ---- running ---- */
 
-static double to_f64(const void *p, ssmc_dtype dt, size_t i)
-{
-    switch (dt) {
-    case SSMC_F32: return ((const float *)p)[i];
-    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_F64: return ((const double *)p)[i];
-    }
-    return NAN;
-}
-
-static void from_f64(void *p, ssmc_dtype dt, size_t i, double v)
-{
-    switch (dt) {
-    case SSMC_F32: ((float *)p)[i] = (float)v; break;
-    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
-    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
-    case SSMC_F64: ((double *)p)[i] = v; break;
-    }
-}
-
 /* Elements of tensor t for a run: [B, T, ...] for per-step, [B, ...] for
  * states, [...] for params. False when the count overflows. */
 static bool run_elems(const ir_model *m, const ir_tensor *t, int64_t batch, int64_t T, size_t *out)
@@ -329,7 +309,7 @@ static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const bac
             break;
         }
         if (t->kind != IR_OUTPUT)
-            for (size_t k = 0; k < n; k++) data[i][k] = to_f64(bt[i].data, bt[i].dtype, k);
+            for (size_t k = 0; k < n; k++) data[i][k] = dtype_get(bt[i].data, bt[i].dtype, k);
     }
     if (s == SSMC_OK) {
         ir_interp_args args = {.batch = batch, .T = T, .data = data};
@@ -340,7 +320,7 @@ static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const bac
         if (!bt[i].data || (t->kind != IR_OUTPUT && t->kind != IR_STATE)) continue;
         size_t n;
         run_elems(ir, t, batch, T, &n);
-        for (size_t k = 0; k < n; k++) from_f64(bt[i].data, bt[i].dtype, k, data[i][k]);
+        for (size_t k = 0; k < n; k++) dtype_set(bt[i].data, bt[i].dtype, k, data[i][k]);
     }
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
     for (uint32_t i = 0; data && i < ir->ntensors; i++) free(data[i]);
@@ -355,7 +335,7 @@ static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_t
     size_t n;
     run_elems(ir, t, batch, T, &n);
     for (size_t k = 0; k < n; k++) {
-        double v = to_f64(bt->data, bt->dtype, k);
+        double v = dtype_get(bt->data, bt->dtype, k);
         if (!isfinite(v)) {
             diag_error(d, "%s '%s' holds a non-finite value (%g) at flat index %zu%s", ir_kind_names[t->kind], t->name,
                        v, k, when);

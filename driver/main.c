@@ -18,6 +18,7 @@
 
 #include "ssmc.h"
 #include "runtime/npy.h"
+#include "support/dtype.h"
 #include "support/support.h"
 
 #define MAX_PAIRS 64
@@ -185,28 +186,6 @@ static uint64_t splitmix(uint64_t *s)
 }
 static double uniform(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0; }
 
-static size_t dtype_size(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
-
-static double get(const void *p, ssmc_dtype dt, size_t i)
-{
-    switch (dt) {
-    case SSMC_F32: return ((const float *)p)[i];
-    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_F64: return ((const double *)p)[i];
-    }
-    return NAN;
-}
-
-static void set(void *p, ssmc_dtype dt, size_t i, double v)
-{
-    switch (dt) {
-    case SSMC_F32: ((float *)p)[i] = (float)v; break;
-    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
-    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
-    case SSMC_F64: ((double *)p)[i] = v; break;
-    }
-}
 
 typedef struct tensor {
     ssmc_tensor_info info;
@@ -415,7 +394,7 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
         }
         for (size_t k = 0; k < ts[i].count; k++)
             bufs[i][k] = ts[i].info.role == SSMC_STATE ? ts[i].initial[k]
-                         : ts[i].info.role == SSMC_OUTPUT ? NAN : get(ts[i].data, c->dtype, k);
+                         : ts[i].info.role == SSMC_OUTPUT ? NAN : dtype_get(ts[i].data, c->dtype, k);
         args[i] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i]};
     }
     if (good && ssmc_run(ref, B, T, args, n) != SSMC_OK) {
@@ -428,7 +407,7 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
         double maxref = 0, maxdiff = 0;
         bool finite = true;
         for (size_t k = 0; k < ts[i].count; k++) {
-            double r = bufs[i][k], g = get(ts[i].data, c->dtype, k);
+            double r = bufs[i][k], g = dtype_get(ts[i].data, c->dtype, k);
             if (!isfinite(g) || !isfinite(r)) finite = false;
             if (fabs(r) > maxref) maxref = fabs(r);
             if (fabs(g - r) > maxdiff) maxdiff = fabs(g - r);
@@ -522,18 +501,18 @@ static int cmd_run(const cli *c, bool bench)
         }
         bool from_file = files[i].data != NULL;
         if (t->info.role == SSMC_OUTPUT) {
-            for (size_t k = 0; k < count; k++) set(t->data, c->dtype, k, NAN); /* poison */
+            for (size_t k = 0; k < count; k++) dtype_set(t->data, c->dtype, k, NAN); /* poison */
         } else if (from_file) {
             rt_npy_convert(&files[i], c->dtype, t->data);
         } else if (t->info.role == SSMC_STATE) {
-            for (size_t k = 0; k < count; k++) set(t->data, c->dtype, k, 0.0);
+            for (size_t k = 0; k < count; k++) dtype_set(t->data, c->dtype, k, 0.0);
         } else {
-            for (size_t k = 0; k < count; k++) set(t->data, c->dtype, k, uniform(&rng));
+            for (size_t k = 0; k < count; k++) dtype_set(t->data, c->dtype, k, uniform(&rng));
         }
         if (t->info.role == SSMC_STATE) {
             t->initial = malloc((count ? count : 1) * sizeof(double));
             if (!t->initial) goto done;
-            for (size_t k = 0; k < count; k++) t->initial[k] = get(t->data, c->dtype, k);
+            for (size_t k = 0; k < count; k++) t->initial[k] = dtype_get(t->data, c->dtype, k);
         }
         args[i] = (ssmc_arg){t->info.name, c->dtype, t->data};
     }
@@ -544,7 +523,7 @@ static int cmd_run(const cli *c, bool bench)
     for (int64_t it = 0; it < iters + (bench ? 1 : 0); it++) {
         for (int i = 0; i < n; i++) /* every run starts from the initial state */
             if (ts[i].info.role == SSMC_STATE)
-                for (size_t k = 0; k < ts[i].count; k++) set(ts[i].data, c->dtype, k, ts[i].initial[k]);
+                for (size_t k = 0; k < ts[i].count; k++) dtype_set(ts[i].data, c->dtype, k, ts[i].initial[k]);
         double s0 = now_s();
         if (ssmc_run(m, B, T, args, n) != SSMC_OK) {
             free(times);
@@ -575,7 +554,7 @@ static int cmd_run(const cli *c, bool bench)
         if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
         double sum = 0, amax = 0;
         for (size_t k = 0; k < ts[i].count; k++) {
-            double v = get(ts[i].data, c->dtype, k);
+            double v = dtype_get(ts[i].data, c->dtype, k);
             sum += v;
             if (fabs(v) > amax || isnan(v)) amax = fabs(v);
         }
@@ -594,7 +573,7 @@ static int cmd_run(const cli *c, bool bench)
             if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
             float *f = malloc((ts[i].count ? ts[i].count : 1) * sizeof(float));
             if (!f) goto done;
-            for (size_t k = 0; k < ts[i].count; k++) f[k] = (float)get(ts[i].data, c->dtype, k);
+            for (size_t k = 0; k < ts[i].count; k++) f[k] = (float)dtype_get(ts[i].data, c->dtype, k);
             char *path = malloc(strlen(c->out) + strlen(ts[i].info.name) + 8);
             strbuf err = {0};
             ssmc_status s = path ? (sprintf(path, "%s/%s.npy", c->out, ts[i].info.name),

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "support/dtype.h"
 #include "support/support.h"
 
 char *harness_read_source(const char *rel, size_t *len)
@@ -59,29 +60,6 @@ static uint64_t next(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static size_t dtype_size(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
-
-static void put(void *p, ssmc_dtype dt, size_t i, double v)
-{
-    switch (dt) {
-    case SSMC_F32: ((float *)p)[i] = (float)v; break;
-    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
-    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
-    case SSMC_F64: ((double *)p)[i] = v; break;
-    }
-}
-
-static double get(const void *p, ssmc_dtype dt, size_t i)
-{
-    switch (dt) {
-    case SSMC_F32: return ((const float *)p)[i];
-    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_F64: return ((const double *)p)[i];
-    }
-    return NAN;
-}
-
 void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, harness_result *res)
 {
     memset(res, 0, sizeof *res);
@@ -122,8 +100,8 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
                 v = 0;
             else
                 v = lo + (hi - lo) * (double)(next(&rng) >> 11) * 0x1.0p-53;
-            put(data[i], r->dtype, k, v);
-            rdata[i][k] = info[i].role == SSMC_OUTPUT ? NAN : get(data[i], r->dtype, k);
+            dtype_set(data[i], r->dtype, k, v);
+            rdata[i][k] = info[i].role == SSMC_OUTPUT ? NAN : dtype_get(data[i], r->dtype, k);
         }
         bool give = !(is_state && r->no_state);
         if (info[i].role == SSMC_OUTPUT && r->skip_outputs && !skipped) give = false, skipped = true;
@@ -144,7 +122,7 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
         if (info[i].role == SSMC_OUTPUT && !given) {
             /* not asked for: the poison must still be there */
             for (size_t k = 0; k < count[i]; k++)
-                if (!isnan(get(data[i], r->dtype, k))) {
+                if (!isnan(dtype_get(data[i], r->dtype, k))) {
                     ok = false;
                     snprintf(res->why, sizeof res->why, "output '%s' was not asked for but was written",
                              info[i].name);
@@ -155,7 +133,7 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
         if ((info[i].role != SSMC_OUTPUT && info[i].role != SSMC_STATE) || !given) continue;
         double maxref = 0, maxdiff = 0;
         for (size_t k = 0; k < count[i]; k++) {
-            double g = get(data[i], r->dtype, k), f = rdata[i][k];
+            double g = dtype_get(data[i], r->dtype, k), f = rdata[i][k];
             if (!isfinite(g) || !isfinite(f)) {
                 ok = false;
                 snprintf(res->why, sizeof res->why, "%s '%s' holds a non-finite value at %zu: got %g, reference %g",
