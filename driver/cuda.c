@@ -227,8 +227,10 @@ static size_t run_elems(const ir_model *m, uint32_t i, int64_t batch, int64_t T)
     return t->per_step ? n * (size_t)T : n;
 }
 
-static ssmc_status make_sig(const ir_model *m, const backend_tensor *bt, bool device, cuda_sig *sig, ssmc_dtype *dt,
-                            bool *present)
+/* The signature of a run; device pointers allow vector loads only when every
+ * one is 16-byte aligned (the host path's buffers always are). */
+static void make_sig(const ir_model *m, const backend_tensor *bt, bool device, cuda_sig *sig, ssmc_dtype *dt,
+                     bool *present)
 {
     sig->vec = true;
     for (uint32_t i = 0; i < m->ntensors; i++) {
@@ -238,7 +240,6 @@ static ssmc_status make_sig(const ir_model *m, const backend_tensor *bt, bool de
     }
     sig->dtype = dt;
     sig->present = present;
-    return SSMC_OK;
 }
 
 static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T, CUdeviceptr ws,
