@@ -71,6 +71,48 @@ static int ref_mamba2(const ref_io *io)
     return 0;
 }
 
+/* ---- Mamba-2 with grouped B/C (R = H / G heads share a group) and a causal
+ * depthwise convolution of width W over x, then SiLU, before the SSD step:
+ * xc_t = silu(conv_b + sum_k w_k x_{t-k}) (x before the start is 0). */
+static int ref_mamba2_conv(const ref_io *io)
+{
+    int m = 0;
+    int64_t H = ref_dim(io, "H", &m), P = ref_dim(io, "P", &m), N = ref_dim(io, "N", &m);
+    int64_t G = ref_dim(io, "G", &m), W = ref_dim(io, "W", &m);
+    double *x = ref_get(io, "x", &m), *dt = ref_get(io, "dt", &m);
+    double *Bt = ref_get(io, "B", &m), *Ct = ref_get(io, "C", &m);
+    double *cw = ref_get(io, "conv_w", &m), *cb = ref_get(io, "conv_b", &m);
+    double *A_log = ref_get(io, "A_log", &m), *D = ref_get(io, "D", &m);
+    double *dt_bias = ref_get(io, "dt_bias", &m), *S = ref_get(io, "S", &m);
+    double *y = ref_get(io, "y", &m);
+    if (m)
+        return REF_ERR_MISSING;
+    int64_t heads_per_group = H / G;
+    for (int64_t b = 0; b < io->B; b++)
+        for (int64_t t = 0; t < io->T; t++) {
+            int64_t bt = b * io->T + t;
+            for (int64_t h = 0; h < H; h++) {
+                int64_t g = h / heads_per_group;
+                double delta = softplus_(dt[bt * H + h] + dt_bias[h]);
+                double decay = exp(delta * -exp(A_log[h]));
+                for (int64_t p = 0; p < P; p++) {
+                    double conv = cb[h * P + p];
+                    for (int64_t k = 0; k < W && k <= t; k++)
+                        conv += cw[(h * P + p) * W + k] * x[((bt - k) * H + h) * P + p];
+                    double xv = conv * sigmoid_(conv);
+                    double *s = S + ((b * H + h) * P + p) * N;
+                    double acc = 0;
+                    for (int64_t n = 0; n < N; n++) {
+                        s[n] = decay * s[n] + delta * Bt[(bt * G + g) * N + n] * xv;
+                        acc += Ct[(bt * G + g) * N + n] * s[n];
+                    }
+                    y[(bt * H + h) * P + p] = acc + D[h] * xv;
+                }
+            }
+        }
+    return 0;
+}
+
 /* ---- Mamba-1 selective scan: per channel e and state n,
  * h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t, y_t = (C_t h_t + D x_t) silu(z_t). */
 static int ref_mamba(const ref_io *io)
@@ -344,6 +386,7 @@ static const struct {
     int (*run)(const ref_io *io);
 } ref_table[] = {
     {"mamba2", ref_mamba2},
+    {"mamba2_conv", ref_mamba2_conv},
     {"mamba", ref_mamba},
     {"gla", ref_gla},
     {"deltanet", ref_deltanet},

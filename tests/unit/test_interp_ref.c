@@ -28,7 +28,7 @@
 
 #define TOLERANCE 1e-12
 #define BATCH 2
-#define MAX_CASE_DIMS 4
+#define MAX_CASE_DIMS 8
 #define MAX_CASE_RANGES 8
 
 /* Values of a tensor are drawn uniformly from [lo, hi]; tensors not listed
@@ -46,6 +46,8 @@ typedef struct ref_case {
 
 static const ref_case cases[] = {
     {"mamba2", {{"H", 3}, {"P", 5}, {"N", 7}},
+     {{"dt", -3, 1}, {"A_log", -1, 1.5}}},
+    {"mamba2_conv", {{"H", 6}, {"P", 5}, {"N", 7}, {"G", 2}, {"R", 3}, {"W", 3}},
      {{"dt", -3, 1}, {"A_log", -1, 1.5}}},
     {"mamba", {{"E", 5}, {"N", 3}},
      {{"dt", -3, 1}, {"A_log", -1, 1.5}}},
