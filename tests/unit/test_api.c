@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "ssmc.h"
+#include "support/dtype.h"
 #include "support/support.h"
 
 static const char *src = "model d {\n"
@@ -52,28 +53,6 @@ static ssmc_model *compile(ssmc_ctx *ctx, const ssmc_options *o)
 }
 
 /* ---- values in any dtype ---- */
-static size_t dtype_size(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
-
-static double get(const void *p, ssmc_dtype dt, size_t i)
-{
-    switch (dt) {
-    case SSMC_F32: return ((const float *)p)[i];
-    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_F64: return ((const double *)p)[i];
-    }
-    return NAN;
-}
-
-static void set(void *p, ssmc_dtype dt, size_t i, double v)
-{
-    switch (dt) {
-    case SSMC_F32: ((float *)p)[i] = (float)v; break;
-    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
-    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
-    case SSMC_F64: ((double *)p)[i] = v; break;
-    }
-}
 
 /* unit roundoff of each dtype (round to nearest) */
 static double roundoff(ssmc_dtype dt)
@@ -104,7 +83,7 @@ static void make_set(run_set *r, const ssmc_dtype *dt, double *const *ref)
         r->dt[i] = dt[i];
         r->data[i] = malloc(counts[i] * dtype_size(dt[i]));
         assert_non_null(r->data[i]);
-        for (size_t k = 0; k < counts[i]; k++) set(r->data[i], dt[i], k, i >= Y ? NAN : ref[i][k]);
+        for (size_t k = 0; k < counts[i]; k++) dtype_set(r->data[i], dt[i], k, i >= Y ? NAN : ref[i][k]);
         r->args[i] = (ssmc_arg){names[i], dt[i], r->data[i]};
     }
 }
@@ -156,7 +135,7 @@ static void test_dtypes_agree(void **state)
         assert_int_equal(ssmc_run(m, B, TT, r.args, NT), SSMC_OK);
         for (int i = S; i < NT; i++) {
             for (size_t k = 0; k < counts[i]; k++) {
-                double got = get(r.data[i], dt[i], k), want = ref[i][k];
+                double got = dtype_get(r.data[i], dt[i], k), want = ref[i][k];
                 /* the interpreter computes in f64 and rounds once into the tensor's dtype */
                 double tol = roundoff(dt[i]) * fabs(want) + (dt[i] == SSMC_F16 ? 0x1p-25 : 0);
                 if (!(fabs(got - want) <= tol))
@@ -365,12 +344,12 @@ static void test_check_finite(void **state)
             for (int i = 0; i < NT; i++) dt[i] = dts[d];
             run_set r;
             make_set(&r, dt, ref);
-            for (size_t k = 0; k < counts[Y]; k++) set(r.data[Y], dt[Y], k, 7);
+            for (size_t k = 0; k < counts[Y]; k++) dtype_set(r.data[Y], dt[Y], k, 7);
             assert_int_equal(ssmc_run(m, B, TT, r.args, NT), SSMC_ERR_NUMERIC);
             const char *msg = ssmc_ctx_error(ctx);
             if (!strstr(msg, cases[c].want)) fail_msg("dtype %zu: got '%s', expected '%s'", d, msg, cases[c].want);
             assert_null(strstr(msg, "after the run"));
-            for (size_t k = 0; k < counts[Y]; k++) assert_true(get(r.data[Y], dt[Y], k) == 7); /* did not run */
+            for (size_t k = 0; k < counts[Y]; k++) assert_true(dtype_get(r.data[Y], dt[Y], k) == 7); /* did not run */
             /* without the option the run goes ahead */
             assert_int_equal(ssmc_run(plain, B, TT, r.args, NT), SSMC_OK);
             free_set(&r);
@@ -389,7 +368,7 @@ static void test_check_finite(void **state)
     if (!strstr(msg, "output 'z' holds a non-finite value (-inf) at flat index 3 after the run"))
         fail_msg("got '%s'", msg);
     assert_int_equal(ssmc_run(plain, B, TT, r.args, NT), SSMC_OK);
-    assert_true(isinf(get(r.data[Z], SSMC_F32, 3)));
+    assert_true(isinf(dtype_get(r.data[Z], SSMC_F32, 3)));
     /* and a clean run passes the check */
     ref[X][3] = 0.5;
     free_set(&r);

@@ -25,6 +25,7 @@
 #include "codegen/cuda.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "support/dtype.h"
 
 static bool have_cxx;
 static char workdir[64];
@@ -48,28 +49,6 @@ static const char *cxx(void)
     return c && *c ? c : "c++";
 }
 
-static size_t dsize(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
-
-static double get(const void *p, ssmc_dtype dt, size_t i)
-{
-    switch (dt) {
-    case SSMC_F32: return ((const float *)p)[i];
-    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_F64: return ((const double *)p)[i];
-    }
-    return NAN;
-}
-
-static void set(void *p, ssmc_dtype dt, size_t i, double v)
-{
-    switch (dt) {
-    case SSMC_F32: ((float *)p)[i] = (float)v; break;
-    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
-    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
-    case SSMC_F64: ((double *)p)[i] = v; break;
-    }
-}
 
 typedef struct model {
     arena a;
@@ -173,11 +152,11 @@ static void emu_case(const model *md, const cuda_tune *tune, ssmc_dtype dt, int6
         size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)B) * (t->per_step ? (size_t)T : 1);
         count[i] = n;
         ref[i] = calloc(n ? n : 1, sizeof(double));
-        buf[i] = aligned_alloc(64, ((n ? n : 1) * dsize(dt) + 63) / 64 * 64);
+        buf[i] = aligned_alloc(64, ((n ? n : 1) * dtype_size(dt) + 63) / 64 * 64);
         assert_true(ref[i] && buf[i]);
         for (size_t k = 0; k < n; k++) {
-            set(buf[i], dt, k, t->kind == IR_OUTPUT ? NAN : t->kind == IR_STATE ? 0.0 : uniform());
-            ref[i][k] = get(buf[i], dt, k);
+            dtype_set(buf[i], dt, k, t->kind == IR_OUTPUT ? NAN : t->kind == IR_STATE ? 0.0 : uniform());
+            ref[i][k] = dtype_get(buf[i], dt, k);
         }
         ptrs[np++] = present[i] ? buf[i] : NULL;
     }
@@ -197,8 +176,8 @@ static void emu_case(const model *md, const cuda_tune *tune, ssmc_dtype dt, int6
         for (uint32_t i = 0; i < nt; i++) {
             if (m->tensors[i].kind == IR_STATE)
                 for (size_t k = 0; k < count[i]; k++) {
-                    set(buf[i], dt, k, pd[i][k]);
-                    ref[i][k] = get(buf[i], dt, k);
+                    dtype_set(buf[i], dt, k, pd[i][k]);
+                    ref[i][k] = dtype_get(buf[i], dt, k);
                 }
             free(pd[i]);
         }
@@ -222,7 +201,7 @@ static void emu_case(const model *md, const cuda_tune *tune, ssmc_dtype dt, int6
         if (t->kind != IR_OUTPUT && !(t->kind == IR_STATE && init)) continue;
         double mref = 0, mdiff = 0;
         for (size_t k = 0; k < count[i]; k++) {
-            double g = get(buf[i], dt, k), r = ref[i][k];
+            double g = dtype_get(buf[i], dt, k), r = ref[i][k];
             if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", what, t->name, k, g, r);
             if (fabs(r) > mref) mref = fabs(r);
             if (fabs(g - r) > mdiff) mdiff = fabs(g - r);

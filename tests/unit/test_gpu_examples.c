@@ -26,6 +26,7 @@
 #include "frontend/ast.h"
 #include "runtime/cuda.h"
 #include "ssmc.h"
+#include "support/dtype.h"
 #include "support/support.h"
 
 #define MAX_T 64
@@ -64,28 +65,6 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
-static size_t dsize(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
-
-static double get(const void *p, ssmc_dtype dt, size_t i)
-{
-    switch (dt) {
-    case SSMC_F32: return ((const float *)p)[i];
-    case SSMC_F16: return f16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case SSMC_F64: return ((const double *)p)[i];
-    }
-    return NAN;
-}
-
-static void set(void *p, ssmc_dtype dt, size_t i, double v)
-{
-    switch (dt) {
-    case SSMC_F32: ((float *)p)[i] = (float)v; break;
-    case SSMC_F16: ((uint16_t *)p)[i] = f32_to_f16((float)v); break;
-    case SSMC_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break;
-    case SSMC_F64: ((double *)p)[i] = v; break;
-    }
-}
 
 /* ---- one model, compiled for the GPU and for the interpreter ---- */
 
@@ -154,13 +133,13 @@ static void pair_fill(pair *p, int64_t B, int64_t T, ssmc_dtype dt)
     for (int i = 0; i < p->n; i++) {
         tensor *t = &p->t[i];
         t->count = count_of(&t->info, B, T);
-        t->data = malloc((t->count ? t->count : 1) * dsize(dt));
+        t->data = malloc((t->count ? t->count : 1) * dtype_size(dt));
         t->ref = malloc((t->count ? t->count : 1) * sizeof(double));
         assert_true(t->data && t->ref);
         for (size_t k = 0; k < t->count; k++) {
             bool poison = t->info.role == SSMC_OUTPUT;
-            set(t->data, dt, k, poison ? NAN : t->info.role == SSMC_STATE ? 0.0 : uniform());
-            t->ref[k] = poison ? NAN : get(t->data, dt, k);
+            dtype_set(t->data, dt, k, poison ? NAN : t->info.role == SSMC_STATE ? 0.0 : uniform());
+            t->ref[k] = poison ? NAN : dtype_get(t->data, dt, k);
         }
     }
 }
@@ -187,8 +166,8 @@ static void pair_prefix_state(pair *p, int64_t B, ssmc_dtype dt)
         tensor *t = &p->t[i];
         if (t->info.role == SSMC_STATE)
             for (size_t k = 0; k < t->count; k++) {
-                set(t->data, dt, k, bufs[i][k]);
-                t->ref[k] = get(t->data, dt, k);
+                dtype_set(t->data, dt, k, bufs[i][k]);
+                t->ref[k] = dtype_get(t->data, dt, k);
             }
         free(bufs[i]);
     }
@@ -215,7 +194,7 @@ static double pair_run_compare(pair *p, int64_t B, int64_t T, ssmc_dtype dt, boo
         if (t->info.role != SSMC_OUTPUT && !(t->info.role == SSMC_STATE && states)) continue;
         double mref = 0, mdiff = 0;
         for (size_t e = 0; e < t->count; e++) {
-            double g = get(t->data, dt, e), r = t->ref[e];
+            double g = dtype_get(t->data, dt, e), r = t->ref[e];
             if (!isfinite(g) || !isfinite(r))
                 fail_msg("%s: %s[%zu] = %g (reference %g)", what, t->info.name, e, g, r);
             if (fabs(r) > mref) mref = fabs(r);
