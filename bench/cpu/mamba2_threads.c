@@ -1,11 +1,11 @@
-/* mamba2_loop.c: the Mamba-2 recurrence of examples/mamba2.ssm written by hand
+/* mamba2_threads.c: the Mamba-2 recurrence of examples/mamba2.ssm written by hand
  * as plain C loops, the baseline `ssmc bench --device cpu` is compared with
  * (bench/RESULTS.md). One work item per (sequence, head), the state row of one
  * (head, p) updated and read out in one fused pass over n. Threads split the
  * items as ssmc's pool does (contiguous ranges).
  *
- *   cc -O3 -march=native [-ffast-math] bench/mamba2_loop.c -o /tmp/mamba2_loop -lm -lpthread
- *   /tmp/mamba2_loop H P N T THREADS [ITERS]
+ *   cc -O3 -march=native [-ffast-math] bench/cpu/mamba2_threads.c -o /tmp/mamba2_threads -lm -lpthread
+ *   /tmp/mamba2_threads H P N T THREADS [ITERS]
  * prints the minimum and median wall-clock and CPU time of ITERS runs (after
  * one warm-up run). */
 #include <math.h>
