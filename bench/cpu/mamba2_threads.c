@@ -107,7 +107,7 @@ int main(int argc, char **argv)
     qsort(cpu, (size_t)iters, sizeof *cpu, cmp);
     double sum = 0;
     for (size_t i = 0; i < (size_t)T * H * P; i++) sum += y[i];
-    printf("mamba2_loop H=%d P=%d N=%d T=%d threads=%d: wall min %.3f med %.3f ms  cpu min %.3f med %.3f ms"
+    printf("mamba2_threads H=%d P=%d N=%d T=%d threads=%d: wall min %.3f med %.3f ms  cpu min %.3f med %.3f ms"
            " (checksum %g)\n", H, P, N, T, threads, times[0] * 1e3, times[iters / 2] * 1e3, cpu[0] * 1e3,
            cpu[iters / 2] * 1e3, sum);
     return 0;
