@@ -25,6 +25,7 @@
 #include "codegen/cuda.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "tests/unit/helpers/files.h"
 #include "support/dtype.h"
 
 static bool have_cxx;
@@ -37,11 +38,6 @@ static double uniform(void)
     return (double)(rng >> 11) * 0x1.0p-53 * 2.0 - 1.0;
 }
 
-static const char *src_dir(void)
-{
-    const char *d = getenv("SSMC_SOURCE_DIR");
-    return d ? d : ".";
-}
 
 static const char *cxx(void)
 {
@@ -64,7 +60,7 @@ static void model_open(model *md, const char *rel, const char *name, const ssmc_
 {
     memset(md, 0, sizeof *md);
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", src_dir(), rel);
+    snprintf(path, sizeof path, "%s/%s", test_src_dir(), rel);
     size_t len;
     const char *why;
     md->text = read_file(path, &len, &why);
@@ -105,7 +101,7 @@ static void *build(const char *src, const char *kernel, launch_fn *launch)
     assert_non_null(f);
     fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n#define EMU_TAIL\n"
                "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n",
-            src_dir(), src, kernel, src_dir());
+            test_src_dir(), src, kernel, test_src_dir());
     fclose(f);
     snprintf(cmd, sizeof cmd, "%s -std=c++17 -O1 -shared -fPIC -w -o %s %s -lpthread", cxx(), so, cpp);
     if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), kernel);
@@ -247,18 +243,8 @@ static void two_cases(const char *rel, const char *name, const ssmc_dim *odd, in
 static void test_examples(void **state)
 {
     if (!have_cxx) skip();
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/examples", src_dir());
-    DIR *d = opendir(dir);
-    assert_non_null(d);
     char names[64][128];
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 64) {
-        size_t l = strlen(e->d_name);
-        if (l > 4 && strcmp(e->d_name + l - 4, ".ssm") == 0) snprintf(names[n++], 128, "examples/%s", e->d_name);
-    }
-    closedir(d);
+    int n = test_list_examples(names, 64);
     assert_true(n >= 9);
     for (int i = 0; i < n; i++) two_cases(names[i], NULL, NULL, 0);
 }

@@ -22,43 +22,11 @@
 #include "ir/ir.h"
 #include "runtime/cuda.h"
 #include "ssmc.h"
+#include "tests/unit/helpers/files.h"
 
 static rt_nvrtc *nvrtc; /* NULL: NVRTC cases skip */
 static char nvrtc_why[1024];
 
-static const char *src_dir(void)
-{
-    const char *d = getenv("SSMC_SOURCE_DIR");
-    return d ? d : ".";
-}
-
-static char *slurp(const char *rel, size_t *len)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", src_dir(), rel);
-    const char *why;
-    char *s = read_file(path, len, &why);
-    if (!s) fail_msg("cannot read %s: %s", path, why);
-    return s;
-}
-
-/* The example files, sorted, as paths relative to the source dir. */
-static int list_examples(char names[][128], int max)
-{
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/examples", src_dir());
-    DIR *d = opendir(dir);
-    if (!d) fail_msg("cannot open %s", dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < max) {
-        size_t l = strlen(e->d_name);
-        if (l > 4 && strcmp(e->d_name + l - 4, ".ssm") == 0) snprintf(names[n++], 128, "examples/%s", e->d_name);
-    }
-    closedir(d);
-    qsort(names, (size_t)n, sizeof names[0], (int (*)(const void *, const void *))strcmp);
-    return n;
-}
 
 /* Every dim of the model made odd (d -> d + 1 when even), as -D options. */
 static int odd_dims(const ir_model *m, ssmc_dim *out)
@@ -134,7 +102,7 @@ static void ptx_of(const ir_model *m, const cuda_plan *p, ssmc_dtype io, ssmc_dt
 static void check_model_ptx(const char *rel, const char *model, const ssmc_dim *odd_given, int nodd)
 {
     size_t len;
-    char *text = slurp(rel, &len);
+    char *text = test_slurp(rel, &len);
     for (int odd = 0; odd < 2; odd++) {
         compiled c;
         ssmc_dim dims[16];
@@ -182,7 +150,7 @@ static void test_examples_to_ptx(void **state)
 {
     if (!nvrtc) skip();
     char names[64][128];
-    int n = list_examples(names, 64);
+    int n = test_list_examples(names, 64);
     assert_true(n >= 9);
     for (int i = 0; i < n; i++) check_model_ptx(names[i], NULL, NULL, 0);
 }
@@ -203,7 +171,7 @@ static void test_edge_models_to_ptx(void **state)
 static void test_emit_names_lines(void **state)
 {
     size_t len;
-    char *text = slurp("examples/mamba2.ssm", &len);
+    char *text = test_slurp("examples/mamba2.ssm", &len);
     ssmc_ctx *ctx = ssmc_ctx_new();
     char *cu = NULL;
     ssmc_options o = {0};
@@ -224,7 +192,7 @@ static void test_nvrtc_failure_names_program(void **state)
 {
     if (!nvrtc) skip();
     size_t len;
-    char *text = slurp("examples/gla.ssm", &len);
+    char *text = test_slurp("examples/gla.ssm", &len);
     ssmc_ctx *ctx = ssmc_ctx_new();
     char *out = NULL;
     ssmc_options o = {.cuda_arch = "sm_10"}; /* well-formed, but no NVRTC targets it */
@@ -285,7 +253,7 @@ static void test_plans_keep_states_in_registers(void **state)
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         size_t len;
-        char *text = slurp(cases[k].file, &len);
+        char *text = test_slurp(cases[k].file, &len);
         compiled c;
         compile_ir(&c, cases[k].file, text, len, NULL, cases[k].dims, cases[k].nd);
         cuda_plan *p;
@@ -308,7 +276,7 @@ static void test_plans_keep_states_in_registers(void **state)
         free(text);
     }
     size_t len;
-    char *text = slurp("examples/lstm.ssm", &len);
+    char *text = test_slurp("examples/lstm.ssm", &len);
     compiled c;
     compile_ir(&c, "lstm.ssm", text, len, NULL, NULL, 0);
     cuda_plan *p;

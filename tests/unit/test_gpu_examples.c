@@ -26,6 +26,7 @@
 #include "frontend/ast.h"
 #include "runtime/cuda.h"
 #include "ssmc.h"
+#include "tests/unit/helpers/files.h"
 #include "support/dtype.h"
 #include "support/support.h"
 
@@ -42,21 +43,6 @@ static double uniform(void)
     return (double)(rng >> 11) * 0x1.0p-53 * 2.0 - 1.0;
 }
 
-static const char *src_dir(void)
-{
-    const char *d = getenv("SSMC_SOURCE_DIR");
-    return d ? d : ".";
-}
-
-static char *slurp(const char *rel, size_t *len)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", src_dir(), rel);
-    const char *why;
-    char *s = read_file(path, len, &why);
-    if (!s) fail_msg("cannot read %s: %s", path, why);
-    return s;
-}
 
 static double now_ms(void)
 {
@@ -248,7 +234,7 @@ static int odd_dims(const char *rel, const char *text, size_t len, const char *m
 static void sweep(const char *rel, const char *model, const ssmc_dim *odd_given, int nodd_given)
 {
     size_t len;
-    char *text = slurp(rel, &len);
+    char *text = test_slurp(rel, &len);
     ssmc_dim odd[16];
     int nodd = 0;
     if (odd_given)
@@ -282,18 +268,8 @@ static void sweep(const char *rel, const char *model, const ssmc_dim *odd_given,
 
 static void test_examples(void **state)
 {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/examples", src_dir());
-    DIR *d = opendir(dir);
-    assert_non_null(d);
     char names[64][128];
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 64) {
-        size_t l = strlen(e->d_name);
-        if (l > 4 && strcmp(e->d_name + l - 4, ".ssm") == 0) snprintf(names[n++], 128, "examples/%s", e->d_name);
-    }
-    closedir(d);
+    int n = test_list_examples(names, 64);
     assert_true(n >= 9);
     for (int i = 0; i < n; i++) sweep(names[i], NULL, NULL, 0);
 }
@@ -315,7 +291,7 @@ static void test_decode_continues(void **state)
     static const char *const files[] = {"examples/gated_deltanet.ssm", "examples/mamba2.ssm", "examples/lstm.ssm"};
     for (int fi = 0; fi < 3; fi++) {
         size_t len;
-        char *text = slurp(files[fi], &len);
+        char *text = test_slurp(files[fi], &len);
         pair p;
         pair_open(&p, files[fi], text, len, NULL, NULL, 0);
         const int64_t B = 3, T = 12, T1 = 5;
@@ -423,7 +399,7 @@ static void test_decode_continues(void **state)
 static void test_run_device(void **state)
 {
     size_t len;
-    char *text = slurp("examples/gla.ssm", &len);
+    char *text = test_slurp("examples/gla.ssm", &len);
     pair p;
     pair_open(&p, "gla.ssm", text, len, NULL, NULL, 0);
     const int64_t B = 2, T = 9;
@@ -482,7 +458,7 @@ static void test_kernel_cache(void **state)
     char *saved = old ? strdup(old) : NULL;
     setenv("SSMC_CACHE_DIR", dir, 1);
     size_t len;
-    char *text = slurp("examples/gated_deltanet.ssm", &len);
+    char *text = test_slurp("examples/gated_deltanet.ssm", &len);
     double ms[2];
     for (int k = 0; k < 2; k++) {
         double t0 = now_ms();
