@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "ssmc.h"
+#include "tests/unit/helpers/files.h"
 #include "support/support.h"
 
 /* A model body is wrapped as "model m {\n<decls>\n<body>\n}" so that line 3 is its first statement. */
@@ -264,31 +265,17 @@ static void test_good_models(void **state)
 static void test_examples_compile(void **state)
 {
     (void)state;
-    const char *root = getenv("SSMC_SOURCE_DIR");
-    if (!root) fail_msg("SSMC_SOURCE_DIR is not set (ctest sets it)");
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/examples", root);
-    DIR *dp = opendir(dir);
-    if (!dp) fail_msg("cannot open %s", dir);
+    char names[64][128];
+    int count = test_list_examples(names, 64);
     ssmc_ctx *ctx = ssmc_ctx_new();
-    int count = 0;
-    struct dirent *de;
-    while ((de = readdir(dp))) {
-        size_t n = strlen(de->d_name);
-        if (n < 5 || strcmp(de->d_name + n - 4, ".ssm") != 0) continue;
-        char path[8192];
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    for (int i = 0; i < count; i++) {
         size_t len;
-        const char *why;
-        char *src = read_file(path, &len, &why);
-        if (!src) fail_msg("%s: %s", path, why);
+        char *src = test_slurp(names[i], &len);
         ssmc_model *m = NULL;
-        if (ssmc_compile(ctx, path, src, len, NULL, &m) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+        if (ssmc_compile(ctx, names[i], src, len, NULL, &m) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
         ssmc_model_free(m);
         free(src);
-        count++;
     }
-    closedir(dp);
     ssmc_ctx_free(ctx);
     assert_true(count >= 5);
 }

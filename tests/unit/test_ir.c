@@ -21,6 +21,7 @@
 
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "tests/unit/helpers/files.h"
 #include "support/support.h"
 
 typedef struct lowered {
@@ -210,30 +211,16 @@ static void test_indices_and_flags(void **state)
 static void test_verify_examples(void **state)
 {
     (void)state;
-    const char *root = getenv("SSMC_SOURCE_DIR");
-    if (!root) fail_msg("SSMC_SOURCE_DIR is not set (ctest sets it)");
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/examples", root);
-    DIR *dp = opendir(dir);
-    if (!dp) fail_msg("cannot open %s", dir);
-    int count = 0;
-    struct dirent *de;
-    while ((de = readdir(dp))) {
-        size_t n = strlen(de->d_name);
-        if (n < 5 || strcmp(de->d_name + n - 4, ".ssm") != 0) continue;
-        char path[8192];
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    char names[64][128];
+    int count = test_list_examples(names, 64);
+    for (int i = 0; i < count; i++) {
         size_t len;
-        const char *why;
-        char *src = read_file(path, &len, &why);
-        if (!src) fail_msg("%s: %s", path, why);
+        char *src = test_slurp(names[i], &len);
         lowered l;
         lower(&l, src); /* verifies */
         lowered_free(&l);
         free(src);
-        count++;
     }
-    closedir(dp);
     assert_true(count >= 5);
 }
 
