@@ -68,6 +68,9 @@
 
 #define VEC_FLOATS 16 /* tiles of a contiguous axis are multiples of this (one AVX-512 vector) */
 #define MIN_ITEMS 8
+/* An item's state should stay in the L1 data cache (32 KiB or more on current
+ * x86 and Arm cores) from one step to the next: more items when it would not. */
+#define ITEM_STATE_FLOATS (32 * 1024 / 4)
 
 typedef struct plan {
     const ir_model *m;
@@ -423,13 +426,20 @@ static bool plan_make(arena *a, const ir_model *m, const ssmc_options *o, plan *
             order[j] = order[j - 1];
             order[j - 1] = tmp;
         }
-    /* max(MIN_ITEMS, threads) items from the outer classes. A state's
+    /* max(MIN_ITEMS, threads, state / ITEM_STATE_FLOATS) items from the outer classes. A state's
      * contiguous axis is cut only when nothing else splits (a model whose
      * state is a vector): measured on GLA (bench/RESULTS.md), tiles of it
      * cost more than the parallelism they buy (shorter inner loops, per-step
      * work repeated per tile, rows shared between threads). */
-    int64_t want = resolved_threads(o);
+    int64_t want = resolved_threads(o), state = 0;
     if (want < MIN_ITEMS) want = MIN_ITEMS;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        int64_t e = 1;
+        for (int ax = 0; m->tensors[ti].kind == IR_STATE && ax < m->tensors[ti].rank; ax++)
+            e *= m->dims[m->tensors[ti].dims[ax]].value;
+        if (m->tensors[ti].kind == IR_STATE) state += e;
+    }
+    if (want < ceil_div(state, ITEM_STATE_FLOATS)) want = ceil_div(state, ITEM_STATE_FLOATS);
     int64_t g = 1;
     for (int i = 0; i < ncand && g < want; i++) {
         int k = order[i];
@@ -639,6 +649,7 @@ static ssmc_status host_target(const char *cpu_name, diag *d, LLVMTargetMachineR
 typedef struct loop {
     LLVMBasicBlockRef header, exit;
     LLVMValueRef iv, hi;
+    int64_t step;
 } loop;
 
 typedef struct cg {
@@ -850,12 +861,13 @@ static LLVMValueRef loop_begin(cg *c, loop *L, LLVMValueRef lo, LLVMValueRef hi,
     LLVMPositionBuilderAtEnd(c->b, L->header);
     L->iv = LLVMBuildPhi(c->b, c->i64, name);
     LLVMAddIncoming(L->iv, &lo, &pre, 1);
+    L->step = 1;
     return L->iv;
 }
 
 static void loop_end(cg *c, loop *L)
 {
-    LLVMValueRef next = iadd(c, L->iv, I64(c, 1));
+    LLVMValueRef next = iadd(c, L->iv, I64(c, L->step));
     LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
     LLVMAddIncoming(L->iv, &next, &latch, 1);
     LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, next, L->hi, ""), L->header, L->exit);
@@ -882,6 +894,48 @@ static LLVMValueRef open_var(cg *c, loop *L, int v)
     var_range(c, v, &lo, &hi);
     return c->var[v] = loop_begin(c, L, lo, hi, false, c->m->vars[v].name);
 }
+
+/* ---- unroll-and-jam: the loop just outside the innermost one runs JAM rows
+ * per iteration, each row's body repeated inside one innermost loop. The
+ * rows share that loop's loads (B[t,n] and C[t,n] for all of Mamba-2's p)
+ * and its accumulator traffic (y[j] += over GLA's i), and a row-wise
+ * reduction gets JAM independent accumulator chains. A second pass, one row
+ * at a time, takes the rows left over. Use:
+ *     for (u = jam_begin(c, &J, v, JAM); u; u = jam_next(c, &J))
+ *         ... for k < u: c->var[v] = jam_row(c, &J, k) ... */
+
+#define JAM 4
+
+typedef struct jam {
+    loop L;
+    int v;
+    LLVMValueRef mid, hi;
+    int pass; /* 0: JAM rows at a time, 1: the rest one at a time */
+} jam;
+
+static int64_t jam_begin(cg *c, jam *J, int v, int64_t rows)
+{
+    LLVMValueRef lo, hi;
+    var_range(c, v, &lo, &hi);
+    J->v = v;
+    J->hi = hi;
+    J->pass = 0;
+    J->mid = rows == 1 ? hi : iadd(c, lo, LLVMBuildAnd(c->b, isub(c, hi, lo), I64(c, ~(rows - 1)), ""));
+    loop_begin(c, &J->L, lo, J->mid, true, c->m->vars[v].name);
+    J->L.step = rows;
+    return rows;
+}
+
+static int64_t jam_next(cg *c, jam *J)
+{
+    loop_end(c, &J->L);
+    if (J->pass++ == 1 || J->L.step == 1) return 0;
+    LLVMValueRef mid = J->mid;
+    loop_begin(c, &J->L, mid, J->hi, true, c->m->vars[J->v].name);
+    return 1;
+}
+
+static LLVMValueRef jam_row(cg *c, jam *J, int64_t k) { return k ? iadd(c, J->L.iv, I64(c, k)) : J->L.iv; }
 
 /* ---- addressing */
 
@@ -1046,14 +1100,25 @@ static void gen_xchg(cg *c, ir_ref r)
     open_var(c, &z, v);
     LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, r));
     loop_end(c, &z);
-    loop L[IR_MAX_RANK + 1];
+    loop L[IR_MAX_RANK];
     uint32_t n = in->red.nvars;
-    for (uint32_t i = 0; i < n; i++) open_var(c, &L[i], (int)m->red_vars[in->red.vars + i]);
-    open_var(c, &L[n], v);
-    LLVMValueRef x = gen(c, in->a);
-    LLVMValueRef pa = xchg_ptr(c, r);
-    LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
-    for (uint32_t i = n + 1; i > 0; i--) loop_end(c, &L[i - 1]);
+    for (uint32_t i = 0; i + 1 < n; i++) open_var(c, &L[i], (int)m->red_vars[in->red.vars + i]);
+    int w = (int)m->red_vars[in->red.vars + n - 1]; /* jammed: JAM rows per pass over v */
+    jam J;
+    for (int64_t u = jam_begin(c, &J, w, JAM); u; u = jam_next(c, &J)) {
+        loop z;
+        open_var(c, &z, v);
+        LLVMValueRef x = NULL;
+        for (int64_t k = 0; k < u; k++) {
+            c->var[w] = jam_row(c, &J, k);
+            LLVMValueRef xk = gen(c, in->a);
+            x = x ? fmf(LLVMBuildFAdd(c->b, x, xk, ""), REASSOC) : xk;
+        }
+        LLVMValueRef pa = xchg_ptr(c, r);
+        LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
+        loop_end(c, &z);
+    }
+    for (uint32_t i = n - 1; i > 0; i--) loop_end(c, &L[i - 1]);
 }
 
 static void gen_xchg_all(cg *c, ir_ref r)
@@ -1160,7 +1225,21 @@ static void gen_stmt(cg *c, uint32_t si)
     end_skip(c, skip);
 }
 
-/* State update ui and readout ri in one loop nest (see plan_fusion). */
+/* One element of a fused update: the state's new value stored, and the
+ * readout's summand, read before the update (S(t-1)) or after it (S(t)). */
+static LLVMValueRef fused_element(cg *c, const ir_stmt *u, ir_ref sum, bool before)
+{
+    LLVMValueRef x = before ? gen(c, c->m->insts[sum].a) : NULL;
+    store_result(c, u, gen(c, u->root));
+    return before ? x : gen(c, c->m->insts[sum].a);
+}
+
+static void set_row(cg *c, int rv, int uv, LLVMValueRef val) { c->var[rv] = c->var[uv] = val; }
+
+/* State update ui and readout ri in one loop nest (see plan_fusion). The loop
+ * just outside the innermost one is jammed (JAM rows per iteration) when it is
+ * the readout's last free variable (Mamba-2's p: a sum along the row per row)
+ * or the sum's last variable (GLA's i: rows summed into y[j]). */
 static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
 {
     const plan *p = c->p;
@@ -1168,50 +1247,141 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
     const ir_stmt *u = &m->stmts[ui], *r = &m->stmts[ri];
     const ir_tensor *ut = &m->tensors[u->tensor], *rt = &m->tensors[r->tensor];
     ir_ref sum = p->fuse_sum[ui];
-    bool xchg = p->xchg_var[sum] >= 0;
+    bool xchg = p->xchg_var[sum] >= 0, before = ri < ui;
     int rl[2 * IR_MAX_RANK], ul[IR_MAX_RANK], nu = 0, nfree = 0;
     int n = readout_loops(p, r, sum, xchg, rl);
     for (int i = 0; i < ut->rank; i++)
         if (!var_fixed(p, u->vars[i])) ul[nu++] = u->vars[i];
     for (int i = 0; i < rt->rank; i++) nfree += !var_fixed(p, r->vars[i]);
     int db = xchg ? nfree - 1 : nfree; /* depth at which the reduction's loops start */
+    bool row_sums = !xchg && n - db == 1 && db >= 1; /* jam loop db-1: one accumulator per row */
+    bool row_adds = xchg && n - db >= 2;             /* jam loop n-2: rows added into acc[v] */
     fix_vars(c, u);
     fix_vars(c, r);
     gen_hoists(c, u->root);
     loop L[IR_MAX_RANK];
-    for (int i = 0; i < db; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
-    LLVMValueRef acc = NULL;
-    if (xchg) {
-        loop z;
-        open_var(c, &z, p->xchg_var[sum]);
-        LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, sum));
-        loop_end(c, &z);
+    jam J;
+    int outer = row_sums ? db - 1 : db;
+    for (int i = 0; i < outer; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
+    if (row_sums) {
+        LLVMValueRef acc[JAM];
+        for (int k = 0; k < JAM; k++) acc[k] = LLVMBuildAlloca(c->eb, c->f32, "acc");
+        int j = db - 1;
+        for (int64_t rows = jam_begin(c, &J, ul[j], JAM); rows; rows = jam_next(c, &J)) {
+            for (int k = 0; k < rows; k++) LLVMBuildStore(c->b, K(c, 0.0), acc[k]);
+            c->var[rl[db]] = open_var(c, &L[db], ul[db]);
+            for (int k = 0; k < rows; k++) {
+                set_row(c, rl[j], ul[j], jam_row(c, &J, k));
+                LLVMValueRef x = fused_element(c, u, sum, before);
+                LLVMValueRef a = LLVMBuildLoad2(c->b, c->f32, acc[k], "");
+                LLVMBuildStore(c->b, fmf(LLVMBuildFAdd(c->b, a, x, ""), REASSOC), acc[k]);
+            }
+            loop_end(c, &L[db]);
+            LLVMBasicBlockRef skip = begin_skip(c, r->tensor);
+            c->fused_sum = sum;
+            for (int k = 0; k < rows; k++) {
+                set_row(c, rl[j], ul[j], jam_row(c, &J, k));
+                c->fused_acc = acc[k];
+                store_result(c, r, gen(c, r->root));
+            }
+            c->fused_sum = IR_NONE;
+            end_skip(c, skip);
+        }
     } else {
-        acc = LLVMBuildAlloca(c->eb, c->f32, "acc");
-        LLVMBuildStore(c->b, K(c, 0.0), acc);
+        LLVMValueRef acc = NULL;
+        if (xchg) {
+            loop z;
+            open_var(c, &z, p->xchg_var[sum]);
+            LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, sum));
+            loop_end(c, &z);
+        } else {
+            acc = LLVMBuildAlloca(c->eb, c->f32, "acc");
+            LLVMBuildStore(c->b, K(c, 0.0), acc);
+        }
+        if (row_adds) {
+            int j = n - 2;
+            for (int i = db; i < j; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
+            for (int64_t rows = jam_begin(c, &J, ul[j], JAM); rows; rows = jam_next(c, &J)) {
+                c->var[rl[n - 1]] = open_var(c, &L[n - 1], ul[n - 1]);
+                LLVMValueRef x = NULL;
+                for (int k = 0; k < rows; k++) {
+                    set_row(c, rl[j], ul[j], jam_row(c, &J, k));
+                    LLVMValueRef xk = fused_element(c, u, sum, before);
+                    x = x ? fmf(LLVMBuildFAdd(c->b, x, xk, ""), REASSOC) : xk;
+                }
+                LLVMValueRef pa = xchg_ptr(c, sum);
+                LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
+                loop_end(c, &L[n - 1]);
+            }
+            for (int i = j; i > db; i--) loop_end(c, &L[i - 1]);
+        } else {
+            for (int i = db; i < n; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
+            LLVMValueRef x = fused_element(c, u, sum, before);
+            if (xchg) {
+                LLVMValueRef pa = xchg_ptr(c, sum);
+                LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
+            } else {
+                LLVMBuildStore(c->b, fmf(LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->f32, acc, ""), x, ""), REASSOC),
+                               acc);
+            }
+            for (int i = n; i > db; i--) loop_end(c, &L[i - 1]);
+        }
+        LLVMBasicBlockRef skip = begin_skip(c, r->tensor);
+        loop f;
+        if (xchg) open_var(c, &f, p->xchg_var[sum]);
+        c->fused_sum = sum;
+        c->fused_acc = acc;
+        store_result(c, r, gen(c, r->root));
+        c->fused_sum = IR_NONE;
+        if (xchg) loop_end(c, &f);
+        end_skip(c, skip);
     }
-    for (int i = db; i < n; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
-    LLVMValueRef x = NULL;
-    if (ri < ui) x = gen(c, m->insts[sum].a); /* reads S(t-1): before the update */
-    store_result(c, u, gen(c, u->root));
-    if (ri > ui) x = gen(c, m->insts[sum].a); /* reads S(t): after it */
-    if (xchg) {
-        LLVMValueRef pa = xchg_ptr(c, sum);
-        LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
-    } else {
-        LLVMBuildStore(c->b, fmf(LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->f32, acc, ""), x, ""), REASSOC), acc);
+    for (int i = outer; i > 0; i--) loop_end(c, &L[i - 1]);
+}
+
+/* ---- prefetch: the item's slice of every per-step input and output at step t+1, one
+ * request per cache line. Such a slice sits a whole time step (often a page or
+ * more) past the current one, where the hardware prefetchers do not look. */
+
+#define LINE_FLOATS 16
+#define PREFETCH_MAX_LINES 64
+
+static void gen_prefetch(cg *c)
+{
+    const ir_model *m = c->m;
+    LLVMValueRef next = iadd(c, c->t, I64(c, 1));
+    next = sel(c, LLVMBuildICmp(c->b, LLVMIntSLT, next, c->T, ""), next, c->t);
+    LLVMTypeRef pty[1] = {c->ptr};
+    unsigned id = LLVMLookupIntrinsicID("llvm.prefetch", 13);
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, pty, 1);
+    LLVMTypeRef fty = LLVMIntrinsicGetType(c->ctx, id, pty, 1);
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        const ir_tensor *t = &m->tensors[ti];
+        if (!t->per_step || (t->kind != IR_INPUT && t->kind != IR_OUTPUT)) continue;
+        int write = t->kind == IR_OUTPUT;
+        LLVMValueRef first[IR_MAX_RANK], last[IR_MAX_RANK];
+        int64_t span = 1; /* an upper bound of the slice's extent in floats */
+        for (int i = 0; i < t->rank; i++) {
+            int k = axis_class(c->p, (int)ti, i);
+            int64_t dim = m->dims[t->dims[i]].value;
+            bool tiled = k >= 0 && c->p->ntiles[k] > 1;
+            first[i] = tiled ? c->base[k] : I64(c, 0);
+            last[i] = tiled ? isub(c, iadd(c, c->base[k], c->ext[k]), I64(c, 1)) : I64(c, dim - 1);
+            span = i == 0 ? (tiled ? c->p->tile[k] : dim) : span * dim;
+        }
+        if (span / LINE_FLOATS > PREFETCH_MAX_LINES) continue;
+        LLVMValueRef lo = elem_ptr(c, (int)ti, first, next, false), hi = elem_ptr(c, (int)ti, last, next, false);
+        LLVMValueRef lines = LLVMBuildExactSDiv(c->b, LLVMBuildPtrDiff2(c->b, c->f32, hi, lo, ""), I64(c, 1), "");
+        LLVMBasicBlockRef skip = begin_skip(c, (int)ti); /* an output not asked for */
+        loop L;
+        LLVMValueRef j = loop_begin(c, &L, I64(c, 0), iadd(c, LLVMBuildSDiv(c->b, lines, I64(c, LINE_FLOATS), ""),
+                                                         I64(c, 1)), false, "pf");
+        LLVMValueRef off = imul(c, j, I64(c, LINE_FLOATS));
+        LLVMValueRef args[4] = {LLVMBuildGEP2(c->b, c->f32, lo, &off, 1, ""), I32(c, write), I32(c, 3), I32(c, 1)};
+        LLVMBuildCall2(c->b, fty, f, args, 4, "");
+        loop_end(c, &L);
+        end_skip(c, skip);
     }
-    for (int i = n; i > db; i--) loop_end(c, &L[i - 1]);
-    LLVMBasicBlockRef skip = begin_skip(c, r->tensor);
-    loop f;
-    if (xchg) open_var(c, &f, p->xchg_var[sum]);
-    c->fused_sum = sum;
-    c->fused_acc = acc;
-    store_result(c, r, gen(c, r->root));
-    c->fused_sum = IR_NONE;
-    if (xchg) loop_end(c, &f);
-    end_skip(c, skip);
-    for (int i = db; i > 0; i--) loop_end(c, &L[i - 1]);
 }
 
 /* The item function: (T, item_begin, item_end, tensor pointers..., scratch buffers...). */
@@ -1275,6 +1445,7 @@ static LLVMValueRef gen_items(cg *c, const char *name)
         if (!m->stmts[si].per_step) gen_stmt(c, si);
     loop step;
     c->t = loop_begin(c, &step, I64(c, 0), c->T, true, "t");
+    gen_prefetch(c);
     for (uint32_t si = 0; si < m->nstmts; si++) {
         if (!m->stmts[si].per_step || p->fuse[si] == -2) continue;
         if (p->fuse[si] >= 0)

@@ -214,6 +214,20 @@ static void test_emit(void **state)
     assert_non_null(strstr(text, "x float>")); /* the loop vectoriser ran */
     assert_null(strstr(text, "@expf"));         /* exp is inline, not a libm call */
     free(text);
+    /* A state of 16 x 64 x 128 floats (512 KiB) is cut into items whose state
+     * fits a 32 KiB L1 cache: one head each, more than the 8 the threads ask for. */
+    static const ssmc_dim big[] = {{"H", 16}, {"P", 64}, {"N", 128}};
+    o.dims = big;
+    o.ndims = 3;
+    text = NULL;
+    src = harness_read_source("examples/mamba2.ssm", &len);
+    assert_non_null(src);
+    s = ssmc_emit(ctx, "mamba2.ssm", src, len, &o, SSMC_EMIT_LLVM, &text);
+    free(src);
+    if (s != SSMC_OK) fail_msg("emit failed: %s", ssmc_ctx_error(ctx));
+    assert_non_null(strstr(text, "; items: batch x H = 16 per sequence"));
+    assert_non_null(strstr(text, "@llvm.prefetch")); /* the next step's inputs and outputs */
+    free(text);
     ssmc_ctx_free(ctx);
 }
 
