@@ -671,6 +671,7 @@ typedef struct cg {
     ir_ref fused_sum;     /* a fused readout's reduction, already accumulated in fused_acc */
     LLVMValueRef fused_acc;
     ir_ref hoisting;      /* the hoisted subtree being computed (not read back) */
+    bool avx512;          /* the target has AVX-512F: 16-float vectors */
 } cg;
 
 #define CONTRACT LLVMFastMathAllowContract
@@ -1468,6 +1469,10 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
     LLVMTypeRef fty = LLVMFunctionType(c->void_ty, pt, 4, 0);
     LLVMValueRef fn = LLVMAddFunction(c->mod, symbol, fty);
     add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
+    if (c->avx512) { /* LLVM's x86 tuning keeps 256-bit vectors unless asked */
+        LLVMAttributeRef w = LLVMCreateStringAttribute(c->ctx, "prefer-vector-width", 19, "512", 3);
+        LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex, w);
+    }
     LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
     LLVMTypeRef fields[2] = {c->i64, c->ptr};
     LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, 2, 0);
@@ -1504,6 +1509,9 @@ static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef
     char *triple = LLVMGetTargetMachineTriple(tm);
     LLVMSetTarget(c.mod, triple);
     LLVMDisposeMessage(triple);
+    char *features = LLVMGetTargetMachineFeatureString(tm);
+    c.avx512 = features && strstr(features, "+avx512f") != NULL;
+    LLVMDisposeMessage(features);
     LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
     char *layout = LLVMCopyStringRepOfTargetData(td);
     LLVMSetDataLayout(c.mod, layout);
