@@ -1510,7 +1510,7 @@ static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef
     LLVMSetTarget(c.mod, triple);
     LLVMDisposeMessage(triple);
     char *features = LLVMGetTargetMachineFeatureString(tm);
-    c.avx512 = features && strstr(features, "+avx512f") != NULL;
+    c.avx512 = features && strstr(features, "+avx512f") != NULL && !getenv("X256");
     LLVMDisposeMessage(features);
     LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
     char *layout = LLVMCopyStringRepOfTargetData(td);

@@ -2,15 +2,19 @@
  *
  * One mutex and two condition variables per pool. A run publishes the job and
  * bumps a generation counter; each worker compares the generation with the last
- * one it saw, takes its own range (fixed by its index, so no queue is needed) and
- * counts down `pending`; the caller waits for zero. A worker with no range in a
- * run only notes the generation, so a run never waits for threads it did not
- * need. Guarantees: when rt_pool_run returns, every fn call has returned and its
+ * one it saw, then claims chunks of [0, n) from an atomic counter until none is
+ * left, and counts down `pending`; the caller waits for zero. Claiming rather
+ * than a fixed range per worker keeps every core busy to the end when cores run
+ * at different speeds (a shared or hybrid machine; other load on one core): a
+ * run's items are few and long (a whole sequence each), so the atomic costs
+ * nothing. A worker beyond min(size, n) only notes the generation, so a run
+ * never waits for threads it did not need. Guarantees: when rt_pool_run returns, every fn call has returned and its
  * writes are visible to the caller (the mutex orders them). */
 #include "runtime/pool.h"
 
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,17 +36,20 @@ struct rt_pool {
     bool stop;
     rt_pool_fn *fn;
     void *arg;
-    int64_t n;
-    int nranges;            /* ranges in this run: min(size, n) */
-    int pending;            /* ranges 1..nranges-1 not finished yet */
+    int64_t n, chunk;
+    atomic_int_least64_t next; /* the first value not claimed yet */
+    int nworkers;           /* workers in this run: min(size, n) */
+    int pending;            /* workers 1..nworkers-1 not finished yet */
 };
 
-/* Range i of k over [0, n): the first n % k ranges get one extra element. */
-static void range_of(int64_t n, int k, int i, int64_t *begin, int64_t *end)
+/* Claims and runs chunks of the current job until none is left. */
+static void drain(rt_pool *p, rt_pool_fn *fn, void *arg, int64_t n, int64_t chunk, int worker)
 {
-    int64_t base = n / k, rem = n % k;
-    *begin = base * i + (i < rem ? i : rem);
-    *end = *begin + base + (i < rem);
+    for (;;) {
+        int64_t begin = atomic_fetch_add(&p->next, chunk);
+        if (begin >= n) return;
+        fn(arg, begin, begin + chunk < n ? begin + chunk : n, worker);
+    }
 }
 
 static void *worker_main(void *p_)
@@ -57,13 +64,12 @@ static void *worker_main(void *p_)
         while (p->generation == seen && !p->stop) pthread_cond_wait(&p->work_cv, &p->lock);
         if (p->stop) break;
         seen = p->generation;
-        if (w->index >= p->nranges) continue;
+        if (w->index >= p->nworkers) continue;
         rt_pool_fn *fn = p->fn;
         void *arg = p->arg;
-        int64_t begin, end;
-        range_of(p->n, p->nranges, w->index, &begin, &end);
+        int64_t n = p->n, chunk = p->chunk;
         pthread_mutex_unlock(&p->lock);
-        fn(arg, begin, end, w->index);
+        drain(p, fn, arg, n, chunk, w->index);
         pthread_mutex_lock(&p->lock);
         if (--p->pending == 0) pthread_cond_signal(&p->done_cv);
     }
@@ -148,15 +154,15 @@ void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg)
     p->fn = fn;
     p->arg = arg;
     p->n = n;
-    p->nranges = k;
+    p->chunk = n / ((int64_t)k * 4) > 1 ? n / ((int64_t)k * 4) : 1; /* about 4 chunks per worker */
+    atomic_store(&p->next, 0);
+    p->nworkers = k;
     p->pending = k - 1;
     p->generation++;
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->lock);
 
-    int64_t begin, end;
-    range_of(n, k, 0, &begin, &end);
-    fn(arg, begin, end, 0);
+    drain(p, fn, arg, n, p->chunk, 0);
 
     pthread_mutex_lock(&p->lock);
     while (p->pending > 0) pthread_cond_wait(&p->done_cv, &p->lock);
