@@ -582,12 +582,6 @@ static void set_shape(const plan *p, llvm_kernel_shape *shape)
 {
     shape->items_per_seq = p->items_per_seq;
     shape->scratch_floats = p->scratch_floats;
-    shape->splits_rows = false;
-    for (uint32_t ti = 0; ti < p->m->ntensors; ti++) {
-        const ir_tensor *t = &p->m->tensors[ti];
-        if (t->kind == IR_STATE && t->rank > 0 && p->ntiles[axis_class(p, (int)ti, t->rank - 1)] > 1)
-            shape->splits_rows = true;
-    }
 }
 
 /* ---------------------------------------------------------------- LLVM setup */

@@ -44,12 +44,6 @@ typedef void llvm_kernel_fn(const llvm_kargs *a, int64_t item_begin, int64_t ite
 typedef struct llvm_kernel_shape {
     int64_t items_per_seq;  /* work items per sequence */
     int64_t scratch_floats; /* f32 scratch per concurrent call (a multiple of 16) */
-    /* The grid cuts the contiguous last axis of a state into tiles of 16k
-     * floats: items on different threads write neighbouring parts of every
-     * row at every step, which share cache lines unless the state buffer is
-     * 64-byte aligned (and the axis a multiple of 16). Callers give such
-     * states an aligned buffer for long runs. */
-    bool splits_rows;
 } llvm_kernel_shape;
 
 /* A JIT-compiled kernel: one LLJIT instance (no state shared with any other). */

@@ -221,10 +221,9 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
                "        threads = n > 0 ? (int)n : 1;\n"
                "    }\n"
                "    if (threads > items) threads = (int)items;\n");
-    sb_printf(c, "    /* threads would share cache lines at the tile edges of a misaligned state at\n"
-                 "     * every step: for a long run an aligned copy costs far less */\n"
-                 "    int aligned_copies = %d && threads > 1 && T >= 16;\n",
-              shape->splits_rows ? 1 : 0);
+    sb_puts(c, "    /* threads would share the cache lines at the item edges of a misaligned\n"
+               "     * state at every step: for a long run an aligned copy costs far less */\n"
+               "    int aligned_copies = threads > 1 && T >= 16;\n");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
         if (t->kind == IR_LET) continue;

@@ -9,7 +9,9 @@
  * error at most 1e-5: max |got - ref| / max |ref|) and with bf16 tensors (at
  * most 1e-2). Every output and every final state is checked; outputs are
  * poisoned with NaN first; inputs are fresh random values in ranges where the
- * gates stay meaningful. Compiled with 3 worker threads, so the pool splits
+ * gates stay meaningful. Half the runs hand over buffers 8 bytes off a 64-byte
+ * boundary (the backend then works on aligned copies of states and outputs),
+ * half aligned ones. Compiled with 3 worker threads, so the pool splits
  * items unevenly. Exits 77 (skipped) when this build has no CPU backend.
  *
  * The seed comes from the clock; SSMC_TEST_SEED=<n> repeats a run. */
@@ -101,7 +103,8 @@ static void check_example(const example *e)
                 for (int init = 0; init < 2; init++)
                     for (int di = 0; di < 2; di++) {
                         harness_run r = {.batch = batches[bi], .T = Ts[ti], .dtype = dtypes[di],
-                                         .random_state = init, .ranges = e->ranges, .seed = seed++};
+                                         .random_state = init, .ranges = e->ranges, .seed = seed++,
+                                         .misalign = init != bi};
                         harness_result res;
                         harness_compare(cpu, ref, &r, &res);
                         double tol = dtypes[di] == SSMC_F32 ? 1e-5 : 1e-2;

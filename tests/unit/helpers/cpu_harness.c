@@ -2,6 +2,7 @@
 #include "cpu_harness.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,12 +68,13 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
     ssmc_tensor_info *info = calloc((size_t)(n > 0 ? n : 1), sizeof *info);
     size_t *count = calloc((size_t)(n > 0 ? n : 1), sizeof *count);
     void **data = calloc((size_t)(n > 0 ? n : 1), sizeof *data);
+    char **raw = calloc((size_t)(n > 0 ? n : 1), sizeof *raw); /* what data[i] points into */
     double **rdata = calloc((size_t)(n > 0 ? n : 1), sizeof *rdata);
     ssmc_arg *args = calloc((size_t)(n > 0 ? n : 1), sizeof *args), *rargs = calloc((size_t)(n > 0 ? n : 1), sizeof *rargs);
     uint64_t rng = r->seed;
     int na = 0, nra = 0;
     bool skipped = false;
-    bool ok = info && count && data && rdata && args && rargs;
+    bool ok = info && count && data && raw && rdata && args && rargs;
     if (!ok) snprintf(res->why, sizeof res->why, "out of memory in the test");
     for (int i = 0; ok && i < n; i++) {
         ssmc_model_tensor(cpu, i, &info[i]);
@@ -81,7 +83,8 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
         if (info[i].role != SSMC_PARAM) c *= (size_t)r->batch;
         if (info[i].per_step) c *= (size_t)r->T;
         count[i] = c;
-        data[i] = malloc((c ? c : 1) * dtype_size(r->dtype));
+        raw[i] = malloc((c ? c : 1) * dtype_size(r->dtype) + 128);
+        data[i] = raw[i] ? raw[i] + (64 - (uintptr_t)raw[i] % 64) % 64 + (r->misalign ? 8 : 0) : NULL;
         rdata[i] = malloc((c ? c : 1) * sizeof(double));
         if (!data[i] || !rdata[i]) {
             ok = false;
@@ -153,12 +156,13 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
     }
     res->ok = ok;
     for (int i = 0; i < n; i++) {
-        if (data) free(data[i]);
+        if (raw) free(raw[i]);
         if (rdata) free(rdata[i]);
     }
     free(info);
     free(count);
     free(data);
+    free(raw);
     free(rdata);
     free(args);
     free(rargs);

@@ -25,6 +25,7 @@ typedef struct harness_run {
     bool random_state;            /* initial states random (else zeros) */
     bool no_state;                /* states not given at all: start at zero, final not checked */
     bool skip_outputs;            /* the first output not given (it must stay untouched) */
+    bool misalign;                /* every buffer 8 bytes past a 64-byte boundary (else on one) */
     const harness_range *ranges;  /* ends at a NULL name; tensors not listed draw from [-1, 1] */
     uint64_t seed;
 } harness_run;
