@@ -905,7 +905,8 @@ typedef struct jam {
     loop L;
     int v;
     LLVMValueRef mid, hi;
-    int pass; /* 0: JAM rows at a time, 1: the rest one at a time */
+    int pass;  /* 0: JAM rows at a time, 1: the rest one at a time */
+    bool even; /* no rest */
 } jam;
 
 static int64_t jam_begin(cg *c, jam *J, int v, int64_t rows)
@@ -916,6 +917,11 @@ static int64_t jam_begin(cg *c, jam *J, int v, int64_t rows)
     J->hi = hi;
     J->pass = 0;
     J->mid = rows == 1 ? hi : iadd(c, lo, LLVMBuildAnd(c->b, isub(c, hi, lo), I64(c, ~(rows - 1)), ""));
+    /* no second pass when the rows are known to come out even */
+    int k = c->p->s.var_class[v];
+    int64_t dim = c->m->dims[c->m->vars[v].dim].value;
+    int64_t trip = k < 0 || c->p->ntiles[k] == 1 ? dim : dim % c->p->tile[k] == 0 ? c->p->tile[k] : 0;
+    J->even = rows == 1 || (trip > 0 && trip % rows == 0);
     loop_begin(c, &J->L, lo, J->mid, true, c->m->vars[v].name);
     J->L.step = rows;
     return rows;
@@ -924,7 +930,7 @@ static int64_t jam_begin(cg *c, jam *J, int v, int64_t rows)
 static int64_t jam_next(cg *c, jam *J)
 {
     loop_end(c, &J->L);
-    if (J->pass++ == 1 || J->L.step == 1) return 0;
+    if (J->pass++ == 1 || J->even) return 0;
     LLVMValueRef mid = J->mid;
     loop_begin(c, &J->L, mid, J->hi, true, c->m->vars[J->v].name);
     return 1;
@@ -1339,7 +1345,7 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
  * more) past the current one, where the hardware prefetchers do not look. */
 
 #define LINE_FLOATS 16
-#define PREFETCH_MAX_LINES 64
+#define PREFETCH_MAX_LINES 32
 
 static void gen_prefetch(cg *c)
 {
@@ -1353,28 +1359,26 @@ static void gen_prefetch(cg *c)
     for (uint32_t ti = 0; ti < m->ntensors; ti++) {
         const ir_tensor *t = &m->tensors[ti];
         if (!t->per_step || (t->kind != IR_INPUT && t->kind != IR_OUTPUT)) continue;
-        int write = t->kind == IR_OUTPUT;
-        LLVMValueRef first[IR_MAX_RANK], last[IR_MAX_RANK];
-        int64_t span = 1; /* an upper bound of the slice's extent in floats */
+        /* from the slice's first element over its extent (a full tile's: past
+         * the end of a shorter last tile, a prefetch is only a hint) */
+        LLVMValueRef first[IR_MAX_RANK];
+        int64_t span = 0;
         for (int i = 0; i < t->rank; i++) {
             int k = axis_class(c->p, (int)ti, i);
-            int64_t dim = m->dims[t->dims[i]].value;
             bool tiled = k >= 0 && c->p->ntiles[k] > 1;
             first[i] = tiled ? c->base[k] : I64(c, 0);
-            last[i] = tiled ? isub(c, iadd(c, c->base[k], c->ext[k]), I64(c, 1)) : I64(c, dim - 1);
-            span = i == 0 ? (tiled ? c->p->tile[k] : dim) : span * dim;
+            span += ((tiled ? c->p->tile[k] : m->dims[t->dims[i]].value) - 1) * c->p->fstride[ti * IR_MAX_RANK + i];
         }
-        if (span / LINE_FLOATS > PREFETCH_MAX_LINES) continue;
-        LLVMValueRef lo = elem_ptr(c, (int)ti, first, next, false), hi = elem_ptr(c, (int)ti, last, next, false);
-        LLVMValueRef lines = LLVMBuildExactSDiv(c->b, LLVMBuildPtrDiff2(c->b, c->f32, hi, lo, ""), I64(c, 1), "");
+        int64_t lines = span / LINE_FLOATS + 2; /* the first element may sit anywhere in its line */
+        if (lines > PREFETCH_MAX_LINES) continue;
         LLVMBasicBlockRef skip = begin_skip(c, (int)ti); /* an output not asked for */
-        loop L;
-        LLVMValueRef j = loop_begin(c, &L, I64(c, 0), iadd(c, LLVMBuildSDiv(c->b, lines, I64(c, LINE_FLOATS), ""),
-                                                         I64(c, 1)), false, "pf");
-        LLVMValueRef off = imul(c, j, I64(c, LINE_FLOATS));
-        LLVMValueRef args[4] = {LLVMBuildGEP2(c->b, c->f32, lo, &off, 1, ""), I32(c, write), I32(c, 3), I32(c, 1)};
-        LLVMBuildCall2(c->b, fty, f, args, 4, "");
-        loop_end(c, &L);
+        LLVMValueRef lo = elem_ptr(c, (int)ti, first, next, false);
+        for (int64_t j = 0; j < lines; j++) {
+            LLVMValueRef off = I64(c, j * LINE_FLOATS);
+            LLVMValueRef args[4] = {LLVMBuildGEP2(c->b, c->f32, lo, &off, 1, ""), I32(c, t->kind == IR_OUTPUT),
+                                    I32(c, 3), I32(c, 1)};
+            LLVMBuildCall2(c->b, fty, f, args, 4, "");
+        }
         end_skip(c, skip);
     }
 }
@@ -1504,7 +1508,7 @@ static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef
     LLVMSetTarget(c.mod, triple);
     LLVMDisposeMessage(triple);
     char *features = LLVMGetTargetMachineFeatureString(tm);
-    c.avx512 = features && strstr(features, "+avx512f") != NULL && !getenv("X256");
+    c.avx512 = features && strstr(features, "+avx512f") != NULL;
     LLVMDisposeMessage(features);
     LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
     char *layout = LLVMCopyStringRepOfTargetData(td);
