@@ -1359,24 +1359,29 @@ static void gen_prefetch(cg *c)
     for (uint32_t ti = 0; ti < m->ntensors; ti++) {
         const ir_tensor *t = &m->tensors[ti];
         if (!t->per_step || (t->kind != IR_INPUT && t->kind != IR_OUTPUT)) continue;
-        /* from the slice's first element over its extent (a full tile's: past
-         * the end of a shorter last tile, a prefetch is only a hint) */
+        /* one hint per line from the slice's first element to its last: every
+         * 16 floats from the first, and the last itself. A full tile's extent is
+         * assumed: the last tile of a class that does not divide evenly is
+         * shorter, and hints past it would touch the next item's lines, which
+         * for an output (a write hint) another thread may own. */
         LLVMValueRef first[IR_MAX_RANK];
         int64_t span = 0;
+        bool uneven = false;
         for (int i = 0; i < t->rank; i++) {
             int k = axis_class(c->p, (int)ti, i);
+            int64_t dim = m->dims[t->dims[i]].value;
             bool tiled = k >= 0 && c->p->ntiles[k] > 1;
             first[i] = tiled ? c->base[k] : I64(c, 0);
-            span += ((tiled ? c->p->tile[k] : m->dims[t->dims[i]].value) - 1) * c->p->fstride[ti * IR_MAX_RANK + i];
+            span += ((tiled ? c->p->tile[k] : dim) - 1) * c->p->fstride[ti * IR_MAX_RANK + i];
+            uneven |= tiled && dim % c->p->tile[k] != 0;
         }
-        int64_t lines = span / LINE_FLOATS + 2; /* the first element may sit anywhere in its line */
-        if (lines > PREFETCH_MAX_LINES) continue;
+        bool write = t->kind == IR_OUTPUT;
+        if (span / LINE_FLOATS + 2 > PREFETCH_MAX_LINES || (write && uneven)) continue;
         LLVMBasicBlockRef skip = begin_skip(c, (int)ti); /* an output not asked for */
         LLVMValueRef lo = elem_ptr(c, (int)ti, first, next, false);
-        for (int64_t j = 0; j < lines; j++) {
-            LLVMValueRef off = I64(c, j * LINE_FLOATS);
-            LLVMValueRef args[4] = {LLVMBuildGEP2(c->b, c->f32, lo, &off, 1, ""), I32(c, t->kind == IR_OUTPUT),
-                                    I32(c, 3), I32(c, 1)};
+        for (int64_t j = 0; j <= span / LINE_FLOATS + 1; j++) {
+            LLVMValueRef off = I64(c, j <= span / LINE_FLOATS ? j * LINE_FLOATS : span);
+            LLVMValueRef args[4] = {LLVMBuildGEP2(c->b, c->f32, lo, &off, 1, ""), I32(c, write), I32(c, 3), I32(c, 1)};
             LLVMBuildCall2(c->b, fty, f, args, 4, "");
         }
         end_skip(c, skip);
