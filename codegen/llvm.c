@@ -1090,6 +1090,27 @@ static LLVMValueRef gen(cg *c, ir_ref r)
     return K(c, NAN);
 }
 
+/* *ptr += x */
+static void accumulate(cg *c, LLVMValueRef ptr, LLVMValueRef x, LLVMFastMathFlags f)
+{
+    LLVMBuildStore(c->b, fmf(LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->f32, ptr, ""), x, ""), f), ptr);
+}
+
+/* The rows of a jam summed: x + xk, or xk for the first row (x NULL). */
+static LLVMValueRef add_row(cg *c, LLVMValueRef x, LLVMValueRef xk)
+{
+    return x ? fmf(LLVMBuildFAdd(c->b, x, xk, ""), REASSOC) : xk;
+}
+
+/* Zeroes the accumulator of interchanged SUM r over its variable's values. */
+static void zero_xchg(cg *c, ir_ref r)
+{
+    loop z;
+    open_var(c, &z, c->p->xchg_var[r]);
+    LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, r));
+    loop_end(c, &z);
+}
+
 /* acc[v] = sum over the reduction's variables of its body, for every value of
  * v (the statement's last variable) in this item, v innermost. */
 static void gen_xchg(cg *c, ir_ref r)
@@ -1097,10 +1118,7 @@ static void gen_xchg(cg *c, ir_ref r)
     const ir_model *m = c->m;
     const ir_inst *in = &m->insts[r];
     int v = c->p->xchg_var[r];
-    loop z;
-    open_var(c, &z, v);
-    LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, r));
-    loop_end(c, &z);
+    zero_xchg(c, r);
     loop L[IR_MAX_RANK];
     uint32_t n = in->red.nvars;
     for (uint32_t i = 0; i + 1 < n; i++) open_var(c, &L[i], (int)m->red_vars[in->red.vars + i]);
@@ -1112,11 +1130,9 @@ static void gen_xchg(cg *c, ir_ref r)
         LLVMValueRef x = NULL;
         for (int64_t k = 0; k < u; k++) {
             c->var[w] = jam_row(c, &J, k);
-            LLVMValueRef xk = gen(c, in->a);
-            x = x ? fmf(LLVMBuildFAdd(c->b, x, xk, ""), REASSOC) : xk;
+            x = add_row(c, x, gen(c, in->a));
         }
-        LLVMValueRef pa = xchg_ptr(c, r);
-        LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
+        accumulate(c, xchg_ptr(c, r), x, CONTRACT);
         loop_end(c, &z);
     }
     for (uint32_t i = n - 1; i > 0; i--) loop_end(c, &L[i - 1]);
@@ -1273,9 +1289,7 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
             c->var[rl[db]] = open_var(c, &L[db], ul[db]);
             for (int k = 0; k < rows; k++) {
                 set_row(c, rl[j], ul[j], jam_row(c, &J, k));
-                LLVMValueRef x = fused_element(c, u, sum, before);
-                LLVMValueRef a = LLVMBuildLoad2(c->b, c->f32, acc[k], "");
-                LLVMBuildStore(c->b, fmf(LLVMBuildFAdd(c->b, a, x, ""), REASSOC), acc[k]);
+                accumulate(c, acc[k], fused_element(c, u, sum, before), REASSOC);
             }
             loop_end(c, &L[db]);
             LLVMBasicBlockRef skip = begin_skip(c, r->tensor);
@@ -1291,10 +1305,7 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
     } else {
         LLVMValueRef acc = NULL;
         if (xchg) {
-            loop z;
-            open_var(c, &z, p->xchg_var[sum]);
-            LLVMBuildStore(c->b, K(c, 0.0), xchg_ptr(c, sum));
-            loop_end(c, &z);
+            zero_xchg(c, sum);
         } else {
             acc = LLVMBuildAlloca(c->eb, c->f32, "acc");
             LLVMBuildStore(c->b, K(c, 0.0), acc);
@@ -1307,24 +1318,19 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
                 LLVMValueRef x = NULL;
                 for (int k = 0; k < rows; k++) {
                     set_row(c, rl[j], ul[j], jam_row(c, &J, k));
-                    LLVMValueRef xk = fused_element(c, u, sum, before);
-                    x = x ? fmf(LLVMBuildFAdd(c->b, x, xk, ""), REASSOC) : xk;
+                    x = add_row(c, x, fused_element(c, u, sum, before));
                 }
-                LLVMValueRef pa = xchg_ptr(c, sum);
-                LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
+                accumulate(c, xchg_ptr(c, sum), x, CONTRACT);
                 loop_end(c, &L[n - 1]);
             }
             for (int i = j; i > db; i--) loop_end(c, &L[i - 1]);
         } else {
             for (int i = db; i < n; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
             LLVMValueRef x = fused_element(c, u, sum, before);
-            if (xchg) {
-                LLVMValueRef pa = xchg_ptr(c, sum);
-                LLVMBuildStore(c->b, f_add(c, LLVMBuildLoad2(c->b, c->f32, pa, ""), x), pa);
-            } else {
-                LLVMBuildStore(c->b, fmf(LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->f32, acc, ""), x, ""), REASSOC),
-                               acc);
-            }
+            if (xchg)
+                accumulate(c, xchg_ptr(c, sum), x, CONTRACT);
+            else
+                accumulate(c, acc, x, REASSOC);
             for (int i = n; i > db; i--) loop_end(c, &L[i - 1]);
         }
         LLVMBasicBlockRef skip = begin_skip(c, r->tensor);
@@ -1739,17 +1745,26 @@ void llvm_jit_free(llvm_jit *j)
 
 /* ---------------------------------------------------------------- text and objects */
 
+/* An optimised module for m, for --emit=llvm and AOT objects: the caller
+ * frees a, tm (when set), mod (when set) and ctx. */
+static ssmc_status optimised_module(const ir_model *m, const ssmc_options *o, const char *cpu, arena *a, plan *p,
+                                    LLVMTargetMachineRef *tm, LLVMContextRef ctx, LLVMModuleRef *mod, diag *d)
+{
+    ssmc_status s = prepare(m, o, cpu, a, p, tm, d);
+    if (s == SSMC_OK) s = build_module(m, p, ctx, *tm, llvm_symbol(a, m->name), d, mod);
+    if (s == SSMC_OK) s = optimise(*mod, *tm, d);
+    return s;
+}
+
 ssmc_status llvm_emit_text(const ir_model *m, const ssmc_options *o, strbuf *out, diag *d)
 {
     arena a;
     arena_init(&a);
     plan p;
     LLVMTargetMachineRef tm = NULL;
-    ssmc_status s = prepare(m, o, NULL, &a, &p, &tm, d);
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
-    if (s == SSMC_OK) s = build_module(m, &p, ctx, tm, llvm_symbol(&a, m->name), d, &mod);
-    if (s == SSMC_OK) s = optimise(mod, tm, d);
+    ssmc_status s = optimised_module(m, o, NULL, &a, &p, &tm, ctx, &mod, d);
     if (s == SSMC_OK) {
         plan_describe(out, &p);
         char *text = LLVMPrintModuleToString(mod);
@@ -1770,12 +1785,10 @@ ssmc_status llvm_emit_object(const ir_model *m, const ssmc_options *o, const cha
     arena_init(&a);
     plan p;
     LLVMTargetMachineRef tm = NULL;
-    ssmc_status s = prepare(m, o, cpu, &a, &p, &tm, d);
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
     char *file = arena_strdup(&a, path);
-    if (s == SSMC_OK) s = build_module(m, &p, ctx, tm, llvm_symbol(&a, m->name), d, &mod);
-    if (s == SSMC_OK) s = optimise(mod, tm, d);
+    ssmc_status s = optimised_module(m, o, cpu, &a, &p, &tm, ctx, &mod, d);
     if (s == SSMC_OK) {
         char *err = NULL;
         LLVMSetVisibility(LLVMGetNamedFunction(mod, llvm_symbol(&a, m->name)), LLVMHiddenVisibility);
