@@ -1,7 +1,7 @@
 /* cpu.c: the CPU backend (backend.h): a model JIT-compiled by codegen/llvm.c,
- * run over a thread pool (runtime/pool.h) of options.threads workers (0: one per
- * core), the workers claiming chunks of the kernel's work items as they become
- * free, each with its own scratch.
+ * run over a thread pool (runtime/pool.h) of options.threads workers (0: one
+ * per core), the workers claiming chunks of the kernel's work items as they
+ * become free, each with its own scratch.
  *
  * The kernel computes in f32 on f32 tensors. f32 tensors are handed to it as
  * they are (states are updated in the caller's buffer); tensors of another
@@ -12,11 +12,11 @@
  * and a cache line shared at a slice edge would bounce between the cores
  * (measured: gated DeltaNet at batch 1 on 2 threads, 8.1 ms with malloc'd
  * buffers, 6.3 ms with aligned ones). A state is copied only for runs of 16
- * steps or more: a decode step does too little work for the copy to pay. A state not
- * given starts from zeros and its final value is dropped; an output not given
- * is not computed. Everything a run allocates is freed before it returns, so
- * one compiled model may be run from several threads at once (runs of one pool
- * are serialised by the pool). */
+ * steps or more: a decode step does too little work for the copy to pay. A
+ * state not given starts from zeros and its final value is dropped; an output
+ * not given is not computed. Everything a run allocates is freed before it
+ * returns, so one compiled model may be run from several threads at once (runs
+ * of one pool are serialised by the pool). */
 #include "backend.h"
 
 #ifdef SSMC_HAVE_LLVM

@@ -8,8 +8,9 @@
  * at different speeds (a shared or hybrid machine; other load on one core): a
  * run's items are few and long (a whole sequence each), so the atomic costs
  * nothing. A worker beyond min(size, n) only notes the generation, so a run
- * never waits for threads it did not need. Guarantees: when rt_pool_run returns, every fn call has returned and its
- * writes are visible to the caller (the mutex orders them). */
+ * never waits for threads it did not need. Guarantees: when rt_pool_run
+ * returns, every fn call has returned and its writes are visible to the caller
+ * (the mutex orders them). */
 #include "runtime/pool.h"
 
 #include <pthread.h>
