@@ -10,15 +10,21 @@
  * nothing. A worker beyond min(size, n) only notes the generation, so a run
  * never waits for threads it did not need. Guarantees: when rt_pool_run
  * returns, every fn call has returned and its writes are visible to the caller
- * (the mutex orders them). */
+ * (the mutex orders them).
+ *
+ * Placement: cpu[i] is the CPU worker i is pinned to, cpu[0] the one left to
+ * the caller (pool.h says why). A run that starts on a worker's CPU trades the
+ * two: one sched_setaffinity call, and only after the caller has moved. */
 #include "runtime/pool.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct pool_worker {
@@ -30,18 +36,57 @@ typedef struct pool_worker {
 struct rt_pool {
     int size;               /* workers, the caller included */
     pool_worker *workers;   /* workers[1..size); workers[0] is the caller */
+    int *cpu;               /* cpu[0..size), or NULL when not pinning */
     pthread_mutex_t run_lock; /* serialises runs from different threads */
     pthread_mutex_t lock;   /* guards everything below */
     pthread_cond_t work_cv, done_cv;
-    uint64_t generation;
-    bool stop;
+    bool spin;              /* size <= available cores: idle threads poll a while */
+    /* written under lock; read without it only to end a spin */
+    atomic_uint_least64_t generation;
+    atomic_bool stop;
+    atomic_int pending;     /* workers 1..nworkers-1 not finished yet */
     rt_pool_fn *fn;
     void *arg;
     int64_t n, chunk;
     atomic_int_least64_t next; /* the first value not claimed yet */
     int nworkers;           /* workers in this run: min(size, n) */
-    int pending;            /* workers 1..nworkers-1 not finished yet */
 };
+
+/* How long an idle thread polls before it sleeps: back-to-back runs (a
+ * model's steps, a decode loop) then find their workers awake on their own
+ * CPUs, without the 20-50 us of a wake-up (milliseconds, now and then, when
+ * the machine is a virtual one whose idle CPU the host has descheduled). */
+enum { SPIN_NS = 100000 };
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* One step of polling: false once the pool does not spin or SPIN_NS have
+ * passed since the first step (i and until start at 0). */
+static bool poll_more(const rt_pool *p, uint32_t *i, int64_t *until)
+{
+    if (!p->spin) return false;
+    relax();
+    if ((*i)++ % 64 == 0) {
+        int64_t t = now_ns();
+        if (!*until) *until = t + SPIN_NS;
+        else if (t > *until) return false;
+    }
+    return true;
+}
 
 /* Claims and runs chunks of the current job until none is left. */
 static void drain(rt_pool *p, rt_pool_fn *fn, void *arg, int64_t n, int64_t chunk, int worker)
@@ -60,19 +105,32 @@ static void *worker_main(void *p_)
     /* Not p->generation: a first run may already have started before this
      * thread got here, and it counts on this worker. */
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->lock);
     for (;;) {
-        while (p->generation == seen && !p->stop) pthread_cond_wait(&p->work_cv, &p->lock);
-        if (p->stop) break;
-        seen = p->generation;
-        if (w->index >= p->nworkers) continue;
+        uint32_t i = 0;
+        int64_t until = 0;
+        while (atomic_load_explicit(&p->generation, memory_order_relaxed) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_relaxed) && poll_more(p, &i, &until)) {
+        }
+        pthread_mutex_lock(&p->lock);
+        while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->work_cv, &p->lock);
+        if (atomic_load(&p->stop)) break;
+        seen = atomic_load(&p->generation);
+        if (w->index >= p->nworkers) {
+            pthread_mutex_unlock(&p->lock);
+            continue;
+        }
         rt_pool_fn *fn = p->fn;
         void *arg = p->arg;
         int64_t n = p->n, chunk = p->chunk;
         pthread_mutex_unlock(&p->lock);
         drain(p, fn, arg, n, chunk, w->index);
-        pthread_mutex_lock(&p->lock);
-        if (--p->pending == 0) pthread_cond_signal(&p->done_cv);
+        /* the caller may be polling pending rather than waiting on done_cv;
+         * taking the lock to signal closes the gap between its check and its wait */
+        if (atomic_fetch_sub(&p->pending, 1) == 1) {
+            pthread_mutex_lock(&p->lock);
+            pthread_cond_signal(&p->done_cv);
+            pthread_mutex_unlock(&p->lock);
+        }
     }
     pthread_mutex_unlock(&p->lock);
     return NULL;
@@ -87,6 +145,96 @@ static int available_cores(void)
     }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+/* The key of the physical core that CPU c belongs to, or -1 when sysfs does
+ * not say. */
+static long core_key(int c)
+{
+    long v[2];
+    const char *what[2] = {"physical_package_id", "core_id"};
+    for (int i = 0; i < 2; i++) {
+        char path[96];
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/%s", c, what[i]);
+        FILE *f = fopen(path, "r");
+        if (!f) return -1;
+        int ok = fscanf(f, "%ld", &v[i]) == 1 && v[i] >= 0 && v[i] < (1L << 20);
+        fclose(f);
+        if (!ok) return -1;
+    }
+    return v[0] << 20 | v[1];
+}
+
+/* Writes the CPUs this process may use to out[] in the order workers take
+ * them: the first hardware thread of every physical core, then the second of
+ * every core, and so on, by CPU number within each round. Returns the count, 0
+ * when the set cannot be read. */
+static int cpu_order(int out[CPU_SETSIZE])
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    static int cpus[CPU_SETSIZE], rank[CPU_SETSIZE];
+    static long key[CPU_SETSIZE];
+    int n = 0, rounds = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (!CPU_ISSET(c, &set)) continue;
+        cpus[n] = c;
+        key[n] = core_key(c);
+        rank[n] = 0;
+        for (int j = 0; j < n && key[n] >= 0; j++) rank[n] += key[j] == key[n];
+        if (rank[n] + 1 > rounds) rounds = rank[n] + 1;
+        n++;
+    }
+    int k = 0;
+    for (int r = 0; r < rounds; r++)
+        for (int i = 0; i < n; i++)
+            if (rank[i] == r) out[k++] = cpus[i];
+    return n;
+}
+
+/* Fills p->cpu when the pool pins (see pool.h): the caller's CPU first, then
+ * the first size - 1 others in cpu_order's order. */
+static void plan_cpus(rt_pool *p)
+{
+    const char *env = getenv("SSMC_PIN");
+    if (p->size < 2 || (env && strcmp(env, "0") == 0)) return;
+    static pthread_mutex_t order_lock = PTHREAD_MUTEX_INITIALIZER; /* cpu_order's static arrays */
+    static int order[CPU_SETSIZE];
+    pthread_mutex_lock(&order_lock);
+    int n = cpu_order(order);
+    if (n >= p->size && (p->cpu = malloc((size_t)p->size * sizeof *p->cpu))) {
+        int here = sched_getcpu(), k = 1;
+        p->cpu[0] = order[0];
+        for (int i = 0; i < n; i++)
+            if (order[i] == here) p->cpu[0] = here;
+        for (int i = 0; i < n && k < p->size; i++)
+            if (order[i] != p->cpu[0]) p->cpu[k++] = order[i];
+    }
+    pthread_mutex_unlock(&order_lock);
+}
+
+static bool pin(pthread_t t, int c)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(c, &one);
+    return pthread_setaffinity_np(t, sizeof one, &one) == 0;
+}
+
+/* Keeps the caller's CPU free of workers: a worker pinned where the caller now
+ * runs moves to the CPU the caller left. */
+static void follow_caller(rt_pool *p)
+{
+    int here = sched_getcpu();
+    if (!p->cpu || here < 0 || here == p->cpu[0]) return;
+    for (int i = 1; i < p->size; i++) {
+        if (p->cpu[i] != here) continue;
+        if (pin(p->workers[i].thread, p->cpu[0])) {
+            p->cpu[i] = p->cpu[0];
+            p->cpu[0] = here;
+        }
+        return;
+    }
 }
 
 rt_pool *rt_pool_new(int nthreads, strbuf *err)
@@ -110,10 +258,29 @@ rt_pool *rt_pool_new(int nthreads, strbuf *err)
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->work_cv, NULL);
     pthread_cond_init(&p->done_cv, NULL);
+    p->spin = nthreads <= available_cores();
+    plan_cpus(p);
     for (int i = 1; i < nthreads; i++) {
         ws[i].pool = p;
         ws[i].index = i;
-        int rc = pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
+        /* pinned from the start, so that it never runs where the caller does */
+        pthread_attr_t attr;
+        bool with_attr = false;
+        if (p->cpu && pthread_attr_init(&attr) == 0) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(p->cpu[i], &one);
+            with_attr = pthread_attr_setaffinity_np(&attr, sizeof one, &one) == 0;
+            if (!with_attr) pthread_attr_destroy(&attr);
+        }
+        int rc = pthread_create(&ws[i].thread, with_attr ? &attr : NULL, worker_main, &ws[i]);
+        if (with_attr) {
+            pthread_attr_destroy(&attr);
+            if (rc != 0) { /* that CPU went away: run this one unpinned */
+                p->cpu[i] = -1;
+                rc = pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
+            }
+        }
         if (rc != 0) {
             sb_printf(err, "thread pool: cannot create thread %d of %d: %s", i, nthreads, strerror(rc));
             p->size = i; /* rt_pool_free joins only the threads that exist */
@@ -128,7 +295,7 @@ void rt_pool_free(rt_pool *p)
 {
     if (!p) return;
     pthread_mutex_lock(&p->lock);
-    p->stop = true;
+    atomic_store(&p->stop, true);
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->lock);
     for (int i = 1; i < p->size; i++) pthread_join(p->workers[i].thread, NULL);
@@ -137,10 +304,13 @@ void rt_pool_free(rt_pool *p)
     pthread_mutex_destroy(&p->lock);
     pthread_mutex_destroy(&p->run_lock);
     free(p->workers);
+    free(p->cpu);
     free(p);
 }
 
 int rt_pool_size(const rt_pool *p) { return p->size; }
+
+int rt_pool_cpu(const rt_pool *p, int i) { return p->cpu && i >= 0 && i < p->size ? p->cpu[i] : -1; }
 
 void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg)
 {
@@ -151,6 +321,7 @@ void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg)
         return;
     }
     pthread_mutex_lock(&p->run_lock);
+    follow_caller(p);
     pthread_mutex_lock(&p->lock);
     p->fn = fn;
     p->arg = arg;
@@ -158,15 +329,20 @@ void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg)
     p->chunk = n / ((int64_t)k * 4) > 1 ? n / ((int64_t)k * 4) : 1; /* about 4 chunks per worker */
     atomic_store(&p->next, 0);
     p->nworkers = k;
-    p->pending = k - 1;
-    p->generation++;
+    atomic_store(&p->pending, k - 1);
+    atomic_fetch_add(&p->generation, 1);
     pthread_cond_broadcast(&p->work_cv);
+    int64_t chunk = p->chunk;
     pthread_mutex_unlock(&p->lock);
 
-    drain(p, fn, arg, n, p->chunk, 0);
+    drain(p, fn, arg, n, chunk, 0);
 
+    uint32_t i = 0;
+    int64_t until = 0;
+    while (atomic_load_explicit(&p->pending, memory_order_relaxed) > 0 && poll_more(p, &i, &until)) {
+    }
     pthread_mutex_lock(&p->lock);
-    while (p->pending > 0) pthread_cond_wait(&p->done_cv, &p->lock);
+    while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->done_cv, &p->lock);
     pthread_mutex_unlock(&p->lock);
     pthread_mutex_unlock(&p->run_lock);
 }

@@ -8,7 +8,17 @@
  * is done. Idle workers sleep on a condition variable (no spinning). Pools are
  * independent of each other; one pool may be run from several threads (runs on
  * one pool are serialised), but fn must not call rt_pool_run on the pool that
- * is running it. */
+ * is running it.
+ *
+ * Placement (Linux): when the pool has no more threads than the process may
+ * use CPUs, each worker 1..size-1 is pinned to a CPU of its own, one physical
+ * core each before any second hardware thread of a core, and the CPU the
+ * caller runs on is kept free of workers: when a run starts on a CPU that a
+ * worker holds, that worker moves to the CPU the caller left. Without this a
+ * woken worker may be placed on the caller's busy CPU and share it for
+ * milliseconds (seen on KVM guests, where an idle virtual CPU does not count
+ * as idle to the waker). The caller's own affinity is never changed.
+ * SSMC_PIN=0 in the environment turns pinning off. */
 #ifndef RT_POOL_H
 #define RT_POOL_H
 
@@ -27,6 +37,9 @@ typedef void rt_pool_fn(void *arg, int64_t begin, int64_t end, int worker);
 rt_pool *rt_pool_new(int nthreads, strbuf *err);
 void rt_pool_free(rt_pool *p); /* joins the workers; NULL is allowed */
 int rt_pool_size(const rt_pool *p);
+/* The CPU worker i is pinned to, or -1 when the pool does not pin (i = 0: the
+ * CPU kept for the caller). */
+int rt_pool_cpu(const rt_pool *p, int i);
 /* Does nothing when n <= 0. */
 void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg);
 

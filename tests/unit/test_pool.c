@@ -1,6 +1,6 @@
 /* test_pool.c: the thread pool (runtime/pool.h): every index covered exactly
- * once, small and empty ranges, many consecutive runs, and pools used from
- * several threads at once. */
+ * once, small and empty ranges, many consecutive runs, pools used from
+ * several threads at once, and where the workers run (pinning). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,9 +8,11 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "runtime/pool.h"
 
@@ -168,6 +170,108 @@ static void test_one_pool_two_threads(void **state)
     sb_free(&err);
 }
 
+/* Records, for every call, the CPU that worker ran on. Every call but worker
+ * 1's waits (up to 10 s) until worker 1 has run, so worker 1 always gets a
+ * chunk however late it wakes. */
+typedef struct where_job {
+    int cpu_of[64];          /* last CPU seen per worker, -1 none */
+    atomic_int strays;       /* calls of worker w on a CPU other than want[w] */
+    atomic_int one_ran;
+    const int *want;         /* want[w], or NULL to record only */
+} where_job;
+
+static void where(void *arg, int64_t begin, int64_t end, int worker)
+{
+    where_job *j = arg;
+    (void)begin, (void)end;
+    if (worker == 1) {
+        atomic_store(&j->one_ran, 1);
+    } else {
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        do {
+            sched_yield();
+            clock_gettime(CLOCK_MONOTONIC, &t);
+        } while (!atomic_load(&j->one_ran) && t.tv_sec - t0.tv_sec < 10);
+    }
+    int c = sched_getcpu();
+    j->cpu_of[worker] = c;
+    if (j->want && worker > 0 && c != j->want[worker]) atomic_fetch_add(&j->strays, 1);
+}
+
+static int allowed_cpus(cpu_set_t *set)
+{
+    assert_int_equal(sched_getaffinity(0, sizeof *set, set), 0);
+    return CPU_COUNT(set);
+}
+
+static void test_pinning(void **state)
+{
+    cpu_set_t mine;
+    int ncpu = allowed_cpus(&mine);
+    if (ncpu < 2) skip(); /* one CPU: nothing to place */
+    unsetenv("SSMC_PIN");
+    strbuf err = {0};
+    int size = ncpu < 4 ? ncpu : 4;
+    rt_pool *p = rt_pool_new(size, &err);
+    assert_non_null(p);
+    /* every thread, the caller's slot included, has a CPU of its own, from the allowed set */
+    int want[4];
+    for (int i = 0; i < size; i++) {
+        want[i] = rt_pool_cpu(p, i);
+        assert_true(want[i] >= 0 && CPU_ISSET(want[i], &mine));
+        for (int k = 0; k < i; k++) assert_int_not_equal(want[i], want[k]);
+    }
+    assert_int_equal(rt_pool_cpu(p, size), -1);
+    where_job j = {.want = want};
+    rt_pool_run(p, 64, where, &j);
+    assert_int_equal(atomic_load(&j.one_ran), 1);
+    assert_int_equal(atomic_load(&j.strays), 0);
+
+    /* the caller moves onto worker 1's CPU: that worker moves to the CPU the caller left */
+    int taken = want[1], left = want[0];
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(taken, &one);
+    assert_int_equal(sched_setaffinity(0, sizeof one, &one), 0);
+    where_job j2 = {0};
+    rt_pool_run(p, 64, where, &j2);
+    assert_int_equal(sched_setaffinity(0, sizeof mine, &mine), 0);
+    assert_int_equal(atomic_load(&j2.one_ran), 1);
+    assert_int_equal(rt_pool_cpu(p, 0), taken);
+    assert_int_equal(rt_pool_cpu(p, 1), left);
+    assert_int_equal(j2.cpu_of[0], taken);
+    assert_int_equal(j2.cpu_of[1], left);
+    check_sum(p, 100000, true);
+    rt_pool_free(p);
+    sb_free(&err);
+}
+
+static void test_no_pinning(void **state)
+{
+    cpu_set_t mine;
+    int ncpu = allowed_cpus(&mine);
+    strbuf err = {0};
+    /* more threads than CPUs: the scheduler places them */
+    rt_pool *p = rt_pool_new(ncpu + 1, &err);
+    assert_non_null(p);
+    for (int i = 0; i <= ncpu; i++) assert_int_equal(rt_pool_cpu(p, i), -1);
+    check_sum(p, 100000, true);
+    rt_pool_free(p);
+    /* SSMC_PIN=0 turns it off; one thread never pins */
+    setenv("SSMC_PIN", "0", 1);
+    p = rt_pool_new(2, &err);
+    assert_int_equal(rt_pool_cpu(p, 0), -1);
+    assert_int_equal(rt_pool_cpu(p, 1), -1);
+    check_sum(p, 1000, true);
+    rt_pool_free(p);
+    unsetenv("SSMC_PIN");
+    p = rt_pool_new(1, &err);
+    assert_int_equal(rt_pool_cpu(p, 0), -1);
+    rt_pool_free(p);
+    sb_free(&err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +282,8 @@ int main(void)
         cmocka_unit_test(test_many_runs),
         cmocka_unit_test(test_two_pools_two_threads),
         cmocka_unit_test(test_one_pool_two_threads),
+        cmocka_unit_test(test_pinning),
+        cmocka_unit_test(test_no_pinning),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
