@@ -258,6 +258,10 @@ static void test_bundle(void **state)
     compile_consumers("");
     run_and_check(ref, "main_so", 3, true, seed);
     run_and_check(ref, "main_a", 1, false, seed + 1);
+    run_and_check(ref, "main_a", 2, true, seed + 3); /* threads pinned where there are 2 CPUs */
+    setenv("SSMC_PIN", "0", 1);                      /* and left to the scheduler */
+    run_and_check(ref, "main_a", 2, true, seed + 4);
+    unsetenv("SSMC_PIN");
 
     /* the API: a portable x86-64 level, and targets that cannot be built */
     ssmc_options o = {.dims = dims, .ndims = NDIMS, .threads = 2};
