@@ -40,7 +40,7 @@ struct rt_pool {
     pthread_mutex_t run_lock; /* serialises runs from different threads */
     pthread_mutex_t lock;   /* guards everything below */
     pthread_cond_t work_cv, done_cv;
-    bool spin;              /* size <= available cores: idle threads poll a while */
+    int64_t spin_ns;        /* how long idle threads poll; 0 with more threads than cores */
     /* written under lock; read without it only to end a spin */
     atomic_uint_least64_t generation;
     atomic_bool stop;
@@ -52,11 +52,12 @@ struct rt_pool {
     int nworkers;           /* workers in this run: min(size, n) */
 };
 
-/* How long an idle thread polls before it sleeps: back-to-back runs (a
- * model's steps, a decode loop) then find their workers awake on their own
- * CPUs, without the 20-50 us of a wake-up (milliseconds, now and then, when
- * the machine is a virtual one whose idle CPU the host has descheduled). */
-enum { SPIN_NS = 100000 };
+/* How long an idle thread polls before it sleeps, unless SSMC_SPIN_US says:
+ * back-to-back runs (a model's steps, a decode loop) then find their workers
+ * awake on their own CPUs, without the 20-50 us of a wake-up (milliseconds,
+ * now and then, when the machine is a virtual one whose idle CPU the host has
+ * descheduled). */
+enum { SPIN_US = 100 };
 
 static int64_t now_ns(void)
 {
@@ -74,15 +75,15 @@ static inline void relax(void)
 #endif
 }
 
-/* One step of polling: false once the pool does not spin or SPIN_NS have
- * passed since the first step (i and until start at 0). */
+/* One step of polling: false once spin_ns have passed since the first step
+ * (i and until start at 0). */
 static bool poll_more(const rt_pool *p, uint32_t *i, int64_t *until)
 {
-    if (!p->spin) return false;
+    if (p->spin_ns <= 0) return false;
     relax();
     if ((*i)++ % 64 == 0) {
         int64_t t = now_ns();
-        if (!*until) *until = t + SPIN_NS;
+        if (!*until) *until = t + p->spin_ns;
         else if (t > *until) return false;
     }
     return true;
@@ -258,7 +259,10 @@ rt_pool *rt_pool_new(int nthreads, strbuf *err)
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->work_cv, NULL);
     pthread_cond_init(&p->done_cv, NULL);
-    p->spin = nthreads <= available_cores();
+    const char *spin_env = getenv("SSMC_SPIN_US");
+    long spin_us = spin_env && *spin_env ? strtol(spin_env, NULL, 10) : SPIN_US;
+    if (spin_us < 0 || spin_us > 1000000) spin_us = SPIN_US;
+    p->spin_ns = nthreads <= available_cores() ? (int64_t)spin_us * 1000 : 0;
     plan_cpus(p);
     for (int i = 1; i < nthreads; i++) {
         ws[i].pool = p;

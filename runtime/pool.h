@@ -5,10 +5,10 @@
  * workers run fn over [0, n): with k = 1, one call over all of it; else
  * contiguous chunks of max(1, n / (4k)) values (the last one shorter), which
  * the workers claim in order as they become free. It returns when every chunk
- * is done. Idle workers sleep on a condition variable (no spinning). Pools are
- * independent of each other; one pool may be run from several threads (runs on
- * one pool are serialised), but fn must not call rt_pool_run on the pool that
- * is running it.
+ * is done. Idle workers sleep on a condition variable after polling a while
+ * (below). Pools are independent of each other; one pool may be run from
+ * several threads (runs on one pool are serialised), but fn must not call
+ * rt_pool_run on the pool that is running it.
  *
  * Placement (Linux): when the pool has no more threads than the process may
  * use CPUs, each worker 1..size-1 is pinned to a CPU of its own, one physical
@@ -18,7 +18,11 @@
  * woken worker may be placed on the caller's busy CPU and share it for
  * milliseconds (seen on KVM guests, where an idle virtual CPU does not count
  * as idle to the waker). The caller's own affinity is never changed.
- * SSMC_PIN=0 in the environment turns pinning off. */
+ * SSMC_PIN=0 in the environment turns pinning off.
+ *
+ * Polling: idle workers, and the caller waiting for them, poll for
+ * SSMC_SPIN_US microseconds (default 100; 0: never) before they sleep, unless
+ * the pool has more threads than CPUs. */
 #ifndef RT_POOL_H
 #define RT_POOL_H
 
