@@ -5,9 +5,13 @@
  * one it saw, then claims chunks of [0, n) from an atomic counter until none is
  * left, and counts down `pending`; the caller waits for zero. Claiming rather
  * than a fixed range per worker keeps every core busy to the end when cores run
- * at different speeds (a shared or hybrid machine; other load on one core): a
- * run's items are few and long (a whole sequence each), so the atomic costs
- * nothing. A worker beyond min(size, n) only notes the generation, so a run
+ * at different speeds (a shared or hybrid machine; other load on one core), and
+ * chunks that shrink with the work left (a quarter of an even share, down to
+ * one value: "guided" scheduling) make the last ones short, so that a slow core
+ * does not finish a big chunk long after the others: on the device machine's
+ * virtual CPUs, whose speeds differed by up to 1.8x, fixed chunks of 16
+ * Mamba-2 items (one sequence) left one thread idle for most of a chunk at the
+ * end. A worker beyond min(size, n) only notes the generation, so a run
  * never waits for threads it did not need. Guarantees: when rt_pool_run
  * returns, every fn call has returned and its writes are visible to the caller
  * (the mutex orders them).
@@ -47,7 +51,7 @@ struct rt_pool {
     atomic_int pending;     /* workers 1..nworkers-1 not finished yet */
     rt_pool_fn *fn;
     void *arg;
-    int64_t n, chunk;
+    int64_t n, div;         /* a claim takes max(1, (n - next) / div) values */
     atomic_int_least64_t next; /* the first value not claimed yet */
     int nworkers;           /* workers in this run: min(size, n) */
 };
@@ -89,13 +93,17 @@ static bool poll_more(const rt_pool *p, uint32_t *i, int64_t *until)
     return true;
 }
 
-/* Claims and runs chunks of the current job until none is left. */
-static void drain(rt_pool *p, rt_pool_fn *fn, void *arg, int64_t n, int64_t chunk, int worker)
+/* Claims and runs chunks of the current job until none is left: each claim
+ * takes max(1, (n - next) / (4k)) values (pool.h). */
+static void drain(rt_pool *p, rt_pool_fn *fn, void *arg, int64_t n, int64_t div, int worker)
 {
+    int64_t begin = atomic_load_explicit(&p->next, memory_order_relaxed);
     for (;;) {
-        int64_t begin = atomic_fetch_add(&p->next, chunk);
         if (begin >= n) return;
-        fn(arg, begin, begin + chunk < n ? begin + chunk : n, worker);
+        int64_t size = (n - begin) / div > 1 ? (n - begin) / div : 1;
+        if (!atomic_compare_exchange_weak(&p->next, &begin, begin + size)) continue; /* begin reloaded */
+        fn(arg, begin, begin + size, worker);
+        begin = atomic_load_explicit(&p->next, memory_order_relaxed);
     }
 }
 
@@ -122,9 +130,9 @@ static void *worker_main(void *p_)
         }
         rt_pool_fn *fn = p->fn;
         void *arg = p->arg;
-        int64_t n = p->n, chunk = p->chunk;
+        int64_t n = p->n, div = p->div;
         pthread_mutex_unlock(&p->lock);
-        drain(p, fn, arg, n, chunk, w->index);
+        drain(p, fn, arg, n, div, w->index);
         /* the caller may be polling pending rather than waiting on done_cv;
          * taking the lock to signal closes the gap between its check and its wait */
         if (atomic_fetch_sub(&p->pending, 1) == 1) {
@@ -330,16 +338,16 @@ void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg)
     p->fn = fn;
     p->arg = arg;
     p->n = n;
-    p->chunk = n / ((int64_t)k * 4) > 1 ? n / ((int64_t)k * 4) : 1; /* about 4 chunks per worker */
+    p->div = 4 * (int64_t)k;
     atomic_store(&p->next, 0);
     p->nworkers = k;
     atomic_store(&p->pending, k - 1);
     atomic_fetch_add(&p->generation, 1);
     pthread_cond_broadcast(&p->work_cv);
-    int64_t chunk = p->chunk;
+    int64_t div = p->div;
     pthread_mutex_unlock(&p->lock);
 
-    drain(p, fn, arg, n, chunk, 0);
+    drain(p, fn, arg, n, div, 0);
 
     uint32_t i = 0;
     int64_t until = 0;

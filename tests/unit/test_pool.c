@@ -51,9 +51,11 @@ static bool sum_ok(rt_pool *p, int64_t n, bool track)
     rt_pool_run(p, n, sum_range, &j);
     int64_t total = 0;
     for (int w = 0; w < j.size; w++) total += j.partial[w][0];
-    /* pool.h: k = min(size, n) workers; one call when k is 1, else chunks of max(1, n / (4k)) */
-    int64_t k = n < j.size ? n : j.size, chunk = k > 0 && n / (4 * k) > 1 ? n / (4 * k) : 1;
-    int64_t want_calls = n <= 0 ? 0 : k == 1 ? 1 : (n + chunk - 1) / chunk;
+    /* pool.h: k = min(size, n) workers; one call when k is 1, else chunks of
+     * max(1, r / (4k)) with r the values left */
+    int64_t k = n < j.size ? n : j.size, want_calls = 0;
+    for (int64_t r = n; r > 0 && k > 1; want_calls++) r -= r / (4 * k) > 1 ? r / (4 * k) : 1;
+    if (n > 0 && k == 1) want_calls = 1;
     bool ok = !atomic_load(&j.bad) && total == (n > 0 ? n * (n - 1) / 2 : 0) && atomic_load(&j.calls) == want_calls;
     for (int64_t i = 0; track && i < n; i++) ok = ok && j.hits[i] == 1;
     free(j.hits);
