@@ -507,6 +507,53 @@ static bool plan_make(arena *a, const ir_model *m, const ssmc_options *o, plan *
     return true;
 }
 
+/* ---- prefetch: the item's slice of every per-step input and output at step t+1, one
+ * request per cache line. Such a slice sits a whole time step (often a page or
+ * more) past the current one, where the hardware prefetchers do not look. */
+
+#define LINE_FLOATS 16
+#define PREFETCH_MAX_LINES 32
+
+/* The index class that axis ax of input ti follows in every read of it (so an
+ * item reads only its tile of that axis), or -1 (the whole axis). */
+static int input_axis_class(const plan *p, int ti, int ax)
+{
+    const ir_model *m = p->m;
+    int k = -2;
+    for (uint32_t r = 0; r < m->ninsts; r++) {
+        const ir_inst *in = &m->insts[r];
+        if (in->op != IR_LOAD || in->load.tensor != ti) continue;
+        const ir_index *ix = &m->ix[in->load.ix + (uint32_t)ax];
+        int kr = ix->kind == IR_IX_VAR ? p->s.var_class[ix->var] : -1;
+        if (k != -2 && kr != k) return -1;
+        k = kr;
+    }
+    return k < 0 ? -1 : k;
+}
+
+/* Whether per-step input or output ti gets hints: its slice in an item (cls[i]:
+ * the tiled class axis i follows, or -1 for the whole axis) spans *span + 1
+ * floats, at most PREFETCH_MAX_LINES lines. A full tile's extent is assumed:
+ * the last tile of a class that does not divide evenly is shorter, and hints
+ * past it would touch the next item's lines, which for an output (a write
+ * hint) another thread may own; so such an output gets none. */
+static bool prefetched(const plan *p, int ti, int cls[IR_MAX_RANK], int64_t *span)
+{
+    const ir_model *m = p->m;
+    const ir_tensor *t = &m->tensors[ti];
+    if (!t->per_step || (t->kind != IR_INPUT && t->kind != IR_OUTPUT)) return false;
+    bool uneven = false;
+    *span = 0;
+    for (int i = 0; i < t->rank; i++) {
+        int k = t->kind == IR_INPUT ? input_axis_class(p, ti, i) : axis_class(p, ti, i);
+        cls[i] = k >= 0 && p->ntiles[k] > 1 ? k : -1;
+        int64_t dim = m->dims[t->dims[i]].value;
+        *span += ((cls[i] >= 0 ? p->tile[k] : dim) - 1) * p->fstride[ti * IR_MAX_RANK + i];
+        uneven |= cls[i] >= 0 && dim % p->tile[k] != 0;
+    }
+    return *span / LINE_FLOATS + 2 <= PREFETCH_MAX_LINES && !(t->kind == IR_OUTPUT && uneven);
+}
+
 static void describe_sums(strbuf *out, const plan *p, ir_ref r)
 {
     if (r == IR_NONE) return;
@@ -576,6 +623,15 @@ static void plan_describe(strbuf *out, const plan *p)
         if (p->fuse[si] == -2) sb_puts(out, "; runs inside the state update's loops");
         sb_putc(out, '\n');
     }
+    sb_puts(out, "; prefetched a step ahead:");
+    int n = 0;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        int cls[IR_MAX_RANK];
+        int64_t span;
+        if (prefetched(p, (int)ti, cls, &span))
+            sb_printf(out, "%s %s (%lld hints)", n++ ? "," : "", m->tensors[ti].name, (long long)(span / LINE_FLOATS + 2));
+    }
+    sb_puts(out, n ? "\n" : " none\n");
 }
 
 static void set_shape(const plan *p, llvm_kernel_shape *shape)
@@ -761,9 +817,21 @@ static void gen_exp_helper(cg *c)
     LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUNO, x, x), x, res));
 }
 
-/* log: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-9 polynomial in m - 1,
- * e ln 2 added in two parts. Subnormals are scaled first; 0, negatives, +inf
- * and NaN give -inf, NaN, +inf, NaN. */
+/* The core of log: log(m 2^e) for xm = m - 1 in [sqrt(1/2) - 1, sqrt(2) - 1]
+ * and fe = e (f32), a degree-9 polynomial in xm, e ln 2 added in two parts. */
+static LLVMValueRef log_core(cg *c, LLVMValueRef xm, LLVMValueRef fe)
+{
+    LLVMValueRef z = f_mul(c, xm, xm);
+    static const double k[] = {7.0376836292E-2, -1.1514610310E-1, 1.1676998740E-1, -1.2420140846E-1, 1.4249322787E-1,
+                               -1.6668057665E-1, 2.0000714765E-1, -2.4999993993E-1, 3.3333331174E-1};
+    LLVMValueRef y = f_mul(c, f_mul(c, poly(c, xm, k, 9), xm), z);
+    y = f_add(c, y, f_mul(c, fe, K(c, -2.12194440e-4)));
+    y = f_sub(c, y, f_mul(c, z, K(c, 0.5)));
+    return f_add(c, f_add(c, xm, y), f_mul(c, fe, K(c, 0.693359375)));
+}
+
+/* log: x = m 2^e with m in [sqrt(1/2), sqrt(2)), then log_core. Subnormals are
+ * scaled first; 0, negatives, +inf and NaN give -inf, NaN, +inf, NaN. */
 static void gen_log_helper(cg *c)
 {
     LLVMValueRef x = helper_begin(c, "ssmc.log", &c->h_log);
@@ -778,14 +846,7 @@ static void gen_log_helper(cg *c)
     LLVMValueRef lt = fcmp(c, LLVMRealOLT, mant, K(c, 0.707106781186547524));
     e = LLVMBuildSub(c->b, e, LLVMBuildZExt(c->b, lt, c->i32, ""), "");
     LLVMValueRef xm = sel(c, lt, f_sub(c, f_add(c, mant, mant), K(c, 1.0)), f_sub(c, mant, K(c, 1.0)));
-    LLVMValueRef z = f_mul(c, xm, xm);
-    static const double k[] = {7.0376836292E-2, -1.1514610310E-1, 1.1676998740E-1, -1.2420140846E-1, 1.4249322787E-1,
-                               -1.6668057665E-1, 2.0000714765E-1, -2.4999993993E-1, 3.3333331174E-1};
-    LLVMValueRef y = f_mul(c, f_mul(c, poly(c, xm, k, 9), xm), z);
-    LLVMValueRef fe = LLVMBuildSIToFP(c->b, e, c->f32, "");
-    y = f_add(c, y, f_mul(c, fe, K(c, -2.12194440e-4)));
-    y = f_sub(c, y, f_mul(c, z, K(c, 0.5)));
-    LLVMValueRef r = f_add(c, f_add(c, xm, y), f_mul(c, fe, K(c, 0.693359375)));
+    LLVMValueRef r = log_core(c, xm, LLVMBuildSIToFP(c->b, e, c->f32, ""));
     double inf = INFINITY, nan = NAN;
     r = sel(c, fcmp(c, LLVMRealOEQ, x, K(c, inf)), K(c, inf), r);
     r = sel(c, fcmp(c, LLVMRealOEQ, x, K(c, 0.0)), K(c, -inf), r);
@@ -820,12 +881,19 @@ static void gen_tanh_helper(cg *c)
     LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealOGE, ax, K(c, 0.625)), big, small));
 }
 
-/* softplus as the interpreter writes it: x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)). */
+/* softplus as the interpreter writes it: x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)).
+ * log1p(e) for e = exp(-|x|) in [0, 1] needs neither log's special cases nor
+ * log1p's division: 1 + e = m 2^k with m - 1 known exactly, e itself (k = 0)
+ * below sqrt(2) - 1 and (e - 1) / 2 (k = 1) above, straight into log_core. A
+ * NaN passes through; +-inf give inf and 0. */
 static void gen_softplus_helper(cg *c)
 {
     LLVMValueRef x = helper_begin(c, "ssmc.softplus", &c->h_softplus);
     LLVMValueRef ax = intrinsic(c, "llvm.fabs", x, NULL);
-    LLVMValueRef l = call_helper(c, c->h_log1p, call_helper(c, c->h_exp, LLVMBuildFNeg(c->b, ax, "")));
+    LLVMValueRef e = call_helper(c, c->h_exp, LLVMBuildFNeg(c->b, ax, ""));
+    LLVMValueRef big = fcmp(c, LLVMRealOGE, e, K(c, 0.41421356237309503));
+    LLVMValueRef xm = sel(c, big, f_mul(c, f_sub(c, e, K(c, 1.0)), K(c, 0.5)), e);
+    LLVMValueRef l = log_core(c, xm, sel(c, big, K(c, 1.0), K(c, 0.0)));
     LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealOGT, x, K(c, 0.0)), f_add(c, x, l), l));
 }
 
@@ -1346,12 +1414,7 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
     for (int i = outer; i > 0; i--) loop_end(c, &L[i - 1]);
 }
 
-/* ---- prefetch: the item's slice of every per-step input and output at step t+1, one
- * request per cache line. Such a slice sits a whole time step (often a page or
- * more) past the current one, where the hardware prefetchers do not look. */
-
-#define LINE_FLOATS 16
-#define PREFETCH_MAX_LINES 32
+/* ---- prefetch hints at the top of every step (see prefetched) */
 
 static void gen_prefetch(cg *c)
 {
@@ -1363,26 +1426,14 @@ static void gen_prefetch(cg *c)
     LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, pty, 1);
     LLVMTypeRef fty = LLVMIntrinsicGetType(c->ctx, id, pty, 1);
     for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        const ir_tensor *t = &m->tensors[ti];
-        if (!t->per_step || (t->kind != IR_INPUT && t->kind != IR_OUTPUT)) continue;
+        int cls[IR_MAX_RANK];
+        int64_t span;
+        if (!prefetched(c->p, (int)ti, cls, &span)) continue;
         /* one hint per line from the slice's first element to its last: every
-         * 16 floats from the first, and the last itself. A full tile's extent is
-         * assumed: the last tile of a class that does not divide evenly is
-         * shorter, and hints past it would touch the next item's lines, which
-         * for an output (a write hint) another thread may own. */
+         * 16 floats from the first, and the last itself */
         LLVMValueRef first[IR_MAX_RANK];
-        int64_t span = 0;
-        bool uneven = false;
-        for (int i = 0; i < t->rank; i++) {
-            int k = axis_class(c->p, (int)ti, i);
-            int64_t dim = m->dims[t->dims[i]].value;
-            bool tiled = k >= 0 && c->p->ntiles[k] > 1;
-            first[i] = tiled ? c->base[k] : I64(c, 0);
-            span += ((tiled ? c->p->tile[k] : dim) - 1) * c->p->fstride[ti * IR_MAX_RANK + i];
-            uneven |= tiled && dim % c->p->tile[k] != 0;
-        }
-        bool write = t->kind == IR_OUTPUT;
-        if (span / LINE_FLOATS + 2 > PREFETCH_MAX_LINES || (write && uneven)) continue;
+        for (int i = 0; i < m->tensors[ti].rank; i++) first[i] = cls[i] >= 0 ? c->base[cls[i]] : I64(c, 0);
+        bool write = m->tensors[ti].kind == IR_OUTPUT;
         LLVMBasicBlockRef skip = begin_skip(c, (int)ti); /* an output not asked for */
         LLVMValueRef lo = elem_ptr(c, (int)ti, first, next, false);
         for (int64_t j = 0; j <= span / LINE_FLOATS + 1; j++) {

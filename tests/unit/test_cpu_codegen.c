@@ -227,6 +227,19 @@ static void test_emit(void **state)
     if (s != SSMC_OK) fail_msg("emit failed: %s", ssmc_ctx_error(ctx));
     assert_non_null(strstr(text, "; items: batch x H = 16 per sequence"));
     assert_non_null(strstr(text, "@llvm.prefetch")); /* the next step's inputs and outputs */
+    /* every per-step tensor's slice of one head, inputs included (a whole row of
+     * x would be 64 lines; an input follows the class of the variables it is read at) */
+    assert_non_null(strstr(text, "; prefetched a step ahead: x (5 hints), dt (2 hints), B (9 hints), C (9 hints), y (5 hints)\n"));
+    free(text);
+    static const ssmc_dim gla_dims[] = {{"H", 8}, {"K", 64}, {"V", 64}};
+    o.dims = gla_dims;
+    text = NULL;
+    src = harness_read_source("examples/gla.ssm", &len);
+    assert_non_null(src);
+    s = ssmc_emit(ctx, "gla.ssm", src, len, &o, SSMC_EMIT_LLVM, &text);
+    free(src);
+    if (s != SSMC_OK) fail_msg("emit failed: %s", ssmc_ctx_error(ctx));
+    assert_non_null(strstr(text, "; prefetched a step ahead: q (5 hints), k (5 hints), v (5 hints), gk (5 hints), y (5 hints)\n"));
     free(text);
     ssmc_ctx_free(ctx);
 }
