@@ -192,22 +192,32 @@ static void test_run_paths(void **state)
 }
 
 /* --emit=llvm: the plan's comment lines, then an optimised, vectorised module. */
+/* `--emit=llvm` text of examples/<name>.ssm under o; NULL when this build has
+ * no CPU backend. */
+static char *emit_llvm(ssmc_ctx *ctx, const char *name, const ssmc_options *o)
+{
+    char path[64], *text = NULL;
+    size_t len;
+    snprintf(path, sizeof path, "examples/%s", name);
+    char *src = harness_read_source(path, &len);
+    assert_non_null(src);
+    ssmc_status s = ssmc_emit(ctx, name, src, len, o, SSMC_EMIT_LLVM, &text);
+    free(src);
+    if (s == SSMC_ERR_UNSUPPORTED) return NULL;
+    if (s != SSMC_OK) fail_msg("emit of %s failed: %s", name, ssmc_ctx_error(ctx));
+    return text;
+}
+
 static void test_emit(void **state)
 {
     (void)state;
-    size_t len;
-    char *src = harness_read_source("examples/mamba2.ssm", &len);
-    assert_non_null(src);
     ssmc_ctx *ctx = ssmc_ctx_new();
     ssmc_options o = {.threads = 2}; /* the grid aims at max(8, threads) items */
-    char *text = NULL;
-    ssmc_status s = ssmc_emit(ctx, "mamba2.ssm", src, len, &o, SSMC_EMIT_LLVM, &text);
-    free(src);
-    if (s == SSMC_ERR_UNSUPPORTED) {
+    char *text = emit_llvm(ctx, "mamba2.ssm", &o);
+    if (!text) {
         ssmc_ctx_free(ctx);
         skip();
     }
-    if (s != SSMC_OK) fail_msg("emit failed: %s", ssmc_ctx_error(ctx));
     assert_non_null(strstr(text, "; items: batch x H x P(tiles of 16) = 8 per sequence"));
     assert_non_null(strstr(text, "; per step: S[h,p,n]: loops p(16) n(64); updated in place; fused with y"));
     assert_non_null(strstr(text, "define void @ssmc_mamba2(ptr"));
@@ -219,27 +229,19 @@ static void test_emit(void **state)
     static const ssmc_dim big[] = {{"H", 16}, {"P", 64}, {"N", 128}};
     o.dims = big;
     o.ndims = 3;
-    text = NULL;
-    src = harness_read_source("examples/mamba2.ssm", &len);
-    assert_non_null(src);
-    s = ssmc_emit(ctx, "mamba2.ssm", src, len, &o, SSMC_EMIT_LLVM, &text);
-    free(src);
-    if (s != SSMC_OK) fail_msg("emit failed: %s", ssmc_ctx_error(ctx));
+    text = emit_llvm(ctx, "mamba2.ssm", &o);
     assert_non_null(strstr(text, "; items: batch x H = 16 per sequence"));
     assert_non_null(strstr(text, "@llvm.prefetch")); /* the next step's inputs and outputs */
     /* every per-step tensor's slice of one head, inputs included (a whole row of
      * x would be 64 lines; an input follows the class of the variables it is read at) */
-    assert_non_null(strstr(text, "; prefetched a step ahead: x (5 hints), dt (2 hints), B (9 hints), C (9 hints), y (5 hints)\n"));
+    assert_non_null(
+        strstr(text, "; prefetched a step ahead: x (5 hints), dt (2 hints), B (9 hints), C (9 hints), y (5 hints)\n"));
     free(text);
     static const ssmc_dim gla_dims[] = {{"H", 8}, {"K", 64}, {"V", 64}};
     o.dims = gla_dims;
-    text = NULL;
-    src = harness_read_source("examples/gla.ssm", &len);
-    assert_non_null(src);
-    s = ssmc_emit(ctx, "gla.ssm", src, len, &o, SSMC_EMIT_LLVM, &text);
-    free(src);
-    if (s != SSMC_OK) fail_msg("emit failed: %s", ssmc_ctx_error(ctx));
-    assert_non_null(strstr(text, "; prefetched a step ahead: q (5 hints), k (5 hints), v (5 hints), gk (5 hints), y (5 hints)\n"));
+    text = emit_llvm(ctx, "gla.ssm", &o);
+    assert_non_null(
+        strstr(text, "; prefetched a step ahead: q (5 hints), k (5 hints), v (5 hints), gk (5 hints), y (5 hints)\n"));
     free(text);
     ssmc_ctx_free(ctx);
 }
