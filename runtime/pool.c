@@ -2,19 +2,22 @@
  *
  * One mutex and two condition variables per pool. A run publishes the job and
  * bumps a generation counter; each worker compares the generation with the last
- * one it saw, then claims chunks of [0, n) from an atomic counter until none is
- * left, and counts down `pending`; the caller waits for zero. Claiming rather
- * than a fixed range per worker keeps every core busy to the end when cores run
- * at different speeds (a shared or hybrid machine; other load on one core), and
- * chunks that shrink with the work left (a quarter of an even share, down to
- * one value: "guided" scheduling) make the last ones short, so that a slow core
- * does not finish a big chunk long after the others: on the device machine's
- * virtual CPUs, whose speeds differed by up to 1.8x, fixed chunks of 16
- * Mamba-2 items (one sequence) left one thread idle for most of a chunk at the
- * end. A worker beyond min(size, n) only notes the generation, so a run
+ * one it saw, then runs its share and steals from the others (pool.h) until
+ * nothing is left, and counts down `pending`; the caller waits for zero.
+ * Contiguous shares keep the items that run at the same time far apart in
+ * memory: with one counter handing out items in order, two threads worked on
+ * neighbouring heads whose input and output rows share cache pages, and GLA,
+ * batch 1, ran 1.44x-1.64x faster on 2 threads than on 1; with shares,
+ * 1.85x-1.99x (bench/RESULTS.md, fourth round). Stealing keeps every core busy to the end
+ * when cores run at different speeds (a shared or virtual machine; other load
+ * on one core), and halving the victim's rest makes the last pieces short. A
+ * range is one 64-bit word (lo | hi << 32), changed by compare-and-swap only:
+ * the owner moves lo up, a thief moves hi down and stores the part it took
+ * into its own range, which is empty by then. Runs of more than 2^31 values go in units of several
+ * values. A worker beyond min(size, n) only notes the generation, so a run
  * never waits for threads it did not need. Guarantees: when rt_pool_run
  * returns, every fn call has returned and its writes are visible to the caller
- * (the mutex orders them).
+ * (the release/acquire on `pending`, and the mutex).
  *
  * Placement: cpu[i] is the CPU worker i is pinned to, cpu[0] the one left to
  * the caller (pool.h says why). A run that starts on a worker's CPU trades the
@@ -30,6 +33,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Worker w's share of a run, in units (one value each unless the run has more
+ * than 2^31 values): [lo, hi) packed as lo | hi << 32, one cache line each. */
+typedef struct pool_range {
+    _Atomic uint64_t r;
+    char pad[64 - sizeof(uint64_t)];
+} pool_range;
 
 typedef struct pool_worker {
     rt_pool *pool;
@@ -51,8 +61,8 @@ struct rt_pool {
     atomic_int pending;     /* workers 1..nworkers-1 not finished yet */
     rt_pool_fn *fn;
     void *arg;
-    int64_t n, div;         /* a claim takes max(1, (n - next) / div) values */
-    atomic_int_least64_t next; /* the first value not claimed yet */
+    int64_t n, unit;        /* values, and values per unit */
+    pool_range *ranges;     /* [size] */
     int nworkers;           /* workers in this run: min(size, n) */
 };
 
@@ -93,18 +103,64 @@ static bool poll_more(const rt_pool *p, uint32_t *i, int64_t *until)
     return true;
 }
 
-/* Claims and runs chunks of the current job until none is left: each claim
- * takes max(1, (n - next) / (4k)) values (pool.h). */
-static void drain(rt_pool *p, rt_pool_fn *fn, void *arg, int64_t n, int64_t div, int worker)
+static uint64_t pack(uint32_t lo, uint32_t hi) { return (uint64_t)hi << 32 | lo; }
+
+/* Takes the front of worker w's own range, max(1, left / 4) units, into
+ * [*lo, *hi); false when it is empty. */
+static bool take(rt_pool *p, int w, uint32_t *lo, uint32_t *hi)
 {
-    int64_t begin = atomic_load_explicit(&p->next, memory_order_relaxed);
+    uint64_t r = atomic_load_explicit(&p->ranges[w].r, memory_order_relaxed);
     for (;;) {
-        if (begin >= n) return;
-        int64_t size = (n - begin) / div > 1 ? (n - begin) / div : 1;
-        if (!atomic_compare_exchange_weak(&p->next, &begin, begin + size)) continue; /* begin reloaded */
-        fn(arg, begin, begin + size, worker);
-        begin = atomic_load_explicit(&p->next, memory_order_relaxed);
+        uint32_t a = (uint32_t)r, b = (uint32_t)(r >> 32);
+        if (a >= b) return false;
+        uint32_t size = (b - a) / 4 > 1 ? (b - a) / 4 : 1;
+        if (atomic_compare_exchange_weak(&p->ranges[w].r, &r, pack(a + size, b))) {
+            *lo = a;
+            *hi = a + size;
+            return true;
+        }
     }
+}
+
+/* Moves the back half of the fullest range of workers [0, k) other than w
+ * into w's own range, which is empty; false when every range is empty. A
+ * range only ever shrinks or (its owner's, once empty) is replaced by units
+ * taken from another, so a stale value never matches again. */
+static bool steal(rt_pool *p, int w, int k)
+{
+    for (;;) {
+        int v = -1;
+        uint64_t rv = 0;
+        uint32_t most = 0;
+        for (int i = 0; i < k; i++) {
+            uint64_t r = atomic_load_explicit(&p->ranges[i].r, memory_order_relaxed);
+            uint32_t left = (uint32_t)(r >> 32) - (uint32_t)r;
+            if (i != w && left > most) {
+                most = left;
+                v = i;
+                rv = r;
+            }
+        }
+        if (v < 0) return false;
+        uint32_t a = (uint32_t)rv, b = (uint32_t)(rv >> 32), half = (b - a + 1) / 2;
+        if (atomic_compare_exchange_strong(&p->ranges[v].r, &rv, pack(a, b - half))) {
+            atomic_store_explicit(&p->ranges[w].r, pack(b - half, b), memory_order_relaxed);
+            return true;
+        }
+    }
+}
+
+/* Runs worker w's share of the current job, then what it can steal, until no
+ * value is left unclaimed. */
+static void drain(rt_pool *p, rt_pool_fn *fn, void *arg, int64_t n, int64_t unit, int w, int k)
+{
+    do {
+        uint32_t lo, hi;
+        while (take(p, w, &lo, &hi)) {
+            int64_t b = (int64_t)lo * unit, e = (int64_t)hi * unit;
+            fn(arg, b, e < n ? e : n, w);
+        }
+    } while (steal(p, w, k));
 }
 
 static void *worker_main(void *p_)
@@ -130,9 +186,10 @@ static void *worker_main(void *p_)
         }
         rt_pool_fn *fn = p->fn;
         void *arg = p->arg;
-        int64_t n = p->n, div = p->div;
+        int64_t n = p->n, unit = p->unit;
+        int k = p->nworkers;
         pthread_mutex_unlock(&p->lock);
-        drain(p, fn, arg, n, div, w->index);
+        drain(p, fn, arg, n, unit, w->index, k);
         /* the caller may be polling pending rather than waiting on done_cv;
          * taking the lock to signal closes the gap between its check and its wait */
         if (atomic_fetch_sub(&p->pending, 1) == 1) {
@@ -255,14 +312,18 @@ rt_pool *rt_pool_new(int nthreads, strbuf *err)
     if (nthreads == 0) nthreads = available_cores();
     rt_pool *p = calloc(1, sizeof *p);
     pool_worker *ws = calloc((size_t)nthreads, sizeof *ws);
-    if (!p || !ws) {
+    pool_range *ranges = aligned_alloc(64, (size_t)nthreads * sizeof *ranges);
+    if (!p || !ws || !ranges) {
         free(p);
         free(ws);
+        free(ranges);
         sb_puts(err, "thread pool: out of memory");
         return NULL;
     }
     p->size = nthreads;
     p->workers = ws;
+    p->ranges = ranges;
+    for (int i = 0; i < nthreads; i++) atomic_init(&ranges[i].r, 0);
     pthread_mutex_init(&p->run_lock, NULL);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->work_cv, NULL);
@@ -316,6 +377,7 @@ void rt_pool_free(rt_pool *p)
     pthread_mutex_destroy(&p->lock);
     pthread_mutex_destroy(&p->run_lock);
     free(p->workers);
+    free(p->ranges);
     free(p->cpu);
     free(p);
 }
@@ -338,16 +400,18 @@ void rt_pool_run(rt_pool *p, int64_t n, rt_pool_fn *fn, void *arg)
     p->fn = fn;
     p->arg = arg;
     p->n = n;
-    p->div = 4 * (int64_t)k;
-    atomic_store(&p->next, 0);
+    p->unit = n > INT32_MAX ? (n + INT32_MAX - 1) / INT32_MAX : 1;
+    int64_t units = (n + p->unit - 1) / p->unit;
+    for (int w = 0; w < p->size; w++) /* contiguous shares: what runs at once lies far apart */
+        atomic_store(&p->ranges[w].r, w < k ? pack((uint32_t)(units * w / k), (uint32_t)(units * (w + 1) / k)) : 0);
     p->nworkers = k;
     atomic_store(&p->pending, k - 1);
     atomic_fetch_add(&p->generation, 1);
     pthread_cond_broadcast(&p->work_cv);
-    int64_t div = p->div;
+    int64_t unit = p->unit;
     pthread_mutex_unlock(&p->lock);
 
-    drain(p, fn, arg, n, div, 0);
+    drain(p, fn, arg, n, unit, 0, k);
 
     uint32_t i = 0;
     int64_t until = 0;

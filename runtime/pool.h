@@ -3,9 +3,12 @@
  * A pool holds nthreads - 1 persistent worker threads; the thread that calls
  * rt_pool_run is worker 0 and works too. rt_pool_run has k = min(nthreads, n)
  * workers run fn over [0, n): with k = 1, one call over all of it; else
- * contiguous chunks, which the workers claim in order as they become free,
- * each of max(1, r / (4k)) values where r is what is left unclaimed (the first
- * n / (4k), shrinking to 1 at the end). It returns when every chunk is done. Idle workers sleep on a condition variable after polling a while
+ * worker w owns the contiguous share [n w / k, n (w + 1) / k) and calls fn on
+ * pieces from its front (a quarter of what is left of it, at least 1 value);
+ * a worker whose share is done takes the back half of the largest share left
+ * and goes on with that, until no value is left. Every value is passed to fn
+ * exactly once; the number of calls varies from run to run. It returns when
+ * every call has returned. Idle workers sleep on a condition variable after polling a while
  * (below). Pools are independent of each other; one pool may be run from
  * several threads (runs on one pool are serialised), but fn must not call
  * rt_pool_run on the pool that is running it.

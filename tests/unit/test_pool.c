@@ -51,12 +51,11 @@ static bool sum_ok(rt_pool *p, int64_t n, bool track)
     rt_pool_run(p, n, sum_range, &j);
     int64_t total = 0;
     for (int w = 0; w < j.size; w++) total += j.partial[w][0];
-    /* pool.h: k = min(size, n) workers; one call when k is 1, else chunks of
-     * max(1, r / (4k)) with r the values left */
-    int64_t k = n < j.size ? n : j.size, want_calls = 0;
-    for (int64_t r = n; r > 0 && k > 1; want_calls++) r -= r / (4 * k) > 1 ? r / (4 * k) : 1;
-    if (n > 0 && k == 1) want_calls = 1;
-    bool ok = !atomic_load(&j.bad) && total == (n > 0 ? n * (n - 1) / 2 : 0) && atomic_load(&j.calls) == want_calls;
+    /* pool.h: k = min(size, n) workers; one call when k is 1, else at least one
+     * per worker and at most one per value */
+    int64_t k = n < j.size ? n : j.size, calls = atomic_load(&j.calls);
+    bool calls_ok = n <= 0 ? calls == 0 : k == 1 ? calls == 1 : calls >= 1 && calls <= n;
+    bool ok = !atomic_load(&j.bad) && total == (n > 0 ? n * (n - 1) / 2 : 0) && calls_ok;
     for (int64_t i = 0; track && i < n; i++) ok = ok && j.hits[i] == 1;
     free(j.hits);
     free(j.partial);
@@ -274,6 +273,49 @@ static void test_no_pinning(void **state)
     sb_free(&err);
 }
 
+/* Every worker's first call, while all of them wait for each other in it: with
+ * no worker free to steal, each one starts at the front of its own share. */
+typedef struct first_job {
+    int k;
+    atomic_int arrived;
+    int64_t first[8];
+    atomic_int timed_out;
+} first_job;
+
+static void first_calls(void *arg, int64_t begin, int64_t end, int worker)
+{
+    first_job *j = arg;
+    (void)end;
+    if (j->first[worker] >= 0) return;
+    j->first[worker] = begin;
+    atomic_fetch_add(&j->arrived, 1);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        sched_yield();
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while (atomic_load(&j->arrived) < j->k && t.tv_sec - t0.tv_sec < 10);
+    if (atomic_load(&j->arrived) < j->k) atomic_store(&j->timed_out, 1);
+}
+
+static void test_contiguous_shares(void **state)
+{
+    strbuf err = {0};
+    for (int k = 2; k <= 4; k++) {
+        rt_pool *p = rt_pool_new(k, &err);
+        assert_non_null(p);
+        for (int64_t n = k; n <= 40; n += 9) {
+            first_job j = {.k = k};
+            for (int w = 0; w < 8; w++) j.first[w] = -1;
+            rt_pool_run(p, n, first_calls, &j);
+            assert_int_equal(atomic_load(&j.timed_out), 0);
+            for (int w = 0; w < k; w++) assert_int_equal(j.first[w], n * w / k); /* pool.h: [n w / k, n (w + 1) / k) */
+        }
+        rt_pool_free(p);
+    }
+    sb_free(&err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -284,6 +326,7 @@ int main(void)
         cmocka_unit_test(test_many_runs),
         cmocka_unit_test(test_two_pools_two_threads),
         cmocka_unit_test(test_one_pool_two_threads),
+        cmocka_unit_test(test_contiguous_shares),
         cmocka_unit_test(test_pinning),
         cmocka_unit_test(test_no_pinning),
     };
