@@ -186,9 +186,9 @@ static void gen_header(strbuf *h, const ir_model *m, const char *file, const cha
     sb_printf(h,
               "/* Runs the model over `batch` sequences of `T` steps on up to `threads`\n"
               " * threads (0: one per CPU this process may use; 1: the calling thread only).\n"
-              " * When they fit, threads other than the caller are pinned to CPUs of their\n"
-              " * own, not the caller's (SSMC_PIN=0 in the environment: not pinned). Returns\n"
-              " * 0 or an error above. Any number of calls may run at once. */\n"
+              " * When they use every CPU, threads other than the caller are pinned to CPUs\n"
+              " * of their own, not the caller's (SSMC_PIN=0 in the environment: not\n"
+              " * pinned). Returns 0 or an error above. Any number of calls may run at once. */\n"
               "int %s_run(int64_t batch, int64_t T, const %s_tensors *t, int threads);\n\n"
               "#ifdef __cplusplus\n}\n#endif\n#endif\n",
               name, name);
@@ -225,11 +225,11 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
                "        threads = n > 0 ? (int)n : 1;\n"
                "    }\n"
                "    if (threads > items) threads = (int)items;\n"
-               "    /* threads 1.. each get a CPU of their own, never the caller's: left to\n"
-               "     * the scheduler, a new thread may start on the caller's busy CPU and share\n"
-               "     * it for milliseconds. Off with SSMC_PIN=0, or with more threads than CPUs. */\n"
+               "    /* with every CPU used, threads 1.. each get a CPU of their own, never the\n"
+               "     * caller's: left to the scheduler, a new thread may start on the caller's\n"
+               "     * busy CPU and share it for milliseconds. Off with SSMC_PIN=0. */\n"
                "    const char *pin_env = getenv(\"SSMC_PIN\");\n"
-               "    int pin = threads > 1 && threads <= ncpu && !(pin_env && strcmp(pin_env, \"0\") == 0);\n"
+               "    int pin = threads > 1 && threads == ncpu && !(pin_env && strcmp(pin_env, \"0\") == 0);\n"
                "    int here = sched_getcpu(), next_cpu = 0;\n");
     sb_puts(c, "    /* threads would share the cache lines at the item edges of a misaligned\n"
                "     * state at every step: for a long run an aligned copy costs far less */\n"

@@ -213,70 +213,23 @@ static int available_cores(void)
     return n > 0 ? (int)n : 1;
 }
 
-/* The key of the physical core that CPU c belongs to, or -1 when sysfs does
- * not say. */
-static long core_key(int c)
-{
-    long v[2];
-    const char *what[2] = {"physical_package_id", "core_id"};
-    for (int i = 0; i < 2; i++) {
-        char path[96];
-        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/%s", c, what[i]);
-        FILE *f = fopen(path, "r");
-        if (!f) return -1;
-        int ok = fscanf(f, "%ld", &v[i]) == 1 && v[i] >= 0 && v[i] < (1L << 20);
-        fclose(f);
-        if (!ok) return -1;
-    }
-    return v[0] << 20 | v[1];
-}
-
-/* Writes the CPUs this process may use to out[] in the order workers take
- * them: the first hardware thread of every physical core, then the second of
- * every core, and so on, by CPU number within each round. Returns the count, 0
- * when the set cannot be read. */
-static int cpu_order(int out[CPU_SETSIZE])
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
-    static int cpus[CPU_SETSIZE], rank[CPU_SETSIZE];
-    static long key[CPU_SETSIZE];
-    int n = 0, rounds = 0;
-    for (int c = 0; c < CPU_SETSIZE; c++) {
-        if (!CPU_ISSET(c, &set)) continue;
-        cpus[n] = c;
-        key[n] = core_key(c);
-        rank[n] = 0;
-        for (int j = 0; j < n && key[n] >= 0; j++) rank[n] += key[j] == key[n];
-        if (rank[n] + 1 > rounds) rounds = rank[n] + 1;
-        n++;
-    }
-    int k = 0;
-    for (int r = 0; r < rounds; r++)
-        for (int i = 0; i < n; i++)
-            if (rank[i] == r) out[k++] = cpus[i];
-    return n;
-}
-
-/* Fills p->cpu when the pool pins (see pool.h): the caller's CPU first, then
- * the first size - 1 others in cpu_order's order. */
+/* Fills p->cpu when the pool pins (see pool.h): when it has exactly as many
+ * threads as the process may use CPUs, the caller keeps the CPU it runs on and
+ * the workers take the others, in CPU-number order. */
 static void plan_cpus(rt_pool *p)
 {
     const char *env = getenv("SSMC_PIN");
-    if (p->size < 2 || (env && strcmp(env, "0") == 0)) return;
-    static pthread_mutex_t order_lock = PTHREAD_MUTEX_INITIALIZER; /* cpu_order's static arrays */
-    static int order[CPU_SETSIZE];
-    pthread_mutex_lock(&order_lock);
-    int n = cpu_order(order);
-    if (n >= p->size && (p->cpu = malloc((size_t)p->size * sizeof *p->cpu))) {
-        int here = sched_getcpu(), k = 1;
-        p->cpu[0] = order[0];
-        for (int i = 0; i < n; i++)
-            if (order[i] == here) p->cpu[0] = here;
-        for (int i = 0; i < n && k < p->size; i++)
-            if (order[i] != p->cpu[0]) p->cpu[k++] = order[i];
-    }
-    pthread_mutex_unlock(&order_lock);
+    cpu_set_t set;
+    if (p->size < 2 || (env && strcmp(env, "0") == 0) || sched_getaffinity(0, sizeof set, &set) != 0 ||
+        CPU_COUNT(&set) != p->size || !(p->cpu = malloc((size_t)p->size * sizeof *p->cpu)))
+        return;
+    int here = sched_getcpu(), k = 1;
+    p->cpu[0] = here >= 0 && here < CPU_SETSIZE && CPU_ISSET(here, &set) ? here : -1;
+    for (int c = 0; c < CPU_SETSIZE && k < p->size; c++)
+        if (CPU_ISSET(c, &set) && c != p->cpu[0]) p->cpu[k++] = c;
+    if (p->cpu[0] < 0) /* the caller runs outside the set: leave it the last CPU */
+        for (int c = CPU_SETSIZE - 1; c >= 0 && p->cpu[0] < 0; c--)
+            if (CPU_ISSET(c, &set)) p->cpu[0] = c;
 }
 
 static bool pin(pthread_t t, int c)

@@ -13,15 +13,16 @@
  * several threads (runs on one pool are serialised), but fn must not call
  * rt_pool_run on the pool that is running it.
  *
- * Placement (Linux): when the pool has no more threads than the process may
- * use CPUs, each worker 1..size-1 is pinned to a CPU of its own, one physical
- * core each before any second hardware thread of a core, and the CPU the
- * caller runs on is kept free of workers: when a run starts on a CPU that a
- * worker holds, that worker moves to the CPU the caller left. Without this a
- * woken worker may be placed on the caller's busy CPU and share it for
- * milliseconds (seen on KVM guests, where an idle virtual CPU does not count
- * as idle to the waker). The caller's own affinity is never changed.
- * SSMC_PIN=0 in the environment turns pinning off.
+ * Placement (Linux): when the pool has exactly as many threads as the process
+ * may use CPUs (the default, nthreads 0), each worker 1..size-1 is pinned to a
+ * CPU of its own and the CPU the caller runs on is kept free of workers: when
+ * a run starts on a CPU that a worker holds, that worker moves to the CPU the
+ * caller left. Without this a woken worker may be placed on the caller's busy
+ * CPU and share it for milliseconds (seen on KVM guests, where an idle virtual
+ * CPU does not count as idle to the waker). With fewer threads than CPUs the
+ * scheduler places them (two processes pinning into the same CPUs would
+ * collide). The caller's own affinity is never changed. SSMC_PIN=0 in the
+ * environment turns pinning off.
  *
  * Polling: idle workers, and the caller waiting for them, poll for
  * SSMC_SPIN_US microseconds (default 100; 0: never) before they sleep, unless
