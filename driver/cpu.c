@@ -1,7 +1,7 @@
 /* cpu.c: the CPU backend (backend.h): a model JIT-compiled by codegen/llvm.c,
  * run over a thread pool (runtime/pool.h) of options.threads workers (0: one
- * per core), the workers claiming chunks of the kernel's work items as they
- * become free, each with its own scratch.
+ * per core), each with a contiguous share of the kernel's work items (and
+ * stealing from the others when done) and its own scratch.
  *
  * The kernel computes in f32 on f32 tensors. f32 tensors are handed to it as
  * they are (states are updated in the caller's buffer); tensors of another

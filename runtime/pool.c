@@ -8,14 +8,15 @@
  * memory: with one counter handing out items in order, two threads worked on
  * neighbouring heads whose input and output rows share cache pages, and GLA,
  * batch 1, ran 1.44x-1.64x faster on 2 threads than on 1; with shares,
- * 1.85x-1.99x (bench/RESULTS.md, fourth round). Stealing keeps every core busy to the end
- * when cores run at different speeds (a shared or virtual machine; other load
- * on one core), and halving the victim's rest makes the last pieces short. A
- * range is one 64-bit word (lo | hi << 32), changed by compare-and-swap only:
- * the owner moves lo up, a thief moves hi down and stores the part it took
- * into its own range, which is empty by then. Runs of more than 2^31 values go in units of several
- * values. A worker beyond min(size, n) only notes the generation, so a run
- * never waits for threads it did not need. Guarantees: when rt_pool_run
+ * 1.85x-1.99x (bench/RESULTS.md, fourth round). Stealing keeps every core
+ * busy to the end when cores run at different speeds (a shared or virtual
+ * machine; other load on one core), and halving the victim's rest makes the
+ * last pieces short. A range is one 64-bit word (lo | hi << 32), changed by
+ * compare-and-swap only: the owner moves lo up, a thief moves hi down and
+ * stores the part it took into its own range, which is empty by then. Runs of
+ * more than 2^31 values go in units of several values. A worker beyond
+ * min(size, n) only notes the generation, so a run never waits for threads it
+ * did not need. Guarantees: when rt_pool_run
  * returns, every fn call has returned and its writes are visible to the caller
  * (the release/acquire on `pending`, and the mutex).
  *
@@ -28,7 +29,6 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -232,11 +232,17 @@ static void plan_cpus(rt_pool *p)
             if (CPU_ISSET(c, &set)) p->cpu[0] = c;
 }
 
-static bool pin(pthread_t t, int c)
+static cpu_set_t only(int c)
 {
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(c, &one);
+    return one;
+}
+
+static bool pin(pthread_t t, int c)
+{
+    cpu_set_t one = only(c);
     return pthread_setaffinity_np(t, sizeof one, &one) == 0;
 }
 
@@ -293,9 +299,7 @@ rt_pool *rt_pool_new(int nthreads, strbuf *err)
         pthread_attr_t attr;
         bool with_attr = false;
         if (p->cpu && pthread_attr_init(&attr) == 0) {
-            cpu_set_t one;
-            CPU_ZERO(&one);
-            CPU_SET(p->cpu[i], &one);
+            cpu_set_t one = only(p->cpu[i]);
             with_attr = pthread_attr_setaffinity_np(&attr, sizeof one, &one) == 0;
             if (!with_attr) pthread_attr_destroy(&attr);
         }
