@@ -634,10 +634,17 @@ static void plan_describe(strbuf *out, const plan *p)
     sb_puts(out, n ? "\n" : " none\n");
 }
 
+/* Every thread writes its scratch at every step and reads it back. Two threads'
+ * scratch side by side in one page let the hardware prefetcher of one core pull
+ * in the lines the other is writing, which then move between the cores at
+ * every step: RWKV-6, batch 1, 2 threads (device CPU, bench/RESULTS.md fifth
+ * round), the worker ran its heads at 1.6-2.0 ms each against 0.6-0.7 alone. */
 static void set_shape(const plan *p, llvm_kernel_shape *shape)
 {
     shape->items_per_seq = p->items_per_seq;
     shape->scratch_floats = p->scratch_floats;
+    int64_t f = p->scratch_floats > 0 ? p->scratch_floats : 1;
+    shape->scratch_stride = (f + SCRATCH_PAGE_FLOATS - 1) / SCRATCH_PAGE_FLOATS * SCRATCH_PAGE_FLOATS;
 }
 
 /* ---------------------------------------------------------------- LLVM setup */

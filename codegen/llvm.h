@@ -44,7 +44,12 @@ typedef void llvm_kernel_fn(const llvm_kargs *a, int64_t item_begin, int64_t ite
 typedef struct llvm_kernel_shape {
     int64_t items_per_seq;  /* work items per sequence */
     int64_t scratch_floats; /* f32 scratch per concurrent call (a multiple of 16) */
+    int64_t scratch_stride; /* floats from one worker's scratch to the next: whole 4 KiB pages
+                               (SCRATCH_PAGE_FLOATS), from a page-aligned block, so that no
+                               two threads' scratch share a page (see set_shape in llvm.c) */
 } llvm_kernel_shape;
+
+#define SCRATCH_PAGE_FLOATS 1024
 
 /* A JIT-compiled kernel: one LLJIT instance (no state shared with any other). */
 typedef struct llvm_jit llvm_jit;

@@ -1,7 +1,8 @@
 /* cpu.c: the CPU backend (backend.h): a model JIT-compiled by codegen/llvm.c,
  * run over a thread pool (runtime/pool.h) of options.threads workers (0: one
  * per core), each with a contiguous share of the kernel's work items (and
- * stealing from the others when done) and its own scratch.
+ * stealing from the others when done) and its own scratch, in pages of its own
+ * (llvm.h: scratch_stride).
  *
  * The kernel computes in f32 on f32 tensors. f32 tensors are handed to it as
  * they are (states are updated in the caller's buffer); tensors of another
@@ -156,10 +157,10 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
         else if (t->kind == IR_STATE)
             memset(ptrs[i], 0, n * sizeof(float));
     }
-    int64_t stride = cm->shape.scratch_floats > 0 ? cm->shape.scratch_floats : 16;
+    int64_t stride = cm->shape.scratch_stride; /* whole pages per worker (llvm.h) */
     float *scratch = NULL;
     if (s == SSMC_OK) {
-        scratch = aligned_alloc(64, (size_t)stride * sizeof(float) * (size_t)workers);
+        scratch = aligned_alloc(SCRATCH_PAGE_FLOATS * sizeof(float), (size_t)stride * sizeof(float) * (size_t)workers);
         if (!scratch) s = SSMC_ERR_NOMEM;
     }
     if (s == SSMC_OK) {
