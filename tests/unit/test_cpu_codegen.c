@@ -11,8 +11,9 @@
  *    unequal tiles (and its state copied to aligned memory when misaligned);
  * and the run-time paths: f16 and f64 tensors, states not given (start at
  * zero), outputs not given (must stay untouched), 1, 2 and 5 threads over
- * batch 7 (uneven ranges), `--emit=llvm` text, and the kernel cache (a miss
- * that stores an entry, then a hit that loads it). Exits 77 (skipped) when
+ * batch 7 (uneven ranges), `--emit=llvm` text, the kernel cache (a miss
+ * that stores an entry, then a hit that loads it), and the scratch layout
+ * (each worker's in whole pages of its own, for every example). Exits 77 (skipped) when
  * this build has no CPU backend. SSMC_TEST_SEED=<n> repeats a run. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,7 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codegen/llvm.h"
+#include "frontend/ast.h"
+#include "ir/ir.h"
 #include "ssmc.h"
+#include "support/diag.h"
+#include "support/support.h"
 #include "tests/unit/helpers/cpu_harness.h"
 
 static const char source[] =
@@ -246,6 +252,56 @@ static void test_emit(void **state)
     ssmc_ctx_free(ctx);
 }
 
+/* Every example's kernel gives each worker's scratch whole 4 KiB pages
+ * (llvm.h, scratch_stride): two workers' scratch in one page made one core's
+ * prefetcher pull in the lines the other writes at every step. */
+static void test_scratch_pages(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"deltanet.ssm", "gated_deltanet.ssm", "gla.ssm", "linear_attn.ssm",
+                                        "lstm.ssm", "mamba.ssm", "mamba2.ssm", "mamba2_conv.ssm",
+                                        "retnet.ssm", "rwkv6.ssm"};
+    int with_scratch = 0;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char path[64];
+        size_t len;
+        snprintf(path, sizeof path, "examples/%s", names[i]);
+        char *src = harness_read_source(path, &len);
+        assert_non_null(src);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        src_file f = {names[i], src, len};
+        ast_file *af = parse_file(&a, &d, &f);
+        assert_non_null(af);
+        assert_true(check_model(&a, &d, &f, &af->models[0], NULL, 0));
+        ir_model *m = ir_lower(&a, &d, &f, &af->models[0]);
+        assert_non_null(m);
+        ssmc_options o = {.threads = 2};
+        llvm_jit *jit = NULL;
+        llvm_kernel_shape shape = {0};
+        ssmc_status s = llvm_jit_compile(m, &o, &d, &jit, &shape);
+        if (s == SSMC_ERR_UNSUPPORTED) {
+            arena_free(&a);
+            diag_free(&d);
+            free(src);
+            skip();
+        }
+        if (s != SSMC_OK) fail_msg("%s: %s", names[i], sb_cstr(&d.text));
+        assert_true(shape.scratch_stride > 0);
+        assert_int_equal(shape.scratch_stride % SCRATCH_PAGE_FLOATS, 0);
+        assert_true(shape.scratch_stride >= shape.scratch_floats);
+        /* no more pages than the scratch needs */
+        assert_true(shape.scratch_stride - shape.scratch_floats < SCRATCH_PAGE_FLOATS);
+        with_scratch += shape.scratch_floats > 0;
+        llvm_jit_free(jit);
+        arena_free(&a);
+        diag_free(&d);
+        free(src);
+    }
+    assert_true(with_scratch >= 5); /* the GLA family, Mamba-2, ... use scratch at all */
+}
+
 /* A fresh kernel cache: the first compile misses and stores one entry, the
  * second loads it; both kernels give the interpreter's results. */
 static void test_kernel_cache(void **state)
@@ -294,6 +350,7 @@ int main(void)
         cmocka_unit_test(test_run_paths),
         cmocka_unit_test(test_emit),
         cmocka_unit_test(test_kernel_cache),
+        cmocka_unit_test(test_scratch_pages),
     };
     return cmocka_run_group_tests_name("cpu codegen", tests, NULL, NULL);
 }
