@@ -301,7 +301,7 @@ static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const bac
     for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
         const ir_tensor *t = &ir->tensors[i];
         if (!bt[i].data) continue;
-        size_t n;
+        size_t n = 0; /* ssmc_run checked that the sizes do not overflow */
         run_elems(ir, t, batch, T, &n);
         data[i] = malloc((n ? n : 1) * sizeof(double));
         if (!data[i]) {
@@ -318,7 +318,7 @@ static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const bac
     for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
         const ir_tensor *t = &ir->tensors[i];
         if (!bt[i].data || (t->kind != IR_OUTPUT && t->kind != IR_STATE)) continue;
-        size_t n;
+        size_t n = 0; /* ssmc_run checked that the sizes do not overflow */
         run_elems(ir, t, batch, T, &n);
         for (size_t k = 0; k < n; k++) dtype_set(bt[i].data, bt[i].dtype, k, data[i][k]);
     }
@@ -332,7 +332,7 @@ static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const bac
 static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_tensor *bt, int64_t batch, int64_t T,
                          diag *d, const char *when)
 {
-    size_t n;
+    size_t n = 0;
     run_elems(ir, t, batch, T, &n);
     for (size_t k = 0; k < n; k++) {
         double v = dtype_get(bt->data, bt->dtype, k);
