@@ -248,6 +248,13 @@ static void test_emit(void **state)
     text = emit_llvm(ctx, "gla.ssm", &o);
     assert_non_null(
         strstr(text, "; prefetched a step ahead: q (5 hints), k (5 hints), v (5 hints), gk (5 hints), y (5 hints)\n"));
+    /* on an AVX-512 host y's four vector accumulators stay in registers across
+     * the rows of i (loop phis), not in scratch (unroll_accumulators) */
+    if (strstr(text, "\"prefer-vector-width\"=\"512\"")) {
+        int phis = 0;
+        for (const char *at = text; (at = strstr(at, "phi <16 x float>")); at++) phis++;
+        assert_int_equal(phis, 4);
+    }
     free(text);
     ssmc_ctx_free(ctx);
 }
