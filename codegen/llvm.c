@@ -938,24 +938,29 @@ static LLVMValueRef loop_begin(cg *c, loop *L, LLVMValueRef lo, LLVMValueRef hi,
     return L->iv;
 }
 
+/* Loop metadata on latch branch br: the loop the vectoriser makes of this one
+ * is unrolled fully. !{self, !{"llvm.loop.vectorize.followup_vectorized",
+ * !{"llvm.loop.unroll.full"}}} */
+static void mark_unroll_vectorized(cg *c, LLVMValueRef br)
+{
+    LLVMMetadataRef full = LLVMMDStringInContext2(c->ctx, "llvm.loop.unroll.full", 21);
+    LLVMMetadataRef attr = LLVMMDNodeInContext2(c->ctx, &full, 1);
+    LLVMMetadataRef fops[2] = {LLVMMDStringInContext2(c->ctx, "llvm.loop.vectorize.followup_vectorized", 39), attr};
+    LLVMMetadataRef follow = LLVMMDNodeInContext2(c->ctx, fops, 2);
+    LLVMMetadataRef tmp = LLVMTemporaryMDNode(c->ctx, NULL, 0);
+    LLVMMetadataRef ops[2] = {tmp, follow};
+    LLVMMetadataRef id = LLVMMDNodeInContext2(c->ctx, ops, 2);
+    LLVMMetadataReplaceAllUsesWith(tmp, id);
+    LLVMSetMetadata(br, LLVMGetMDKindIDInContext(c->ctx, "llvm.loop", 9), LLVMMetadataAsValue(c->ctx, id));
+}
+
 static void loop_end(cg *c, loop *L)
 {
     LLVMValueRef next = iadd(c, L->iv, I64(c, L->step));
     LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
     LLVMAddIncoming(L->iv, &next, &latch, 1);
     LLVMValueRef br = LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, next, L->hi, ""), L->header, L->exit);
-    if (L->unroll_vectorized) {
-        /* !{self, !{"llvm.loop.vectorize.followup_vectorized", !{"llvm.loop.unroll.full"}}} */
-        LLVMMetadataRef full = LLVMMDStringInContext2(c->ctx, "llvm.loop.unroll.full", 21);
-        LLVMMetadataRef attr = LLVMMDNodeInContext2(c->ctx, &full, 1);
-        LLVMMetadataRef fops[2] = {LLVMMDStringInContext2(c->ctx, "llvm.loop.vectorize.followup_vectorized", 39), attr};
-        LLVMMetadataRef follow = LLVMMDNodeInContext2(c->ctx, fops, 2);
-        LLVMMetadataRef tmp = LLVMTemporaryMDNode(c->ctx, NULL, 0);
-        LLVMMetadataRef ops[2] = {tmp, follow};
-        LLVMMetadataRef id = LLVMMDNodeInContext2(c->ctx, ops, 2);
-        LLVMMetadataReplaceAllUsesWith(tmp, id);
-        LLVMSetMetadata(br, LLVMGetMDKindIDInContext(c->ctx, "llvm.loop", 9), LLVMMetadataAsValue(c->ctx, id));
-    }
+    if (L->unroll_vectorized) mark_unroll_vectorized(c, br);
     LLVMMoveBasicBlockAfter(L->exit, latch);
     LLVMPositionBuilderAtEnd(c->b, L->exit);
 }
@@ -1208,6 +1213,14 @@ static bool unroll_accumulators(const cg *c, int v)
     return c->avx512 && (k < 0 || c->p->ntiles[k] == 1) && dim % VEC_FLOATS == 0 && dim <= 4 * VEC_FLOATS;
 }
 
+/* Opens the innermost loop, over v, of a jammed row sum. */
+static LLVMValueRef open_row_sum_var(cg *c, loop *L, int v)
+{
+    LLVMValueRef iv = open_var(c, L, v);
+    L->unroll_vectorized = unroll_accumulators(c, v);
+    return iv;
+}
+
 /* Zeroes the accumulator of interchanged SUM r over its variable's values. */
 static void zero_xchg(cg *c, ir_ref r)
 {
@@ -1232,8 +1245,7 @@ static void gen_xchg(cg *c, ir_ref r)
     jam J;
     for (int64_t u = jam_begin(c, &J, w, JAM); u; u = jam_next(c, &J)) {
         loop z;
-        open_var(c, &z, v);
-        z.unroll_vectorized = unroll_accumulators(c, v);
+        open_row_sum_var(c, &z, v);
         LLVMValueRef x = NULL;
         for (int64_t k = 0; k < u; k++) {
             c->var[w] = jam_row(c, &J, k);
@@ -1421,8 +1433,7 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
             int j = n - 2;
             for (int i = db; i < j; i++) c->var[rl[i]] = open_var(c, &L[i], ul[i]);
             for (int64_t rows = jam_begin(c, &J, ul[j], JAM); rows; rows = jam_next(c, &J)) {
-                c->var[rl[n - 1]] = open_var(c, &L[n - 1], ul[n - 1]);
-                L[n - 1].unroll_vectorized = unroll_accumulators(c, ul[n - 1]);
+                c->var[rl[n - 1]] = open_row_sum_var(c, &L[n - 1], ul[n - 1]);
                 LLVMValueRef x = NULL;
                 for (int k = 0; k < rows; k++) {
                     set_row(c, rl[j], ul[j], jam_row(c, &J, k));

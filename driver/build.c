@@ -203,9 +203,10 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
               name);
     sb_puts(c, "typedef struct kargs { int64_t T; float *const *tensors; } kargs;\n");
     sb_printf(c, "void %s(const kargs *a, int64_t item_begin, int64_t item_end, float *scratch);\n\n", symbol);
-    sb_printf(c, "enum { NTENSORS = %u, SCRATCH = %lld };\n#define ITEMS_PER_SEQ ((int64_t)%lld)\n\n",
+    /* each thread's scratch in pages of its own (llvm.h, scratch_stride) */
+    sb_printf(c, "enum { NTENSORS = %u, SCRATCH = %lld, SCRATCH_ALIGN = %d };\n#define ITEMS_PER_SEQ ((int64_t)%lld)\n\n",
               m->ntensors ? m->ntensors : 1, (long long)shape->scratch_stride,
-              (long long)shape->items_per_seq);
+              (int)(SCRATCH_PAGE_FLOATS * sizeof(float)), (long long)shape->items_per_seq);
     sb_puts(c, "typedef struct job { const kargs *a; int64_t begin, end; float *scratch; } job;\n\n");
     sb_printf(c, "static void *work(void *p)\n{\n    job *j = p;\n    %s(j->a, j->begin, j->end, j->scratch);\n"
                  "    return NULL;\n}\n\n",
@@ -264,7 +265,7 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
                "    pthread_t *tid = calloc((size_t)threads, sizeof *tid);\n"
                "    char *started = calloc((size_t)threads, 1);\n"
                "    if (rc == 0 && (!jobs || !tid || !started ||\n"
-               "                    posix_memalign(&scratch, 4096, (size_t)SCRATCH * sizeof(float) * (size_t)threads)))\n"
+               "                    posix_memalign(&scratch, SCRATCH_ALIGN, (size_t)SCRATCH * sizeof(float) * (size_t)threads)))\n"
                "        rc = 2;\n"
                "    for (int i = 0; rc == 0 && i < threads; i++) {\n"
                "        /* contiguous, nearly equal ranges: the first items %% threads get one more */\n"

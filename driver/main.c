@@ -176,15 +176,6 @@ static int parse_args(int argc, char **argv, cli *c)
     return 0;
 }
 
-/* ---- random inputs: splitmix64, uniform in [-1, 1) ---- */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double uniform(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0; }
 
 
 typedef struct tensor {
@@ -509,7 +500,7 @@ static int cmd_run(const cli *c, bool bench)
         } else if (t->info.role == SSMC_STATE) {
             for (size_t k = 0; k < count; k++) dtype_set(t->data, c->dtype, k, 0.0);
         } else {
-            for (size_t k = 0; k < count; k++) dtype_set(t->data, c->dtype, k, uniform(&rng));
+            for (size_t k = 0; k < count; k++) dtype_set(t->data, c->dtype, k, uniform_pm1(&rng));
         }
         if (t->info.role == SSMC_STATE) {
             t->initial = malloc((count ? count : 1) * sizeof(double));

@@ -267,3 +267,13 @@ char *read_file(const char *path, size_t *len, const char **err)
     *len = sb.len;
     return sb_take(&sb);
 }
+
+uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+double uniform_pm1(uint64_t *state) { return (double)(splitmix64(state) >> 11) * 0x1.0p-53 * 2.0 - 1.0; }

@@ -53,6 +53,10 @@ char *sb_take(strbuf *s);       /* hands the malloc'd text to the caller */
 uint64_t hash64(const void *data, size_t n, uint64_t seed);
 #define HASH64_SEED 0xcbf29ce484222325ull
 
+/* ---- seeded random numbers: splitmix64 (random inputs of `ssmc run`, benches, the fuzzer) ---- */
+uint64_t splitmix64(uint64_t *state);
+double uniform_pm1(uint64_t *state); /* uniform in [-1, 1), 53-bit resolution */
+
 /* ---- half precision ---- */
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f); /* round to nearest even */

@@ -33,20 +33,13 @@
 #include <time.h>
 
 #include "ssmc.h"
+#include "support/support.h"
 
 static double now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
 }
 
 /* One set of tensors for a run: inputs and params random in [-1, 1), states
@@ -73,7 +66,7 @@ static bool tensors_new(const ssmc_model *m, int64_t batch, int64_t T, uint64_t 
         for (int j = 0; j < info.rank; j++) c *= (size_t)info.shape[j];
         float *d = aligned_alloc(64, (c * sizeof(float) + 63) / 64 * 64);
         if (!d) return false;
-        for (size_t k = 0; k < c; k++) d[k] = (float)((double)(splitmix(&seed) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+        for (size_t k = 0; k < c; k++) d[k] = (float)uniform_pm1(&seed);
         ts->args[i] = (ssmc_arg){info.name, SSMC_F32, d};
         ts->count[i] = c;
         ts->is_state[i] = info.role == SSMC_STATE;
@@ -146,22 +139,6 @@ static double minimum(const double *v, int n)
     return m;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
-            *len = fread(buf, 1, (size_t)n, f);
-            buf[*len] = 0;
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_threads FILE.ssm [-D NAME=VALUE]... [--seqlen T] [--batch B] [--rounds N] "
@@ -208,9 +185,10 @@ int main(int argc, char **argv)
         return 1;
     }
     size_t len = 0;
-    char *src = read_file(file, &len);
+    const char *why = NULL;
+    char *src = read_file(file, &len, &why);
     if (!src) {
-        fprintf(stderr, "error: cannot read %s\n", file);
+        fprintf(stderr, "error: cannot read %s: %s\n", file, why);
         return 1;
     }
     /* with the process on {A, B}, the 2-thread model's pool keeps the caller's

@@ -145,14 +145,6 @@ static double run_work(const char *text, size_t len, const ast_dim_override *ove
 
 /* ---- running ---- */
 
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 typedef struct fuzz_tensor {
     ssmc_tensor_info info;
     size_t count;
@@ -193,7 +185,7 @@ static void run_model(ssmc_model *m, ssmc_ctx *ctx, const uint8_t *data, size_t 
         t->h = malloc(t->count * sizeof *t->h);
         if (!t->a || !t->b || !t->h) goto done;
         for (size_t k = 0; k < t->count; k++) {
-            float v = (float)((double)(splitmix(&seed) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+            float v = (float)uniform_pm1(&seed);
             bool out = t->info.role == SSMC_OUTPUT;
             t->a[k] = out ? 1e30f : v;
             t->b[k] = out ? -1e30f : v;
@@ -306,7 +298,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint64_t seed = hash64(data, size, 7);
         for (const char *p = ir; n < MAX_OVERRIDES && (p = strstr(p, "\n  dim ")); p++) {
             if (sscanf(p, "\n  dim %63s = ", names[n]) != 1) violated("an IR dim line does not parse", p);
-            dims[n] = (ssmc_dim){names[n], 1 + (int64_t)(splitmix(&seed) % 6)};
+            dims[n] = (ssmc_dim){names[n], 1 + (int64_t)(splitmix64(&seed) % 6)};
             n++;
         }
         o.dims = dims;
