@@ -429,9 +429,7 @@ static bool costly_walk(const ir_model *m, ir_ref r, bool *fn)
     switch (in->op) {
     case IR_SUM:
     case IR_RMAX: return false;
-    case IR_EXP: case IR_LOG: case IR_LOG1P: case IR_TANH: case IR_SIGMOID: case IR_SOFTPLUS: case IR_SILU:
-    case IR_POW: *fn = true; break;
-    default: break;
+    default: *fn |= op_table[in->op].cost == OPC_TRANS; break;
     }
     if (in->op == IR_CONST || in->op == IR_LOAD) return true;
     return costly_walk(m, in->a, fn) && costly_walk(m, in->b, fn);

@@ -315,18 +315,8 @@ static unsigned hoist_scan(const plan *p, const ir_stmt *s, ir_ref r)
     }
     case IR_SUM:
     case IR_RMAX: return HOIST_NEVER;
-    case IR_EXP:
-    case IR_LOG:
-    case IR_LOG1P:
-    case IR_SQRT:
-    case IR_RSQRT:
-    case IR_TANH:
-    case IR_SIGMOID:
-    case IR_SOFTPLUS:
-    case IR_SILU:
-    case IR_POW:
-    case IR_DIV: return HOIST_COSTLY | hoist_scan(p, s, in->a) | hoist_scan(p, s, in->b);
-    default: return hoist_scan(p, s, in->a) | hoist_scan(p, s, in->b);
+    default:
+        return (op_table[in->op].cost >= OPC_DIV ? HOIST_COSTLY : 0) | hoist_scan(p, s, in->a) | hoist_scan(p, s, in->b);
     }
 }
 

@@ -129,19 +129,20 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
         ssmc_model_free(m);
         return SSMC_ERR_UNSUPPORTED;
     }
-    if (o->device != SSMC_DEVICE_INTERP) {
-        m->be = backend_for(o->device);
-        if (!m->be) {
-            diag_error(&ctx->diag, "the %s backend is not available in this build",
-                       o->device == SSMC_DEVICE_CPU ? "cpu (LLVM)" : "cuda");
-            ssmc_model_free(m);
-            return SSMC_ERR_UNSUPPORTED;
-        }
-        ssmc_status s = m->be->compile(m->ir, &m->opts, &ctx->diag, &m->be_state);
-        if (s != SSMC_OK) {
-            ssmc_model_free(m);
-            return s;
-        }
+    m->be = backend_for(o->device);
+    if (!m->be) {
+        const char *title = device_title(o->device);
+        if (title)
+            diag_error(&ctx->diag, "the %s backend is not available in this build", title);
+        else
+            diag_error(&ctx->diag, "unknown device %d", (int)o->device);
+        ssmc_model_free(m);
+        return title ? SSMC_ERR_UNSUPPORTED : SSMC_ERR_ARG;
+    }
+    ssmc_status s = m->be->compile(m->ir, &m->opts, &ctx->diag, &m->be_state);
+    if (s != SSMC_OK) {
+        ssmc_model_free(m);
+        return s;
     }
     *out = m;
     return SSMC_OK;
@@ -214,10 +215,10 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
         } else {
             ssmc_device dev = kind == SSMC_EMIT_LLVM ? SSMC_DEVICE_CPU : SSMC_DEVICE_CUDA;
             const backend *be = backend_for(dev);
-            if (!be) {
+            if (!be || !be->emit) {
                 diag_error(&ctx->diag, "--emit=%s needs the %s backend, which this build lacks",
                            kind == SSMC_EMIT_LLVM ? "llvm" : kind == SSMC_EMIT_CUDA ? "cuda" : "ptx",
-                           dev == SSMC_DEVICE_CPU ? "cpu (LLVM)" : "cuda");
+                           device_title(dev));
                 s = SSMC_ERR_UNSUPPORTED;
             } else {
                 s = be->emit(m, o, kind, &out, &ctx->diag);
@@ -290,42 +291,6 @@ static bool run_elems(const ir_model *m, const ir_tensor *t, int64_t batch, int6
     if (t->per_step && mul_overflows(n, (size_t)T, &n)) return false;
     *out = n;
     return true;
-}
-
-static ssmc_status run_interp(ssmc_model *m, int64_t batch, int64_t T, const backend_tensor *bt)
-{
-    const ir_model *ir = m->ir;
-    diag *d = &m->ctx->diag;
-    double **data = calloc(ir->ntensors ? ir->ntensors : 1, sizeof *data);
-    ssmc_status s = data ? SSMC_OK : SSMC_ERR_NOMEM;
-    for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
-        const ir_tensor *t = &ir->tensors[i];
-        if (!bt[i].data) continue;
-        size_t n = 0; /* ssmc_run checked that the sizes do not overflow */
-        run_elems(ir, t, batch, T, &n);
-        data[i] = malloc((n ? n : 1) * sizeof(double));
-        if (!data[i]) {
-            s = SSMC_ERR_NOMEM;
-            break;
-        }
-        if (t->kind != IR_OUTPUT)
-            for (size_t k = 0; k < n; k++) data[i][k] = dtype_get(bt[i].data, bt[i].dtype, k);
-    }
-    if (s == SSMC_OK) {
-        ir_interp_args args = {.batch = batch, .T = T, .data = data};
-        if (!ir_interp(ir, &args, d)) s = SSMC_ERR_NOMEM;
-    }
-    for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
-        const ir_tensor *t = &ir->tensors[i];
-        if (!bt[i].data || (t->kind != IR_OUTPUT && t->kind != IR_STATE)) continue;
-        size_t n = 0; /* ssmc_run checked that the sizes do not overflow */
-        run_elems(ir, t, batch, T, &n);
-        for (size_t k = 0; k < n; k++) dtype_set(bt[i].data, bt[i].dtype, k, data[i][k]);
-    }
-    if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
-    for (uint32_t i = 0; data && i < ir->ntensors; i++) free(data[i]);
-    free(data);
-    return s;
 }
 
 /* when: "" for the tensors handed in, " after the run" for the results */
@@ -404,7 +369,7 @@ static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssm
     if (s == SSMC_OK && on_device)
         s = m->be->run_device(m->be_state, batch, T, bt, stream, d);
     else if (s == SSMC_OK)
-        s = m->be ? m->be->run(m->be_state, batch, T, bt, d) : run_interp(m, batch, T, bt);
+        s = m->be->run(m->be_state, batch, T, bt, d);
     for (uint32_t i = 0; s == SSMC_OK && !on_device && m->opts.check_finite && i < ir->ntensors; i++) {
         const ir_tensor *t = &ir->tensors[i];
         if (bt[i].data && (t->kind == IR_OUTPUT || t->kind == IR_STATE) &&

@@ -24,6 +24,7 @@
 #include "codegen/cuda.h"
 #include "runtime/cache.h"
 #include "runtime/cuda.h"
+#include "support/dtype.h"
 
 #define ALIGN 256 /* device sub-buffers: every vector load is aligned */
 
@@ -52,8 +53,6 @@ typedef struct cuda_state {
 /* NVRTC options beyond those rt_nvrtc_compile always passes; part of the key. */
 static const char *const nvrtc_opts[] = {"--extra-device-vectorization"};
 #define NVRTC_NOPTS ((int)(sizeof nvrtc_opts / sizeof nvrtc_opts[0]))
-
-static size_t dtype_size(ssmc_dtype dt) { return dt == SSMC_F64 ? 8 : dt == SSMC_F32 ? 4 : 2; }
 
 /* One byte per tensor (0: absent, else 1 + dtype) and the vector flag. */
 static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }

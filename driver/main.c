@@ -131,10 +131,8 @@ static int parse_args(int argc, char **argv, cli *c)
             else if (val && strcmp(val, "cuda") == 0) c->device = SSMC_DEVICE_CUDA;
             else return usage_error("--device takes interp, cpu or cuda%s", "");
         } else if (ARG("--dtype")) {
-            if (val && strcmp(val, "f32") == 0) c->dtype = SSMC_F32;
-            else if (val && strcmp(val, "bf16") == 0) c->dtype = SSMC_BF16;
-            else if (val && strcmp(val, "f16") == 0) c->dtype = SSMC_F16;
-            else return usage_error("--dtype takes f32, bf16 or f16%s", "");
+            if (!dtype_from_name(val, &c->dtype) || c->dtype == SSMC_F64)
+                return usage_error("--dtype takes f32, bf16 or f16%s", "");
         } else if (ARG("--algo")) {
             if (val && strcmp(val, "recurrent") == 0) c->algo = SSMC_ALGO_RECURRENT;
             else if (val && strcmp(val, "chunked") == 0) c->algo = SSMC_ALGO_CHUNKED;

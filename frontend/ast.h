@@ -55,7 +55,7 @@ struct ast_expr {
     int nvars;
     int *var_ids;        /* (check) AST_REDUCE: ids of the bound variables */
     int sym;             /* (check) AST_NAME/AST_READ: declaration index, or -1 for a dim */
-    int fn;              /* (check) AST_CALL: function id */
+    int fn;              /* (check) AST_CALL: its row of the op table (support/ops.h) */
 };
 
 typedef enum ast_decl_kind { AST_DIM, AST_INPUT, AST_PARAM, AST_STATE, AST_OUTPUT, AST_LET } ast_decl_kind;
@@ -114,19 +114,8 @@ typedef struct ast_dim_override {
 bool check_model(arena *a, diag *d, const src_file *f, ast_model *m,
                  const ast_dim_override *over, int nover);
 
-/* Builtin functions: name, arity. */
-#define AST_FUNCS(X)                                                              \
-    X(EXP, "exp", 1) X(LOG, "log", 1) X(LOG1P, "log1p", 1) X(SQRT, "sqrt", 1)      \
-    X(RSQRT, "rsqrt", 1) X(ABS, "abs", 1) X(TANH, "tanh", 1) X(SIGMOID, "sigmoid", 1) \
-    X(SOFTPLUS, "softplus", 1) X(SILU, "silu", 1) X(RELU, "relu", 1)               \
-    X(POW, "pow", 2) X(MIN, "min", 2) X(MAX, "max", 2)
-
-typedef enum ast_func {
-#define X(id, name, arity) AST_FN_##id,
-    AST_FUNCS(X)
-#undef X
-    AST_FN_COUNT
-} ast_func;
+/* Builtin functions are the rows of kind OPK_FUNC of the op table
+ * (support/ops.h): a call's `fn` is the row's index there. */
 
 /* Prints the tree (ssmc emit --emit=ast). */
 typedef struct strbuf strbuf;

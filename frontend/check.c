@@ -9,6 +9,7 @@
  * arity. Lets become declarations (kind AST_LET) whose axes are inferred from
  * their right side. On success the tree is annotated as ast.h says. */
 #include "ast.h"
+#include "support/ops.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,14 +17,6 @@
 #define MAX_VARS 64
 #define MAX_ELEMS ((int64_t)1 << 40)
 
-static const struct {
-    const char *name;
-    int arity;
-} funcs[] = {
-#define X(id, name, arity) {name, arity},
-    AST_FUNCS(X)
-#undef X
-};
 
 typedef struct var_info {
     const char *name;
@@ -259,15 +252,15 @@ static void check_expr(checker *c, ast_expr *e)
         return;
     case AST_CALL: {
         int fn = -1;
-        for (int i = 0; i < AST_FN_COUNT; i++)
-            if (strcmp(funcs[i].name, e->name) == 0) fn = i;
+        for (int i = 0; op_table[i].name; i++)
+            if (op_table[i].kind == OPK_FUNC && strcmp(op_table[i].name, e->name) == 0) fn = i;
         if (fn < 0) {
             err(c, e->loc, "unknown function '%s'", e->name);
             return;
         }
-        if (e->nargs != funcs[fn].arity) {
-            err(c, e->loc, "'%s' takes %d argument%s, found %d", e->name, funcs[fn].arity,
-                funcs[fn].arity == 1 ? "" : "s", e->nargs);
+        int arity = op_table[fn].arity;
+        if (e->nargs != arity) {
+            err(c, e->loc, "'%s' takes %d argument%s, found %d", e->name, arity, arity == 1 ? "" : "s", e->nargs);
             return;
         }
         e->fn = fn;

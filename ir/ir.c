@@ -3,18 +3,6 @@
 
 #include <string.h>
 
-const char *const ir_op_names[] = {
-#define X(op, n, name) name,
-    IR_OPS(X)
-#undef X
-};
-
-const uint8_t ir_op_arity[] = {
-#define X(op, n, name) n,
-    IR_OPS(X)
-#undef X
-};
-
 const char *const ir_kind_names[] = {"input", "param", "state", "output", "let"};
 
 int64_t ir_tensor_elems(const ir_model *m, const ir_tensor *t)

@@ -18,34 +18,21 @@
 #include <stdint.h>
 
 #include "support/diag.h"
+#include "support/ops.h"
 
 #define IR_MAX_RANK 8
 typedef uint32_t ir_ref;
 #define IR_NONE UINT32_MAX
 
-/* op, operand count, printed name. Unary functions map 1:1 onto the
- * language's functions; SUM and RMAX reduce their operand over bound vars. */
-#define IR_OPS(X)                                                                  \
-    X(CONST, 0, "const")  /* .num */                                               \
-    X(LOAD, 0, "load")    /* .load */                                              \
-    X(NEG, 1, "neg") X(ADD, 2, "add") X(SUB, 2, "sub") X(MUL, 2, "mul")             \
-    X(DIV, 2, "div")                                                               \
-    X(EXP, 1, "exp") X(LOG, 1, "log") X(LOG1P, 1, "log1p") X(SQRT, 1, "sqrt")       \
-    X(RSQRT, 1, "rsqrt") X(ABS, 1, "abs") X(TANH, 1, "tanh")                       \
-    X(SIGMOID, 1, "sigmoid") X(SOFTPLUS, 1, "softplus") X(SILU, 1, "silu")          \
-    X(RELU, 1, "relu") X(POW, 2, "pow") X(MIN, 2, "min") X(MAX, 2, "max")           \
-    X(SUM, 1, "sum")      /* .red: bound variables; a = body */                    \
-    X(RMAX, 1, "rmax")    /* .red */
-
+/* The ops come from the one table in support/ops.h (arity, name, kind, cost,
+ * derivative rule): op_table[op]. SUM and RMAX reduce their operand over
+ * bound variables (.red). */
 typedef enum ir_op {
-#define X(op, n, name) IR_##op,
-    IR_OPS(X)
+#define X(id, arity, name, kind, cost, grad) IR_##id,
+    SSMC_OPS(X)
 #undef X
     IR_OP_COUNT
 } ir_op;
-
-extern const char *const ir_op_names[];
-extern const uint8_t ir_op_arity[];
 
 typedef enum ir_kind { IR_INPUT, IR_PARAM, IR_STATE, IR_OUTPUT, IR_LET } ir_kind;
 extern const char *const ir_kind_names[];

@@ -30,11 +30,6 @@ typedef struct lowerer {
     bool oom;
 } lowerer;
 
-static const uint8_t fn_op[] = {
-#define X(id, name, arity) IR_##id,
-    AST_FUNCS(X)
-#undef X
-};
 
 static ir_ref emit(lowerer *l, ir_inst in)
 {
@@ -102,7 +97,7 @@ static ir_ref lower_expr(lowerer *l, const ast_expr *e)
         in.b = lower_expr(l, e->b);
         return emit(l, in);
     case AST_CALL:
-        in.op = fn_op[e->fn];
+        in.op = (uint8_t)e->fn; /* the op table row: ir_op */
         in.a = lower_expr(l, e->args[0]);
         if (e->nargs > 1) in.b = lower_expr(l, e->args[1]);
         return emit(l, in);

@@ -100,7 +100,7 @@ static void expr(strbuf *out, const ir_model *m, ir_ref r, int min_prec)
         sb_putc(out, ')');
         break;
     default:
-        sb_printf(out, "%s(", ir_op_names[in->op]);
+        sb_printf(out, "%s(", op_table[in->op].name);
         expr(out, m, in->a, 0);
         if (in->b != IR_NONE) {
             sb_puts(out, ", ");
@@ -167,7 +167,7 @@ void ir_print(strbuf *out, const ir_model *m)
         for (uint32_t i = 0; i < m->ninsts; i++) {
             if (!seen[i]) continue;
             const ir_inst *in = &m->insts[i];
-            sb_printf(out, "    %%%u = %s ", i, ir_op_names[in->op]);
+            sb_printf(out, "    %%%u = %s ", i, op_table[in->op].name);
             switch (in->op) {
             case IR_CONST: print_num(out, in->num); break;
             case IR_LOAD: print_load(out, m, in); break;

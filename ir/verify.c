@@ -46,7 +46,7 @@ static void check_inst(verifier *v, ir_ref r)
     if (r >= m->ninsts) { bad(v, "operand out of range", r); return; }
     const ir_inst *in = &m->insts[r];
     if (in->op >= IR_OP_COUNT) { bad(v, "unknown op", r); return; }
-    int arity = ir_op_arity[in->op];
+    int arity = op_table[in->op].arity;
     if ((arity >= 1) != (in->a != IR_NONE) || (arity >= 2) != (in->b != IR_NONE)) { bad(v, "wrong operand count", r); return; }
     if ((in->a != IR_NONE && in->a >= r) || (in->b != IR_NONE && in->b >= r)) { bad(v, "operand after its user", r); return; }
     if (in->op == IR_LOAD) {

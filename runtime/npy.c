@@ -17,18 +17,6 @@
 
 static const unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 
-size_t rt_npy_dtype_size(rt_npy_dtype dtype) { return dtype == RT_NPY_F64 ? 8 : dtype == RT_NPY_F32 ? 4 : 2; }
-
-const char *rt_npy_dtype_descr(rt_npy_dtype dtype)
-{
-    switch (dtype) {
-    case RT_NPY_F64: return "<f8";
-    case RT_NPY_F32: return "<f4";
-    case RT_NPY_F16: return "<f2";
-    case RT_NPY_BF16: return "<u2";
-    }
-    return "?";
-}
 
 static uint16_t load_le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
@@ -167,17 +155,14 @@ static bool parse_descr(hdr_parser *h, unsigned flags, rt_npy *out)
     const char *s;
     size_t n;
     if (!hp_string(h, &s, &n)) return false;
-    static const struct {
-        const char *descr;
-        rt_npy_dtype dtype;
-    } known[] = {{"<f8", RT_NPY_F64}, {"<f4", RT_NPY_F32}, {"<f2", RT_NPY_F16}, {"<u2", RT_NPY_BF16}};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
-        if (n == 3 && memcmp(s, known[i].descr, 3) == 0) {
-            if (known[i].dtype == RT_NPY_BF16 && !(flags & RT_NPY_ALLOW_BF16)) {
+    for (int i = 0; i < SSMC_NDTYPES; i++) {
+        ssmc_dtype dt = (ssmc_dtype)i;
+        if (n == 3 && memcmp(s, dtype_descr(dt), 3) == 0) {
+            if (dt == SSMC_BF16 && !(flags & RT_NPY_ALLOW_BF16)) {
                 sb_puts(h->err, "dtype '<u2' is read as bf16 bit patterns only when bf16 input is enabled");
                 return false;
             }
-            out->dtype = known[i].dtype;
+            out->dtype = dt;
             return true;
         }
     }
@@ -313,7 +298,7 @@ ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *ou
     rt_npy a = {0};
     if (!parse_header((const char *)b + hstart, hlen, flags, &a, err)) return SSMC_ERR_IO;
 
-    size_t elem = rt_npy_dtype_size(a.dtype), have = len - hstart - hlen;
+    size_t elem = dtype_size(a.dtype), have = len - hstart - hlen;
     strbuf shp = {0};
     shape_text(&shp, a.rank, a.shape);
     if (!shape_count(a.rank, a.shape, elem, &a.count)) {
@@ -324,7 +309,7 @@ ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *ou
     size_t need = a.count * elem;
     if (have != need) {
         sb_printf(err, "%s: shape %s of %s needs %zu bytes of data but the file has %zu",
-                  have < need ? "truncated data" : "trailing data", sb_cstr(&shp), rt_npy_dtype_descr(a.dtype),
+                  have < need ? "truncated data" : "trailing data", sb_cstr(&shp), dtype_descr(a.dtype),
                   need, have);
         sb_free(&shp);
         return SSMC_ERR_IO;
@@ -339,18 +324,18 @@ ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *ou
     const unsigned char *src = b + hstart + hlen;
     for (size_t i = 0; i < a.count; i++) {
         switch (a.dtype) {
-        case RT_NPY_F64: {
+        case SSMC_F64: {
             uint64_t u = load_le64(src + 8 * i);
             memcpy((double *)a.data + i, &u, 8);
             break;
         }
-        case RT_NPY_F32: {
+        case SSMC_F32: {
             uint32_t u = load_le32(src + 4 * i);
             memcpy((float *)a.data + i, &u, 4);
             break;
         }
-        case RT_NPY_F16:
-        case RT_NPY_BF16: ((uint16_t *)a.data)[i] = load_le16(src + 2 * i); break;
+        case SSMC_F16:
+        case SSMC_BF16: ((uint16_t *)a.data)[i] = load_le16(src + 2 * i); break;
         }
     }
     *out = a;
@@ -384,21 +369,19 @@ void rt_npy_free(rt_npy *a)
 static double npy_get(const rt_npy *a, size_t i)
 {
     switch (a->dtype) {
-    case RT_NPY_F64: return ((const double *)a->data)[i];
-    case RT_NPY_F32: return ((const float *)a->data)[i];
-    case RT_NPY_F16: return f16_to_f32(((const uint16_t *)a->data)[i]);
-    case RT_NPY_BF16: return bf16_to_f32(((const uint16_t *)a->data)[i]);
+    case SSMC_F64: return ((const double *)a->data)[i];
+    case SSMC_F32: return ((const float *)a->data)[i];
+    case SSMC_F16: return f16_to_f32(((const uint16_t *)a->data)[i]);
+    case SSMC_BF16: return bf16_to_f32(((const uint16_t *)a->data)[i]);
     }
     return 0;
 }
 
 void rt_npy_convert(const rt_npy *a, ssmc_dtype to, void *dst)
 {
-    static const rt_npy_dtype same[] = {[SSMC_F32] = RT_NPY_F32, [SSMC_F16] = RT_NPY_F16,
-                                        [SSMC_BF16] = RT_NPY_BF16, [SSMC_F64] = RT_NPY_F64};
     if (a->count == 0) return;
-    if (same[to] == a->dtype) { /* bit-exact, NaN payloads included */
-        memcpy(dst, a->data, a->count * rt_npy_dtype_size(a->dtype));
+    if (to == a->dtype) { /* bit-exact, NaN payloads included */
+        memcpy(dst, a->data, a->count * dtype_size(a->dtype));
         return;
     }
     /* Through double: exact from every narrower type; f64 to f16/bf16 rounds twice,
@@ -419,10 +402,10 @@ void rt_npy_to_f32(const rt_npy *a, float *dst) { rt_npy_convert(a, SSMC_F32, ds
 
 /* ---- writing ---- */
 
-static ssmc_status npy_write(const char *path, const void *data, rt_npy_dtype dtype, int rank,
+static ssmc_status npy_write(const char *path, const void *data, ssmc_dtype dtype, int rank,
                              const int64_t *shape, strbuf *err)
 {
-    size_t elem = rt_npy_dtype_size(dtype), count;
+    size_t elem = dtype_size(dtype), count;
     if (rank < 0 || rank > RT_NPY_MAX_RANK) {
         sb_printf(err, "%s: rank %d is outside 0..%d", path, rank, RT_NPY_MAX_RANK);
         return SSMC_ERR_ARG;
@@ -434,7 +417,7 @@ static ssmc_status npy_write(const char *path, const void *data, rt_npy_dtype dt
 
     /* numpy's layout: preamble + dict + spaces + '\n', the total a multiple of 64. */
     strbuf hdr = {0};
-    sb_printf(&hdr, "{'descr': '%s', 'fortran_order': False, 'shape': ", rt_npy_dtype_descr(dtype));
+    sb_printf(&hdr, "{'descr': '%s', 'fortran_order': False, 'shape': ", dtype_descr(dtype));
     shape_text(&hdr, rank, shape);
     sb_puts(&hdr, ", }");
     while ((10 + hdr.len + 1) % 64) sb_putc(&hdr, ' ');
@@ -465,7 +448,7 @@ static ssmc_status npy_write(const char *path, const void *data, rt_npy_dtype dt
     for (size_t i = 0; ok && i < count; i += per) {
         size_t n = count - i < per ? count - i : per;
         for (size_t j = 0; j < n; j++) {
-            if (dtype == RT_NPY_F64) {
+            if (dtype == SSMC_F64) {
                 uint64_t u;
                 memcpy(&u, (const double *)data + i + j, 8);
                 store_le64(chunk + 8 * j, u);
@@ -492,10 +475,10 @@ static ssmc_status npy_write(const char *path, const void *data, rt_npy_dtype dt
 
 ssmc_status rt_npy_write_f32(const char *path, const float *data, int rank, const int64_t *shape, strbuf *err)
 {
-    return npy_write(path, data, RT_NPY_F32, rank, shape, err);
+    return npy_write(path, data, SSMC_F32, rank, shape, err);
 }
 
 ssmc_status rt_npy_write_f64(const char *path, const double *data, int rank, const int64_t *shape, strbuf *err)
 {
-    return npy_write(path, data, RT_NPY_F64, rank, shape, err);
+    return npy_write(path, data, SSMC_F64, rank, shape, err);
 }

@@ -14,16 +14,11 @@
 #include <stdint.h>
 
 #include "ssmc.h"
+#include "support/dtype.h"
 #include "support/support.h"
 
 #define RT_NPY_MAX_RANK SSMC_MAX_RANK
 
-typedef enum rt_npy_dtype {
-    RT_NPY_F64,  /* `<f8`: data is double[] */
-    RT_NPY_F32,  /* `<f4`: data is float[] */
-    RT_NPY_F16,  /* `<f2`: data is uint16_t[] holding IEEE half bit patterns */
-    RT_NPY_BF16  /* `<u2`: data is uint16_t[] holding bfloat16 bit patterns */
-} rt_npy_dtype;
 
 /* Flags for rt_npy_read and rt_npy_parse. */
 enum { RT_NPY_ALLOW_BF16 = 1u << 0 }; /* accept `<u2` as bf16 bit patterns */
@@ -31,7 +26,7 @@ enum { RT_NPY_ALLOW_BF16 = 1u << 0 }; /* accept `<u2` as bf16 bit patterns */
 typedef struct rt_npy {
     int rank;                         /* 0 for a scalar */
     int64_t shape[RT_NPY_MAX_RANK];   /* shape[0..rank) */
-    rt_npy_dtype dtype;
+    ssmc_dtype dtype;                 /* SSMC_F64, F32, F16 or BF16 (f16/bf16: uint16_t bit patterns) */
     void *data;                       /* malloc'd, count elements in host byte order */
     size_t count;                     /* product of the shape (1 for rank 0, may be 0) */
 } rt_npy;
@@ -43,10 +38,6 @@ ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *ou
 ssmc_status rt_npy_read(const char *path, unsigned flags, rt_npy *out, strbuf *err);
 void rt_npy_free(rt_npy *a);
 
-/* Size in bytes of one element of `dtype`. */
-size_t rt_npy_dtype_size(rt_npy_dtype dtype);
-/* The numpy descr of `dtype` (`<f4`, ...). */
-const char *rt_npy_dtype_descr(rt_npy_dtype dtype);
 
 /* Converts all a->count elements into dst, which holds that many elements of
  * the target type (f16 and bf16 as uint16_t bit patterns, rounded to nearest even). */

@@ -209,7 +209,7 @@ typedef struct arr {
     double *v;
 } arr;
 
-static arr load(const char *path, rt_npy_dtype want)
+static arr load(const char *path, ssmc_dtype want)
 {
     rt_npy a;
     strbuf err = {0};
@@ -410,7 +410,7 @@ static void test_out_every_output_and_state(void **state)
                 assert_int_not_equal(access(p, F_OK), 0); /* only outputs and states */
                 continue;
             }
-            arr a = load(p, RT_NPY_F32);
+            arr a = load(p, SSMC_F32);
             int lead = ti.role == SSMC_OUTPUT ? 2 : 1;
             assert_int_equal(a.rank, lead + ti.rank);
             assert_int_equal(a.shape[0], 2);
@@ -449,8 +449,8 @@ static void test_in_files_are_used(void **state)
     char *o1 = tmp("o1"), *o2 = tmp("o2");
     expect_ok(m2_run(ins, M2_NINS, "--seed", "1", "--out", o1, NULL));
     expect_ok(m2_run(ins, M2_NINS, "--seed", "2", "--out", o2, NULL));
-    arr y1 = load(fmt("%s/y.npy", o1), RT_NPY_F32), y2 = load(fmt("%s/y.npy", o2), RT_NPY_F32);
-    arr s1 = load(fmt("%s/S.npy", o1), RT_NPY_F32);
+    arr y1 = load(fmt("%s/y.npy", o1), SSMC_F32), y2 = load(fmt("%s/y.npy", o2), SSMC_F32);
+    arr s1 = load(fmt("%s/S.npy", o1), SSMC_F32);
     expect_shape(&y1, 4, (int64_t)MB, (int64_t)MT, (int64_t)MH, (int64_t)MP);
     expect_shape(&s1, 4, (int64_t)MB, (int64_t)MH, (int64_t)MP, (int64_t)MN);
     assert_memory_equal(y1.v, y2.v, y1.count * sizeof(double));
@@ -485,8 +485,8 @@ static void test_seed(void **state)
     expect_ok(ssmc("run", f, "-D", "H=2", "--seqlen", "6", "--seed", "7", "--out", a));
     expect_ok(ssmc("run", f, "-D", "H=2", "--seqlen", "6", "--seed", "7", "--out", b));
     expect_ok(ssmc("run", f, "-D", "H=2", "--seqlen", "6", "--seed", "8", "--out", c));
-    arr ya = load(fmt("%s/y.npy", a), RT_NPY_F32), yb = load(fmt("%s/y.npy", b), RT_NPY_F32),
-        yc = load(fmt("%s/y.npy", c), RT_NPY_F32);
+    arr ya = load(fmt("%s/y.npy", a), SSMC_F32), yb = load(fmt("%s/y.npy", b), SSMC_F32),
+        yc = load(fmt("%s/y.npy", c), SSMC_F32);
     assert_memory_equal(ya.v, yb.v, ya.count * sizeof(double));
     assert_true(rel_err(yc.v, ya.v, ya.count) > 1e-3);
     free(ya.v), free(yb.v), free(yc.v);
@@ -506,8 +506,8 @@ static void continue_from_state(const char *device)
     expect_ok(m2_run(first, M2_NINS, "--device", device, "--out", p1, NULL));
     expect_ok(m2_run(last, M2_NINS, "--device", device, "--out", p2, "--init-state",
                      fmt("S=%s/S.npy", p1), NULL));
-    arr yf = load(fmt("%s/y.npy", full), RT_NPY_F32), sf = load(fmt("%s/S.npy", full), RT_NPY_F32);
-    arr y2 = load(fmt("%s/y.npy", p2), RT_NPY_F32), s2 = load(fmt("%s/S.npy", p2), RT_NPY_F32);
+    arr yf = load(fmt("%s/y.npy", full), SSMC_F32), sf = load(fmt("%s/S.npy", full), SSMC_F32);
+    arr y2 = load(fmt("%s/y.npy", p2), SSMC_F32), s2 = load(fmt("%s/S.npy", p2), SSMC_F32);
     expect_shape(&y2, 4, (int64_t)MB, (int64_t)(MT - 4), (int64_t)MH, (int64_t)MP);
     /* the last 6 steps of the full run, per batch */
     size_t step = MH * MP, n = (size_t)(MT - 4) * step;
@@ -518,7 +518,7 @@ static void continue_from_state(const char *device)
     /* and the state is not trivially the same as not continuing */
     char *p3 = tmp(fmt("p3_%s", device));
     expect_ok(m2_run(last, M2_NINS, "--device", device, "--out", p3, NULL));
-    arr y3 = load(fmt("%s/y.npy", p3), RT_NPY_F32);
+    arr y3 = load(fmt("%s/y.npy", p3), SSMC_F32);
     assert_true(rel_err(y3.v, tail, MB * n) > 1e-4);
     free(tail);
     free(yf.v), free(sf.v), free(y2.v), free(s2.v), free(y3.v);
@@ -559,7 +559,7 @@ static void test_dtype_bf16(void **state)
     expect_error(m2_run(ins, M2_NINS, "--dtype", "f32", NULL), "x_bf16.npy", NULL); /* <u2 only with bf16 */
     ins[1] = fmt("x=%s", tmp("all_x.npy"));
     expect_ok(m2_run(ins, M2_NINS, "--dtype", "f32", "--out", of, NULL));
-    arr yb = load(fmt("%s/y.npy", ob), RT_NPY_F32), yf = load(fmt("%s/y.npy", of), RT_NPY_F32);
+    arr yb = load(fmt("%s/y.npy", ob), SSMC_F32), yf = load(fmt("%s/y.npy", of), SSMC_F32);
     double e = rel_err(yb.v, yf.v, yf.count);
     if (!(e < 3e-2)) fail_msg("bf16 vs f32: %.3e", e);
     free(yb.v), free(yf.v);

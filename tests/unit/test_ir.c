@@ -249,7 +249,7 @@ static ir_inst *find_op(ir_model *m, ir_op op)
 {
     for (ir_ref r = 0; r < m->ninsts; r++)
         if (m->insts[r].op == op) return &m->insts[r];
-    fail_msg("no %s", ir_op_names[op]);
+    fail_msg("no %s", op_table[op].name);
     return NULL;
 }
 

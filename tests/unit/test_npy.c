@@ -64,7 +64,7 @@ static void check_round_trip_f32(int rank, const int64_t *shape)
     ssmc_status st = rt_npy_read(path, 0, &a, &err);
     if (st != SSMC_OK) fail_msg("%s", sb_cstr(&err));
     assert_int_equal(a.rank, rank);
-    assert_int_equal(a.dtype, RT_NPY_F32);
+    assert_int_equal(a.dtype, SSMC_F32);
     assert_int_equal(a.count, count);
     for (int i = 0; i < rank; i++) assert_int_equal(a.shape[i], shape[i]);
     if (count) assert_memory_equal(a.data, x, count * sizeof *x);
@@ -113,7 +113,7 @@ static void test_round_trip_f64(void **state)
     assert_int_equal(rt_npy_write_f64(path, x, 2, shape, &err), SSMC_OK);
     rt_npy a;
     assert_int_equal(rt_npy_read(path, 0, &a, &err), SSMC_OK);
-    assert_int_equal(a.dtype, RT_NPY_F64);
+    assert_int_equal(a.dtype, SSMC_F64);
     assert_memory_equal(a.data, x, sizeof x);
     float f[6];
     rt_npy_to_f32(&a, f);
@@ -154,7 +154,7 @@ static void test_f16_input(void **state)
     make_npy(&buf, 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (6,), }", le, sizeof le, 0);
     rt_npy a;
     assert_int_equal(rt_npy_parse(buf.data, buf.len, 0, &a, &err), SSMC_OK);
-    assert_int_equal(a.dtype, RT_NPY_F16);
+    assert_int_equal(a.dtype, SSMC_F16);
     assert_int_equal(a.rank, 1);
     double d[6];
     rt_npy_to_f64(&a, d);
@@ -183,7 +183,7 @@ static void test_bf16_input(void **state)
     assert_non_null(strstr(sb_cstr(&err), "bf16"));
     assert_null(a.data);
     assert_int_equal(rt_npy_parse(buf.data, buf.len, RT_NPY_ALLOW_BF16, &a, &err), SSMC_OK);
-    assert_int_equal(a.dtype, RT_NPY_BF16);
+    assert_int_equal(a.dtype, SSMC_BF16);
     float f[2];
     rt_npy_to_f32(&a, f);
     assert_true(f[0] == 1.0f && f[1] == -3.0f);
