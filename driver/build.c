@@ -411,7 +411,10 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
         s = SSMC_ERR_NOMEM;
     }
     llvm_kernel_shape shape;
-    if (s == SSMC_OK) s = llvm_emit_object(m, &o, cpu, obj, &shape, d);
+    plan_target tg = plan_target_cpu(o.threads);
+    pass_plan *plan = NULL;
+    if (s == SSMC_OK) s = plan_make(&a, m, NULL, &tg, &plan, d);
+    if (s == SSMC_OK) s = llvm_emit_object(plan, cpu, obj, &shape, d);
     if (s == SSMC_OK) {
         strbuf h = {0}, c = {0};
         gen_header(&h, m, filename ? filename : "<input>", cpu);

@@ -55,7 +55,13 @@ static ssmc_status cpu_compile(const ir_model *m, const ssmc_options *o, diag *d
         return SSMC_ERR_NOMEM;
     }
     cm->m = m;
-    ssmc_status s = llvm_jit_compile(m, o, d, &cm->jit, &cm->shape);
+    arena a;
+    arena_init(&a);
+    plan_target tg = plan_target_cpu(o->threads);
+    pass_plan *plan;
+    ssmc_status s = plan_make(&a, m, NULL, &tg, &plan, d);
+    if (s == SSMC_OK) s = llvm_jit_compile(plan, d, &cm->jit, &cm->shape);
+    arena_free(&a);
     if (s == SSMC_OK) {
         cm->fn = llvm_jit_kernel(cm->jit);
         strbuf err = {0};
@@ -188,7 +194,14 @@ static ssmc_status cpu_emit(const ir_model *m, const ssmc_options *o, ssmc_emit_
         diag_error(d, "the cpu backend emits llvm only");
         return SSMC_ERR_UNSUPPORTED;
     }
-    return llvm_emit_text(m, o, out, d);
+    arena a;
+    arena_init(&a);
+    plan_target tg = plan_target_cpu(o->threads);
+    pass_plan *plan;
+    ssmc_status s = plan_make(&a, m, NULL, &tg, &plan, d);
+    if (s == SSMC_OK) s = llvm_emit_text(plan, out, d);
+    arena_free(&a);
+    return s;
 }
 
 const backend cpu_backend = {
