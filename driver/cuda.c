@@ -37,7 +37,7 @@ typedef struct cuda_kernel {
 typedef struct cuda_state {
     arena arena;
     const ir_model *m;
-    cuda_plan *plan;
+    pass_plan *plan;
     rt_cuda *gpu;
     rt_nvrtc *nvrtc;      /* loaded when a kernel is first needed */
     char arch[32];
@@ -53,6 +53,24 @@ typedef struct cuda_state {
 /* NVRTC options beyond those rt_nvrtc_compile always passes; part of the key. */
 static const char *const nvrtc_opts[] = {"--extra-device-vectorization"};
 #define NVRTC_NOPTS ((int)(sizeof nvrtc_opts / sizeof nvrtc_opts[0]))
+
+static int env_int(const char *name, int lo, int hi)
+{
+    const char *v = getenv(name);
+    char *end;
+    long n = v ? strtol(v, &end, 10) : 0;
+    return v && *v && !*end && n >= lo && n <= hi ? (int)n : 0;
+}
+
+/* The layout knobs from SSMC_CUDA_LANE_SLOTS, SSMC_CUDA_STATE_SLOTS,
+ * SSMC_CUDA_WARPS, SSMC_CUDA_SHARE_LETS (docs/cuda.md; for benchmarking). */
+static plan_tune cuda_tune_from_env(void)
+{
+    return (plan_tune){.lane_slots = env_int("SSMC_CUDA_LANE_SLOTS", 1, 64),
+                       .state_slots = env_int("SSMC_CUDA_STATE_SLOTS", 1, 64),
+                       .warps = env_int("SSMC_CUDA_WARPS", 1, 8),
+                       .share_lets = env_int("SSMC_CUDA_SHARE_LETS", 1, 2)};
+}
 
 /* One byte per tensor (0: absent, else 1 + dtype) and the vector flag. */
 static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }
@@ -194,8 +212,9 @@ static ssmc_status cuda_compile(const ir_model *m, const ssmc_options *o, diag *
         diag_error(d, "cuda: cannot create a lock");
         return SSMC_ERR_NOMEM;
     }
-    cuda_tune tune = cuda_tune_from_env();
-    ssmc_status st = cuda_plan_make(&s->arena, m, &tune, &s->plan, d);
+    plan_tune tune = cuda_tune_from_env();
+    plan_target tg = plan_target_cuda(&tune);
+    ssmc_status st = plan_make(&s->arena, m, NULL, &tg, &s->plan, d);
     strbuf err = {0};
     if (st == SSMC_OK && (st = rt_cuda_open(&s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "no GPU to run on");
     if (st == SSMC_OK) {
@@ -396,11 +415,12 @@ static ssmc_status cuda_emit_text(const ir_model *m, const ssmc_options *o, ssmc
 {
     arena a;
     arena_init(&a);
-    cuda_plan *plan = NULL;
+    pass_plan *plan = NULL;
     ssmc_dtype *dt = arena_array(&a, m->ntensors + 1, sizeof *dt);
     bool *present = arena_array(&a, m->ntensors + 1, sizeof *present);
-    cuda_tune tune = cuda_tune_from_env();
-    ssmc_status st = dt && present ? cuda_plan_make(&a, m, &tune, &plan, d) : SSMC_ERR_NOMEM;
+    plan_tune tune = cuda_tune_from_env();
+    plan_target tg = plan_target_cuda(&tune);
+    ssmc_status st = dt && present ? plan_make(&a, m, NULL, &tg, &plan, d) : SSMC_ERR_NOMEM;
     if (st == SSMC_OK) {
         /* the general form: f32 everywhere, every state read and written */
         for (uint32_t i = 0; i < m->ntensors; i++) present[i] = m->tensors[i].kind != IR_LET;

@@ -92,7 +92,7 @@ int64_t plan_local_elems(const pass_plan *p, int tensor)
     return n;
 }
 
-static plan_dom class_dom(const pass_plan *p, int c)
+plan_dom plan_class_dom(const pass_plan *p, int c)
 {
     return (plan_dom){.cls = c, .n = p->cls[c].tile, .slots = p->cls[c].slots, .spread = false};
 }
@@ -361,11 +361,11 @@ static void walk_reduction(walker *w, ir_ref r)
         int c = p->sched.var_class[v];
         int R = p->lane_cls;
         if (c >= 0 && !w->busy[c] && p->cls[c].lane && p->cls[c].slots <= MAX_DIST_SLOTS) {
-            d = class_dom(p, c);
+            d = plan_class_dom(p, c);
             p->red_mode[r] = PLAN_RED_DIST;
         } else if (c < 0 && R >= 0 && !w->busy[R] && p->cls[R].lane) {
             int64_t n = m->dims[m->vars[v].dim].value;
-            d = n == p->cls[R].tile ? class_dom(p, R)
+            d = n == p->cls[R].tile ? plan_class_dom(p, R)
                                     : (plan_dom){.cls = R, .n = n, .slots = (int)ceil_div(n, p->cls[R].threads), .spread = true};
             if (d.slots <= MAX_DIST_SLOTS) p->red_mode[r] = PLAN_RED_DIST;
         }
@@ -416,7 +416,7 @@ static bool walk_stmt(walker *w, uint32_t si)
         for (int i = 0; i < t->rank; i++) {
             int c = plan_axis_class(p, s->tensor, i);
             w->bound[s->vars[i]] = true;
-            w->dom[s->vars[i]] = class_dom(p, c);
+            w->dom[s->vars[i]] = plan_class_dom(p, c);
             w->busy[c] = true;
         }
     } else if (w->collect && s->per_step) {

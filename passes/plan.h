@@ -218,6 +218,7 @@ bool plan_var_fixed(const pass_plan *p, int v);   /* one value per item: no loop
 int64_t plan_var_extent(const pass_plan *p, int v); /* values of v in an item */
 int64_t plan_reg_slots(const pass_plan *p, int tensor);   /* product of its axes' slots */
 int64_t plan_local_elems(const pass_plan *p, int tensor); /* product of its axes' tiles */
+plan_dom plan_class_dom(const pass_plan *p, int c);         /* the values of class c over the slots */
 /* The loop variables of fused readout r in emission order; returns their number. */
 int plan_readout_loops(const pass_plan *p, const ir_stmt *r, ir_ref sum, bool xchg, int *out);
 
