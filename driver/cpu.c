@@ -46,7 +46,9 @@ static void cpu_free(void *state)
     free(cm);
 }
 
-static ssmc_status cpu_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+static plan_target cpu_target(const ssmc_options *o) { return plan_target_cpu(o->threads); }
+
+static ssmc_status cpu_compile(const ir_model *m, const pass_plan *plan, const ssmc_options *o, diag *d, void **state)
 {
     *state = NULL;
     cpu_model *cm = calloc(1, sizeof *cm);
@@ -55,13 +57,7 @@ static ssmc_status cpu_compile(const ir_model *m, const ssmc_options *o, diag *d
         return SSMC_ERR_NOMEM;
     }
     cm->m = m;
-    arena a;
-    arena_init(&a);
-    plan_target tg = plan_target_cpu(o->threads);
-    pass_plan *plan;
-    ssmc_status s = plan_make(&a, m, NULL, &tg, &plan, d);
-    if (s == SSMC_OK) s = llvm_jit_compile(plan, d, &cm->jit, &cm->shape);
-    arena_free(&a);
+    ssmc_status s = llvm_jit_compile(plan, d, &cm->jit, &cm->shape);
     if (s == SSMC_OK) {
         cm->fn = llvm_jit_kernel(cm->jit);
         strbuf err = {0};
@@ -188,24 +184,17 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
     return s;
 }
 
-static ssmc_status cpu_emit(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
+static ssmc_status cpu_emit(const pass_plan *plan, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
 {
     if (kind != SSMC_EMIT_LLVM) {
         diag_error(d, "the cpu backend emits llvm only");
         return SSMC_ERR_UNSUPPORTED;
     }
-    arena a;
-    arena_init(&a);
-    plan_target tg = plan_target_cpu(o->threads);
-    pass_plan *plan;
-    ssmc_status s = plan_make(&a, m, NULL, &tg, &plan, d);
-    if (s == SSMC_OK) s = llvm_emit_text(plan, out, d);
-    arena_free(&a);
-    return s;
+    return llvm_emit_text(plan, out, d);
 }
 
 const backend cpu_backend = {
-    .name = "cpu", .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
+    .name = "cpu", .target = cpu_target, .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
 };
 
 #else

@@ -37,7 +37,7 @@ typedef struct cuda_kernel {
 typedef struct cuda_state {
     arena arena;
     const ir_model *m;
-    pass_plan *plan;
+    const pass_plan *plan;
     rt_cuda *gpu;
     rt_nvrtc *nvrtc;      /* loaded when a kernel is first needed */
     char arch[32];
@@ -197,7 +197,13 @@ static void state_free(void *state)
     free(s);
 }
 
-static ssmc_status cuda_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+static plan_target cuda_target(const ssmc_options *o)
+{
+    plan_tune tune = cuda_tune_from_env();
+    return plan_target_cuda(&tune);
+}
+
+static ssmc_status cuda_compile(const ir_model *m, const pass_plan *plan, const ssmc_options *o, diag *d, void **state)
 {
     *state = NULL;
     cuda_state *s = calloc(1, sizeof *s);
@@ -212,9 +218,8 @@ static ssmc_status cuda_compile(const ir_model *m, const ssmc_options *o, diag *
         diag_error(d, "cuda: cannot create a lock");
         return SSMC_ERR_NOMEM;
     }
-    plan_tune tune = cuda_tune_from_env();
-    plan_target tg = plan_target_cuda(&tune);
-    ssmc_status st = plan_make(&s->arena, m, NULL, &tg, &s->plan, d);
+    s->plan = plan;
+    ssmc_status st = SSMC_OK;
     strbuf err = {0};
     if (st == SSMC_OK && (st = rt_cuda_open(&s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "no GPU to run on");
     if (st == SSMC_OK) {
@@ -411,16 +416,15 @@ static void emit_arch(const ssmc_options *o, char *arch, size_t n)
     sb_free(&err);
 }
 
-static ssmc_status cuda_emit_text(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
+static ssmc_status cuda_emit_text(const pass_plan *plan, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out,
+                                  diag *d)
 {
     arena a;
     arena_init(&a);
-    pass_plan *plan = NULL;
+    const ir_model *m = plan->m;
     ssmc_dtype *dt = arena_array(&a, m->ntensors + 1, sizeof *dt);
     bool *present = arena_array(&a, m->ntensors + 1, sizeof *present);
-    plan_tune tune = cuda_tune_from_env();
-    plan_target tg = plan_target_cuda(&tune);
-    ssmc_status st = dt && present ? plan_make(&a, m, NULL, &tg, &plan, d) : SSMC_ERR_NOMEM;
+    ssmc_status st = dt && present ? SSMC_OK : SSMC_ERR_NOMEM;
     if (st == SSMC_OK) {
         /* the general form: f32 everywhere, every state read and written */
         for (uint32_t i = 0; i < m->ntensors; i++) present[i] = m->tensors[i].kind != IR_LET;
@@ -453,6 +457,7 @@ static ssmc_status cuda_emit_text(const ir_model *m, const ssmc_options *o, ssmc
 
 const backend cuda_backend = {
     .name = "cuda",
+    .target = cuda_target,
     .compile = cuda_compile,
     .run = cuda_run,
     .emit = cuda_emit_text,

@@ -7,7 +7,7 @@
 #include "backend.h"
 #include "support/dtype.h"
 
-static ssmc_status interp_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+static ssmc_status interp_compile(const ir_model *m, const pass_plan *p, const ssmc_options *o, diag *d, void **state)
 {
     *state = (void *)m;
     return SSMC_OK;

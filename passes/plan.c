@@ -1016,8 +1016,8 @@ static bool sizes_fit(const pass_plan *p, diag *d)
 
 /* =============================================================== the planner */
 
-ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, const plan_target *target,
-                      pass_plan **out, diag *d)
+ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, const pass_sched *sched, plan_algo algo,
+                      const plan_target *target, pass_plan **out, diag *d)
 {
     *out = NULL;
     pass_plan *p = arena_alloc(a, sizeof *p);
@@ -1026,9 +1026,12 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
     p->m = m;
     p->target = *target;
     p->an = an;
-    p->algo = PLAN_ALGO_RECURRENT;
+    p->algo = algo;
     if (!sizes_fit(p, d)) return SSMC_ERR_UNSUPPORTED;
-    if (!pass_schedule(a, m, &p->sched, d)) return SSMC_ERR_NOMEM;
+    if (sched)
+        p->sched = *sched;
+    else if (!pass_schedule(a, m, &p->sched, d))
+        return SSMC_ERR_NOMEM;
     p->ncls = p->sched.nclasses;
     size_t nt = m->ntensors ? m->ntensors : 1, ns = m->nstmts ? m->nstmts : 1, ni = m->ninsts ? m->ninsts : 1;
     size_t nc = p->ncls ? (size_t)p->ncls : 1, nv = m->nvars ? m->nvars : 1;

@@ -128,13 +128,13 @@ typedef struct plan_prefetch {
 
 #define PLAN_LINE_FLOATS 16 /* a cache line */
 
+typedef enum plan_algo { PLAN_ALGO_RECURRENT } plan_algo;
+
 typedef struct plan_buf {
     plan_place mem; /* PLAN_PLACE_LOCAL or PLAN_PLACE_GLOBAL */
     int64_t off;    /* in floats, from the start of that memory */
     int64_t len;
 } plan_buf;
-
-typedef enum plan_algo { PLAN_ALGO_RECURRENT } plan_algo;
 
 typedef struct pass_plan {
     const ir_model *m;
@@ -199,10 +199,20 @@ typedef struct pass_plan {
     int64_t global_floats;
 } pass_plan;
 
-/* Plans the recurrent kernel of a verified model for a target. an may be NULL
- * (the analysis is then not consulted). Allocates into `a`. */
-ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, const plan_target *target,
-                      pass_plan **out, diag *d);
+/* ---- algo.c: the algorithm (SPEC §3), chosen once for every device ---- */
+const char *pass_algo_name(ssmc_algo a);
+bool pass_algo_from_name(const char *name, ssmc_algo *out);
+/* The algorithm for a model: `requested` when the analysis allows it and it is
+ * implemented, the cost model's pick for auto; false with a diagnostic that says
+ * why otherwise. */
+bool pass_algo_choose(const ir_model *m, const pass_analysis *an, ssmc_algo requested, plan_algo *out, diag *d);
+
+/* ---- plan.c ---- */
+/* Plans a verified model's kernels for a target with the algorithm chosen.
+ * an and sched may be NULL (the analysis is then not consulted; the schedule
+ * is computed). Allocates into `a`. */
+ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, const pass_sched *sched, plan_algo algo,
+                      const plan_target *target, pass_plan **out, diag *d);
 
 /* `ssmc emit --emit=plan`: the plan as text. */
 void plan_print(strbuf *out, const pass_plan *p);

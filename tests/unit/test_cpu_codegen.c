@@ -288,7 +288,7 @@ static void test_scratch_pages(void **state)
         pass_plan *plan = NULL;
         llvm_jit *jit = NULL;
         llvm_kernel_shape shape = {0};
-        ssmc_status s = plan_make(&a, m, NULL, &tg, &plan, &d);
+        ssmc_status s = plan_make(&a, m, NULL, NULL, PLAN_ALGO_RECURRENT, &tg, &plan, &d);
         if (s == SSMC_OK) s = llvm_jit_compile(plan, &d, &jit, &shape);
         if (s == SSMC_ERR_UNSUPPORTED) {
             arena_free(&a);

@@ -28,7 +28,7 @@
 static ssmc_status cuda_plan_of(arena *a, const ir_model *m, const plan_tune *tune, pass_plan **p, diag *d)
 {
     plan_target tg = plan_target_cuda(tune);
-    return plan_make(a, m, NULL, &tg, p, d);
+    return plan_make(a, m, NULL, NULL, PLAN_ALGO_RECURRENT, &tg, p, d);
 }
 
 static rt_nvrtc *nvrtc; /* NULL: NVRTC cases skip */
