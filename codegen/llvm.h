@@ -1,7 +1,7 @@
 /* llvm.h: CPU code through the LLVM 19 C API (codegen/llvm.c is the only file
  * that includes llvm-c). One lowering of a verified IR model to an LLVM module,
  * three ways out of it: JIT (ORC LLJIT), text (`--emit=llvm`) and an object
- * file (AOT bundles, driver/build.c).
+ * file (AOT bundles, driver/bundle.c).
  *
  * The generated kernel runs work items. An item is one sequence b of the batch
  * and one tile of every index class that the plan puts on the grid (classes that

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "codegen/backend.h"
 #include "support/dtype.h"
-#include "build.h"
+#include "bundle.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"

@@ -20,7 +20,7 @@
 #include "codegen/cuda.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 #include "ssmc.h"
 #include "tests/unit/helpers/files.h"
 

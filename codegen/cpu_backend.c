@@ -1,4 +1,4 @@
-/* cpu.c: the CPU backend (backend.h): a model JIT-compiled by codegen/llvm.c,
+/* cpu_backend.c: the CPU backend (codegen/backend.h): a model JIT-compiled by codegen/llvm.c,
  * run over a thread pool (runtime/pool.h) of options.threads workers (0: one
  * per core), each with a contiguous share of the kernel's work items (and
  * stealing from the others when done) and its own scratch, in pages of its own
@@ -18,7 +18,7 @@
  * not given is not computed. Everything a run allocates is freed before it
  * returns, so one compiled model may be run from several threads at once (runs
  * of one pool are serialised by the pool). */
-#include "backend.h"
+#include "codegen/backend.h"
 
 #ifdef SSMC_HAVE_LLVM
 

@@ -1,4 +1,4 @@
-/* build.c: `ssmc build` (ssmc_build in ssmc.h): an ahead-of-time bundle of one
+/* bundle.c: `ssmc build` (ssmc_build in ssmc.h): an ahead-of-time bundle of one
  * model for the CPU.
  *
  * The kernel is the CPU backend's (codegen/llvm.c), written as a PIC object
@@ -23,7 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "build.h"
+#include "bundle.h"
 #include "pipeline.h"
 #include "codegen/llvm.h"
 

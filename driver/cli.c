@@ -1,6 +1,6 @@
-/* main.c: the ssmc command line (SPEC §5). The only place that prints.
+/* cli.c: the ssmc command line (SPEC §5). The only place that prints.
  *   ssmc check FILE
- *   ssmc emit  FILE --emit=ast|ir|analysis|llvm|cuda|ptx [-D H=16 ...]
+ *   ssmc emit  FILE --emit=ast|ir|analysis|plan|llvm|cuda|ptx [-D H=16 ...]
  *   ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]
  *                   [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]
  *                   [--init-state NAME=FILE.npy] [--verify]

@@ -35,7 +35,7 @@ typedef struct backend {
                               diag *d);
 } backend;
 
-/* The device table (driver/backends.c): the backend of a device, NULL where
+/* The device table (codegen/backends.c): the backend of a device, NULL where
  * this build has none or the device is unknown; its CLI name and the name
  * messages use (NULL when unknown); a device by its CLI name. */
 const backend *backend_for(ssmc_device device);

@@ -1,6 +1,6 @@
-/* cuda.c (driver): the CUDA backend (driver/backend.h) for SSMC_DEVICE_CUDA.
+/* cuda_backend.c: the CUDA backend (codegen/backend.h) for SSMC_DEVICE_CUDA.
  *
- * compile plans the kernel (codegen/cuda_plan.c) and opens the GPU; kernels
+ * compile takes the kernel plan (passes/plan.c, made for plan_target_cuda) and opens the GPU; kernels
  * are generated and compiled lazily, one per dtype signature of a run (the
  * dtypes of the tensors given, which states and outputs are present, whether
  * vector loads are allowed), and kept for the model's life. A kernel comes
@@ -12,7 +12,7 @@
  * run takes host tensors: it copies them into one device buffer kept by the
  * model (grown when a run needs more), launches, and copies the outputs and
  * final states back; run_device takes device pointers and a stream and only
- * enqueues the launch. Every CUDA and NVRTC call is checked (runtime/cuda.h);
+ * enqueues the launch. Every CUDA and NVRTC call is checked (runtime/cuda_driver.h);
  * failures are reported through the diag with the program's name and NVRTC's
  * log. A model's runs are serialised by a lock. */
 #include <pthread.h>
@@ -20,10 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "codegen/backend.h"
 #include "codegen/cuda.h"
 #include "runtime/cache.h"
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 #include "support/dtype.h"
 
 #define ALIGN 256 /* device sub-buffers: every vector load is aligned */
