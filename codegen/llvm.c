@@ -721,8 +721,10 @@ typedef struct cg {
     LLVMTypeRef f32, i32, i64, ptr, void_ty, helper_ty;
     LLVMValueRef fn;   /* the item function being built */
     LLVMValueRef T, bidx, t;
-    LLVMValueRef *tptr;   /* [ntensors] tensor pointers (lets: their scratch buffer) */
-    LLVMValueRef *bptr;   /* [nbufs] scratch buffers */
+    LLVMValueRef *tptr;   /* [ntensors] tensor pointers (not lets: see buf_ptr) */
+    int *tparam;          /* [ntensors] the item function's parameter of each tensor, or -1 */
+    LLVMValueRef *bptr;   /* [nbufs] scratch buffers (see buf_ptr) */
+    LLVMValueRef scratch; /* the scratch pointer, where the buffers are not parameters */
     LLVMValueRef *base;   /* [nclasses] first value of the class in this item */
     LLVMValueRef *ext;    /* [nclasses] values of the class in this item */
     LLVMValueRef *var;    /* [nvars] current value of each index variable */
@@ -1050,6 +1052,18 @@ static LLVMValueRef gep(cg *c, LLVMValueRef base, LLVMValueRef off)
     return LLVMBuildInBoundsGEP2(c->b, c->f32, base, &off, 1, "");
 }
 
+/* Scratch buffer j: a parameter of its own, or, when the function has one
+ * scratch pointer (c->scratch), its constant offset from it, computed in the
+ * entry block at the first use (a function then holds only the buffers it uses). */
+static LLVMValueRef buf_ptr(cg *c, int j)
+{
+    if (!c->bptr[j]) {
+        LLVMValueRef off = I64(c, c->p->buf_off[j]);
+        c->bptr[j] = LLVMBuildInBoundsGEP2(c->eb, c->f32, c->scratch, &off, 1, "");
+    }
+    return c->bptr[j];
+}
+
 /* Element `idx` of tensor ti: the caller's tensor (time step tt for per-step
  * tensors), or, with `local`, its scratch buffer over the item's slice. */
 static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, bool local)
@@ -1070,7 +1084,7 @@ static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, 
     }
     LLVMValueRef base;
     if (local) {
-        base = t->kind == IR_LET ? c->tptr[ti] : c->bptr[p->buf_tensor[ti]];
+        base = buf_ptr(c, p->buf_tensor[ti]);
     } else {
         base = c->tptr[ti];
         LLVMValueRef n = I64(c, p->elems[ti]);
@@ -1133,7 +1147,7 @@ static LLVMValueRef xchg_ptr(cg *c, ir_ref r)
     int v = c->p->xchg_var[r];
     LLVMValueRef lo, hi;
     var_range(c, v, &lo, &hi);
-    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+    return gep(c, buf_ptr(c, c->p->buf_inst[r]), isub(c, c->var[v], lo));
 }
 
 /* The scratch element of a hoisted subtree at the current value of its variable. */
@@ -1142,7 +1156,7 @@ static LLVMValueRef hoist_ptr(cg *c, ir_ref r)
     int v = c->p->hoist_var[r];
     LLVMValueRef lo, hi;
     var_range(c, v, &lo, &hi);
-    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+    return gep(c, buf_ptr(c, c->p->buf_inst[r]), isub(c, c->var[v], lo));
 }
 
 static LLVMValueRef gen(cg *c, ir_ref r)
@@ -1496,12 +1510,171 @@ static void gen_prefetch(cg *c)
     }
 }
 
-/* The item function: (T, item_begin, item_end, tensor pointers..., scratch buffers...). */
+/* ---- the statements of one phase (time-invariant, or one step) in order.
+ * LLVM's loop passes do work per loop that grows with the loops and blocks of
+ * the whole function (the vectoriser's loop-access cache and dominator
+ * updates, ScalarEvolution's guards walking the dominator tree), so a
+ * function of n loop nests in sequence takes time quadratic in n (4,000 lets:
+ * 21 s). A phase of more than STMT_GROUP statements is therefore cut into
+ * groups of STMT_GROUP, each its own function (not inlined), called in order:
+ * (T, t, b, the item's base and extent of every class, the pointer of every
+ * tensor but the lets, the scratch). Values pass between statements through
+ * memory (tensors and scratch), so the cut changes no result; a phase of at
+ * most STMT_GROUP statements (every model of examples/) is emitted inline. */
+
+#define STMT_GROUP 16
+
+static bool stmt_in_phase(const plan *p, uint32_t si, bool per_step)
+{
+    return p->m->stmts[si].per_step == per_step && p->fuse[si] != -2;
+}
+
+static void gen_one(cg *c, uint32_t si)
+{
+    if (c->p->fuse[si] >= 0)
+        gen_fused(c, si, (uint32_t)c->p->fuse[si]);
+    else
+        gen_stmt(c, si);
+}
+
+/* The function of the statements of the phase from *si on, at most STMT_GROUP
+ * of them (*si moves past them), called from where the builder stands. */
+static bool gen_group(cg *c, uint32_t *si, bool per_step)
+{
+    const plan *p = c->p;
+    const ir_model *m = c->m;
+    int nc = p->s.nclasses, n = 3 + 2 * nc + 1;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) n += m->tensors[ti].kind != IR_LET;
+    LLVMTypeRef *pt = calloc((size_t)n, sizeof *pt);
+    LLVMValueRef *args = calloc((size_t)n, sizeof *args);
+    LLVMValueRef *saved = calloc((size_t)m->ntensors + (size_t)p->nbufs + 2 * (size_t)nc + 1, sizeof *saved);
+    if (!pt || !args || !saved) {
+        free(pt);
+        free(args);
+        free(saved);
+        return false;
+    }
+    /* the arguments, as the caller has them */
+    int k = 0;
+    args[k++] = c->T;
+    args[k++] = c->t;
+    args[k++] = c->bidx;
+    for (int j = 0; j < nc; j++) args[k++] = c->base[j];
+    for (int j = 0; j < nc; j++) args[k++] = c->ext[j];
+    int first_ptr = k;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++)
+        if (m->tensors[ti].kind != IR_LET) args[k++] = c->tptr[ti];
+    args[k++] = p->nbufs ? (c->scratch ? c->scratch : c->bptr[0]) : LLVMConstNull(c->ptr); /* buffer 0: offset 0 */
+    for (int i = 0; i < n; i++) pt[i] = i < first_ptr ? c->i64 : c->ptr;
+
+    LLVMValueRef fn = c->fn, ebr = LLVMGetBasicBlockTerminator(LLVMGetEntryBasicBlock(c->fn));
+    LLVMBasicBlockRef at = LLVMGetInsertBlock(c->b);
+    LLVMValueRef T = c->T, t = c->t, bidx = c->bidx, scratch = c->scratch;
+    memcpy(saved, c->tptr, m->ntensors * sizeof *saved);
+    memcpy(saved + m->ntensors, c->bptr, (size_t)p->nbufs * sizeof *saved);
+    memcpy(saved + m->ntensors + p->nbufs, c->base, (size_t)nc * sizeof *saved);
+    memcpy(saved + m->ntensors + p->nbufs + nc, c->ext, (size_t)nc * sizeof *saved);
+
+    char name[320]; /* a model name is at most 255 bytes */
+    snprintf(name, sizeof name, "%s.group%u", LLVMGetValueName(fn), *si);
+    LLVMTypeRef fty = LLVMFunctionType(c->void_ty, pt, (unsigned)n, 0);
+    c->fn = LLVMAddFunction(c->mod, name, fty);
+    LLVMSetLinkage(c->fn, LLVMInternalLinkage);
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "noinline");
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "nounwind");
+    k = 0;
+    c->T = LLVMGetParam(c->fn, (unsigned)k++);
+    c->t = LLVMGetParam(c->fn, (unsigned)k++);
+    c->bidx = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int j = 0; j < nc; j++) c->base[j] = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int j = 0; j < nc; j++) c->ext[j] = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int i = first_ptr; i < n; i++) {
+        add_attr(c, c->fn, (unsigned)i + 1, "noalias");
+        add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
+    }
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        if (m->tensors[ti].kind == IR_LET) continue;
+        if (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM)
+            add_attr(c, c->fn, (unsigned)k + 1, "readonly");
+        c->tptr[ti] = LLVMGetParam(c->fn, (unsigned)k++);
+    }
+    LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
+    LLVMPositionBuilderAtEnd(c->b, entry);
+    c->scratch = LLVMGetParam(c->fn, (unsigned)k);
+    memset(c->bptr, 0, (size_t)p->nbufs * sizeof *c->bptr);
+    LLVMPositionBuilderBefore(c->eb, LLVMBuildBr(c->b, start));
+    LLVMPositionBuilderAtEnd(c->b, start);
+    for (uint32_t left = STMT_GROUP; left > 0 && *si < m->nstmts; (*si)++)
+        if (stmt_in_phase(p, *si, per_step)) {
+            gen_one(c, *si);
+            left--;
+        }
+    LLVMBuildRetVoid(c->b);
+
+    LLVMValueRef group = c->fn;
+    c->fn = fn;
+    LLVMPositionBuilderBefore(c->eb, ebr);
+    LLVMPositionBuilderAtEnd(c->b, at);
+    c->T = T;
+    c->t = t;
+    c->bidx = bidx;
+    c->scratch = scratch;
+    memcpy(c->tptr, saved, m->ntensors * sizeof *saved);
+    memcpy(c->bptr, saved + m->ntensors, (size_t)p->nbufs * sizeof *saved);
+    memcpy(c->base, saved + m->ntensors + p->nbufs, (size_t)nc * sizeof *saved);
+    memcpy(c->ext, saved + m->ntensors + p->nbufs + nc, (size_t)nc * sizeof *saved);
+    LLVMBuildCall2(c->b, fty, group, args, (unsigned)n, "");
+    free(pt);
+    free(args);
+    free(saved);
+    return true;
+}
+
+static bool gen_stmts(cg *c, bool per_step)
+{
+    const plan *p = c->p;
+    uint32_t n = 0;
+    for (uint32_t si = 0; si < c->m->nstmts; si++) n += stmt_in_phase(p, si, per_step);
+    if (n <= STMT_GROUP) {
+        for (uint32_t si = 0; si < c->m->nstmts; si++)
+            if (stmt_in_phase(p, si, per_step)) gen_one(c, si);
+        return true;
+    }
+    for (uint32_t si = 0; si < c->m->nstmts;)
+        if (!gen_group(c, &si, per_step)) return false;
+    return true;
+}
+
+/* The item function: (T, item_begin, item_end, tensor pointers..., scratch
+ * buffers...), every pointer noalias. Inlined into the entry, each noalias
+ * pointer becomes a scope that every memory access lists, which is metadata
+ * of size accesses x pointers: quadratic in the number of lets (10,000 lets:
+ * 4.4 GB). Past MAX_POINTER_PARAMS pointers the lets' slots are left out and
+ * the scratch buffers are passed as one pointer, each buffer at its constant
+ * offset from it (models of examples/ stay far below). */
+#define MAX_POINTER_PARAMS 64
+
+static bool packed_params(const plan *p) { return p->m->ntensors + (uint32_t)p->nbufs > MAX_POINTER_PARAMS; }
+
+/* Fills c->tparam (the parameter index of each tensor's pointer, or -1 for a
+ * let when packed) and returns the first scratch parameter; *n: the count. */
+static int layout_params(cg *c, int *n)
+{
+    const plan *p = c->p;
+    bool packed = packed_params(p);
+    int k = 3;
+    for (uint32_t ti = 0; ti < p->m->ntensors; ti++)
+        c->tparam[ti] = packed && p->m->tensors[ti].kind == IR_LET ? -1 : k++;
+    *n = k + (packed ? (p->nbufs > 0) : p->nbufs);
+    return k;
+}
+
 static LLVMValueRef gen_items(cg *c, const char *name)
 {
     const plan *p = c->p;
     const ir_model *m = c->m;
-    int np = 3 + (int)m->ntensors + p->nbufs;
+    bool packed = packed_params(p);
+    int np, nbuf = layout_params(c, &np); /* nbuf: the first scratch parameter */
     LLVMTypeRef *pt = calloc((size_t)np, sizeof *pt);
     if (!pt) return NULL;
     pt[0] = pt[1] = pt[2] = c->i64;
@@ -1515,18 +1688,19 @@ static LLVMValueRef gen_items(cg *c, const char *name)
     for (int i = 3; i < np; i++) {
         add_attr(c, c->fn, (unsigned)i + 1, "noalias");
         add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
-        int ti = i - 3;
-        if (ti < (int)m->ntensors && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
-            add_attr(c, c->fn, (unsigned)i + 1, "readonly");
     }
     c->T = LLVMGetParam(c->fn, 0);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) c->tptr[ti] = LLVMGetParam(c->fn, 3 + ti);
-    for (int j = 0; j < p->nbufs; j++) c->bptr[j] = LLVMGetParam(c->fn, 3 + m->ntensors + (unsigned)j);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++)
-        if (m->tensors[ti].kind == IR_LET) c->tptr[ti] = c->bptr[p->buf_tensor[ti]];
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        int k = c->tparam[ti];
+        c->tptr[ti] = k >= 0 ? LLVMGetParam(c->fn, (unsigned)k) : NULL;
+        if (k >= 0 && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
+            add_attr(c, c->fn, (unsigned)k + 1, "readonly");
+    }
 
     LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
     LLVMPositionBuilderAtEnd(c->b, entry);
+    if (packed && p->nbufs > 0) c->scratch = LLVMGetParam(c->fn, (unsigned)nbuf);
+    for (int j = 0; !packed && j < p->nbufs; j++) c->bptr[j] = LLVMGetParam(c->fn, (unsigned)(nbuf + j));
     LLVMValueRef br = LLVMBuildBr(c->b, start);
     LLVMPositionBuilderBefore(c->eb, br);
     LLVMPositionBuilderAtEnd(c->b, start);
@@ -1553,18 +1727,11 @@ static LLVMValueRef gen_items(cg *c, const char *name)
         }
     }
     c->t = I64(c, 0);
-    for (uint32_t si = 0; si < m->nstmts; si++)
-        if (!m->stmts[si].per_step) gen_stmt(c, si);
+    if (!gen_stmts(c, false)) return NULL;
     loop step;
     c->t = loop_begin(c, &step, I64(c, 0), c->T, true, "t");
     gen_prefetch(c);
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        if (!m->stmts[si].per_step || p->fuse[si] == -2) continue;
-        if (p->fuse[si] >= 0)
-            gen_fused(c, si, (uint32_t)p->fuse[si]);
-        else
-            gen_stmt(c, si);
-    }
+    if (!gen_stmts(c, true)) return NULL;
     loop_end(c, &step);
     loop_end(c, &item);
     LLVMBuildRetVoid(c->b);
@@ -1588,7 +1755,7 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
     LLVMTypeRef fields[2] = {c->i64, c->ptr};
     LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, 2, 0);
     LLVMValueRef a = LLVMGetParam(fn, 0), scratch = LLVMGetParam(fn, 3);
-    int np = 3 + (int)m->ntensors + p->nbufs;
+    int np, nbuf = layout_params(c, &np);
     LLVMValueRef *args = calloc((size_t)np, sizeof *args);
     if (!args) return;
     args[0] = LLVMBuildLoad2(c->b, c->i64, LLVMBuildStructGEP2(c->b, kargs, a, 0, ""), "T");
@@ -1597,12 +1764,17 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
     LLVMValueRef tensors = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, kargs, a, 1, ""), "tensors");
     for (uint32_t ti = 0; ti < m->ntensors; ti++) {
         LLVMValueRef ix = I64(c, ti);
-        args[3 + ti] = m->tensors[ti].kind == IR_LET
-                           ? LLVMConstNull(c->ptr)
-                           : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
-                                            m->tensors[ti].name);
+        int k = c->tparam[ti];
+        if (k < 0) continue;
+        args[k] = m->tensors[ti].kind == IR_LET
+                      ? LLVMConstNull(c->ptr)
+                      : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
+                                       m->tensors[ti].name);
     }
-    for (int j = 0; j < p->nbufs; j++) args[3 + m->ntensors + (unsigned)j] = gep(c, scratch, I64(c, p->buf_off[j]));
+    if (packed_params(p) && p->nbufs > 0)
+        args[nbuf] = scratch;
+    else
+        for (int j = 0; j < p->nbufs; j++) args[nbuf + j] = gep(c, scratch, I64(c, p->buf_off[j]));
     LLVMBuildCall2(c->b, LLVMGlobalGetValueType(items), items, args, (unsigned)np, "");
     LLVMBuildRetVoid(c->b);
     free(args);
@@ -1639,13 +1811,14 @@ static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef
     c.helper_ty = LLVMFunctionType(c.f32, &c.f32, 1, 0);
     size_t nt = m->ntensors + 1;
     c.tptr = calloc(nt, sizeof *c.tptr);
+    c.tparam = calloc(nt, sizeof *c.tparam);
     c.bptr = calloc((size_t)p->nbufs + 1, sizeof *c.bptr);
     c.base = calloc((size_t)p->s.nclasses + 1, sizeof *c.base);
     c.ext = calloc((size_t)p->s.nclasses + 1, sizeof *c.ext);
     c.var = calloc(m->nvars + 1, sizeof *c.var);
     ssmc_status s = SSMC_OK;
     LLVMValueRef items = NULL;
-    if (!c.tptr || !c.bptr || !c.base || !c.ext || !c.var) {
+    if (!c.tptr || !c.tparam || !c.bptr || !c.base || !c.ext || !c.var) {
         diag_error(d, "out of memory");
         s = SSMC_ERR_NOMEM;
     } else {
@@ -1668,6 +1841,7 @@ static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef
         }
     }
     free(c.tptr);
+    free(c.tparam);
     free(c.bptr);
     free(c.base);
     free(c.ext);
