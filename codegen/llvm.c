@@ -1891,6 +1891,7 @@ static ssmc_status prepare(const ir_model *m, const ssmc_options *o, const char 
 struct llvm_jit {
     LLVMOrcLLJITRef jit;
     llvm_kernel_fn *fn;
+    strbuf log; /* what the JIT session reported (jit_report) */
 };
 
 /* The cache key of a kernel: everything its object code depends on. The
@@ -1912,21 +1913,24 @@ static rt_cache_key cache_key(LLVMModuleRef mod, LLVMTargetMachineRef tm)
     return key;
 }
 
-/* The object code of m for tm: from the kernel cache when it holds it, else
- * optimised and compiled now (and stored). The cache is an optimisation: when
- * its directory cannot be used the kernel is compiled as if it missed. */
-static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d, LLVMMemoryBufferRef *obj)
+/* The object code of m for tm: from the kernel cache when `lookup` and it
+ * holds it (*cached), else optimised and compiled now (and stored). The cache
+ * is an optimisation: when its directory cannot be used the kernel is
+ * compiled as if it missed. */
+static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, rt_cache_key key, bool lookup, diag *d,
+                                 LLVMMemoryBufferRef *obj, bool *cached)
 {
     *obj = NULL;
-    rt_cache_key key = cache_key(mod, tm);
+    *cached = false;
     void *data = NULL;
     size_t len = 0;
     bool hit = false;
     strbuf err = {0};
-    if (rt_cache_get(NULL, key, &data, &len, &hit, &err) == SSMC_OK && hit) {
+    if (lookup && rt_cache_get(NULL, key, &data, &len, &hit, &err) == SSMC_OK && hit) {
         *obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(data, len, "ssmc kernel (cached)");
         free(data);
         sb_free(&err);
+        *cached = true;
         return SSMC_OK;
     }
     sb_free(&err);
@@ -1940,6 +1944,71 @@ static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, dia
         sb_free(&perr);
     }
     return s;
+}
+
+/* The JIT session's own error reports (a symbol that does not resolve while
+ * the object is linked) are kept with the JIT: LLVM's default prints them to
+ * stderr, and the library never prints. */
+static void jit_report(void *ctx, LLVMErrorRef e)
+{
+    strbuf *log = ctx;
+    char *msg = LLVMGetErrorMessage(e);
+    sb_printf(log, "%s%s", log->len ? "; " : "", msg);
+    LLVMDisposeErrorMessage(msg);
+}
+
+static bool jit_error(strbuf *why, const char *what, LLVMErrorRef e)
+{
+    char *msg = LLVMGetErrorMessage(e);
+    sb_printf(why, "%s: %s", what, msg);
+    LLVMDisposeErrorMessage(msg);
+    return false;
+}
+
+/* Links obj into a new JIT for tm (both consumed, also on failure) and looks
+ * the kernel up; false with the reason in *why when LLVM cannot. */
+static bool jit_load(llvm_jit *j, LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj, const char *symbol, strbuf *why)
+{
+    /* the object is compiled already: the JIT only links it, for this CPU */
+    LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm);
+    LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
+    LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, jtmb);
+    LLVMErrorRef e = LLVMOrcCreateLLJIT(&j->jit, jb);
+    if (e) {
+        j->jit = NULL;
+        LLVMDisposeMemoryBuffer(obj);
+        return jit_error(why, "cannot create the JIT", e);
+    }
+    LLVMOrcExecutionSessionSetErrorReporter(LLVMOrcLLJITGetExecutionSession(j->jit), jit_report, &j->log);
+    LLVMOrcDefinitionGeneratorRef gen = NULL;
+    e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL);
+    if (e) {
+        LLVMDisposeMemoryBuffer(obj);
+        return jit_error(why, "cannot resolve symbols of this process (libm)", e);
+    }
+    LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->jit), gen);
+    e = LLVMOrcLLJITAddObjectFile(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), obj); /* the JIT owns obj now */
+    if (e) return jit_error(why, "cannot add the kernel to the JIT", e);
+    LLVMOrcExecutorAddress addr = 0;
+    e = LLVMOrcLLJITLookup(j->jit, &addr, symbol);
+    if (e) {
+        jit_error(why, "cannot link the kernel", e);
+        if (j->log.len) sb_printf(why, " (%s)", sb_cstr(&j->log));
+        return false;
+    }
+    j->fn = (llvm_kernel_fn *)(uintptr_t)addr;
+    return true;
+}
+
+static void jit_unload(llvm_jit *j)
+{
+    if (j->jit) {
+        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
+        if (e) LLVMConsumeError(e);
+        j->jit = NULL;
+    }
+    j->fn = NULL;
+    sb_free(&j->log);
 }
 
 ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, llvm_jit **out,
@@ -1960,38 +2029,42 @@ ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, 
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
     LLVMMemoryBufferRef obj = NULL;
+    rt_cache_key key = {0, 0};
+    bool cached = false;
     if (s == SSMC_OK) s = build_module(m, &p, ctx, tm, symbol, d, &mod);
-    if (s == SSMC_OK) s = kernel_object(mod, tm, d, &obj);
     if (s == SSMC_OK) {
-        /* the object is compiled already: the JIT only links it, for this CPU */
-        LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm);
+        key = cache_key(mod, tm); /* of the unoptimised module */
+        s = kernel_object(mod, tm, key, true, d, &obj, &cached);
+    }
+    if (s == SSMC_OK) {
+        strbuf why = {0};
+        bool loaded = jit_load(j, tm, obj, symbol, &why);
         tm = NULL;
-        LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
-        LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, jtmb);
-        LLVMErrorRef e = LLVMOrcCreateLLJIT(&j->jit, jb);
-        if (e) s = fail_error(d, "cannot create the JIT", e);
-    }
-    if (s == SSMC_OK) {
-        LLVMOrcDefinitionGeneratorRef gen = NULL;
-        LLVMErrorRef e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
-            &gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL);
-        if (e)
-            s = fail_error(d, "cannot resolve symbols of this process (libm)", e);
-        else
-            LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->jit), gen);
-    }
-    if (s == SSMC_OK) {
-        LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), obj);
-        obj = NULL; /* the JIT owns it now, also on failure */
-        if (e) s = fail_error(d, "cannot add the kernel to the JIT", e);
-    }
-    if (s == SSMC_OK) {
-        LLVMOrcExecutorAddress addr = 0;
-        LLVMErrorRef e = LLVMOrcLLJITLookup(j->jit, &addr, symbol);
-        if (e)
-            s = fail_error(d, "cannot link the kernel", e);
-        else
-            j->fn = (llvm_kernel_fn *)(uintptr_t)addr;
+        obj = NULL;
+        if (!loaded && cached) {
+            /* an entry that passed the cache's checks but that LLVM cannot
+             * load is a miss: dropped, and the kernel built afresh */
+            strbuf err = {0};
+            rt_cache_remove(NULL, key, &err);
+            sb_free(&err);
+            jit_unload(j);
+            sb_free(&why);
+            s = host_target(NULL, d, &tm);
+            if (s == SSMC_OK) s = kernel_object(mod, tm, key, false, d, &obj, &cached);
+            if (s == SSMC_OK) {
+                loaded = jit_load(j, tm, obj, symbol, &why);
+                tm = NULL;
+                obj = NULL;
+            }
+        }
+        if (s == SSMC_OK && !loaded) {
+            strbuf err = {0}; /* a kernel that does not load is not kept */
+            rt_cache_remove(NULL, key, &err);
+            sb_free(&err);
+            diag_error(d, "llvm: %s", why.failed ? "out of memory" : sb_cstr(&why));
+            s = SSMC_ERR_BACKEND;
+        }
+        sb_free(&why);
     }
     if (obj) LLVMDisposeMemoryBuffer(obj);
     if (mod) LLVMDisposeModule(mod);
@@ -2012,10 +2085,7 @@ llvm_kernel_fn *llvm_jit_kernel(const llvm_jit *j) { return j->fn; }
 void llvm_jit_free(llvm_jit *j)
 {
     if (!j) return;
-    if (j->jit) {
-        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
-        if (e) LLVMConsumeError(e);
-    }
+    jit_unload(j);
     free(j);
 }
 

@@ -238,3 +238,15 @@ out:
     sb_free(&tmp);
     return st;
 }
+
+ssmc_status rt_cache_remove(const char *dir, rt_cache_key key, strbuf *err)
+{
+    strbuf path = {0};
+    ssmc_status st = rt_cache_entry_path(dir, key, &path, err);
+    if (st == SSMC_OK && unlink(path.data) != 0 && errno != ENOENT) {
+        sb_printf(err, "cannot remove the cache entry %s: %s", path.data, strerror(errno));
+        st = SSMC_ERR_IO;
+    }
+    sb_free(&path);
+    return st;
+}

@@ -12,8 +12,10 @@
  * and the run-time paths: f16 and f64 tensors, states not given (start at
  * zero), outputs not given (must stay untouched), 1, 2 and 5 threads over
  * batch 7 (uneven ranges), `--emit=llvm` text, the kernel cache (a miss
- * that stores an entry, then a hit that loads it), and the scratch layout
- * (each worker's in whole pages of its own, for every example). Exits 77 (skipped) when
+ * that stores an entry, then a hit that loads it; an entry LLVM cannot load
+ * is a miss, and nothing is printed), the scratch layout (each worker's in
+ * whole pages of its own, for every example), and long programs (thousands of
+ * lets: right results, compile time near-linear). Exits 77 (skipped) when
  * this build has no CPU backend. SSMC_TEST_SEED=<n> repeats a run. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,10 +30,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "codegen/llvm.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "runtime/cache.h"
 #include "ssmc.h"
 #include "support/diag.h"
 #include "support/support.h"
@@ -348,6 +352,117 @@ static void test_kernel_cache(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The one entry of cache directory dir: its key (from its name) and path. */
+static rt_cache_key only_entry(const char *dir, char path[512])
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int entries = 0;
+    rt_cache_key key = {0, 0};
+    for (struct dirent *de; (de = readdir(d));) {
+        if (de->d_name[0] == '.') continue;
+        entries++;
+        assert_int_equal(strlen(de->d_name), 32);
+        char hi[17] = {0}, lo[17] = {0};
+        memcpy(hi, de->d_name, 16);
+        memcpy(lo, de->d_name + 16, 16);
+        key.hi = strtoull(hi, NULL, 16);
+        key.lo = strtoull(lo, NULL, 16);
+        snprintf(path, 512, "%s/%s", dir, de->d_name);
+    }
+    closedir(d);
+    assert_int_equal(entries, 1);
+    return key;
+}
+
+/* A cache entry whose checksums hold but whose object LLVM cannot load (not
+ * an object at all; an object whose kernel calls a function nothing defines,
+ * which fails only when the JIT links it) is a miss: the compile succeeds with
+ * a rebuilt kernel, the entry is replaced by a good one, and nothing is
+ * printed (LLVM's JIT session prints its errors to stderr unless told not to). */
+static void test_kernel_cache_unloadable(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ssmc-cpu-badcache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const char *old = getenv("SSMC_CACHE_DIR");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("SSMC_CACHE_DIR", dir, 1);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *cpu, *ref;
+    compile_pair("tiles", 2, ctx, &cpu, &ref);
+    ssmc_model_free(cpu);
+    ssmc_model_free(ref);
+    char entry[512], obj[600], cmd[1400];
+    rt_cache_key key = only_entry(dir, entry);
+    size_t good_len;
+    char *good = read_file(entry, &good_len, &(const char *){NULL});
+    assert_non_null(good);
+    /* an object that defines the kernel's symbol and calls an undefined function */
+    snprintf(obj, sizeof obj, "%s/forged.o", dir);
+    snprintf(cmd, sizeof cmd,
+             "printf 'void ssmc_no_such_function(void);\\nvoid ssmc_tiles(void) { ssmc_no_such_function(); }\\n' "
+             "| ${CC:-cc} -x c -c -fPIC -o '%s' - 2>/dev/null", obj);
+    size_t forged_len = 0;
+    char *forged = system(cmd) == 0 ? read_file(obj, &forged_len, &(const char *){NULL}) : NULL;
+    if (!forged) printf("test_kernel_cache_unloadable: no C compiler: the linking case is not run\n");
+    remove(obj);
+    static const char garbage[] = "checksums fine, but this is no object file";
+    for (int round = 0; round < 2; round++) {
+        const char *bytes = round ? forged : garbage;
+        size_t len = round ? forged_len : sizeof garbage;
+        if (!bytes) continue;
+        strbuf err = {0};
+        assert_int_equal(rt_cache_put(dir, key, bytes, len, &err), SSMC_OK);
+        sb_free(&err);
+        /* stderr to a file around the compile: the library must print nothing */
+        char errpath[600];
+        snprintf(errpath, sizeof errpath, "%s/stderr.txt", dir);
+        fflush(stderr);
+        int saved_fd = dup(2);
+        FILE *ef = fopen(errpath, "w");
+        assert_non_null(ef);
+        dup2(fileno(ef), 2);
+        ssmc_options o = {.model = "tiles", .device = SSMC_DEVICE_CPU, .threads = 2};
+        ssmc_status s = ssmc_compile(ctx, "test_cpu_codegen.ssm", source, sizeof source - 1, &o, &cpu);
+        fflush(stderr);
+        dup2(saved_fd, 2);
+        close(saved_fd);
+        fclose(ef);
+        size_t printed = 0;
+        char *text = read_file(errpath, &printed, &(const char *){NULL});
+        remove(errpath);
+        if (s != SSMC_OK) fail_msg("round %d: compile failed: %s", round, ssmc_ctx_error(ctx));
+        if (printed) fail_msg("round %d: the library printed: %s", round, text);
+        free(text);
+        o.device = SSMC_DEVICE_INTERP;
+        assert_int_equal(ssmc_compile(ctx, "test_cpu_codegen.ssm", source, sizeof source - 1, &o, &ref), SSMC_OK);
+        harness_run r = {.batch = 2, .T = 9, .dtype = SSMC_F32, .random_state = true, .seed = seed0 + 31 + round};
+        harness_result res;
+        harness_compare(cpu, ref, &r, &res);
+        expect("tiles", "after an unloadable cache entry", &r, &res, 1e-5, 2);
+        ssmc_model_free(cpu);
+        ssmc_model_free(ref);
+        /* the entry holds the rebuilt kernel again */
+        size_t now_len;
+        char *now = read_file(entry, &now_len, &(const char *){NULL});
+        assert_non_null(now);
+        assert_int_equal(now_len, good_len);
+        assert_memory_equal(now, good, good_len);
+        free(now);
+    }
+    free(forged);
+    free(good);
+    ssmc_ctx_free(ctx);
+    if (saved)
+        setenv("SSMC_CACHE_DIR", saved, 1);
+    else
+        unsetenv("SSMC_CACHE_DIR");
+    free(saved);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* ---- long programs (issue 18, item 3): a chain of `nlets` per-step lets
  * after `ninv` time-invariant ones, reading `ninputs` inputs. Compile time was
  * quadratic in the number of lets: every let's scratch buffer a noalias
@@ -484,6 +599,7 @@ int main(void)
         cmocka_unit_test(test_run_paths),
         cmocka_unit_test(test_emit),
         cmocka_unit_test(test_kernel_cache),
+        cmocka_unit_test(test_kernel_cache_unloadable),
         cmocka_unit_test(test_scratch_pages),
         cmocka_unit_test(test_long_programs),
         cmocka_unit_test(test_many_lets_compile_time),
