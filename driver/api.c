@@ -54,6 +54,11 @@ const char *ssmc_status_name(ssmc_status s)
 /* Parses the source into a; returns the file's tree or NULL. */
 static ast_file *parse(arena *a, diag *d, src_file *f, const char *filename, const char *source, size_t len)
 {
+    if (len > SSMC_MAX_SOURCE_BYTES) {
+        diag_error(d, "%s: the source is %zu bytes, more than the limit of %zu (64 MiB)", filename ? filename : "<input>",
+                   len, SSMC_MAX_SOURCE_BYTES);
+        return NULL;
+    }
     char *text = arena_alloc(a, len + 1);
     if (!text) {
         diag_error(d, "out of memory");
