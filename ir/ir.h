@@ -66,7 +66,8 @@ typedef struct ir_tensor {
 typedef struct ir_origin {
     int tensor;  /* the new let or hidden state */
     int let;     /* the let whose earlier values it holds */
-    int64_t lag; /* at t - lag; 0 for a let whose first axis is the lag (t - k for every k) */
+    int64_t lag; /* at t - lag, */
+    bool window; /* ... minus the value w of its first axis (a let over every w of that dim) */
 } ir_origin;
 
 typedef struct ir_var {

@@ -217,11 +217,9 @@ void ir_print(strbuf *out, const ir_model *m)
         if (t->hidden) sb_puts(out, "  hidden");
         const ir_origin *o = ir_find_origin(m, (int)i);
         if (o) {
-            sb_printf(out, ": %s at t - ", m->tensors[o->let].name);
-            if (o->lag)
-                sb_printf(out, "%lld", (long long)o->lag);
-            else
-                sb_printf(out, "k for k < %s", m->dims[t->dims[0]].name);
+            sb_printf(out, ": %s at t", m->tensors[o->let].name);
+            if (o->lag) sb_printf(out, " - %lld", (long long)o->lag);
+            if (o->window) sb_printf(out, " - w for w < %s", m->dims[t->dims[0]].name);
         }
         if (t->kind == IR_STATE && t->def < 0) sb_puts(out, "  never updated");
         if (t->kind == IR_STATE && ir_find_init(m, (int)i)) sb_puts(out, "  init");
