@@ -316,9 +316,10 @@ static void check_expr(checker *c, ast_expr *e)
             return;
         }
         for (int i = 0; i < e->nvars; i++) {
-            if (lookup_var(c, e->vars[i]) >= 0) {
-                err(c, e->var_locs[i], "'%s' is already an index variable here; a reduction needs a new name",
-                    e->vars[i]);
+            int prev = lookup_var(c, e->vars[i]);
+            if (prev >= 0) {
+                err(c, e->var_locs[i], "'%s' is already an index variable here (bound at %u:%u); a reduction needs a new name",
+                    e->vars[i], c->vars[prev].loc.line, c->vars[prev].loc.col);
                 return;
             }
             e->var_ids[i] = new_var(c, e->vars[i], e->var_locs[i]);
