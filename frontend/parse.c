@@ -304,7 +304,11 @@ static ast_expr *parse_primary(parser *p)
     case TOK_SUM:
         advance(p);
         if (!expect(p, TOK_LPAREN, "'(' after 'sum'")) return NULL;
-        if (!looks_like_reduction(p)) {
+        /* `sum(j[]`, `sum(j[T]`, `sum(j[W:` are reductions gone wrong: their own errors are the precise ones */
+        if (!looks_like_reduction(p) &&
+            !(peek(p)->kind == TOK_IDENT && peek2(p, 1)->kind == TOK_LBRACK &&
+              (peek2(p, 2)->kind == TOK_RBRACK || peek2(p, 2)->kind == TOK_BIG_T ||
+               (peek2(p, 2)->kind == TOK_IDENT && peek2(p, 3)->kind == TOK_COLON)))) {
             fail(p, peek(p), "reduction variables and ':' (as in 'sum(i: e)')");
             return NULL;
         }
