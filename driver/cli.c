@@ -1,6 +1,6 @@
-/* main.c: the ssmc command line (SPEC §5). The only place that prints.
+/* cli.c: the ssmc command line (SPEC §5). The only place that prints.
  *   ssmc check FILE
- *   ssmc emit  FILE --emit=ast|ir|analysis|llvm|cuda|ptx [-D H=16 ...]
+ *   ssmc emit  FILE --emit=ast|ir|analysis|plan|llvm|cuda|ptx [-D H=16 ...]
  *   ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]
  *                   [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]
  *                   [--init-state NAME=FILE.npy] [--verify]
@@ -230,15 +230,16 @@ static int cmd_check_emit(const cli *c, bool emit)
         static const struct {
             const char *name;
             ssmc_emit_kind kind;
-        } kinds[] = {{"ast", SSMC_EMIT_AST}, {"ir", SSMC_EMIT_IR}, {"analysis", SSMC_EMIT_ANALYSIS},
-                     {"llvm", SSMC_EMIT_LLVM}, {"cuda", SSMC_EMIT_CUDA}, {"ptx", SSMC_EMIT_PTX}};
+        } kinds[] = {{"ast", SSMC_EMIT_AST},   {"ir", SSMC_EMIT_IR},     {"analysis", SSMC_EMIT_ANALYSIS},
+                     {"plan", SSMC_EMIT_PLAN}, {"llvm", SSMC_EMIT_LLVM}, {"cuda", SSMC_EMIT_CUDA},
+                     {"ptx", SSMC_EMIT_PTX}};
         int k = -1;
         for (size_t i = 0; c->emit && i < sizeof kinds / sizeof *kinds; i++)
             if (strcmp(kinds[i].name, c->emit) == 0) k = (int)i;
         if (k < 0) {
             ssmc_ctx_free(ctx);
             free(src);
-            return usage_error("--emit takes ast, ir, analysis, llvm, cuda or ptx%s", "");
+            return usage_error("--emit takes ast, ir, analysis, plan, llvm, cuda or ptx%s", "");
         }
         char *text;
         if (ssmc_emit(ctx, c->file, src, len, &o, kinds[k].kind, &text) != SSMC_OK) {
