@@ -9,6 +9,7 @@
 #include "backend.h"
 #include "support/dtype.h"
 #include "build.h"
+#include "grad.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
@@ -25,6 +26,7 @@ struct ssmc_model {
     ssmc_options opts;
     const backend *be;
     void *be_state;
+    grad_state *grad; /* made by the first gradient call (driver/grad.c) */
 };
 
 ssmc_ctx *ssmc_ctx_new(void) { return calloc(1, sizeof(ssmc_ctx)); }
@@ -151,6 +153,7 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
 void ssmc_model_free(ssmc_model *m)
 {
     if (!m) return;
+    grad_state_free(m->grad);
     if (m->be && m->be_state) m->be->free(m->be_state);
     arena_free(&m->arena);
     free(m);
@@ -206,6 +209,12 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
             s = SSMC_ERR_SOURCE;
         } else if (kind == SSMC_EMIT_IR) {
             ir_print(&out, m);
+        } else if (kind == SSMC_EMIT_GRAD) {
+            pass_grad pg;
+            if (pass_grad_build(&a, m, &pg, &ctx->diag))
+                ir_print(&out, pg.adjoint);
+            else
+                s = a.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
         } else if (kind == SSMC_EMIT_ANALYSIS) {
             pass_analysis an;
             if (pass_analyze(&a, m, &an, &ctx->diag))
@@ -238,6 +247,11 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
 const char *ssmc_model_name(const ssmc_model *m) { return m->ir->name; }
 const ir_model *api_model_ir(const ssmc_model *m) { return m->ir; }
 diag *api_ctx_diag(ssmc_ctx *ctx) { return &ctx->diag; }
+arena *api_model_arena(ssmc_model *m) { return &m->arena; }
+const backend *api_model_backend(const ssmc_model *m) { return m->be; }
+const ssmc_options *api_model_options(const ssmc_model *m) { return &m->opts; }
+diag *api_model_diag(ssmc_model *m) { return &m->ctx->diag; }
+grad_state **api_model_grad(ssmc_model *m) { return &m->grad; }
 int ssmc_model_num_tensors(const ssmc_model *m)
 {
     int n = 0;

@@ -6,7 +6,8 @@
  * A state update is computed into a scratch buffer and copied over the state
  * after the statement, so the update is simultaneous over all indices and
  * reads inside it see S(t-1); later statements see S(t). Reads of an input
- * before the start of the sequence give 0. */
+ * before the start of the sequence give 0. A reverse model (ir.h) runs its
+ * steps from t = T-1 down to 0, and its lags look forward in time. */
 #include "ir.h"
 
 #include <math.h>
@@ -36,13 +37,20 @@ static double load(interp *I, const ir_inst *in)
     const int64_t *st = &I->strides[in->load.tensor * IR_MAX_RANK];
     for (int i = 0; i < t->rank; i++) {
         const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
-        int64_t v = ix->kind == IR_IX_CONST ? ix->k : ix->kind == IR_IX_DIV ? I->env[ix->var] / ix->k : I->env[ix->var];
+        int64_t v;
+        switch (ix->kind) {
+        case IR_IX_CONST: v = ix->k; break;
+        case IR_IX_DIV: v = I->env[ix->var] / ix->k; break;
+        case IR_IX_AFFINE: v = I->env[ix->var] * ix->k + I->env[ix->var2]; break;
+        default: v = I->env[ix->var]; break;
+        }
         off += v * st[i];
     }
     switch (t->kind) {
     case IR_INPUT: {
-        int64_t tt = I->t - (in->load.lag_var >= 0 ? I->env[in->load.lag_var] : in->load.lag);
-        if (tt < 0) return 0.0;
+        int64_t lag = in->load.lag_var >= 0 ? I->env[in->load.lag_var] : in->load.lag;
+        int64_t tt = m->reverse ? I->t + lag : I->t - lag;
+        if (tt < 0 || tt >= I->args->T) return 0.0;
         int64_t n = I->elems[in->load.tensor];
         return I->args->data[in->load.tensor][(I->b * I->args->T + tt) * n + off];
     }
@@ -167,7 +175,8 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
         I.t = 0;
         for (uint32_t si = 0; si < m->nstmts; si++)
             if (!m->stmts[si].per_step) run_stmt(&I, &m->stmts[si], I.buf[m->stmts[si].tensor]);
-        for (I.t = 0; I.t < args->T; I.t++) {
+        for (int64_t step = 0; step < args->T; step++) {
+            I.t = m->reverse ? args->T - 1 - step : step;
             for (uint32_t si = 0; si < m->nstmts; si++) {
                 const ir_stmt *s = &m->stmts[si];
                 if (!s->per_step) continue;

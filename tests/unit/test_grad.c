@@ -1,0 +1,551 @@
+/* test_grad.c: the gradients the compiler derives (passes/grad.c) and the
+ * checkpointed backward that runs them (driver/grad.c), on the interpreter.
+ *
+ * The check: for random inputs, params, initial states and cotangents (of
+ * every output and every final state) and a random direction v over every
+ * input, param and initial state, the directional derivative <grad, v> from
+ * ssmc_backward agrees with central finite differences of
+ * L = sum <dy, y> + <dS, S(T)> computed by ssmc_run in f64 (Richardson-
+ * extrapolated, so the difference's own error is far below the tolerance),
+ * to a relative error of 1e-6. Also: the training forward's outputs and
+ * final states equal ssmc_run's. Cases: every example (small dims, several
+ * chunks), and models made for each construct of the language; the same
+ * models at checkpoint intervals of 1, 2 and T; a long sequence (T = 65,536)
+ * whose gradients stay finite; the checkpoint memory bound. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "helpers/files.h"
+#include "ssmc.h"
+#include "support/support.h"
+
+#define MAXT 32
+
+typedef struct gmodel {
+    ssmc_ctx *ctx;
+    ssmc_model *m;
+    int n;
+    ssmc_tensor_info info[MAXT];
+    size_t count[MAXT];
+    int64_t B, T;
+} gmodel;
+
+static void gm_open(gmodel *g, const char *file, const char *src, size_t len, const ssmc_dim *dims, int ndims,
+                    int64_t B, int64_t T, int64_t chunk)
+{
+    memset(g, 0, sizeof *g);
+    g->ctx = ssmc_ctx_new();
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP, .dims = dims, .ndims = ndims, .grad_chunk = chunk};
+    if (ssmc_compile(g->ctx, file, src, len, &o, &g->m) != SSMC_OK) fail_msg("%s: %s", file, ssmc_ctx_error(g->ctx));
+    g->n = ssmc_model_num_tensors(g->m);
+    assert_true(g->n <= MAXT);
+    g->B = B;
+    g->T = T;
+    for (int i = 0; i < g->n; i++) {
+        ssmc_model_tensor(g->m, i, &g->info[i]);
+        size_t c = g->info[i].role == SSMC_PARAM ? 1 : (size_t)B;
+        if (g->info[i].per_step) c *= (size_t)T;
+        for (int j = 0; j < g->info[i].rank; j++) c *= (size_t)g->info[i].shape[j];
+        g->count[i] = c;
+    }
+}
+
+static void gm_close(gmodel *g)
+{
+    ssmc_model_free(g->m);
+    ssmc_ctx_free(g->ctx);
+}
+
+static double **alloc_set(const gmodel *g)
+{
+    double **v = calloc(MAXT, sizeof *v);
+    for (int i = 0; i < g->n; i++) v[i] = calloc(g->count[i] + 1, sizeof(double));
+    return v;
+}
+
+static void free_set(const gmodel *g, double **v)
+{
+    for (int i = 0; v && i < g->n; i++) free(v[i]);
+    free(v);
+}
+
+static bool is_value(ssmc_role r) { return r == SSMC_INPUT || r == SSMC_PARAM || r == SSMC_STATE; }
+
+/* L(theta + h v) by ssmc_run; outs (optional) receives the outputs and final states. */
+static double loss(const gmodel *g, double *const *theta, double *const *v, double h, double *const *cot,
+                   double **outs)
+{
+    double **buf = alloc_set(g);
+    ssmc_arg args[MAXT];
+    for (int i = 0; i < g->n; i++) {
+        if (is_value(g->info[i].role))
+            for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = theta[i][k] + h * v[i][k];
+        else
+            for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = NAN;
+        args[i] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i]};
+    }
+    if (ssmc_run(g->m, g->B, g->T, args, g->n) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
+    double L = 0;
+    for (int i = 0; i < g->n; i++) {
+        if (g->info[i].role != SSMC_OUTPUT && g->info[i].role != SSMC_STATE) continue;
+        for (size_t k = 0; k < g->count[i]; k++) L += cot[i][k] * buf[i][k];
+        if (outs) memcpy(outs[i], buf[i], g->count[i] * sizeof(double));
+    }
+    free_set(g, buf);
+    return L;
+}
+
+/* Fills theta, the cotangents and a direction with values in [-scale, scale). */
+static void draw(const gmodel *g, uint64_t seed, double scale, double **theta, double **cot, double **v)
+{
+    uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 7;
+    for (int i = 0; i < g->n; i++)
+        for (size_t k = 0; k < g->count[i]; k++) {
+            bool val = is_value(g->info[i].role), out = g->info[i].role == SSMC_OUTPUT || g->info[i].role == SSMC_STATE;
+            theta[i][k] = val ? scale * uniform_pm1(&rng) : 0;
+            cot[i][k] = out ? uniform_pm1(&rng) : 0;
+            v[i][k] = val ? uniform_pm1(&rng) : 0;
+        }
+}
+
+/* The gradients by the training forward and the backward; checks the
+ * forward's results against ssmc_run's (ref). Returns <grad, v>. */
+static double backprop(const gmodel *g, double *const *theta, double *const *cot, double *const *v, double **grads,
+                       double *const *ref)
+{
+    double **buf = alloc_set(g);
+    ssmc_arg args[MAXT], douts[MAXT], gargs[MAXT];
+    int ng = 0, nd = 0;
+    for (int i = 0; i < g->n; i++) {
+        ssmc_role r = g->info[i].role;
+        for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = is_value(r) ? theta[i][k] : NAN;
+        args[i] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i]};
+        if (r == SSMC_OUTPUT || r == SSMC_STATE) douts[nd++] = (ssmc_arg){g->info[i].name, SSMC_F64, cot[i]};
+        if (is_value(r)) {
+            for (size_t k = 0; k < g->count[i]; k++) grads[i][k] = NAN; /* poisoned */
+            gargs[ng++] = (ssmc_arg){g->info[i].name, SSMC_F64, grads[i]};
+        }
+    }
+    ssmc_tape *tape = NULL;
+    if (ssmc_forward_train(g->m, g->B, g->T, args, g->n, &tape) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
+    for (int i = 0; i < g->n; i++) {
+        ssmc_role r = g->info[i].role;
+        if (r != SSMC_OUTPUT && r != SSMC_STATE) continue;
+        for (size_t k = 0; k < g->count[i]; k++)
+            if (!(fabs(buf[i][k] - ref[i][k]) <= 1e-12 * (1 + fabs(ref[i][k]))))
+                fail_msg("training forward: %s[%zu] = %.17g, ssmc_run gives %.17g", g->info[i].name, k, buf[i][k],
+                         ref[i][k]);
+    }
+    /* the backward takes the inputs and params again (not the final states the forward wrote) */
+    ssmc_arg vals[MAXT];
+    int nv = 0;
+    for (int i = 0; i < g->n; i++)
+        if (g->info[i].role == SSMC_INPUT || g->info[i].role == SSMC_PARAM) vals[nv++] = args[i];
+    if (ssmc_backward(g->m, tape, vals, nv, douts, nd, gargs, ng) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
+    ssmc_tape_free(tape);
+    double dd = 0;
+    for (int i = 0; i < g->n; i++) {
+        if (!is_value(g->info[i].role)) continue;
+        for (size_t k = 0; k < g->count[i]; k++) {
+            if (!isfinite(grads[i][k])) fail_msg("grad of %s[%zu] is %g", g->info[i].name, k, grads[i][k]);
+            dd += grads[i][k] * v[i][k];
+        }
+    }
+    free_set(g, buf);
+    return dd;
+}
+
+/* The check of the top of the file for one model; returns the relative error. */
+static double check_model(const char *file, const char *src, size_t len, const ssmc_dim *dims, int ndims, int64_t B,
+                          int64_t T, int64_t chunk, double scale, uint64_t seed)
+{
+    gmodel g;
+    gm_open(&g, file, src, len, dims, ndims, B, T, chunk);
+    double **theta = alloc_set(&g), **cot = alloc_set(&g), **v = alloc_set(&g), **grads = alloc_set(&g);
+    double **ref = alloc_set(&g);
+    draw(&g, seed, scale, theta, cot, v);
+    loss(&g, theta, v, 0, cot, ref);
+    double ad = backprop(&g, theta, cot, v, grads, ref);
+    double h = 1e-4;
+    double d1 = (loss(&g, theta, v, h, cot, NULL) - loss(&g, theta, v, -h, cot, NULL)) / (2 * h);
+    double d2 = (loss(&g, theta, v, h / 2, cot, NULL) - loss(&g, theta, v, -h / 2, cot, NULL)) / h;
+    double fd = (4 * d2 - d1) / 3;
+    double den = fmax(fabs(ad), fabs(fd));
+    double rel = den > 0 ? fabs(ad - fd) / den : 0;
+    if (getenv("SSMC_TEST_VERBOSE"))
+        fprintf(stderr, "%-28s chunk %lld  <grad,v> %.15g  fd %.15g  rel %.2e\n", file, (long long)chunk, ad, fd, rel);
+    if (!(rel <= 1e-6)) fail_msg("%s (chunk %lld): <grad, v> = %.15g, finite differences %.15g, rel err %.3e", file,
+                                 (long long)chunk, ad, fd, rel);
+    assert_true(den > 1e-9); /* the check means nothing on a zero gradient */
+    free_set(&g, theta);
+    free_set(&g, cot);
+    free_set(&g, v);
+    free_set(&g, grads);
+    free_set(&g, ref);
+    gm_close(&g);
+    return rel;
+}
+
+static void check_src(const char *name, const char *src, int64_t T, int64_t chunk)
+{
+    check_model(name, src, strlen(src), NULL, 0, 2, T, chunk, 1.0, 1);
+}
+
+/* ---- every example, small ---- */
+
+typedef struct example_dims {
+    const char *file;
+    ssmc_dim dims[8];
+    int ndims;
+} example_dims;
+
+static const example_dims examples[] = {
+    {"examples/deltanet.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/gated_deltanet.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/gla.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/linear_attn.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/lstm.ssm", {{"E", 3}, {"H", 2}}, 2},
+    {"examples/mamba.ssm", {{"E", 3}, {"N", 2}}, 2},
+    {"examples/mamba2.ssm", {{"H", 2}, {"P", 2}, {"N", 3}}, 3},
+    {"examples/mamba2_conv.ssm", {{"H", 4}, {"P", 2}, {"N", 2}, {"G", 2}, {"R", 2}, {"W", 3}}, 6},
+    {"examples/retnet.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/rwkv6.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+};
+
+static void test_examples(void **state)
+{
+    (void)state;
+    char names[64][128];
+    int n = test_list_examples(names, 64);
+    assert_true(n > 0);
+    for (int i = 0; i < n; i++) {
+        const example_dims *e = NULL;
+        for (size_t k = 0; k < sizeof examples / sizeof *examples; k++)
+            if (strcmp(examples[k].file, names[i]) == 0) e = &examples[k];
+        if (!e) fail_msg("%s: no small dims for it in test_grad.c's table", names[i]);
+        size_t len;
+        char *src = test_slurp(names[i], &len);
+        check_model(names[i], src, len, e->dims, e->ndims, 2, 7, 0, 1.0, 3);
+        free(src);
+    }
+}
+
+/* ---- one model per construct ---- */
+
+static void test_elementwise(void **state)
+{
+    (void)state;
+    check_src("elementwise",
+              "model m { dim N = 3; input x[T,N]; param w[N], b; state S[N]; output y[T,N];\n"
+              "  S[n] = sigmoid(w[n]) * S[n] + tanh(x[t,n] * b);\n"
+              "  y[t,n] = exp(S[n]) * x[t,n] - S[n] / (2 + x[t,n] * x[t,n]); }\n",
+              6, 0);
+}
+
+static void test_functions(void **state)
+{
+    (void)state;
+    check_src("functions",
+              "model m { dim N = 3; input x[T,N]; param p[N]; output y[T,N];\n"
+              "  let u[t,n] = x[t,n] * x[t,n] + 0.5;\n"
+              "  y[t,n] = log(u[t,n]) + log1p(u[t,n]) + sqrt(u[t,n]) + rsqrt(u[t,n]) + softplus(x[t,n] * p[n])\n"
+              "         + silu(x[t,n] - p[n]) + pow(u[t,n], p[n]) + pow(2, x[t,n]) - -x[t,n]; }\n",
+              4, 0);
+}
+
+static void test_reduction_sum(void **state)
+{
+    (void)state;
+    check_src("sum",
+              "model m { dim N = 3, K = 2; input x[T,N], q[T,K]; param W[K,N]; state S[K,N]; output y[T,K];\n"
+              "  S[k,n] = 0.9 * S[k,n] + sum(j: W[k,j] * x[t,j]) * x[t,n];\n"
+              "  y[t,k] = sum(n, k2: S[k2,n] * q[t,k2] * W[k,n]) + sum(n: x[t,n]) * sum(j: W[k,j] * q[t,k]); }\n",
+              5, 0);
+}
+
+static void test_nested_reduction(void **state)
+{
+    (void)state;
+    check_src("nested",
+              "model m { dim N = 3, K = 2; input x[T,N]; param W[K,N]; output y[T,K];\n"
+              "  y[t,k] = sum(n: W[k,n] * tanh(sum(j: W[k,j] * x[t,j]) * x[t,n])); }\n",
+              4, 0);
+}
+
+static void test_grouped(void **state)
+{
+    (void)state;
+    check_src("grouped",
+              "model m { dim H = 4, G = 2, R = 2, N = 3; input x[T,H], B[T,G,N]; param A[G]; state S[H,N];\n"
+              "  output y[T,H];\n"
+              "  S[h,n] = sigmoid(A[h / R]) * S[h,n] + x[t,h] * B[t, h / R, n];\n"
+              "  y[t,h] = sum(n: S[h,n] * B[t, h / 2, n]); }\n",
+              5, 0);
+}
+
+static void test_time_offsets(void **state)
+{
+    (void)state;
+    check_src("offsets",
+              "model m { dim D = 3; input x[T,D]; param mu[D]; state S[D]; output y[T,D];\n"
+              "  S[d] = 0.5 * S[d] + mu[d] * x[t,d] + (1 - mu[d]) * x[t - 1, d] * x[t - 3, d];\n"
+              "  y[t,d] = S[d] * x[t - 2, d]; }\n",
+              7, 0);
+}
+
+static void test_convolution(void **state)
+{
+    (void)state;
+    check_src("conv",
+              "model m { dim D = 2, W = 3; input x[T,D]; param w[D,W], b[D]; state S[D]; output y[T,D];\n"
+              "  let xc[t,d] = silu(sum(j: w[d,j] * x[t - j, d]) + b[d]);\n"
+              "  S[d] = 0.7 * S[d] + xc[t,d];\n"
+              "  y[t,d] = S[d] * xc[t,d] + sum(j: w[d,j] * w[d,j] * x[t - j, d]); }\n",
+              7, 0);
+}
+
+static void test_lets(void **state)
+{
+    (void)state;
+    check_src("lets",
+              "model m { dim N = 3; input x[T,N]; param a[N], s; state S[N]; output y[T,N];\n"
+              "  let A[n] = -exp(a[n]) * s;\n"
+              "  let A2[n] = A[n] * A[n] + s;\n"
+              "  let c = sum(n: a[n]);\n"
+              "  let g[t,n] = exp(A[n] * x[t,n]);\n"
+              "  S[n] = g[t,n] * S[n] + A2[n] * x[t,n] + c;\n"
+              "  y[t,n] = S[n] * g[t,n] + A[n]; }\n",
+              5, 0);
+}
+
+static void test_old_and_new(void **state)
+{
+    (void)state;
+    check_src("old_new",
+              "model m { dim N = 3; input x[T,N]; state S[N], U[N]; output before[T,N], after[T,N];\n"
+              "  let prev[t,n] = S[n];\n"
+              "  S[n] = 0.5 * S[n] + x[t,n] * U[n];\n"
+              "  after[t,n] = S[n] * U[n];\n"
+              "  U[n] = tanh(U[n] + S[n] * prev[t,n]);\n"
+              "  before[t,n] = prev[t,n] + U[n] * S[n]; }\n",
+              6, 0);
+}
+
+static void test_coupled(void **state)
+{
+    (void)state;
+    check_src("coupled",
+              "model m { dim N = 2, K = 3; input x[T,N]; param W[N,K]; state a[N,K], b[K]; output y[T,K];\n"
+              "  a[n,k] = 0.5 * a[n,k] + b[k] * x[t,n];\n"
+              "  b[k] = 0.8 * b[k] + sum(n: a[n,k] * W[n,k]) - 0.1 * sum(j: b[j]);\n"
+              "  y[t,k] = b[k]; }\n",
+              6, 0);
+}
+
+static void test_delta_rule(void **state)
+{
+    (void)state;
+    check_src("delta",
+              "model m { dim K = 3, V = 2; input k[T,K], v[T,V], b[T]; state S[K,V]; output y[T,V];\n"
+              "  let pred[t,j] = sum(i: k[t,i] * S[i,j]);\n"
+              "  S[i,j] = S[i,j] + sigmoid(b[t]) * k[t,i] * (v[t,j] - pred[t,j]);\n"
+              "  y[t,j] = sum(i: S[i,j] * k[t,i]); }\n",
+              6, 0);
+}
+
+static void test_never_updated_state(void **state)
+{
+    (void)state;
+    check_src("constant_state",
+              "model m { dim N = 3; input x[T,N]; state C[N], S[N]; output y[T,N];\n"
+              "  S[n] = 0.5 * S[n] + C[n] * x[t,n];\n"
+              "  y[t,n] = S[n] + C[n]; }\n",
+              5, 0);
+}
+
+static void test_gru(void **state)
+{
+    (void)state;
+    check_src("gru",
+              "model gru { dim E = 2, H = 3; input x[T,E];\n"
+              "  param Wz[H,E], Uz[H,H], Wr[H,E], Ur[H,H], Wn[H,E], Un[H,H], bz[H], bn[H];\n"
+              "  state h[H]; output y[T,H];\n"
+              "  let z[t,j] = sigmoid(sum(e: Wz[j,e] * x[t,e]) + sum(a: Uz[j,a] * h[a]) + bz[j]);\n"
+              "  let r[t,j] = sigmoid(sum(e: Wr[j,e] * x[t,e]) + sum(a: Ur[j,a] * h[a]));\n"
+              "  let n[t,j] = tanh(sum(e: Wn[j,e] * x[t,e]) + r[t,j] * sum(a: Un[j,a] * h[a]) + bn[j]);\n"
+              "  h[j] = (1 - z[t,j]) * n[t,j] + z[t,j] * h[j];\n"
+              "  y[t,j] = h[j]; }\n",
+              6, 0);
+}
+
+/* ---- checkpoint intervals ---- */
+
+static void test_chunks(void **state)
+{
+    (void)state;
+    const char *src = "model m { dim D = 2, W = 3; input x[T,D]; param w[D,W]; state S[D], U[D]; output y[T,D];\n"
+                      "  S[d] = tanh(0.9 * S[d] + sum(j: w[d,j] * x[t - j, d]) + U[d]);\n"
+                      "  U[d] = 0.5 * U[d] + S[d] * x[t - 1, d];\n"
+                      "  y[t,d] = S[d] * U[d]; }\n";
+    int64_t chunks[] = {1, 2, 3, 4, 7, 0, 100};
+    for (size_t i = 0; i < sizeof chunks / sizeof *chunks; i++) check_src("chunks", src, 7, chunks[i]);
+    /* one sequence: the chunks run on the caller's tensors in place */
+    check_model("chunks_b1", src, strlen(src), NULL, 0, 1, 9, 2, 1.0, 5);
+}
+
+/* ---- the plan, and what the tape holds ---- */
+
+static void test_memory_bound(void **state)
+{
+    (void)state;
+    size_t len;
+    char *src = test_slurp("examples/mamba2.ssm", &len);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_dim dims[] = {{"H", 2}, {"P", 2}, {"N", 3}};
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP, .dims = dims, .ndims = 3};
+    ssmc_model *m = NULL;
+    assert_int_equal(ssmc_compile(ctx, "mamba2.ssm", src, len, &o, &m), SSMC_OK);
+    size_t state_bytes = 2 * 2 * 3 * sizeof(double); /* S[H,P,N] in f64 */
+    int64_t Ts[] = {1, 2, 10, 100, 1000, 4096, 65536, 1000000};
+    for (size_t i = 0; i < sizeof Ts / sizeof *Ts; i++) {
+        int64_t T = Ts[i];
+        ssmc_grad_info info;
+        assert_int_equal(ssmc_grad_info_of(m, T, &info), SSMC_OK);
+        assert_int_equal(info.state_bytes, state_bytes);
+        assert_true(info.chunk >= 1 && info.chunk <= T);
+        assert_int_equal(info.checkpoints, (T + info.chunk - 1) / info.chunk);
+        /* C = ceil(sqrt(T)): checkpoints plus trace steps within 2 sqrt(T) + 2 */
+        double bound = 2 * sqrt((double)T) + 2;
+        assert_true((double)(info.checkpoints + info.chunk) <= bound);
+        assert_int_equal(info.tape_bytes, (size_t)info.checkpoints * state_bytes);
+        assert_true(info.tape_bytes < (size_t)T * state_bytes || T <= 2);
+    }
+    /* the tape of a real run holds exactly that, for every sequence */
+    int64_t B = 3, T = 50;
+    ssmc_grad_info info;
+    assert_int_equal(ssmc_grad_info_of(m, T, &info), SSMC_OK);
+    int n = ssmc_model_num_tensors(m);
+    ssmc_arg args[16];
+    double *bufs[16];
+    for (int i = 0; i < n; i++) {
+        ssmc_tensor_info ti;
+        ssmc_model_tensor(m, i, &ti);
+        size_t c = ti.role == SSMC_PARAM ? 1 : (size_t)B;
+        if (ti.per_step) c *= (size_t)T;
+        for (int j = 0; j < ti.rank; j++) c *= (size_t)ti.shape[j];
+        bufs[i] = calloc(c, sizeof(double));
+        for (size_t k = 0; k < c; k++) bufs[i][k] = 0.01 * (double)(k % 7);
+        args[i] = (ssmc_arg){ti.name, SSMC_F64, bufs[i]};
+    }
+    ssmc_tape *tape = NULL;
+    assert_int_equal(ssmc_forward_train(m, B, T, args, n, &tape), SSMC_OK);
+    assert_int_equal(ssmc_tape_bytes(tape), (size_t)B * info.tape_bytes);
+    assert_int_equal(info.chunk, 8);
+    assert_int_equal(info.checkpoints, 7);
+    ssmc_tape_free(tape);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+    free(src);
+}
+
+/* ---- long sequences ---- */
+
+static void test_long_sequence(void **state)
+{
+    (void)state;
+    size_t len;
+    char *src = test_slurp("examples/mamba2.ssm", &len);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_dim dims[] = {{"H", 2}, {"P", 2}, {"N", 2}};
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP, .dims = dims, .ndims = 3};
+    ssmc_model *m = NULL;
+    assert_int_equal(ssmc_compile(ctx, "mamba2.ssm", src, len, &o, &m), SSMC_OK);
+    const int64_t B = 1, T = 65536;
+    int n = ssmc_model_num_tensors(m);
+    ssmc_arg args[16], douts[16], grads[16];
+    int nd = 0, ng = 0, na = 0;
+    double *bufs[16], *cot[16], *gr[16];
+    uint64_t rng = 11;
+    for (int i = 0; i < n; i++) {
+        ssmc_tensor_info ti;
+        ssmc_model_tensor(m, i, &ti);
+        size_t c = ti.role == SSMC_PARAM ? 1 : (size_t)B;
+        if (ti.per_step) c *= (size_t)T;
+        for (int j = 0; j < ti.rank; j++) c *= (size_t)ti.shape[j];
+        bufs[i] = calloc(c, sizeof(double));
+        cot[i] = calloc(c, sizeof(double));
+        gr[i] = calloc(c, sizeof(double));
+        for (size_t k = 0; k < c; k++) {
+            bufs[i][k] = uniform_pm1(&rng);
+            cot[i][k] = uniform_pm1(&rng);
+            gr[i][k] = NAN;
+        }
+        if (ti.role == SSMC_INPUT || ti.role == SSMC_PARAM) args[na++] = (ssmc_arg){ti.name, SSMC_F64, bufs[i]};
+        if (ti.role == SSMC_OUTPUT || ti.role == SSMC_STATE) douts[nd++] = (ssmc_arg){ti.name, SSMC_F64, cot[i]};
+        if (ti.role != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){ti.name, SSMC_F64, gr[i]};
+    }
+    ssmc_tape *tape = NULL;
+    assert_int_equal(ssmc_forward_train(m, B, T, args, na, &tape), SSMC_OK);
+    if (ssmc_backward(m, tape, args, na, douts, nd, grads, ng) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+    ssmc_grad_info info;
+    assert_int_equal(ssmc_grad_info_of(m, T, &info), SSMC_OK);
+    assert_int_equal(info.chunk, 256);
+    assert_int_equal(ssmc_tape_bytes(tape), 256 * info.state_bytes);
+    ssmc_tape_free(tape);
+    for (int i = 0; i < ng; i++) {
+        int k = ssmc_model_find(m, grads[i].name);
+        ssmc_tensor_info ti;
+        ssmc_model_tensor(m, k, &ti);
+        size_t c = ti.role == SSMC_PARAM ? 1 : (size_t)B;
+        if (ti.per_step) c *= (size_t)T;
+        for (int j = 0; j < ti.rank; j++) c *= (size_t)ti.shape[j];
+        double amax = 0;
+        for (size_t e = 0; e < c; e++) {
+            if (!isfinite(gr[k][e])) fail_msg("grad %s[%zu] = %g", ti.name, e, gr[k][e]);
+            amax = fmax(amax, fabs(gr[k][e]));
+        }
+        assert_true(amax > 0);
+    }
+    for (int i = 0; i < n; i++) {
+        free(bufs[i]);
+        free(cot[i]);
+        free(gr[i]);
+    }
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+    free(src);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_functions),
+        cmocka_unit_test(test_reduction_sum),
+        cmocka_unit_test(test_nested_reduction),
+        cmocka_unit_test(test_grouped),
+        cmocka_unit_test(test_time_offsets),
+        cmocka_unit_test(test_convolution),
+        cmocka_unit_test(test_lets),
+        cmocka_unit_test(test_old_and_new),
+        cmocka_unit_test(test_coupled),
+        cmocka_unit_test(test_delta_rule),
+        cmocka_unit_test(test_never_updated_state),
+        cmocka_unit_test(test_gru),
+        cmocka_unit_test(test_chunks),
+        cmocka_unit_test(test_memory_bound),
+        cmocka_unit_test(test_long_sequence),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
