@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codegen/cuda_plan.h"
+#include "codegen/cuda.h"
 
 typedef struct vbind {
     bool on;
@@ -41,7 +41,7 @@ typedef struct vbind {
 typedef struct em {
     strbuf *out;
     arena a; /* strings of this emission */
-    const cuda_plan *p;
+    const pass_plan *p;
     const ir_model *m;
     const cuda_sig *sig;
     int ind;
@@ -77,9 +77,7 @@ static void line(em *e, const char *fmt, ...)
     sb_putc(e->out, '\n');
 }
 
-static int axis_class(const cuda_plan *p, int tensor, int axis) { return p->sched.axis_class[tensor * IR_MAX_RANK + axis]; }
-static bool tracked(const ir_tensor *t) { return t->kind == IR_STATE || t->kind == IR_LET; }
-static bool in_memory(const cuda_plan *p, int t) { return p->place[t] == CUDA_PLACE_SHARED || p->place[t] == CUDA_PLACE_GLOBAL; }
+static bool in_memory(const pass_plan *p, int t) { return p->place[t] == PLAN_PLACE_LOCAL || p->place[t] == PLAN_PLACE_GLOBAL; }
 
 static const char *dtype_c(ssmc_dtype dt)
 {
@@ -230,27 +228,27 @@ static const char *const prelude[] = {
 
 static const char *coord(em *e, int c)
 {
-    const cuda_cls *k = &e->p->cls[c];
+    const plan_class *k = &e->p->cls[c];
     return k->threads == 1 ? "0" : S(e, "crd%d", c);
 }
 
 /* k * slots + j for the thread's coordinate k along dom's class. */
-static const char *dom_raw(em *e, cuda_dom d, const char *slot)
+static const char *dom_raw(em *e, plan_dom d, const char *slot)
 {
-    const cuda_cls *k = &e->p->cls[d.cls];
+    const plan_class *k = &e->p->cls[d.cls];
     if (k->threads == 1) return slot;
     if (d.slots == 1) return coord(e, d.cls);
     return S(e, "%s * %d + %s", coord(e, d.cls), d.slots, slot);
 }
 
 /* The highest raw value can pass the end of the domain. */
-static bool dom_overhangs(em *e, cuda_dom d) { return (int64_t)e->p->cls[d.cls].threads * d.slots > d.n; }
+static bool dom_overhangs(em *e, plan_dom d) { return (int64_t)e->p->cls[d.cls].threads * d.slots > d.n; }
 
 /* The global value at a slot, clamped to at most (extent - w); w = 1 for one
  * element, the width of a vector load otherwise. */
-static const char *dom_value(em *e, cuda_dom d, const char *slot, int w)
+static const char *dom_value(em *e, plan_dom d, const char *slot, int w)
 {
-    const cuda_cls *k = &e->p->cls[d.cls];
+    const plan_class *k = &e->p->cls[d.cls];
     const char *raw = dom_raw(e, d, slot);
     /* without overhang a chunk's start is at most extent - w already */
     if (d.spread || !k->split) {
@@ -262,31 +260,27 @@ static const char *dom_value(em *e, cuda_dom d, const char *slot, int w)
     return S(e, "ssmc_imin(%s, %lld)", g, (long long)(k->n - w));
 }
 
-static const char *dom_local(em *e, cuda_dom d, const char *slot)
+static const char *dom_local(em *e, plan_dom d, const char *slot)
 {
     const char *raw = dom_raw(e, d, slot);
     return dom_overhangs(e, d) ? S(e, "ssmc_imin(%s, %lld)", raw, (long long)(d.n - 1)) : raw;
 }
 
 /* NULL when every slot is in range. */
-static const char *dom_ok(em *e, cuda_dom d, const char *slot)
+static const char *dom_ok(em *e, plan_dom d, const char *slot)
 {
-    const cuda_cls *k = &e->p->cls[d.cls];
+    const plan_class *k = &e->p->cls[d.cls];
     const char *raw = dom_raw(e, d, slot);
     const char *a = dom_overhangs(e, d) ? S(e, "%s < %lld", raw, (long long)d.n) : NULL;
     const char *b = !d.spread && k->split && k->n % k->tile ? S(e, "base%d + %s < %lld", d.cls, raw, (long long)k->n) : NULL;
     return a && b ? S(e, "%s && %s", a, b) : a ? a : b;
 }
 
-static cuda_dom class_dom(const cuda_plan *p, int c)
-{
-    return (cuda_dom){.cls = c, .n = p->cls[c].tile, .slots = p->cls[c].slots, .spread = false};
-}
 
 /* Opens an unrolled loop over a domain's slots and binds var to it. The
  * body goes to a buffer of its own until close_dom, which declares the
  * variable's values that the body used. */
-static void open_dom(em *e, int var, cuda_dom d)
+static void open_dom(em *e, int var, plan_dom d)
 {
     const char *name = e->m->vars[var].name;
     const char *slot = S(e, "j_%s", name);
@@ -416,9 +410,9 @@ static void dims_of(const ir_model *m, const ir_tensor *t, int64_t *ext)
     for (int i = 0; i < t->rank; i++) ext[i] = m->dims[t->dims[i]].value;
 }
 
-static void tiles_of(const cuda_plan *p, int tensor, int64_t *ext)
+static void tiles_of(const pass_plan *p, int tensor, int64_t *ext)
 {
-    for (int i = 0; i < p->m->tensors[tensor].rank; i++) ext[i] = p->cls[axis_class(p, tensor, i)].tile;
+    for (int i = 0; i < p->m->tensors[tensor].rank; i++) ext[i] = p->cls[plan_axis_class(p, tensor, i)].tile;
 }
 
 static const char *ex(em *e, ir_ref r);
@@ -426,7 +420,7 @@ static const char *ex(em *e, ir_ref r);
 /* The register (or memory) of a pattern at the slots bound in this context. */
 static const char *pattern_use(em *e, const ir_inst *in, int id)
 {
-    const cuda_pat *pt = &e->p->pats[id];
+    const plan_pat *pt = &e->p->pats[id];
     const ir_tensor *t = &e->m->tensors[pt->tensor];
     const char *s = S(e, "pat%d", id);
     for (int d = 0; d < pt->ndoms; d++)
@@ -440,7 +434,7 @@ static const char *pattern_use(em *e, const ir_inst *in, int id)
 
 static const char *load(em *e, ir_ref r)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_inst *in = &m->insts[r];
     int ti = in->load.tensor;
@@ -448,7 +442,7 @@ static const char *load(em *e, ir_ref r)
     const char *idx[IR_MAX_RANK];
     int64_t ext[IR_MAX_RANK];
     if (t->kind == IR_INPUT || t->kind == IR_PARAM) {
-        if (p->ld_kind[r] == CUDA_LD_PAT) return pattern_use(e, in, p->ld_pat[r]);
+        if (p->ld_kind[r] == PLAN_LD_PAT) return pattern_use(e, in, p->ld_pat[r]);
         for (int i = 0; i < t->rank; i++) idx[i] = index_glob(e, &m->ix[in->load.ix + (uint32_t)i]);
         dims_of(m, t, ext);
         const char *off = offset(e, t->rank, idx, ext);
@@ -463,7 +457,7 @@ static const char *load(em *e, ir_ref r)
                      (long long)(in->load.lag * step), off);
         return S(e, "ssmc_ld(p_%s + %s)", t->name, off);
     }
-    if (p->place[ti] == CUDA_PLACE_REG) {
+    if (p->place[ti] == PLAN_PLACE_REG) {
         if (t->rank == 0) return S(e, "r_%s", t->name);
         const char *s = S(e, "r_%s", t->name);
         for (int i = 0; i < t->rank; i++) s = S(e, "%s[%s]", s, e->v[m->ix[in->load.ix + (uint32_t)i].var].slot);
@@ -477,15 +471,15 @@ static const char *load(em *e, ir_ref r)
 /* Emits a reduction's loops and returns the name of its result. */
 static const char *reduction(em *e, ir_ref r)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_inst *in = &m->insts[r];
     bool sum = in->op == IR_SUM;
     int id = e->tmp++;
     const char *acc = S(e, "acc%d", id);
     line(e, "float %s = %s;", acc, sum ? "0.f" : "SSMC_NEG_INF");
-    if (p->red_mode[r] == CUDA_RED_DIST) {
-        cuda_dom d = p->red_dom[r];
+    if (p->red_mode[r] == PLAN_RED_DIST) {
+        plan_dom d = p->red_dom[r];
         int var = (int)m->red_vars[in->red.vars];
         open_dom(e, var, d);
         const char *x = ex(e, in->a);
@@ -496,7 +490,7 @@ static const char *reduction(em *e, ir_ref r)
         else
             line(e, "%s = %s;", acc, upd);
         close_dom(e, var);
-        const cuda_cls *k = &p->cls[d.cls];
+        const plan_class *k = &p->cls[d.cls];
         if (k->threads > 1)
             line(e, "%s = ssmc_%s<%d, %d>(%s);", acc, sum ? "wsum" : "wmax", k->stride, k->stride * k->threads, acc);
         return acc;
@@ -598,7 +592,7 @@ static bool *class_set(em *e)
 /* The replica that writes memory for a tensor whose axes' classes are in `has`. */
 static const char *primary(em *e, const bool *has)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const char *s = NULL;
     for (int c = 0; c < p->ncls; c++)
         if (!has[c] && p->cls[c].threads > 1) s = and_ok(e, s, S(e, "crd%d == 0", c));
@@ -652,32 +646,32 @@ static const char *reg_ref(em *e, const char *base, const ir_stmt *s)
     return base;
 }
 
-static const char *slot_dims(em *e, const cuda_plan *p, int tensor)
+static const char *slot_dims(em *e, const pass_plan *p, int tensor)
 {
     const char *s = "";
-    for (int i = 0; i < p->m->tensors[tensor].rank; i++) s = S(e, "%s[%d]", s, p->cls[axis_class(p, tensor, i)].slots);
+    for (int i = 0; i < p->m->tensors[tensor].rank; i++) s = S(e, "%s[%d]", s, p->cls[plan_axis_class(p, tensor, i)].slots);
     return s;
 }
 
 static void layout_stmt(em *e, const ir_stmt *s)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[s->tensor];
-    bool reg = p->place[s->tensor] == CUDA_PLACE_REG;
+    bool reg = p->place[s->tensor] == PLAN_PLACE_REG;
     bool temp = t->kind == IR_STATE && !reg; /* every read before any write */
     bool *hcls = class_set(e);
     if (!hcls) {
         e->oom = true;
         return;
     }
-    for (int i = 0; i < t->rank; i++) hcls[axis_class(p, s->tensor, i)] = true;
+    for (int i = 0; i < t->rank; i++) hcls[plan_axis_class(p, s->tensor, i)] = true;
     const char *prim = primary(e, hcls);
     const char *nv = temp ? S(e, "nv%d", e->tmp++) : NULL;
     if (temp) line(e, "float %s%s;", nv, slot_dims(e, p, s->tensor));
     for (int pass = 0; pass < (temp ? 2 : 1); pass++) {
         const char *ok = NULL;
-        for (int i = 0; i < t->rank; i++) open_dom(e, s->vars[i], class_dom(p, axis_class(p, s->tensor, i)));
+        for (int i = 0; i < t->rank; i++) open_dom(e, s->vars[i], plan_class_dom(p, plan_axis_class(p, s->tensor, i)));
         bool stores = (t->kind == IR_OUTPUT && e->sig->present[s->tensor]) || (!reg && (pass == 1 || !temp));
         for (int i = 0; stores && i < t->rank; i++)
             if (e->v[s->vars[i]].ok) ok = and_ok(e, ok, var_ok(e, s->vars[i]));
@@ -703,12 +697,12 @@ static void layout_stmt(em *e, const ir_stmt *s)
  * side for element `elem` (row-major over the tiles), clamped into range. */
 static const char *flat_value(em *e, uint32_t si, int k, const char *elem)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_stmt *s = &e->m->stmts[si];
     int64_t stride = 1;
-    for (int i = e->m->tensors[s->tensor].rank - 1; i > k; i--) stride *= p->cls[axis_class(p, s->tensor, i)].tile;
-    int c = axis_class(p, s->tensor, k);
-    const cuda_cls *cl = &p->cls[c];
+    for (int i = e->m->tensors[s->tensor].rank - 1; i > k; i--) stride *= p->cls[plan_axis_class(p, s->tensor, i)].tile;
+    int c = plan_axis_class(p, s->tensor, k);
+    const plan_class *cl = &p->cls[c];
     const char *w = stride == 1 ? elem : S(e, "%s / %lld", elem, (long long)stride);
     if (k > 0) w = S(e, "(%s) %% %lld", w, (long long)cl->tile);
     if (!cl->split) return w;
@@ -721,14 +715,14 @@ static const char *flat_value(em *e, uint32_t si, int k, const char *elem)
  * condition that the element lies inside the sequence's dims (NULL: always). */
 static const char *flat_bind(em *e, const ir_stmt *s)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[s->tensor];
     const char *ok = NULL;
     int64_t stride = 1;
     for (int i = t->rank - 1; i >= 0; i--) {
-        int c = axis_class(p, s->tensor, i);
-        const cuda_cls *k = &p->cls[c];
+        int c = plan_axis_class(p, s->tensor, i);
+        const plan_class *k = &p->cls[c];
         const char *name = m->vars[s->vars[i]].name;
         const char *w = stride == 1 ? "e" : S(e, "e / %lld", (long long)stride);
         if (i > 0) w = S(e, "%s %% %lld", w, (long long)k->tile);
@@ -749,7 +743,7 @@ static bool uses_patterns(em *e, ir_ref r)
 {
     if (r == IR_NONE) return false;
     const ir_inst *in = &e->m->insts[r];
-    if (in->op == IR_LOAD) return e->p->ld_kind[r] == CUDA_LD_PAT && e->m->tensors[in->load.tensor].kind != IR_STATE &&
+    if (in->op == IR_LOAD) return e->p->ld_kind[r] == PLAN_LD_PAT && e->m->tensors[in->load.tensor].kind != IR_STATE &&
                                   e->m->tensors[in->load.tensor].kind != IR_LET;
     if (in->op == IR_CONST) return false;
     return uses_patterns(e, in->a) || uses_patterns(e, in->b);
@@ -757,14 +751,14 @@ static bool uses_patterns(em *e, ir_ref r)
 
 static void flat_stmt(em *e, uint32_t si)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_stmt *s = &m->stmts[si];
     const ir_tensor *t = &m->tensors[s->tensor];
-    int64_t n = cuda_local_elems(p, s->tensor);
+    int64_t n = plan_local_elems(p, s->tensor);
     int nt = p->nthreads;
     bool indirect = t->kind == IR_STATE && !p->sched.inplace[si];
-    bool temp = indirect && p->scratch[si] < 0;
+    bool temp = indirect && p->buf_stmt[si] < 0;
     int64_t per = (n + nt - 1) / nt;
     const char *nv = temp ? S(e, "nv%d", e->tmp++) : NULL;
     bool pats = uses_patterns(e, s->root);
@@ -790,7 +784,7 @@ static void flat_stmt(em *e, uint32_t si)
     } else if (temp) {
         line(e, "%s[mm] = %s;", nv, val);
     } else if (indirect) {
-        line(e, "s_scratch[%d + e] = %s;", p->scratch[si], val);
+        line(e, "s_scratch[%lld + e] = %s;", (long long)p->bufs[p->buf_stmt[si]].off, val);
     } else {
         line(e, "s_%s[e] = %s;", t->name, val);
     }
@@ -812,15 +806,15 @@ static void flat_stmt(em *e, uint32_t si)
         line(e, "for (int mm = 0; mm < %lld; mm++)", (long long)per);
         line(e, "    if (tid + mm * %d < %lld) s_%s[tid + mm * %d] = %s[mm];", nt, (long long)n, t->name, nt, nv);
     } else {
-        line(e, "for (int e = tid; e < %lld; e += %d) s_%s[e] = s_scratch[%d + e];", (long long)n, nt, t->name,
-             p->scratch[si]);
+        line(e, "for (int e = tid; e < %lld; e += %d) s_%s[e] = s_scratch[%lld + e];", (long long)n, nt, t->name,
+             (long long)p->bufs[p->buf_stmt[si]].off);
         e->read[SCRATCH(e)] = true;
     }
 }
 
 static void stmt(em *e, uint32_t si)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_stmt *s = &m->stmts[si];
     const ir_tensor *t = &m->tensors[s->tensor];
@@ -835,7 +829,7 @@ static void stmt(em *e, uint32_t si)
     bool sync = false;
     for (uint32_t i = 0; i < m->ntensors; i++) sync |= rd[i] && e->written[i];
     if (lhs_mem) sync |= e->read[s->tensor] || e->written[s->tensor];
-    if (indirect && p->scratch[si] >= 0) sync |= e->read[SCRATCH(e)] || e->written[SCRATCH(e)];
+    if (indirect && p->buf_stmt[si] >= 0) sync |= e->read[SCRATCH(e)] || e->written[SCRATCH(e)];
     line(e, "");
     comment_stmt(e, s);
     if (sync) barrier(e);
@@ -857,7 +851,7 @@ static void stmt(em *e, uint32_t si)
  * over domain d: at most 16 bytes, dividing the axis, the domain and the
  * slots, so every chunk is aligned and wholly inside or wholly outside the
  * domain. */
-static int vec_width(em *e, int ti, cuda_dom d)
+static int vec_width(em *e, int ti, plan_dom d)
 {
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
@@ -872,7 +866,7 @@ static int vec_width(em *e, int ti, cuda_dom d)
 }
 
 /* Width of a pattern's vector loads (1: none) for this signature. */
-static int pattern_width(em *e, const cuda_pat *pt)
+static int pattern_width(em *e, const plan_pat *pt)
 {
     const ir_tensor *t = &e->m->tensors[pt->tensor];
     if (t->rank == 0) return 1;
@@ -881,7 +875,7 @@ static int pattern_width(em *e, const cuda_pat *pt)
     return vec_width(e, pt->tensor, pt->doms[pt->ndoms - 1]);
 }
 
-static const char *pat_dims(em *e, const cuda_pat *pt)
+static const char *pat_dims(em *e, const plan_pat *pt)
 {
     const char *s = "";
     for (int d = 0; d < pt->ndoms; d++) s = S(e, "%s[%d]", s, pt->doms[d].slots);
@@ -893,7 +887,7 @@ static const char *pat_dims(em *e, const cuda_pat *pt)
 static void pattern_load(em *e, int id, const char *dst, const char *base, const char *lag_ok)
 {
     const ir_model *m = e->m;
-    const cuda_pat *pt = &e->p->pats[id];
+    const plan_pat *pt = &e->p->pats[id];
     const ir_tensor *t = &m->tensors[pt->tensor];
     int w = pattern_width(e, pt);
     const char *slots[IR_MAX_RANK];
@@ -916,7 +910,7 @@ static void pattern_load(em *e, int id, const char *dst, const char *base, const
             continue;
         }
         int d = pt->dom_of[i];
-        const char *v = pt->doms[d].cls < 0 ? flat_value(e, CUDA_FLAT_STMT(pt->doms[d].cls), pt->pos[i], S(e, "e%d", d))
+        const char *v = pt->doms[d].cls < 0 ? flat_value(e, PLAN_FLAT_STMT(pt->doms[d].cls), pt->pos[i], S(e, "e%d", d))
                                             : dom_value(e, pt->doms[d], slots[d], i == t->rank - 1 ? w : 1);
         idx[i] = pt->kind[i] == IR_IX_DIV ? S(e, "(%s) / %lld", v, (long long)pt->k[i]) : v;
     }
@@ -944,7 +938,7 @@ static const char *const place_names[] = {"", "registers", "shared memory", "the
 /* Loops over a state's owned slots (registers) and loads or stores it. */
 static void state_regs(em *e, int ti, bool store)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
     bool given = e->sig->present[ti];
@@ -956,10 +950,10 @@ static void state_regs(em *e, int ti, bool store)
         return;
     }
     int64_t ext[IR_MAX_RANK];
-    int w = t->rank && given ? vec_width(e, ti, class_dom(p, axis_class(p, ti, t->rank - 1))) : 1;
+    int w = t->rank && given ? vec_width(e, ti, plan_class_dom(p, plan_axis_class(p, ti, t->rank - 1))) : 1;
     for (int i = 0; i < t->rank; i++) {
-        int c = axis_class(p, ti, i);
-        cuda_dom d = class_dom(p, c);
+        int c = plan_axis_class(p, ti, i);
+        plan_dom d = plan_class_dom(p, c);
         int step = i == t->rank - 1 ? w : 1;
         hcls[c] = true;
         slots[i] = S(e, "ja%d", i);
@@ -987,20 +981,20 @@ static void state_regs(em *e, int ti, bool store)
 /* A memory-held state: the block's threads walk its local elements. */
 static void state_mem(em *e, int ti, bool store)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
     bool given = e->sig->present[ti];
     if (store && !given) return;
-    int64_t n = cuda_local_elems(p, ti);
+    int64_t n = plan_local_elems(p, ti);
     line(e, "for (int e = tid; e < %lld; e += %d) {", (long long)n, p->nthreads);
     e->ind++;
     const char *idx[IR_MAX_RANK], *ok = NULL;
     int64_t ext[IR_MAX_RANK];
     if (t->rank) line(e, "int q = e;");
     for (int i = t->rank - 1; i >= 0; i--) {
-        int c = axis_class(p, ti, i);
-        const cuda_cls *k = &p->cls[c];
+        int c = plan_axis_class(p, ti, i);
+        const plan_class *k = &p->cls[c];
         line(e, "const int ia%d = %s;", i, i > 0 ? S(e, "q %% %lld", (long long)k->tile) : "q");
         if (i > 0) line(e, "q /= %lld;", (long long)k->tile);
         idx[i] = k->split ? S(e, "(base%d + ia%d)", c, i) : S(e, "ia%d", i);
@@ -1038,7 +1032,7 @@ static void header(em *e)
         first = false;
     }
     sb_printf(e->out, "\n// vector loads: %s\n", e->sig->vec ? "allowed" : "off");
-    cuda_plan_describe(e->out, e->p);
+    plan_describe_lanes(e->out, e->p);
 }
 
 static void params(em *e)
@@ -1069,18 +1063,18 @@ static void params(em *e)
 
 static void prologue(em *e)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     line(e, "const int tid = threadIdx.x;");
     for (int c = 0; c < p->ncls; c++) {
-        const cuda_cls *k = &p->cls[c];
+        const plan_class *k = &p->cls[c];
         if (k->threads == 1) continue;
         const char *q = k->stride == 1 ? "tid" : S(e, "tid / %d", k->stride);
         line(e, "const int crd%d = %s %% %d; // %s", c, q, k->threads, m->dims[p->sched.class_dim[c]].name);
     }
     line(e, "long long blk = blockIdx.x;");
     for (int c = 0; c < p->ncls; c++) {
-        const cuda_cls *k = &p->cls[c];
+        const plan_class *k = &p->cls[c];
         if (!k->split) continue;
         if (k->ntiles == 1) {
             line(e, "const int base%d = 0; // %s", c, m->dims[p->sched.class_dim[c]].name);
@@ -1092,7 +1086,7 @@ static void prologue(em *e)
     }
     line(e, "const long long bat = blk;");
     line(e, "if (bat >= B) return;");
-    bool any_smem = p->shared_floats > 0;
+    bool any_smem = p->local_floats > 0;
     if (any_smem) line(e, "extern __shared__ float ssmc_smem[];");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
@@ -1107,32 +1101,33 @@ static void prologue(em *e)
     }
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
-        if (!tracked(t)) continue;
-        if (p->place[i] == CUDA_PLACE_REG) {
+        if (!plan_tracked(t)) continue;
+        if (p->place[i] == PLAN_PLACE_REG) {
             line(e, "float r_%s%s; // %s %s: %s", t->name, slot_dims(e, p, (int)i), ir_kind_names[t->kind], t->name,
                  place_names[p->place[i]]);
-        } else if (p->place[i] == CUDA_PLACE_SHARED || p->place[i] == CUDA_PLACE_GLOBAL) {
-            const char *base = p->place[i] == CUDA_PLACE_SHARED ? "ssmc_smem" : S(e, "ws + (long long)blockIdx.x * %lld", (long long)p->ws_floats);
-            line(e, "float *s_%s = %s + %lld; // %s %s: %s%s", t->name, base, (long long)p->off[i], ir_kind_names[t->kind],
+        } else if (p->place[i] == PLAN_PLACE_LOCAL || p->place[i] == PLAN_PLACE_GLOBAL) {
+            const char *base = p->place[i] == PLAN_PLACE_LOCAL ? "ssmc_smem" : S(e, "ws + (long long)blockIdx.x * %lld", (long long)p->global_floats);
+            line(e, "float *s_%s = %s + %lld; // %s %s: %s%s", t->name, base, (long long)p->bufs[p->buf_tensor[i]].off, ir_kind_names[t->kind],
                  t->name, place_names[p->place[i]], p->dbuf[i] ? " (two buffers, by the parity of t)" : "");
         }
     }
-    bool scratch = false;
-    for (uint32_t si = 0; si < m->nstmts; si++) scratch |= p->scratch[si] >= 0;
-    if (scratch)
+    int scratch = -1;
+    for (uint32_t si = 0; si < m->nstmts; si++)
+        if (p->buf_stmt[si] >= 0) scratch = p->buf_stmt[si];
+    if (scratch >= 0)
         line(e, "float *s_scratch = %s;",
-             p->scratch_place == CUDA_PLACE_SHARED ? "ssmc_smem" : S(e, "ws + (long long)blockIdx.x * %lld", (long long)p->ws_floats));
+             p->bufs[scratch].mem == PLAN_PLACE_LOCAL ? "ssmc_smem" : S(e, "ws + (long long)blockIdx.x * %lld", (long long)p->global_floats));
 }
 
 static bool pat_is_param(const em *e, int id) { return e->m->tensors[e->p->pats[id].tensor].kind == IR_PARAM; }
 
-static const char *lag_guard(em *e, const cuda_pat *pt, const char *step)
+static const char *lag_guard(em *e, const plan_pat *pt, const char *step)
 {
     if (!pt->lag) return NULL;
     return S(e, "%s >= %lld", step, (long long)pt->lag);
 }
 
-static const char *pat_base(em *e, const cuda_pat *pt, const char *ahead)
+static const char *pat_base(em *e, const plan_pat *pt, const char *ahead)
 {
     const ir_tensor *t = &e->m->tensors[pt->tensor];
     int64_t n = ir_tensor_elems(e->m, t);
@@ -1144,7 +1139,7 @@ static const char *pat_base(em *e, const cuda_pat *pt, const char *ahead)
 
 static void kernel(em *e)
 {
-    const cuda_plan *p = e->p;
+    const pass_plan *p = e->p;
     const ir_model *m = e->m;
     int mask_threads = p->nthreads;
     sb_printf(e->out, "#define SSMC_MASK 0x%08xu\n", mask_threads >= 32 ? 0xffffffffu : (1u << mask_threads) - 1u);
@@ -1157,14 +1152,14 @@ static void kernel(em *e)
 
     if (p->npats) line(e, "// loads that depend only on the thread's slots: params once, inputs a step ahead");
     for (int id = 0; id < p->npats; id++) {
-        const cuda_pat *pt = &p->pats[id];
+        const plan_pat *pt = &p->pats[id];
         line(e, "float pat%d%s; // %s", id, pat_dims(e, pt), m->tensors[pt->tensor].name);
         if (pat_is_param(e, id)) pattern_load(e, id, S(e, "pat%d", id), S(e, "g_%s", m->tensors[pt->tensor].name), NULL);
     }
     line(e, "// states: the initial state, or zero");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (m->tensors[i].kind != IR_STATE) continue;
-        if (p->place[i] == CUDA_PLACE_REG) state_regs(e, (int)i, false);
+        if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, false);
         else {
             state_mem(e, (int)i, false);
             e->written[i] = true;
@@ -1184,8 +1179,8 @@ static void kernel(em *e)
     for (uint32_t i = 0; i < m->ntensors; i++)
         if (p->dbuf[i])
             line(e, "s_%s = %s + %lld + (int)(t & 1) * %lld;", m->tensors[i].name,
-                 p->place[i] == CUDA_PLACE_SHARED ? "ssmc_smem" : S(e, "ws + (long long)blockIdx.x * %lld", (long long)p->ws_floats),
-                 (long long)p->off[i], (long long)cuda_local_elems(p, (int)i));
+                 p->place[i] == PLAN_PLACE_LOCAL ? "ssmc_smem" : S(e, "ws + (long long)blockIdx.x * %lld", (long long)p->global_floats),
+                 (long long)p->bufs[p->buf_tensor[i]].off, (long long)plan_local_elems(p, (int)i));
     bool prefetch = false;
     for (int id = 0; id < p->npats; id++) prefetch |= !pat_is_param(e, id);
     if (prefetch) {
@@ -1207,7 +1202,7 @@ static void kernel(em *e)
     barrier_if_pending(e);
     for (int id = 0; id < p->npats; id++) {
         if (pat_is_param(e, id)) continue;
-        const cuda_pat *pt = &p->pats[id];
+        const plan_pat *pt = &p->pats[id];
         const char *cell = "";
         for (int d = 0; d < pt->ndoms; d++) {
             line(e, "#pragma unroll");
@@ -1228,24 +1223,24 @@ static void kernel(em *e)
      * place: every copy must have read the initial state first. */
     bool replicated = false;
     for (uint32_t i = 0; i < m->ntensors; i++) {
-        if (m->tensors[i].kind != IR_STATE || p->place[i] != CUDA_PLACE_REG || !e->sig->present[i]) continue;
+        if (m->tensors[i].kind != IR_STATE || p->place[i] != PLAN_PLACE_REG || !e->sig->present[i]) continue;
         bool *hcls = class_set(e);
         if (!hcls) break;
-        for (int a = 0; a < m->tensors[i].rank; a++) hcls[axis_class(p, (int)i, a)] = true;
+        for (int a = 0; a < m->tensors[i].rank; a++) hcls[plan_axis_class(p, (int)i, a)] = true;
         replicated |= primary(e, hcls) != NULL;
     }
     if (replicated) barrier(e);
     else barrier_if_pending(e);
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (m->tensors[i].kind != IR_STATE) continue;
-        if (p->place[i] == CUDA_PLACE_REG) state_regs(e, (int)i, true);
+        if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, true);
         else state_mem(e, (int)i, true);
     }
     e->ind--;
     line(e, "}");
 }
 
-ssmc_status cuda_emit(strbuf *out, const cuda_plan *p, const cuda_sig *sig, diag *d)
+ssmc_status cuda_emit(strbuf *out, const pass_plan *p, const cuda_sig *sig, diag *d)
 {
     const ir_model *m = p->m;
     for (uint32_t i = 0; i < m->ntensors; i++) {
@@ -1273,3 +1268,13 @@ ssmc_status cuda_emit(strbuf *out, const cuda_plan *p, const cuda_sig *sig, diag
     }
     return SSMC_OK;
 }
+
+cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch)
+{
+    cuda_launch l = {.blocks = batch * p->items_per_seq, .threads = (unsigned)p->nthreads, .ws_floats = p->global_floats};
+    l.shared_bytes = (unsigned)(p->local_floats * 4);
+    return l;
+}
+
+void cuda_program_name(strbuf *out, const ir_model *m) { sb_printf(out, "ssmc_%s.cu", m->name); }
+void cuda_kernel_name(strbuf *out, const ir_model *m) { sb_printf(out, "ssmc_%s", m->name); }

@@ -1,34 +1,22 @@
 /* llvm.c: the CPU backend's code generator, through the LLVM 19 C API (the only
  * file that includes llvm-c). See llvm.h for the kernel's contract.
  *
- * The lowering reads top to bottom:
- *  1. plan_make decides everything the code depends on, from the verified IR
- *     and passes/schedule.c's index classes:
- *     - the grid: the classes that may split across workers are tiled into as
- *       few items as give max(8, threads) per sequence, outer axes first. A
- *       state's contiguous last axis (GLA's V) stays a loop inside the item,
- *       long and contiguous, unless nothing else splits; then it is cut in
- *       tiles of 16k floats (measured: bench/RESULTS.md);
- *     - interchanged reductions: o[j] = sum(i: q[i] * S[i,j]) accumulates into
- *       a vector along j, i outside, when the big operand is contiguous along
- *       the statement's last axis rather than along the reduced one;
- *     - fusion: a state update and the adjacent readout that reduces over the
- *       rest of its loops (y[p] = sum(n: S[p,n] C[n]), or the interchanged form)
- *       run in one loop nest, one pass over the state per step;
- *     - hoisting: an expensive subexpression that varies along one outer loop
- *       only (exp(lg[t,h,i]) in an update over i, j) is computed for all its
- *       values before the nest, where it vectorises;
- *     - the per-worker scratch: a buffer per let (over the item's slice, one
- *       step), per state that cannot be updated in place (the new value,
- *       copied back after the statement), per interchanged sum or hoisted value.
- *  2. build_module: an item function (every tensor and scratch buffer its own
+ * It renders a kernel plan (passes/plan.h, made for plan_target_cpu): the
+ * grid, the loops, the interchanged reductions, fusion, hoisting, scratch
+ * buffers and prefetch were all decided there. What is decided here is
+ * instruction-level: the vector math, the loop shapes LLVM vectorises best
+ * (the loop just outside the innermost one of a fused update+readout or of a
+ * reduction computed for every value of the innermost variable is unrolled
+ * and jammed JAM rows at a time; short row sums are unrolled after
+ * vectorisation on AVX-512 hosts so their accumulators stay in registers).
+ *  1. build_module: an item function (every tensor and scratch buffer its own
  *     noalias pointer) with loops item -> t -> statement nests, innermost = the
  *     last axis, and an entry function with the public signature that unpacks
  *     the arguments and calls it (inlined by the optimiser).
- *  3. optimise: the module carries the triple and data layout of a
+ *  2. optimise: the module carries the triple and data layout of a
  *     TargetMachine for this CPU (its name and features) before "default<O3>",
  *     so the vectoriser sees the real vector width.
- *  4. out: the JIT emits an object (or takes it from the kernel cache,
+ *  3. out: the JIT emits an object (or takes it from the kernel cache,
  *     runtime/cache.h) and links it with ORC LLJIT; --emit=llvm prints the
  *     module; a bundle writes the object to a file.
  * Math functions are inline IR with no calls (exp, log, log1p and tanh from
@@ -62,579 +50,23 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "passes/passes.h"
+#include "passes/plan.h"
 #include "runtime/cache.h"
 
-/* ---------------------------------------------------------------- plan */
+/* ---------------------------------------------------------------- the plan's shape */
 
-#define VEC_FLOATS 16 /* tiles of a contiguous axis are multiples of this (one AVX-512 vector) */
-#define MIN_ITEMS 8
-/* An item's state should stay in the L1 data cache (32 KiB or more on current
- * x86 and Arm cores) from one step to the next: more items when it would not. */
-#define ITEM_STATE_FLOATS (32 * 1024 / 4)
-
-typedef struct plan {
-    const ir_model *m;
-    pass_sched s;
-    int64_t *tile;     /* [nclasses] values of the class per item (its dim when not on the grid) */
-    int64_t *ntiles;   /* [nclasses] tiles of the class (1 when not on the grid) */
-    int *grid;         /* [ngrid] classes on the grid, slowest first */
-    int ngrid;
-    int64_t items_per_seq;
-    int64_t *fstride;  /* [ntensors * IR_MAX_RANK] row-major strides over the declared axes */
-    int64_t *lstride;  /* [ntensors * IR_MAX_RANK] strides over the item's slice (lets, state copies) */
-    int64_t *elems;    /* [ntensors] elements of one sequence's slice */
-    int64_t *lelems;   /* [ntensors] elements of the item's slice (lets, states) */
-    int *xchg_var;     /* [ninsts] interchanged SUM: the statement variable innermost; else -1 */
-    bool *stmt_xchg;   /* [nstmts] the statement has an interchanged SUM */
-    int *fuse;         /* [nstmts] a state update: the readout fused into its loops, or -1;
-                          the readout itself: -2 (emitted with the update) */
-    ir_ref *fuse_sum;  /* [nstmts] the readout's reduction that runs inside the update's loops */
-    int *hoist_var;    /* [ninsts] an expensive subtree that varies with one outer loop variable
-                          only: computed for each of its values before the loop nest; else -1 */
-    int *buf_tensor;   /* [ntensors] scratch buffer of a let, or of a non-inplace state's copy; -1 */
-    int *buf_inst;     /* [ninsts] scratch buffer of an interchanged SUM; -1 */
-    int64_t *buf_off;  /* [nbufs] offsets into scratch, in floats */
-    int64_t *buf_len;  /* [nbufs] */
-    int nbufs;
-    int64_t scratch_floats;
-} plan;
-
-static int64_t dim_of_class(const plan *p, int k) { return p->m->dims[p->s.class_dim[k]].value; }
-static int axis_class(const plan *p, int ti, int ax) { return p->s.axis_class[ti * IR_MAX_RANK + ax]; }
-/* A variable fixed by the item (no loop): one value per item. */
-static bool var_fixed(const plan *p, int v)
-{
-    int k = p->s.var_class[v];
-    return k >= 0 && p->tile[k] == 1;
-}
-static int64_t var_extent(const plan *p, int v)
-{
-    int k = p->s.var_class[v];
-    return k >= 0 ? p->tile[k] : p->m->dims[p->m->vars[v].dim].value;
-}
-
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/* Largest element count of a tensor read in the tree of r whose last index is
- * variable v (or, with `red`, one of the reduction's own variables). */
-static int64_t weight_last(const plan *p, ir_ref r, int v, const ir_inst *red)
-{
-    const ir_model *m = p->m;
-    if (r == IR_NONE) return 0;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_LOAD) {
-        const ir_tensor *t = &m->tensors[in->load.tensor];
-        if (t->rank < 2) return 0;
-        const ir_index *ix = &m->ix[in->load.ix + (uint32_t)t->rank - 1];
-        if (ix->kind != IR_IX_VAR) return 0;
-        bool hit = false;
-        if (red) {
-            for (uint32_t i = 0; i < red->red.nvars; i++) hit |= (int)m->red_vars[red->red.vars + i] == ix->var;
-        } else {
-            hit = ix->var == v;
-        }
-        return hit ? p->elems[in->load.tensor] : 0;
-    }
-    int64_t a = weight_last(p, in->a, v, red), b = weight_last(p, in->b, v, red);
-    return a > b ? a : b;
-}
-
-/* Marks the SUMs of statement s that are not inside another reduction and
- * whose big operand is contiguous along s's last variable v. */
-static void mark_xchg(plan *p, uint32_t si, ir_ref r, int v)
-{
-    const ir_model *m = p->m;
-    if (r == IR_NONE) return;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_RMAX) return;
-    if (in->op == IR_SUM) {
-        if (weight_last(p, in->a, v, NULL) > weight_last(p, in->a, v, in)) {
-            p->xchg_var[r] = v;
-            p->stmt_xchg[si] = true;
-        }
-        return;
-    }
-    mark_xchg(p, si, in->a, v);
-    mark_xchg(p, si, in->b, v);
-}
-
-/* ---- fusion of a state update U with an adjacent readout R (before or after it)
- * that reduces over the rest of U's loop nest: mamba2's y[p] = sum(n: S[p,n] C[n])
- * after S[p,n] = ..., or o[j] = sum(i: q[i] S[i,j]) accumulated along j. R's
- * loops (its free loops, then the reduction's, or with an interchanged sum the
- * reduction's before its last free loop) must pair up, class by class, with U's
- * loops, and R may read U's state only inside that reduction and only at the
- * element U is at; U must be in place, without reductions, and not read R. */
-
-static int count_reductions(const ir_model *m, ir_ref r, ir_ref *last)
-{
-    if (r == IR_NONE) return 0;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_SUM || in->op == IR_RMAX) {
-        *last = r;
-        return 1 + count_reductions(m, in->a, last);
-    }
-    if (in->op == IR_LOAD || in->op == IR_CONST) return 0;
-    return count_reductions(m, in->a, last) + count_reductions(m, in->b, last);
-}
-
-static bool reads_tensor(const ir_model *m, ir_ref r, int ti)
-{
-    if (r == IR_NONE) return false;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_LOAD) return in->load.tensor == ti;
-    if (in->op == IR_CONST) return false;
-    return reads_tensor(m, in->a, ti) || reads_tensor(m, in->b, ti);
-}
-
-/* Every read of U's state in the tree of r is at U's current element, given
- * map (R's variable -> U's variable); none at all outside `sum`. */
-static bool reads_at_element(const plan *p, ir_ref r, const ir_stmt *u, const int *map, ir_ref sum, bool inside)
-{
-    const ir_model *m = p->m;
-    if (r == IR_NONE) return true;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_CONST) return true;
-    if (in->op != IR_LOAD)
-        return reads_at_element(p, in->a, u, map, sum, inside || r == sum) &&
-               reads_at_element(p, in->b, u, map, sum, inside || r == sum);
-    if (in->load.tensor != u->tensor) return true;
-    if (!inside) return false;
-    const ir_tensor *t = &m->tensors[u->tensor];
-    for (int i = 0; i < t->rank; i++) {
-        const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
-        if (ix->kind != IR_IX_VAR) return false;
-        int uv = u->vars[i];
-        if (var_fixed(p, ix->var) ? !var_fixed(p, uv) || p->s.var_class[ix->var] != p->s.var_class[uv]
-                                  : map[ix->var] != uv)
-            return false;
-    }
-    return true;
-}
-
-/* The loop variables of R in emission order; returns their number. */
-static int readout_loops(const plan *p, const ir_stmt *r, ir_ref sum, bool xchg, int *out)
-{
-    const ir_model *m = p->m;
-    const ir_tensor *t = &m->tensors[r->tensor];
-    int n = 0, last = -1;
-    for (int i = 0; i < t->rank; i++) {
-        if (var_fixed(p, r->vars[i])) continue;
-        if (xchg && i == t->rank - 1)
-            last = r->vars[i];
-        else
-            out[n++] = r->vars[i];
-    }
-    const ir_inst *in = &m->insts[sum];
-    for (uint32_t i = 0; i < in->red.nvars && n < 2 * IR_MAX_RANK; i++) out[n++] = (int)m->red_vars[in->red.vars + i];
-    if (last >= 0 && n < 2 * IR_MAX_RANK) out[n++] = last;
-    return n;
-}
-
-static bool try_fuse(plan *p, arena *a, uint32_t ui, uint32_t ri)
-{
-    const ir_model *m = p->m;
-    const ir_stmt *u = &m->stmts[ui], *r = &m->stmts[ri];
-    const ir_tensor *rt = &m->tensors[r->tensor];
-    if (!r->per_step || (rt->kind != IR_OUTPUT && rt->kind != IR_LET) || p->fuse[ri] != -1) return false;
-    if (reads_tensor(m, u->root, r->tensor)) return false;
-    ir_ref sum = IR_NONE;
-    if (count_reductions(m, r->root, &sum) != 1 || m->insts[sum].op != IR_SUM) return false;
-    int rl[2 * IR_MAX_RANK], ul[IR_MAX_RANK];
-    int nr = readout_loops(p, r, sum, p->xchg_var[sum] >= 0, rl), nu = 0;
-    for (int i = 0; i < m->tensors[u->tensor].rank; i++)
-        if (!var_fixed(p, u->vars[i])) ul[nu++] = u->vars[i];
-    if (nr != nu || nu == 0) return false;
-    int *map = arena_array(a, m->nvars + 1, sizeof *map);
-    if (!map) return false;
-    for (uint32_t v = 0; v < m->nvars; v++) map[v] = -1;
-    for (int i = 0; i < nu; i++) {
-        int k = p->s.var_class[rl[i]];
-        if (k < 0 || k != p->s.var_class[ul[i]]) return false;
-        map[rl[i]] = ul[i];
-    }
-    if (!reads_at_element(p, r->root, u, map, sum, false)) return false;
-    p->fuse[ui] = (int)ri;
-    p->fuse[ri] = -2;
-    p->fuse_sum[ui] = sum;
-    return true;
-}
-
-static void plan_fusion(plan *p, arena *a)
-{
-    const ir_model *m = p->m;
-    for (uint32_t si = 0; si < m->nstmts; si++) p->fuse[si] = -1;
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        const ir_stmt *u = &m->stmts[si];
-        ir_ref none;
-        if (!u->per_step || m->tensors[u->tensor].kind != IR_STATE || !p->s.inplace[si] || p->fuse[si] != -1 ||
-            count_reductions(m, u->root, &none) != 0)
-            continue;
-        if (si + 1 < m->nstmts && try_fuse(p, a, si, si + 1)) continue;
-        if (si > 0) try_fuse(p, a, si, si - 1);
-    }
-}
-
-/* ---- hoisting: exp(lg[t,h,i]) in S[h,i,j] = exp(lg[t,h,i]) * S[h,i,j] + ...
- * would be computed, scalar, once per i inside the i loop; computed before the
- * nest for every i into a small buffer, it vectorises along i. A subtree is
- * hoisted when it holds an expensive operation, no reduction, and reads the
- * statement's loop variables through exactly one of them, not the innermost. */
-
-#define HOIST_OTHER (1u << IR_MAX_RANK)      /* a variable that is not the statement's */
-#define HOIST_COSTLY (1u << (IR_MAX_RANK + 1)) /* an expensive operation */
-#define HOIST_NEVER (1u << (IR_MAX_RANK + 2))  /* a reduction */
-
-/* Variables the item fixes are constants here. */
-static unsigned var_bit(const plan *p, const ir_stmt *s, int rank, int v)
-{
-    if (var_fixed(p, v)) return 0;
-    for (int i = 0; i < rank; i++)
-        if (s->vars[i] == v) return 1u << i;
-    return HOIST_OTHER;
-}
-
-/* Bit i: the tree reads statement variable vars[i]; then the flags above. */
-static unsigned hoist_scan(const plan *p, const ir_stmt *s, ir_ref r)
-{
-    const ir_model *m = p->m;
-    if (r == IR_NONE) return 0;
-    const ir_inst *in = &m->insts[r];
-    int rank = m->tensors[s->tensor].rank;
-    switch ((ir_op)in->op) {
-    case IR_CONST: return 0;
-    case IR_LOAD: {
-        unsigned f = in->load.lag_var >= 0 ? var_bit(p, s, rank, in->load.lag_var) : 0;
-        const ir_tensor *t = &m->tensors[in->load.tensor];
-        for (int i = 0; i < t->rank; i++) {
-            const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
-            if (ix->kind != IR_IX_CONST) f |= var_bit(p, s, rank, ix->var);
-        }
-        return f;
-    }
-    case IR_SUM:
-    case IR_RMAX: return HOIST_NEVER;
-    default:
-        return (op_table[in->op].cost >= OPC_DIV ? HOIST_COSTLY : 0) | hoist_scan(p, s, in->a) | hoist_scan(p, s, in->b);
-    }
-}
-
-static void mark_hoists(plan *p, const ir_stmt *s, ir_ref r, int innermost, bool parent)
-{
-    const ir_model *m = p->m;
-    if (r == IR_NONE) return;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_SUM || in->op == IR_RMAX || in->op == IR_LOAD || in->op == IR_CONST) return;
-    unsigned f = hoist_scan(p, s, r), vars = f & ((1u << IR_MAX_RANK) - 1);
-    bool one = vars && !(vars & (vars - 1));
-    int pos = one ? __builtin_ctz(vars) : -1;
-    bool ok = (f & HOIST_COSTLY) && !(f & (HOIST_OTHER | HOIST_NEVER)) && one && pos != innermost;
-    if (ok && !parent) p->hoist_var[r] = s->vars[pos];
-    mark_hoists(p, s, in->a, innermost, ok || parent);
-    mark_hoists(p, s, in->b, innermost, ok || parent);
-}
-
-static void plan_hoists(plan *p)
-{
-    const ir_model *m = p->m;
-    for (uint32_t r = 0; r < m->ninsts; r++) p->hoist_var[r] = -1;
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        const ir_stmt *s = &m->stmts[si];
-        const ir_tensor *t = &m->tensors[s->tensor];
-        if (!s->per_step || p->fuse[si] == -2 || p->stmt_xchg[si]) continue;
-        int innermost = -1;
-        for (int i = 0; i < t->rank; i++)
-            if (!var_fixed(p, s->vars[i])) innermost = i;
-        if (innermost > 0) mark_hoists(p, s, s->root, innermost, false);
-    }
-}
-
-static int resolved_threads(const ssmc_options *o)
-{
-    if (o && o->threads > 0) return o->threads;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
-static bool plan_make(arena *a, const ir_model *m, const ssmc_options *o, plan *p, diag *d)
-{
-    memset(p, 0, sizeof *p);
-    p->m = m;
-    if (!pass_schedule(a, m, &p->s, d)) return false;
-    int nc = p->s.nclasses;
-    size_t nt = m->ntensors ? m->ntensors : 1, ni = m->ninsts ? m->ninsts : 1;
-    p->tile = arena_array(a, (size_t)nc + 1, sizeof *p->tile);
-    p->ntiles = arena_array(a, (size_t)nc + 1, sizeof *p->ntiles);
-    p->grid = arena_array(a, (size_t)nc + 1, sizeof *p->grid);
-    p->fstride = arena_array(a, nt * IR_MAX_RANK, sizeof *p->fstride);
-    p->lstride = arena_array(a, nt * IR_MAX_RANK, sizeof *p->lstride);
-    p->elems = arena_array(a, nt, sizeof *p->elems);
-    p->lelems = arena_array(a, nt, sizeof *p->lelems);
-    p->xchg_var = arena_array(a, ni, sizeof *p->xchg_var);
-    p->stmt_xchg = arena_array(a, m->nstmts + 1, sizeof *p->stmt_xchg);
-    p->fuse = arena_array(a, m->nstmts + 1, sizeof *p->fuse);
-    p->fuse_sum = arena_array(a, m->nstmts + 1, sizeof *p->fuse_sum);
-    p->hoist_var = arena_array(a, ni, sizeof *p->hoist_var);
-    p->buf_tensor = arena_array(a, nt, sizeof *p->buf_tensor);
-    p->buf_inst = arena_array(a, ni, sizeof *p->buf_inst);
-    p->buf_off = arena_array(a, nt + ni, sizeof *p->buf_off);
-    p->buf_len = arena_array(a, nt + ni, sizeof *p->buf_len);
-    int *order = arena_array(a, (size_t)nc + 1, sizeof *order);
-    int *key = arena_array(a, (size_t)nc + 1, sizeof *key);
-    int *pos = arena_array(a, (size_t)nc + 1, sizeof *pos);
-    bool *inner = arena_array(a, (size_t)nc + 1, sizeof *inner);
-    if (a->failed) {
-        diag_error(d, "out of memory");
-        return false;
-    }
-
-    /* ---- the grid: which classes split, in tiles of what size */
-    /* sort key: classes on outer state axes first (outermost first), then
-     * classes that hold a state's contiguous last axis, then the rest */
-    for (int k = 0; k < nc; k++) {
-        p->tile[k] = dim_of_class(p, k);
-        p->ntiles[k] = 1;
-        pos[k] = IR_MAX_RANK;
-        inner[k] = false;
-    }
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        const ir_tensor *t = &m->tensors[ti];
-        for (int ax = 0; t->kind == IR_STATE && ax < t->rank; ax++) {
-            int k = axis_class(p, (int)ti, ax);
-            if (k < 0) continue;
-            if (ax < pos[k]) pos[k] = ax;
-            if (ax == t->rank - 1) inner[k] = true;
-        }
-    }
-    for (int k = 0; k < nc; k++) key[k] = (pos[k] == IR_MAX_RANK ? 2 : inner[k] ? 1 : 0) * IR_MAX_RANK + pos[k];
-    int ncand = 0;
-    for (int k = 0; k < nc; k++)
-        if (p->s.splittable[k] && dim_of_class(p, k) > 1) order[ncand++] = k;
-    for (int i = 1; i < ncand; i++) /* insertion sort by key, stable */
-        for (int j = i; j > 0 && key[order[j - 1]] > key[order[j]]; j--) {
-            int tmp = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = tmp;
-        }
-    /* max(MIN_ITEMS, threads, state / ITEM_STATE_FLOATS) items from the outer classes. A state's
-     * contiguous axis is cut only when nothing else splits (a model whose
-     * state is a vector): measured on GLA (bench/RESULTS.md), tiles of it
-     * cost more than the parallelism they buy (shorter inner loops, per-step
-     * work repeated per tile, rows shared between threads). */
-    int64_t want = resolved_threads(o), state = 0;
-    if (want < MIN_ITEMS) want = MIN_ITEMS;
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        int64_t e = 1;
-        for (int ax = 0; m->tensors[ti].kind == IR_STATE && ax < m->tensors[ti].rank; ax++)
-            e *= m->dims[m->tensors[ti].dims[ax]].value;
-        if (m->tensors[ti].kind == IR_STATE) state += e;
-    }
-    if (want < ceil_div(state, ITEM_STATE_FLOATS)) want = ceil_div(state, ITEM_STATE_FLOATS);
-    int64_t g = 1;
-    for (int i = 0; i < ncand && g < want; i++) {
-        int k = order[i];
-        if (inner[k] && g > 1) break;
-        int64_t dim = dim_of_class(p, k), need = ceil_div(want, g);
-        int64_t tile = ceil_div(dim, need);
-        if (inner[k]) tile = ceil_div(tile, VEC_FLOATS) * VEC_FLOATS;
-        if (tile >= dim) continue;
-        p->tile[k] = tile;
-        p->ntiles[k] = ceil_div(dim, tile);
-        g *= p->ntiles[k];
-        p->grid[p->ngrid++] = k;
-    }
-    p->items_per_seq = g;
-
-    /* ---- strides */
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        const ir_tensor *t = &m->tensors[ti];
-        int64_t s = 1, ls = 1;
-        for (int ax = t->rank - 1; ax >= 0; ax--) {
-            p->fstride[ti * IR_MAX_RANK + (uint32_t)ax] = s;
-            s *= m->dims[t->dims[ax]].value;
-            int k = axis_class(p, (int)ti, ax);
-            int64_t ext = k >= 0 ? p->tile[k] : m->dims[t->dims[ax]].value;
-            p->lstride[ti * IR_MAX_RANK + (uint32_t)ax] = ext == 1 ? 0 : ls;
-            ls *= ext;
-        }
-        p->elems[ti] = s;
-        p->lelems[ti] = ls;
-        p->buf_tensor[ti] = -1;
-    }
-
-    /* ---- interchanged reductions */
-    for (uint32_t r = 0; r < m->ninsts; r++) {
-        p->xchg_var[r] = -1;
-        p->buf_inst[r] = -1;
-    }
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        const ir_stmt *s = &m->stmts[si];
-        const ir_tensor *t = &m->tensors[s->tensor];
-        if (t->rank == 0) continue;
-        int v = s->vars[t->rank - 1];
-        if (var_fixed(p, v) || var_extent(p, v) < 2) continue;
-        mark_xchg(p, si, s->root, v);
-    }
-    plan_fusion(p, a);
-    plan_hoists(p);
-
-    /* ---- scratch */
-    int64_t off = 0;
-#define ADD_BUF(len)                                                   \
-    (p->buf_off[p->nbufs] = off, p->buf_len[p->nbufs] = (len),         \
-     off += ceil_div((len), VEC_FLOATS) * VEC_FLOATS, p->nbufs++)
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        const ir_tensor *t = &m->tensors[ti];
-        bool copy = t->kind == IR_STATE && t->def >= 0 && !p->s.inplace[t->def];
-        if (t->kind == IR_LET || copy) p->buf_tensor[ti] = ADD_BUF(p->lelems[ti]);
-    }
-    for (uint32_t r = 0; r < m->ninsts; r++) {
-        if (p->xchg_var[r] >= 0) p->buf_inst[r] = ADD_BUF(var_extent(p, p->xchg_var[r]));
-        if (p->hoist_var[r] >= 0) p->buf_inst[r] = ADD_BUF(var_extent(p, p->hoist_var[r]));
-    }
-#undef ADD_BUF
-    p->scratch_floats = off;
-    return true;
-}
-
-/* ---- prefetch: the item's slice of every per-step input and output at step t+1, one
- * request per cache line. Such a slice sits a whole time step (often a page or
- * more) past the current one, where the hardware prefetchers do not look. */
-
-#define LINE_FLOATS 16
-#define PREFETCH_MAX_LINES 32
-
-/* The index class that axis ax of input ti follows in every read of it (so an
- * item reads only its tile of that axis), or -1 (the whole axis). */
-static int input_axis_class(const plan *p, int ti, int ax)
-{
-    const ir_model *m = p->m;
-    int k = -2;
-    for (uint32_t r = 0; r < m->ninsts; r++) {
-        const ir_inst *in = &m->insts[r];
-        if (in->op != IR_LOAD || in->load.tensor != ti) continue;
-        const ir_index *ix = &m->ix[in->load.ix + (uint32_t)ax];
-        int kr = ix->kind == IR_IX_VAR ? p->s.var_class[ix->var] : -1;
-        if (k != -2 && kr != k) return -1;
-        k = kr;
-    }
-    return k < 0 ? -1 : k;
-}
-
-/* Whether per-step input or output ti gets hints: its slice in an item (cls[i]:
- * the tiled class axis i follows, or -1 for the whole axis) spans *span + 1
- * floats, at most PREFETCH_MAX_LINES lines. A full tile's extent is assumed:
- * the last tile of a class that does not divide evenly is shorter, and hints
- * past it would touch the next item's lines, which for an output (a write
- * hint) another thread may own; so such an output gets none. */
-static bool prefetched(const plan *p, int ti, int cls[IR_MAX_RANK], int64_t *span)
-{
-    const ir_model *m = p->m;
-    const ir_tensor *t = &m->tensors[ti];
-    if (!t->per_step || (t->kind != IR_INPUT && t->kind != IR_OUTPUT)) return false;
-    bool uneven = false;
-    *span = 0;
-    for (int i = 0; i < t->rank; i++) {
-        int k = t->kind == IR_INPUT ? input_axis_class(p, ti, i) : axis_class(p, ti, i);
-        cls[i] = k >= 0 && p->ntiles[k] > 1 ? k : -1;
-        int64_t dim = m->dims[t->dims[i]].value;
-        *span += ((cls[i] >= 0 ? p->tile[k] : dim) - 1) * p->fstride[ti * IR_MAX_RANK + i];
-        uneven |= cls[i] >= 0 && dim % p->tile[k] != 0;
-    }
-    return *span / LINE_FLOATS + 2 <= PREFETCH_MAX_LINES && !(t->kind == IR_OUTPUT && uneven);
-}
-
-static void describe_sums(strbuf *out, const plan *p, ir_ref r)
-{
-    if (r == IR_NONE) return;
-    const ir_inst *in = &p->m->insts[r];
-    if (in->op == IR_SUM || in->op == IR_RMAX) {
-        sb_printf(out, "; %s(", in->op == IR_SUM ? "sum" : "max");
-        for (uint32_t i = 0; i < in->red.nvars; i++)
-            sb_printf(out, "%s%s", i ? "," : "", p->m->vars[p->m->red_vars[in->red.vars + i]].name);
-        if (p->xchg_var[r] >= 0)
-            sb_printf(out, ") accumulated into a vector along %s", p->m->vars[p->xchg_var[r]].name);
-        else
-            sb_puts(out, ") an inner loop");
-    }
-    if (in->op != IR_LOAD && in->op != IR_CONST) {
-        describe_sums(out, p, in->a);
-        describe_sums(out, p, in->b);
-    }
-}
-
-static void describe_hoists(strbuf *out, const plan *p, ir_ref r)
-{
-    if (r == IR_NONE) return;
-    const ir_inst *in = &p->m->insts[r];
-    if (p->hoist_var[r] >= 0) {
-        sb_puts(out, "; ");
-        ir_print_expr(out, p->m, r);
-        sb_printf(out, " computed for all %s before the loops", p->m->vars[p->hoist_var[r]].name);
-        return;
-    }
-    if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_SUM || in->op == IR_RMAX) return;
-    describe_hoists(out, p, in->a);
-    describe_hoists(out, p, in->b);
-}
-
-/* Comment lines for --emit=llvm: the grid and each statement's loops. */
-static void plan_describe(strbuf *out, const plan *p)
-{
-    const ir_model *m = p->m;
-    sb_printf(out, "; ssmc: model %s, CPU kernel %s\n", m->name, "(LLVM, recurrent)");
-    sb_puts(out, "; items: batch");
-    for (int i = 0; i < p->ngrid; i++) {
-        int k = p->grid[i];
-        sb_printf(out, " x %s", m->dims[p->s.class_dim[k]].name);
-        if (p->tile[k] > 1) sb_printf(out, "(tiles of %lld)", (long long)p->tile[k]);
-    }
-    sb_printf(out, " = %lld per sequence; scratch %lld floats per worker\n", (long long)p->items_per_seq,
-              (long long)p->scratch_floats);
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        const ir_stmt *s = &m->stmts[si];
-        const ir_tensor *t = &m->tensors[s->tensor];
-        sb_printf(out, "; %s %s", s->per_step ? "per step:" : "once:    ", t->name);
-        for (int i = 0; i < t->rank; i++) sb_printf(out, "%s%s", i ? "," : "[", m->vars[s->vars[i]].name);
-        sb_puts(out, t->rank ? "]: loops" : ": loops");
-        int nloops = 0;
-        for (int i = 0; i < t->rank; i++) {
-            int v = s->vars[i];
-            if (var_fixed(p, v)) continue;
-            sb_printf(out, " %s(%lld)", m->vars[v].name, (long long)var_extent(p, v));
-            nloops++;
-        }
-        if (!nloops) sb_puts(out, " none");
-        describe_sums(out, p, s->root);
-        describe_hoists(out, p, s->root);
-        if (t->kind == IR_STATE)
-            sb_puts(out, p->s.inplace[si] ? "; updated in place" : "; updated through a scratch copy");
-        if (p->fuse[si] >= 0) sb_printf(out, "; fused with %s", m->tensors[m->stmts[p->fuse[si]].tensor].name);
-        if (p->fuse[si] == -2) sb_puts(out, "; runs inside the state update's loops");
-        sb_putc(out, '\n');
-    }
-    sb_puts(out, "; prefetched a step ahead:");
-    int n = 0;
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        int cls[IR_MAX_RANK];
-        int64_t span;
-        if (prefetched(p, (int)ti, cls, &span))
-            sb_printf(out, "%s %s (%lld hints)", n++ ? "," : "", m->tensors[ti].name, (long long)(span / LINE_FLOATS + 2));
-    }
-    sb_puts(out, n ? "\n" : " none\n");
-}
+#define VEC_FLOATS 16 /* floats in an AVX-512 vector */
 
 /* Every thread writes its scratch at every step and reads it back. Two threads'
  * scratch side by side in one page let the hardware prefetcher of one core pull
  * in the lines the other is writing, which then move between the cores at
  * every step: RWKV-6, batch 1, 2 threads (device CPU, bench/RESULTS.md fifth
  * round), the worker ran its heads at 1.6-2.0 ms each against 0.6-0.7 alone. */
-static void set_shape(const plan *p, llvm_kernel_shape *shape)
+static void set_shape(const pass_plan *p, llvm_kernel_shape *shape)
 {
     shape->items_per_seq = p->items_per_seq;
-    shape->scratch_floats = p->scratch_floats;
-    int64_t f = p->scratch_floats > 0 ? p->scratch_floats : 1;
+    shape->scratch_floats = p->local_floats;
+    int64_t f = p->local_floats > 0 ? p->local_floats : 1;
     shape->scratch_stride = (f + SCRATCH_PAGE_FLOATS - 1) / SCRATCH_PAGE_FLOATS * SCRATCH_PAGE_FLOATS;
 }
 
@@ -702,7 +134,7 @@ typedef struct loop {
 } loop;
 
 typedef struct cg {
-    const plan *p;
+    const pass_plan *p;
     const ir_model *m;
     LLVMContextRef ctx;
     LLVMModuleRef mod;
@@ -958,8 +390,8 @@ static void loop_end(cg *c, loop *L)
 /* The loop bounds of variable v in this item. */
 static void var_range(cg *c, int v, LLVMValueRef *lo, LLVMValueRef *hi)
 {
-    int k = c->p->s.var_class[v];
-    if (k < 0 || c->p->ntiles[k] == 1) {
+    int k = c->p->sched.var_class[v];
+    if (k < 0 || c->p->cls[k].ntiles == 1) {
         *lo = I64(c, 0);
         *hi = I64(c, c->m->dims[c->m->vars[v].dim].value);
     } else {
@@ -1003,9 +435,9 @@ static int64_t jam_begin(cg *c, jam *J, int v, int64_t rows)
     J->pass = 0;
     J->mid = rows == 1 ? hi : iadd(c, lo, LLVMBuildAnd(c->b, isub(c, hi, lo), I64(c, ~(rows - 1)), ""));
     /* no second pass when the rows are known to come out even */
-    int k = c->p->s.var_class[v];
+    int k = c->p->sched.var_class[v];
     int64_t dim = c->m->dims[c->m->vars[v].dim].value;
-    int64_t trip = k < 0 || c->p->ntiles[k] == 1 ? dim : dim % c->p->tile[k] == 0 ? c->p->tile[k] : 0;
+    int64_t trip = k < 0 || c->p->cls[k].ntiles == 1 ? dim : dim % c->p->cls[k].tile == 0 ? c->p->cls[k].tile : 0;
     J->even = rows == 1 || (trip > 0 && trip % rows == 0);
     loop_begin(c, &J->L, lo, J->mid, true, c->m->vars[v].name);
     J->L.step = rows;
@@ -1045,7 +477,7 @@ static LLVMValueRef gep(cg *c, LLVMValueRef base, LLVMValueRef off)
  * tensors), or, with `local`, its scratch buffer over the item's slice. */
 static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, bool local)
 {
-    const plan *p = c->p;
+    const pass_plan *p = c->p;
     const ir_tensor *t = &c->m->tensors[ti];
     LLVMValueRef off = I64(c, 0);
     for (int i = 0; i < t->rank; i++) {
@@ -1054,8 +486,8 @@ static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, 
         if (!local && c->m->dims[t->dims[i]].value == 1) continue;
         LLVMValueRef v = idx[i];
         if (local) {
-            int k = axis_class(p, ti, i);
-            if (k >= 0 && p->ntiles[k] > 1) v = isub(c, v, c->base[k]);
+            int k = plan_axis_class(p, ti, i);
+            if (k >= 0 && p->cls[k].ntiles > 1) v = isub(c, v, c->base[k]);
         }
         off = iadd(c, off, st == 1 ? v : imul(c, v, I64(c, st)));
     }
@@ -1199,9 +631,9 @@ static LLVMValueRef add_row(cg *c, LLVMValueRef x, LLVMValueRef xk)
  * targets keep the loop (not measured). */
 static bool unroll_accumulators(const cg *c, int v)
 {
-    int k = c->p->s.var_class[v];
+    int k = c->p->sched.var_class[v];
     int64_t dim = c->m->dims[c->m->vars[v].dim].value;
-    return c->avx512 && (k < 0 || c->p->ntiles[k] == 1) && dim % VEC_FLOATS == 0 && dim <= 4 * VEC_FLOATS;
+    return c->avx512 && (k < 0 || c->p->cls[k].ntiles == 1) && dim % VEC_FLOATS == 0 && dim <= 4 * VEC_FLOATS;
 }
 
 /* Opens the innermost loop, over v, of a jammed row sum. */
@@ -1284,11 +716,11 @@ static void gen_hoists(cg *c, ir_ref r)
 /* Sets the variables of statement s that the item fixes. */
 static void fix_vars(cg *c, const ir_stmt *s)
 {
-    const plan *p = c->p;
+    const pass_plan *p = c->p;
     const ir_tensor *t = &c->m->tensors[s->tensor];
     for (int i = 0; i < t->rank; i++) {
-        int v = s->vars[i], k = p->s.var_class[v];
-        if (var_fixed(p, v)) c->var[v] = p->ntiles[k] > 1 ? c->base[k] : I64(c, 0);
+        int v = s->vars[i], k = p->sched.var_class[v];
+        if (plan_var_fixed(p, v)) c->var[v] = p->cls[k].ntiles > 1 ? c->base[k] : I64(c, 0);
     }
 }
 
@@ -1322,7 +754,7 @@ static void store_result(cg *c, const ir_stmt *s, LLVMValueRef val)
 /* One statement over the item's slice of its domain. */
 static void gen_stmt(cg *c, uint32_t si)
 {
-    const plan *p = c->p;
+    const pass_plan *p = c->p;
     const ir_stmt *s = &c->m->stmts[si];
     const ir_tensor *t = &c->m->tensors[s->tensor];
     LLVMBasicBlockRef skip = begin_skip(c, s->tensor); /* an output not asked for is not computed */
@@ -1332,7 +764,7 @@ static void gen_stmt(cg *c, uint32_t si)
     fix_vars(c, s);
     gen_hoists(c, s->root);
     for (int i = 0; i < t->rank; i++)
-        if (!var_fixed(p, s->vars[i]) && !(xchg && i == t->rank - 1)) open_var(c, &L[nl++], s->vars[i]);
+        if (!plan_var_fixed(p, s->vars[i]) && !(xchg && i == t->rank - 1)) open_var(c, &L[nl++], s->vars[i]);
     if (xchg) {
         gen_xchg_all(c, s->root);
         open_var(c, &L[nl++], s->vars[t->rank - 1]);
@@ -1343,7 +775,7 @@ static void gen_stmt(cg *c, uint32_t si)
         /* the update was simultaneous: only now does the new value replace S(t-1) */
         LLVMValueRef idx[IR_MAX_RANK];
         for (int i = 0; i < t->rank; i++)
-            if (!var_fixed(p, s->vars[i])) open_var(c, &L[nl++], s->vars[i]);
+            if (!plan_var_fixed(p, s->vars[i])) open_var(c, &L[nl++], s->vars[i]);
         for (int i = 0; i < t->rank; i++) idx[i] = c->var[s->vars[i]];
         LLVMValueRef v = LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, s->tensor, idx, NULL, true), "");
         LLVMBuildStore(c->b, v, elem_ptr(c, s->tensor, idx, NULL, false));
@@ -1369,17 +801,17 @@ static void set_row(cg *c, int rv, int uv, LLVMValueRef val) { c->var[rv] = c->v
  * or the sum's last variable (GLA's i: rows summed into y[j]). */
 static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
 {
-    const plan *p = c->p;
+    const pass_plan *p = c->p;
     const ir_model *m = c->m;
     const ir_stmt *u = &m->stmts[ui], *r = &m->stmts[ri];
     const ir_tensor *ut = &m->tensors[u->tensor], *rt = &m->tensors[r->tensor];
     ir_ref sum = p->fuse_sum[ui];
     bool xchg = p->xchg_var[sum] >= 0, before = ri < ui;
     int rl[2 * IR_MAX_RANK], ul[IR_MAX_RANK], nu = 0, nfree = 0;
-    int n = readout_loops(p, r, sum, xchg, rl);
+    int n = plan_readout_loops(p, r, sum, xchg, rl);
     for (int i = 0; i < ut->rank; i++)
-        if (!var_fixed(p, u->vars[i])) ul[nu++] = u->vars[i];
-    for (int i = 0; i < rt->rank; i++) nfree += !var_fixed(p, r->vars[i]);
+        if (!plan_var_fixed(p, u->vars[i])) ul[nu++] = u->vars[i];
+    for (int i = 0; i < rt->rank; i++) nfree += !plan_var_fixed(p, r->vars[i]);
     int db = xchg ? nfree - 1 : nfree; /* depth at which the reduction's loops start */
     bool row_sums = !xchg && n - db == 1 && db >= 1; /* jam loop db-1: one accumulator per row */
     bool row_adds = xchg && n - db >= 2;             /* jam loop n-2: rows added into acc[v] */
@@ -1456,7 +888,7 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
     for (int i = outer; i > 0; i--) loop_end(c, &L[i - 1]);
 }
 
-/* ---- prefetch hints at the top of every step (see prefetched) */
+/* ---- prefetch hints at the top of every step (the plan's prefetch list) */
 
 static void gen_prefetch(cg *c)
 {
@@ -1467,10 +899,11 @@ static void gen_prefetch(cg *c)
     unsigned id = LLVMLookupIntrinsicID("llvm.prefetch", 13);
     LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, pty, 1);
     LLVMTypeRef fty = LLVMIntrinsicGetType(c->ctx, id, pty, 1);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        int cls[IR_MAX_RANK];
-        int64_t span;
-        if (!prefetched(c->p, (int)ti, cls, &span)) continue;
+    for (int i = 0; i < c->p->nprefetch; i++) {
+        const plan_prefetch *pf = &c->p->prefetch[i];
+        uint32_t ti = (uint32_t)pf->tensor;
+        const int *cls = pf->cls;
+        int64_t span = pf->span;
         /* one hint per line from the slice's first element to its last: every
          * 16 floats from the first, and the last itself */
         LLVMValueRef first[IR_MAX_RANK];
@@ -1478,8 +911,8 @@ static void gen_prefetch(cg *c)
         bool write = m->tensors[ti].kind == IR_OUTPUT;
         LLVMBasicBlockRef skip = begin_skip(c, (int)ti); /* an output not asked for */
         LLVMValueRef lo = elem_ptr(c, (int)ti, first, next, false);
-        for (int64_t j = 0; j <= span / LINE_FLOATS + 1; j++) {
-            LLVMValueRef off = I64(c, j <= span / LINE_FLOATS ? j * LINE_FLOATS : span);
+        for (int64_t j = 0; j <= span / PLAN_LINE_FLOATS + 1; j++) {
+            LLVMValueRef off = I64(c, j <= span / PLAN_LINE_FLOATS ? j * PLAN_LINE_FLOATS : span);
             LLVMValueRef args[4] = {LLVMBuildGEP2(c->b, c->f32, lo, &off, 1, ""), I32(c, write), I32(c, 3), I32(c, 1)};
             LLVMBuildCall2(c->b, fty, f, args, 4, "");
         }
@@ -1490,7 +923,7 @@ static void gen_prefetch(cg *c)
 /* The item function: (T, item_begin, item_end, tensor pointers..., scratch buffers...). */
 static LLVMValueRef gen_items(cg *c, const char *name)
 {
-    const plan *p = c->p;
+    const pass_plan *p = c->p;
     const ir_model *m = c->m;
     int np = 3 + (int)m->ntensors + p->nbufs;
     LLVMTypeRef *pt = calloc((size_t)np, sizeof *pt);
@@ -1527,18 +960,18 @@ static LLVMValueRef gen_items(cg *c, const char *name)
     LLVMValueRef G = I64(c, p->items_per_seq);
     c->bidx = LLVMBuildUDiv(c->b, it, G, "b");
     LLVMValueRef g = LLVMBuildURem(c->b, it, G, "");
-    for (int k = 0; k < p->s.nclasses; k++) {
+    for (int k = 0; k < p->sched.nclasses; k++) {
         c->base[k] = I64(c, 0);
-        c->ext[k] = I64(c, p->tile[k]);
+        c->ext[k] = I64(c, p->cls[k].tile);
     }
     for (int i = p->ngrid - 1; i >= 0; i--) { /* mixed radix, the last grid class fastest */
         int k = p->grid[i];
-        LLVMValueRef nt = I64(c, p->ntiles[k]);
-        LLVMValueRef tile = I64(c, p->tile[k]);
+        LLVMValueRef nt = I64(c, p->cls[k].ntiles);
+        LLVMValueRef tile = I64(c, p->cls[k].tile);
         c->base[k] = imul(c, LLVMBuildURem(c->b, g, nt, ""), tile);
         g = LLVMBuildUDiv(c->b, g, nt, "");
-        int64_t dim = dim_of_class(p, k);
-        if (dim % p->tile[k]) {
+        int64_t dim = p->cls[k].n;
+        if (dim % p->cls[k].tile) {
             LLVMValueRef left = isub(c, I64(c, dim), c->base[k]);
             c->ext[k] = sel(c, LLVMBuildICmp(c->b, LLVMIntSLT, left, tile, ""), left, tile);
         }
@@ -1565,7 +998,7 @@ static LLVMValueRef gen_items(cg *c, const char *name)
 /* The public entry: (const llvm_kargs *, item_begin, item_end, scratch). */
 static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
 {
-    const plan *p = c->p;
+    const pass_plan *p = c->p;
     const ir_model *m = c->m;
     LLVMTypeRef pt[4] = {c->ptr, c->i64, c->i64, c->ptr};
     LLVMTypeRef fty = LLVMFunctionType(c->void_ty, pt, 4, 0);
@@ -1593,7 +1026,7 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
                            : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
                                             m->tensors[ti].name);
     }
-    for (int j = 0; j < p->nbufs; j++) args[3 + m->ntensors + (unsigned)j] = gep(c, scratch, I64(c, p->buf_off[j]));
+    for (int j = 0; j < p->nbufs; j++) args[3 + m->ntensors + (unsigned)j] = gep(c, scratch, I64(c, p->bufs[j].off));
     LLVMBuildCall2(c->b, LLVMGlobalGetValueType(items), items, args, (unsigned)np, "");
     LLVMBuildRetVoid(c->b);
     free(args);
@@ -1602,7 +1035,7 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
 const char *llvm_symbol(arena *a, const char *name) { return arena_printf(a, "ssmc_%s", name); }
 
 /* Builds the (verified, not yet optimised) module of m in ctx for tm. */
-static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef ctx, LLVMTargetMachineRef tm,
+static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMContextRef ctx, LLVMTargetMachineRef tm,
                                 const char *symbol, diag *d, LLVMModuleRef *out)
 {
     *out = NULL;
@@ -1631,8 +1064,8 @@ static ssmc_status build_module(const ir_model *m, const plan *p, LLVMContextRef
     size_t nt = m->ntensors + 1;
     c.tptr = calloc(nt, sizeof *c.tptr);
     c.bptr = calloc((size_t)p->nbufs + 1, sizeof *c.bptr);
-    c.base = calloc((size_t)p->s.nclasses + 1, sizeof *c.base);
-    c.ext = calloc((size_t)p->s.nclasses + 1, sizeof *c.ext);
+    c.base = calloc((size_t)p->sched.nclasses + 1, sizeof *c.base);
+    c.ext = calloc((size_t)p->sched.nclasses + 1, sizeof *c.ext);
     c.var = calloc(m->nvars + 1, sizeof *c.var);
     ssmc_status s = SSMC_OK;
     LLVMValueRef items = NULL;
@@ -1695,14 +1128,6 @@ static ssmc_status optimise(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d)
     return e ? fail_error(d, "optimisation failed", e) : SSMC_OK;
 }
 
-/* Everything a compile needs before the module: target machine, plan. */
-static ssmc_status prepare(const ir_model *m, const ssmc_options *o, const char *cpu, arena *a, plan *p,
-                           LLVMTargetMachineRef *tm, diag *d)
-{
-    if (!plan_make(a, m, o, p, d)) return a->failed ? SSMC_ERR_NOMEM : SSMC_ERR_BACKEND;
-    return host_target(cpu, d, tm);
-}
-
 /* ---------------------------------------------------------------- JIT */
 
 struct llvm_jit {
@@ -1759,15 +1184,14 @@ static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, dia
     return s;
 }
 
-ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, llvm_jit **out,
-                             llvm_kernel_shape *shape)
+ssmc_status llvm_jit_compile(const pass_plan *p, diag *d, llvm_jit **out, llvm_kernel_shape *shape)
 {
     *out = NULL;
+    const ir_model *m = p->m;
     arena a;
     arena_init(&a);
-    plan p;
     LLVMTargetMachineRef tm = NULL;
-    ssmc_status s = prepare(m, o, NULL, &a, &p, &tm, d);
+    ssmc_status s = host_target(NULL, d, &tm);
     const char *symbol = llvm_symbol(&a, m->name);
     llvm_jit *j = calloc(1, sizeof *j);
     if (s == SSMC_OK && (!j || !symbol)) {
@@ -1777,7 +1201,7 @@ ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, 
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
     LLVMMemoryBufferRef obj = NULL;
-    if (s == SSMC_OK) s = build_module(m, &p, ctx, tm, symbol, d, &mod);
+    if (s == SSMC_OK) s = build_module(m, p, ctx, tm, symbol, d, &mod);
     if (s == SSMC_OK) s = kernel_object(mod, tm, d, &obj);
     if (s == SSMC_OK) {
         /* the object is compiled already: the JIT only links it, for this CPU */
@@ -1815,7 +1239,7 @@ ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, 
     LLVMContextDispose(ctx);
     if (tm) LLVMDisposeTargetMachine(tm);
     if (s == SSMC_OK) {
-        set_shape(&p, shape);
+        set_shape(p, shape);
         *out = j;
     } else {
         llvm_jit_free(j);
@@ -1840,26 +1264,26 @@ void llvm_jit_free(llvm_jit *j)
 
 /* An optimised module for m, for --emit=llvm and AOT objects: the caller
  * frees a, tm (when set), mod (when set) and ctx. */
-static ssmc_status optimised_module(const ir_model *m, const ssmc_options *o, const char *cpu, arena *a, plan *p,
-                                    LLVMTargetMachineRef *tm, LLVMContextRef ctx, LLVMModuleRef *mod, diag *d)
+static ssmc_status optimised_module(const pass_plan *p, const char *cpu, arena *a, LLVMTargetMachineRef *tm,
+                                    LLVMContextRef ctx, LLVMModuleRef *mod, diag *d)
 {
-    ssmc_status s = prepare(m, o, cpu, a, p, tm, d);
-    if (s == SSMC_OK) s = build_module(m, p, ctx, *tm, llvm_symbol(a, m->name), d, mod);
+    ssmc_status s = host_target(cpu, d, tm);
+    if (s == SSMC_OK) s = build_module(p->m, p, ctx, *tm, llvm_symbol(a, p->m->name), d, mod);
     if (s == SSMC_OK) s = optimise(*mod, *tm, d);
     return s;
 }
 
-ssmc_status llvm_emit_text(const ir_model *m, const ssmc_options *o, strbuf *out, diag *d)
+ssmc_status llvm_emit_text(const pass_plan *p, strbuf *out, diag *d)
 {
     arena a;
     arena_init(&a);
-    plan p;
     LLVMTargetMachineRef tm = NULL;
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
-    ssmc_status s = optimised_module(m, o, NULL, &a, &p, &tm, ctx, &mod, d);
+    ssmc_status s = optimised_module(p, NULL, &a, &tm, ctx, &mod, d);
     if (s == SSMC_OK) {
-        plan_describe(out, &p);
+        sb_printf(out, "; ssmc: model %s, CPU kernel %s\n", p->m->name, "(LLVM, recurrent)");
+        plan_describe_loops(out, p);
         char *text = LLVMPrintModuleToString(mod);
         sb_puts(out, text);
         LLVMDisposeMessage(text);
@@ -1871,17 +1295,16 @@ ssmc_status llvm_emit_text(const ir_model *m, const ssmc_options *o, strbuf *out
     return s;
 }
 
-ssmc_status llvm_emit_object(const ir_model *m, const ssmc_options *o, const char *cpu, const char *path,
-                             llvm_kernel_shape *shape, diag *d)
+ssmc_status llvm_emit_object(const pass_plan *p, const char *cpu, const char *path, llvm_kernel_shape *shape, diag *d)
 {
+    const ir_model *m = p->m;
     arena a;
     arena_init(&a);
-    plan p;
     LLVMTargetMachineRef tm = NULL;
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
     char *file = arena_strdup(&a, path);
-    ssmc_status s = optimised_module(m, o, cpu, &a, &p, &tm, ctx, &mod, d);
+    ssmc_status s = optimised_module(p, cpu, &a, &tm, ctx, &mod, d);
     if (s == SSMC_OK) {
         char *err = NULL;
         LLVMSetVisibility(LLVMGetNamedFunction(mod, llvm_symbol(&a, m->name)), LLVMHiddenVisibility);
@@ -1889,7 +1312,7 @@ ssmc_status llvm_emit_object(const ir_model *m, const ssmc_options *o, const cha
             s = fail_llvm(d, "cannot write the object file", err);
     }
     if (mod) LLVMDisposeModule(mod);
-    if (s == SSMC_OK) set_shape(&p, shape);
+    if (s == SSMC_OK) set_shape(p, shape);
     LLVMContextDispose(ctx);
     if (tm) LLVMDisposeTargetMachine(tm);
     arena_free(&a);
@@ -1906,17 +1329,15 @@ static ssmc_status no_llvm(diag *d)
     return SSMC_ERR_UNSUPPORTED;
 }
 
-ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, llvm_jit **out,
-                             llvm_kernel_shape *shape)
+ssmc_status llvm_jit_compile(const pass_plan *p, diag *d, llvm_jit **out, llvm_kernel_shape *shape)
 {
     *out = NULL;
     return no_llvm(d);
 }
 llvm_kernel_fn *llvm_jit_kernel(const llvm_jit *j) { return NULL; }
 void llvm_jit_free(llvm_jit *j) {}
-ssmc_status llvm_emit_text(const ir_model *m, const ssmc_options *o, strbuf *out, diag *d) { return no_llvm(d); }
-ssmc_status llvm_emit_object(const ir_model *m, const ssmc_options *o, const char *cpu, const char *path,
-                             llvm_kernel_shape *shape, diag *d)
+ssmc_status llvm_emit_text(const pass_plan *p, strbuf *out, diag *d) { return no_llvm(d); }
+ssmc_status llvm_emit_object(const pass_plan *p, const char *cpu, const char *path, llvm_kernel_shape *shape, diag *d)
 {
     return no_llvm(d);
 }

@@ -1,7 +1,7 @@
 /* llvm.h: CPU code through the LLVM 19 C API (codegen/llvm.c is the only file
  * that includes llvm-c). One lowering of a verified IR model to an LLVM module,
  * three ways out of it: JIT (ORC LLJIT), text (`--emit=llvm`) and an object
- * file (AOT bundles, driver/build.c).
+ * file (AOT bundles, driver/bundle.c).
  *
  * The generated kernel runs work items. An item is one sequence b of the batch
  * and one tile of every index class that the plan puts on the grid (classes that
@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "ir/ir.h"
+#include "passes/plan.h"
 #include "ssmc.h"
 #include "support/support.h"
 
@@ -57,20 +58,20 @@ typedef struct llvm_jit llvm_jit;
 /* The kernel's symbol for model `name` ("ssmc_<name>"), in a. */
 const char *llvm_symbol(arena *a, const char *name);
 
-/* Lowers, optimises (O3 for the host CPU) and JIT-compiles m. */
-ssmc_status llvm_jit_compile(const ir_model *m, const ssmc_options *o, diag *d, llvm_jit **out,
-                             llvm_kernel_shape *shape);
+/* Renders the plan (made for plan_target_cpu) of a model, optimises the
+ * module (O3 for the host CPU) and JIT-compiles it. */
+ssmc_status llvm_jit_compile(const pass_plan *p, diag *d, llvm_jit **out, llvm_kernel_shape *shape);
 llvm_kernel_fn *llvm_jit_kernel(const llvm_jit *j);
 void llvm_jit_free(llvm_jit *j); /* NULL is allowed */
 
 /* The optimised module as text, after comment lines that say which index
  * classes are on the grid and how each statement loops. */
-ssmc_status llvm_emit_text(const ir_model *m, const ssmc_options *o, strbuf *out, diag *d);
+ssmc_status llvm_emit_text(const pass_plan *p, strbuf *out, diag *d);
 
 /* Writes the optimised module as a position-independent object file for the
  * host CPU (cpu NULL) or for the LLVM CPU named `cpu` (e.g. "x86-64-v3"); the
  * kernel is the global symbol llvm_symbol(m->name), with hidden visibility. */
-ssmc_status llvm_emit_object(const ir_model *m, const ssmc_options *o, const char *cpu, const char *path,
-                             llvm_kernel_shape *shape, diag *d);
+ssmc_status llvm_emit_object(const pass_plan *p, const char *cpu, const char *path, llvm_kernel_shape *shape,
+                             diag *d);
 
 #endif

@@ -1,18 +1,20 @@
-/* api.c: the public API (include/ssmc.h). The compile pipeline reads top to
- * bottom in compile_ir: parse, pick the model, check with the -D overrides,
- * lower to IR, verify. Backends (backend.h) take the verified IR from there.
+/* api.c: the public API (include/ssmc.h). Compiling runs the pipeline
+ * (driver/pipeline.c: parse, check, lower, verify, analysis, schedule,
+ * algorithm, plan) for the device's target; the device's backend (backend.h,
+ * the table in backends.c) takes the verified IR and its plan from there.
  * Everything allocated for a model lives in its arena. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "codegen/backend.h"
 #include "support/dtype.h"
-#include "build.h"
+#include "bundle.h"
 #include "grad.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
+#include "pipeline.h"
 
 struct ssmc_ctx {
     diag diag;
@@ -53,51 +55,15 @@ const char *ssmc_status_name(ssmc_status s)
     return (unsigned)s < sizeof names / sizeof *names ? names[s] : "unknown status";
 }
 
-/* Parses the source into a; returns the file's tree or NULL. */
-static ast_file *parse(arena *a, diag *d, src_file *f, const char *filename, const char *source, size_t len)
-{
-    char *text = arena_alloc(a, len + 1);
-    if (!text) {
-        diag_error(d, "out of memory");
-        return NULL;
-    }
-    memcpy(text, source, len);
-    f->name = arena_strdup(a, filename ? filename : "<input>");
-    f->text = text;
-    f->len = len;
-    return parse_file(a, d, f);
-}
-
-static ast_model *pick_model(diag *d, ast_file *af, const char *name)
-{
-    if (!name) return &af->models[0];
-    for (int i = 0; i < af->nmodels; i++)
-        if (strcmp(af->models[i].name, name) == 0) return &af->models[i];
-    strbuf names = {0};
-    for (int i = 0; i < af->nmodels; i++) sb_printf(&names, "%s%s", i ? ", " : "", af->models[i].name);
-    diag_error(d, "no model named '%s' (the file has: %s)", name, sb_cstr(&names));
-    sb_free(&names);
-    return NULL;
-}
-
-/* The front half of the pipeline: source to verified IR. */
-static ir_model *compile_ir(arena *a, diag *d, src_file *f, const char *filename, const char *source, size_t len,
-                            const ssmc_options *o)
-{
-    ast_file *af = parse(a, d, f, filename, source, len);
-    if (!af) return NULL;
-    ast_model *am = pick_model(d, af, o->model);
-    if (!am) return NULL;
-    ast_dim_override *over = arena_array(a, (size_t)(o->ndims > 0 ? o->ndims : 1), sizeof *over);
-    if (!over) return NULL;
-    for (int i = 0; i < o->ndims; i++) over[i] = (ast_dim_override){o->dims[i].name, o->dims[i].value};
-    if (!check_model(a, d, f, am, over, o->ndims)) return NULL;
-    ir_model *m = ir_lower(a, d, f, am);
-    if (!m || !ir_verify(m, d)) return NULL;
-    return m;
-}
-
 static const ssmc_options default_options;
+
+/* The plan target of a device's backend, or NULL (the interpreter plans nothing). */
+static const plan_target *target_of(const backend *be, const ssmc_options *o, plan_target *buf)
+{
+    if (!be || !be->target) return NULL;
+    *buf = be->target(o);
+    return buf;
+}
 
 ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                          const ssmc_options *opts, ssmc_model **out)
@@ -117,20 +83,6 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
     m->opts.ndims = 0;
     if (o->model) m->opts.model = arena_strdup(&m->arena, o->model);
     if (o->cuda_arch) m->opts.cuda_arch = arena_strdup(&m->arena, o->cuda_arch);
-    m->ir = compile_ir(&m->arena, &ctx->diag, &m->file, filename, source, len, o);
-    if (!m->ir) {
-        ssmc_status s = m->arena.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
-        ssmc_model_free(m);
-        return s;
-    }
-    if (o->device != SSMC_DEVICE_INTERP && (o->algo == SSMC_ALGO_CHUNKED || o->algo == SSMC_ALGO_SCAN)) {
-        /* SPEC §3 lists them; this version generates the recurrent algorithm only */
-        diag_error(&ctx->diag, "--algo=%s is not implemented yet: the %s backend runs the recurrent algorithm "
-                   "(use --algo=recurrent or leave --algo out)",
-                   o->algo == SSMC_ALGO_CHUNKED ? "chunked" : "scan", o->device == SSMC_DEVICE_CPU ? "cpu" : "cuda");
-        ssmc_model_free(m);
-        return SSMC_ERR_UNSUPPORTED;
-    }
     m->be = backend_for(o->device);
     if (!m->be) {
         const char *title = device_title(o->device);
@@ -141,7 +93,12 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
         ssmc_model_free(m);
         return title ? SSMC_ERR_UNSUPPORTED : SSMC_ERR_ARG;
     }
-    ssmc_status s = m->be->compile(m->ir, &m->opts, &ctx->diag, &m->be_state);
+    plan_target tg;
+    pipeline pl = {.a = &m->arena, .d = &ctx->diag, .o = o, .target = target_of(m->be, o, &tg)};
+    ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_PLAN);
+    m->file = pl.file;
+    m->ir = pl.ir;
+    if (s == SSMC_OK) s = m->be->compile(m->ir, pl.plan, &m->opts, &ctx->diag, &m->be_state);
     if (s != SSMC_OK) {
         ssmc_model_free(m);
         return s;
@@ -166,24 +123,44 @@ ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, 
     ssmc_options o = opts ? *opts : default_options;
     arena a;
     arena_init(&a);
-    src_file f;
-    ast_file *af = parse(&a, &ctx->diag, &f, filename, source, len);
-    ssmc_status s = af ? SSMC_OK : SSMC_ERR_SOURCE;
+    pipeline pl = {.a = &a, .d = &ctx->diag, .o = &o};
+    ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_AST);
     /* each model is checked from a fresh parse: checking annotates the tree */
-    for (int i = 0; af && i < af->nmodels; i++) {
-        if (opts && opts->model && strcmp(opts->model, af->models[i].name) != 0) continue;
-        o.model = af->models[i].name;
+    for (int i = 0; s == SSMC_OK && i < pl.ast->nmodels; i++) {
+        if (opts && opts->model && strcmp(opts->model, pl.ast->models[i].name) != 0) continue;
+        o.model = pl.ast->models[i].name;
         arena ma;
         arena_init(&ma);
-        src_file mf;
-        pass_analysis an;
-        ir_model *m = compile_ir(&ma, &ctx->diag, &mf, filename, source, len, &o);
-        if (!m || !pass_analyze(&ma, m, &an, &ctx->diag)) s = ma.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
+        pipeline mp = {.a = &ma, .d = &ctx->diag, .o = &o};
+        ssmc_status ms = pipeline_run(&mp, filename, source, len, PIPE_ANALYSIS);
+        if (ms != SSMC_OK) s = ms == SSMC_ERR_NOMEM ? ms : SSMC_ERR_SOURCE;
         arena_free(&ma);
     }
-    if (af && opts && opts->model && !pick_model(&ctx->diag, af, opts->model)) s = SSMC_ERR_SOURCE;
+    if (s == SSMC_OK && opts && opts->model) {
+        bool found = false;
+        for (int i = 0; i < pl.ast->nmodels; i++) found |= strcmp(opts->model, pl.ast->models[i].name) == 0;
+        if (!found) {
+            strbuf names = {0};
+            for (int i = 0; i < pl.ast->nmodels; i++) sb_printf(&names, "%s%s", i ? ", " : "", pl.ast->models[i].name);
+            diag_error(&ctx->diag, "no model named '%s' (the file has: %s)", opts->model, sb_cstr(&names));
+            sb_free(&names);
+            s = SSMC_ERR_SOURCE;
+        }
+    }
     arena_free(&a);
     return s;
+}
+
+/* The device whose generated code an emit kind shows; for the plan, the
+ * device asked for (the interpreter has none: the CPU's). */
+static ssmc_device emit_device(ssmc_emit_kind kind, ssmc_device asked)
+{
+    switch (kind) {
+    case SSMC_EMIT_LLVM: return SSMC_DEVICE_CPU;
+    case SSMC_EMIT_CUDA:
+    case SSMC_EMIT_PTX: return SSMC_DEVICE_CUDA;
+    default: return asked == SSMC_DEVICE_INTERP ? SSMC_DEVICE_CPU : asked;
+    }
 }
 
 ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
@@ -194,44 +171,51 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
     const ssmc_options *o = opts ? opts : &default_options;
     arena a;
     arena_init(&a);
-    src_file f;
     strbuf out = {0};
+    static const pipe_stage stage_of[] = {[SSMC_EMIT_AST] = PIPE_AST,   [SSMC_EMIT_IR] = PIPE_IR,
+                                          [SSMC_EMIT_ANALYSIS] = PIPE_ANALYSIS, [SSMC_EMIT_PLAN] = PIPE_PLAN,
+                                          [SSMC_EMIT_LLVM] = PIPE_PLAN, [SSMC_EMIT_CUDA] = PIPE_PLAN,
+                                          [SSMC_EMIT_PTX] = PIPE_PLAN, [SSMC_EMIT_GRAD] = PIPE_IR};
     ssmc_status s = SSMC_OK;
-    if (kind == SSMC_EMIT_AST) {
-        ast_file *af = parse(&a, &ctx->diag, &f, filename, source, len);
-        if (af)
-            ast_print(&out, af);
-        else
-            s = SSMC_ERR_SOURCE;
-    } else {
-        ir_model *m = compile_ir(&a, &ctx->diag, &f, filename, source, len, o);
-        if (!m) {
-            s = SSMC_ERR_SOURCE;
-        } else if (kind == SSMC_EMIT_IR) {
-            ir_print(&out, m);
-        } else if (kind == SSMC_EMIT_GRAD) {
+    if ((unsigned)kind >= sizeof stage_of / sizeof *stage_of) {
+        diag_error(&ctx->diag, "unknown emit kind %d", (int)kind);
+        s = SSMC_ERR_ARG;
+    }
+    ssmc_device dev = emit_device(kind, o->device);
+    const backend *be = backend_for(dev);
+    bool code = kind == SSMC_EMIT_LLVM || kind == SSMC_EMIT_CUDA || kind == SSMC_EMIT_PTX;
+    if (s == SSMC_OK && code && (!be || !be->emit)) {
+        diag_error(&ctx->diag, "--emit=%s needs the %s backend, which this build lacks",
+                   kind == SSMC_EMIT_LLVM ? "llvm" : kind == SSMC_EMIT_CUDA ? "cuda" : "ptx", device_title(dev));
+        s = SSMC_ERR_UNSUPPORTED;
+    }
+    plan_target tg;
+    const plan_target *target = NULL;
+    if (s == SSMC_OK && stage_of[kind] == PIPE_PLAN) {
+        if (be && be->target) {
+            target = target_of(be, o, &tg);
+        } else if (dev == SSMC_DEVICE_CPU) { /* a plan needs no LLVM */
+            tg = plan_target_cpu(o->threads);
+            target = &tg;
+        }
+    }
+    pipeline pl = {.a = &a, .d = &ctx->diag, .o = o, .target = target};
+    if (s == SSMC_OK) s = pipeline_run(&pl, filename, source, len, stage_of[kind]);
+    if (s == SSMC_OK) {
+        switch (kind) {
+        case SSMC_EMIT_AST: ast_print(&out, pl.ast); break;
+        case SSMC_EMIT_IR: ir_print(&out, pl.ir); break;
+        case SSMC_EMIT_ANALYSIS: pass_analysis_print(&out, pl.ir, &pl.an); break;
+        case SSMC_EMIT_PLAN: plan_print(&out, pl.plan); break;
+        case SSMC_EMIT_GRAD: {
             pass_grad pg;
-            if (pass_grad_build(&a, m, &pg, &ctx->diag))
+            if (pass_grad_build(&a, pl.ir, &pg, &ctx->diag))
                 ir_print(&out, pg.adjoint);
             else
-                s = a.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
-        } else if (kind == SSMC_EMIT_ANALYSIS) {
-            pass_analysis an;
-            if (pass_analyze(&a, m, &an, &ctx->diag))
-                pass_analysis_print(&out, m, &an);
-            else
-                s = SSMC_ERR_SOURCE;
-        } else {
-            ssmc_device dev = kind == SSMC_EMIT_LLVM ? SSMC_DEVICE_CPU : SSMC_DEVICE_CUDA;
-            const backend *be = backend_for(dev);
-            if (!be || !be->emit) {
-                diag_error(&ctx->diag, "--emit=%s needs the %s backend, which this build lacks",
-                           kind == SSMC_EMIT_LLVM ? "llvm" : kind == SSMC_EMIT_CUDA ? "cuda" : "ptx",
-                           device_title(dev));
-                s = SSMC_ERR_UNSUPPORTED;
-            } else {
-                s = be->emit(m, o, kind, &out, &ctx->diag);
-            }
+                s = a.failed ? SSMC_ERR_NOMEM : SSMC_ERR_UNSUPPORTED;
+            break;
+        }
+        default: s = be->emit(pl.plan, o, kind, &out, &ctx->diag); break;
         }
     }
     if (a.failed || out.failed) {

@@ -19,8 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "build.h"
+#include "bundle.h"
 #include "grad.h"
+#include "pipeline.h"
 #include "passes/passes.h"
 #include "support/dtype.h"
 
@@ -69,6 +70,17 @@ static int64_t chunk_for(const ssmc_options *o, int64_t T)
     return c < 1 ? 1 : c;
 }
 
+/* Compiles a model the gradients pass made for the device: through the rest
+ * of the pipeline to its plan where the backend renders one. */
+static ssmc_status compile(grad_state *g, ir_model *model, const ssmc_options *o, arena *a, diag *d, void **state)
+{
+    if (!g->be->target) return g->be->compile(model, NULL, o, d, state); /* nothing to plan */
+    plan_target tg = g->be->target(o);
+    pipeline pl = {.a = a, .d = d, .o = o, .target = &tg};
+    ssmc_status s = pipeline_run_ir(&pl, model, PIPE_PLAN);
+    return s == SSMC_OK ? g->be->compile(model, pl.plan, o, d, state) : s;
+}
+
 static ssmc_status prepare(ssmc_model *m, grad_state **out)
 {
     grad_state **slot = api_model_grad(m);
@@ -93,8 +105,8 @@ static ssmc_status prepare(ssmc_model *m, grad_state **out)
         free(g);
         return a->failed ? SSMC_ERR_NOMEM : SSMC_ERR_UNSUPPORTED;
     }
-    ssmc_status s = be->compile(g->pg.forward, api_model_options(m), d, &g->fwd);
-    if (s == SSMC_OK) s = be->compile(g->pg.adjoint, api_model_options(m), d, &g->adj);
+    ssmc_status s = compile(g, g->pg.forward, api_model_options(m), a, d, &g->fwd);
+    if (s == SSMC_OK) s = compile(g, g->pg.adjoint, api_model_options(m), a, d, &g->adj);
     if (s != SSMC_OK) {
         grad_state_free(g);
         return s;

@@ -3,7 +3,7 @@
 #ifndef SSMC_DRIVER_GRAD_H
 #define SSMC_DRIVER_GRAD_H
 
-#include "backend.h"
+#include "codegen/backend.h"
 
 /* A model's gradient machinery (its adjoint, compiled for its device), made
  * at the first gradient call and freed with the model. */

@@ -94,7 +94,8 @@ typedef enum ssmc_emit_kind {
     SSMC_EMIT_LLVM,
     SSMC_EMIT_CUDA,
     SSMC_EMIT_PTX,
-    SSMC_EMIT_GRAD /* the adjoint model (docs/gradients.md) */
+    SSMC_EMIT_PLAN, /* the kernel plan for opts->device (the interpreter: the CPU's) */
+    SSMC_EMIT_GRAD  /* the adjoint model (docs/gradients.md) */
 } ssmc_emit_kind;
 
 /* ---- context ---- */
@@ -117,7 +118,7 @@ void ssmc_model_free(ssmc_model *m);
 ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                        const ssmc_options *opts);
 
-/* Text output of a compiler stage (ast, ir, analysis, llvm, cuda, ptx) for the
+/* Text output of a compiler stage (ast, ir, analysis, plan, llvm, cuda, ptx) for the
  * model chosen by opts (all models for ast). *text is malloc'd; free() it. */
 ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                       const ssmc_options *opts, ssmc_emit_kind kind, char **text);

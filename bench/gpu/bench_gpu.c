@@ -13,7 +13,7 @@
  * Two modes, chosen when building (bench/gpu/build.sh):
  *  - device (BENCH_HAVE_RUN_DEVICE defined, when include/ssmc.h declares
  *    ssmc_run_device): tensors live on the GPU (allocated through
- *    runtime/cuda.h in the primary context ssmc uses too); each timed run is
+ *    runtime/cuda_driver.h in the primary context ssmc uses too); each timed run is
  *    preceded by an L2 flush and bracketed by a host clock and a whole-context
  *    synchronisation, so it counts launch and sync latency (a few us) but no
  *    copies. A second figure, `pipelined_ms`, is the mean of the same number of
@@ -37,7 +37,7 @@
 #include <time.h>
 
 #include "ssmc.h"
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 #include "support/support.h"
 
 #define BENCH_MAX_TENSORS 32

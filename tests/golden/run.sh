@@ -4,6 +4,8 @@
 #   errors/    `ssmc check`        -> .err  (stderr; the exit status must be 1)
 #   ir/        `ssmc emit --emit=ir`       -> .ir
 #   analysis/  `ssmc emit --emit=analysis` -> .analysis
+#   plan/      every examples/NAME.ssm: `ssmc emit --emit=plan --threads 8` -> NAME.cpu.plan
+#              and `ssmc emit --emit=plan --device cuda` -> NAME.cuda.plan
 # A file NAME.args beside the .ssm adds command-line arguments.
 # SSMC_UPDATE_GOLDEN=1 rewrites the expected files instead of comparing.
 set -u
@@ -34,6 +36,25 @@ for stage in errors ir analysis; do
       cp "$tmp/out" "$base.$ext"
     elif ! diff -u "$base.$ext" "$tmp/out"; then
       echo "FAIL $rel"
+      fails=$((fails+1))
+    fi
+  done
+done
+# the kernel plan of every example, for both targets (the cpu target with a fixed
+# worker count, so that the plan does not depend on the machine)
+mkdir -p "$dir/plan"
+for src in "$dir"/../../examples/*.ssm; do
+  name=$(basename "${src%.ssm}")
+  for target in cpu cuda; do
+    rel="../../examples/$name.ssm"
+    if [ $target = cpu ]; then args="--threads 8"; else args="--device cuda"; fi
+    (cd "$dir" && "$cli" emit "$rel" --emit=plan $args) >"$tmp/out" 2>&1
+    expect="$dir/plan/$name.$target.plan"
+    count=$((count+1))
+    if [ "${SSMC_UPDATE_GOLDEN:-0}" = 1 ]; then
+      cp "$tmp/out" "$expect"
+    elif ! diff -u "$expect" "$tmp/out"; then
+      echo "FAIL plan $name ($target)"
       fails=$((fails+1))
     fi
   done

@@ -284,10 +284,12 @@ static void test_scratch_pages(void **state)
         assert_true(check_model(&a, &d, &f, &af->models[0], NULL, 0));
         ir_model *m = ir_lower(&a, &d, &f, &af->models[0]);
         assert_non_null(m);
-        ssmc_options o = {.threads = 2};
+        plan_target tg = plan_target_cpu(2);
+        pass_plan *plan = NULL;
         llvm_jit *jit = NULL;
         llvm_kernel_shape shape = {0};
-        ssmc_status s = llvm_jit_compile(m, &o, &d, &jit, &shape);
+        ssmc_status s = plan_make(&a, m, NULL, NULL, PLAN_ALGO_RECURRENT, &tg, &plan, &d);
+        if (s == SSMC_OK) s = llvm_jit_compile(plan, &d, &jit, &shape);
         if (s == SSMC_ERR_UNSUPPORTED) {
             arena_free(&a);
             diag_free(&d);

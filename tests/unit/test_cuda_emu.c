@@ -4,7 +4,7 @@
  * the same grid and block as on a GPU, then compared with the interpreter:
  * every example and every model of tests/gpu/edge.ssm in f32 from an initial
  * state (the final state of a random 5-step prefix) and in bf16 at odd dims
- * without one, plus the benchmark models under other layouts (cuda_tune).
+ * without one, plus the benchmark models under other layouts (plan_tune).
  * Tolerances: max|got - ref| / max|ref| <= 1e-5 (f32), 2e-2 (bf16). Outputs
  * and shared memory start as NaN. Needs a C++ compiler ($CXX, else c++):
  * skip() without one. */
@@ -92,6 +92,13 @@ static void model_close(model *md)
 typedef int (*launch_fn)(long long, int, long long, long long, float *, void **);
 
 /* Compiles the kernel with the emulation header; returns the library. */
+/* The kernel plan for the CUDA target (tune may be NULL). */
+static ssmc_status cuda_plan_of(arena *a, const ir_model *m, const plan_tune *tune, pass_plan **p, diag *d)
+{
+    plan_target tg = plan_target_cuda(tune);
+    return plan_make(a, m, NULL, NULL, PLAN_ALGO_RECURRENT, &tg, p, d);
+}
+
 static void *build(const char *src, const char *kernel, launch_fn *launch)
 {
     char cpp[128], so[128], cmd[1024];
@@ -114,15 +121,15 @@ static void *build(const char *src, const char *kernel, launch_fn *launch)
 }
 
 /* One emulated run against the interpreter. */
-static void emu_case(const model *md, const cuda_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
+static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
                      const char *what)
 {
     const ir_model *m = md->m;
     arena a;
     arena_init(&a);
     diag d = {0};
-    cuda_plan *plan;
-    if (cuda_plan_make(&a, m, tune, &plan, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
+    pass_plan *plan;
+    if (cuda_plan_of(&a, m, tune, &plan, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
     uint32_t nt = m->ntensors;
     ssmc_dtype *dts = calloc(nt, sizeof *dts);
     bool *present = calloc(nt, sizeof *present);
@@ -264,7 +271,7 @@ static void test_edge_models(void **state)
 static void test_layouts(void **state)
 {
     if (!have_cxx) skip();
-    static const cuda_tune tunes[] = {
+    static const plan_tune tunes[] = {
         {.share_lets = 2},
         {.lane_slots = 16, .state_slots = 32},
         {.lane_slots = 8, .state_slots = 64, .warps = 2},

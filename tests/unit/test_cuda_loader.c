@@ -1,4 +1,4 @@
-/* test_cuda_loader.c: loading the CUDA driver and NVRTC (runtime/cuda.h)
+/* test_cuda_loader.c: loading the CUDA driver and NVRTC (runtime/cuda_driver.h)
  * without needing a GPU. A missing driver is SSMC_ERR_UNSUPPORTED with a
  * message naming the library; where NVRTC is present, kernels compile to PTX
  * and cubin and a syntax error is reported with the program name and line.
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 
 static const char vadd_src[] =
     "extern \"C\" __global__ void vadd(const float *a, const float *b, float *c, int n)\n"

@@ -20,9 +20,16 @@
 #include "codegen/cuda.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 #include "ssmc.h"
 #include "tests/unit/helpers/files.h"
+
+/* The kernel plan for the CUDA target (tune may be NULL). */
+static ssmc_status cuda_plan_of(arena *a, const ir_model *m, const plan_tune *tune, pass_plan **p, diag *d)
+{
+    plan_target tg = plan_target_cuda(tune);
+    return plan_make(a, m, NULL, NULL, PLAN_ALGO_RECURRENT, &tg, p, d);
+}
 
 static rt_nvrtc *nvrtc; /* NULL: NVRTC cases skip */
 static char nvrtc_why[1024];
@@ -68,7 +75,7 @@ static void compiled_free(compiled *c)
 }
 
 /* Emits one signature and compiles it to PTX for sm_90. */
-static void ptx_of(const ir_model *m, const cuda_plan *p, ssmc_dtype io, ssmc_dtype params, bool states, bool vec)
+static void ptx_of(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dtype params, bool states, bool vec)
 {
     ssmc_dtype dt[64];
     bool present[64];
@@ -118,9 +125,9 @@ static void check_model_ptx(const char *rel, const char *model, const ssmc_dim *
             compiled_free(&c0);
         }
         compile_ir(&c, rel, text, len, model, dims, nd);
-        cuda_plan *p;
+        pass_plan *p;
         diag d = {0};
-        if (cuda_plan_make(&c.a, c.m, NULL, &p, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+        if (cuda_plan_of(&c.a, c.m, NULL, &p, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
         diag_free(&d);
         ptx_of(c.m, p, SSMC_BF16, SSMC_F32, true, true);
         ptx_of(c.m, p, SSMC_BF16, SSMC_BF16, false, false);
@@ -203,9 +210,9 @@ static void test_nvrtc_failure_names_program(void **state)
     /* a syntax error in the generated source: NVRTC's log points into ssmc_gla.cu */
     compiled c;
     compile_ir(&c, "gla.ssm", text, len, NULL, NULL, 0);
-    cuda_plan *p;
+    pass_plan *p;
     diag d = {0};
-    assert_int_equal(cuda_plan_make(&c.a, c.m, NULL, &p, &d), SSMC_OK);
+    assert_int_equal(cuda_plan_of(&c.a, c.m, NULL, &p, &d), SSMC_OK);
     ssmc_dtype dt[16] = {0};
     bool present[16];
     for (uint32_t i = 0; i < c.m->ntensors; i++) present[i] = c.m->tensors[i].kind != IR_LET;
@@ -256,14 +263,14 @@ static void test_plans_keep_states_in_registers(void **state)
         char *text = test_slurp(cases[k].file, &len);
         compiled c;
         compile_ir(&c, cases[k].file, text, len, NULL, cases[k].dims, cases[k].nd);
-        cuda_plan *p;
+        pass_plan *p;
         diag d = {0};
-        assert_int_equal(cuda_plan_make(&c.a, c.m, NULL, &p, &d), SSMC_OK);
+        assert_int_equal(cuda_plan_of(&c.a, c.m, NULL, &p, &d), SSMC_OK);
         for (uint32_t i = 0; i < c.m->ntensors; i++) {
             ir_kind kind = c.m->tensors[i].kind;
-            if (kind == IR_STATE && cuda_plan_place(p, (int)i) != CUDA_PLACE_REG)
+            if (kind == IR_STATE && p->place[i] != PLAN_PLACE_REG)
                 fail_msg("%s: state %s is not in registers", cases[k].file, c.m->tensors[i].name);
-            if (kind == IR_LET && cuda_plan_place(p, (int)i) == CUDA_PLACE_GLOBAL)
+            if (kind == IR_LET && p->place[i] == PLAN_PLACE_GLOBAL)
                 fail_msg("%s: let %s is in global memory", cases[k].file, c.m->tensors[i].name);
         }
         cuda_launch l = cuda_launch_of(p, 4);
@@ -279,11 +286,11 @@ static void test_plans_keep_states_in_registers(void **state)
     char *text = test_slurp("examples/lstm.ssm", &len);
     compiled c;
     compile_ir(&c, "lstm.ssm", text, len, NULL, NULL, 0);
-    cuda_plan *p;
+    pass_plan *p;
     diag d = {0};
-    assert_int_equal(cuda_plan_make(&c.a, c.m, NULL, &p, &d), SSMC_OK);
-    assert_int_equal(cuda_plan_place(p, ir_find_tensor(c.m, "h")), CUDA_PLACE_SHARED);
-    assert_int_equal(cuda_plan_place(p, ir_find_tensor(c.m, "c")), CUDA_PLACE_REG);
+    assert_int_equal(cuda_plan_of(&c.a, c.m, NULL, &p, &d), SSMC_OK);
+    assert_int_equal(p->place[ir_find_tensor(c.m, "h")], PLAN_PLACE_LOCAL);
+    assert_int_equal(p->place[ir_find_tensor(c.m, "c")], PLAN_PLACE_REG);
     diag_free(&d);
     compiled_free(&c);
     free(text);

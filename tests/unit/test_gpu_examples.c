@@ -24,7 +24,7 @@
 #include <time.h>
 
 #include "frontend/ast.h"
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 #include "ssmc.h"
 #include "tests/unit/helpers/files.h"
 #include "support/dtype.h"

@@ -1,4 +1,4 @@
-/* test_gpu_runtime.c: the CUDA runtime layer (runtime/cuda.h) on a real GPU:
+/* test_gpu_runtime.c: the CUDA runtime layer (runtime/cuda_driver.h) on a real GPU:
  * NVRTC to cubin and to PTX for the device's arch, module load, launches with
  * and without streams and with more than 48 KiB of dynamic shared memory, copies
  * timed with events, errors named, and two handles used from two threads.
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 
 static rt_cuda *gpu;
 

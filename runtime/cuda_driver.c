@@ -1,4 +1,4 @@
-/* cuda.c: the CUDA driver API and NVRTC through dlopen (see cuda.h).
+/* cuda_driver.c: the CUDA driver API and NVRTC through dlopen (see cuda_driver.h).
  *
  * The functions used are listed once, in two X-macro tables; each table becomes
  * a struct of function pointers filled from dlsym, and every handle owns its
@@ -9,7 +9,7 @@
  * Guarantees: no CUDA call goes unchecked; a failure becomes SSMC_ERR_BACKEND
  * (SSMC_ERR_NOMEM for out-of-memory) with the function and the driver's error
  * name and text; a missing library, symbol or device is SSMC_ERR_UNSUPPORTED. */
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 
 #include <dlfcn.h>
 #include <link.h>

@@ -1,13 +1,13 @@
-/* interp.c (driver): the interpreter as a device backend (driver/backend.h) for
+/* interp_backend.c: the interpreter as a device backend (codegen/backend.h) for
  * SSMC_DEVICE_INTERP. It converts the tensors given to f64, runs the reference
  * interpreter (ir/interp.c) and converts the results back to their dtypes.
  * Nothing is compiled: the state is the verified IR itself. */
 #include <stdlib.h>
 
-#include "backend.h"
+#include "codegen/backend.h"
 #include "support/dtype.h"
 
-static ssmc_status interp_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+static ssmc_status interp_compile(const ir_model *m, const pass_plan *p, const ssmc_options *o, diag *d, void **state)
 {
     *state = (void *)m;
     return SSMC_OK;

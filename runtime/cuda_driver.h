@@ -1,4 +1,4 @@
-/* cuda.h: the CUDA driver API and NVRTC, loaded with dlopen at run time.
+/* cuda_driver.h: the CUDA driver API and NVRTC, loaded with dlopen at run time.
  *
  * No CUDA header is needed to build: the few driver types used are declared
  * here (ABI-compatible with cuda.h on 64-bit Linux). rt_nvrtc works without a

@@ -1,4 +1,4 @@
-/* cpu.c: the CPU backend (backend.h): a model JIT-compiled by codegen/llvm.c,
+/* cpu_backend.c: the CPU backend (codegen/backend.h): a model JIT-compiled by codegen/llvm.c,
  * run over a thread pool (runtime/pool.h) of options.threads workers (0: one
  * per core), each with a contiguous share of the kernel's work items (and
  * stealing from the others when done) and its own scratch, in pages of its own
@@ -18,7 +18,7 @@
  * not given is not computed. Everything a run allocates is freed before it
  * returns, so one compiled model may be run from several threads at once (runs
  * of one pool are serialised by the pool). */
-#include "backend.h"
+#include "codegen/backend.h"
 
 #ifdef SSMC_HAVE_LLVM
 
@@ -46,7 +46,9 @@ static void cpu_free(void *state)
     free(cm);
 }
 
-static ssmc_status cpu_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+static plan_target cpu_target(const ssmc_options *o) { return plan_target_cpu(o->threads); }
+
+static ssmc_status cpu_compile(const ir_model *m, const pass_plan *plan, const ssmc_options *o, diag *d, void **state)
 {
     *state = NULL;
     cpu_model *cm = calloc(1, sizeof *cm);
@@ -55,7 +57,7 @@ static ssmc_status cpu_compile(const ir_model *m, const ssmc_options *o, diag *d
         return SSMC_ERR_NOMEM;
     }
     cm->m = m;
-    ssmc_status s = llvm_jit_compile(m, o, d, &cm->jit, &cm->shape);
+    ssmc_status s = llvm_jit_compile(plan, d, &cm->jit, &cm->shape);
     if (s == SSMC_OK) {
         cm->fn = llvm_jit_kernel(cm->jit);
         strbuf err = {0};
@@ -182,17 +184,17 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
     return s;
 }
 
-static ssmc_status cpu_emit(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
+static ssmc_status cpu_emit(const pass_plan *plan, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
 {
     if (kind != SSMC_EMIT_LLVM) {
         diag_error(d, "the cpu backend emits llvm only");
         return SSMC_ERR_UNSUPPORTED;
     }
-    return llvm_emit_text(m, o, out, d);
+    return llvm_emit_text(plan, out, d);
 }
 
 const backend cpu_backend = {
-    .name = "cpu", .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
+    .name = "cpu", .target = cpu_target, .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
 };
 
 #else

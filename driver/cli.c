@@ -1,6 +1,6 @@
-/* main.c: the ssmc command line (SPEC §5). The only place that prints.
+/* cli.c: the ssmc command line (SPEC §5). The only place that prints.
  *   ssmc check FILE
- *   ssmc emit  FILE --emit=ast|ir|analysis|grad|llvm|cuda|ptx [-D H=16 ...]
+ *   ssmc emit  FILE --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx [-D H=16 ...]
  *   ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]
  *                   [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]
  *                   [--init-state NAME=FILE.npy] [--verify]
@@ -46,7 +46,7 @@ static void usage(void)
 {
     fputs("usage:\n"
           "  ssmc check FILE\n"
-          "  ssmc emit  FILE --emit=ast|ir|analysis|grad|llvm|cuda|ptx [-D NAME=VAL ...] [--arch sm_90]\n"
+          "  ssmc emit  FILE --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx [-D NAME=VAL ...] [--arch sm_90]\n"
           "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
           "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
           "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
@@ -230,8 +230,9 @@ static int cmd_check_emit(const cli *c, bool emit)
         static const struct {
             const char *name;
             ssmc_emit_kind kind;
-        } kinds[] = {{"ast", SSMC_EMIT_AST}, {"ir", SSMC_EMIT_IR}, {"analysis", SSMC_EMIT_ANALYSIS},
-                     {"grad", SSMC_EMIT_GRAD}, {"llvm", SSMC_EMIT_LLVM}, {"cuda", SSMC_EMIT_CUDA},
+        } kinds[] = {{"ast", SSMC_EMIT_AST},   {"ir", SSMC_EMIT_IR},     {"analysis", SSMC_EMIT_ANALYSIS},
+                     {"grad", SSMC_EMIT_GRAD}, {"plan", SSMC_EMIT_PLAN}, {"llvm", SSMC_EMIT_LLVM},
+                     {"cuda", SSMC_EMIT_CUDA},
                      {"ptx", SSMC_EMIT_PTX}};
         int k = -1;
         for (size_t i = 0; c->emit && i < sizeof kinds / sizeof *kinds; i++)
@@ -239,7 +240,7 @@ static int cmd_check_emit(const cli *c, bool emit)
         if (k < 0) {
             ssmc_ctx_free(ctx);
             free(src);
-            return usage_error("--emit takes ast, ir, analysis, grad, llvm, cuda or ptx%s", "");
+            return usage_error("--emit takes ast, ir, analysis, grad, plan, llvm, cuda or ptx%s", "");
         }
         char *text;
         if (ssmc_emit(ctx, c->file, src, len, &o, kinds[k].kind, &text) != SSMC_OK) {
@@ -600,7 +601,7 @@ int main(int argc, char **argv)
     if (rc) return rc;
     if (strcmp(c.cmd, "check") == 0) return cmd_check_emit(&c, false);
     if (strcmp(c.cmd, "emit") == 0) {
-        if (!c.emit) return usage_error("emit needs --emit=ast|ir|analysis|grad|llvm|cuda|ptx%s", "");
+        if (!c.emit) return usage_error("emit needs --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx%s", "");
         return cmd_check_emit(&c, true);
     }
     if (strcmp(c.cmd, "run") == 0) return cmd_run(&c, false);

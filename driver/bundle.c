@@ -1,4 +1,4 @@
-/* build.c: `ssmc build` (ssmc_build in ssmc.h): an ahead-of-time bundle of one
+/* bundle.c: `ssmc build` (ssmc_build in ssmc.h): an ahead-of-time bundle of one
  * model for the CPU.
  *
  * The kernel is the CPU backend's (codegen/llvm.c), written as a PIC object
@@ -23,7 +23,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "build.h"
+#include "bundle.h"
+#include "pipeline.h"
 #include "codegen/llvm.h"
 
 extern char **environ;
@@ -370,12 +371,17 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
                        const char *targets, const char *outdir)
 {
     ssmc_options o = opts ? *opts : (ssmc_options){0};
-    o.device = SSMC_DEVICE_INTERP; /* the IR only: the kernel is built below */
-    ssmc_model *model = NULL;
-    ssmc_status s = ssmc_compile(ctx, filename, source, len, &o, &model);
-    if (s != SSMC_OK) return s;
-    /* ssmc_compile reset the context's diagnostics; from here on they collect ours */
     diag *d = api_ctx_diag(ctx);
+    diag_reset(d);
+    arena a;
+    arena_init(&a);
+    plan_target tg = plan_target_cpu(o.threads);
+    pipeline pl = {.a = &a, .d = d, .o = &o, .target = &tg};
+    ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_PLAN);
+    if (s != SSMC_OK) {
+        arena_free(&a);
+        return s;
+    }
     char tbuf[256];
     bool want_cpu;
     const char *cpu;
@@ -388,9 +394,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
         diag_error(d, "ssmc build: cannot create directory '%s': %s", outdir, strerror(errno));
         s = SSMC_ERR_IO;
     }
-    const ir_model *m = api_model_ir(model);
-    arena a;
-    arena_init(&a);
+    const ir_model *m = pl.ir;
     char *tmp = s == SSMC_OK ? arena_printf(&a, "%s/.ssmc-build-XXXXXX", outdir) : NULL;
     if (s == SSMC_OK && (!tmp || !mkdtemp(tmp))) {
         diag_error(d, "ssmc build: cannot create a temporary directory in '%s': %s", outdir, strerror(errno));
@@ -411,7 +415,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
         s = SSMC_ERR_NOMEM;
     }
     llvm_kernel_shape shape;
-    if (s == SSMC_OK) s = llvm_emit_object(m, &o, cpu, obj, &shape, d);
+    if (s == SSMC_OK) s = llvm_emit_object(pl.plan, cpu, obj, &shape, d);
     if (s == SSMC_OK) {
         strbuf h = {0}, c = {0};
         gen_header(&h, m, filename ? filename : "<input>", cpu);
@@ -442,6 +446,5 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
         rmdir(tmp);
     }
     arena_free(&a);
-    ssmc_model_free(model);
     return s;
 }

@@ -8,6 +8,7 @@
 
 #include "ssmc.h"
 #include "ir/ir.h"
+#include "passes/plan.h"
 #include "support/support.h"
 
 typedef struct backend_tensor {
@@ -17,11 +18,16 @@ typedef struct backend_tensor {
 
 typedef struct backend {
     const char *name;
-    ssmc_status (*compile)(const ir_model *m, const ssmc_options *o, diag *d, void **state);
+    /* The target the pipeline plans this device's kernels for; NULL for a
+     * backend that runs the IR itself (the interpreter: no plan). */
+    plan_target (*target)(const ssmc_options *o);
+    /* m is verified; p is its plan for target(o) (NULL without a target). Both
+     * outlive the state. */
+    ssmc_status (*compile)(const ir_model *m, const pass_plan *p, const ssmc_options *o, diag *d, void **state);
     ssmc_status (*run)(void *state, int64_t batch, int64_t T, const backend_tensor *tensors, diag *d);
-    /* Text of generated code (SSMC_EMIT_LLVM, _CUDA, _PTX); no device needed.
-     * NULL for a backend that generates none (the interpreter). */
-    ssmc_status (*emit)(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d);
+    /* Text of generated code (SSMC_EMIT_LLVM, _CUDA, _PTX) from a plan for
+     * target(o); no device needed. NULL for a backend that generates none. */
+    ssmc_status (*emit)(const pass_plan *p, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d);
     void (*free)(void *state);
     /* Runs on device tensors (data are device addresses), enqueued on `stream`
      * with no copies or synchronisation; NULL for a backend without a device. */
@@ -32,7 +38,7 @@ typedef struct backend {
     bool reverse;
 } backend;
 
-/* The device table (driver/backends.c): the backend of a device, NULL where
+/* The device table (codegen/backends.c): the backend of a device, NULL where
  * this build has none or the device is unknown; its CLI name and the name
  * messages use (NULL when unknown); a device by its CLI name. */
 const backend *backend_for(ssmc_device device);

@@ -1,7 +1,7 @@
-/* build.h: what driver/build.c (ssmc_build, the AOT bundle) needs from the
+/* bundle.h: what driver/bundle.c (ssmc_build, the AOT bundle) needs from the
  * rest of the driver. */
-#ifndef SSMC_DRIVER_BUILD_H
-#define SSMC_DRIVER_BUILD_H
+#ifndef SSMC_DRIVER_BUNDLE_H
+#define SSMC_DRIVER_BUNDLE_H
 
 #include "ir/ir.h"
 #include "ssmc.h"

@@ -4,12 +4,12 @@
  * at run time). */
 #include <string.h>
 
-#include "backend.h"
+#include "codegen/backend.h"
 
-extern const backend interp_backend; /* driver/interp.c */
-extern const backend cuda_backend;   /* driver/cuda.c */
+extern const backend interp_backend; /* codegen/interp_backend.c */
+extern const backend cuda_backend;   /* codegen/cuda_backend.c */
 #ifdef SSMC_HAVE_LLVM
-extern const backend cpu_backend; /* driver/cpu.c */
+extern const backend cpu_backend; /* codegen/cpu_backend.c */
 #define CPU_BACKEND (&cpu_backend)
 #else
 #define CPU_BACKEND NULL

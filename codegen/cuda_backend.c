@@ -1,6 +1,6 @@
-/* cuda.c (driver): the CUDA backend (driver/backend.h) for SSMC_DEVICE_CUDA.
+/* cuda_backend.c: the CUDA backend (codegen/backend.h) for SSMC_DEVICE_CUDA.
  *
- * compile plans the kernel (codegen/cuda_plan.c) and opens the GPU; kernels
+ * compile takes the kernel plan (passes/plan.c, made for plan_target_cuda) and opens the GPU; kernels
  * are generated and compiled lazily, one per dtype signature of a run (the
  * dtypes of the tensors given, which states and outputs are present, whether
  * vector loads are allowed), and kept for the model's life. A kernel comes
@@ -12,7 +12,7 @@
  * run takes host tensors: it copies them into one device buffer kept by the
  * model (grown when a run needs more), launches, and copies the outputs and
  * final states back; run_device takes device pointers and a stream and only
- * enqueues the launch. Every CUDA and NVRTC call is checked (runtime/cuda.h);
+ * enqueues the launch. Every CUDA and NVRTC call is checked (runtime/cuda_driver.h);
  * failures are reported through the diag with the program's name and NVRTC's
  * log. A model's runs are serialised by a lock. */
 #include <pthread.h>
@@ -20,10 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "codegen/backend.h"
 #include "codegen/cuda.h"
 #include "runtime/cache.h"
-#include "runtime/cuda.h"
+#include "runtime/cuda_driver.h"
 #include "support/dtype.h"
 
 #define ALIGN 256 /* device sub-buffers: every vector load is aligned */
@@ -37,7 +37,7 @@ typedef struct cuda_kernel {
 typedef struct cuda_state {
     arena arena;
     const ir_model *m;
-    cuda_plan *plan;
+    const pass_plan *plan;
     rt_cuda *gpu;
     rt_nvrtc *nvrtc;      /* loaded when a kernel is first needed */
     char arch[32];
@@ -53,6 +53,24 @@ typedef struct cuda_state {
 /* NVRTC options beyond those rt_nvrtc_compile always passes; part of the key. */
 static const char *const nvrtc_opts[] = {"--extra-device-vectorization"};
 #define NVRTC_NOPTS ((int)(sizeof nvrtc_opts / sizeof nvrtc_opts[0]))
+
+static int env_int(const char *name, int lo, int hi)
+{
+    const char *v = getenv(name);
+    char *end;
+    long n = v ? strtol(v, &end, 10) : 0;
+    return v && *v && !*end && n >= lo && n <= hi ? (int)n : 0;
+}
+
+/* The layout knobs from SSMC_CUDA_LANE_SLOTS, SSMC_CUDA_STATE_SLOTS,
+ * SSMC_CUDA_WARPS, SSMC_CUDA_SHARE_LETS (docs/cuda.md; for benchmarking). */
+static plan_tune cuda_tune_from_env(void)
+{
+    return (plan_tune){.lane_slots = env_int("SSMC_CUDA_LANE_SLOTS", 1, 64),
+                       .state_slots = env_int("SSMC_CUDA_STATE_SLOTS", 1, 64),
+                       .warps = env_int("SSMC_CUDA_WARPS", 1, 8),
+                       .share_lets = env_int("SSMC_CUDA_SHARE_LETS", 1, 2)};
+}
 
 /* One byte per tensor (0: absent, else 1 + dtype) and the vector flag. */
 static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }
@@ -179,7 +197,13 @@ static void state_free(void *state)
     free(s);
 }
 
-static ssmc_status cuda_compile(const ir_model *m, const ssmc_options *o, diag *d, void **state)
+static plan_target cuda_target(const ssmc_options *o)
+{
+    plan_tune tune = cuda_tune_from_env();
+    return plan_target_cuda(&tune);
+}
+
+static ssmc_status cuda_compile(const ir_model *m, const pass_plan *plan, const ssmc_options *o, diag *d, void **state)
 {
     *state = NULL;
     cuda_state *s = calloc(1, sizeof *s);
@@ -194,8 +218,8 @@ static ssmc_status cuda_compile(const ir_model *m, const ssmc_options *o, diag *
         diag_error(d, "cuda: cannot create a lock");
         return SSMC_ERR_NOMEM;
     }
-    cuda_tune tune = cuda_tune_from_env();
-    ssmc_status st = cuda_plan_make(&s->arena, m, &tune, &s->plan, d);
+    s->plan = plan;
+    ssmc_status st = SSMC_OK;
     strbuf err = {0};
     if (st == SSMC_OK && (st = rt_cuda_open(&s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "no GPU to run on");
     if (st == SSMC_OK) {
@@ -392,15 +416,15 @@ static void emit_arch(const ssmc_options *o, char *arch, size_t n)
     sb_free(&err);
 }
 
-static ssmc_status cuda_emit_text(const ir_model *m, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
+static ssmc_status cuda_emit_text(const pass_plan *plan, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out,
+                                  diag *d)
 {
     arena a;
     arena_init(&a);
-    cuda_plan *plan = NULL;
+    const ir_model *m = plan->m;
     ssmc_dtype *dt = arena_array(&a, m->ntensors + 1, sizeof *dt);
     bool *present = arena_array(&a, m->ntensors + 1, sizeof *present);
-    cuda_tune tune = cuda_tune_from_env();
-    ssmc_status st = dt && present ? cuda_plan_make(&a, m, &tune, &plan, d) : SSMC_ERR_NOMEM;
+    ssmc_status st = dt && present ? SSMC_OK : SSMC_ERR_NOMEM;
     if (st == SSMC_OK) {
         /* the general form: f32 everywhere, every state read and written */
         for (uint32_t i = 0; i < m->ntensors; i++) present[i] = m->tensors[i].kind != IR_LET;
@@ -433,6 +457,7 @@ static ssmc_status cuda_emit_text(const ir_model *m, const ssmc_options *o, ssmc
 
 const backend cuda_backend = {
     .name = "cuda",
+    .target = cuda_target,
     .compile = cuda_compile,
     .run = cuda_run,
     .emit = cuda_emit_text,

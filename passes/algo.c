@@ -1,0 +1,40 @@
+/* algo.c: the choice of algorithm (SPEC §3), one decision for every device.
+ *
+ * `auto` picks the fastest algorithm the analysis allows by the cost model of
+ * docs/architecture.md ("Algorithms"). In this version only the recurrent
+ * algorithm is generated, so auto is recurrent, and an explicit chunked or
+ * scan is refused on every device (the interpreter included, so that a
+ * command means the same everywhere) with a message that says why. */
+#include <string.h>
+
+#include "passes/plan.h"
+
+static const char *const algo_names[] = {"auto", "recurrent", "chunked", "scan"};
+
+const char *pass_algo_name(ssmc_algo a) { return (unsigned)a < 4 ? algo_names[a] : "?"; }
+
+bool pass_algo_from_name(const char *name, ssmc_algo *out)
+{
+    for (int i = 0; name && i < 4; i++)
+        if (strcmp(algo_names[i], name) == 0) {
+            *out = (ssmc_algo)i;
+            return true;
+        }
+    return false;
+}
+
+bool pass_algo_choose(const ir_model *m, const pass_analysis *an, ssmc_algo requested, plan_algo *out, diag *d)
+{
+    switch (requested) {
+    case SSMC_ALGO_AUTO:
+    case SSMC_ALGO_RECURRENT: *out = PLAN_ALGO_RECURRENT; return true;
+    case SSMC_ALGO_CHUNKED:
+    case SSMC_ALGO_SCAN:
+        diag_error(d, "--algo=%s is not implemented yet: this version generates the recurrent algorithm on every "
+                   "device (use --algo=recurrent or leave --algo out)",
+                   pass_algo_name(requested));
+        return false;
+    }
+    diag_error(d, "unknown algorithm %d", (int)requested);
+    return false;
+}

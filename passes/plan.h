@@ -1,0 +1,235 @@
+/* plan.h: the kernel plan, built once in passes/plan.c for a target and
+ * rendered by every backend (codegen/llvm.c for CPUs, codegen/cuda.c for
+ * GPUs). The plan holds every decision about loops, placement and memory;
+ * a renderer decides only instruction-level matters (intrinsics, vector
+ * width of a load, shuffles, barriers).
+ *
+ * Vocabulary (the recurrent algorithm, SPEC §3):
+ *  - a *work item* is one sequence of the batch times one tile of every index
+ *    class on the grid (classes passes/schedule.c found splittable); items are
+ *    independent, so any assignment of items to workers (CPU threads, GPU
+ *    blocks) gives the same result;
+ *  - inside an item, the time-invariant lets run once, then for t = 0 .. T-1
+ *    every per-step statement in program order;
+ *  - every class c inside an item is covered by cls[c].threads threads times
+ *    cls[c].slots values per thread (blocked: the thread with coordinate k owns
+ *    values k * slots .. k * slots + slots - 1). A target with one lane (a CPU)
+ *    has one thread everywhere, and a class's slots are a loop; a GPU spreads
+ *    one class over the lanes of a warp (reductions over it are shuffles) and
+ *    one over the other threads (the columns);
+ *  - every state and let has a place: registers of the thread that owns the
+ *    element, block-local memory (GPU shared memory, CPU scratch), a global
+ *    per-item workspace, or (CPU states) its own tensor, updated in place.
+ *
+ * The target description (plan_target, passes/target.c) brings in the facts
+ * a plan depends on: lanes, vector width, workers, cache and shared-memory
+ * budgets, register budget. The same plan_make serves every target; steps that
+ * only make sense with lanes (layout, register placement, distributed
+ * reductions, load patterns) or with loops (interchange, fusion, hoisting,
+ * cache-line prefetch) key off the target's facts, not off a backend's name. */
+#ifndef SSMC_PASSES_PLAN_H
+#define SSMC_PASSES_PLAN_H
+
+#include "ssmc.h"
+#include "passes/passes.h"
+
+/* ---- the target ---- */
+
+/* Knobs of a GPU layout, for benchmarking (0: the default). */
+typedef struct plan_tune {
+    int lane_slots;  /* slots per thread of the lane class (default 16) */
+    int state_slots; /* state elements per thread (default 32) */
+    int warps;       /* most warps along the column class when it is split (default 4) */
+    int share_lets;  /* 1: expensive per-step lets that several threads would each compute are
+                        computed once, by the whole block, into shared memory; 2: never
+                        (default 1) */
+} plan_tune;
+
+typedef struct plan_target {
+    const char *name;          /* "cpu", "cuda" */
+    int lanes;                 /* threads that run one item together: 1 (loops) or a warp */
+    int vector_floats;         /* tiles of a contiguous axis are multiples of this */
+    int workers;               /* items that run at once (CPU threads); 0: as many as there are */
+    int min_items;             /* work items per sequence at least (when classes allow) */
+    int64_t item_state_floats; /* an item's states should fit this (a CPU's L1 data cache) */
+    int64_t local_floats;      /* block-local memory per item (GPU shared memory), 0: unbounded */
+    int max_reg_slots;         /* registers per thread for states and lets together */
+    op_cost hoist_cost;        /* loops: subexpressions at least this costly are hoisted */
+    op_cost share_cost;        /* lanes: per-step lets at least this costly are computed once per block */
+    plan_tune tune;
+} plan_target;
+
+/* The CPU target (threads: workers, 0 for every online CPU) and the CUDA
+ * target (tune may be NULL). */
+plan_target plan_target_cpu(int threads);
+plan_target plan_target_cuda(const plan_tune *tune);
+
+/* ---- the plan ---- */
+
+typedef enum plan_place { PLAN_PLACE_NONE, PLAN_PLACE_REG, PLAN_PLACE_LOCAL, PLAN_PLACE_GLOBAL, PLAN_PLACE_TENSOR } plan_place;
+extern const char *const plan_place_names[];
+
+typedef struct plan_class {
+    int64_t n;      /* the class's extent (the value of its dim) */
+    bool split;     /* on the grid */
+    int64_t tile;   /* values per item: the tile when split, else n */
+    int64_t ntiles; /* items along the class */
+    int threads;    /* threads covering it in an item */
+    int slots;      /* values per thread: threads * slots >= tile */
+    int stride;     /* of its coordinate in the thread id */
+    bool lane;      /* threads a power of two inside one warp (or 1): butterfly reductions */
+} plan_class;
+
+/* How the values of an index variable are spread over a thread's slots: the
+ * value at slot j of the thread with coordinate k (of class cls) is k * slots + j
+ * (plus the tile base when cls is split), valid when below n. A variable of no
+ * class (it indexes only inputs and params) is spread over the lane class's
+ * coordinate the same way (`spread`, n its own dim). */
+typedef struct plan_dom {
+    int cls;       /* PLAN_FLAT_DOM(stmt) for the elements of a flat statement */
+    int64_t n;
+    int slots;
+    bool spread;
+} plan_dom;
+
+/* The domain of flat statement si: slot m is element tid + m * nthreads of
+ * its left side (row-major over the tiles), n elements in all. */
+#define PLAN_FLAT_DOM(si) (-1 - (int)(si))
+#define PLAN_FLAT_STMT(cls) (-1 - (cls))
+
+enum { PLAN_RED_SEQ, PLAN_RED_DIST };  /* a reduction: loop over every value, or over
+                                          the thread's slots and then across threads */
+enum { PLAN_LD_INLINE, PLAN_LD_PAT };  /* a load of an input or param: at its use, or
+                                          from a pattern's registers */
+
+/* A load of an input (prefetched one step ahead) or a param (hoisted before
+ * the time loop) at indices that depend only on the thread's slots, shared by
+ * every load with the same key. Its registers are pat<id>[slot of doms[0]]... */
+typedef struct plan_pat {
+    int tensor;
+    int64_t lag;
+    ir_index_kind kind[IR_MAX_RANK]; /* per axis of the tensor */
+    int64_t k[IR_MAX_RANK];          /* the constant, or the divisor */
+    int dom_of[IR_MAX_RANK];         /* VAR/DIV axes: index into doms */
+    int pos[IR_MAX_RANK];            /* flat domains: the axis's variable's position on
+                                        the statement's left side */
+    int ndoms;
+    plan_dom doms[IR_MAX_RANK];      /* the innermost axis's domain last */
+} plan_pat;
+
+/* Cache-line prefetch of a per-step input's or output's slice one step ahead
+ * (targets with loops): cls[i] is the class on the grid that axis i follows,
+ * or -1 for the whole axis; the slice spans span + 1 floats. */
+typedef struct plan_prefetch {
+    int tensor;
+    int cls[IR_MAX_RANK];
+    int64_t span;
+} plan_prefetch;
+
+#define PLAN_LINE_FLOATS 16 /* a cache line */
+
+typedef enum plan_algo { PLAN_ALGO_RECURRENT } plan_algo;
+
+typedef struct plan_buf {
+    plan_place mem; /* PLAN_PLACE_LOCAL or PLAN_PLACE_GLOBAL */
+    int64_t off;    /* in floats, from the start of that memory */
+    int64_t len;
+} plan_buf;
+
+typedef struct pass_plan {
+    const ir_model *m;
+    plan_target target;
+    plan_algo algo;
+    pass_sched sched;
+    const pass_analysis *an;
+
+    /* the grid and the classes */
+    int ncls;
+    plan_class *cls;        /* [ncls] */
+    int *grid;              /* [ngrid] classes on the grid, slowest first */
+    int ngrid;
+    int64_t items_per_seq;  /* work items per sequence: the product of the grid's ntiles */
+
+    /* inside an item (lanes) */
+    int lane_cls;           /* the class on the lanes (reductions over it are shuffles), or -1 */
+    int col_cls;            /* the class spread over the other threads, or -1 */
+    int layout_threads;     /* product of every class's threads */
+    int nthreads;           /* threads per item, a multiple of layout_threads */
+
+    /* tensors [ntensors] */
+    int64_t *fstride;       /* [ntensors * IR_MAX_RANK] row-major strides over the declared axes */
+    int64_t *lstride;       /* [ntensors * IR_MAX_RANK] strides over the item's slice (0: extent 1) */
+    int64_t *elems;         /* elements of one sequence's slice */
+    int64_t *lelems;        /* elements of the item's slice */
+    plan_place *place;      /* states and lets (inputs, params, outputs: NONE) */
+    bool *dbuf;             /* a block-local per-step let with two buffers, by the parity of t */
+    int *buf_tensor;        /* its buffer: LOCAL and GLOBAL tensors, and a TENSOR-placed state
+                               updated through a copy (not in place); else -1 */
+
+    /* statements [nstmts] */
+    bool *layout;           /* lanes: threads follow the layout; false: flat over the domain */
+    int *buf_stmt;          /* lanes: a flat non-in-place update's scratch area; -1: temporaries
+                               in registers */
+    bool *stmt_xchg;        /* loops: the statement has an interchanged SUM */
+    int *fuse;              /* loops: a state update: the readout fused into its loops, or -1;
+                               the readout itself: -2 (emitted with the update) */
+    ir_ref *fuse_sum;       /* the readout's reduction that runs inside the update's loops */
+
+    /* instructions [ninsts] */
+    uint8_t *red_mode;      /* SUM/RMAX: PLAN_RED_* */
+    plan_dom *red_dom;      /* DIST reductions */
+    int *xchg_var;          /* loops: an interchanged SUM: the statement variable innermost; else -1 */
+    int *hoist_var;         /* loops: an expensive subtree that varies with one outer loop variable
+                               only: computed for each of its values before the nest; else -1 */
+    int *buf_inst;          /* interchanged SUMs and hoisted subtrees: their buffer, or -1 */
+    uint8_t *ld_kind;       /* loads of inputs and params: PLAN_LD_* */
+    int *ld_pat;            /* the pattern of a PLAN_LD_PAT load */
+    plan_pat *pats;
+    int npats;
+
+    plan_prefetch *prefetch;
+    int nprefetch;
+
+    /* memory per item, in floats: buffers in block-local memory (GPU shared
+     * memory, CPU scratch) or the global workspace, each aligned to the
+     * target's vector width */
+    plan_buf *bufs;
+    int nbufs;
+    int64_t local_floats;
+    int64_t global_floats;
+} pass_plan;
+
+/* ---- algo.c: the algorithm (SPEC §3), chosen once for every device ---- */
+const char *pass_algo_name(ssmc_algo a);
+bool pass_algo_from_name(const char *name, ssmc_algo *out);
+/* The algorithm for a model: `requested` when the analysis allows it and it is
+ * implemented, the cost model's pick for auto; false with a diagnostic that says
+ * why otherwise. */
+bool pass_algo_choose(const ir_model *m, const pass_analysis *an, ssmc_algo requested, plan_algo *out, diag *d);
+
+/* ---- plan.c ---- */
+/* Plans a verified model's kernels for a target with the algorithm chosen.
+ * an and sched may be NULL (the analysis is then not consulted; the schedule
+ * is computed). Allocates into `a`. */
+ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, const pass_sched *sched, plan_algo algo,
+                      const plan_target *target, pass_plan **out, diag *d);
+
+/* `ssmc emit --emit=plan`: the plan as text. */
+void plan_print(strbuf *out, const pass_plan *p);
+/* Comment lines a renderer puts at the head of its code: the loops (lines
+ * starting "; ") or the block layout (lines starting "//"). */
+void plan_describe_loops(strbuf *out, const pass_plan *p);
+void plan_describe_lanes(strbuf *out, const pass_plan *p);
+
+/* Queries every renderer needs. */
+int plan_axis_class(const pass_plan *p, int tensor, int axis);
+bool plan_tracked(const ir_tensor *t); /* states and lets: the tensors a plan places */
+bool plan_var_fixed(const pass_plan *p, int v);   /* one value per item: no loop */
+int64_t plan_var_extent(const pass_plan *p, int v); /* values of v in an item */
+int64_t plan_reg_slots(const pass_plan *p, int tensor);   /* product of its axes' slots */
+int64_t plan_local_elems(const pass_plan *p, int tensor); /* product of its axes' tiles */
+plan_dom plan_class_dom(const pass_plan *p, int c);         /* the values of class c over the slots */
+/* The loop variables of fused readout r in emission order; returns their number. */
+int plan_readout_loops(const pass_plan *p, const ir_stmt *r, ir_ref sum, bool xchg, int *out);
+
+#endif
