@@ -98,6 +98,7 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
     ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_PLAN);
     m->file = pl.file;
     m->ir = pl.ir;
+    if (m->ir) m->ir->file = &m->file; /* pl, where lowering pointed it, is gone after this call */
     if (s == SSMC_OK) s = m->be->compile(m->ir, pl.plan, &m->opts, &ctx->diag, &m->be_state);
     if (s != SSMC_OK) {
         ssmc_model_free(m);
