@@ -82,6 +82,12 @@ typedef struct grad {
     size_t npaths, cpaths;
     const char **names; /* variable names used in the statement being built */
     size_t nnames, cnames;
+    /* copies of forward values made under the current variable map: a value
+     * needed twice in one expression is built once and read twice. The epoch
+     * moves whenever the map changes or a statement begins. */
+    ir_ref *memo;
+    uint32_t *memo_epoch;
+    uint32_t epoch;
 } grad;
 
 const char *pass_lower_name(arena *a, const char *name)
@@ -192,7 +198,11 @@ static const char *adj_name(grad *g, const ir_tensor *t, const char *suffix)
     return taken ? arena_printf(g->a, "d.%s%s", t->name, suffix) : n;
 }
 
-static void begin_stmt(grad *g) { g->nnames = 0; }
+static void begin_stmt(grad *g)
+{
+    g->nnames = 0;
+    g->epoch++;
+}
 
 static void emit_stmt(grad *g, int tensor, const int *vars, ir_ref root, bool per_step, src_loc loc)
 {
@@ -270,10 +280,24 @@ static ir_ref load_at_vars(grad *g, ir_ref at, int tensor, const int *fvars, int
 
 /* The value of forward instruction r in the adjoint. `top`: build r itself
  * even where a let already holds its value (when building that let). */
+static ir_ref cp_new(grad *g, ir_ref r, bool top);
+
 static ir_ref cp(grad *g, ir_ref r, bool top)
 {
-    const ir_model *f = g->f;
     if (!g->ok || r == IR_NONE) return IR_NONE;
+    if (!top && g->memo_epoch[r] == g->epoch) return g->memo[r];
+    uint32_t epoch = g->epoch;
+    ir_ref out = cp_new(g, r, top);
+    if (!top && g->epoch == epoch) {
+        g->memo[r] = out;
+        g->memo_epoch[r] = epoch;
+    }
+    return out;
+}
+
+static ir_ref cp_new(grad *g, ir_ref r, bool top)
+{
+    const ir_model *f = g->f;
     const ir_inst *in = &f->insts[r];
     if (!top && g->red_let[r] >= 0) {
         int n = (int)g->red_nfree[r];
@@ -317,7 +341,9 @@ static ir_ref cp(grad *g, ir_ref r, bool top)
             fresh_vars[i] = fresh(g, f->vars[v].name, f->vars[v].dim);
             g->map[v] = (gvar){.kind = GV_VAR, .v = fresh_vars[i]};
         }
+        g->epoch++;
         out.a = cp(g, in->a, false);
+        g->epoch++;
         uint32_t first = (uint32_t)g->b.nred_vars;
         for (uint32_t i = 0; i < n; i++) ir_build_red_var(&g->b, (uint32_t)fresh_vars[i]);
         for (uint32_t i = 0; i < n; i++) g->map[f->red_vars[in->red.vars + i]] = saved[i];
@@ -379,7 +405,8 @@ static ir_ref grad_sqrt(grad *g, ir_ref in, int k, ir_ref bar)
 /* d a^-1/2 = -1/2 a^-3/2 = -1/2 r^3 */
 static ir_ref grad_rsqrt(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    ir_ref r3 = mk(g, IR_MUL, mk(g, IR_MUL, res(g, in), res(g, in)), res(g, in));
+    ir_ref r = res(g, in);
+    ir_ref r3 = mk(g, IR_MUL, mk(g, IR_MUL, r, r), r);
     return mk(g, IR_MUL, bar, mk(g, IR_MUL, num(g, -0.5), r3));
 }
 
@@ -392,13 +419,15 @@ static ir_ref grad_abs(grad *g, ir_ref in, int k, ir_ref bar)
 /* d tanh = 1 - r^2 */
 static ir_ref grad_tanh(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    return mk(g, IR_MUL, bar, mk(g, IR_SUB, num(g, 1), mk(g, IR_MUL, res(g, in), res(g, in))));
+    ir_ref r = res(g, in);
+    return mk(g, IR_MUL, bar, mk(g, IR_SUB, num(g, 1), mk(g, IR_MUL, r, r)));
 }
 
 /* d sigmoid = r (1 - r) */
 static ir_ref grad_sigmoid(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, res(g, in), mk(g, IR_SUB, num(g, 1), res(g, in))));
+    ir_ref r = res(g, in);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, r, mk(g, IR_SUB, num(g, 1), r)));
 }
 
 /* d softplus(a) = sigmoid(a) */
@@ -410,10 +439,10 @@ static ir_ref grad_softplus(grad *g, ir_ref in, int k, ir_ref bar)
 /* d (a sigmoid(a)) = s (1 + a (1 - s)), s = sigmoid(a) */
 static ir_ref grad_silu(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    ir_ref s1 = mk(g, IR_SIGMOID, opa(g, in), IR_NONE);
-    ir_ref s2 = mk(g, IR_SIGMOID, opa(g, in), IR_NONE);
-    ir_ref inner = mk(g, IR_ADD, num(g, 1), mk(g, IR_MUL, opa(g, in), mk(g, IR_SUB, num(g, 1), s2)));
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, s1, inner));
+    ir_ref a = opa(g, in);
+    ir_ref sg = mk(g, IR_SIGMOID, a, IR_NONE);
+    ir_ref inner = mk(g, IR_ADD, num(g, 1), mk(g, IR_MUL, a, mk(g, IR_SUB, num(g, 1), sg)));
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, sg, inner));
 }
 
 static ir_ref grad_relu(grad *g, ir_ref in, int k, ir_ref bar)
@@ -551,6 +580,7 @@ static ir_ref contrib(grad *g, const gpath *p, const int *V)
         g->map[W[i]] = (gvar){.kind = GV_VAR, .v = v};
         summed[nsummed++] = v;
     }
+    g->epoch++;
     ir_ref bar = bar_root(g, s);
     for (uint32_t i = 0; i + 1 < p->len && g->ok; i++) {
         pnode n = g->pn[p->start + i];
@@ -563,6 +593,7 @@ static ir_ref contrib(grad *g, const gpath *p, const int *V)
         for (uint32_t i = 0; i < nsummed; i++) ir_build_red_var(&g->b, (uint32_t)summed[i]);
         bar = inst(g, red);
     }
+    g->epoch++;
     for (uint32_t i = 0; i < nW; i++) g->map[W[i]] = (gvar){0};
     for (int a = 0; a < y->rank; a++) {
         ir_index ix = f->ix[ld->load.ix + (uint32_t)a];
@@ -666,8 +697,10 @@ static void materialize(grad *g, uint32_t si, ir_ref r, bool is_root, int *count
         V[i] = fresh(g, f->vars[fv[i]].name, f->vars[fv[i]].dim);
         g->map[fv[i]] = (gvar){.kind = GV_VAR, .v = V[i]};
     }
+    g->epoch++;
     ir_ref root = cp(g, r, true);
     for (uint32_t i = 0; i < nfv; i++) g->map[fv[i]] = (gvar){0};
+    g->epoch++;
     emit_stmt(g, t, V, root, s->per_step, in->loc);
     g->red_let[r] = t;
     g->red_free[r] = (uint32_t)g->nfree_vars;
@@ -700,8 +733,10 @@ static void recompute(grad *g)
             V[i] = fresh(g, f->vars[s->vars[i]].name, t->dims[i]);
             g->map[s->vars[i]] = (gvar){.kind = GV_VAR, .v = V[i]};
         }
+        g->epoch++;
         ir_ref root = cp(g, s->root, true);
         for (int i = 0; i < t->rank; i++) g->map[s->vars[i]] = (gvar){0};
+        g->epoch++;
         emit_stmt(g, held, V, root, s->per_step, s->loc);
     }
     free(bound);
@@ -838,6 +873,9 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
     g.red_nfree = calloc(ni, sizeof *g.red_nfree);
     g.root_of = malloc(ni * sizeof *g.root_of);
     g.map = calloc(f->nvars ? f->nvars : 1, sizeof *g.map);
+    g.memo = calloc(ni, sizeof *g.memo);
+    g.memo_epoch = calloc(ni, sizeof *g.memo_epoch);
+    g.epoch = 1;
     pnode *stack = calloc(ni + 1, sizeof *stack);
     int *newid = NULL;
     out->nfwd = (int)m->ntensors;
@@ -846,7 +884,7 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
     out->adj_value = arena_array(a, nt, sizeof(int));
     out->adj_grad = arena_array(a, nt, sizeof(int));
     if (!g.val || !g.newval || !g.adj || !g.adjnew || !g.red_let || !g.red_free || !g.red_nfree || !g.root_of ||
-        !g.map || !stack || !out->trace || !out->adj_trace || !out->adj_value || !out->adj_grad) {
+        !g.map || !g.memo || !g.memo_epoch || !stack || !out->trace || !out->adj_trace || !out->adj_value || !out->adj_grad) {
         g.ok = false;
         goto done;
     }
@@ -946,6 +984,8 @@ done:
     free(g.free_vars);
     free(g.root_of);
     free(g.map);
+    free(g.memo);
+    free(g.memo_epoch);
     free(g.pn);
     free(g.paths);
     free(g.names);
