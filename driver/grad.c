@@ -29,6 +29,7 @@ struct grad_state {
     pass_grad pg;
     const backend *be;
     void *fwd, *adj; /* the backend's compiled training forward and adjoint */
+    void *ifwd, *iadj; /* ... and those of the init statements (pg.init) */
     ssmc_dtype wd;   /* the driver's own buffers */
 };
 
@@ -38,6 +39,7 @@ struct ssmc_tape {
     ssmc_dtype wd;
     int ntensors;  /* of the training forward */
     void **ckpt;   /* per training-forward state: [nck][batch][elems] */
+    bool *from_init; /* per state: its initial value came from its init statement */
     size_t bytes;
 };
 
@@ -46,6 +48,8 @@ void grad_state_free(grad_state *g)
     if (!g) return;
     if (g->be && g->fwd) g->be->free(g->fwd);
     if (g->be && g->adj) g->be->free(g->adj);
+    if (g->be && g->ifwd) g->be->free(g->ifwd);
+    if (g->be && g->iadj) g->be->free(g->iadj);
     free(g);
 }
 
@@ -54,6 +58,7 @@ void ssmc_tape_free(ssmc_tape *t)
     if (!t) return;
     for (int i = 0; t->ckpt && i < t->ntensors; i++) free(t->ckpt[i]);
     free(t->ckpt);
+    free(t->from_init);
     free(t);
 }
 
@@ -107,6 +112,8 @@ static ssmc_status prepare(ssmc_model *m, grad_state **out)
     }
     ssmc_status s = compile(g, g->pg.forward, api_model_options(m), a, d, &g->fwd);
     if (s == SSMC_OK) s = compile(g, g->pg.adjoint, api_model_options(m), a, d, &g->adj);
+    if (s == SSMC_OK && g->pg.init) s = compile(g, g->pg.init->forward, api_model_options(m), a, d, &g->ifwd);
+    if (s == SSMC_OK && g->pg.init) s = compile(g, g->pg.init->adjoint, api_model_options(m), a, d, &g->iadj);
     if (s != SSMC_OK) {
         grad_state_free(g);
         return s;
@@ -131,7 +138,7 @@ static ssmc_status resolve(const ir_model *ir, const ssmc_arg *args, int nargs, 
     }
     for (int i = 0; i < nargs; i++) {
         int k = args[i].name ? ir_find_tensor(ir, args[i].name) : -1;
-        if (k < 0 || !(kinds & (1u << ir->tensors[k].kind))) {
+        if (k < 0 || ir->tensors[k].hidden || !(kinds & (1u << ir->tensors[k].kind))) {
             diag_error(d, "%s: model '%s' has no %s named '%s'", what, ir->name,
                        kinds == (K_INPUT | K_PARAM)             ? "input or param"
                        : kinds == (K_OUTPUT | K_STATE)          ? "output or state"
@@ -279,6 +286,71 @@ ssmc_status ssmc_grad_info_of(ssmc_model *m, int64_t T, ssmc_grad_info *info)
     return SSMC_OK;
 }
 
+/* ---- init statements ---- */
+
+/* The initial value of every state marked in from_init, into cur[state] (one
+ * step of the init model, whose outputs [B, 1, ...] are laid out as states). */
+static ssmc_status init_states(grad_state *g, int64_t B, const backend_tensor *bt, void **cur, const bool *from_init,
+                               diag *d)
+{
+    const pass_grad *pg = &g->pg;
+    if (!pg->init) return SSMC_OK;
+    const ir_model *f = pg->forward, *im = pg->init->forward;
+    backend_tensor *ib = calloc(im->ntensors ? im->ntensors : 1, sizeof *ib);
+    if (!ib) return SSMC_ERR_NOMEM;
+    bool any = false;
+    for (uint32_t i = 0; i < f->ntensors; i++) {
+        int k = pg->init_id[i];
+        if (k < 0) continue;
+        if (f->tensors[i].kind == IR_PARAM) ib[k] = bt[i];
+        if (f->tensors[i].kind == IR_STATE && from_init[i]) {
+            ib[k] = (backend_tensor){cur[i], g->wd};
+            any = true;
+        }
+    }
+    ssmc_status s = any ? g->be->run(g->ifwd, B, 1, ib, d) : SSMC_OK;
+    free(ib);
+    return s;
+}
+
+/* What the gradients of the initial states in from_init pass on to the
+ * params through the init statements, added into the params' adjoint states
+ * adj[param] (one step of the init model's adjoint). */
+static ssmc_status init_backward(grad_state *g, int64_t B, const backend_tensor *bt, void **adj, const bool *from_init,
+                                 diag *d)
+{
+    const pass_grad *pg = &g->pg, *ip = pg->init;
+    if (!ip) return SSMC_OK;
+    const ir_model *f = pg->forward, *ia = ip->adjoint;
+    backend_tensor *ib = calloc(ia->ntensors ? ia->ntensors : 1, sizeof *ib);
+    void *zeros = NULL;
+    size_t zmax = 0;
+    for (uint32_t i = 0; i < f->ntensors; i++)
+        if (pg->init_id[i] >= 0 && f->tensors[i].kind == IR_STATE && (size_t)ir_tensor_elems(f, &f->tensors[i]) > zmax)
+            zmax = (size_t)ir_tensor_elems(f, &f->tensors[i]);
+    if (!ib || !(zeros = calloc((size_t)B * zmax + 1, dtype_size(g->wd)))) {
+        free(ib);
+        return SSMC_ERR_NOMEM;
+    }
+    bool any = false;
+    for (uint32_t i = 0; i < f->ntensors; i++) {
+        int k = pg->init_id[i];
+        if (k < 0) continue;
+        int v = ip->adj_value[k], a = ip->adj_grad[k];
+        if (f->tensors[i].kind == IR_PARAM) {
+            if (v >= 0) ib[v] = bt[i];
+            if (a >= 0) ib[a] = (backend_tensor){adj[i], g->wd};
+        } else if (a >= 0) {
+            ib[a] = (backend_tensor){from_init[i] ? adj[i] : zeros, g->wd};
+            any |= from_init[i];
+        }
+    }
+    ssmc_status s = any ? g->be->run(g->iadj, B, 1, ib, d) : SSMC_OK;
+    free(ib);
+    free(zeros);
+    return s;
+}
+
 /* ---- the training forward ---- */
 
 static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs,
@@ -302,7 +374,8 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
     slice *sl = calloc(nf, sizeof *sl);
     void **cur = calloc(nf, sizeof *cur);
     ssmc_tape *tp = calloc(1, sizeof *tp);
-    if (!bt || !rb || !sl || !cur || !tp || !(tp->ckpt = calloc(nf, sizeof *tp->ckpt))) {
+    if (!bt || !rb || !sl || !cur || !tp || !(tp->ckpt = calloc(nf, sizeof *tp->ckpt)) ||
+        !(tp->from_init = calloc(nf, sizeof *tp->from_init))) {
         s = SSMC_ERR_NOMEM;
         goto done;
     }
@@ -329,11 +402,13 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
             }
             tp->bytes += (size_t)tp->nck * bytes;
             if ((int)i < g->pg.nfwd && bt[i].data) convert(cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
+            else tp->from_init[i] = g->pg.init_id[i] >= 0;
         } else if (t->per_step && (int)i < g->pg.nfwd && !slice_init(&sl[i], &bt[i], n, B, T, tp->C)) {
             s = SSMC_ERR_NOMEM;
             goto done;
         }
     }
+    s = init_states(g, B, bt, cur, tp->from_init, d);
     for (int64_t k = 0; k < tp->nck && s == SSMC_OK; k++) {
         int64_t t0 = k * tp->C, n = T - t0 < tp->C ? T - t0 : tp->C;
         for (size_t i = 0; i < nf; i++) {
@@ -477,6 +552,7 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
         for (size_t i = 0; s == SSMC_OK && i < nf; i++)
             if (f->tensors[i].kind == IR_INPUT && dx[i].base) slice_back(&dx[i], B, T, t0, n);
     }
+    if (s == SSMC_OK) s = init_backward(g, B, bt, adj, tp->from_init, d);
     for (size_t i = 0; s == SSMC_OK && (int)i < pg->nfwd; i++) {
         const ir_tensor *t = &f->tensors[i];
         size_t n = elems_of(f, (int)i);

@@ -22,6 +22,22 @@ int ir_find_tensor(const ir_model *m, const char *name)
     return -1;
 }
 
+ir_ref ir_operand(const ir_inst *in, int i) { return i == 0 ? in->a : i == 1 ? in->b : i == 2 ? in->c : IR_NONE; }
+
+const ir_stmt *ir_find_init(const ir_model *m, int tensor)
+{
+    for (uint32_t i = 0; i < m->ninits; i++)
+        if (m->inits[i].tensor == tensor) return &m->inits[i];
+    return NULL;
+}
+
+const ir_origin *ir_find_origin(const ir_model *m, int tensor)
+{
+    for (uint32_t i = 0; i < m->norigins; i++)
+        if (m->origins[i].tensor == tensor) return &m->origins[i];
+    return NULL;
+}
+
 /* ---- builder ---- */
 
 #define BUILD_PUSH(b, arr, x) \
@@ -43,6 +59,8 @@ void ir_build_init(ir_builder *b, const ir_model *m)
     BUILD_COPY(b, ix, m->ix, m->nix);
     BUILD_COPY(b, red_vars, m->red_vars, m->nred_vars);
     BUILD_COPY(b, stmts, m->stmts, m->nstmts);
+    BUILD_COPY(b, inits, m->inits, m->ninits);
+    BUILD_COPY(b, origins, m->origins, m->norigins);
 }
 
 int ir_build_dim(ir_builder *b, const char *name, int64_t value)
@@ -83,6 +101,8 @@ void ir_build_free(ir_builder *b)
     free(b->ix);
     free(b->red_vars);
     free(b->stmts);
+    free(b->inits);
+    free(b->origins);
     memset(b, 0, sizeof *b);
 }
 
@@ -111,6 +131,8 @@ ir_model *ir_finish(ir_builder *b, arena *a, const char *name, const ir_model *l
     FREEZE(m->ix, m->nix, b->ix, b->nix);
     FREEZE(m->red_vars, m->nred_vars, b->red_vars, b->nred_vars);
     FREEZE(m->stmts, m->nstmts, b->stmts, b->nstmts);
+    FREEZE(m->inits, m->ninits, b->inits, b->ninits);
+    FREEZE(m->origins, m->norigins, b->origins, b->norigins);
     ir_build_free(b);
     return m;
 fail:

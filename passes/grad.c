@@ -125,7 +125,7 @@ static bool is_num(grad *g, ir_ref r, double v)
 
 static ir_ref num(grad *g, double v)
 {
-    ir_inst in = {.op = IR_CONST, .a = IR_NONE, .b = IR_NONE, .num = v};
+    ir_inst in = {.op = IR_CONST, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE, .num = v};
     return inst(g, in);
 }
 
@@ -141,7 +141,21 @@ static ir_ref mk(grad *g, ir_op op, ir_ref a, ir_ref b)
     if (op == IR_ADD && is_num(g, a, 0)) return b;
     if ((op == IR_ADD || op == IR_SUB) && is_num(g, b, 0)) return a;
     if (op == IR_NEG && g->b.insts[a].op == IR_NEG) return g->b.insts[a].a;
-    ir_inst in = {.op = (uint8_t)op, .a = a, .b = b};
+    ir_inst in = {.op = (uint8_t)op, .a = a, .b = b, .c = IR_NONE};
+    return inst(g, in);
+}
+
+/* select(c, a, b): a where c != 0, else b */
+static ir_ref sel(grad *g, ir_ref c, ir_ref a, ir_ref b)
+{
+    ir_inst in = {.op = IR_SELECT, .a = c, .b = a, .c = b};
+    return inst(g, in);
+}
+
+/* An index variable of the adjoint as a number. */
+static ir_ref idx(grad *g, int var)
+{
+    ir_inst in = {.op = IR_IDX, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE, .var = var};
     return inst(g, in);
 }
 
@@ -217,7 +231,7 @@ static void emit_stmt(grad *g, int tensor, const int *vars, ir_ref root, bool pe
 /* A read of adjoint tensor `tensor` at the adjoint variables vars. */
 static ir_ref load_vars(grad *g, int tensor, const int *vars)
 {
-    ir_inst in = {.op = IR_LOAD, .a = IR_NONE, .b = IR_NONE};
+    ir_inst in = {.op = IR_LOAD, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE};
     in.load.tensor = tensor;
     in.load.lag_var = -1;
     in.load.ix = (uint32_t)g->b.nix;
@@ -259,7 +273,7 @@ static ir_index map_index(grad *g, ir_ref at, ir_index ix)
 /* A read of adjoint tensor `tensor` at the forward indices fix[0..n) (under the map). */
 static ir_ref load_mapped(grad *g, ir_ref at, int tensor, const ir_index *fix, int n, bool after_update)
 {
-    ir_inst in = {.op = IR_LOAD, .a = IR_NONE, .b = IR_NONE};
+    ir_inst in = {.op = IR_LOAD, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE};
     in.loc = g->f->insts[at].loc;
     in.load.tensor = tensor;
     in.load.lag_var = -1;
@@ -276,6 +290,17 @@ static ir_ref load_at_vars(grad *g, ir_ref at, int tensor, const int *fvars, int
     ir_index fix[IR_MAX_RANK];
     for (int i = 0; i < n; i++) fix[i] = (ir_index){.kind = IR_IX_VAR, .var = fvars[i]};
     return load_mapped(g, at, tensor, fix, n, false);
+}
+
+/* The value of forward variable fvar (IR_IDX) under the map. */
+static ir_ref idx_value(grad *g, int fvar, ir_ref at)
+{
+    gvar m = g->map[fvar];
+    if (m.kind == GV_VAR) return idx(g, m.v);
+    if (m.kind == GV_CONST) return num(g, (double)m.k);
+    if (m.kind == GV_AFFINE) return mk(g, IR_ADD, mk(g, IR_MUL, idx(g, m.v), num(g, (double)m.k)), idx(g, m.r));
+    unsupported(g, at, "an index variable the gradients pass does not know");
+    return IR_NONE;
 }
 
 /* The value of forward instruction r in the adjoint. `top`: build r itself
@@ -312,9 +337,10 @@ static ir_ref cp_new(grad *g, ir_ref r, bool top)
         if (held >= 0) return load_at_vars(g, r, held, s->vars, t->rank);
     }
     ir_inst out = *in;
-    out.a = out.b = IR_NONE;
+    out.a = out.b = out.c = IR_NONE;
     switch ((ir_op)in->op) {
     case IR_CONST: return inst(g, out);
+    case IR_IDX: return idx_value(g, in->var, r);
     case IR_LOAD: {
         const ir_tensor *t = &f->tensors[in->load.tensor];
         int tensor = g->val[in->load.tensor];
@@ -354,6 +380,7 @@ static ir_ref cp_new(grad *g, ir_ref r, bool top)
     default:
         out.a = cp(g, in->a, false);
         if (in->b != IR_NONE) out.b = cp(g, in->b, false);
+        if (in->c != IR_NONE) out.c = cp(g, in->c, false);
         return inst(g, out);
     }
 }
@@ -410,10 +437,46 @@ static ir_ref grad_rsqrt(grad *g, ir_ref in, int k, ir_ref bar)
     return mk(g, IR_MUL, bar, mk(g, IR_MUL, num(g, -0.5), r3));
 }
 
+/* d |a| = sign(a) = (a > 0) - (a < 0) */
 static ir_ref grad_abs(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    unsupported(g, in, "abs (its derivative needs select, from the language's version 2)");
-    return IR_NONE;
+    ir_ref a = opa(g, in), z = num(g, 0);
+    return mk(g, IR_MUL, bar, mk(g, IR_SUB, mk(g, IR_GT, a, z), mk(g, IR_LT, a, z)));
+}
+
+/* comparisons are piecewise constant: no gradient flows through them */
+static ir_ref grad_cmp(grad *g, ir_ref in, int k, ir_ref bar) { return num(g, 0); }
+static ir_ref grad_lt(grad *g, ir_ref in, int k, ir_ref bar) { return grad_cmp(g, in, k, bar); }
+static ir_ref grad_le(grad *g, ir_ref in, int k, ir_ref bar) { return grad_cmp(g, in, k, bar); }
+static ir_ref grad_gt(grad *g, ir_ref in, int k, ir_ref bar) { return grad_cmp(g, in, k, bar); }
+static ir_ref grad_ge(grad *g, ir_ref in, int k, ir_ref bar) { return grad_cmp(g, in, k, bar); }
+static ir_ref grad_eq(grad *g, ir_ref in, int k, ir_ref bar) { return grad_cmp(g, in, k, bar); }
+static ir_ref grad_ne(grad *g, ir_ref in, int k, ir_ref bar) { return grad_cmp(g, in, k, bar); }
+
+static ir_ref grad_sin(grad *g, ir_ref in, int k, ir_ref bar)
+{
+    return mk(g, IR_MUL, bar, mk(g, IR_COS, opa(g, in), IR_NONE));
+}
+
+static ir_ref grad_cos(grad *g, ir_ref in, int k, ir_ref bar)
+{
+    return mk(g, IR_NEG, mk(g, IR_MUL, bar, mk(g, IR_SIN, opa(g, in), IR_NONE)), IR_NONE);
+}
+
+/* d erf(a) = 2 / sqrt(pi) exp(-a^2) */
+static ir_ref grad_erf(grad *g, ir_ref in, int k, ir_ref bar)
+{
+    ir_ref a = opa(g, in);
+    ir_ref e = mk(g, IR_EXP, mk(g, IR_NEG, mk(g, IR_MUL, a, a), IR_NONE), IR_NONE);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, num(g, 1.1283791670955126), e));
+}
+
+/* only the chosen operand's gradient counts; none flows into the condition */
+static ir_ref grad_select(grad *g, ir_ref in, int k, ir_ref bar)
+{
+    if (k == 0) return num(g, 0);
+    ir_ref c = opa(g, in), z = num(g, 0);
+    return k == 1 ? sel(g, c, bar, z) : sel(g, c, z, bar);
 }
 
 /* d tanh = 1 - r^2 */
@@ -447,8 +510,8 @@ static ir_ref grad_silu(grad *g, ir_ref in, int k, ir_ref bar)
 
 static ir_ref grad_relu(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    unsupported(g, in, "relu (its derivative needs select, from the language's version 2)");
-    return IR_NONE;
+    ir_ref z = num(g, 0);
+    return sel(g, mk(g, IR_GT, opa(g, in), z), bar, z);
 }
 
 /* d a^b / da = b a^(b-1); d a^b / db = a^b log(a) */
@@ -461,24 +524,48 @@ static ir_ref grad_pow(grad *g, ir_ref in, int k, ir_ref bar)
     return mk(g, IR_MUL, bar, mk(g, IR_MUL, res(g, in), mk(g, IR_LOG, opa(g, in), IR_NONE)));
 }
 
+/* min and max: the gradient goes to the operand chosen, the first on a tie */
 static ir_ref grad_min(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    unsupported(g, in, "min (its derivative needs select, from the language's version 2)");
-    return IR_NONE;
+    ir_ref c = mk(g, IR_LE, opa(g, in), opb(g, in)), z = num(g, 0);
+    return k == 0 ? sel(g, c, bar, z) : sel(g, c, z, bar);
 }
 
 static ir_ref grad_max(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    unsupported(g, in, "max (its derivative needs select, from the language's version 2)");
-    return IR_NONE;
+    ir_ref c = mk(g, IR_GE, opa(g, in), opb(g, in)), z = num(g, 0);
+    return k == 0 ? sel(g, c, bar, z) : sel(g, c, z, bar);
 }
 
 static ir_ref grad_sum(grad *g, ir_ref in, int k, ir_ref bar) { return bar; }
 
+/* max(i: e): the gradient goes to the values of i where e is the maximum,
+ * shared evenly between ties */
 static ir_ref grad_rmax(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    unsupported(g, in, "max over a reduction (its derivative needs select, from the language's version 2)");
-    return IR_NONE;
+    const ir_model *f = g->f;
+    const ir_inst *n = &f->insts[in];
+    ir_ref r = res(g, in), body = opa(g, in);
+    /* the tie count: the body again over the reduction's variables of its own */
+    gvar saved[IR_MAX_RANK * 4];
+    int fv[IR_MAX_RANK * 4];
+    uint32_t nv = n->red.nvars < IR_MAX_RANK * 4 ? n->red.nvars : IR_MAX_RANK * 4;
+    for (uint32_t i = 0; i < nv; i++) {
+        uint32_t v = f->red_vars[n->red.vars + i];
+        saved[i] = g->map[v];
+        fv[i] = fresh(g, f->vars[v].name, f->vars[v].dim);
+        g->map[v] = (gvar){.kind = GV_VAR, .v = fv[i]};
+    }
+    g->epoch++;
+    ir_ref tie = mk(g, IR_EQ, cp(g, n->a, false), r);
+    for (uint32_t i = 0; i < nv; i++) g->map[f->red_vars[n->red.vars + i]] = saved[i];
+    g->epoch++;
+    ir_inst cnt = {.op = IR_SUM, .loc = n->loc, .a = tie, .b = IR_NONE, .c = IR_NONE};
+    cnt.red.vars = (uint32_t)g->b.nred_vars;
+    cnt.red.nvars = nv;
+    for (uint32_t i = 0; i < nv; i++) ir_build_red_var(&g->b, (uint32_t)fv[i]);
+    ir_ref count = inst(g, cnt);
+    return sel(g, mk(g, IR_EQ, body, r), mk(g, IR_DIV, bar, count), num(g, 0));
 }
 
 static grad_rule *const rules[IR_OP_COUNT] = {
@@ -493,7 +580,7 @@ static void collect(grad *g, uint32_t si, ir_ref r, pnode *stack, uint32_t depth
 {
     const ir_inst *in = &g->f->insts[r];
     stack[depth] = (pnode){r, -1};
-    if (in->op == IR_CONST) return;
+    if (in->op == IR_CONST || in->op == IR_IDX) return;
     if (in->op == IR_LOAD) {
         gpath p = {.stmt = si, .start = (uint32_t)g->npn, .len = depth + 1};
         for (uint32_t i = 0; i <= depth; i++)
@@ -506,6 +593,10 @@ static void collect(grad *g, uint32_t si, ir_ref r, pnode *stack, uint32_t depth
     if (in->b != IR_NONE) {
         stack[depth].which = 1;
         collect(g, si, in->b, stack, depth + 1);
+    }
+    if (in->c != IR_NONE) {
+        stack[depth].which = 2;
+        collect(g, si, in->c, stack, depth + 1);
     }
     stack[depth].which = -1;
 }
@@ -551,20 +642,28 @@ static ir_ref contrib(grad *g, const gpath *p, const int *V)
     }
     int summed[IR_MAX_RANK * 8];
     uint32_t nsummed = 0;
+    /* axes whose index does not name a variable of its own: a constant, or a
+     * variable already placed on another axis; the contribution is masked by
+     * V_a == that index (after the other variables are placed) */
+    int masked[IR_MAX_RANK];
+    int nmasked = 0;
     for (int a = 0; a < y->rank; a++) {
         ir_index ix = f->ix[ld->load.ix + (uint32_t)a];
         if (ix.kind == IR_IX_CONST) {
-            unsupported(g, at, "a read at a constant index (its adjoint needs select, from the language's version 2)");
-            return IR_NONE;
+            masked[nmasked++] = a;
+            continue;
         }
         if (ix.kind != IR_IX_VAR && ix.kind != IR_IX_DIV) {
             unsupported(g, at, "an index the gradients pass does not know");
             return IR_NONE;
         }
         if (g->map[ix.var].kind != GV_UNSET) {
-            unsupported(g, at, "a read with one variable on two axes (its adjoint needs select, from the "
-                               "language's version 2)");
-            return IR_NONE;
+            if (ix.kind == IR_IX_DIV) {
+                unsupported(g, at, "a grouped read of a variable that another axis of the read also takes");
+                return IR_NONE;
+            }
+            masked[nmasked++] = a;
+            continue;
         }
         if (ix.kind == IR_IX_VAR) {
             g->map[ix.var] = (gvar){.kind = GV_VAR, .v = V[a]};
@@ -582,17 +681,34 @@ static ir_ref contrib(grad *g, const gpath *p, const int *V)
     }
     g->epoch++;
     ir_ref bar = bar_root(g, s);
-    for (uint32_t i = 0; i + 1 < p->len && g->ok; i++) {
+    for (uint32_t i = 0; i + 1 < p->len && g->ok && !is_num(g, bar, 0); i++) {
         pnode n = g->pn[p->start + i];
         bar = rules[f->insts[n.ref].op](g, n.ref, n.which, bar);
     }
+    /* masks: V_a == the index's value; those on the free variables alone go
+     * outside the sum, so that the sum is not evaluated where they fail */
+    ir_ref outer = IR_NONE;
+    for (int i = 0; i < nmasked && g->ok && !is_num(g, bar, 0); i++) {
+        ir_index ix = f->ix[ld->load.ix + (uint32_t)masked[i]];
+        bool inner = ix.kind == IR_IX_VAR && g->map[ix.var].kind == GV_AFFINE;
+        for (uint32_t k = 0; !inner && ix.kind == IR_IX_VAR && k < nsummed; k++)
+            inner = g->map[ix.var].kind == GV_VAR && g->map[ix.var].v == summed[k];
+        ir_ref want = ix.kind == IR_IX_CONST ? num(g, (double)ix.k) : idx_value(g, ix.var, at);
+        ir_ref cond = mk(g, IR_EQ, idx(g, V[masked[i]]), want);
+        if (inner)
+            bar = sel(g, cond, bar, num(g, 0));
+        else
+            outer = outer == IR_NONE ? cond : mk(g, IR_MUL, outer, cond);
+    }
+    if (is_num(g, bar, 0)) nsummed = 0;
     if (nsummed && g->ok) {
-        ir_inst red = {.op = IR_SUM, .loc = ld->loc, .a = bar, .b = IR_NONE};
+        ir_inst red = {.op = IR_SUM, .loc = ld->loc, .a = bar, .b = IR_NONE, .c = IR_NONE};
         red.red.vars = (uint32_t)g->b.nred_vars;
         red.red.nvars = nsummed;
         for (uint32_t i = 0; i < nsummed; i++) ir_build_red_var(&g->b, (uint32_t)summed[i]);
         bar = inst(g, red);
     }
+    if (outer != IR_NONE && !is_num(g, bar, 0)) bar = sel(g, outer, bar, num(g, 0));
     g->epoch++;
     for (uint32_t i = 0; i < nW; i++) g->map[W[i]] = (gvar){0};
     for (int a = 0; a < y->rank; a++) {
@@ -635,6 +751,7 @@ static void emit_adjoint(grad *g, int ftensor, int atensor, int which, int carry
         if (which == READS_OLD && ld->load.after_update) continue;
         if (which == READS_NEW && !ld->load.after_update) continue;
         ir_ref c = contrib(g, &g->paths[i], V);
+        if (is_num(g, c, 0)) continue; /* through a comparison or a select's condition */
         acc = acc == IR_NONE ? c : mk(g, IR_ADD, acc, c);
     }
     if (acc == IR_NONE) acc = num(g, 0);
@@ -660,6 +777,12 @@ static void free_vars_of(grad *g, ir_ref r, bool *bound, uint32_t *out, uint32_t
         return;
     }
     if (in->op == IR_CONST) return;
+    if (in->op == IR_IDX) {
+        bool seen = bound[in->var];
+        for (uint32_t k = 0; k < *n && !seen; k++) seen = out[k] == (uint32_t)in->var;
+        if (!seen && *n < cap) out[(*n)++] = (uint32_t)in->var;
+        return;
+    }
     if (in->op == IR_SUM || in->op == IR_RMAX) {
         for (uint32_t i = 0; i < in->red.nvars; i++) bound[f->red_vars[in->red.vars + i]] = true;
         free_vars_of(g, in->a, bound, out, n, cap);
@@ -668,6 +791,7 @@ static void free_vars_of(grad *g, ir_ref r, bool *bound, uint32_t *out, uint32_t
     }
     free_vars_of(g, in->a, bound, out, n, cap);
     if (in->b != IR_NONE) free_vars_of(g, in->b, bound, out, n, cap);
+    if (in->c != IR_NONE) free_vars_of(g, in->c, bound, out, n, cap);
 }
 
 /* Every reduction below the root of statement si gets a let of its own, inner ones first. */
@@ -675,9 +799,10 @@ static void materialize(grad *g, uint32_t si, ir_ref r, bool is_root, int *count
 {
     const ir_model *f = g->f;
     const ir_inst *in = &f->insts[r];
-    if (in->op == IR_LOAD || in->op == IR_CONST || !g->ok) return;
+    if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_IDX || !g->ok) return;
     materialize(g, si, in->a, false, count, bound);
     if (in->b != IR_NONE) materialize(g, si, in->b, false, count, bound);
+    if (in->c != IR_NONE) materialize(g, si, in->c, false, count, bound);
     if (is_root || (in->op != IR_SUM && in->op != IR_RMAX)) return;
     const ir_stmt *s = &f->stmts[si];
     uint32_t fv[IR_MAX_RANK + 1];
@@ -755,9 +880,10 @@ static void mark_tree(const ir_builder *b, ir_ref r, bool *live_t, int *stack, s
         }
         return;
     }
-    if (in->op == IR_CONST) return;
+    if (in->op == IR_CONST || in->op == IR_IDX) return;
     mark_tree(b, in->a, live_t, stack, ns);
-    if (in->op != IR_SUM && in->op != IR_RMAX) mark_tree(b, in->b, live_t, stack, ns);
+    mark_tree(b, in->b, live_t, stack, ns);
+    mark_tree(b, in->c, live_t, stack, ns);
 }
 
 /* Keeps the statements of states and outputs and what they read; returns the
@@ -832,10 +958,11 @@ static ir_model *training_forward(grad *g, const ir_model *f, pass_grad *out)
         tr.name = arena_printf(g->a, "%s.prev", t->name);
         tr.kind = IR_OUTPUT;
         tr.per_step = true;
+        tr.hidden = false; /* the driver's, like every output of this model beyond the model's own */
         int id = ir_build_tensor(&b, tr);
         out->trace[i] = id;
         ir_stmt s = {.tensor = id, .per_step = true, .loc = t->loc};
-        ir_inst ld = {.op = IR_LOAD, .loc = t->loc, .a = IR_NONE, .b = IR_NONE};
+        ir_inst ld = {.op = IR_LOAD, .loc = t->loc, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE};
         ld.load.tensor = (int)i;
         ld.load.lag_var = -1;
         ld.load.ix = (uint32_t)b.nix;
@@ -851,7 +978,83 @@ static ir_model *training_forward(grad *g, const ir_model *f, pass_grad *out)
         int k = ir_build_stmt(&b, f->stmts[si]);
         if (k >= 0) b.tensors[f->stmts[si].tensor].def = k;
     }
+    for (uint32_t i = 0; i < f->ninits; i++)
+        if (!VEC_PUSH(b.inits, b.ninits, b.cinits, f->inits[i])) b.oom = true;
+    for (uint32_t i = 0; i < f->norigins; i++)
+        if (!VEC_PUSH(b.origins, b.norigins, b.corigins, f->origins[i])) b.oom = true;
     return ir_finish(&b, g->a, f->name, f, false);
+}
+
+/* ---- the init statements as a model of their own ---- */
+
+static ir_ref copy_init(ir_builder *b, const ir_model *f, ir_ref r, const int *id, bool *ok)
+{
+    if (r == IR_NONE) return IR_NONE;
+    ir_inst in = f->insts[r];
+    if (in.op == IR_LOAD) {
+        const ir_tensor *t = &f->tensors[in.load.tensor];
+        if (t->kind != IR_PARAM) *ok = false; /* the checker lets inits read params only */
+        in.load.tensor = id[in.load.tensor];
+        uint32_t first = (uint32_t)b->nix;
+        for (int i = 0; i < t->rank; i++) ir_build_index(b, f->ix[in.load.ix + (uint32_t)i]);
+        in.load.ix = first;
+        return ir_build_inst(b, in);
+    }
+    if (in.op == IR_CONST || in.op == IR_IDX) return ir_build_inst(b, in);
+    if (in.op == IR_SUM || in.op == IR_RMAX) {
+        in.a = copy_init(b, f, in.a, id, ok);
+        uint32_t first = (uint32_t)b->nred_vars;
+        for (uint32_t i = 0; i < in.red.nvars; i++) ir_build_red_var(b, f->red_vars[in.red.vars + i]);
+        in.red.vars = first;
+        return ir_build_inst(b, in);
+    }
+    in.a = copy_init(b, f, in.a, id, ok);
+    in.b = copy_init(b, f, in.b, id, ok);
+    in.c = copy_init(b, f, in.c, id, ok);
+    return ir_build_inst(b, in);
+}
+
+/* f's params (in order), then one per-step output S.init per init statement. */
+static bool init_model(arena *a, const ir_model *f, pass_grad *out, diag *d)
+{
+    int *id = out->init_id;
+    ir_builder b;
+    ir_build_init(&b, NULL);
+    for (uint32_t i = 0; i < f->ndims; i++) ir_build_dim(&b, f->dims[i].name, f->dims[i].value);
+    for (uint32_t i = 0; i < f->nvars; i++) ir_build_var(&b, f->vars[i].name, f->vars[i].dim);
+    for (uint32_t i = 0; i < f->ntensors; i++) {
+        id[i] = -1;
+        if (f->tensors[i].kind == IR_PARAM) id[i] = ir_build_tensor(&b, f->tensors[i]);
+    }
+    bool ok = true;
+    for (uint32_t k = 0; k < f->ninits; k++) {
+        const ir_stmt *s = &f->inits[k];
+        ir_tensor t = f->tensors[s->tensor];
+        t.name = arena_printf(a, "%s.init", t.name);
+        t.kind = IR_OUTPUT;
+        t.per_step = true;
+        t.hidden = false;
+        int tid = ir_build_tensor(&b, t);
+        ir_stmt st = *s;
+        st.tensor = tid;
+        st.per_step = true;
+        st.root = copy_init(&b, f, s->root, id, &ok);
+        int si = ir_build_stmt(&b, st);
+        if (tid >= 0 && si >= 0) b.tensors[tid].def = si;
+        id[s->tensor] = tid;
+    }
+    if (!ok) {
+        ir_build_free(&b);
+        diag_error(d, "internal error: an init statement reads something other than params");
+        return false;
+    }
+    ir_model *im = ir_finish(&b, a, arena_printf(a, "%s.init", f->name), f, false);
+    out->init = arena_alloc(a, sizeof *out->init);
+    if (!im || !out->init) {
+        diag_error(d, "out of memory in the gradients pass");
+        return false;
+    }
+    return ir_verify(im, d) && pass_grad_build(a, im, out->init, d);
 }
 
 /* ---- the pass ---- */
@@ -879,12 +1082,15 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
     pnode *stack = calloc(ni + 1, sizeof *stack);
     int *newid = NULL;
     out->nfwd = (int)m->ntensors;
-    out->trace = arena_array(a, nt, sizeof(int));
-    out->adj_trace = arena_array(a, nt, sizeof(int));
-    out->adj_value = arena_array(a, nt, sizeof(int));
-    out->adj_grad = arena_array(a, nt, sizeof(int));
+    /* the maps cover the training forward's tensors: f's and at most one trace output per tensor */
+    size_t nmap = 2 * nt;
+    out->trace = arena_array(a, nmap, sizeof(int));
+    out->adj_trace = arena_array(a, nmap, sizeof(int));
+    out->adj_value = arena_array(a, nmap, sizeof(int));
+    out->adj_grad = arena_array(a, nmap, sizeof(int));
+    out->init_id = arena_array(a, nmap, sizeof(int));
     if (!g.val || !g.newval || !g.adj || !g.adjnew || !g.red_let || !g.red_free || !g.red_nfree || !g.root_of ||
-        !g.map || !g.memo || !g.memo_epoch || !stack || !out->trace || !out->adj_trace || !out->adj_value || !out->adj_grad) {
+        !g.map || !g.memo || !g.memo_epoch || !stack || !out->trace || !out->adj_trace || !out->adj_value || !out->adj_grad || !out->init_id) {
         g.ok = false;
         goto done;
     }
@@ -952,7 +1158,7 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
         g.ok = false;
         goto done;
     }
-    for (size_t i = 0; i < nt; i++) {
+    for (size_t i = 0; i < nmap; i++) {
         out->trace[i] = -1;
         out->adj_trace[i] = -1;
         out->adj_value[i] = -1;
@@ -971,6 +1177,8 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
     }
     out->forward = training_forward(&g, f, out);
     if (!out->forward) g.ok = false;
+    for (size_t i = 0; i < nmap; i++) out->init_id[i] = -1;
+    if (g.ok && f->ninits && !init_model(a, f, out, d)) g.ok = false;
 done:
     if (!g.ok && d->nerrors == 0) diag_error(d, "out of memory in the gradients pass");
     ir_build_free(&g.b);

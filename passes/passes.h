@@ -6,6 +6,14 @@
 #include "ir/ir.h"
 #include "support/support.h"
 
+/* ---- lag.c: lets read at earlier steps, rewritten (run first, after lowering) ----
+ * Replaces every read of a per-step let at t - k or t - j by a read of a let
+ * that recomputes it at that lag, or of hidden states that keep its earlier
+ * values (see lag.c). *m is replaced by the rewritten model (allocated in a);
+ * a model without such reads is left as it is. False with a diagnostic when
+ * memory runs out or a kept let would need too many copies. */
+bool pass_lag(arena *a, ir_model **m, diag *d);
+
 /* ---- analysis.c: how each state's update acts on the state (SPEC §2) ---- */
 typedef enum pass_class {
     PASS_CLASS_CONSTANT,  /* never updated */
@@ -111,12 +119,21 @@ bool pass_unlag(arena *a, const ir_model *m, ir_model **out, diag *d);
  *                its state dS (initial value: the cotangent of S(T); final
  *                value: the gradient of S's initial value); outputs: its
  *                input dy[T, ...], the cotangent */
-typedef struct pass_grad {
+typedef struct pass_grad pass_grad;
+struct pass_grad {
     ir_model *forward;
     ir_model *adjoint;
     int nfwd; /* tensors of m; forward's tensors [nfwd, forward->ntensors) are internal */
     int *trace, *adj_trace, *adj_value, *adj_grad; /* [forward->ntensors] */
-} pass_grad;
+    /* m's init statements as a model of their own, run for one step when the
+     * caller gives no initial state: its params are m's, its outputs S.init
+     * the initial values; with its own gradients (the adjoint gives what the
+     * initial states' gradients pass on to the params). NULL without inits.
+     * init_id[i] (per tensor of forward): a param's id in init->forward, a
+     * state's S.init there, else -1. */
+    pass_grad *init;
+    int *init_id;
+};
 
 bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d);
 

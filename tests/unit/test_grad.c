@@ -78,7 +78,14 @@ static void free_set(const gmodel *g, double **v)
     free(v);
 }
 
-static bool is_value(ssmc_role r) { return r == SSMC_INPUT || r == SSMC_PARAM || r == SSMC_STATE; }
+/* Without initial states (g_no_states): states are not given to the runs, so
+ * that init statements give their initial values, and the loss has no
+ * final-state term (a state not given has no final value). */
+static bool g_no_states;
+
+static bool is_value(ssmc_role r) { return r == SSMC_INPUT || r == SSMC_PARAM || (r == SSMC_STATE && !g_no_states); }
+static bool is_given(ssmc_role r) { return r != SSMC_STATE || !g_no_states; }
+static bool in_loss(ssmc_role r) { return r == SSMC_OUTPUT || (r == SSMC_STATE && !g_no_states); }
 
 /* L(theta + h v) by ssmc_run; outs (optional) receives the outputs and final states. */
 static double loss(const gmodel *g, double *const *theta, double *const *v, double h, double *const *cot,
@@ -86,17 +93,18 @@ static double loss(const gmodel *g, double *const *theta, double *const *v, doub
 {
     double **buf = alloc_set(g);
     ssmc_arg args[MAXT];
+    int na = 0;
     for (int i = 0; i < g->n; i++) {
         if (is_value(g->info[i].role))
             for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = theta[i][k] + h * v[i][k];
         else
             for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = NAN;
-        args[i] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i]};
+        if (is_given(g->info[i].role)) args[na++] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i]};
     }
-    if (ssmc_run(g->m, g->B, g->T, args, g->n) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
+    if (ssmc_run(g->m, g->B, g->T, args, na) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
     double L = 0;
     for (int i = 0; i < g->n; i++) {
-        if (g->info[i].role != SSMC_OUTPUT && g->info[i].role != SSMC_STATE) continue;
+        if (!in_loss(g->info[i].role)) continue;
         for (size_t k = 0; k < g->count[i]; k++) L += cot[i][k] * buf[i][k];
         if (outs) memcpy(outs[i], buf[i], g->count[i] * sizeof(double));
     }
@@ -110,7 +118,7 @@ static void draw(const gmodel *g, uint64_t seed, double scale, double **theta, d
     uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 7;
     for (int i = 0; i < g->n; i++)
         for (size_t k = 0; k < g->count[i]; k++) {
-            bool val = is_value(g->info[i].role), out = g->info[i].role == SSMC_OUTPUT || g->info[i].role == SSMC_STATE;
+            bool val = is_value(g->info[i].role), out = in_loss(g->info[i].role);
             theta[i][k] = val ? scale * uniform_pm1(&rng) : 0;
             cot[i][k] = out ? uniform_pm1(&rng) : 0;
             v[i][k] = val ? uniform_pm1(&rng) : 0;
@@ -124,22 +132,27 @@ static double backprop(const gmodel *g, double *const *theta, double *const *cot
 {
     double **buf = alloc_set(g);
     ssmc_arg args[MAXT], douts[MAXT], gargs[MAXT];
-    int ng = 0, nd = 0;
+    int ng = 0, nd = 0, na = 0;
     for (int i = 0; i < g->n; i++) {
         ssmc_role r = g->info[i].role;
         for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = is_value(r) ? theta[i][k] : NAN;
         args[i] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i]};
-        if (r == SSMC_OUTPUT || r == SSMC_STATE) douts[nd++] = (ssmc_arg){g->info[i].name, SSMC_F64, cot[i]};
+        if (is_given(r)) na++;
+        if (in_loss(r)) douts[nd++] = (ssmc_arg){g->info[i].name, SSMC_F64, cot[i]};
         if (is_value(r)) {
             for (size_t k = 0; k < g->count[i]; k++) grads[i][k] = NAN; /* poisoned */
             gargs[ng++] = (ssmc_arg){g->info[i].name, SSMC_F64, grads[i]};
         }
     }
     ssmc_tape *tape = NULL;
-    if (ssmc_forward_train(g->m, g->B, g->T, args, g->n, &tape) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
+    ssmc_arg given[MAXT];
+    na = 0;
+    for (int i = 0; i < g->n; i++)
+        if (is_given(g->info[i].role)) given[na++] = args[i];
+    if (ssmc_forward_train(g->m, g->B, g->T, given, na, &tape) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
     for (int i = 0; i < g->n; i++) {
         ssmc_role r = g->info[i].role;
-        if (r != SSMC_OUTPUT && r != SSMC_STATE) continue;
+        if (!in_loss(r)) continue;
         for (size_t k = 0; k < g->count[i]; k++)
             if (!(fabs(buf[i][k] - ref[i][k]) <= 1e-12 * (1 + fabs(ref[i][k]))))
                 fail_msg("training forward: %s[%zu] = %.17g, ssmc_run gives %.17g", g->info[i].name, k, buf[i][k],
@@ -198,6 +211,14 @@ static double check_model(const char *file, const char *src, size_t len, const s
 static void check_src(const char *name, const char *src, int64_t T, int64_t chunk)
 {
     check_model(name, src, strlen(src), NULL, 0, 2, T, chunk, 1.0, 1);
+}
+
+/* The same with no initial state given: init statements apply. */
+static void check_src_init(const char *name, const char *src, int64_t T, int64_t chunk)
+{
+    g_no_states = true;
+    check_model(name, src, strlen(src), NULL, 0, 2, T, chunk, 1.0, 1);
+    g_no_states = false;
 }
 
 /* ---- every example, small ---- */
@@ -387,6 +408,127 @@ static void test_gru(void **state)
               6, 0);
 }
 
+/* ---- the language's version 2 ---- */
+
+static void test_select_and_compare(void **state)
+{
+    (void)state;
+    check_src("select",
+              "model m { dim N = 3; input x[T,N], c[T,N]; param p[N]; state S[N]; output y[T,N];\n"
+              "  S[n] = select(c[t,n] > 0, 0.9 * S[n] + x[t,n], tanh(S[n] * p[n]));\n"
+              "  y[t,n] = S[n] * (x[t,n] < p[n]) + select(c[t,n] <= 0.2, x[t,n], p[n] * S[n]); }\n",
+              6, 0);
+}
+
+static void test_trig_erf(void **state)
+{
+    (void)state;
+    check_src("trig",
+              "model m { dim N = 3; input x[T,N]; param w[N]; state S[N]; output y[T,N];\n"
+              "  S[n] = 0.5 * S[n] + sin(x[t,n] * w[n]) * cos(S[n]);\n"
+              "  y[t,n] = erf(S[n] + x[t,n]); }\n",
+              6, 0);
+}
+
+static void test_index_as_number(void **state)
+{
+    (void)state;
+    check_src("index_number",
+              "model m { dim N = 3; input x[T,N]; param W[N,N]; state S[N,N]; output y[T,N];\n"
+              "  S[i,j] = 0.5 * S[i,j] + select(i == j, x[t,i], W[i,j] * x[t,j]) * (j + 1);\n"
+              "  y[t,i] = sum(j: S[i,j] * (i - j)) + x[t,i] * i; }\n",
+              5, 0);
+}
+
+static void test_nonsmooth(void **state)
+{
+    (void)state;
+    check_src("nonsmooth",
+              "model m { dim N = 4; input x[T,N], z[T,N]; param p[N]; state S[N]; output y[T,N];\n"
+              "  S[n] = 0.5 * S[n] + relu(x[t,n]) + abs(z[t,n] - p[n]);\n"
+              "  y[t,n] = min(S[n], x[t,n]) * max(z[t,n], p[n] * S[n]); }\n",
+              6, 0);
+}
+
+static void test_reduction_max(void **state)
+{
+    (void)state;
+    check_src("rmax",
+              "model m { dim N = 4, K = 2; input x[T,N]; param W[K,N]; state S[K]; output y[T,K];\n"
+              "  let mx[t,k] = max(n: W[k,n] * x[t,n]);\n"
+              "  S[k] = 0.7 * S[k] + exp(mx[t,k] - 1);\n"
+              "  y[t,k] = S[k] * max(n: x[t,n] * S[k] + W[k,n]); }\n",
+              6, 0);
+}
+
+static void test_constant_index(void **state)
+{
+    (void)state;
+    check_src("constant_index",
+              "model m { dim G = 3, N = 2; input x[T,N]; param W[G,N]; state S[G,N]; output y[T,N];\n"
+              "  let pre[t,g,n] = W[g,n] * x[t,n] + S[g,n];\n"
+              "  S[g,n] = tanh(pre[t,g,n]) * sigmoid(pre[t,0,n]);\n"
+              "  y[t,n] = S[1,n] * W[2,n] + pre[t,2,n]; }\n",
+              6, 0);
+}
+
+static void test_diagonal_read(void **state)
+{
+    (void)state;
+    check_src("diagonal",
+              "model m { dim N = 3; input x[T,N]; state S[N,N]; output y[T,N];\n"
+              "  S[i,j] = 0.5 * S[i,j] + x[t,i] * x[t,j];\n"
+              "  y[t,i] = S[i,i] * x[t,i]; }\n",
+              5, 0);
+}
+
+static void test_mlstm(void **state)
+{
+    (void)state;
+    /* mLSTM (Beck et al. 2024, xLSTM) with its max stabiliser m */
+    check_src("mlstm",
+              "model mlstm { dim K = 3, V = 2;\n"
+              "  input q[T,K], k[T,K], v[T,V], ig[T], fg[T];\n"
+              "  state C[K,V], n[K], m;\n"
+              "  output h[T,V];\n"
+              "  let lf[t] = -softplus(-fg[t]);\n"
+              "  let mnew[t] = max(lf[t] + m, ig[t]);\n"
+              "  let fp[t] = exp(lf[t] + m - mnew[t]);\n"
+              "  let ip[t] = exp(ig[t] - mnew[t]);\n"
+              "  C[i,j] = fp[t] * C[i,j] + ip[t] * k[t,i] * v[t,j];\n"
+              "  n[i] = fp[t] * n[i] + ip[t] * k[t,i];\n"
+              "  m = mnew[t];\n"
+              "  let den[t] = max(abs(sum(i: n[i] * q[t,i])), exp(-m));\n"
+              "  h[t,j] = sum(i: C[i,j] * q[t,i]) / den[t]; }\n",
+              7, 0);
+}
+
+static void test_lagged_lets(void **state)
+{
+    (void)state;
+    /* recomputed at the lag (reads no state), and kept in hidden states (reads one) */
+    check_src("lagged_lets",
+              "model m { dim D = 2, W = 3; input x[T,D]; param w[D,W]; state S[D]; output y[T,D];\n"
+              "  let L[t,d] = tanh(x[t,d] * w[d,0]);\n"
+              "  S[d] = 0.6 * S[d] + L[t,d] * L[t - 1, d];\n"
+              "  let M[t,d] = S[d] * x[t,d];\n"
+              "  y[t,d] = M[t - 2, d] + sum(j[W]: w[d,j] * L[t - j, d]) + M[t - 1, d] * L[t - 2, d]; }\n",
+              7, 0);
+}
+
+static void test_init(void **state)
+{
+    (void)state;
+    const char *src = "model m { dim N = 3; input x[T,N]; param w[N], A[N,N]; state S[N], M[N,N]; output y[T,N];\n"
+                      "  init S[n] = 2 * w[n];\n"
+                      "  init M[i,j] = select(i == j, 1, 0) + A[i,j];\n"
+                      "  S[n] = 0.5 * S[n] + x[t,n];\n"
+                      "  M[i,j] = 0.9 * M[i,j] + x[t,i] * S[j];\n"
+                      "  y[t,n] = sum(j: M[n,j] * S[j]) * w[n]; }\n";
+    check_src_init("init", src, 5, 2);
+    check_src("init_given", src, 5, 2); /* initial states given: the inits do not apply */
+}
+
 /* ---- checkpoint intervals ---- */
 
 static void test_chunks(void **state)
@@ -543,6 +685,16 @@ int main(void)
         cmocka_unit_test(test_delta_rule),
         cmocka_unit_test(test_never_updated_state),
         cmocka_unit_test(test_gru),
+        cmocka_unit_test(test_select_and_compare),
+        cmocka_unit_test(test_trig_erf),
+        cmocka_unit_test(test_index_as_number),
+        cmocka_unit_test(test_nonsmooth),
+        cmocka_unit_test(test_reduction_max),
+        cmocka_unit_test(test_constant_index),
+        cmocka_unit_test(test_diagonal_read),
+        cmocka_unit_test(test_mlstm),
+        cmocka_unit_test(test_lagged_lets),
+        cmocka_unit_test(test_init),
         cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_memory_bound),
         cmocka_unit_test(test_long_sequence),
