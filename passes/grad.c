@@ -879,10 +879,12 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
     pnode *stack = calloc(ni + 1, sizeof *stack);
     int *newid = NULL;
     out->nfwd = (int)m->ntensors;
-    out->trace = arena_array(a, nt, sizeof(int));
-    out->adj_trace = arena_array(a, nt, sizeof(int));
-    out->adj_value = arena_array(a, nt, sizeof(int));
-    out->adj_grad = arena_array(a, nt, sizeof(int));
+    /* the maps cover the training forward's tensors: f's and at most one trace output per tensor */
+    size_t nmap = 2 * nt;
+    out->trace = arena_array(a, nmap, sizeof(int));
+    out->adj_trace = arena_array(a, nmap, sizeof(int));
+    out->adj_value = arena_array(a, nmap, sizeof(int));
+    out->adj_grad = arena_array(a, nmap, sizeof(int));
     if (!g.val || !g.newval || !g.adj || !g.adjnew || !g.red_let || !g.red_free || !g.red_nfree || !g.root_of ||
         !g.map || !g.memo || !g.memo_epoch || !stack || !out->trace || !out->adj_trace || !out->adj_value || !out->adj_grad) {
         g.ok = false;
@@ -952,7 +954,7 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
         g.ok = false;
         goto done;
     }
-    for (size_t i = 0; i < nt; i++) {
+    for (size_t i = 0; i < nmap; i++) {
         out->trace[i] = -1;
         out->adj_trace[i] = -1;
         out->adj_value[i] = -1;
