@@ -1032,7 +1032,7 @@ static void header(em *e)
         first = false;
     }
     sb_printf(e->out, "\n// vector loads: %s\n", e->sig->vec ? "allowed" : "off");
-    plan_describe_lanes(e->out, e->p);
+    plan_print_comment(e->out, e->p, "// ");
 }
 
 static void params(em *e)

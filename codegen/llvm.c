@@ -1283,7 +1283,7 @@ ssmc_status llvm_emit_text(const pass_plan *p, strbuf *out, diag *d)
     ssmc_status s = optimised_module(p, NULL, &a, &tm, ctx, &mod, d);
     if (s == SSMC_OK) {
         sb_printf(out, "; ssmc: model %s, CPU kernel %s\n", p->m->name, "(LLVM, recurrent)");
-        plan_describe_loops(out, p);
+        plan_print_comment(out, p, "; ");
         char *text = LLVMPrintModuleToString(mod);
         sb_puts(out, text);
         LLVMDisposeMessage(text);

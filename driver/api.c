@@ -23,7 +23,6 @@ struct ssmc_ctx {
 struct ssmc_model {
     ssmc_ctx *ctx;
     arena arena;
-    src_file file;
     ir_model *ir;
     ssmc_options opts;
     const backend *be;
@@ -96,9 +95,7 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
     plan_target tg;
     pipeline pl = {.a = &m->arena, .d = &ctx->diag, .o = o, .target = target_of(m->be, o, &tg)};
     ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_PLAN);
-    m->file = pl.file;
     m->ir = pl.ir;
-    if (m->ir) m->ir->file = &m->file; /* pl, where lowering pointed it, is gone after this call */
     if (s == SSMC_OK) s = m->be->compile(m->ir, pl.plan, &m->opts, &ctx->diag, &m->be_state);
     if (s != SSMC_OK) {
         ssmc_model_free(m);

@@ -10,12 +10,13 @@
 static bool take_source(pipeline *pl, const char *filename, const char *source, size_t len)
 {
     char *text = arena_alloc(pl->a, len + 1);
-    if (!text) return false;
+    pl->file = arena_alloc(pl->a, sizeof *pl->file);
+    if (!text || !pl->file) return false;
     if (len) memcpy(text, source, len);
-    pl->file.name = arena_strdup(pl->a, filename ? filename : "<input>");
-    pl->file.text = text;
-    pl->file.len = len;
-    return pl->file.name != NULL;
+    pl->file->name = arena_strdup(pl->a, filename ? filename : "<input>");
+    pl->file->text = text;
+    pl->file->len = len;
+    return pl->file->name != NULL;
 }
 
 static ast_model *pick_model(diag *d, ast_file *af, const char *name)
@@ -40,7 +41,7 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
         return SSMC_ERR_NOMEM;
     }
     /* parse: the whole file, every model */
-    pl->ast = parse_file(pl->a, pl->d, &pl->file);
+    pl->ast = parse_file(pl->a, pl->d, pl->file);
     if (!pl->ast) return failed(pl, SSMC_ERR_SOURCE);
     if (last == PIPE_AST) return SSMC_OK;
 
@@ -53,8 +54,8 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
     ast_dim_override *over = arena_array(pl->a, (size_t)(o->ndims > 0 ? o->ndims : 1), sizeof *over);
     if (!over) return failed(pl, SSMC_ERR_NOMEM);
     for (int i = 0; i < o->ndims; i++) over[i] = (ast_dim_override){o->dims[i].name, o->dims[i].value};
-    if (!check_model(pl->a, pl->d, &pl->file, am, over, o->ndims)) return failed(pl, SSMC_ERR_SOURCE);
-    pl->ir = ir_lower(pl->a, pl->d, &pl->file, am);
+    if (!check_model(pl->a, pl->d, pl->file, am, over, o->ndims)) return failed(pl, SSMC_ERR_SOURCE);
+    pl->ir = ir_lower(pl->a, pl->d, pl->file, am);
     if (!pl->ir || !ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!pass_lag(pl->a, &pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);

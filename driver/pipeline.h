@@ -26,7 +26,7 @@ typedef struct pipeline {
     const ssmc_options *o;     /* model, dims, algo */
     const plan_target *target; /* for PIPE_PLAN; NULL: the pipeline stops at PIPE_ALGO */
     /* out: each set by its stage */
-    src_file file;
+    src_file *file;            /* in the arena: the IR points at it */
     ast_file *ast;
     ir_model *ir;
     pass_analysis an;

@@ -224,8 +224,10 @@ static void test_emit(void **state)
         ssmc_ctx_free(ctx);
         skip();
     }
-    assert_non_null(strstr(text, "; items: batch x H x P(tiles of 16) = 8 per sequence"));
-    assert_non_null(strstr(text, "; per step: S[h,p,n]: loops p(16) n(64); updated in place; fused with y"));
+    /* the plan heads the module */
+    assert_non_null(strstr(text, "; kernel 1: recurrent, items = batch x H x P (8 per sequence)"));
+    assert_non_null(strstr(text, ";   P = 32: grid, tiles of 16 (2 per sequence)"));
+    assert_non_null(strstr(text, ";   per step: S[h,p,n]: loops p(16) n(64); fused with y; in place"));
     assert_non_null(strstr(text, "define void @ssmc_mamba2(ptr"));
     assert_non_null(strstr(text, "x float>")); /* the loop vectoriser ran */
     assert_null(strstr(text, "@expf"));         /* exp is inline, not a libm call */
@@ -236,18 +238,25 @@ static void test_emit(void **state)
     o.dims = big;
     o.ndims = 3;
     text = emit_llvm(ctx, "mamba2.ssm", &o);
-    assert_non_null(strstr(text, "; items: batch x H = 16 per sequence"));
+    assert_non_null(strstr(text, "; kernel 1: recurrent, items = batch x H (16 per sequence)"));
     assert_non_null(strstr(text, "@llvm.prefetch")); /* the next step's inputs and outputs */
     /* every per-step tensor's slice of one head, inputs included (a whole row of
      * x would be 64 lines; an input follows the class of the variables it is read at) */
-    assert_non_null(
-        strstr(text, "; prefetched a step ahead: x (5 hints), dt (2 hints), B (9 hints), C (9 hints), y (5 hints)\n"));
+    static const char *const mamba2_hints[] = {
+        "input x[H,P]: prefetched a step ahead (5 cache lines)", "input dt[H]: prefetched a step ahead (2 cache lines)",
+        "input B[N]: prefetched a step ahead (9 cache lines)", "input C[N]: prefetched a step ahead (9 cache lines)",
+        "output y[H*,P]: prefetched a step ahead (5 cache lines)"};
+    for (size_t i = 0; i < sizeof mamba2_hints / sizeof *mamba2_hints; i++) assert_non_null(strstr(text, mamba2_hints[i]));
     free(text);
     static const ssmc_dim gla_dims[] = {{"H", 8}, {"K", 64}, {"V", 64}};
     o.dims = gla_dims;
     text = emit_llvm(ctx, "gla.ssm", &o);
-    assert_non_null(
-        strstr(text, "; prefetched a step ahead: q (5 hints), k (5 hints), v (5 hints), gk (5 hints), y (5 hints)\n"));
+    static const char *const gla_hints[] = {"input q[H,K]: prefetched a step ahead (5 cache lines)",
+                                            "input k[H,K]: prefetched a step ahead (5 cache lines)",
+                                            "input v[H,V]: prefetched a step ahead (5 cache lines)",
+                                            "input gk[H,K]: prefetched a step ahead (5 cache lines)",
+                                            "output y[H*,V]: prefetched a step ahead (5 cache lines)"};
+    for (size_t i = 0; i < sizeof gla_hints / sizeof *gla_hints; i++) assert_non_null(strstr(text, gla_hints[i]));
     /* on an AVX-512 host y's four vector accumulators stay in registers across
      * the rows of i (loop phis), not in scratch (unroll_accumulators) */
     if (strstr(text, "\"prefer-vector-width\"=\"512\"")) {
