@@ -238,6 +238,9 @@ static const example_dims examples[] = {
     {"examples/mamba.ssm", {{"E", 3}, {"N", 2}}, 2},
     {"examples/mamba2.ssm", {{"H", 2}, {"P", 2}, {"N", 3}}, 3},
     {"examples/mamba2_conv.ssm", {{"H", 4}, {"P", 2}, {"N", 2}, {"G", 2}, {"R", 2}, {"W", 3}}, 6},
+    {"examples/mamba3.ssm", {{"H", 2}, {"P", 2}, {"N", 2}}, 3},
+    {"examples/mom.ssm", {{"M", 3}, {"E", 2}, {"K", 2}, {"V", 2}}, 4},
+    {"examples/ttt_linear.ssm", {{"H", 2}, {"K", 3}, {"V", 2}, {"L", 2}}, 4},
     {"examples/retnet.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
     {"examples/rwkv6.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
 };
@@ -256,6 +259,11 @@ static void test_examples(void **state)
         size_t len;
         char *src = test_slurp(names[i], &len);
         check_model(names[i], src, len, e->dims, e->ndims, 2, 7, 0, 1.0, 3);
+        if (strstr(src, "init ")) { /* and from its init statements */
+            g_no_states = true;
+            check_model(names[i], src, len, e->dims, e->ndims, 2, 7, 0, 1.0, 4);
+            g_no_states = false;
+        }
         free(src);
     }
 }
