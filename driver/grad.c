@@ -257,6 +257,7 @@ static size_t state_bytes(const grad_state *g)
 
 ssmc_status ssmc_grad_info_of(ssmc_model *m, int64_t T, ssmc_grad_info *info)
 {
+    if (!m) return SSMC_ERR_ARG;
     diag *d = api_model_diag(m);
     diag_reset(d);
     if (!info || T < 1) {

@@ -617,6 +617,83 @@ static void test_memory_bound(void **state)
     free(src);
 }
 
+/* ---- the API's errors ---- */
+
+static void expect_err(ssmc_ctx *ctx, ssmc_status got, ssmc_status want, const char *words)
+{
+    if (got != want) fail_msg("status %s, expected %s: %s", ssmc_status_name(got), ssmc_status_name(want),
+                              ssmc_ctx_error(ctx));
+    if (!strstr(ssmc_ctx_error(ctx), words)) fail_msg("the message lacks '%s': %s", words, ssmc_ctx_error(ctx));
+}
+
+static void test_api_errors(void **state)
+{
+    (void)state;
+    static const char src[] = "model m { dim N = 2; input x[T,N]; param w[N]; state S[N]; output y[T,N];\n"
+                              "  S[n] = w[n] * S[n] + x[t,n];  y[t,n] = S[n]; }\n";
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP};
+    ssmc_model *m = NULL, *m2 = NULL;
+    assert_int_equal(ssmc_compile(ctx, "m.ssm", src, sizeof src - 1, &o, &m), SSMC_OK);
+    assert_int_equal(ssmc_compile(ctx, "m.ssm", src, sizeof src - 1, &o, &m2), SSMC_OK);
+    double x[2 * 3 * 2] = {0.5, -1, 2, 0.25}, w[2] = {0.5, 0.9}, S[2 * 2] = {0}, y[2 * 3 * 2], gx[12], gw[2], gS[4];
+    ssmc_arg args[] = {{"x", SSMC_F64, x}, {"w", SSMC_F64, w}, {"S", SSMC_F64, S}, {"y", SSMC_F64, y}};
+    ssmc_tape *tape = NULL;
+    expect_err(ctx, ssmc_forward_train(m, 0, 3, args, 4, &tape), SSMC_ERR_ARG, "at least 1");
+    assert_null(tape);
+    expect_err(ctx, ssmc_forward_train(m, 2, 3, args, 1, &tape), SSMC_ERR_ARG, "missing param 'w'");
+    ssmc_arg dup[] = {{"x", SSMC_F64, x}, {"x", SSMC_F64, x}};
+    expect_err(ctx, ssmc_forward_train(m, 2, 3, dup, 2, &tape), SSMC_ERR_ARG, "given twice");
+    assert_int_equal(ssmc_forward_train(NULL, 2, 3, args, 4, &tape), SSMC_ERR_ARG);
+    assert_int_equal(ssmc_forward_train(m, 2, 3, args, 4, &tape), SSMC_OK);
+    ssmc_arg vals[] = {{"x", SSMC_F64, x}, {"w", SSMC_F64, w}};
+    ssmc_arg douts[] = {{"y", SSMC_F64, y}};
+    ssmc_arg grads[] = {{"x", SSMC_F64, gx}, {"w", SSMC_F64, gw}, {"S", SSMC_F64, gS}};
+    expect_err(ctx, ssmc_backward(m2, tape, vals, 2, douts, 1, grads, 3), SSMC_ERR_ARG, "on this model");
+    expect_err(ctx, ssmc_backward(m, NULL, vals, 2, douts, 1, grads, 3), SSMC_ERR_ARG, "tape");
+    ssmc_arg bad_dout[] = {{"x", SSMC_F64, x}};
+    expect_err(ctx, ssmc_backward(m, tape, vals, 2, bad_dout, 1, grads, 3), SSMC_ERR_ARG, "no output or state named 'x'");
+    ssmc_arg bad_grad[] = {{"y", SSMC_F64, y}};
+    expect_err(ctx, ssmc_backward(m, tape, vals, 2, douts, 1, bad_grad, 1), SSMC_ERR_ARG,
+               "no input, param or state named 'y'");
+    ssmc_arg null_data[] = {{"x", SSMC_F64, NULL}};
+    expect_err(ctx, ssmc_backward(m, tape, vals, 2, douts, 1, null_data, 1), SSMC_ERR_ARG, "has no data");
+    expect_err(ctx, ssmc_backward(m, tape, vals, 1, douts, 1, grads, 3), SSMC_ERR_ARG, "missing param 'w'");
+    /* no cotangent at all: every gradient is zero */
+    assert_int_equal(ssmc_backward(m, tape, vals, 2, NULL, 0, grads, 3), SSMC_OK);
+    for (int i = 0; i < 12; i++) assert_true(gx[i] == 0);
+    assert_true(gw[0] == 0 && gw[1] == 0);
+    /* the tape serves several backwards; mixed dtypes */
+    float yf[12], gxf[12];
+    for (int i = 0; i < 12; i++) yf[i] = 1.0f;
+    ssmc_arg doutf[] = {{"y", SSMC_F32, yf}};
+    ssmc_arg gradf[] = {{"x", SSMC_F32, gxf}};
+    assert_int_equal(ssmc_backward(m, tape, vals, 2, doutf, 1, gradf, 1), SSMC_OK);
+    for (int i = 0; i < 12; i++) y[i] = 1.0;
+    assert_int_equal(ssmc_backward(m, tape, vals, 2, douts, 1, grads, 3), SSMC_OK);
+    for (int i = 0; i < 12; i++) assert_true(fabs(gx[i] - gxf[i]) < 1e-6);
+    /* device pointers: not in this version, said so */
+    ssmc_tape *dt = NULL;
+    expect_err(ctx, ssmc_forward_train_device(m, 2, 3, args, 4, &dt, NULL), SSMC_ERR_UNSUPPORTED, "device");
+    assert_null(dt);
+    expect_err(ctx, ssmc_backward_device(m, tape, vals, 2, douts, 1, grads, 3, NULL), SSMC_ERR_UNSUPPORTED, "device");
+    ssmc_grad_info info;
+    assert_int_equal(ssmc_grad_info_of(NULL, 3, &info), SSMC_ERR_ARG);
+    expect_err(ctx, ssmc_grad_info_of(m, 0, &info), SSMC_ERR_ARG, "T >= 1");
+    assert_int_equal(ssmc_tape_bytes(NULL), 0);
+    ssmc_tape_free(NULL);
+    ssmc_tape_free(tape);
+    ssmc_model_free(m2);
+    ssmc_model_free(m);
+    /* a backend that does not run reverse models */
+    o.device = SSMC_DEVICE_CPU;
+    if (ssmc_compile(ctx, "m.ssm", src, sizeof src - 1, &o, &m) == SSMC_OK) {
+        expect_err(ctx, ssmc_forward_train(m, 2, 3, args, 4, &tape), SSMC_ERR_UNSUPPORTED, "reverse models");
+        ssmc_model_free(m);
+    }
+    ssmc_ctx_free(ctx);
+}
+
 /* ---- long sequences ---- */
 
 static void test_long_sequence(void **state)
@@ -714,6 +791,7 @@ int main(void)
         cmocka_unit_test(test_init),
         cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_memory_bound),
+        cmocka_unit_test(test_api_errors),
         cmocka_unit_test(test_long_sequence),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
