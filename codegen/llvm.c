@@ -143,12 +143,16 @@ typedef struct cg {
     LLVMTypeRef f32, i32, i64, ptr, void_ty, helper_ty;
     LLVMValueRef fn;   /* the item function being built */
     LLVMValueRef T, bidx, t;
-    LLVMValueRef *tptr;   /* [ntensors] tensor pointers (lets: their scratch buffer) */
-    LLVMValueRef *bptr;   /* [nbufs] scratch buffers */
+    LLVMValueRef *tptr;   /* [ntensors] tensor pointers (not lets: see buf_ptr) */
+    int *tparam;          /* [ntensors] the item function's parameter of each tensor, or -1 */
+    LLVMValueRef *bptr;   /* [nbufs] scratch buffers (see buf_ptr) */
+    LLVMValueRef scratch; /* the scratch pointer, where the buffers are not parameters */
     LLVMValueRef *base;   /* [nclasses] first value of the class in this item */
     LLVMValueRef *ext;    /* [nclasses] values of the class in this item */
     LLVMValueRef *var;    /* [nvars] current value of each index variable */
-    LLVMValueRef h_exp, h_log, h_log1p, h_tanh, h_softplus;
+    LLVMValueRef h_exp, h_log, h_log1p, h_tanh, h_softplus, h_sin, h_cos, h_erf;
+    LLVMValueRef fresh;   /* per tensor, a byte: nonzero for a state given no initial value
+                             (models with init statements only) */
     ir_ref fused_sum;     /* a fused readout's reduction, already accumulated in fused_acc */
     LLVMValueRef fused_acc;
     ir_ref hoisting;      /* the hoisted subtree being computed (not read back) */
@@ -328,6 +332,61 @@ static void gen_softplus_helper(cg *c)
     LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealOGT, x, K(c, 0.0)), f_add(c, x, l), l));
 }
 
+/* sin and cos as Cephes' sinf and cosf: |x| less the nearest even multiple j
+ * of pi/4, in three parts (within 1e-7 of the true value for |x| below 8192;
+ * beyond, the error grows as x's own spacing does), then sin's degree-7 odd or
+ * cos's degree-8 even polynomial, as j picks, and the sign j and x give. |x|
+ * is clamped at 2^30 first so that j fits an i32 (a larger f32 has no
+ * fraction of pi left); NaN and infinities give NaN. */
+static void gen_sincos_helper(cg *c, bool want_cos)
+{
+    LLVMValueRef x = helper_begin(c, want_cos ? "ssmc.cos" : "ssmc.sin", want_cos ? &c->h_cos : &c->h_sin);
+    LLVMValueRef ax = intrinsic(c, "llvm.fabs", x, NULL);
+    LLVMValueRef axc = intrinsic(c, "llvm.minnum", ax, K(c, 1073741824.0));
+    LLVMValueRef j = LLVMBuildFPToSI(c->b, f_mul(c, axc, K(c, 1.27323954473516)), c->i32, "");
+    j = LLVMBuildAnd(c->b, LLVMBuildAdd(c->b, j, I32(c, 1), ""), I32(c, ~1), "");
+    LLVMValueRef y = LLVMBuildSIToFP(c->b, j, c->f32, "");
+    LLVMValueRef z = f_sub(c, axc, f_mul(c, y, K(c, 0.78515625)));
+    z = f_sub(c, z, f_mul(c, y, K(c, 2.4187564849853515625e-4)));
+    z = f_sub(c, z, f_mul(c, y, K(c, 3.77489497744594108e-8)));
+    LLVMValueRef zz = f_mul(c, z, z);
+    static const double ks[] = {-1.9515295891E-4, 8.3321608736E-3, -1.6666654611E-1};
+    static const double kc[] = {2.443315711809948E-5, -1.388731625493765E-3, 4.166664568298827E-2};
+    LLVMValueRef sp = f_add(c, f_mul(c, f_mul(c, poly(c, zz, ks, 3), zz), z), z);
+    LLVMValueRef cp = f_add(c, f_sub(c, f_mul(c, f_mul(c, poly(c, zz, kc, 3), zz), zz), f_mul(c, zz, K(c, 0.5))), K(c, 1.0));
+    LLVMValueRef bit2 = LLVMBuildICmp(c->b, LLVMIntNE, LLVMBuildAnd(c->b, j, I32(c, 2), ""), I32(c, 0), "");
+    LLVMValueRef bit4 = LLVMBuildICmp(c->b, LLVMIntNE, LLVMBuildAnd(c->b, j, I32(c, 4), ""), I32(c, 0), "");
+    LLVMValueRef r, neg;
+    if (want_cos) {
+        r = sel(c, bit2, sp, cp);
+        neg = LLVMBuildXor(c->b, bit4, bit2, "");
+    } else {
+        r = sel(c, bit2, cp, sp);
+        neg = LLVMBuildXor(c->b, bit4, fcmp(c, LLVMRealOLT, x, K(c, 0.0)), "");
+    }
+    r = sel(c, neg, LLVMBuildFNeg(c->b, r, ""), r);
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUEQ, ax, K(c, INFINITY)), K(c, NAN), r));
+}
+
+/* erf: a rational approximation x P(x^2) / Q(x^2), P of degree 6 and Q of
+ * degree 4 in x^2 (the coefficients of Eigen's and XLA's erf for f32), for x
+ * clamped to [-4, 4] where erf is +-1 in f32 beyond; within 3.5e-7 relative of
+ * the true value everywhere (measured against libm on a 1e-5 grid over
+ * [-6, 6]). NaN passes through. */
+static void gen_erf_helper(cg *c)
+{
+    LLVMValueRef x = helper_begin(c, "ssmc.erf", &c->h_erf);
+    LLVMValueRef xc = intrinsic(c, "llvm.maxnum", intrinsic(c, "llvm.minnum", x, K(c, 4.0)), K(c, -4.0));
+    LLVMValueRef x2 = f_mul(c, xc, xc);
+    static const double kp[] = {-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                                -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                                -1.60960333262415e-02};
+    static const double kq[] = {-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                                -7.37332916720468e-03, -1.42647390514189e-02};
+    LLVMValueRef r = f_div(c, f_mul(c, xc, poly(c, x2, kp, 7)), poly(c, x2, kq, 5));
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUNO, x, x), x, r));
+}
+
 /* sigmoid: with e = exp(-|x|) <= 1, 1 / (1 + e) for x >= 0 and e / (1 + e)
  * below, so that neither side overflows (1 / (1 + exp(-x)) would give 0 for
  * x < -88.7, where the result is still a subnormal). */
@@ -473,6 +532,18 @@ static LLVMValueRef gep(cg *c, LLVMValueRef base, LLVMValueRef off)
     return LLVMBuildInBoundsGEP2(c->b, c->f32, base, &off, 1, "");
 }
 
+/* Scratch buffer j: a parameter of its own, or, when the function has one
+ * scratch pointer (c->scratch), its constant offset from it, computed in the
+ * entry block at the first use (a function then holds only the buffers it uses). */
+static LLVMValueRef buf_ptr(cg *c, int j)
+{
+    if (!c->bptr[j]) {
+        LLVMValueRef off = I64(c, c->p->bufs[j].off);
+        c->bptr[j] = LLVMBuildInBoundsGEP2(c->eb, c->f32, c->scratch, &off, 1, "");
+    }
+    return c->bptr[j];
+}
+
 /* Element `idx` of tensor ti: the caller's tensor (time step tt for per-step
  * tensors), or, with `local`, its scratch buffer over the item's slice. */
 static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, bool local)
@@ -493,7 +564,7 @@ static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, 
     }
     LLVMValueRef base;
     if (local) {
-        base = t->kind == IR_LET ? c->tptr[ti] : c->bptr[p->buf_tensor[ti]];
+        base = buf_ptr(c, p->buf_tensor[ti]);
     } else {
         base = c->tptr[ti];
         LLVMValueRef n = I64(c, p->elems[ti]);
@@ -556,7 +627,7 @@ static LLVMValueRef xchg_ptr(cg *c, ir_ref r)
     int v = c->p->xchg_var[r];
     LLVMValueRef lo, hi;
     var_range(c, v, &lo, &hi);
-    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+    return gep(c, buf_ptr(c, c->p->buf_inst[r]), isub(c, c->var[v], lo));
 }
 
 /* The scratch element of a hoisted subtree at the current value of its variable. */
@@ -565,7 +636,7 @@ static LLVMValueRef hoist_ptr(cg *c, ir_ref r)
     int v = c->p->hoist_var[r];
     LLVMValueRef lo, hi;
     var_range(c, v, &lo, &hi);
-    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+    return gep(c, buf_ptr(c, c->p->buf_inst[r]), isub(c, c->var[v], lo));
 }
 
 static LLVMValueRef gen(cg *c, ir_ref r)
@@ -582,9 +653,23 @@ static LLVMValueRef gen(cg *c, ir_ref r)
         return gen_reduce(c, in);
     default: break;
     }
+    if (in->op == IR_IDX) return LLVMBuildSIToFP(c->b, c->var[in->var], c->f32, "");
     LLVMValueRef a = gen(c, in->a), b = in->b != IR_NONE ? gen(c, in->b) : NULL;
+    LLVMValueRef cc = in->c != IR_NONE ? gen(c, in->c) : NULL;
     switch ((ir_op)in->op) {
     case IR_NEG: return LLVMBuildFNeg(c->b, a, "");
+    /* comparisons as C makes them (the interpreter's): false with a NaN, but != */
+    case IR_LT: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOLT, a, b), c->f32, "");
+    case IR_LE: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOLE, a, b), c->f32, "");
+    case IR_GT: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOGT, a, b), c->f32, "");
+    case IR_GE: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOGE, a, b), c->f32, "");
+    case IR_EQ: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOEQ, a, b), c->f32, "");
+    case IR_NE: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealUNE, a, b), c->f32, "");
+    /* both operands are computed; the select keeps one (a NaN in the other is dropped) */
+    case IR_SELECT: return sel(c, fcmp(c, LLVMRealUNE, a, K(c, 0.0)), b, cc);
+    case IR_SIN: return call_helper(c, c->h_sin, a);
+    case IR_COS: return call_helper(c, c->h_cos, a);
+    case IR_ERF: return call_helper(c, c->h_erf, a);
     case IR_ADD: return f_add(c, a, b);
     case IR_SUB: return f_sub(c, a, b);
     case IR_MUL: return f_mul(c, a, b);
@@ -691,6 +776,7 @@ static void gen_xchg_all(cg *c, ir_ref r)
     if (in->op == IR_LOAD || in->op == IR_CONST) return;
     gen_xchg_all(c, in->a);
     gen_xchg_all(c, in->b);
+    gen_xchg_all(c, in->c);
 }
 
 /* Computes the hoisted subtrees of r, each over its variable's values. */
@@ -711,6 +797,7 @@ static void gen_hoists(cg *c, ir_ref r)
     if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_SUM || in->op == IR_RMAX) return;
     gen_hoists(c, in->a);
     gen_hoists(c, in->b);
+    gen_hoists(c, in->c);
 }
 
 /* Sets the variables of statement s that the item fixes. */
@@ -749,6 +836,31 @@ static void store_result(cg *c, const ir_stmt *s, LLVMValueRef val)
     for (int i = 0; i < t->rank; i++) idx[i] = c->var[s->vars[i]];
     bool local = t->kind == IR_LET || (t->kind == IR_STATE && c->p->buf_tensor[s->tensor] >= 0);
     LLVMBuildStore(c->b, val, elem_ptr(c, s->tensor, idx, c->t, local));
+}
+
+/* The init of a state given no initial value: its statement over the item's
+ * slice of the state, stored into the state itself (before the first step,
+ * where the state is read). */
+static void gen_init(cg *c, const ir_stmt *s)
+{
+    const pass_plan *p = c->p;
+    const ir_tensor *t = &c->m->tensors[s->tensor];
+    LLVMValueRef ix = I64(c, s->tensor);
+    LLVMValueRef flag = LLVMBuildLoad2(c->b, LLVMInt8TypeInContext(c->ctx), LLVMBuildGEP2(c->b, LLVMInt8TypeInContext(c->ctx), c->fresh, &ix, 1, ""), "");
+    LLVMBasicBlockRef body = new_block(c, "init"), done = new_block(c, "init.done");
+    LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntNE, flag, LLVMConstInt(LLVMInt8TypeInContext(c->ctx), 0, 0), ""), body, done);
+    LLVMPositionBuilderAtEnd(c->b, body);
+    loop L[IR_MAX_RANK];
+    int nl = 0;
+    fix_vars(c, s);
+    for (int i = 0; i < t->rank; i++)
+        if (!plan_var_fixed(p, s->vars[i])) open_var(c, &L[nl++], s->vars[i]);
+    LLVMValueRef idx[IR_MAX_RANK];
+    for (int i = 0; i < t->rank; i++) idx[i] = c->var[s->vars[i]];
+    LLVMBuildStore(c->b, gen(c, s->root), elem_ptr(c, s->tensor, idx, NULL, false));
+    while (nl > 0) loop_end(c, &L[--nl]);
+    LLVMBuildBr(c->b, done);
+    LLVMPositionBuilderAtEnd(c->b, done);
 }
 
 /* One statement over the item's slice of its domain. */
@@ -920,12 +1032,171 @@ static void gen_prefetch(cg *c)
     }
 }
 
-/* The item function: (T, item_begin, item_end, tensor pointers..., scratch buffers...). */
+/* ---- the statements of one phase (time-invariant, or one step) in order.
+ * LLVM's loop passes do work per loop that grows with the loops and blocks of
+ * the whole function (the vectoriser's loop-access cache and dominator
+ * updates, ScalarEvolution's guards walking the dominator tree), so a
+ * function of n loop nests in sequence takes time quadratic in n (4,000 lets:
+ * 21 s). A phase of more than STMT_GROUP statements is therefore cut into
+ * groups of STMT_GROUP, each its own function (not inlined), called in order:
+ * (T, t, b, the item's base and extent of every class, the pointer of every
+ * tensor but the lets, the scratch). Values pass between statements through
+ * memory (tensors and scratch), so the cut changes no result; a phase of at
+ * most STMT_GROUP statements (every model of examples/) is emitted inline. */
+
+#define STMT_GROUP 16
+
+static bool stmt_in_phase(const pass_plan *p, uint32_t si, bool per_step)
+{
+    return p->m->stmts[si].per_step == per_step && p->fuse[si] != -2;
+}
+
+static void gen_one(cg *c, uint32_t si)
+{
+    if (c->p->fuse[si] >= 0)
+        gen_fused(c, si, (uint32_t)c->p->fuse[si]);
+    else
+        gen_stmt(c, si);
+}
+
+/* The function of the statements of the phase from *si on, at most STMT_GROUP
+ * of them (*si moves past them), called from where the builder stands. */
+static bool gen_group(cg *c, uint32_t *si, bool per_step)
+{
+    const pass_plan *p = c->p;
+    const ir_model *m = c->m;
+    int nc = p->sched.nclasses, n = 3 + 2 * nc + 1;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) n += m->tensors[ti].kind != IR_LET;
+    LLVMTypeRef *pt = calloc((size_t)n, sizeof *pt);
+    LLVMValueRef *args = calloc((size_t)n, sizeof *args);
+    LLVMValueRef *saved = calloc((size_t)m->ntensors + (size_t)p->nbufs + 2 * (size_t)nc + 1, sizeof *saved);
+    if (!pt || !args || !saved) {
+        free(pt);
+        free(args);
+        free(saved);
+        return false;
+    }
+    /* the arguments, as the caller has them */
+    int k = 0;
+    args[k++] = c->T;
+    args[k++] = c->t;
+    args[k++] = c->bidx;
+    for (int j = 0; j < nc; j++) args[k++] = c->base[j];
+    for (int j = 0; j < nc; j++) args[k++] = c->ext[j];
+    int first_ptr = k;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++)
+        if (m->tensors[ti].kind != IR_LET) args[k++] = c->tptr[ti];
+    args[k++] = p->nbufs ? (c->scratch ? c->scratch : c->bptr[0]) : LLVMConstNull(c->ptr); /* buffer 0: offset 0 */
+    for (int i = 0; i < n; i++) pt[i] = i < first_ptr ? c->i64 : c->ptr;
+
+    LLVMValueRef fn = c->fn, ebr = LLVMGetBasicBlockTerminator(LLVMGetEntryBasicBlock(c->fn));
+    LLVMBasicBlockRef at = LLVMGetInsertBlock(c->b);
+    LLVMValueRef T = c->T, t = c->t, bidx = c->bidx, scratch = c->scratch;
+    memcpy(saved, c->tptr, m->ntensors * sizeof *saved);
+    memcpy(saved + m->ntensors, c->bptr, (size_t)p->nbufs * sizeof *saved);
+    memcpy(saved + m->ntensors + p->nbufs, c->base, (size_t)nc * sizeof *saved);
+    memcpy(saved + m->ntensors + p->nbufs + nc, c->ext, (size_t)nc * sizeof *saved);
+
+    char name[320]; /* a model name is at most 255 bytes */
+    snprintf(name, sizeof name, "%s.group%u", LLVMGetValueName(fn), *si);
+    LLVMTypeRef fty = LLVMFunctionType(c->void_ty, pt, (unsigned)n, 0);
+    c->fn = LLVMAddFunction(c->mod, name, fty);
+    LLVMSetLinkage(c->fn, LLVMInternalLinkage);
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "noinline");
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "nounwind");
+    k = 0;
+    c->T = LLVMGetParam(c->fn, (unsigned)k++);
+    c->t = LLVMGetParam(c->fn, (unsigned)k++);
+    c->bidx = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int j = 0; j < nc; j++) c->base[j] = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int j = 0; j < nc; j++) c->ext[j] = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int i = first_ptr; i < n; i++) {
+        add_attr(c, c->fn, (unsigned)i + 1, "noalias");
+        add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
+    }
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        if (m->tensors[ti].kind == IR_LET) continue;
+        if (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM)
+            add_attr(c, c->fn, (unsigned)k + 1, "readonly");
+        c->tptr[ti] = LLVMGetParam(c->fn, (unsigned)k++);
+    }
+    LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
+    LLVMPositionBuilderAtEnd(c->b, entry);
+    c->scratch = LLVMGetParam(c->fn, (unsigned)k);
+    memset(c->bptr, 0, (size_t)p->nbufs * sizeof *c->bptr);
+    LLVMPositionBuilderBefore(c->eb, LLVMBuildBr(c->b, start));
+    LLVMPositionBuilderAtEnd(c->b, start);
+    for (uint32_t left = STMT_GROUP; left > 0 && *si < m->nstmts; (*si)++)
+        if (stmt_in_phase(p, *si, per_step)) {
+            gen_one(c, *si);
+            left--;
+        }
+    LLVMBuildRetVoid(c->b);
+
+    LLVMValueRef group = c->fn;
+    c->fn = fn;
+    LLVMPositionBuilderBefore(c->eb, ebr);
+    LLVMPositionBuilderAtEnd(c->b, at);
+    c->T = T;
+    c->t = t;
+    c->bidx = bidx;
+    c->scratch = scratch;
+    memcpy(c->tptr, saved, m->ntensors * sizeof *saved);
+    memcpy(c->bptr, saved + m->ntensors, (size_t)p->nbufs * sizeof *saved);
+    memcpy(c->base, saved + m->ntensors + p->nbufs, (size_t)nc * sizeof *saved);
+    memcpy(c->ext, saved + m->ntensors + p->nbufs + nc, (size_t)nc * sizeof *saved);
+    LLVMBuildCall2(c->b, fty, group, args, (unsigned)n, "");
+    free(pt);
+    free(args);
+    free(saved);
+    return true;
+}
+
+static bool gen_stmts(cg *c, bool per_step)
+{
+    const pass_plan *p = c->p;
+    uint32_t n = 0;
+    for (uint32_t si = 0; si < c->m->nstmts; si++) n += stmt_in_phase(p, si, per_step);
+    if (n <= STMT_GROUP) {
+        for (uint32_t si = 0; si < c->m->nstmts; si++)
+            if (stmt_in_phase(p, si, per_step)) gen_one(c, si);
+        return true;
+    }
+    for (uint32_t si = 0; si < c->m->nstmts;)
+        if (!gen_group(c, &si, per_step)) return false;
+    return true;
+}
+
+/* The item function: (T, item_begin, item_end, tensor pointers..., scratch
+ * buffers..., and with init statements the fresh flags), every pointer noalias. Inlined into the entry, each noalias
+ * pointer becomes a scope that every memory access lists, which is metadata
+ * of size accesses x pointers: quadratic in the number of lets (10,000 lets:
+ * 4.4 GB). Past MAX_POINTER_PARAMS pointers the lets' slots are left out and
+ * the scratch buffers are passed as one pointer, each buffer at its constant
+ * offset from it (models of examples/ stay far below). */
+#define MAX_POINTER_PARAMS 64
+
+static bool packed_params(const pass_plan *p) { return p->m->ntensors + (uint32_t)p->nbufs > MAX_POINTER_PARAMS; }
+
+/* Fills c->tparam (the parameter index of each tensor's pointer, or -1 for a
+ * let when packed) and returns the first scratch parameter; *n: the count. */
+static int layout_params(cg *c, int *n)
+{
+    const pass_plan *p = c->p;
+    bool packed = packed_params(p);
+    int k = 3;
+    for (uint32_t ti = 0; ti < p->m->ntensors; ti++)
+        c->tparam[ti] = packed && p->m->tensors[ti].kind == IR_LET ? -1 : k++;
+    *n = k + (packed ? (p->nbufs > 0) : p->nbufs) + (p->m->ninits > 0); /* the fresh flags last */
+    return k;
+}
+
 static LLVMValueRef gen_items(cg *c, const char *name)
 {
     const pass_plan *p = c->p;
     const ir_model *m = c->m;
-    int np = 3 + (int)m->ntensors + p->nbufs;
+    bool packed = packed_params(p);
+    int np, nbuf = layout_params(c, &np); /* nbuf: the first scratch parameter */
     LLVMTypeRef *pt = calloc((size_t)np, sizeof *pt);
     if (!pt) return NULL;
     pt[0] = pt[1] = pt[2] = c->i64;
@@ -939,18 +1210,20 @@ static LLVMValueRef gen_items(cg *c, const char *name)
     for (int i = 3; i < np; i++) {
         add_attr(c, c->fn, (unsigned)i + 1, "noalias");
         add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
-        int ti = i - 3;
-        if (ti < (int)m->ntensors && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
-            add_attr(c, c->fn, (unsigned)i + 1, "readonly");
     }
     c->T = LLVMGetParam(c->fn, 0);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) c->tptr[ti] = LLVMGetParam(c->fn, 3 + ti);
-    for (int j = 0; j < p->nbufs; j++) c->bptr[j] = LLVMGetParam(c->fn, 3 + m->ntensors + (unsigned)j);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++)
-        if (m->tensors[ti].kind == IR_LET) c->tptr[ti] = c->bptr[p->buf_tensor[ti]];
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        int k = c->tparam[ti];
+        c->tptr[ti] = k >= 0 ? LLVMGetParam(c->fn, (unsigned)k) : NULL;
+        if (k >= 0 && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
+            add_attr(c, c->fn, (unsigned)k + 1, "readonly");
+    }
+    if (m->ninits) c->fresh = LLVMGetParam(c->fn, (unsigned)np - 1);
 
     LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
     LLVMPositionBuilderAtEnd(c->b, entry);
+    if (packed && p->nbufs > 0) c->scratch = LLVMGetParam(c->fn, (unsigned)nbuf);
+    for (int j = 0; !packed && j < p->nbufs; j++) c->bptr[j] = LLVMGetParam(c->fn, (unsigned)(nbuf + j));
     LLVMValueRef br = LLVMBuildBr(c->b, start);
     LLVMPositionBuilderBefore(c->eb, br);
     LLVMPositionBuilderAtEnd(c->b, start);
@@ -977,18 +1250,12 @@ static LLVMValueRef gen_items(cg *c, const char *name)
         }
     }
     c->t = I64(c, 0);
-    for (uint32_t si = 0; si < m->nstmts; si++)
-        if (!m->stmts[si].per_step) gen_stmt(c, si);
+    for (uint32_t ii = 0; ii < m->ninits; ii++) gen_init(c, &m->inits[ii]);
+    if (!gen_stmts(c, false)) return NULL;
     loop step;
     c->t = loop_begin(c, &step, I64(c, 0), c->T, true, "t");
     gen_prefetch(c);
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        if (!m->stmts[si].per_step || p->fuse[si] == -2) continue;
-        if (p->fuse[si] >= 0)
-            gen_fused(c, si, (uint32_t)p->fuse[si]);
-        else
-            gen_stmt(c, si);
-    }
+    if (!gen_stmts(c, true)) return NULL;
     loop_end(c, &step);
     loop_end(c, &item);
     LLVMBuildRetVoid(c->b);
@@ -1009,10 +1276,10 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
         LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex, w);
     }
     LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-    LLVMTypeRef fields[2] = {c->i64, c->ptr};
-    LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, 2, 0);
+    LLVMTypeRef fields[3] = {c->i64, c->ptr, c->ptr};
+    LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, m->ninits ? 3 : 2, 0);
     LLVMValueRef a = LLVMGetParam(fn, 0), scratch = LLVMGetParam(fn, 3);
-    int np = 3 + (int)m->ntensors + p->nbufs;
+    int np, nbuf = layout_params(c, &np);
     LLVMValueRef *args = calloc((size_t)np, sizeof *args);
     if (!args) return;
     args[0] = LLVMBuildLoad2(c->b, c->i64, LLVMBuildStructGEP2(c->b, kargs, a, 0, ""), "T");
@@ -1021,12 +1288,18 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
     LLVMValueRef tensors = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, kargs, a, 1, ""), "tensors");
     for (uint32_t ti = 0; ti < m->ntensors; ti++) {
         LLVMValueRef ix = I64(c, ti);
-        args[3 + ti] = m->tensors[ti].kind == IR_LET
-                           ? LLVMConstNull(c->ptr)
-                           : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
-                                            m->tensors[ti].name);
+        int k = c->tparam[ti];
+        if (k < 0) continue;
+        args[k] = m->tensors[ti].kind == IR_LET
+                      ? LLVMConstNull(c->ptr)
+                      : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
+                                       m->tensors[ti].name);
     }
-    for (int j = 0; j < p->nbufs; j++) args[3 + m->ntensors + (unsigned)j] = gep(c, scratch, I64(c, p->bufs[j].off));
+    if (packed_params(p) && p->nbufs > 0)
+        args[nbuf] = scratch;
+    else
+        for (int j = 0; j < p->nbufs; j++) args[nbuf + j] = gep(c, scratch, I64(c, p->bufs[j].off));
+    if (m->ninits) args[np - 1] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, kargs, a, 2, ""), "fresh");
     LLVMBuildCall2(c->b, LLVMGlobalGetValueType(items), items, args, (unsigned)np, "");
     LLVMBuildRetVoid(c->b);
     free(args);
@@ -1063,13 +1336,14 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
     c.helper_ty = LLVMFunctionType(c.f32, &c.f32, 1, 0);
     size_t nt = m->ntensors + 1;
     c.tptr = calloc(nt, sizeof *c.tptr);
+    c.tparam = calloc(nt, sizeof *c.tparam);
     c.bptr = calloc((size_t)p->nbufs + 1, sizeof *c.bptr);
     c.base = calloc((size_t)p->sched.nclasses + 1, sizeof *c.base);
     c.ext = calloc((size_t)p->sched.nclasses + 1, sizeof *c.ext);
     c.var = calloc(m->nvars + 1, sizeof *c.var);
     ssmc_status s = SSMC_OK;
     LLVMValueRef items = NULL;
-    if (!c.tptr || !c.bptr || !c.base || !c.ext || !c.var) {
+    if (!c.tptr || !c.tparam || !c.bptr || !c.base || !c.ext || !c.var) {
         diag_error(d, "out of memory");
         s = SSMC_ERR_NOMEM;
     } else {
@@ -1078,6 +1352,9 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
         gen_log1p_helper(&c);
         gen_tanh_helper(&c);
         gen_softplus_helper(&c);
+        gen_sincos_helper(&c, false);
+        gen_sincos_helper(&c, true);
+        gen_erf_helper(&c);
         char *iname = malloc(strlen(symbol) + 8);
         if (iname) {
             sprintf(iname, "%s.items", symbol);
@@ -1092,6 +1369,7 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
         }
     }
     free(c.tptr);
+    free(c.tparam);
     free(c.bptr);
     free(c.base);
     free(c.ext);
@@ -1133,6 +1411,7 @@ static ssmc_status optimise(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d)
 struct llvm_jit {
     LLVMOrcLLJITRef jit;
     llvm_kernel_fn *fn;
+    strbuf log; /* what the JIT session reported (jit_report) */
 };
 
 /* The cache key of a kernel: everything its object code depends on. The
@@ -1154,21 +1433,24 @@ static rt_cache_key cache_key(LLVMModuleRef mod, LLVMTargetMachineRef tm)
     return key;
 }
 
-/* The object code of m for tm: from the kernel cache when it holds it, else
- * optimised and compiled now (and stored). The cache is an optimisation: when
- * its directory cannot be used the kernel is compiled as if it missed. */
-static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d, LLVMMemoryBufferRef *obj)
+/* The object code of m for tm: from the kernel cache when `lookup` and it
+ * holds it (*cached), else optimised and compiled now (and stored). The cache
+ * is an optimisation: when its directory cannot be used the kernel is
+ * compiled as if it missed. */
+static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, rt_cache_key key, bool lookup, diag *d,
+                                 LLVMMemoryBufferRef *obj, bool *cached)
 {
     *obj = NULL;
-    rt_cache_key key = cache_key(mod, tm);
+    *cached = false;
     void *data = NULL;
     size_t len = 0;
     bool hit = false;
     strbuf err = {0};
-    if (rt_cache_get(NULL, key, &data, &len, &hit, &err) == SSMC_OK && hit) {
+    if (lookup && rt_cache_get(NULL, key, &data, &len, &hit, &err) == SSMC_OK && hit) {
         *obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(data, len, "ssmc kernel (cached)");
         free(data);
         sb_free(&err);
+        *cached = true;
         return SSMC_OK;
     }
     sb_free(&err);
@@ -1182,6 +1464,71 @@ static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, dia
         sb_free(&perr);
     }
     return s;
+}
+
+/* The JIT session's own error reports (a symbol that does not resolve while
+ * the object is linked) are kept with the JIT: LLVM's default prints them to
+ * stderr, and the library never prints. */
+static void jit_report(void *ctx, LLVMErrorRef e)
+{
+    strbuf *log = ctx;
+    char *msg = LLVMGetErrorMessage(e);
+    sb_printf(log, "%s%s", log->len ? "; " : "", msg);
+    LLVMDisposeErrorMessage(msg);
+}
+
+static bool jit_error(strbuf *why, const char *what, LLVMErrorRef e)
+{
+    char *msg = LLVMGetErrorMessage(e);
+    sb_printf(why, "%s: %s", what, msg);
+    LLVMDisposeErrorMessage(msg);
+    return false;
+}
+
+/* Links obj into a new JIT for tm (both consumed, also on failure) and looks
+ * the kernel up; false with the reason in *why when LLVM cannot. */
+static bool jit_load(llvm_jit *j, LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj, const char *symbol, strbuf *why)
+{
+    /* the object is compiled already: the JIT only links it, for this CPU */
+    LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm);
+    LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
+    LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, jtmb);
+    LLVMErrorRef e = LLVMOrcCreateLLJIT(&j->jit, jb);
+    if (e) {
+        j->jit = NULL;
+        LLVMDisposeMemoryBuffer(obj);
+        return jit_error(why, "cannot create the JIT", e);
+    }
+    LLVMOrcExecutionSessionSetErrorReporter(LLVMOrcLLJITGetExecutionSession(j->jit), jit_report, &j->log);
+    LLVMOrcDefinitionGeneratorRef gen = NULL;
+    e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL);
+    if (e) {
+        LLVMDisposeMemoryBuffer(obj);
+        return jit_error(why, "cannot resolve symbols of this process (libm)", e);
+    }
+    LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->jit), gen);
+    e = LLVMOrcLLJITAddObjectFile(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), obj); /* the JIT owns obj now */
+    if (e) return jit_error(why, "cannot add the kernel to the JIT", e);
+    LLVMOrcExecutorAddress addr = 0;
+    e = LLVMOrcLLJITLookup(j->jit, &addr, symbol);
+    if (e) {
+        jit_error(why, "cannot link the kernel", e);
+        if (j->log.len) sb_printf(why, " (%s)", sb_cstr(&j->log));
+        return false;
+    }
+    j->fn = (llvm_kernel_fn *)(uintptr_t)addr;
+    return true;
+}
+
+static void jit_unload(llvm_jit *j)
+{
+    if (j->jit) {
+        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
+        if (e) LLVMConsumeError(e);
+        j->jit = NULL;
+    }
+    j->fn = NULL;
+    sb_free(&j->log);
 }
 
 ssmc_status llvm_jit_compile(const pass_plan *p, diag *d, llvm_jit **out, llvm_kernel_shape *shape)
@@ -1201,38 +1548,42 @@ ssmc_status llvm_jit_compile(const pass_plan *p, diag *d, llvm_jit **out, llvm_k
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
     LLVMMemoryBufferRef obj = NULL;
+    rt_cache_key key = {0, 0};
+    bool cached = false;
     if (s == SSMC_OK) s = build_module(m, p, ctx, tm, symbol, d, &mod);
-    if (s == SSMC_OK) s = kernel_object(mod, tm, d, &obj);
     if (s == SSMC_OK) {
-        /* the object is compiled already: the JIT only links it, for this CPU */
-        LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm);
+        key = cache_key(mod, tm); /* of the unoptimised module */
+        s = kernel_object(mod, tm, key, true, d, &obj, &cached);
+    }
+    if (s == SSMC_OK) {
+        strbuf why = {0};
+        bool loaded = jit_load(j, tm, obj, symbol, &why);
         tm = NULL;
-        LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
-        LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, jtmb);
-        LLVMErrorRef e = LLVMOrcCreateLLJIT(&j->jit, jb);
-        if (e) s = fail_error(d, "cannot create the JIT", e);
-    }
-    if (s == SSMC_OK) {
-        LLVMOrcDefinitionGeneratorRef gen = NULL;
-        LLVMErrorRef e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
-            &gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL);
-        if (e)
-            s = fail_error(d, "cannot resolve symbols of this process (libm)", e);
-        else
-            LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->jit), gen);
-    }
-    if (s == SSMC_OK) {
-        LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), obj);
-        obj = NULL; /* the JIT owns it now, also on failure */
-        if (e) s = fail_error(d, "cannot add the kernel to the JIT", e);
-    }
-    if (s == SSMC_OK) {
-        LLVMOrcExecutorAddress addr = 0;
-        LLVMErrorRef e = LLVMOrcLLJITLookup(j->jit, &addr, symbol);
-        if (e)
-            s = fail_error(d, "cannot link the kernel", e);
-        else
-            j->fn = (llvm_kernel_fn *)(uintptr_t)addr;
+        obj = NULL;
+        if (!loaded && cached) {
+            /* an entry that passed the cache's checks but that LLVM cannot
+             * load is a miss: dropped, and the kernel built afresh */
+            strbuf err = {0};
+            rt_cache_remove(NULL, key, &err);
+            sb_free(&err);
+            jit_unload(j);
+            sb_free(&why);
+            s = host_target(NULL, d, &tm);
+            if (s == SSMC_OK) s = kernel_object(mod, tm, key, false, d, &obj, &cached);
+            if (s == SSMC_OK) {
+                loaded = jit_load(j, tm, obj, symbol, &why);
+                tm = NULL;
+                obj = NULL;
+            }
+        }
+        if (s == SSMC_OK && !loaded) {
+            strbuf err = {0}; /* a kernel that does not load is not kept */
+            rt_cache_remove(NULL, key, &err);
+            sb_free(&err);
+            diag_error(d, "llvm: %s", why.failed ? "out of memory" : sb_cstr(&why));
+            s = SSMC_ERR_BACKEND;
+        }
+        sb_free(&why);
     }
     if (obj) LLVMDisposeMemoryBuffer(obj);
     if (mod) LLVMDisposeModule(mod);
@@ -1253,10 +1604,7 @@ llvm_kernel_fn *llvm_jit_kernel(const llvm_jit *j) { return j->fn; }
 void llvm_jit_free(llvm_jit *j)
 {
     if (!j) return;
-    if (j->jit) {
-        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
-        if (e) LLVMConsumeError(e);
-    }
+    jit_unload(j);
     free(j);
 }
 

@@ -203,8 +203,12 @@ static int fail(ssmc_ctx *ctx, const char *what)
 static char *read_source(const char *path, size_t *len)
 {
     const char *why;
-    char *text = read_file(path, len, &why);
-    if (!text) fprintf(stderr, "error: cannot read '%s': %s\n", path, why);
+    char *text = read_file_max(path, SSMC_MAX_SOURCE_BYTES, len, &why);
+    if (!text)
+        fprintf(stderr, "error: cannot read '%s': %s%s\n", path, why,
+                strcmp(why, "larger than the size limit") == 0 ? " (a source file holds at most 64 MiB)"
+                : strcmp(why, "is a directory") == 0          ? " (expected a source file)"
+                                                              : "");
     return text;
 }
 

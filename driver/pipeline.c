@@ -36,6 +36,11 @@ static ssmc_status failed(pipeline *pl, ssmc_status s) { return pl->a->failed ? 
 ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source, size_t len, pipe_stage last)
 {
     const ssmc_options *o = pl->o;
+    if (len > SSMC_MAX_SOURCE_BYTES) {
+        diag_error(pl->d, "%s: the source is %zu bytes, more than the limit of %zu (64 MiB)",
+                   filename ? filename : "<input>", len, (size_t)SSMC_MAX_SOURCE_BYTES);
+        return SSMC_ERR_SOURCE;
+    }
     if (!take_source(pl, filename, source, len)) {
         diag_error(pl->d, "out of memory");
         return SSMC_ERR_NOMEM;

@@ -21,6 +21,9 @@ extern "C" {
 
 #define SSMC_VERSION "0.1.0"
 #define SSMC_MAX_RANK 8
+/* The longest source text ssmc_compile, ssmc_check, ssmc_emit and ssmc_build
+ * take (64 MiB; `ssmc` reads no larger file): beyond it, SSMC_ERR_SOURCE. */
+#define SSMC_MAX_SOURCE_BYTES ((size_t)64 << 20)
 
 typedef struct ssmc_ctx ssmc_ctx;
 typedef struct ssmc_model ssmc_model;

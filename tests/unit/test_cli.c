@@ -786,6 +786,38 @@ static void test_absurd_dims(void **state)
     expect_error(ssmc("run", f, "--batch", "2147483648", "--seqlen", "1099511627776"), NULL);
 }
 
+/* Inputs without an end or of the wrong kind (issue 18): a source from
+ * /dev/zero is refused once it passes the 64 MiB limit, in bounded memory and
+ * time; a regular file past the limit is refused by its size; a directory
+ * says it is one; a .npy from /dev/zero, a directory, or whose header claims
+ * a header of 4 GiB or data of 4 TiB is refused before anything that size is
+ * read. The child's address space is capped, so an unbounded read fails here. */
+static void test_unbounded_inputs(void **state)
+{
+    (void)state;
+    limits as = {512u << 20, 512};
+    expect_error(ssmc_lim(&as, "check", "/dev/zero", (char *)NULL), "/dev/zero", "size limit", "64 MiB", NULL);
+    char *big = tmp("big.ssm");
+    FILE *f = fopen(big, "w");
+    fputs("model m { input x[T]; output y[T]; y[t] = x[t]; }\n", f);
+    fclose(f);
+    assert_int_equal(truncate(big, (64 << 20) + 1), 0); /* sparse: no disk used */
+    expect_error(ssmc_lim(&as, "check", big, (char *)NULL), "big.ssm", "size limit", NULL);
+    expect_error(ssmc("check", g_dir), g_dir, "is a directory", NULL);
+    expect_error(ssmc("run", g_dir), "is a directory", NULL);
+    const char *gla = example("gla");
+    expect_error(ssmc_lim(&as, "run", gla, "--in", "q=/dev/zero", (char *)NULL), "/dev/zero", "not a .npy file", NULL);
+    expect_error(ssmc("run", gla, "--in", fmt("q=%s", g_dir)), "is a directory", NULL);
+    char *hdr = tmp("huge_header.npy");
+    f = fopen(hdr, "wb");
+    fwrite("\x93NUMPY\x02\x00\xff\xff\xff\xff{'descr'", 1, 20, f);
+    fclose(f);
+    expect_error(ssmc_lim(&as, "run", gla, "--in", fmt("q=%s", hdr), (char *)NULL), "huge_header.npy", "claims", NULL);
+    char *shape = tmp("huge_shape.npy");
+    write_raw(shape, "<f4", 4, (int64_t[]){1, (int64_t)1 << 40, 4, 32}, NULL, 0);
+    expect_error(ssmc_lim(&as, "run", gla, "--in", fmt("q=%s", shape), (char *)NULL), "huge_shape.npy", "limit", NULL);
+}
+
 /* The CLI under a small address space: an error, not a crash or a hang. */
 static void test_cli_out_of_memory(void **state)
 {
@@ -1036,6 +1068,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_file_and_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_finite, setup, teardown),
         cmocka_unit_test_setup_teardown(test_absurd_dims, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unbounded_inputs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_out_of_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_library_out_of_memory, setup, teardown),
     };
