@@ -132,8 +132,8 @@ enum { K_INPUT = 1 << IR_INPUT, K_PARAM = 1 << IR_PARAM, K_STATE = 1 << IR_STATE
 static ssmc_status resolve(const ir_model *ir, const ssmc_arg *args, int nargs, unsigned kinds, const char *what,
                            backend_tensor *bt, diag *d)
 {
-    if (nargs > 0 && !args) {
-        diag_error(d, "%s: %d tensors announced but no array given", what, nargs);
+    if (nargs < 0 || (nargs > 0 && !args)) {
+        diag_error(d, "%s: %d tensors announced but %s", what, nargs, nargs < 0 ? "a count is never negative" : "no array given");
         return SSMC_ERR_ARG;
     }
     for (int i = 0; i < nargs; i++) {
