@@ -64,6 +64,13 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
     if (!pl->ir || !ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!pass_lag(pl->a, &pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    return pipeline_run_ir(pl, pl->ir, last);
+}
+
+ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last)
+{
+    const ssmc_options *o = pl->o;
+    pl->ir = m;
     if (last == PIPE_IR) return SSMC_OK;
 
     /* analysis: how every state's update acts on it; the algorithm choice

@@ -40,4 +40,9 @@ typedef struct pipeline {
  * for a source error, else the failing stage's status, with diagnostics in d. */
 ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source, size_t len, pipe_stage last);
 
+/* The stages after PIPE_IR, from a verified model a pass made (the training
+ * forward and the adjoint of passes/grad.c): pl->ir = m, then analysis up to
+ * `last`. */
+ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last);
+
 #endif
