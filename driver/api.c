@@ -83,6 +83,19 @@ static ast_model *pick_model(diag *d, ast_file *af, const char *name)
     return NULL;
 }
 
+/* One model of a parsed file to verified IR: checked with the -D overrides
+ * (annotating the tree, in the tree's arena ta), lowered and verified in a. */
+static ir_model *model_ir(arena *ta, arena *a, diag *d, const src_file *f, ast_model *am, const ssmc_options *o)
+{
+    ast_dim_override *over = arena_array(a, (size_t)(o->ndims > 0 ? o->ndims : 1), sizeof *over);
+    if (!over) return NULL;
+    for (int i = 0; i < o->ndims; i++) over[i] = (ast_dim_override){o->dims[i].name, o->dims[i].value};
+    if (!check_model(ta, d, f, am, over, o->ndims)) return NULL;
+    ir_model *m = ir_lower(a, d, f, am);
+    if (!m || !ir_verify(m, d)) return NULL;
+    return m;
+}
+
 /* The front half of the pipeline: source to verified IR. */
 static ir_model *compile_ir(arena *a, diag *d, src_file *f, const char *filename, const char *source, size_t len,
                             const ssmc_options *o)
@@ -91,13 +104,7 @@ static ir_model *compile_ir(arena *a, diag *d, src_file *f, const char *filename
     if (!af) return NULL;
     ast_model *am = pick_model(d, af, o->model);
     if (!am) return NULL;
-    ast_dim_override *over = arena_array(a, (size_t)(o->ndims > 0 ? o->ndims : 1), sizeof *over);
-    if (!over) return NULL;
-    for (int i = 0; i < o->ndims; i++) over[i] = (ast_dim_override){o->dims[i].name, o->dims[i].value};
-    if (!check_model(a, d, f, am, over, o->ndims)) return NULL;
-    ir_model *m = ir_lower(a, d, f, am);
-    if (!m || !ir_verify(m, d)) return NULL;
-    return m;
+    return model_ir(a, a, d, f, am, o);
 }
 
 static const ssmc_options default_options;
@@ -170,16 +177,16 @@ ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, 
     src_file f;
     ast_file *af = parse(&a, &ctx->diag, &f, filename, source, len);
     ssmc_status s = af ? SSMC_OK : SSMC_ERR_SOURCE;
-    /* each model is checked from a fresh parse: checking annotates the tree */
+    /* one parse for the file (each model's check annotates its own part of
+     * the tree, once); each model's IR and analysis in an arena of its own */
     for (int i = 0; af && i < af->nmodels; i++) {
         if (opts && opts->model && strcmp(opts->model, af->models[i].name) != 0) continue;
-        o.model = af->models[i].name;
         arena ma;
         arena_init(&ma);
-        src_file mf;
         pass_analysis an;
-        ir_model *m = compile_ir(&ma, &ctx->diag, &mf, filename, source, len, &o);
-        if (!m || !pass_analyze(&ma, m, &an, &ctx->diag)) s = ma.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
+        ir_model *m = model_ir(&a, &ma, &ctx->diag, &f, &af->models[i], &o);
+        if (!m || !pass_analyze(&ma, m, &an, &ctx->diag))
+            s = ma.failed || a.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
         arena_free(&ma);
     }
     if (af && opts && opts->model && !pick_model(&ctx->diag, af, opts->model)) s = SSMC_ERR_SOURCE;

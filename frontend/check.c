@@ -41,6 +41,7 @@ typedef struct checker {
     ast_decl *decls; /* declarations plus one per let, in order */
     int ndecls, cap;
     int *defined_at; /* per decl: statement index that defines/updates it, or -1 */
+    name_index names; /* decl name -> index in decls (the first of a name) */
     /* the statement being checked */
     ast_stmt *st;
     int stmt_index;
@@ -65,12 +66,7 @@ static void err(checker *c, src_loc loc, const char *fmt, ...)
     sb_free(&m);
 }
 
-static int find_decl(checker *c, const char *name)
-{
-    for (int i = 0; i < c->ndecls; i++)
-        if (strcmp(c->decls[i].name, name) == 0) return i;
-    return -1;
-}
+static int find_decl(checker *c, const char *name) { return name_index_get(&c->names, name); }
 
 static const char *kind_name(ast_decl_kind k)
 {
@@ -386,6 +382,7 @@ static bool add_decl(checker *c, const ast_decl *d)
         c->decls = n;
         c->cap = ncap;
     }
+    if (name_index_put(&c->names, d->name, c->ndecls) == -2) return false;
     c->decls[c->ndecls++] = *d;
     return true;
 }
@@ -588,6 +585,7 @@ bool check_model(arena *a, diag *d, const src_file *f, ast_model *m, const ast_d
         c.defined_at = arena_array(a, (size_t)c.ndecls + (size_t)m->nstmts + 1, sizeof *c.defined_at);
         if (!c.defined_at) {
             diag_error(d, "out of memory");
+            name_index_free(&c.names);
             return false;
         }
         for (int i = 0; i < c.ndecls + m->nstmts + 1; i++) c.defined_at[i] = -1;
@@ -600,5 +598,6 @@ bool check_model(arena *a, diag *d, const src_file *f, ast_model *m, const ast_d
         m->decls = c.decls;
         m->ndecls = c.ndecls;
     }
+    name_index_free(&c.names);
     return c.ok;
 }
