@@ -2,7 +2,8 @@
 /* lex.re: the scanner, generated into lex.c by
  *   re2c -W -i --no-generation-date --no-version -o frontend/lex.c frontend/lex.re
  * The input is NUL-terminated; a NUL before the end is an invalid byte. Line and
- * column are 1-based byte positions. */
+ * column are 1-based byte positions; a line ends at LF, CR or CR LF (files
+ * from Unix, classic Mac OS and Windows), also inside comments. */
 #include "frontend/lex.h"
 
 #include <errno.h>
@@ -79,17 +80,17 @@ token lex_next(lexer *lx)
 		case '\t':
 		case '\v':
 		case '\f':
-		case '\r':
 		case ' ': goto yy4;
 		case '\n': goto yy6;
-		case '(': goto yy7;
-		case ')': goto yy8;
-		case '*': goto yy9;
-		case '+': goto yy10;
-		case ',': goto yy11;
-		case '-': goto yy12;
-		case '.': goto yy13;
-		case '/': goto yy14;
+		case '\r': goto yy8;
+		case '(': goto yy9;
+		case ')': goto yy10;
+		case '*': goto yy11;
+		case '+': goto yy12;
+		case ',': goto yy13;
+		case '-': goto yy14;
+		case '.': goto yy15;
+		case '/': goto yy16;
 		case '0':
 		case '1':
 		case '2':
@@ -99,10 +100,10 @@ token lex_next(lexer *lx)
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy16;
-		case ':': goto yy18;
-		case ';': goto yy19;
-		case '=': goto yy20;
+		case '9': goto yy18;
+		case ':': goto yy20;
+		case ';': goto yy21;
+		case '=': goto yy22;
 		case 'A':
 		case 'B':
 		case 'C':
@@ -146,20 +147,20 @@ token lex_next(lexer *lx)
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		case 'T': goto yy24;
-		case '[': goto yy26;
-		case ']': goto yy27;
-		case 'd': goto yy28;
-		case 'i': goto yy29;
-		case 'l': goto yy30;
-		case 'm': goto yy31;
-		case 'o': goto yy32;
-		case 'p': goto yy33;
-		case 's': goto yy34;
-		case 't': goto yy35;
-		case '{': goto yy37;
-		case '}': goto yy38;
+		case 'z': goto yy23;
+		case 'T': goto yy26;
+		case '[': goto yy28;
+		case ']': goto yy29;
+		case 'd': goto yy30;
+		case 'i': goto yy31;
+		case 'l': goto yy32;
+		case 'm': goto yy33;
+		case 'o': goto yy34;
+		case 'p': goto yy35;
+		case 's': goto yy36;
+		case 't': goto yy37;
+		case '{': goto yy39;
+		case '}': goto yy40;
 		default: goto yy2;
 	}
 yy1:
@@ -185,7 +186,6 @@ yy4:
 		case '\t':
 		case '\v':
 		case '\f':
-		case '\r':
 		case ' ': goto yy4;
 		default: goto yy5;
 	}
@@ -193,26 +193,33 @@ yy5:
 	{ continue; }
 yy6:
 	++lx->cur;
-	{ lx->line++; lx->line_start = lx->cur; continue; }
 yy7:
-	++lx->cur;
-	{ return make(lx, TOK_LPAREN, start); }
+	{ lx->line++; lx->line_start = lx->cur; continue; }
 yy8:
-	++lx->cur;
-	{ return make(lx, TOK_RPAREN, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case '\n': goto yy6;
+		default: goto yy7;
+	}
 yy9:
 	++lx->cur;
-	{ return make(lx, TOK_STAR, start); }
+	{ return make(lx, TOK_LPAREN, start); }
 yy10:
 	++lx->cur;
-	{ return make(lx, TOK_PLUS, start); }
+	{ return make(lx, TOK_RPAREN, start); }
 yy11:
 	++lx->cur;
-	{ return make(lx, TOK_COMMA, start); }
+	{ return make(lx, TOK_STAR, start); }
 yy12:
 	++lx->cur;
-	{ return make(lx, TOK_MINUS, start); }
+	{ return make(lx, TOK_PLUS, start); }
 yy13:
+	++lx->cur;
+	{ return make(lx, TOK_COMMA, start); }
+yy14:
+	++lx->cur;
+	{ return make(lx, TOK_MINUS, start); }
+yy15:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -224,51 +231,51 @@ yy13:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy39;
+		case '9': goto yy41;
 		default: goto yy3;
 	}
-yy14:
+yy16:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '*': goto yy41;
-		case '/': goto yy42;
-		default: goto yy15;
-	}
-yy15:
-	{ return make(lx, TOK_SLASH, start); }
-yy16:
-	yyaccept = 0;
-	yych = *(YYMARKER = ++lx->cur);
-	switch (yych) {
-		case '.': goto yy44;
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy16;
-		case 'E':
-		case 'e': goto yy45;
+		case '*': goto yy43;
+		case '/': goto yy44;
 		default: goto yy17;
 	}
 yy17:
-	{ return number(lx, start, true); }
+	{ return make(lx, TOK_SLASH, start); }
 yy18:
-	++lx->cur;
-	{ return make(lx, TOK_COLON, start); }
+	yyaccept = 0;
+	yych = *(YYMARKER = ++lx->cur);
+	switch (yych) {
+		case '.': goto yy46;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy18;
+		case 'E':
+		case 'e': goto yy47;
+		default: goto yy19;
+	}
 yy19:
-	++lx->cur;
-	{ return make(lx, TOK_SEMI, start); }
+	{ return number(lx, start, true); }
 yy20:
 	++lx->cur;
-	{ return make(lx, TOK_ASSIGN, start); }
+	{ return make(lx, TOK_COLON, start); }
 yy21:
-	yych = *++lx->cur;
+	++lx->cur;
+	{ return make(lx, TOK_SEMI, start); }
 yy22:
+	++lx->cur;
+	{ return make(lx, TOK_ASSIGN, start); }
+yy23:
+	yych = *++lx->cur;
+yy24:
 	switch (yych) {
 		case '0':
 		case '1':
@@ -332,15 +339,15 @@ yy22:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy23;
+		case 'z': goto yy23;
+		default: goto yy25;
 	}
-yy23:
+yy25:
 	{
             if (lx->cur - start > 255) return error(lx, start, "identifier is too long");
             return make(lx, TOK_IDENT, start);
         }
-yy24:
+yy26:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -405,62 +412,62 @@ yy24:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy25;
+		case 'z': goto yy23;
+		default: goto yy27;
 	}
-yy25:
+yy27:
 	{ return make(lx, TOK_BIG_T, start); }
-yy26:
+yy28:
 	++lx->cur;
 	{ return make(lx, TOK_LBRACK, start); }
-yy27:
+yy29:
 	++lx->cur;
 	{ return make(lx, TOK_RBRACK, start); }
-yy28:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'i': goto yy47;
-		default: goto yy22;
-	}
-yy29:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'n': goto yy48;
-		default: goto yy22;
-	}
 yy30:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'e': goto yy49;
-		default: goto yy22;
+		case 'i': goto yy49;
+		default: goto yy24;
 	}
 yy31:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'a': goto yy50;
-		case 'o': goto yy51;
-		default: goto yy22;
+		case 'n': goto yy50;
+		default: goto yy24;
 	}
 yy32:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'u': goto yy52;
-		default: goto yy22;
+		case 'e': goto yy51;
+		default: goto yy24;
 	}
 yy33:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'a': goto yy53;
-		default: goto yy22;
+		case 'a': goto yy52;
+		case 'o': goto yy53;
+		default: goto yy24;
 	}
 yy34:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy54;
-		case 'u': goto yy55;
-		default: goto yy22;
+		case 'u': goto yy54;
+		default: goto yy24;
 	}
 yy35:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy55;
+		default: goto yy24;
+	}
+yy36:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy56;
+		case 'u': goto yy57;
+		default: goto yy24;
+	}
+yy37:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -525,18 +532,18 @@ yy35:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy36;
+		case 'z': goto yy23;
+		default: goto yy38;
 	}
-yy36:
+yy38:
 	{ return make(lx, TOK_T, start); }
-yy37:
+yy39:
 	++lx->cur;
 	{ return make(lx, TOK_LBRACE, start); }
-yy38:
+yy40:
 	++lx->cur;
 	{ return make(lx, TOK_RBRACE, start); }
-yy39:
+yy41:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -548,12 +555,12 @@ yy39:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy39;
-		default: goto yy40;
+		case '9': goto yy41;
+		default: goto yy42;
 	}
-yy40:
+yy42:
 	{ return error(lx, start, "a number must start with a digit ('.5' is written '0.5')"); }
-yy41:
+yy43:
 	++lx->cur;
 	{
             /* the error points at the opening delimiter, not where the text ran out */
@@ -567,40 +574,28 @@ yy41:
                     return error(lx, start, "unterminated comment");
                 }
                 if (lx->cur[0] == '*' && lx->cur + 1 < lx->end && lx->cur[1] == '/') { lx->cur += 2; break; }
-                if (lx->cur[0] == '\n') { lx->line++; lx->line_start = lx->cur + 1; }
+                if (lx->cur[0] == '\n' || lx->cur[0] == '\r') {
+                    if (lx->cur[0] == '\r' && lx->cur + 1 < lx->end && lx->cur[1] == '\n') lx->cur++;
+                    lx->line++;
+                    lx->line_start = lx->cur + 1;
+                }
                 lx->cur++;
             }
             continue;
         }
-yy42:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 0x00:
-		case '\n': goto yy43;
-		default: goto yy42;
-	}
-yy43:
-	{ continue; }
 yy44:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy57;
-		default: goto yy56;
+		case 0x00:
+		case '\n':
+		case '\r': goto yy45;
+		default: goto yy44;
 	}
 yy45:
+	{ continue; }
+yy46:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '+':
-		case '-': goto yy59;
 		case '0':
 		case '1':
 		case '2':
@@ -610,75 +605,92 @@ yy45:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy60;
-		default: goto yy46;
-	}
-yy46:
-	lx->cur = YYMARKER;
-	if (yyaccept == 0) {
-		goto yy17;
-	} else {
-		goto yy58;
+		case '9': goto yy59;
+		default: goto yy58;
 	}
 yy47:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'm': goto yy62;
-		default: goto yy22;
+		case '+':
+		case '-': goto yy61;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy62;
+		default: goto yy48;
 	}
 yy48:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'p': goto yy64;
-		default: goto yy22;
+	lx->cur = YYMARKER;
+	if (yyaccept == 0) {
+		goto yy19;
+	} else {
+		goto yy60;
 	}
 yy49:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy65;
-		default: goto yy22;
+		case 'm': goto yy64;
+		default: goto yy24;
 	}
 yy50:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'x': goto yy67;
-		default: goto yy22;
+		case 'p': goto yy66;
+		default: goto yy24;
 	}
 yy51:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'd': goto yy69;
-		default: goto yy22;
+		case 't': goto yy67;
+		default: goto yy24;
 	}
 yy52:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy70;
-		default: goto yy22;
+		case 'x': goto yy69;
+		default: goto yy24;
 	}
 yy53:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'r': goto yy71;
-		default: goto yy22;
+		case 'd': goto yy71;
+		default: goto yy24;
 	}
 yy54:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'a': goto yy72;
-		default: goto yy22;
+		case 't': goto yy72;
+		default: goto yy24;
 	}
 yy55:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'm': goto yy73;
-		default: goto yy22;
+		case 'r': goto yy73;
+		default: goto yy24;
 	}
 yy56:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy74;
+		default: goto yy24;
+	}
+yy57:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'm': goto yy75;
+		default: goto yy24;
+	}
+yy58:
 	++lx->cur;
 	lx->cur -= 1;
 	{ return error(lx, start, "a digit must follow the decimal point"); }
-yy57:
+yy59:
 	yyaccept = 1;
 	yych = *(YYMARKER = ++lx->cur);
 	switch (yych) {
@@ -691,29 +703,14 @@ yy57:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy57;
+		case '9': goto yy59;
 		case 'E':
-		case 'e': goto yy75;
-		default: goto yy58;
-	}
-yy58:
-	{ return number(lx, start, false); }
-yy59:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy60;
-		default: goto yy46;
+		case 'e': goto yy77;
+		default: goto yy60;
 	}
 yy60:
+	{ return number(lx, start, false); }
+yy61:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -725,11 +722,9 @@ yy60:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy60;
-		default: goto yy61;
+		case '9': goto yy62;
+		default: goto yy48;
 	}
-yy61:
-	{ return number(lx, start, false); }
 yy62:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -742,71 +737,12 @@ yy62:
 		case '6':
 		case '7':
 		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
+		case '9': goto yy62;
 		default: goto yy63;
 	}
 yy63:
-	{ return make(lx, TOK_DIM, start); }
+	{ return number(lx, start, false); }
 yy64:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'u': goto yy76;
-		default: goto yy22;
-	}
-yy65:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -871,11 +807,17 @@ yy65:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy66;
+		case 'z': goto yy23;
+		default: goto yy65;
 	}
+yy65:
+	{ return make(lx, TOK_DIM, start); }
 yy66:
-	{ return make(lx, TOK_LET, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'u': goto yy78;
+		default: goto yy24;
+	}
 yy67:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -941,36 +883,12 @@ yy67:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
+		case 'z': goto yy23;
 		default: goto yy68;
 	}
 yy68:
-	{ return make(lx, TOK_MAX, start); }
+	{ return make(lx, TOK_LET, start); }
 yy69:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'e': goto yy77;
-		default: goto yy22;
-	}
-yy70:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'p': goto yy78;
-		default: goto yy22;
-	}
-yy71:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'a': goto yy79;
-		default: goto yy22;
-	}
-yy72:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy80;
-		default: goto yy22;
-	}
-yy73:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -1035,16 +953,38 @@ yy73:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy74;
+		case 'z': goto yy23;
+		default: goto yy70;
+	}
+yy70:
+	{ return make(lx, TOK_MAX, start); }
+yy71:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'e': goto yy79;
+		default: goto yy24;
+	}
+yy72:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'p': goto yy80;
+		default: goto yy24;
+	}
+yy73:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy81;
+		default: goto yy24;
 	}
 yy74:
-	{ return make(lx, TOK_SUM, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy82;
+		default: goto yy24;
+	}
 yy75:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '+':
-		case '-': goto yy81;
 		case '0':
 		case '1':
 		case '2':
@@ -1054,68 +994,110 @@ yy75:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy82;
-		default: goto yy46;
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy23;
+		default: goto yy76;
 	}
 yy76:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy83;
-		default: goto yy22;
-	}
+	{ return make(lx, TOK_SUM, start); }
 yy77:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'l': goto yy85;
-		default: goto yy22;
+		case '+':
+		case '-': goto yy83;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy84;
+		default: goto yy48;
 	}
 yy78:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'u': goto yy87;
-		default: goto yy22;
+		case 't': goto yy85;
+		default: goto yy24;
 	}
 yy79:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'm': goto yy88;
-		default: goto yy22;
+		case 'l': goto yy87;
+		default: goto yy24;
 	}
 yy80:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'e': goto yy90;
-		default: goto yy22;
+		case 'u': goto yy89;
+		default: goto yy24;
 	}
 yy81:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy82;
-		default: goto yy46;
+		case 'm': goto yy90;
+		default: goto yy24;
 	}
 yy82:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy82;
-		default: goto yy58;
+		case 'e': goto yy92;
+		default: goto yy24;
 	}
 yy83:
 	yych = *++lx->cur;
@@ -1129,64 +1111,24 @@ yy83:
 		case '6':
 		case '7':
 		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
-		default: goto yy84;
+		case '9': goto yy84;
+		default: goto yy48;
 	}
 yy84:
-	{ return make(lx, TOK_INPUT, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy84;
+		default: goto yy60;
+	}
 yy85:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -1252,18 +1194,12 @@ yy85:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
+		case 'z': goto yy23;
 		default: goto yy86;
 	}
 yy86:
-	{ return make(lx, TOK_MODEL, start); }
+	{ return make(lx, TOK_INPUT, start); }
 yy87:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy92;
-		default: goto yy22;
-	}
-yy88:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -1328,11 +1264,17 @@ yy88:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy89;
+		case 'z': goto yy23;
+		default: goto yy88;
 	}
+yy88:
+	{ return make(lx, TOK_MODEL, start); }
 yy89:
-	{ return make(lx, TOK_PARAM, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy94;
+		default: goto yy24;
+	}
 yy90:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -1398,11 +1340,11 @@ yy90:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
+		case 'z': goto yy23;
 		default: goto yy91;
 	}
 yy91:
-	{ return make(lx, TOK_STATE, start); }
+	{ return make(lx, TOK_PARAM, start); }
 yy92:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -1468,10 +1410,80 @@ yy92:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
+		case 'z': goto yy23;
 		default: goto yy93;
 	}
 yy93:
+	{ return make(lx, TOK_STATE, start); }
+yy94:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy23;
+		default: goto yy95;
+	}
+yy95:
 	{ return make(lx, TOK_OUTPUT, start); }
 }
 
