@@ -36,10 +36,11 @@ void ssmc_ctx_free(ssmc_ctx *ctx)
     free(ctx);
 }
 
-const char *ssmc_ctx_error(const ssmc_ctx *ctx) { return ctx->diag.text.data ? ctx->diag.text.data : ""; }
+const char *ssmc_ctx_error(const ssmc_ctx *ctx) { return ctx && ctx->diag.text.data ? ctx->diag.text.data : ""; }
 
 void ssmc_ctx_set_diag_callback(ssmc_ctx *ctx, void (*fn)(void *ud, const char *msg), void *ud)
 {
+    if (!ctx) return;
     ctx->diag.callback = fn;
     ctx->diag.ud = ud;
 }
@@ -64,7 +65,7 @@ static ast_file *parse(arena *a, diag *d, src_file *f, const char *filename, con
         diag_error(d, "out of memory");
         return NULL;
     }
-    memcpy(text, source, len);
+    if (len) memcpy(text, source, len);
     f->name = arena_strdup(a, filename ? filename : "<input>");
     f->text = text;
     f->len = len;
@@ -109,12 +110,67 @@ static ir_model *compile_ir(arena *a, diag *d, src_file *f, const char *filename
 
 static const ssmc_options default_options;
 
+/* The arguments every entry point that takes a source shares, and every field
+ * of the options that the library would otherwise trust: SSMC_ERR_ARG with a
+ * message rather than a crash (the pointers) or a wrong message later (an
+ * enum out of range). */
+ssmc_status api_check_call(diag *d, const char *source, size_t len, const ssmc_options *o)
+{
+    if (!source && len) {
+        diag_error(d, "the source is NULL but its length is %zu", len);
+        return SSMC_ERR_ARG;
+    }
+    if (o->ndims < 0 || (o->ndims > 0 && !o->dims)) {
+        diag_error(d, "options: dims is %s but ndims is %d", o->dims ? "given" : "NULL", o->ndims);
+        return SSMC_ERR_ARG;
+    }
+    for (int i = 0; i < o->ndims; i++)
+        if (!o->dims[i].name) {
+            diag_error(d, "options: dim %d has no name (NULL)", i);
+            return SSMC_ERR_ARG;
+        }
+    if ((unsigned)o->device > SSMC_DEVICE_CUDA) {
+        diag_error(d, "options: unknown device %d (expected SSMC_DEVICE_INTERP, SSMC_DEVICE_CPU or SSMC_DEVICE_CUDA)",
+                   (int)o->device);
+        return SSMC_ERR_ARG;
+    }
+    if ((unsigned)o->algo > SSMC_ALGO_SCAN) {
+        diag_error(d, "options: unknown algorithm %d (expected auto, recurrent, chunked or scan)", (int)o->algo);
+        return SSMC_ERR_ARG;
+    }
+    if (o->threads < 0) {
+        diag_error(d, "options: threads is %d (0 means one per core)", o->threads);
+        return SSMC_ERR_ARG;
+    }
+    return SSMC_OK;
+}
+
+/* The algorithm override (SPEC §3), one rule for every device and for
+ * ssmc_compile, ssmc_emit and ssmc_build alike: this version generates the
+ * recurrent algorithm only, so chunked and scan are refused (never a silent
+ * fallback), whatever the device. */
+static ssmc_status check_algo(diag *d, ssmc_algo algo)
+{
+    if (algo != SSMC_ALGO_CHUNKED && algo != SSMC_ALGO_SCAN) return SSMC_OK; /* auto, recurrent */
+    diag_error(d, "--algo=%s is not implemented yet: every device runs the recurrent algorithm "
+               "(use --algo=recurrent or auto, or leave --algo out)",
+               algo == SSMC_ALGO_CHUNKED ? "chunked" : "scan");
+    return SSMC_ERR_UNSUPPORTED;
+}
+
 ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                          const ssmc_options *opts, ssmc_model **out)
 {
+    if (out) *out = NULL;
+    if (!ctx) return SSMC_ERR_ARG;
     diag_reset(&ctx->diag);
-    *out = NULL;
+    if (!out) {
+        diag_error(&ctx->diag, "ssmc_compile: out is NULL");
+        return SSMC_ERR_ARG;
+    }
     const ssmc_options *o = opts ? opts : &default_options;
+    ssmc_status cs = api_check_call(&ctx->diag, source, len, o);
+    if (cs != SSMC_OK) return cs;
     ssmc_model *m = calloc(1, sizeof *m);
     if (!m) {
         diag_error(&ctx->diag, "out of memory");
@@ -133,13 +189,9 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
         ssmc_model_free(m);
         return s;
     }
-    if (o->device != SSMC_DEVICE_INTERP && (o->algo == SSMC_ALGO_CHUNKED || o->algo == SSMC_ALGO_SCAN)) {
-        /* SPEC §3 lists them; this version generates the recurrent algorithm only */
-        diag_error(&ctx->diag, "--algo=%s is not implemented yet: the %s backend runs the recurrent algorithm "
-                   "(use --algo=recurrent or leave --algo out)",
-                   o->algo == SSMC_ALGO_CHUNKED ? "chunked" : "scan", o->device == SSMC_DEVICE_CPU ? "cpu" : "cuda");
+    if ((cs = check_algo(&ctx->diag, o->algo)) != SSMC_OK) {
         ssmc_model_free(m);
-        return SSMC_ERR_UNSUPPORTED;
+        return cs;
     }
     if (o->device != SSMC_DEVICE_INTERP) {
         m->be = backend_for(o->device);
@@ -170,8 +222,11 @@ void ssmc_model_free(ssmc_model *m)
 ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                        const ssmc_options *opts)
 {
+    if (!ctx) return SSMC_ERR_ARG;
     diag_reset(&ctx->diag);
     ssmc_options o = opts ? *opts : default_options;
+    ssmc_status cs = api_check_call(&ctx->diag, source, len, &o);
+    if (cs != SSMC_OK) return cs;
     arena a;
     arena_init(&a);
     src_file f;
@@ -197,9 +252,20 @@ ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, 
 ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                       const ssmc_options *opts, ssmc_emit_kind kind, char **text)
 {
+    if (text) *text = NULL;
+    if (!ctx) return SSMC_ERR_ARG;
     diag_reset(&ctx->diag);
-    *text = NULL;
+    if (!text) {
+        diag_error(&ctx->diag, "ssmc_emit: text is NULL");
+        return SSMC_ERR_ARG;
+    }
     const ssmc_options *o = opts ? opts : &default_options;
+    ssmc_status cs = api_check_call(&ctx->diag, source, len, o);
+    if (cs != SSMC_OK) return cs;
+    if ((unsigned)kind > SSMC_EMIT_PTX) {
+        diag_error(&ctx->diag, "ssmc_emit: unknown emit kind %d", (int)kind);
+        return SSMC_ERR_ARG;
+    }
     arena a;
     arena_init(&a);
     src_file f;
@@ -226,7 +292,9 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
         } else {
             ssmc_device dev = kind == SSMC_EMIT_LLVM ? SSMC_DEVICE_CPU : SSMC_DEVICE_CUDA;
             const backend *be = backend_for(dev);
-            if (!be) {
+            if ((s = check_algo(&ctx->diag, o->algo)) != SSMC_OK) {
+                /* generated code is the algorithm's: the same rule as compiling */
+            } else if (!be) {
                 diag_error(&ctx->diag, "--emit=%s needs the %s backend, which this build lacks",
                            kind == SSMC_EMIT_LLVM ? "llvm" : kind == SSMC_EMIT_CUDA ? "cuda" : "ptx",
                            dev == SSMC_DEVICE_CPU ? "cpu (LLVM)" : "cuda");
@@ -246,11 +314,12 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
     return s;
 }
 
-const char *ssmc_model_name(const ssmc_model *m) { return m->ir->name; }
+const char *ssmc_model_name(const ssmc_model *m) { return m ? m->ir->name : ""; }
 const ir_model *api_model_ir(const ssmc_model *m) { return m->ir; }
 diag *api_ctx_diag(ssmc_ctx *ctx) { return &ctx->diag; }
 int ssmc_model_num_tensors(const ssmc_model *m)
 {
+    if (!m) return 0;
     int n = 0;
     for (uint32_t i = 0; i < m->ir->ntensors; i++) n += m->ir->tensors[i].kind != IR_LET;
     return n;
@@ -266,7 +335,7 @@ static int public_to_ir(const ssmc_model *m, int i)
 
 ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info)
 {
-    int k = i >= 0 ? public_to_ir(m, i) : -1;
+    int k = m && info && i >= 0 ? public_to_ir(m, i) : -1;
     if (k < 0) return SSMC_ERR_ARG;
     const ir_tensor *t = &m->ir->tensors[k];
     static const ssmc_role roles[] = {[IR_INPUT] = SSMC_INPUT, [IR_PARAM] = SSMC_PARAM, [IR_STATE] = SSMC_STATE,
@@ -282,6 +351,7 @@ ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info
 
 int ssmc_model_find(const ssmc_model *m, const char *name)
 {
+    if (!m || !name) return -1;
     for (int i = 0; i < ssmc_model_num_tensors(m); i++)
         if (strcmp(m->ir->tensors[public_to_ir(m, i)].name, name) == 0) return i;
     return -1;
@@ -362,8 +432,13 @@ static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_t
 static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, bool on_device,
                               void *stream)
 {
+    if (!m) return SSMC_ERR_ARG;
     diag *d = &m->ctx->diag;
     diag_reset(d);
+    if (nargs < 0 || (nargs > 0 && !args)) {
+        diag_error(d, "args is %s but nargs is %d", args ? "given" : "NULL", nargs);
+        return SSMC_ERR_ARG;
+    }
     const ir_model *ir = m->ir;
     if (on_device && !(m->be && m->be->run_device)) {
         diag_error(d, "ssmc_run_device needs a model compiled for the cuda device");

@@ -370,6 +370,10 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
                        const char *targets, const char *outdir)
 {
     ssmc_options o = opts ? *opts : (ssmc_options){0};
+    if (!ctx) return SSMC_ERR_ARG;
+    diag_reset(api_ctx_diag(ctx));
+    ssmc_status cs = api_check_call(api_ctx_diag(ctx), source, len, &o); /* the device too, replaced below */
+    if (cs != SSMC_OK) return cs;
     o.device = SSMC_DEVICE_INTERP; /* the IR only: the kernel is built below */
     ssmc_model *model = NULL;
     ssmc_status s = ssmc_compile(ctx, filename, source, len, &o, &model);

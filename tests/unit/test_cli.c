@@ -653,6 +653,36 @@ static void test_bad_flags(void **state)
     expect_usage(ssmc_lim(NULL, (char *)NULL));
 }
 
+/* --algo: one rule for run, bench, build and emit on every device: auto and
+ * recurrent run; chunked and scan are refused (not implemented yet; the
+ * interpreter used to ignore them and build to accept them); an unknown
+ * name is a usage error. */
+static void test_algo(void **state)
+{
+    (void)state;
+    const char *f = example("gla");
+    static const char *const good[] = {"auto", "recurrent"}, *const refused[] = {"chunked", "scan"};
+    const char *devices[] = {"interp", "cpu"};
+    int ndev = cpu_available() ? 2 : 1;
+    for (int d = 0; d < ndev; d++) {
+        for (int i = 0; i < 2; i++) {
+            expect_ok(ssmc("run", f, "--device", devices[d], "--algo", good[i], "--seqlen", "3"));
+            expect_error(ssmc("run", f, "--device", devices[d], fmt("--algo=%s", refused[i]), "--seqlen", "3"),
+                         fmt("--algo=%s", refused[i]), "not implemented yet", NULL);
+            expect_error(ssmc("bench", f, "--device", devices[d], "--algo", refused[i], "--seqlen", "3"),
+                         "not implemented yet", NULL);
+        }
+        expect_usage(ssmc("run", f, "--device", devices[d], "--algo", "fast"));
+    }
+    expect_usage(ssmc("run", f, "--algo"));
+    expect_usage(ssmc("build", f, "-o", tmp("b"), "--algo", "fast"));
+    expect_error(ssmc("build", f, "-o", tmp("b"), "--algo", "chunked"), "not implemented yet", NULL);
+    if (ndev == 2) {
+        expect_error(ssmc("emit", f, "--emit=llvm", "--algo", "scan"), "not implemented yet", NULL);
+        expect_ok(ssmc("emit", f, "--emit=llvm", "--algo", "recurrent"));
+    }
+}
+
 /* ================= error boundaries ================= */
 
 static void test_malformed_npy(void **state)
@@ -930,6 +960,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_emit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_flags, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_algo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_npy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_npy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_shape, setup, teardown),
