@@ -357,6 +357,40 @@ int ssmc_model_find(const ssmc_model *m, const char *name)
     return -1;
 }
 
+/* floor(dtype) + 4 u L (u = 2^-24; L: the tensor's rounding length, in which
+ * a state whose update is the identity plus a term, a running sum over the
+ * whole run, carries 2 sqrt(T) more at each of rounding.c's two walks: its
+ * rounding errors add up as a random walk, and a final value that cancels
+ * makes them larger relative to it). The floor: the earlier fixed
+ * tolerances, which held every example; f16 and bf16 for the rounding of the
+ * tensors themselves. */
+double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_t T)
+{
+    int k = m && i >= 0 ? public_to_ir(m, i) : -1;
+    if (k < 0 || (unsigned)dtype > SSMC_F64 || T < 1) return -1;
+    const ir_model *ir = m->ir;
+    if (ir->tensors[k].kind != IR_OUTPUT && ir->tensors[k].kind != IR_STATE) return -1;
+    double *len = calloc(ir->ntensors, sizeof *len), *carried = calloc(ir->ntensors, sizeof *carried);
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    pass_analysis an;
+    double tol = -1;
+    if (len && carried) {
+        if (pass_analyze(&a, ir, &an, &d))
+            for (int s = 0; s < an.nstates; s++)
+                if (an.states[s].cls == PASS_CLASS_IDENTITY) carried[an.states[s].tensor] = 2 * sqrt((double)T);
+        pass_rounding(ir, carried, len);
+        double floor = dtype == SSMC_F16 ? 1e-2 : dtype == SSMC_BF16 ? 2e-2 : 1e-5;
+        tol = floor + 4 * 0x1p-24 * len[k];
+    }
+    diag_free(&d);
+    arena_free(&a);
+    free(len);
+    free(carried);
+    return tol;
+}
+
 /* ---- running ---- */
 
 /* Elements of tensor t for a run: [B, T, ...] for per-step, [B, ...] for

@@ -62,6 +62,13 @@ typedef struct pass_analysis {
 bool pass_analyze(arena *a, const ir_model *m, pass_analysis *out, diag *d);
 void pass_analysis_print(strbuf *out, const ir_model *m, const pass_analysis *an);
 
+/* ---- rounding.c: how much f32 rounding each tensor's value carries ----
+ * len[ntensors]: for every tensor, the length of the longest chain of rounded
+ * operations behind its value in one step (a sum of n terms counts n; see
+ * rounding.c for the weights), plus carried[tensor] for a tensor a statement
+ * defines (carried may be NULL). 0 for inputs and params. */
+void pass_rounding(const ir_model *m, const double *carried, double *len);
+
 /* ---- schedule.c: what can run in parallel, and how states are updated ----
  *
  * An index class joins every index variable and every axis of a state, let or

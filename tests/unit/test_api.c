@@ -488,6 +488,52 @@ static void test_source_limit(void **state)
     ssmc_ctx_free(ctx);
 }
 
+/* ssmc_model_tolerance on models whose rounding length is known by hand
+ * (docs/numerics.md): a 1,000-term sum, a function of an input, an undamped
+ * running sum over T steps; f16 and bf16 floors; bad arguments. */
+static void near(double got, double want, double eps)
+{
+    if (!(fabs(got - want) <= eps)) fail_msg("got %.9g, expected %.9g", got, want);
+}
+
+static void test_tolerance(void **state)
+{
+    (void)state;
+    const double u = 0x1p-24;
+    const char *text = "model tol {\n"
+                       "  dim I = 1000;\n"
+                       "  input x[T,I], g[T];\n"
+                       "  state s;\n"
+                       "  output y[T], z[T], m[T];\n"
+                       "  y[t] = sum(i: x[t,i]);\n"  /* 1000 */
+                       "  z[t] = exp(g[t]) * g[t];\n" /* 4 + 1 */
+                       "  s = s + g[t];\n"            /* identity: 1 + 2 sqrt(T), twice */
+                       "  m[t] = max(i: abs(x[t,i])) + s;\n"
+                       "}\n";
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *m = NULL;
+    assert_int_equal(ssmc_compile(ctx, "tol.ssm", text, strlen(text), NULL, &m), SSMC_OK);
+    int y = ssmc_model_find(m, "y"), z = ssmc_model_find(m, "z"), st = ssmc_model_find(m, "s"),
+        mx = ssmc_model_find(m, "m");
+    double s_len = (1 + 2 * 10.0) + 1 + 2 * 10.0; /* T = 100 */
+    near(ssmc_model_tolerance(m, y, SSMC_F32, 100), 1e-5 + 4 * u * 1000, 1e-12);
+    near(ssmc_model_tolerance(m, z, SSMC_F32, 100), 1e-5 + 4 * u * 5, 1e-12);
+    near(ssmc_model_tolerance(m, st, SSMC_F32, 100), 1e-5 + 4 * u * s_len, 1e-12);
+    near(ssmc_model_tolerance(m, mx, SSMC_F32, 100), 1e-5 + 4 * u * (s_len + 1), 1e-12);
+    near(ssmc_model_tolerance(m, z, SSMC_F16, 100), 1e-2 + 4 * u * 5, 1e-12);
+    near(ssmc_model_tolerance(m, z, SSMC_BF16, 100), 2e-2 + 4 * u * 5, 1e-12);
+    /* only what depends on time grows with it */
+    assert_true(ssmc_model_tolerance(m, st, SSMC_F32, 10000) > ssmc_model_tolerance(m, st, SSMC_F32, 100));
+    near(ssmc_model_tolerance(m, y, SSMC_F32, 10000), ssmc_model_tolerance(m, y, SSMC_F32, 1), 0);
+    assert_true(ssmc_model_tolerance(NULL, y, SSMC_F32, 1) < 0);
+    assert_true(ssmc_model_tolerance(m, ssmc_model_find(m, "x"), SSMC_F32, 1) < 0); /* an input */
+    assert_true(ssmc_model_tolerance(m, 99, SSMC_F32, 1) < 0);
+    assert_true(ssmc_model_tolerance(m, y, (ssmc_dtype)9, 1) < 0);
+    assert_true(ssmc_model_tolerance(m, y, SSMC_F32, 0) < 0);
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
 static void test_status_names(void **state)
 {
     (void)state;
@@ -504,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_dtypes_agree),        cmocka_unit_test(test_states_and_batches),
         cmocka_unit_test(test_check_finite),        cmocka_unit_test(test_status_names),
         cmocka_unit_test(test_bad_pointers_and_values), cmocka_unit_test(test_source_limit),
+        cmocka_unit_test(test_tolerance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
