@@ -400,7 +400,19 @@ static void check_decls(checker *c, const ast_dim_override *over, int nover)
         }
         if (!add_decl(c, d)) err(c, d->loc, "out of memory");
     }
+    name_index given = {0}; /* -D names so far: a dim set twice is an error, not the last one winning */
     for (int i = 0; c->ok && i < nover; i++) {
+        int prev = name_index_put(&given, over[i].name, i);
+        if (prev >= 0) {
+            c->ok = false;
+            diag_error(c->d, "-D %s=%lld: '%s' is already given (-D %s=%lld); give each dim once", over[i].name,
+                       (long long)over[i].value, over[i].name, over[prev].name, (long long)over[prev].value);
+            break;
+        }
+        if (prev == -2) {
+            err(c, m->loc, "out of memory");
+            break;
+        }
         int k = find_decl(c, over[i].name);
         if (k < 0 || c->decls[k].kind != AST_DIM) {
             c->ok = false;
@@ -410,15 +422,16 @@ static void check_decls(checker *c, const ast_dim_override *over, int nover)
             diag_error(c->d, "-D %s: model '%s' has no dim named '%s' (its dims: %s)", over[i].name, m->name,
                        over[i].name, dims.len ? sb_cstr(&dims) : "none");
             sb_free(&dims);
-            return;
+            break;
         }
         if (over[i].value < 1 || over[i].value > ((int64_t)1 << 31)) {
             c->ok = false;
             diag_error(c->d, "-D %s=%lld: a dim must be between 1 and 2^31", over[i].name, (long long)over[i].value);
-            return;
+            break;
         }
         c->decls[k].value = over[i].value;
     }
+    name_index_free(&given);
     for (int i = 0; c->ok && i < c->ndecls; i++) {
         ast_decl *d = &c->decls[i];
         if (d->kind == AST_DIM) continue;

@@ -327,14 +327,15 @@ static void test_dim_overrides(void **state)
     assert_int_equal(ssmc_model_tensor(m, ssmc_model_find(m, "k"), &info), SSMC_OK);
     assert_int_equal(info.shape[0], 3);
     ssmc_model_free(m);
-    /* a later override of the same dim wins */
-    ssmc_dim twice[] = {{"H", 4}, {"H", 16}, {"G", 4}};
+    /* the same dim twice is an error (the last one used to win, silently),
+     * whether the values differ or not */
+    ssmc_dim twice[] = {{"H", 4}, {"G", 4}, {"H", 16}};
     o.dims = twice;
     o.ndims = 3;
-    assert_int_equal(ssmc_compile(ctx, "g.ssm", grouped, strlen(grouped), &o, &m), SSMC_OK);
-    assert_int_equal(ssmc_model_tensor(m, ssmc_model_find(m, "q"), &info), SSMC_OK);
-    assert_int_equal(info.shape[0], 16);
-    ssmc_model_free(m);
+    expect_error(ctx, grouped, &o, NULL, "-D H=16: 'H' is already given (-D H=4); give each dim once");
+    twice[2].value = 4;
+    expect_error(ctx, grouped, &o, NULL, "-D H=4: 'H' is already given (-D H=4)");
+    assert_int_equal(ssmc_check(ctx, "g.ssm", grouped, strlen(grouped), &o), SSMC_ERR_SOURCE);
     ssmc_ctx_free(ctx);
 }
 
