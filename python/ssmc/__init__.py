@@ -126,18 +126,20 @@ class Model(torch.nn.Module):
         return _core.compiled(self._source, self._filename, self._model, self._dims, device, self._threads, self._algo)
 
     # ---- one call
-    def forward(self, initial_state=None, output_final_state=False, cu_seqlens=None, **tensors):
+    def forward(self, initial_state=None, output_final_state=False, cu_seqlens=None, out_dtype=None, **tensors):
         """Runs the model. Keyword arguments: every input ([B, T, ...]) and
         param (as declared) by name; initial_state: {state: [B, ...]} ([N,
         ...] with cu_seqlens); output_final_state: also return the final
         states; cu_seqlens: offsets [N+1] of N sequences packed along T of a
         batch of one (int32/int64 tensor or list; first 0, last T). Returns
         {output: [B, T, ...]} plus {state: final state} when asked.
+        Outputs take the inputs' dtype (their promotion, unless out_dtype
+        says otherwise), final states float32 (float64 on interp).
         Differentiable with respect to every input, param and initial state."""
         from . import _torchop
         if _torchop.compiling():
-            return _torchop.forward(self, tensors, initial_state, bool(output_final_state), cu_seqlens)
-        call, flat = self._resolve(tensors, initial_state, output_final_state, cu_seqlens)
+            return _torchop.forward(self, tensors, initial_state, bool(output_final_state), cu_seqlens, out_dtype)
+        call, flat = self._resolve(tensors, initial_state, output_final_state, cu_seqlens, out_dtype)
         train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in flat)
         results = _Function.apply(call, train, *flat)
         return self._result_dict(call, results)
@@ -146,7 +148,7 @@ class Model(torch.nn.Module):
         names = [s.name for s in self._outputs] + ([s.name for s in self._states] if call.final_states else [])
         return dict(zip(names, results))
 
-    def _resolve(self, tensors, initial_state, output_final_state, cu_seqlens, shapes_only=False):
+    def _resolve(self, tensors, initial_state, output_final_state, cu_seqlens, out_dtype=None, shapes_only=False):
         """Checks a call's arguments and decides its device, B, T, dtypes.
         Returns (Call, flat tensors: inputs, params, initial states or None).
         shapes_only: no host copy of cu_seqlens (the fake kernel under
@@ -270,12 +272,12 @@ class Model(torch.nn.Module):
             out_dtype = torch.float64
             state_dtypes = [torch.float64] * len(self._states)
         else:
-            out_dtype = None
-            for t in flat[:len(self._input_names)]:
-                out_dtype = t.dtype if out_dtype is None else torch.promote_types(out_dtype, t.dtype)
-            state_dtypes = [flat[len(self._input_names) + len(self._param_names) + i].dtype
-                            if flat[len(self._input_names) + len(self._param_names) + i] is not None
-                            else torch.float32 for i in range(len(self._states))]
+            if out_dtype is None:
+                for t in flat[:len(self._input_names)]:
+                    out_dtype = t.dtype if out_dtype is None else torch.promote_types(out_dtype, t.dtype)
+            elif out_dtype not in _core._DTYPES:
+                raise Error(f"out_dtype {out_dtype} is not one ssmc writes (float32, float16, bfloat16)")
+            state_dtypes = [torch.float32] * len(self._states)
         call = _core.Call(self, device, B, T, nseq, seqs, self._arg_names, out_dtype, state_dtypes,
                           bool(output_final_state), tdev)
         return call, flat

@@ -67,20 +67,20 @@ if AVAILABLE:
 
     @torch.library.custom_op("ssmc::forward", mutates_args=())
     def _forward_op(key: str, tensors: List[torch.Tensor], state_mask: List[bool], final_states: bool,
-                    cu_seqlens: Optional[torch.Tensor]) -> List[torch.Tensor]:
+                    cu_seqlens: Optional[torch.Tensor], out_dtype: Optional[torch.dtype]) -> List[torch.Tensor]:
         m = _model(key)
         args, init = _unflatten(m, tensors, state_mask)
-        call, flat = m._resolve(args, init, final_states, cu_seqlens)
+        call, flat = m._resolve(args, init, final_states, cu_seqlens, out_dtype)
         comp = m._compiled(call.device)
         prepared = _core.prepare_tensors(call, flat, torch.float64 if call.device == "interp" else None)
         outs, finals, _ = _core.run_forward(call, comp, prepared, train=False)
         return outs + finals
 
     @_forward_op.register_fake
-    def _forward_fake(key, tensors, state_mask, final_states, cu_seqlens):
+    def _forward_fake(key, tensors, state_mask, final_states, cu_seqlens, out_dtype):
         m = _model(key)
         args, init = _unflatten(m, tensors, state_mask)
-        call, _ = m._resolve(args, init, final_states, cu_seqlens, shapes_only=True)
+        call, _ = m._resolve(args, init, final_states, cu_seqlens, out_dtype, shapes_only=True)
         dev = call.torch_device
         outs = [torch.empty(s.full_shape(call.B, call.T), dtype=call.out_dtype, device=dev) for s in m._outputs]
         if final_states:
@@ -90,12 +90,12 @@ if AVAILABLE:
 
     @torch.library.custom_op("ssmc::backward", mutates_args=())
     def _backward_op(key: str, tensors: List[torch.Tensor], state_mask: List[bool], final_states: bool,
-                     cu_seqlens: Optional[torch.Tensor], douts: List[torch.Tensor], dout_mask: List[bool],
-                     needs: List[bool]) -> List[torch.Tensor]:
+                     cu_seqlens: Optional[torch.Tensor], out_dtype: Optional[torch.dtype], douts: List[torch.Tensor],
+                     dout_mask: List[bool], needs: List[bool]) -> List[torch.Tensor]:
         from . import _twin_call
         m = _model(key)
         args, init = _unflatten(m, tensors, state_mask)
-        call, flat = m._resolve(args, init, final_states, cu_seqlens)
+        call, flat = m._resolve(args, init, final_states, cu_seqlens, out_dtype)
         comp = m._compiled(call.device)
         route = m._grad_route(comp)
         it = iter(douts)
@@ -126,13 +126,13 @@ if AVAILABLE:
         return out
 
     @_backward_op.register_fake
-    def _backward_fake(key, tensors, state_mask, final_states, cu_seqlens, douts, dout_mask, needs):
+    def _backward_fake(key, tensors, state_mask, final_states, cu_seqlens, out_dtype, douts, dout_mask, needs):
         return [torch.empty_like(t) if n else torch.empty(0, dtype=t.dtype, device=t.device)
                 for t, n in zip(tensors, needs)]
 
     def _setup_context(ctx, inputs, output):
-        key, tensors, state_mask, final_states, cu_seqlens = inputs
-        ctx.key, ctx.state_mask, ctx.final_states = key, state_mask, final_states
+        key, tensors, state_mask, final_states, cu_seqlens, out_dtype = inputs
+        ctx.key, ctx.state_mask, ctx.final_states, ctx.out_dtype = key, state_mask, final_states, out_dtype
         ctx.has_cu = cu_seqlens is not None
         ctx.save_for_backward(*tensors, *([cu_seqlens] if cu_seqlens is not None else []))
 
@@ -142,19 +142,20 @@ if AVAILABLE:
         needs = list(ctx.needs_input_grad[1])
         douts = [g for g in grads if g is not None]
         mask = [g is not None for g in grads]
-        res = torch.ops.ssmc.backward(ctx.key, saved, ctx.state_mask, ctx.final_states, cu, douts, mask, needs)
-        return None, [r if n else None for r, n in zip(res, needs)], None, None, None
+        res = torch.ops.ssmc.backward(ctx.key, saved, ctx.state_mask, ctx.final_states, cu, ctx.out_dtype,
+                                      douts, mask, needs)
+        return None, [r if n else None for r, n in zip(res, needs)], None, None, None, None
 
     _forward_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def forward(m, tensors, initial_state, final_states, cu_seqlens):
+def forward(m, tensors, initial_state, final_states, cu_seqlens, out_dtype):
     """ssmc.Model.forward under torch.compile: one call of the op."""
-    call, flat = m._resolve(tensors, initial_state, final_states, cu_seqlens, shapes_only=True)
+    call, flat = m._resolve(tensors, initial_state, final_states, cu_seqlens, out_dtype, shapes_only=True)
     present, _ = _flat_present(flat)
     n = len(m._input_names) + len(m._param_names)
     state_mask = [t is not None for t in flat[n:]]
     if cu_seqlens is not None and not isinstance(cu_seqlens, torch.Tensor):
         cu_seqlens = torch.tensor(list(cu_seqlens), dtype=torch.int64)
-    results = torch.ops.ssmc.forward(m._key, present, state_mask, final_states, cu_seqlens)
+    results = torch.ops.ssmc.forward(m._key, present, state_mask, final_states, cu_seqlens, out_dtype)
     return m._result_dict(call, results)
