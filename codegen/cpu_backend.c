@@ -127,9 +127,10 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
     const ir_model *m = cm->m;
     uint32_t nt = m->ntensors;
     float **ptrs = calloc(nt ? nt : 1, sizeof *ptrs);
+    unsigned char *fresh = calloc(nt ? nt : 1, 1); /* a state given no initial value */
     bool *owned = calloc(nt ? nt : 1, sizeof *owned);
     size_t *count = calloc(nt ? nt : 1, sizeof *count);
-    ssmc_status s = ptrs && owned && count ? SSMC_OK : SSMC_ERR_NOMEM;
+    ssmc_status s = ptrs && fresh && owned && count ? SSMC_OK : SSMC_ERR_NOMEM;
     int workers = cm->pool ? rt_pool_size(cm->pool) : 1;
     bool shared = workers > 1; /* item edges on different threads: see the top */
     for (uint32_t i = 0; s == SSMC_OK && i < nt; i++) {
@@ -140,6 +141,7 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
         if (t->kind != IR_PARAM) n *= (size_t)batch;
         if (t->per_step) n *= (size_t)T;
         count[i] = n;
+        fresh[i] = t->kind == IR_STATE && !bt[i].data;
         bool misaligned = ((uintptr_t)bt[i].data & 63) != 0;
         bool copy = misaligned && shared && ((t->kind == IR_STATE && T >= 16) || t->kind == IR_OUTPUT);
         if (bt[i].data && bt[i].dtype == SSMC_F32 && !copy) {
@@ -166,7 +168,7 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
         if (!scratch) s = SSMC_ERR_NOMEM;
     }
     if (s == SSMC_OK) {
-        cpu_job job = {cm->fn, {T, ptrs}, scratch, stride};
+        cpu_job job = {cm->fn, {T, ptrs, fresh}, scratch, stride};
         rt_pool_run(cm->pool, batch * cm->shape.items_per_seq, cpu_work, &job);
         for (uint32_t i = 0; i < nt; i++) {
             const ir_tensor *t = &m->tensors[i];
@@ -179,6 +181,7 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
         if (owned[i]) free(ptrs[i]);
     free(scratch);
     free(ptrs);
+    free(fresh);
     free(owned);
     free(count);
     return s;

@@ -517,14 +517,26 @@ static const char *ex(em *e, ir_ref r)
     switch ((ir_op)in->op) {
     case IR_CONST: return num(e, in->num);
     case IR_LOAD: return load(e, r);
+    case IR_IDX: return S(e, "((float)%s)", var_glob(e, in->var));
     case IR_SUM:
     case IR_RMAX: return reduction(e, r);
     default: break;
     }
     a = ex(e, in->a);
     if (in->b != IR_NONE) b = ex(e, in->b);
+    const char *c = in->c != IR_NONE ? ex(e, in->c) : NULL;
     switch ((ir_op)in->op) {
     case IR_NEG: return S(e, "(-%s)", a);
+    case IR_LT: return S(e, "(%s < %s ? 1.f : 0.f)", a, b);
+    case IR_LE: return S(e, "(%s <= %s ? 1.f : 0.f)", a, b);
+    case IR_GT: return S(e, "(%s > %s ? 1.f : 0.f)", a, b);
+    case IR_GE: return S(e, "(%s >= %s ? 1.f : 0.f)", a, b);
+    case IR_EQ: return S(e, "(%s == %s ? 1.f : 0.f)", a, b);
+    case IR_NE: return S(e, "(%s != %s ? 1.f : 0.f)", a, b);
+    case IR_SELECT: return S(e, "(%s != 0.f ? %s : %s)", a, b, c);
+    case IR_SIN: return S(e, "sinf(%s)", a);
+    case IR_COS: return S(e, "cosf(%s)", a);
+    case IR_ERF: return S(e, "erff(%s)", a);
     case IR_ADD: return S(e, "(%s + %s)", a, b);
     case IR_SUB: return S(e, "(%s - %s)", a, b);
     case IR_MUL: return S(e, "(%s * %s)", a, b);
@@ -561,6 +573,7 @@ static void mem_reads(em *e, ir_ref r, bool *set)
     if (in->op == IR_CONST) return;
     mem_reads(e, in->a, set);
     mem_reads(e, in->b, set);
+    mem_reads(e, in->c, set);
 }
 
 static void barrier(em *e)
@@ -744,7 +757,7 @@ static bool uses_patterns(em *e, ir_ref r)
     if (in->op == IR_LOAD) return e->p->ld_kind[r] == PLAN_LD_PAT && e->m->tensors[in->load.tensor].kind != IR_STATE &&
                                   e->m->tensors[in->load.tensor].kind != IR_LET;
     if (in->op == IR_CONST) return false;
-    return uses_patterns(e, in->a) || uses_patterns(e, in->b);
+    return uses_patterns(e, in->a) || uses_patterns(e, in->b) || uses_patterns(e, in->c);
 }
 
 static void flat_stmt(em *e, uint32_t si)
@@ -1009,6 +1022,42 @@ static void state_mem(em *e, int ti, bool store)
     close_block(e);
 }
 
+/* A state given no initial value that has an init statement: the statement
+ * over the state's elements, as the state is held (the owner's slots, or the
+ * block's threads over its local elements; elements past the dims get 0). Its
+ * loads of params are plain loads (no pattern), its reductions loops. */
+static void state_init(em *e, const ir_stmt *s)
+{
+    const pass_plan *p = e->p;
+    const ir_model *m = e->m;
+    const ir_tensor *t = &m->tensors[s->tensor];
+    if (p->place[s->tensor] == PLAN_PLACE_REG) {
+        for (int i = 0; i < t->rank; i++) open_dom(e, s->vars[i], plan_class_dom(p, plan_axis_class(p, s->tensor, i)));
+        const char *val = ex(e, s->root);
+        line(e, "%s = %s;", t->rank ? reg_ref(e, S(e, "r_%s", t->name), s) : S(e, "r_%s", t->name), val);
+        for (int i = t->rank - 1; i >= 0; i--) close_dom(e, s->vars[i]);
+        return;
+    }
+    line(e, "for (int e = tid; e < %lld; e += %d) {", (long long)plan_local_elems(p, s->tensor), p->nthreads);
+    e->ind++;
+    strbuf *outer = e->out, body = {0};
+    e->out = &body;
+    const char *ok = flat_bind(e, s);
+    if (ok) line(e, "if (!(%s)) { s_%s[e] = 0.f; continue; }", ok, t->name);
+    line(e, "s_%s[e] = %s;", t->name, ex(e, s->root));
+    e->out = outer;
+    for (int i = 0; i < t->rank; i++) {
+        vbind *b = &e->v[s->vars[i]];
+        b->used_loc |= b->used_glob; /* v_ is computed from w_ */
+        write_defs(e, s->vars[i]);
+        b->on = false;
+    }
+    sb_putn(e->out, body.data ? body.data : "", body.len);
+    if (body.failed) e->oom = true;
+    sb_free(&body);
+    close_block(e);
+}
+
 /* ---- the kernel ---- */
 
 static void header(em *e)
@@ -1154,14 +1203,14 @@ static void kernel(em *e)
         line(e, "float pat%d%s; // %s", id, pat_dims(e, pt), m->tensors[pt->tensor].name);
         if (pat_is_param(e, id)) pattern_load(e, id, S(e, "pat%d", id), S(e, "g_%s", m->tensors[pt->tensor].name), NULL);
     }
-    line(e, "// states: the initial state, or zero");
+    line(e, "// states: the initial state, or the init's value, or zero");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (m->tensors[i].kind != IR_STATE) continue;
-        if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, false);
-        else {
-            state_mem(e, (int)i, false);
-            e->written[i] = true;
-        }
+        const ir_stmt *init = e->sig->present[i] ? NULL : ir_find_init(m, (int)i);
+        if (init) state_init(e, init);
+        else if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, false);
+        else state_mem(e, (int)i, false);
+        if (p->place[i] != PLAN_PLACE_REG) e->written[i] = true;
     }
     bool invariant = false;
     for (uint32_t si = 0; si < m->nstmts; si++) invariant |= !m->stmts[si].per_step;

@@ -426,8 +426,9 @@ static ssmc_status cuda_emit_text(const pass_plan *plan, const ssmc_options *o, 
     bool *present = arena_array(&a, m->ntensors + 1, sizeof *present);
     ssmc_status st = dt && present ? SSMC_OK : SSMC_ERR_NOMEM;
     if (st == SSMC_OK) {
-        /* the general form: f32 everywhere, every state read and written */
-        for (uint32_t i = 0; i < m->ntensors; i++) present[i] = m->tensors[i].kind != IR_LET;
+        /* the general form: f32 everywhere, every state read and written (the hidden
+         * states of passes/lag.c never are) */
+        for (uint32_t i = 0; i < m->ntensors; i++) present[i] = m->tensors[i].kind != IR_LET && !m->tensors[i].hidden;
         cuda_sig sig = {.dtype = dt, .present = present, .vec = true};
         if (kind == SSMC_EMIT_CUDA) {
             st = cuda_emit(out, plan, &sig, d);

@@ -150,7 +150,9 @@ typedef struct cg {
     LLVMValueRef *base;   /* [nclasses] first value of the class in this item */
     LLVMValueRef *ext;    /* [nclasses] values of the class in this item */
     LLVMValueRef *var;    /* [nvars] current value of each index variable */
-    LLVMValueRef h_exp, h_log, h_log1p, h_tanh, h_softplus;
+    LLVMValueRef h_exp, h_log, h_log1p, h_tanh, h_softplus, h_sin, h_cos, h_erf;
+    LLVMValueRef fresh;   /* per tensor, a byte: nonzero for a state given no initial value
+                             (models with init statements only) */
     ir_ref fused_sum;     /* a fused readout's reduction, already accumulated in fused_acc */
     LLVMValueRef fused_acc;
     ir_ref hoisting;      /* the hoisted subtree being computed (not read back) */
@@ -328,6 +330,61 @@ static void gen_softplus_helper(cg *c)
     LLVMValueRef xm = sel(c, big, f_mul(c, f_sub(c, e, K(c, 1.0)), K(c, 0.5)), e);
     LLVMValueRef l = log_core(c, xm, sel(c, big, K(c, 1.0), K(c, 0.0)));
     LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealOGT, x, K(c, 0.0)), f_add(c, x, l), l));
+}
+
+/* sin and cos as Cephes' sinf and cosf: |x| less the nearest even multiple j
+ * of pi/4, in three parts (within 1e-7 of the true value for |x| below 8192;
+ * beyond, the error grows as x's own spacing does), then sin's degree-7 odd or
+ * cos's degree-8 even polynomial, as j picks, and the sign j and x give. |x|
+ * is clamped at 2^30 first so that j fits an i32 (a larger f32 has no
+ * fraction of pi left); NaN and infinities give NaN. */
+static void gen_sincos_helper(cg *c, bool want_cos)
+{
+    LLVMValueRef x = helper_begin(c, want_cos ? "ssmc.cos" : "ssmc.sin", want_cos ? &c->h_cos : &c->h_sin);
+    LLVMValueRef ax = intrinsic(c, "llvm.fabs", x, NULL);
+    LLVMValueRef axc = intrinsic(c, "llvm.minnum", ax, K(c, 1073741824.0));
+    LLVMValueRef j = LLVMBuildFPToSI(c->b, f_mul(c, axc, K(c, 1.27323954473516)), c->i32, "");
+    j = LLVMBuildAnd(c->b, LLVMBuildAdd(c->b, j, I32(c, 1), ""), I32(c, ~1), "");
+    LLVMValueRef y = LLVMBuildSIToFP(c->b, j, c->f32, "");
+    LLVMValueRef z = f_sub(c, axc, f_mul(c, y, K(c, 0.78515625)));
+    z = f_sub(c, z, f_mul(c, y, K(c, 2.4187564849853515625e-4)));
+    z = f_sub(c, z, f_mul(c, y, K(c, 3.77489497744594108e-8)));
+    LLVMValueRef zz = f_mul(c, z, z);
+    static const double ks[] = {-1.9515295891E-4, 8.3321608736E-3, -1.6666654611E-1};
+    static const double kc[] = {2.443315711809948E-5, -1.388731625493765E-3, 4.166664568298827E-2};
+    LLVMValueRef sp = f_add(c, f_mul(c, f_mul(c, poly(c, zz, ks, 3), zz), z), z);
+    LLVMValueRef cp = f_add(c, f_sub(c, f_mul(c, f_mul(c, poly(c, zz, kc, 3), zz), zz), f_mul(c, zz, K(c, 0.5))), K(c, 1.0));
+    LLVMValueRef bit2 = LLVMBuildICmp(c->b, LLVMIntNE, LLVMBuildAnd(c->b, j, I32(c, 2), ""), I32(c, 0), "");
+    LLVMValueRef bit4 = LLVMBuildICmp(c->b, LLVMIntNE, LLVMBuildAnd(c->b, j, I32(c, 4), ""), I32(c, 0), "");
+    LLVMValueRef r, neg;
+    if (want_cos) {
+        r = sel(c, bit2, sp, cp);
+        neg = LLVMBuildXor(c->b, bit4, bit2, "");
+    } else {
+        r = sel(c, bit2, cp, sp);
+        neg = LLVMBuildXor(c->b, bit4, fcmp(c, LLVMRealOLT, x, K(c, 0.0)), "");
+    }
+    r = sel(c, neg, LLVMBuildFNeg(c->b, r, ""), r);
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUEQ, ax, K(c, INFINITY)), K(c, NAN), r));
+}
+
+/* erf: a rational approximation x P(x^2) / Q(x^2), P of degree 6 and Q of
+ * degree 4 in x^2 (the coefficients of Eigen's and XLA's erf for f32), for x
+ * clamped to [-4, 4] where erf is +-1 in f32 beyond; within 3.5e-7 relative of
+ * the true value everywhere (measured against libm on a 1e-5 grid over
+ * [-6, 6]). NaN passes through. */
+static void gen_erf_helper(cg *c)
+{
+    LLVMValueRef x = helper_begin(c, "ssmc.erf", &c->h_erf);
+    LLVMValueRef xc = intrinsic(c, "llvm.maxnum", intrinsic(c, "llvm.minnum", x, K(c, 4.0)), K(c, -4.0));
+    LLVMValueRef x2 = f_mul(c, xc, xc);
+    static const double kp[] = {-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                                -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                                -1.60960333262415e-02};
+    static const double kq[] = {-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                                -7.37332916720468e-03, -1.42647390514189e-02};
+    LLVMValueRef r = f_div(c, f_mul(c, xc, poly(c, x2, kp, 7)), poly(c, x2, kq, 5));
+    LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUNO, x, x), x, r));
 }
 
 /* sigmoid: with e = exp(-|x|) <= 1, 1 / (1 + e) for x >= 0 and e / (1 + e)
@@ -595,9 +652,23 @@ static LLVMValueRef gen(cg *c, ir_ref r)
         return gen_reduce(c, in);
     default: break;
     }
+    if (in->op == IR_IDX) return LLVMBuildSIToFP(c->b, c->var[in->var], c->f32, "");
     LLVMValueRef a = gen(c, in->a), b = in->b != IR_NONE ? gen(c, in->b) : NULL;
+    LLVMValueRef cc = in->c != IR_NONE ? gen(c, in->c) : NULL;
     switch ((ir_op)in->op) {
     case IR_NEG: return LLVMBuildFNeg(c->b, a, "");
+    /* comparisons as C makes them (the interpreter's): false with a NaN, but != */
+    case IR_LT: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOLT, a, b), c->f32, "");
+    case IR_LE: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOLE, a, b), c->f32, "");
+    case IR_GT: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOGT, a, b), c->f32, "");
+    case IR_GE: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOGE, a, b), c->f32, "");
+    case IR_EQ: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealOEQ, a, b), c->f32, "");
+    case IR_NE: return LLVMBuildUIToFP(c->b, fcmp(c, LLVMRealUNE, a, b), c->f32, "");
+    /* both operands are computed; the select keeps one (a NaN in the other is dropped) */
+    case IR_SELECT: return sel(c, fcmp(c, LLVMRealUNE, a, K(c, 0.0)), b, cc);
+    case IR_SIN: return call_helper(c, c->h_sin, a);
+    case IR_COS: return call_helper(c, c->h_cos, a);
+    case IR_ERF: return call_helper(c, c->h_erf, a);
     case IR_ADD: return f_add(c, a, b);
     case IR_SUB: return f_sub(c, a, b);
     case IR_MUL: return f_mul(c, a, b);
@@ -704,6 +775,7 @@ static void gen_xchg_all(cg *c, ir_ref r)
     if (in->op == IR_LOAD || in->op == IR_CONST) return;
     gen_xchg_all(c, in->a);
     gen_xchg_all(c, in->b);
+    gen_xchg_all(c, in->c);
 }
 
 /* Computes the hoisted subtrees of r, each over its variable's values. */
@@ -724,6 +796,7 @@ static void gen_hoists(cg *c, ir_ref r)
     if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_SUM || in->op == IR_RMAX) return;
     gen_hoists(c, in->a);
     gen_hoists(c, in->b);
+    gen_hoists(c, in->c);
 }
 
 /* Sets the variables of statement s that the item fixes. */
@@ -762,6 +835,31 @@ static void store_result(cg *c, const ir_stmt *s, LLVMValueRef val)
     for (int i = 0; i < t->rank; i++) idx[i] = c->var[s->vars[i]];
     bool local = t->kind == IR_LET || (t->kind == IR_STATE && c->p->buf_tensor[s->tensor] >= 0);
     LLVMBuildStore(c->b, val, elem_ptr(c, s->tensor, idx, c->t, local));
+}
+
+/* The init of a state given no initial value: its statement over the item's
+ * slice of the state, stored into the state itself (before the first step,
+ * where the state is read). */
+static void gen_init(cg *c, const ir_stmt *s)
+{
+    const pass_plan *p = c->p;
+    const ir_tensor *t = &c->m->tensors[s->tensor];
+    LLVMValueRef ix = I64(c, s->tensor);
+    LLVMValueRef flag = LLVMBuildLoad2(c->b, LLVMInt8TypeInContext(c->ctx), LLVMBuildGEP2(c->b, LLVMInt8TypeInContext(c->ctx), c->fresh, &ix, 1, ""), "");
+    LLVMBasicBlockRef body = new_block(c, "init"), done = new_block(c, "init.done");
+    LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntNE, flag, LLVMConstInt(LLVMInt8TypeInContext(c->ctx), 0, 0), ""), body, done);
+    LLVMPositionBuilderAtEnd(c->b, body);
+    loop L[IR_MAX_RANK];
+    int nl = 0;
+    fix_vars(c, s);
+    for (int i = 0; i < t->rank; i++)
+        if (!plan_var_fixed(p, s->vars[i])) open_var(c, &L[nl++], s->vars[i]);
+    LLVMValueRef idx[IR_MAX_RANK];
+    for (int i = 0; i < t->rank; i++) idx[i] = c->var[s->vars[i]];
+    LLVMBuildStore(c->b, gen(c, s->root), elem_ptr(c, s->tensor, idx, NULL, false));
+    while (nl > 0) loop_end(c, &L[--nl]);
+    LLVMBuildBr(c->b, done);
+    LLVMPositionBuilderAtEnd(c->b, done);
 }
 
 /* One statement over the item's slice of its domain. */
@@ -1069,7 +1167,7 @@ static bool gen_stmts(cg *c, bool per_step)
 }
 
 /* The item function: (T, item_begin, item_end, tensor pointers..., scratch
- * buffers...), every pointer noalias. Inlined into the entry, each noalias
+ * buffers..., and with init statements the fresh flags), every pointer noalias. Inlined into the entry, each noalias
  * pointer becomes a scope that every memory access lists, which is metadata
  * of size accesses x pointers: quadratic in the number of lets (10,000 lets:
  * 4.4 GB). Past MAX_POINTER_PARAMS pointers the lets' slots are left out and
@@ -1088,7 +1186,7 @@ static int layout_params(cg *c, int *n)
     int k = 3;
     for (uint32_t ti = 0; ti < p->m->ntensors; ti++)
         c->tparam[ti] = packed && p->m->tensors[ti].kind == IR_LET ? -1 : k++;
-    *n = k + (packed ? (p->nbufs > 0) : p->nbufs);
+    *n = k + (packed ? (p->nbufs > 0) : p->nbufs) + (p->m->ninits > 0); /* the fresh flags last */
     return k;
 }
 
@@ -1119,6 +1217,7 @@ static LLVMValueRef gen_items(cg *c, const char *name)
         if (k >= 0 && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
             add_attr(c, c->fn, (unsigned)k + 1, "readonly");
     }
+    if (m->ninits) c->fresh = LLVMGetParam(c->fn, (unsigned)np - 1);
 
     LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
     LLVMPositionBuilderAtEnd(c->b, entry);
@@ -1150,6 +1249,7 @@ static LLVMValueRef gen_items(cg *c, const char *name)
         }
     }
     c->t = I64(c, 0);
+    for (uint32_t ii = 0; ii < m->ninits; ii++) gen_init(c, &m->inits[ii]);
     if (!gen_stmts(c, false)) return NULL;
     loop step;
     c->t = loop_begin(c, &step, I64(c, 0), c->T, true, "t");
@@ -1175,8 +1275,8 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
         LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex, w);
     }
     LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-    LLVMTypeRef fields[2] = {c->i64, c->ptr};
-    LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, 2, 0);
+    LLVMTypeRef fields[3] = {c->i64, c->ptr, c->ptr};
+    LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, m->ninits ? 3 : 2, 0);
     LLVMValueRef a = LLVMGetParam(fn, 0), scratch = LLVMGetParam(fn, 3);
     int np, nbuf = layout_params(c, &np);
     LLVMValueRef *args = calloc((size_t)np, sizeof *args);
@@ -1198,6 +1298,7 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
         args[nbuf] = scratch;
     else
         for (int j = 0; j < p->nbufs; j++) args[nbuf + j] = gep(c, scratch, I64(c, p->bufs[j].off));
+    if (m->ninits) args[np - 1] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, kargs, a, 2, ""), "fresh");
     LLVMBuildCall2(c->b, LLVMGlobalGetValueType(items), items, args, (unsigned)np, "");
     LLVMBuildRetVoid(c->b);
     free(args);
@@ -1250,6 +1351,9 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
         gen_log1p_helper(&c);
         gen_tanh_helper(&c);
         gen_softplus_helper(&c);
+        gen_sincos_helper(&c, false);
+        gen_sincos_helper(&c, true);
+        gen_erf_helper(&c);
         char *iname = malloc(strlen(symbol) + 8);
         if (iname) {
             sprintf(iname, "%s.items", symbol);

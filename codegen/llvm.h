@@ -18,7 +18,10 @@
  * a->tensors is indexed by IR tensor id: inputs and params are read; a state
  * holds the initial state on entry and the final state on return (it must be
  * given: zeros for "no initial state"); an output may be NULL (not computed);
- * lets are NULL (they live in scratch). scratch holds scratch_floats floats,
+ * lets are NULL (they live in scratch). A model with init statements also
+ * reads a->fresh, a byte per tensor id: nonzero for a state given no initial
+ * value, which then starts from its init statement (its buffer's content is
+ * ignored; a state without an init starts from the buffer, zeros). scratch holds scratch_floats floats,
  * 64-byte aligned, private to the calling thread for the duration of the call.
  *
  * Without LLVM (SSMC_HAVE_LLVM undefined) every function here reports
@@ -36,7 +39,8 @@
 
 typedef struct llvm_kargs {
     int64_t T;
-    float *const *tensors; /* [ntensors] */
+    float *const *tensors;        /* [ntensors] */
+    const unsigned char *fresh;   /* [ntensors]: read only when the model has init statements */
 } llvm_kargs;
 
 typedef void llvm_kernel_fn(const llvm_kargs *a, int64_t item_begin, int64_t item_end, float *scratch);

@@ -218,18 +218,21 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
 const char *ssmc_model_name(const ssmc_model *m) { return m->ir->name; }
 const ir_model *api_model_ir(const ssmc_model *m) { return m->ir; }
 diag *api_ctx_diag(ssmc_ctx *ctx) { return &ctx->diag; }
+/* Lets and the hidden states of passes/lag.c are internal. */
+static bool is_public(const ir_tensor *t) { return t->kind != IR_LET && !t->hidden; }
+
 int ssmc_model_num_tensors(const ssmc_model *m)
 {
     int n = 0;
-    for (uint32_t i = 0; i < m->ir->ntensors; i++) n += m->ir->tensors[i].kind != IR_LET;
+    for (uint32_t i = 0; i < m->ir->ntensors; i++) n += is_public(&m->ir->tensors[i]);
     return n;
 }
 
-/* Public tensor i is the i-th IR tensor that is not a let. */
+/* Public tensor i is the i-th public IR tensor. */
 static int public_to_ir(const ssmc_model *m, int i)
 {
     for (uint32_t k = 0; k < m->ir->ntensors; k++)
-        if (m->ir->tensors[k].kind != IR_LET && i-- == 0) return (int)k;
+        if (is_public(&m->ir->tensors[k]) && i-- == 0) return (int)k;
     return -1;
 }
 
@@ -314,7 +317,7 @@ static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssm
     ssmc_status s = SSMC_OK;
     for (int i = 0; s == SSMC_OK && i < nargs; i++) {
         int k = args[i].name ? ir_find_tensor(ir, args[i].name) : -1;
-        if (k < 0 || ir->tensors[k].kind == IR_LET) {
+        if (k < 0 || !is_public(&ir->tensors[k])) {
             diag_error(d, "model '%s' has no input, param, state or output named '%s'", ir->name,
                        args[i].name ? args[i].name : "(null)");
             s = SSMC_ERR_ARG;

@@ -164,13 +164,16 @@ static void gen_header(strbuf *h, const ir_model *m, const char *file, const cha
     sb_printf(h, "\n/* The tensors of one call, by name. */\ntypedef struct %s_tensors {\n", name);
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
-        if (t->kind == IR_LET) continue;
+        if (t->kind == IR_LET || t->hidden) continue;
         bool in = t->kind == IR_INPUT || t->kind == IR_PARAM;
         sb_printf(h, "    %sfloat *", in ? "const " : "");
         field(h, t->name);
         sb_printf(h, "; /* %s ", ir_kind_names[t->kind]);
         shape_text(h, m, t);
-        if (t->kind == IR_STATE)
+        if (t->kind == IR_STATE && ir_find_init(m, (int)i))
+            sb_puts(h, ": the initial state, overwritten with the final state; NULL: the model's init, final state "
+                       "dropped");
+        else if (t->kind == IR_STATE)
             sb_puts(h, ": the initial state, overwritten with the final state; NULL: zeros, final state dropped");
         else if (t->kind == IR_OUTPUT)
             sb_puts(h, "; NULL: not computed");
@@ -202,7 +205,7 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
     sb_printf(c, "#define _GNU_SOURCE 1\n#include <pthread.h>\n#include <sched.h>\n#include <stdlib.h>\n#include <string.h>\n#include <unistd.h>\n\n"
                  "#include \"%s.h\"\n\n",
               name);
-    sb_puts(c, "typedef struct kargs { int64_t T; float *const *tensors; } kargs;\n");
+    sb_puts(c, "typedef struct kargs { int64_t T; float *const *tensors; const unsigned char *fresh; } kargs;\n");
     sb_printf(c, "void %s(const kargs *a, int64_t item_begin, int64_t item_end, float *scratch);\n\n", symbol);
     /* each thread's scratch in pages of its own (llvm.h, scratch_stride) */
     sb_printf(c, "enum { NTENSORS = %u, SCRATCH = %lld, SCRATCH_ALIGN = %d };\n#define ITEMS_PER_SEQ ((int64_t)%lld)\n\n",
@@ -218,6 +221,7 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
     sb_printf(c, "int %s_run(int64_t batch, int64_t T, const %s_tensors *t, int threads)\n{\n", name, name);
     sb_puts(c, "    if (!t || batch < 1 || T < 1) return 1;\n"
                "    float *ptrs[NTENSORS] = {0}, *owned[NTENSORS] = {0};\n"
+               "    unsigned char fresh[NTENSORS] = {0}; /* a state given no initial value */\n"
                "    int rc = 0;\n"
                "    int64_t items = batch * ITEMS_PER_SEQ;\n"
                "    cpu_set_t allowed;\n"
@@ -241,7 +245,11 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
         if (t->kind == IR_LET) continue;
         strbuf f = {0};
         field(&f, t->name);
-        sb_printf(c, "    ptrs[%u] = (float *)(uintptr_t)t->%s;\n", i, sb_cstr(&f));
+        if (t->hidden) /* a state of passes/lag.c: not in the struct, always from zeros */
+            sb_printf(c, "    ptrs[%u] = NULL;\n", i);
+        else
+            sb_printf(c, "    ptrs[%u] = (float *)(uintptr_t)t->%s;\n", i, sb_cstr(&f));
+        if (t->kind == IR_STATE) sb_printf(c, "    fresh[%u] = !ptrs[%u];\n", i, i);
         sb_printf(c, "    if (elems(elems(batch, T), %lld) < 0) return 1;\n", (long long)ir_tensor_elems(m, t));
         if (t->kind == IR_INPUT || t->kind == IR_PARAM) sb_printf(c, "    if (!ptrs[%u]) return 1;\n", i);
         if (t->kind == IR_STATE)
@@ -260,7 +268,7 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
                       i, i, (long long)ir_tensor_elems(m, t), i, i, i, i);
         sb_free(&f);
     }
-    sb_puts(c, "    kargs a = {T, ptrs};\n"
+    sb_puts(c, "    kargs a = {T, ptrs, fresh};\n"
                "    void *scratch = NULL;\n"
                "    job *jobs = calloc((size_t)threads, sizeof *jobs);\n"
                "    pthread_t *tid = calloc((size_t)threads, sizeof *tid);\n"
@@ -305,7 +313,7 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
                "    free(started);\n");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
-        if (t->kind != IR_STATE) continue;
+        if (t->kind != IR_STATE || t->hidden) continue;
         strbuf f = {0};
         field(&f, t->name);
         sb_printf(c, "    if (rc == 0 && owned[%u] && t->%s) memcpy(t->%s, owned[%u], (size_t)(batch * %lld) * sizeof(float));\n",

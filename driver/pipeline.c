@@ -51,7 +51,9 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
     if (last == PIPE_AST) return SSMC_OK;
 
     /* one model: checked with the -D overrides (after which every dim is a
-     * number), lowered to IR, verified */
+     * number), lowered to IR, verified; then every read of a let at an
+     * earlier step rewritten (recomputed lets, hidden states: passes/lag.c),
+     * so that what follows sees time lags on inputs only */
     ast_model *am = pick_model(pl->d, pl->ast, o->model);
     if (!am) return SSMC_ERR_SOURCE;
     ast_dim_override *over = arena_array(pl->a, (size_t)(o->ndims > 0 ? o->ndims : 1), sizeof *over);
@@ -60,6 +62,8 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
     if (!check_model(pl->a, pl->d, pl->file, am, over, o->ndims)) return failed(pl, SSMC_ERR_SOURCE);
     pl->ir = ir_lower(pl->a, pl->d, pl->file, am);
     if (!pl->ir || !ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    if (!pass_lag(pl->a, &pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    if (!ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (last == PIPE_IR) return SSMC_OK;
 
     /* analysis: how every state's update acts on it; the algorithm choice

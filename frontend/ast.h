@@ -34,8 +34,10 @@ typedef enum ast_expr_kind {
     AST_READ,   /* .name[.ix...] */
     AST_NEG,    /* -.a */
     AST_BIN,    /* .a .op .b with op one of + - * / */
+    AST_CMP,    /* .a .op .b, op one of < l(<=) > g(>=) = (==) ! (!=): 1 or 0 */
     AST_CALL,   /* .name(.args...) */
-    AST_REDUCE  /* sum/max(.vars: .a) with .op '+' or 'M' */
+    AST_REDUCE, /* sum/max(.vars: .a) with .op '+' or 'M'; a variable may name its dim: j[W] */
+    AST_IDX     /* (check) an AST_NAME that is an index variable used as a number: .var */
 } ast_expr_kind;
 
 typedef struct ast_expr ast_expr;
@@ -52,10 +54,13 @@ struct ast_expr {
     int nix;
     const char **vars;   /* AST_REDUCE bound variables */
     src_loc *var_locs;
+    const char **var_dims; /* AST_REDUCE: the dim named in j[W], or NULL */
+    src_loc *var_dim_locs;
     int nvars;
     int *var_ids;        /* (check) AST_REDUCE: ids of the bound variables */
     int sym;             /* (check) AST_NAME/AST_READ: declaration index, or -1 for a dim */
     int fn;              /* (check) AST_CALL: its row of the op table (support/ops.h) */
+    int var;             /* (check) AST_IDX: the index variable's id within the statement */
 };
 
 typedef enum ast_decl_kind { AST_DIM, AST_INPUT, AST_PARAM, AST_STATE, AST_OUTPUT, AST_LET } ast_decl_kind;
@@ -69,10 +74,12 @@ typedef struct ast_decl {
     const char *axes[AST_MAX_AXES]; /* dim names; "T" for the time axis */
     src_loc axis_locs[AST_MAX_AXES];
     int stmt;                      /* (check) AST_LET: its statement */
+    bool reads_state;              /* (check) AST_LET: its value depends on a state */
 } ast_decl;
 
 typedef struct ast_stmt {
     bool is_let;
+    bool is_init;  /* init S[...] = expr; the state's initial value */
     const char *name;
     src_loc loc;
     ast_index *lhs;

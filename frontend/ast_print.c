@@ -32,7 +32,8 @@ static void print_expr(strbuf *o, const ast_expr *e)
 {
     switch (e->kind) {
     case AST_NUM: sb_printf(o, "%.17g", e->num); break;
-    case AST_NAME: sb_puts(o, e->name); break;
+    case AST_NAME:
+    case AST_IDX: sb_puts(o, e->name); break;
     case AST_READ:
         sb_printf(o, "(read %s", e->name);
         for (int i = 0; i < e->nix; i++) {
@@ -53,6 +54,15 @@ static void print_expr(strbuf *o, const ast_expr *e)
         print_expr(o, e->b);
         sb_putc(o, ')');
         break;
+    case AST_CMP: {
+        const char *op = e->op == 'l' ? "<=" : e->op == 'g' ? ">=" : e->op == '=' ? "==" : e->op == '!' ? "!=" : NULL;
+        sb_printf(o, "(%s ", op ? op : e->op == '<' ? "<" : ">");
+        print_expr(o, e->a);
+        sb_putc(o, ' ');
+        print_expr(o, e->b);
+        sb_putc(o, ')');
+        break;
+    }
     case AST_CALL:
         sb_printf(o, "(call %s", e->name);
         for (int i = 0; i < e->nargs; i++) {
@@ -63,7 +73,10 @@ static void print_expr(strbuf *o, const ast_expr *e)
         break;
     case AST_REDUCE:
         sb_printf(o, "(%s (", e->name);
-        for (int i = 0; i < e->nvars; i++) sb_printf(o, "%s%s", i ? " " : "", e->vars[i]);
+        for (int i = 0; i < e->nvars; i++) {
+            sb_printf(o, "%s%s", i ? " " : "", e->vars[i]);
+            if (e->var_dims && e->var_dims[i]) sb_printf(o, "[%s]", e->var_dims[i]);
+        }
         sb_puts(o, ") ");
         print_expr(o, e->a);
         sb_putc(o, ')');
@@ -89,7 +102,7 @@ void ast_print(strbuf *o, const ast_file *f)
         for (int i = 0; i < m->nstmts; i++) {
             const ast_stmt *s = &m->stmts[i];
             indent(o, 1);
-            sb_printf(o, "(%s %s (", s->is_let ? "let" : "assign", s->name);
+            sb_printf(o, "(%s %s (", s->is_let ? "let" : s->is_init ? "init" : "assign", s->name);
             for (int j = 0; j < s->nlhs; j++) {
                 if (j) sb_putc(o, ' ');
                 print_index(o, &s->lhs[j]);

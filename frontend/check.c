@@ -6,8 +6,12 @@
  * axes of different dims, `t` misused, inputs/outputs whose first axis is not T,
  * a state updated twice or an output not written exactly once, writes to inputs
  * or params, group divisors that do not divide, unknown functions and wrong
- * arity. Lets become declarations (kind AST_LET) whose axes are inferred from
- * their right side. On success the tree is annotated as ast.h says. */
+ * arity, time offsets on anything but inputs and per-step lets (and, on a let
+ * that reads a state, beyond MAX_LAG_WINDOW steps), init statements that read
+ * anything but params, and names that are both an index variable and a tensor.
+ * Lets become declarations (kind AST_LET) whose axes are inferred from their
+ * right side; an index variable used as a number becomes AST_IDX. On success
+ * the tree is annotated as ast.h says. */
 #include "ast.h"
 #include "support/ops.h"
 
@@ -16,6 +20,9 @@
 
 #define MAX_VARS 64
 #define MAX_ELEMS ((int64_t)1 << 40)
+/* A let that reads a state is read at t - k through k hidden states of its size
+ * (passes/lag.c); beyond this many the program is refused. */
+#define MAX_LAG_WINDOW 64
 
 
 typedef struct var_info {
@@ -34,6 +41,7 @@ typedef struct checker {
     ast_decl *decls; /* declarations plus one per let, in order */
     int ndecls, cap;
     int *defined_at; /* per decl: statement index that defines/updates it, or -1 */
+    int *init_at;    /* per decl: its init statement, or -1 */
     /* the statement being checked */
     ast_stmt *st;
     int stmt_index;
@@ -42,6 +50,8 @@ typedef struct checker {
     int scope[MAX_VARS]; /* visible variables, innermost last */
     int nscope;
     bool time_invariant; /* checking a time-invariant let */
+    bool init;           /* checking an init statement */
+    bool reads_state;    /* the statement's right side depends on a state (directly or through lets) */
     bool ok;
 } checker;
 
@@ -160,8 +170,14 @@ static void check_read(checker *c, ast_expr *e)
     }
     bool ps = per_step(d);
     if (!ps && e->nix > 0 && (e->ix[0].kind == AST_IX_T || e->ix[0].kind == AST_IX_T_VAR)) {
-        err(c, e->ix[0].loc, "%s '%s' has no time axis; 't' cannot index it%s", kind_name(d->kind), e->name,
-            d->kind == AST_STATE ? " (a read before the state's update sees the previous step)" : "");
+        if (d->kind == AST_LET && (e->ix[0].kind == AST_IX_T_VAR || e->ix[0].k != 0))
+            err(c, e->ix[0].loc,
+                "let '%s' is time-invariant: it is computed once, not at every step, so it cannot be read at an "
+                "earlier step",
+                e->name);
+        else
+            err(c, e->ix[0].loc, "%s '%s' has no time axis; 't' cannot index it%s", kind_name(d->kind), e->name,
+                d->kind == AST_STATE ? " (a read before the state's update sees the previous step)" : "");
         return;
     }
     if (e->nix != d->naxes) {
@@ -169,6 +185,12 @@ static void check_read(checker *c, ast_expr *e)
             d->naxes == 1 ? "is" : "es", e->nix, e->nix == 1 ? "ex" : "ices");
         return;
     }
+    if (c->init && d->kind != AST_PARAM) {
+        err(c, e->loc, "an init may read only params, dims, literals and index variables; '%s' is %s %s", e->name,
+            d->kind == AST_INPUT ? "an" : "a", kind_name(d->kind));
+        return;
+    }
+    if (d->kind == AST_STATE || (d->kind == AST_LET && d->reads_state)) c->reads_state = true;
     if (c->time_invariant) {
         if (ps) {
             err(c, e->loc, "a time-invariant let cannot read per-step '%s'; index the let with t to make it per step",
@@ -188,9 +210,16 @@ static void check_read(checker *c, ast_expr *e)
                 err(c, ix->loc, "the first index of per-step '%s' must be t (or t - k)", e->name);
                 return;
             }
-            if (d->kind != AST_INPUT && !(ix->kind == AST_IX_T && ix->k == 0)) {
-                err(c, ix->loc, "time offsets are only allowed on inputs; '%s' is a %s", e->name,
+            if (d->kind != AST_INPUT && d->kind != AST_LET && !(ix->kind == AST_IX_T && ix->k == 0)) {
+                err(c, ix->loc, "time offsets are only allowed on inputs and per-step lets; '%s' is a %s", e->name,
                     kind_name(d->kind));
+                return;
+            }
+            if (d->kind == AST_LET && d->reads_state && ix->kind == AST_IX_T && ix->k > MAX_LAG_WINDOW) {
+                err(c, ix->loc,
+                    "let '%s' reads a state, so its earlier values are kept in copies of it, at most %d; it cannot "
+                    "be read at t - %lld",
+                    e->name, MAX_LAG_WINDOW, (long long)ix->k);
                 return;
             }
         } else if (ix->kind == AST_IX_T || ix->kind == AST_IX_T_VAR) {
@@ -222,11 +251,21 @@ static void check_expr(checker *c, ast_expr *e)
     case AST_NUM: return;
     case AST_NAME: {
         int s = find_decl(c, e->name);
+        int v = lookup_var(c, e->name);
+        if (v >= 0) {
+            if (s >= 0) {
+                err(c, e->loc, "'%s' is both an index variable here and a %s; rename one of them", e->name,
+                    kind_name(c->decls[s].kind));
+                return;
+            }
+            e->kind = AST_IDX; /* its 0-based value as a number */
+            e->var = v;
+            c->vars[v].used = true;
+            return;
+        }
         if (s < 0) {
             const ast_stmt *let = later_let(c, e->name);
-            if (lookup_var(c, e->name) >= 0)
-                err(c, e->loc, "'%s' is an index variable; it cannot be used as a value", e->name);
-            else if (let)
+            if (let)
                 err(c, e->loc, "let '%s' is used before it is defined at %u:%u", e->name, let->loc.line, let->loc.col);
             else
                 err(c, e->loc, "undeclared name '%s'", e->name);
@@ -247,9 +286,11 @@ static void check_expr(checker *c, ast_expr *e)
     case AST_READ: check_read(c, e); return;
     case AST_NEG: check_expr(c, e->a); return;
     case AST_BIN:
+    case AST_CMP:
         check_expr(c, e->a);
         check_expr(c, e->b);
         return;
+    case AST_IDX: return;
     case AST_CALL: {
         int fn = -1;
         for (int i = 0; op_table[i].name; i++)
@@ -275,13 +316,27 @@ static void check_expr(checker *c, ast_expr *e)
             return;
         }
         for (int i = 0; i < e->nvars; i++) {
-            if (lookup_var(c, e->vars[i]) >= 0) {
-                err(c, e->var_locs[i], "'%s' is already an index variable here; a reduction needs a new name",
-                    e->vars[i]);
+            int prev = lookup_var(c, e->vars[i]);
+            if (prev >= 0) {
+                err(c, e->var_locs[i], "'%s' is already an index variable here (bound at %u:%u); a reduction needs a new name",
+                    e->vars[i], c->vars[prev].loc.line, c->vars[prev].loc.col);
                 return;
             }
             e->var_ids[i] = new_var(c, e->vars[i], e->var_locs[i]);
             if (e->var_ids[i] < 0) return;
+            if (e->var_dims && e->var_dims[i]) { /* j[W]: the range given by name */
+                int w = find_decl(c, e->var_dims[i]);
+                if (w < 0) {
+                    err(c, e->var_dim_locs[i], "undeclared dim '%s'", e->var_dims[i]);
+                    return;
+                }
+                if (c->decls[w].kind != AST_DIM) {
+                    err(c, e->var_dim_locs[i], "'%s' is a %s, not a dim; 'j[W]' names the range of j", e->var_dims[i],
+                        kind_name(c->decls[w].kind));
+                    return;
+                }
+                bind_dim(c, e->var_ids[i], w, e->var_dim_locs[i]);
+            }
         }
         check_expr(c, e->a);
         for (int i = 0; c->ok && i < e->nvars; i++)
@@ -300,6 +355,7 @@ static void check_late(checker *c, ast_expr *e)
     switch (e->kind) {
     case AST_NEG: check_late(c, e->a); return;
     case AST_BIN:
+    case AST_CMP:
         check_late(c, e->a);
         check_late(c, e->b);
         return;
@@ -326,6 +382,15 @@ static void check_late(checker *c, ast_expr *e)
             var_info *v = &c->vars[ix->var];
             if (v->dim < 0) {
                 err(c, ix->name_loc, "cannot infer the range of '%s': use it to index an axis directly", v->name);
+                return;
+            }
+            if (ix->kind == AST_IX_T_VAR && d->kind == AST_LET && d->reads_state &&
+                dim_value(c, v->dim) > MAX_LAG_WINDOW + 1) {
+                err(c, ix->loc,
+                    "let '%s' reads a state, so its earlier values are kept in copies of it, at most %d; reading it "
+                    "at t - %s, %s < %lld, needs %lld",
+                    e->name, MAX_LAG_WINDOW, v->name, v->name, (long long)dim_value(c, v->dim),
+                    (long long)dim_value(c, v->dim) - 1);
                 return;
             }
             if (ix->kind == AST_IX_DIV) {
@@ -453,10 +518,36 @@ static void check_stmt(checker *c, int si)
     c->nvars = 0;
     c->nscope = 0;
     c->time_invariant = false;
+    c->init = s->is_init;
+    c->reads_state = false;
 
     ast_decl *target = NULL;
     ast_decl let = {0};
-    if (s->is_let) {
+    if (s->is_init) {
+        int k = find_decl(c, s->name);
+        if (k < 0) {
+            err(c, s->loc, "undeclared state '%s' (an init gives a declared state its initial value)", s->name);
+            return;
+        }
+        target = &c->decls[k];
+        if (target->kind != AST_STATE) {
+            err(c, s->loc, "an init gives a state its initial value; '%s' is %s %s", s->name,
+                target->kind == AST_INPUT || target->kind == AST_OUTPUT ? "an" : "a", kind_name(target->kind));
+            return;
+        }
+        if (c->init_at[k] >= 0) {
+            ast_stmt *first = &c->m->stmts[c->init_at[k]];
+            err(c, s->loc, "state '%s' already has an init at %u:%u", s->name, first->loc.line, first->loc.col);
+            return;
+        }
+        c->init_at[k] = si;
+        s->sym = k;
+        if (s->nlhs != target->naxes) {
+            err(c, s->loc, "'%s' has %d ax%s but its init has %d ind%s", s->name, target->naxes,
+                target->naxes == 1 ? "is" : "es", s->nlhs, s->nlhs == 1 ? "ex" : "ices");
+            return;
+        }
+    } else if (s->is_let) {
         int prev = find_decl(c, s->name);
         if (prev >= 0) {
             err(c, s->loc, "'%s' is already declared at %u:%u", s->name, c->decls[prev].loc.line,
@@ -512,8 +603,9 @@ static void check_stmt(checker *c, int si)
             continue;
         }
         if (ix->kind == AST_IX_T || ix->kind == AST_IX_T_VAR) {
-            err(c, ix->loc, s->is_let ? "'t' may only be the first index of a let"
-                                      : "'t' cannot index a state; a state holds one value per sequence");
+            err(c, ix->loc, s->is_let    ? "'t' may only be the first index of a let"
+                            : s->is_init ? "'t' cannot index an init: it gives the value before the first step"
+                                         : "'t' cannot index a state; a state holds one value per sequence");
             return;
         }
         if (ix->kind != AST_IX_VAR) {
@@ -559,6 +651,7 @@ static void check_stmt(checker *c, int si)
             d->axis_locs[d->naxes++] = s->lhs[i].loc;
         }
         d->stmt = si;
+        d->reads_state = c->reads_state;
     }
     s->nvars = c->nvars;
     s->var_names = arena_array(c->a, (size_t)(c->nvars ? c->nvars : 1), sizeof *s->var_names);
@@ -579,11 +672,12 @@ bool check_model(arena *a, diag *d, const src_file *f, ast_model *m, const ast_d
     check_decls(&c, over, nover);
     if (c.ok) {
         c.defined_at = arena_array(a, (size_t)c.ndecls + (size_t)m->nstmts + 1, sizeof *c.defined_at);
-        if (!c.defined_at) {
+        c.init_at = arena_array(a, (size_t)c.ndecls + (size_t)m->nstmts + 1, sizeof *c.init_at);
+        if (!c.defined_at || !c.init_at) {
             diag_error(d, "out of memory");
             return false;
         }
-        for (int i = 0; i < c.ndecls + m->nstmts + 1; i++) c.defined_at[i] = -1;
+        for (int i = 0; i < c.ndecls + m->nstmts + 1; i++) c.defined_at[i] = c.init_at[i] = -1;
     }
     for (int i = 0; c.ok && i < m->nstmts; i++) check_stmt(&c, i);
     for (int i = 0; c.ok && i < c.ndecls; i++)

@@ -82,14 +82,15 @@ token lex_next(lexer *lx)
 		case '\r':
 		case ' ': goto yy4;
 		case '\n': goto yy6;
-		case '(': goto yy7;
-		case ')': goto yy8;
-		case '*': goto yy9;
-		case '+': goto yy10;
-		case ',': goto yy11;
-		case '-': goto yy12;
-		case '.': goto yy13;
-		case '/': goto yy14;
+		case '!': goto yy7;
+		case '(': goto yy8;
+		case ')': goto yy9;
+		case '*': goto yy10;
+		case '+': goto yy11;
+		case ',': goto yy12;
+		case '-': goto yy13;
+		case '.': goto yy14;
+		case '/': goto yy15;
 		case '0':
 		case '1':
 		case '2':
@@ -99,10 +100,12 @@ token lex_next(lexer *lx)
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy16;
-		case ':': goto yy18;
-		case ';': goto yy19;
-		case '=': goto yy20;
+		case '9': goto yy17;
+		case ':': goto yy19;
+		case ';': goto yy20;
+		case '<': goto yy21;
+		case '=': goto yy23;
+		case '>': goto yy25;
 		case 'A':
 		case 'B':
 		case 'C':
@@ -146,20 +149,20 @@ token lex_next(lexer *lx)
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		case 'T': goto yy24;
-		case '[': goto yy26;
-		case ']': goto yy27;
-		case 'd': goto yy28;
-		case 'i': goto yy29;
-		case 'l': goto yy30;
-		case 'm': goto yy31;
-		case 'o': goto yy32;
-		case 'p': goto yy33;
-		case 's': goto yy34;
-		case 't': goto yy35;
-		case '{': goto yy37;
-		case '}': goto yy38;
+		case 'z': goto yy27;
+		case 'T': goto yy30;
+		case '[': goto yy32;
+		case ']': goto yy33;
+		case 'd': goto yy34;
+		case 'i': goto yy35;
+		case 'l': goto yy36;
+		case 'm': goto yy37;
+		case 'o': goto yy38;
+		case 'p': goto yy39;
+		case 's': goto yy40;
+		case 't': goto yy41;
+		case '{': goto yy43;
+		case '}': goto yy44;
 		default: goto yy2;
 	}
 yy1:
@@ -195,52 +198,32 @@ yy6:
 	++lx->cur;
 	{ lx->line++; lx->line_start = lx->cur; continue; }
 yy7:
-	++lx->cur;
-	{ return make(lx, TOK_LPAREN, start); }
-yy8:
-	++lx->cur;
-	{ return make(lx, TOK_RPAREN, start); }
-yy9:
-	++lx->cur;
-	{ return make(lx, TOK_STAR, start); }
-yy10:
-	++lx->cur;
-	{ return make(lx, TOK_PLUS, start); }
-yy11:
-	++lx->cur;
-	{ return make(lx, TOK_COMMA, start); }
-yy12:
-	++lx->cur;
-	{ return make(lx, TOK_MINUS, start); }
-yy13:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy39;
+		case '=': goto yy45;
 		default: goto yy3;
 	}
+yy8:
+	++lx->cur;
+	{ return make(lx, TOK_LPAREN, start); }
+yy9:
+	++lx->cur;
+	{ return make(lx, TOK_RPAREN, start); }
+yy10:
+	++lx->cur;
+	{ return make(lx, TOK_STAR, start); }
+yy11:
+	++lx->cur;
+	{ return make(lx, TOK_PLUS, start); }
+yy12:
+	++lx->cur;
+	{ return make(lx, TOK_COMMA, start); }
+yy13:
+	++lx->cur;
+	{ return make(lx, TOK_MINUS, start); }
 yy14:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '*': goto yy41;
-		case '/': goto yy42;
-		default: goto yy15;
-	}
-yy15:
-	{ return make(lx, TOK_SLASH, start); }
-yy16:
-	yyaccept = 0;
-	yych = *(YYMARKER = ++lx->cur);
-	switch (yych) {
-		case '.': goto yy44;
 		case '0':
 		case '1':
 		case '2':
@@ -250,25 +233,72 @@ yy16:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy16;
-		case 'E':
-		case 'e': goto yy45;
-		default: goto yy17;
+		case '9': goto yy46;
+		default: goto yy3;
 	}
+yy15:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '*': goto yy48;
+		case '/': goto yy49;
+		default: goto yy16;
+	}
+yy16:
+	{ return make(lx, TOK_SLASH, start); }
 yy17:
-	{ return number(lx, start, true); }
+	yyaccept = 0;
+	yych = *(YYMARKER = ++lx->cur);
+	switch (yych) {
+		case '.': goto yy51;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy17;
+		case 'E':
+		case 'e': goto yy52;
+		default: goto yy18;
+	}
 yy18:
-	++lx->cur;
-	{ return make(lx, TOK_COLON, start); }
+	{ return number(lx, start, true); }
 yy19:
 	++lx->cur;
-	{ return make(lx, TOK_SEMI, start); }
+	{ return make(lx, TOK_COLON, start); }
 yy20:
 	++lx->cur;
-	{ return make(lx, TOK_ASSIGN, start); }
+	{ return make(lx, TOK_SEMI, start); }
 yy21:
 	yych = *++lx->cur;
+	switch (yych) {
+		case '=': goto yy54;
+		default: goto yy22;
+	}
 yy22:
+	{ return make(lx, TOK_LT, start); }
+yy23:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '=': goto yy55;
+		default: goto yy24;
+	}
+yy24:
+	{ return make(lx, TOK_ASSIGN, start); }
+yy25:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '=': goto yy56;
+		default: goto yy26;
+	}
+yy26:
+	{ return make(lx, TOK_GT, start); }
+yy27:
+	yych = *++lx->cur;
+yy28:
 	switch (yych) {
 		case '0':
 		case '1':
@@ -332,15 +362,15 @@ yy22:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy23;
+		case 'z': goto yy27;
+		default: goto yy29;
 	}
-yy23:
+yy29:
 	{
             if (lx->cur - start > 255) return error(lx, start, "identifier is too long");
             return make(lx, TOK_IDENT, start);
         }
-yy24:
+yy30:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -405,64 +435,64 @@ yy24:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy25;
-	}
-yy25:
-	{ return make(lx, TOK_BIG_T, start); }
-yy26:
-	++lx->cur;
-	{ return make(lx, TOK_LBRACK, start); }
-yy27:
-	++lx->cur;
-	{ return make(lx, TOK_RBRACK, start); }
-yy28:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'i': goto yy47;
-		default: goto yy22;
-	}
-yy29:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'n': goto yy48;
-		default: goto yy22;
-	}
-yy30:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'e': goto yy49;
-		default: goto yy22;
+		case 'z': goto yy27;
+		default: goto yy31;
 	}
 yy31:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'a': goto yy50;
-		case 'o': goto yy51;
-		default: goto yy22;
-	}
+	{ return make(lx, TOK_BIG_T, start); }
 yy32:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'u': goto yy52;
-		default: goto yy22;
-	}
+	++lx->cur;
+	{ return make(lx, TOK_LBRACK, start); }
 yy33:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'a': goto yy53;
-		default: goto yy22;
-	}
+	++lx->cur;
+	{ return make(lx, TOK_RBRACK, start); }
 yy34:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy54;
-		case 'u': goto yy55;
-		default: goto yy22;
+		case 'i': goto yy57;
+		default: goto yy28;
 	}
 yy35:
 	yych = *++lx->cur;
 	switch (yych) {
+		case 'n': goto yy58;
+		default: goto yy28;
+	}
+yy36:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'e': goto yy59;
+		default: goto yy28;
+	}
+yy37:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy60;
+		case 'o': goto yy61;
+		default: goto yy28;
+	}
+yy38:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'u': goto yy62;
+		default: goto yy28;
+	}
+yy39:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy63;
+		default: goto yy28;
+	}
+yy40:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy64;
+		case 'u': goto yy65;
+		default: goto yy28;
+	}
+yy41:
+	yych = *++lx->cur;
+	switch (yych) {
 		case '0':
 		case '1':
 		case '2':
@@ -525,18 +555,21 @@ yy35:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy36;
+		case 'z': goto yy27;
+		default: goto yy42;
 	}
-yy36:
+yy42:
 	{ return make(lx, TOK_T, start); }
-yy37:
+yy43:
 	++lx->cur;
 	{ return make(lx, TOK_LBRACE, start); }
-yy38:
+yy44:
 	++lx->cur;
 	{ return make(lx, TOK_RBRACE, start); }
-yy39:
+yy45:
+	++lx->cur;
+	{ return make(lx, TOK_NE, start); }
+yy46:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -548,12 +581,12 @@ yy39:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy39;
-		default: goto yy40;
+		case '9': goto yy46;
+		default: goto yy47;
 	}
-yy40:
+yy47:
 	{ return error(lx, start, "a number must start with a digit ('.5' is written '0.5')"); }
-yy41:
+yy48:
 	++lx->cur;
 	{
             /* the error points at the opening delimiter, not where the text ran out */
@@ -572,113 +605,122 @@ yy41:
             }
             continue;
         }
-yy42:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 0x00:
-		case '\n': goto yy43;
-		default: goto yy42;
-	}
-yy43:
-	{ continue; }
-yy44:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy57;
-		default: goto yy56;
-	}
-yy45:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '+':
-		case '-': goto yy59;
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy60;
-		default: goto yy46;
-	}
-yy46:
-	lx->cur = YYMARKER;
-	if (yyaccept == 0) {
-		goto yy17;
-	} else {
-		goto yy58;
-	}
-yy47:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'm': goto yy62;
-		default: goto yy22;
-	}
-yy48:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'p': goto yy64;
-		default: goto yy22;
-	}
 yy49:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy65;
-		default: goto yy22;
+		case 0x00:
+		case '\n': goto yy50;
+		default: goto yy49;
 	}
 yy50:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'x': goto yy67;
-		default: goto yy22;
-	}
+	{ continue; }
 yy51:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'd': goto yy69;
-		default: goto yy22;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy67;
+		default: goto yy66;
 	}
 yy52:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy70;
-		default: goto yy22;
+		case '+':
+		case '-': goto yy69;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy70;
+		default: goto yy53;
 	}
 yy53:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'r': goto yy71;
-		default: goto yy22;
+	lx->cur = YYMARKER;
+	if (yyaccept == 0) {
+		goto yy18;
+	} else {
+		goto yy68;
 	}
 yy54:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'a': goto yy72;
-		default: goto yy22;
-	}
+	++lx->cur;
+	{ return make(lx, TOK_LE, start); }
 yy55:
+	++lx->cur;
+	{ return make(lx, TOK_EQ, start); }
+yy56:
+	++lx->cur;
+	{ return make(lx, TOK_GE, start); }
+yy57:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'm': goto yy73;
-		default: goto yy22;
+		case 'm': goto yy72;
+		default: goto yy28;
 	}
-yy56:
+yy58:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'p': goto yy74;
+		default: goto yy28;
+	}
+yy59:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy75;
+		default: goto yy28;
+	}
+yy60:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'x': goto yy77;
+		default: goto yy28;
+	}
+yy61:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'd': goto yy79;
+		default: goto yy28;
+	}
+yy62:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy80;
+		default: goto yy28;
+	}
+yy63:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'r': goto yy81;
+		default: goto yy28;
+	}
+yy64:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy82;
+		default: goto yy28;
+	}
+yy65:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'm': goto yy83;
+		default: goto yy28;
+	}
+yy66:
 	++lx->cur;
 	lx->cur -= 1;
 	{ return error(lx, start, "a digit must follow the decimal point"); }
-yy57:
+yy67:
 	yyaccept = 1;
 	yych = *(YYMARKER = ++lx->cur);
 	switch (yych) {
@@ -691,286 +733,46 @@ yy57:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy57;
+		case '9': goto yy67;
 		case 'E':
-		case 'e': goto yy75;
-		default: goto yy58;
-	}
-yy58:
-	{ return number(lx, start, false); }
-yy59:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy60;
-		default: goto yy46;
-	}
-yy60:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy60;
-		default: goto yy61;
-	}
-yy61:
-	{ return number(lx, start, false); }
-yy62:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
-		default: goto yy63;
-	}
-yy63:
-	{ return make(lx, TOK_DIM, start); }
-yy64:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'u': goto yy76;
-		default: goto yy22;
-	}
-yy65:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
-		default: goto yy66;
-	}
-yy66:
-	{ return make(lx, TOK_LET, start); }
-yy67:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
+		case 'e': goto yy85;
 		default: goto yy68;
 	}
 yy68:
-	{ return make(lx, TOK_MAX, start); }
+	{ return number(lx, start, false); }
 yy69:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'e': goto yy77;
-		default: goto yy22;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy70;
+		default: goto yy53;
 	}
 yy70:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'p': goto yy78;
-		default: goto yy22;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy70;
+		default: goto yy71;
 	}
 yy71:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'a': goto yy79;
-		default: goto yy22;
-	}
+	{ return number(lx, start, false); }
 yy72:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy80;
-		default: goto yy22;
-	}
-yy73:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -1035,16 +837,20 @@ yy73:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy74;
+		case 'z': goto yy27;
+		default: goto yy73;
 	}
+yy73:
+	{ return make(lx, TOK_DIM, start); }
 yy74:
-	{ return make(lx, TOK_SUM, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'u': goto yy86;
+		default: goto yy28;
+	}
 yy75:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '+':
-		case '-': goto yy81;
 		case '0':
 		case '1':
 		case '2':
@@ -1054,68 +860,157 @@ yy75:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy82;
-		default: goto yy46;
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy27;
+		default: goto yy76;
 	}
 yy76:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy83;
-		default: goto yy22;
-	}
+	{ return make(lx, TOK_LET, start); }
 yy77:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'l': goto yy85;
-		default: goto yy22;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy27;
+		default: goto yy78;
 	}
 yy78:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'u': goto yy87;
-		default: goto yy22;
-	}
+	{ return make(lx, TOK_MAX, start); }
 yy79:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'm': goto yy88;
-		default: goto yy22;
+		case 'e': goto yy87;
+		default: goto yy28;
 	}
 yy80:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'e': goto yy90;
-		default: goto yy22;
+		case 'p': goto yy88;
+		default: goto yy28;
 	}
 yy81:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy82;
-		default: goto yy46;
+		case 'a': goto yy89;
+		default: goto yy28;
 	}
 yy82:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy82;
-		default: goto yy58;
+		case 't': goto yy90;
+		default: goto yy28;
 	}
 yy83:
 	yych = *++lx->cur;
@@ -1182,14 +1077,16 @@ yy83:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
+		case 'z': goto yy27;
 		default: goto yy84;
 	}
 yy84:
-	{ return make(lx, TOK_INPUT, start); }
+	{ return make(lx, TOK_SUM, start); }
 yy85:
 	yych = *++lx->cur;
 	switch (yych) {
+		case '+':
+		case '-': goto yy91;
 		case '0':
 		case '1':
 		case '2':
@@ -1199,141 +1096,40 @@ yy85:
 		case '6':
 		case '7':
 		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
-		default: goto yy86;
+		case '9': goto yy92;
+		default: goto yy53;
 	}
 yy86:
-	{ return make(lx, TOK_MODEL, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy93;
+		default: goto yy28;
+	}
 yy87:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy92;
-		default: goto yy22;
+		case 'l': goto yy95;
+		default: goto yy28;
 	}
 yy88:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
-		default: goto yy89;
+		case 'u': goto yy97;
+		default: goto yy28;
 	}
 yy89:
-	{ return make(lx, TOK_PARAM, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'm': goto yy98;
+		default: goto yy28;
+	}
 yy90:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'e': goto yy100;
+		default: goto yy28;
+	}
+yy91:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -1345,64 +1141,9 @@ yy90:
 		case '6':
 		case '7':
 		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy21;
-		default: goto yy91;
+		case '9': goto yy92;
+		default: goto yy53;
 	}
-yy91:
-	{ return make(lx, TOK_STATE, start); }
 yy92:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -1415,6 +1156,21 @@ yy92:
 		case '6':
 		case '7':
 		case '8':
+		case '9': goto yy92;
+		default: goto yy68;
+	}
+yy93:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
 		case '9':
 		case 'A':
 		case 'B':
@@ -1468,10 +1224,296 @@ yy92:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy21;
-		default: goto yy93;
+		case 'z': goto yy27;
+		default: goto yy94;
 	}
-yy93:
+yy94:
+	{ return make(lx, TOK_INPUT, start); }
+yy95:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy27;
+		default: goto yy96;
+	}
+yy96:
+	{ return make(lx, TOK_MODEL, start); }
+yy97:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy102;
+		default: goto yy28;
+	}
+yy98:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy27;
+		default: goto yy99;
+	}
+yy99:
+	{ return make(lx, TOK_PARAM, start); }
+yy100:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy27;
+		default: goto yy101;
+	}
+yy101:
+	{ return make(lx, TOK_STATE, start); }
+yy102:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy27;
+		default: goto yy103;
+	}
+yy103:
 	{ return make(lx, TOK_OUTPUT, start); }
 }
 

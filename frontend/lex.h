@@ -14,7 +14,8 @@
     X(MAX, "'max'") X(T, "'t'") X(BIG_T, "'T'")                                         \
     X(LBRACE, "'{'") X(RBRACE, "'}'") X(LBRACK, "'['") X(RBRACK, "']'")                 \
     X(LPAREN, "'('") X(RPAREN, "')'") X(COMMA, "','") X(SEMI, "';'") X(ASSIGN, "'='")   \
-    X(PLUS, "'+'") X(MINUS, "'-'") X(STAR, "'*'") X(SLASH, "'/'") X(COLON, "':'")
+    X(PLUS, "'+'") X(MINUS, "'-'") X(STAR, "'*'") X(SLASH, "'/'") X(COLON, "':'")       \
+    X(LT, "'<'") X(LE, "'<='") X(GT, "'>'") X(GE, "'>='") X(EQ, "'=='") X(NE, "'!='")
 
 typedef enum tok_kind {
 #define X(name, text) TOK_##name,

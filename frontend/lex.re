@@ -138,6 +138,12 @@ token lex_next(lexer *lx)
         "*" { return make(lx, TOK_STAR, start); }
         "/" { return make(lx, TOK_SLASH, start); }
         ":" { return make(lx, TOK_COLON, start); }
+        "<"  { return make(lx, TOK_LT, start); }
+        "<=" { return make(lx, TOK_LE, start); }
+        ">"  { return make(lx, TOK_GT, start); }
+        ">=" { return make(lx, TOK_GE, start); }
+        "==" { return make(lx, TOK_EQ, start); }
+        "!=" { return make(lx, TOK_NE, start); }
 
         * {
             unsigned char c = (unsigned char)*start;

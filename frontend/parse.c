@@ -194,13 +194,19 @@ static bool parse_index_list(parser *p, ast_index **out, int *n)
     return true;
 }
 
-/* After 'sum(' or 'max(': is this `i, j :` (a reduction)? */
+/* After 'sum(' or 'max(': is this `i, j[W] :` (a reduction)? (`max(x[i], y)`
+ * is a call: what follows the brackets decides.) */
 static bool looks_like_reduction(parser *p)
 {
     size_t k = 0;
     for (;;) {
         if (peek2(p, k)->kind != TOK_IDENT) return false;
         k++;
+        if (peek2(p, k)->kind == TOK_LBRACK) {
+            if (peek2(p, k + 1)->kind == TOK_BIG_T) return true; /* j[T]: reported as a reduction's error */
+            if (peek2(p, k + 1)->kind != TOK_IDENT || peek2(p, k + 2)->kind != TOK_RBRACK) return false;
+            k += 3;
+        }
         if (peek2(p, k)->kind == TOK_COLON) return true;
         if (peek2(p, k)->kind != TOK_COMMA) return false;
         k++;
@@ -213,8 +219,8 @@ static ast_expr *parse_reduction(parser *p, token *kw, char op)
     if (!e) return NULL;
     e->op = op;
     e->name = op == '+' ? "sum" : "max";
-    const char *names[AST_MAX_AXES];
-    src_loc locs[AST_MAX_AXES];
+    const char *names[AST_MAX_AXES], *dims[AST_MAX_AXES];
+    src_loc locs[AST_MAX_AXES], dim_locs[AST_MAX_AXES];
     int n = 0;
     do {
         token *v = expect(p, TOK_IDENT, "an index variable");
@@ -225,14 +231,27 @@ static ast_expr *parse_reduction(parser *p, token *kw, char op)
             return NULL;
         }
         names[n] = name_of(p, v);
-        locs[n++] = v->loc;
+        locs[n] = v->loc;
+        dims[n] = NULL;
+        dim_locs[n] = v->loc;
+        if (accept(p, TOK_LBRACK)) { /* j[W]: the variable's range named */
+            token *w = expect(p, TOK_IDENT, "a dim name in 'j[W]'");
+            if (!w || !expect(p, TOK_RBRACK, "']' after the dim of the reduction variable")) return NULL;
+            dims[n] = name_of(p, w);
+            dim_locs[n] = w->loc;
+        }
+        n++;
     } while (accept(p, TOK_COMMA));
     if (!expect(p, TOK_COLON, "':' after the reduction variables")) return NULL;
     e->vars = arena_array(p->a, (size_t)n, sizeof *e->vars);
     e->var_locs = arena_array(p->a, (size_t)n, sizeof *e->var_locs);
-    if (!e->vars || !e->var_locs) return NULL;
+    e->var_dims = arena_array(p->a, (size_t)n, sizeof *e->var_dims);
+    e->var_dim_locs = arena_array(p->a, (size_t)n, sizeof *e->var_dim_locs);
+    if (!e->vars || !e->var_locs || !e->var_dims || !e->var_dim_locs) return NULL;
     memcpy(e->vars, names, (size_t)n * sizeof *names);
     memcpy(e->var_locs, locs, (size_t)n * sizeof *locs);
+    memcpy(e->var_dims, dims, (size_t)n * sizeof *dims);
+    memcpy(e->var_dim_locs, dim_locs, (size_t)n * sizeof *dim_locs);
     e->nvars = n;
     e->a = parse_expr(p);
     if (!e->a || !expect(p, TOK_RPAREN, "')' to close the reduction")) return NULL;
@@ -285,7 +304,11 @@ static ast_expr *parse_primary(parser *p)
     case TOK_SUM:
         advance(p);
         if (!expect(p, TOK_LPAREN, "'(' after 'sum'")) return NULL;
-        if (!looks_like_reduction(p)) {
+        /* `sum(j[]`, `sum(j[T]`, `sum(j[W:` are reductions gone wrong: their own errors are the precise ones */
+        if (!looks_like_reduction(p) &&
+            !(peek(p)->kind == TOK_IDENT && peek2(p, 1)->kind == TOK_LBRACK &&
+              (peek2(p, 2)->kind == TOK_RBRACK || peek2(p, 2)->kind == TOK_BIG_T ||
+               (peek2(p, 2)->kind == TOK_IDENT && peek2(p, 3)->kind == TOK_COLON)))) {
             fail(p, peek(p), "reduction variables and ':' (as in 'sum(i: e)')");
             return NULL;
         }
@@ -383,13 +406,53 @@ static ast_expr *parse_term(parser *p)
 
 /* Every level of nesting (parentheses, calls, reductions, unary signs) goes
  * through parse_unary, which alone counts depth. */
-static ast_expr *parse_expr(parser *p)
+static ast_expr *parse_arith(parser *p)
 {
     ast_expr *e = parse_term(p);
     while (e && (peek(p)->kind == TOK_PLUS || peek(p)->kind == TOK_MINUS)) {
         token *op = advance(p);
         int ha = p->height;
         e = binary(p, op, e, ha, parse_term(p));
+    }
+    return e;
+}
+
+/* The comparison's code in ast_expr.op (ast.h), or 0 for another token. */
+static char cmp_code(tok_kind k)
+{
+    switch (k) {
+    case TOK_LT: return '<';
+    case TOK_LE: return 'l';
+    case TOK_GT: return '>';
+    case TOK_GE: return 'g';
+    case TOK_EQ: return '=';
+    case TOK_NE: return '!';
+    default: return 0;
+    }
+}
+
+/* expr := arith [cmp arith]: comparisons bind more loosely than + and -, and
+ * do not chain (a < b < c is an error, not (a < b) < c). */
+static ast_expr *parse_expr(parser *p)
+{
+    ast_expr *e = parse_arith(p);
+    if (!e || !cmp_code(peek(p)->kind)) return e;
+    token *op = advance(p);
+    int ha = p->height;
+    ast_expr *b = parse_arith(p);
+    e = binary(p, op, e, ha, b);
+    if (!e) return NULL;
+    e->kind = AST_CMP;
+    e->op = cmp_code(op->kind);
+    token *next = peek(p);
+    if (cmp_code(next->kind)) {
+        if (!p->failed)
+            diag_at(p->d, p->f, next->loc,
+                    "comparisons do not chain: '%.*s' follows a comparison; write (a %.*s b) * (b %.*s c) for both, "
+                    "or parenthesise one",
+                    (int)next->len, next->start, (int)op->len, op->start, (int)next->len, next->start);
+        p->failed = true;
+        return NULL;
     }
     return e;
 }
@@ -459,11 +522,11 @@ static bool parse_tensor_decls(parser *p, model_builder *b, ast_decl_kind kind)
     return expect(p, TOK_SEMI, "',' or ';'") != NULL;
 }
 
-static bool parse_stmt(parser *p, model_builder *b, bool is_let)
+static bool parse_stmt(parser *p, model_builder *b, bool is_let, bool is_init)
 {
-    token *n = expect(p, TOK_IDENT, is_let ? "a name after 'let'" : "a statement");
+    token *n = expect(p, TOK_IDENT, is_let ? "a name after 'let'" : is_init ? "a state after 'init'" : "a statement");
     if (!n) return false;
-    ast_stmt s = {.is_let = is_let, .name = name_of(p, n), .loc = n->loc, .sym = -1};
+    ast_stmt s = {.is_let = is_let, .is_init = is_init, .name = name_of(p, n), .loc = n->loc, .sym = -1};
     if (accept(p, TOK_LBRACK)) {
         s.brackets = true;
         if (!parse_index_list(p, &s.lhs, &s.nlhs)) return false;
@@ -508,8 +571,16 @@ static bool parse_model(parser *p, ast_model *m, bool first)
         case TOK_PARAM: advance(p); ok = parse_tensor_decls(p, &b, AST_PARAM); break;
         case TOK_STATE: advance(p); ok = parse_tensor_decls(p, &b, AST_STATE); break;
         case TOK_OUTPUT: advance(p); ok = parse_tensor_decls(p, &b, AST_OUTPUT); break;
-        case TOK_LET: advance(p); ok = parse_stmt(p, &b, true); break;
-        case TOK_IDENT: ok = parse_stmt(p, &b, false); break;
+        case TOK_LET: advance(p); ok = parse_stmt(p, &b, true, false); break;
+        case TOK_IDENT:
+            /* `init` is a keyword only where a name follows it: `init S[i] = e;` */
+            if (t->len == 4 && memcmp(t->start, "init", 4) == 0 && peek2(p, 1)->kind == TOK_IDENT) {
+                advance(p);
+                ok = parse_stmt(p, &b, false, true);
+            } else {
+                ok = parse_stmt(p, &b, false, false);
+            }
+            break;
         case TOK_EOF: fail(p, t, "'}' to close the model"); ok = false; break;
         default: fail(p, t, "a declaration, a statement or '}'"); ok = false; break;
         }

@@ -6,10 +6,15 @@
  * A state update is computed into a scratch buffer and copied over the state
  * after the statement, so the update is simultaneous over all indices and
  * reads inside it see S(t-1); later statements see S(t). Reads of an input
- * before the start of the sequence give 0. */
+ * before the start of the sequence give 0. A state not given starts from its
+ * init statement (zero without one). A per-step let read at an earlier step
+ * keeps every step's value of the sequence (the backends see no such reads:
+ * passes/lag.c rewrites them; the interpreter runs the IR either way, so the
+ * two can be compared). select evaluates the chosen operand only. */
 #include "ir.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +23,7 @@ typedef struct interp {
     const ir_interp_args *args;
     int64_t b, t;
     double **buf;       /* per tensor: states' current value, lets' current value */
+    double **hist;      /* per tensor: lets read at earlier steps: [T][elems] of this sequence */
     int64_t *env;       /* per variable: its current value */
     int64_t *strides;   /* per tensor, per axis (row-major over the declared axes) */
     int64_t *elems;     /* per tensor */
@@ -39,14 +45,16 @@ static double load(interp *I, const ir_inst *in)
         int64_t v = ix->kind == IR_IX_CONST ? ix->k : ix->kind == IR_IX_DIV ? I->env[ix->var] / ix->k : I->env[ix->var];
         off += v * st[i];
     }
+    int64_t tt = I->t - in->load.lag - (in->load.lag_var >= 0 ? I->env[in->load.lag_var] : 0);
+    int64_t n = I->elems[in->load.tensor];
     switch (t->kind) {
-    case IR_INPUT: {
-        int64_t tt = I->t - (in->load.lag_var >= 0 ? I->env[in->load.lag_var] : in->load.lag);
+    case IR_INPUT:
         if (tt < 0) return 0.0;
-        int64_t n = I->elems[in->load.tensor];
         return I->args->data[in->load.tensor][(I->b * I->args->T + tt) * n + off];
-    }
     case IR_PARAM: return I->args->data[in->load.tensor][off];
+    case IR_LET:
+        if (tt == I->t) return I->buf[in->load.tensor][off];
+        return tt < 0 ? 0.0 : I->hist[in->load.tensor][tt * n + off];
     default: return I->buf[in->load.tensor][off];
     }
 }
@@ -76,6 +84,7 @@ static double eval(interp *I, ir_ref r)
 {
     const ir_inst *in = &I->m->insts[r];
     double a = 0, b = 0;
+    if (in->op == IR_SELECT) return eval(I, in->a) != 0 ? eval(I, in->b) : eval(I, in->c);
     if (in->op != IR_SUM && in->op != IR_RMAX) {
         if (in->a != IR_NONE) a = eval(I, in->a);
         if (in->b != IR_NONE) b = eval(I, in->b);
@@ -83,6 +92,17 @@ static double eval(interp *I, ir_ref r)
     switch ((ir_op)in->op) {
     case IR_CONST: return in->num;
     case IR_LOAD: return load(I, in);
+    case IR_IDX: return (double)I->env[in->var];
+    case IR_LT: return a < b;
+    case IR_LE: return a <= b;
+    case IR_GT: return a > b;
+    case IR_GE: return a >= b;
+    case IR_EQ: return a == b;
+    case IR_NE: return a != b;
+    case IR_SIN: return sin(a);
+    case IR_COS: return cos(a);
+    case IR_ERF: return erf(a);
+    case IR_SELECT: break;
     case IR_NEG: return -a;
     case IR_ADD: return a + b;
     case IR_SUB: return a - b;
@@ -130,11 +150,18 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
     interp I = {.m = m, .args = args};
     size_t nt = m->ntensors ? m->ntensors : 1;
     I.buf = calloc(nt, sizeof *I.buf);
+    I.hist = calloc(nt, sizeof *I.hist);
     I.env = calloc(m->nvars ? m->nvars : 1, sizeof *I.env);
     I.strides = calloc(nt * IR_MAX_RANK, sizeof *I.strides);
     I.elems = calloc(nt, sizeof *I.elems);
     int64_t max_elems = 1;
-    bool ok = I.buf && I.env && I.strides && I.elems;
+    bool *lagged = calloc(nt, sizeof *lagged); /* lets read at earlier steps */
+    bool ok = I.buf && I.hist && I.env && I.strides && I.elems && lagged;
+    for (uint32_t r = 0; ok && r < m->ninsts; r++) {
+        const ir_inst *in = &m->insts[r];
+        if (in->op == IR_LOAD && m->tensors[in->load.tensor].kind == IR_LET && (in->load.lag || in->load.lag_var >= 0))
+            lagged[in->load.tensor] = true;
+    }
     for (uint32_t i = 0; ok && i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
         int64_t s = 1;
@@ -147,6 +174,11 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
         if (t->kind == IR_STATE || t->kind == IR_LET) {
             I.buf[i] = calloc((size_t)s, sizeof(double));
             ok = I.buf[i] != NULL;
+        }
+        if (ok && lagged[i]) {
+            bool fits = (uint64_t)args->T <= SIZE_MAX / sizeof(double) / (size_t)s;
+            I.hist[i] = fits ? malloc(((size_t)args->T * (size_t)s + 1) * sizeof(double)) : NULL;
+            ok = I.hist[i] != NULL;
         }
     }
     double *scratch = ok ? malloc((size_t)max_elems * sizeof(double)) : NULL;
@@ -161,6 +193,8 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
             size_t bytes = (size_t)I.elems[i] * sizeof(double);
             if (args->data[i])
                 memcpy(I.buf[i], args->data[i] + I.b * I.elems[i], bytes);
+            else if (ir_find_init(m, (int)i))
+                run_stmt(&I, ir_find_init(m, (int)i), I.buf[i]);
             else
                 memset(I.buf[i], 0, bytes);
         }
@@ -182,6 +216,7 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
                     memcpy(I.buf[s->tensor], scratch, bytes);
                 } else {
                     run_stmt(&I, s, I.buf[s->tensor]);
+                    if (I.hist[s->tensor]) memcpy(I.hist[s->tensor] + I.t * I.elems[s->tensor], I.buf[s->tensor], bytes);
                 }
             }
         }
@@ -190,7 +225,10 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
                 memcpy(args->data[i] + I.b * I.elems[i], I.buf[i], (size_t)I.elems[i] * sizeof(double));
     }
     for (uint32_t i = 0; I.buf && i < m->ntensors; i++) free(I.buf[i]);
+    for (uint32_t i = 0; I.hist && i < m->ntensors; i++) free(I.hist[i]);
     free(I.buf);
+    free(I.hist);
+    free(lagged);
     free(I.env);
     free(I.strides);
     free(I.elems);

@@ -9,7 +9,14 @@
  *
  * Reads (IR_LOAD) name a tensor and one index per axis. A read of a state says
  * which value it sees: `after_update` false is S(t-1), true is S(t). Reads of
- * per-step tensors carry a time lag (t - lag or t - var) on their T axis.
+ * per-step tensors carry a time lag on their T axis: t - lag - var (var
+ * optional). Lowering gives lags to inputs and per-step lets; passes/lag.c
+ * then replaces every lagged read of a let (by lets of its own recomputed at
+ * the lag, or by hidden states that keep earlier values), so the backends see
+ * lags on inputs only. IR_IDX is an index variable's value as a number.
+ *
+ * A state may have an init statement (model.inits): its initial value from
+ * params, literals and index variables, used when the caller gives none.
  * Dims are concrete here: -D overrides are applied before lowering. */
 #ifndef SSMC_IR_H
 #define SSMC_IR_H
@@ -50,8 +57,18 @@ typedef struct ir_tensor {
     int rank;
     int dims[IR_MAX_RANK];    /* dim ids of the axes after T */
     int def;                  /* the statement defining it (lets, outputs, updated states), or -1 */
+    bool hidden;              /* a state made by passes/lag.c: not part of the public API; it
+                                 starts from zero and its final value is dropped */
     src_loc loc;
 } ir_tensor;
+
+/* A tensor made by passes/lag.c, and what it holds (for --emit=ir). */
+typedef struct ir_origin {
+    int tensor;  /* the new let or hidden state */
+    int let;     /* the let whose earlier values it holds */
+    int64_t lag; /* at t - lag, */
+    bool window; /* ... minus the value w of its first axis (a let over every w of that dim) */
+} ir_origin;
 
 typedef struct ir_var {
     const char *name;
@@ -73,14 +90,15 @@ typedef struct ir_index {
 typedef struct ir_inst {
     uint8_t op;     /* ir_op */
     src_loc loc;
-    ir_ref a, b;    /* operands (IR_NONE when absent) */
+    ir_ref a, b, c; /* operands, op_table[op].arity of them in this order (IR_NONE when absent) */
     union {
         double num; /* CONST */
+        int var;    /* IDX: the index variable */
         struct {
             int tensor;
             uint32_t ix;       /* indices: model.ix[ix .. ix + rank) */
-            int64_t lag;       /* per-step tensors: read at t - lag (lag_var < 0) */
-            int lag_var;       /* ... or at t - var */
+            int64_t lag;       /* per-step tensors: read at t - lag - var */
+            int lag_var;       /* ... var (-1: none) */
             bool after_update; /* states: sees S(t) rather than S(t-1) */
         } load;
         struct {
@@ -116,11 +134,21 @@ typedef struct ir_model {
     uint32_t nred_vars;
     ir_stmt *stmts;
     uint32_t nstmts;
+    ir_stmt *inits;          /* init statements (per_step false, one per state at most), in source order */
+    uint32_t ninits;
+    ir_origin *origins;      /* tensors made by passes/lag.c */
+    uint32_t norigins;
 } ir_model;
 
 /* Elements of one sequence's slice of a tensor (product of its axes, T excluded). */
 int64_t ir_tensor_elems(const ir_model *m, const ir_tensor *t);
 int ir_find_tensor(const ir_model *m, const char *name);
+/* Operand i (0, 1, 2) of an instruction: a, b or c. */
+ir_ref ir_operand(const ir_inst *in, int i);
+/* The init statement of state `tensor`, or NULL. */
+const ir_stmt *ir_find_init(const ir_model *m, int tensor);
+/* What passes/lag.c made tensor `tensor` for, or NULL. */
+const ir_origin *ir_find_origin(const ir_model *m, int tensor);
 
 /* ---- builder: growable arrays, frozen into the arena by ir_finish ---- */
 typedef struct ir_builder ir_builder;
@@ -140,10 +168,11 @@ void ir_print_expr(strbuf *out, const ir_model *m, ir_ref r);
  * diagnostic naming the broken invariant. Run after lowering and after passes. */
 bool ir_verify(const ir_model *m, diag *d);
 
-/* Reference interpreter (ir/interp.c): f64, sequential, any model.
- * Tensors are given as f64 arrays in the layouts of SPEC §5, indexed by tensor
- * id; NULL for a state means zero initial state and no final state; NULL for
- * an output means it is not kept. Lets must be NULL. */
+/* Reference interpreter (ir/interp.c): f64, sequential, any verified model
+ * (lagged reads of lets included). Tensors are given as f64 arrays in the
+ * layouts of SPEC §5, indexed by tensor id; NULL for a state means its init
+ * value (zero without an init statement) and no final state; NULL for an
+ * output means it is not kept. Lets must be NULL. */
 typedef struct ir_interp_args {
     int64_t batch, T;
     double **data; /* [ntensors] */

@@ -2,7 +2,8 @@
  * Assumes check_model succeeded on the tree. Dims become constants; lets
  * become tensors; each statement's index variables become model-wide
  * variables; reads of a state are marked as seeing S(t-1) or S(t) by their
- * position relative to the state's update. */
+ * position relative to the state's update. Init statements go to model.inits,
+ * the others to model.stmts, each list in source order. */
 #include "ir.h"
 
 #include <stdlib.h>
@@ -43,7 +44,7 @@ static ir_ref emit(lowerer *l, ir_inst in)
 static ir_ref lower_expr(lowerer *l, const ast_expr *e)
 {
     if (l->oom) return IR_NONE;
-    ir_inst in = {.loc = e->loc, .a = IR_NONE, .b = IR_NONE};
+    ir_inst in = {.loc = e->loc, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE};
     switch (e->kind) {
     case AST_NUM:
         in.op = IR_CONST;
@@ -96,10 +97,25 @@ static ir_ref lower_expr(lowerer *l, const ast_expr *e)
         in.a = lower_expr(l, e->a);
         in.b = lower_expr(l, e->b);
         return emit(l, in);
+    case AST_CMP:
+        in.op = e->op == '<'   ? IR_LT
+                : e->op == 'l' ? IR_LE
+                : e->op == '>' ? IR_GT
+                : e->op == 'g' ? IR_GE
+                : e->op == '=' ? IR_EQ
+                               : IR_NE;
+        in.a = lower_expr(l, e->a);
+        in.b = lower_expr(l, e->b);
+        return emit(l, in);
+    case AST_IDX:
+        in.op = IR_IDX;
+        in.var = l->var_base + e->var;
+        return emit(l, in);
     case AST_CALL:
         in.op = (uint8_t)e->fn; /* the op table row: ir_op */
         in.a = lower_expr(l, e->args[0]);
         if (e->nargs > 1) in.b = lower_expr(l, e->args[1]);
+        if (e->nargs > 2) in.c = lower_expr(l, e->args[2]);
         return emit(l, in);
     case AST_REDUCE:
         in.op = e->op == '+' ? IR_SUM : IR_RMAX;
@@ -132,7 +148,8 @@ ir_model *ir_lower(arena *a, diag *d, const src_file *f, const ast_model *am)
     ir_dim *dims = calloc((size_t)am->ndecls + 1, sizeof *dims);
     ir_tensor *tensors = calloc((size_t)am->ndecls + 1, sizeof *tensors);
     ir_stmt *stmts = calloc((size_t)am->nstmts + 1, sizeof *stmts);
-    if (!m || !l.dim_of_decl || !l.tensor_of_decl || !l.updated_at || !dims || !tensors || !stmts) goto oom;
+    ir_stmt *inits = calloc((size_t)am->nstmts + 1, sizeof *inits);
+    if (!m || !l.dim_of_decl || !l.tensor_of_decl || !l.updated_at || !dims || !tensors || !stmts || !inits) goto oom;
     m->name = am->name;
     m->loc = am->loc;
     m->file = f;
@@ -167,36 +184,45 @@ ir_model *ir_lower(arena *a, diag *d, const src_file *f, const ast_model *am)
         tensors[nt++] = t;
     }
 
+    uint32_t nst = 0, nin = 0;
     for (int si = 0; si < am->nstmts; si++) {
         const ast_stmt *s = &am->stmts[si];
-        l.stmt = si;
+        l.stmt = (int)nst;
         l.var_base = (int)l.nvars;
         for (int v = 0; v < s->nvars; v++) {
             ir_var iv = {.name = s->var_names[v], .dim = l.dim_of_decl[s->var_dims[v]]};
             if (!VEC_PUSH(l.vars, l.nvars, l.cvars, iv)) goto oom;
         }
         int t = l.tensor_of_decl[s->sym];
-        ir_stmt st = {.tensor = t, .loc = s->loc, .per_step = tensors[t].per_step || tensors[t].kind != IR_LET};
+        ir_stmt st = {.tensor = t,
+                      .loc = s->loc,
+                      .per_step = !s->is_init && (tensors[t].per_step || tensors[t].kind != IR_LET)};
         int r = 0;
         for (int i = 0; i < s->nlhs; i++)
             if (s->lhs[i].kind == AST_IX_VAR) st.vars[r++] = l.var_base + s->lhs[i].var;
         st.root = lower_expr(&l, s->rhs);
         if (l.oom) goto oom;
-        tensors[t].def = si;
-        l.updated_at[t] = si;
-        stmts[si] = st;
+        if (s->is_init) {
+            inits[nin++] = st;
+            continue;
+        }
+        tensors[t].def = (int)nst;
+        l.updated_at[t] = (int)nst;
+        stmts[nst++] = st;
     }
 
     m->ndims = nd;
     m->ntensors = nt;
-    m->nstmts = (uint32_t)am->nstmts;
+    m->nstmts = nst;
+    m->ninits = nin;
     m->ninsts = (uint32_t)l.ninsts;
     m->nix = (uint32_t)l.nix;
     m->nred_vars = (uint32_t)l.nred;
     m->nvars = (uint32_t)l.nvars;
     FREEZE(m->dims, dims, (size_t)nd);
     FREEZE(m->tensors, tensors, (size_t)nt);
-    FREEZE(m->stmts, stmts, (size_t)am->nstmts);
+    FREEZE(m->stmts, stmts, (size_t)nst);
+    FREEZE(m->inits, inits, (size_t)nin);
     FREEZE(m->insts, l.insts, l.ninsts);
     FREEZE(m->ix, l.ix, l.nix);
     FREEZE(m->red_vars, l.red, l.nred);
@@ -212,6 +238,7 @@ done:
     free(dims);
     free(tensors);
     free(stmts);
+    free(inits);
     free(l.insts);
     free(l.ix);
     free(l.red);

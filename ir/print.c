@@ -33,12 +33,9 @@ static void print_load(strbuf *out, const ir_model *m, const ir_inst *in)
     if (!t->per_step && t->rank == 0) return;
     sb_putc(out, '[');
     if (t->per_step) {
-        if (in->load.lag_var >= 0)
-            sb_printf(out, "t - %s", m->vars[in->load.lag_var].name);
-        else if (in->load.lag)
-            sb_printf(out, "t - %lld", (long long)in->load.lag);
-        else
-            sb_putc(out, 't');
+        sb_putc(out, 't');
+        if (in->load.lag) sb_printf(out, " - %lld", (long long)in->load.lag);
+        if (in->load.lag_var >= 0) sb_printf(out, " - %s", m->vars[in->load.lag_var].name);
         if (t->rank) sb_puts(out, ", ");
     }
     for (int i = 0; i < t->rank; i++) {
@@ -56,15 +53,37 @@ static void print_red_vars(strbuf *out, const ir_model *m, const ir_inst *in)
     }
 }
 
+/* Binding strength in the language: comparisons loosest (and not chaining),
+ * then + -, * /, unary minus, primaries. */
 static int prec(const ir_inst *in)
 {
     switch (in->op) {
+    case IR_LT:
+    case IR_LE:
+    case IR_GT:
+    case IR_GE:
+    case IR_EQ:
+    case IR_NE: return 1;
     case IR_ADD:
-    case IR_SUB: return 1;
+    case IR_SUB: return 2;
     case IR_MUL:
-    case IR_DIV: return 2;
-    case IR_NEG: return 3;
-    default: return 4;
+    case IR_DIV: return 3;
+    case IR_NEG: return 4;
+    default: return 5;
+    }
+}
+
+/* A comparison's spelling in the language, or NULL. */
+static const char *cmp_text(int op)
+{
+    switch (op) {
+    case IR_LT: return "<";
+    case IR_LE: return "<=";
+    case IR_GT: return ">";
+    case IR_GE: return ">=";
+    case IR_EQ: return "==";
+    case IR_NE: return "!=";
+    default: return NULL;
     }
 }
 
@@ -77,9 +96,10 @@ static void expr(strbuf *out, const ir_model *m, ir_ref r, int min_prec)
     switch (in->op) {
     case IR_CONST: print_num(out, in->num); break;
     case IR_LOAD: print_load(out, m, in); break;
+    case IR_IDX: sb_puts(out, m->vars[in->var].name); break;
     case IR_NEG:
         sb_putc(out, '-');
-        expr(out, m, in->a, 3);
+        expr(out, m, in->a, 4);
         break;
     case IR_ADD:
     case IR_SUB:
@@ -91,6 +111,16 @@ static void expr(strbuf *out, const ir_model *m, ir_ref r, int min_prec)
         expr(out, m, in->b, p + 1); /* left associative */
         break;
     }
+    case IR_LT:
+    case IR_LE:
+    case IR_GT:
+    case IR_GE:
+    case IR_EQ:
+    case IR_NE:
+        expr(out, m, in->a, p + 1); /* comparisons do not chain */
+        sb_printf(out, " %s ", cmp_text(in->op));
+        expr(out, m, in->b, p + 1);
+        break;
     case IR_SUM:
     case IR_RMAX:
         sb_puts(out, in->op == IR_SUM ? "sum(" : "max(");
@@ -102,9 +132,10 @@ static void expr(strbuf *out, const ir_model *m, ir_ref r, int min_prec)
     default:
         sb_printf(out, "%s(", op_table[in->op].name);
         expr(out, m, in->a, 0);
-        if (in->b != IR_NONE) {
+        for (int i = 1; i < 3; i++) {
+            if (ir_operand(in, i) == IR_NONE) continue;
             sb_puts(out, ", ");
-            expr(out, m, in->b, 0);
+            expr(out, m, ir_operand(in, i), 0);
         }
         sb_putc(out, ')');
         break;
@@ -133,6 +164,40 @@ static void mark(const ir_model *m, ir_ref r, unsigned char *seen)
     seen[r] = 1;
     mark(m, m->insts[r].a, seen);
     mark(m, m->insts[r].b, seen);
+    mark(m, m->insts[r].c, seen);
+}
+
+/* The instructions of statement s, one a line, then `= %root`. */
+static void print_body(strbuf *out, const ir_model *m, const ir_stmt *s, unsigned char *seen)
+{
+    for (uint32_t i = 0; i < m->ninsts; i++) seen[i] = 0;
+    mark(m, s->root, seen);
+    for (uint32_t i = 0; i < m->ninsts; i++) {
+        if (!seen[i]) continue;
+        const ir_inst *in = &m->insts[i];
+        sb_printf(out, "    %%%u = %s ", i, op_table[in->op].name);
+        switch (in->op) {
+        case IR_CONST: print_num(out, in->num); break;
+        case IR_LOAD: print_load(out, m, in); break;
+        case IR_IDX: sb_printf(out, "%s:%s", m->vars[in->var].name, m->dims[m->vars[in->var].dim].name); break;
+        case IR_SUM:
+        case IR_RMAX:
+            sb_putc(out, '[');
+            for (uint32_t k = 0; k < in->red.nvars; k++) {
+                const ir_var *v = &m->vars[m->red_vars[in->red.vars + k]];
+                sb_printf(out, "%s%s:%s", k ? ", " : "", v->name, m->dims[v->dim].name);
+            }
+            sb_printf(out, "] %%%u", in->a);
+            break;
+        default:
+            sb_printf(out, "%%%u", in->a);
+            for (int k = 1; k < 3; k++)
+                if (ir_operand(in, k) != IR_NONE) sb_printf(out, ", %%%u", ir_operand(in, k));
+            break;
+        }
+        sb_putc(out, '\n');
+    }
+    sb_printf(out, "    = %%%u\n", s->root);
 }
 
 void ir_print(strbuf *out, const ir_model *m)
@@ -149,7 +214,15 @@ void ir_print(strbuf *out, const ir_model *m)
             sb_putc(out, ']');
         }
         if (t->kind == IR_LET) sb_puts(out, t->per_step ? "  per-step" : "  time-invariant");
+        if (t->hidden) sb_puts(out, "  hidden");
+        const ir_origin *o = ir_find_origin(m, (int)i);
+        if (o) {
+            sb_printf(out, ": %s at t", m->tensors[o->let].name);
+            if (o->lag) sb_printf(out, " - %lld", (long long)o->lag);
+            if (o->window) sb_printf(out, " - w for w < %s", m->dims[t->dims[0]].name);
+        }
         if (t->kind == IR_STATE && t->def < 0) sb_puts(out, "  never updated");
+        if (t->kind == IR_STATE && ir_find_init(m, (int)i)) sb_puts(out, "  init");
         sb_putc(out, '\n');
     }
     unsigned char *seen = calloc(m->ninsts ? m->ninsts : 1, 1);
@@ -157,37 +230,26 @@ void ir_print(strbuf *out, const ir_model *m)
         out->failed = true;
         return;
     }
+    for (uint32_t ii = 0; ii < m->ninits; ii++) {
+        const ir_stmt *s = &m->inits[ii];
+        sb_puts(out, "\n  init ");
+        print_lhs(out, m, s);
+        sb_printf(out, "    ; line %u, unless an initial state is given\n", s->loc.line);
+        print_body(out, m, s, seen);
+    }
     for (uint32_t si = 0; si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         sb_printf(out, "\n  %s ", s->per_step ? "step" : "once");
         print_lhs(out, m, s);
-        sb_printf(out, "    ; line %u\n", s->loc.line);
-        for (uint32_t i = 0; i < m->ninsts; i++) seen[i] = 0;
-        mark(m, s->root, seen);
-        for (uint32_t i = 0; i < m->ninsts; i++) {
-            if (!seen[i]) continue;
-            const ir_inst *in = &m->insts[i];
-            sb_printf(out, "    %%%u = %s ", i, op_table[in->op].name);
-            switch (in->op) {
-            case IR_CONST: print_num(out, in->num); break;
-            case IR_LOAD: print_load(out, m, in); break;
-            case IR_SUM:
-            case IR_RMAX:
-                sb_putc(out, '[');
-                for (uint32_t k = 0; k < in->red.nvars; k++) {
-                    const ir_var *v = &m->vars[m->red_vars[in->red.vars + k]];
-                    sb_printf(out, "%s%s:%s", k ? ", " : "", v->name, m->dims[v->dim].name);
-                }
-                sb_printf(out, "] %%%u", in->a);
-                break;
-            default:
-                sb_printf(out, "%%%u", in->a);
-                if (in->b != IR_NONE) sb_printf(out, ", %%%u", in->b);
-                break;
-            }
-            sb_putc(out, '\n');
-        }
-        sb_printf(out, "    = %%%u\n", s->root);
+        const ir_tensor *t = &m->tensors[s->tensor];
+        sb_printf(out, "    ; line %u", s->loc.line);
+        const ir_origin *o = ir_find_origin(m, s->tensor);
+        if (o && t->kind == IR_LET)
+            sb_printf(out, ", %s recomputed at an earlier step", m->tensors[o->let].name);
+        else if (o)
+            sb_printf(out, ", keeps %s for the next step", m->tensors[o->let].name);
+        sb_putc(out, '\n');
+        print_body(out, m, s, seen);
     }
     free(seen);
 }

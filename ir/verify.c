@@ -10,6 +10,7 @@ typedef struct verifier {
     diag *d;
     const ir_stmt *s;
     uint32_t si;
+    bool init; /* checking an init statement: it reads params only */
     bool *bound; /* per variable: in scope */
     bool ok;
 } verifier;
@@ -47,15 +48,24 @@ static void check_inst(verifier *v, ir_ref r)
     const ir_inst *in = &m->insts[r];
     if (in->op >= IR_OP_COUNT) { bad(v, "unknown op", r); return; }
     int arity = op_table[in->op].arity;
-    if ((arity >= 1) != (in->a != IR_NONE) || (arity >= 2) != (in->b != IR_NONE)) { bad(v, "wrong operand count", r); return; }
-    if ((in->a != IR_NONE && in->a >= r) || (in->b != IR_NONE && in->b >= r)) { bad(v, "operand after its user", r); return; }
+    for (int i = 0; i < 3; i++) {
+        ir_ref o = ir_operand(in, i);
+        if ((arity > i) != (o != IR_NONE)) { bad(v, "wrong operand count", r); return; }
+        if (o != IR_NONE && o >= r) { bad(v, "operand after its user", r); return; }
+    }
+    if (in->op == IR_IDX) {
+        if (in->var < 0 || (uint32_t)in->var >= m->nvars || !v->bound[in->var]) bad(v, "index variable not bound here", r);
+        return;
+    }
     if (in->op == IR_LOAD) {
         if (in->load.tensor < 0 || (uint32_t)in->load.tensor >= m->ntensors) { bad(v, "load of no tensor", r); return; }
         const ir_tensor *t = &m->tensors[in->load.tensor];
         if ((uint64_t)in->load.ix + (uint64_t)t->rank > m->nix) { bad(v, "load indices out of range", r); return; }
         if (t->kind == IR_OUTPUT) { bad(v, "load of an output", r); return; }
         if (!t->per_step && (in->load.lag || in->load.lag_var >= 0)) { bad(v, "time lag on a tensor without T", r); return; }
-        if (t->kind != IR_INPUT && (in->load.lag || in->load.lag_var >= 0)) { bad(v, "time lag on a non-input", r); return; }
+        if (t->kind != IR_INPUT && t->kind != IR_LET && (in->load.lag || in->load.lag_var >= 0))
+            { bad(v, "time lag on a tensor that is neither an input nor a let", r); return; }
+        if (v->init && t->kind != IR_PARAM) { bad(v, "init statement reads something other than a param", r); return; }
         if (in->load.lag < 0) { bad(v, "negative time lag", r); return; }
         if (in->load.lag_var >= 0 && ((uint32_t)in->load.lag_var >= m->nvars || !v->bound[in->load.lag_var]))
             { bad(v, "time-lag variable not bound here", r); return; }
@@ -80,8 +90,28 @@ static void check_inst(verifier *v, ir_ref r)
         for (uint32_t i = 0; i < in->red.nvars; i++) v->bound[m->red_vars[in->red.vars + i]] = false;
         return;
     }
-    if (in->a != IR_NONE) check_inst(v, in->a);
-    if (in->b != IR_NONE) check_inst(v, in->b);
+    for (int i = 0; i < 3; i++)
+        if (ir_operand(in, i) != IR_NONE) check_inst(v, ir_operand(in, i));
+}
+
+/* Binds statement s's free variables (one per axis of its tensor), checks its
+ * expression, unbinds them. */
+static void check_stmt_body(verifier *v, const ir_stmt *s)
+{
+    const ir_model *m = v->m;
+    const ir_tensor *t = &m->tensors[s->tensor];
+    for (int i = 0; v->ok && i < t->rank; i++) {
+        int var = s->vars[i];
+        if (var < 0 || (uint32_t)var >= m->nvars || v->bound[var]) {
+            bad(v, "free variable out of range or repeated", s->root);
+            break;
+        }
+        if (m->vars[var].dim != t->dims[i]) bad(v, "free variable of another dim than its axis", s->root);
+        v->bound[var] = true;
+    }
+    check_inst(v, s->root);
+    for (int i = 0; i < t->rank; i++)
+        if (s->vars[i] >= 0 && (uint32_t)s->vars[i] < m->nvars) v->bound[s->vars[i]] = false;
 }
 
 bool ir_verify(const ir_model *m, diag *d)
@@ -102,7 +132,28 @@ bool ir_verify(const ir_model *m, diag *d)
             if (t->dims[j] < 0 || (uint32_t)t->dims[j] >= m->ndims) bad(&v, "tensor axis of no dim", 0);
         if ((t->kind == IR_INPUT || t->kind == IR_OUTPUT) && !t->per_step) bad(&v, "input or output without T", 0);
         if ((t->kind == IR_PARAM || t->kind == IR_STATE) && t->per_step) bad(&v, "param or state with T", 0);
+        if (t->hidden && t->kind != IR_STATE) bad(&v, "hidden tensor that is not a state", 0);
     }
+    for (uint32_t i = 0; v.ok && i < m->norigins; i++) {
+        const ir_origin *o = &m->origins[i];
+        if (o->tensor < 0 || (uint32_t)o->tensor >= m->ntensors || o->let < 0 || (uint32_t)o->let >= m->ntensors ||
+            m->tensors[o->let].kind != IR_LET || o->lag < 0)
+            bad(&v, "origin of a tensor that is not a let at a lag", 0);
+    }
+    for (uint32_t ii = 0; v.ok && ii < m->ninits; ii++) {
+        const ir_stmt *s = &m->inits[ii];
+        v.s = s;
+        v.si = 0;
+        v.init = true;
+        if (s->tensor < 0 || (uint32_t)s->tensor >= m->ntensors || m->tensors[s->tensor].kind != IR_STATE ||
+            ir_find_init(m, s->tensor) != s) {
+            bad(&v, "init statement of no state, or a second one of its state", s->root);
+            break;
+        }
+        if (s->per_step) bad(&v, "init statement marked per step", s->root);
+        check_stmt_body(&v, s);
+    }
+    v.init = false;
     for (uint32_t si = 0; v.ok && si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         v.s = s;
@@ -116,18 +167,7 @@ bool ir_verify(const ir_model *m, diag *d)
         if (defs[s->tensor]++) bad(&v, "tensor defined twice", s->root);
         if (t->def != (int)si) bad(&v, "tensor's def is not this statement", s->root);
         if (s->per_step != (t->kind != IR_LET || t->per_step)) bad(&v, "statement's per_step flag is wrong", s->root);
-        for (int i = 0; v.ok && i < t->rank; i++) {
-            int var = s->vars[i];
-            if (var < 0 || (uint32_t)var >= m->nvars || v.bound[var]) {
-                bad(&v, "free variable out of range or repeated", s->root);
-                break;
-            }
-            if (m->vars[var].dim != t->dims[i]) bad(&v, "free variable of another dim than its axis", s->root);
-            v.bound[var] = true;
-        }
-        check_inst(&v, s->root);
-        for (int i = 0; i < t->rank; i++)
-            if (s->vars[i] >= 0 && (uint32_t)s->vars[i] < m->nvars) v.bound[s->vars[i]] = false;
+        check_stmt_body(&v, s);
     }
     for (uint32_t i = 0; v.ok && i < m->ntensors; i++)
         if (m->tensors[i].kind == IR_OUTPUT && defs[i] != 1) bad(&v, "output not written exactly once", 0);

@@ -8,12 +8,17 @@
  * linear, a read of a per-step let has the degree of the let's value (so
  * chains of lets are seen through), + and - combine, a product of two
  * S-dependent factors, a division by an S-dependent value and any function,
- * pow, min, max or max-reduction of an S-dependent value is nonlinear. Reads
- * of other states (and of S(t) where S(t-1) is analysed) are coefficients.
+ * pow, min, max, comparison or max-reduction of an S-dependent value is
+ * nonlinear. select(c, a, b) is nonlinear when c depends on S, else it
+ * combines a and b as + does. Reads of other states (and of S(t) where S(t-1)
+ * is analysed) are coefficients.
  *
  * Terms. An affine update is expanded into its linear terms, each
  *   sign * sum(bound vars: f_1 * ... * f_k * S[a_1, ..., a_r])
- * where the f are maximal S-free subexpressions (divisors marked reciprocal)
+ * where the f are maximal S-free subexpressions (divisors marked reciprocal;
+ * select(c, a, b) scales a's terms by the indicator [c != 0] and b's by
+ * [c == 0], and a pair of terms the same but for the two indicators of one c
+ * is one term without them: both branches the same transition)
  * and each index a is an atom: a variable of the update, a reduction variable
  * (a fresh atom per reduction instance), v / k, or a constant. Reads of lets are
  * substituted: the let's variables stand for the read's indices. Each factor
@@ -67,12 +72,18 @@ typedef struct atom {
     int64_t k;
 } atom;
 
+typedef enum fmode { F_PLAIN, F_RECIP, F_IF, F_UNLESS } fmode;
+
 typedef struct factor {
     ir_ref inst;
-    bool recip;    /* a divisor */
+    uint8_t mode;  /* fmode: the value, its reciprocal (a divisor), or the indicator
+                      [inst != 0] or [inst == 0] (the branches of a select) */
     uint32_t stmt; /* the statement the instruction belongs to */
     const int *deps;
     size_t ndeps;
+    const atom *sig; /* what its indices stand for, in order of reading; NULL when it
+                        holds a reduction (then it equals no other factor) */
+    size_t nsig;
 } factor;
 
 typedef struct flist {
@@ -130,11 +141,13 @@ static int degree(ctx *c, ir_ref r)
     const ir_model *m = c->m;
     const ir_inst *in = &m->insts[r];
     int d = DEG_CONST;
-    ir_ref why = IR_NONE, wa = IR_NONE, wb = IR_NONE;
+    ir_ref why = IR_NONE, wa = IR_NONE, wb = IR_NONE, wc = IR_NONE;
     int da = in->a != IR_NONE ? degree_why(c, in->a, &wa) : DEG_CONST;
     int db = in->b != IR_NONE ? degree_why(c, in->b, &wb) : DEG_CONST;
+    int dc = in->c != IR_NONE ? degree_why(c, in->c, &wc) : DEG_CONST;
     switch ((ir_op)in->op) {
-    case IR_CONST: break;
+    case IR_CONST:
+    case IR_IDX: break;
     case IR_LOAD: {
         const ir_tensor *t = &m->tensors[in->load.tensor];
         if (in->load.tensor == c->state && in->load.after_update == c->after)
@@ -148,6 +161,18 @@ static int degree(ctx *c, ir_ref r)
         d = da;
         why = wa;
         break;
+    case IR_SELECT:
+        /* an S-free choice between two affine values is affine: [a] b + [!a] c */
+        if (da != DEG_CONST) {
+            d = DEG_NONLINEAR;
+            why = da == DEG_NONLINEAR ? wa : r;
+            break;
+        }
+        da = db;
+        wa = wb;
+        db = dc;
+        wb = wc;
+        /* fall through */
     case IR_ADD:
     case IR_SUB:
         if (da == DEG_NONLINEAR || db == DEG_NONLINEAR) {
@@ -182,7 +207,7 @@ static int degree(ctx *c, ir_ref r)
             d = da;
         }
         break;
-    default: /* functions, pow, min, max, max-reduction: nonlinear in any S-dependent operand */
+    default: /* functions, pow, min, max, comparisons, max-reduction: nonlinear in any S-dependent operand */
         if (da == DEG_NONLINEAR || db == DEG_NONLINEAR) {
             d = DEG_NONLINEAR;
             why = da == DEG_NONLINEAR ? wa : wb;
@@ -246,6 +271,10 @@ static void collect_deps(ctx *c, ir_ref r, ivec *d)
 {
     const ir_model *m = c->m;
     const ir_inst *in = &m->insts[r];
+    if (in->op == IR_IDX) { /* the variable's value is a number that varies along it */
+        add_dep(c, d, c->map[in->var]);
+        return;
+    }
     if (in->op == IR_LOAD) {
         const ir_tensor *t = &m->tensors[in->load.tensor];
         for (int i = 0; i < t->rank; i++) add_dep(c, d, atom_of(c, &m->ix[in->load.ix + (uint32_t)i]));
@@ -268,25 +297,128 @@ static void collect_deps(ctx *c, ir_ref r, ivec *d)
         for (uint32_t i = 0; i < n; i++) c->map[vars[i]] = saved[i];
         return;
     }
-    if (in->a != IR_NONE) collect_deps(c, in->a, d);
-    if (in->b != IR_NONE) collect_deps(c, in->b, d);
+    for (int i = 0; i < 3; i++)
+        if (ir_operand(in, i) != IR_NONE) collect_deps(c, ir_operand(in, i), d);
 }
 
-static const factor *make_factor(ctx *c, uint32_t stmt, ir_ref r, bool recip)
+typedef struct avec {
+    atom *v;
+    size_t n, cap;
+} avec;
+
+/* The atoms r's indices stand for, in order of reading; false when r holds a
+ * reduction. */
+static bool signature(ctx *c, ir_ref r, avec *sig)
+{
+    const ir_model *m = c->m;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_SUM || in->op == IR_RMAX) return false;
+    if (in->op == IR_IDX) {
+        if (!VEC_PUSH(sig->v, sig->n, sig->cap, c->map[in->var])) c->oom = true;
+        return true;
+    }
+    if (in->op == IR_LOAD) {
+        const ir_tensor *t = &m->tensors[in->load.tensor];
+        for (int i = 0; i < t->rank; i++)
+            if (!VEC_PUSH(sig->v, sig->n, sig->cap, atom_of(c, &m->ix[in->load.ix + (uint32_t)i]))) c->oom = true;
+        if (in->load.lag_var >= 0 && !VEC_PUSH(sig->v, sig->n, sig->cap, c->map[in->load.lag_var])) c->oom = true;
+        return true;
+    }
+    for (int i = 0; i < 3; i++)
+        if (ir_operand(in, i) != IR_NONE && !signature(c, ir_operand(in, i), sig)) return false;
+    return true;
+}
+
+static const factor *make_factor(ctx *c, uint32_t stmt, ir_ref r, fmode mode)
 {
     ivec d = {0};
+    avec sig = {0};
     collect_deps(c, r, &d);
+    bool comparable = signature(c, r, &sig);
     factor *f = arena_alloc(c->tmp, sizeof *f);
     int *deps = arena_array(c->tmp, d.n ? d.n : 1, sizeof *deps);
-    if (!f || !deps) {
+    atom *sv = arena_array(c->tmp, sig.n ? sig.n : 1, sizeof *sv);
+    if (!f || !deps || !sv) {
         c->oom = true;
         free(d.v);
+        free(sig.v);
         return NULL;
     }
     if (d.n) memcpy(deps, d.v, d.n * sizeof *deps);
-    *f = (factor){.inst = r, .recip = recip, .stmt = stmt, .deps = deps, .ndeps = d.n};
+    if (sig.n) memcpy(sv, sig.v, sig.n * sizeof *sv);
+    *f = (factor){.inst = r, .mode = (uint8_t)mode, .stmt = stmt, .deps = deps, .ndeps = d.n,
+                  .sig = comparable ? sv : NULL, .nsig = sig.n};
     free(d.v);
+    free(sig.v);
     return f;
+}
+
+/* ---- equal terms (the two branches of a select with one transition) ---- */
+
+static bool atom_eq(atom a, atom b) { return a.kind == b.kind && a.id == b.id && (a.kind == ATOM_VAR || a.k == b.k); }
+
+/* Same operations on the same tensors (indices aside: the signature has them). */
+static bool same_shape(const ir_model *m, ir_ref x, ir_ref y)
+{
+    const ir_inst *a = &m->insts[x], *b = &m->insts[y];
+    if (a->op != b->op) return false;
+    switch ((ir_op)a->op) {
+    case IR_CONST: return a->num == b->num;
+    case IR_IDX: return true;
+    case IR_LOAD: {
+        if (a->load.tensor != b->load.tensor || a->load.lag != b->load.lag ||
+            (a->load.lag_var >= 0) != (b->load.lag_var >= 0) || a->load.after_update != b->load.after_update)
+            return false;
+        for (int i = 0; i < m->tensors[a->load.tensor].rank; i++) {
+            const ir_index *p = &m->ix[a->load.ix + (uint32_t)i], *q = &m->ix[b->load.ix + (uint32_t)i];
+            if (p->kind != q->kind || (p->kind != IR_IX_VAR && p->k != q->k)) return false;
+        }
+        return true;
+    }
+    case IR_SUM:
+    case IR_RMAX: return false;
+    default:
+        for (int i = 0; i < 3; i++) {
+            ir_ref p = ir_operand(a, i), q = ir_operand(b, i);
+            if ((p == IR_NONE) != (q == IR_NONE) || (p != IR_NONE && !same_shape(m, p, q))) return false;
+        }
+        return true;
+    }
+}
+
+static bool factor_eq(const ir_model *m, const factor *f, const factor *g)
+{
+    if (f->mode != g->mode || !f->sig || !g->sig || f->nsig != g->nsig) return false;
+    for (size_t i = 0; i < f->nsig; i++)
+        if (!atom_eq(f->sig[i], g->sig[i])) return false;
+    return f->inst == g->inst || same_shape(m, f->inst, g->inst);
+}
+
+/* Terms equal but for the first factor of each (the indicators): same sign,
+ * same read, no reduction, the same factors in any order. */
+static bool terms_eq_but_first(ctx *c, const term *x, const term *y, int rank)
+{
+    if (x->sign != y->sign || x->b || y->b || !x->f || !y->f) return false;
+    for (int k = 0; k < rank; k++)
+        if (!atom_eq(x->ix[k], y->ix[k])) return false;
+    size_t n = 0, ny = 0;
+    for (const flist *l = x->f->next; l; l = l->next) n++;
+    for (const flist *l = y->f->next; l; l = l->next) ny++;
+    if (n != ny) return false;
+    bool *taken = arena_array(c->tmp, n ? n : 1, sizeof *taken);
+    if (!taken) {
+        c->oom = true;
+        return false;
+    }
+    for (const flist *l = x->f->next; l; l = l->next) {
+        size_t j = 0;
+        const flist *g = y->f->next;
+        for (; g; g = g->next, j++)
+            if (!taken[j] && factor_eq(c->m, l->f, g->f)) break;
+        if (!g) return false;
+        taken[j] = true;
+    }
+    return true;
 }
 
 static bool factor_dep(const factor *f, int id)
@@ -396,9 +528,35 @@ static terms expand(ctx *c, uint32_t stmt, ir_ref r)
         return concat(c, a, expand(c, stmt, in->b), in->op == IR_ADD ? 1 : -1);
     }
     case IR_MUL:
-        if (degree(c, in->a) == DEG_CONST) return scale(c, expand(c, stmt, in->b), make_factor(c, stmt, in->a, false));
-        return scale(c, expand(c, stmt, in->a), make_factor(c, stmt, in->b, false));
-    case IR_DIV: return scale(c, expand(c, stmt, in->a), make_factor(c, stmt, in->b, true));
+        if (degree(c, in->a) == DEG_CONST) return scale(c, expand(c, stmt, in->b), make_factor(c, stmt, in->a, F_PLAIN));
+        return scale(c, expand(c, stmt, in->a), make_factor(c, stmt, in->b, F_PLAIN));
+    case IR_DIV: return scale(c, expand(c, stmt, in->a), make_factor(c, stmt, in->b, F_RECIP));
+    case IR_SELECT: {
+        terms x = scale(c, expand(c, stmt, in->b), make_factor(c, stmt, in->a, F_IF));
+        terms y = scale(c, expand(c, stmt, in->c), make_factor(c, stmt, in->a, F_UNLESS));
+        out = concat(c, x, y, 1);
+        if (!out.t || c->overflow || c->oom) return out;
+        /* a term in both branches: [a] f S + [!a] f S = f S */
+        int rank = m->tensors[c->state].rank;
+        bool *gone = arena_array(c->tmp, out.n ? out.n : 1, sizeof *gone);
+        if (!gone) {
+            c->oom = true;
+            return out;
+        }
+        size_t n = 0;
+        for (size_t i = 0; i < x.n; i++) {
+            for (size_t j = x.n; j < out.n; j++)
+                if (!gone[j] && terms_eq_but_first(c, &out.t[i], &out.t[j], rank)) {
+                    gone[j] = true;
+                    out.t[i].f = out.t[i].f->next;
+                    break;
+                }
+        }
+        for (size_t i = 0; i < out.n; i++)
+            if (!gone[i]) out.t[n++] = out.t[i];
+        out.n = n;
+        return out;
+    }
     case IR_SUM: {
         const uint32_t *vars = &m->red_vars[in->red.vars];
         uint32_t nv = in->red.nvars;
@@ -455,6 +613,23 @@ static bool fold(const ir_model *m, ir_ref r, double *v)
         if (!fold(m, in->a, &a) || !fold(m, in->b, &b)) return false;
         *v = in->op == IR_ADD ? a + b : in->op == IR_SUB ? a - b : in->op == IR_MUL ? a * b : a / b;
         return true;
+    case IR_LT:
+    case IR_LE:
+    case IR_GT:
+    case IR_GE:
+    case IR_EQ:
+    case IR_NE:
+        if (!fold(m, in->a, &a) || !fold(m, in->b, &b)) return false;
+        *v = in->op == IR_LT   ? a < b
+             : in->op == IR_LE ? a <= b
+             : in->op == IR_GT ? a > b
+             : in->op == IR_GE ? a >= b
+             : in->op == IR_EQ ? a == b
+                               : a != b;
+        return true;
+    case IR_SELECT:
+        if (!fold(m, in->a, &a)) return false;
+        return fold(m, a != 0 ? in->b : in->c, v);
     default: return false;
     }
 }
@@ -467,7 +642,8 @@ static bool term_value(const ctx *c, const term *t, double *v)
     for (const flist *l = t->f; l; l = l->next) {
         double x;
         if (!fold(m, l->f->inst, &x)) return false;
-        acc = l->f->recip ? acc / x : acc * x;
+        if (l->f->mode == F_IF || l->f->mode == F_UNLESS) x = (x != 0) == (l->f->mode == F_IF);
+        acc = l->f->mode == F_RECIP ? acc / x : acc * x;
     }
     for (const blist *l = t->b; l; l = l->next)
         acc *= (double)m->dims[m->vars[c->atom_var[l->atom - (int)m->nvars]].dim].value;
@@ -538,7 +714,15 @@ static bool rank_one(ctx *c, const term *t, int axis, int uvar)
 
 static void print_factor(strbuf *sb, const ir_model *m, const factor *f, int min_prec)
 {
-    static const int prec[IR_OP_COUNT] = {[IR_ADD] = 1, [IR_SUB] = 1, [IR_MUL] = 2, [IR_DIV] = 2, [IR_NEG] = 3};
+    if (f->mode == F_IF || f->mode == F_UNLESS) {
+        sb_puts(sb, "select(");
+        ir_print_expr(sb, m, f->inst);
+        sb_puts(sb, f->mode == F_IF ? ", 1, 0)" : ", 0, 1)");
+        return;
+    }
+    static const int prec[IR_OP_COUNT] = {[IR_LT] = 1, [IR_LE] = 1, [IR_GT] = 1, [IR_GE] = 1, [IR_EQ] = 1,
+                                          [IR_NE] = 1, [IR_ADD] = 1, [IR_SUB] = 1, [IR_MUL] = 2, [IR_DIV] = 2,
+                                          [IR_NEG] = 3};
     int p = prec[m->insts[f->inst].op];
     bool paren = p && p < min_prec;
     if (paren) sb_putc(sb, '(');
@@ -558,13 +742,13 @@ static void term_text(strbuf *sb, const ctx *c, const term *t)
     }
     int n = 0;
     for (const flist *l = t->f; l; l = l->next) {
-        if (l->f->recip) continue;
+        if (l->f->mode == F_RECIP) continue;
         if (n++) sb_puts(sb, " * ");
         print_factor(sb, m, l->f, 2);
     }
     if (!n) sb_putc(sb, '1');
     for (const flist *l = t->f; l; l = l->next) {
-        if (!l->f->recip) continue;
+        if (l->f->mode != F_RECIP) continue;
         sb_puts(sb, " / ");
         print_factor(sb, m, l->f, 4);
     }
@@ -664,7 +848,7 @@ static void classify(ctx *c, arena *a, pass_state *ps, uint32_t usi, terms L, co
             only = &L.t[i];
             npw++;
         }
-    if (npw == 1 && only->sign > 0 && !only->b && only->f && !only->f->next && !only->f->f->recip &&
+    if (npw == 1 && only->sign > 0 && !only->b && only->f && !only->f->next && only->f->f->mode == F_PLAIN &&
         only->f->f->stmt == usi)
         ps->coef = only->f->f->inst;
 }
@@ -719,8 +903,8 @@ static void find_readouts(ctx *c, uint32_t si, ir_ref r, int output, rvec *rv)
                 }
         }
     }
-    if (in->a != IR_NONE) find_readouts(c, si, in->a, output, rv);
-    if (in->b != IR_NONE) find_readouts(c, si, in->b, output, rv);
+    for (int i = 0; i < 3; i++)
+        if (ir_operand(in, i) != IR_NONE) find_readouts(c, si, ir_operand(in, i), output, rv);
 }
 
 /* feeds[si]: the first output (in statement order) that statement si's value
@@ -736,8 +920,8 @@ static void mark_feeds(const ir_model *m, ir_ref r, int output, int *feeds)
         }
         return;
     }
-    if (in->a != IR_NONE) mark_feeds(m, in->a, output, feeds);
-    if (in->b != IR_NONE) mark_feeds(m, in->b, output, feeds);
+    for (int i = 0; i < 3; i++)
+        if (ir_operand(in, i) != IR_NONE) mark_feeds(m, ir_operand(in, i), output, feeds);
 }
 
 typedef struct readvec {
@@ -762,8 +946,8 @@ static void collect_reads(ctx *c, ir_ref r, bool *seen_let, readvec *rv)
         }
         return;
     }
-    if (in->a != IR_NONE) collect_reads(c, in->a, seen_let, rv);
-    if (in->b != IR_NONE) collect_reads(c, in->b, seen_let, rv);
+    for (int i = 0; i < 3; i++)
+        if (ir_operand(in, i) != IR_NONE) collect_reads(c, ir_operand(in, i), seen_let, rv);
 }
 
 /* ---- the pass ---- */
@@ -924,6 +1108,8 @@ static void print_state(strbuf *out, const ir_model *m, const pass_state *ps)
     }
     sb_puts(out, ": ");
     print_class(out, ps->cls, ps->rank);
+    const ir_origin *o = t->hidden ? ir_find_origin(m, ps->tensor) : NULL;
+    if (o) sb_printf(out, " (hidden: %s at t - %lld)", m->tensors[o->let].name, (long long)o->lag);
     sb_putc(out, '\n');
     if (ps->cls == PASS_CLASS_NONLINEAR) {
         if (ps->why != IR_NONE) {

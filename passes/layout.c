@@ -49,6 +49,7 @@ static void count_reductions(const pass_plan *p, const ir_stmt *s, ir_ref r, sta
     if (in->op != IR_CONST && in->op != IR_LOAD) {
         count_reductions(p, s, in->a, st);
         count_reductions(p, s, in->b, st);
+        count_reductions(p, s, in->c, st);
     }
 }
 
@@ -302,6 +303,7 @@ static void walk(walker *w, ir_ref r)
     default:
         walk(w, in->a);
         walk(w, in->b);
+        walk(w, in->c);
     }
 }
 
@@ -365,7 +367,7 @@ static bool costly_walk(const ir_model *m, ir_ref r, op_cost at, bool *fn)
     default: *fn |= op_table[in->op].cost >= at; break;
     }
     if (in->op == IR_CONST || in->op == IR_LOAD) return true;
-    return costly_walk(m, in->a, at, fn) && costly_walk(m, in->b, at, fn);
+    return costly_walk(m, in->a, at, fn) && costly_walk(m, in->b, at, fn) && costly_walk(m, in->c, at, fn);
 }
 
 static bool costly(const ir_model *m, ir_ref r, op_cost at)

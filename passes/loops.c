@@ -31,8 +31,12 @@ static int64_t weight_last(const pass_plan *p, ir_ref r, int v, const ir_inst *r
         }
         return hit ? p->elems[in->load.tensor] : 0;
     }
-    int64_t a = weight_last(p, in->a, v, red), b = weight_last(p, in->b, v, red);
-    return a > b ? a : b;
+    int64_t w = 0;
+    for (int i = 0; i < 3; i++) {
+        int64_t x = weight_last(p, ir_operand(in, i), v, red);
+        if (x > w) w = x;
+    }
+    return w;
 }
 
 /* Marks the SUMs of statement s that are not inside another reduction and
@@ -52,6 +56,7 @@ static void mark_xchg(pass_plan *p, uint32_t si, ir_ref r, int v)
     }
     mark_xchg(p, si, in->a, v);
     mark_xchg(p, si, in->b, v);
+    mark_xchg(p, si, in->c, v);
 }
 
 /* ---- fusion of a state update U with an adjacent readout R (before or after it)
@@ -71,7 +76,7 @@ static int nreductions(const ir_model *m, ir_ref r, ir_ref *last)
         return 1 + nreductions(m, in->a, last);
     }
     if (in->op == IR_LOAD || in->op == IR_CONST) return 0;
-    return nreductions(m, in->a, last) + nreductions(m, in->b, last);
+    return nreductions(m, in->a, last) + nreductions(m, in->b, last) + nreductions(m, in->c, last);
 }
 
 static bool reads_tensor(const ir_model *m, ir_ref r, int ti)
@@ -80,7 +85,7 @@ static bool reads_tensor(const ir_model *m, ir_ref r, int ti)
     const ir_inst *in = &m->insts[r];
     if (in->op == IR_LOAD) return in->load.tensor == ti;
     if (in->op == IR_CONST) return false;
-    return reads_tensor(m, in->a, ti) || reads_tensor(m, in->b, ti);
+    return reads_tensor(m, in->a, ti) || reads_tensor(m, in->b, ti) || reads_tensor(m, in->c, ti);
 }
 
 /* Every read of U's state in the tree of r is at U's current element, given
@@ -93,7 +98,8 @@ static bool reads_at_element(const pass_plan *p, ir_ref r, const ir_stmt *u, con
     if (in->op == IR_CONST) return true;
     if (in->op != IR_LOAD)
         return reads_at_element(p, in->a, u, map, sum, inside || r == sum) &&
-               reads_at_element(p, in->b, u, map, sum, inside || r == sum);
+               reads_at_element(p, in->b, u, map, sum, inside || r == sum) &&
+               reads_at_element(p, in->c, u, map, sum, inside || r == sum);
     if (in->load.tensor != u->tensor) return true;
     if (!inside) return false;
     const ir_tensor *t = &m->tensors[u->tensor];
@@ -199,6 +205,7 @@ static unsigned hoist_scan(const pass_plan *p, const ir_stmt *s, ir_ref r)
     int rank = m->tensors[s->tensor].rank;
     switch ((ir_op)in->op) {
     case IR_CONST: return 0;
+    case IR_IDX: return var_bit(p, s, rank, in->var); /* the variable's value, as a number */
     case IR_LOAD: {
         unsigned f = in->load.lag_var >= 0 ? var_bit(p, s, rank, in->load.lag_var) : 0;
         const ir_tensor *t = &m->tensors[in->load.tensor];
@@ -211,7 +218,8 @@ static unsigned hoist_scan(const pass_plan *p, const ir_stmt *s, ir_ref r)
     case IR_SUM:
     case IR_RMAX: return HOIST_NEVER;
     default:
-        return (op_table[in->op].cost >= p->target.hoist_cost ? HOIST_COSTLY : 0) | hoist_scan(p, s, in->a) | hoist_scan(p, s, in->b);
+        return (op_table[in->op].cost >= p->target.hoist_cost ? HOIST_COSTLY : 0) | hoist_scan(p, s, in->a) |
+               hoist_scan(p, s, in->b) | hoist_scan(p, s, in->c);
     }
 }
 
@@ -220,7 +228,7 @@ static void mark_hoists(pass_plan *p, const ir_stmt *s, ir_ref r, int innermost,
     const ir_model *m = p->m;
     if (r == IR_NONE) return;
     const ir_inst *in = &m->insts[r];
-    if (in->op == IR_SUM || in->op == IR_RMAX || in->op == IR_LOAD || in->op == IR_CONST) return;
+    if (in->op == IR_SUM || in->op == IR_RMAX || in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_IDX) return;
     unsigned f = hoist_scan(p, s, r), vars = f & ((1u << IR_MAX_RANK) - 1);
     bool one = vars && !(vars & (vars - 1));
     int pos = one ? __builtin_ctz(vars) : -1;
@@ -228,6 +236,7 @@ static void mark_hoists(pass_plan *p, const ir_stmt *s, ir_ref r, int innermost,
     if (ok && !parent) p->hoist_var[r] = s->vars[pos];
     mark_hoists(p, s, in->a, innermost, ok || parent);
     mark_hoists(p, s, in->b, innermost, ok || parent);
+    mark_hoists(p, s, in->c, innermost, ok || parent);
 }
 
 static void plan_hoists(pass_plan *p)

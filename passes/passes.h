@@ -6,6 +6,14 @@
 #include "ir/ir.h"
 #include "support/support.h"
 
+/* ---- lag.c: lets read at earlier steps, rewritten (run first, after lowering) ----
+ * Replaces every read of a per-step let at t - k or t - j by a read of a let
+ * that recomputes it at that lag, or of hidden states that keep its earlier
+ * values (see lag.c). *m is replaced by the rewritten model (allocated in a);
+ * a model without such reads is left as it is. False with a diagnostic when
+ * memory runs out or a kept let would need too many copies. */
+bool pass_lag(arena *a, ir_model **m, diag *d);
+
 /* ---- analysis.c: how each state's update acts on the state (SPEC §2) ---- */
 typedef enum pass_class {
     PASS_CLASS_CONSTANT,  /* never updated */

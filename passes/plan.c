@@ -240,6 +240,15 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
                       const plan_target *target, pass_plan **out, diag *d)
 {
     *out = NULL;
+    /* lets read at earlier steps are rewritten before planning (passes/lag.c) */
+    for (uint32_t r = 0; r < m->ninsts; r++) {
+        const ir_inst *in = &m->insts[r];
+        if (in->op == IR_LOAD && m->tensors[in->load.tensor].kind == IR_LET && (in->load.lag || in->load.lag_var >= 0)) {
+            diag_error(d, "internal error: plan: model %s reads let '%s' at an earlier step: pass_lag has not run",
+                       m->name, m->tensors[in->load.tensor].name);
+            return SSMC_ERR_BACKEND;
+        }
+    }
     pass_plan *p = arena_alloc(a, sizeof *p);
     if (!p) goto oom;
     memset(p, 0, sizeof *p);

@@ -28,6 +28,7 @@ static void print_reductions(strbuf *out, const pass_plan *p, ir_ref r)
     if (in->op == IR_LOAD || in->op == IR_CONST) return;
     print_reductions(out, p, in->a);
     print_reductions(out, p, in->b);
+    print_reductions(out, p, in->c);
 }
 
 static void print_hoists(strbuf *out, const pass_plan *p, ir_ref r)
@@ -43,6 +44,7 @@ static void print_hoists(strbuf *out, const pass_plan *p, ir_ref r)
     if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_SUM || in->op == IR_RMAX) return;
     print_hoists(out, p, in->a);
     print_hoists(out, p, in->b);
+    print_hoists(out, p, in->c);
 }
 
 /* The largest lag at which per-step tensor ti is read: its window of past
@@ -134,6 +136,15 @@ void plan_print(strbuf *out, const pass_plan *p)
         sb_putc(out, '\n');
     }
     sb_puts(out, "statements:\n");
+    for (uint32_t ii = 0; ii < m->ninits; ii++) { /* over the state as it is held */
+        const ir_stmt *s = &m->inits[ii];
+        const ir_tensor *t = &m->tensors[s->tensor];
+        sb_printf(out, "  init:     %s", t->name);
+        for (int i = 0; i < t->rank; i++) sb_printf(out, "%s%s", i ? "," : "[", m->vars[s->vars[i]].name);
+        sb_printf(out, "%s: before the first step when no initial state is given", t->rank ? "]" : "");
+        print_reductions(out, p, s->root);
+        sb_putc(out, '\n');
+    }
     for (uint32_t si = 0; si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         const ir_tensor *t = &m->tensors[s->tensor];

@@ -73,6 +73,7 @@ static void walk(ctx *c, ir_ref r)
     }
     walk(c, in->a);
     walk(c, in->b);
+    walk(c, in->c);
 }
 
 /* Counts the axes of tensor ti whose class root is in `roots` (marked). */
@@ -151,6 +152,13 @@ bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
         const ir_tensor *t = &m->tensors[c.s->tensor];
         for (int i = 0; i < t->rank; i++) unite(&c.u, c.s->vars[i], axis_slot(&c, c.s->tensor, i));
         walk(&c, c.s->root);
+    }
+    /* an init runs over its state's domain: its variables take the state's classes
+     * (it reads params only, which tie nothing) */
+    for (uint32_t ii = 0; ii < m->ninits; ii++) {
+        const ir_stmt *s = &m->inits[ii];
+        const ir_tensor *t = &m->tensors[s->tensor];
+        for (int i = 0; i < t->rank; i++) unite(&c.u, s->vars[i], axis_slot(&c, s->tensor, i));
     }
     merge_aligned(&c);
     /* number the classes that hold at least one tracked axis */

@@ -9,9 +9,12 @@
  * same mistake made twice, in two different forms.
  *
  * Assumes io holds every tensor and dim named below (missing ones are reported,
- * not dereferenced) with the shapes of SPEC §5. States are updated in place. */
+ * not dereferenced) with the shapes of SPEC §5. States are updated in place. A
+ * model with an init (ttt_linear) also takes its state as NULL: no initial
+ * state given, so it starts from its init and no final state is kept. */
 #include "ref_models.h"
 
+#include <complex.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,6 +384,190 @@ static int ref_lstm(const ref_io *io)
     return 0;
 }
 
+
+/* ---- Mamba-3-style: complex state h (one per pair n), rotated by exp(i phi_t)
+ * with phi_t = theta_t delta_t, the trapezoidal rule over the input:
+ *   h_t = a_t e^{i phi_t} h_{t-1} + (1 - lam_t) delta_t a_t b_{t-1} x_{t-1} + lam_t delta_t b_t x_t,
+ * b = (B_0 + i B_1) * scale RMS-normalised over the 2N reals, y_t = Re(conj(c_t) h_t) + D x_t.
+ * The previous step's b and x are kept from the step before (zero at t = 0). */
+static int ref_mamba3(const ref_io *io)
+{
+    int m = 0;
+    int64_t H = ref_dim(io, "H", &m), P = ref_dim(io, "P", &m), N = ref_dim(io, "N", &m);
+    double *x = ref_get(io, "x", &m), *dt = ref_get(io, "dt", &m), *l = ref_get(io, "l", &m);
+    double *Bt = ref_get(io, "B", &m), *Ct = ref_get(io, "C", &m), *theta = ref_get(io, "theta", &m);
+    double *A_log = ref_get(io, "A_log", &m), *D = ref_get(io, "D", &m), *dt_bias = ref_get(io, "dt_bias", &m);
+    double *bw = ref_get(io, "bw", &m), *cw = ref_get(io, "cw", &m);
+    double *S = ref_get(io, "S", &m), *y = ref_get(io, "y", &m);
+    if (m)
+        return REF_ERR_MISSING;
+    double complex *h = malloc((size_t)(H * P * N) * sizeof *h);
+    double complex *b = malloc((size_t)N * sizeof *b), *bprev = malloc((size_t)N * sizeof *bprev);
+    double complex *c = malloc((size_t)N * sizeof *c);
+    double *xprev = malloc((size_t)(H * P) * sizeof *xprev);
+    if (!h || !b || !bprev || !c || !xprev) {
+        free(h), free(b), free(bprev), free(c), free(xprev);
+        return REF_ERR_NOMEM;
+    }
+    for (int64_t bi = 0; bi < io->B; bi++) {
+        double *Sb = S + bi * H * P * N * 2;
+        for (int64_t k = 0; k < H * P * N; k++) h[k] = Sb[2 * k] + I * Sb[2 * k + 1];
+        for (int64_t n = 0; n < N; n++) bprev[n] = 0;
+        for (int64_t k = 0; k < H * P; k++) xprev[k] = 0;
+        for (int64_t t = 0; t < io->T; t++) {
+            int64_t bt = bi * io->T + t;
+            const double *Bs = Bt + bt * N * 2, *Cs = Ct + bt * N * 2;
+            double bss = 0, css = 0;
+            for (int64_t k = 0; k < 2 * N; k++) bss += Bs[k] * Bs[k], css += Cs[k] * Cs[k];
+            double bsc = 1 / sqrt(bss / (double)(2 * N) + 1e-6), csc = 1 / sqrt(css / (double)(2 * N) + 1e-6);
+            for (int64_t n = 0; n < N; n++) {
+                b[n] = (Bs[2 * n] * bw[2 * n] + I * Bs[2 * n + 1] * bw[2 * n + 1]) * bsc;
+                c[n] = (Cs[2 * n] * cw[2 * n] + I * Cs[2 * n + 1] * cw[2 * n + 1]) * csc;
+            }
+            for (int64_t hh = 0; hh < H; hh++) {
+                double delta = softplus_(dt[bt * H + hh] + dt_bias[hh]);
+                double a = exp(-exp(A_log[hh]) * delta);
+                double lam = sigmoid_(l[bt * H + hh]);
+                for (int64_t p = 0; p < P; p++) {
+                    double xv = x[(bt * H + hh) * P + p], xp = xprev[hh * P + p];
+                    double acc = 0;
+                    for (int64_t n = 0; n < N; n++) {
+                        double complex rot = cexp(I * theta[bt * N + n] * delta);
+                        double complex *hs = &h[(hh * P + p) * N + n];
+                        *hs = a * rot * *hs + (1 - lam) * delta * a * bprev[n] * xp + lam * delta * b[n] * xv;
+                        acc += creal(conj(c[n]) * *hs);
+                    }
+                    y[(bt * H + hh) * P + p] = acc + D[hh] * xv;
+                    xprev[hh * P + p] = xv;
+                }
+            }
+            for (int64_t n = 0; n < N; n++) bprev[n] = b[n];
+        }
+        for (int64_t k = 0; k < H * P * N; k++) Sb[2 * k] = creal(h[k]), Sb[2 * k + 1] = cimag(h[k]);
+    }
+    free(h), free(b), free(bprev), free(c), free(xprev);
+    return 0;
+}
+
+/* ---- Mixture-of-Memories: the router's scores sorted (descending, ties by
+ * index); the first TOPK memories are written, M_m += k_m v_m^T, and read,
+ * o = sum over them of softmax_m(score) q^T M_m, the softmax taken over the
+ * chosen memories alone. */
+static int ref_mom(const ref_io *io)
+{
+    int m = 0;
+    int64_t M = ref_dim(io, "M", &m), TOPK = ref_dim(io, "TOPK", &m), E = ref_dim(io, "E", &m);
+    int64_t K = ref_dim(io, "K", &m), V = ref_dim(io, "V", &m);
+    double *x = ref_get(io, "x", &m), *q = ref_get(io, "q", &m), *k = ref_get(io, "k", &m);
+    double *v = ref_get(io, "v", &m), *Wr = ref_get(io, "Wr", &m), *S = ref_get(io, "S", &m);
+    double *y = ref_get(io, "y", &m);
+    if (m)
+        return REF_ERR_MISSING;
+    double *score = malloc((size_t)M * sizeof *score), *gate = malloc((size_t)M * sizeof *gate);
+    int64_t *order = malloc((size_t)M * sizeof *order);
+    if (!score || !gate || !order) {
+        free(score), free(gate), free(order);
+        return REF_ERR_NOMEM;
+    }
+    for (int64_t b = 0; b < io->B; b++)
+        for (int64_t t = 0; t < io->T; t++) {
+            int64_t bt = b * io->T + t;
+            for (int64_t mm = 0; mm < M; mm++) {
+                score[mm] = 0;
+                for (int64_t e = 0; e < E; e++) score[mm] += Wr[mm * E + e] * x[bt * E + e];
+                order[mm] = mm;
+            }
+            for (int64_t i = 1; i < M; i++) /* insertion sort: stable, so ties keep the lower index first */
+                for (int64_t j = i; j > 0 && score[order[j]] > score[order[j - 1]]; j--) {
+                    int64_t tmp = order[j];
+                    order[j] = order[j - 1];
+                    order[j - 1] = tmp;
+                }
+            int64_t chosen = TOPK < M ? TOPK : M;
+            double top = score[order[0]], z = 0;
+            for (int64_t mm = 0; mm < M; mm++) gate[mm] = 0;
+            for (int64_t r = 0; r < chosen; r++) z += exp(score[order[r]] - top);
+            for (int64_t r = 0; r < chosen; r++) gate[order[r]] = exp(score[order[r]] - top) / z;
+            for (int64_t r = 0; r < chosen; r++) {
+                int64_t mm = order[r];
+                double *Sm = S + (b * M + mm) * K * V;
+                for (int64_t i = 0; i < K; i++)
+                    for (int64_t j = 0; j < V; j++)
+                        Sm[i * V + j] += k[(bt * M + mm) * K + i] * v[(bt * M + mm) * V + j];
+            }
+            for (int64_t j = 0; j < V; j++) {
+                double acc = 0;
+                for (int64_t mm = 0; mm < M; mm++) {
+                    if (gate[mm] == 0) continue;
+                    const double *Sm = S + (b * M + mm) * K * V;
+                    for (int64_t i = 0; i < K; i++) acc += gate[mm] * q[bt * K + i] * Sm[i * V + j];
+                }
+                y[bt * V + j] = acc;
+            }
+        }
+    free(score), free(gate), free(order);
+    return 0;
+}
+
+/* ---- TTT-Linear: per head, W <- W - eta ks (W^T ks - v)^T with ks the mean
+ * of the last L normalised keys (a history kept here; before the start, 0),
+ * o = (W^T q) * gelu(z), gelu exact (erf). Without an initial state W starts
+ * at W0. */
+static int ref_ttt_linear(const ref_io *io)
+{
+    int m = 0;
+    int64_t H = ref_dim(io, "H", &m), K = ref_dim(io, "K", &m), V = ref_dim(io, "V", &m), L = ref_dim(io, "L", &m);
+    double *q = ref_get(io, "q", &m), *k = ref_get(io, "k", &m), *v = ref_get(io, "v", &m);
+    double *lr = ref_get(io, "lr", &m), *z = ref_get(io, "z", &m), *W0 = ref_get(io, "W0", &m);
+    double *base_lr = ref_get(io, "base_lr", &m), *y = ref_get(io, "y", &m);
+    if (m)
+        return REF_ERR_MISSING;
+    double *Wgiven = ref_get(io, "W", &m); /* NULL: not given, start at W0 */
+    double *Wall = Wgiven ? Wgiven : malloc((size_t)(io->B * H * K * V) * sizeof *Wall);
+    double *hist = malloc((size_t)(L * K) * sizeof *hist); /* hist[s]: the normalised key s steps back */
+    double *ks = malloc((size_t)K * sizeof *ks), *err = malloc((size_t)V * sizeof *err);
+    if (!Wall || !hist || !ks || !err) {
+        if (!Wgiven) free(Wall);
+        free(hist), free(ks), free(err);
+        return REF_ERR_NOMEM;
+    }
+    if (!Wgiven)
+        for (int64_t b = 0; b < io->B; b++) memcpy(Wall + b * H * K * V, W0, (size_t)(H * K * V) * sizeof *W0);
+    for (int64_t b = 0; b < io->B; b++)
+        for (int64_t hh = 0; hh < H; hh++) {
+            double *Wm = Wall + (b * H + hh) * K * V;
+            for (int64_t i = 0; i < L * K; i++) hist[i] = 0;
+            for (int64_t t = 0; t < io->T; t++) {
+                int64_t bth = (b * io->T + t) * H + hh;
+                memmove(hist + K, hist, (size_t)((L - 1) * K) * sizeof *hist);
+                double nn = 0;
+                for (int64_t i = 0; i < K; i++) nn += k[bth * K + i] * k[bth * K + i];
+                for (int64_t i = 0; i < K; i++) hist[i] = k[bth * K + i] / sqrt(nn + 1e-6);
+                for (int64_t i = 0; i < K; i++) {
+                    ks[i] = 0;
+                    for (int64_t s = 0; s < L; s++) ks[i] += hist[s * K + i];
+                    ks[i] /= (double)L;
+                }
+                double eta = base_lr[hh] / (1 + exp(-lr[bth]));
+                for (int64_t j = 0; j < V; j++) {
+                    err[j] = -v[bth * V + j];
+                    for (int64_t i = 0; i < K; i++) err[j] += ks[i] * Wm[i * V + j];
+                }
+                for (int64_t i = 0; i < K; i++)
+                    for (int64_t j = 0; j < V; j++) Wm[i * V + j] -= eta * ks[i] * err[j];
+                for (int64_t j = 0; j < V; j++) {
+                    double o = 0;
+                    for (int64_t i = 0; i < K; i++) o += q[bth * K + i] * Wm[i * V + j];
+                    double zz = z[bth * V + j];
+                    y[bth * V + j] = o * 0.5 * zz * (1 + erf(zz / sqrt(2.0)));
+                }
+            }
+        }
+    if (!Wgiven) free(Wall);
+    free(hist), free(ks), free(err);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*run)(const ref_io *io);
@@ -395,6 +582,9 @@ static const struct {
     {"linear_attn", ref_linear_attn},
     {"retnet", ref_retnet},
     {"lstm", ref_lstm},
+    {"mamba3", ref_mamba3},
+    {"mom", ref_mom},
+    {"ttt_linear", ref_ttt_linear},
 };
 
 int ref_has(const char *model)

@@ -65,8 +65,8 @@ static const bad_case bad[] = {
      "index variable 'k' indexes an axis of dim K here, but an axis of dim N at 3:19"},
     {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,N] = x[t,N];", "3:5",
      "'N' is a dim; an index variable needs another name"},
-    {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = x[t,n] * n;", "3:19",
-     "'n' is an index variable; it cannot be used as a value"},
+    {"dim N = 4; input x[T,N]; param n; output y[T,N];", "y[t,n] = x[t,n] * n;", "3:19",
+     "'n' is both an index variable here and a param; rename one of them"},
     {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = n[t];", "3:10", "'n' is an index variable, not a tensor"},
     {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = x[t,n] * N[n];", "3:19", "'N' is a dim and takes no indices"},
     {"dim N = 4; input x[T,N]; param w[N]; output y[T,N];", "y[t,n] = x[t,n] * w;", "3:19",
@@ -83,7 +83,7 @@ static const bad_case bad[] = {
     {"dim N = 4, K = 3; input x[T,N]; output y[T,N];", "y[t,n] = sum(k: x[t,n]);", "3:14",
      "reduction variable 'k' is not used in the reduced expression"},
     {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = max(n: x[t,n]);", "3:14",
-     "'n' is already an index variable here; a reduction needs a new name"},
+     "'n' is already an index variable here (bound at 3:5); a reduction needs a new name"},
     {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = sum(j: x[t - j, n]);", "3:14",
      "cannot infer the range of 'j': use it to index an axis directly"},
     /* t and T */
@@ -112,9 +112,47 @@ static const bad_case bad[] = {
     {"dim N = 4; input x[N]; output y[T,N];", "y[t,n] = x[n];", "2:20", "the first axis of input 'x' must be T"},
     {"dim N = 4; input x; output y[T,N];", "y[t,n] = x;", "2:18", "the first axis of input 'x' must be T"},
     {"dim N = 4; input x[T,N]; output y[N];", "y[n] = x[t,n];", "2:35", "the first axis of output 'y' must be T"},
+    /* version 2: index variables as numbers, comparisons, select, lagged lets, init, j[W] */
+    {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = x[t,n] < 1 < 2;", "3:21", "comparisons do not chain"},
+    {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = select(x[t,n], 1);", "3:10",
+     "'select' takes 3 arguments, found 2"},
+    {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = sin(x[t,n], 1);", "3:10", "'sin' takes 1 argument, found 2"},
+    {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = x[t,n] * k;", "3:19", "undeclared name 'k'"},
+    {"dim N = 4; input x[T,N]; output y[T,N];", "let r[t,i] = i;\ny[t,n] = r[t,n];", "3:9",
+     "cannot infer the range of 'i'"},
+    {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = sum(j: j) + x[t,n];", "3:14",
+     "cannot infer the range of 'j': use it to index an axis directly"},
+    {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];", "S[n] = x[t,n];\nlet h[t,n] = S[n];\ny[t,n] = h[t - 65,n];",
+     "5:12", "let 'h' reads a state, so its earlier values are kept in copies of it, at most 64"},
+    {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];",
+     "S[n] = x[t,n];\nlet h[t,n] = S[n];\nlet g[t,n] = 2 * h[t,n];\ny[t,n] = g[t - 65,n];", "6:12",
+     "let 'g' reads a state"}, /* through a let */
+    {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];", "S[n] = x[t,n];\ny[t,n] = S[n];\ninit S[n] = x[t,n];",
+     "5:13", "an init may read only params, dims, literals and index variables; 'x' is an input"},
+    {"dim N = 4; input x[T,N]; state S[N], R[N]; output y[T,N];",
+     "S[n] = x[t,n];\nR[n] = S[n];\ny[t,n] = R[n];\ninit R[n] = S[n];", "6:13",
+     "an init may read only params, dims, literals and index variables; 'S' is a state"},
+    {"dim N = 4; input x[T,N]; param p; state S[N]; output y[T,N];", "let a = p;\nS[n] = x[t,n];\ny[t,n] = S[n];\ninit S[n] = a;",
+     "6:13", "'a' is a let"},
+    {"dim N = 4; input x[T,N]; output y[T,N];", "y[t,n] = x[t,n];\ninit y[n] = 0;", "4:6",
+     "an init gives a state its initial value; 'y' is an output"},
+    {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];", "S[n] = x[t,n];\ny[t,n] = S[n];\ninit S = 0;", "5:6",
+     "'S' has 1 axis but its init has 0 indices"},
+    {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];", "S[n] = x[t,n];\ny[t,n] = S[n];\ninit S[1] = 0;", "5:8",
+     "an index on the left side must be a plain index variable"},
+    {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];", "init S[n] = 0;\ninit S[m] = 1;\nS[n] = x[t,n];\ny[t,n] = S[n];",
+     "4:6", "state 'S' already has an init at 3:6"},
+    {"dim N = 4, W = 2; input x[T,N]; output y[T,N];", "y[t,n] = sum(n[W]: x[t - n, 0]);", "3:14",
+     "'n' is already an index variable here (bound at 3:5)"},
+    {"dim N = 4, W = 2; input x[T,N]; param q; output y[T,N];", "y[t,n] = sum(j[q]: x[t - j, n]);", "3:16",
+     "'q' is a param, not a dim"},
+    {"dim N = 4, W = 2; input x[T,N]; output y[T,N];", "y[t,n] = sum(j[W]: x[t - j, j]);", "3:29",
+     "index variable 'j' indexes an axis of dim N here, but an axis of dim W at 3:16"},
     /* time offsets and time-invariant lets */
-    {"dim N = 4; input x[T,N]; output y[T,N];", "let a[t,n] = x[t,n];\ny[t,n] = a[t - 1,n];", "4:12",
-     "time offsets are only allowed on inputs; 'a' is a let"},
+    {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];", "S[n] = x[t,n];\ny[t,n] = S[t - 1,n];", "4:12",
+     "state 'S' has no time axis; 't' cannot index it"},
+    {"dim N = 4; input x[T,N]; param w[N]; output y[T,N];", "let a[n] = w[n];\ny[t,n] = a[t - 1,n];", "4:12",
+     "let 'a' is time-invariant: it is computed once, not at every step, so it cannot be read at an earlier step"},
     {"dim N = 4; input x[T,N]; param w[N]; output y[T,N];", "let a[n] = w[n] * x[t,n];\ny[t,n] = a[n];", "3:19",
      "a time-invariant let cannot read per-step 'x'"},
     {"dim N = 4; input x[T,N]; state S[N]; output y[T,N];", "let a[n] = S[n];\nS[n] = x[t,n];\ny[t,n] = a[n];",
@@ -245,6 +283,19 @@ static const char *good[] = {
     /* delta rule: a state read at other indices in its own update */
     "model l { dim K = 3, V = 2; input k[T,K], v[T,V]; state S[K,V]; output o[T,V];\n"
     "  S[i,j] = S[i,j] + k[t,i] * (v[t,j] - sum(a: k[t,a] * S[a,j])); o[t,j] = sum(i: k[t,i] * S[i,j]); }",
+    /* version 2: the new functions, comparisons, select, index variables as numbers */
+    "model m { dim N = 4; input x[T,N]; output y[T,N];\n"
+    "  y[t,n] = sin(x[t,n]) + cos(x[t,n]) * erf(x[t,n]) + (x[t,n] < 1) + (n == 2) * select(n >= 1, n, -n); }",
+    /* lets read at earlier steps, a window by name, one that reads a state */
+    "model n { dim N = 4, W = 3; input x[T,N]; state S[N]; output y[T,N];\n"
+    "  let u[t,n] = x[t,n] * 2; S[n] = S[n] * 0.5 + u[t - 1,n]; let h[t,n] = S[n];\n"
+    "  y[t,n] = sum(j[W]: u[t - j,n] + h[t - j,n] * j) + h[t - 64,n]; }",
+    /* init from params, dims, literals and index variables, anywhere in the model */
+    "model o { dim K = 3; input x[T,K]; param lam, W0[K,K]; state P[K,K], W[K,K]; output y[T,K];\n"
+    "  init P[i,j] = select(i == j, 1, 0) / lam + K; W[i,j] = W[i,j] + x[t,i] * P[i,j];\n"
+    "  y[t,i] = sum(j: W[i,j]); init W[a,b] = sum(c[K]: W0[a,c] * W0[c,b]); }",
+    /* a name that is a variable in one statement and a tensor in another */
+    "model p { dim N = 2; input x[T,N]; param a; output y[T,N], z[T,N]; y[t,n] = x[t,n] * a; z[t,a] = x[t,a]; }",
 };
 
 static void test_good_models(void **state)

@@ -35,6 +35,7 @@
 #include "codegen/llvm.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 #include "runtime/cache.h"
 #include "ssmc.h"
 #include "support/diag.h"
@@ -298,6 +299,7 @@ static void test_scratch_pages(void **state)
         assert_true(check_model(&a, &d, &f, &af->models[0], NULL, 0));
         ir_model *m = ir_lower(&a, &d, &f, &af->models[0]);
         assert_non_null(m);
+        assert_true(pass_lag(&a, &m, &d));
         plan_target tg = plan_target_cpu(2);
         pass_plan *plan = NULL;
         llvm_jit *jit = NULL;

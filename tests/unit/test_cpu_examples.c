@@ -5,7 +5,8 @@
  * H=3, P=5, N=7; larger odd dims, e.g. mamba2's P=37 cut into items of 13, 13
  * and 11 values, mamba's E=37 into tiles of 5 and a last one of 2, GLA's
  * V=37 as one inner loop that no vector width divides): T = 1 and T = 33,
- * batch 1 and 3, from a zero and from a random initial state, in f32 (relative
+ * batch 1 and 3, from a zero and from a random initial state and with no
+ * initial state given at all (a model's init then gives it), in f32 (relative
  * error at most 1e-5: max |got - ref| / max |ref|) and with bf16 tensors (at
  * most 1e-2). Every output and every final state is checked; outputs are
  * poisoned with NaN first; inputs are fresh random values in ranges where the
@@ -60,6 +61,13 @@ static const example examples[] = {
      {{"q", -2, 2}, {"k", -2, 2}, {"z", 0.1, 1}}},
     {"retnet", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}}, {{"scale", 0, 3}}},
     {"lstm", {{"G", 4}, {"E", 5}, {"H", 3}}, {{"G", 4}, {"E", 19}, {"H", 37}}, {{"W", -0.7, 0.7}, {"U", -0.7, 0.7}}},
+    /* R = 2: the pairs' two halves */
+    {"mamba3", {{"H", 3}, {"P", 5}, {"N", 7}}, {{"H", 3}, {"P", 37}, {"N", 19}},
+     {{"dt", -3, 1}, {"A_log", -1, 1.5}, {"theta", -3, 3}}},
+    /* TOPK = 2 of M */
+    {"mom", {{"M", 5}, {"E", 3}, {"K", 5}, {"V", 7}}, {{"M", 3}, {"E", 5}, {"K", 19}, {"V", 37}}, {{"Wr", -1, 1}}},
+    {"ttt_linear", {{"H", 3}, {"K", 5}, {"V", 7}, {"L", 2}}, {{"H", 3}, {"K", 19}, {"V", 37}, {"L", 4}},
+     {{"base_lr", 0, 1}}},
     /* the models under ssmc.ops (python/ssmc/ops.py): fla's and mamba_ssm's semantics, log-space gates */
     {"fla_linear_attn", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}}, {{"scale", 0.2, 0.5}}},
     {"fla_retention", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}},
@@ -116,11 +124,11 @@ static void check_example(const example *e)
         static const ssmc_dtype dtypes[] = {SSMC_F32, SSMC_BF16};
         for (int ti = 0; ti < 2; ti++)
             for (int bi = 0; bi < 2; bi++)
-                for (int init = 0; init < 2; init++)
+                for (int init = 0; init < 3; init++)
                     for (int di = 0; di < 2; di++) {
                         harness_run r = {.batch = batches[bi], .T = Ts[ti], .dtype = dtypes[di],
-                                         .random_state = init, .ranges = e->ranges, .seed = seed++,
-                                         .misalign = init != bi};
+                                         .random_state = init == 1, .no_state = init == 2, .ranges = e->ranges,
+                                         .seed = seed++, .misalign = (init == 1) != bi};
                         harness_result res;
                         harness_compare(cpu, ref, &r, &res);
                         double tol = dtypes[di] == SSMC_F32 ? 1e-5 : 1e-2;
@@ -128,12 +136,12 @@ static void check_example(const example *e)
                         if (!res.ok)
                             fail_msg("%s (%s) T=%" PRId64 " batch %" PRId64 " %s state, %s: %s [%s] "
                                      "(SSMC_TEST_SEED=%" PRIu64 ")",
-                                     e->model, size_names[si], r.T, r.batch, init ? "random" : "zero", what, res.why,
+                                     e->model, size_names[si], r.T, r.batch, init == 2 ? "no" : init ? "random" : "zero", what, res.why,
                                      ssmc_ctx_error(ctx), seed0);
-                        if (!(res.worst <= tol) || res.checked < 2)
+                        if (!(res.worst <= tol) || res.checked < (init == 2 ? 1 : 2))
                             fail_msg("%s (%s) T=%" PRId64 " batch %" PRId64 " %s state, %s: '%s' rel error %.3e "
                                      "> %.0e (%d checked; SSMC_TEST_SEED=%" PRIu64 ")",
-                                     e->model, size_names[si], r.T, r.batch, init ? "random" : "zero", what,
+                                     e->model, size_names[si], r.T, r.batch, init == 2 ? "no" : init ? "random" : "zero", what,
                                      res.worst_name ? res.worst_name : "?", res.worst, tol, res.checked, seed0);
                     }
         ssmc_model_free(cpu);

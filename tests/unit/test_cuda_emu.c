@@ -25,6 +25,7 @@
 #include "codegen/cuda.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 #include "tests/unit/helpers/files.h"
 #include "support/dtype.h"
 
@@ -80,6 +81,7 @@ static void model_open(model *md, const char *rel, const char *name, const ssmc_
     if (!check_model(&md->a, &md->d, &md->f, am, over, n)) fail_msg("%s", sb_cstr(&md->d.text));
     md->m = ir_lower(&md->a, &md->d, &md->f, am);
     if (!md->m || !ir_verify(md->m, &md->d)) fail_msg("%s", sb_cstr(&md->d.text));
+    if (!pass_lag(&md->a, &md->m, &md->d) || !ir_verify(md->m, &md->d)) fail_msg("%s", sb_cstr(&md->d.text));
 }
 
 static void model_close(model *md)

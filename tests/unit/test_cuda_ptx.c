@@ -20,6 +20,7 @@
 #include "codegen/cuda.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 #include "runtime/cuda_driver.h"
 #include "ssmc.h"
 #include "tests/unit/helpers/files.h"
@@ -66,6 +67,7 @@ static void compile_ir(compiled *c, const char *name, const char *text, size_t l
     if (!check_model(&c->a, &c->d, &c->f, am, over, ndims)) fail_msg("%s", sb_cstr(&c->d.text));
     c->m = ir_lower(&c->a, &c->d, &c->f, am);
     if (!c->m || !ir_verify(c->m, &c->d)) fail_msg("%s", sb_cstr(&c->d.text));
+    if (!pass_lag(&c->a, &c->m, &c->d) || !ir_verify(c->m, &c->d)) fail_msg("%s", sb_cstr(&c->d.text));
 }
 
 static void compiled_free(compiled *c)

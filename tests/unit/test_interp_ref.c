@@ -4,9 +4,10 @@
  * examples/<model>.ssm for the interpreter with small odd dims, draw fresh random
  * inputs and params (gates and steps in ranges where nothing overflows), run the
  * interpreter in f64 and the reference on copies, from a zero and from a random
- * initial state, for T = 7 and T = 1, and require every output and every final
- * state to agree to 1e-12 relative to the largest reference value. Outputs are
- * poisoned with NaN before each run, and a NaN anywhere fails.
+ * initial state (and, for a model with an init, from none: the init's value),
+ * for T = 7 and T = 1, and require every output and every final state to agree
+ * to 1e-12 relative to the largest reference value. Outputs are poisoned with
+ * NaN before each run, and a NaN anywhere fails.
  *
  * The seed comes from the clock; SSMC_TEST_SEED=<n> repeats a run. */
 #include <setjmp.h>
@@ -65,8 +66,17 @@ static const ref_case cases[] = {
      {{"scale", 0, 3}}},
     {"lstm", {{"G", 4}, {"E", 5}, {"H", 3}},
      {{"W", -0.7, 0.7}, {"U", -0.7, 0.7}}},
+    {"mamba3", {{"H", 3}, {"P", 5}, {"N", 7}, {"R", 2}},
+     {{"dt", -3, 1}, {"A_log", -1, 1.5}, {"theta", -3, 3}}},
+    {"mom", {{"M", 5}, {"TOPK", 2}, {"E", 3}, {"K", 5}, {"V", 7}},
+     {{"Wr", -1, 1}}},
+    {"ttt_linear", {{"H", 3}, {"K", 5}, {"V", 7}, {"L", 3}},
+     {{"base_lr", 0, 1}}},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
+
+/* Models with an init: also run without initial states (the init gives them). */
+static int has_init(const char *model) { return strcmp(model, "ttt_linear") == 0; }
 
 /* ---- a small generator: splitmix64 ---- */
 static uint64_t rng_next(uint64_t *s)
@@ -184,7 +194,8 @@ static double rel_error(const double *got, const double *ref, size_t n)
     return maxref > 0 ? maxdiff / maxref : maxdiff;
 }
 
-/* One run of interpreter and reference on the same random data. */
+/* One run of interpreter and reference on the same random data; states from
+ * zero (random_init 0), random values (1) or not given at all (2: the init). */
 static void check_run(fixture *f, int64_t T, int random_init, uint64_t *rng)
 {
     const ref_case *c = f->c;
@@ -229,8 +240,15 @@ static void check_run(fixture *f, int64_t T, int random_init, uint64_t *rng)
         args[i] = (ssmc_arg){ti->name, SSMC_F64, f->got[i]};
         rt[i] = (ref_tensor){ti->name, f->ref[i]};
     }
+    /* without initial states: the states are not passed (nor compared) */
+    int nargs = 0;
+    for (int i = 0; i < n; i++) {
+        int absent = random_init == 2 && f->info[i].role == SSMC_STATE;
+        if (absent) rt[i].data = NULL;
+        if (!absent) args[nargs++] = args[i];
+    }
 
-    ssmc_status st = ssmc_run(f->model, BATCH, T, args, n);
+    ssmc_status st = ssmc_run(f->model, BATCH, T, args, nargs);
     if (st != SSMC_OK)
         fail_msg("%s: ssmc_run: %s: %s", c->model, ssmc_status_name(st), ssmc_ctx_error(f->ctx));
 
@@ -246,16 +264,17 @@ static void check_run(fixture *f, int64_t T, int random_init, uint64_t *rng)
 
     for (int i = 0; i < n; i++) {
         const ssmc_tensor_info *ti = &f->info[i];
-        if (ti->role != SSMC_OUTPUT && ti->role != SSMC_STATE)
+        if (ti->role != SSMC_OUTPUT && (ti->role != SSMC_STATE || random_init == 2))
             continue;
+        static const char *const modes[] = {"zero-init", "random-init", "model-init"};
         double err = rel_error(f->got[i], f->ref[i], f->count[i]);
-        print_message("  %-15s T=%" PRId64 " %-11s %-6s %-5s rel err %.3g\n", c->model, T,
-                      random_init ? "random-init" : "zero-init",
+        print_message("  %-15s T=%" PRId64 " %-11s %-6s %-5s rel err %.3g\n", c->model, T, modes[random_init],
                       ti->role == SSMC_OUTPUT ? "output" : "state", ti->name, err);
         if (!(err <= TOLERANCE))
             fail_msg("%s T=%" PRId64 " %s: %s `%s`: relative error %.3g (tolerance %g; NaN means a "
                      "non-finite value); repeat with SSMC_TEST_SEED=%" PRIu64,
-                     c->model, T, random_init ? "random initial state" : "zero initial state",
+                     c->model, T,
+                     random_init == 2 ? "the init's initial state" : random_init ? "random initial state" : "zero initial state",
                      ti->role == SSMC_OUTPUT ? "output" : "final state", ti->name, err, TOLERANCE,
                      f->base_seed);
     }
@@ -295,7 +314,7 @@ static void test_model(void **state)
     uint64_t rng = f->seed;
     static const int64_t lengths[] = {7, 1};
     for (size_t l = 0; l < sizeof lengths / sizeof lengths[0]; l++)
-        for (int random_init = 0; random_init <= 1; random_init++)
+        for (int random_init = 0; random_init <= (has_init(c->model) ? 2 : 1); random_init++)
             check_run(f, lengths[l], random_init, &rng);
 }
 

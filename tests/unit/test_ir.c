@@ -235,7 +235,8 @@ static const char *base = "model b {\n"
                           "  let c[n] = w[n,1];\n"                                    /* 0: once */
                           "  let p[t,n] = sum(k: w[n,k]) * x[t - 1,n] + g[t, n / 2];\n" /* 1 */
                           "  S[n] = S[n] * c[n] + p[t,n];\n"                           /* 2 */
-                          "  y[t,n] = -S[n];\n"                                        /* 3 */
+                          "  y[t,n] = -S[n] + select(n < 2, p[t - 1,n], 1);\n"        /* 3 */
+                          "  init S[n] = w[n,0];\n"                                   /* inits[0] */
                           "}\n";
 
 typedef void (*breaker)(ir_model *m);
@@ -261,7 +262,20 @@ static void br_unknown_op(ir_model *m) { find_op(m, IR_NEG)->op = IR_OP_COUNT; }
 static void br_load_output(ir_model *m) { find_load(m, 3, "S")->load.tensor = ir_find_tensor(m, "y"); }
 static void br_load_no_tensor(ir_model *m) { find_load(m, 3, "S")->load.tensor = (int)m->ntensors; }
 static void br_lag_on_param(ir_model *m) { find_load(m, 0, "w")->load.lag = 1; }
-static void br_lag_on_let(ir_model *m) { find_load(m, 2, "p")->load.lag = 1; }
+static void br_lag_on_let(ir_model *m) { find_load(m, 2, "c")->load.lag = 1; }
+static void br_lag_on_output_reader(ir_model *m) { find_load(m, 3, "S")->load.lag = 1; }
+static void br_third_operand(ir_model *m) { find_op(m, IR_NEG)->c = 0; }
+static void br_select_two_operands(ir_model *m) { find_op(m, IR_SELECT)->c = IR_NONE; }
+static void br_idx_unbound(ir_model *m)
+{
+    /* c[n] in S's update becomes k, a variable of p's reduction */
+    ir_inst *c = find_load(m, 2, "c");
+    c->op = IR_IDX;
+    c->var = m->ix[find_load(m, 1, "w")->load.ix + 1].var;
+}
+static void br_init_reads_input(ir_model *m) { m->insts[m->inits[0].root].load.tensor = ir_find_tensor(m, "x"); }
+static void br_init_of_output(ir_model *m) { m->inits[0].tensor = ir_find_tensor(m, "y"); }
+static void br_hidden_output(ir_model *m) { m->tensors[ir_find_tensor(m, "y")].hidden = true; }
 static void br_lag_var_on_state(ir_model *m) { find_load(m, 2, "S")->load.lag_var = 0; }
 static void br_negative_lag(ir_model *m) { find_load(m, 1, "x")->load.lag = -1; }
 static void br_lag_var_unbound(ir_model *m) { find_load(m, 1, "x")->load.lag_var = (int)m->nvars - 1; }
@@ -337,7 +351,14 @@ static const struct {
     {"load of an output", br_load_output, "load of an output"},
     {"load of no tensor", br_load_no_tensor, "load of no tensor"},
     {"lag on a param", br_lag_on_param, "time lag on a tensor without T"},
-    {"lag on a let", br_lag_on_let, "time lag on a non-input"},
+    {"lag on a time-invariant let", br_lag_on_let, "time lag on a tensor without T"},
+    {"lag on a state", br_lag_on_output_reader, "time lag on a tensor without T"},
+    {"third operand of a negation", br_third_operand, "wrong operand count"},
+    {"select with two operands", br_select_two_operands, "wrong operand count"},
+    {"index variable unbound", br_idx_unbound, "index variable not bound here"},
+    {"init reads an input", br_init_reads_input, "init statement reads something other than a param"},
+    {"init of an output", br_init_of_output, "init statement of no state"},
+    {"hidden output", br_hidden_output, "hidden tensor that is not a state"},
     {"lag variable on a state", br_lag_var_on_state, "time lag on a tensor without T"},
     {"negative lag", br_negative_lag, "negative time lag"},
     {"lag variable unbound", br_lag_var_unbound, "time-lag variable not bound here"},
@@ -416,17 +437,18 @@ static void test_hand_built(void **state)
     ir_index ix[] = {{IR_IX_VAR, 0, 0}};
     ir_inst insts[3] = {0};
     insts[0].op = IR_LOAD;
-    insts[0].a = insts[0].b = IR_NONE;
+    insts[0].a = insts[0].b = insts[0].c = IR_NONE;
     insts[0].load.tensor = 0;
     insts[0].load.ix = 0;
     insts[0].load.lag = 1;
     insts[0].load.lag_var = -1;
     insts[1].op = IR_CONST;
-    insts[1].a = insts[1].b = IR_NONE;
+    insts[1].a = insts[1].b = insts[1].c = IR_NONE;
     insts[1].num = 2;
     insts[2].op = IR_MUL;
     insts[2].a = 0;
     insts[2].b = 1;
+    insts[2].c = IR_NONE;
     ir_stmt stmts[] = {{.tensor = 1, .vars = {0}, .root = 2, .per_step = true}};
     ir_model m = {.name = "hand", .dims = dims, .ndims = 1, .tensors = tensors, .ntensors = 2, .vars = vars,
                   .nvars = 1, .insts = insts, .ninsts = 3, .ix = ix, .nix = 1, .stmts = stmts, .nstmts = 1};

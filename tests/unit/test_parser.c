@@ -190,6 +190,17 @@ static void test_precedence(void **state)
     assert_rhs("y = +a - +1.5;", "(assign y () (- a 1.5))");
     assert_rhs("y = a - -b * c;", "(assign y () (- a (* (neg b) c)))");
     assert_rhs("y = 1e-6 + 2.5e3;", "(assign y () (+ 9.9999999999999995e-07 2500))");
+    /* comparisons bind more loosely than + and -, and do not chain */
+    assert_rhs("y = a + b < c * d;", "(assign y () (< (+ a b) (* c d)))");
+    assert_rhs("y = a - 1 <= -b;", "(assign y () (<= (- a 1) (neg b)))");
+    assert_rhs("y = a > b;", "(assign y () (> a b))");
+    assert_rhs("y = a >= b;", "(assign y () (>= a b))");
+    assert_rhs("y = a == b;", "(assign y () (== a b))");
+    assert_rhs("y = a != b;", "(assign y () (!= a b))");
+    assert_rhs("y = (a < b) * (b < c);", "(assign y () (* (< a b) (< b c)))");
+    assert_rhs("y = (a < b) < c;", "(assign y () (< (< a b) c))");
+    assert_rhs("y = select(a < b, a, b == c);", "(assign y () (call select (< a b) a (== b c)))");
+    assert_rhs("y = sum(i: x[i] > 0);", "(assign y () (sum (i) (> (read x i) 0)))");
 }
 
 static void test_calls_and_reductions(void **state)
@@ -202,6 +213,12 @@ static void test_calls_and_reductions(void **state)
     assert_rhs("y = exp(log(a) + pow(b, 2));", "(assign y () (call exp (+ (call log a) (call pow b 2))))");
     assert_rhs("y = f();", "(assign y () (call f))");
     assert_rhs("let s = sum(i: max(j: x[i, j]));", "(let s () (sum (i) (max (j) (read x i j))))");
+    /* a reduction variable may name its range: j[W] */
+    assert_rhs("y = sum(j[W]: x[t - j]);", "(assign y () (sum (j[W]) (read x (- t j))))");
+    assert_rhs("y = max(i, j[W]: x[i] * j);", "(assign y () (max (i j[W]) (* (read x i) j)))");
+    assert_rhs("y = max(x[i], j);", "(assign y () (call max (read x i) j))"); /* a call, brackets and all */
+    assert_rhs("y = max(x[i]: 1);", "(assign y () (max (x[i]) 1))");           /* the checker says i is no dim */
+    assert_rhs("y = sin(a) + cos(b) * erf(c);", "(assign y () (+ (call sin a) (* (call cos b) (call erf c))))");
 }
 
 static void test_lets_and_models(void **state)
@@ -222,6 +239,21 @@ static void test_lets_and_models(void **state)
     assert_int_equal(p.file->models[1].nstmts, 0);
     assert_int_equal(p.file->models[2].decls[0].value, 1);
     parsed_free(&p);
+
+    /* init: a keyword only where a name follows it */
+    parse_text(&p, "model a { init S[i] = w[i]; init[i] = 2; init = 3; let init = 4; }");
+    assert_non_null(p.file);
+    a = &p.file->models[0];
+    assert_int_equal(a->nstmts, 4);
+    assert_true(a->stmts[0].is_init);
+    assert_string_equal(a->stmts[0].name, "S");
+    assert_false(a->stmts[1].is_init);
+    assert_string_equal(a->stmts[1].name, "init");
+    assert_false(a->stmts[2].is_init);
+    assert_string_equal(a->stmts[2].name, "init");
+    assert_true(a->stmts[3].is_let);
+    parsed_free(&p);
+    assert_rhs("init S[i, j] = select(i == j, 1, 0);", "(init S (i j) (call select (== i j) 1 0))");
 }
 
 static void test_syntax_errors(void **state)
@@ -263,6 +295,14 @@ static void test_syntax_errors(void **state)
     assert_syntax_error("model m { y = sum(a,b,c,d,e,f,g,h,i: 1); }", "too many reduction variables", 1, 35);
     assert_syntax_error("model m { y = f(1,2,3,4,5,6,7,8,9); }", "at most 8 arguments", 1, 33);
     assert_syntax_error("model m { model n {} }", "expected a declaration, a statement or '}', found 'model'", 1, 11);
+    assert_syntax_error("model m { y = a < b < c; }", "comparisons do not chain: '<' follows a comparison", 1, 21);
+    assert_syntax_error("model m { y = a == b != c; }", "write (a == b) * (b != c) for both", 1, 22);
+    assert_syntax_error("model m { y = sum(j[]: 1); }", "expected a dim name in 'j[W]', found ']'", 1, 21);
+    assert_syntax_error("model m { y = sum(j[W: 1); }", "']' after the dim of the reduction variable", 1, 22);
+    assert_syntax_error("model m { y = sum(j[T]: 1); }", "expected a dim name in 'j[W]', found 'T'", 1, 21);
+    assert_syntax_error("model m { init S = ; }", "expected an expression, found ';'", 1, 20);
+    assert_syntax_error("model m { y = a ! b; }", "unexpected character '!'", 1, 17);
+    assert_syntax_error("model m { y = a =< b; }", "expected an operator or ';', found '='", 1, 17);
     /* lexical errors come through parse_file the same way */
     assert_syntax_error("model m { y = .5; }", "'.5' is written '0.5'", 1, 15);
     assert_syntax_error("model m {\n  /* open", "unterminated comment", 2, 3);
