@@ -386,6 +386,10 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
     plan_target tg = plan_target_cpu(o.threads);
     pipeline pl = {.a = &a, .d = d, .o = &o, .target = &tg};
     ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_PLAN);
+    if (s == SSMC_OK && pl.plan->algo != PLAN_ALGO_RECURRENT) {
+        diag_error(d, "ssmc build: bundles hold the recurrent algorithm only in this version (leave --algo out)");
+        s = SSMC_ERR_UNSUPPORTED;
+    }
     if (s != SSMC_OK) {
         arena_free(&a);
         return s;

@@ -39,6 +39,7 @@ typedef struct cli {
     ssmc_dtype dtype;
     ssmc_algo algo;
     int threads;
+    int chunk; /* --chunk */
     bool verify, check_finite, grad;
 } cli;
 
@@ -121,6 +122,10 @@ static int parse_args(int argc, char **argv, cli *c)
             int64_t v;
             if (!val || !parse_int(val, 0, 4096, &v)) return usage_error("--threads takes an integer from 0 to 4096%s", "");
             c->threads = (int)v;
+        } else if (ARG("--chunk")) {
+            int64_t v;
+            if (!val || !parse_int(val, 1, 1024, &v)) return usage_error("--chunk takes an integer from 1 to 1024%s", "");
+            c->chunk = (int)v;
         } else if (ARG("--seed")) {
             int64_t v;
             if (!val || !parse_int(val, 0, INT64_MAX, &v)) return usage_error("--seed takes a non-negative integer%s", "");
@@ -225,6 +230,7 @@ static ssmc_options options_of(const cli *c)
     o.threads = c->threads;
     o.cuda_arch = c->arch;
     o.check_finite = c->check_finite;
+    o.chunk = c->chunk;
     return o;
 }
 

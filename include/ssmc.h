@@ -71,6 +71,7 @@ typedef struct ssmc_options {
     const char *cuda_arch; /* e.g. "sm_90"; NULL: the GPU's own */
     int check_finite;      /* nonzero: report NaN/Inf in inputs and outputs */
     int64_t grad_chunk;    /* gradients: keep the states every grad_chunk steps; 0: ceil(sqrt(T)) */
+    int chunk;             /* the chunked algorithm's chunk length (--chunk); 0: the default, 64 */
 } ssmc_options;
 
 /* One tensor handed to ssmc_run. Inputs and params are read; outputs are

@@ -617,6 +617,9 @@ static bool analyze(cx *c, const pass_analysis *an, const pass_state *ps, pass_c
         out->delta = true;
         out->beta = corr_c;
         out->dkey = corr_w;
+        /* the UT transform needs the written key to be the corrected one (I - beta k k^T) */
+        if (!same_product(c, &out->key, &out->dkey, kv, kv))
+            return refuse(c, u->root, "the delta rule corrects along a key other than the one it writes");
     }
     /* the readouts */
     for (int i = 0; i < an->nreadouts; i++) {
