@@ -674,26 +674,29 @@ static void test_bad_flags(void **state)
 static void test_algo(void **state)
 {
     (void)state;
-    const char *f = example("gla");
-    static const char *const good[] = {"auto", "recurrent"}, *const refused[] = {"chunked", "scan"};
+    const char *f = example("gla"), *lstm = example("lstm");
+    static const char *const good[] = {"auto", "recurrent", "chunked"};
     const char *devices[] = {"interp", "cpu"};
     int ndev = cpu_available() ? 2 : 1;
     for (int d = 0; d < ndev; d++) {
-        for (int i = 0; i < 2; i++) {
-            expect_ok(ssmc("run", f, "--device", devices[d], "--algo", good[i], "--seqlen", "3"));
-            expect_error(ssmc("run", f, "--device", devices[d], fmt("--algo=%s", refused[i]), "--seqlen", "3"),
-                         fmt("--algo=%s", refused[i]), "not implemented yet", NULL);
-            expect_error(ssmc("bench", f, "--device", devices[d], "--algo", refused[i], "--seqlen", "3"),
-                         "not implemented yet", NULL);
-        }
+        for (int i = 0; i < 3; i++) expect_ok(ssmc("run", f, "--device", devices[d], "--algo", good[i], "--seqlen", "3"));
+        /* the same rule on every device: scan is not generated; chunked needs a chunk form for every state */
+        expect_error(ssmc("run", f, "--device", devices[d], "--algo=scan", "--seqlen", "3"), "--algo=scan", "not implemented yet",
+                     NULL);
+        expect_error(ssmc("bench", f, "--device", devices[d], "--algo", "scan", "--seqlen", "3"), "not implemented yet", NULL);
+        expect_error(ssmc("run", lstm, "--device", devices[d], "--algo=chunked", "--seqlen", "3"), "lstm.ssm:",
+                     "--algo=chunked: state 'h' has no chunk form: the update is not affine in the state", NULL);
         expect_usage(ssmc("run", f, "--device", devices[d], "--algo", "fast"));
+        expect_usage(ssmc("run", f, "--device", devices[d], "--chunk", "0"));
     }
     expect_usage(ssmc("run", f, "--algo"));
     expect_usage(ssmc("build", f, "-o", tmp("b"), "--algo", "fast"));
-    expect_error(ssmc("build", f, "-o", tmp("b"), "--algo", "chunked"), "not implemented yet", NULL);
+    expect_error(ssmc("build", f, "-o", tmp("b"), "--algo", "scan"), "not implemented yet", NULL);
     if (ndev == 2) {
+        expect_error(ssmc("build", f, "-o", tmp("b"), "--algo", "chunked"), "bundles hold the recurrent algorithm only", NULL);
         expect_error(ssmc("emit", f, "--emit=llvm", "--algo", "scan"), "not implemented yet", NULL);
         expect_ok(ssmc("emit", f, "--emit=llvm", "--algo", "recurrent"));
+        expect_ok(ssmc("run", f, "--device", "cpu", "--algo", "chunked", "--chunk", "4", "--seqlen", "9", "--verify"));
     }
 }
 
