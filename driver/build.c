@@ -32,6 +32,21 @@ extern char **environ;
  * LLVM names them so, and every x86-64 host knows them. */
 static const char *const cpu_levels[] = {"x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"};
 
+/* Every target a bundle may name, for messages: "cpu, cpu:x86-64, ...". */
+static void target_list(strbuf *out)
+{
+    sb_puts(out, "cpu");
+    for (size_t i = 0; i < sizeof cpu_levels / sizeof *cpu_levels; i++) sb_printf(out, ", cpu:%s", cpu_levels[i]);
+}
+
+static void unknown_target(diag *d, const char *what, const char *t)
+{
+    strbuf list = {0};
+    target_list(&list);
+    diag_error(d, "ssmc build: unknown %s '%s' (targets: %s; cuda:sm_XX is not supported yet)", what, t, sb_cstr(&list));
+    sb_free(&list);
+}
+
 /* Parses the target list: at most one CPU target. *cpu: NULL for the host. */
 static ssmc_status parse_targets(const char *targets, diag *d, bool *want_cpu, const char **cpu, char *buf,
                                  size_t cap)
@@ -55,8 +70,7 @@ static ssmc_status parse_targets(const char *targets, diag *d, bool *want_cpu, c
                 size_t i = 0;
                 while (i < sizeof cpu_levels / sizeof *cpu_levels && strcmp(cpu_levels[i], t + 4) != 0) i++;
                 if (i == sizeof cpu_levels / sizeof *cpu_levels) {
-                    diag_error(d, "ssmc build: unknown cpu target '%s' (use cpu, cpu:x86-64, cpu:x86-64-v2, "
-                                  "cpu:x86-64-v3 or cpu:x86-64-v4)", t);
+                    unknown_target(d, "cpu target", t);
                     return SSMC_ERR_ARG;
                 }
                 *cpu = cpu_levels[i];
@@ -66,12 +80,15 @@ static ssmc_status parse_targets(const char *targets, diag *d, bool *want_cpu, c
                           "backend compiles at load time; use --device cuda with ssmc run)", t);
             return SSMC_ERR_UNSUPPORTED;
         } else {
-            diag_error(d, "ssmc build: unknown target '%s' (targets: cpu, cpu:x86-64-v2|v3|v4)", t);
+            unknown_target(d, "target", t);
             return SSMC_ERR_ARG;
         }
     }
     if (!*want_cpu) {
-        diag_error(d, "ssmc build: no target given");
+        strbuf list = {0};
+        target_list(&list);
+        diag_error(d, "ssmc build: no target given (targets: %s)", sb_cstr(&list));
+        sb_free(&list);
         return SSMC_ERR_ARG;
     }
     return SSMC_OK;
@@ -128,12 +145,36 @@ static void shape_text(strbuf *out, const ir_model *m, const ir_tensor *t)
     sb_putc(out, ']');
 }
 
-static void gen_header(strbuf *h, const ir_model *m, const char *file, const char *cpu)
+/* A path as a shell word in a C comment: quoted when it holds anything but
+ * [A-Za-z0-9/._+-]; NULL when no comment can hold it ("*" "/", a newline). */
+static const char *shell_word(arena *a, const char *path)
+{
+    if (strstr(path, "*/") || strpbrk(path, "\n\r")) return NULL;
+    bool plain = true;
+    for (const char *p = path; *p; p++)
+        plain &= (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("/._+-", *p);
+    if (plain || strchr(path, '\'')) return plain ? path : NULL;
+    return arena_printf(a, "'%s'", path);
+}
+
+/* dir: the bundle's directory, absolute (for the link lines). */
+static void gen_header(strbuf *h, const ir_model *m, const char *file, const char *cpu, const char *dir)
 {
     const char *name = m->name;
+    arena a;
+    arena_init(&a);
+    const char *w = shell_word(&a, dir);
+    if (!w) w = "DIR"; /* a directory no comment can quote: the reader substitutes it */
     sb_printf(h, "/* %s.h: the model `%s` of %s, compiled ahead of time by ssmc %s for the CPU (%s).\n", name, name,
               file, SSMC_VERSION, cpu ? cpu : "the build machine's own CPU");
-    sb_printf(h, " * Link with lib%s.so or lib%s.a, and -lm -lpthread.\n *\n", name, name);
+    sb_printf(h,
+              " * Link a program with the shared library (found at run time through the rpath)\n"
+              " *   cc prog.c -I%s -L%s -l%s -Wl,-rpath,%s -lm -lpthread\n"
+              " * or with the static one\n"
+              " *   cc prog.c -I%s %s/lib%s.a -lm -lpthread\n"
+              " * (a lib%s.so copied beside the program: -Wl,-rpath,'$ORIGIN' instead).\n *\n",
+              w, w, name, w, w, w, name, name);
+    arena_free(&a);
     sb_puts(h, " * Dims, fixed when the bundle was built:");
     for (uint32_t i = 0; i < m->ndims; i++) sb_printf(h, "%s %s = %lld", i ? "," : "", m->dims[i].name,
                                                       (long long)m->dims[i].value);
@@ -389,6 +430,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
         s = SSMC_ERR_IO;
     }
     const ir_model *m = api_model_ir(model);
+    char *absdir = s == SSMC_OK ? realpath(outdir, NULL) : NULL;
     arena a;
     arena_init(&a);
     char *tmp = s == SSMC_OK ? arena_printf(&a, "%s/.ssmc-build-XXXXXX", outdir) : NULL;
@@ -406,6 +448,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
     char *so = arena_printf(&a, "%s/lib%s.so", outdir, m->name);
     char *lib = arena_printf(&a, "%s/lib%s.a", outdir, m->name);
     char *inc = arena_printf(&a, "-I%s", outdir);
+    char *soname = arena_printf(&a, "-Wl,-soname,lib%s.so", m->name); /* what a program linked with it records */
     if (s == SSMC_OK && a.failed) {
         diag_error(d, "out of memory");
         s = SSMC_ERR_NOMEM;
@@ -414,7 +457,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
     if (s == SSMC_OK) s = llvm_emit_object(m, &o, cpu, obj, &shape, d);
     if (s == SSMC_OK) {
         strbuf h = {0}, c = {0};
-        gen_header(&h, m, filename ? filename : "<input>", cpu);
+        gen_header(&h, m, filename ? filename : "<input>", cpu, absdir ? absdir : outdir);
         gen_wrapper(&c, m, symbol, &shape);
         if (h.failed || c.failed) {
             diag_error(d, "out of memory");
@@ -428,7 +471,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
     if (s == SSMC_OK) {
         const char *cc = tool("CC", "cc"), *ar = tool("AR", "ar");
         char *compile[] = {(char *)cc, "-O2", "-fPIC", inc, "-c", wrap_c, "-o", wrap_o, NULL};
-        char *link[] = {(char *)cc, "-shared", "-o", so, wrap_o, obj, "-lm", "-lpthread", NULL};
+        char *link[] = {(char *)cc, "-shared", soname, "-o", so, wrap_o, obj, "-lm", "-lpthread", NULL};
         char *archive[] = {(char *)ar, "rcs", lib, wrap_o, obj, NULL};
         if (!run_tool(compile, log, d) || !run_tool(link, log, d)) s = SSMC_ERR_BACKEND;
         if (s == SSMC_OK) {
@@ -442,6 +485,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
         rmdir(tmp);
     }
     arena_free(&a);
+    free(absdir);
     ssmc_model_free(model);
     return s;
 }

@@ -42,6 +42,7 @@ static const ssmc_dim dims[] = {{"H", 3}, {"P", 37}, {"N", 19}};
 static char dir[64];
 static const char *root;
 
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
 {
     char cmd[8192];
@@ -155,13 +156,34 @@ static void run_and_check(ssmc_model *ref, const char *exe, int threads, bool wi
     assert_int_equal(checked, with_state ? 2 : 1);
 }
 
+/* The link line the header gives for the shared library ("cc prog.c ..."),
+ * from "cc" on, without the line end. */
+static char *header_link_line(const char *header)
+{
+    size_t len;
+    const char *why;
+    char *text = read_file(header, &len, &why);
+    if (!text) fail_msg("cannot read %s: %s", header, why);
+    const char *at = strstr(text, "the shared library");
+    at = at ? strstr(at, "cc prog.c ") : NULL;
+    if (!at) fail_msg("%s gives no link line for the shared library", header);
+    char *line = strndup(at, strcspn(at, "\n"));
+    free(text);
+    return line;
+}
+
 static void compile_consumers(const char *tag)
 {
     const char *cc = getenv("CC") && *getenv("CC") ? getenv("CC") : "cc";
-    int rc = sh("%s -O2 -I'%s' '%s/tests/aot/mamba2_main.c' -o '%s/main_so%s' -L'%s' -lmamba2 -Wl,-rpath,'%s' -lm "
-                "-lpthread",
-                cc, dir, root, dir, tag, dir, dir);
-    if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .so failed (%d)", rc);
+    /* the shared library exactly as the header says to link it: the program
+     * must then find it with no LD_LIBRARY_PATH (run_and_check sets none) */
+    char header[160];
+    snprintf(header, sizeof header, "%s/mamba2.h", dir);
+    char *line = header_link_line(header);
+    int rc = sh("cd '%s' && unset LD_LIBRARY_PATH && %s -O2 '%s/tests/aot/mamba2_main.c' -o '%s/main_so%s' %s", dir, cc,
+                root, dir, tag, line + strlen("cc prog.c "));
+    free(line);
+    if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .so as the header says failed (%d)", rc);
     rc = sh("%s -O2 -I'%s' '%s/tests/aot/mamba2_main.c' -o '%s/main_a%s' '%s/libmamba2.a' -lm -lpthread", cc, dir,
             root, dir, tag, dir);
     if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .a failed (%d)", rc);
@@ -341,6 +363,19 @@ static void test_bundle(void **state)
     s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu:pentium", dir);
     assert_int_equal(s, SSMC_ERR_ARG);
     assert_non_null(strstr(ssmc_ctx_error(ctx), "unknown cpu target"));
+    /* the list in the message is every target there is */
+    static const char *const targets[] = {"cpu", "cpu:x86-64", "cpu:x86-64-v2", "cpu:x86-64-v3", "cpu:x86-64-v4"};
+    s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "tpu", dir);
+    assert_int_equal(s, SSMC_ERR_ARG);
+    for (size_t i = 0; i < sizeof targets / sizeof *targets; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "%s%s", targets[i], i + 1 < sizeof targets / sizeof *targets ? "," : ";");
+        if (!strstr(ssmc_ctx_error(ctx), want)) fail_msg("the target list lacks %s: %s", targets[i], ssmc_ctx_error(ctx));
+    }
+    /* a bundle records its own name, so a program linked with it needs it by that name */
+    assert_int_equal(sh("readelf -d '%s' 2>/dev/null | grep -q 'soname: \\[libmamba2.so\\]' || "
+                        "! command -v readelf >/dev/null", so),
+                     0);
 
     ssmc_model_free(ref);
     ssmc_ctx_free(ctx);
