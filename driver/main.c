@@ -77,7 +77,7 @@ static const struct command_help {
      "                  [--model NAME] [--threads N] [--algo A]\n",
      "Builds a model of FILE ahead of time into DIR: <model>.h, lib<model>.so and\n"
      "lib<model>.a, which need neither LLVM nor ssmc. The header gives the link\n"
-     "line. Needs a C compiler and ar (cc and ar, or $CC and $AR).\n"},
+     "line. Needs a C compiler, ar and objcopy (or $CC, $AR and $OBJCOPY).\n"},
     {"bench",
      "  ssmc bench FILE [the options of run] [--iters N]\n",
      "Times the model: a warm-up run, then N runs (default 20) on tensors already\n"
