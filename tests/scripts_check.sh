@@ -29,7 +29,7 @@ INFO: Seed: 1234
 #9000	NEW    cov: 1650 ft: 3400 corp: 195/42Kb lim: 4096 exec/s: 150 rss: 80Mb L: 120/4096 MS: 2 ChangeBit-CopyPart-
 #9000	DONE   cov: 1650 ft: 3400 corp: 195/42Kb lim: 4096 exec/s: 150 rss: 80Mb
 Done 9000 runs in 60 second(s)
-stat::number_executed_units: 9000
+stat::number_of_executed_units: 9000
 stat::average_exec_per_sec:     150
 stat::new_units_added:          15
 stat::slowest_unit_time_sec:    0
@@ -37,7 +37,7 @@ stat::peak_rss_mb:              80
 LOG
 out=$(sh "$root/tests/fuzz/summary.sh" "$tmp/clean.log")
 [ "$(printf '%s\n' "$out" | wc -l)" -eq 3 ] || fail "the summary of a clean log is not 3 lines: $out"
-printf '%s\n' "$out" | grep -q '^fuzz: 9000 inputs run (150/s), 15 added to the corpus, peak RSS 80 MB$' || fail "runs: $out"
+printf '%s\n' "$out" | grep -q '^fuzz: 9000 inputs run in 60 s (150/s), 15 added to the corpus, peak RSS 80 MB$' || fail "runs: $out"
 printf '%s\n' "$out" | grep -q '^fuzz: at the end: cov: 1650 ft: 3400 corp: 195/42Kb' || fail "coverage: $out"
 printf '%s\n' "$out" | grep -q '^fuzz: findings: none$' || fail "findings: $out"
 cat >"$tmp/crash.log" <<'LOG'

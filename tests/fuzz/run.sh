@@ -38,7 +38,7 @@ log=$build/fuzz.log
 status=0
 if [ "${SSMC_FUZZ_VERBOSE:-0}" = 1 ]; then
   "$build/tests/fuzz/fuzz_frontend" "$@" "$corpus" 2>&1 | tee "$log"
-  grep -q '^stat::number_executed_units' "$log" || status=1
+  grep -q '^stat::number_of_executed_units' "$log" || status=1
   grep -qE '^==[0-9]+== ?ERROR|deadly signal|Test unit written' "$log" && status=1
 else
   "$build/tests/fuzz/fuzz_frontend" "$@" "$corpus" >"$log" 2>&1 || status=$?

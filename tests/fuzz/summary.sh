@@ -8,7 +8,8 @@ set -eu
 awk '
 BEGIN { nfound = 0 }
 /^#[0-9]+/ { last = $0 }
-/^stat::number_executed_units:/ { runs = $2 }
+/^stat::number_of_executed_units:/ { runs = $2 }
+/^Done [0-9]+ runs in [0-9]+ second/ { secs = $5 }
 /^stat::average_exec_per_sec:/ { speed = $2 }
 /^stat::new_units_added:/ { added = $2 }
 /^stat::peak_rss_mb:/ { rss = $2 }
@@ -17,7 +18,7 @@ BEGIN { nfound = 0 }
   nfound++
 }
 END {
-  if (runs != "") printf "fuzz: %s inputs run (%s/s), %s added to the corpus, peak RSS %s MB\n", runs, speed, added, rss
+  if (runs != "") printf "fuzz: %s inputs run%s (%s/s), %s added to the corpus, peak RSS %s MB\n", runs, secs != "" ? " in " secs " s" : "", speed, added, rss
   else print "fuzz: no final statistics in the log (the fuzzer did not finish)"
   if (last != "") {
     sub(/^#[0-9]+[ \t:]*/, "", last)
