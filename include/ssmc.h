@@ -214,8 +214,8 @@ void ssmc_tape_free(ssmc_tape *tape);
  * at run time (only libc, libm and pthreads). `targets` is a comma-separated
  * list; "cpu" is this machine's CPU, "cpu:x86-64-v2", "cpu:x86-64-v3" or
  * "cpu:x86-64-v4" a portable x86-64 level; NULL means "cpu". Needs a C
- * compiler and `ar` on PATH (or $CC and $AR); their output is in the
- * diagnostics when they fail. */
+ * compiler, `ar` and `objcopy` on PATH (or $CC, $AR and $OBJCOPY); their
+ * output is in the diagnostics when they fail. */
 ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, size_t len, const ssmc_options *opts,
                        const char *targets, const char *outdir);
 

@@ -642,6 +642,38 @@ static void test_emit(void **state)
     assert_non_null(strstr(p.out, "diagonal"));
 }
 
+/* --help and --version: to stdout, exit 0, nothing on stderr; each command's
+ * help names the command and its options; help wins over anything else on the
+ * line; an unknown command's help is a usage error. */
+static void test_help_version(void **state)
+{
+    (void)state;
+    static const char *const cmds[] = {"check", "emit", "run", "build", "bench"};
+    proc p = ssmc("--help");
+    expect_ok(p);
+    assert_string_equal(p.err, "");
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) assert_non_null(strstr(p.out, fmt("ssmc %s", cmds[i])));
+    assert_non_null(strstr(p.out, "--version"));
+    expect_ok(ssmc("-h"));
+    p = ssmc("--version");
+    expect_ok(p);
+    assert_string_equal(p.err, "");
+    assert_int_equal(strncmp(p.out, "ssmc " SSMC_VERSION, strlen("ssmc " SSMC_VERSION)), 0);
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        p = ssmc(cmds[i], "--help");
+        expect_ok(p);
+        assert_string_equal(p.err, "");
+        if (!strstr(p.out, fmt("ssmc %s", cmds[i])) || !strstr(p.out, "FILE")) fail_msg("%s --help: %s", cmds[i], p.out);
+        expect_ok(ssmc("--help", cmds[i]));
+    }
+    p = ssmc("run", "--help");
+    assert_non_null(strstr(p.out, "--verify"));
+    assert_non_null(strstr(p.out, "--algo auto|recurrent|chunked|scan"));
+    expect_ok(ssmc("run", example("gla"), "--bogus", "--help")); /* help first */
+    expect_ok(ssmc("build", "-h"));
+    expect_usage(ssmc("frobnicate", "--help"));
+}
+
 static void test_bad_flags(void **state)
 {
     (void)state;
@@ -1107,6 +1139,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_grad_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_emit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_help_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_algo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_npy, setup, teardown),
