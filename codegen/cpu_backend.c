@@ -141,11 +141,13 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
         if (t->kind != IR_PARAM) n *= (size_t)batch;
         if (t->per_step) n *= (size_t)T;
         count[i] = n;
-        fresh[i] = t->kind == IR_STATE && !bt[i].data;
+        fresh[i] = t->kind == IR_STATE && (!bt[i].data || bt[i].fresh);
         bool misaligned = ((uintptr_t)bt[i].data & 63) != 0;
         bool copy = misaligned && shared && ((t->kind == IR_STATE && T >= 16) || t->kind == IR_OUTPUT);
         if (bt[i].data && bt[i].dtype == SSMC_F32 && !copy) {
             ptrs[i] = bt[i].data;
+            /* final only: the kernel starts from the init, or from zeros put here */
+            if (bt[i].fresh && !ir_find_init(m, (int)i)) memset(ptrs[i], 0, n * sizeof(float));
             continue;
         }
         if (!bt[i].data && t->kind == IR_OUTPUT) continue;
@@ -156,7 +158,7 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
             break;
         }
         owned[i] = true;
-        if (bt[i].data && t->kind != IR_OUTPUT)
+        if (bt[i].data && t->kind != IR_OUTPUT && !bt[i].fresh)
             to_f32(ptrs[i], bt[i].data, bt[i].dtype, n);
         else if (t->kind == IR_STATE)
             memset(ptrs[i], 0, n * sizeof(float));

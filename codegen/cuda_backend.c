@@ -72,12 +72,14 @@ static plan_tune cuda_tune_from_env(void)
                        .share_lets = env_int("SSMC_CUDA_SHARE_LETS", 1, 2)};
 }
 
-/* One byte per tensor (0: absent, else 1 + dtype) and the vector flag. */
+/* One byte per tensor (0: absent, else 1 + dtype, plus 16 for a state that only
+ * receives its final value) and the vector flag. */
 static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }
 
 static void sig_bytes(const ir_model *m, const cuda_sig *sig, unsigned char *out)
 {
-    for (uint32_t i = 0; i < m->ntensors; i++) out[i] = sig->present[i] ? (unsigned char)(1 + sig->dtype[i]) : 0;
+    for (uint32_t i = 0; i < m->ntensors; i++)
+        out[i] = sig->present[i] ? (unsigned char)(1 + sig->dtype[i] + (sig->fresh && sig->fresh[i] ? 16 : 0)) : 0;
     out[m->ntensors] = sig->vec;
 }
 
@@ -256,13 +258,16 @@ static void make_sig(const ir_model *m, const backend_tensor *bt, bool device, c
                      bool *present)
 {
     sig->vec = true;
+    bool *fresh = present + m->ntensors + 1; /* the caller's array holds both */
     for (uint32_t i = 0; i < m->ntensors; i++) {
         present[i] = m->tensors[i].kind != IR_LET && bt[i].data != NULL;
+        fresh[i] = present[i] && bt[i].fresh;
         dt[i] = present[i] ? bt[i].dtype : SSMC_F32;
         if (device && present[i] && ((uintptr_t)bt[i].data & 15u)) sig->vec = false;
     }
     sig->dtype = dt;
     sig->present = present;
+    sig->fresh = fresh;
 }
 
 static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T, CUdeviceptr ws,
@@ -299,7 +304,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
     cuda_state *s = state;
     const ir_model *m = s->m;
     ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
-    bool *present = calloc(m->ntensors + 1, sizeof *present);
+    bool *present = calloc(2 * (m->ntensors + 1), sizeof *present); /* and the fresh flags */
     size_t *off = calloc(m->ntensors + 1, sizeof *off);
     CUdeviceptr *ptrs = calloc(m->ntensors + 1, sizeof *ptrs);
     if (!dt || !present || !off || !ptrs) {
@@ -337,7 +342,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
         ir_kind k = m->tensors[i].kind;
         ptrs[i] = present[i] ? s->buf + off[i] : 0;
-        if (present[i] && (k == IR_INPUT || k == IR_PARAM || k == IR_STATE) &&
+        if (present[i] && (k == IR_INPUT || k == IR_PARAM || (k == IR_STATE && !bt[i].fresh)) &&
             (st = rt_cuda_htod(s->gpu, ptrs[i], bt[i].data, run_elems(m, i, batch, T) * dtype_size(dt[i]), &err)))
             fail(d, st, &err, "copying tensors to the GPU");
     }
@@ -364,7 +369,7 @@ static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const 
     cuda_state *s = state;
     const ir_model *m = s->m;
     ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
-    bool *present = calloc(m->ntensors + 1, sizeof *present);
+    bool *present = calloc(2 * (m->ntensors + 1), sizeof *present); /* and the fresh flags */
     CUdeviceptr *ptrs = calloc(m->ntensors + 1, sizeof *ptrs);
     if (!dt || !present || !ptrs) {
         free(dt);

@@ -186,6 +186,10 @@ typedef struct tensor {
     bool given;      /* inputs/params from --in, states from --init-state */
 } tensor;
 
+/* A state without --init-state starts from the model's initial value (its
+ * init, or zero); its final state is still written out. */
+static unsigned final_only(const tensor *t) { return t->info.role == SSMC_STATE && !t->given ? SSMC_ARG_FINAL_ONLY : 0; }
+
 static int fail(ssmc_ctx *ctx, const char *what)
 {
     fputs(ssmc_ctx_error(ctx), stderr);
@@ -385,7 +389,7 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
         for (size_t k = 0; k < ts[i].count; k++)
             bufs[i][k] = ts[i].info.role == SSMC_STATE ? ts[i].initial[k]
                          : ts[i].info.role == SSMC_OUTPUT ? NAN : dtype_get(ts[i].data, c->dtype, k);
-        args[i] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i]};
+        args[i] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i], final_only(&ts[i])};
     }
     if (good && ssmc_run(ref, B, T, args, n) != SSMC_OK) {
         fail(ctx, "verify: interpreter failed");
@@ -506,7 +510,8 @@ static int cmd_run(const cli *c, bool bench)
             if (!t->initial) goto done;
             for (size_t k = 0; k < count; k++) t->initial[k] = dtype_get(t->data, c->dtype, k);
         }
-        args[i] = (ssmc_arg){t->info.name, c->dtype, t->data};
+        t->given = from_file;
+        args[i] = (ssmc_arg){t->info.name, c->dtype, t->data, final_only(t)};
     }
 
     int64_t iters = bench ? c->iters : 1;

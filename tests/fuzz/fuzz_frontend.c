@@ -193,7 +193,7 @@ static void run_model(ssmc_model *m, ssmc_ctx *ctx, const uint8_t *data, size_t 
         }
     }
     /* twice in f32, outputs poisoned differently: identical results, every element written */
-    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a};
+    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a, 0};
     ssmc_status s1 = ssmc_run(m, BATCH, STEPS, args, n);
     for (int i = 0; i < n; i++) args[i].data = ts[i].b;
     ssmc_status s2 = ssmc_run(m, BATCH, STEPS, args, n);
@@ -208,14 +208,14 @@ static void run_model(ssmc_model *m, ssmc_ctx *ctx, const uint8_t *data, size_t 
             violated("two identical runs differ (an output element left unwritten, or nondeterminism)", ts[i].info.name);
     }
     /* half precision, states and outputs alternating between f16 and bf16 */
-    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, i % 2 ? SSMC_F16 : SSMC_BF16, ts[i].h};
+    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, i % 2 ? SSMC_F16 : SSMC_BF16, ts[i].h, 0};
     ssmc_status s3 = ssmc_run(m, BATCH, STEPS, args, n);
     if (s3 != SSMC_OK && s3 != SSMC_ERR_NOMEM) violated("a half-precision run failed", ssmc_ctx_error(ctx));
     /* only the inputs: states and outputs are optional */
     int given = 0;
     for (int i = 0; i < n; i++)
         if (ts[i].info.role == SSMC_INPUT || ts[i].info.role == SSMC_PARAM)
-            args[given++] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a};
+            args[given++] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a, 0};
     ssmc_status s4 = ssmc_run(m, BATCH, STEPS, args, given);
     if (s4 != SSMC_OK && s4 != SSMC_ERR_NOMEM) violated("a run with only the inputs failed", ssmc_ctx_error(ctx));
 done:

@@ -130,7 +130,7 @@ static void run_and_check(ssmc_model *ref, const char *exe, int threads, bool wi
         }
         if (info.role == SSMC_STATE && !with_state) continue; /* zero initial state, final not checked */
         if (info.role != SSMC_OUTPUT) write_raw(info.name, data[i], c);
-        args[na++] = (ssmc_arg){info.name, SSMC_F64, data[i]};
+        args[na++] = (ssmc_arg){info.name, SSMC_F64, data[i], 0};
     }
     int rc = sh("'%s/%s' '%s' %d %d %d %s", dir, exe, dir, BATCH, SEQLEN, threads, with_state ? "state" : "nostate");
     if (rc != 0) fail_msg("%s exited with %d", exe, rc);

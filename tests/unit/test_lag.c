@@ -251,7 +251,7 @@ static void test_hidden_not_public(void **state)
     assert_int_equal(ssmc_model_find(md, "h_prev1"), -1);
     float x[2 * 4 * 3], y[2 * 4 * 3], h[2 * 3] = {0};
     for (int i = 0; i < 24; i++) x[i] = (float)uniform_pm1(&rng);
-    ssmc_arg args[] = {{"x", SSMC_F32, x}, {"y", SSMC_F32, y}, {"h_prev1", SSMC_F32, h}};
+    ssmc_arg args[] = {{"x", SSMC_F32, x, 0}, {"y", SSMC_F32, y, 0}, {"h_prev1", SSMC_F32, h, 0}};
     assert_int_equal(ssmc_run(md, 2, 4, args, 3), SSMC_ERR_ARG);
     assert_non_null(strstr(ssmc_ctx_error(ctx), "no input, param, state or output named 'h_prev1'"));
     assert_int_equal(ssmc_run(md, 2, 4, args, 2), SSMC_OK);
