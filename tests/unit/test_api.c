@@ -390,12 +390,44 @@ static void test_status_names(void **state)
     assert_string_equal(ssmc_status_name((ssmc_status)-1), "unknown status");
 }
 
+/* SSMC_ARG_FINAL_ONLY: a state only written, starting from the model's init;
+ * the flag on anything else, or unknown flags, are refused. */
+static void test_final_only(void **state)
+{
+    (void)state;
+    static const char text[] = "model f { dim N = 2; input x[T,N]; param p[N]; state S[N]; output y[T,N];\n"
+                               "  init S[n] = p[n] + 10 * n; S[n] = S[n] + x[t,n]; y[t,n] = S[n]; }";
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP};
+    ssmc_model *m = NULL;
+    assert_int_equal(ssmc_compile(ctx, "f.ssm", text, sizeof text - 1, &o, &m), SSMC_OK);
+    double x[2 * 3 * 2] = {1, 2, 3, 4, 5, 6, -1, -2, -3, -4, -5, -6}, p[2] = {0.5, -0.5}, y[2 * 3 * 2], S[2 * 2];
+    for (int i = 0; i < 4; i++) S[i] = NAN; /* never read */
+    ssmc_arg args[] = {{"x", SSMC_F64, x, 0}, {"p", SSMC_F64, p, 0}, {"y", SSMC_F64, y, 0},
+                       {"S", SSMC_F64, S, SSMC_ARG_FINAL_ONLY}};
+    assert_int_equal(ssmc_run(m, 2, 3, args, 4), SSMC_OK);
+    /* S starts at (0.5, 9.5) in both sequences */
+    static const double want_s[] = {0.5 + 9, 9.5 + 12, 0.5 - 9, 9.5 - 12};
+    for (int i = 0; i < 4; i++) assert_true(S[i] == want_s[i]);
+    assert_true(y[0] == 1.5 && y[1] == 11.5);
+    args[0].flags = SSMC_ARG_FINAL_ONLY;
+    assert_int_equal(ssmc_run(m, 2, 3, args, 4), SSMC_ERR_ARG);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "SSMC_ARG_FINAL_ONLY is for states"));
+    args[0].flags = 0;
+    args[3].flags = 6;
+    assert_int_equal(ssmc_run(m, 2, 3, args, 4), SSMC_ERR_ARG);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "flags 0x6 are not known"));
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_introspection),       cmocka_unit_test(test_run_argument_errors),
         cmocka_unit_test(test_dtypes_agree),        cmocka_unit_test(test_states_and_batches),
         cmocka_unit_test(test_check_finite),        cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_final_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
