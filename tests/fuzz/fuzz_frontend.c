@@ -28,6 +28,7 @@
 
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 #include "ssmc.h"
 #include "support/support.h"
 
@@ -112,11 +113,13 @@ static double inst_work(const ir_model *m, ir_ref r, int depth)
     double w = 1;
     if (in->a != IR_NONE) w += inst_work(m, in->a, depth + 1);
     if (in->b != IR_NONE) w += inst_work(m, in->b, depth + 1);
+    if (in->c != IR_NONE) w += inst_work(m, in->c, depth + 1);
     return w;
 }
 
-/* Work of one run (every element of every statement, T steps), or a huge
- * number when the model does not lower. */
+/* Work of one run (every element of every statement, T steps, of the IR the
+ * interpreter runs: lagged lets rewritten), or a huge number when the model
+ * does not lower. */
 static double run_work(const char *text, size_t len, const ast_dim_override *over, int nover)
 {
     arena a;
@@ -129,8 +132,11 @@ static double run_work(const char *text, size_t len, const ast_dim_override *ove
         src_file f = {"fuzz.ssm", copy, len};
         ast_file *af = parse_file(&a, &d, &f);
         ir_model *m = af && check_model(&a, &d, &f, &af->models[0], over, nover) ? ir_lower(&a, &d, &f, &af->models[0]) : NULL;
+        if (m && !pass_lag(&a, &m, &d)) m = NULL;
         if (m) {
             work = 0;
+            for (uint32_t ii = 0; ii < m->ninits; ii++)
+                work += (double)ir_tensor_elems(m, &m->tensors[m->inits[ii].tensor]) * inst_work(m, m->inits[ii].root, 0);
             for (uint32_t si = 0; si < m->nstmts; si++) {
                 const ir_stmt *s = &m->stmts[si];
                 double w = (double)ir_tensor_elems(m, &m->tensors[s->tensor]) * inst_work(m, s->root, 0);
