@@ -380,6 +380,8 @@ static const char *index_glob(em *e, const ir_index *ix)
     case IR_IX_VAR: return var_glob(e, ix->var);
     case IR_IX_DIV: return S(e, "(%s / %lld)", var_glob(e, ix->var), (long long)ix->k);
     case IR_IX_CONST: return S(e, "%lld", (long long)ix->k);
+    case IR_IX_AFFINE:
+        return S(e, "(%s * %lld + %s)", var_glob(e, ix->var), (long long)ix->k, var_glob(e, ix->var2));
     }
     return "0";
 }
@@ -1084,7 +1086,7 @@ static void header(em *e)
         first = false;
     }
     sb_printf(e->out, "\n// vector loads: %s\n", e->sig->vec ? "allowed" : "off");
-    plan_describe_lanes(e->out, e->p);
+    plan_print_comment(e->out, e->p, "// ");
 }
 
 static void params(em *e)

@@ -143,8 +143,10 @@ typedef struct cg {
     LLVMTypeRef f32, i32, i64, ptr, void_ty, helper_ty;
     LLVMValueRef fn;   /* the item function being built */
     LLVMValueRef T, bidx, t;
-    LLVMValueRef *tptr;   /* [ntensors] tensor pointers (lets: their scratch buffer) */
-    LLVMValueRef *bptr;   /* [nbufs] scratch buffers */
+    LLVMValueRef *tptr;   /* [ntensors] tensor pointers (not lets: see buf_ptr) */
+    int *tparam;          /* [ntensors] the item function's parameter of each tensor, or -1 */
+    LLVMValueRef *bptr;   /* [nbufs] scratch buffers (see buf_ptr) */
+    LLVMValueRef scratch; /* the scratch pointer, where the buffers are not parameters */
     LLVMValueRef *base;   /* [nclasses] first value of the class in this item */
     LLVMValueRef *ext;    /* [nclasses] values of the class in this item */
     LLVMValueRef *var;    /* [nvars] current value of each index variable */
@@ -521,6 +523,7 @@ static LLVMValueRef index_value(cg *c, const ir_index *ix)
     case IR_IX_VAR: return c->var[ix->var];
     case IR_IX_DIV: return LLVMBuildUDiv(c->b, c->var[ix->var], I64(c, ix->k), "");
     case IR_IX_CONST: return I64(c, ix->k);
+    case IR_IX_AFFINE: return iadd(c, imul(c, c->var[ix->var], I64(c, ix->k)), c->var[ix->var2]);
     }
     return I64(c, 0);
 }
@@ -528,6 +531,18 @@ static LLVMValueRef index_value(cg *c, const ir_index *ix)
 static LLVMValueRef gep(cg *c, LLVMValueRef base, LLVMValueRef off)
 {
     return LLVMBuildInBoundsGEP2(c->b, c->f32, base, &off, 1, "");
+}
+
+/* Scratch buffer j: a parameter of its own, or, when the function has one
+ * scratch pointer (c->scratch), its constant offset from it, computed in the
+ * entry block at the first use (a function then holds only the buffers it uses). */
+static LLVMValueRef buf_ptr(cg *c, int j)
+{
+    if (!c->bptr[j]) {
+        LLVMValueRef off = I64(c, c->p->bufs[j].off);
+        c->bptr[j] = LLVMBuildInBoundsGEP2(c->eb, c->f32, c->scratch, &off, 1, "");
+    }
+    return c->bptr[j];
 }
 
 /* Element `idx` of tensor ti: the caller's tensor (time step tt for per-step
@@ -550,7 +565,7 @@ static LLVMValueRef elem_ptr(cg *c, int ti, LLVMValueRef *idx, LLVMValueRef tt, 
     }
     LLVMValueRef base;
     if (local) {
-        base = t->kind == IR_LET ? c->tptr[ti] : c->bptr[p->buf_tensor[ti]];
+        base = buf_ptr(c, p->buf_tensor[ti]);
     } else {
         base = c->tptr[ti];
         LLVMValueRef n = I64(c, p->elems[ti]);
@@ -615,7 +630,7 @@ static LLVMValueRef xchg_ptr(cg *c, ir_ref r)
     int v = c->p->xchg_var[r];
     LLVMValueRef lo, hi;
     var_range(c, v, &lo, &hi);
-    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+    return gep(c, buf_ptr(c, c->p->buf_inst[r]), isub(c, c->var[v], lo));
 }
 
 /* The scratch element of a hoisted subtree at the current value of its variable. */
@@ -624,7 +639,7 @@ static LLVMValueRef hoist_ptr(cg *c, ir_ref r)
     int v = c->p->hoist_var[r];
     LLVMValueRef lo, hi;
     var_range(c, v, &lo, &hi);
-    return gep(c, c->bptr[c->p->buf_inst[r]], isub(c, c->var[v], lo));
+    return gep(c, buf_ptr(c, c->p->buf_inst[r]), isub(c, c->var[v], lo));
 }
 
 static LLVMValueRef gen(cg *c, ir_ref r)
@@ -1020,13 +1035,171 @@ static void gen_prefetch(cg *c)
     }
 }
 
+/* ---- the statements of one phase (time-invariant, or one step) in order.
+ * LLVM's loop passes do work per loop that grows with the loops and blocks of
+ * the whole function (the vectoriser's loop-access cache and dominator
+ * updates, ScalarEvolution's guards walking the dominator tree), so a
+ * function of n loop nests in sequence takes time quadratic in n (4,000 lets:
+ * 21 s). A phase of more than STMT_GROUP statements is therefore cut into
+ * groups of STMT_GROUP, each its own function (not inlined), called in order:
+ * (T, t, b, the item's base and extent of every class, the pointer of every
+ * tensor but the lets, the scratch). Values pass between statements through
+ * memory (tensors and scratch), so the cut changes no result; a phase of at
+ * most STMT_GROUP statements (every model of examples/) is emitted inline. */
+
+#define STMT_GROUP 16
+
+static bool stmt_in_phase(const pass_plan *p, uint32_t si, bool per_step)
+{
+    return p->m->stmts[si].per_step == per_step && p->fuse[si] != -2;
+}
+
+static void gen_one(cg *c, uint32_t si)
+{
+    if (c->p->fuse[si] >= 0)
+        gen_fused(c, si, (uint32_t)c->p->fuse[si]);
+    else
+        gen_stmt(c, si);
+}
+
+/* The function of the statements of the phase from *si on, at most STMT_GROUP
+ * of them (*si moves past them), called from where the builder stands. */
+static bool gen_group(cg *c, uint32_t *si, bool per_step)
+{
+    const pass_plan *p = c->p;
+    const ir_model *m = c->m;
+    int nc = p->sched.nclasses, n = 3 + 2 * nc + 1;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) n += m->tensors[ti].kind != IR_LET;
+    LLVMTypeRef *pt = calloc((size_t)n, sizeof *pt);
+    LLVMValueRef *args = calloc((size_t)n, sizeof *args);
+    LLVMValueRef *saved = calloc((size_t)m->ntensors + (size_t)p->nbufs + 2 * (size_t)nc + 1, sizeof *saved);
+    if (!pt || !args || !saved) {
+        free(pt);
+        free(args);
+        free(saved);
+        return false;
+    }
+    /* the arguments, as the caller has them */
+    int k = 0;
+    args[k++] = c->T;
+    args[k++] = c->t;
+    args[k++] = c->bidx;
+    for (int j = 0; j < nc; j++) args[k++] = c->base[j];
+    for (int j = 0; j < nc; j++) args[k++] = c->ext[j];
+    int first_ptr = k;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++)
+        if (m->tensors[ti].kind != IR_LET) args[k++] = c->tptr[ti];
+    args[k++] = p->nbufs ? (c->scratch ? c->scratch : c->bptr[0]) : LLVMConstNull(c->ptr); /* buffer 0: offset 0 */
+    for (int i = 0; i < n; i++) pt[i] = i < first_ptr ? c->i64 : c->ptr;
+
+    LLVMValueRef fn = c->fn, ebr = LLVMGetBasicBlockTerminator(LLVMGetEntryBasicBlock(c->fn));
+    LLVMBasicBlockRef at = LLVMGetInsertBlock(c->b);
+    LLVMValueRef T = c->T, t = c->t, bidx = c->bidx, scratch = c->scratch;
+    memcpy(saved, c->tptr, m->ntensors * sizeof *saved);
+    memcpy(saved + m->ntensors, c->bptr, (size_t)p->nbufs * sizeof *saved);
+    memcpy(saved + m->ntensors + p->nbufs, c->base, (size_t)nc * sizeof *saved);
+    memcpy(saved + m->ntensors + p->nbufs + nc, c->ext, (size_t)nc * sizeof *saved);
+
+    char name[320]; /* a model name is at most 255 bytes */
+    snprintf(name, sizeof name, "%s.group%u", LLVMGetValueName(fn), *si);
+    LLVMTypeRef fty = LLVMFunctionType(c->void_ty, pt, (unsigned)n, 0);
+    c->fn = LLVMAddFunction(c->mod, name, fty);
+    LLVMSetLinkage(c->fn, LLVMInternalLinkage);
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "noinline");
+    add_attr(c, c->fn, LLVMAttributeFunctionIndex, "nounwind");
+    k = 0;
+    c->T = LLVMGetParam(c->fn, (unsigned)k++);
+    c->t = LLVMGetParam(c->fn, (unsigned)k++);
+    c->bidx = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int j = 0; j < nc; j++) c->base[j] = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int j = 0; j < nc; j++) c->ext[j] = LLVMGetParam(c->fn, (unsigned)k++);
+    for (int i = first_ptr; i < n; i++) {
+        add_attr(c, c->fn, (unsigned)i + 1, "noalias");
+        add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
+    }
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        if (m->tensors[ti].kind == IR_LET) continue;
+        if (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM)
+            add_attr(c, c->fn, (unsigned)k + 1, "readonly");
+        c->tptr[ti] = LLVMGetParam(c->fn, (unsigned)k++);
+    }
+    LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
+    LLVMPositionBuilderAtEnd(c->b, entry);
+    c->scratch = LLVMGetParam(c->fn, (unsigned)k);
+    memset(c->bptr, 0, (size_t)p->nbufs * sizeof *c->bptr);
+    LLVMPositionBuilderBefore(c->eb, LLVMBuildBr(c->b, start));
+    LLVMPositionBuilderAtEnd(c->b, start);
+    for (uint32_t left = STMT_GROUP; left > 0 && *si < m->nstmts; (*si)++)
+        if (stmt_in_phase(p, *si, per_step)) {
+            gen_one(c, *si);
+            left--;
+        }
+    LLVMBuildRetVoid(c->b);
+
+    LLVMValueRef group = c->fn;
+    c->fn = fn;
+    LLVMPositionBuilderBefore(c->eb, ebr);
+    LLVMPositionBuilderAtEnd(c->b, at);
+    c->T = T;
+    c->t = t;
+    c->bidx = bidx;
+    c->scratch = scratch;
+    memcpy(c->tptr, saved, m->ntensors * sizeof *saved);
+    memcpy(c->bptr, saved + m->ntensors, (size_t)p->nbufs * sizeof *saved);
+    memcpy(c->base, saved + m->ntensors + p->nbufs, (size_t)nc * sizeof *saved);
+    memcpy(c->ext, saved + m->ntensors + p->nbufs + nc, (size_t)nc * sizeof *saved);
+    LLVMBuildCall2(c->b, fty, group, args, (unsigned)n, "");
+    free(pt);
+    free(args);
+    free(saved);
+    return true;
+}
+
+static bool gen_stmts(cg *c, bool per_step)
+{
+    const pass_plan *p = c->p;
+    uint32_t n = 0;
+    for (uint32_t si = 0; si < c->m->nstmts; si++) n += stmt_in_phase(p, si, per_step);
+    if (n <= STMT_GROUP) {
+        for (uint32_t si = 0; si < c->m->nstmts; si++)
+            if (stmt_in_phase(p, si, per_step)) gen_one(c, si);
+        return true;
+    }
+    for (uint32_t si = 0; si < c->m->nstmts;)
+        if (!gen_group(c, &si, per_step)) return false;
+    return true;
+}
+
 /* The item function: (T, item_begin, item_end, tensor pointers..., scratch
- * buffers..., and with init statements the fresh flags). */
+ * buffers..., and with init statements the fresh flags), every pointer noalias. Inlined into the entry, each noalias
+ * pointer becomes a scope that every memory access lists, which is metadata
+ * of size accesses x pointers: quadratic in the number of lets (10,000 lets:
+ * 4.4 GB). Past MAX_POINTER_PARAMS pointers the lets' slots are left out and
+ * the scratch buffers are passed as one pointer, each buffer at its constant
+ * offset from it (models of examples/ stay far below). */
+#define MAX_POINTER_PARAMS 64
+
+static bool packed_params(const pass_plan *p) { return p->m->ntensors + (uint32_t)p->nbufs > MAX_POINTER_PARAMS; }
+
+/* Fills c->tparam (the parameter index of each tensor's pointer, or -1 for a
+ * let when packed) and returns the first scratch parameter; *n: the count. */
+static int layout_params(cg *c, int *n)
+{
+    const pass_plan *p = c->p;
+    bool packed = packed_params(p);
+    int k = 3;
+    for (uint32_t ti = 0; ti < p->m->ntensors; ti++)
+        c->tparam[ti] = packed && p->m->tensors[ti].kind == IR_LET ? -1 : k++;
+    *n = k + (packed ? (p->nbufs > 0) : p->nbufs) + (p->m->ninits > 0); /* the fresh flags last */
+    return k;
+}
+
 static LLVMValueRef gen_items(cg *c, const char *name)
 {
     const pass_plan *p = c->p;
     const ir_model *m = c->m;
-    int np = 3 + (int)m->ntensors + p->nbufs + (m->ninits > 0);
+    bool packed = packed_params(p);
+    int np, nbuf = layout_params(c, &np); /* nbuf: the first scratch parameter */
     LLVMTypeRef *pt = calloc((size_t)np, sizeof *pt);
     if (!pt) return NULL;
     pt[0] = pt[1] = pt[2] = c->i64;
@@ -1040,19 +1213,20 @@ static LLVMValueRef gen_items(cg *c, const char *name)
     for (int i = 3; i < np; i++) {
         add_attr(c, c->fn, (unsigned)i + 1, "noalias");
         add_attr(c, c->fn, (unsigned)i + 1, "nocapture");
-        int ti = i - 3;
-        if (ti < (int)m->ntensors && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
-            add_attr(c, c->fn, (unsigned)i + 1, "readonly");
     }
     c->T = LLVMGetParam(c->fn, 0);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) c->tptr[ti] = LLVMGetParam(c->fn, 3 + ti);
-    for (int j = 0; j < p->nbufs; j++) c->bptr[j] = LLVMGetParam(c->fn, 3 + m->ntensors + (unsigned)j);
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        int k = c->tparam[ti];
+        c->tptr[ti] = k >= 0 ? LLVMGetParam(c->fn, (unsigned)k) : NULL;
+        if (k >= 0 && (m->tensors[ti].kind == IR_INPUT || m->tensors[ti].kind == IR_PARAM))
+            add_attr(c, c->fn, (unsigned)k + 1, "readonly");
+    }
     if (m->ninits) c->fresh = LLVMGetParam(c->fn, (unsigned)np - 1);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++)
-        if (m->tensors[ti].kind == IR_LET) c->tptr[ti] = c->bptr[p->buf_tensor[ti]];
 
     LLVMBasicBlockRef entry = new_block(c, "entry"), start = new_block(c, "start");
     LLVMPositionBuilderAtEnd(c->b, entry);
+    if (packed && p->nbufs > 0) c->scratch = LLVMGetParam(c->fn, (unsigned)nbuf);
+    for (int j = 0; !packed && j < p->nbufs; j++) c->bptr[j] = LLVMGetParam(c->fn, (unsigned)(nbuf + j));
     LLVMValueRef br = LLVMBuildBr(c->b, start);
     LLVMPositionBuilderBefore(c->eb, br);
     LLVMPositionBuilderAtEnd(c->b, start);
@@ -1080,18 +1254,11 @@ static LLVMValueRef gen_items(cg *c, const char *name)
     }
     c->t = I64(c, 0);
     for (uint32_t ii = 0; ii < m->ninits; ii++) gen_init(c, &m->inits[ii]);
-    for (uint32_t si = 0; si < m->nstmts; si++)
-        if (!m->stmts[si].per_step) gen_stmt(c, si);
+    if (!gen_stmts(c, false)) return NULL;
     loop step;
     c->t = loop_begin(c, &step, I64(c, 0), c->T, true, "t");
     gen_prefetch(c);
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        if (!m->stmts[si].per_step || p->fuse[si] == -2) continue;
-        if (p->fuse[si] >= 0)
-            gen_fused(c, si, (uint32_t)p->fuse[si]);
-        else
-            gen_stmt(c, si);
-    }
+    if (!gen_stmts(c, true)) return NULL;
     loop_end(c, &step);
     loop_end(c, &item);
     LLVMBuildRetVoid(c->b);
@@ -1115,7 +1282,7 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
     LLVMTypeRef fields[3] = {c->i64, c->ptr, c->ptr};
     LLVMTypeRef kargs = LLVMStructTypeInContext(c->ctx, fields, m->ninits ? 3 : 2, 0);
     LLVMValueRef a = LLVMGetParam(fn, 0), scratch = LLVMGetParam(fn, 3);
-    int np = 3 + (int)m->ntensors + p->nbufs + (m->ninits > 0);
+    int np, nbuf = layout_params(c, &np);
     LLVMValueRef *args = calloc((size_t)np, sizeof *args);
     if (!args) return;
     args[0] = LLVMBuildLoad2(c->b, c->i64, LLVMBuildStructGEP2(c->b, kargs, a, 0, ""), "T");
@@ -1124,12 +1291,17 @@ static void gen_entry(cg *c, const char *symbol, LLVMValueRef items)
     LLVMValueRef tensors = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, kargs, a, 1, ""), "tensors");
     for (uint32_t ti = 0; ti < m->ntensors; ti++) {
         LLVMValueRef ix = I64(c, ti);
-        args[3 + ti] = m->tensors[ti].kind == IR_LET
-                           ? LLVMConstNull(c->ptr)
-                           : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
-                                            m->tensors[ti].name);
+        int k = c->tparam[ti];
+        if (k < 0) continue;
+        args[k] = m->tensors[ti].kind == IR_LET
+                      ? LLVMConstNull(c->ptr)
+                      : LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, tensors, &ix, 1, ""),
+                                       m->tensors[ti].name);
     }
-    for (int j = 0; j < p->nbufs; j++) args[3 + m->ntensors + (unsigned)j] = gep(c, scratch, I64(c, p->bufs[j].off));
+    if (packed_params(p) && p->nbufs > 0)
+        args[nbuf] = scratch;
+    else
+        for (int j = 0; j < p->nbufs; j++) args[nbuf + j] = gep(c, scratch, I64(c, p->bufs[j].off));
     if (m->ninits) args[np - 1] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, kargs, a, 2, ""), "fresh");
     LLVMBuildCall2(c->b, LLVMGlobalGetValueType(items), items, args, (unsigned)np, "");
     LLVMBuildRetVoid(c->b);
@@ -1167,13 +1339,14 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
     c.helper_ty = LLVMFunctionType(c.f32, &c.f32, 1, 0);
     size_t nt = m->ntensors + 1;
     c.tptr = calloc(nt, sizeof *c.tptr);
+    c.tparam = calloc(nt, sizeof *c.tparam);
     c.bptr = calloc((size_t)p->nbufs + 1, sizeof *c.bptr);
     c.base = calloc((size_t)p->sched.nclasses + 1, sizeof *c.base);
     c.ext = calloc((size_t)p->sched.nclasses + 1, sizeof *c.ext);
     c.var = calloc(m->nvars + 1, sizeof *c.var);
     ssmc_status s = SSMC_OK;
     LLVMValueRef items = NULL;
-    if (!c.tptr || !c.bptr || !c.base || !c.ext || !c.var) {
+    if (!c.tptr || !c.tparam || !c.bptr || !c.base || !c.ext || !c.var) {
         diag_error(d, "out of memory");
         s = SSMC_ERR_NOMEM;
     } else {
@@ -1199,6 +1372,7 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
         }
     }
     free(c.tptr);
+    free(c.tparam);
     free(c.bptr);
     free(c.base);
     free(c.ext);
@@ -1240,6 +1414,7 @@ static ssmc_status optimise(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d)
 struct llvm_jit {
     LLVMOrcLLJITRef jit;
     llvm_kernel_fn *fn;
+    strbuf log; /* what the JIT session reported (jit_report) */
 };
 
 /* The cache key of a kernel: everything its object code depends on. The
@@ -1261,21 +1436,24 @@ static rt_cache_key cache_key(LLVMModuleRef mod, LLVMTargetMachineRef tm)
     return key;
 }
 
-/* The object code of m for tm: from the kernel cache when it holds it, else
- * optimised and compiled now (and stored). The cache is an optimisation: when
- * its directory cannot be used the kernel is compiled as if it missed. */
-static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, diag *d, LLVMMemoryBufferRef *obj)
+/* The object code of m for tm: from the kernel cache when `lookup` and it
+ * holds it (*cached), else optimised and compiled now (and stored). The cache
+ * is an optimisation: when its directory cannot be used the kernel is
+ * compiled as if it missed. */
+static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, rt_cache_key key, bool lookup, diag *d,
+                                 LLVMMemoryBufferRef *obj, bool *cached)
 {
     *obj = NULL;
-    rt_cache_key key = cache_key(mod, tm);
+    *cached = false;
     void *data = NULL;
     size_t len = 0;
     bool hit = false;
     strbuf err = {0};
-    if (rt_cache_get(NULL, key, &data, &len, &hit, &err) == SSMC_OK && hit) {
+    if (lookup && rt_cache_get(NULL, key, &data, &len, &hit, &err) == SSMC_OK && hit) {
         *obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(data, len, "ssmc kernel (cached)");
         free(data);
         sb_free(&err);
+        *cached = true;
         return SSMC_OK;
     }
     sb_free(&err);
@@ -1289,6 +1467,71 @@ static ssmc_status kernel_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, dia
         sb_free(&perr);
     }
     return s;
+}
+
+/* The JIT session's own error reports (a symbol that does not resolve while
+ * the object is linked) are kept with the JIT: LLVM's default prints them to
+ * stderr, and the library never prints. */
+static void jit_report(void *ctx, LLVMErrorRef e)
+{
+    strbuf *log = ctx;
+    char *msg = LLVMGetErrorMessage(e);
+    sb_printf(log, "%s%s", log->len ? "; " : "", msg);
+    LLVMDisposeErrorMessage(msg);
+}
+
+static bool jit_error(strbuf *why, const char *what, LLVMErrorRef e)
+{
+    char *msg = LLVMGetErrorMessage(e);
+    sb_printf(why, "%s: %s", what, msg);
+    LLVMDisposeErrorMessage(msg);
+    return false;
+}
+
+/* Links obj into a new JIT for tm (both consumed, also on failure) and looks
+ * the kernel up; false with the reason in *why when LLVM cannot. */
+static bool jit_load(llvm_jit *j, LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj, const char *symbol, strbuf *why)
+{
+    /* the object is compiled already: the JIT only links it, for this CPU */
+    LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm);
+    LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
+    LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, jtmb);
+    LLVMErrorRef e = LLVMOrcCreateLLJIT(&j->jit, jb);
+    if (e) {
+        j->jit = NULL;
+        LLVMDisposeMemoryBuffer(obj);
+        return jit_error(why, "cannot create the JIT", e);
+    }
+    LLVMOrcExecutionSessionSetErrorReporter(LLVMOrcLLJITGetExecutionSession(j->jit), jit_report, &j->log);
+    LLVMOrcDefinitionGeneratorRef gen = NULL;
+    e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL);
+    if (e) {
+        LLVMDisposeMemoryBuffer(obj);
+        return jit_error(why, "cannot resolve symbols of this process (libm)", e);
+    }
+    LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->jit), gen);
+    e = LLVMOrcLLJITAddObjectFile(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), obj); /* the JIT owns obj now */
+    if (e) return jit_error(why, "cannot add the kernel to the JIT", e);
+    LLVMOrcExecutorAddress addr = 0;
+    e = LLVMOrcLLJITLookup(j->jit, &addr, symbol);
+    if (e) {
+        jit_error(why, "cannot link the kernel", e);
+        if (j->log.len) sb_printf(why, " (%s)", sb_cstr(&j->log));
+        return false;
+    }
+    j->fn = (llvm_kernel_fn *)(uintptr_t)addr;
+    return true;
+}
+
+static void jit_unload(llvm_jit *j)
+{
+    if (j->jit) {
+        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
+        if (e) LLVMConsumeError(e);
+        j->jit = NULL;
+    }
+    j->fn = NULL;
+    sb_free(&j->log);
 }
 
 ssmc_status llvm_jit_compile(const pass_plan *p, diag *d, llvm_jit **out, llvm_kernel_shape *shape)
@@ -1308,38 +1551,42 @@ ssmc_status llvm_jit_compile(const pass_plan *p, diag *d, llvm_jit **out, llvm_k
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef mod = NULL;
     LLVMMemoryBufferRef obj = NULL;
+    rt_cache_key key = {0, 0};
+    bool cached = false;
     if (s == SSMC_OK) s = build_module(m, p, ctx, tm, symbol, d, &mod);
-    if (s == SSMC_OK) s = kernel_object(mod, tm, d, &obj);
     if (s == SSMC_OK) {
-        /* the object is compiled already: the JIT only links it, for this CPU */
-        LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm);
+        key = cache_key(mod, tm); /* of the unoptimised module */
+        s = kernel_object(mod, tm, key, true, d, &obj, &cached);
+    }
+    if (s == SSMC_OK) {
+        strbuf why = {0};
+        bool loaded = jit_load(j, tm, obj, symbol, &why);
         tm = NULL;
-        LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
-        LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, jtmb);
-        LLVMErrorRef e = LLVMOrcCreateLLJIT(&j->jit, jb);
-        if (e) s = fail_error(d, "cannot create the JIT", e);
-    }
-    if (s == SSMC_OK) {
-        LLVMOrcDefinitionGeneratorRef gen = NULL;
-        LLVMErrorRef e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
-            &gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL);
-        if (e)
-            s = fail_error(d, "cannot resolve symbols of this process (libm)", e);
-        else
-            LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->jit), gen);
-    }
-    if (s == SSMC_OK) {
-        LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), obj);
-        obj = NULL; /* the JIT owns it now, also on failure */
-        if (e) s = fail_error(d, "cannot add the kernel to the JIT", e);
-    }
-    if (s == SSMC_OK) {
-        LLVMOrcExecutorAddress addr = 0;
-        LLVMErrorRef e = LLVMOrcLLJITLookup(j->jit, &addr, symbol);
-        if (e)
-            s = fail_error(d, "cannot link the kernel", e);
-        else
-            j->fn = (llvm_kernel_fn *)(uintptr_t)addr;
+        obj = NULL;
+        if (!loaded && cached) {
+            /* an entry that passed the cache's checks but that LLVM cannot
+             * load is a miss: dropped, and the kernel built afresh */
+            strbuf err = {0};
+            rt_cache_remove(NULL, key, &err);
+            sb_free(&err);
+            jit_unload(j);
+            sb_free(&why);
+            s = host_target(NULL, d, &tm);
+            if (s == SSMC_OK) s = kernel_object(mod, tm, key, false, d, &obj, &cached);
+            if (s == SSMC_OK) {
+                loaded = jit_load(j, tm, obj, symbol, &why);
+                tm = NULL;
+                obj = NULL;
+            }
+        }
+        if (s == SSMC_OK && !loaded) {
+            strbuf err = {0}; /* a kernel that does not load is not kept */
+            rt_cache_remove(NULL, key, &err);
+            sb_free(&err);
+            diag_error(d, "llvm: %s", why.failed ? "out of memory" : sb_cstr(&why));
+            s = SSMC_ERR_BACKEND;
+        }
+        sb_free(&why);
     }
     if (obj) LLVMDisposeMemoryBuffer(obj);
     if (mod) LLVMDisposeModule(mod);
@@ -1360,10 +1607,7 @@ llvm_kernel_fn *llvm_jit_kernel(const llvm_jit *j) { return j->fn; }
 void llvm_jit_free(llvm_jit *j)
 {
     if (!j) return;
-    if (j->jit) {
-        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
-        if (e) LLVMConsumeError(e);
-    }
+    jit_unload(j);
     free(j);
 }
 
@@ -1390,7 +1634,7 @@ ssmc_status llvm_emit_text(const pass_plan *p, strbuf *out, diag *d)
     ssmc_status s = optimised_module(p, NULL, &a, &tm, ctx, &mod, d);
     if (s == SSMC_OK) {
         sb_printf(out, "; ssmc: model %s, CPU kernel %s\n", p->m->name, "(LLVM, recurrent)");
-        plan_describe_loops(out, p);
+        plan_print_comment(out, p, "; ");
         char *text = LLVMPrintModuleToString(mod);
         sb_puts(out, text);
         LLVMDisposeMessage(text);

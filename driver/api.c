@@ -10,6 +10,7 @@
 #include "codegen/backend.h"
 #include "support/dtype.h"
 #include "bundle.h"
+#include "grad.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
@@ -26,6 +27,7 @@ struct ssmc_model {
     ssmc_options opts;
     const backend *be;
     void *be_state;
+    grad_state *grad; /* made by the first gradient call (driver/grad.c) */
 };
 
 ssmc_ctx *ssmc_ctx_new(void) { return calloc(1, sizeof(ssmc_ctx)); }
@@ -106,6 +108,7 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
 void ssmc_model_free(ssmc_model *m)
 {
     if (!m) return;
+    grad_state_free(m->grad);
     if (m->be && m->be_state) m->be->free(m->be_state);
     arena_free(&m->arena);
     free(m);
@@ -170,7 +173,7 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
     static const pipe_stage stage_of[] = {[SSMC_EMIT_AST] = PIPE_AST,   [SSMC_EMIT_IR] = PIPE_IR,
                                           [SSMC_EMIT_ANALYSIS] = PIPE_ANALYSIS, [SSMC_EMIT_PLAN] = PIPE_PLAN,
                                           [SSMC_EMIT_LLVM] = PIPE_PLAN, [SSMC_EMIT_CUDA] = PIPE_PLAN,
-                                          [SSMC_EMIT_PTX] = PIPE_PLAN};
+                                          [SSMC_EMIT_PTX] = PIPE_PLAN, [SSMC_EMIT_GRAD] = PIPE_IR};
     ssmc_status s = SSMC_OK;
     if ((unsigned)kind >= sizeof stage_of / sizeof *stage_of) {
         diag_error(&ctx->diag, "unknown emit kind %d", (int)kind);
@@ -200,8 +203,19 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
         switch (kind) {
         case SSMC_EMIT_AST: ast_print(&out, pl.ast); break;
         case SSMC_EMIT_IR: ir_print(&out, pl.ir); break;
-        case SSMC_EMIT_ANALYSIS: pass_analysis_print(&out, pl.ir, &pl.an); break;
+        case SSMC_EMIT_ANALYSIS:
+            pass_analysis_print(&out, pl.ir, &pl.an);
+            pass_chunk_print(&out, pl.ir, &pl.chunks);
+            break;
         case SSMC_EMIT_PLAN: plan_print(&out, pl.plan); break;
+        case SSMC_EMIT_GRAD: {
+            pass_grad pg;
+            if (pass_grad_build(&a, pl.ir, &pg, &ctx->diag))
+                ir_print(&out, pg.adjoint);
+            else
+                s = a.failed ? SSMC_ERR_NOMEM : SSMC_ERR_UNSUPPORTED;
+            break;
+        }
         default: s = be->emit(pl.plan, o, kind, &out, &ctx->diag); break;
         }
     }
@@ -221,6 +235,11 @@ diag *api_ctx_diag(ssmc_ctx *ctx) { return &ctx->diag; }
 /* Lets and the hidden states of passes/lag.c are internal. */
 static bool is_public(const ir_tensor *t) { return t->kind != IR_LET && !t->hidden; }
 
+arena *api_model_arena(ssmc_model *m) { return &m->arena; }
+const backend *api_model_backend(const ssmc_model *m) { return m->be; }
+const ssmc_options *api_model_options(const ssmc_model *m) { return &m->opts; }
+diag *api_model_diag(ssmc_model *m) { return &m->ctx->diag; }
+grad_state **api_model_grad(ssmc_model *m) { return &m->grad; }
 int ssmc_model_num_tensors(const ssmc_model *m)
 {
     int n = 0;

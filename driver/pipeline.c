@@ -36,6 +36,11 @@ static ssmc_status failed(pipeline *pl, ssmc_status s) { return pl->a->failed ? 
 ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source, size_t len, pipe_stage last)
 {
     const ssmc_options *o = pl->o;
+    if (len > SSMC_MAX_SOURCE_BYTES) {
+        diag_error(pl->d, "%s: the source is %zu bytes, more than the limit of %zu (64 MiB)",
+                   filename ? filename : "<input>", len, (size_t)SSMC_MAX_SOURCE_BYTES);
+        return SSMC_ERR_SOURCE;
+    }
     if (!take_source(pl, filename, source, len)) {
         diag_error(pl->d, "out of memory");
         return SSMC_ERR_NOMEM;
@@ -59,11 +64,20 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
     if (!pl->ir || !ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!pass_lag(pl->a, &pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    return pipeline_run_ir(pl, pl->ir, last);
+}
+
+ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last)
+{
+    const ssmc_options *o = pl->o;
+    pl->ir = m;
     if (last == PIPE_IR) return SSMC_OK;
 
     /* analysis: how every state's update acts on it; the algorithm choice
      * and the plan read it */
     if (!pass_analyze(pl->a, pl->ir, &pl->an, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    /* chunk forms: what the chunked algorithm needs of each state, or why not */
+    if (!pass_chunk_forms(pl->a, pl->ir, &pl->an, &pl->chunks, pl->d)) return failed(pl, SSMC_ERR_NOMEM);
     if (last == PIPE_ANALYSIS) return SSMC_OK;
 
     /* schedule: index classes, which may split across work items, which
@@ -73,7 +87,7 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
 
     /* algorithm: the one --algo names when the analysis allows it, else the
      * cost model's; the same decision for every device */
-    if (!pass_algo_choose(pl->ir, &pl->an, o->algo, &pl->algo, pl->d)) return SSMC_ERR_UNSUPPORTED;
+    if (!pass_algo_choose(pl->ir, &pl->an, &pl->chunks, o->algo, &pl->algo, pl->d)) return SSMC_ERR_UNSUPPORTED;
     if (last == PIPE_ALGO || !pl->target) return SSMC_OK;
 
     /* plan: the kernels for the device's target, every loop, placement and

@@ -205,7 +205,8 @@ bool pass_algo_from_name(const char *name, ssmc_algo *out);
 /* The algorithm for a model: `requested` when the analysis allows it and it is
  * implemented, the cost model's pick for auto; false with a diagnostic that says
  * why otherwise. */
-bool pass_algo_choose(const ir_model *m, const pass_analysis *an, ssmc_algo requested, plan_algo *out, diag *d);
+bool pass_algo_choose(const ir_model *m, const pass_analysis *an, const pass_chunks *cs, ssmc_algo requested,
+                      plan_algo *out, diag *d);
 
 /* ---- plan.c ---- */
 /* Plans a verified model's kernels for a target with the algorithm chosen.
@@ -216,10 +217,8 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
 
 /* `ssmc emit --emit=plan`: the plan as text. */
 void plan_print(strbuf *out, const pass_plan *p);
-/* Comment lines a renderer puts at the head of its code: the loops (lines
- * starting "; ") or the block layout (lines starting "//"). */
-void plan_describe_loops(strbuf *out, const pass_plan *p);
-void plan_describe_lanes(strbuf *out, const pass_plan *p);
+/* The same text, every line after `prefix`: the head of a renderer's code. */
+void plan_print_comment(strbuf *out, const pass_plan *p, const char *prefix);
 
 /* Queries every renderer needs. */
 int plan_axis_class(const pass_plan *p, int tensor, int axis);

@@ -1,125 +1,8 @@
 /* plan_print.c: a plan as text: `ssmc emit --emit=plan` (plan_print), and the
- * comment lines the renderers put at the head of their code. */
+ * same text as comment lines at the head of the code a renderer emits. */
+#include <string.h>
+
 #include "passes/plan_steps.h"
-
-static void describe_sums(strbuf *out, const pass_plan *p, ir_ref r)
-{
-    if (r == IR_NONE) return;
-    const ir_inst *in = &p->m->insts[r];
-    if (in->op == IR_SUM || in->op == IR_RMAX) {
-        sb_printf(out, "; %s(", in->op == IR_SUM ? "sum" : "max");
-        for (uint32_t i = 0; i < in->red.nvars; i++)
-            sb_printf(out, "%s%s", i ? "," : "", p->m->vars[p->m->red_vars[in->red.vars + i]].name);
-        if (p->xchg_var[r] >= 0)
-            sb_printf(out, ") accumulated into a vector along %s", p->m->vars[p->xchg_var[r]].name);
-        else
-            sb_puts(out, ") an inner loop");
-    }
-    if (in->op != IR_LOAD && in->op != IR_CONST) {
-        describe_sums(out, p, in->a);
-        describe_sums(out, p, in->b);
-        describe_sums(out, p, in->c);
-    }
-}
-
-static void describe_hoists(strbuf *out, const pass_plan *p, ir_ref r)
-{
-    if (r == IR_NONE) return;
-    const ir_inst *in = &p->m->insts[r];
-    if (p->hoist_var[r] >= 0) {
-        sb_puts(out, "; ");
-        ir_print_expr(out, p->m, r);
-        sb_printf(out, " computed for all %s before the loops", p->m->vars[p->hoist_var[r]].name);
-        return;
-    }
-    if (in->op == IR_LOAD || in->op == IR_CONST || in->op == IR_SUM || in->op == IR_RMAX) return;
-    describe_hoists(out, p, in->a);
-    describe_hoists(out, p, in->b);
-    describe_hoists(out, p, in->c);
-}
-
-/* The loops of a plan (targets with loops), as comment lines: the grid and
- * each statement's loops (they head --emit=llvm). */
-void plan_describe_loops(strbuf *out, const pass_plan *p)
-{
-    const ir_model *m = p->m;
-    sb_puts(out, "; items: batch");
-    for (int i = 0; i < p->ngrid; i++) {
-        int k = p->grid[i];
-        sb_printf(out, " x %s", m->dims[p->sched.class_dim[k]].name);
-        if (p->cls[k].tile > 1) sb_printf(out, "(tiles of %lld)", (long long)p->cls[k].tile);
-    }
-    sb_printf(out, " = %lld per sequence; scratch %lld floats per worker\n", (long long)p->items_per_seq,
-              (long long)p->local_floats);
-    for (uint32_t si = 0; si < m->nstmts; si++) {
-        const ir_stmt *s = &m->stmts[si];
-        const ir_tensor *t = &m->tensors[s->tensor];
-        sb_printf(out, "; %s %s", s->per_step ? "per step:" : "once:    ", t->name);
-        for (int i = 0; i < t->rank; i++) sb_printf(out, "%s%s", i ? "," : "[", m->vars[s->vars[i]].name);
-        sb_puts(out, t->rank ? "]: loops" : ": loops");
-        int nloops = 0;
-        for (int i = 0; i < t->rank; i++) {
-            int v = s->vars[i];
-            if (plan_var_fixed(p, v)) continue;
-            sb_printf(out, " %s(%lld)", m->vars[v].name, (long long)plan_var_extent(p, v));
-            nloops++;
-        }
-        if (!nloops) sb_puts(out, " none");
-        describe_sums(out, p, s->root);
-        describe_hoists(out, p, s->root);
-        if (t->kind == IR_STATE)
-            sb_puts(out, p->sched.inplace[si] ? "; updated in place" : "; updated through a scratch copy");
-        if (p->fuse[si] >= 0) sb_printf(out, "; fused with %s", m->tensors[m->stmts[p->fuse[si]].tensor].name);
-        if (p->fuse[si] == -2) sb_puts(out, "; runs inside the state update's loops");
-        sb_putc(out, '\n');
-    }
-    sb_puts(out, "; prefetched a step ahead:");
-    int n = 0;
-    for (int i = 0; i < p->nprefetch; i++)
-        sb_printf(out, "%s %s (%lld hints)", n++ ? "," : "", m->tensors[p->prefetch[i].tensor].name,
-                  (long long)(p->prefetch[i].span / PLAN_LINE_FLOATS + 2));
-    sb_puts(out, n ? "\n" : " none\n");
-}
-
-/* The name of a class: its dim, and the variables of the first tensor axis in it. */
-static const char *class_name(const pass_plan *p, int c) { return p->m->dims[p->sched.class_dim[c]].name; }
-
-static const char *const lane_place_names[] = {"-", "registers", "shared memory", "global workspace", "its tensor"};
-
-/* The layout of a plan (targets with lanes), as comment lines (they head
- * the CUDA source). */
-void plan_describe_lanes(strbuf *out, const pass_plan *p)
-{
-    const ir_model *m = p->m;
-    sb_printf(out, "// plan: one block per (batch");
-    for (int c = 0; c < p->ncls; c++)
-        if (p->cls[c].split) sb_printf(out, ", %s tile", class_name(p, c));
-    sb_printf(out, "), %d threads per block, %lld floats of shared memory", p->nthreads, (long long)p->local_floats);
-    if (p->global_floats) sb_printf(out, ", %lld floats of global workspace", (long long)p->global_floats);
-    sb_puts(out, "\n");
-    for (int c = 0; c < p->ncls; c++) {
-        const plan_class *k = &p->cls[c];
-        sb_printf(out, "//   class %s = %lld: ", class_name(p, c), (long long)k->n);
-        if (k->split) sb_printf(out, "split, tiles of %lld (%lld per sequence); ", (long long)k->tile, (long long)k->ntiles);
-        else sb_puts(out, "in the block; ");
-        sb_printf(out, "%d thread%s x %d slot%s", k->threads, k->threads == 1 ? "" : "s", k->slots,
-                  k->slots == 1 ? "" : "s");
-        if (c == p->lane_cls) sb_puts(out, " (lanes: reductions over it are warp shuffles)");
-        if (c == p->col_cls) sb_puts(out, " (columns)");
-        sb_puts(out, "\n");
-    }
-    if (p->nthreads > p->layout_threads)
-        sb_printf(out, "//   %d copies of the %d-thread layout (for flat statements)\n", p->nthreads / p->layout_threads,
-                  p->layout_threads);
-    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
-        if (!plan_tracked(&m->tensors[ti])) continue;
-        sb_printf(out, "//   %s %s: %s", ir_kind_names[m->tensors[ti].kind], m->tensors[ti].name, lane_place_names[p->place[ti]]);
-        if (p->place[ti] == PLAN_PLACE_REG) sb_printf(out, " (%lld per thread)", (long long)plan_reg_slots(p, (int)ti));
-        sb_puts(out, "\n");
-    }
-}
-
-/* =============================================================== --emit=plan */
 
 static const char *const red_mode_names[] = {"a loop over its values", "over the threads' slots, then across threads"};
 
@@ -294,4 +177,19 @@ void plan_print(strbuf *out, const pass_plan *p)
     }
     sb_printf(out, "memory per item: %lld floats local, %lld floats global\n", (long long)p->local_floats,
               (long long)p->global_floats);
+}
+
+void plan_print_comment(strbuf *out, const pass_plan *p, const char *prefix)
+{
+    strbuf text = {0};
+    plan_print(&text, p);
+    const char *at = sb_cstr(&text);
+    while (*at) {
+        const char *nl = strchr(at, '\n');
+        size_t n = nl ? (size_t)(nl - at) : strlen(at);
+        sb_printf(out, "%s%.*s\n", prefix, (int)n, at);
+        at += n + (nl ? 1 : 0);
+    }
+    if (text.failed) out->failed = true;
+    sb_free(&text);
 }

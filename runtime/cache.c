@@ -20,6 +20,7 @@
 #define CACHE_MAGIC "SSMCKERN"
 #define CACHE_FORMAT 1u
 #define CACHE_HEADER 56u
+#define CACHE_MAX_ENTRY ((size_t)1 << 30) /* an entry file past 1 GiB is not read: a miss */
 
 static void put_le(unsigned char *p, uint64_t v, int n)
 {
@@ -152,8 +153,8 @@ ssmc_status rt_cache_get(const char *dir, rt_cache_key key, void **data, size_t 
     }
     size_t n;
     const char *why;
-    unsigned char *buf = (unsigned char *)read_file(path.data, &n, &why);
-    if (!buf) { /* absent or unreadable: either way, not a hit */
+    unsigned char *buf = (unsigned char *)read_file_max(path.data, CACHE_MAX_ENTRY, &n, &why);
+    if (!buf) { /* absent, unreadable or larger than any kernel: either way, not a hit */
         sb_free(&path);
         return SSMC_OK;
     }
@@ -236,5 +237,17 @@ ssmc_status rt_cache_put(const char *dir, rt_cache_key key, const void *data, si
 out:
     sb_free(&path);
     sb_free(&tmp);
+    return st;
+}
+
+ssmc_status rt_cache_remove(const char *dir, rt_cache_key key, strbuf *err)
+{
+    strbuf path = {0};
+    ssmc_status st = rt_cache_entry_path(dir, key, &path, err);
+    if (st == SSMC_OK && unlink(path.data) != 0 && errno != ENOENT) {
+        sb_printf(err, "cannot remove the cache entry %s: %s", path.data, strerror(errno));
+        st = SSMC_ERR_IO;
+    }
+    sb_free(&path);
     return st;
 }

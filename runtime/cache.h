@@ -45,5 +45,8 @@ ssmc_status rt_cache_entry_path(const char *dir, rt_cache_key key, strbuf *path,
 ssmc_status rt_cache_get(const char *dir, rt_cache_key key, void **data, size_t *len, bool *hit, strbuf *err);
 /* Stores `len` bytes under `key`, replacing any entry atomically. */
 ssmc_status rt_cache_put(const char *dir, rt_cache_key key, const void *data, size_t len, strbuf *err);
+/* Removes the entry for `key`, if any: for a payload that passed every check
+ * here but that its user could not use (an object LLVM cannot load). */
+ssmc_status rt_cache_remove(const char *dir, rt_cache_key key, strbuf *err);
 
 #endif

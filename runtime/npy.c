@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 
@@ -256,10 +257,9 @@ static bool shape_count(int rank, const int64_t *shape, size_t elem, size_t *cou
     return true;
 }
 
-ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *out, strbuf *err)
+/* The preamble of b[0..len): where the header starts and how long it is. */
+static ssmc_status npy_preamble(const unsigned char *b, size_t len, size_t *hstart, size_t *hlen, strbuf *err)
 {
-    const unsigned char *b = buf;
-    memset(out, 0, sizeof *out);
     if (len < 10) {
         sb_printf(err, "truncated file: %zu bytes, shorter than the .npy preamble", len);
         return SSMC_ERR_IO;
@@ -269,93 +269,195 @@ ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *ou
         return SSMC_ERR_IO;
     }
     unsigned major = b[6], minor = b[7];
-    size_t hstart, hlen;
     if (major == 1 && minor == 0) {
-        hstart = 10;
-        hlen = load_le16(b + 8);
+        *hstart = 10;
+        *hlen = load_le16(b + 8);
     } else if ((major == 2 || major == 3) && minor == 0) {
         if (len < 12) {
             sb_printf(err, "truncated file: %zu bytes, shorter than the version %u.0 preamble", len, major);
             return SSMC_ERR_IO;
         }
-        hstart = 12;
-        hlen = load_le32(b + 8);
+        *hstart = 12;
+        *hlen = load_le32(b + 8);
     } else {
         sb_printf(err, "unsupported .npy format version %u.%u", major, minor);
         return SSMC_ERR_IO;
     }
-    if (hlen > len - hstart) {
-        sb_printf(err, "truncated file: the header claims %zu bytes but only %zu follow the preamble", hlen,
-                  len - hstart);
-        return SSMC_ERR_IO;
-    }
+    return SSMC_OK;
+}
+
+/* The header b[hstart..hstart+hlen) into *a (shape, dtype, count) and the
+ * bytes of data that must follow it. */
+static ssmc_status npy_header(const unsigned char *b, size_t hstart, size_t hlen, unsigned flags, rt_npy *a,
+                              size_t *need, strbuf *err)
+{
     /* numpy ends the padded header with '\n'; checking it catches a length
      * field that cuts the padding short, which the dictionary alone cannot show */
     if (hlen == 0 || b[hstart + hlen - 1] != '\n') {
         sb_puts(err, "bad header: it does not end with a newline (the header length may be wrong)");
         return SSMC_ERR_IO;
     }
-    rt_npy a = {0};
-    if (!parse_header((const char *)b + hstart, hlen, flags, &a, err)) return SSMC_ERR_IO;
-
-    size_t elem = dtype_size(a.dtype), have = len - hstart - hlen;
-    strbuf shp = {0};
-    shape_text(&shp, a.rank, a.shape);
-    if (!shape_count(a.rank, a.shape, elem, &a.count)) {
+    if (!parse_header((const char *)b + hstart, hlen, flags, a, err)) return SSMC_ERR_IO;
+    size_t elem = dtype_size(a->dtype);
+    if (!shape_count(a->rank, a->shape, elem, &a->count)) {
+        strbuf shp = {0};
+        shape_text(&shp, a->rank, a->shape);
         sb_printf(err, "shape %s is too large (its size overflows)", sb_cstr(&shp));
         sb_free(&shp);
         return SSMC_ERR_IO;
     }
-    size_t need = a.count * elem;
-    if (have != need) {
-        sb_printf(err, "%s: shape %s of %s needs %zu bytes of data but the file has %zu",
-                  have < need ? "truncated data" : "trailing data", sb_cstr(&shp), dtype_descr(a.dtype),
-                  need, have);
-        sb_free(&shp);
+    *need = a->count * elem;
+    return SSMC_OK;
+}
+
+static ssmc_status data_size_error(const rt_npy *a, size_t need, size_t have, bool more, strbuf *err)
+{
+    strbuf shp = {0};
+    shape_text(&shp, a->rank, a->shape);
+    sb_printf(err, "%s: shape %s of %s needs %zu bytes of data but the file has %s%zu",
+              have < need ? "truncated data" : "trailing data", sb_cstr(&shp), dtype_descr(a->dtype), need,
+              more ? "more than " : "", have);
+    sb_free(&shp);
+    return SSMC_ERR_IO;
+}
+
+/* The count little-endian elements at src into a->data (src may be a->data). */
+static void decode(rt_npy *a, const unsigned char *src)
+{
+    for (size_t i = 0; i < a->count; i++) {
+        switch (a->dtype) {
+        case SSMC_F64: {
+            uint64_t u = load_le64(src + 8 * i);
+            memcpy((double *)a->data + i, &u, 8);
+            break;
+        }
+        case SSMC_F32: {
+            uint32_t u = load_le32(src + 4 * i);
+            memcpy((float *)a->data + i, &u, 4);
+            break;
+        }
+        case SSMC_F16:
+        case SSMC_BF16: ((uint16_t *)a->data)[i] = load_le16(src + 2 * i); break;
+        }
+    }
+}
+
+ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *out, strbuf *err)
+{
+    const unsigned char *b = buf;
+    memset(out, 0, sizeof *out);
+    size_t hstart, hlen, need;
+    ssmc_status st = npy_preamble(b, len, &hstart, &hlen, err);
+    if (st != SSMC_OK) return st;
+    if (hlen > len - hstart) {
+        sb_printf(err, "truncated file: the header claims %zu bytes but only %zu follow the preamble", hlen,
+                  len - hstart);
         return SSMC_ERR_IO;
     }
-    sb_free(&shp);
-
+    rt_npy a = {0};
+    if ((st = npy_header(b, hstart, hlen, flags, &a, &need, err)) != SSMC_OK) return st;
+    size_t have = len - hstart - hlen;
+    if (have != need) return data_size_error(&a, need, have, false, err);
     a.data = malloc(need ? need : 1);
     if (!a.data) {
         sb_printf(err, "out of memory reading %zu bytes of array data", need);
         return SSMC_ERR_NOMEM;
     }
-    const unsigned char *src = b + hstart + hlen;
-    for (size_t i = 0; i < a.count; i++) {
-        switch (a.dtype) {
-        case SSMC_F64: {
-            uint64_t u = load_le64(src + 8 * i);
-            memcpy((double *)a.data + i, &u, 8);
-            break;
-        }
-        case SSMC_F32: {
-            uint32_t u = load_le32(src + 4 * i);
-            memcpy((float *)a.data + i, &u, 4);
-            break;
-        }
-        case SSMC_F16:
-        case SSMC_BF16: ((uint16_t *)a.data)[i] = load_le16(src + 2 * i); break;
-        }
-    }
+    decode(&a, b + hstart + hlen);
     *out = a;
     return SSMC_OK;
 }
 
+/* Reads up to n bytes; the count read (short only at the end of the file or on an error). */
+static size_t read_some(FILE *f, void *dst, size_t n) { return n ? fread(dst, 1, n, f) : 0; }
+
 ssmc_status rt_npy_read(const char *path, unsigned flags, rt_npy *out, strbuf *err)
 {
     memset(out, 0, sizeof *out);
-    size_t len;
-    const char *why;
-    char *buf = read_file(path, &len, &why);
-    if (!buf) {
-        sb_printf(err, "%s: cannot read: %s", path, why);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        sb_printf(err, "%s: cannot read: %s", path, strerror(errno));
         return SSMC_ERR_IO;
     }
     strbuf msg = {0};
-    ssmc_status st = rt_npy_parse(buf, len, flags, out, &msg);
-    free(buf);
-    if (st != SSMC_OK) sb_printf(err, "%s: %s", path, sb_cstr(&msg));
+    ssmc_status st = SSMC_OK;
+    unsigned char *hdr = NULL;
+    rt_npy a = {0};
+    struct stat sbuf;
+    bool known = fstat(fileno(f), &sbuf) == 0, regular = known && S_ISREG(sbuf.st_mode);
+    if (known && S_ISDIR(sbuf.st_mode)) {
+        sb_puts(&msg, "cannot read: is a directory");
+        st = SSMC_ERR_IO;
+        goto done;
+    }
+    /* The preamble and header first, then exactly the data the header's shape
+     * needs: whatever the file is (a pipe, /dev/zero), no more is read than a
+     * header and that shape take. */
+    unsigned char pre[12];
+    size_t npre = read_some(f, pre, sizeof pre), hstart, hlen, need;
+    if ((st = npy_preamble(pre, npre, &hstart, &hlen, &msg)) != SSMC_OK) goto done;
+    if (hlen > RT_NPY_MAX_HEADER) {
+        sb_printf(&msg, "bad header: it claims %zu bytes, more than the %d a .npy header may take", hlen,
+                  RT_NPY_MAX_HEADER);
+        st = SSMC_ERR_IO;
+        goto done;
+    }
+    hdr = malloc(hstart + hlen);
+    if (!hdr) {
+        sb_puts(&msg, "out of memory");
+        st = SSMC_ERR_NOMEM;
+        goto done;
+    }
+    size_t have = npre < hstart + hlen ? npre : hstart + hlen;
+    memcpy(hdr, pre, have);
+    have += read_some(f, hdr + have, hstart + hlen - have);
+    if (have < hstart + hlen) {
+        sb_printf(&msg, "truncated file: the header claims %zu bytes but only %zu follow the preamble", hlen,
+                  have - hstart);
+        st = SSMC_ERR_IO;
+        goto done;
+    }
+    if ((st = npy_header(hdr, hstart, hlen, flags, &a, &need, &msg)) != SSMC_OK) goto done;
+    if (need > RT_NPY_MAX_BYTES) {
+        sb_printf(&msg, "its data is %zu bytes, more than the limit of %llu (16 GiB)", need,
+                  (unsigned long long)RT_NPY_MAX_BYTES);
+        st = SSMC_ERR_IO;
+        goto done;
+    }
+    size_t extra = npre > hstart + hlen ? npre - hstart - hlen : 0; /* data bytes already in pre */
+    if (regular && (uintmax_t)sbuf.st_size != (uintmax_t)(hstart + hlen) + need) {
+        size_t size = (uintmax_t)sbuf.st_size < hstart + hlen ? 0 : (size_t)sbuf.st_size - hstart - hlen;
+        st = data_size_error(&a, need, size, false, &msg);
+        goto done;
+    }
+    a.data = malloc(need ? need : 1);
+    if (!a.data) {
+        sb_printf(&msg, "out of memory reading %zu bytes of array data", need);
+        st = SSMC_ERR_NOMEM;
+        goto done;
+    }
+    size_t got = extra < need ? extra : need;
+    memcpy(a.data, pre + hstart + hlen, got);
+    got += read_some(f, (unsigned char *)a.data + got, need - got);
+    unsigned char probe;
+    bool more = extra > need || read_some(f, &probe, 1) == 1;
+    if (ferror(f)) {
+        sb_printf(&msg, "cannot read: %s", strerror(errno));
+        st = SSMC_ERR_IO;
+    } else if (got != need || more) {
+        st = data_size_error(&a, need, more ? need : got, more, &msg);
+    } else {
+        decode(&a, a.data);
+    }
+done:
+    fclose(f);
+    free(hdr);
+    if (st == SSMC_OK) {
+        *out = a;
+    } else {
+        free(a.data);
+        sb_printf(err, "%s: %s", path, sb_cstr(&msg));
+    }
     sb_free(&msg);
     return st;
 }

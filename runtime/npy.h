@@ -18,6 +18,11 @@
 #include "support/support.h"
 
 #define RT_NPY_MAX_RANK SSMC_MAX_RANK
+/* rt_npy_read refuses a header longer than this (numpy's are a few hundred
+ * bytes) and array data larger than RT_NPY_MAX_BYTES (16 GiB), before reading
+ * them; it never reads past what the header's shape needs. */
+#define RT_NPY_MAX_HEADER (1 << 20)
+#define RT_NPY_MAX_BYTES ((uint64_t)1 << 34)
 
 
 /* Flags for rt_npy_read and rt_npy_parse. */
@@ -34,7 +39,8 @@ typedef struct rt_npy {
 /* Parses a whole .npy file held in memory. On success *out owns its data
  * (rt_npy_free); on failure *out is empty and err says why. */
 ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *out, strbuf *err);
-/* Reads and parses `path`; messages start with the path. */
+/* Reads and parses `path` (a file, a pipe, a device: read as far as the
+ * header says, see RT_NPY_MAX_BYTES); messages start with the path. */
 ssmc_status rt_npy_read(const char *path, unsigned flags, rt_npy *out, strbuf *err);
 void rt_npy_free(rt_npy *a);
 

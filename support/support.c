@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct arena_block {
     arena_block *next;
@@ -246,27 +247,41 @@ bool mul_overflows(size_t a, size_t b, size_t *out)
     return false;
 }
 
-char *read_file(const char *path, size_t *len, const char **err)
+char *read_file_max(const char *path, size_t max, size_t *len, const char **err)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
         *err = strerror(errno);
         return NULL;
     }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0) {
+        const char *why = S_ISDIR(st.st_mode)                                    ? "is a directory"
+                          : S_ISREG(st.st_mode) && (uintmax_t)st.st_size > max ? "larger than the size limit"
+                                                                                 : NULL;
+        if (why) {
+            fclose(f);
+            *err = why;
+            return NULL;
+        }
+    }
     strbuf sb = {0};
     char chunk[65536];
     size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) sb_putn(&sb, chunk, n);
+    while (!sb.failed && sb.len <= max && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        sb_putn(&sb, chunk, n < max - sb.len + 1 ? n : max - sb.len + 1);
     bool bad = ferror(f);
     fclose(f);
-    if (bad || sb.failed) {
-        *err = bad ? "read error" : "out of memory";
+    if (bad || sb.failed || sb.len > max) {
+        *err = sb.failed ? "out of memory" : sb.len > max ? "larger than the size limit" : "read error";
         sb_free(&sb);
         return NULL;
     }
     *len = sb.len;
     return sb_take(&sb);
 }
+
+char *read_file(const char *path, size_t *len, const char **err) { return read_file_max(path, SIZE_MAX - 1, len, err); }
 
 uint64_t splitmix64(uint64_t *state)
 {

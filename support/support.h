@@ -67,8 +67,15 @@ uint16_t f32_to_bf16(float f); /* round to nearest even, NaN kept */
 bool mul_overflows(size_t a, size_t b, size_t *out);
 
 /* ---- files ---- */
-/* Reads a whole file into malloc'd memory (NUL-terminated). Returns NULL and
- * sets *err to a static reason on failure. */
+/* Reads a whole file of at most `max` bytes into malloc'd memory
+ * (NUL-terminated). Returns NULL and sets *err to a static reason on failure:
+ * the system's (no such file...), "is a directory", "larger than the size
+ * limit" (a regular file is refused by its size before any read; anything
+ * else, a pipe or a device such as /dev/zero, once max + 1 bytes have come),
+ * "read error", "out of memory". Memory stays bounded by the limit (about
+ * twice it at most, while the buffer grows). */
+char *read_file_max(const char *path, size_t max, size_t *len, const char **err);
+/* read_file_max without a limit (tests, benches: files they made). */
 char *read_file(const char *path, size_t *len, const char **err);
 
 #endif

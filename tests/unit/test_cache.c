@@ -1,5 +1,6 @@
 /* test_cache.c: the on-disk kernel cache (runtime/cache.h): round trips,
- * misses, damaged entries read as misses and removed, unusable directories
+ * misses, damaged entries read as misses and removed, entries removed on
+ * request, unusable directories
  * reported as errors, and the directory chosen from the environment. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -131,6 +132,23 @@ static void test_round_trip(void **state)
     }
     closedir(d);
     assert_int_equal(files, 2);
+    sb_free(&err);
+}
+
+/* rt_cache_remove: the entry is gone (a miss), removing a missing one is no error. */
+static void test_remove(void **state)
+{
+    char dir[128], path[256];
+    sub(dir, sizeof dir, "rm");
+    rt_cache_key k = key_of("removed", "sm_90");
+    strbuf err = {0};
+    assert_int_equal(rt_cache_put(dir, k, "abc", 3, &err), SSMC_OK);
+    entry_path(dir, k, path, sizeof path);
+    assert_true(exists(path));
+    assert_int_equal(rt_cache_remove(dir, k, &err), SSMC_OK);
+    assert_false(exists(path));
+    expect_miss(dir, k);
+    assert_int_equal(rt_cache_remove(dir, k, &err), SSMC_OK);
     sb_free(&err);
 }
 
@@ -313,6 +331,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_remove),
         cmocka_unit_test(test_large_payload),
         cmocka_unit_test(test_corruption),
         cmocka_unit_test(test_truncated),

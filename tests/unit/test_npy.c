@@ -1,6 +1,8 @@
 /* test_npy.c: the .npy reader and writer (runtime/npy.h): round trips at
  * several ranks, f16 and bf16 input, every header version, and malformed files
- * that must each be rejected with a message, never crash. */
+ * that must each be rejected with a message, never crash; reading from disk
+ * stays bounded (devices, pipes, headers that claim gigabytes) and agrees
+ * with parsing the same bytes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,9 +13,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "runtime/npy.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
 
 static char tmpdir[64];
 
@@ -353,6 +370,136 @@ static void test_io_errors(void **state)
     sb_free(&err);
 }
 
+/* Writes len bytes of data to path, a FIFO, from a child process (the reader
+ * may stop early: the child ignores SIGPIPE's end). */
+static pid_t feed_fifo(const char *path, const void *data, size_t len)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_IGN);
+        FILE *f = fopen(path, "wb");
+        if (f) {
+            fwrite(data, 1, len, f);
+            fclose(f);
+        }
+        _exit(0);
+    }
+    return pid;
+}
+
+/* rt_npy_read reads no more than a header and its shape take, whatever the
+ * file: /dev/zero, a directory, a header or a shape that claims gigabytes
+ * (refused before anything that size is allocated or read), and a pipe, whose
+ * size is not known beforehand (right data accepted, short or long refused). */
+static void test_read_bounded(void **state)
+{
+    strbuf err = {0};
+    rt_npy a;
+    /* in a child with a cap on its address space and time: an unbounded read
+     * ends there instead of taking the machine's memory */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+#if !UNDER_ASAN /* ASan's shadow memory does not fit under RLIMIT_AS */
+        struct rlimit as = {1u << 30, 1u << 30};
+        setrlimit(RLIMIT_AS, &as);
+#endif
+        alarm(20);
+        _exit(rt_npy_read("/dev/zero", 0, &a, &err) == SSMC_ERR_IO && strstr(sb_cstr(&err), "not a .npy file") ? 0 : 1);
+    }
+    int ws;
+    assert_true(waitpid(pid, &ws, 0) == pid);
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) fail_msg("reading /dev/zero: %s", WIFEXITED(ws) ? "no error" : "killed");
+    assert_int_equal(rt_npy_read(tmpdir, 0, &a, &err), SSMC_ERR_IO);
+    assert_non_null(strstr(sb_cstr(&err), "is a directory"));
+    err.len = 0;
+
+    char path[128];
+    snprintf(path, sizeof path, "%s/huge_header.npy", tmpdir);
+    FILE *f = fopen(path, "wb");
+    fwrite("\x93NUMPY\x02\x00\xff\xff\xff\xff{", 1, 13, f);
+    fclose(f);
+    assert_int_equal(rt_npy_read(path, 0, &a, &err), SSMC_ERR_IO);
+    assert_non_null(strstr(sb_cstr(&err), "claims 4294967295 bytes"));
+    err.len = 0;
+
+    strbuf buf = {0};
+    make_npy(&buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 4), }", NULL, 0, 0);
+    snprintf(path, sizeof path, "%s/huge_shape.npy", tmpdir);
+    f = fopen(path, "wb");
+    fwrite(buf.data, 1, buf.len, f);
+    fclose(f);
+    sb_free(&buf);
+    assert_int_equal(rt_npy_read(path, 0, &a, &err), SSMC_ERR_IO);
+    assert_non_null(strstr(sb_cstr(&err), "more than the limit"));
+    err.len = 0;
+
+    /* through a pipe */
+    float x[6] = {1, 2, 3, 4, 5, 6};
+    make_npy(&buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", x, sizeof x, 0);
+    snprintf(path, sizeof path, "%s/fifo", tmpdir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    static const struct {
+        long cut; /* bytes of the file left out (< 0: that many more at the end) */
+        const char *error;
+    } cases[] = {{0, NULL}, {4, "truncated data"}, {-1, "trailing data"}, {-100000, "trailing data"},
+                 {(long)sizeof x + 3, "truncated file"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        strbuf img = {0};
+        sb_putn(&img, buf.data, buf.len);
+        for (long k = 0; k < -cases[i].cut; k++) sb_putc(&img, 'z');
+        size_t len = cases[i].cut > 0 ? img.len - (size_t)cases[i].cut : img.len;
+        pid = feed_fifo(path, img.data, len);
+        ssmc_status st = rt_npy_read(path, 0, &a, &err);
+        waitpid(pid, &ws, 0);
+        if (!cases[i].error) {
+            if (st != SSMC_OK) fail_msg("case %zu: %s", i, sb_cstr(&err));
+            assert_int_equal(a.count, 6);
+            assert_memory_equal(a.data, x, sizeof x);
+            rt_npy_free(&a);
+        } else {
+            assert_int_equal(st, SSMC_ERR_IO);
+            if (!strstr(sb_cstr(&err), cases[i].error)) fail_msg("case %zu: %s", i, sb_cstr(&err));
+        }
+        err.len = 0;
+        sb_free(&img);
+    }
+    sb_free(&buf);
+    sb_free(&err);
+}
+
+/* A file on disk is accepted or refused by rt_npy_read exactly as its bytes
+ * are by rt_npy_parse: every prefix of a valid file, and the file with bytes
+ * added at the end. */
+static void test_read_agrees_with_parse(void **state)
+{
+    uint16_t h[5] = {0x3c00, 0x4000, 0xc000, 0x0001, 0x7bff};
+    strbuf buf = {0};
+    make_npy(&buf, 3, "{'descr': '<f2', 'fortran_order': False, 'shape': (5,), }", h, sizeof h, 0);
+    sb_putn(&buf, "tail", 4);
+    char path[128];
+    snprintf(path, sizeof path, "%s/agree.npy", tmpdir);
+    for (size_t n = 0; n <= buf.len; n++) {
+        FILE *f = fopen(path, "wb");
+        fwrite(buf.data, 1, n, f);
+        fclose(f);
+        strbuf e1 = {0}, e2 = {0};
+        rt_npy a, b;
+        ssmc_status s1 = rt_npy_parse(buf.data, n, 0, &a, &e1), s2 = rt_npy_read(path, 0, &b, &e2);
+        if (s1 != s2) fail_msg("%zu bytes: parse %d (%s), read %d (%s)", n, s1, sb_cstr(&e1), s2, sb_cstr(&e2));
+        if (s1 == SSMC_OK) {
+            assert_int_equal(a.count, b.count);
+            assert_memory_equal(a.data, b.data, a.count * 2);
+            rt_npy_free(&a);
+            rt_npy_free(&b);
+        }
+        sb_free(&e1);
+        sb_free(&e2);
+    }
+    sb_free(&buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -366,6 +513,8 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_truncations_and_flips),
         cmocka_unit_test(test_io_errors),
+        cmocka_unit_test(test_read_bounded),
+        cmocka_unit_test(test_read_agrees_with_parse),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
