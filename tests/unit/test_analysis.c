@@ -576,6 +576,34 @@ static void test_structured_result(void **unused)
     diag_free(&d);
 }
 
+/* On IR that passes/lag.c has not rewritten, a let of S read at t - 1 holds
+ * S(t-2): the update is not proven affine in S(t-1), so never a cheaper class;
+ * a lagged let that reads no state is a coefficient. */
+static void test_unrewritten_lag(void **unused)
+{
+    (void)unused;
+    static const char text[] = "model m { dim K = 4; input x[T,K]; state S[K], R[K]; output y[T,K];\n"
+                               "  let h[t,i] = 2 * S[i]; let u[t,i] = x[t,i] * 3;\n"
+                               "  S[i] = 0.5 * S[i] + h[t - 1,i];\n"
+                               "  R[i] = u[t - 1,i] * R[i] + x[t,i];\n"
+                               "  y[t,i] = S[i] + R[i]; }\n";
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    src_file f = {"u.ssm", text, sizeof text - 1};
+    ast_file *af = parse_file(&a, &d, &f);
+    assert_non_null(af);
+    assert_true(check_model(&a, &d, &f, &af->models[0], NULL, 0));
+    ir_model *m = ir_lower(&a, &d, &f, &af->models[0]);
+    assert_non_null(m);
+    pass_analysis an;
+    assert_true(pass_analyze(&a, m, &an, &d));
+    assert_int_equal(an.states[0].cls, PASS_CLASS_NONLINEAR);
+    assert_int_equal(an.states[1].cls, PASS_CLASS_DIAGONAL);
+    diag_free(&d);
+    arena_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -587,6 +615,7 @@ int main(void)
         cmocka_unit_test(test_let_inlining_invariant),
         cmocka_unit_test(test_expansion_limit),
         cmocka_unit_test(test_structured_result),
+        cmocka_unit_test(test_unrewritten_lag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
