@@ -173,6 +173,10 @@ static void test_edge_models_to_ptx(void **state)
     check_model_ptx("tests/gpu/edge.ssm", "dense", dense, 2);
     check_model_ptx("tests/gpu/edge.ssm", "mix", mix, 7);
     check_model_ptx("tests/gpu/edge.ssm", "big", big, 1);
+    static const ssmc_dim v2_ops[] = {{"N", 7}, {"W", 3}}, v2_lag[] = {{"N", 7}, {"W", 3}}, v2_init[] = {{"K", 5}};
+    check_model_ptx("tests/gpu/edge.ssm", "v2_ops", v2_ops, 2);
+    check_model_ptx("tests/gpu/edge.ssm", "v2_lag", v2_lag, 2);
+    check_model_ptx("tests/gpu/edge.ssm", "v2_init", v2_init, 1);
 }
 
 /* Every statement's comment names its line, with the left side and the
