@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ssmc.h"
 #include "tests/unit/helpers/cpu_harness.h"
@@ -90,13 +91,51 @@ static void test_case(void **state)
     free(src);
 }
 
+/* The chunked algorithm with states given only for their final value: the
+ * cores start from zero and write the final state (a model with an init is
+ * not chunked: the recurrent algorithm runs its init). */
+static void test_chunked_final_only(void **state)
+{
+    (void)state;
+    const char *rel = "examples/linear_attn.ssm";
+    size_t len;
+    char *src = harness_read_source(rel, &len);
+    assert_non_null(src);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = {.device = SSMC_DEVICE_CPU, .threads = THREADS, .algo = SSMC_ALGO_CHUNKED};
+    ssmc_model *cpu = NULL, *ref = NULL;
+    if (ssmc_compile(ctx, rel, src, len, &o, &cpu) != SSMC_OK) fail_msg("chunked compile: %s", ssmc_ctx_error(ctx));
+    assert_int_equal(harness_compile(ctx, rel, src, len, NULL, 0, SSMC_DEVICE_INTERP, 0, &ref), SSMC_OK);
+    for (int di = 0; di < 2; di++) {
+        harness_run r = {.batch = 2, .T = 37, .dtype = di ? SSMC_BF16 : SSMC_F32, .final_only = true,
+                         .seed = seed0 + 77 + (uint64_t)di};
+        harness_result res;
+        harness_compare(cpu, ref, &r, &res);
+        double tol = di ? 1e-2 : 1e-5;
+        if (!res.ok || !(res.worst <= tol) || res.checked < 3)
+            fail_msg("chunked, final only, %s: %s '%s' %.3e (SSMC_TEST_SEED=%" PRIu64 ")", di ? "bf16" : "f32", res.why,
+                     res.worst_name ? res.worst_name : "?", res.worst, seed0);
+    }
+    const char *ttt = "examples/ttt_linear.ssm";
+    char *tsrc = harness_read_source(ttt, &len);
+    ssmc_model *bad = NULL;
+    assert_int_equal(ssmc_compile(ctx, ttt, tsrc, len, &o, &bad), SSMC_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "the state has an init statement (not chunked yet)"));
+    free(tsrc);
+    ssmc_model_free(cpu);
+    ssmc_model_free(ref);
+    ssmc_ctx_free(ctx);
+    free(src);
+}
+
 int main(void)
 {
     if (!harness_cpu_available()) return 77;
     seed0 = harness_seed();
     printf("test_cpu_lang: SSMC_TEST_SEED=%" PRIu64 "\n", seed0);
-    struct CMUnitTest tests[sizeof cases / sizeof *cases];
+    struct CMUnitTest tests[sizeof cases / sizeof *cases + 1];
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         tests[i] = (struct CMUnitTest){cases[i].model, test_case, NULL, NULL, (void *)&cases[i]};
+    tests[sizeof cases / sizeof *cases] = (struct CMUnitTest)cmocka_unit_test(test_chunked_final_only);
     return cmocka_run_group_tests_name("cpu language v2", tests, NULL, NULL);
 }
