@@ -14,6 +14,8 @@
 typedef struct backend_tensor {
     void *data;
     ssmc_dtype dtype;
+    bool fresh; /* a state whose data only receives the final state (SSMC_ARG_FINAL_ONLY):
+                   the run starts from the model's initial value, as for one not given */
 } backend_tensor;
 
 typedef struct backend {

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "codegen/chunked_run.h"
+#include "support/dtype.h"
 
 struct chunked_state {
     const chunk_hooks *h;
@@ -64,13 +65,13 @@ static ssmc_status bind(const ir_model *src, const backend_tensor *bt, const ir_
 {
     for (uint32_t i = 0; i < part->ntensors; i++) {
         const ir_tensor *t = &part->tensors[i];
-        out[i] = (backend_tensor){NULL, SSMC_F32};
+        out[i] = (backend_tensor){NULL, SSMC_F32, false};
         if (t->kind == IR_LET) continue;
         int k = ir_find_tensor(src, t->name);
         if (k >= 0 && src->tensors[k].kind == t->kind) {
             out[i] = bt[k];
         } else if (work[i]) {
-            out[i] = (backend_tensor){work[i], SSMC_F32};
+            out[i] = (backend_tensor){work[i], SSMC_F32, false};
         } else if (t->kind == IR_INPUT || t->kind == IR_PARAM) {
             diag_error(d, "internal error: the chunked part %s has no data for %s", part->name, t->name);
             return SSMC_ERR_BACKEND;
@@ -125,6 +126,11 @@ ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backen
         const plan_chunk_core *core = &ch->cores[c];
         const pass_chunk_ops *op = &core->ops;
         chunk_core_io io = {.state = bt[core->state].data, .state_dtype = bt[core->state].dtype};
+        /* final only: the core starts from zero (a chunked state has no init) and writes the final value */
+        if (io.state && bt[core->state].fresh)
+            st = s->h->zero(s->ctx, io.state,
+                            run_elems(s->m, &s->m->tensors[core->state], batch, T) * dtype_size(io.state_dtype), stream, d);
+        if (st != SSMC_OK) break;
         for (int r = 0; r < core->nreadouts; r++) {
             io.q[r] = pwork[op->q[r]];
             io.r[r] = ework[op->r[r]];

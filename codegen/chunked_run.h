@@ -26,6 +26,9 @@ typedef struct chunk_hooks {
      * memory on a GPU), at least `bytes`, 256-byte aligned, valid until the next
      * call; the backend keeps and grows it (runs of one model are serialised) */
     void *(*workspace)(void *ctx, size_t bytes, diag *d);
+    /* zeroes `bytes` at `ptr` in the backend's memory (a state given only to
+     * receive its final value starts from zero: SSMC_ARG_FINAL_ONLY) */
+    ssmc_status (*zero)(void *ctx, void *ptr, size_t bytes, void *stream, diag *d);
     /* the cores */
     ssmc_status (*core_compile)(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **core);
     ssmc_status (*core_run)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,

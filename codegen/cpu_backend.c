@@ -113,9 +113,16 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
 static void core_free(void *ctx, void *core) {}
 
 extern const backend cpu_backend;
+static ssmc_status host_zero(void *ctx, void *ptr, size_t bytes, void *stream, diag *d)
+{
+    memset(ptr, 0, bytes);
+    return SSMC_OK;
+}
+
 static const chunk_hooks cpu_chunk_hooks = {
     .be = &cpu_backend,
     .workspace = host_workspace,
+    .zero = host_zero,
     .core_compile = core_compile,
     .core_run = core_run,
     .core_free = core_free,
@@ -192,6 +199,13 @@ typedef struct cpu_job {
     int64_t stride; /* floats of scratch per worker */
 } cpu_job;
 
+/* The kernel is JIT code: UBSan's check of an indirect call's target (clang's
+ * -fsanitize=function) reads the 8 bytes before the function for a type
+ * signature that JIT code does not have, and faults when the kernel starts a
+ * mapping. */
+#if defined(__clang__)
+__attribute__((no_sanitize("function")))
+#endif
 static void cpu_work(void *arg, int64_t begin, int64_t end, int worker)
 {
     cpu_job *j = arg;
@@ -219,11 +233,13 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
         if (t->kind != IR_PARAM) n *= (size_t)batch;
         if (t->per_step) n *= (size_t)T;
         count[i] = n;
-        fresh[i] = t->kind == IR_STATE && !bt[i].data;
+        fresh[i] = t->kind == IR_STATE && (!bt[i].data || bt[i].fresh);
         bool misaligned = ((uintptr_t)bt[i].data & 63) != 0;
         bool copy = misaligned && shared && ((t->kind == IR_STATE && T >= 16) || t->kind == IR_OUTPUT);
         if (bt[i].data && bt[i].dtype == SSMC_F32 && !copy) {
             ptrs[i] = bt[i].data;
+            /* final only: the kernel starts from the init, or from zeros put here */
+            if (bt[i].fresh && !ir_find_init(m, (int)i)) memset(ptrs[i], 0, n * sizeof(float));
             continue;
         }
         if (!bt[i].data && t->kind == IR_OUTPUT) continue;
@@ -234,7 +250,7 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
             break;
         }
         owned[i] = true;
-        if (bt[i].data && t->kind != IR_OUTPUT)
+        if (bt[i].data && t->kind != IR_OUTPUT && !bt[i].fresh)
             to_f32(ptrs[i], bt[i].data, bt[i].dtype, n);
         else if (t->kind == IR_STATE)
             memset(ptrs[i], 0, n * sizeof(float));

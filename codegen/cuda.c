@@ -79,6 +79,9 @@ static void line(em *e, const char *fmt, ...)
 
 static bool in_memory(const pass_plan *p, int t) { return p->place[t] == PLAN_PLACE_LOCAL || p->place[t] == PLAN_PLACE_GLOBAL; }
 
+/* A state whose initial value the kernel reads from its tensor. */
+static bool reads_initial(const em *e, int ti) { return e->sig->present[ti] && !(e->sig->fresh && e->sig->fresh[ti]); }
+
 static const char *dtype_c(ssmc_dtype dt)
 {
     switch (dt) {
@@ -453,8 +456,9 @@ static const char *load(em *e, ir_ref r)
         const char *off = offset(e, t->rank, idx, ext);
         if (t->kind == IR_PARAM) return S(e, "ssmc_ld(g_%s + %s)", t->name, off);
         int64_t step = ir_tensor_elems(m, t);
-        if (in->load.lag_var >= 0) {
+        if (in->load.lag_var >= 0) { /* t - lag - var (passes/lag.c combines the two) */
             const char *lv = var_glob(e, in->load.lag_var);
+            if (in->load.lag) lv = S(e, "(%s + %lld)", lv, (long long)in->load.lag);
             return S(e, "(t >= %s ? ssmc_ld(p_%s - (long long)%s * %lld + %s) : 0.f)", lv, t->name, lv, (long long)step, off);
         }
         if (in->load.lag)
@@ -959,7 +963,7 @@ static void state_regs(em *e, int ti, bool store)
     const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
-    bool given = e->sig->present[ti];
+    bool given = store ? e->sig->present[ti] : reads_initial(e, ti);
     if (store && !given) return;
     const char *slots[IR_MAX_RANK], *idx[IR_MAX_RANK], *ok = NULL;
     bool *hcls = class_set(e);
@@ -1002,7 +1006,7 @@ static void state_mem(em *e, int ti, bool store)
     const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
-    bool given = e->sig->present[ti];
+    bool given = store ? e->sig->present[ti] : reads_initial(e, ti);
     if (store && !given) return;
     int64_t n = plan_local_elems(p, ti);
     line(e, "for (int e = tid; e < %lld; e += %d) {", (long long)n, p->nthreads);
@@ -1082,7 +1086,8 @@ static void header(em *e)
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
         if (t->kind == IR_LET) continue;
-        sb_printf(e->out, "%s %s %s", first ? "" : ",", t->name, e->sig->present[i] ? dtype_names[e->sig->dtype[i]] : "(absent)");
+        sb_printf(e->out, "%s %s %s%s", first ? "" : ",", t->name, e->sig->present[i] ? dtype_names[e->sig->dtype[i]] : "(absent)",
+                  e->sig->present[i] && !reads_initial(e, (int)i) ? " (final state only)" : "");
         first = false;
     }
     sb_printf(e->out, "\n// vector loads: %s\n", e->sig->vec ? "allowed" : "off");
@@ -1213,7 +1218,7 @@ static void kernel(em *e)
     line(e, "// states: the initial state, or the init's value, or zero");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (m->tensors[i].kind != IR_STATE) continue;
-        const ir_stmt *init = e->sig->present[i] ? NULL : ir_find_init(m, (int)i);
+        const ir_stmt *init = reads_initial(e, (int)i) ? NULL : ir_find_init(m, (int)i);
         if (init) state_init(e, init);
         else if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, false);
         else state_mem(e, (int)i, false);

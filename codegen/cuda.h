@@ -35,6 +35,8 @@ typedef struct cuda_sig {
                                 state is read and the final state written; outputs:
                                 kept */
     bool vec;                /* every pointer is 16-byte aligned: vector loads allowed */
+    const bool *fresh;       /* NULL, or states present that only receive the final
+                                state: the initial value is the init's, or zero */
 } cuda_sig;
 
 typedef struct cuda_launch {

@@ -77,12 +77,14 @@ static plan_tune cuda_tune_from_env(void)
                        .share_lets = env_int("SSMC_CUDA_SHARE_LETS", 1, 2)};
 }
 
-/* One byte per tensor (0: absent, else 1 + dtype) and the vector flag. */
+/* One byte per tensor (0: absent, else 1 + dtype, plus 16 for a state that only
+ * receives its final value) and the vector flag. */
 static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }
 
 static void sig_bytes(const ir_model *m, const cuda_sig *sig, unsigned char *out)
 {
-    for (uint32_t i = 0; i < m->ntensors; i++) out[i] = sig->present[i] ? (unsigned char)(1 + sig->dtype[i]) : 0;
+    for (uint32_t i = 0; i < m->ntensors; i++)
+        out[i] = sig->present[i] ? (unsigned char)(1 + sig->dtype[i] + (sig->fresh && sig->fresh[i] ? 16 : 0)) : 0;
     out[m->ntensors] = sig->vec;
 }
 
@@ -232,6 +234,14 @@ static void *chunk_workspace(void *ctx, size_t bytes, diag *d)
     return st == SSMC_OK ? (void *)(uintptr_t)s->cws : NULL;
 }
 
+static ssmc_status chunk_zero(void *ctx, void *ptr, size_t bytes, void *stream, diag *d)
+{
+    cuda_state *s = ctx;
+    strbuf err = {0};
+    ssmc_status st = rt_cuda_memset_async(s->gpu, (CUdeviceptr)(uintptr_t)ptr, 0, bytes, (CUstream)stream, &err);
+    return st ? fail(d, st, &err, "zeroing a state") : SSMC_OK;
+}
+
 static ssmc_status core_compile(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **out)
 {
     *out = NULL;
@@ -314,6 +324,7 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
 static const chunk_hooks cuda_chunk_hooks = {
     .be = &cuda_backend,
     .workspace = chunk_workspace,
+    .zero = chunk_zero,
     .core_compile = core_compile,
     .core_run = core_run,
     .core_free = core_free,
@@ -381,13 +392,16 @@ static void make_sig(const ir_model *m, const backend_tensor *bt, bool device, c
                      bool *present)
 {
     sig->vec = true;
+    bool *fresh = present + m->ntensors + 1; /* the caller's array holds both */
     for (uint32_t i = 0; i < m->ntensors; i++) {
         present[i] = m->tensors[i].kind != IR_LET && bt[i].data != NULL;
+        fresh[i] = present[i] && bt[i].fresh;
         dt[i] = present[i] ? bt[i].dtype : SSMC_F32;
         if (device && present[i] && ((uintptr_t)bt[i].data & 15u)) sig->vec = false;
     }
     sig->dtype = dt;
     sig->present = present;
+    sig->fresh = fresh;
 }
 
 static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T, CUdeviceptr ws,
@@ -424,7 +438,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
     cuda_state *s = state;
     const ir_model *m = s->m;
     ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
-    bool *present = calloc(m->ntensors + 1, sizeof *present);
+    bool *present = calloc(2 * (m->ntensors + 1), sizeof *present); /* and the fresh flags */
     size_t *off = calloc(m->ntensors + 1, sizeof *off);
     CUdeviceptr *ptrs = calloc(m->ntensors + 1, sizeof *ptrs);
     if (!dt || !present || !off || !ptrs) {
@@ -463,7 +477,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
         ir_kind k = m->tensors[i].kind;
         ptrs[i] = present[i] ? s->buf + off[i] : 0;
-        if (present[i] && (k == IR_INPUT || k == IR_PARAM || k == IR_STATE) &&
+        if (present[i] && (k == IR_INPUT || k == IR_PARAM || (k == IR_STATE && !bt[i].fresh)) &&
             (st = rt_cuda_htod(s->gpu, ptrs[i], bt[i].data, run_elems(m, i, batch, T) * dtype_size(dt[i]), &err)))
             fail(d, st, &err, "copying tensors to the GPU");
     }
@@ -474,7 +488,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
             st = SSMC_ERR_NOMEM;
         }
         for (uint32_t i = 0; dbt && i < m->ntensors; i++)
-            dbt[i] = (backend_tensor){present[i] ? (void *)(uintptr_t)ptrs[i] : NULL, dt[i]};
+            dbt[i] = (backend_tensor){present[i] ? (void *)(uintptr_t)ptrs[i] : NULL, dt[i], bt[i].fresh};
         if (st == SSMC_OK) st = chunked_run(s->chunked, batch, T, dbt, true, NULL, d);
         free(dbt);
     } else if (st == SSMC_OK) {
@@ -508,7 +522,7 @@ static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const 
     }
     const ir_model *m = s->m;
     ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
-    bool *present = calloc(m->ntensors + 1, sizeof *present);
+    bool *present = calloc(2 * (m->ntensors + 1), sizeof *present); /* and the fresh flags */
     CUdeviceptr *ptrs = calloc(m->ntensors + 1, sizeof *ptrs);
     if (!dt || !present || !ptrs) {
         free(dt);

@@ -25,7 +25,8 @@ static ssmc_status interp_run(void *state, int64_t batch, int64_t T, const backe
 {
     const ir_model *ir = state;
     double **data = calloc(ir->ntensors ? ir->ntensors : 1, sizeof *data);
-    ssmc_status s = data ? SSMC_OK : SSMC_ERR_NOMEM;
+    unsigned char *fresh = calloc(ir->ntensors ? ir->ntensors : 1, 1);
+    ssmc_status s = data && fresh ? SSMC_OK : SSMC_ERR_NOMEM;
     for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
         const ir_tensor *t = &ir->tensors[i];
         if (!bt[i].data) continue;
@@ -35,11 +36,12 @@ static ssmc_status interp_run(void *state, int64_t batch, int64_t T, const backe
             s = SSMC_ERR_NOMEM;
             break;
         }
-        if (t->kind != IR_OUTPUT)
+        fresh[i] = bt[i].fresh;
+        if (t->kind != IR_OUTPUT && !bt[i].fresh)
             for (size_t k = 0; k < n; k++) data[i][k] = dtype_get(bt[i].data, bt[i].dtype, k);
     }
     if (s == SSMC_OK) {
-        ir_interp_args args = {.batch = batch, .T = T, .data = data};
+        ir_interp_args args = {.batch = batch, .T = T, .data = data, .fresh = fresh};
         if (!ir_interp(ir, &args, d)) s = SSMC_ERR_NOMEM;
     }
     for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
@@ -51,6 +53,7 @@ static ssmc_status interp_run(void *state, int64_t batch, int64_t T, const backe
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
     for (uint32_t i = 0; data && i < ir->ntensors; i++) free(data[i]);
     free(data);
+    free(fresh);
     return s;
 }
 

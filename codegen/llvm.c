@@ -333,11 +333,11 @@ static void gen_softplus_helper(cg *c)
 }
 
 /* sin and cos as Cephes' sinf and cosf: |x| less the nearest even multiple j
- * of pi/4, in three parts (within 1e-7 of the true value for |x| below 8192;
- * beyond, the error grows as x's own spacing does), then sin's degree-7 odd or
- * cos's degree-8 even polynomial, as j picks, and the sign j and x give. |x|
- * is clamped at 2^30 first so that j fits an i32 (a larger f32 has no
- * fraction of pi left); NaN and infinities give NaN. */
+ * of pi/4, in three parts (within 1e-7 of the true value for |x| up to 8192),
+ * then sin's degree-7 odd or cos's degree-8 even polynomial, as j picks, and
+ * the sign j and x give. Beyond 8192 the reduction loses digits as x's own
+ * spacing grows (x is clamped at 2^30 so that j fits an i32, and the result to
+ * [-1, 1]): a value in range, not the true one. NaN and infinities give NaN. */
 static void gen_sincos_helper(cg *c, bool want_cos)
 {
     LLVMValueRef x = helper_begin(c, want_cos ? "ssmc.cos" : "ssmc.sin", want_cos ? &c->h_cos : &c->h_sin);
@@ -365,6 +365,7 @@ static void gen_sincos_helper(cg *c, bool want_cos)
         neg = LLVMBuildXor(c->b, bit4, fcmp(c, LLVMRealOLT, x, K(c, 0.0)), "");
     }
     r = sel(c, neg, LLVMBuildFNeg(c->b, r, ""), r);
+    r = intrinsic(c, "llvm.maxnum", intrinsic(c, "llvm.minnum", r, K(c, 1.0)), K(c, -1.0));
     LLVMBuildRet(c->b, sel(c, fcmp(c, LLVMRealUEQ, ax, K(c, INFINITY)), K(c, NAN), r));
 }
 
@@ -590,7 +591,9 @@ static LLVMValueRef gen_load(cg *c, const ir_inst *in)
     if (in->load.lag_var < 0 && in->load.lag == 0)
         return LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, c->t, false), "");
     /* t - k before the start of the sequence reads 0: clamp the address, select the value */
-    LLVMValueRef lag = in->load.lag_var >= 0 ? c->var[in->load.lag_var] : I64(c, in->load.lag);
+    /* t - lag - var (passes/lag.c combines the two) */
+    LLVMValueRef lag = I64(c, in->load.lag);
+    if (in->load.lag_var >= 0) lag = in->load.lag ? iadd(c, c->var[in->load.lag_var], lag) : c->var[in->load.lag_var];
     LLVMValueRef tt = isub(c, c->t, lag);
     LLVMValueRef ok = LLVMBuildICmp(c->b, LLVMIntSGE, tt, I64(c, 0), "");
     LLVMValueRef v = LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, sel(c, ok, tt, I64(c, 0)), false), "");

@@ -439,8 +439,13 @@ static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssm
         } else if ((unsigned)args[i].dtype > SSMC_F64) {
             diag_error(d, "tensor '%s' has an unknown dtype", args[i].name);
             s = SSMC_ERR_ARG;
+        } else if ((args[i].flags & ~SSMC_ARG_FINAL_ONLY) ||
+                   (args[i].flags && ir->tensors[k].kind != IR_STATE)) {
+            diag_error(d, "tensor '%s': flags 0x%x are not known%s", args[i].name, args[i].flags,
+                       ir->tensors[k].kind != IR_STATE ? " (SSMC_ARG_FINAL_ONLY is for states)" : "");
+            s = SSMC_ERR_ARG;
         } else {
-            bt[k] = (backend_tensor){args[i].data, args[i].dtype};
+            bt[k] = (backend_tensor){args[i].data, args[i].dtype, args[i].flags & SSMC_ARG_FINAL_ONLY};
         }
     }
     for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
@@ -453,7 +458,7 @@ static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssm
         } else if ((t->kind == IR_INPUT || t->kind == IR_PARAM) && !bt[i].data) {
             diag_error(d, "missing %s '%s'", ir_kind_names[t->kind], t->name);
             s = SSMC_ERR_ARG;
-        } else if (!on_device && m->opts.check_finite && bt[i].data && t->kind != IR_OUTPUT &&
+        } else if (!on_device && m->opts.check_finite && bt[i].data && t->kind != IR_OUTPUT && !bt[i].fresh &&
                    !check_finite(ir, t, &bt[i], batch, T, d, "")) {
             s = SSMC_ERR_NUMERIC;
         }

@@ -271,6 +271,10 @@ typedef struct tensor {
     bool given;      /* inputs/params from --in, states from --init-state */
 } tensor;
 
+/* A state without --init-state starts from the model's initial value (its
+ * init, or zero); its final state is still written out. */
+static unsigned final_only(const tensor *t) { return t->info.role == SSMC_STATE && !t->given ? SSMC_ARG_FINAL_ONLY : 0; }
+
 static int fail(ssmc_ctx *ctx, const char *what)
 {
     fputs(ssmc_ctx_error(ctx), stderr);
@@ -484,7 +488,7 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
         for (size_t k = 0; k < ts[i].count; k++)
             bufs[i][k] = ts[i].info.role == SSMC_STATE ? ts[i].initial[k]
                          : ts[i].info.role == SSMC_OUTPUT ? NAN : dtype_get(ts[i].data, c->dtype, k);
-        args[i] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i]};
+        args[i] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i], final_only(&ts[i])};
     }
     if (good && ssmc_run(ref, B, T, args, n) != SSMC_OK) {
         fail(ctx, "verify: interpreter failed");
@@ -570,8 +574,8 @@ static bool backward_into(ssmc_model *m, ssmc_ctx *ctx, const ssmc_tape *tape, c
     bool ok = douts && grads;
     for (int i = 0; ok && i < n; i++) {
         ssmc_role r = ts[i].info.role;
-        if (r == SSMC_OUTPUT || r == SSMC_STATE) douts[nd++] = (ssmc_arg){ts[i].info.name, SSMC_F64, cot[i]};
-        if (r != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i]};
+        if (r == SSMC_OUTPUT || r == SSMC_STATE) douts[nd++] = (ssmc_arg){ts[i].info.name, SSMC_F64, cot[i], 0};
+        if (r != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i], 0};
     }
     if (ok && ssmc_backward(m, tape, vals, nv, douts, nd, grads, ng) != SSMC_OK) ok = false, fail(ctx, "backward failed");
     free(douts);
@@ -604,7 +608,7 @@ static bool grad_step(const cli *c, ssmc_model *m, ssmc_ctx *ctx, const ssmc_tap
             for (size_t k = 0; k < t->count; k++) cot[i][k] = uniform_pm1(&rng);
         for (size_t k = 0; k < t->count; k++) grads[i][k] = NAN; /* poison */
         if (t->info.role == SSMC_INPUT || t->info.role == SSMC_PARAM)
-            vals[nv++] = (ssmc_arg){t->info.name, c->dtype, t->data};
+            vals[nv++] = (ssmc_arg){t->info.name, c->dtype, t->data, 0};
     }
     double s0 = now_s();
     ok = ok && backward_into(m, ctx, tape, ts, n, vals, nv, cot, grads);
@@ -642,7 +646,7 @@ static bool grad_step(const cli *c, ssmc_model *m, ssmc_ctx *ctx, const ssmc_tap
                 rbufs[i][k] = t->info.role == SSMC_STATE ? t->initial[k]
                               : t->info.role == SSMC_OUTPUT ? NAN : dtype_get(t->data, c->dtype, k);
             if (!ok) break;
-            rargs[i] = (ssmc_arg){t->info.name, SSMC_F64, rbufs[i]};
+            rargs[i] = (ssmc_arg){t->info.name, SSMC_F64, rbufs[i], final_only(t)}; /* as the run had them */
             if (t->info.role == SSMC_INPUT || t->info.role == SSMC_PARAM) rvals[nrv++] = rargs[i];
         }
         if (ok && ssmc_forward_train(ref, B, T, rargs, n, &rtape) != SSMC_OK) {
@@ -765,7 +769,8 @@ static int cmd_run(const cli *c, bool bench)
             if (!t->initial) goto done;
             for (size_t k = 0; k < count; k++) t->initial[k] = dtype_get(t->data, c->dtype, k);
         }
-        args[i] = (ssmc_arg){t->info.name, c->dtype, t->data};
+        t->given = from_file;
+        args[i] = (ssmc_arg){t->info.name, c->dtype, t->data, final_only(t)};
     }
 
     int64_t iters = bench ? c->iters : 1;

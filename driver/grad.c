@@ -128,9 +128,10 @@ static size_t elems_of(const ir_model *m, int t) { return (size_t)ir_tensor_elem
 
 enum { K_INPUT = 1 << IR_INPUT, K_PARAM = 1 << IR_PARAM, K_STATE = 1 << IR_STATE, K_OUTPUT = 1 << IR_OUTPUT };
 
-/* Fills bt[ir tensor id] from args: tensors of the kinds in `kinds` only. */
-static ssmc_status resolve(const ir_model *ir, const ssmc_arg *args, int nargs, unsigned kinds, const char *what,
-                           backend_tensor *bt, diag *d)
+/* Fills bt[ir tensor id] from args: tensors of the kinds in `kinds` only;
+ * `run`: the arguments of a run, where a state may be SSMC_ARG_FINAL_ONLY. */
+static ssmc_status resolve(const ir_model *ir, const ssmc_arg *args, int nargs, unsigned kinds, bool run,
+                           const char *what, backend_tensor *bt, diag *d)
 {
     if (nargs < 0 || (nargs > 0 && !args)) {
         diag_error(d, "%s: %d tensors announced but %s", what, nargs, nargs < 0 ? "a count is never negative" : "no array given");
@@ -159,7 +160,12 @@ static ssmc_status resolve(const ir_model *ir, const ssmc_arg *args, int nargs, 
             diag_error(d, "%s: tensor '%s' has an unknown dtype", what, args[i].name);
             return SSMC_ERR_ARG;
         }
-        bt[k] = (backend_tensor){args[i].data, args[i].dtype};
+        if (args[i].flags && !(run && args[i].flags == SSMC_ARG_FINAL_ONLY && ir->tensors[k].kind == IR_STATE)) {
+            diag_error(d, "%s: tensor '%s': flags 0x%x are not taken here (SSMC_ARG_FINAL_ONLY is for the states of a run)",
+                       what, args[i].name, args[i].flags);
+            return SSMC_ERR_ARG;
+        }
+        bt[k] = (backend_tensor){args[i].data, args[i].dtype, args[i].flags == SSMC_ARG_FINAL_ONLY};
     }
     return SSMC_OK;
 }
@@ -305,7 +311,7 @@ static ssmc_status init_states(grad_state *g, int64_t B, const backend_tensor *b
         if (k < 0) continue;
         if (f->tensors[i].kind == IR_PARAM) ib[k] = bt[i];
         if (f->tensors[i].kind == IR_STATE && from_init[i]) {
-            ib[k] = (backend_tensor){cur[i], g->wd};
+            ib[k] = (backend_tensor){cur[i], g->wd, false};
             any = true;
         }
     }
@@ -340,9 +346,9 @@ static ssmc_status init_backward(grad_state *g, int64_t B, const backend_tensor 
         int v = ip->adj_value[k], a = ip->adj_grad[k];
         if (f->tensors[i].kind == IR_PARAM) {
             if (v >= 0) ib[v] = bt[i];
-            if (a >= 0) ib[a] = (backend_tensor){adj[i], g->wd};
+            if (a >= 0) ib[a] = (backend_tensor){adj[i], g->wd, false};
         } else if (a >= 0) {
-            ib[a] = (backend_tensor){from_init[i] ? adj[i] : zeros, g->wd};
+            ib[a] = (backend_tensor){from_init[i] ? adj[i] : zeros, g->wd, false};
             any |= from_init[i];
         }
     }
@@ -380,7 +386,7 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
         s = SSMC_ERR_NOMEM;
         goto done;
     }
-    s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, "ssmc_forward_train", bt, d);
+    s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, "ssmc_forward_train", bt, d);
     if (s == SSMC_OK) s = require(ir, bt, d);
     if (s != SSMC_OK) goto done;
     tp->model = m;
@@ -402,7 +408,9 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
                 goto done;
             }
             tp->bytes += (size_t)tp->nck * bytes;
-            if ((int)i < g->pg.nfwd && bt[i].data) convert(cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
+            /* a final-only state starts as one not given: from its init, or zero */
+            if ((int)i < g->pg.nfwd && bt[i].data && !bt[i].fresh)
+                convert(cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
             else tp->from_init[i] = g->pg.init_id[i] >= 0;
         } else if (t->per_step && (int)i < g->pg.nfwd && !slice_init(&sl[i], &bt[i], n, B, T, tp->C)) {
             s = SSMC_ERR_NOMEM;
@@ -414,7 +422,7 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
         int64_t t0 = k * tp->C, n = T - t0 < tp->C ? T - t0 : tp->C;
         for (size_t i = 0; i < nf; i++) {
             const ir_tensor *t = &f->tensors[i];
-            rb[i] = (backend_tensor){NULL, g->wd};
+            rb[i] = (backend_tensor){NULL, g->wd, false};
             if (t->kind == IR_STATE) {
                 size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
                 memcpy((char *)tp->ckpt[i] + (size_t)k * bytes, cur[i], bytes);
@@ -422,7 +430,7 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
             } else if (t->kind == IR_PARAM) {
                 rb[i] = bt[i];
             } else if ((int)i < g->pg.nfwd && bt[i].data) {
-                rb[i] = (backend_tensor){slice_at(&sl[i], B, T, t0, n, t->kind == IR_INPUT), bt[i].dtype};
+                rb[i] = (backend_tensor){slice_at(&sl[i], B, T, t0, n, t->kind == IR_INPUT), bt[i].dtype, false};
             }
         }
         s = g->be->run(g->fwd, B, n, rb, d);
@@ -476,10 +484,10 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
         s = SSMC_ERR_NOMEM;
         goto done;
     }
-    s = resolve(ir, args, nargs, K_INPUT | K_PARAM, "ssmc_backward: args", bt, d);
+    s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, "ssmc_backward: args", bt, d);
     if (s == SSMC_OK) s = require(ir, bt, d);
-    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, "ssmc_backward: douts", cot, d);
-    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, "ssmc_backward: grads", gr, d);
+    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false, "ssmc_backward: douts", cot, d);
+    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false, "ssmc_backward: grads", gr, d);
     if (s != SSMC_OK) goto done;
 
     size_t zmax = 0;
@@ -514,39 +522,39 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
     for (int64_t k = tp->nck - 1; k >= 0 && s == SSMC_OK; k--) {
         int64_t t0 = k * C, n = T - t0 < C ? T - t0 : C;
         /* recompute the chunk from its checkpoint, with the trace on */
-        for (size_t i = 0; i < nf; i++) rb[i] = (backend_tensor){NULL, g->wd};
+        for (size_t i = 0; i < nf; i++) rb[i] = (backend_tensor){NULL, g->wd, false};
         for (size_t i = 0; i < nf; i++) {
             const ir_tensor *t = &f->tensors[i];
             if (t->kind == IR_STATE) {
                 size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
                 memcpy(rec[i], (const char *)tp->ckpt[i] + (size_t)k * bytes, bytes);
                 rb[i].data = rec[i];
-                if (pg->trace[i] >= 0) rb[pg->trace[i]] = (backend_tensor){trace[i], g->wd};
+                if (pg->trace[i] >= 0) rb[pg->trace[i]] = (backend_tensor){trace[i], g->wd, false};
             } else if (t->kind == IR_PARAM) {
                 rb[i] = bt[i];
             } else if (t->kind == IR_INPUT) {
-                rb[i] = (backend_tensor){slice_at(&in[i], B, T, t0, n, true), bt[i].dtype};
+                rb[i] = (backend_tensor){slice_at(&in[i], B, T, t0, n, true), bt[i].dtype, false};
             }
         }
         s = g->be->run(g->fwd, B, n, rb, d);
         if (s != SSMC_OK) break;
         /* the adjoint over the chunk, in reverse */
-        for (size_t j = 0; j < na; j++) ab[j] = (backend_tensor){NULL, g->wd};
+        for (size_t j = 0; j < na; j++) ab[j] = (backend_tensor){NULL, g->wd, false};
         for (size_t i = 0; i < nf; i++) {
             const ir_tensor *t = &f->tensors[i];
             int v = pg->adj_value[i], a = pg->adj_grad[i];
             if (t->kind == IR_STATE) {
-                if (pg->adj_trace[i] >= 0) ab[pg->adj_trace[i]] = (backend_tensor){trace[i], g->wd};
-                if (a >= 0) ab[a] = (backend_tensor){adj[i], g->wd};
+                if (pg->adj_trace[i] >= 0) ab[pg->adj_trace[i]] = (backend_tensor){trace[i], g->wd, false};
+                if (a >= 0) ab[a] = (backend_tensor){adj[i], g->wd, false};
             } else if (t->kind == IR_PARAM) {
                 if (v >= 0) ab[v] = bt[i];
-                if (a >= 0) ab[a] = (backend_tensor){adj[i], g->wd};
+                if (a >= 0) ab[a] = (backend_tensor){adj[i], g->wd, false};
             } else if (t->kind == IR_INPUT) {
                 if (v >= 0) ab[v] = rb[i];
-                if (a >= 0 && gr[i].data) ab[a] = (backend_tensor){slice_at(&dx[i], B, T, t0, n, false), gr[i].dtype};
+                if (a >= 0 && gr[i].data) ab[a] = (backend_tensor){slice_at(&dx[i], B, T, t0, n, false), gr[i].dtype, false};
             } else if (t->kind == IR_OUTPUT && (int)i < pg->nfwd && a >= 0) {
-                ab[a] = cot[i].data ? (backend_tensor){slice_at(&dy[i], B, T, t0, n, true), cot[i].dtype}
-                                    : (backend_tensor){zeros, g->wd};
+                ab[a] = cot[i].data ? (backend_tensor){slice_at(&dy[i], B, T, t0, n, true), cot[i].dtype, false}
+                                    : (backend_tensor){zeros, g->wd, false};
             }
         }
         s = g->be->run(g->adj, B, n, ab, d);

@@ -69,7 +69,7 @@ int main(void)
         }
         for (size_t k = 0; k < count; k++)
             data[k] = info.role == SSMC_STATE ? 0.0f : (float)sin(0.37 * (double)k + (double)i);
-        args[i] = (ssmc_arg){info.name, SSMC_F32, data};
+        args[i] = (ssmc_arg){info.name, SSMC_F32, data, 0};
     }
     if (rc == 0 && (s = ssmc_run(m, batch, T, args, n)) != SSMC_OK) {
         fprintf(stderr, "run failed (%s):\n%s", ssmc_status_name(s), ssmc_ctx_error(ctx));

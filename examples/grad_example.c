@@ -47,15 +47,15 @@ int main(void)
             }
 
     /* the forward: as ssmc_run, plus the tape */
-    ssmc_arg args[] = {{"x", SSMC_F32, x}, {"a", SSMC_F32, a}, {"S", SSMC_F32, S}, {"y", SSMC_F32, y}};
+    ssmc_arg args[] = {{"x", SSMC_F32, x, 0}, {"a", SSMC_F32, a, 0}, {"S", SSMC_F32, S, 0}, {"y", SSMC_F32, y, 0}};
     ssmc_tape *tape = NULL;
     int rc = 0;
     if (ssmc_forward_train(m, B, T, args, 4, &tape) != SSMC_OK) rc = 1;
 
     /* the backward: the inputs and params again, the cotangents, the gradients wanted */
-    ssmc_arg values[] = {{"x", SSMC_F32, x}, {"a", SSMC_F32, a}};
-    ssmc_arg douts[] = {{"y", SSMC_F32, dy}}; /* the final state's cotangent: zero */
-    ssmc_arg grads[] = {{"x", SSMC_F32, dx}, {"a", SSMC_F32, da}, {"S", SSMC_F32, dS0}};
+    ssmc_arg values[] = {{"x", SSMC_F32, x, 0}, {"a", SSMC_F32, a, 0}};
+    ssmc_arg douts[] = {{"y", SSMC_F32, dy, 0}}; /* the final state's cotangent: zero */
+    ssmc_arg grads[] = {{"x", SSMC_F32, dx, 0}, {"a", SSMC_F32, da, 0}, {"S", SSMC_F32, dS0, 0}};
     if (rc == 0 && ssmc_backward(m, tape, values, 2, douts, 1, grads, 3) != SSMC_OK) rc = 1;
     if (rc) {
         fprintf(stderr, "%s", ssmc_ctx_error(ctx));

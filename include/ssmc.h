@@ -76,12 +76,18 @@ typedef struct ssmc_options {
 
 /* One tensor handed to ssmc_run. Inputs and params are read; outputs are
  * written; a state is read as the initial state and overwritten with the final
- * state (a state not given starts at zero and its final value is dropped). */
+ * state. A state not given starts from the model's initial value (its `init`
+ * statement, or zero without one) and its final value is dropped; a state
+ * given with SSMC_ARG_FINAL_ONLY starts from that same initial value and its
+ * data only receives the final state. */
 typedef struct ssmc_arg {
     const char *name;
     ssmc_dtype dtype;
     void *data;
+    unsigned flags; /* SSMC_ARG_*; 0 for the ordinary use */
 } ssmc_arg;
+
+#define SSMC_ARG_FINAL_ONLY 1u /* a state: data is not read, only written with the final state */
 
 typedef struct ssmc_tensor_info {
     const char *name;

@@ -199,7 +199,7 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
             const ir_tensor *t = &m->tensors[i];
             if (t->kind != IR_STATE) continue;
             size_t bytes = (size_t)I.elems[i] * sizeof(double);
-            if (args->data[i])
+            if (args->data[i] && !(args->fresh && args->fresh[i]))
                 memcpy(I.buf[i], args->data[i] + I.b * I.elems[i], bytes);
             else if (ir_find_init(m, (int)i))
                 run_stmt(&I, ir_find_init(m, (int)i), I.buf[i]);

@@ -227,7 +227,9 @@ bool ir_verify(const ir_model *m, diag *d);
  * output means it is not kept. Lets must be NULL. */
 typedef struct ir_interp_args {
     int64_t batch, T;
-    double **data; /* [ntensors] */
+    double **data;              /* [ntensors] */
+    const unsigned char *fresh; /* [ntensors] or NULL: nonzero for a state whose data only
+                                   receives the final state (it starts as one not given) */
 } ir_interp_args;
 bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d);
 

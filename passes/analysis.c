@@ -47,8 +47,10 @@
  * axis. The contracted axes of the scalar/diagonal rule are the readouts' axes
  * (all axes, if the readouts' expansion ran past the limit).
  *
- * Assumes a verified IR. Guarantees one pass_state per IR_STATE tensor in
- * tensor order; fails only when memory runs out. */
+ * Assumes a verified IR, after passes/lag.c (before it, a let of S read at an
+ * earlier step counts as not affine: sound, if not exact). Guarantees one
+ * pass_state per IR_STATE tensor in tensor order; fails only when memory runs
+ * out. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,7 +154,12 @@ static int degree(ctx *c, ir_ref r)
         const ir_tensor *t = &m->tensors[in->load.tensor];
         if (in->load.tensor == c->state && in->load.after_update == c->after)
             d = DEG_LINEAR;
-        else if (t->kind == IR_LET && t->def >= 0)
+        else if (t->kind == IR_LET && t->def >= 0 && (in->load.lag || in->load.lag_var >= 0)) {
+            /* a let at an earlier step (IR before passes/lag.c): what it read of S is an older
+             * value, not S(t-1): an S-free let is a coefficient, any other one is not proven affine */
+            d = degree(c, m->stmts[t->def].root) == DEG_CONST ? DEG_CONST : DEG_NONLINEAR;
+            why = d == DEG_NONLINEAR ? r : IR_NONE;
+        } else if (t->kind == IR_LET && t->def >= 0)
             d = degree_why(c, m->stmts[t->def].root, &why);
         break;
     }

@@ -498,6 +498,9 @@ static bool analyze(cx *c, const pass_analysis *an, const pass_state *ps, pass_c
     out->state = ps->tensor;
     out->key_axis = out->value_axis = -1;
     if (st->def < 0) return refuse(c, IR_NONE, "the state is never updated");
+    /* the cores start from a given state or from zero; an init needs the recurrent algorithm for now */
+    const ir_stmt *init = ir_find_init(m, ps->tensor);
+    if (init) return refuse(c, init->root, "the state has an init statement (not chunked yet)");
     const ir_stmt *u = &m->stmts[st->def];
     out->update = (uint32_t)st->def;
     switch (ps->cls) {

@@ -56,7 +56,7 @@ static int64_t read_window(const pass_plan *p, int ti)
     for (uint32_t r = 0; r < m->ninsts; r++) {
         const ir_inst *in = &m->insts[r];
         if (in->op != IR_LOAD || in->load.tensor != ti) continue;
-        int64_t lag = in->load.lag_var >= 0 ? m->dims[m->vars[in->load.lag_var].dim].value - 1 : in->load.lag;
+        int64_t lag = in->load.lag + (in->load.lag_var >= 0 ? m->dims[m->vars[in->load.lag_var].dim].value - 1 : 0);
         if (lag > w) w = lag;
     }
     return w;

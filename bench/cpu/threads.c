@@ -67,7 +67,7 @@ static bool tensors_new(const ssmc_model *m, int64_t batch, int64_t T, uint64_t 
         float *d = aligned_alloc(64, (c * sizeof(float) + 63) / 64 * 64);
         if (!d) return false;
         for (size_t k = 0; k < c; k++) d[k] = (float)uniform_pm1(&seed);
-        ts->args[i] = (ssmc_arg){info.name, SSMC_F32, d};
+        ts->args[i] = (ssmc_arg){info.name, SSMC_F32, d, 0};
         ts->count[i] = c;
         ts->is_state[i] = info.role == SSMC_STATE;
     }

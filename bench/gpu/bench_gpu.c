@@ -238,7 +238,7 @@ static void make_args(bench_run *r)
 {
     for (int i = 0; i < r->nt; i++) {
         bench_tensor *t = &r->t[i];
-        r->args[i] = (ssmc_arg){t->name, t->dtype, r->gpu ? (void *)(uintptr_t)t->dev : t->host};
+        r->args[i] = (ssmc_arg){t->name, t->dtype, r->gpu ? (void *)(uintptr_t)t->dev : t->host, 0};
     }
 }
 

@@ -63,7 +63,11 @@ class Options(ctypes.Structure):
 
 
 class Arg(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int), ("data", ctypes.c_void_p)]
+    # ssmc_arg: flags 0, or ARG_FINAL_ONLY for a state only written with its final value
+    _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int), ("data", ctypes.c_void_p), ("flags", ctypes.c_uint)]
+
+
+ARG_FINAL_ONLY = 1
 
 
 class TensorInfo(ctypes.Structure):
@@ -185,5 +189,5 @@ def make_args(pairs):
     """An ssmc_arg array from (name bytes, dtype code, address) triples."""
     arr = (Arg * max(len(pairs), 1))()
     for i, (name, dtype, ptr) in enumerate(pairs):
-        arr[i].name, arr[i].dtype, arr[i].data = name, dtype, ptr
+        arr[i].name, arr[i].dtype, arr[i].data, arr[i].flags = name, dtype, ptr, 0
     return arr, len(pairs)

@@ -32,6 +32,7 @@
 
 #include "frontend/ast.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 #include "ssmc.h"
 #include "support/support.h"
 
@@ -123,11 +124,13 @@ static double inst_work(const ir_model *m, ir_ref r, int depth)
     double w = 1;
     if (in->a != IR_NONE) w += inst_work(m, in->a, depth + 1);
     if (in->b != IR_NONE) w += inst_work(m, in->b, depth + 1);
+    if (in->c != IR_NONE) w += inst_work(m, in->c, depth + 1);
     return w;
 }
 
-/* Work of one run (every element of every statement, T steps), or a huge
- * number when the model does not lower. */
+/* Work of one run (every element of every statement, T steps, of the IR the
+ * interpreter runs: lagged lets rewritten), or a huge number when the model
+ * does not lower. */
 static double run_work(const char *text, size_t len, const ast_dim_override *over, int nover)
 {
     arena a;
@@ -140,8 +143,11 @@ static double run_work(const char *text, size_t len, const ast_dim_override *ove
         src_file f = {"fuzz.ssm", copy, len};
         ast_file *af = parse_file(&a, &d, &f);
         ir_model *m = af && check_model(&a, &d, &f, &af->models[0], over, nover) ? ir_lower(&a, &d, &f, &af->models[0]) : NULL;
+        if (m && !pass_lag(&a, &m, &d)) m = NULL;
         if (m) {
             work = 0;
+            for (uint32_t ii = 0; ii < m->ninits; ii++)
+                work += (double)ir_tensor_elems(m, &m->tensors[m->inits[ii].tensor]) * inst_work(m, m->inits[ii].root, 0);
             for (uint32_t si = 0; si < m->nstmts; si++) {
                 const ir_stmt *s = &m->stmts[si];
                 double w = (double)ir_tensor_elems(m, &m->tensors[s->tensor]) * inst_work(m, s->root, 0);
@@ -208,7 +214,7 @@ static void run_model(ssmc_model *m, ssmc_ctx *ctx, const uint8_t *data, size_t 
         }
     }
     /* twice in f32, outputs poisoned differently: identical results, every element written */
-    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a};
+    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a, 0};
     ssmc_status s1 = ssmc_run(m, BATCH, STEPS, args, n);
     for (int i = 0; i < n; i++) args[i].data = ts[i].b;
     ssmc_status s2 = ssmc_run(m, BATCH, STEPS, args, n);
@@ -223,14 +229,14 @@ static void run_model(ssmc_model *m, ssmc_ctx *ctx, const uint8_t *data, size_t 
             violated("two identical runs differ (an output element left unwritten, or nondeterminism)", ts[i].info.name);
     }
     /* half precision, states and outputs alternating between f16 and bf16 */
-    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, i % 2 ? SSMC_F16 : SSMC_BF16, ts[i].h};
+    for (int i = 0; i < n; i++) args[i] = (ssmc_arg){ts[i].info.name, i % 2 ? SSMC_F16 : SSMC_BF16, ts[i].h, 0};
     ssmc_status s3 = ssmc_run(m, BATCH, STEPS, args, n);
     if (s3 != SSMC_OK && s3 != SSMC_ERR_NOMEM) violated("a half-precision run failed", ssmc_ctx_error(ctx));
     /* only the inputs: states and outputs are optional */
     int given = 0;
     for (int i = 0; i < n; i++)
         if (ts[i].info.role == SSMC_INPUT || ts[i].info.role == SSMC_PARAM)
-            args[given++] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a};
+            args[given++] = (ssmc_arg){ts[i].info.name, SSMC_F32, ts[i].a, 0};
     ssmc_status s4 = ssmc_run(m, BATCH, STEPS, args, given);
     if (s4 != SSMC_OK && s4 != SSMC_ERR_NOMEM) violated("a run with only the inputs failed", ssmc_ctx_error(ctx));
 done:

@@ -1,13 +1,15 @@
 /* test_analysis.c: the recurrence analysis (passes/analysis.c, SPEC §2).
  *
  * Through the API (ssmc_emit with SSMC_EMIT_ANALYSIS): the class of every
- * state of the nine examples of examples/ (read from the source tree, so a
+ * state of the examples of examples/ (read from the source tree, so a
  * retuned example that changes class fails here), their axis roles and
  * readouts; the edge cases (a coefficient read from another state, a state
  * reached through a chain of lets, a state never read, a state never updated,
  * a nonlinear update through a let, a dense map, S * S, rank-2 corrections,
  * coupled low-rank factors, transposed reads, folded literals, an update that
- * ignores its state); the scalar/diagonal rule flipping with the contracted
+ * ignores its state; version 2's selects with one and with two transitions,
+ * selects on the state, a coefficient by an index value, an init, a lagged
+ * let of the state); the scalar/diagonal rule flipping with the contracted
  * axis; invariance of the result when a let is inlined by hand; and the
  * expansion limit. Directly through pass_analyze: the structured results
  * (roles, rank, the coefficient instruction, readout fields, reads). */
@@ -124,6 +126,12 @@ static void test_example_classes(void **unused)
         {"gated_deltanet", "S", "diagonal+rank-1", NULL, NULL},
         /* the cell is affine in c given h(t-1); h goes through sigmoid gates */
         {"lstm", "h", "nonlinear", "c", "diagonal"},
+        /* a rotation of pairs mixes R through constant indices: dense, never cheaper */
+        {"mamba3", "S", "dense", NULL, NULL},
+        /* the select keeps one transition, 1, in both branches */
+        {"mom", "S", "identity", NULL, NULL},
+        /* a gradient step of a linear model is the delta rule; its init changes nothing */
+        {"ttt_linear", "W", "diagonal+rank-1", NULL, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *src = read_example(cases[i].model);
@@ -159,6 +167,11 @@ static void test_example_details(void **unused)
          {"    axes: H independent, K mixed, V passive", "    diagonal part: scalar, D_t = alpha[t, h]",
           "    correction: rank 1 along K", NULL}},
         {"lstm", {"    not affine at line 18: sigmoid(pre[t, 3, j])", "    reads h(t-1)", "    reads c(t)", NULL}},
+        {"mamba3", {"    axes: H independent, P passive, N independent, R mixed", NULL}},
+        {"mom", {"    axes: M passive, K passive, V passive", "    A_t = 1", NULL}},
+        {"ttt_linear",
+         {"    axes: H independent, K mixed, V passive", "    diagonal part: identity, D_t = 1",
+          "    correction: rank 1 along K", NULL}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *src = read_example(cases[i].model);
@@ -359,6 +372,50 @@ static const edge_case edges[] = {
      "  S[h,i,j] = exp(g[t,h,i]) * S[h,i,j] + sigmoid(b[t,h]) * k[t,h,i] * (v[t,h,j] - pred[t,h,j]);\n"
      "  y[t,h,j] = sum(i: q[t,h,i] * S[h,i,j]); }\n",
      "S", "diagonal+rank-1", "    diagonal part: diagonal, D_t = exp(g[t, h, i])"},
+    /* version 2 */
+    {"a select with one transition in both branches",
+     "model m { dim M = 3, K = 4, V = 3; input on[T,M], q[T,K], k[T,K], v[T,V]; state S[M,K,V]; output y[T,V];\n"
+     "  S[m,i,j] = select(on[t,m] > 0, 0.5 * S[m,i,j] + k[t,i] * v[t,j], 0.5 * S[m,i,j]);\n"
+     "  y[t,j] = sum(m, i: q[t,i] * S[m,i,j]); }\n",
+     "S", "scalar", "    A_t = 0.5"},
+    {"a select whose branches differ in their factors' indices (no match: the coefficient keeps both)",
+     "model m { dim K = 4; input c[T,K], g[T,K], x[T,K]; state S[K]; output y[T,K];\n"
+     "  S[i] = select(c[t,i], g[t,i] * S[i], g[t,0] * S[i]) + x[t,i];\n"
+     "  y[t,i] = S[i]; }\n",
+     "S", "diagonal", "    A_t = select(c[t, i], 1, 0) * g[t, i] + select(c[t, i], 0, 1) * g[t, 0]"},
+    {"a select on the state",
+     "model m { dim K = 4; input x[T,K]; state S[K]; output y[T,K];\n"
+     "  S[i] = select(S[i] > 1, S[i], 2 * S[i]) + x[t,i];\n"
+     "  y[t,i] = S[i]; }\n",
+     "S", "nonlinear", "    not affine at line 2: S@old[i] > 1"},
+    {"a select whose condition reads the state through a let",
+     "model m { dim K = 4; input x[T,K]; state S[K]; output y[T,K];\n"
+     "  let big[t,i] = abs(S[i]);\n"
+     "  S[i] = select(big[t,i], S[i], 0.5 * S[i]) + x[t,i];\n"
+     "  y[t,i] = S[i]; }\n",
+     "S", "nonlinear", "    not affine at line 2: abs(S@old[i])"},
+    {"a coefficient by an index value: the axis is independent",
+     "model m { dim K = 4, V = 3; input k[T,K], v[T,V], q[T,K]; state S[K,V]; output y[T,V];\n"
+     "  S[i,j] = (0.5 + 0.1 * i) * S[i,j] + k[t,i] * v[t,j];\n"
+     "  y[t,j] = sum(i: q[t,i] * S[i,j]); }\n",
+     "S", "diagonal", "    axes: K independent, V passive"},
+    {"an index value inside a reduction of the coefficient does not tie the axis",
+     "model m { dim K = 4, V = 3; input k[T,K], v[T,V], q[T,K]; state S[K,V]; output y[T,V];\n"
+     "  S[i,j] = sum(a[K]: 0.1 * a) * S[i,j] + k[t,i] * v[t,j];\n"
+     "  y[t,j] = sum(i: q[t,i] * S[i,j]); }\n",
+     "S", "scalar", "    axes: K passive, V passive"},
+    {"an init does not change the class",
+     "model m { dim K = 4; input x[T,K], a[T]; param p[K]; state S[K]; output y[T];\n"
+     "  init S[i] = p[i] * i;\n"
+     "  S[i] = a[t] * S[i] + x[t,i];\n"
+     "  y[t] = sum(i: S[i]); }\n",
+     "S", "scalar", "    A_t = a[t]"},
+    {"a let of the state read at t - 1: a hidden state the update reads",
+     "model m { dim K = 4; input x[T,K]; state S[K]; output y[T,K];\n"
+     "  let h[t,i] = 2 * S[i];\n"
+     "  S[i] = 0.5 * S[i] + h[t - 1,i] + x[t,i];\n"
+     "  y[t,i] = S[i]; }\n",
+     "S", "scalar", "    reads h_prev1(t-1)"},
 };
 
 static void test_edge_cases(void **unused)
@@ -519,6 +576,34 @@ static void test_structured_result(void **unused)
     diag_free(&d);
 }
 
+/* On IR that passes/lag.c has not rewritten, a let of S read at t - 1 holds
+ * S(t-2): the update is not proven affine in S(t-1), so never a cheaper class;
+ * a lagged let that reads no state is a coefficient. */
+static void test_unrewritten_lag(void **unused)
+{
+    (void)unused;
+    static const char text[] = "model m { dim K = 4; input x[T,K]; state S[K], R[K]; output y[T,K];\n"
+                               "  let h[t,i] = 2 * S[i]; let u[t,i] = x[t,i] * 3;\n"
+                               "  S[i] = 0.5 * S[i] + h[t - 1,i];\n"
+                               "  R[i] = u[t - 1,i] * R[i] + x[t,i];\n"
+                               "  y[t,i] = S[i] + R[i]; }\n";
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    src_file f = {"u.ssm", text, sizeof text - 1};
+    ast_file *af = parse_file(&a, &d, &f);
+    assert_non_null(af);
+    assert_true(check_model(&a, &d, &f, &af->models[0], NULL, 0));
+    ir_model *m = ir_lower(&a, &d, &f, &af->models[0]);
+    assert_non_null(m);
+    pass_analysis an;
+    assert_true(pass_analyze(&a, m, &an, &d));
+    assert_int_equal(an.states[0].cls, PASS_CLASS_NONLINEAR);
+    assert_int_equal(an.states[1].cls, PASS_CLASS_DIAGONAL);
+    diag_free(&d);
+    arena_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -530,6 +615,7 @@ int main(void)
         cmocka_unit_test(test_let_inlining_invariant),
         cmocka_unit_test(test_expansion_limit),
         cmocka_unit_test(test_structured_result),
+        cmocka_unit_test(test_unrewritten_lag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

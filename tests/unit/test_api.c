@@ -87,7 +87,7 @@ static void make_set(run_set *r, const ssmc_dtype *dt, double *const *ref)
         r->data[i] = malloc(counts[i] * dtype_size(dt[i]));
         assert_non_null(r->data[i]);
         for (size_t k = 0; k < counts[i]; k++) dtype_set(r->data[i], dt[i], k, i >= Y ? NAN : ref[i][k]);
-        r->args[i] = (ssmc_arg){names[i], dt[i], r->data[i]};
+        r->args[i] = (ssmc_arg){names[i], dt[i], r->data[i], 0};
     }
 }
 
@@ -117,7 +117,7 @@ static void test_dtypes_agree(void **state)
     }
     /* the f64 run is the reference */
     ssmc_arg args[NT];
-    for (int i = 0; i < NT; i++) args[i] = (ssmc_arg){names[i], SSMC_F64, ref[i]};
+    for (int i = 0; i < NT; i++) args[i] = (ssmc_arg){names[i], SSMC_F64, ref[i], 0};
     assert_int_equal(ssmc_run(m, B, TT, args, NT), SSMC_OK);
     double maxref = 0;
     for (int i = Y; i < NT; i++)
@@ -165,8 +165,8 @@ static void test_states_and_batches(void **state)
     ssmc_model *m = compile(ctx, NULL);
     double x[B * 1 * 3] = {1, 2, 3, -1, 0.5, 0}, g[B] = {0, 0}, w[6] = {1, 0, 0, 1, 1, -1}, b = 0.25;
     double y[B * 2], z[B * 3];
-    ssmc_arg args[] = {{"x", SSMC_F64, x}, {"g", SSMC_F64, g}, {"w", SSMC_F64, w},
-                       {"b", SSMC_F64, &b}, {"y", SSMC_F64, y}, {"z", SSMC_F64, z}};
+    ssmc_arg args[] = {{"x", SSMC_F64, x, 0}, {"g", SSMC_F64, g, 0}, {"w", SSMC_F64, w, 0},
+                       {"b", SSMC_F64, &b, 0}, {"y", SSMC_F64, y, 0}, {"z", SSMC_F64, z, 0}};
     for (int i = 0; i < B * 2; i++) y[i] = NAN;
     assert_int_equal(ssmc_run(m, B, 1, args, 6), SSMC_OK);
     /* batch 0: S[n,k] = x[n] w[n,k]: y[k] = (1*1 + 2*0 + 3*1, 1*0 + 2*1 + 3*-1) + b */
@@ -180,7 +180,7 @@ static void test_states_and_batches(void **state)
     for (int i = 0; i < B * 6; i++) s[i] = i;
     ssmc_arg with_state[7];
     memcpy(with_state, args, sizeof args);
-    with_state[6] = (ssmc_arg){"S", SSMC_F64, s};
+    with_state[6] = (ssmc_arg){"S", SSMC_F64, s, 0};
     assert_int_equal(ssmc_run(m, B, 1, with_state, 7), SSMC_OK);
     /* batch 1, n = 2, k = 1: 0.5 * 11 + x[1,2] * w[2,1] = 5.5 + 0 */
     assert_true(s[11] == 5.5);
@@ -247,7 +247,7 @@ static arg_fixture *fixture(void)
     f->ctx = ssmc_ctx_new();
     f->m = compile(f->ctx, NULL);
     void *data[NT] = {f->x, f->g, f->w, &f->b, f->s, f->y, f->z};
-    for (int i = 0; i < NT; i++) f->args[i] = (ssmc_arg){names[i], SSMC_F64, data[i]};
+    for (int i = 0; i < NT; i++) f->args[i] = (ssmc_arg){names[i], SSMC_F64, data[i], 0};
     for (size_t k = 0; k < counts[Y]; k++) f->y[k] = 12345;
     return f;
 }
@@ -276,15 +276,15 @@ static void test_run_argument_errors(void **state)
     ssmc_arg a[NT + 1];
 
     memcpy(a, f->args, sizeof f->args);
-    a[NT] = (ssmc_arg){"q", SSMC_F64, f->x};
+    a[NT] = (ssmc_arg){"q", SSMC_F64, f->x, 0};
     expect_arg_error(f, B, TT, a, NT + 1, "model 'd' has no input, param, state or output named 'q'");
-    a[NT] = (ssmc_arg){"a", SSMC_F64, f->x};
+    a[NT] = (ssmc_arg){"a", SSMC_F64, f->x, 0};
     expect_arg_error(f, B, TT, a, NT + 1, "no input, param, state or output named 'a'");
-    a[NT] = (ssmc_arg){"N", SSMC_F64, f->x};
+    a[NT] = (ssmc_arg){"N", SSMC_F64, f->x, 0};
     expect_arg_error(f, B, TT, a, NT + 1, "named 'N'");
-    a[NT] = (ssmc_arg){NULL, SSMC_F64, f->x};
+    a[NT] = (ssmc_arg){NULL, SSMC_F64, f->x, 0};
     expect_arg_error(f, B, TT, a, NT + 1, "named '(null)'");
-    a[NT] = (ssmc_arg){"w", SSMC_F64, f->w};
+    a[NT] = (ssmc_arg){"w", SSMC_F64, f->w, 0};
     expect_arg_error(f, B, TT, a, NT + 1, "tensor 'w' is given twice");
 
     memcpy(a, f->args, sizeof f->args);
@@ -462,7 +462,7 @@ static void test_bad_pointers_and_values(void **state)
     assert_int_equal(ssmc_model_find(m, NULL), -1);
 
     /* running */
-    ssmc_arg one = {"x", SSMC_F32, &info};
+    ssmc_arg one = {"x", SSMC_F32, &info, 0};
     assert_int_equal(ssmc_run(NULL, B, TT, &one, 1), SSMC_ERR_ARG);
     assert_int_equal(ssmc_run_device(NULL, B, TT, &one, 1, NULL), SSMC_ERR_ARG);
     expect_status(ctx, ssmc_run(m, B, TT, NULL, 3), SSMC_ERR_ARG, "args is NULL but nargs is 3");
@@ -543,12 +543,44 @@ static void test_status_names(void **state)
     assert_string_equal(ssmc_status_name((ssmc_status)-1), "unknown status");
 }
 
+/* SSMC_ARG_FINAL_ONLY: a state only written, starting from the model's init;
+ * the flag on anything else, or unknown flags, are refused. */
+static void test_final_only(void **state)
+{
+    (void)state;
+    static const char text[] = "model f { dim N = 2; input x[T,N]; param p[N]; state S[N]; output y[T,N];\n"
+                               "  init S[n] = p[n] + 10 * n; S[n] = S[n] + x[t,n]; y[t,n] = S[n]; }";
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP};
+    ssmc_model *m = NULL;
+    assert_int_equal(ssmc_compile(ctx, "f.ssm", text, sizeof text - 1, &o, &m), SSMC_OK);
+    double x[2 * 3 * 2] = {1, 2, 3, 4, 5, 6, -1, -2, -3, -4, -5, -6}, p[2] = {0.5, -0.5}, y[2 * 3 * 2], S[2 * 2];
+    for (int i = 0; i < 4; i++) S[i] = NAN; /* never read */
+    ssmc_arg args[] = {{"x", SSMC_F64, x, 0}, {"p", SSMC_F64, p, 0}, {"y", SSMC_F64, y, 0},
+                       {"S", SSMC_F64, S, SSMC_ARG_FINAL_ONLY}};
+    assert_int_equal(ssmc_run(m, 2, 3, args, 4), SSMC_OK);
+    /* S starts at (0.5, 9.5) in both sequences */
+    static const double want_s[] = {0.5 + 9, 9.5 + 12, 0.5 - 9, 9.5 - 12};
+    for (int i = 0; i < 4; i++) assert_true(S[i] == want_s[i]);
+    assert_true(y[0] == 1.5 && y[1] == 11.5);
+    args[0].flags = SSMC_ARG_FINAL_ONLY;
+    assert_int_equal(ssmc_run(m, 2, 3, args, 4), SSMC_ERR_ARG);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "SSMC_ARG_FINAL_ONLY is for states"));
+    args[0].flags = 0;
+    args[3].flags = 6;
+    assert_int_equal(ssmc_run(m, 2, 3, args, 4), SSMC_ERR_ARG);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "flags 0x6 are not known"));
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_introspection),       cmocka_unit_test(test_run_argument_errors),
         cmocka_unit_test(test_dtypes_agree),        cmocka_unit_test(test_states_and_batches),
         cmocka_unit_test(test_check_finite),        cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_final_only),
         cmocka_unit_test(test_bad_pointers_and_values), cmocka_unit_test(test_source_limit),
         cmocka_unit_test(test_tolerance),
     };

@@ -465,9 +465,9 @@ static void test_in_files_are_used(void **state)
     ssmc_model *mod = NULL;
     assert_int_equal(ssmc_compile(ctx, "m.ssm", src, len, &o, &mod), SSMC_OK);
     static double y[MB][MT][MH][MP], S[MB][MH][MP][MN];
-    ssmc_arg args[] = {{"x", SSMC_F64, m.x},         {"dt", SSMC_F64, m.dt}, {"B", SSMC_F64, m.Bm},
-                       {"C", SSMC_F64, m.C},         {"A_log", SSMC_F64, m.A_log}, {"D", SSMC_F64, m.D},
-                       {"dt_bias", SSMC_F64, m.dt_bias}, {"y", SSMC_F64, y}, {"S", SSMC_F64, S}};
+    ssmc_arg args[] = {{"x", SSMC_F64, m.x, 0},         {"dt", SSMC_F64, m.dt, 0}, {"B", SSMC_F64, m.Bm, 0},
+                       {"C", SSMC_F64, m.C, 0},         {"A_log", SSMC_F64, m.A_log, 0}, {"D", SSMC_F64, m.D, 0},
+                       {"dt_bias", SSMC_F64, m.dt_bias, 0}, {"y", SSMC_F64, y, 0}, {"S", SSMC_F64, S, 0}};
     assert_int_equal(ssmc_run(mod, MB, MT, args, 9), SSMC_OK);
     double ey = rel_err(y1.v, &y[0][0][0][0], y1.count), es = rel_err(s1.v, &S[0][0][0][0], s1.count);
     if (!(ey < 1e-6 && es < 1e-6)) fail_msg("CLI vs library: y %.3e, S %.3e", ey, es);
@@ -957,7 +957,7 @@ static int oom_child(int64_t H, int64_t P, int64_t N, int64_t batch, int64_t T, 
         float *d = malloc(c * sizeof *d);
         if (!d) return CHILD_SETUP;
         for (size_t k = 0; k < c; k++) d[k] = 0.25f; /* touched: really ours */
-        args[i] = (ssmc_arg){ti.name, SSMC_F32, d};
+        args[i] = (ssmc_arg){ti.name, SSMC_F32, d, 0};
     }
     struct rlimit as = {vm_size() + headroom, vm_size() + headroom};
     if (setrlimit(RLIMIT_AS, &as) != 0) return CHILD_SETUP;
@@ -1015,19 +1015,19 @@ static void m2_library_grads(const m2 *v, const double *dy, const double *dS, do
     assert_int_equal(ssmc_compile(ctx, "mamba2.ssm", src, len, &o, &m), SSMC_OK);
     static double y[MB * MT * MH * MP], S[MB * MH * MP * MN];
     m2 c = *v;
-    ssmc_arg args[] = {{"x", SSMC_F64, c.x},         {"dt", SSMC_F64, c.dt},   {"B", SSMC_F64, c.Bm},
-                       {"C", SSMC_F64, c.C},         {"A_log", SSMC_F64, c.A_log}, {"D", SSMC_F64, c.D},
-                       {"dt_bias", SSMC_F64, c.dt_bias}, {"y", SSMC_F64, y},   {"S", SSMC_F64, S}};
+    ssmc_arg args[] = {{"x", SSMC_F64, c.x, 0},         {"dt", SSMC_F64, c.dt, 0},   {"B", SSMC_F64, c.Bm, 0},
+                       {"C", SSMC_F64, c.C, 0},         {"A_log", SSMC_F64, c.A_log, 0}, {"D", SSMC_F64, c.D, 0},
+                       {"dt_bias", SSMC_F64, c.dt_bias, 0}, {"y", SSMC_F64, y, 0},   {"S", SSMC_F64, S, 0}};
     ssmc_tape *tape = NULL;
     memset(S, 0, sizeof S);
     assert_int_equal(ssmc_forward_train(m, MB, MT, args, 9, &tape), SSMC_OK);
     ssmc_arg douts[2];
     int nd = 0;
-    if (dy) douts[nd++] = (ssmc_arg){"y", SSMC_F64, (void *)dy};
-    if (dS) douts[nd++] = (ssmc_arg){"S", SSMC_F64, (void *)dS};
+    if (dy) douts[nd++] = (ssmc_arg){"y", SSMC_F64, (void *)dy, 0};
+    if (dS) douts[nd++] = (ssmc_arg){"S", SSMC_F64, (void *)dS, 0};
     const char *gn[] = {"x", "dt", "B", "C", "A_log", "D", "dt_bias", "S"};
     ssmc_arg grads[8];
-    for (int i = 0; i < 8; i++) grads[i] = (ssmc_arg){gn[i], SSMC_F64, g[i]};
+    for (int i = 0; i < 8; i++) grads[i] = (ssmc_arg){gn[i], SSMC_F64, g[i], 0};
     if (ssmc_backward(m, tape, args, 7, douts, nd, grads, 8) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
     ssmc_tape_free(tape);
     ssmc_model_free(m);

@@ -13,6 +13,10 @@
  * cpu:x86-64-v3 (on x86-64 hosts) gives the same results, and targets the
  * build cannot make (cuda:sm_90, unknown ones) are refused with a message. A
  * model whose tensors are named like C macros and keywords builds and runs.
+ * A bundle of a model with the language's version 2 constructs (an init, a
+ * let kept in hidden states, a recomputed window, sin and select) runs
+ * without its state given (the init gives it) and with it, against the
+ * interpreter, and its header lists no hidden state.
  * Needs a C compiler (cc, or $CC) and ar; exits 77 (skipped) when this build
  * has no CPU backend. SSMC_TEST_SEED=<n> repeats a run. */
 #include <setjmp.h>
@@ -132,7 +136,7 @@ static void run_and_check(ssmc_model *ref, const char *exe, int threads, bool wi
         }
         if (info.role == SSMC_STATE && !with_state) continue; /* zero initial state, final not checked */
         if (info.role != SSMC_OUTPUT) write_raw(info.name, data[i], c);
-        args[na++] = (ssmc_arg){info.name, SSMC_F64, data[i]};
+        args[na++] = (ssmc_arg){info.name, SSMC_F64, data[i], 0};
     }
     int rc = sh("'%s/%s' '%s' %d %d %d %s", dir, exe, dir, BATCH, SEQLEN, threads, with_state ? "state" : "nostate");
     if (rc != 0) fail_msg("%s exited with %d", exe, rc);
@@ -237,6 +241,81 @@ static void write_file(const char *name, const char *text, size_t n)
     assert_non_null(f);
     assert_int_equal(fwrite(text, 1, n, f), n);
     assert_int_equal(fclose(f), 0);
+}
+
+/* Version 2 in a bundle: S from its init (the state passed as NULL), g read
+ * at t - 1 through a hidden state the header does not show, u recomputed over
+ * a window, sin and select. The consumer prints y (and S) in %.9g. */
+static const char v2_source[] =
+    "model v2b {\n"
+    "  dim N = 5, W = 3;\n"
+    "  input x[T,N];\n"
+    "  param p[N];\n"
+    "  state S[N];\n"
+    "  output y[T,N];\n"
+    "  init S[n] = p[n] + n;\n"
+    "  let u[t,n] = sin(3 * x[t,n]) + x[t - 1,n];\n"
+    "  S[n] = 0.5 * S[n] + u[t - 1,n];\n"
+    "  let g[t,n] = S[n] * 2;\n"
+    "  y[t,n] = select(x[t,n] > 0, g[t - 1,n], sum(j[W]: u[t - j,n]));\n"
+    "}\n";
+
+static const char v2_main[] =
+    "#include <stdio.h>\n#include <string.h>\n#include \"v2b.h\"\n"
+    "int main(int argc, char **argv)\n{\n"
+    "    enum { B = 2, T = 9, N = V2B_DIM_N };\n"
+    "    static float x[B * T * N], p[N], S[B * N], y[B * T * N];\n"
+    "    for (int i = 0; i < B * T * N; i++) x[i] = (float)((i * 37 % 23) - 11) / 8.0f;\n"
+    "    for (int i = 0; i < N; i++) p[i] = 0.25f * (float)i - 0.5f;\n"
+    "    for (int i = 0; i < B * N; i++) S[i] = 0.125f * (float)i;\n"
+    "    int with_state = argc > 1 && strcmp(argv[1], \"state\") == 0;\n"
+    "    v2b_tensors t = {x, p, with_state ? S : NULL, y};\n"
+    "    if (v2b_run(B, T, &t, 2)) return 2;\n"
+    "    for (int i = 0; i < B * T * N; i++) printf(\"%.9g\\n\", y[i]);\n"
+    "    for (int i = 0; with_state && i < B * N; i++) printf(\"%.9g\\n\", S[i]);\n"
+    "    return 0;\n}\n";
+
+static void check_v2_bundle(const char *cli)
+{
+    write_file("v2b.ssm", v2_source, sizeof v2_source - 1);
+    write_file("v2b_main.c", v2_main, sizeof v2_main - 1);
+    int rc = sh("'%s' build '%s/v2b.ssm' -o '%s'", cli, dir, dir);
+    if (rc != 0) fail_msg("ssmc build of v2b exited with %d", rc);
+    char h[128];
+    snprintf(h, sizeof h, "%s/v2b.h", dir);
+    assert_false(file_contains(h, "g_prev"));
+    assert_true(file_contains(h, "NULL: the model's init"));
+    const char *cc = getenv("CC") && *getenv("CC") ? getenv("CC") : "cc";
+    rc = sh("%s -O2 -I'%s' '%s/v2b_main.c' -o '%s/v2b_main' '%s/libv2b.a' -lm -lpthread", cc, dir, dir, dir, dir);
+    if (rc != 0) fail_msg("compiling the v2b consumer failed (%d)", rc);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *ref = NULL;
+    assert_int_equal(harness_compile(ctx, "v2b.ssm", v2_source, sizeof v2_source - 1, NULL, 0, SSMC_DEVICE_INTERP, 0,
+                                     &ref),
+                     SSMC_OK);
+    enum { B = 2, T = 9, N = 5 };
+    for (int with_state = 0; with_state < 2; with_state++) {
+        double x[B * T * N], p[N], S[B * N], y[B * T * N];
+        for (int i = 0; i < B * T * N; i++) x[i] = (double)(float)((double)((i * 37 % 23) - 11) / 8.0);
+        for (int i = 0; i < N; i++) p[i] = 0.25 * i - 0.5;
+        for (int i = 0; i < B * N; i++) S[i] = 0.125 * i;
+        ssmc_arg args[] = {{"x", SSMC_F64, x, 0}, {"p", SSMC_F64, p, 0}, {"y", SSMC_F64, y, 0}, {"S", SSMC_F64, S, 0}};
+        assert_int_equal(ssmc_run(ref, B, T, args, with_state ? 4 : 3), SSMC_OK);
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "'%s/v2b_main' %s", dir, with_state ? "state" : "nostate");
+        FILE *out = popen(cmd, "r");
+        assert_non_null(out);
+        float got[B * T * N + B * N];
+        int n = 0;
+        while (n < B * T * N + B * N && fscanf(out, "%f", &got[n]) == 1) n++;
+        assert_int_equal(pclose(out), 0);
+        assert_int_equal(n, B * T * N + (with_state ? B * N : 0));
+        double ey = rel_error(got, y, B * T * N), es = with_state ? rel_error(got + B * T * N, S, B * N) : 0;
+        printf("  v2b %-9s y rel error %.3e, S %.3e\n", with_state ? "state" : "no state", ey, es);
+        if (!(ey <= 1e-5) || !(es <= 1e-5)) fail_msg("v2b bundle: y %.3e, S %.3e > 1e-5", ey, es);
+    }
+    ssmc_model_free(ref);
+    ssmc_ctx_free(ctx);
 }
 
 static void check_row_split_bundle(const char *cli)
@@ -402,6 +481,7 @@ static void test_bundle(void **state)
 #endif
     check_row_split_bundle(cli);
     check_macro_names_bundle(cli);
+    check_v2_bundle(cli);
     check_two_bundles();
 
     s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu,cuda:sm_90", dir);

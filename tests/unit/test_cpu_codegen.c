@@ -393,7 +393,7 @@ static void test_verify_tolerance(void **state)
     static double xd[B * T * I], yd[B * T], wrong[B * T];
     uint64_t rng = seed0 + 5;
     for (size_t i = 0; i < B * T * I; i++) xd[i] = x[i] = (float)uniform_pm1(&rng);
-    ssmc_arg a[] = {{"x", SSMC_F32, x}, {"y", SSMC_F32, y}}, ad[] = {{"x", SSMC_F64, xd}, {"y", SSMC_F64, yd}};
+    ssmc_arg a[] = {{"x", SSMC_F32, x, 0}, {"y", SSMC_F32, y, 0}}, ad[] = {{"x", SSMC_F64, xd, 0}, {"y", SSMC_F64, yd, 0}};
     assert_int_equal(ssmc_run(cpu, B, T, a, 2), SSMC_OK);
     assert_int_equal(ssmc_run(ref, B, T, ad, 2), SSMC_OK);
     double tol = ssmc_model_tolerance(cpu, ssmc_model_find(cpu, "y"), SSMC_F32, T), mr = 0;

@@ -125,9 +125,11 @@ static void *build(const char *src, const char *kernel, launch_fn *launch)
     return h;
 }
 
-/* One emulated run against the interpreter. */
-static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
-                     const char *what)
+/* One emulated run against the interpreter; with `final_only` the states are
+ * given to receive the final state only (their buffers NaN): they start as
+ * states not given do (their init, or zero). */
+static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
+                           bool final_only, const char *what)
 {
     const ir_model *m = md->m;
     arena a;
@@ -137,16 +139,19 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
     if (cuda_plan_of(&a, m, tune, &plan, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
     uint32_t nt = m->ntensors;
     ssmc_dtype *dts = calloc(nt, sizeof *dts);
-    bool *present = calloc(nt, sizeof *present);
+    bool *present = calloc(nt, sizeof *present), *fresh = calloc(nt, sizeof *fresh);
+    unsigned char *ifresh = calloc(nt, 1);
     void **buf = calloc(nt, sizeof *buf), **ptrs = calloc(nt, sizeof *ptrs);
     double **ref = calloc(nt, sizeof *ref), **data = calloc(nt, sizeof *data);
     size_t *count = calloc(nt, sizeof *count);
-    assert_true(dts && present && buf && ptrs && ref && data && count);
+    assert_true(dts && present && fresh && ifresh && buf && ptrs && ref && data && count);
     for (uint32_t i = 0; i < nt; i++) {
         dts[i] = dt;
-        present[i] = m->tensors[i].kind != IR_LET && (m->tensors[i].kind != IR_STATE || init);
+        present[i] = m->tensors[i].kind != IR_LET && (m->tensors[i].kind != IR_STATE || init || final_only);
+        fresh[i] = final_only && m->tensors[i].kind == IR_STATE;
+        ifresh[i] = fresh[i];
     }
-    cuda_sig sig = {dts, present, true};
+    cuda_sig sig = {dts, present, true, fresh};
     strbuf src = {0}, kname = {0};
     if (cuda_emit(&src, plan, &sig, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
     cuda_kernel_name(&kname, m);
@@ -163,7 +168,7 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
         buf[i] = aligned_alloc(64, ((n ? n : 1) * dtype_size(dt) + 63) / 64 * 64);
         assert_true(ref[i] && buf[i]);
         for (size_t k = 0; k < n; k++) {
-            dtype_set(buf[i], dt, k, t->kind == IR_OUTPUT ? NAN : t->kind == IR_STATE ? 0.0 : uniform());
+            dtype_set(buf[i], dt, k, t->kind == IR_OUTPUT || fresh[i] ? NAN : t->kind == IR_STATE ? 0.0 : uniform());
             ref[i][k] = dtype_get(buf[i], dt, k);
         }
         ptrs[np++] = present[i] ? buf[i] : NULL;
@@ -179,7 +184,7 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
             if (t->kind == IR_INPUT)
                 for (size_t k = 0; k < n; k++) pd[i][k] = uniform();
         }
-        ir_interp_args pa = {B, 5, pd};
+        ir_interp_args pa = {B, 5, pd, NULL};
         assert_true(ir_interp(m, &pa, &d));
         for (uint32_t i = 0; i < nt; i++) {
             if (m->tensors[i].kind == IR_STATE)
@@ -200,13 +205,13 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
     }
     launch(l.blocks, (int)l.threads, B, T, ws, ptrs);
     for (uint32_t i = 0; i < nt; i++)
-        data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init) ? NULL : ref[i];
-    ir_interp_args ia = {B, T, data};
+        data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init && !final_only) ? NULL : ref[i];
+    ir_interp_args ia = {B, T, data, ifresh};
     assert_true(ir_interp(m, &ia, &d));
     double tol = dt == SSMC_F32 ? 1e-5 : 2e-2;
     for (uint32_t i = 0; i < nt; i++) {
         const ir_tensor *t = &m->tensors[i];
-        if (t->kind != IR_OUTPUT && !(t->kind == IR_STATE && init)) continue;
+        if (t->kind != IR_OUTPUT && !(t->kind == IR_STATE && (init || final_only))) continue;
         double mref = 0, mdiff = 0;
         for (size_t k = 0; k < count[i]; k++) {
             double g = dtype_get(buf[i], dt, k), r = ref[i][k];
@@ -226,6 +231,8 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
     free(ws);
     free(dts);
     free(present);
+    free(fresh);
+    free(ifresh);
     free(buf);
     free(ptrs);
     free(ref);
@@ -235,6 +242,12 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
     sb_free(&kname);
     diag_free(&d);
     arena_free(&a);
+}
+
+static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
+                     const char *what)
+{
+    emu_case_final(md, tune, dt, B, T, init, false, what);
 }
 
 /* f32 from a state at the declared dims; bf16 without one at odd dims. */
@@ -270,6 +283,19 @@ static void test_edge_models(void **state)
     two_cases("tests/gpu/edge.ssm", "dense", dense, 2);
     two_cases("tests/gpu/edge.ssm", "mix", mix, 7);
     two_cases("tests/gpu/edge.ssm", "big", big, 1);
+    /* the version 2 constructs; v2_init's bf16 run (no initial state) takes the inits */
+    static const ssmc_dim v2_ops[] = {{"N", 7}, {"W", 3}}, v2_lag[] = {{"N", 7}, {"W", 3}}, v2_init[] = {{"K", 5}};
+    two_cases("tests/gpu/edge.ssm", "v2_ops", v2_ops, 2);
+    two_cases("tests/gpu/edge.ssm", "v2_lag", v2_lag, 2);
+    two_cases("tests/gpu/edge.ssm", "v2_init", v2_init, 1);
+    /* final states asked for, initial ones not: the inits, then the states written */
+    model md;
+    model_open(&md, "tests/gpu/edge.ssm", "v2_init", NULL, 0, false);
+    emu_case_final(&md, NULL, SSMC_F32, 2, 6, false, true, "tests/gpu/edge.ssm v2_init f32 B=2 T=6 final states only");
+    model_close(&md);
+    model_open(&md, "examples/ttt_linear.ssm", NULL, NULL, 0, true);
+    emu_case_final(&md, NULL, SSMC_BF16, 3, 3, false, true, "examples/ttt_linear.ssm bf16 B=3 T=3 odd final states only");
+    model_close(&md);
 }
 
 /* The benchmark models under layouts other than the default. */

@@ -145,7 +145,7 @@ static void pair_prefix_state(pair *p, int64_t B, ssmc_dtype dt)
         if (t->info.role == SSMC_PARAM) memcpy(bufs[i], t->ref, n * sizeof(double));
         if (t->info.role == SSMC_INPUT)
             for (size_t k = 0; k < n; k++) bufs[i][k] = uniform();
-        args[i] = (ssmc_arg){t->info.name, SSMC_F64, bufs[i]};
+        args[i] = (ssmc_arg){t->info.name, SSMC_F64, bufs[i], 0};
     }
     if (ssmc_run(p->ref, B, 5, args, p->n) != SSMC_OK) fail_msg("prefix: %s", ssmc_ctx_error(p->ctx));
     for (int i = 0; i < p->n; i++) {
@@ -169,8 +169,8 @@ static double pair_run_compare(pair *p, int64_t B, int64_t T, ssmc_dtype dt, boo
     int k = 0;
     for (int i = 0; i < p->n; i++) {
         if (p->t[i].info.role == SSMC_STATE && !states) continue;
-        ga[k] = (ssmc_arg){p->t[i].info.name, dt, p->t[i].data};
-        ra[k++] = (ssmc_arg){p->t[i].info.name, SSMC_F64, p->t[i].ref};
+        ga[k] = (ssmc_arg){p->t[i].info.name, dt, p->t[i].data, 0};
+        ra[k++] = (ssmc_arg){p->t[i].info.name, SSMC_F64, p->t[i].ref, 0};
     }
     if (ssmc_run(p->gpu, B, T, ga, k) != SSMC_OK) fail_msg("%s: cuda: %s", what, ssmc_ctx_error(p->ctx));
     if (ssmc_run(p->ref, B, T, ra, k) != SSMC_OK) fail_msg("%s: interp: %s", what, ssmc_ctx_error(p->ctx));
@@ -306,7 +306,7 @@ static void test_decode_continues(void **state)
             size_t bytes = p.t[i].count * 4;
             init[i] = malloc(bytes ? bytes : 1);
             memcpy(init[i], p.t[i].data, bytes);
-            args[i] = (ssmc_arg){p.t[i].info.name, SSMC_F32, p.t[i].data};
+            args[i] = (ssmc_arg){p.t[i].info.name, SSMC_F32, p.t[i].data, 0};
         }
         if (ssmc_run(p.gpu, B, T, args, p.n) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(p.ctx));
         for (int i = 0; i < p.n; i++) {
@@ -330,11 +330,11 @@ static void test_decode_continues(void **state)
                 for (int i = 0; i < p.n; i++) {
                     const ssmc_tensor_info *in = &p.t[i].info;
                     if (in->role == SSMC_STATE) {
-                        args[i] = (ssmc_arg){in->name, SSMC_F32, st[i]};
+                        args[i] = (ssmc_arg){in->name, SSMC_F32, st[i], 0};
                         continue;
                     }
                     if (in->role == SSMC_PARAM) {
-                        args[i] = (ssmc_arg){in->name, SSMC_F32, init[i]};
+                        args[i] = (ssmc_arg){in->name, SSMC_F32, init[i], 0};
                         continue;
                     }
                     /* per-step tensors: the slice [:, t0 : t0 + n] */
@@ -349,7 +349,7 @@ static void test_decode_continues(void **state)
                             else
                                 for (size_t e = 0; e < row; e++) dst[e] = NAN;
                         }
-                    args[i] = (ssmc_arg){in->name, SSMC_F32, piece[i]};
+                    args[i] = (ssmc_arg){in->name, SSMC_F32, piece[i], 0};
                 }
                 if (ssmc_run(p.gpu, B, n, args, p.n) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(p.ctx));
                 for (int i = 0; i < p.n; i++) {
@@ -418,8 +418,8 @@ static void test_run_device(void **state)
         memcpy(host[i], p.t[i].data, bytes);
         if (rt_cuda_alloc(gpu, bytes, &dev[i], &err) != SSMC_OK || rt_cuda_htod(gpu, dev[i], host[i], bytes, &err) != SSMC_OK)
             fail_msg("%s", sb_cstr(&err));
-        da[i] = (ssmc_arg){p.t[i].info.name, SSMC_BF16, (void *)(uintptr_t)dev[i]};
-        ha[i] = (ssmc_arg){p.t[i].info.name, SSMC_BF16, host[i]};
+        da[i] = (ssmc_arg){p.t[i].info.name, SSMC_BF16, (void *)(uintptr_t)dev[i], 0};
+        ha[i] = (ssmc_arg){p.t[i].info.name, SSMC_BF16, host[i], 0};
     }
     if (ssmc_run_device(p.gpu, B, T, da, p.n, stream) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(p.ctx));
     if (rt_cuda_stream_sync(gpu, stream, &err) != SSMC_OK) fail_msg("%s", sb_cstr(&err));
@@ -466,7 +466,7 @@ static void test_kernel_cache(void **state)
         pair_open(&p, "gated_deltanet.ssm", text, len, NULL, NULL, 0);
         pair_fill(&p, 1, 4, SSMC_BF16);
         ssmc_arg *args = calloc((size_t)p.n, sizeof *args);
-        for (int i = 0; i < p.n; i++) args[i] = (ssmc_arg){p.t[i].info.name, SSMC_BF16, p.t[i].data};
+        for (int i = 0; i < p.n; i++) args[i] = (ssmc_arg){p.t[i].info.name, SSMC_BF16, p.t[i].data, 0};
         if (ssmc_run(p.gpu, 1, 4, args, p.n) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(p.ctx));
         ms[k] = now_ms() - t0;
         free(args);

@@ -99,7 +99,7 @@ static double loss(const gmodel *g, double *const *theta, double *const *v, doub
             for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = theta[i][k] + h * v[i][k];
         else
             for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = NAN;
-        if (is_given(g->info[i].role)) args[na++] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i]};
+        if (is_given(g->info[i].role)) args[na++] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i], 0};
     }
     if (ssmc_run(g->m, g->B, g->T, args, na) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(g->ctx));
     double L = 0;
@@ -136,12 +136,12 @@ static double backprop(const gmodel *g, double *const *theta, double *const *cot
     for (int i = 0; i < g->n; i++) {
         ssmc_role r = g->info[i].role;
         for (size_t k = 0; k < g->count[i]; k++) buf[i][k] = is_value(r) ? theta[i][k] : NAN;
-        args[i] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i]};
+        args[i] = (ssmc_arg){g->info[i].name, SSMC_F64, buf[i], 0};
         if (is_given(r)) na++;
-        if (in_loss(r)) douts[nd++] = (ssmc_arg){g->info[i].name, SSMC_F64, cot[i]};
+        if (in_loss(r)) douts[nd++] = (ssmc_arg){g->info[i].name, SSMC_F64, cot[i], 0};
         if (is_value(r)) {
             for (size_t k = 0; k < g->count[i]; k++) grads[i][k] = NAN; /* poisoned */
-            gargs[ng++] = (ssmc_arg){g->info[i].name, SSMC_F64, grads[i]};
+            gargs[ng++] = (ssmc_arg){g->info[i].name, SSMC_F64, grads[i], 0};
         }
     }
     ssmc_tape *tape = NULL;
@@ -614,7 +614,7 @@ static void test_memory_bound(void **state)
         for (int j = 0; j < ti.rank; j++) c *= (size_t)ti.shape[j];
         bufs[i] = calloc(c, sizeof(double));
         for (size_t k = 0; k < c; k++) bufs[i][k] = 0.01 * (double)(k % 7);
-        args[i] = (ssmc_arg){ti.name, SSMC_F64, bufs[i]};
+        args[i] = (ssmc_arg){ti.name, SSMC_F64, bufs[i], 0};
     }
     ssmc_tape *tape = NULL;
     assert_int_equal(ssmc_forward_train(m, B, T, args, n, &tape), SSMC_OK);
@@ -648,26 +648,26 @@ static void test_api_errors(void **state)
     assert_int_equal(ssmc_compile(ctx, "m.ssm", src, sizeof src - 1, &o, &m), SSMC_OK);
     assert_int_equal(ssmc_compile(ctx, "m.ssm", src, sizeof src - 1, &o, &m2), SSMC_OK);
     double x[2 * 3 * 2] = {0.5, -1, 2, 0.25}, w[2] = {0.5, 0.9}, S[2 * 2] = {0}, y[2 * 3 * 2], gx[12], gw[2], gS[4];
-    ssmc_arg args[] = {{"x", SSMC_F64, x}, {"w", SSMC_F64, w}, {"S", SSMC_F64, S}, {"y", SSMC_F64, y}};
+    ssmc_arg args[] = {{"x", SSMC_F64, x, 0}, {"w", SSMC_F64, w, 0}, {"S", SSMC_F64, S, 0}, {"y", SSMC_F64, y, 0}};
     ssmc_tape *tape = NULL;
     expect_err(ctx, ssmc_forward_train(m, 0, 3, args, 4, &tape), SSMC_ERR_ARG, "at least 1");
     assert_null(tape);
     expect_err(ctx, ssmc_forward_train(m, 2, 3, args, 1, &tape), SSMC_ERR_ARG, "missing param 'w'");
-    ssmc_arg dup[] = {{"x", SSMC_F64, x}, {"x", SSMC_F64, x}};
+    ssmc_arg dup[] = {{"x", SSMC_F64, x, 0}, {"x", SSMC_F64, x, 0}};
     expect_err(ctx, ssmc_forward_train(m, 2, 3, dup, 2, &tape), SSMC_ERR_ARG, "given twice");
     assert_int_equal(ssmc_forward_train(NULL, 2, 3, args, 4, &tape), SSMC_ERR_ARG);
     assert_int_equal(ssmc_forward_train(m, 2, 3, args, 4, &tape), SSMC_OK);
-    ssmc_arg vals[] = {{"x", SSMC_F64, x}, {"w", SSMC_F64, w}};
-    ssmc_arg douts[] = {{"y", SSMC_F64, y}};
-    ssmc_arg grads[] = {{"x", SSMC_F64, gx}, {"w", SSMC_F64, gw}, {"S", SSMC_F64, gS}};
+    ssmc_arg vals[] = {{"x", SSMC_F64, x, 0}, {"w", SSMC_F64, w, 0}};
+    ssmc_arg douts[] = {{"y", SSMC_F64, y, 0}};
+    ssmc_arg grads[] = {{"x", SSMC_F64, gx, 0}, {"w", SSMC_F64, gw, 0}, {"S", SSMC_F64, gS, 0}};
     expect_err(ctx, ssmc_backward(m2, tape, vals, 2, douts, 1, grads, 3), SSMC_ERR_ARG, "on this model");
     expect_err(ctx, ssmc_backward(m, NULL, vals, 2, douts, 1, grads, 3), SSMC_ERR_ARG, "tape");
-    ssmc_arg bad_dout[] = {{"x", SSMC_F64, x}};
+    ssmc_arg bad_dout[] = {{"x", SSMC_F64, x, 0}};
     expect_err(ctx, ssmc_backward(m, tape, vals, 2, bad_dout, 1, grads, 3), SSMC_ERR_ARG, "no output or state named 'x'");
-    ssmc_arg bad_grad[] = {{"y", SSMC_F64, y}};
+    ssmc_arg bad_grad[] = {{"y", SSMC_F64, y, 0}};
     expect_err(ctx, ssmc_backward(m, tape, vals, 2, douts, 1, bad_grad, 1), SSMC_ERR_ARG,
                "no input, param or state named 'y'");
-    ssmc_arg null_data[] = {{"x", SSMC_F64, NULL}};
+    ssmc_arg null_data[] = {{"x", SSMC_F64, NULL, 0}};
     expect_err(ctx, ssmc_backward(m, tape, vals, 2, douts, 1, null_data, 1), SSMC_ERR_ARG, "has no data");
     expect_err(ctx, ssmc_backward(m, tape, vals, 1, douts, 1, grads, 3), SSMC_ERR_ARG, "missing param 'w'");
     /* no cotangent at all: every gradient is zero */
@@ -677,8 +677,8 @@ static void test_api_errors(void **state)
     /* the tape serves several backwards; mixed dtypes */
     float yf[12], gxf[12];
     for (int i = 0; i < 12; i++) yf[i] = 1.0f;
-    ssmc_arg doutf[] = {{"y", SSMC_F32, yf}};
-    ssmc_arg gradf[] = {{"x", SSMC_F32, gxf}};
+    ssmc_arg doutf[] = {{"y", SSMC_F32, yf, 0}};
+    ssmc_arg gradf[] = {{"x", SSMC_F32, gxf, 0}};
     assert_int_equal(ssmc_backward(m, tape, vals, 2, doutf, 1, gradf, 1), SSMC_OK);
     for (int i = 0; i < 12; i++) y[i] = 1.0;
     assert_int_equal(ssmc_backward(m, tape, vals, 2, douts, 1, grads, 3), SSMC_OK);
@@ -737,9 +737,9 @@ static void test_long_sequence(void **state)
             cot[i][k] = uniform_pm1(&rng);
             gr[i][k] = NAN;
         }
-        if (ti.role == SSMC_INPUT || ti.role == SSMC_PARAM) args[na++] = (ssmc_arg){ti.name, SSMC_F64, bufs[i]};
-        if (ti.role == SSMC_OUTPUT || ti.role == SSMC_STATE) douts[nd++] = (ssmc_arg){ti.name, SSMC_F64, cot[i]};
-        if (ti.role != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){ti.name, SSMC_F64, gr[i]};
+        if (ti.role == SSMC_INPUT || ti.role == SSMC_PARAM) args[na++] = (ssmc_arg){ti.name, SSMC_F64, bufs[i], 0};
+        if (ti.role == SSMC_OUTPUT || ti.role == SSMC_STATE) douts[nd++] = (ssmc_arg){ti.name, SSMC_F64, cot[i], 0};
+        if (ti.role != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){ti.name, SSMC_F64, gr[i], 0};
     }
     ssmc_tape *tape = NULL;
     assert_int_equal(ssmc_forward_train(m, B, T, args, na, &tape), SSMC_OK);

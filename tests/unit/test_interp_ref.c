@@ -237,7 +237,7 @@ static void check_run(fixture *f, int64_t T, int random_init, uint64_t *rng)
                 v = rng_uniform(rng, lo, hi);
             f->got[i][e] = f->ref[i][e] = v;
         }
-        args[i] = (ssmc_arg){ti->name, SSMC_F64, f->got[i]};
+        args[i] = (ssmc_arg){ti->name, SSMC_F64, f->got[i], 0};
         rt[i] = (ref_tensor){ti->name, f->ref[i]};
     }
     /* without initial states: the states are not passed (nor compared) */

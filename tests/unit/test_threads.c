@@ -68,7 +68,7 @@ static bool run_once(job *j, ssmc_model *m, float **got, ssmc_ctx *ctx)
             double u = (double)(s >> 11) * 0x1.0p-53 * 2 - 1;
             in[i][k] = j->info[i].role == SSMC_OUTPUT ? NAN : (float)u;
         }
-        args[i] = (ssmc_arg){j->info[i].name, SSMC_F32, in[i]};
+        args[i] = (ssmc_arg){j->info[i].name, SSMC_F32, in[i], 0};
     }
     if (ssmc_run(m, BATCH, SEQ, args, j->n) != SSMC_OK) {
         snprintf(j->why, sizeof j->why, "run: %s", ssmc_ctx_error(ctx));

@@ -25,15 +25,22 @@ char *harness_read_source(const char *rel, size_t *len)
     return text;
 }
 
-ssmc_status harness_compile(ssmc_ctx *ctx, const char *name, const char *source, size_t len, const ssmc_dim *dims,
-                            int ndims, ssmc_device device, int threads, ssmc_model **out)
+ssmc_status harness_compile_model(ssmc_ctx *ctx, const char *name, const char *source, size_t len, const char *model,
+                                  const ssmc_dim *dims, int ndims, ssmc_device device, int threads, ssmc_model **out)
 {
     ssmc_options o = {0};
+    o.model = model;
     o.dims = dims;
     o.ndims = ndims;
     o.device = device;
     o.threads = threads;
     return ssmc_compile(ctx, name, source, len, &o, out);
+}
+
+ssmc_status harness_compile(ssmc_ctx *ctx, const char *name, const char *source, size_t len, const ssmc_dim *dims,
+                            int ndims, ssmc_device device, int threads, ssmc_model **out)
+{
+    return harness_compile_model(ctx, name, source, len, NULL, dims, ndims, device, threads, out);
 }
 
 bool harness_cpu_available(void)
@@ -97,8 +104,8 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
         bool is_state = info[i].role == SSMC_STATE;
         for (size_t k = 0; k < c; k++) {
             double v;
-            if (info[i].role == SSMC_OUTPUT)
-                v = NAN; /* poison */
+            if (info[i].role == SSMC_OUTPUT || (is_state && r->final_only))
+                v = NAN; /* poison: outputs, and states only written */
             else if (is_state && !r->random_state)
                 v = 0;
             else
@@ -108,8 +115,9 @@ void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, har
         }
         bool give = !(is_state && r->no_state);
         if (info[i].role == SSMC_OUTPUT && r->skip_outputs && !skipped) give = false, skipped = true;
-        if (give) args[na++] = (ssmc_arg){info[i].name, r->dtype, data[i]};
-        if (give || info[i].role == SSMC_OUTPUT) rargs[nra++] = (ssmc_arg){info[i].name, SSMC_F64, rdata[i]};
+        unsigned flags = is_state && r->final_only ? SSMC_ARG_FINAL_ONLY : 0;
+        if (give) args[na++] = (ssmc_arg){info[i].name, r->dtype, data[i], flags};
+        if (give || info[i].role == SSMC_OUTPUT) rargs[nra++] = (ssmc_arg){info[i].name, SSMC_F64, rdata[i], flags};
     }
     if (ok && ssmc_run(cpu, r->batch, r->T, args, na) != SSMC_OK) {
         ok = false;

@@ -23,7 +23,10 @@ typedef struct harness_run {
     int64_t batch, T;
     ssmc_dtype dtype;             /* of every tensor handed to the CPU model */
     bool random_state;            /* initial states random (else zeros) */
-    bool no_state;                /* states not given at all: start at zero, final not checked */
+    bool no_state;                /* states not given at all: start at zero (or their init), final
+                                     not checked */
+    bool final_only;              /* states given with SSMC_ARG_FINAL_ONLY, their buffers poisoned
+                                     with NaN: start as not given, final checked */
     bool skip_outputs;            /* the first output not given (it must stay untouched) */
     bool misalign;                /* every buffer 8 bytes past a 64-byte boundary (else on one) */
     const harness_range *ranges;  /* ends at a NULL name; tensors not listed draw from [-1, 1] */
@@ -41,9 +44,12 @@ typedef struct harness_result {
 /* The text of SSMC_SOURCE_DIR/rel (malloc'd), or NULL. */
 char *harness_read_source(const char *rel, size_t *len);
 
-/* Compiles `source` with the given dims for `device` (threads for the CPU). */
+/* Compiles `source` with the given dims for `device` (threads for the CPU);
+ * the _model form picks a model of the file by name (NULL: the first). */
 ssmc_status harness_compile(ssmc_ctx *ctx, const char *name, const char *source, size_t len, const ssmc_dim *dims,
                             int ndims, ssmc_device device, int threads, ssmc_model **out);
+ssmc_status harness_compile_model(ssmc_ctx *ctx, const char *name, const char *source, size_t len, const char *model,
+                                  const ssmc_dim *dims, int ndims, ssmc_device device, int threads, ssmc_model **out);
 
 /* Runs cpu and ref (same model, any two devices) on the same data and compares. */
 void harness_compare(ssmc_model *cpu, ssmc_model *ref, const harness_run *r, harness_result *res);
