@@ -298,7 +298,11 @@ static ir_ref idx_value(grad *g, int fvar, ir_ref at)
     gvar m = g->map[fvar];
     if (m.kind == GV_VAR) return idx(g, m.v);
     if (m.kind == GV_CONST) return num(g, (double)m.k);
-    if (m.kind == GV_AFFINE) return mk(g, IR_ADD, mk(g, IR_MUL, idx(g, m.v), num(g, (double)m.k)), idx(g, m.r));
+    if (m.kind == GV_AFFINE) {
+        ir_ref v = idx(g, m.v), k = num(g, (double)m.k);
+        ir_ref vk = mk(g, IR_MUL, v, k), r = idx(g, m.r);
+        return mk(g, IR_ADD, vk, r);
+    }
     unsupported(g, at, "an index variable the gradients pass does not know");
     return IR_NONE;
 }
@@ -412,7 +416,8 @@ static ir_ref grad_mul(grad *g, ir_ref in, int k, ir_ref bar)
 static ir_ref grad_div(grad *g, ir_ref in, int k, ir_ref bar)
 {
     if (k == 0) return mk(g, IR_DIV, bar, opb(g, in));
-    return mk(g, IR_NEG, mk(g, IR_DIV, mk(g, IR_MUL, bar, res(g, in)), opb(g, in)), IR_NONE);
+    ir_ref br = mk(g, IR_MUL, bar, res(g, in));
+    return mk(g, IR_NEG, mk(g, IR_DIV, br, opb(g, in)), IR_NONE);
 }
 
 static ir_ref grad_exp(grad *g, ir_ref in, int k, ir_ref bar) { return mk(g, IR_MUL, bar, res(g, in)); }
@@ -420,13 +425,15 @@ static ir_ref grad_log(grad *g, ir_ref in, int k, ir_ref bar) { return mk(g, IR_
 
 static ir_ref grad_log1p(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    return mk(g, IR_DIV, bar, mk(g, IR_ADD, num(g, 1), opa(g, in)));
+    ir_ref one = num(g, 1);
+    return mk(g, IR_DIV, bar, mk(g, IR_ADD, one, opa(g, in)));
 }
 
 /* d sqrt(a) = 0.5 / sqrt(a) */
 static ir_ref grad_sqrt(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    return mk(g, IR_DIV, mk(g, IR_MUL, bar, num(g, 0.5)), res(g, in));
+    ir_ref half = mk(g, IR_MUL, bar, num(g, 0.5));
+    return mk(g, IR_DIV, half, res(g, in));
 }
 
 /* d a^-1/2 = -1/2 a^-3/2 = -1/2 r^3 */
@@ -434,14 +441,16 @@ static ir_ref grad_rsqrt(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref r = res(g, in);
     ir_ref r3 = mk(g, IR_MUL, mk(g, IR_MUL, r, r), r);
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, num(g, -0.5), r3));
+    ir_ref c = num(g, -0.5);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, c, r3));
 }
 
 /* d |a| = sign(a) = (a > 0) - (a < 0) */
 static ir_ref grad_abs(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref a = opa(g, in), z = num(g, 0);
-    return mk(g, IR_MUL, bar, mk(g, IR_SUB, mk(g, IR_GT, a, z), mk(g, IR_LT, a, z)));
+    ir_ref pos = mk(g, IR_GT, a, z), neg = mk(g, IR_LT, a, z);
+    return mk(g, IR_MUL, bar, mk(g, IR_SUB, pos, neg));
 }
 
 /* comparisons are piecewise constant: no gradient flows through them */
@@ -468,7 +477,8 @@ static ir_ref grad_erf(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref a = opa(g, in);
     ir_ref e = mk(g, IR_EXP, mk(g, IR_NEG, mk(g, IR_MUL, a, a), IR_NONE), IR_NONE);
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, num(g, 1.1283791670955126), e));
+    ir_ref c = num(g, 1.1283791670955126);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, c, e));
 }
 
 /* only the chosen operand's gradient counts; none flows into the condition */
@@ -483,14 +493,16 @@ static ir_ref grad_select(grad *g, ir_ref in, int k, ir_ref bar)
 static ir_ref grad_tanh(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref r = res(g, in);
-    return mk(g, IR_MUL, bar, mk(g, IR_SUB, num(g, 1), mk(g, IR_MUL, r, r)));
+    ir_ref one = num(g, 1);
+    return mk(g, IR_MUL, bar, mk(g, IR_SUB, one, mk(g, IR_MUL, r, r)));
 }
 
 /* d sigmoid = r (1 - r) */
 static ir_ref grad_sigmoid(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref r = res(g, in);
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, r, mk(g, IR_SUB, num(g, 1), r)));
+    ir_ref one = num(g, 1);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, r, mk(g, IR_SUB, one, r)));
 }
 
 /* d softplus(a) = sigmoid(a) */
@@ -504,7 +516,8 @@ static ir_ref grad_silu(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref a = opa(g, in);
     ir_ref sg = mk(g, IR_SIGMOID, a, IR_NONE);
-    ir_ref inner = mk(g, IR_ADD, num(g, 1), mk(g, IR_MUL, a, mk(g, IR_SUB, num(g, 1), sg)));
+    ir_ref one = num(g, 1);
+    ir_ref inner = mk(g, IR_ADD, one, mk(g, IR_MUL, a, mk(g, IR_SUB, one, sg)));
     return mk(g, IR_MUL, bar, mk(g, IR_MUL, sg, inner));
 }
 
@@ -518,22 +531,27 @@ static ir_ref grad_relu(grad *g, ir_ref in, int k, ir_ref bar)
 static ir_ref grad_pow(grad *g, ir_ref in, int k, ir_ref bar)
 {
     if (k == 0) {
-        ir_ref e = mk(g, IR_SUB, opb(g, in), num(g, 1));
-        return mk(g, IR_MUL, bar, mk(g, IR_MUL, opb(g, in), mk(g, IR_POW, opa(g, in), e)));
+        ir_ref b = opb(g, in);
+        ir_ref e = mk(g, IR_SUB, b, num(g, 1));
+        ir_ref p = mk(g, IR_POW, opa(g, in), e);
+        return mk(g, IR_MUL, bar, mk(g, IR_MUL, b, p));
     }
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, res(g, in), mk(g, IR_LOG, opa(g, in), IR_NONE)));
+    ir_ref r = res(g, in);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, r, mk(g, IR_LOG, opa(g, in), IR_NONE)));
 }
 
 /* min and max: the gradient goes to the operand chosen, the first on a tie */
 static ir_ref grad_min(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    ir_ref c = mk(g, IR_LE, opa(g, in), opb(g, in)), z = num(g, 0);
+    ir_ref a = opa(g, in), b = opb(g, in);
+    ir_ref c = mk(g, IR_LE, a, b), z = num(g, 0);
     return k == 0 ? sel(g, c, bar, z) : sel(g, c, z, bar);
 }
 
 static ir_ref grad_max(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    ir_ref c = mk(g, IR_GE, opa(g, in), opb(g, in)), z = num(g, 0);
+    ir_ref a = opa(g, in), b = opb(g, in);
+    ir_ref c = mk(g, IR_GE, a, b), z = num(g, 0);
     return k == 0 ? sel(g, c, bar, z) : sel(g, c, z, bar);
 }
 
@@ -565,7 +583,8 @@ static ir_ref grad_rmax(grad *g, ir_ref in, int k, ir_ref bar)
     cnt.red.nvars = nv;
     for (uint32_t i = 0; i < nv; i++) ir_build_red_var(&g->b, (uint32_t)fv[i]);
     ir_ref count = inst(g, cnt);
-    return sel(g, mk(g, IR_EQ, body, r), mk(g, IR_DIV, bar, count), num(g, 0));
+    ir_ref is_max = mk(g, IR_EQ, body, r), share = mk(g, IR_DIV, bar, count);
+    return sel(g, is_max, share, num(g, 0));
 }
 
 static grad_rule *const rules[IR_OP_COUNT] = {

@@ -295,7 +295,10 @@ static ir_ref kept_read(lag *c, src_loc loc, int let, int64_t k, int v, const ir
     ir_ref acc = d == 1 ? load_at(c, loc, let, -1, ix, n) : load_at(c, loc, h + (int)(d - 1) - 1, -1, ix, n);
     for (int64_t j = d - 2; j >= 0; j--) {
         ir_ref here = j == 0 ? load_at(c, loc, let, -1, ix, n) : load_at(c, loc, h + (int)j - 1, -1, ix, n);
-        ir_ref cond = node(c, loc, IR_EQ, leaf(c, loc, IR_IDX, 0, v), leaf(c, loc, IR_CONST, (double)j, -1), IR_NONE);
+        /* one after the other: as arguments their order would be the compiler's */
+        ir_ref iv = leaf(c, loc, IR_IDX, 0, v);
+        ir_ref jv = leaf(c, loc, IR_CONST, (double)j, -1);
+        ir_ref cond = node(c, loc, IR_EQ, iv, jv, IR_NONE);
         acc = node(c, loc, IR_SELECT, cond, here, acc);
     }
     return acc;

@@ -132,8 +132,9 @@ static ir_ref select_lag(unlag *u, const ir_inst *in)
         }
         ir_inst iv = {.op = IR_IDX, .loc = in->loc, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE, .var = var};
         ir_inst cw = {.op = IR_CONST, .loc = in->loc, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE, .num = (double)w};
-        ir_inst eq = {.op = IR_EQ, .loc = in->loc, .a = ir_build_inst(&u->b, iv), .b = ir_build_inst(&u->b, cw),
-                      .c = IR_NONE};
+        ir_ref a = ir_build_inst(&u->b, iv);
+        ir_ref b = ir_build_inst(&u->b, cw);
+        ir_inst eq = {.op = IR_EQ, .loc = in->loc, .a = a, .b = b, .c = IR_NONE};
         ir_inst sel = {.op = IR_SELECT, .loc = in->loc, .a = ir_build_inst(&u->b, eq), .b = r, .c = acc};
         acc = ir_build_inst(&u->b, sel);
     }
