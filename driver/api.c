@@ -203,7 +203,10 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
         switch (kind) {
         case SSMC_EMIT_AST: ast_print(&out, pl.ast); break;
         case SSMC_EMIT_IR: ir_print(&out, pl.ir); break;
-        case SSMC_EMIT_ANALYSIS: pass_analysis_print(&out, pl.ir, &pl.an); break;
+        case SSMC_EMIT_ANALYSIS:
+            pass_analysis_print(&out, pl.ir, &pl.an);
+            pass_chunk_print(&out, pl.ir, &pl.chunks);
+            break;
         case SSMC_EMIT_PLAN: plan_print(&out, pl.plan); break;
         case SSMC_EMIT_GRAD: {
             pass_grad pg;

@@ -76,6 +76,8 @@ ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last)
     /* analysis: how every state's update acts on it; the algorithm choice
      * and the plan read it */
     if (!pass_analyze(pl->a, pl->ir, &pl->an, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    /* chunk forms: what the chunked algorithm needs of each state, or why not */
+    if (!pass_chunk_forms(pl->a, pl->ir, &pl->an, &pl->chunks, pl->d)) return failed(pl, SSMC_ERR_NOMEM);
     if (last == PIPE_ANALYSIS) return SSMC_OK;
 
     /* schedule: index classes, which may split across work items, which
@@ -85,7 +87,7 @@ ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last)
 
     /* algorithm: the one --algo names when the analysis allows it, else the
      * cost model's; the same decision for every device */
-    if (!pass_algo_choose(pl->ir, &pl->an, o->algo, &pl->algo, pl->d)) return SSMC_ERR_UNSUPPORTED;
+    if (!pass_algo_choose(pl->ir, &pl->an, &pl->chunks, o->algo, &pl->algo, pl->d)) return SSMC_ERR_UNSUPPORTED;
     if (last == PIPE_ALGO || !pl->target) return SSMC_OK;
 
     /* plan: the kernels for the device's target, every loop, placement and

@@ -13,7 +13,7 @@
 typedef enum pipe_stage {
     PIPE_AST,      /* the file parsed */
     PIPE_IR,       /* one model checked, lowered, verified */
-    PIPE_ANALYSIS, /* its recurrences classified (SPEC §2) */
+    PIPE_ANALYSIS, /* its recurrences classified (SPEC §2), and their chunk forms */
     PIPE_SCHEDULE, /* index classes, what may split, in-place updates */
     PIPE_ALGO,     /* the algorithm chosen (SPEC §3) */
     PIPE_PLAN      /* the kernel plan for the target */
@@ -30,6 +30,7 @@ typedef struct pipeline {
     ast_file *ast;
     ir_model *ir;
     pass_analysis an;
+    pass_chunks chunks;
     pass_sched sched;
     plan_algo algo;
     pass_plan *plan;

@@ -70,6 +70,66 @@ typedef struct pass_analysis {
 bool pass_analyze(arena *a, const ir_model *m, pass_analysis *out, diag *d);
 void pass_analysis_print(strbuf *out, const ir_model *m, const pass_analysis *an);
 
+/* ---- chunk.c: the chunk form of each state (SPEC §3's chunked algorithm) ----
+ * A product coef * f_1 * ... * f_n of IR subexpressions (f recip: a divisor);
+ * each factor's variables are mapped to the update statement's variables (or to
+ * atoms past nvars that a sum bound) by `map`, the variables of statement
+ * `stmt`, which holds it. */
+#define PASS_MAX_FACTORS 16
+#define PASS_MAX_READOUTS 4
+
+typedef struct pass_factor {
+    ir_ref r;
+    const int *map; /* [nvars]: the statement's variables -> the update's */
+    uint32_t stmt;
+    bool recip;
+} pass_factor;
+
+typedef struct pass_product {
+    double coef;
+    int nf;
+    pass_factor f[PASS_MAX_FACTORS];
+} pass_product;
+
+typedef enum pass_decay { PASS_DECAY_NONE, PASS_DECAY_SCALAR, PASS_DECAY_KEY } pass_decay;
+
+typedef struct pass_chunk_readout {
+    int output;          /* the output (or the let holding the sum) */
+    uint32_t stmt;       /* the statement holding the sum */
+    ir_ref sum;
+    bool after_update;   /* reads S(t), else S(t-1) */
+    int var;             /* the sum's variable (the key axis) */
+    int value_var;       /* the statement's variable on the value axis */
+    pass_product query;  /* q[i], in the readout statement's variables */
+    bool rest;           /* the sum also holds terms free of S */
+} pass_chunk_readout;
+
+/* S(t) = a (S(t-1) - beta w (w^T S(t-1))) + key value^T over key and value axes. */
+typedef struct pass_chunk {
+    int state;
+    bool ok;              /* a chunk form: else why (at `where`, or IR_NONE) */
+    const char *why;
+    ir_ref where;
+    uint32_t update;      /* the update statement */
+    int key_axis, value_axis; /* axes of the state; value -1: a vector state */
+    pass_decay decay_kind;
+    pass_product decay;   /* a_t (> 0, proven) */
+    pass_product key, value;
+    bool delta;
+    pass_product beta, dkey;
+    pass_chunk_readout readouts[PASS_MAX_READOUTS];
+    int nreadouts;
+} pass_chunk;
+
+typedef struct pass_chunks {
+    pass_chunk *forms; /* one per state, in the analysis' order */
+    int nforms;
+    bool all;          /* every state has a chunk form */
+} pass_chunks;
+
+bool pass_chunk_forms(arena *a, const ir_model *m, const pass_analysis *an, pass_chunks *out, diag *d);
+void pass_chunk_print(strbuf *out, const ir_model *m, const pass_chunks *cs);
+
 /* ---- schedule.c: what can run in parallel, and how states are updated ----
  *
  * An index class joins every index variable and every axis of a state, let or
