@@ -95,7 +95,7 @@ static ssmc_status prepare(ssmc_model *m, grad_state **out)
     const backend *be = api_model_backend(m);
     if (!be->reverse) {
         diag_error(d, "gradients need a backend that runs reverse models; the %s backend does not yet "
-                      "(use the interp device)", be->name);
+                      "(use the interp or cpu device)", be->name);
         return SSMC_ERR_UNSUPPORTED;
     }
     grad_state *g = calloc(1, sizeof *g);
