@@ -40,6 +40,12 @@ typedef struct pipeline {
  * for a source error, else the failing stage's status, with diagnostics in d. */
 ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source, size_t len, pipe_stage last);
 
+/* The stages from PIPE_IR on, for one model of a file parsed already
+ * (pl->file and pl->ast set, as pipeline_run(..., PIPE_AST) leaves them): the
+ * checker annotates am in `tree` (the arena the tree lives in), once per model,
+ * so that every model of a file is checked after one parse. */
+ssmc_status pipeline_run_model(pipeline *pl, ast_model *am, arena *tree, pipe_stage last);
+
 /* The stages after PIPE_IR, from a verified model a pass made (the training
  * forward and the adjoint of passes/grad.c): pl->ir = m, then analysis up to
  * `last`. */

@@ -133,6 +133,14 @@ ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info
 /* Index of a tensor by name, or -1. */
 int ssmc_model_find(const ssmc_model *m, const char *name);
 
+/* The tolerance `ssmc run --verify` holds public tensor i (an output or a
+ * state) to: the largest relative error max|got - ref| / max|ref| that a run
+ * of T steps with tensors of `dtype` may show against the f64 interpreter,
+ * from f32 rounding alone. It grows with the model's reductions and chains of
+ * operations (docs/numerics.md, "How --verify judges"); -1 when m is NULL, i
+ * is not an output or a state, dtype is unknown or T is below 1. */
+double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_t T);
+
 /* ---- running ---- */
 /* Runs the model over `batch` sequences of length `T` (T >= 1) on host tensors. */
 ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs);

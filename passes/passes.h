@@ -129,6 +129,12 @@ typedef struct pass_chunks {
 
 bool pass_chunk_forms(arena *a, const ir_model *m, const pass_analysis *an, pass_chunks *out, diag *d);
 void pass_chunk_print(strbuf *out, const ir_model *m, const pass_chunks *cs);
+/* ---- rounding.c: how much f32 rounding each tensor's value carries ----
+ * len[ntensors]: for every tensor, the length of the longest chain of rounded
+ * operations behind its value in one step (a sum of n terms counts n; see
+ * rounding.c for the weights), plus carried[tensor] for a tensor a statement
+ * defines (carried may be NULL). 0 for inputs and params. */
+void pass_rounding(const ir_model *m, const double *carried, double *len);
 
 /* ---- schedule.c: what can run in parallel, and how states are updated ----
  *

@@ -68,6 +68,22 @@ static const example examples[] = {
     {"mom", {{"M", 5}, {"E", 3}, {"K", 5}, {"V", 7}}, {{"M", 3}, {"E", 5}, {"K", 19}, {"V", 37}}, {{"Wr", -1, 1}}},
     {"ttt_linear", {{"H", 3}, {"K", 5}, {"V", 7}, {"L", 2}}, {{"H", 3}, {"K", 19}, {"V", 37}, {"L", 4}},
      {{"base_lr", 0, 1}}},
+    /* the models under ssmc.ops (python/ssmc/ops.py): fla's and mamba_ssm's semantics, log-space gates */
+    {"fla_linear_attn", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}}, {{"scale", 0.2, 0.5}}},
+    {"fla_retention", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}},
+     {{"g_gamma", -0.5, -0.01}, {"scale", 0.2, 0.5}}},
+    {"fla_simple_gla", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}}, {{"g", -1, 0}}},
+    {"fla_gla", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}}, {{"g", -1, 0}}},
+    {"fla_gla_kv", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}}, {{"gk", -1, 0}, {"gv", -1, 0}}},
+    /* |k|^2 <= 1 and beta in (0, 1): the delta rule's transition is a contraction */
+    {"fla_delta_rule", {{"H", 3}, {"K", 5}, {"V", 7}}, {{"H", 3}, {"K", 19}, {"V", 37}},
+     {{"k", -0.22, 0.22}, {"beta", 0, 1}}},
+    {"fla_gated_delta_rule", {{"K", 5}, {"V", 7}}, {{"K", 19}, {"V", 37}},
+     {{"k", -0.22, 0.22}, {"beta", 0, 1}, {"g", -1, 0}}},
+    {"mamba2_ssd", {{"P", 5}, {"N", 7}}, {{"P", 37}, {"N", 19}}, {{"dt", 0, 1}, {"A", -1.5, 0}}},
+    {"mamba2_ssd_z", {{"P", 5}, {"N", 7}}, {{"P", 37}, {"N", 19}}, {{"dt", 0, 1}, {"A", -1.5, 0}}},
+    {"mamba_ssu", {{"P", 5}, {"N", 7}}, {{"P", 37}, {"N", 19}}, {{"dt", 0, 1}, {"A", -1.5, 0}}},
+    {"mamba_ssu_z", {{"P", 5}, {"N", 7}}, {{"P", 37}, {"N", 19}}, {{"dt", 0, 1}, {"A", -1.5, 0}}},
 };
 #define NEXAMPLES (sizeof examples / sizeof *examples)
 

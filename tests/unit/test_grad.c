@@ -260,6 +260,31 @@ static const example_dims examples[] = {
     {"examples/rwkv6.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
 };
 
+/* Small dims for an example the table does not list: every dim at most 3 when
+ * the model still checks with that (a group H = G * R may not), else its own.
+ * The dims are read from its IR (`  dim NAME = VALUE` lines). */
+static void small_dims(const char *file, const char *src, size_t len, example_dims *e)
+{
+    static char names[8][64];
+    memset(e, 0, sizeof *e);
+    e->file = file;
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    char *ir = NULL;
+    if (ssmc_emit(ctx, file, src, len, NULL, SSMC_EMIT_IR, &ir) != SSMC_OK) fail_msg("%s: %s", file, ssmc_ctx_error(ctx));
+    for (const char *p = strstr(ir, "\n  dim "); p && e->ndims < 8; p = strstr(p + 1, "\n  dim ")) {
+        long long v;
+        if (sscanf(p, "\n  dim %63s = %lld", names[e->ndims], &v) != 2) break;
+        e->dims[e->ndims] = (ssmc_dim){names[e->ndims], v < 3 ? v : 3};
+        e->ndims++;
+    }
+    free(ir);
+    ssmc_model *m = NULL;
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP, .dims = e->dims, .ndims = e->ndims};
+    if (ssmc_compile(ctx, file, src, len, &o, &m) != SSMC_OK) e->ndims = 0; /* its own dims */
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
 static void test_examples(void **state)
 {
     (void)state;
@@ -268,11 +293,15 @@ static void test_examples(void **state)
     assert_true(n > 0);
     for (int i = 0; i < n; i++) {
         const example_dims *e = NULL;
-        for (size_t k = 0; k < sizeof examples / sizeof *examples; k++)
-            if (strcmp(examples[k].file, names[i]) == 0) e = &examples[k];
-        if (!e) fail_msg("%s: no small dims for it in test_grad.c's table", names[i]);
+        example_dims own;
         size_t len;
         char *src = test_slurp(names[i], &len);
+        for (size_t k = 0; k < sizeof examples / sizeof *examples; k++)
+            if (strcmp(examples[k].file, names[i]) == 0) e = &examples[k];
+        if (!e) {
+            small_dims(names[i], src, len, &own);
+            e = &own;
+        }
         check_model(names[i], src, len, e->dims, e->ndims, 2, 7, 0, 1.0, 3);
         if (strstr(src, "init ")) { /* and from its init statements */
             g_no_states = true;
@@ -338,13 +367,25 @@ static void test_cpu_against_interp(void **state)
         fprintf(stderr, "SKIP test_cpu_against_interp: no CPU backend in this build\n");
         return;
     }
-    for (size_t k = 0; k < 2 * (sizeof examples / sizeof *examples); k++) {
-        const example_dims *e = &examples[k / 2];
+    char names[64][128];
+    int nex = test_list_examples(names, 64);
+    for (int k = 0; k < 2 * nex; k++) {
+        size_t len;
+        char *src = test_slurp(names[k / 2], &len);
         /* each example twice: with initial states, and without (init statements), where it has any */
         g_no_states = k % 2;
-        if (g_no_states && !strstr(e->file, "ttt_linear")) continue;
-        size_t len;
-        char *src = test_slurp(e->file, &len);
+        if (g_no_states && !strstr(src, "init ")) {
+            free(src);
+            continue;
+        }
+        const example_dims *e = NULL;
+        example_dims own;
+        for (size_t j = 0; j < sizeof examples / sizeof *examples; j++)
+            if (strcmp(examples[j].file, names[k / 2]) == 0) e = &examples[j];
+        if (!e) {
+            small_dims(names[k / 2], src, len, &own);
+            e = &own;
+        }
         gmodel gi, gc;
         double *ri[MAXT], *rc[MAXT];
         grads_on(SSMC_DEVICE_INTERP, e->file, src, len, e, 2, 37, ri, &gi);
