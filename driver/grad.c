@@ -6,7 +6,7 @@
  * Training forward: chunk k (steps [kC, kC + C)) starts from the states the
  * chunk before left, which are copied into checkpoint k first. Backward: for
  * k from the last chunk down, the training forward reruns chunk k from
- * checkpoint k with its trace outputs S.prev = S(t-1) on, then the adjoint
+ * checkpoint k with its trace outputs S__prev = S(t-1) on, then the adjoint
  * runs the chunk in reverse from the adjoint states the chunk after left.
  * Params' adjoints are states of the adjoint, one per sequence, summed over
  * the batch at the end. Every value that crosses a chunk boundary is a state
