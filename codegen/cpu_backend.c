@@ -298,6 +298,7 @@ static ssmc_status cpu_emit(const pass_plan *plan, const ssmc_options *o, ssmc_e
 
 const backend cpu_backend = {
     .name = "cpu", .target = cpu_target, .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
+    .reverse = true, /* codegen/llvm.c runs a reverse model's steps from T-1 down */
 };
 
 #else

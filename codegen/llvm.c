@@ -590,12 +590,13 @@ static LLVMValueRef gen_load(cg *c, const ir_inst *in)
     if (!t->per_step) return LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, NULL, false), "");
     if (in->load.lag_var < 0 && in->load.lag == 0)
         return LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, c->t, false), "");
-    /* t - k before the start of the sequence reads 0: clamp the address, select the value */
-    /* t - lag - var (passes/lag.c combines the two) */
-    LLVMValueRef lag = I64(c, in->load.lag);
-    if (in->load.lag_var >= 0) lag = in->load.lag ? iadd(c, c->var[in->load.lag_var], lag) : c->var[in->load.lag_var];
-    LLVMValueRef tt = isub(c, c->t, lag);
-    LLVMValueRef ok = LLVMBuildICmp(c->b, LLVMIntSGE, tt, I64(c, 0), "");
+    /* t - k before the start of the sequence reads 0: clamp the address, select the value
+     * (a reverse model's lags look forward, t + k, and past the end read 0) */
+    LLVMValueRef lag = in->load.lag_var >= 0 ? c->var[in->load.lag_var] : I64(c, in->load.lag);
+    if (in->load.lag_var >= 0 && in->load.lag) lag = iadd(c, lag, I64(c, in->load.lag));
+    LLVMValueRef tt = m->reverse ? iadd(c, c->t, lag) : isub(c, c->t, lag);
+    LLVMValueRef ok = m->reverse ? LLVMBuildICmp(c->b, LLVMIntSLT, tt, c->T, "")
+                                 : LLVMBuildICmp(c->b, LLVMIntSGE, tt, I64(c, 0), "");
     LLVMValueRef v = LLVMBuildLoad2(c->b, c->f32, elem_ptr(c, ti, idx, sel(c, ok, tt, I64(c, 0)), false), "");
     return sel(c, ok, v, K(c, 0.0));
 }
@@ -1008,8 +1009,14 @@ static void gen_fused(cg *c, uint32_t ui, uint32_t ri)
 static void gen_prefetch(cg *c)
 {
     const ir_model *m = c->m;
-    LLVMValueRef next = iadd(c, c->t, I64(c, 1));
-    next = sel(c, LLVMBuildICmp(c->b, LLVMIntSLT, next, c->T, ""), next, c->t);
+    LLVMValueRef next;
+    if (c->m->reverse) { /* the next step is t - 1 */
+        next = isub(c, c->t, I64(c, 1));
+        next = sel(c, LLVMBuildICmp(c->b, LLVMIntSGE, next, I64(c, 0), ""), next, c->t);
+    } else {
+        next = iadd(c, c->t, I64(c, 1));
+        next = sel(c, LLVMBuildICmp(c->b, LLVMIntSLT, next, c->T, ""), next, c->t);
+    }
     LLVMTypeRef pty[1] = {c->ptr};
     unsigned id = LLVMLookupIntrinsicID("llvm.prefetch", 13);
     LLVMValueRef f = LLVMGetIntrinsicDeclaration(c->mod, id, pty, 1);
@@ -1257,6 +1264,7 @@ static LLVMValueRef gen_items(cg *c, const char *name)
     if (!gen_stmts(c, false)) return NULL;
     loop step;
     c->t = loop_begin(c, &step, I64(c, 0), c->T, true, "t");
+    if (m->reverse) c->t = isub(c, isub(c, c->T, I64(c, 1)), c->t); /* steps at t = T-1 .. 0 (ir.h) */
     gen_prefetch(c);
     if (!gen_stmts(c, true)) return NULL;
     loop_end(c, &step);

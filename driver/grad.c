@@ -6,7 +6,7 @@
  * Training forward: chunk k (steps [kC, kC + C)) starts from the states the
  * chunk before left, which are copied into checkpoint k first. Backward: for
  * k from the last chunk down, the training forward reruns chunk k from
- * checkpoint k with its trace outputs S.prev = S(t-1) on, then the adjoint
+ * checkpoint k with its trace outputs S__prev = S(t-1) on, then the adjoint
  * runs the chunk in reverse from the adjoint states the chunk after left.
  * Params' adjoints are states of the adjoint, one per sequence, summed over
  * the batch at the end. Every value that crosses a chunk boundary is a state
@@ -95,7 +95,7 @@ static ssmc_status prepare(ssmc_model *m, grad_state **out)
     const backend *be = api_model_backend(m);
     if (!be->reverse) {
         diag_error(d, "gradients need a backend that runs reverse models; the %s backend does not yet "
-                      "(use the interp device)", be->name);
+                      "(use the interp or cpu device)", be->name);
         return SSMC_ERR_UNSUPPORTED;
     }
     grad_state *g = calloc(1, sizeof *g);

@@ -201,8 +201,8 @@ ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *
                           const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads);
 
 /* The same on device pointers, enqueued on `stream` (as ssmc_run_device).
- * SSMC_ERR_UNSUPPORTED in this version: the adjoint runs on the interpreter,
- * whose tensors are on the host (docs/gradients.md, "Backends"). */
+ * SSMC_ERR_UNSUPPORTED in this version: the CUDA backend does not run the
+ * adjoint yet (docs/gradients.md, "Backends"). */
 ssmc_status ssmc_forward_train_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
                                       ssmc_tape **tape, void *stream);
 ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,

@@ -3,19 +3,19 @@
  *
  * Assumes a verified forward model. Guarantees two verified models: the
  * training forward (the model without time lags, pass_unlag, plus the trace
- * outputs S.prev = S(t-1)) and the adjoint, a reverse model (ir.h) that reads
+ * outputs S__prev = S(t-1)) and the adjoint, a reverse model (ir.h) that reads
  * every per-step tensor at t only, so that both can run a chunk of steps at a
  * time from states a previous chunk left.
  *
  * One step of the adjoint, at time t (t = T-1 first):
- *  1. recompute: the forward's lets and new state values S.new at step t from
- *     the trace S.prev (S(t-1)) and the inputs; every reduction that is not a
- *     statement's whole right side becomes a let of its own (X.r0, ...), so
+ *  1. recompute: the forward's lets and new state values S__new at step t from
+ *     the trace S__prev (S(t-1)) and the inputs; every reduction that is not a
+ *     statement's whole right side becomes a let of its own (X__r0, ...), so
  *     that a derivative that needs its value reads it instead of summing
  *     again;
  *  2. the adjoints of the forward's statements in reverse program order: for
  *     a let L, dL = the sum of what every read of L contributes; for a state
- *     S, dS.new (the adjoint of S(t)) = dS (carried from step t+1) plus what
+ *     S, dS__new (the adjoint of S(t)) = dS (carried from step t+1) plus what
  *     the reads of S(t) contribute;
  *  3. the carried adjoints, at the end of the step: dS = what the reads of
  *     S(t-1) contribute (the adjoint of S(t-1)); dP = dP + what the reads of
@@ -65,10 +65,10 @@ typedef struct grad {
     const ir_model *f; /* the forward without lags */
     ir_builder b;      /* the adjoint */
     bool ok;
-    int *val;     /* per forward tensor: its value in the adjoint (input, param, let; a state's trace S.prev) */
-    int *newval;  /* per updated state: S.new, its value after the update */
+    int *val;     /* per forward tensor: its value in the adjoint (input, param, let; a state's trace S__prev) */
+    int *newval;  /* per updated state: S__new, its value after the update */
     int *adj;     /* per forward tensor: its adjoint (see the top of the file) */
-    int *adjnew;  /* per updated state: dS.new */
+    int *adjnew;  /* per updated state: dS__new */
     int *red_let; /* per forward instruction: the let that holds a reduction's value, or -1 */
     uint32_t *red_free; /* per materialized reduction: start of its free variables in free_vars */
     uint32_t *red_nfree;
@@ -188,7 +188,7 @@ static int dim_of_value(grad *g, int64_t k)
 {
     for (size_t i = 0; i < g->b.ndims; i++)
         if (g->b.dims[i].value == k) return (int)i;
-    int d = ir_build_dim(&g->b, arena_printf(g->a, "%lld", (long long)k), k);
+    int d = ir_build_dim(&g->b, arena_printf(g->a, "group__%lld", (long long)k), k);
     if (d < 0) g->ok = false;
     return d;
 }
@@ -202,14 +202,27 @@ static int new_tensor(grad *g, const char *name, ir_kind kind, bool per_step, co
     return id;
 }
 
-/* The name of the adjoint of forward tensor t: dt, or d.t where dt is taken. */
+/* `name`, or name2, name3, ... where a tensor of the forward or of the adjoint
+ * already has it. Names made here join words with "__", so that they stay
+ * identifiers (the renderers use tensor names in generated code). */
+static const char *uniq_name(grad *g, const char *name)
+{
+    const char *n = name;
+    for (int k = 2; n; k++) {
+        bool taken = false;
+        for (uint32_t i = 0; i < g->f->ntensors && !taken; i++) taken = strcmp(g->f->tensors[i].name, n) == 0;
+        for (size_t i = 0; i < g->b.ntensors && !taken; i++) taken = strcmp(g->b.tensors[i].name, n) == 0;
+        if (!taken) return n;
+        n = arena_printf(g->a, "%s%d", name, k);
+    }
+    return NULL;
+}
+
+/* The name of the adjoint of forward tensor t: dt (dt__new, ...). */
 static const char *adj_name(grad *g, const ir_tensor *t, const char *suffix)
 {
     const char *n = arena_printf(g->a, "d%s%s", t->name, suffix);
-    bool taken = false;
-    for (uint32_t i = 0; n && i < g->f->ntensors && !taken; i++) taken = strcmp(g->f->tensors[i].name, n) == 0;
-    for (size_t i = 0; n && i < g->b.ntensors && !taken; i++) taken = strcmp(g->b.tensors[i].name, n) == 0;
-    return taken ? arena_printf(g->a, "d.%s%s", t->name, suffix) : n;
+    return n ? uniq_name(g, n) : NULL;
 }
 
 static void begin_stmt(grad *g)
@@ -298,7 +311,11 @@ static ir_ref idx_value(grad *g, int fvar, ir_ref at)
     gvar m = g->map[fvar];
     if (m.kind == GV_VAR) return idx(g, m.v);
     if (m.kind == GV_CONST) return num(g, (double)m.k);
-    if (m.kind == GV_AFFINE) return mk(g, IR_ADD, mk(g, IR_MUL, idx(g, m.v), num(g, (double)m.k)), idx(g, m.r));
+    if (m.kind == GV_AFFINE) {
+        ir_ref v = idx(g, m.v), k = num(g, (double)m.k);
+        ir_ref vk = mk(g, IR_MUL, v, k), r = idx(g, m.r);
+        return mk(g, IR_ADD, vk, r);
+    }
     unsupported(g, at, "an index variable the gradients pass does not know");
     return IR_NONE;
 }
@@ -412,7 +429,8 @@ static ir_ref grad_mul(grad *g, ir_ref in, int k, ir_ref bar)
 static ir_ref grad_div(grad *g, ir_ref in, int k, ir_ref bar)
 {
     if (k == 0) return mk(g, IR_DIV, bar, opb(g, in));
-    return mk(g, IR_NEG, mk(g, IR_DIV, mk(g, IR_MUL, bar, res(g, in)), opb(g, in)), IR_NONE);
+    ir_ref br = mk(g, IR_MUL, bar, res(g, in));
+    return mk(g, IR_NEG, mk(g, IR_DIV, br, opb(g, in)), IR_NONE);
 }
 
 static ir_ref grad_exp(grad *g, ir_ref in, int k, ir_ref bar) { return mk(g, IR_MUL, bar, res(g, in)); }
@@ -420,13 +438,15 @@ static ir_ref grad_log(grad *g, ir_ref in, int k, ir_ref bar) { return mk(g, IR_
 
 static ir_ref grad_log1p(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    return mk(g, IR_DIV, bar, mk(g, IR_ADD, num(g, 1), opa(g, in)));
+    ir_ref one = num(g, 1);
+    return mk(g, IR_DIV, bar, mk(g, IR_ADD, one, opa(g, in)));
 }
 
 /* d sqrt(a) = 0.5 / sqrt(a) */
 static ir_ref grad_sqrt(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    return mk(g, IR_DIV, mk(g, IR_MUL, bar, num(g, 0.5)), res(g, in));
+    ir_ref half = mk(g, IR_MUL, bar, num(g, 0.5));
+    return mk(g, IR_DIV, half, res(g, in));
 }
 
 /* d a^-1/2 = -1/2 a^-3/2 = -1/2 r^3 */
@@ -434,14 +454,16 @@ static ir_ref grad_rsqrt(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref r = res(g, in);
     ir_ref r3 = mk(g, IR_MUL, mk(g, IR_MUL, r, r), r);
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, num(g, -0.5), r3));
+    ir_ref c = num(g, -0.5);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, c, r3));
 }
 
 /* d |a| = sign(a) = (a > 0) - (a < 0) */
 static ir_ref grad_abs(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref a = opa(g, in), z = num(g, 0);
-    return mk(g, IR_MUL, bar, mk(g, IR_SUB, mk(g, IR_GT, a, z), mk(g, IR_LT, a, z)));
+    ir_ref pos = mk(g, IR_GT, a, z), neg = mk(g, IR_LT, a, z);
+    return mk(g, IR_MUL, bar, mk(g, IR_SUB, pos, neg));
 }
 
 /* comparisons are piecewise constant: no gradient flows through them */
@@ -468,7 +490,8 @@ static ir_ref grad_erf(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref a = opa(g, in);
     ir_ref e = mk(g, IR_EXP, mk(g, IR_NEG, mk(g, IR_MUL, a, a), IR_NONE), IR_NONE);
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, num(g, 1.1283791670955126), e));
+    ir_ref c = num(g, 1.1283791670955126);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, c, e));
 }
 
 /* only the chosen operand's gradient counts; none flows into the condition */
@@ -483,14 +506,16 @@ static ir_ref grad_select(grad *g, ir_ref in, int k, ir_ref bar)
 static ir_ref grad_tanh(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref r = res(g, in);
-    return mk(g, IR_MUL, bar, mk(g, IR_SUB, num(g, 1), mk(g, IR_MUL, r, r)));
+    ir_ref one = num(g, 1);
+    return mk(g, IR_MUL, bar, mk(g, IR_SUB, one, mk(g, IR_MUL, r, r)));
 }
 
 /* d sigmoid = r (1 - r) */
 static ir_ref grad_sigmoid(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref r = res(g, in);
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, r, mk(g, IR_SUB, num(g, 1), r)));
+    ir_ref one = num(g, 1);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, r, mk(g, IR_SUB, one, r)));
 }
 
 /* d softplus(a) = sigmoid(a) */
@@ -504,7 +529,8 @@ static ir_ref grad_silu(grad *g, ir_ref in, int k, ir_ref bar)
 {
     ir_ref a = opa(g, in);
     ir_ref sg = mk(g, IR_SIGMOID, a, IR_NONE);
-    ir_ref inner = mk(g, IR_ADD, num(g, 1), mk(g, IR_MUL, a, mk(g, IR_SUB, num(g, 1), sg)));
+    ir_ref one = num(g, 1);
+    ir_ref inner = mk(g, IR_ADD, one, mk(g, IR_MUL, a, mk(g, IR_SUB, one, sg)));
     return mk(g, IR_MUL, bar, mk(g, IR_MUL, sg, inner));
 }
 
@@ -518,22 +544,27 @@ static ir_ref grad_relu(grad *g, ir_ref in, int k, ir_ref bar)
 static ir_ref grad_pow(grad *g, ir_ref in, int k, ir_ref bar)
 {
     if (k == 0) {
-        ir_ref e = mk(g, IR_SUB, opb(g, in), num(g, 1));
-        return mk(g, IR_MUL, bar, mk(g, IR_MUL, opb(g, in), mk(g, IR_POW, opa(g, in), e)));
+        ir_ref b = opb(g, in);
+        ir_ref e = mk(g, IR_SUB, b, num(g, 1));
+        ir_ref p = mk(g, IR_POW, opa(g, in), e);
+        return mk(g, IR_MUL, bar, mk(g, IR_MUL, b, p));
     }
-    return mk(g, IR_MUL, bar, mk(g, IR_MUL, res(g, in), mk(g, IR_LOG, opa(g, in), IR_NONE)));
+    ir_ref r = res(g, in);
+    return mk(g, IR_MUL, bar, mk(g, IR_MUL, r, mk(g, IR_LOG, opa(g, in), IR_NONE)));
 }
 
 /* min and max: the gradient goes to the operand chosen, the first on a tie */
 static ir_ref grad_min(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    ir_ref c = mk(g, IR_LE, opa(g, in), opb(g, in)), z = num(g, 0);
+    ir_ref a = opa(g, in), b = opb(g, in);
+    ir_ref c = mk(g, IR_LE, a, b), z = num(g, 0);
     return k == 0 ? sel(g, c, bar, z) : sel(g, c, z, bar);
 }
 
 static ir_ref grad_max(grad *g, ir_ref in, int k, ir_ref bar)
 {
-    ir_ref c = mk(g, IR_GE, opa(g, in), opb(g, in)), z = num(g, 0);
+    ir_ref a = opa(g, in), b = opb(g, in);
+    ir_ref c = mk(g, IR_GE, a, b), z = num(g, 0);
     return k == 0 ? sel(g, c, bar, z) : sel(g, c, z, bar);
 }
 
@@ -565,7 +596,8 @@ static ir_ref grad_rmax(grad *g, ir_ref in, int k, ir_ref bar)
     cnt.red.nvars = nv;
     for (uint32_t i = 0; i < nv; i++) ir_build_red_var(&g->b, (uint32_t)fv[i]);
     ir_ref count = inst(g, cnt);
-    return sel(g, mk(g, IR_EQ, body, r), mk(g, IR_DIV, bar, count), num(g, 0));
+    ir_ref is_max = mk(g, IR_EQ, body, r), share = mk(g, IR_DIV, bar, count);
+    return sel(g, is_max, share, num(g, 0));
 }
 
 static grad_rule *const rules[IR_OP_COUNT] = {
@@ -814,7 +846,7 @@ static void materialize(grad *g, uint32_t si, ir_ref r, bool is_root, int *count
     }
     ir_tensor like = {.rank = (int)nfv, .loc = f->tensors[s->tensor].loc};
     for (uint32_t i = 0; i < nfv; i++) like.dims[i] = f->vars[fv[i]].dim;
-    const char *name = arena_printf(g->a, "%s.r%d", f->tensors[s->tensor].name, (*count)++);
+    const char *name = uniq_name(g, arena_printf(g->a, "%s__r%d", f->tensors[s->tensor].name, (*count)++));
     int t = new_tensor(g, name, IR_LET, s->per_step, &like);
     begin_stmt(g);
     int V[IR_MAX_RANK];
@@ -850,7 +882,8 @@ static void recompute(grad *g)
         int held = -1;
         if (t->kind == IR_LET) held = g->val[s->tensor] = new_tensor(g, t->name, IR_LET, s->per_step, t);
         if (t->kind == IR_STATE)
-            held = g->newval[s->tensor] = new_tensor(g, arena_printf(g->a, "%s.new", t->name), IR_LET, true, t);
+            held = g->newval[s->tensor] =
+                new_tensor(g, uniq_name(g, arena_printf(g->a, "%s__new", t->name)), IR_LET, true, t);
         if (held < 0) continue;
         begin_stmt(g);
         int V[IR_MAX_RANK];
@@ -955,7 +988,9 @@ static ir_model *training_forward(grad *g, const ir_model *f, pass_grad *out)
         const ir_tensor *t = &f->tensors[i];
         if (t->kind != IR_STATE || out->adj_trace[i] < 0) continue;
         ir_tensor tr = *t;
-        tr.name = arena_printf(g->a, "%s.prev", t->name);
+        tr.name = arena_printf(g->a, "%s__prev", t->name);
+        for (int k = 2; tr.name && ir_find_tensor(f, tr.name) >= 0; k++)
+            tr.name = arena_printf(g->a, "%s__prev%d", t->name, k);
         tr.kind = IR_OUTPUT;
         tr.per_step = true;
         tr.hidden = false; /* the driver's, like every output of this model beyond the model's own */
@@ -1014,7 +1049,7 @@ static ir_ref copy_init(ir_builder *b, const ir_model *f, ir_ref r, const int *i
     return ir_build_inst(b, in);
 }
 
-/* f's params (in order), then one per-step output S.init per init statement. */
+/* f's params (in order), then one per-step output S__init per init statement. */
 static bool init_model(arena *a, const ir_model *f, pass_grad *out, diag *d)
 {
     int *id = out->init_id;
@@ -1030,7 +1065,9 @@ static bool init_model(arena *a, const ir_model *f, pass_grad *out, diag *d)
     for (uint32_t k = 0; k < f->ninits; k++) {
         const ir_stmt *s = &f->inits[k];
         ir_tensor t = f->tensors[s->tensor];
-        t.name = arena_printf(a, "%s.init", t.name);
+        t.name = arena_printf(a, "%s__init", t.name);
+        for (int n = 2; t.name && ir_find_tensor(f, t.name) >= 0; n++)
+            t.name = arena_printf(a, "%s__init%d", f->tensors[s->tensor].name, n);
         t.kind = IR_OUTPUT;
         t.per_step = true;
         t.hidden = false;
@@ -1048,7 +1085,7 @@ static bool init_model(arena *a, const ir_model *f, pass_grad *out, diag *d)
         diag_error(d, "internal error: an init statement reads something other than params");
         return false;
     }
-    ir_model *im = ir_finish(&b, a, arena_printf(a, "%s.init", f->name), f, false);
+    ir_model *im = ir_finish(&b, a, arena_printf(a, "%s__init", f->name), f, false);
     out->init = arena_alloc(a, sizeof *out->init);
     if (!im || !out->init) {
         diag_error(d, "out of memory in the gradients pass");
@@ -1108,7 +1145,8 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
     }
     for (uint32_t i = 0; i < f->ntensors; i++) {
         const ir_tensor *t = &f->tensors[i];
-        if (t->kind == IR_STATE) g.val[i] = new_tensor(&g, arena_printf(a, "%s.prev", t->name), IR_INPUT, true, t);
+        if (t->kind == IR_STATE)
+            g.val[i] = new_tensor(&g, uniq_name(&g, arena_printf(a, "%s__prev", t->name)), IR_INPUT, true, t);
     }
     for (uint32_t i = 0; i < f->ntensors; i++) {
         const ir_tensor *t = &f->tensors[i];
@@ -1137,7 +1175,7 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
             g.adj[s->tensor] = new_tensor(&g, adj_name(&g, t, ""), IR_LET, true, t);
             emit_adjoint(&g, s->tensor, g.adj[s->tensor], READS_ALL, -1, true);
         } else if (t->kind == IR_STATE) {
-            g.adjnew[s->tensor] = new_tensor(&g, adj_name(&g, t, ".new"), IR_LET, true, t);
+            g.adjnew[s->tensor] = new_tensor(&g, adj_name(&g, t, "__new"), IR_LET, true, t);
             emit_adjoint(&g, s->tensor, g.adjnew[s->tensor], READS_NEW, g.adj[s->tensor], true);
         }
     }
@@ -1170,7 +1208,7 @@ bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d)
         if (k == IR_INPUT || k == IR_PARAM) out->adj_value[i] = v;
         if (g.adj[i] >= 0 && k != IR_LET) out->adj_grad[i] = newid[g.adj[i]];
     }
-    out->adjoint = ir_finish(&g.b, a, arena_printf(a, "%s.adjoint", m->name), m, true);
+    out->adjoint = ir_finish(&g.b, a, arena_printf(a, "%s__adjoint", m->name), m, true);
     if (!out->adjoint) {
         g.ok = false;
         goto done;

@@ -182,7 +182,7 @@ void pass_schedule_print(strbuf *out, const ir_model *m, const pass_sched *s);
 /* ---- unlag.c: reads at t - k become reads of history states ----
  * *out computes what m computes and reads every per-step tensor at t only: the
  * values that cross steps are all in states. m's tensors keep their ids; the
- * history states (x.lag1 .. x.lagK for an input x read at lags up to K) come
+ * history states (x__lag1 .. x__lagK for an input x read at lags up to K) come
  * after them, start at zero and are updated at the end of every step. */
 bool pass_unlag(arena *a, const ir_model *m, ir_model **out, diag *d);
 
@@ -193,7 +193,7 @@ bool pass_unlag(arena *a, const ir_model *m, ir_model **out, diag *d);
  * params, and whose outputs are the gradients with respect to the inputs.
  * `forward` is the model to run for training: m with its lags turned into
  * history states (pass_unlag; those states are internal, ids >= nfwd), plus
- * one per-step output `S.prev` of S(t-1) for each state S the adjoint needs
+ * one per-step output `S__prev` of S(t-1) for each state S the adjoint needs
  * (its trace, fed to the adjoint when a chunk is recomputed).
  *
  * Per tensor id of `forward` (-1 where there is none):
@@ -212,11 +212,11 @@ struct pass_grad {
     int nfwd; /* tensors of m; forward's tensors [nfwd, forward->ntensors) are internal */
     int *trace, *adj_trace, *adj_value, *adj_grad; /* [forward->ntensors] */
     /* m's init statements as a model of their own, run for one step when the
-     * caller gives no initial state: its params are m's, its outputs S.init
+     * caller gives no initial state: its params are m's, its outputs S__init
      * the initial values; with its own gradients (the adjoint gives what the
      * initial states' gradients pass on to the params). NULL without inits.
      * init_id[i] (per tensor of forward): a param's id in init->forward, a
-     * state's S.init there, else -1. */
+     * state's S__init there, else -1. */
     pass_grad *init;
     int *init_id;
 };

@@ -5,14 +5,14 @@
  * that crosses steps is then in a state, so the model can be run a chunk of
  * steps at a time, each chunk starting from the states the previous one left
  * (checkpoints, passes/grad.c). The model's tensors keep their ids; for each
- * input x read at lags 1..K the history states x.lag1 .. x.lagK follow them,
- * x.lagk holding x[t-k+1] after step t (so x.lagk@old is x[t-k]; zero at the
+ * input x read at lags 1..K the history states x__lag1 .. x__lagK follow them,
+ * x__lagk holding x[t-k+1] after step t (so x__lagk@old is x[t-k]; zero at the
  * start, which is what a read before the sequence start gives). Their
- * updates close every step, x.lagK first, so that each reads its neighbour's
+ * updates close every step, x__lagK first, so that each reads its neighbour's
  * old value. A read at t - j with j bound by a reduction unrolls that
  * reduction over j's values (sum(j: e) becomes e[j=0] + e[j=1] + ...); one
  * with j a free variable of the statement selects among the reads at each
- * lag (select(j == 0, x[t], select(j == 1, x.lag1, ...))). */
+ * lag (select(j == 0, x[t], select(j == 1, x__lag1, ...))). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +24,7 @@ typedef struct unlag {
     arena *a;
     diag *d;
     int *maxlag;    /* per tensor of m: the largest lag it is read at */
-    int *hist;      /* per tensor of m: the id of x.lag1 (x.lagk is hist + k - 1), or -1 */
+    int *hist;      /* per tensor of m: the id of x__lag1 (x__lagk is hist + k - 1), or -1 */
     int64_t *value; /* per variable: the value it is unrolled at, or -1 */
     bool ok;
 } unlag;
@@ -132,8 +132,9 @@ static ir_ref select_lag(unlag *u, const ir_inst *in)
         }
         ir_inst iv = {.op = IR_IDX, .loc = in->loc, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE, .var = var};
         ir_inst cw = {.op = IR_CONST, .loc = in->loc, .a = IR_NONE, .b = IR_NONE, .c = IR_NONE, .num = (double)w};
-        ir_inst eq = {.op = IR_EQ, .loc = in->loc, .a = ir_build_inst(&u->b, iv), .b = ir_build_inst(&u->b, cw),
-                      .c = IR_NONE};
+        ir_ref a = ir_build_inst(&u->b, iv);
+        ir_ref b = ir_build_inst(&u->b, cw);
+        ir_inst eq = {.op = IR_EQ, .loc = in->loc, .a = a, .b = b, .c = IR_NONE};
         ir_inst sel = {.op = IR_SELECT, .loc = in->loc, .a = ir_build_inst(&u->b, eq), .b = r, .c = acc};
         acc = ir_build_inst(&u->b, sel);
     }
@@ -206,7 +207,9 @@ bool pass_unlag(arena *a, const ir_model *m, ir_model **out, diag *d)
         u.hist[i] = -1;
         const ir_tensor *t = &m->tensors[i];
         for (int k = 1; k <= u.maxlag[i]; k++) {
-            ir_tensor h = {.name = arena_printf(a, "%s.lag%d", t->name, k), .kind = IR_STATE, .rank = t->rank,
+            const char *name = arena_printf(a, "%s__lag%d", t->name, k);
+            for (int n = 2; name && ir_find_tensor(m, name) >= 0; n++) name = arena_printf(a, "%s__lag%d_%d", t->name, k, n);
+            ir_tensor h = {.name = name, .kind = IR_STATE, .rank = t->rank,
                            .def = -1, .hidden = true, .loc = t->loc};
             memcpy(h.dims, t->dims, sizeof h.dims);
             int id = ir_build_tensor(&u.b, h);

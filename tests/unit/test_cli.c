@@ -1098,6 +1098,13 @@ static void test_grad_verify(void **state)
              "--dtype", "bf16");
     expect_ok(p);
     assert_int_equal(count_lines(p.out, "verify grad"), 5); /* q k v gk S */
+    if (cpu_available()) { /* the adjoint through the CPU backend's plan, against the interpreter's */
+        p = ssmc("run", example("lstm"), "-D", "E=8", "-D", "H=8", "--batch", "2", "--seqlen", "30", "--grad",
+                 "--verify", "--device", "cpu");
+        expect_ok(p);
+        assert_int_equal(count_lines(p.out, "verify grad"), 6); /* x W U bias h c */
+        assert_null(strstr(p.out, "FAIL"));
+    }
 }
 
 static void test_grad_errors(void **state)

@@ -39,12 +39,12 @@ typedef struct gmodel {
     int64_t B, T;
 } gmodel;
 
-static void gm_open(gmodel *g, const char *file, const char *src, size_t len, const ssmc_dim *dims, int ndims,
-                    int64_t B, int64_t T, int64_t chunk)
+static void gm_open_on(gmodel *g, ssmc_device dev, const char *file, const char *src, size_t len, const ssmc_dim *dims,
+                       int ndims, int64_t B, int64_t T, int64_t chunk)
 {
     memset(g, 0, sizeof *g);
     g->ctx = ssmc_ctx_new();
-    ssmc_options o = {.device = SSMC_DEVICE_INTERP, .dims = dims, .ndims = ndims, .grad_chunk = chunk};
+    ssmc_options o = {.device = dev, .dims = dims, .ndims = ndims, .grad_chunk = chunk, .threads = 2};
     if (ssmc_compile(g->ctx, file, src, len, &o, &g->m) != SSMC_OK) fail_msg("%s: %s", file, ssmc_ctx_error(g->ctx));
     g->n = ssmc_model_num_tensors(g->m);
     assert_true(g->n <= MAXT);
@@ -57,6 +57,12 @@ static void gm_open(gmodel *g, const char *file, const char *src, size_t len, co
         for (int j = 0; j < g->info[i].rank; j++) c *= (size_t)g->info[i].shape[j];
         g->count[i] = c;
     }
+}
+
+static void gm_open(gmodel *g, const char *file, const char *src, size_t len, const ssmc_dim *dims, int ndims,
+                    int64_t B, int64_t T, int64_t chunk)
+{
+    gm_open_on(g, SSMC_DEVICE_INTERP, file, src, len, dims, ndims, B, T, chunk);
 }
 
 static void gm_close(gmodel *g)
@@ -265,6 +271,31 @@ static const example_dims examples[] = {
     {"examples/mamba_ssu_z.ssm", {{"H", 2}, {"P", 2}, {"G", 1}, {"R", 2}, {"N", 3}}, 5},
 };
 
+/* Small dims for an example the table does not list: every dim at most 3 when
+ * the model still checks with that (a group H = G * R may not), else its own.
+ * The dims are read from its IR (`  dim NAME = VALUE` lines). */
+static void small_dims(const char *file, const char *src, size_t len, example_dims *e)
+{
+    static char names[8][64];
+    memset(e, 0, sizeof *e);
+    e->file = file;
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    char *ir = NULL;
+    if (ssmc_emit(ctx, file, src, len, NULL, SSMC_EMIT_IR, &ir) != SSMC_OK) fail_msg("%s: %s", file, ssmc_ctx_error(ctx));
+    for (const char *p = strstr(ir, "\n  dim "); p && e->ndims < 8; p = strstr(p + 1, "\n  dim ")) {
+        long long v;
+        if (sscanf(p, "\n  dim %63s = %lld", names[e->ndims], &v) != 2) break;
+        e->dims[e->ndims] = (ssmc_dim){names[e->ndims], v < 3 ? v : 3};
+        e->ndims++;
+    }
+    free(ir);
+    ssmc_model *m = NULL;
+    ssmc_options o = {.device = SSMC_DEVICE_INTERP, .dims = e->dims, .ndims = e->ndims};
+    if (ssmc_compile(ctx, file, src, len, &o, &m) != SSMC_OK) e->ndims = 0; /* its own dims */
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
 static void test_examples(void **state)
 {
     (void)state;
@@ -273,11 +304,15 @@ static void test_examples(void **state)
     assert_true(n > 0);
     for (int i = 0; i < n; i++) {
         const example_dims *e = NULL;
-        for (size_t k = 0; k < sizeof examples / sizeof *examples; k++)
-            if (strcmp(examples[k].file, names[i]) == 0) e = &examples[k];
-        if (!e) fail_msg("%s: no small dims for it in test_grad.c's table", names[i]);
+        example_dims own;
         size_t len;
         char *src = test_slurp(names[i], &len);
+        for (size_t k = 0; k < sizeof examples / sizeof *examples; k++)
+            if (strcmp(examples[k].file, names[i]) == 0) e = &examples[k];
+        if (!e) {
+            small_dims(names[i], src, len, &own);
+            e = &own;
+        }
         check_model(names[i], src, len, e->dims, e->ndims, 2, 7, 0, 1.0, 3);
         if (strstr(src, "init ")) { /* and from its init statements */
             g_no_states = true;
@@ -286,6 +321,109 @@ static void test_examples(void **state)
         }
         free(src);
     }
+}
+
+/* ---- the CPU backend against the interpreter ---- */
+
+/* Gradients of one example on `dev` with f32 tensors (values exact in f32). */
+static void grads_on(ssmc_device dev, const char *file, const char *src, size_t len, const example_dims *e,
+                     int64_t B, int64_t T, double **out, gmodel *g)
+{
+    gm_open_on(g, dev, file, src, len, e->dims, e->ndims, B, T, 0);
+    uint64_t rng = 99;
+    float *buf[MAXT], *cot[MAXT], *gr[MAXT];
+    ssmc_arg args[MAXT], vals[MAXT], douts[MAXT], grads[MAXT];
+    int nv = 0, nd = 0, ng = 0, na = 0;
+    for (int i = 0; i < g->n; i++) {
+        size_t c = g->count[i];
+        buf[i] = calloc(c + 1, sizeof(float));
+        cot[i] = calloc(c + 1, sizeof(float));
+        gr[i] = calloc(c + 1, sizeof(float));
+        ssmc_role r = g->info[i].role;
+        for (size_t k = 0; k < c; k++) {
+            buf[i][k] = r == SSMC_OUTPUT ? NAN : (float)(0.5 * uniform_pm1(&rng));
+            cot[i][k] = (float)uniform_pm1(&rng);
+        }
+        args[na] = (ssmc_arg){g->info[i].name, SSMC_F32, buf[i], 0};
+        if (r == SSMC_INPUT || r == SSMC_PARAM) vals[nv++] = args[na];
+        if (in_loss(r)) douts[nd++] = (ssmc_arg){g->info[i].name, SSMC_F32, cot[i], 0};
+        if (r != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){g->info[i].name, SSMC_F32, gr[i], 0};
+        if (is_given(r)) na++;
+    }
+    ssmc_tape *tape = NULL;
+    if (ssmc_forward_train(g->m, B, T, args, na, &tape) != SSMC_OK ||
+        ssmc_backward(g->m, tape, vals, nv, douts, nd, grads, ng) != SSMC_OK)
+        fail_msg("%s on %s: %s", file, dev == SSMC_DEVICE_CPU ? "cpu" : "interp", ssmc_ctx_error(g->ctx));
+    ssmc_tape_free(tape);
+    for (int i = 0; i < g->n; i++) {
+        out[i] = calloc(g->count[i] + 1, sizeof(double));
+        for (size_t k = 0; k < g->count[i]; k++) out[i][k] = gr[i][k];
+        free(buf[i]);
+        free(cot[i]);
+        free(gr[i]);
+    }
+}
+
+static void test_cpu_against_interp(void **state)
+{
+    (void)state;
+    static const char probe_src[] = "model p { input x[T]; output y[T]; y[t] = x[t]; }";
+    ssmc_ctx *probe = ssmc_ctx_new();
+    ssmc_model *pm = NULL;
+    ssmc_options po = {.device = SSMC_DEVICE_CPU};
+    bool cpu = ssmc_compile(probe, "p", probe_src, sizeof probe_src - 1, &po, &pm) == SSMC_OK;
+    ssmc_model_free(pm);
+    ssmc_ctx_free(probe);
+    if (!cpu) {
+        fprintf(stderr, "SKIP test_cpu_against_interp: no CPU backend in this build\n");
+        return;
+    }
+    char names[64][128];
+    int nex = test_list_examples(names, 64);
+    for (int k = 0; k < 2 * nex; k++) {
+        size_t len;
+        char *src = test_slurp(names[k / 2], &len);
+        /* each example twice: with initial states, and without (init statements), where it has any */
+        g_no_states = k % 2;
+        if (g_no_states && !strstr(src, "init ")) {
+            free(src);
+            continue;
+        }
+        const example_dims *e = NULL;
+        example_dims own;
+        for (size_t j = 0; j < sizeof examples / sizeof *examples; j++)
+            if (strcmp(examples[j].file, names[k / 2]) == 0) e = &examples[j];
+        if (!e) {
+            small_dims(names[k / 2], src, len, &own);
+            e = &own;
+        }
+        gmodel gi, gc;
+        double *ri[MAXT], *rc[MAXT];
+        grads_on(SSMC_DEVICE_INTERP, e->file, src, len, e, 2, 37, ri, &gi);
+        grads_on(SSMC_DEVICE_CPU, e->file, src, len, e, 2, 37, rc, &gc);
+        for (int i = 0; i < gi.n; i++) {
+            if (gi.info[i].role == SSMC_OUTPUT) continue;
+            double md = 0, mr = 0;
+            for (size_t j = 0; j < gi.count[i]; j++) {
+                if (!isfinite(rc[i][j])) fail_msg("%s: cpu grad %s[%zu] = %g", e->file, gi.info[i].name, j, rc[i][j]);
+                md = fmax(md, fabs(rc[i][j] - ri[i][j]));
+                mr = fmax(mr, fabs(ri[i][j]));
+            }
+            if (getenv("SSMC_TEST_VERBOSE"))
+                fprintf(stderr, "cpu %-28s %-8s rel %.2e\n", e->file, gi.info[i].name, mr > 0 ? md / mr : md);
+            if (!(md <= 1e-5 * mr + 1e-7))
+                fail_msg("%s: cpu grad of %s differs from the interpreter's by %g (max %g)", e->file, gi.info[i].name, md,
+                         mr);
+        }
+        for (int i = 0; i < gi.n; i++) {
+            free(ri[i]);
+            free(rc[i]);
+        }
+        gm_close(&gi);
+        gm_close(&gc);
+        free(src);
+    }
+    g_no_states = false;
 }
 
 /* ---- one model per construct ---- */
@@ -696,8 +834,8 @@ static void test_api_errors(void **state)
     ssmc_tape_free(tape);
     ssmc_model_free(m2);
     ssmc_model_free(m);
-    /* a backend that does not run reverse models */
-    o.device = SSMC_DEVICE_CPU;
+    /* a backend that does not run reverse models (yet) */
+    o.device = SSMC_DEVICE_CUDA;
     if (ssmc_compile(ctx, "m.ssm", src, sizeof src - 1, &o, &m) == SSMC_OK) {
         expect_err(ctx, ssmc_forward_train(m, 2, 3, args, 4, &tape), SSMC_ERR_UNSUPPORTED, "reverse models");
         ssmc_model_free(m);
@@ -707,21 +845,27 @@ static void test_api_errors(void **state)
 
 /* ---- long sequences ---- */
 
-static void test_long_sequence(void **state)
+/* The gradients of a small Mamba-2 over one sequence of 65,536 steps on dev
+ * (f64 tensors); false when dev is not in this build. */
+static bool long_grads(ssmc_device dev, double **gr, size_t *counts, int *nt)
 {
-    (void)state;
     size_t len;
     char *src = test_slurp("examples/mamba2.ssm", &len);
     ssmc_ctx *ctx = ssmc_ctx_new();
     ssmc_dim dims[] = {{"H", 2}, {"P", 2}, {"N", 2}};
-    ssmc_options o = {.device = SSMC_DEVICE_INTERP, .dims = dims, .ndims = 3};
+    ssmc_options o = {.device = dev, .dims = dims, .ndims = 3, .threads = 2};
     ssmc_model *m = NULL;
-    assert_int_equal(ssmc_compile(ctx, "mamba2.ssm", src, len, &o, &m), SSMC_OK);
+    if (ssmc_compile(ctx, "mamba2.ssm", src, len, &o, &m) != SSMC_OK) {
+        assert_int_not_equal(dev, SSMC_DEVICE_INTERP);
+        ssmc_ctx_free(ctx);
+        free(src);
+        return false;
+    }
     const int64_t B = 1, T = 65536;
     int n = ssmc_model_num_tensors(m);
     ssmc_arg args[16], douts[16], grads[16];
     int nd = 0, ng = 0, na = 0;
-    double *bufs[16], *cot[16], *gr[16];
+    double *bufs[16], *cot[16];
     uint64_t rng = 11;
     for (int i = 0; i < n; i++) {
         ssmc_tensor_info ti;
@@ -729,6 +873,7 @@ static void test_long_sequence(void **state)
         size_t c = ti.role == SSMC_PARAM ? 1 : (size_t)B;
         if (ti.per_step) c *= (size_t)T;
         for (int j = 0; j < ti.rank; j++) c *= (size_t)ti.shape[j];
+        counts[i] = c;
         bufs[i] = calloc(c, sizeof(double));
         cot[i] = calloc(c, sizeof(double));
         gr[i] = calloc(c, sizeof(double));
@@ -749,34 +894,57 @@ static void test_long_sequence(void **state)
     assert_int_equal(info.chunk, 256);
     assert_int_equal(ssmc_tape_bytes(tape), 256 * info.state_bytes);
     ssmc_tape_free(tape);
-    for (int i = 0; i < ng; i++) {
-        int k = ssmc_model_find(m, grads[i].name);
+    for (int i = 0; i < n; i++) {
         ssmc_tensor_info ti;
-        ssmc_model_tensor(m, k, &ti);
-        size_t c = ti.role == SSMC_PARAM ? 1 : (size_t)B;
-        if (ti.per_step) c *= (size_t)T;
-        for (int j = 0; j < ti.rank; j++) c *= (size_t)ti.shape[j];
+        ssmc_model_tensor(m, i, &ti);
+        if (ti.role == SSMC_OUTPUT) continue;
         double amax = 0;
-        for (size_t e = 0; e < c; e++) {
-            if (!isfinite(gr[k][e])) fail_msg("grad %s[%zu] = %g", ti.name, e, gr[k][e]);
-            amax = fmax(amax, fabs(gr[k][e]));
+        for (size_t e = 0; e < counts[i]; e++) {
+            if (!isfinite(gr[i][e])) fail_msg("grad %s[%zu] = %g", ti.name, e, gr[i][e]);
+            amax = fmax(amax, fabs(gr[i][e]));
         }
         assert_true(amax > 0);
     }
     for (int i = 0; i < n; i++) {
         free(bufs[i]);
         free(cot[i]);
-        free(gr[i]);
     }
+    *nt = n;
     ssmc_model_free(m);
     ssmc_ctx_free(ctx);
     free(src);
+    return true;
+}
+
+static void test_long_sequence(void **state)
+{
+    (void)state;
+    double *gi[16], *gc[16];
+    size_t counts[16];
+    int n = 0;
+    long_grads(SSMC_DEVICE_INTERP, gi, counts, &n);
+    if (long_grads(SSMC_DEVICE_CPU, gc, counts, &n)) {
+        /* f32 kernels and checkpoints over 65,536 steps: the params' sums over every step agree to 1e-4 */
+        for (int i = 0; i < n; i++) {
+            double md = 0, mr = 0;
+            for (size_t e = 0; e < counts[i]; e++) {
+                if (isnan(gi[i][e])) continue; /* outputs: no gradient */
+                md = fmax(md, fabs(gc[i][e] - gi[i][e]));
+                mr = fmax(mr, fabs(gi[i][e]));
+            }
+            if (getenv("SSMC_TEST_VERBOSE")) fprintf(stderr, "long cpu tensor %d rel %.2e\n", i, mr > 0 ? md / mr : md);
+            if (!(md <= 1e-4 * mr)) fail_msg("T = 65536: cpu gradient of tensor %d is %g from the interpreter's (max %g)", i, md, mr);
+            free(gc[i]);
+        }
+    }
+    for (int i = 0; i < n; i++) free(gi[i]);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_cpu_against_interp),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_functions),
         cmocka_unit_test(test_reduction_sum),
