@@ -58,10 +58,6 @@ def _unflatten(m, tensors, state_mask):
     return args, init
 
 
-def _flat_present(flat):
-    return [t for t in flat if t is not None], [t is not None for t in flat]
-
-
 if AVAILABLE:
     from . import _core
 
@@ -150,12 +146,32 @@ if AVAILABLE:
 
 
 def forward(m, tensors, initial_state, final_states, cu_seqlens, out_dtype):
-    """ssmc.Model.forward under torch.compile: one call of the op."""
-    call, flat = m._resolve(tensors, initial_state, final_states, cu_seqlens, out_dtype, shapes_only=True)
-    present, _ = _flat_present(flat)
-    n = len(m._input_names) + len(m._param_names)
-    state_mask = [t is not None for t in flat[n:]]
+    """ssmc.Model.forward under torch.compile: one call of the op. The
+    arguments are checked by the op's fake kernel (ssmc.Model._resolve) as
+    Dynamo traces it."""
+    sig = (m._key, tuple(m._input_names), tuple(m._param_names), tuple(s.name for s in m._states),
+           tuple(s.name for s in m._outputs))
+    return call(sig, tensors, initial_state, final_states, cu_seqlens, out_dtype)
+
+
+def call(sig, tensors, initial_state, final_states, cu_seqlens, out_dtype):
+    """torch.ops.ssmc.forward on a model's signature (key, input, param,
+    state and output names), its results by name."""
+    key, inputs, params, states, outputs = sig
+    flat = []
+    for k in inputs + params:
+        if k not in tensors:
+            raise Error(f"missing input or param '{k}'")
+        t = tensors[k]
+        flat.append(t if isinstance(t, torch.Tensor) else torch.tensor(float(t)))
+    unknown = [k for k in tensors if k not in inputs and k not in params]
+    if unknown:
+        raise Error(f"no input or param named '{unknown[0]}'")
+    initial_state = initial_state or {}
+    mask = [s in initial_state for s in states]
+    flat += [initial_state[s] for s in states if s in initial_state]
     if cu_seqlens is not None and not isinstance(cu_seqlens, torch.Tensor):
         cu_seqlens = torch.tensor(list(cu_seqlens), dtype=torch.int64)
-    results = torch.ops.ssmc.forward(m._key, present, state_mask, final_states, cu_seqlens, out_dtype)
-    return m._result_dict(call, results)
+    results = torch.ops.ssmc.forward(key, flat, mask, bool(final_states), cu_seqlens, out_dtype)
+    names = list(outputs) + (list(states) if final_states else [])
+    return dict(zip(names, results))
