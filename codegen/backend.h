@@ -33,6 +33,9 @@ typedef struct backend {
      * with no copies or synchronisation; NULL for a backend without a device. */
     ssmc_status (*run_device)(void *state, int64_t batch, int64_t T, const backend_tensor *tensors, void *stream,
                               diag *d);
+    /* Runs reverse models (ir.h), as the adjoint of passes/grad.c is: what
+     * gradients need of a backend beyond running ordinary models. */
+    bool reverse;
 } backend;
 
 /* The device table (codegen/backends.c): the backend of a device, NULL where

@@ -377,6 +377,8 @@ static const char *index_glob(em *e, const ir_index *ix)
     case IR_IX_VAR: return var_glob(e, ix->var);
     case IR_IX_DIV: return S(e, "(%s / %lld)", var_glob(e, ix->var), (long long)ix->k);
     case IR_IX_CONST: return S(e, "%lld", (long long)ix->k);
+    case IR_IX_AFFINE:
+        return S(e, "(%s * %lld + %s)", var_glob(e, ix->var), (long long)ix->k, var_glob(e, ix->var2));
     }
     return "0";
 }

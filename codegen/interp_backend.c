@@ -61,4 +61,5 @@ const backend interp_backend = {
     .compile = interp_compile,
     .run = interp_run,
     .free = interp_free,
+    .reverse = true,
 };

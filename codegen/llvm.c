@@ -522,6 +522,7 @@ static LLVMValueRef index_value(cg *c, const ir_index *ix)
     case IR_IX_VAR: return c->var[ix->var];
     case IR_IX_DIV: return LLVMBuildUDiv(c->b, c->var[ix->var], I64(c, ix->k), "");
     case IR_IX_CONST: return I64(c, ix->k);
+    case IR_IX_AFFINE: return iadd(c, imul(c, c->var[ix->var], I64(c, ix->k)), c->var[ix->var2]);
     }
     return I64(c, 0);
 }

@@ -10,6 +10,7 @@
 #include "codegen/backend.h"
 #include "support/dtype.h"
 #include "bundle.h"
+#include "grad.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
@@ -26,6 +27,7 @@ struct ssmc_model {
     ssmc_options opts;
     const backend *be;
     void *be_state;
+    grad_state *grad; /* made by the first gradient call (driver/grad.c) */
 };
 
 ssmc_ctx *ssmc_ctx_new(void) { return calloc(1, sizeof(ssmc_ctx)); }
@@ -37,10 +39,11 @@ void ssmc_ctx_free(ssmc_ctx *ctx)
     free(ctx);
 }
 
-const char *ssmc_ctx_error(const ssmc_ctx *ctx) { return ctx->diag.text.data ? ctx->diag.text.data : ""; }
+const char *ssmc_ctx_error(const ssmc_ctx *ctx) { return ctx && ctx->diag.text.data ? ctx->diag.text.data : ""; }
 
 void ssmc_ctx_set_diag_callback(ssmc_ctx *ctx, void (*fn)(void *ud, const char *msg), void *ud)
 {
+    if (!ctx) return;
     ctx->diag.callback = fn;
     ctx->diag.ud = ud;
 }
@@ -54,6 +57,37 @@ const char *ssmc_status_name(ssmc_status s)
 
 static const ssmc_options default_options;
 
+ssmc_status api_check_call(diag *d, const char *source, size_t len, const ssmc_options *o)
+{
+    if (!source && len) {
+        diag_error(d, "the source is NULL but its length is %zu", len);
+        return SSMC_ERR_ARG;
+    }
+    if (o->ndims < 0 || (o->ndims > 0 && !o->dims)) {
+        diag_error(d, "options: dims is %s but ndims is %d", o->dims ? "given" : "NULL", o->ndims);
+        return SSMC_ERR_ARG;
+    }
+    for (int i = 0; i < o->ndims; i++)
+        if (!o->dims[i].name) {
+            diag_error(d, "options: dim %d has no name (NULL)", i);
+            return SSMC_ERR_ARG;
+        }
+    if (!device_title(o->device)) {
+        diag_error(d, "options: unknown device %d (expected SSMC_DEVICE_INTERP, SSMC_DEVICE_CPU or SSMC_DEVICE_CUDA)",
+                   (int)o->device);
+        return SSMC_ERR_ARG;
+    }
+    if ((unsigned)o->algo > SSMC_ALGO_SCAN) {
+        diag_error(d, "options: unknown algorithm %d (expected auto, recurrent, chunked or scan)", (int)o->algo);
+        return SSMC_ERR_ARG;
+    }
+    if (o->threads < 0) {
+        diag_error(d, "options: threads is %d (0 means one per core)", o->threads);
+        return SSMC_ERR_ARG;
+    }
+    return SSMC_OK;
+}
+
 /* The plan target of a device's backend, or NULL (the interpreter plans nothing). */
 static const plan_target *target_of(const backend *be, const ssmc_options *o, plan_target *buf)
 {
@@ -65,9 +99,16 @@ static const plan_target *target_of(const backend *be, const ssmc_options *o, pl
 ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                          const ssmc_options *opts, ssmc_model **out)
 {
+    if (out) *out = NULL;
+    if (!ctx) return SSMC_ERR_ARG;
     diag_reset(&ctx->diag);
-    *out = NULL;
+    if (!out) {
+        diag_error(&ctx->diag, "ssmc_compile: out is NULL");
+        return SSMC_ERR_ARG;
+    }
     const ssmc_options *o = opts ? opts : &default_options;
+    ssmc_status cs = api_check_call(&ctx->diag, source, len, o);
+    if (cs != SSMC_OK) return cs;
     ssmc_model *m = calloc(1, sizeof *m);
     if (!m) {
         diag_error(&ctx->diag, "out of memory");
@@ -106,6 +147,7 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
 void ssmc_model_free(ssmc_model *m)
 {
     if (!m) return;
+    grad_state_free(m->grad);
     if (m->be && m->be_state) m->be->free(m->be_state);
     arena_free(&m->arena);
     free(m);
@@ -114,21 +156,24 @@ void ssmc_model_free(ssmc_model *m)
 ssmc_status ssmc_check(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                        const ssmc_options *opts)
 {
+    if (!ctx) return SSMC_ERR_ARG;
     diag_reset(&ctx->diag);
     ssmc_options o = opts ? *opts : default_options;
+    ssmc_status cs = api_check_call(&ctx->diag, source, len, &o);
+    if (cs != SSMC_OK) return cs;
     arena a;
     arena_init(&a);
     pipeline pl = {.a = &a, .d = &ctx->diag, .o = &o};
     ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_AST);
-    /* each model is checked from a fresh parse: checking annotates the tree */
+    /* one parse for the file (each model's check annotates its own part of
+     * the tree, once); each model's IR and analysis in an arena of its own */
     for (int i = 0; s == SSMC_OK && i < pl.ast->nmodels; i++) {
         if (opts && opts->model && strcmp(opts->model, pl.ast->models[i].name) != 0) continue;
-        o.model = pl.ast->models[i].name;
         arena ma;
         arena_init(&ma);
-        pipeline mp = {.a = &ma, .d = &ctx->diag, .o = &o};
-        ssmc_status ms = pipeline_run(&mp, filename, source, len, PIPE_ANALYSIS);
-        if (ms != SSMC_OK) s = ms == SSMC_ERR_NOMEM ? ms : SSMC_ERR_SOURCE;
+        pipeline mp = {.a = &ma, .d = &ctx->diag, .o = &o, .file = pl.file, .ast = pl.ast};
+        ssmc_status ms = pipeline_run_model(&mp, &pl.ast->models[i], &a, PIPE_ANALYSIS);
+        if (ms != SSMC_OK) s = ms == SSMC_ERR_NOMEM || a.failed ? SSMC_ERR_NOMEM : SSMC_ERR_SOURCE;
         arena_free(&ma);
     }
     if (s == SSMC_OK && opts && opts->model) {
@@ -161,21 +206,28 @@ static ssmc_device emit_device(ssmc_emit_kind kind, ssmc_device asked)
 ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, size_t len,
                       const ssmc_options *opts, ssmc_emit_kind kind, char **text)
 {
+    if (text) *text = NULL;
+    if (!ctx) return SSMC_ERR_ARG;
     diag_reset(&ctx->diag);
-    *text = NULL;
+    if (!text) {
+        diag_error(&ctx->diag, "ssmc_emit: text is NULL");
+        return SSMC_ERR_ARG;
+    }
     const ssmc_options *o = opts ? opts : &default_options;
+    ssmc_status cs = api_check_call(&ctx->diag, source, len, o);
+    if (cs != SSMC_OK) return cs;
+    if ((unsigned)kind > SSMC_EMIT_GRAD) {
+        diag_error(&ctx->diag, "ssmc_emit: unknown emit kind %d", (int)kind);
+        return SSMC_ERR_ARG;
+    }
     arena a;
     arena_init(&a);
     strbuf out = {0};
     static const pipe_stage stage_of[] = {[SSMC_EMIT_AST] = PIPE_AST,   [SSMC_EMIT_IR] = PIPE_IR,
                                           [SSMC_EMIT_ANALYSIS] = PIPE_ANALYSIS, [SSMC_EMIT_PLAN] = PIPE_PLAN,
                                           [SSMC_EMIT_LLVM] = PIPE_PLAN, [SSMC_EMIT_CUDA] = PIPE_PLAN,
-                                          [SSMC_EMIT_PTX] = PIPE_PLAN};
+                                          [SSMC_EMIT_PTX] = PIPE_PLAN, [SSMC_EMIT_GRAD] = PIPE_IR};
     ssmc_status s = SSMC_OK;
-    if ((unsigned)kind >= sizeof stage_of / sizeof *stage_of) {
-        diag_error(&ctx->diag, "unknown emit kind %d", (int)kind);
-        s = SSMC_ERR_ARG;
-    }
     ssmc_device dev = emit_device(kind, o->device);
     const backend *be = backend_for(dev);
     bool code = kind == SSMC_EMIT_LLVM || kind == SSMC_EMIT_CUDA || kind == SSMC_EMIT_PTX;
@@ -200,8 +252,19 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
         switch (kind) {
         case SSMC_EMIT_AST: ast_print(&out, pl.ast); break;
         case SSMC_EMIT_IR: ir_print(&out, pl.ir); break;
-        case SSMC_EMIT_ANALYSIS: pass_analysis_print(&out, pl.ir, &pl.an); break;
+        case SSMC_EMIT_ANALYSIS:
+            pass_analysis_print(&out, pl.ir, &pl.an);
+            pass_chunk_print(&out, pl.ir, &pl.chunks);
+            break;
         case SSMC_EMIT_PLAN: plan_print(&out, pl.plan); break;
+        case SSMC_EMIT_GRAD: {
+            pass_grad pg;
+            if (pass_grad_build(&a, pl.ir, &pg, &ctx->diag))
+                ir_print(&out, pg.adjoint);
+            else
+                s = a.failed ? SSMC_ERR_NOMEM : SSMC_ERR_UNSUPPORTED;
+            break;
+        }
         default: s = be->emit(pl.plan, o, kind, &out, &ctx->diag); break;
         }
     }
@@ -215,14 +278,20 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
     return s;
 }
 
-const char *ssmc_model_name(const ssmc_model *m) { return m->ir->name; }
+const char *ssmc_model_name(const ssmc_model *m) { return m ? m->ir->name : ""; }
 const ir_model *api_model_ir(const ssmc_model *m) { return m->ir; }
 diag *api_ctx_diag(ssmc_ctx *ctx) { return &ctx->diag; }
 /* Lets and the hidden states of passes/lag.c are internal. */
 static bool is_public(const ir_tensor *t) { return t->kind != IR_LET && !t->hidden; }
 
+arena *api_model_arena(ssmc_model *m) { return &m->arena; }
+const backend *api_model_backend(const ssmc_model *m) { return m->be; }
+const ssmc_options *api_model_options(const ssmc_model *m) { return &m->opts; }
+diag *api_model_diag(ssmc_model *m) { return &m->ctx->diag; }
+grad_state **api_model_grad(ssmc_model *m) { return &m->grad; }
 int ssmc_model_num_tensors(const ssmc_model *m)
 {
+    if (!m) return 0;
     int n = 0;
     for (uint32_t i = 0; i < m->ir->ntensors; i++) n += is_public(&m->ir->tensors[i]);
     return n;
@@ -238,7 +307,7 @@ static int public_to_ir(const ssmc_model *m, int i)
 
 ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info)
 {
-    int k = i >= 0 ? public_to_ir(m, i) : -1;
+    int k = m && info && i >= 0 ? public_to_ir(m, i) : -1;
     if (k < 0) return SSMC_ERR_ARG;
     const ir_tensor *t = &m->ir->tensors[k];
     static const ssmc_role roles[] = {[IR_INPUT] = SSMC_INPUT, [IR_PARAM] = SSMC_PARAM, [IR_STATE] = SSMC_STATE,
@@ -254,9 +323,44 @@ ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info
 
 int ssmc_model_find(const ssmc_model *m, const char *name)
 {
+    if (!m || !name) return -1;
     for (int i = 0; i < ssmc_model_num_tensors(m); i++)
         if (strcmp(m->ir->tensors[public_to_ir(m, i)].name, name) == 0) return i;
     return -1;
+}
+
+/* floor(dtype) + 4 u L (u = 2^-24; L: the tensor's rounding length, in which
+ * a state whose update is the identity plus a term, a running sum over the
+ * whole run, carries 2 sqrt(T) more at each of rounding.c's two walks: its
+ * rounding errors add up as a random walk, and a final value that cancels
+ * makes them larger relative to it). The floor: the earlier fixed
+ * tolerances, which held every example; f16 and bf16 for the rounding of the
+ * tensors themselves. */
+double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_t T)
+{
+    int k = m && i >= 0 ? public_to_ir(m, i) : -1;
+    if (k < 0 || (unsigned)dtype > SSMC_F64 || T < 1) return -1;
+    const ir_model *ir = m->ir;
+    if (ir->tensors[k].kind != IR_OUTPUT && ir->tensors[k].kind != IR_STATE) return -1;
+    double *len = calloc(ir->ntensors, sizeof *len), *carried = calloc(ir->ntensors, sizeof *carried);
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    pass_analysis an;
+    double tol = -1;
+    if (len && carried) {
+        if (pass_analyze(&a, ir, &an, &d))
+            for (int s = 0; s < an.nstates; s++)
+                if (an.states[s].cls == PASS_CLASS_IDENTITY) carried[an.states[s].tensor] = 2 * sqrt((double)T);
+        pass_rounding(ir, carried, len);
+        double floor = dtype == SSMC_F16 ? 1e-2 : dtype == SSMC_BF16 ? 2e-2 : 1e-5;
+        tol = floor + 4 * 0x1p-24 * len[k];
+    }
+    diag_free(&d);
+    arena_free(&a);
+    free(len);
+    free(carried);
+    return tol;
 }
 
 /* ---- running ---- */
@@ -298,8 +402,13 @@ static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_t
 static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, bool on_device,
                               void *stream)
 {
+    if (!m) return SSMC_ERR_ARG;
     diag *d = &m->ctx->diag;
     diag_reset(d);
+    if (nargs < 0 || (nargs > 0 && !args)) {
+        diag_error(d, "args is %s but nargs is %d", args ? "given" : "NULL", nargs);
+        return SSMC_ERR_ARG;
+    }
     const ir_model *ir = m->ir;
     if (on_device && !(m->be && m->be->run_device)) {
         diag_error(d, "ssmc_run_device needs a model compiled for the cuda device");

@@ -100,20 +100,13 @@ static bool mkdir_parents(const char *dir)
 
 /* ---- generated text ---- */
 
-static bool c_keyword(const char *s)
-{
-    static const char *const kw[] = {"auto", "break", "case", "char", "const", "continue", "default", "do",
-                                     "double", "else", "enum", "extern", "float", "for", "goto", "if", "inline",
-                                     "int", "long", "register", "restrict", "return", "short", "signed", "sizeof",
-                                     "static", "struct", "switch", "typedef", "union", "unsigned", "void",
-                                     "volatile", "while", "bool", "true", "false", "_Bool", "_Complex"};
-    for (size_t i = 0; i < sizeof kw / sizeof *kw; i++)
-        if (strcmp(kw[i], s) == 0) return true;
-    return false;
-}
-
-/* A tensor's field name in the header: its name, with '_' after a C keyword. */
-static void field(strbuf *out, const char *name) { sb_printf(out, "%s%s", name, c_keyword(name) ? "_" : ""); }
+/* A tensor's field in the header: <model>_<tensor>. Bare tensor names met
+ * macros (`linux` and `unix` are predefined in GNU C, `NULL`, `errno` and
+ * `stdin` come with libc, POSIX headers define `st_mode`...) and keywords;
+ * with the model's name in front, every name the header declares starts with
+ * it, as <model>_tensors and <model>_run do. The comment beside each field
+ * gives the tensor's name in the model. */
+static void field(strbuf *out, const ir_model *m, const char *name) { sb_printf(out, "%s_%s", m->name, name); }
 
 static void upper(strbuf *out, const char *s)
 {
@@ -148,7 +141,10 @@ static void gen_header(strbuf *h, const ir_model *m, const char *file, const cha
     sb_puts(h, ".\n *\n"
                " * Every tensor is f32, row-major, and must not overlap any other: an input is\n"
                " * [B, T, ...], a param as declared, a state [B, ...], an output [B, T, ...],\n"
-               " * with B the batch and T the sequence length of the call.\n */\n");
+               " * with B the batch and T the sequence length of the call.\n");
+    sb_printf(h, " * The tensor `x` of the model is the field %s_x of %s_tensors: every name\n"
+                 " * declared here starts with the model's, so none meets a macro or a keyword.\n */\n",
+              name, name);
     strbuf guard = {0};
     sb_puts(&guard, "SSMC_BUNDLE_");
     upper(&guard, name);
@@ -167,8 +163,8 @@ static void gen_header(strbuf *h, const ir_model *m, const char *file, const cha
         if (t->kind == IR_LET || t->hidden) continue;
         bool in = t->kind == IR_INPUT || t->kind == IR_PARAM;
         sb_printf(h, "    %sfloat *", in ? "const " : "");
-        field(h, t->name);
-        sb_printf(h, "; /* %s ", ir_kind_names[t->kind]);
+        field(h, m, t->name);
+        sb_printf(h, "; /* %s %s ", ir_kind_names[t->kind], t->name);
         shape_text(h, m, t);
         if (t->kind == IR_STATE && ir_find_init(m, (int)i))
             sb_puts(h, ": the initial state, overwritten with the final state; NULL: the model's init, final state "
@@ -244,7 +240,7 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
         const ir_tensor *t = &m->tensors[i];
         if (t->kind == IR_LET) continue;
         strbuf f = {0};
-        field(&f, t->name);
+        field(&f, m, t->name);
         if (t->hidden) /* a state of passes/lag.c: not in the struct, always from zeros */
             sb_printf(c, "    ptrs[%u] = NULL;\n", i);
         else
@@ -315,7 +311,7 @@ static void gen_wrapper(strbuf *c, const ir_model *m, const char *symbol, const 
         const ir_tensor *t = &m->tensors[i];
         if (t->kind != IR_STATE || t->hidden) continue;
         strbuf f = {0};
-        field(&f, t->name);
+        field(&f, m, t->name);
         sb_printf(c, "    if (rc == 0 && owned[%u] && t->%s) memcpy(t->%s, owned[%u], (size_t)(batch * %lld) * sizeof(float));\n",
                   i, sb_cstr(&f), sb_cstr(&f), i, (long long)ir_tensor_elems(m, t));
         sb_free(&f);
@@ -379,6 +375,10 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
                        const char *targets, const char *outdir)
 {
     ssmc_options o = opts ? *opts : (ssmc_options){0};
+    if (!ctx) return SSMC_ERR_ARG;
+    diag_reset(api_ctx_diag(ctx));
+    ssmc_status cs = api_check_call(api_ctx_diag(ctx), source, len, &o);
+    if (cs != SSMC_OK) return cs;
     diag *d = api_ctx_diag(ctx);
     diag_reset(d);
     arena a;

@@ -10,5 +10,8 @@
 const ir_model *api_model_ir(const ssmc_model *m);
 /* The context's diagnostics sink (driver/api.c). */
 diag *api_ctx_diag(ssmc_ctx *ctx);
+/* The checks of a call's source and options every entry point makes
+ * (driver/api.c): SSMC_ERR_ARG with a message, or SSMC_OK. */
+ssmc_status api_check_call(diag *d, const char *source, size_t len, const ssmc_options *o);
 
 #endif

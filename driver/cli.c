@@ -1,9 +1,9 @@
 /* cli.c: the ssmc command line (SPEC §5). The only place that prints.
  *   ssmc check FILE
- *   ssmc emit  FILE --emit=ast|ir|analysis|plan|llvm|cuda|ptx [-D H=16 ...]
+ *   ssmc emit  FILE --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx [-D H=16 ...]
  *   ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]
  *                   [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]
- *                   [--init-state NAME=FILE.npy] [--verify]
+ *                   [--init-state NAME=FILE.npy] [--verify] [--grad] [--dout NAME=FILE.npy ...]
  *   ssmc build FILE -o DIR [--target cpu,cuda:sm_90]
  *   ssmc bench FILE [same options as run]
  * Exit status: 0 success, 1 an error in the input or a failed verification,
@@ -31,26 +31,26 @@ typedef struct cli {
     const char *cmd, *file, *emit, *out, *target, *model, *arch;
     ssmc_dim dims[MAX_PAIRS];
     int ndims;
-    pair ins[MAX_PAIRS], inits[MAX_PAIRS];
-    int nins, ninits;
+    pair ins[MAX_PAIRS], inits[MAX_PAIRS], douts[MAX_PAIRS];
+    int nins, ninits, ndouts;
     int64_t batch, T, iters;
     uint64_t seed;
     ssmc_device device;
     ssmc_dtype dtype;
     ssmc_algo algo;
     int threads;
-    bool verify, check_finite;
+    bool verify, check_finite, grad;
 } cli;
 
 static void usage(void)
 {
     fputs("usage:\n"
           "  ssmc check FILE\n"
-          "  ssmc emit  FILE --emit=ast|ir|analysis|llvm|cuda|ptx [-D NAME=VAL ...] [--arch sm_90]\n"
+          "  ssmc emit  FILE --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx [-D NAME=VAL ...] [--arch sm_90]\n"
           "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
           "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
           "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
-          "                  [--algo recurrent|chunked|scan] [--check-finite]\n"
+          "                  [--algo recurrent|chunked|scan] [--check-finite] [--grad] [--dout NAME=FILE.npy ...]\n"
           "  ssmc build FILE -o DIR [--target cpu,cuda:sm_90]\n"
           "  ssmc bench FILE [same options as run] [--iters N]\n",
           stderr);
@@ -134,10 +134,17 @@ static int parse_args(int argc, char **argv, cli *c)
             if (!dtype_from_name(val, &c->dtype) || c->dtype == SSMC_F64)
                 return usage_error("--dtype takes f32, bf16 or f16%s", "");
         } else if (ARG("--algo")) {
-            if (val && strcmp(val, "recurrent") == 0) c->algo = SSMC_ALGO_RECURRENT;
+            /* the names only: whether the model may run an algorithm is the library's (one rule everywhere) */
+            if (val && strcmp(val, "auto") == 0) c->algo = SSMC_ALGO_AUTO;
+            else if (val && strcmp(val, "recurrent") == 0) c->algo = SSMC_ALGO_RECURRENT;
             else if (val && strcmp(val, "chunked") == 0) c->algo = SSMC_ALGO_CHUNKED;
             else if (val && strcmp(val, "scan") == 0) c->algo = SSMC_ALGO_SCAN;
-            else return usage_error("--algo takes recurrent, chunked or scan%s", "");
+            else return usage_error("--algo takes auto, recurrent, chunked or scan%s", "");
+        } else if (ARG("--dout")) {
+            pair p;
+            if (!val || !split_pair(val, &p)) return usage_error("--dout takes NAME=FILE.npy%s", "");
+            if (c->ndouts == MAX_PAIRS) return usage_error("too many %s options", "--dout");
+            c->douts[c->ndouts++] = p;
         } else if (ARG("--in") || ARG("--init-state")) {
             bool init = strncmp(a, "--init-state", 12) == 0;
             pair p;
@@ -159,6 +166,8 @@ static int parse_args(int argc, char **argv, cli *c)
             c->arch = val;
         } else if (strcmp(a, "--verify") == 0) {
             c->verify = true;
+        } else if (strcmp(a, "--grad") == 0) {
+            c->grad = true;
         } else if (strcmp(a, "--check-finite") == 0) {
             c->check_finite = true;
         } else if (a[0] == '-' && a[1]) {
@@ -235,7 +244,8 @@ static int cmd_check_emit(const cli *c, bool emit)
             const char *name;
             ssmc_emit_kind kind;
         } kinds[] = {{"ast", SSMC_EMIT_AST},   {"ir", SSMC_EMIT_IR},     {"analysis", SSMC_EMIT_ANALYSIS},
-                     {"plan", SSMC_EMIT_PLAN}, {"llvm", SSMC_EMIT_LLVM}, {"cuda", SSMC_EMIT_CUDA},
+                     {"grad", SSMC_EMIT_GRAD}, {"plan", SSMC_EMIT_PLAN}, {"llvm", SSMC_EMIT_LLVM},
+                     {"cuda", SSMC_EMIT_CUDA},
                      {"ptx", SSMC_EMIT_PTX}};
         int k = -1;
         for (size_t i = 0; c->emit && i < sizeof kinds / sizeof *kinds; i++)
@@ -243,7 +253,7 @@ static int cmd_check_emit(const cli *c, bool emit)
         if (k < 0) {
             ssmc_ctx_free(ctx);
             free(src);
-            return usage_error("--emit takes ast, ir, analysis, plan, llvm, cuda or ptx%s", "");
+            return usage_error("--emit takes ast, ir, analysis, grad, plan, llvm, cuda or ptx%s", "");
         }
         char *text;
         if (ssmc_emit(ctx, c->file, src, len, &o, kinds[k].kind, &text) != SSMC_OK) {
@@ -281,33 +291,40 @@ static bool mkdir_p(const char *dir)
 
 /* Loads the --in / --init-state files, fixing B and T from them where the
  * command line did not. Returns false with a message on any mismatch. */
-static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, int64_t *B, int64_t *T)
+static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, rt_npy *dfiles, int64_t *B, int64_t *T)
 {
     int n = ssmc_model_num_tensors(m);
-    for (int pass = 0; pass < 2; pass++) {
-        const pair *ps = pass ? c->inits : c->ins;
-        int np = pass ? c->ninits : c->nins;
+    static const char *const flags[] = {"--in", "--init-state", "--dout"};
+    static const char *const not_role[] = {"not an input or a param (initial states go with --init-state)",
+                                           "not a state",
+                                           "not an output or a state (cotangents are of outputs and final states)"};
+    for (int pass = 0; pass < 3; pass++) {
+        const pair *ps = pass == 0 ? c->ins : pass == 1 ? c->inits : c->douts;
+        int np = pass == 0 ? c->nins : pass == 1 ? c->ninits : c->ndouts;
+        rt_npy *fs = pass == 2 ? dfiles : files;
         for (int i = 0; i < np; i++) {
             int k = ssmc_model_find(m, ps[i].name);
             ssmc_tensor_info info;
             if (k < 0) {
-                fprintf(stderr, "error: %s %s: model '%s' has no tensor named '%s'\n", pass ? "--init-state" : "--in",
-                        ps[i].name, ssmc_model_name(m), ps[i].name);
+                fprintf(stderr, "error: %s %s: model '%s' has no tensor named '%s'\n", flags[pass], ps[i].name,
+                        ssmc_model_name(m), ps[i].name);
                 return false;
             }
             ssmc_model_tensor(m, k, &info);
-            bool ok_role = pass ? info.role == SSMC_STATE : (info.role == SSMC_INPUT || info.role == SSMC_PARAM);
+            bool ok_role = pass == 0   ? (info.role == SSMC_INPUT || info.role == SSMC_PARAM)
+                           : pass == 1 ? info.role == SSMC_STATE
+                                       : (info.role == SSMC_OUTPUT || info.role == SSMC_STATE);
             if (!ok_role) {
-                fprintf(stderr, "error: %s %s: '%s' is %s\n", pass ? "--init-state" : "--in", ps[i].name, ps[i].name,
-                        pass ? "not a state" : "not an input or a param (initial states go with --init-state)");
+                fprintf(stderr, "error: %s %s: '%s' is %s\n", flags[pass], ps[i].name, ps[i].name, not_role[pass]);
                 return false;
             }
-            if (files[k].data) {
+            rt_npy *file = &fs[k];
+            if (file->data) {
                 fprintf(stderr, "error: '%s' is given twice\n", ps[i].name);
                 return false;
             }
             strbuf err = {0};
-            if (rt_npy_read(ps[i].value, c->dtype == SSMC_BF16 ? RT_NPY_ALLOW_BF16 : 0, &files[k], &err) != SSMC_OK) {
+            if (rt_npy_read(ps[i].value, c->dtype == SSMC_BF16 ? RT_NPY_ALLOW_BF16 : 0, file, &err) != SSMC_OK) {
                 fprintf(stderr, "error: %s\n", sb_cstr(&err));
                 sb_free(&err);
                 return false;
@@ -316,21 +333,21 @@ static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, int64_t *B, i
             /* expected: [B?, T?, shape...] */
             int lead = info.role == SSMC_PARAM ? 0 : info.per_step ? 2 : 1;
             /* an empty B or T would be taken for "not given" below and the run would read past the file's data */
-            for (int j = 0; j < lead && j < files[k].rank; j++) {
-                if (files[k].shape[j] != 0) continue;
+            for (int j = 0; j < lead && j < file->rank; j++) {
+                if (file->shape[j] != 0) continue;
                 fprintf(stderr, "error: %s: '%s' has an empty %s axis (axis %d is 0); B and T must be at least 1\n",
                         ps[i].value, ps[i].name, j == 0 ? "batch" : "sequence", j);
                 return false;
             }
-            bool ok = files[k].rank == lead + info.rank;
-            for (int j = 0; ok && j < info.rank; j++) ok = files[k].shape[lead + j] == info.shape[j];
+            bool ok = file->rank == lead + info.rank;
+            for (int j = 0; ok && j < info.rank; j++) ok = file->shape[lead + j] == info.shape[j];
             if (ok && lead >= 1) {
-                if (!*B) *B = files[k].shape[0];
-                ok = files[k].shape[0] == *B;
+                if (!*B) *B = file->shape[0];
+                ok = file->shape[0] == *B;
             }
             if (ok && lead == 2) {
-                if (!*T) *T = files[k].shape[1];
-                ok = files[k].shape[1] == *T;
+                if (!*T) *T = file->shape[1];
+                ok = file->shape[1] == *T;
             }
             if (!ok) {
                 strbuf want = {0}, got = {0};
@@ -341,7 +358,7 @@ static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, int64_t *B, i
                     else sb_puts(&want, ", T");
                 }
                 for (int j = 0; j < info.rank; j++) sb_printf(&want, "%s%lld", (j || lead) ? ", " : "", (long long)info.shape[j]);
-                for (int j = 0; j < files[k].rank; j++) sb_printf(&got, "%s%lld", j ? ", " : "", (long long)files[k].shape[j]);
+                for (int j = 0; j < file->rank; j++) sb_printf(&got, "%s%lld", j ? ", " : "", (long long)file->shape[j]);
                 fprintf(stderr, "error: %s: '%s' must have shape [%s], the file has [%s]\n", ps[i].value, ps[i].name,
                         sb_cstr(&want), sb_cstr(&got));
                 sb_free(&want);
@@ -370,6 +387,7 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
     ssmc_ctx *ctx = ssmc_ctx_new();
     ssmc_options o = options_of(c);
     o.device = SSMC_DEVICE_INTERP;
+    o.algo = SSMC_ALGO_AUTO; /* the oracle runs the recurrence as written, whatever the run under test used */
     o.check_finite = 0;
     ssmc_model *ref = NULL;
     if (!ctx || ssmc_compile(ctx, c->file, src, len, &o, &ref) != SSMC_OK) {
@@ -395,9 +413,9 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
         fail(ctx, "verify: interpreter failed");
         good = false;
     }
-    double tol = c->dtype == SSMC_F32 ? 1e-5 : c->dtype == SSMC_F16 ? 1e-2 : 2e-2;
     for (int i = 0; good && i < n; i++) {
         if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
+        double tol = ssmc_model_tolerance(ref, i, c->dtype, T); /* the model's reductions and chains (numerics.md) */
         double maxref = 0, maxdiff = 0;
         bool finite = true;
         for (size_t k = 0; k < ts[i].count; k++) {
@@ -409,7 +427,7 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
         double rel = maxref > 0 ? maxdiff / maxref : maxdiff;
         bool pass = finite && rel <= tol;
         if (!pass) *ok = false;
-        printf("verify %-6s %-12s rel_err %.3e  (max |ref| %.3e, tol %.0e)  %s\n",
+        printf("verify %-6s %-12s rel_err %.3e  (max |ref| %.3e, tol %.1e)  %s\n",
                ts[i].info.role == SSMC_OUTPUT ? "output" : "state", ts[i].info.name, rel, maxref, tol,
                pass ? "ok" : finite ? "FAIL" : "FAIL (non-finite)");
     }
@@ -444,6 +462,157 @@ static int cmd_build(const cli *c)
     return rc;
 }
 
+/* Writes data (count f64 values, shape[rank]) as DIR/<prefix><name>.npy in <f4. */
+static bool write_npy(const char *dir, const char *prefix, const char *name, const double *data, size_t count,
+                      int rank, const int64_t *shape)
+{
+    float *f = malloc((count ? count : 1) * sizeof(float));
+    char *path = malloc(strlen(dir) + strlen(prefix) + strlen(name) + 8);
+    strbuf err = {0};
+    ssmc_status s = SSMC_ERR_NOMEM;
+    if (f && path) {
+        for (size_t k = 0; k < count; k++) f[k] = (float)data[k];
+        sprintf(path, "%s/%s%s.npy", dir, prefix, name);
+        s = rt_npy_write_f32(path, f, rank, shape, &err);
+    }
+    if (s != SSMC_OK) fprintf(stderr, "error: %s\n", err.len ? sb_cstr(&err) : "out of memory");
+    sb_free(&err);
+    free(f);
+    free(path);
+    return s == SSMC_OK;
+}
+
+/* The gradients of one model and tape: bufs[i] f64 for every input, param and
+ * state; vals: the inputs and params; cot[i]: the cotangents of outputs and
+ * states (f64). */
+static bool backward_into(ssmc_model *m, ssmc_ctx *ctx, const ssmc_tape *tape, const tensor *ts, int n,
+                          const ssmc_arg *vals, int nv, double *const *cot, double **bufs)
+{
+    ssmc_arg *douts = calloc((size_t)n, sizeof *douts), *grads = calloc((size_t)n, sizeof *grads);
+    int nd = 0, ng = 0;
+    bool ok = douts && grads;
+    for (int i = 0; ok && i < n; i++) {
+        ssmc_role r = ts[i].info.role;
+        if (r == SSMC_OUTPUT || r == SSMC_STATE) douts[nd++] = (ssmc_arg){ts[i].info.name, SSMC_F64, cot[i]};
+        if (r != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i]};
+    }
+    if (ok && ssmc_backward(m, tape, vals, nv, douts, nd, grads, ng) != SSMC_OK) ok = false, fail(ctx, "backward failed");
+    free(douts);
+    free(grads);
+    return ok;
+}
+
+/* run --grad after the training forward: the cotangents (--dout files; else
+ * drawn from the seeded generator for outputs, zero for final states), the
+ * backward, a line per gradient, --verify against the interpreter's
+ * gradients, --out DIR/grad_<name>.npy. */
+static bool grad_step(const cli *c, ssmc_model *m, ssmc_ctx *ctx, const ssmc_tape *tape, tensor *ts, int n,
+                      const rt_npy *dfiles, const char *src, size_t len, int64_t B, int64_t T, bool *pass)
+{
+    double **cot = calloc((size_t)n, sizeof *cot), **grads = calloc((size_t)n, sizeof *grads);
+    double **refg = calloc((size_t)n, sizeof *refg);
+    ssmc_arg *vals = calloc((size_t)n, sizeof *vals), *rvals = calloc((size_t)n, sizeof *rvals);
+    double **rbufs = calloc((size_t)n, sizeof *rbufs);
+    bool ok = cot && grads && refg && vals && rvals && rbufs;
+    int nv = 0;
+    uint64_t rng = c->seed * 0x2545f4914f6cdd1dull + 0x9e3779b97f4a7c15ull; /* a stream apart from the inputs' */
+    for (int i = 0; ok && i < n; i++) {
+        const tensor *t = &ts[i];
+        size_t cnt = t->count ? t->count : 1;
+        if (!(cot[i] = calloc(cnt, sizeof(double))) || !(grads[i] = calloc(cnt, sizeof(double)))) ok = false;
+        if (!ok) break;
+        if (dfiles[i].data)
+            rt_npy_convert(&dfiles[i], SSMC_F64, cot[i]);
+        else if (t->info.role == SSMC_OUTPUT)
+            for (size_t k = 0; k < t->count; k++) cot[i][k] = uniform_pm1(&rng);
+        for (size_t k = 0; k < t->count; k++) grads[i][k] = NAN; /* poison */
+        if (t->info.role == SSMC_INPUT || t->info.role == SSMC_PARAM)
+            vals[nv++] = (ssmc_arg){t->info.name, c->dtype, t->data};
+    }
+    double s0 = now_s();
+    ok = ok && backward_into(m, ctx, tape, ts, n, vals, nv, cot, grads);
+    double dt = now_s() - s0;
+    if (ok) printf("backward %.3f ms\n", dt * 1e3);
+    for (int i = 0; ok && i < n; i++) {
+        if (ts[i].info.role == SSMC_OUTPUT) continue;
+        double sum = 0, amax = 0;
+        for (size_t k = 0; k < ts[i].count; k++) {
+            sum += grads[i][k];
+            if (fabs(grads[i][k]) > amax || isnan(grads[i][k])) amax = fabs(grads[i][k]);
+        }
+        printf("  grad   %-12s [", ts[i].info.name);
+        for (int j = 0; j < ts[i].rank; j++) printf("%s%lld", j ? ", " : "", (long long)ts[i].shape[j]);
+        printf("]  sum %.6g  max|x| %.6g\n", sum, amax);
+    }
+    if (ok && c->verify) {
+        /* the interpreter's gradients from the same inputs, initial states and cotangents */
+        ssmc_ctx *rctx = ssmc_ctx_new();
+        ssmc_options o = options_of(c);
+        o.device = SSMC_DEVICE_INTERP;
+        o.check_finite = 0;
+        ssmc_model *ref = NULL;
+        ssmc_tape *rtape = NULL;
+        ok = rctx && ssmc_compile(rctx, c->file, src, len, &o, &ref) == SSMC_OK;
+        if (!ok && rctx) fail(rctx, "verify: compile failed");
+        ssmc_arg *rargs = calloc((size_t)n, sizeof *rargs);
+        int nrv = 0;
+        ok = ok && rargs;
+        for (int i = 0; ok && i < n; i++) {
+            const tensor *t = &ts[i];
+            size_t cnt = t->count ? t->count : 1;
+            if (!(rbufs[i] = malloc(cnt * sizeof(double))) || !(refg[i] = malloc(cnt * sizeof(double)))) ok = false;
+            for (size_t k = 0; ok && k < t->count; k++)
+                rbufs[i][k] = t->info.role == SSMC_STATE ? t->initial[k]
+                              : t->info.role == SSMC_OUTPUT ? NAN : dtype_get(t->data, c->dtype, k);
+            if (!ok) break;
+            rargs[i] = (ssmc_arg){t->info.name, SSMC_F64, rbufs[i]};
+            if (t->info.role == SSMC_INPUT || t->info.role == SSMC_PARAM) rvals[nrv++] = rargs[i];
+        }
+        if (ok && ssmc_forward_train(ref, B, T, rargs, n, &rtape) != SSMC_OK) {
+            fail(rctx, "verify: interpreter failed");
+            ok = false;
+        }
+        ok = ok && backward_into(ref, rctx, rtape, ts, n, rvals, nrv, cot, refg);
+        double tol = c->device == SSMC_DEVICE_INTERP ? 1e-12 : c->dtype == SSMC_F32 ? 1e-4 : c->dtype == SSMC_F16 ? 3e-2 : 6e-2;
+        for (int i = 0; ok && i < n; i++) {
+            if (ts[i].info.role == SSMC_OUTPUT) continue;
+            double maxref = 0, maxdiff = 0;
+            bool finite = true;
+            for (size_t k = 0; k < ts[i].count; k++) {
+                double r = refg[i][k], g = grads[i][k];
+                if (!isfinite(g) || !isfinite(r)) finite = false;
+                if (fabs(r) > maxref) maxref = fabs(r);
+                if (fabs(g - r) > maxdiff) maxdiff = fabs(g - r);
+            }
+            double rel = maxref > 0 ? maxdiff / maxref : maxdiff;
+            bool good = finite && rel <= tol;
+            if (!good) *pass = false;
+            printf("verify grad   %-12s rel_err %.3e  (max |ref| %.3e, tol %.0e)  %s\n", ts[i].info.name, rel, maxref,
+                   tol, good ? "ok" : finite ? "FAIL" : "FAIL (non-finite)");
+        }
+        free(rargs);
+        ssmc_tape_free(rtape);
+        ssmc_model_free(ref);
+        ssmc_ctx_free(rctx);
+    }
+    for (int i = 0; ok && c->out && i < n; i++)
+        if (ts[i].info.role != SSMC_OUTPUT)
+            ok = write_npy(c->out, "grad_", ts[i].info.name, grads[i], ts[i].count, ts[i].rank, ts[i].shape);
+    for (int i = 0; i < n; i++) {
+        if (cot) free(cot[i]);
+        if (grads) free(grads[i]);
+        if (refg) free(refg[i]);
+        if (rbufs) free(rbufs[i]);
+    }
+    free(cot);
+    free(grads);
+    free(refg);
+    free(rbufs);
+    free(vals);
+    free(rvals);
+    return ok;
+}
+
 static int cmd_run(const cli *c, bool bench)
 {
     size_t len;
@@ -463,10 +632,19 @@ static int cmd_run(const cli *c, bool bench)
     int n = ssmc_model_num_tensors(m);
     int rc = 1;
     tensor *ts = calloc((size_t)n, sizeof *ts);
-    rt_npy *files = calloc((size_t)n, sizeof *files);
+    rt_npy *files = calloc((size_t)n, sizeof *files), *dfiles = calloc((size_t)n, sizeof *dfiles);
     ssmc_arg *args = calloc((size_t)n, sizeof *args);
+    ssmc_tape *tape = NULL;
     int64_t B = c->batch, T = c->T;
-    if (!ts || !files || !args || !load_given(c, m, files, &B, &T)) goto done;
+    if (bench && c->grad) {
+        rc = usage_error("--grad is for run, not bench%s", "");
+        goto done;
+    }
+    if (c->ndouts && !c->grad) {
+        rc = usage_error("--dout gives cotangents for --grad%s", "");
+        goto done;
+    }
+    if (!ts || !files || !dfiles || !args || !load_given(c, m, files, dfiles, &B, &T)) goto done;
     if (!B) B = 1;
     if (!T) T = 16;
     uint64_t rng = c->seed * 0x2545f4914f6cdd1dull + 1;
@@ -521,7 +699,8 @@ static int cmd_run(const cli *c, bool bench)
             if (ts[i].info.role == SSMC_STATE)
                 for (size_t k = 0; k < ts[i].count; k++) dtype_set(ts[i].data, c->dtype, k, ts[i].initial[k]);
         double s0 = now_s();
-        if (ssmc_run(m, B, T, args, n) != SSMC_OK) {
+        ssmc_status st = c->grad ? ssmc_forward_train(m, B, T, args, n, &tape) : ssmc_run(m, B, T, args, n);
+        if (st != SSMC_OK) {
             free(times);
             fail(ctx, "run failed");
             goto done;
@@ -585,10 +764,14 @@ static int cmd_run(const cli *c, bool bench)
             sb_free(&err);
         }
     }
+    if (c->grad && !grad_step(c, m, ctx, tape, ts, n, dfiles, src, len, B, T, &ok)) goto done;
     rc = ok ? 0 : 1;
 done:
     for (int i = 0; files && i < n; i++) rt_npy_free(&files[i]);
+    for (int i = 0; dfiles && i < n; i++) rt_npy_free(&dfiles[i]);
     free(files);
+    free(dfiles);
+    ssmc_tape_free(tape);
     free(args);
     free_tensors(ts, n);
     ssmc_model_free(m);
@@ -604,7 +787,7 @@ int main(int argc, char **argv)
     if (rc) return rc;
     if (strcmp(c.cmd, "check") == 0) return cmd_check_emit(&c, false);
     if (strcmp(c.cmd, "emit") == 0) {
-        if (!c.emit) return usage_error("emit needs --emit=ast|ir|analysis|llvm|cuda|ptx%s", "");
+        if (!c.emit) return usage_error("emit needs --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx%s", "");
         return cmd_check_emit(&c, true);
     }
     if (strcmp(c.cmd, "run") == 0) return cmd_run(&c, false);

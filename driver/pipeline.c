@@ -50,25 +50,41 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
     if (!pl->ast) return failed(pl, SSMC_ERR_SOURCE);
     if (last == PIPE_AST) return SSMC_OK;
 
-    /* one model: checked with the -D overrides (after which every dim is a
-     * number), lowered to IR, verified; then every read of a let at an
-     * earlier step rewritten (recomputed lets, hidden states: passes/lag.c),
-     * so that what follows sees time lags on inputs only */
     ast_model *am = pick_model(pl->d, pl->ast, o->model);
     if (!am) return SSMC_ERR_SOURCE;
+    return pipeline_run_model(pl, am, pl->a, last);
+}
+
+ssmc_status pipeline_run_model(pipeline *pl, ast_model *am, arena *tree, pipe_stage last)
+{
+    const ssmc_options *o = pl->o;
+    /* one model: checked with the -D overrides (after which every dim is a
+     * number; the checker annotates the tree, in its arena), lowered to IR,
+     * verified; then every read of a let at an earlier step rewritten
+     * (recomputed lets, hidden states: passes/lag.c), so that what follows
+     * sees time lags on inputs only */
     ast_dim_override *over = arena_array(pl->a, (size_t)(o->ndims > 0 ? o->ndims : 1), sizeof *over);
     if (!over) return failed(pl, SSMC_ERR_NOMEM);
     for (int i = 0; i < o->ndims; i++) over[i] = (ast_dim_override){o->dims[i].name, o->dims[i].value};
-    if (!check_model(pl->a, pl->d, pl->file, am, over, o->ndims)) return failed(pl, SSMC_ERR_SOURCE);
+    if (!check_model(tree, pl->d, pl->file, am, over, o->ndims)) return failed(pl, SSMC_ERR_SOURCE);
     pl->ir = ir_lower(pl->a, pl->d, pl->file, am);
     if (!pl->ir || !ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!pass_lag(pl->a, &pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
     if (!ir_verify(pl->ir, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    return pipeline_run_ir(pl, pl->ir, last);
+}
+
+ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last)
+{
+    const ssmc_options *o = pl->o;
+    pl->ir = m;
     if (last == PIPE_IR) return SSMC_OK;
 
     /* analysis: how every state's update acts on it; the algorithm choice
      * and the plan read it */
     if (!pass_analyze(pl->a, pl->ir, &pl->an, pl->d)) return failed(pl, SSMC_ERR_SOURCE);
+    /* chunk forms: what the chunked algorithm needs of each state, or why not */
+    if (!pass_chunk_forms(pl->a, pl->ir, &pl->an, &pl->chunks, pl->d)) return failed(pl, SSMC_ERR_NOMEM);
     if (last == PIPE_ANALYSIS) return SSMC_OK;
 
     /* schedule: index classes, which may split across work items, which
@@ -78,7 +94,8 @@ ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source,
 
     /* algorithm: the one --algo names when the analysis allows it, else the
      * cost model's; the same decision for every device */
-    if (!pass_algo_choose(pl->ir, &pl->an, o->algo, &pl->algo, pl->d)) return SSMC_ERR_UNSUPPORTED;
+    if (!pass_algo_choose(pl->ir, &pl->an, &pl->chunks, o->algo, &pl->algo, pl->d))
+        return (unsigned)o->algo > SSMC_ALGO_SCAN ? SSMC_ERR_ARG : SSMC_ERR_UNSUPPORTED;
     if (last == PIPE_ALGO || !pl->target) return SSMC_OK;
 
     /* plan: the kernels for the device's target, every loop, placement and

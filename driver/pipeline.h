@@ -13,7 +13,7 @@
 typedef enum pipe_stage {
     PIPE_AST,      /* the file parsed */
     PIPE_IR,       /* one model checked, lowered, verified */
-    PIPE_ANALYSIS, /* its recurrences classified (SPEC §2) */
+    PIPE_ANALYSIS, /* its recurrences classified (SPEC §2), and their chunk forms */
     PIPE_SCHEDULE, /* index classes, what may split, in-place updates */
     PIPE_ALGO,     /* the algorithm chosen (SPEC §3) */
     PIPE_PLAN      /* the kernel plan for the target */
@@ -30,6 +30,7 @@ typedef struct pipeline {
     ast_file *ast;
     ir_model *ir;
     pass_analysis an;
+    pass_chunks chunks;
     pass_sched sched;
     plan_algo algo;
     pass_plan *plan;
@@ -38,5 +39,16 @@ typedef struct pipeline {
 /* Runs the stages up to `last` (or until there is no target). SSMC_ERR_SOURCE
  * for a source error, else the failing stage's status, with diagnostics in d. */
 ssmc_status pipeline_run(pipeline *pl, const char *filename, const char *source, size_t len, pipe_stage last);
+
+/* The stages from PIPE_IR on, for one model of a file parsed already
+ * (pl->file and pl->ast set, as pipeline_run(..., PIPE_AST) leaves them): the
+ * checker annotates am in `tree` (the arena the tree lives in), once per model,
+ * so that every model of a file is checked after one parse. */
+ssmc_status pipeline_run_model(pipeline *pl, ast_model *am, arena *tree, pipe_stage last);
+
+/* The stages after PIPE_IR, from a verified model a pass made (the training
+ * forward and the adjoint of passes/grad.c): pl->ir = m, then analysis up to
+ * `last`. */
+ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last);
 
 #endif

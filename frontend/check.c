@@ -42,6 +42,7 @@ typedef struct checker {
     int ndecls, cap;
     int *defined_at; /* per decl: statement index that defines/updates it, or -1 */
     int *init_at;    /* per decl: its init statement, or -1 */
+    name_index names; /* decl name -> index in decls (the first of a name) */
     /* the statement being checked */
     ast_stmt *st;
     int stmt_index;
@@ -68,12 +69,7 @@ static void err(checker *c, src_loc loc, const char *fmt, ...)
     sb_free(&m);
 }
 
-static int find_decl(checker *c, const char *name)
-{
-    for (int i = 0; i < c->ndecls; i++)
-        if (strcmp(c->decls[i].name, name) == 0) return i;
-    return -1;
-}
+static int find_decl(checker *c, const char *name) { return name_index_get(&c->names, name); }
 
 static const char *kind_name(ast_decl_kind k)
 {
@@ -444,6 +440,7 @@ static bool add_decl(checker *c, const ast_decl *d)
         c->decls = n;
         c->cap = ncap;
     }
+    if (name_index_put(&c->names, d->name, c->ndecls) == -2) return false;
     c->decls[c->ndecls++] = *d;
     return true;
 }
@@ -461,7 +458,19 @@ static void check_decls(checker *c, const ast_dim_override *over, int nover)
         }
         if (!add_decl(c, d)) err(c, d->loc, "out of memory");
     }
+    name_index given = {0}; /* -D names so far: a dim set twice is an error, not the last one winning */
     for (int i = 0; c->ok && i < nover; i++) {
+        int prev = name_index_put(&given, over[i].name, i);
+        if (prev >= 0) {
+            c->ok = false;
+            diag_error(c->d, "-D %s=%lld: '%s' is already given (-D %s=%lld); give each dim once", over[i].name,
+                       (long long)over[i].value, over[i].name, over[prev].name, (long long)over[prev].value);
+            break;
+        }
+        if (prev == -2) {
+            err(c, m->loc, "out of memory");
+            break;
+        }
         int k = find_decl(c, over[i].name);
         if (k < 0 || c->decls[k].kind != AST_DIM) {
             c->ok = false;
@@ -471,15 +480,16 @@ static void check_decls(checker *c, const ast_dim_override *over, int nover)
             diag_error(c->d, "-D %s: model '%s' has no dim named '%s' (its dims: %s)", over[i].name, m->name,
                        over[i].name, dims.len ? sb_cstr(&dims) : "none");
             sb_free(&dims);
-            return;
+            break;
         }
         if (over[i].value < 1 || over[i].value > ((int64_t)1 << 31)) {
             c->ok = false;
             diag_error(c->d, "-D %s=%lld: a dim must be between 1 and 2^31", over[i].name, (long long)over[i].value);
-            return;
+            break;
         }
         c->decls[k].value = over[i].value;
     }
+    name_index_free(&given);
     for (int i = 0; c->ok && i < c->ndecls; i++) {
         ast_decl *d = &c->decls[i];
         if (d->kind == AST_DIM) continue;
@@ -675,6 +685,7 @@ bool check_model(arena *a, diag *d, const src_file *f, ast_model *m, const ast_d
         c.init_at = arena_array(a, (size_t)c.ndecls + (size_t)m->nstmts + 1, sizeof *c.init_at);
         if (!c.defined_at || !c.init_at) {
             diag_error(d, "out of memory");
+            name_index_free(&c.names);
             return false;
         }
         for (int i = 0; i < c.ndecls + m->nstmts + 1; i++) c.defined_at[i] = c.init_at[i] = -1;
@@ -687,5 +698,6 @@ bool check_model(arena *a, diag *d, const src_file *f, ast_model *m, const ast_d
         m->decls = c.decls;
         m->ndecls = c.ndecls;
     }
+    name_index_free(&c.names);
     return c.ok;
 }

@@ -2,7 +2,8 @@
 /* lex.re: the scanner, generated into lex.c by
  *   re2c -W -i --no-generation-date --no-version -o frontend/lex.c frontend/lex.re
  * The input is NUL-terminated; a NUL before the end is an invalid byte. Line and
- * column are 1-based byte positions. */
+ * column are 1-based byte positions; a line ends at LF, CR or CR LF (files
+ * from Unix, classic Mac OS and Windows), also inside comments. */
 #include "frontend/lex.h"
 
 #include <errno.h>
@@ -79,18 +80,18 @@ token lex_next(lexer *lx)
 		case '\t':
 		case '\v':
 		case '\f':
-		case '\r':
 		case ' ': goto yy4;
 		case '\n': goto yy6;
-		case '!': goto yy7;
-		case '(': goto yy8;
-		case ')': goto yy9;
-		case '*': goto yy10;
-		case '+': goto yy11;
-		case ',': goto yy12;
-		case '-': goto yy13;
-		case '.': goto yy14;
-		case '/': goto yy15;
+		case '\r': goto yy8;
+		case '!': goto yy9;
+		case '(': goto yy10;
+		case ')': goto yy11;
+		case '*': goto yy12;
+		case '+': goto yy13;
+		case ',': goto yy14;
+		case '-': goto yy15;
+		case '.': goto yy16;
+		case '/': goto yy17;
 		case '0':
 		case '1':
 		case '2':
@@ -100,12 +101,12 @@ token lex_next(lexer *lx)
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy17;
-		case ':': goto yy19;
-		case ';': goto yy20;
-		case '<': goto yy21;
-		case '=': goto yy23;
-		case '>': goto yy25;
+		case '9': goto yy19;
+		case ':': goto yy21;
+		case ';': goto yy22;
+		case '<': goto yy23;
+		case '=': goto yy25;
+		case '>': goto yy27;
 		case 'A':
 		case 'B':
 		case 'C':
@@ -149,20 +150,20 @@ token lex_next(lexer *lx)
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
-		case 'T': goto yy30;
-		case '[': goto yy32;
-		case ']': goto yy33;
-		case 'd': goto yy34;
-		case 'i': goto yy35;
-		case 'l': goto yy36;
-		case 'm': goto yy37;
-		case 'o': goto yy38;
-		case 'p': goto yy39;
-		case 's': goto yy40;
-		case 't': goto yy41;
-		case '{': goto yy43;
-		case '}': goto yy44;
+		case 'z': goto yy29;
+		case 'T': goto yy32;
+		case '[': goto yy34;
+		case ']': goto yy35;
+		case 'd': goto yy36;
+		case 'i': goto yy37;
+		case 'l': goto yy38;
+		case 'm': goto yy39;
+		case 'o': goto yy40;
+		case 'p': goto yy41;
+		case 's': goto yy42;
+		case 't': goto yy43;
+		case '{': goto yy45;
+		case '}': goto yy46;
 		default: goto yy2;
 	}
 yy1:
@@ -188,7 +189,6 @@ yy4:
 		case '\t':
 		case '\v':
 		case '\f':
-		case '\r':
 		case ' ': goto yy4;
 		default: goto yy5;
 	}
@@ -196,32 +196,39 @@ yy5:
 	{ continue; }
 yy6:
 	++lx->cur;
-	{ lx->line++; lx->line_start = lx->cur; continue; }
 yy7:
+	{ lx->line++; lx->line_start = lx->cur; continue; }
+yy8:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '=': goto yy45;
+		case '\n': goto yy6;
+		default: goto yy7;
+	}
+yy9:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '=': goto yy47;
 		default: goto yy3;
 	}
-yy8:
-	++lx->cur;
-	{ return make(lx, TOK_LPAREN, start); }
-yy9:
-	++lx->cur;
-	{ return make(lx, TOK_RPAREN, start); }
 yy10:
 	++lx->cur;
-	{ return make(lx, TOK_STAR, start); }
+	{ return make(lx, TOK_LPAREN, start); }
 yy11:
 	++lx->cur;
-	{ return make(lx, TOK_PLUS, start); }
+	{ return make(lx, TOK_RPAREN, start); }
 yy12:
 	++lx->cur;
-	{ return make(lx, TOK_COMMA, start); }
+	{ return make(lx, TOK_STAR, start); }
 yy13:
 	++lx->cur;
-	{ return make(lx, TOK_MINUS, start); }
+	{ return make(lx, TOK_PLUS, start); }
 yy14:
+	++lx->cur;
+	{ return make(lx, TOK_COMMA, start); }
+yy15:
+	++lx->cur;
+	{ return make(lx, TOK_MINUS, start); }
+yy16:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -233,72 +240,72 @@ yy14:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy46;
+		case '9': goto yy48;
 		default: goto yy3;
 	}
-yy15:
+yy17:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '*': goto yy48;
-		case '/': goto yy49;
-		default: goto yy16;
-	}
-yy16:
-	{ return make(lx, TOK_SLASH, start); }
-yy17:
-	yyaccept = 0;
-	yych = *(YYMARKER = ++lx->cur);
-	switch (yych) {
-		case '.': goto yy51;
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy17;
-		case 'E':
-		case 'e': goto yy52;
+		case '*': goto yy50;
+		case '/': goto yy51;
 		default: goto yy18;
 	}
 yy18:
-	{ return number(lx, start, true); }
+	{ return make(lx, TOK_SLASH, start); }
 yy19:
+	yyaccept = 0;
+	yych = *(YYMARKER = ++lx->cur);
+	switch (yych) {
+		case '.': goto yy53;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy19;
+		case 'E':
+		case 'e': goto yy54;
+		default: goto yy20;
+	}
+yy20:
+	{ return number(lx, start, true); }
+yy21:
 	++lx->cur;
 	{ return make(lx, TOK_COLON, start); }
-yy20:
+yy22:
 	++lx->cur;
 	{ return make(lx, TOK_SEMI, start); }
-yy21:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '=': goto yy54;
-		default: goto yy22;
-	}
-yy22:
-	{ return make(lx, TOK_LT, start); }
 yy23:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '=': goto yy55;
+		case '=': goto yy56;
 		default: goto yy24;
 	}
 yy24:
-	{ return make(lx, TOK_ASSIGN, start); }
+	{ return make(lx, TOK_LT, start); }
 yy25:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '=': goto yy56;
+		case '=': goto yy57;
 		default: goto yy26;
 	}
 yy26:
-	{ return make(lx, TOK_GT, start); }
+	{ return make(lx, TOK_ASSIGN, start); }
 yy27:
 	yych = *++lx->cur;
+	switch (yych) {
+		case '=': goto yy58;
+		default: goto yy28;
+	}
 yy28:
+	{ return make(lx, TOK_GT, start); }
+yy29:
+	yych = *++lx->cur;
+yy30:
 	switch (yych) {
 		case '0':
 		case '1':
@@ -362,15 +369,15 @@ yy28:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
-		default: goto yy29;
+		case 'z': goto yy29;
+		default: goto yy31;
 	}
-yy29:
+yy31:
 	{
             if (lx->cur - start > 255) return error(lx, start, "identifier is too long");
             return make(lx, TOK_IDENT, start);
         }
-yy30:
+yy32:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -435,62 +442,62 @@ yy30:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
-		default: goto yy31;
+		case 'z': goto yy29;
+		default: goto yy33;
 	}
-yy31:
+yy33:
 	{ return make(lx, TOK_BIG_T, start); }
-yy32:
+yy34:
 	++lx->cur;
 	{ return make(lx, TOK_LBRACK, start); }
-yy33:
+yy35:
 	++lx->cur;
 	{ return make(lx, TOK_RBRACK, start); }
-yy34:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'i': goto yy57;
-		default: goto yy28;
-	}
-yy35:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'n': goto yy58;
-		default: goto yy28;
-	}
 yy36:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'e': goto yy59;
-		default: goto yy28;
+		case 'i': goto yy59;
+		default: goto yy30;
 	}
 yy37:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'a': goto yy60;
-		case 'o': goto yy61;
-		default: goto yy28;
+		case 'n': goto yy60;
+		default: goto yy30;
 	}
 yy38:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'u': goto yy62;
-		default: goto yy28;
+		case 'e': goto yy61;
+		default: goto yy30;
 	}
 yy39:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'a': goto yy63;
-		default: goto yy28;
+		case 'a': goto yy62;
+		case 'o': goto yy63;
+		default: goto yy30;
 	}
 yy40:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy64;
-		case 'u': goto yy65;
-		default: goto yy28;
+		case 'u': goto yy64;
+		default: goto yy30;
 	}
 yy41:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy65;
+		default: goto yy30;
+	}
+yy42:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy66;
+		case 'u': goto yy67;
+		default: goto yy30;
+	}
+yy43:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -555,21 +562,21 @@ yy41:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
-		default: goto yy42;
+		case 'z': goto yy29;
+		default: goto yy44;
 	}
-yy42:
-	{ return make(lx, TOK_T, start); }
-yy43:
-	++lx->cur;
-	{ return make(lx, TOK_LBRACE, start); }
 yy44:
-	++lx->cur;
-	{ return make(lx, TOK_RBRACE, start); }
+	{ return make(lx, TOK_T, start); }
 yy45:
 	++lx->cur;
-	{ return make(lx, TOK_NE, start); }
+	{ return make(lx, TOK_LBRACE, start); }
 yy46:
+	++lx->cur;
+	{ return make(lx, TOK_RBRACE, start); }
+yy47:
+	++lx->cur;
+	{ return make(lx, TOK_NE, start); }
+yy48:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -581,12 +588,12 @@ yy46:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy46;
-		default: goto yy47;
+		case '9': goto yy48;
+		default: goto yy49;
 	}
-yy47:
+yy49:
 	{ return error(lx, start, "a number must start with a digit ('.5' is written '0.5')"); }
-yy48:
+yy50:
 	++lx->cur;
 	{
             /* the error points at the opening delimiter, not where the text ran out */
@@ -600,23 +607,28 @@ yy48:
                     return error(lx, start, "unterminated comment");
                 }
                 if (lx->cur[0] == '*' && lx->cur + 1 < lx->end && lx->cur[1] == '/') { lx->cur += 2; break; }
-                if (lx->cur[0] == '\n') { lx->line++; lx->line_start = lx->cur + 1; }
+                if (lx->cur[0] == '\n' || lx->cur[0] == '\r') {
+                    if (lx->cur[0] == '\r' && lx->cur + 1 < lx->end && lx->cur[1] == '\n') lx->cur++;
+                    lx->line++;
+                    lx->line_start = lx->cur + 1;
+                }
                 lx->cur++;
             }
             continue;
         }
-yy49:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 0x00:
-		case '\n': goto yy50;
-		default: goto yy49;
-	}
-yy50:
-	{ continue; }
 yy51:
 	yych = *++lx->cur;
 	switch (yych) {
+		case 0x00:
+		case '\n':
+		case '\r': goto yy52;
+		default: goto yy51;
+	}
+yy52:
+	{ continue; }
+yy53:
+	yych = *++lx->cur;
+	switch (yych) {
 		case '0':
 		case '1':
 		case '2':
@@ -626,14 +638,14 @@ yy51:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy67;
-		default: goto yy66;
+		case '9': goto yy69;
+		default: goto yy68;
 	}
-yy52:
+yy54:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '+':
-		case '-': goto yy69;
+		case '-': goto yy71;
 		case '0':
 		case '1':
 		case '2':
@@ -643,84 +655,84 @@ yy52:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy70;
-		default: goto yy53;
+		case '9': goto yy72;
+		default: goto yy55;
 	}
-yy53:
+yy55:
 	lx->cur = YYMARKER;
 	if (yyaccept == 0) {
-		goto yy18;
+		goto yy20;
 	} else {
-		goto yy68;
+		goto yy70;
 	}
-yy54:
-	++lx->cur;
-	{ return make(lx, TOK_LE, start); }
-yy55:
-	++lx->cur;
-	{ return make(lx, TOK_EQ, start); }
 yy56:
 	++lx->cur;
-	{ return make(lx, TOK_GE, start); }
+	{ return make(lx, TOK_LE, start); }
 yy57:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'm': goto yy72;
-		default: goto yy28;
-	}
+	++lx->cur;
+	{ return make(lx, TOK_EQ, start); }
 yy58:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'p': goto yy74;
-		default: goto yy28;
-	}
+	++lx->cur;
+	{ return make(lx, TOK_GE, start); }
 yy59:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy75;
-		default: goto yy28;
+		case 'm': goto yy74;
+		default: goto yy30;
 	}
 yy60:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'x': goto yy77;
-		default: goto yy28;
+		case 'p': goto yy76;
+		default: goto yy30;
 	}
 yy61:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'd': goto yy79;
-		default: goto yy28;
+		case 't': goto yy77;
+		default: goto yy30;
 	}
 yy62:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 't': goto yy80;
-		default: goto yy28;
+		case 'x': goto yy79;
+		default: goto yy30;
 	}
 yy63:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'r': goto yy81;
-		default: goto yy28;
+		case 'd': goto yy81;
+		default: goto yy30;
 	}
 yy64:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'a': goto yy82;
-		default: goto yy28;
+		case 't': goto yy82;
+		default: goto yy30;
 	}
 yy65:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'm': goto yy83;
-		default: goto yy28;
+		case 'r': goto yy83;
+		default: goto yy30;
 	}
 yy66:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy84;
+		default: goto yy30;
+	}
+yy67:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'm': goto yy85;
+		default: goto yy30;
+	}
+yy68:
 	++lx->cur;
 	lx->cur -= 1;
 	{ return error(lx, start, "a digit must follow the decimal point"); }
-yy67:
+yy69:
 	yyaccept = 1;
 	yych = *(YYMARKER = ++lx->cur);
 	switch (yych) {
@@ -733,29 +745,14 @@ yy67:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy67;
+		case '9': goto yy69;
 		case 'E':
-		case 'e': goto yy85;
-		default: goto yy68;
-	}
-yy68:
-	{ return number(lx, start, false); }
-yy69:
-	yych = *++lx->cur;
-	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy70;
-		default: goto yy53;
+		case 'e': goto yy87;
+		default: goto yy70;
 	}
 yy70:
+	{ return number(lx, start, false); }
+yy71:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -767,11 +764,9 @@ yy70:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy70;
-		default: goto yy71;
+		case '9': goto yy72;
+		default: goto yy55;
 	}
-yy71:
-	{ return number(lx, start, false); }
 yy72:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -784,71 +779,12 @@ yy72:
 		case '6':
 		case '7':
 		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy27;
+		case '9': goto yy72;
 		default: goto yy73;
 	}
 yy73:
-	{ return make(lx, TOK_DIM, start); }
+	{ return number(lx, start, false); }
 yy74:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'u': goto yy86;
-		default: goto yy28;
-	}
-yy75:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -913,11 +849,17 @@ yy75:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
-		default: goto yy76;
+		case 'z': goto yy29;
+		default: goto yy75;
 	}
+yy75:
+	{ return make(lx, TOK_DIM, start); }
 yy76:
-	{ return make(lx, TOK_LET, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'u': goto yy88;
+		default: goto yy30;
+	}
 yy77:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -983,36 +925,12 @@ yy77:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
+		case 'z': goto yy29;
 		default: goto yy78;
 	}
 yy78:
-	{ return make(lx, TOK_MAX, start); }
+	{ return make(lx, TOK_LET, start); }
 yy79:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'e': goto yy87;
-		default: goto yy28;
-	}
-yy80:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'p': goto yy88;
-		default: goto yy28;
-	}
-yy81:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 'a': goto yy89;
-		default: goto yy28;
-	}
-yy82:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy90;
-		default: goto yy28;
-	}
-yy83:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -1077,16 +995,38 @@ yy83:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
-		default: goto yy84;
+		case 'z': goto yy29;
+		default: goto yy80;
+	}
+yy80:
+	{ return make(lx, TOK_MAX, start); }
+yy81:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'e': goto yy89;
+		default: goto yy30;
+	}
+yy82:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'p': goto yy90;
+		default: goto yy30;
+	}
+yy83:
+	yych = *++lx->cur;
+	switch (yych) {
+		case 'a': goto yy91;
+		default: goto yy30;
 	}
 yy84:
-	{ return make(lx, TOK_SUM, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy92;
+		default: goto yy30;
+	}
 yy85:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '+':
-		case '-': goto yy91;
 		case '0':
 		case '1':
 		case '2':
@@ -1096,68 +1036,110 @@ yy85:
 		case '6':
 		case '7':
 		case '8':
-		case '9': goto yy92;
-		default: goto yy53;
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy29;
+		default: goto yy86;
 	}
 yy86:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy93;
-		default: goto yy28;
-	}
+	{ return make(lx, TOK_SUM, start); }
 yy87:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'l': goto yy95;
-		default: goto yy28;
+		case '+':
+		case '-': goto yy93;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy94;
+		default: goto yy55;
 	}
 yy88:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'u': goto yy97;
-		default: goto yy28;
+		case 't': goto yy95;
+		default: goto yy30;
 	}
 yy89:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'm': goto yy98;
-		default: goto yy28;
+		case 'l': goto yy97;
+		default: goto yy30;
 	}
 yy90:
 	yych = *++lx->cur;
 	switch (yych) {
-		case 'e': goto yy100;
-		default: goto yy28;
+		case 'u': goto yy99;
+		default: goto yy30;
 	}
 yy91:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy92;
-		default: goto yy53;
+		case 'm': goto yy100;
+		default: goto yy30;
 	}
 yy92:
 	yych = *++lx->cur;
 	switch (yych) {
-		case '0':
-		case '1':
-		case '2':
-		case '3':
-		case '4':
-		case '5':
-		case '6':
-		case '7':
-		case '8':
-		case '9': goto yy92;
-		default: goto yy68;
+		case 'e': goto yy102;
+		default: goto yy30;
 	}
 yy93:
 	yych = *++lx->cur;
@@ -1171,64 +1153,24 @@ yy93:
 		case '6':
 		case '7':
 		case '8':
-		case '9':
-		case 'A':
-		case 'B':
-		case 'C':
-		case 'D':
-		case 'E':
-		case 'F':
-		case 'G':
-		case 'H':
-		case 'I':
-		case 'J':
-		case 'K':
-		case 'L':
-		case 'M':
-		case 'N':
-		case 'O':
-		case 'P':
-		case 'Q':
-		case 'R':
-		case 'S':
-		case 'T':
-		case 'U':
-		case 'V':
-		case 'W':
-		case 'X':
-		case 'Y':
-		case 'Z':
-		case '_':
-		case 'a':
-		case 'b':
-		case 'c':
-		case 'd':
-		case 'e':
-		case 'f':
-		case 'g':
-		case 'h':
-		case 'i':
-		case 'j':
-		case 'k':
-		case 'l':
-		case 'm':
-		case 'n':
-		case 'o':
-		case 'p':
-		case 'q':
-		case 'r':
-		case 's':
-		case 't':
-		case 'u':
-		case 'v':
-		case 'w':
-		case 'x':
-		case 'y':
-		case 'z': goto yy27;
-		default: goto yy94;
+		case '9': goto yy94;
+		default: goto yy55;
 	}
 yy94:
-	{ return make(lx, TOK_INPUT, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9': goto yy94;
+		default: goto yy70;
+	}
 yy95:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -1294,18 +1236,12 @@ yy95:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
+		case 'z': goto yy29;
 		default: goto yy96;
 	}
 yy96:
-	{ return make(lx, TOK_MODEL, start); }
+	{ return make(lx, TOK_INPUT, start); }
 yy97:
-	yych = *++lx->cur;
-	switch (yych) {
-		case 't': goto yy102;
-		default: goto yy28;
-	}
-yy98:
 	yych = *++lx->cur;
 	switch (yych) {
 		case '0':
@@ -1370,11 +1306,17 @@ yy98:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
-		default: goto yy99;
+		case 'z': goto yy29;
+		default: goto yy98;
 	}
+yy98:
+	{ return make(lx, TOK_MODEL, start); }
 yy99:
-	{ return make(lx, TOK_PARAM, start); }
+	yych = *++lx->cur;
+	switch (yych) {
+		case 't': goto yy104;
+		default: goto yy30;
+	}
 yy100:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -1440,11 +1382,11 @@ yy100:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
+		case 'z': goto yy29;
 		default: goto yy101;
 	}
 yy101:
-	{ return make(lx, TOK_STATE, start); }
+	{ return make(lx, TOK_PARAM, start); }
 yy102:
 	yych = *++lx->cur;
 	switch (yych) {
@@ -1510,10 +1452,80 @@ yy102:
 		case 'w':
 		case 'x':
 		case 'y':
-		case 'z': goto yy27;
+		case 'z': goto yy29;
 		default: goto yy103;
 	}
 yy103:
+	{ return make(lx, TOK_STATE, start); }
+yy104:
+	yych = *++lx->cur;
+	switch (yych) {
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+		case 'A':
+		case 'B':
+		case 'C':
+		case 'D':
+		case 'E':
+		case 'F':
+		case 'G':
+		case 'H':
+		case 'I':
+		case 'J':
+		case 'K':
+		case 'L':
+		case 'M':
+		case 'N':
+		case 'O':
+		case 'P':
+		case 'Q':
+		case 'R':
+		case 'S':
+		case 'T':
+		case 'U':
+		case 'V':
+		case 'W':
+		case 'X':
+		case 'Y':
+		case 'Z':
+		case '_':
+		case 'a':
+		case 'b':
+		case 'c':
+		case 'd':
+		case 'e':
+		case 'f':
+		case 'g':
+		case 'h':
+		case 'i':
+		case 'j':
+		case 'k':
+		case 'l':
+		case 'm':
+		case 'n':
+		case 'o':
+		case 'p':
+		case 'q':
+		case 'r':
+		case 's':
+		case 't':
+		case 'u':
+		case 'v':
+		case 'w':
+		case 'x':
+		case 'y':
+		case 'z': goto yy29;
+		default: goto yy105;
+	}
+yy105:
 	{ return make(lx, TOK_OUTPUT, start); }
 }
 

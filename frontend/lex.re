@@ -1,7 +1,8 @@
 /* lex.re: the scanner, generated into lex.c by
  *   re2c -W -i --no-generation-date --no-version -o frontend/lex.c frontend/lex.re
  * The input is NUL-terminated; a NUL before the end is an invalid byte. Line and
- * column are 1-based byte positions. */
+ * column are 1-based byte positions; a line ends at LF, CR or CR LF (files
+ * from Unix, classic Mac OS and Windows), also inside comments. */
 #include "frontend/lex.h"
 
 #include <errno.h>
@@ -81,9 +82,9 @@ token lex_next(lexer *lx)
             if (start >= lx->end) { lx->cur = start; return make(lx, TOK_EOF, start); }
             return error(lx, start, "invalid byte 0x00");
         }
-        "\n"              { lx->line++; lx->line_start = lx->cur; continue; }
-        [ \t\r\v\f]+      { continue; }
-        "//" [^\n\x00]*   { continue; }
+        "\r\n" | "\n" | "\r" { lx->line++; lx->line_start = lx->cur; continue; }
+        [ \t\v\f]+        { continue; }
+        "//" [^\n\r\x00]*  { continue; }
         "/*" {
             /* the error points at the opening delimiter, not where the text ran out */
             uint32_t open_line = lx->line;
@@ -96,7 +97,11 @@ token lex_next(lexer *lx)
                     return error(lx, start, "unterminated comment");
                 }
                 if (lx->cur[0] == '*' && lx->cur + 1 < lx->end && lx->cur[1] == '/') { lx->cur += 2; break; }
-                if (lx->cur[0] == '\n') { lx->line++; lx->line_start = lx->cur + 1; }
+                if (lx->cur[0] == '\n' || lx->cur[0] == '\r') {
+                    if (lx->cur[0] == '\r' && lx->cur + 1 < lx->end && lx->cur[1] == '\n') lx->cur++;
+                    lx->line++;
+                    lx->line_start = lx->cur + 1;
+                }
                 lx->cur++;
             }
             continue;

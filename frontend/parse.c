@@ -626,10 +626,19 @@ ast_file *parse_file(arena *a, diag *d, const src_file *f)
     ast_model *models = NULL;
     size_t nmodels = 0, cmodels = 0;
     bool ok = file != NULL;
+    name_index names = {0}; /* model name -> index: a name defined twice is an error at the second */
     while (ok && peek(&p)->kind != TOK_EOF) {
         ast_model m = {0};
-        ok = parse_model(&p, &m, nmodels == 0) && VEC_PUSH(models, nmodels, cmodels, m);
+        ok = parse_model(&p, &m, nmodels == 0);
+        int prev = ok ? name_index_put(&names, m.name, (int)nmodels) : -1;
+        if (prev >= 0) {
+            diag_at(d, f, m.loc, "model '%s' is already defined at %u:%u", m.name, models[prev].loc.line,
+                    models[prev].loc.col);
+            ok = false;
+        }
+        ok = ok && prev != -2 && VEC_PUSH(models, nmodels, cmodels, m);
     }
+    name_index_free(&names);
     if (ok && nmodels == 0) {
         diag_at(d, f, peek(&p)->loc, "expected 'model', found end of file (the file holds no model)");
         ok = false;

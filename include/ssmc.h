@@ -70,6 +70,7 @@ typedef struct ssmc_options {
     int threads;           /* CPU worker threads; 0: all cores */
     const char *cuda_arch; /* e.g. "sm_90"; NULL: the GPU's own */
     int check_finite;      /* nonzero: report NaN/Inf in inputs and outputs */
+    int64_t grad_chunk;    /* gradients: keep the states every grad_chunk steps; 0: ceil(sqrt(T)) */
 } ssmc_options;
 
 /* One tensor handed to ssmc_run. Inputs and params are read; outputs are
@@ -96,7 +97,8 @@ typedef enum ssmc_emit_kind {
     SSMC_EMIT_LLVM,
     SSMC_EMIT_CUDA,
     SSMC_EMIT_PTX,
-    SSMC_EMIT_PLAN  /* the kernel plan for opts->device (the interpreter: the CPU's) */
+    SSMC_EMIT_PLAN, /* the kernel plan for opts->device (the interpreter: the CPU's) */
+    SSMC_EMIT_GRAD  /* the adjoint model (docs/gradients.md) */
 } ssmc_emit_kind;
 
 /* ---- context ---- */
@@ -131,6 +133,14 @@ ssmc_status ssmc_model_tensor(const ssmc_model *m, int i, ssmc_tensor_info *info
 /* Index of a tensor by name, or -1. */
 int ssmc_model_find(const ssmc_model *m, const char *name);
 
+/* The tolerance `ssmc run --verify` holds public tensor i (an output or a
+ * state) to: the largest relative error max|got - ref| / max|ref| that a run
+ * of T steps with tensors of `dtype` may show against the f64 interpreter,
+ * from f32 rounding alone. It grows with the model's reductions and chains of
+ * operations (docs/numerics.md, "How --verify judges"); -1 when m is NULL, i
+ * is not an output or a state, dtype is unknown or T is below 1. */
+double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_t T);
+
 /* ---- running ---- */
 /* Runs the model over `batch` sequences of length `T` (T >= 1) on host tensors. */
 ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs);
@@ -144,6 +154,57 @@ ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *ar
  * first run of each dtype signature compiles (or loads from the kernel cache)
  * before it enqueues. */
 ssmc_status ssmc_run_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, void *stream);
+
+/* ---- gradients (docs/gradients.md) ----
+ * The backward of L = sum over outputs y and final states S of <dy, y> +
+ * <dS, S(T)>, derived by the compiler from the model (an adjoint model run in
+ * reverse time). The training forward keeps every state each C steps
+ * (checkpoints); the backward recomputes C steps at a time from them, so the
+ * memory kept is O(T/C + C) states per sequence, never T. */
+typedef struct ssmc_tape ssmc_tape;
+
+/* What the backward of a run of T steps keeps and uses, per sequence. */
+typedef struct ssmc_grad_info {
+    int64_t chunk;         /* C: a checkpoint every C steps */
+    int64_t checkpoints;   /* ceil(T / C) */
+    size_t state_bytes;    /* one copy of every state (including the history of reads at t - k) */
+    size_t tape_bytes;     /* kept from the training forward to the backward: checkpoints * state_bytes */
+    size_t backward_bytes; /* the backward's working memory: C steps of the state trace, the chunk's
+                              copies of per-step tensors, the adjoint states */
+} ssmc_grad_info;
+
+/* The plan for T steps (no run needed). SSMC_ERR_UNSUPPORTED when the model
+ * uses something the gradients pass cannot differentiate (the message says
+ * what and where) or the device cannot run it. */
+ssmc_status ssmc_grad_info_of(ssmc_model *m, int64_t T, ssmc_grad_info *info);
+
+/* The forward of a training step: takes and gives what ssmc_run does, and
+ * returns in *tape what ssmc_backward needs (the checkpoints; not the
+ * tensors, which the backward is given again). */
+ssmc_status ssmc_forward_train(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                               ssmc_tape **tape);
+
+/* The backward: `args` are every input and param with the values the
+ * forward had; `douts` the cotangents, by the name of an output ([B, T, ...])
+ * or of a state ([B, ...], of its final value), zero where not given; `grads`
+ * the gradients to write, by the name of an input ([B, T, ...]), a param (as
+ * declared, summed over the batch and the steps) or a state ([B, ...], with
+ * respect to its initial value). Any dtype each. The tape may be used again. */
+ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,
+                          const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads);
+
+/* The same on device pointers, enqueued on `stream` (as ssmc_run_device).
+ * SSMC_ERR_UNSUPPORTED in this version: the adjoint runs on the interpreter,
+ * whose tensors are on the host (docs/gradients.md, "Backends"). */
+ssmc_status ssmc_forward_train_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                                      ssmc_tape **tape, void *stream);
+ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,
+                                 const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads,
+                                 void *stream);
+
+/* Bytes the tape holds (its checkpoints, all sequences). */
+size_t ssmc_tape_bytes(const ssmc_tape *tape);
+void ssmc_tape_free(ssmc_tape *tape);
 
 /* ---- ahead of time ---- */
 /* Builds a bundle of one model of `source` (opts->model; opts->dims apply)

@@ -10,7 +10,8 @@
  * init statement (zero without one). A per-step let read at an earlier step
  * keeps every step's value of the sequence (the backends see no such reads:
  * passes/lag.c rewrites them; the interpreter runs the IR either way, so the
- * two can be compared). select evaluates the chosen operand only. */
+ * two can be compared). select evaluates the chosen operand only. A reverse model (ir.h)
+ * runs its steps from t = T-1 down to 0, and its lags look forward in time. */
 #include "ir.h"
 
 #include <math.h>
@@ -42,19 +43,26 @@ static double load(interp *I, const ir_inst *in)
     const int64_t *st = &I->strides[in->load.tensor * IR_MAX_RANK];
     for (int i = 0; i < t->rank; i++) {
         const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
-        int64_t v = ix->kind == IR_IX_CONST ? ix->k : ix->kind == IR_IX_DIV ? I->env[ix->var] / ix->k : I->env[ix->var];
+        int64_t v;
+        switch (ix->kind) {
+        case IR_IX_CONST: v = ix->k; break;
+        case IR_IX_DIV: v = I->env[ix->var] / ix->k; break;
+        case IR_IX_AFFINE: v = I->env[ix->var] * ix->k + I->env[ix->var2]; break;
+        default: v = I->env[ix->var]; break;
+        }
         off += v * st[i];
     }
-    int64_t tt = I->t - in->load.lag - (in->load.lag_var >= 0 ? I->env[in->load.lag_var] : 0);
+    int64_t lag = in->load.lag + (in->load.lag_var >= 0 ? I->env[in->load.lag_var] : 0);
+    int64_t tt = m->reverse ? I->t + lag : I->t - lag;
     int64_t n = I->elems[in->load.tensor];
     switch (t->kind) {
     case IR_INPUT:
-        if (tt < 0) return 0.0;
+        if (tt < 0 || tt >= I->args->T) return 0.0;
         return I->args->data[in->load.tensor][(I->b * I->args->T + tt) * n + off];
     case IR_PARAM: return I->args->data[in->load.tensor][off];
     case IR_LET:
         if (tt == I->t) return I->buf[in->load.tensor][off];
-        return tt < 0 ? 0.0 : I->hist[in->load.tensor][tt * n + off];
+        return tt < 0 || tt >= I->args->T ? 0.0 : I->hist[in->load.tensor][tt * n + off];
     default: return I->buf[in->load.tensor][off];
     }
 }
@@ -201,7 +209,8 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
         I.t = 0;
         for (uint32_t si = 0; si < m->nstmts; si++)
             if (!m->stmts[si].per_step) run_stmt(&I, &m->stmts[si], I.buf[m->stmts[si].tensor]);
-        for (I.t = 0; I.t < args->T; I.t++) {
+        for (int64_t step = 0; step < args->T; step++) {
+            I.t = m->reverse ? args->T - 1 - step : step;
             for (uint32_t si = 0; si < m->nstmts; si++) {
                 const ir_stmt *s = &m->stmts[si];
                 if (!s->per_step) continue;

@@ -17,7 +17,19 @@
  *
  * A state may have an init statement (model.inits): its initial value from
  * params, literals and index variables, used when the caller gives none.
- * Dims are concrete here: -D overrides are applied before lowering. */
+ * Dims are concrete here: -D overrides are applied before lowering.
+ *
+ * Extensions that only passes make (the front end never produces them):
+ * - `reverse` models (the adjoint of passes/grad.c) run their steps at
+ *   t = T-1, T-2, ..., 0. A state's S(t-1) ("@old") is then the value left by
+ *   the step executed before, i.e. at time t + 1, and its initial value is the
+ *   value before step T-1. A lag k on a per-step tensor reads k steps earlier
+ *   in execution order, at time t + k, and reads past the end (t + k >= T)
+ *   give 0: a reverse model is exactly a forward model run on per-step
+ *   tensors reversed in time.
+ * - IR_IX_AFFINE indices, var * k + var2, with var2 ranging over k values:
+ *   the adjoint of a grouped read x[i / k] enumerates the k values of i that
+ *   read one element. */
 #ifndef SSMC_IR_H
 #define SSMC_IR_H
 
@@ -78,13 +90,15 @@ typedef struct ir_var {
 typedef enum ir_index_kind {
     IR_IX_VAR,   /* var */
     IR_IX_DIV,   /* var / k: grouped axes */
-    IR_IX_CONST  /* k */
+    IR_IX_CONST, /* k */
+    IR_IX_AFFINE /* var * k + var2, var2 ranging over [0, k) (passes only) */
 } ir_index_kind;
 
 typedef struct ir_index {
     ir_index_kind kind;
     int var;
     int64_t k;
+    int var2; /* IR_IX_AFFINE only */
 } ir_index;
 
 typedef struct ir_inst {
@@ -138,6 +152,7 @@ typedef struct ir_model {
     uint32_t ninits;
     ir_origin *origins;      /* tensors made by passes/lag.c */
     uint32_t norigins;
+    bool reverse;            /* steps run at t = T-1 .. 0 (see the top of this file) */
 } ir_model;
 
 /* Elements of one sequence's slice of a tensor (product of its axes, T excluded). */
@@ -150,10 +165,47 @@ const ir_stmt *ir_find_init(const ir_model *m, int tensor);
 /* What passes/lag.c made tensor `tensor` for, or NULL. */
 const ir_origin *ir_find_origin(const ir_model *m, int tensor);
 
-/* ---- builder: growable arrays, frozen into the arena by ir_finish ---- */
-typedef struct ir_builder ir_builder;
+/* ---- builder: growable arrays, frozen into the arena by ir_finish ----
+ * For passes that make new models (passes/unlag.c, passes/grad.c). The add
+ * functions return the new element's id (-1 or IR_NONE once memory ran out;
+ * `oom` is then set and ir_finish fails). */
 typedef struct arena arena;
 typedef struct strbuf strbuf;
+typedef struct ir_builder {
+    ir_dim *dims;
+    size_t ndims, cdims;
+    ir_tensor *tensors;
+    size_t ntensors, ctensors;
+    ir_var *vars;
+    size_t nvars, cvars;
+    ir_inst *insts;
+    size_t ninsts, cinsts;
+    ir_index *ix;
+    size_t nix, cix;
+    uint32_t *red_vars;
+    size_t nred_vars, cred_vars;
+    ir_stmt *stmts;
+    size_t nstmts, cstmts;
+    ir_stmt *inits;
+    size_t ninits, cinits;
+    ir_origin *origins;
+    size_t norigins, corigins;
+    bool oom;
+} ir_builder;
+
+/* Starts a builder holding a copy of m (NULL: empty). */
+void ir_build_init(ir_builder *b, const ir_model *m);
+int ir_build_dim(ir_builder *b, const char *name, int64_t value);
+int ir_build_tensor(ir_builder *b, ir_tensor t);
+int ir_build_var(ir_builder *b, const char *name, int dim);
+ir_ref ir_build_inst(ir_builder *b, ir_inst in);
+uint32_t ir_build_index(ir_builder *b, ir_index ix); /* returns its position in ix[] */
+uint32_t ir_build_red_var(ir_builder *b, uint32_t var);
+int ir_build_stmt(ir_builder *b, ir_stmt s);
+/* Freezes the arrays into a (a model named `name` with the header fields of
+ * `like`: loc, file) and frees the builder. NULL when memory ran out. */
+ir_model *ir_finish(ir_builder *b, arena *a, const char *name, const ir_model *like, bool reverse);
+void ir_build_free(ir_builder *b);
 
 /* Lowering from the checked AST (ir/lower.c). */
 typedef struct ast_model ast_model;

@@ -174,9 +174,8 @@ ir_model *ir_lower(arena *a, diag *d, const src_file *f, const ast_model *am)
                 t.per_step = true;
                 continue;
             }
-            for (int k = 0; k < am->ndecls; k++)
-                if (am->decls[k].kind == AST_DIM && strcmp(am->decls[k].name, dc->axes[j]) == 0)
-                    t.dims[t.rank] = l.dim_of_decl[k];
+            for (uint32_t k = 0; k < nd; k++) /* the dims only: a model may have thousands of lets */
+                if (strcmp(dims[k].name, dc->axes[j]) == 0) t.dims[t.rank] = (int)k;
             t.rank++;
         }
         l.tensor_of_decl[i] = (int)nt;

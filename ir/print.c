@@ -22,6 +22,9 @@ static void print_index(strbuf *out, const ir_model *m, const ir_index *ix)
     case IR_IX_VAR: sb_puts(out, m->vars[ix->var].name); break;
     case IR_IX_DIV: sb_printf(out, "%s / %lld", m->vars[ix->var].name, (long long)ix->k); break;
     case IR_IX_CONST: sb_printf(out, "%lld", (long long)ix->k); break;
+    case IR_IX_AFFINE:
+        sb_printf(out, "%s * %lld + %s", m->vars[ix->var].name, (long long)ix->k, m->vars[ix->var2].name);
+        break;
     }
 }
 
@@ -33,9 +36,10 @@ static void print_load(strbuf *out, const ir_model *m, const ir_inst *in)
     if (!t->per_step && t->rank == 0) return;
     sb_putc(out, '[');
     if (t->per_step) {
+        const char *dir = m->reverse ? "+" : "-"; /* a reverse model's lags look forward in time */
         sb_putc(out, 't');
-        if (in->load.lag) sb_printf(out, " - %lld", (long long)in->load.lag);
-        if (in->load.lag_var >= 0) sb_printf(out, " - %s", m->vars[in->load.lag_var].name);
+        if (in->load.lag) sb_printf(out, " %s %lld", dir, (long long)in->load.lag);
+        if (in->load.lag_var >= 0) sb_printf(out, " %s %s", dir, m->vars[in->load.lag_var].name);
         if (t->rank) sb_puts(out, ", ");
     }
     for (int i = 0; i < t->rank; i++) {
@@ -202,7 +206,7 @@ static void print_body(strbuf *out, const ir_model *m, const ir_stmt *s, unsigne
 
 void ir_print(strbuf *out, const ir_model *m)
 {
-    sb_printf(out, "model %s\n", m->name);
+    sb_printf(out, "model %s%s\n", m->name, m->reverse ? "  reverse: steps run t = T-1 .. 0" : "");
     for (uint32_t i = 0; i < m->ndims; i++) sb_printf(out, "  dim %s = %lld\n", m->dims[i].name, (long long)m->dims[i].value);
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];

@@ -38,6 +38,14 @@ static void check_index(verifier *v, const ir_tensor *t, int axis, const ir_inde
         bad(v, "variable indexes an axis of another dim", r);
     if (ix->kind == IR_IX_DIV && (ix->k < 1 || range % ix->k || range / ix->k != size))
         bad(v, "group divisor does not map the variable's range onto the axis", r);
+    if (ix->kind == IR_IX_AFFINE) {
+        if (ix->var2 < 0 || (uint32_t)ix->var2 >= m->nvars || !v->bound[ix->var2]) {
+            bad(v, "second variable of an affine index not bound here", r);
+            return;
+        }
+        if (ix->k < 1 || m->dims[m->vars[ix->var2].dim].value != ix->k || range * ix->k != size)
+            bad(v, "affine index does not map its variables' ranges onto the axis", r);
+    }
 }
 
 static void check_inst(verifier *v, ir_ref r)

@@ -23,13 +23,33 @@ bool pass_algo_from_name(const char *name, ssmc_algo *out)
     return false;
 }
 
-bool pass_algo_choose(const ir_model *m, const pass_analysis *an, ssmc_algo requested, plan_algo *out, diag *d)
+/* The first state without a chunk form, said with its location. */
+static void why_not_chunked(const ir_model *m, const pass_chunks *cs, diag *d)
+{
+    for (int i = 0; i < cs->nforms; i++) {
+        const pass_chunk *f = &cs->forms[i];
+        if (f->ok) continue;
+        const ir_tensor *t = &m->tensors[f->state];
+        src_loc loc = f->where != IR_NONE ? m->insts[f->where].loc : t->def >= 0 ? m->stmts[t->def].loc : t->loc;
+        diag_at(d, m->file, loc, "--algo=chunked: state '%s' has no chunk form: %s", t->name, f->why);
+        return;
+    }
+    diag_error(d, "--algo=chunked: the model has no state to chunk");
+}
+
+bool pass_algo_choose(const ir_model *m, const pass_analysis *an, const pass_chunks *cs, ssmc_algo requested,
+                      plan_algo *out, diag *d)
 {
     switch (requested) {
     case SSMC_ALGO_AUTO:
     case SSMC_ALGO_RECURRENT: *out = PLAN_ALGO_RECURRENT; return true;
     case SSMC_ALGO_CHUNKED:
     case SSMC_ALGO_SCAN:
+        if (requested == SSMC_ALGO_CHUNKED && !cs->all) {
+            why_not_chunked(m, cs, d);
+            return false;
+        }
+        /* the analysis allows it; the kernels are not there yet */
         diag_error(d, "--algo=%s is not implemented yet: this version generates the recurrent algorithm on every "
                    "device (use --algo=recurrent or leave --algo out)",
                    pass_algo_name(requested));

@@ -241,6 +241,7 @@ static atom atom_of(const ctx *c, const ir_index *ix)
     case IR_IX_VAR: return c->map[ix->var];
     case IR_IX_DIV: return atom_div(c->map[ix->var], ix->k);
     case IR_IX_CONST: break;
+    case IR_IX_AFFINE: return (atom){ATOM_MASK, -1, 0}; /* only passes make them, after the analysis */
     }
     return (atom){ATOM_CONST, -1, ix->k};
 }

@@ -261,7 +261,7 @@ static ir_ref load_at(lag *c, src_loc loc, int ti, int w, const ir_index *ix, in
     in.load.lag_var = -1;
     in.load.ix = (uint32_t)c->nix;
     if (w >= 0) {
-        ir_index wi = {IR_IX_VAR, w, 0};
+        ir_index wi = {.kind = IR_IX_VAR, .var = w};
         if (!VEC_PUSH(c->ix, c->nix, c->cix, wi)) c->oom = true;
     }
     for (int i = 0; i < n; i++)
@@ -399,7 +399,7 @@ static void emit_hidden_updates(lag *c, int let)
         ir_index ix[IR_MAX_RANK];
         for (int i = 0; i < lt->rank; i++) {
             st.vars[i] = new_var(c, m->vars[ls->vars[i]].name, lt->dims[i]);
-            ix[i] = (ir_index){IR_IX_VAR, st.vars[i], 0};
+            ix[i] = (ir_index){.kind = IR_IX_VAR, .var = st.vars[i]};
         }
         st.root = load_at(c, ls->loc, k == 1 ? let : c->hidden[let] + (int)k - 2, -1, ix, lt->rank);
         push_stmt(c, st);

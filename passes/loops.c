@@ -212,6 +212,7 @@ static unsigned hoist_scan(const pass_plan *p, const ir_stmt *s, ir_ref r)
         for (int i = 0; i < t->rank; i++) {
             const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
             if (ix->kind != IR_IX_CONST) f |= var_bit(p, s, rank, ix->var);
+            if (ix->kind == IR_IX_AFFINE) f |= var_bit(p, s, rank, ix->var2);
         }
         return f;
     }

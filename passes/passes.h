@@ -70,6 +70,72 @@ typedef struct pass_analysis {
 bool pass_analyze(arena *a, const ir_model *m, pass_analysis *out, diag *d);
 void pass_analysis_print(strbuf *out, const ir_model *m, const pass_analysis *an);
 
+/* ---- chunk.c: the chunk form of each state (SPEC §3's chunked algorithm) ----
+ * A product coef * f_1 * ... * f_n of IR subexpressions (f recip: a divisor);
+ * each factor's variables are mapped to the update statement's variables (or to
+ * atoms past nvars that a sum bound) by `map`, the variables of statement
+ * `stmt`, which holds it. */
+#define PASS_MAX_FACTORS 16
+#define PASS_MAX_READOUTS 4
+
+typedef struct pass_factor {
+    ir_ref r;
+    const int *map; /* [nvars]: the statement's variables -> the update's */
+    uint32_t stmt;
+    bool recip;
+} pass_factor;
+
+typedef struct pass_product {
+    double coef;
+    int nf;
+    pass_factor f[PASS_MAX_FACTORS];
+} pass_product;
+
+typedef enum pass_decay { PASS_DECAY_NONE, PASS_DECAY_SCALAR, PASS_DECAY_KEY } pass_decay;
+
+typedef struct pass_chunk_readout {
+    int output;          /* the output (or the let holding the sum) */
+    uint32_t stmt;       /* the statement holding the sum */
+    ir_ref sum;
+    bool after_update;   /* reads S(t), else S(t-1) */
+    int var;             /* the sum's variable (the key axis) */
+    int value_var;       /* the statement's variable on the value axis */
+    pass_product query;  /* q[i], in the readout statement's variables */
+    bool rest;           /* the sum also holds terms free of S */
+} pass_chunk_readout;
+
+/* S(t) = a (S(t-1) - beta w (w^T S(t-1))) + key value^T over key and value axes. */
+typedef struct pass_chunk {
+    int state;
+    bool ok;              /* a chunk form: else why (at `where`, or IR_NONE) */
+    const char *why;
+    ir_ref where;
+    uint32_t update;      /* the update statement */
+    int key_axis, value_axis; /* axes of the state; value -1: a vector state */
+    pass_decay decay_kind;
+    pass_product decay;   /* a_t (> 0, proven) */
+    pass_product key, value;
+    bool delta;
+    pass_product beta, dkey;
+    pass_chunk_readout readouts[PASS_MAX_READOUTS];
+    int nreadouts;
+} pass_chunk;
+
+typedef struct pass_chunks {
+    pass_chunk *forms; /* one per state, in the analysis' order */
+    int nforms;
+    bool all;          /* every state has a chunk form */
+} pass_chunks;
+
+bool pass_chunk_forms(arena *a, const ir_model *m, const pass_analysis *an, pass_chunks *out, diag *d);
+void pass_chunk_print(strbuf *out, const ir_model *m, const pass_chunks *cs);
+/* ---- rounding.c: how much f32 rounding each tensor's value carries ----
+ * len[ntensors]: for every tensor, the length of the longest chain of rounded
+ * operations behind its value in one step (a sum of n terms counts n; see
+ * rounding.c for the weights), plus carried[tensor] for a tensor a statement
+ * defines (carried may be NULL). 0 for inputs and params. */
+void pass_rounding(const ir_model *m, const double *carried, double *len);
+
 /* ---- schedule.c: what can run in parallel, and how states are updated ----
  *
  * An index class joins every index variable and every axis of a state, let or
@@ -92,5 +158,52 @@ typedef struct pass_sched {
 
 bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d);
 void pass_schedule_print(strbuf *out, const ir_model *m, const pass_sched *s);
+
+/* ---- unlag.c: reads at t - k become reads of history states ----
+ * *out computes what m computes and reads every per-step tensor at t only: the
+ * values that cross steps are all in states. m's tensors keep their ids; the
+ * history states (x.lag1 .. x.lagK for an input x read at lags up to K) come
+ * after them, start at zero and are updated at the end of every step. */
+bool pass_unlag(arena *a, const ir_model *m, ir_model **out, diag *d);
+
+/* ---- grad.c: the adjoint of a model (SPEC §6, docs/gradients.md) ----
+ * For L = sum over outputs y and final states S of <dy, y> + <dS_T, S(T)>,
+ * `adjoint` is an ordinary model run in reverse time whose final states are
+ * the gradients with respect to the initial states and (per sequence) the
+ * params, and whose outputs are the gradients with respect to the inputs.
+ * `forward` is the model to run for training: m with its lags turned into
+ * history states (pass_unlag; those states are internal, ids >= nfwd), plus
+ * one per-step output `S.prev` of S(t-1) for each state S the adjoint needs
+ * (its trace, fed to the adjoint when a chunk is recomputed).
+ *
+ * Per tensor id of `forward` (-1 where there is none):
+ *   trace[i]     states: the output in `forward` of S(t-1)
+ *   adj_trace[i] states: the input of the adjoint that takes that trace
+ *   adj_value[i] inputs, params: the same tensor in the adjoint
+ *   adj_grad[i]  inputs: the adjoint's output dx[T, ...]; params: its state
+ *                dP (one per sequence, to be summed over the batch); states:
+ *                its state dS (initial value: the cotangent of S(T); final
+ *                value: the gradient of S's initial value); outputs: its
+ *                input dy[T, ...], the cotangent */
+typedef struct pass_grad pass_grad;
+struct pass_grad {
+    ir_model *forward;
+    ir_model *adjoint;
+    int nfwd; /* tensors of m; forward's tensors [nfwd, forward->ntensors) are internal */
+    int *trace, *adj_trace, *adj_value, *adj_grad; /* [forward->ntensors] */
+    /* m's init statements as a model of their own, run for one step when the
+     * caller gives no initial state: its params are m's, its outputs S.init
+     * the initial values; with its own gradients (the adjoint gives what the
+     * initial states' gradients pass on to the params). NULL without inits.
+     * init_id[i] (per tensor of forward): a param's id in init->forward, a
+     * state's S.init there, else -1. */
+    pass_grad *init;
+    int *init_id;
+};
+
+bool pass_grad_build(arena *a, const ir_model *m, pass_grad *out, diag *d);
+
+/* A lowercase copy of name in a (variable names made from dim names). */
+const char *pass_lower_name(arena *a, const char *name);
 
 #endif

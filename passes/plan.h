@@ -205,7 +205,8 @@ bool pass_algo_from_name(const char *name, ssmc_algo *out);
 /* The algorithm for a model: `requested` when the analysis allows it and it is
  * implemented, the cost model's pick for auto; false with a diagnostic that says
  * why otherwise. */
-bool pass_algo_choose(const ir_model *m, const pass_analysis *an, ssmc_algo requested, plan_algo *out, diag *d);
+bool pass_algo_choose(const ir_model *m, const pass_analysis *an, const pass_chunks *cs, ssmc_algo requested,
+                      plan_algo *out, diag *d);
 
 /* ---- plan.c ---- */
 /* Plans a verified model's kernels for a target with the algorithm chosen.

@@ -29,15 +29,17 @@ static void emit(diag *d, strbuf *msg)
 #define QUOTE_WIDTH 160
 static void quote_line(strbuf *m, const src_file *f, src_loc loc)
 {
+    /* lines end at LF, CR or CR LF, as the lexer counts them */
     size_t pos = 0;
     uint32_t line = 1;
     while (pos < f->len && line < loc.line) {
-        if (f->text[pos] == '\n') line++;
-        pos++;
+        char c = f->text[pos++];
+        if (c == '\r' && pos < f->len && f->text[pos] == '\n') pos++;
+        if (c == '\n' || c == '\r') line++;
     }
     if (line != loc.line) return;
     size_t eol = pos;
-    while (eol < f->len && f->text[eol] != '\n') eol++;
+    while (eol < f->len && f->text[eol] != '\n' && f->text[eol] != '\r') eol++;
     size_t col = loc.col ? loc.col - 1 : 0; /* 0-based byte offset of the caret */
     size_t skip = col + 40 > QUOTE_WIDTH ? col - QUOTE_WIDTH / 2 : 0;
     if (skip > eol - pos) skip = eol - pos;

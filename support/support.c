@@ -283,6 +283,55 @@ char *read_file_max(const char *path, size_t max, size_t *len, const char **err)
 
 char *read_file(const char *path, size_t *len, const char **err) { return read_file_max(path, SIZE_MAX - 1, len, err); }
 
+static size_t name_slot(const name_index *ix, const char *key)
+{
+    size_t i = (size_t)hash64(key, strlen(key), HASH64_SEED) & (ix->cap - 1);
+    while (ix->keys[i] && strcmp(ix->keys[i], key) != 0) i = (i + 1) & (ix->cap - 1);
+    return i;
+}
+
+int name_index_get(const name_index *ix, const char *key)
+{
+    if (!ix->cap) return -1;
+    size_t i = name_slot(ix, key);
+    return ix->keys[i] ? ix->vals[i] : -1;
+}
+
+int name_index_put(name_index *ix, const char *key, int val)
+{
+    if ((ix->n + 1) * 2 > ix->cap) { /* at most half full */
+        size_t ncap = ix->cap ? ix->cap * 2 : 64;
+        name_index big = {calloc(ncap, sizeof *big.keys), calloc(ncap, sizeof *big.vals), ncap, ix->n};
+        if (!big.keys || !big.vals) {
+            free(big.keys);
+            free(big.vals);
+            return -2;
+        }
+        for (size_t i = 0; i < ix->cap; i++) {
+            if (!ix->keys[i]) continue;
+            size_t j = name_slot(&big, ix->keys[i]);
+            big.keys[j] = ix->keys[i];
+            big.vals[j] = ix->vals[i];
+        }
+        free(ix->keys);
+        free(ix->vals);
+        *ix = big;
+    }
+    size_t i = name_slot(ix, key);
+    if (ix->keys[i]) return ix->vals[i];
+    ix->keys[i] = key;
+    ix->vals[i] = val;
+    ix->n++;
+    return -1;
+}
+
+void name_index_free(name_index *ix)
+{
+    free(ix->keys);
+    free(ix->vals);
+    *ix = (name_index){0};
+}
+
 uint64_t splitmix64(uint64_t *state)
 {
     uint64_t z = (*state += 0x9e3779b97f4a7c15ull);

@@ -53,6 +53,22 @@ char *sb_take(strbuf *s);       /* hands the malloc'd text to the caller */
 uint64_t hash64(const void *data, size_t n, uint64_t seed);
 #define HASH64_SEED 0xcbf29ce484222325ull
 
+/* ---- name index: NUL-terminated names to ints, open addressing, for
+ * lookups that stay linear in files of thousands of names. The keys are
+ * not copied: they must outlive the index. */
+typedef struct name_index {
+    const char **keys;
+    int *vals;
+    size_t cap, n; /* cap: 0 or a power of two */
+} name_index;
+
+/* The value stored under key, or -1. */
+int name_index_get(const name_index *ix, const char *key);
+/* Stores val under key unless the key is there already; returns the value
+ * that was there (-1: none, val stored), or -2 when memory ran out. */
+int name_index_put(name_index *ix, const char *key, int val);
+void name_index_free(name_index *ix);
+
 /* ---- seeded random numbers: splitmix64 (random inputs of `ssmc run`, benches, the fuzzer) ---- */
 uint64_t splitmix64(uint64_t *state);
 double uniform_pm1(uint64_t *state); /* uniform in [-1, 1), 53-bit resolution */

@@ -50,24 +50,24 @@ int main(int argc, char **argv)
     int with_state = strcmp(argv[5], "state") == 0;
     const size_t H = MAMBA2_DIM_H, P = MAMBA2_DIM_P, N = MAMBA2_DIM_N, BT = (size_t)(B * T);
     mamba2_tensors t = {0};
-    t.x = load(dir, "x", BT * H * P);
-    t.dt = load(dir, "dt", BT * H);
-    t.B = load(dir, "B", BT * N);
-    t.C = load(dir, "C", BT * N);
-    t.A_log = load(dir, "A_log", H);
-    t.D = load(dir, "D", H);
-    t.dt_bias = load(dir, "dt_bias", H);
-    t.S = with_state ? load(dir, "S", (size_t)B * H * P * N) : NULL;
-    t.y = malloc(BT * H * P * sizeof *t.y);
-    if (!t.y) return 1;
+    t.mamba2_x = load(dir, "x", BT * H * P);
+    t.mamba2_dt = load(dir, "dt", BT * H);
+    t.mamba2_B = load(dir, "B", BT * N);
+    t.mamba2_C = load(dir, "C", BT * N);
+    t.mamba2_A_log = load(dir, "A_log", H);
+    t.mamba2_D = load(dir, "D", H);
+    t.mamba2_dt_bias = load(dir, "dt_bias", H);
+    t.mamba2_S = with_state ? load(dir, "S", (size_t)B * H * P * N) : NULL;
+    t.mamba2_y = malloc(BT * H * P * sizeof *t.mamba2_y);
+    if (!t.mamba2_y) return 1;
     /* bad calls are refused */
     if (mamba2_run(0, T, &t, threads) != MAMBA2_ERR_ARG || mamba2_run(B, 0, &t, threads) != MAMBA2_ERR_ARG)
         return 3;
     mamba2_tensors missing = t;
-    missing.C = NULL;
+    missing.mamba2_C = NULL;
     if (mamba2_run(B, T, &missing, threads) != MAMBA2_ERR_ARG) return 3;
     if (mamba2_run(B, T, &t, threads) != 0) return 2;
-    save(dir, "y", t.y, BT * H * P);
-    if (with_state) save(dir, "S", t.S, (size_t)B * H * P * N);
+    save(dir, "y", t.mamba2_y, BT * H * P);
+    if (with_state) save(dir, "S", t.mamba2_S, (size_t)B * H * P * N);
     return 0;
 }

@@ -7,7 +7,11 @@
  * agree bit for bit. A mixed f16/bf16 run and a check_finite run follow.
  *
  * Then the same with every dim overridden (-D) to a small value drawn from the
- * input, and with an override of a dim the model does not have.
+ * input, with an override of a dim the model does not have, and with one dim
+ * given twice (an error naming both). ssmc_check goes over every model of the
+ * file (one parse: a file of many models is linear) and agrees with emitting
+ * the IR of the first; every output and state of a compiled model has a
+ * --verify tolerance at or above its floor.
  *
  * Beyond "no crash, no leak, no sanitizer report", it checks what the API
  * promises about errors: a failed call leaves a message, a source error names
@@ -49,17 +53,24 @@ static _Noreturn void violated(const char *what, const char *detail)
     abort();
 }
 
-/* Length of line `line` (1-based) of the source, or -1 when there is no such line. */
+/* The end of the line that starts at pos: the first LF or CR from there. */
+static size_t line_end(const char *text, size_t size, size_t pos)
+{
+    while (pos < size && text[pos] != '\n' && text[pos] != '\r') pos++;
+    return pos;
+}
+
+/* Length of line `line` (1-based) of the source, or -1 when there is no such
+ * line. A line ends at LF, CR or CR LF, as the language says. */
 static long line_length(const char *text, size_t size, unsigned line)
 {
     size_t pos = 0;
     for (unsigned l = 1; l < line; l++) {
-        const char *nl = memchr(text + pos, '\n', size - pos);
-        if (!nl) return -1;
-        pos = (size_t)(nl - text) + 1;
+        size_t e = line_end(text, size, pos);
+        if (e >= size) return -1;
+        pos = e + (text[e] == '\r' && e + 1 < size && text[e + 1] == '\n' ? 2 : 1);
     }
-    const char *nl = memchr(text + pos, '\n', size - pos);
-    return (long)((nl ? (size_t)(nl - text) : size) - pos);
+    return (long)(line_end(text, size, pos) - pos);
 }
 
 /* Every diagnostic of a source error is "fuzz.ssm:L:C: error: ..." followed by
@@ -169,6 +180,10 @@ static void run_model(ssmc_model *m, ssmc_ctx *ctx, const uint8_t *data, size_t 
     if (!ts || !args) goto done;
     for (int i = 0; i < n; i++) {
         if (ssmc_model_tensor(m, i, &ts[i].info) != SSMC_OK) violated("ssmc_model_tensor failed on a valid index", NULL);
+        double tol = ssmc_model_tolerance(m, i, SSMC_F32, STEPS);
+        bool result = ts[i].info.role == SSMC_OUTPUT || ts[i].info.role == SSMC_STATE;
+        if (result ? !(tol >= 1e-5 && tol < 1e30) : tol != -1)
+            violated("a tolerance is out of place (below the floor, not finite, or given for an input)", ts[i].info.name);
         for (int j = 0; j < ts[i].info.rank; j++)
             if (ts[i].info.shape[j] < 1 || ts[i].info.shape[j] > MAX_TENSOR) goto done;
         size_t c = 1;
@@ -288,6 +303,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     ssmc_options o = {.device = SSMC_DEVICE_INTERP};
     compile_and_run(ctx, data, size, &o);
+    ssmc_status s_check = ssmc_check(ctx, "fuzz.ssm", text, size, NULL);
+    if (s_check != SSMC_OK && s_check != SSMC_ERR_NOMEM) {
+        if (s_check != SSMC_ERR_SOURCE) violated("ssmc_check failed with a status other than source error", NULL);
+        check_diagnostics(ssmc_ctx_error(ctx), text, size);
+    }
+    /* every model checks when the file does; the first one lowers then too */
+    if (s_check == SSMC_OK && s_ir != SSMC_OK && s_ir != SSMC_ERR_NOMEM)
+        violated("ssmc_check passed a file whose first model does not lower", ssmc_ctx_error(ctx));
 
     if (s_ir == SSMC_OK) {
         /* -D overrides: every dim the IR lists ("  dim NAME = VALUE") set to a
@@ -312,6 +335,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (ssmc_compile(ctx, "fuzz.ssm", text, size, &o, &m) != SSMC_ERR_SOURCE || m ||
             strncmp(ssmc_ctx_error(ctx), "error: -D no_such_dim: ", 23) != 0)
             violated("an unknown -D name was not reported", ssmc_ctx_error(ctx));
+        /* a dim given twice is an error, whatever the values */
+        if (n > 0) {
+            ssmc_dim twice[2] = {dims[0], {dims[0].name, dims[0].value + 1}};
+            o.dims = twice;
+            o.ndims = 2;
+            if (ssmc_compile(ctx, "fuzz.ssm", text, size, &o, &m) != SSMC_ERR_SOURCE || m ||
+                !strstr(ssmc_ctx_error(ctx), "is already given"))
+                violated("a dim given twice was not reported", ssmc_ctx_error(ctx));
+        }
     }
     free(ir);
     ssmc_ctx_free(ctx);

@@ -4,6 +4,7 @@
 #   errors/    `ssmc check`        -> .err  (stderr; the exit status must be 1)
 #   ir/        `ssmc emit --emit=ir`       -> .ir
 #   analysis/  `ssmc emit --emit=analysis` -> .analysis
+#   grad/      `ssmc emit --emit=grad`     -> .grad (the adjoint model)
 #   plan/      every examples/NAME.ssm: `ssmc emit --emit=plan --threads 8` -> NAME.cpu.plan
 #              and `ssmc emit --emit=plan --device cuda` -> NAME.cuda.plan
 # A file NAME.args beside the .ssm adds command-line arguments.
@@ -15,7 +16,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fails=0
 count=0
-for stage in errors ir analysis; do
+for stage in errors ir analysis grad; do
   [ -d "$dir/$stage" ] || continue
   for src in "$dir/$stage"/*.ssm; do
     [ -e "$src" ] || continue
@@ -30,6 +31,7 @@ for stage in errors ir analysis; do
                 if [ $status -ne 1 ]; then echo "FAIL $rel: exit status $status, expected 1"; fails=$((fails+1)); fi ;;
       ir)       ext=ir;       (cd "$dir" && "$cli" emit "$rel" --emit=ir $extra) >"$tmp/out" 2>&1 ;;
       analysis) ext=analysis; (cd "$dir" && "$cli" emit "$rel" --emit=analysis $extra) >"$tmp/out" 2>&1 ;;
+      grad)     ext=grad;     (cd "$dir" && "$cli" emit "$rel" --emit=grad $extra) >"$tmp/out" 2>&1 ;;
     esac
     count=$((count+1))
     if [ "${SSMC_UPDATE_GOLDEN:-0}" = 1 ]; then

@@ -10,7 +10,10 @@
  * representable in all of them so that only the results' rounding differs.
  * Final states come back, states not given start at zero, batches are
  * independent. check_finite: a NaN or Inf in an input, a param or an initial
- * state gives SSMC_ERR_NUMERIC before running, a non-finite result after. */
+ * state gives SSMC_ERR_NUMERIC before running, a non-finite result after.
+ * Every public function with NULL pointers and out-of-range counts and enums:
+ * SSMC_ERR_ARG or its documented neutral value, never a crash; a source past
+ * SSMC_MAX_SOURCE_BYTES. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -381,6 +384,156 @@ static void test_check_finite(void **state)
     ssmc_ctx_free(ctx);
 }
 
+/* The status was `want` and the context's message holds `msg` (NULL: no check). */
+static void expect_status(ssmc_ctx *ctx, ssmc_status got, ssmc_status want, const char *msg)
+{
+    if (got != want)
+        fail_msg("status %s, expected %s (%s)", ssmc_status_name(got), ssmc_status_name(want), ssmc_ctx_error(ctx));
+    if (msg && !strstr(ssmc_ctx_error(ctx), msg)) fail_msg("message '%s' lacks '%s'", ssmc_ctx_error(ctx), msg);
+}
+
+/* Every public function given NULL where it takes a pointer, or a count or an
+ * enum out of range: SSMC_ERR_ARG, with a message where there is a context
+ * to hold one, or the documented neutral value; never a crash. */
+static void test_bad_pointers_and_values(void **state)
+{
+    (void)state;
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *m = compile(ctx, NULL), *out = (ssmc_model *)1;
+    size_t len = strlen(src);
+    char *text = (char *)1;
+
+    /* contexts */
+    assert_string_equal(ssmc_ctx_error(NULL), "");
+    ssmc_ctx_set_diag_callback(NULL, NULL, NULL);
+    ssmc_ctx_free(NULL);
+    ssmc_model_free(NULL);
+
+    /* compiling, checking, emitting, building */
+    assert_int_equal(ssmc_compile(NULL, "d.ssm", src, len, NULL, &out), SSMC_ERR_ARG);
+    assert_null(out);
+    expect_status(ctx, ssmc_compile(ctx, "d.ssm", src, len, NULL, NULL), SSMC_ERR_ARG, "out is NULL");
+    out = (ssmc_model *)1;
+    expect_status(ctx, ssmc_compile(ctx, "d.ssm", NULL, 10, NULL, &out), SSMC_ERR_ARG, "source is NULL");
+    assert_null(out);
+    /* no text at all is a file without a model; a NULL file name reads <input> */
+    expect_status(ctx, ssmc_compile(ctx, NULL, NULL, 0, NULL, &out), SSMC_ERR_SOURCE, "<input>:1:1: error:");
+    static const ssmc_dim nameless[] = {{NULL, 3}};
+    static const struct {
+        ssmc_options o;
+        const char *msg;
+    } bad[] = {
+        {{.ndims = 2}, "dims is NULL but ndims is 2"},
+        {{.dims = nameless, .ndims = 1}, "dim 0 has no name"},
+        {{.dims = nameless, .ndims = -1}, "ndims is -1"},
+        {{.device = (ssmc_device)99}, "unknown device 99"},
+        {{.device = (ssmc_device)-1}, "unknown device -1"},
+        {{.algo = (ssmc_algo)42}, "unknown algorithm 42"},
+        {{.threads = -2}, "threads is -2"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        out = (ssmc_model *)1;
+        expect_status(ctx, ssmc_compile(ctx, "d.ssm", src, len, &bad[i].o, &out), SSMC_ERR_ARG, bad[i].msg);
+        assert_null(out);
+        expect_status(ctx, ssmc_check(ctx, "d.ssm", src, len, &bad[i].o), SSMC_ERR_ARG, bad[i].msg);
+        expect_status(ctx, ssmc_emit(ctx, "d.ssm", src, len, &bad[i].o, SSMC_EMIT_IR, &text), SSMC_ERR_ARG, bad[i].msg);
+        assert_null(text);
+        expect_status(ctx, ssmc_build(ctx, "d.ssm", src, len, &bad[i].o, NULL, "/nonexistent/never"), SSMC_ERR_ARG,
+                      bad[i].msg);
+    }
+    assert_int_equal(ssmc_check(NULL, "d.ssm", src, len, NULL), SSMC_ERR_ARG);
+    expect_status(ctx, ssmc_check(ctx, "d.ssm", NULL, 1, NULL), SSMC_ERR_ARG, "source is NULL");
+    assert_int_equal(ssmc_emit(NULL, "d.ssm", src, len, NULL, SSMC_EMIT_IR, &text), SSMC_ERR_ARG);
+    expect_status(ctx, ssmc_emit(ctx, "d.ssm", src, len, NULL, SSMC_EMIT_IR, NULL), SSMC_ERR_ARG, "text is NULL");
+    expect_status(ctx, ssmc_emit(ctx, "d.ssm", NULL, 5, NULL, SSMC_EMIT_IR, &text), SSMC_ERR_ARG, "source is NULL");
+    expect_status(ctx, ssmc_emit(ctx, "d.ssm", src, len, NULL, (ssmc_emit_kind)77, &text), SSMC_ERR_ARG,
+                  "unknown emit kind 77");
+    assert_int_equal(ssmc_build(NULL, "d.ssm", src, len, NULL, NULL, "/tmp"), SSMC_ERR_ARG);
+    expect_status(ctx, ssmc_build(ctx, "d.ssm", NULL, 3, NULL, NULL, "/tmp"), SSMC_ERR_ARG, "source is NULL");
+    expect_status(ctx, ssmc_build(ctx, "d.ssm", src, len, NULL, NULL, NULL), SSMC_ERR_ARG, "no output directory");
+
+    /* introspection */
+    assert_string_equal(ssmc_model_name(NULL), "");
+    assert_int_equal(ssmc_model_num_tensors(NULL), 0);
+    ssmc_tensor_info info;
+    assert_int_equal(ssmc_model_tensor(NULL, 0, &info), SSMC_ERR_ARG);
+    assert_int_equal(ssmc_model_tensor(m, 0, NULL), SSMC_ERR_ARG);
+    assert_int_equal(ssmc_model_find(NULL, "x"), -1);
+    assert_int_equal(ssmc_model_find(m, NULL), -1);
+
+    /* running */
+    ssmc_arg one = {"x", SSMC_F32, &info};
+    assert_int_equal(ssmc_run(NULL, B, TT, &one, 1), SSMC_ERR_ARG);
+    assert_int_equal(ssmc_run_device(NULL, B, TT, &one, 1, NULL), SSMC_ERR_ARG);
+    expect_status(ctx, ssmc_run(m, B, TT, NULL, 3), SSMC_ERR_ARG, "args is NULL but nargs is 3");
+    expect_status(ctx, ssmc_run(m, B, TT, &one, -1), SSMC_ERR_ARG, "nargs is -1");
+    expect_status(ctx, ssmc_run_device(m, B, TT, NULL, 2, NULL), SSMC_ERR_ARG, "args is NULL but nargs is 2");
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
+/* A source past SSMC_MAX_SOURCE_BYTES is refused before it is read. */
+static void test_source_limit(void **state)
+{
+    (void)state;
+    size_t n = SSMC_MAX_SOURCE_BYTES + 1;
+    char *big = malloc(n);
+    assert_non_null(big);
+    memset(big, ' ', n);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *m = NULL;
+    expect_status(ctx, ssmc_compile(ctx, "big.ssm", big, n, NULL, &m), SSMC_ERR_SOURCE, "more than the limit");
+    expect_status(ctx, ssmc_check(ctx, "big.ssm", big, n, NULL), SSMC_ERR_SOURCE, "big.ssm: the source is");
+    free(big);
+    ssmc_ctx_free(ctx);
+}
+
+/* ssmc_model_tolerance on models whose rounding length is known by hand
+ * (docs/numerics.md): a 1,000-term sum, a function of an input, an undamped
+ * running sum over T steps; f16 and bf16 floors; bad arguments. */
+static void near(double got, double want, double eps)
+{
+    if (!(fabs(got - want) <= eps)) fail_msg("got %.9g, expected %.9g", got, want);
+}
+
+static void test_tolerance(void **state)
+{
+    (void)state;
+    const double u = 0x1p-24;
+    const char *text = "model tol {\n"
+                       "  dim I = 1000;\n"
+                       "  input x[T,I], g[T];\n"
+                       "  state s;\n"
+                       "  output y[T], z[T], m[T];\n"
+                       "  y[t] = sum(i: x[t,i]);\n"  /* 1000 */
+                       "  z[t] = exp(g[t]) * g[t];\n" /* 4 + 1 */
+                       "  s = s + g[t];\n"            /* identity: 1 + 2 sqrt(T), twice */
+                       "  m[t] = max(i: abs(x[t,i])) + s;\n"
+                       "}\n";
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *m = NULL;
+    assert_int_equal(ssmc_compile(ctx, "tol.ssm", text, strlen(text), NULL, &m), SSMC_OK);
+    int y = ssmc_model_find(m, "y"), z = ssmc_model_find(m, "z"), st = ssmc_model_find(m, "s"),
+        mx = ssmc_model_find(m, "m");
+    double s_len = (1 + 2 * 10.0) + 1 + 2 * 10.0; /* T = 100 */
+    near(ssmc_model_tolerance(m, y, SSMC_F32, 100), 1e-5 + 4 * u * 1000, 1e-12);
+    near(ssmc_model_tolerance(m, z, SSMC_F32, 100), 1e-5 + 4 * u * 5, 1e-12);
+    near(ssmc_model_tolerance(m, st, SSMC_F32, 100), 1e-5 + 4 * u * s_len, 1e-12);
+    near(ssmc_model_tolerance(m, mx, SSMC_F32, 100), 1e-5 + 4 * u * (s_len + 1), 1e-12);
+    near(ssmc_model_tolerance(m, z, SSMC_F16, 100), 1e-2 + 4 * u * 5, 1e-12);
+    near(ssmc_model_tolerance(m, z, SSMC_BF16, 100), 2e-2 + 4 * u * 5, 1e-12);
+    /* only what depends on time grows with it */
+    assert_true(ssmc_model_tolerance(m, st, SSMC_F32, 10000) > ssmc_model_tolerance(m, st, SSMC_F32, 100));
+    near(ssmc_model_tolerance(m, y, SSMC_F32, 10000), ssmc_model_tolerance(m, y, SSMC_F32, 1), 0);
+    assert_true(ssmc_model_tolerance(NULL, y, SSMC_F32, 1) < 0);
+    assert_true(ssmc_model_tolerance(m, ssmc_model_find(m, "x"), SSMC_F32, 1) < 0); /* an input */
+    assert_true(ssmc_model_tolerance(m, 99, SSMC_F32, 1) < 0);
+    assert_true(ssmc_model_tolerance(m, y, (ssmc_dtype)9, 1) < 0);
+    assert_true(ssmc_model_tolerance(m, y, SSMC_F32, 0) < 0);
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
 static void test_status_names(void **state)
 {
     (void)state;
@@ -396,6 +549,8 @@ int main(void)
         cmocka_unit_test(test_introspection),       cmocka_unit_test(test_run_argument_errors),
         cmocka_unit_test(test_dtypes_agree),        cmocka_unit_test(test_states_and_batches),
         cmocka_unit_test(test_check_finite),        cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_bad_pointers_and_values), cmocka_unit_test(test_source_limit),
+        cmocka_unit_test(test_tolerance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

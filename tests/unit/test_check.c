@@ -5,7 +5,8 @@
  * file:line:col with the expected text. Every good model (the examples, and
  * small models at the edges of the rules) must compile for the interpreter.
  * -D overrides are checked the same way: unknown names, out-of-range values,
- * and values that make a grouped index stop dividing. */
+ * and values that make a grouped index stop dividing. A file's models: the
+ * one chosen, two of one name (an error), and 10,000 checked in linear time. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "ssmc.h"
 #include "tests/unit/helpers/files.h"
@@ -374,14 +378,15 @@ static void test_dim_overrides(void **state)
     assert_int_equal(ssmc_model_tensor(m, ssmc_model_find(m, "k"), &info), SSMC_OK);
     assert_int_equal(info.shape[0], 3);
     ssmc_model_free(m);
-    /* a later override of the same dim wins */
-    ssmc_dim twice[] = {{"H", 4}, {"H", 16}, {"G", 4}};
+    /* the same dim twice is an error (the last one used to win, silently),
+     * whether the values differ or not */
+    ssmc_dim twice[] = {{"H", 4}, {"G", 4}, {"H", 16}};
     o.dims = twice;
     o.ndims = 3;
-    assert_int_equal(ssmc_compile(ctx, "g.ssm", grouped, strlen(grouped), &o, &m), SSMC_OK);
-    assert_int_equal(ssmc_model_tensor(m, ssmc_model_find(m, "q"), &info), SSMC_OK);
-    assert_int_equal(info.shape[0], 16);
-    ssmc_model_free(m);
+    expect_error(ctx, grouped, &o, NULL, "-D H=16: 'H' is already given (-D H=4); give each dim once");
+    twice[2].value = 4;
+    expect_error(ctx, grouped, &o, NULL, "-D H=4: 'H' is already given (-D H=4)");
+    assert_int_equal(ssmc_check(ctx, "g.ssm", grouped, strlen(grouped), &o), SSMC_ERR_SOURCE);
     ssmc_ctx_free(ctx);
 }
 
@@ -400,6 +405,56 @@ static void test_model_choice(void **state)
     o.model = "third";
     expect_error(ctx, two, &o, NULL, "no model named 'third' (the file has: first, second)");
     ssmc_ctx_free(ctx);
+}
+
+/* Two models of one name: an error at the second, for check and compile alike. */
+static void test_duplicate_model(void **state)
+{
+    (void)state;
+    const char *dup = "model a { input x[T]; output y[T]; y[t] = x[t]; }\n"
+                      "model b { input x[T]; output y[T]; y[t] = x[t]; }\n"
+                      "model a { input x[T]; output y[T]; y[t] = 2 * x[t]; }\n";
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    expect_error(ctx, dup, NULL, "3:7", "model 'a' is already defined at 1:7");
+    ssmc_options o = {.model = "b"};
+    expect_error(ctx, dup, &o, "3:7", "model 'a' is already defined at 1:7");
+    assert_int_equal(ssmc_check(ctx, "dup.ssm", dup, strlen(dup), NULL), SSMC_ERR_SOURCE);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "dup.ssm:3:7: error: model 'a' is already defined at 1:7"));
+    ssmc_ctx_free(ctx);
+}
+
+/* ssmc_check on a file of 10,000 models takes time linear in the file (it
+ * parsed the whole file again for every model: 1,000 models 9.8 s, 10,000
+ * not done after 25 minutes), in a child that a timer ends; an error in the
+ * last model is found at its place. */
+static void test_many_models(void **state)
+{
+    (void)state;
+    strbuf sb = {0};
+    for (int i = 0; i < 10000; i++)
+        sb_printf(&sb,
+                  "model m%d {\n  dim H = 4, N = 8;\n  input x[T,H,N];\n  param a[H];\n  state S[H,N];\n"
+                  "  output y[T,H];\n  S[h,n] = sigmoid(a[h]) * S[h,n] + x[t,h,n];\n  y[t,h] = sum(n: S[h,n]%s);\n}\n",
+                  i, i == 9999 ? " + nope" : "");
+    assert_false(sb.failed);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(60);
+        ssmc_ctx *ctx = ssmc_ctx_new();
+        clock_t c0 = clock();
+        ssmc_status st = ssmc_check(ctx, "many.ssm", sb.data, sb.len, NULL);
+        double cpu_s = (double)(clock() - c0) / CLOCKS_PER_SEC;
+        bool located = strstr(ssmc_ctx_error(ctx), "many.ssm:89999:28: error: undeclared name 'nope'") != NULL;
+        printf("test_many_models: 10,000 models checked in %.2f s of CPU time\n", cpu_s);
+        fflush(stdout);
+        _exit(st == SSMC_ERR_SOURCE && located && cpu_s < 20 ? 0 : 1);
+    }
+    int ws;
+    assert_true(waitpid(pid, &ws, 0) == pid);
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
+        fail_msg("checking 10,000 models: %s", WIFEXITED(ws) ? "wrong result or too slow" : "did not finish in 60 s");
+    sb_free(&sb);
 }
 
 /* The diagnostic callback sees each message as it is reported. */
@@ -426,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_bad_models),      cmocka_unit_test(test_good_models),
         cmocka_unit_test(test_examples_compile), cmocka_unit_test(test_dim_overrides),
         cmocka_unit_test(test_model_choice),    cmocka_unit_test(test_diag_callback),
+        cmocka_unit_test(test_duplicate_model), cmocka_unit_test(test_many_models),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,7 +11,8 @@
  * misaligned state exactly as on an aligned one (its wrapper copies the state
  * to an aligned buffer). Then through the API: a bundle for the portable level
  * cpu:x86-64-v3 (on x86-64 hosts) gives the same results, and targets the
- * build cannot make (cuda:sm_90, unknown ones) are refused with a message.
+ * build cannot make (cuda:sm_90, unknown ones) are refused with a message. A
+ * model whose tensors are named like C macros and keywords builds and runs.
  * Needs a C compiler (cc, or $CC) and ar; exits 77 (skipped) when this build
  * has no CPU backend. SSMC_TEST_SEED=<n> repeats a run. */
 #include <setjmp.h>
@@ -199,6 +200,13 @@ static const char vec_main[] =
     "    if (sa[0] == 0.25f) return 5;\n"
     "    return 0;\n}\n";
 
+static const char *fmt_path(const char *name)
+{
+    static char path[160];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return path;
+}
+
 static void write_file(const char *name, const char *text, size_t n)
 {
     char path[128];
@@ -221,6 +229,59 @@ static void check_row_split_bundle(const char *cli)
     if (rc != 0) fail_msg("compiling the vecrnn consumer failed (%d)", rc);
     rc = sh("'%s/vecrnn_main'", dir);
     if (rc != 0) fail_msg("the vecrnn bundle gave different results on a misaligned state (exit %d)", rc);
+}
+
+/* Tensors named like C macros and keywords (`linux` and `unix` are predefined
+ * in GNU C, `NULL`, `errno` and `stdin` come with libc, `int` is a keyword):
+ * the bundle builds (its fields are <model>_<tensor>), and a consumer that
+ * includes the libc headers first runs it right. */
+static const char macro_source[] =
+    "model macros {\n"
+    "  dim N = 4;\n"
+    "  input linux[T,N], NULL[T,N];\n"
+    "  param unix[N], int;\n"
+    "  state errno[N];\n"
+    "  output stdin[T,N];\n"
+    "  errno[n] = 0.5 * errno[n] + linux[t,n] * unix[n] + int;\n"
+    "  stdin[t,n] = errno[n] - NULL[t,n];\n"
+    "}\n";
+
+static const char macro_main[] =
+    "#include <errno.h>\n#include <math.h>\n#include <stddef.h>\n#include <stdio.h>\n#include \"macros.h\"\n"
+    "int main(void)\n{\n"
+    "    enum { B = 2, T = 5, N = MACROS_DIM_N };\n"
+    "    static float a[B * T * N], b[B * T * N], u[N], k = 0.25f, s[B * N], y[B * T * N];\n"
+    "    for (int i = 0; i < B * T * N; i++) a[i] = (float)(i % 7) / 7, b[i] = (float)(i % 3) / 3;\n"
+    "    for (int i = 0; i < N; i++) u[i] = (float)i - 1.5f;\n"
+    "    macros_tensors t = {0};\n"
+    "    t.macros_linux = a;\n    t.macros_NULL = b;\n    t.macros_unix = u;\n    t.macros_int = &k;\n"
+    "    t.macros_errno = s;\n    t.macros_stdin = y;\n"
+    "    if (macros_run(B, T, &t, 2) != 0) return 2;\n"
+    "    for (int bb = 0; bb < B; bb++)\n"
+    "        for (int n = 0; n < N; n++) {\n"
+    "            double st = 0;\n"
+    "            for (int tt = 0; tt < T; tt++) {\n"
+    "                int i = (bb * T + tt) * N + n;\n"
+    "                st = 0.5 * st + a[i] * u[n] + k;\n"
+    "                if (fabs(y[i] - (st - b[i])) > 1e-5) return 3;\n"
+    "            }\n"
+    "            if (fabs(s[bb * N + n] - st) > 1e-5) return 4;\n"
+    "        }\n"
+    "    return errno == 0 && stdin != NULL ? 0 : 5;\n}\n";
+
+static void check_macro_names_bundle(const char *cli)
+{
+    write_file("macros.ssm", macro_source, sizeof macro_source - 1);
+    write_file("macros_main.c", macro_main, sizeof macro_main - 1);
+    int rc = sh("'%s' build '%s/macros.ssm' -o '%s'", cli, dir, dir);
+    if (rc != 0) fail_msg("ssmc build of a model with tensors named like C macros exited with %d", rc);
+    assert_true(file_contains(fmt_path("macros.h"), "const float *macros_linux; /* input linux [B, T, N = 4]"));
+    const char *cc = getenv("CC") && *getenv("CC") ? getenv("CC") : "cc";
+    rc = sh("%s -O2 -I'%s' '%s/macros_main.c' -o '%s/macros_main' '%s/libmacros.a' -lm -lpthread", cc, dir, dir, dir,
+            dir);
+    if (rc != 0) fail_msg("compiling the consumer of the macros bundle failed (%d)", rc);
+    rc = sh("'%s/macros_main'", dir);
+    if (rc != 0) fail_msg("the macros bundle gave wrong results (exit %d)", rc);
 }
 
 static void test_bundle(void **state)
@@ -272,6 +333,7 @@ static void test_bundle(void **state)
     run_and_check(ref, "main_so_v3", 2, true, seed + 2);
 #endif
     check_row_split_bundle(cli);
+    check_macro_names_bundle(cli);
 
     s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu,cuda:sm_90", dir);
     assert_int_equal(s, SSMC_ERR_UNSUPPORTED);

@@ -26,6 +26,7 @@
 
 #include <dirent.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -365,6 +366,53 @@ static void test_kernel_cache(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+static void compile_source_pair(const char *src, int threads, ssmc_ctx *ctx, ssmc_model **cpu, ssmc_model **ref);
+
+/* The --verify tolerance (ssmc_model_tolerance) on a 1,000-term sum holds the
+ * CPU kernel's result, and still catches a wrong one: one element off by
+ * 0.1% of the largest value, or the sum of 999 terms instead of 1,000. */
+static double rel_err(const float *got, const double *ref, size_t n)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        md = fmax(md, fabs((double)got[i] - ref[i]));
+        mr = fmax(mr, fabs(ref[i]));
+    }
+    return md / mr;
+}
+
+static void test_verify_tolerance(void **state)
+{
+    (void)state;
+    static const char text[] = "model bigsum { dim I = 1000; input x[T,I]; output y[T]; y[t] = sum(i: x[t,i]); }";
+    enum { B = 2, T = 8, I = 1000 };
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *cpu, *ref;
+    compile_source_pair(text, 2, ctx, &cpu, &ref);
+    static float x[B * T * I], y[B * T];
+    static double xd[B * T * I], yd[B * T], wrong[B * T];
+    uint64_t rng = seed0 + 5;
+    for (size_t i = 0; i < B * T * I; i++) xd[i] = x[i] = (float)uniform_pm1(&rng);
+    ssmc_arg a[] = {{"x", SSMC_F32, x}, {"y", SSMC_F32, y}}, ad[] = {{"x", SSMC_F64, xd}, {"y", SSMC_F64, yd}};
+    assert_int_equal(ssmc_run(cpu, B, T, a, 2), SSMC_OK);
+    assert_int_equal(ssmc_run(ref, B, T, ad, 2), SSMC_OK);
+    double tol = ssmc_model_tolerance(cpu, ssmc_model_find(cpu, "y"), SSMC_F32, T), mr = 0;
+    for (size_t i = 0; i < B * T; i++) mr = fmax(mr, fabs(yd[i]));
+    double ok = rel_err(y, yd, B * T);
+    if (!(ok <= tol)) fail_msg("the right result: rel error %.3e > tol %.3e", ok, tol);
+    for (size_t i = 0; i < B * T; i++) wrong[i] = yd[i] - xd[i * I + I - 1];
+    double missing = rel_err(y, wrong, B * T);
+    y[3] += (float)(1e-3 * mr);
+    double corrupt = rel_err(y, yd, B * T);
+    printf("test_verify_tolerance: tol %.2e; right %.2e, one term missing %.2e, one element off %.2e\n", tol, ok,
+           missing, corrupt);
+    if (!(missing > tol)) fail_msg("a missing term (rel error %.3e) passes tol %.3e", missing, tol);
+    if (!(corrupt > tol)) fail_msg("a corrupted element (rel error %.3e) passes tol %.3e", corrupt, tol);
+    ssmc_model_free(cpu);
+    ssmc_model_free(ref);
+    ssmc_ctx_free(ctx);
+}
+
 /* The one entry of cache directory dir: its key (from its name) and path. */
 static rt_cache_key only_entry(const char *dir, char path[512])
 {
@@ -614,6 +662,7 @@ int main(void)
         cmocka_unit_test(test_kernel_cache),
         cmocka_unit_test(test_kernel_cache_unloadable),
         cmocka_unit_test(test_scratch_pages),
+        cmocka_unit_test(test_verify_tolerance),
         cmocka_unit_test(test_long_programs),
         cmocka_unit_test(test_many_lets_compile_time),
     };

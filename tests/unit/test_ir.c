@@ -434,7 +434,7 @@ static void test_hand_built(void **state)
         {.name = "y", .kind = IR_OUTPUT, .per_step = true, .rank = 1, .dims = {0}, .def = 0},
     };
     ir_var vars[] = {{"n", 0}};
-    ir_index ix[] = {{IR_IX_VAR, 0, 0}};
+    ir_index ix[] = {{IR_IX_VAR, 0, 0, 0}};
     ir_inst insts[3] = {0};
     insts[0].op = IR_LOAD;
     insts[0].a = insts[0].b = insts[0].c = IR_NONE;

@@ -167,6 +167,37 @@ static void test_locations(void **state)
     assert_int_equal(toks[10].kind, TOK_EOF);
 }
 
+/* The same text with LF, CR and CR LF line ends: the same tokens at the same
+ * lines and columns, a line comment ending at any of them (a CR-only file
+ * was one comment to its end), block comments counting them, and an error
+ * after them located right. A CR LF is one line end, LF CR two. */
+static void test_line_ends(void **state)
+{
+    (void)state;
+    static const char *const ends[] = {"\n", "\r", "\r\n"};
+    for (int e = 0; e < 3; e++) {
+        const char *nl = ends[e];
+        char text[256];
+        snprintf(text, sizeof text, "// first%smodel m {%s/* two%slines */ x%s%s  // more%s   y", nl, nl, nl, nl, nl, nl);
+        token toks[MAX_TOKS];
+        int n = scan(text, toks);
+        static const tok_kind kinds[] = {TOK_MODEL, TOK_IDENT, TOK_LBRACE, TOK_IDENT, TOK_IDENT, TOK_EOF};
+        static const uint32_t where[][2] = {{2, 1}, {2, 7}, {2, 9}, {4, 10}, {7, 4}, {7, 5}};
+        if (n != 6) fail_msg("line end %d: %d tokens, expected 6", e, n);
+        for (int i = 0; i < n; i++)
+            if (toks[i].kind != kinds[i] || toks[i].loc.line != where[i][0] || toks[i].loc.col != where[i][1])
+                fail_msg("line end %d: token %d (%s) at %u:%u, expected %s at %u:%u", e, i, tok_names[toks[i].kind],
+                         toks[i].loc.line, toks[i].loc.col, tok_names[kinds[i]], where[i][0], where[i][1]);
+        snprintf(text, sizeof text, "a%s%s  @", nl, nl);
+        assert_error(text, "unexpected character '@'", 3, 3);
+    }
+    token toks[MAX_TOKS];
+    assert_int_equal(scan("a\n\rb", toks), 3);
+    assert_int_equal(toks[1].loc.line, 3);
+    assert_int_equal(scan("a\r\n\r\nb", toks), 3);
+    assert_int_equal(toks[1].loc.line, 3);
+}
+
 static void test_eof_is_sticky(void **state)
 {
     (void)state;
@@ -235,6 +266,7 @@ int main(void)
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_comments),
         cmocka_unit_test(test_locations),
+        cmocka_unit_test(test_line_ends),
         cmocka_unit_test(test_eof_is_sticky),
         cmocka_unit_test(test_errors),
     };

@@ -1,0 +1,636 @@
+/* grad.c (driver): the gradient API of include/ssmc.h (training forward,
+ * backward, tape), backend-neutral: it runs ordinary models, the training
+ * forward and the adjoint of passes/grad.c, through the device backend's
+ * `run`, a chunk of C steps at a time (docs/gradients.md).
+ *
+ * Training forward: chunk k (steps [kC, kC + C)) starts from the states the
+ * chunk before left, which are copied into checkpoint k first. Backward: for
+ * k from the last chunk down, the training forward reruns chunk k from
+ * checkpoint k with its trace outputs S.prev = S(t-1) on, then the adjoint
+ * runs the chunk in reverse from the adjoint states the chunk after left.
+ * Params' adjoints are states of the adjoint, one per sequence, summed over
+ * the batch at the end. Every value that crosses a chunk boundary is a state
+ * (pass_unlag made reads at t - k into history states), so each chunk's run
+ * reads its per-step tensors at its own steps only: a run on a batch of one
+ * sequence takes them in place; with more, the chunk's slices are copied to
+ * and from [B, C, ...] buffers. The driver's own buffers (checkpoints,
+ * trace, adjoint states) are f64 for the interpreter and f32 elsewhere. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bundle.h"
+#include "grad.h"
+#include "pipeline.h"
+#include "passes/passes.h"
+#include "support/dtype.h"
+
+struct grad_state {
+    pass_grad pg;
+    const backend *be;
+    void *fwd, *adj; /* the backend's compiled training forward and adjoint */
+    void *ifwd, *iadj; /* ... and those of the init statements (pg.init) */
+    ssmc_dtype wd;   /* the driver's own buffers */
+};
+
+struct ssmc_tape {
+    const ssmc_model *model;
+    int64_t batch, T, C, nck;
+    ssmc_dtype wd;
+    int ntensors;  /* of the training forward */
+    void **ckpt;   /* per training-forward state: [nck][batch][elems] */
+    bool *from_init; /* per state: its initial value came from its init statement */
+    size_t bytes;
+};
+
+void grad_state_free(grad_state *g)
+{
+    if (!g) return;
+    if (g->be && g->fwd) g->be->free(g->fwd);
+    if (g->be && g->adj) g->be->free(g->adj);
+    if (g->be && g->ifwd) g->be->free(g->ifwd);
+    if (g->be && g->iadj) g->be->free(g->iadj);
+    free(g);
+}
+
+void ssmc_tape_free(ssmc_tape *t)
+{
+    if (!t) return;
+    for (int i = 0; t->ckpt && i < t->ntensors; i++) free(t->ckpt[i]);
+    free(t->ckpt);
+    free(t->from_init);
+    free(t);
+}
+
+size_t ssmc_tape_bytes(const ssmc_tape *t) { return t ? t->bytes : 0; }
+
+/* The checkpoint interval for T steps: C = ceil(sqrt(T)) minimises the
+ * ceil(T/C) checkpoints plus the C steps of trace the backward holds. */
+static int64_t chunk_for(const ssmc_options *o, int64_t T)
+{
+    if (o->grad_chunk > 0) return o->grad_chunk < T ? o->grad_chunk : T;
+    int64_t c = (int64_t)ceil(sqrt((double)T));
+    while (c > 1 && (c - 1) * (c - 1) >= T) c--;
+    while (c * c < T) c++;
+    return c < 1 ? 1 : c;
+}
+
+/* Compiles a model the gradients pass made for the device: through the rest
+ * of the pipeline to its plan where the backend renders one. */
+static ssmc_status compile(grad_state *g, ir_model *model, const ssmc_options *o, arena *a, diag *d, void **state)
+{
+    if (!g->be->target) return g->be->compile(model, NULL, o, d, state); /* nothing to plan */
+    plan_target tg = g->be->target(o);
+    pipeline pl = {.a = a, .d = d, .o = o, .target = &tg};
+    ssmc_status s = pipeline_run_ir(&pl, model, PIPE_PLAN);
+    return s == SSMC_OK ? g->be->compile(model, pl.plan, o, d, state) : s;
+}
+
+static ssmc_status prepare(ssmc_model *m, grad_state **out)
+{
+    grad_state **slot = api_model_grad(m);
+    diag *d = api_model_diag(m);
+    *out = *slot;
+    if (*slot) return SSMC_OK;
+    const backend *be = api_model_backend(m);
+    if (!be->reverse) {
+        diag_error(d, "gradients need a backend that runs reverse models; the %s backend does not yet "
+                      "(use the interp device)", be->name);
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    grad_state *g = calloc(1, sizeof *g);
+    if (!g) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    g->be = be;
+    g->wd = api_model_options(m)->device == SSMC_DEVICE_INTERP ? SSMC_F64 : SSMC_F32;
+    arena *a = api_model_arena(m);
+    if (!pass_grad_build(a, api_model_ir(m), &g->pg, d)) {
+        free(g);
+        return a->failed ? SSMC_ERR_NOMEM : SSMC_ERR_UNSUPPORTED;
+    }
+    ssmc_status s = compile(g, g->pg.forward, api_model_options(m), a, d, &g->fwd);
+    if (s == SSMC_OK) s = compile(g, g->pg.adjoint, api_model_options(m), a, d, &g->adj);
+    if (s == SSMC_OK && g->pg.init) s = compile(g, g->pg.init->forward, api_model_options(m), a, d, &g->ifwd);
+    if (s == SSMC_OK && g->pg.init) s = compile(g, g->pg.init->adjoint, api_model_options(m), a, d, &g->iadj);
+    if (s != SSMC_OK) {
+        grad_state_free(g);
+        return s;
+    }
+    *slot = *out = g;
+    return SSMC_OK;
+}
+
+static size_t elems_of(const ir_model *m, int t) { return (size_t)ir_tensor_elems(m, &m->tensors[t]); }
+
+/* ---- arguments ---- */
+
+enum { K_INPUT = 1 << IR_INPUT, K_PARAM = 1 << IR_PARAM, K_STATE = 1 << IR_STATE, K_OUTPUT = 1 << IR_OUTPUT };
+
+/* Fills bt[ir tensor id] from args: tensors of the kinds in `kinds` only. */
+static ssmc_status resolve(const ir_model *ir, const ssmc_arg *args, int nargs, unsigned kinds, const char *what,
+                           backend_tensor *bt, diag *d)
+{
+    if (nargs < 0 || (nargs > 0 && !args)) {
+        diag_error(d, "%s: %d tensors announced but %s", what, nargs, nargs < 0 ? "a count is never negative" : "no array given");
+        return SSMC_ERR_ARG;
+    }
+    for (int i = 0; i < nargs; i++) {
+        int k = args[i].name ? ir_find_tensor(ir, args[i].name) : -1;
+        if (k < 0 || ir->tensors[k].hidden || !(kinds & (1u << ir->tensors[k].kind))) {
+            diag_error(d, "%s: model '%s' has no %s named '%s'", what, ir->name,
+                       kinds == (K_INPUT | K_PARAM)             ? "input or param"
+                       : kinds == (K_OUTPUT | K_STATE)          ? "output or state"
+                       : kinds == (K_INPUT | K_PARAM | K_STATE) ? "input, param or state"
+                                                                 : "input, param, state or output",
+                       args[i].name ? args[i].name : "(null)");
+            return SSMC_ERR_ARG;
+        }
+        if (bt[k].data) {
+            diag_error(d, "%s: tensor '%s' is given twice", what, args[i].name);
+            return SSMC_ERR_ARG;
+        }
+        if (!args[i].data) {
+            diag_error(d, "%s: tensor '%s' has no data", what, args[i].name);
+            return SSMC_ERR_ARG;
+        }
+        if ((unsigned)args[i].dtype > SSMC_F64) {
+            diag_error(d, "%s: tensor '%s' has an unknown dtype", what, args[i].name);
+            return SSMC_ERR_ARG;
+        }
+        bt[k] = (backend_tensor){args[i].data, args[i].dtype};
+    }
+    return SSMC_OK;
+}
+
+static ssmc_status check_sizes(const ir_model *ir, int64_t batch, int64_t T, diag *d)
+{
+    if (batch < 1 || T < 1) {
+        diag_error(d, "batch and T must be at least 1 (got batch %lld, T %lld)", (long long)batch, (long long)T);
+        return SSMC_ERR_ARG;
+    }
+    for (uint32_t i = 0; i < ir->ntensors; i++) {
+        size_t n = elems_of(ir, (int)i);
+        if (mul_overflows(n, (size_t)batch, &n) || mul_overflows(n, (size_t)T, &n) || n > ((size_t)1 << 46)) {
+            diag_error(d, "%s '%s' would have too many elements for batch %lld, T %lld",
+                       ir_kind_names[ir->tensors[i].kind], ir->tensors[i].name, (long long)batch, (long long)T);
+            return SSMC_ERR_ARG;
+        }
+    }
+    return SSMC_OK;
+}
+
+static ssmc_status require(const ir_model *ir, const backend_tensor *bt, diag *d)
+{
+    for (uint32_t i = 0; i < ir->ntensors; i++) {
+        const ir_tensor *t = &ir->tensors[i];
+        if ((t->kind == IR_INPUT || t->kind == IR_PARAM) && !bt[i].data) {
+            diag_error(d, "missing %s '%s'", ir_kind_names[t->kind], t->name);
+            return SSMC_ERR_ARG;
+        }
+    }
+    return SSMC_OK;
+}
+
+/* ---- buffers ---- */
+
+static void convert(void *dst, ssmc_dtype dd, const void *src, ssmc_dtype sd, size_t n)
+{
+    if (dd == sd) {
+        memcpy(dst, src, n * dtype_size(dd));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dtype_set(dst, dd, i, dtype_get(src, sd, i));
+}
+
+/* A per-step tensor's slice of steps [t0, t0 + n) as a run of a chunk takes it,
+ * [B, n, elems]: the tensor itself, in place, when that is its layout (one
+ * sequence, or the whole sequence); else `scratch`, filled when `in`. */
+typedef struct slice {
+    char *base;          /* the caller's [B, T, elems] */
+    ssmc_dtype dtype;
+    size_t elems;
+    char *scratch;       /* [B, C, elems], or NULL when always in place */
+} slice;
+
+static void *slice_at(const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n, bool in)
+{
+    size_t es = dtype_size(s->dtype), row = s->elems * es;
+    if (B == 1 || n == T) return s->base + (size_t)t0 * row;
+    if (in)
+        for (int64_t b = 0; b < B; b++)
+            memcpy(s->scratch + (size_t)(b * n) * row, s->base + (size_t)(b * T + t0) * row, (size_t)n * row);
+    return s->scratch;
+}
+
+static void slice_back(const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n)
+{
+    size_t es = dtype_size(s->dtype), row = s->elems * es;
+    if (B == 1 || n == T) return;
+    for (int64_t b = 0; b < B; b++)
+        memcpy(s->base + (size_t)(b * T + t0) * row, s->scratch + (size_t)(b * n) * row, (size_t)n * row);
+}
+
+/* Scratch for slices of steps: needed only with several sequences and chunks. */
+static bool slice_init(slice *s, const backend_tensor *bt, size_t elems, int64_t B, int64_t T, int64_t C)
+{
+    s->base = bt->data;
+    s->dtype = bt->dtype;
+    s->elems = elems;
+    s->scratch = NULL;
+    if (!bt->data || B == 1 || C == T) return true;
+    s->scratch = malloc((size_t)B * (size_t)C * elems * dtype_size(bt->dtype) + 1);
+    return s->scratch != NULL;
+}
+
+/* Bytes of one copy of every state of the training forward, per sequence,
+ * in the driver's dtype. */
+static size_t state_bytes(const grad_state *g)
+{
+    const ir_model *f = g->pg.forward;
+    size_t n = 0;
+    for (uint32_t i = 0; i < f->ntensors; i++)
+        if (f->tensors[i].kind == IR_STATE) n += elems_of(f, (int)i) * dtype_size(g->wd);
+    return n;
+}
+
+ssmc_status ssmc_grad_info_of(ssmc_model *m, int64_t T, ssmc_grad_info *info)
+{
+    if (!m) return SSMC_ERR_ARG;
+    diag *d = api_model_diag(m);
+    diag_reset(d);
+    if (!info || T < 1) {
+        diag_error(d, "ssmc_grad_info_of needs T >= 1 and somewhere to write");
+        return SSMC_ERR_ARG;
+    }
+    grad_state *g;
+    ssmc_status s = prepare(m, &g);
+    if (s != SSMC_OK) return s;
+    memset(info, 0, sizeof *info);
+    info->chunk = chunk_for(api_model_options(m), T);
+    info->checkpoints = (T + info->chunk - 1) / info->chunk;
+    info->state_bytes = state_bytes(g);
+    info->tape_bytes = (size_t)info->checkpoints * info->state_bytes;
+    /* the trace of the states the adjoint reads, a state copy to recompute from,
+     * the adjoint states (states and params), and the per-step chunk copies */
+    const ir_model *f = g->pg.forward;
+    size_t ws = dtype_size(g->wd), trace = 0, params = 0, steps = 0;
+    for (uint32_t i = 0; i < f->ntensors; i++) {
+        const ir_tensor *t = &f->tensors[i];
+        if (t->kind == IR_STATE && g->pg.trace[i] >= 0) trace += elems_of(f, (int)i) * ws;
+        if (t->kind == IR_PARAM) params += elems_of(f, (int)i) * ws;
+        if (t->kind == IR_INPUT || (t->kind == IR_OUTPUT && (int)i < g->pg.nfwd))
+            steps += elems_of(f, (int)i) * ws * (t->kind == IR_INPUT ? 2 : 1); /* an input and its gradient */
+    }
+    info->backward_bytes = (size_t)info->chunk * (trace + steps) + 2 * info->state_bytes + params;
+    return SSMC_OK;
+}
+
+/* ---- init statements ---- */
+
+/* The initial value of every state marked in from_init, into cur[state] (one
+ * step of the init model, whose outputs [B, 1, ...] are laid out as states). */
+static ssmc_status init_states(grad_state *g, int64_t B, const backend_tensor *bt, void **cur, const bool *from_init,
+                               diag *d)
+{
+    const pass_grad *pg = &g->pg;
+    if (!pg->init) return SSMC_OK;
+    const ir_model *f = pg->forward, *im = pg->init->forward;
+    backend_tensor *ib = calloc(im->ntensors ? im->ntensors : 1, sizeof *ib);
+    if (!ib) return SSMC_ERR_NOMEM;
+    bool any = false;
+    for (uint32_t i = 0; i < f->ntensors; i++) {
+        int k = pg->init_id[i];
+        if (k < 0) continue;
+        if (f->tensors[i].kind == IR_PARAM) ib[k] = bt[i];
+        if (f->tensors[i].kind == IR_STATE && from_init[i]) {
+            ib[k] = (backend_tensor){cur[i], g->wd};
+            any = true;
+        }
+    }
+    ssmc_status s = any ? g->be->run(g->ifwd, B, 1, ib, d) : SSMC_OK;
+    free(ib);
+    return s;
+}
+
+/* What the gradients of the initial states in from_init pass on to the
+ * params through the init statements, added into the params' adjoint states
+ * adj[param] (one step of the init model's adjoint). */
+static ssmc_status init_backward(grad_state *g, int64_t B, const backend_tensor *bt, void **adj, const bool *from_init,
+                                 diag *d)
+{
+    const pass_grad *pg = &g->pg, *ip = pg->init;
+    if (!ip) return SSMC_OK;
+    const ir_model *f = pg->forward, *ia = ip->adjoint;
+    backend_tensor *ib = calloc(ia->ntensors ? ia->ntensors : 1, sizeof *ib);
+    void *zeros = NULL;
+    size_t zmax = 0;
+    for (uint32_t i = 0; i < f->ntensors; i++)
+        if (pg->init_id[i] >= 0 && f->tensors[i].kind == IR_STATE && (size_t)ir_tensor_elems(f, &f->tensors[i]) > zmax)
+            zmax = (size_t)ir_tensor_elems(f, &f->tensors[i]);
+    if (!ib || !(zeros = calloc((size_t)B * zmax + 1, dtype_size(g->wd)))) {
+        free(ib);
+        return SSMC_ERR_NOMEM;
+    }
+    bool any = false;
+    for (uint32_t i = 0; i < f->ntensors; i++) {
+        int k = pg->init_id[i];
+        if (k < 0) continue;
+        int v = ip->adj_value[k], a = ip->adj_grad[k];
+        if (f->tensors[i].kind == IR_PARAM) {
+            if (v >= 0) ib[v] = bt[i];
+            if (a >= 0) ib[a] = (backend_tensor){adj[i], g->wd};
+        } else if (a >= 0) {
+            ib[a] = (backend_tensor){from_init[i] ? adj[i] : zeros, g->wd};
+            any |= from_init[i];
+        }
+    }
+    ssmc_status s = any ? g->be->run(g->iadj, B, 1, ib, d) : SSMC_OK;
+    free(ib);
+    free(zeros);
+    return s;
+}
+
+/* ---- the training forward ---- */
+
+static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs,
+                                 ssmc_tape **tape)
+{
+    diag *d = api_model_diag(m);
+    diag_reset(d);
+    if (!tape) {
+        diag_error(d, "ssmc_forward_train needs somewhere to put the tape");
+        return SSMC_ERR_ARG;
+    }
+    *tape = NULL;
+    const ir_model *ir = api_model_ir(m);
+    ssmc_status s = check_sizes(ir, B, T, d);
+    grad_state *g = NULL;
+    if (s == SSMC_OK) s = prepare(m, &g);
+    if (s != SSMC_OK) return s;
+    const ir_model *f = g->pg.forward;
+    size_t nf = f->ntensors, ws = dtype_size(g->wd);
+    backend_tensor *bt = calloc(nf, sizeof *bt), *rb = calloc(nf, sizeof *rb);
+    slice *sl = calloc(nf, sizeof *sl);
+    void **cur = calloc(nf, sizeof *cur);
+    ssmc_tape *tp = calloc(1, sizeof *tp);
+    if (!bt || !rb || !sl || !cur || !tp || !(tp->ckpt = calloc(nf, sizeof *tp->ckpt)) ||
+        !(tp->from_init = calloc(nf, sizeof *tp->from_init))) {
+        s = SSMC_ERR_NOMEM;
+        goto done;
+    }
+    s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, "ssmc_forward_train", bt, d);
+    if (s == SSMC_OK) s = require(ir, bt, d);
+    if (s != SSMC_OK) goto done;
+    tp->model = m;
+    tp->batch = B;
+    tp->T = T;
+    tp->C = chunk_for(api_model_options(m), T);
+    tp->nck = (T + tp->C - 1) / tp->C;
+    tp->wd = g->wd;
+    tp->ntensors = (int)nf;
+    for (size_t i = 0; i < nf; i++) {
+        const ir_tensor *t = &f->tensors[i];
+        size_t n = elems_of(f, (int)i);
+        if (t->kind == IR_STATE) {
+            size_t bytes = (size_t)B * n * ws;
+            cur[i] = calloc(1, bytes + 1);
+            tp->ckpt[i] = malloc((size_t)tp->nck * bytes + 1);
+            if (!cur[i] || !tp->ckpt[i]) {
+                s = SSMC_ERR_NOMEM;
+                goto done;
+            }
+            tp->bytes += (size_t)tp->nck * bytes;
+            if ((int)i < g->pg.nfwd && bt[i].data) convert(cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
+            else tp->from_init[i] = g->pg.init_id[i] >= 0;
+        } else if (t->per_step && (int)i < g->pg.nfwd && !slice_init(&sl[i], &bt[i], n, B, T, tp->C)) {
+            s = SSMC_ERR_NOMEM;
+            goto done;
+        }
+    }
+    s = init_states(g, B, bt, cur, tp->from_init, d);
+    for (int64_t k = 0; k < tp->nck && s == SSMC_OK; k++) {
+        int64_t t0 = k * tp->C, n = T - t0 < tp->C ? T - t0 : tp->C;
+        for (size_t i = 0; i < nf; i++) {
+            const ir_tensor *t = &f->tensors[i];
+            rb[i] = (backend_tensor){NULL, g->wd};
+            if (t->kind == IR_STATE) {
+                size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
+                memcpy((char *)tp->ckpt[i] + (size_t)k * bytes, cur[i], bytes);
+                rb[i].data = cur[i];
+            } else if (t->kind == IR_PARAM) {
+                rb[i] = bt[i];
+            } else if ((int)i < g->pg.nfwd && bt[i].data) {
+                rb[i] = (backend_tensor){slice_at(&sl[i], B, T, t0, n, t->kind == IR_INPUT), bt[i].dtype};
+            }
+        }
+        s = g->be->run(g->fwd, B, n, rb, d);
+        for (size_t i = 0; s == SSMC_OK && i < nf; i++)
+            if (f->tensors[i].kind == IR_OUTPUT && sl[i].base) slice_back(&sl[i], B, T, t0, n);
+    }
+    for (size_t i = 0; s == SSMC_OK && (int)i < g->pg.nfwd; i++)
+        if (f->tensors[i].kind == IR_STATE && bt[i].data)
+            convert(bt[i].data, bt[i].dtype, cur[i], g->wd, (size_t)B * elems_of(f, (int)i));
+done:
+    if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
+    for (size_t i = 0; i < nf; i++) {
+        if (cur) free(cur[i]);
+        if (sl) free(sl[i].scratch);
+    }
+    free(cur);
+    free(sl);
+    free(bt);
+    free(rb);
+    if (s == SSMC_OK)
+        *tape = tp;
+    else
+        ssmc_tape_free(tp);
+    return s;
+}
+
+/* ---- the backward ---- */
+
+static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *args, int nargs,
+                            const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
+{
+    diag *d = api_model_diag(m);
+    diag_reset(d);
+    if (!tp || tp->model != m) {
+        diag_error(d, "ssmc_backward needs a tape made by ssmc_forward_train on this model");
+        return SSMC_ERR_ARG;
+    }
+    grad_state *g;
+    ssmc_status s = prepare(m, &g);
+    if (s != SSMC_OK) return s;
+    const ir_model *ir = api_model_ir(m), *f = g->pg.forward, *A = g->pg.adjoint;
+    const pass_grad *pg = &g->pg;
+    int64_t B = tp->batch, T = tp->T, C = tp->C;
+    size_t nf = f->ntensors, na = A->ntensors, ws = dtype_size(g->wd);
+    backend_tensor *bt = calloc(nf, sizeof *bt), *cot = calloc(nf, sizeof *cot), *gr = calloc(nf, sizeof *gr);
+    backend_tensor *rb = calloc(nf, sizeof *rb), *ab = calloc(na, sizeof *ab);
+    slice *in = calloc(nf, sizeof *in), *dy = calloc(nf, sizeof *dy), *dx = calloc(nf, sizeof *dx);
+    void **rec = calloc(nf, sizeof *rec), **trace = calloc(nf, sizeof *trace), **adj = calloc(nf, sizeof *adj);
+    void *zeros = NULL;
+    if (!bt || !cot || !gr || !rb || !ab || !in || !dy || !dx || !rec || !trace || !adj) {
+        s = SSMC_ERR_NOMEM;
+        goto done;
+    }
+    s = resolve(ir, args, nargs, K_INPUT | K_PARAM, "ssmc_backward: args", bt, d);
+    if (s == SSMC_OK) s = require(ir, bt, d);
+    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, "ssmc_backward: douts", cot, d);
+    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, "ssmc_backward: grads", gr, d);
+    if (s != SSMC_OK) goto done;
+
+    size_t zmax = 0;
+    for (size_t i = 0; i < nf; i++) {
+        const ir_tensor *t = &f->tensors[i];
+        size_t n = elems_of(f, (int)i);
+        bool mine = (int)i < pg->nfwd;
+        bool ok = true;
+        if (t->kind == IR_STATE) {
+            /* the adjoint state starts at the cotangent of the final state */
+            ok = (rec[i] = malloc((size_t)B * n * ws + 1)) && (adj[i] = calloc(1, (size_t)B * n * ws + 1));
+            if (ok && mine && cot[i].data) convert(adj[i], g->wd, cot[i].data, cot[i].dtype, (size_t)B * n);
+            if (ok && pg->trace[i] >= 0) ok = (trace[i] = malloc((size_t)B * (size_t)C * n * ws + 1)) != NULL;
+        } else if (t->kind == IR_PARAM) {
+            ok = (adj[i] = calloc(1, (size_t)B * n * ws + 1)) != NULL;
+        } else if (t->kind == IR_INPUT && mine) {
+            ok = slice_init(&in[i], &bt[i], n, B, T, C) && slice_init(&dx[i], &gr[i], n, B, T, C);
+        } else if (t->kind == IR_OUTPUT && mine) {
+            ok = slice_init(&dy[i], &cot[i], n, B, T, C);
+            if (!cot[i].data && B * C * (int64_t)n > (int64_t)zmax) zmax = (size_t)(B * C) * n;
+        }
+        if (!ok) {
+            s = SSMC_ERR_NOMEM;
+            goto done;
+        }
+    }
+    if (!(zeros = calloc(zmax + 1, ws))) {
+        s = SSMC_ERR_NOMEM;
+        goto done;
+    }
+
+    for (int64_t k = tp->nck - 1; k >= 0 && s == SSMC_OK; k--) {
+        int64_t t0 = k * C, n = T - t0 < C ? T - t0 : C;
+        /* recompute the chunk from its checkpoint, with the trace on */
+        for (size_t i = 0; i < nf; i++) rb[i] = (backend_tensor){NULL, g->wd};
+        for (size_t i = 0; i < nf; i++) {
+            const ir_tensor *t = &f->tensors[i];
+            if (t->kind == IR_STATE) {
+                size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
+                memcpy(rec[i], (const char *)tp->ckpt[i] + (size_t)k * bytes, bytes);
+                rb[i].data = rec[i];
+                if (pg->trace[i] >= 0) rb[pg->trace[i]] = (backend_tensor){trace[i], g->wd};
+            } else if (t->kind == IR_PARAM) {
+                rb[i] = bt[i];
+            } else if (t->kind == IR_INPUT) {
+                rb[i] = (backend_tensor){slice_at(&in[i], B, T, t0, n, true), bt[i].dtype};
+            }
+        }
+        s = g->be->run(g->fwd, B, n, rb, d);
+        if (s != SSMC_OK) break;
+        /* the adjoint over the chunk, in reverse */
+        for (size_t j = 0; j < na; j++) ab[j] = (backend_tensor){NULL, g->wd};
+        for (size_t i = 0; i < nf; i++) {
+            const ir_tensor *t = &f->tensors[i];
+            int v = pg->adj_value[i], a = pg->adj_grad[i];
+            if (t->kind == IR_STATE) {
+                if (pg->adj_trace[i] >= 0) ab[pg->adj_trace[i]] = (backend_tensor){trace[i], g->wd};
+                if (a >= 0) ab[a] = (backend_tensor){adj[i], g->wd};
+            } else if (t->kind == IR_PARAM) {
+                if (v >= 0) ab[v] = bt[i];
+                if (a >= 0) ab[a] = (backend_tensor){adj[i], g->wd};
+            } else if (t->kind == IR_INPUT) {
+                if (v >= 0) ab[v] = rb[i];
+                if (a >= 0 && gr[i].data) ab[a] = (backend_tensor){slice_at(&dx[i], B, T, t0, n, false), gr[i].dtype};
+            } else if (t->kind == IR_OUTPUT && (int)i < pg->nfwd && a >= 0) {
+                ab[a] = cot[i].data ? (backend_tensor){slice_at(&dy[i], B, T, t0, n, true), cot[i].dtype}
+                                    : (backend_tensor){zeros, g->wd};
+            }
+        }
+        s = g->be->run(g->adj, B, n, ab, d);
+        for (size_t i = 0; s == SSMC_OK && i < nf; i++)
+            if (f->tensors[i].kind == IR_INPUT && dx[i].base) slice_back(&dx[i], B, T, t0, n);
+    }
+    if (s == SSMC_OK) s = init_backward(g, B, bt, adj, tp->from_init, d);
+    for (size_t i = 0; s == SSMC_OK && (int)i < pg->nfwd; i++) {
+        const ir_tensor *t = &f->tensors[i];
+        size_t n = elems_of(f, (int)i);
+        if (!gr[i].data) continue;
+        if (t->kind == IR_STATE) {
+            convert(gr[i].data, gr[i].dtype, adj[i], g->wd, (size_t)B * n);
+        } else if (t->kind == IR_PARAM) {
+            for (size_t e = 0; e < n; e++) {
+                double sum = 0;
+                for (int64_t b = 0; b < B; b++) sum += dtype_get(adj[i], g->wd, (size_t)b * n + e);
+                dtype_set(gr[i].data, gr[i].dtype, e, sum);
+            }
+        } else if (t->kind == IR_INPUT && pg->adj_grad[i] < 0) {
+            /* the input is never read: its gradient is zero */
+            for (size_t e = 0; e < (size_t)(B * T) * n; e++) dtype_set(gr[i].data, gr[i].dtype, e, 0.0);
+        }
+    }
+done:
+    if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
+    for (size_t i = 0; i < nf; i++) {
+        if (rec) free(rec[i]);
+        if (trace) free(trace[i]);
+        if (adj) free(adj[i]);
+        if (in) free(in[i].scratch);
+        if (dy) free(dy[i].scratch);
+        if (dx) free(dx[i].scratch);
+    }
+    free(rec);
+    free(trace);
+    free(adj);
+    free(in);
+    free(dy);
+    free(dx);
+    free(zeros);
+    free(bt);
+    free(cot);
+    free(gr);
+    free(rb);
+    free(ab);
+    return s;
+}
+
+ssmc_status ssmc_forward_train(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                               ssmc_tape **tape)
+{
+    if (!m) return SSMC_ERR_ARG;
+    return forward_train(m, batch, T, args, nargs, tape);
+}
+
+ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,
+                          const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
+{
+    if (!m) return SSMC_ERR_ARG;
+    return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads);
+}
+
+static ssmc_status no_device(ssmc_model *m, const char *fn)
+{
+    diag *d = api_model_diag(m);
+    diag_reset(d);
+    diag_error(d, "%s: gradients on device pointers need the cuda backend to run reverse models, which it does "
+                  "not yet; use ssmc_forward_train and ssmc_backward on host tensors", fn);
+    return SSMC_ERR_UNSUPPORTED;
+}
+
+ssmc_status ssmc_forward_train_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                                      ssmc_tape **tape, void *stream)
+{
+    if (!m) return SSMC_ERR_ARG;
+    if (tape) *tape = NULL;
+    return no_device(m, "ssmc_forward_train_device");
+}
+
+ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,
+                                 const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads,
+                                 void *stream)
+{
+    if (!m) return SSMC_ERR_ARG;
+    return no_device(m, "ssmc_backward_device");
+}
