@@ -58,6 +58,7 @@ class Options(ctypes.Structure):
         ("threads", ctypes.c_int),
         ("cuda_arch", ctypes.c_char_p),
         ("check_finite", ctypes.c_int),
+        ("grad_chunk", ctypes.c_int64),
         ("_reserved", ctypes.c_int64 * 16),
     ]
 

@@ -23,6 +23,7 @@ int main(void)
     FIELD(ssmc_options, threads);
     FIELD(ssmc_options, cuda_arch);
     FIELD(ssmc_options, check_finite);
+    FIELD(ssmc_options, grad_chunk);
     SIZE(ssmc_options);
     FIELD(ssmc_arg, name);
     FIELD(ssmc_arg, dtype);
@@ -34,6 +35,12 @@ int main(void)
     FIELD(ssmc_tensor_info, rank);
     FIELD(ssmc_tensor_info, shape);
     SIZE(ssmc_tensor_info);
+    FIELD(ssmc_grad_info, chunk);
+    FIELD(ssmc_grad_info, checkpoints);
+    FIELD(ssmc_grad_info, state_bytes);
+    FIELD(ssmc_grad_info, tape_bytes);
+    FIELD(ssmc_grad_info, backward_bytes);
+    SIZE(ssmc_grad_info);
     printf("enum SSMC_F64 %d\n", (int)SSMC_F64);
     printf("enum SSMC_DEVICE_CUDA %d\n", (int)SSMC_DEVICE_CUDA);
     printf("enum SSMC_ERR_NUMERIC %d\n", (int)SSMC_ERR_NUMERIC);

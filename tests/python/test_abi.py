@@ -11,7 +11,7 @@ import pytest
 from ssmc import _lib
 
 STRUCTS = {"ssmc_dim": _lib.Dim, "ssmc_options": _lib.Options, "ssmc_arg": _lib.Arg,
-           "ssmc_tensor_info": _lib.TensorInfo}
+           "ssmc_tensor_info": _lib.TensorInfo, "ssmc_grad_info": _lib.GradInfo}
 ENUMS = {"SSMC_F64": _lib.F64, "SSMC_DEVICE_CUDA": _lib.DEVICE_CUDA, "SSMC_ERR_NUMERIC": _lib.ERR_NUMERIC,
          "SSMC_ALGO_SCAN": _lib.ALGOS["scan"], "SSMC_OUTPUT": _lib.ROLE_OUTPUT, "SSMC_MAX_RANK": _lib.MAX_RANK}
 
