@@ -252,6 +252,17 @@ static const example_dims examples[] = {
     {"examples/ttt_linear.ssm", {{"H", 2}, {"K", 3}, {"V", 2}, {"L", 2}}, 4},
     {"examples/retnet.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
     {"examples/rwkv6.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/fla_delta_rule.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/fla_gated_delta_rule.ssm", {{"H", 1}, {"HV", 2}, {"R", 2}, {"K", 3}, {"V", 2}}, 5},
+    {"examples/fla_gla.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/fla_gla_kv.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/fla_linear_attn.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/fla_retention.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/fla_simple_gla.ssm", {{"H", 2}, {"K", 3}, {"V", 2}}, 3},
+    {"examples/mamba2_ssd.ssm", {{"H", 2}, {"P", 2}, {"G", 1}, {"R", 2}, {"N", 3}}, 5},
+    {"examples/mamba2_ssd_z.ssm", {{"H", 2}, {"P", 2}, {"G", 1}, {"R", 2}, {"N", 3}}, 5},
+    {"examples/mamba_ssu.ssm", {{"H", 2}, {"P", 2}, {"G", 1}, {"R", 2}, {"N", 3}}, 5},
+    {"examples/mamba_ssu_z.ssm", {{"H", 2}, {"P", 2}, {"G", 1}, {"R", 2}, {"N", 3}}, 5},
 };
 
 static void test_examples(void **state)
