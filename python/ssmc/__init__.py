@@ -10,6 +10,7 @@ The package binds libssmc.so with ctypes (no build against torch's C++ ABI,
 so it works with any torch >= 1.13). `ssmc.ops` holds drop-in replacements
 for flash-linear-attention's and mamba_ssm's kernels. See docs/python.md.
 """
+import ctypes
 import itertools
 import os
 import weakref
@@ -293,7 +294,6 @@ class Model(torch.nn.Module):
             raise Error(f"gradients need ssmc_forward_train and ssmc_backward, which the loaded library "
                         f"({lib.path}) does not have")
         info = _lib.GradInfo()
-        import ctypes
         with comp.lock:
             st = lib.grad_info_of(comp.ptr, 1, ctypes.byref(info))
         if st == _lib.OK and comp.device_grad:
@@ -321,14 +321,6 @@ class Model(torch.nn.Module):
         raise last
 
 
-def _twin_call(call, twin):
-    """The call as the twin device runs it: host tensors, its working dtypes."""
-    dt = torch.float64 if twin.device == "interp" else torch.float32
-    c = _core.Call(call.model, twin.device, call.B, call.T, call.nseq, call.seqs, call.names, dt,
-                   [dt] * len(call.state_dtypes), call.final_states, torch.device("cpu"))
-    return c, dt
-
-
 class _Function(torch.autograd.Function):
     """One call as an autograd node: the forward runs the library (keeping
     tapes when a gradient will be needed), the backward its derived adjoint."""
@@ -338,7 +330,7 @@ class _Function(torch.autograd.Function):
         model = call.model
         comp = model._compiled(call.device)
         host_dtype = _HOST_FLOAT.get(call.device)
-        prepared = _core.prepare_tensors(call, tensors, host_dtype)
+        prepared = _core.prepare_tensors(tensors, host_dtype)
         route = model._grad_route(comp) if train else None
         native = route == "native"
         try:
@@ -370,19 +362,5 @@ class _Function(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         tensors = [next(saved) if p else None for p in ctx.present]
         needs = [n and p for n, p in zip(needs, ctx.present)]
-        grad_dtypes = [d if d is not None else None for d in ctx.dtypes]
-        if ctx.route == "native":
-            grads = _core.run_backward(call, ctx.comp, tensors, ctx.tapes, list(douts), needs,
-                                       [torch.float64 if call.device == "interp" else d for d in grad_dtypes])
-        else:
-            twin = ctx.route
-            tcall, dt = _twin_call(call, twin)
-            host = _core.prepare_tensors(tcall, tensors, dt, host=True)
-            _, _, tapes = _core.run_forward(tcall, twin, host, train=True)
-            hd = [None if d is None else d.detach().to("cpu", dt) for d in douts]
-            grads = _core.run_backward(tcall, twin, host, tapes, hd, needs, [dt] * len(needs))
-            grads = [None if g is None else g.to(device=call.torch_device) for g in grads]
-        out = []
-        for g, d in zip(grads, grad_dtypes):
-            out.append(None if g is None else g.to(d))
-        return (None, None) + tuple(out)
+        grads = _core.gradients(call, ctx.comp, ctx.route, tensors, ctx.tapes, list(douts), needs, ctx.dtypes)
+        return (None, None) + tuple(grads)

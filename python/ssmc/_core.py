@@ -192,7 +192,7 @@ def _cut(spec, t, steps, seqs):
     return t[seqs]
 
 
-def prepare_tensors(call, tensors, host_dtype=None, host=False):
+def prepare_tensors(tensors, host_dtype=None, host=False):
     """The tensors as the library takes them: contiguous, on the host and in
     host_dtype when asked (interp: float64)."""
     out = []
@@ -333,3 +333,31 @@ def run_backward(call, comp, tensors, tapes, douts, needs, grad_dtypes):
     for i, acc in param_acc.items():
         grads[i] = acc.to(grad_dtypes[i])
     return grads
+
+
+def twin_call(call, twin):
+    """The call as the twin device runs it: host tensors, its working dtype."""
+    dt = torch.float64 if twin.device == "interp" else torch.float32
+    c = Call(call.model, twin.device, call.B, call.T, call.nseq, call.seqs, call.names, dt,
+             [dt] * len(call.state_dtypes), call.final_states, torch.device("cpu"))
+    return c, dt
+
+
+def gradients(call, comp, route, tensors, tapes, douts, needs, dtypes):
+    """The gradients of one call (None where not needed), each in its dtype
+    on the call's device. route "native": comp's own backward, from `tapes`
+    (None: a training forward first) and `tensors` prepared for comp; else
+    route is the twin Compiled: a training forward and the backward there,
+    on host copies."""
+    if route == "native":
+        if tapes is None:
+            _, _, tapes = run_forward(call, comp, tensors, train=True)
+        work = [torch.float64 if call.device == "interp" else d for d in dtypes]
+        grads = run_backward(call, comp, tensors, tapes, douts, needs, work)
+    else:
+        tcall, dt = twin_call(call, route)
+        host = prepare_tensors(tensors, dt, host=True)
+        _, _, tapes = run_forward(tcall, route, host, train=True)
+        hd = [None if d is None else d.detach().to("cpu", dt) for d in douts]
+        grads = run_backward(tcall, route, host, tapes, hd, needs, [dt] * len(needs))
+    return [None if g is None else g.to(device=call.torch_device, dtype=d) for g, d in zip(grads, dtypes)]

@@ -68,7 +68,7 @@ if AVAILABLE:
         args, init = _unflatten(m, tensors, state_mask)
         call, flat = m._resolve(args, init, final_states, cu_seqlens, out_dtype)
         comp = m._compiled(call.device)
-        prepared = _core.prepare_tensors(call, flat, torch.float64 if call.device == "interp" else None)
+        prepared = _core.prepare_tensors(flat, torch.float64 if call.device == "interp" else None)
         outs, finals, _ = _core.run_forward(call, comp, prepared, train=False)
         return outs + finals
 
@@ -88,7 +88,6 @@ if AVAILABLE:
     def _backward_op(key: str, tensors: List[torch.Tensor], state_mask: List[bool], final_states: bool,
                      cu_seqlens: Optional[torch.Tensor], out_dtype: Optional[torch.dtype], douts: List[torch.Tensor],
                      dout_mask: List[bool], needs: List[bool]) -> List[torch.Tensor]:
-        from . import _twin_call
         m = _model(key)
         args, init = _unflatten(m, tensors, state_mask)
         call, flat = m._resolve(args, init, final_states, cu_seqlens, out_dtype)
@@ -96,30 +95,13 @@ if AVAILABLE:
         route = m._grad_route(comp)
         it = iter(douts)
         dl = [next(it) if p else None for p in dout_mask]
-        full_needs = []
         k = iter(needs)
-        for t in flat:
-            full_needs.append(next(k) if t is not None else False)
-        dtypes = [t.dtype if t is not None else None for t in flat]
-        if route == "native":
-            host_dtype = torch.float64 if call.device == "interp" else None
-            prepared = _core.prepare_tensors(call, flat, host_dtype)
-            _, _, tapes = _core.run_forward(call, comp, prepared, train=True)
-            grads = _core.run_backward(call, comp, prepared, tapes, dl, full_needs,
-                                       [torch.float64 if call.device == "interp" else d for d in dtypes])
-        else:
-            tcall, dt = _twin_call(call, route)
-            host = _core.prepare_tensors(tcall, flat, dt, host=True)
-            _, _, tapes = _core.run_forward(tcall, route, host, train=True)
-            hd = [None if d is None else d.detach().to("cpu", dt) for d in dl]
-            grads = _core.run_backward(tcall, route, host, tapes, hd, full_needs, [dt] * len(flat))
-        out = []
-        for t, g in zip(flat, grads):
-            if t is None:
-                continue
-            out.append(torch.empty(0, dtype=t.dtype, device=t.device) if g is None
-                       else g.to(device=t.device, dtype=t.dtype))
-        return out
+        full_needs = [next(k) if t is not None else False for t in flat]
+        prepared = _core.prepare_tensors(flat, torch.float64 if call.device == "interp" else None)
+        grads = _core.gradients(call, comp, route, prepared, None, dl, full_needs,
+                                [t.dtype if t is not None else None for t in flat])
+        return [torch.empty(0, dtype=t.dtype, device=t.device) if g is None else g
+                for t, g in zip(flat, grads) if t is not None]
 
     @_backward_op.register_fake
     def _backward_fake(key, tensors, state_mask, final_states, cu_seqlens, out_dtype, douts, dout_mask, needs):
