@@ -353,3 +353,16 @@ def test_torch_compile_on_the_cpu():
     if GRAD:
         out.sum().backward()
         assert rel(x.grad, gx) < 1e-6
+
+
+@needs_grad
+def test_backward_twice_reuses_the_tape():
+    m = example("fla_simple_gla", "interp")
+    args, init = random_args(m, 2, 5, seed=9)
+    q = args["q"].requires_grad_()
+    out = m(**args, initial_state=init, output_final_state=True)
+    loss = out["o"].square().sum() + out["S"].sum()
+    loss.backward(retain_graph=True)
+    g1 = q.grad.clone()
+    loss.backward()
+    assert torch.allclose(q.grad, 2 * g1, rtol=1e-12, atol=0)

@@ -393,3 +393,22 @@ def test_gradcheck_through_ops_on_the_interpreter():
             lambda *a: ops.chunk_gated_delta_rule(*a[:5], initial_state=a[5], output_final_state=True,
                                                   use_qk_l2norm_in_kernel=True),
             tuple(leaves), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_linear_attn_normalize_varlen():
+    """normalize=True with cu_seqlens: each sequence from its own (kv, z)
+    initial state, as separate calls give, z states [N, 1, H, K]."""
+    q, k, v, _, g = qkv(16, 1)
+    q, k = q.abs(), k.abs()
+    h3, z3 = torch.randn(3, H, K, V, generator=g), torch.rand(3, 1, H, K, generator=g)
+    o, (ht, z) = ops.fused_recurrent_linear_attn(q, k, v, initial_state=(h3, z3), output_final_state=True,
+                                                 normalize=True, cu_seqlens=torch.tensor(CU))
+    assert z.shape == (3, 1, H, K) and ht.shape == (3, H, K, V)
+    for i, (a, b) in enumerate(zip(CU[:-1], CU[1:])):
+        if a == b:
+            assert torch.equal(ht[i], h3[i])
+            continue
+        oi, (hi, zi) = ops.fused_recurrent_linear_attn(q[:, a:b], k[:, a:b], v[:, a:b],
+                                                       initial_state=(h3[i:i + 1], z3[i:i + 1]),
+                                                       output_final_state=True, normalize=True)
+        assert rel(o[:, a:b], oi) < 1e-6 and rel(ht[i:i + 1], hi) < 1e-6 and rel(z[i:i + 1], zi) < 1e-6
