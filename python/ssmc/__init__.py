@@ -17,7 +17,7 @@ import weakref
 
 import torch
 
-from . import _core, _lib
+from . import _core, _lib, _torchop
 from ._lib import Error, find_library
 
 __all__ = ["load", "Model", "Error", "find_library", "example_path", "__version__"]
@@ -137,7 +137,6 @@ class Model(torch.nn.Module):
         Outputs take the inputs' dtype (their promotion, unless out_dtype
         says otherwise), final states float32 (float64 on interp).
         Differentiable with respect to every input, param and initial state."""
-        from . import _torchop
         if _torchop.compiling():
             return _torchop.forward(self, tensors, initial_state, bool(output_final_state), cu_seqlens, out_dtype)
         call, flat = self._resolve(tensors, initial_state, output_final_state, cu_seqlens, out_dtype)

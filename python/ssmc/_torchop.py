@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import torch
 
+from . import _core
 from ._lib import Error
 
 
@@ -59,8 +60,6 @@ def _unflatten(m, tensors, state_mask):
 
 
 if AVAILABLE:
-    from . import _core
-
     @torch.library.custom_op("ssmc::forward", mutates_args=())
     def _forward_op(key: str, tensors: List[torch.Tensor], state_mask: List[bool], final_states: bool,
                     cu_seqlens: Optional[torch.Tensor], out_dtype: Optional[torch.dtype]) -> List[torch.Tensor]:

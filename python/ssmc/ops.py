@@ -77,6 +77,7 @@ def _signature(name, dims_items):
 
 
 if _torchop.AVAILABLE:
+    import torch._dynamo
     _signature = torch._dynamo.assume_constant_result(_signature)
 
 
