@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codegen/chunked_run.h"
+#include "codegen/cpu_chunk.h"
 #include "codegen/llvm.h"
 #include "runtime/pool.h"
 
@@ -35,16 +37,80 @@ typedef struct cpu_model {
     llvm_kernel_fn *fn;
     llvm_kernel_shape shape;
     rt_pool *pool;
+    chunked_state *chunked; /* a chunked plan: its parts (then jit is NULL) */
 } cpu_model;
 
 static void cpu_free(void *state)
 {
     cpu_model *cm = state;
     if (!cm) return;
+    chunked_free(cm->chunked);
     rt_pool_free(cm->pool);
     llvm_jit_free(cm->jit);
     free(cm);
 }
+
+/* ---- the chunked algorithm's hooks (codegen/chunked_run.h): host memory,
+ * the cores of codegen/cpu_chunk.c over the model's pool ---- */
+
+static void *host_alloc(void *ctx, size_t bytes, diag *d)
+{
+    void *p = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!p) diag_error(d, "out of memory");
+    return p;
+}
+
+static void host_release(void *ctx, void *p) { free(p); }
+
+static ssmc_status core_compile(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **core)
+{
+    *core = (void *)c;
+    return SSMC_OK;
+}
+
+typedef struct core_job {
+    const plan_chunk_core *c;
+    const chunk_core_io *io;
+    int64_t B, T;
+    char *scratch;
+    size_t stride;
+} core_job;
+
+static void core_work(void *arg, int64_t begin, int64_t end, int worker)
+{
+    core_job *j = arg;
+    cpu_chunk_run_items(j->c, j->io, j->B, j->T, begin, end, j->scratch + (size_t)worker * j->stride);
+}
+
+static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,
+                            diag *d)
+{
+    cpu_model *cm = ctx;
+    const plan_chunk_core *c = core;
+    size_t stride = (cpu_chunk_scratch_bytes(c) + 4095) / 4096 * 4096; /* pages of its own per worker */
+    int workers = rt_pool_size(cm->pool);
+    char *scratch = aligned_alloc(4096, stride * (size_t)workers);
+    if (!scratch) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    core_job j = {c, io, batch, T, scratch, stride};
+    rt_pool_run(cm->pool, batch * c->nheads, core_work, &j);
+    free(scratch);
+    return SSMC_OK;
+}
+
+static void core_free(void *ctx, void *core) {}
+
+extern const backend cpu_backend;
+static const chunk_hooks cpu_chunk_hooks = {
+    .be = &cpu_backend,
+    .alloc = host_alloc,
+    .release = host_release,
+    .core_compile = core_compile,
+    .core_run = core_run,
+    .core_free = core_free,
+};
 
 static plan_target cpu_target(const ssmc_options *o) { return plan_target_cpu(o->threads); }
 
@@ -57,9 +123,10 @@ static ssmc_status cpu_compile(const ir_model *m, const pass_plan *plan, const s
         return SSMC_ERR_NOMEM;
     }
     cm->m = m;
-    ssmc_status s = llvm_jit_compile(plan, d, &cm->jit, &cm->shape);
+    bool chunked = plan->algo == PLAN_ALGO_CHUNKED;
+    ssmc_status s = chunked ? SSMC_OK : llvm_jit_compile(plan, d, &cm->jit, &cm->shape);
     if (s == SSMC_OK) {
-        cm->fn = llvm_jit_kernel(cm->jit);
+        if (!chunked) cm->fn = llvm_jit_kernel(cm->jit);
         strbuf err = {0};
         cm->pool = rt_pool_new(o->threads, &err);
         if (!cm->pool) {
@@ -68,6 +135,7 @@ static ssmc_status cpu_compile(const ir_model *m, const pass_plan *plan, const s
         }
         sb_free(&err);
     }
+    if (s == SSMC_OK && chunked) s = chunked_compile(&cpu_chunk_hooks, cm, m, plan, o, d, &cm->chunked);
     if (s != SSMC_OK) {
         cpu_free(cm);
         return s;
@@ -124,6 +192,7 @@ static void cpu_work(void *arg, int64_t begin, int64_t end, int worker)
 static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_tensor *bt, diag *d)
 {
     cpu_model *cm = state;
+    if (cm->chunked) return chunked_run(cm->chunked, batch, T, bt, false, NULL, d);
     const ir_model *m = cm->m;
     uint32_t nt = m->ntensors;
     float **ptrs = calloc(nt ? nt : 1, sizeof *ptrs);
@@ -193,7 +262,13 @@ static ssmc_status cpu_emit(const pass_plan *plan, const ssmc_options *o, ssmc_e
         diag_error(d, "the cpu backend emits llvm only");
         return SSMC_ERR_UNSUPPORTED;
     }
-    return llvm_emit_text(plan, out, d);
+    if (plan->algo != PLAN_ALGO_CHUNKED) return llvm_emit_text(plan, out, d);
+    /* the chunked algorithm: the prologue's and the epilogue's modules (the
+     * cores are codegen/cpu_chunk.c, compiled with the library) */
+    sb_puts(out, "; ssmc: chunked algorithm: the prologue's module, then the epilogue's\n");
+    ssmc_status s = llvm_emit_text(plan->chunked->prologue, out, d);
+    if (s == SSMC_OK) s = llvm_emit_text(plan->chunked->epilogue, out, d);
+    return s;
 }
 
 const backend cpu_backend = {

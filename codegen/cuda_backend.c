@@ -220,6 +220,11 @@ static ssmc_status cuda_compile(const ir_model *m, const pass_plan *plan, const 
     }
     s->plan = plan;
     ssmc_status st = SSMC_OK;
+    if (plan->algo == PLAN_ALGO_CHUNKED) {
+        diag_error(d, "cuda: the chunked algorithm's GPU kernels are not in this build yet (--algo=chunked runs on the "
+                   "cpu and interp devices; use --algo=recurrent or auto on cuda)");
+        st = SSMC_ERR_UNSUPPORTED;
+    }
     strbuf err = {0};
     if (st == SSMC_OK && (st = rt_cuda_open(&s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "no GPU to run on");
     if (st == SSMC_OK) {
@@ -422,6 +427,11 @@ static ssmc_status cuda_emit_text(const pass_plan *plan, const ssmc_options *o, 
     arena a;
     arena_init(&a);
     const ir_model *m = plan->m;
+    if (plan->algo == PLAN_ALGO_CHUNKED) {
+        arena_free(&a);
+        diag_error(d, "cuda: the chunked algorithm's GPU kernels are not in this build yet");
+        return SSMC_ERR_UNSUPPORTED;
+    }
     ssmc_dtype *dt = arena_array(&a, m->ntensors + 1, sizeof *dt);
     bool *present = arena_array(&a, m->ntensors + 1, sizeof *present);
     ssmc_status st = dt && present ? SSMC_OK : SSMC_ERR_NOMEM;

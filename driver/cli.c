@@ -6,8 +6,9 @@
  *                   [--init-state NAME=FILE.npy] [--verify] [--grad] [--dout NAME=FILE.npy ...]
  *   ssmc build FILE -o DIR [--target cpu,cuda:sm_90]
  *   ssmc bench FILE [same options as run]
+ *   ssmc --help | --version;  ssmc CMD --help   (to stdout, exit 0)
  * Exit status: 0 success, 1 an error in the input or a failed verification,
- * 2 a usage error. */
+ * 2 a usage error (the message and the usage on stderr). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -39,21 +40,92 @@ typedef struct cli {
     ssmc_dtype dtype;
     ssmc_algo algo;
     int threads;
+    int chunk; /* --chunk */
     bool verify, check_finite, grad;
 } cli;
 
-static void usage(void)
+/* The commands: the synopsis (`ssmc --help` and usage errors show them all),
+ * then what `ssmc CMD --help` adds. */
+static const struct command_help {
+    const char *name, *synopsis, *about;
+} commands[] = {
+    {"check",
+     "  ssmc check FILE [-D NAME=VAL ...] [--model NAME]\n",
+     "Parses FILE and checks every model in it (only NAME with --model) through\n"
+     "lowering and the recurrence analysis. Prints nothing when all is well;\n"
+     "diagnostics (file:line:col: error: ...) go to stderr and the exit status is 1.\n"},
+    {"emit",
+     "  ssmc emit  FILE --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx [-D NAME=VAL ...] [--model NAME]\n"
+     "                  [--arch sm_90] [--threads N] [--device D] [--algo A] [--chunk C]\n",
+     "Prints one stage of the compiler for a model of FILE (all models for ast):\n"
+     "the syntax tree, the IR, the recurrence analysis (with each state's chunk form),\n"
+     "the adjoint IR of the gradients, the kernel plan for --device (cpu when not\n"
+     "given), the CPU kernel's LLVM IR, the CUDA C or its PTX (--arch sets the GPU\n"
+     "architecture).\n"},
+    {"run",
+     "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
+     "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
+     "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
+     "                  [--algo auto|recurrent|chunked|scan] [--chunk C] [--check-finite]\n"
+     "                  [--grad] [--dout NAME=FILE.npy ...]\n",
+     "Runs a model of FILE on a device. Inputs and params not given with --in are\n"
+     "drawn uniformly from [-1, 1) with the seed (default 0); B and T come from\n"
+     "the --in files, else --batch and --seqlen (default 1 and 16). --out DIR\n"
+     "writes every output and final state as DIR/<name>.npy (<f4). --verify runs\n"
+     "the interpreter (f64) on the same values and prints each result's relative\n"
+     "error against a tolerance fitted to the model (docs/numerics.md); exit\n"
+     "status 1 when one is over. --check-finite reports NaN or Inf in any tensor.\n"
+     "--algo chunked runs the chunked algorithm (chunks of --chunk C steps, 64 by\n"
+     "default) where every state has a chunk form (ssmc emit --emit=analysis says\n"
+     "why not); scan is not implemented yet (an error on every device). --grad runs\n"
+     "the backward too (docs/gradients.md) and writes DIR/grad_<name>.npy.\n"},
+    {"build",
+     "  ssmc build FILE -o DIR [--target cpu|cpu:x86-64[-v2|-v3|-v4]] [-D NAME=VAL ...]\n"
+     "                  [--model NAME] [--threads N] [--algo A]\n",
+     "Builds a model of FILE ahead of time into DIR: <model>.h, lib<model>.so and\n"
+     "lib<model>.a, which need neither LLVM nor ssmc. The header gives the link\n"
+     "line. Needs a C compiler, ar and objcopy (or $CC, $AR and $OBJCOPY).\n"},
+    {"bench",
+     "  ssmc bench FILE [the options of run] [--iters N]\n",
+     "Times the model: a warm-up run, then N runs (default 20) on tensors already\n"
+     "in place; prints the median and the bandwidth it implies.\n"},
+};
+#define NCOMMANDS (sizeof commands / sizeof *commands)
+
+static void usage(FILE *f)
 {
-    fputs("usage:\n"
-          "  ssmc check FILE\n"
-          "  ssmc emit  FILE --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx [-D NAME=VAL ...] [--arch sm_90]\n"
-          "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
-          "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
-          "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
-          "                  [--algo recurrent|chunked|scan] [--check-finite] [--grad] [--dout NAME=FILE.npy ...]\n"
-          "  ssmc build FILE -o DIR [--target cpu,cuda:sm_90]\n"
-          "  ssmc bench FILE [same options as run] [--iters N]\n",
-          stderr);
+    fputs("usage:\n", f);
+    for (size_t i = 0; i < NCOMMANDS; i++) fputs(commands[i].synopsis, f);
+    fputs("  ssmc --help | --version;  ssmc CMD --help\n", f);
+}
+
+/* `ssmc --help`, `ssmc CMD --help`: to stdout, exit 0. */
+static int help(const char *cmd)
+{
+    for (size_t i = 0; cmd && i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, cmd) == 0) {
+            printf("usage:\n%s\n%s", commands[i].synopsis, commands[i].about);
+            return 0;
+        }
+    printf("ssmc %s: a compiler for recurrent sequence models (docs/language.md, docs/api.md)\n\n", SSMC_VERSION);
+    usage(stdout);
+    printf("\n-D NAME=VAL overrides a dim of the model; --model NAME picks a model of the file\n"
+           "(default: the first). `ssmc CMD --help` says more about a command.\n");
+    return 0;
+}
+
+static int version(void)
+{
+    const char *parts[] = {"ssmc " SSMC_VERSION,
+#ifdef SSMC_HAVE_LLVM
+                           "cpu backend: LLVM " SSMC_LLVM_VERSION,
+#else
+                           "cpu backend: not built (no LLVM)",
+#endif
+                           "cuda backend: NVRTC and libcuda loaded at run time"};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) printf("%s%s", i ? "; " : "", parts[i]);
+    putchar('\n');
+    return 0;
 }
 
 static int usage_error(const char *fmt, const char *arg)
@@ -61,7 +133,7 @@ static int usage_error(const char *fmt, const char *arg)
     fprintf(stderr, "ssmc: ");
     fprintf(stderr, fmt, arg);
     fputc('\n', stderr);
-    usage();
+    usage(stderr);
     return 2;
 }
 
@@ -121,6 +193,10 @@ static int parse_args(int argc, char **argv, cli *c)
             int64_t v;
             if (!val || !parse_int(val, 0, 4096, &v)) return usage_error("--threads takes an integer from 0 to 4096%s", "");
             c->threads = (int)v;
+        } else if (ARG("--chunk")) {
+            int64_t v;
+            if (!val || !parse_int(val, 1, 1024, &v)) return usage_error("--chunk takes an integer from 1 to 1024%s", "");
+            c->chunk = (int)v;
         } else if (ARG("--seed")) {
             int64_t v;
             if (!val || !parse_int(val, 0, INT64_MAX, &v)) return usage_error("--seed takes a non-negative integer%s", "");
@@ -225,6 +301,7 @@ static ssmc_options options_of(const cli *c)
     o.threads = c->threads;
     o.cuda_arch = c->arch;
     o.check_finite = c->check_finite;
+    o.chunk = c->chunk;
     return o;
 }
 
@@ -782,6 +859,16 @@ done:
 
 int main(int argc, char **argv)
 {
+    /* help and version before anything else is parsed: they always work */
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0))
+        return help(argc >= 3 ? argv[2] : NULL);
+    if (argc >= 2 && strcmp(argv[1], "--version") == 0) return version();
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            for (size_t k = 0; k < NCOMMANDS; k++)
+                if (strcmp(commands[k].name, argv[1]) == 0) return help(argv[1]);
+            return usage_error("unknown command '%s'", argv[1]);
+        }
     cli c = {0};
     int rc = parse_args(argc, argv, &c);
     if (rc) return rc;

@@ -100,5 +100,7 @@ ssmc_status pipeline_run_ir(pipeline *pl, ir_model *m, pipe_stage last)
 
     /* plan: the kernels for the device's target, every loop, placement and
      * memory decision; a backend renders it */
+    if (pl->algo == PLAN_ALGO_CHUNKED)
+        return plan_make_chunked(pl->a, pl->ir, &pl->an, &pl->chunks, o->chunk, pl->target, &pl->plan, pl->d);
     return plan_make(pl->a, pl->ir, &pl->an, &pl->sched, pl->algo, pl->target, &pl->plan, pl->d);
 }

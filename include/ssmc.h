@@ -71,6 +71,7 @@ typedef struct ssmc_options {
     const char *cuda_arch; /* e.g. "sm_90"; NULL: the GPU's own */
     int check_finite;      /* nonzero: report NaN/Inf in inputs and outputs */
     int64_t grad_chunk;    /* gradients: keep the states every grad_chunk steps; 0: ceil(sqrt(T)) */
+    int chunk;             /* the chunked algorithm's chunk length (--chunk); 0: the default, 64 */
 } ssmc_options;
 
 /* One tensor handed to ssmc_run. Inputs and params are read; outputs are
@@ -213,8 +214,8 @@ void ssmc_tape_free(ssmc_tape *tape);
  * at run time (only libc, libm and pthreads). `targets` is a comma-separated
  * list; "cpu" is this machine's CPU, "cpu:x86-64-v2", "cpu:x86-64-v3" or
  * "cpu:x86-64-v4" a portable x86-64 level; NULL means "cpu". Needs a C
- * compiler and `ar` on PATH (or $CC and $AR); their output is in the
- * diagnostics when they fail. */
+ * compiler, `ar` and `objcopy` on PATH (or $CC, $AR and $OBJCOPY); their
+ * output is in the diagnostics when they fail. */
 ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, size_t len, const ssmc_options *opts,
                        const char *targets, const char *outdir);
 

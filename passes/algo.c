@@ -1,10 +1,11 @@
 /* algo.c: the choice of algorithm (SPEC §3), one decision for every device.
  *
  * `auto` picks the fastest algorithm the analysis allows by the cost model of
- * docs/architecture.md ("Algorithms"). In this version only the recurrent
- * algorithm is generated, so auto is recurrent, and an explicit chunked or
- * scan is refused on every device (the interpreter included, so that a
- * command means the same everywhere) with a message that says why. */
+ * docs/architecture.md ("Algorithms"); until the cost model is measured it is
+ * the recurrent algorithm. `chunked` is taken when every state has a chunk form
+ * (passes/chunk.c) and refused with the located reason otherwise; `scan` is not
+ * generated in this version and refused on every device (the interpreter
+ * included, so that a command means the same everywhere). */
 #include <string.h>
 
 #include "passes/plan.h"
@@ -44,12 +45,13 @@ bool pass_algo_choose(const ir_model *m, const pass_analysis *an, const pass_chu
     case SSMC_ALGO_AUTO:
     case SSMC_ALGO_RECURRENT: *out = PLAN_ALGO_RECURRENT; return true;
     case SSMC_ALGO_CHUNKED:
-    case SSMC_ALGO_SCAN:
-        if (requested == SSMC_ALGO_CHUNKED && !cs->all) {
+        if (!cs->all) {
             why_not_chunked(m, cs, d);
             return false;
         }
-        /* the analysis allows it; the kernels are not there yet */
+        *out = PLAN_ALGO_CHUNKED;
+        return true;
+    case SSMC_ALGO_SCAN:
         diag_error(d, "--algo=%s is not implemented yet: this version generates the recurrent algorithm on every "
                    "device (use --algo=recurrent or leave --algo out)",
                    pass_algo_name(requested));

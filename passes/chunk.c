@@ -161,6 +161,12 @@ static range interval(const cx *c, ir_ref r)
         if (x.lo >= 0 && y.lo >= 0) return (range){x.lo * y.lo, x.hi * y.hi};
         return any;
     case IR_EXP: return (range){exp(x.lo), exp(x.hi)};
+    case IR_SIGMOID: return (range){x.lo > -INFINITY ? 1 / (1 + exp(-x.lo)) : 0, x.hi < INFINITY ? 1 / (1 + exp(-x.hi)) : 1};
+    case IR_LOAD: {
+        const ir_tensor *t = &c->m->tensors[in->load.tensor];
+        if (t->kind == IR_LET && t->def >= 0 && !t->per_step) return interval(c, c->m->stmts[t->def].root);
+        return any;
+    }
     case IR_POW:
         if (x.lo > 0 && x.hi == x.lo) { /* a fixed base b > 0: b^y is monotone in y */
             double p = pow(x.lo, y.lo), q = pow(x.lo, y.hi);
@@ -611,6 +617,9 @@ static bool analyze(cx *c, const pass_analysis *an, const pass_state *ps, pass_c
         out->delta = true;
         out->beta = corr_c;
         out->dkey = corr_w;
+        /* the UT transform needs the written key to be the corrected one (I - beta k k^T) */
+        if (!same_product(c, &out->key, &out->dkey, kv, kv))
+            return refuse(c, u->root, "the delta rule corrects along a key other than the one it writes");
     }
     /* the readouts */
     for (int i = 0; i < an->nreadouts; i++) {
@@ -639,8 +648,12 @@ static bool analyze(cx *c, const pass_analysis *an, const pass_state *ps, pass_c
         bool have_s = false;
         for (int k = 0; k < b.n; k++) {
             mono *mo = &b.m[k];
-            if (mo->sread == IR_NONE) {
-                ro->rest = true; /* a term free of S stays a reduction of the epilogue */
+            if (mo->sread == IR_NONE) { /* a term free of S stays a reduction of the epilogue */
+                if (ro->nrest == PASS_MAX_READOUTS) return refuse(c, r->sum, "a readout has too many terms");
+                pass_product *t = &ro->rest_terms[ro->nrest++];
+                *t = (pass_product){.coef = mo->sign * mo->coef, .nf = mo->nf};
+                memcpy(t->f, mo->f, (size_t)mo->nf * sizeof *mo->f);
+                ro->rest = true;
                 continue;
             }
             if (have_s) return refuse(c, r->sum, "a readout reads the state in more than one term");
@@ -649,6 +662,7 @@ static bool analyze(cx *c, const pass_analysis *an, const pass_state *ps, pass_c
                 if (ax == out->key_axis ? at != sv : at == sv || at == NO_ATOM)
                     return refuse(c, mo->sread, "a readout reads the state at an index other than the sum's");
                 if (ax == out->value_axis) ro->value_var = at;
+                ro->axis_var[ax] = at;
             }
             pass_product none, rest;
             int vat = out->value_axis >= 0 ? ro->value_var : NO_ATOM;

@@ -100,8 +100,11 @@ typedef struct pass_chunk_readout {
     bool after_update;   /* reads S(t), else S(t-1) */
     int var;             /* the sum's variable (the key axis) */
     int value_var;       /* the statement's variable on the value axis */
+    int axis_var[IR_MAX_RANK]; /* the statement's variable on each axis of S (the key axis: var) */
     pass_product query;  /* q[i], in the readout statement's variables */
-    bool rest;           /* the sum also holds terms free of S */
+    bool rest;           /* the sum also holds terms free of S: */
+    pass_product rest_terms[PASS_MAX_READOUTS]; /* ... these, summed over the sum's variable */
+    int nrest;
 } pass_chunk_readout;
 
 /* S(t) = a (S(t-1) - beta w (w^T S(t-1))) + key value^T over key and value axes. */
@@ -128,6 +131,23 @@ typedef struct pass_chunks {
 } pass_chunks;
 
 bool pass_chunk_forms(arena *a, const ir_model *m, const pass_analysis *an, pass_chunks *out, diag *d);
+
+/* ---- chunk_lower.c: a chunked model as prologue, cores and epilogue ----
+ * (see chunk_lower.c). Tensor ids: q, k, v, g, beta, w of the prologue's
+ * outputs (g -1 for an identity decay; beta, w -1 without a delta rule), r of
+ * the epilogue's inputs (the readout results). */
+typedef struct pass_chunk_ops {
+    int q[PASS_MAX_READOUTS], k, v, g, beta, w;
+    int r[PASS_MAX_READOUTS];
+} pass_chunk_ops;
+
+typedef struct pass_chunk_parts {
+    ir_model *prologue, *epilogue;
+    pass_chunk_ops *ops; /* one per chunk form */
+    int nops;
+} pass_chunk_parts;
+
+bool pass_chunk_lower(arena *a, const ir_model *m, const pass_chunks *cs, pass_chunk_parts *out, diag *d);
 void pass_chunk_print(strbuf *out, const ir_model *m, const pass_chunks *cs);
 /* ---- rounding.c: how much f32 rounding each tensor's value carries ----
  * len[ntensors]: for every tensor, the length of the longest chain of rounded

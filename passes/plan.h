@@ -128,7 +128,7 @@ typedef struct plan_prefetch {
 
 #define PLAN_LINE_FLOATS 16 /* a cache line */
 
-typedef enum plan_algo { PLAN_ALGO_RECURRENT } plan_algo;
+typedef enum plan_algo { PLAN_ALGO_RECURRENT, PLAN_ALGO_CHUNKED } plan_algo;
 
 typedef struct plan_buf {
     plan_place mem; /* PLAN_PLACE_LOCAL or PLAN_PLACE_GLOBAL */
@@ -136,10 +136,54 @@ typedef struct plan_buf {
     int64_t len;
 } plan_buf;
 
+/* ---- the chunked algorithm (SPEC §3): PLAN_ALGO_CHUNKED ----
+ * A chunked model runs as three parts (passes/chunk_lower.c): the prologue, a
+ * model without states that computes every chunk form's canonical operands;
+ * one core per chunked state, the chunked recurrence over those operands; the
+ * epilogue, a model without states that makes the outputs from the readout
+ * results. Prologue and epilogue are planned as recurrent models for the same
+ * target; reading no input at a lag, they may run with batch and time folded
+ * (B * T sequences of one step, the same memory: `fold`).
+ *
+ * The core of state S, on canonical tensors of the prologue and epilogue in
+ * [B, T, nheads, D] row-major (D: K for q, k, w, per-key g; V for v and R; 1 for
+ * per-head g and beta):
+ *     h(t) = exp(g_t) (h(t-1) - beta_t w_t (w_t^T h(t-1))) + k_t v_t^T
+ *     R_r(t) = h(t)^T q_r(t)     (or h(t-1) for a readout of S(t-1))
+ * with h[K][V] per (sequence, head) starting from S's initial value (zero when
+ * none) and leaving its final value in S, read and written in S's own layout:
+ * element (head hh, key i, value j) of sequence b at
+ *     b * state_elems + head_off[hh] + i * key_stride + j * value_stride.
+ * The chunk: C steps at a time, matrix products inside (intra-chunk
+ * attention masked by exp(b_t - b_s) of the cumulative log-decay b, s <= t, or
+ * s < t for S(t-1)), the state carried between chunks (docs/architecture.md). */
+typedef struct plan_chunk_core {
+    int form;                 /* its chunk form (pass_chunks.forms) */
+    int state;                /* the state tensor of the source model */
+    int nheads, K, V;         /* V = 1 for a vector state */
+    int C;                    /* chunk length */
+    pass_decay decay;         /* g absent (NONE), [.., nheads] (SCALAR) or [.., nheads, K] (KEY) */
+    bool delta;
+    int nreadouts;
+    bool prev[PASS_MAX_READOUTS]; /* readout r reads S(t-1) */
+    pass_chunk_ops ops;       /* operand tensors: q, k, v, g, beta, w of the prologue; r of the epilogue */
+    int64_t state_elems, key_stride, value_stride;
+    int64_t *head_off;        /* [nheads] */
+} plan_chunk_core;
+
+typedef struct plan_chunked {
+    pass_chunk_parts parts;
+    struct pass_plan *prologue, *epilogue; /* their recurrent plans, for the same target */
+    bool fold_prologue, fold_epilogue;
+    plan_chunk_core *cores;
+    int ncores;
+} plan_chunked;
+
 typedef struct pass_plan {
     const ir_model *m;
     plan_target target;
     plan_algo algo;
+    plan_chunked *chunked;  /* PLAN_ALGO_CHUNKED: the parts (the fields below then plan nothing) */
     pass_sched sched;
     const pass_analysis *an;
 
@@ -217,6 +261,12 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
 
 /* `ssmc emit --emit=plan`: the plan as text. */
 void plan_print(strbuf *out, const pass_plan *p);
+/* The chunked plan of a verified model whose states all have a chunk form
+ * (chunks->all): its parts, each planned for the target, and its cores with
+ * chunk length C (0: the default, 64). */
+ssmc_status plan_make_chunked(arena *a, const ir_model *m, const pass_analysis *an, const pass_chunks *chunks, int C,
+                              const plan_target *target, pass_plan **out, diag *d);
+
 /* The same text, every line after `prefix`: the head of a renderer's code. */
 void plan_print_comment(strbuf *out, const pass_plan *p, const char *prefix);
 

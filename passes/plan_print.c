@@ -69,8 +69,35 @@ static void print_buf(strbuf *out, const pass_plan *p, int b)
               (long long)(f->off + f->len));
 }
 
+static const char *const decay_kinds[] = {"none", "one per head", "one per key"};
+
+static void print_chunked(strbuf *out, const pass_plan *p)
+{
+    const ir_model *m = p->m;
+    const plan_chunked *ch = p->chunked;
+    sb_printf(out, "plan %s: target %s, algorithm chunked\n", m->name, p->target.name);
+    sb_printf(out, "part 1: the prologue (%s), the canonical operands%s\n", ch->parts.prologue->name,
+              ch->fold_prologue ? "; batch and time folded" : "");
+    for (int i = 0; i < ch->ncores; i++) {
+        const plan_chunk_core *c = &ch->cores[i];
+        sb_printf(out, "part %d: the core of state %s: chunks of %d steps, %d heads, K = %d, V = %d, decay %s%s\n", 2 + i,
+                  m->tensors[c->state].name, c->C, c->nheads, c->K, c->V, decay_kinds[c->decay],
+                  c->delta ? ", delta rule (UT transform)" : "");
+        for (int r = 0; r < c->nreadouts; r++)
+            sb_printf(out, "  readout %d: S(%s)\n", r, c->prev[r] ? "t-1" : "t");
+    }
+    sb_printf(out, "part %d: the epilogue (%s), the outputs%s\n", 2 + ch->ncores, ch->parts.epilogue->name,
+              ch->fold_epilogue ? "; batch and time folded" : "");
+    plan_print(out, ch->prologue);
+    plan_print(out, ch->epilogue);
+}
+
 void plan_print(strbuf *out, const pass_plan *p)
 {
+    if (p->chunked) {
+        print_chunked(out, p);
+        return;
+    }
     const ir_model *m = p->m;
     const plan_target *tg = &p->target;
     sb_printf(out, "plan %s: target %s, algorithm recurrent\n", m->name, tg->name);

@@ -642,6 +642,38 @@ static void test_emit(void **state)
     assert_non_null(strstr(p.out, "diagonal"));
 }
 
+/* --help and --version: to stdout, exit 0, nothing on stderr; each command's
+ * help names the command and its options; help wins over anything else on the
+ * line; an unknown command's help is a usage error. */
+static void test_help_version(void **state)
+{
+    (void)state;
+    static const char *const cmds[] = {"check", "emit", "run", "build", "bench"};
+    proc p = ssmc("--help");
+    expect_ok(p);
+    assert_string_equal(p.err, "");
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) assert_non_null(strstr(p.out, fmt("ssmc %s", cmds[i])));
+    assert_non_null(strstr(p.out, "--version"));
+    expect_ok(ssmc("-h"));
+    p = ssmc("--version");
+    expect_ok(p);
+    assert_string_equal(p.err, "");
+    assert_int_equal(strncmp(p.out, "ssmc " SSMC_VERSION, strlen("ssmc " SSMC_VERSION)), 0);
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        p = ssmc(cmds[i], "--help");
+        expect_ok(p);
+        assert_string_equal(p.err, "");
+        if (!strstr(p.out, fmt("ssmc %s", cmds[i])) || !strstr(p.out, "FILE")) fail_msg("%s --help: %s", cmds[i], p.out);
+        expect_ok(ssmc("--help", cmds[i]));
+    }
+    p = ssmc("run", "--help");
+    assert_non_null(strstr(p.out, "--verify"));
+    assert_non_null(strstr(p.out, "--algo auto|recurrent|chunked|scan"));
+    expect_ok(ssmc("run", example("gla"), "--bogus", "--help")); /* help first */
+    expect_ok(ssmc("build", "-h"));
+    expect_usage(ssmc("frobnicate", "--help"));
+}
+
 static void test_bad_flags(void **state)
 {
     (void)state;
@@ -674,26 +706,29 @@ static void test_bad_flags(void **state)
 static void test_algo(void **state)
 {
     (void)state;
-    const char *f = example("gla");
-    static const char *const good[] = {"auto", "recurrent"}, *const refused[] = {"chunked", "scan"};
+    const char *f = example("gla"), *lstm = example("lstm");
+    static const char *const good[] = {"auto", "recurrent", "chunked"};
     const char *devices[] = {"interp", "cpu"};
     int ndev = cpu_available() ? 2 : 1;
     for (int d = 0; d < ndev; d++) {
-        for (int i = 0; i < 2; i++) {
-            expect_ok(ssmc("run", f, "--device", devices[d], "--algo", good[i], "--seqlen", "3"));
-            expect_error(ssmc("run", f, "--device", devices[d], fmt("--algo=%s", refused[i]), "--seqlen", "3"),
-                         fmt("--algo=%s", refused[i]), "not implemented yet", NULL);
-            expect_error(ssmc("bench", f, "--device", devices[d], "--algo", refused[i], "--seqlen", "3"),
-                         "not implemented yet", NULL);
-        }
+        for (int i = 0; i < 3; i++) expect_ok(ssmc("run", f, "--device", devices[d], "--algo", good[i], "--seqlen", "3"));
+        /* the same rule on every device: scan is not generated; chunked needs a chunk form for every state */
+        expect_error(ssmc("run", f, "--device", devices[d], "--algo=scan", "--seqlen", "3"), "--algo=scan", "not implemented yet",
+                     NULL);
+        expect_error(ssmc("bench", f, "--device", devices[d], "--algo", "scan", "--seqlen", "3"), "not implemented yet", NULL);
+        expect_error(ssmc("run", lstm, "--device", devices[d], "--algo=chunked", "--seqlen", "3"), "lstm.ssm:",
+                     "--algo=chunked: state 'h' has no chunk form: the update is not affine in the state", NULL);
         expect_usage(ssmc("run", f, "--device", devices[d], "--algo", "fast"));
+        expect_usage(ssmc("run", f, "--device", devices[d], "--chunk", "0"));
     }
     expect_usage(ssmc("run", f, "--algo"));
     expect_usage(ssmc("build", f, "-o", tmp("b"), "--algo", "fast"));
-    expect_error(ssmc("build", f, "-o", tmp("b"), "--algo", "chunked"), "not implemented yet", NULL);
+    expect_error(ssmc("build", f, "-o", tmp("b"), "--algo", "scan"), "not implemented yet", NULL);
     if (ndev == 2) {
+        expect_error(ssmc("build", f, "-o", tmp("b"), "--algo", "chunked"), "bundles hold the recurrent algorithm only", NULL);
         expect_error(ssmc("emit", f, "--emit=llvm", "--algo", "scan"), "not implemented yet", NULL);
         expect_ok(ssmc("emit", f, "--emit=llvm", "--algo", "recurrent"));
+        expect_ok(ssmc("run", f, "--device", "cpu", "--algo", "chunked", "--chunk", "4", "--seqlen", "9", "--verify"));
     }
 }
 
@@ -1104,6 +1139,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_grad_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_emit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_help_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_algo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_npy, setup, teardown),

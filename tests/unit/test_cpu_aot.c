@@ -42,6 +42,7 @@ static const ssmc_dim dims[] = {{"H", 3}, {"P", 37}, {"N", 19}};
 static char dir[64];
 static const char *root;
 
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
 {
     char cmd[8192];
@@ -155,13 +156,34 @@ static void run_and_check(ssmc_model *ref, const char *exe, int threads, bool wi
     assert_int_equal(checked, with_state ? 2 : 1);
 }
 
+/* The link line the header gives for the shared library ("cc prog.c ..."),
+ * from "cc" on, without the line end. */
+static char *header_link_line(const char *header)
+{
+    size_t len;
+    const char *why;
+    char *text = read_file(header, &len, &why);
+    if (!text) fail_msg("cannot read %s: %s", header, why);
+    const char *at = strstr(text, "the shared library");
+    at = at ? strstr(at, "cc prog.c ") : NULL;
+    if (!at) fail_msg("%s gives no link line for the shared library", header);
+    char *line = strndup(at, strcspn(at, "\n"));
+    free(text);
+    return line;
+}
+
 static void compile_consumers(const char *tag)
 {
     const char *cc = getenv("CC") && *getenv("CC") ? getenv("CC") : "cc";
-    int rc = sh("%s -O2 -I'%s' '%s/tests/aot/mamba2_main.c' -o '%s/main_so%s' -L'%s' -lmamba2 -Wl,-rpath,'%s' -lm "
-                "-lpthread",
-                cc, dir, root, dir, tag, dir, dir);
-    if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .so failed (%d)", rc);
+    /* the shared library exactly as the header says to link it: the program
+     * must then find it with no LD_LIBRARY_PATH (run_and_check sets none) */
+    char header[160];
+    snprintf(header, sizeof header, "%s/mamba2.h", dir);
+    char *line = header_link_line(header);
+    int rc = sh("cd '%s' && unset LD_LIBRARY_PATH && %s -O2 '%s/tests/aot/mamba2_main.c' -o '%s/main_so%s' %s", dir, cc,
+                root, dir, tag, line + strlen("cc prog.c "));
+    free(line);
+    if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .so as the header says failed (%d)", rc);
     rc = sh("%s -O2 -I'%s' '%s/tests/aot/mamba2_main.c' -o '%s/main_a%s' '%s/libmamba2.a' -lm -lpthread", cc, dir,
             root, dir, tag, dir);
     if (rc != 0) fail_msg("compiling tests/aot/mamba2_main.c against the .a failed (%d)", rc);
@@ -284,6 +306,52 @@ static void check_macro_names_bundle(const char *cli)
     if (rc != 0) fail_msg("the macros bundle gave wrong results (exit %d)", rc);
 }
 
+/* The bundles' threads are runtime/pool.c's, compiled in: the archive holds
+ * the pool's functions, local, and defines no global symbol but its
+ * <model>_run (and its kernel); so two bundles and their pools link into one
+ * program, statically and as shared libraries, and both run right. */
+static const char two_main[] =
+    "#include <stdint.h>\n#include \"vecrnn.h\"\n#include \"macros.h\"\n"
+    "int main(void)\n{\n"
+    "    static float x[2 * 20 * VECRNN_DIM_E], g[2 * 20 * VECRNN_DIM_E], s[2 * VECRNN_DIM_E], y[2 * 20 * VECRNN_DIM_E];\n"
+    "    for (int i = 0; i < 2 * 20 * VECRNN_DIM_E; i++) x[i] = (float)(i % 5) / 5, g[i] = 0.5f;\n"
+    "    vecrnn_tensors v = {x, g, s, y};\n"
+    "    if (vecrnn_run(2, 20, &v, 3) != 0) return 2;\n"
+    "    /* the first element: s = sigmoid(0.5) s + x; y = s x */\n"
+    "    double st = 0, sg = 1 / (1 + 0.6065306597126334);\n"
+    "    for (int t = 0; t < 20; t++) {\n"
+    "        st = sg * st + x[t * VECRNN_DIM_E];\n"
+    "        double d = y[t * VECRNN_DIM_E] - st * x[t * VECRNN_DIM_E];\n"
+    "        if (d > 1e-5 || d < -1e-5) return 3;\n"
+    "    }\n"
+    "    static float a[1 * 3 * MACROS_DIM_N], b[1 * 3 * MACROS_DIM_N], u[MACROS_DIM_N], k = 1, out[1 * 3 * MACROS_DIM_N];\n"
+    "    macros_tensors m = {0};\n"
+    "    m.macros_linux = a;\n    m.macros_NULL = b;\n    m.macros_unix = u;\n    m.macros_int = &k;\n"
+    "    m.macros_stdin = out;\n"
+    "    if (macros_run(1, 3, &m, 2) != 0) return 4;\n"
+    "    /* all zero inputs, k = 1: s = 1, 1.5, 1.75 */\n"
+    "    return out[2 * MACROS_DIM_N] == 1.75f ? 0 : 5;\n}\n";
+
+static void check_two_bundles(void)
+{
+    int rc = sh("nm '%s/libvecrnn.a' | grep -q ' t rt_pool_run$'", dir);
+    if (rc != 0) fail_msg("libvecrnn.a does not hold runtime/pool.c's rt_pool_run as a local symbol");
+    rc = sh("nm '%s/libvecrnn.a' | grep ' [TDBRC] ' | grep -v -q -e ' vecrnn_run$' -e ' ssmc_vecrnn$'", dir);
+    if (rc == 0) fail_msg("libvecrnn.a defines global symbols besides vecrnn_run and its kernel");
+    write_file("two_main.c", two_main, sizeof two_main - 1);
+    const char *cc = getenv("CC") && *getenv("CC") ? getenv("CC") : "cc";
+    rc = sh("%s -O2 -I'%s' '%s/two_main.c' -o '%s/two_main_a' '%s/libvecrnn.a' '%s/libmacros.a' -lm -lpthread", cc, dir,
+            dir, dir, dir, dir);
+    if (rc != 0) fail_msg("linking two bundles' archives into one program failed (%d)", rc);
+    rc = sh("'%s/two_main_a'", dir);
+    if (rc != 0) fail_msg("two bundles in one program (static) gave wrong results (exit %d)", rc);
+    rc = sh("%s -O2 -I'%s' '%s/two_main.c' -o '%s/two_main_so' -L'%s' -lvecrnn -lmacros -Wl,-rpath,'%s' -lm -lpthread",
+            cc, dir, dir, dir, dir, dir);
+    if (rc != 0) fail_msg("linking two bundles' shared libraries into one program failed (%d)", rc);
+    rc = sh("'%s/two_main_so'", dir);
+    if (rc != 0) fail_msg("two bundles in one program (shared) gave wrong results (exit %d)", rc);
+}
+
 static void test_bundle(void **state)
 {
     (void)state;
@@ -334,6 +402,7 @@ static void test_bundle(void **state)
 #endif
     check_row_split_bundle(cli);
     check_macro_names_bundle(cli);
+    check_two_bundles();
 
     s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu,cuda:sm_90", dir);
     assert_int_equal(s, SSMC_ERR_UNSUPPORTED);
@@ -341,6 +410,19 @@ static void test_bundle(void **state)
     s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "cpu:pentium", dir);
     assert_int_equal(s, SSMC_ERR_ARG);
     assert_non_null(strstr(ssmc_ctx_error(ctx), "unknown cpu target"));
+    /* the list in the message is every target there is */
+    static const char *const targets[] = {"cpu", "cpu:x86-64", "cpu:x86-64-v2", "cpu:x86-64-v3", "cpu:x86-64-v4"};
+    s = ssmc_build(ctx, "mamba2.ssm", src, len, &o, "tpu", dir);
+    assert_int_equal(s, SSMC_ERR_ARG);
+    for (size_t i = 0; i < sizeof targets / sizeof *targets; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "%s%s", targets[i], i + 1 < sizeof targets / sizeof *targets ? "," : ";");
+        if (!strstr(ssmc_ctx_error(ctx), want)) fail_msg("the target list lacks %s: %s", targets[i], ssmc_ctx_error(ctx));
+    }
+    /* a bundle records its own name, so a program linked with it needs it by that name */
+    assert_int_equal(sh("readelf -d '%s' 2>/dev/null | grep -q 'soname: \\[libmamba2.so\\]' || "
+                        "! command -v readelf >/dev/null", so),
+                     0);
 
     ssmc_model_free(ref);
     ssmc_ctx_free(ctx);

@@ -1,0 +1,47 @@
+/* chunked_run.h: a chunked plan (passes/plan.h, PLAN_ALGO_CHUNKED) run on a
+ * backend. The runner is the same for every backend: it compiles the prologue
+ * and epilogue as models of their own with the backend itself, a core per
+ * chunked state with the backend's core hooks, and at every run allocates the
+ * canonical operands and readout results (f32, in the backend's memory), runs
+ * the prologue (batch and time folded when the plan allows), the cores, and the
+ * epilogue into the caller's outputs. */
+#ifndef SSMC_CODEGEN_CHUNKED_RUN_H
+#define SSMC_CODEGEN_CHUNKED_RUN_H
+
+#include "codegen/backend.h"
+
+/* What a core reads and writes in one run: f32 canonical tensors (plan.h)
+ * and the state (its initial value, replaced by its final one), all in the
+ * backend's memory. state NULL: start from zero, drop the final value. */
+typedef struct chunk_core_io {
+    const float *q[PASS_MAX_READOUTS], *k, *v, *g, *beta, *w;
+    float *r[PASS_MAX_READOUTS];
+    void *state;
+    ssmc_dtype state_dtype;
+} chunk_core_io;
+
+typedef struct chunk_hooks {
+    const backend *be; /* compiles and runs the prologue and the epilogue */
+    /* memory of the backend's tensors: host memory on a CPU, device memory on a GPU */
+    void *(*alloc)(void *ctx, size_t bytes, diag *d);
+    void (*release)(void *ctx, void *p);
+    /* the cores */
+    ssmc_status (*core_compile)(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **core);
+    ssmc_status (*core_run)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,
+                            diag *d);
+    void (*core_free)(void *ctx, void *core);
+} chunk_hooks;
+
+typedef struct chunked_state chunked_state;
+
+/* m is the source model, p its chunked plan; ctx is handed to every hook. */
+ssmc_status chunked_compile(const chunk_hooks *h, void *ctx, const ir_model *m, const pass_plan *p, const ssmc_options *o,
+                            diag *d, chunked_state **out);
+/* tensors in IR order of the source model, as backend.h's run takes them; on
+ * a device backend (device true) their data are device addresses, and every
+ * step is enqueued on `stream`. */
+ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backend_tensor *tensors, bool device,
+                        void *stream, diag *d);
+void chunked_free(chunked_state *s);
+
+#endif
