@@ -51,7 +51,7 @@ def _read_source(path_or_source):
         return f.read(), path_or_source
 
 
-def load(path_or_source, dims=None, model=None, device=None, *, threads=0, algo="auto"):
+def load(path_or_source, dims=None, model=None, device=None, *, threads=0, algo="auto", chunk=0):
     """Compiles a model and returns it as a torch.nn.Module (ssmc.Model).
 
     path_or_source: a .ssm file or the source text itself. dims: {name:
@@ -59,14 +59,15 @@ def load(path_or_source, dims=None, model=None, device=None, *, threads=0, algo=
     first by default). device: "cpu" (LLVM), "cuda" (NVRTC, tensors on
     cuda:0), "interp" (the f64 reference interpreter), or None: the device of
     the tensors of each call. threads: CPU workers (0: all cores). algo: the
-    algorithm override (SPEC §3). A bad source raises ssmc.Error with the
+    algorithm override (SPEC §3); chunk: the chunked algorithm's chunk
+    length (0: its default). A bad source raises ssmc.Error with the
     compiler's diagnostics."""
     source, filename = _read_source(path_or_source)
     if device is not None and device not in _core.DEVICES:
         raise Error(f"unknown device {device!r}: use 'cpu', 'cuda', 'interp' or None")
     if algo not in _lib.ALGOS:
         raise Error(f"unknown algo {algo!r}: use one of {', '.join(_lib.ALGOS)}")
-    return Model(source, filename, dims, model, device, threads, algo)
+    return Model(source, filename, dims, model, device, threads, algo, chunk)
 
 
 _keys = itertools.count()
@@ -77,7 +78,7 @@ class Model(torch.nn.Module):
     """A compiled ssmc model. Call it with the model's inputs and params by
     name (torch tensors, shapes as in SPEC §5); see forward."""
 
-    def __init__(self, source, filename, dims, model, device, threads, algo):
+    def __init__(self, source, filename, dims, model, device, threads, algo, chunk=0):
         super().__init__()
         if dims is None:
             dims = {}
@@ -85,7 +86,7 @@ class Model(torch.nn.Module):
             raise Error("dims must be a dict {name: size}")
         self._source, self._filename, self._model = source, filename, model
         self._dims = tuple(sorted((str(k), int(v)) for k, v in dims.items()))
-        self._device, self._threads, self._algo = device, int(threads), algo
+        self._device, self._threads, self._algo, self._chunk = device, int(threads), algo, int(chunk)
         base = self._compiled(device or "interp")  # the source is checked here
         self.name = base.name
         self._specs = {s.name: s for s in base.tensors}
@@ -124,7 +125,8 @@ class Model(torch.nn.Module):
         return f"model={self.name!r}, file={self._filename!r}, device={self._device!r}" + (f", dims=({dims})" if dims else "")
 
     def _compiled(self, device):
-        return _core.compiled(self._source, self._filename, self._model, self._dims, device, self._threads, self._algo)
+        return _core.compiled(self._source, self._filename, self._model, self._dims, device, self._threads,
+                              self._algo, self._chunk)
 
     # ---- one call
     def forward(self, initial_state=None, output_final_state=False, cu_seqlens=None, out_dtype=None, **tensors):

@@ -2,7 +2,7 @@
 
 A `Compiled` is one ssmc_model (a source, its dims, one device) with its own
 context; compiled models are cached for the process by (source, file name,
-model, dims, device, threads, algo), and the library keeps their kernels in
+model, dims, device, threads, algo, chunk), and the library keeps their kernels in
 its on-disk cache. A `Call` is what one call of ssmc.Model resolved: the
 device, B, T, the sequences of cu_seqlens, the dtypes of the results. The
 functions at the end run a Call's forward (optionally keeping tapes for the
@@ -66,7 +66,7 @@ class Compiled:
     """One compiled model: the library's model and context, used under a lock
     (a context serves one thread at a time)."""
 
-    def __init__(self, source, filename, model, dims, device, threads, algo):
+    def __init__(self, source, filename, model, dims, device, threads, algo, chunk=0):
         lib = self.lib = _lib.library()
         self.device = device
         self.lock = threading.Lock()
@@ -83,7 +83,7 @@ class Compiled:
         opts = _lib.Options()
         opts.model = model.encode() if model else None
         opts.dims, opts.ndims = dim_arr, len(dims)
-        opts.device, opts.algo, opts.threads = DEVICES[device], _lib.ALGOS[algo], threads
+        opts.device, opts.algo, opts.threads, opts.chunk = DEVICES[device], _lib.ALGOS[algo], threads, chunk
         out = ctypes.c_void_p()
         st = lib.compile(self.ctx, filename.encode(), src, len(src), ctypes.byref(opts), ctypes.byref(out))
         if st != _lib.OK:
@@ -124,13 +124,13 @@ _cache_lock = threading.Lock()
 _cache = {}
 
 
-def compiled(source, filename, model, dims, device, threads=0, algo="auto"):
+def compiled(source, filename, model, dims, device, threads=0, algo="auto", chunk=0):
     """The process-wide compiled model for these settings (compiled once)."""
-    key = (source, filename, model, dims, device, threads, algo)
+    key = (source, filename, model, dims, device, threads, algo, chunk)
     with _cache_lock:
         c = _cache.get(key)
     if c is None:
-        c = Compiled(source, filename, model, dims, device, threads, algo)
+        c = Compiled(source, filename, model, dims, device, threads, algo, chunk)
         with _cache_lock:
             c = _cache.setdefault(key, c)
     return c

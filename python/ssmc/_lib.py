@@ -59,6 +59,7 @@ class Options(ctypes.Structure):
         ("cuda_arch", ctypes.c_char_p),
         ("check_finite", ctypes.c_int),
         ("grad_chunk", ctypes.c_int64),
+        ("chunk", ctypes.c_int),
         ("_reserved", ctypes.c_int64 * 16),
     ]
 

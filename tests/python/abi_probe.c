@@ -24,6 +24,7 @@ int main(void)
     FIELD(ssmc_options, cuda_arch);
     FIELD(ssmc_options, check_finite);
     FIELD(ssmc_options, grad_chunk);
+    FIELD(ssmc_options, chunk);
     SIZE(ssmc_options);
     FIELD(ssmc_arg, name);
     FIELD(ssmc_arg, dtype);
