@@ -50,6 +50,11 @@ ssmc_status cuda_emit(strbuf *out, const pass_plan *p, const cuda_sig *sig, diag
 
 cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch);
 
+/* The prelude every kernel's source starts with: storage types (ssmc_bf16,
+ * ssmc_f16), conversions, loads and stores (ssmc_get, ssmc_st, ...). It reads
+ * SSMC_MASK, which the source defines before it. */
+void cuda_prelude(strbuf *out);
+
 /* "ssmc_<model>.cu" and "ssmc_<model>". */
 void cuda_program_name(strbuf *out, const ir_model *m);
 void cuda_kernel_name(strbuf *out, const ir_model *m);
