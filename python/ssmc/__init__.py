@@ -10,13 +10,14 @@ The package binds libssmc.so with ctypes (no build against torch's C++ ABI,
 so it works with any torch >= 1.13). `ssmc.ops` holds drop-in replacements
 for flash-linear-attention's and mamba_ssm's kernels. See docs/python.md.
 """
+import ctypes
 import itertools
 import os
 import weakref
 
 import torch
 
-from . import _core, _lib
+from . import _core, _lib, _torchop
 from ._lib import Error, find_library
 
 __all__ = ["load", "Model", "Error", "find_library", "example_path", "__version__"]
@@ -50,7 +51,7 @@ def _read_source(path_or_source):
         return f.read(), path_or_source
 
 
-def load(path_or_source, dims=None, model=None, device=None, *, threads=0, algo="auto"):
+def load(path_or_source, dims=None, model=None, device=None, *, threads=0, algo="auto", chunk=0):
     """Compiles a model and returns it as a torch.nn.Module (ssmc.Model).
 
     path_or_source: a .ssm file or the source text itself. dims: {name:
@@ -58,14 +59,15 @@ def load(path_or_source, dims=None, model=None, device=None, *, threads=0, algo=
     first by default). device: "cpu" (LLVM), "cuda" (NVRTC, tensors on
     cuda:0), "interp" (the f64 reference interpreter), or None: the device of
     the tensors of each call. threads: CPU workers (0: all cores). algo: the
-    algorithm override (SPEC §3). A bad source raises ssmc.Error with the
+    algorithm override (SPEC §3); chunk: the chunked algorithm's chunk
+    length (0: its default). A bad source raises ssmc.Error with the
     compiler's diagnostics."""
     source, filename = _read_source(path_or_source)
     if device is not None and device not in _core.DEVICES:
         raise Error(f"unknown device {device!r}: use 'cpu', 'cuda', 'interp' or None")
     if algo not in _lib.ALGOS:
         raise Error(f"unknown algo {algo!r}: use one of {', '.join(_lib.ALGOS)}")
-    return Model(source, filename, dims, model, device, threads, algo)
+    return Model(source, filename, dims, model, device, threads, algo, chunk)
 
 
 _keys = itertools.count()
@@ -76,7 +78,7 @@ class Model(torch.nn.Module):
     """A compiled ssmc model. Call it with the model's inputs and params by
     name (torch tensors, shapes as in SPEC §5); see forward."""
 
-    def __init__(self, source, filename, dims, model, device, threads, algo):
+    def __init__(self, source, filename, dims, model, device, threads, algo, chunk=0):
         super().__init__()
         if dims is None:
             dims = {}
@@ -84,7 +86,7 @@ class Model(torch.nn.Module):
             raise Error("dims must be a dict {name: size}")
         self._source, self._filename, self._model = source, filename, model
         self._dims = tuple(sorted((str(k), int(v)) for k, v in dims.items()))
-        self._device, self._threads, self._algo = device, int(threads), algo
+        self._device, self._threads, self._algo, self._chunk = device, int(threads), algo, int(chunk)
         base = self._compiled(device or "interp")  # the source is checked here
         self.name = base.name
         self._specs = {s.name: s for s in base.tensors}
@@ -123,7 +125,8 @@ class Model(torch.nn.Module):
         return f"model={self.name!r}, file={self._filename!r}, device={self._device!r}" + (f", dims=({dims})" if dims else "")
 
     def _compiled(self, device):
-        return _core.compiled(self._source, self._filename, self._model, self._dims, device, self._threads, self._algo)
+        return _core.compiled(self._source, self._filename, self._model, self._dims, device, self._threads,
+                              self._algo, self._chunk)
 
     # ---- one call
     def forward(self, initial_state=None, output_final_state=False, cu_seqlens=None, out_dtype=None, **tensors):
@@ -136,7 +139,6 @@ class Model(torch.nn.Module):
         Outputs take the inputs' dtype (their promotion, unless out_dtype
         says otherwise), final states float32 (float64 on interp).
         Differentiable with respect to every input, param and initial state."""
-        from . import _torchop
         if _torchop.compiling():
             return _torchop.forward(self, tensors, initial_state, bool(output_final_state), cu_seqlens, out_dtype)
         call, flat = self._resolve(tensors, initial_state, output_final_state, cu_seqlens, out_dtype)
@@ -293,7 +295,6 @@ class Model(torch.nn.Module):
             raise Error(f"gradients need ssmc_forward_train and ssmc_backward, which the loaded library "
                         f"({lib.path}) does not have")
         info = _lib.GradInfo()
-        import ctypes
         with comp.lock:
             st = lib.grad_info_of(comp.ptr, 1, ctypes.byref(info))
         if st == _lib.OK and comp.device_grad:
@@ -321,14 +322,6 @@ class Model(torch.nn.Module):
         raise last
 
 
-def _twin_call(call, twin):
-    """The call as the twin device runs it: host tensors, its working dtypes."""
-    dt = torch.float64 if twin.device == "interp" else torch.float32
-    c = _core.Call(call.model, twin.device, call.B, call.T, call.nseq, call.seqs, call.names, dt,
-                   [dt] * len(call.state_dtypes), call.final_states, torch.device("cpu"))
-    return c, dt
-
-
 class _Function(torch.autograd.Function):
     """One call as an autograd node: the forward runs the library (keeping
     tapes when a gradient will be needed), the backward its derived adjoint."""
@@ -338,7 +331,7 @@ class _Function(torch.autograd.Function):
         model = call.model
         comp = model._compiled(call.device)
         host_dtype = _HOST_FLOAT.get(call.device)
-        prepared = _core.prepare_tensors(call, tensors, host_dtype)
+        prepared = _core.prepare_tensors(tensors, host_dtype)
         route = model._grad_route(comp) if train else None
         native = route == "native"
         try:
@@ -370,19 +363,5 @@ class _Function(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         tensors = [next(saved) if p else None for p in ctx.present]
         needs = [n and p for n, p in zip(needs, ctx.present)]
-        grad_dtypes = [d if d is not None else None for d in ctx.dtypes]
-        if ctx.route == "native":
-            grads = _core.run_backward(call, ctx.comp, tensors, ctx.tapes, list(douts), needs,
-                                       [torch.float64 if call.device == "interp" else d for d in grad_dtypes])
-        else:
-            twin = ctx.route
-            tcall, dt = _twin_call(call, twin)
-            host = _core.prepare_tensors(tcall, tensors, dt, host=True)
-            _, _, tapes = _core.run_forward(tcall, twin, host, train=True)
-            hd = [None if d is None else d.detach().to("cpu", dt) for d in douts]
-            grads = _core.run_backward(tcall, twin, host, tapes, hd, needs, [dt] * len(needs))
-            grads = [None if g is None else g.to(device=call.torch_device) for g in grads]
-        out = []
-        for g, d in zip(grads, grad_dtypes):
-            out.append(None if g is None else g.to(d))
-        return (None, None) + tuple(out)
+        grads = _core.gradients(call, ctx.comp, ctx.route, tensors, ctx.tapes, list(douts), needs, ctx.dtypes)
+        return (None, None) + tuple(grads)

@@ -2,7 +2,7 @@
 
 A `Compiled` is one ssmc_model (a source, its dims, one device) with its own
 context; compiled models are cached for the process by (source, file name,
-model, dims, device, threads, algo), and the library keeps their kernels in
+model, dims, device, threads, algo, chunk), and the library keeps their kernels in
 its on-disk cache. A `Call` is what one call of ssmc.Model resolved: the
 device, B, T, the sequences of cu_seqlens, the dtypes of the results. The
 functions at the end run a Call's forward (optionally keeping tapes for the
@@ -66,7 +66,7 @@ class Compiled:
     """One compiled model: the library's model and context, used under a lock
     (a context serves one thread at a time)."""
 
-    def __init__(self, source, filename, model, dims, device, threads, algo):
+    def __init__(self, source, filename, model, dims, device, threads, algo, chunk=0):
         lib = self.lib = _lib.library()
         self.device = device
         self.lock = threading.Lock()
@@ -83,7 +83,7 @@ class Compiled:
         opts = _lib.Options()
         opts.model = model.encode() if model else None
         opts.dims, opts.ndims = dim_arr, len(dims)
-        opts.device, opts.algo, opts.threads = DEVICES[device], _lib.ALGOS[algo], threads
+        opts.device, opts.algo, opts.threads, opts.chunk = DEVICES[device], _lib.ALGOS[algo], threads, chunk
         out = ctypes.c_void_p()
         st = lib.compile(self.ctx, filename.encode(), src, len(src), ctypes.byref(opts), ctypes.byref(out))
         if st != _lib.OK:
@@ -124,13 +124,13 @@ _cache_lock = threading.Lock()
 _cache = {}
 
 
-def compiled(source, filename, model, dims, device, threads=0, algo="auto"):
+def compiled(source, filename, model, dims, device, threads=0, algo="auto", chunk=0):
     """The process-wide compiled model for these settings (compiled once)."""
-    key = (source, filename, model, dims, device, threads, algo)
+    key = (source, filename, model, dims, device, threads, algo, chunk)
     with _cache_lock:
         c = _cache.get(key)
     if c is None:
-        c = Compiled(source, filename, model, dims, device, threads, algo)
+        c = Compiled(source, filename, model, dims, device, threads, algo, chunk)
         with _cache_lock:
             c = _cache.setdefault(key, c)
     return c
@@ -192,7 +192,7 @@ def _cut(spec, t, steps, seqs):
     return t[seqs]
 
 
-def prepare_tensors(call, tensors, host_dtype=None, host=False):
+def prepare_tensors(tensors, host_dtype=None, host=False):
     """The tensors as the library takes them: contiguous, on the host and in
     host_dtype when asked (interp: float64)."""
     out = []
@@ -333,3 +333,31 @@ def run_backward(call, comp, tensors, tapes, douts, needs, grad_dtypes):
     for i, acc in param_acc.items():
         grads[i] = acc.to(grad_dtypes[i])
     return grads
+
+
+def twin_call(call, twin):
+    """The call as the twin device runs it: host tensors, its working dtype."""
+    dt = torch.float64 if twin.device == "interp" else torch.float32
+    c = Call(call.model, twin.device, call.B, call.T, call.nseq, call.seqs, call.names, dt,
+             [dt] * len(call.state_dtypes), call.final_states, torch.device("cpu"))
+    return c, dt
+
+
+def gradients(call, comp, route, tensors, tapes, douts, needs, dtypes):
+    """The gradients of one call (None where not needed), each in its dtype
+    on the call's device. route "native": comp's own backward, from `tapes`
+    (None: a training forward first) and `tensors` prepared for comp; else
+    route is the twin Compiled: a training forward and the backward there,
+    on host copies."""
+    if route == "native":
+        if tapes is None:
+            _, _, tapes = run_forward(call, comp, tensors, train=True)
+        work = [torch.float64 if call.device == "interp" else d for d in dtypes]
+        grads = run_backward(call, comp, tensors, tapes, douts, needs, work)
+    else:
+        tcall, dt = twin_call(call, route)
+        host = prepare_tensors(tensors, dt, host=True)
+        _, _, tapes = run_forward(tcall, route, host, train=True)
+        hd = [None if d is None else d.detach().to("cpu", dt) for d in douts]
+        grads = run_backward(tcall, route, host, tapes, hd, needs, [dt] * len(needs))
+    return [None if g is None else g.to(device=call.torch_device, dtype=d) for g, d in zip(grads, dtypes)]

@@ -58,6 +58,8 @@ class Options(ctypes.Structure):
         ("threads", ctypes.c_int),
         ("cuda_arch", ctypes.c_char_p),
         ("check_finite", ctypes.c_int),
+        ("grad_chunk", ctypes.c_int64),
+        ("chunk", ctypes.c_int),
         ("_reserved", ctypes.c_int64 * 16),
     ]
 

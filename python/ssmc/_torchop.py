@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import torch
 
+from . import _core
 from ._lib import Error
 
 
@@ -58,13 +59,7 @@ def _unflatten(m, tensors, state_mask):
     return args, init
 
 
-def _flat_present(flat):
-    return [t for t in flat if t is not None], [t is not None for t in flat]
-
-
 if AVAILABLE:
-    from . import _core
-
     @torch.library.custom_op("ssmc::forward", mutates_args=())
     def _forward_op(key: str, tensors: List[torch.Tensor], state_mask: List[bool], final_states: bool,
                     cu_seqlens: Optional[torch.Tensor], out_dtype: Optional[torch.dtype]) -> List[torch.Tensor]:
@@ -72,7 +67,7 @@ if AVAILABLE:
         args, init = _unflatten(m, tensors, state_mask)
         call, flat = m._resolve(args, init, final_states, cu_seqlens, out_dtype)
         comp = m._compiled(call.device)
-        prepared = _core.prepare_tensors(call, flat, torch.float64 if call.device == "interp" else None)
+        prepared = _core.prepare_tensors(flat, torch.float64 if call.device == "interp" else None)
         outs, finals, _ = _core.run_forward(call, comp, prepared, train=False)
         return outs + finals
 
@@ -92,7 +87,6 @@ if AVAILABLE:
     def _backward_op(key: str, tensors: List[torch.Tensor], state_mask: List[bool], final_states: bool,
                      cu_seqlens: Optional[torch.Tensor], out_dtype: Optional[torch.dtype], douts: List[torch.Tensor],
                      dout_mask: List[bool], needs: List[bool]) -> List[torch.Tensor]:
-        from . import _twin_call
         m = _model(key)
         args, init = _unflatten(m, tensors, state_mask)
         call, flat = m._resolve(args, init, final_states, cu_seqlens, out_dtype)
@@ -100,30 +94,13 @@ if AVAILABLE:
         route = m._grad_route(comp)
         it = iter(douts)
         dl = [next(it) if p else None for p in dout_mask]
-        full_needs = []
         k = iter(needs)
-        for t in flat:
-            full_needs.append(next(k) if t is not None else False)
-        dtypes = [t.dtype if t is not None else None for t in flat]
-        if route == "native":
-            host_dtype = torch.float64 if call.device == "interp" else None
-            prepared = _core.prepare_tensors(call, flat, host_dtype)
-            _, _, tapes = _core.run_forward(call, comp, prepared, train=True)
-            grads = _core.run_backward(call, comp, prepared, tapes, dl, full_needs,
-                                       [torch.float64 if call.device == "interp" else d for d in dtypes])
-        else:
-            tcall, dt = _twin_call(call, route)
-            host = _core.prepare_tensors(tcall, flat, dt, host=True)
-            _, _, tapes = _core.run_forward(tcall, route, host, train=True)
-            hd = [None if d is None else d.detach().to("cpu", dt) for d in dl]
-            grads = _core.run_backward(tcall, route, host, tapes, hd, full_needs, [dt] * len(flat))
-        out = []
-        for t, g in zip(flat, grads):
-            if t is None:
-                continue
-            out.append(torch.empty(0, dtype=t.dtype, device=t.device) if g is None
-                       else g.to(device=t.device, dtype=t.dtype))
-        return out
+        full_needs = [next(k) if t is not None else False for t in flat]
+        prepared = _core.prepare_tensors(flat, torch.float64 if call.device == "interp" else None)
+        grads = _core.gradients(call, comp, route, prepared, None, dl, full_needs,
+                                [t.dtype if t is not None else None for t in flat])
+        return [torch.empty(0, dtype=t.dtype, device=t.device) if g is None else g
+                for t, g in zip(flat, grads) if t is not None]
 
     @_backward_op.register_fake
     def _backward_fake(key, tensors, state_mask, final_states, cu_seqlens, out_dtype, douts, dout_mask, needs):
@@ -150,12 +127,32 @@ if AVAILABLE:
 
 
 def forward(m, tensors, initial_state, final_states, cu_seqlens, out_dtype):
-    """ssmc.Model.forward under torch.compile: one call of the op."""
-    call, flat = m._resolve(tensors, initial_state, final_states, cu_seqlens, out_dtype, shapes_only=True)
-    present, _ = _flat_present(flat)
-    n = len(m._input_names) + len(m._param_names)
-    state_mask = [t is not None for t in flat[n:]]
+    """ssmc.Model.forward under torch.compile: one call of the op. The
+    arguments are checked by the op's fake kernel (ssmc.Model._resolve) as
+    Dynamo traces it."""
+    sig = (m._key, tuple(m._input_names), tuple(m._param_names), tuple(s.name for s in m._states),
+           tuple(s.name for s in m._outputs))
+    return call(sig, tensors, initial_state, final_states, cu_seqlens, out_dtype)
+
+
+def call(sig, tensors, initial_state, final_states, cu_seqlens, out_dtype):
+    """torch.ops.ssmc.forward on a model's signature (key, input, param,
+    state and output names), its results by name."""
+    key, inputs, params, states, outputs = sig
+    flat = []
+    for k in inputs + params:
+        if k not in tensors:
+            raise Error(f"missing input or param '{k}'")
+        t = tensors[k]
+        flat.append(t if isinstance(t, torch.Tensor) else torch.tensor(float(t)))
+    unknown = [k for k in tensors if k not in inputs and k not in params]
+    if unknown:
+        raise Error(f"no input or param named '{unknown[0]}'")
+    initial_state = initial_state or {}
+    mask = [s in initial_state for s in states]
+    flat += [initial_state[s] for s in states if s in initial_state]
     if cu_seqlens is not None and not isinstance(cu_seqlens, torch.Tensor):
         cu_seqlens = torch.tensor(list(cu_seqlens), dtype=torch.int64)
-    results = torch.ops.ssmc.forward(m._key, present, state_mask, final_states, cu_seqlens, out_dtype)
-    return m._result_dict(call, results)
+    results = torch.ops.ssmc.forward(key, flat, mask, bool(final_states), cu_seqlens, out_dtype)
+    names = list(outputs) + (list(states) if final_states else [])
+    return dict(zip(names, results))

@@ -27,7 +27,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from . import Error, example_path, load
+from . import Error, _torchop, example_path, load
 
 __all__ = [
     "chunk_linear_attn", "fused_recurrent_linear_attn",
@@ -57,8 +57,7 @@ def use_device(device):
         _local.device = old
 
 
-def _model(name, dims):
-    device = getattr(_local, "device", None)
+def _model(name, dims, device=None):
     key = (name, tuple(sorted(dims.items())), device)
     with _models_lock:
         m = _models.get(key)
@@ -67,6 +66,37 @@ def _model(name, dims):
         with _models_lock:
             m = _models.setdefault(key, m)
     return m
+
+
+def _signature(name, dims_items):
+    """What torch.compile needs of a model: the key of the torch.library op
+    and its tensors' names (constant for Dynamo: loading is not traced)."""
+    m = _model(name, dict(dims_items))
+    return (m._key, tuple(m._input_names), tuple(m._param_names), tuple(s.name for s in m._states),
+            tuple(s.name for s in m._outputs))
+
+
+if _torchop.AVAILABLE:
+    import torch._dynamo
+    _signature = torch._dynamo.assume_constant_result(_signature)
+
+
+def _call(name, dims, tensors, initial_state, output_final_state, cu_seqlens, out_dtype):
+    """The model's results by name: eagerly through ssmc.Model (on the
+    thread's use_device), under torch.compile as one torch.library op."""
+    if _torchop.compiling():
+        sig = _signature(name, tuple(sorted(dims.items())))
+        return _torchop.call(sig, tensors, initial_state, output_final_state, cu_seqlens, out_dtype)
+    m = _model(name, dims, getattr(_local, "device", None))
+    return m(**tensors, initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+             out_dtype=out_dtype)
+
+
+def _f32(x):
+    """x in float32 for the elementwise work the kernels do in float32 (a
+    float64 tensor stays float64, so that checks on the interpreter keep
+    their precision)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _scalar(v):
@@ -123,16 +153,13 @@ def _run(name, dims, tensors, initial_state, output_final_state, offs, out_dtype
     from its end: every per-step tensor flipped along T (which also reverses
     the order of packed sequences, hence their offsets and states), the
     model run forwards, its output flipped back. Returns (output, final S)."""
-    m = _model(name, dims)
     init, run_offs = initial_state, offs
-    if reverse:
-        tensors = {k: (v.flip(1) if k in m.inputs else v) for k, v in tensors.items()}
+    if reverse:  # the per-step tensors are those of rank 3 and more ([B, T, H, ...])
+        tensors = {k: (v.flip(1) if v.dim() >= 3 else v) for k, v in tensors.items()}
         init = _flip_states(init, offs)
         run_offs = _flip_offsets(offs)
-    out = m(**tensors, initial_state=None if init is None else {"S": init},
-            output_final_state=output_final_state, cu_seqlens=run_offs, out_dtype=out_dtype)
-    (oname,) = m.outputs
-    o, ht = out[oname], out.get("S")
+    out = _call(name, dims, tensors, None if init is None else {"S": init}, output_final_state, run_offs, out_dtype)
+    o, ht = out["o"], out.get("S")
     if reverse:
         o, ht = o.flip(1), _flip_states(ht, offs)
     return o, ht
@@ -152,7 +179,7 @@ def _state_out(ht, state_v_first):
 
 def _l2norm(x):
     """fla's in-kernel L2 norm: x / sqrt(sum(x^2) + 1e-6), in float32."""
-    x = x.float()
+    x = _f32(x)
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
 
 
@@ -166,21 +193,21 @@ def _cumsum_seq(x, offs):
 def _normalize(o, q, k, scale, z_init, offs, reverse):
     """fla's normalize=True: o / (<q * scale, z_t> + 1e-10) with z_t the
     running sum of k (from z_init), and the z state [N, 1, H, K] it ends at."""
-    kf = k.float()
+    kf = _f32(k)
     if reverse:
         kf, offs_r = kf.flip(1), _flip_offsets(offs)
         kc = _cumsum_seq(kf, offs_r).flip(1)
     else:
         kc = _cumsum_seq(kf, offs)
     if z_init is not None:
-        zi = z_init.float()
+        zi = _f32(z_init)
         if offs is not None:
             lens = torch.tensor([b - a for a, b in zip(offs[:-1], offs[1:])], device=k.device)
             zi = zi.squeeze(1).repeat_interleave(lens, dim=0).unsqueeze(0)
         kc = kc + zi
     kc = kc.to(k.dtype)
-    denom = (q * scale * kc).sum(-1, keepdim=True).float() + 1e-10
-    out = (o.float() / denom).to(o.dtype)
+    denom = _f32((q * scale * kc).sum(-1, keepdim=True)) + 1e-10
+    out = (_f32(o) / denom).to(o.dtype)
     if offs is not None:
         idx = torch.tensor(offs[:-1] if reverse else [b - 1 for b in offs[1:]], device=k.device)
         z = kc[0, idx].unsqueeze(1).contiguous()
@@ -204,7 +231,7 @@ def _linear_family(fn, q, k, v, g, g_gamma, gk, gv, scale, initial_state, output
     dims = _dims_qkv(q, v)
     t = {"q": q, "k": k, "v": v, "scale": _scalar(scale)}
     if g is not None and g_gamma is not None:
-        g = g.float() + g_gamma.float()
+        g = _f32(g) + _f32(g_gamma)
         g_gamma = None
     if gk is not None or gv is not None:
         if g is not None or g_gamma is not None:
@@ -407,10 +434,10 @@ def _gdn_inputs(fn, g, beta, use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoi
             raise ValueError("`A_log` must be provided when `use_gate_in_kernel=True`.")
         if g is None:
             raise ValueError("`g` (raw pre-activation) must be provided when `use_gate_in_kernel=True`.")
-        x = g.float() if dt_bias is None else g.float() + dt_bias.float()
-        g = -A_log.float().exp() * F.softplus(x)
+        x = _f32(g) if dt_bias is None else _f32(g) + _f32(dt_bias)
+        g = -_f32(A_log).exp() * F.softplus(x)
     if use_beta_sigmoid_in_kernel:
-        beta = torch.sigmoid(beta.float())
+        beta = torch.sigmoid(_f32(beta))
         if allow_neg_eigval:
             beta = beta * 2
     return g, beta
@@ -498,9 +525,9 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         raise Error("mamba_chunk_scan_combined: return_varlen_states needs seq_idx (without it mamba_ssm's "
                     "output runs the sequences into one another; ssmc.ops does not reproduce that mix)")
     # dt as the kernel makes it, in float32: + dt_bias, softplus, clamped to dt_limit (always)
-    d = dt.float()
+    d = _f32(dt)
     if dt_bias is not None:
-        d = d + dt_bias.float()
+        d = d + _f32(dt_bias)
     if dt_softplus:
         d = _softplus20(d)
     d = d.clamp(min=dt_limit[0], max=dt_limit[1])
@@ -510,13 +537,12 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         Dm = D if D.dim() == 2 else D[:, None].expand(nheads, headdim)
     name = "mamba2_ssd" if z is None else "mamba2_ssd_z"
     dims = {"H": nheads, "P": headdim, "G": ngroups, "R": nheads // ngroups, "N": dstate}
-    m = _model(name, dims)
     if seq_idx is None:
         t = {"x": x, "dt": d, "B": B, "C": C, "A": A, "D": Dm}
         if z is not None:
             t["z"] = z
-        out = m(**t, initial_state=None if initial_states is None else {"S": initial_states},
-                output_final_state=return_final_states, out_dtype=x.dtype)
+        out = _call(name, dims, t, None if initial_states is None else {"S": initial_states}, return_final_states,
+                    None, x.dtype)
         y, final = out["y"], out.get("S")
         varlen = None
     else:
@@ -531,11 +557,10 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
                 t["z"] = z[b:b + 1]
             init = None
             if initial_states is not None:  # mamba_ssm: the initial state of the first sequence only
-                init = torch.cat([initial_states[b:b + 1].float(),
-                                  torch.zeros((n - 1,) + tuple(initial_states.shape[1:]), device=x.device)], 0)
+                first = _f32(initial_states[b:b + 1])
+                init = torch.cat([first, first.new_zeros((n - 1,) + tuple(first.shape[1:]))], 0)
             need_states = return_final_states or return_varlen_states
-            out = m(**t, initial_state=None if init is None else {"S": init}, output_final_state=need_states,
-                    cu_seqlens=offs, out_dtype=x.dtype)
+            out = _call(name, dims, t, None if init is None else {"S": init}, need_states, offs, x.dtype)
             ys.append(out["y"])
             if need_states:
                 finals.append(out["S"][-1:])
@@ -600,9 +625,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     # (stride 0): one scalar decay per head, the SSD model
     tie = (A.stride(-1) == 0 and A.stride(-2) == 0 and dt.stride(-1) == 0 and dt_bias is not None
            and dt_bias.stride(-1) == 0)
-    d = dt.float()
+    d = _f32(dt)
     if dt_bias is not None:
-        d = d + dt_bias.float()
+        d = d + _f32(dt_bias)
     if dt_softplus:
         d = _softplus20(d)
     idx = None
@@ -623,7 +648,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         t = {"x": x[:, None], "dt": d[:, None], "B": B[:, None], "C": C[:, None], "A": A, "D": Dm}
     if z is not None:
         t["z"] = z[:, None]
-    out = _model(name, dims)(**t, initial_state={"S": s0}, output_final_state=True, out_dtype=x.dtype)
+    out = _call(name, dims, t, {"S": s0}, True, None, x.dtype)
     y, new = out["y"][:, 0], out["S"].to(st.dtype)
     if idx is None:
         st.copy_(new)
