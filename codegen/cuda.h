@@ -9,7 +9,8 @@
  * path.
  *
  * The kernel (named cuda_kernel_name, in a program named cuda_program_name)
- * takes (long long B, long long T, float *ws, then one pointer per input,
+ * takes (long long B, long long T, float *ws, [rows, has: see cuda_sig.rows,]
+ * then one pointer per input,
  * param, state and output in IR tensor order); a state's pointer holds the
  * initial state and receives the final state in place; a pointer whose tensor
  * is absent from the signature is never touched. It is launched over
@@ -35,6 +36,16 @@ typedef struct cuda_sig {
                                 state is read and the final state written; outputs:
                                 kept */
     bool vec;                /* every pointer is 16-byte aligned: vector loads allowed */
+    /* States by pool row (decoding against a serving cache): the kernel takes
+     * two more pointers after ws, const int *rows and const unsigned char *has
+     * (either may be NULL). Sequence b of the batch reads and writes row
+     * rows[b] of every state tensor given (row b when rows is NULL); a
+     * negative row is a padding slot, whose block returns at once (no output
+     * written, no state touched); has[b] == 0 makes sequence b start from the
+     * model's initial state (its init, or zeros) instead of its row, which
+     * still receives the final state. */
+    bool rows;
+    bool one_step;           /* T is 1 (the kernel's T argument is ignored): a decode step */
 } cuda_sig;
 
 typedef struct cuda_launch {

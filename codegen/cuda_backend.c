@@ -72,13 +72,16 @@ static plan_tune cuda_tune_from_env(void)
                        .share_lets = env_int("SSMC_CUDA_SHARE_LETS", 1, 2)};
 }
 
-/* One byte per tensor (0: absent, else 1 + dtype) and the vector flag. */
-static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }
+/* One byte per tensor (0: absent, else 1 + dtype), then the vector, rows and
+ * one-step flags. */
+static size_t sig_len(const ir_model *m) { return m->ntensors + 3; }
 
 static void sig_bytes(const ir_model *m, const cuda_sig *sig, unsigned char *out)
 {
     for (uint32_t i = 0; i < m->ntensors; i++) out[i] = sig->present[i] ? (unsigned char)(1 + sig->dtype[i]) : 0;
     out[m->ntensors] = sig->vec;
+    out[m->ntensors + 1] = sig->rows;
+    out[m->ntensors + 2] = sig->one_step;
 }
 
 static ssmc_status fail(diag *d, ssmc_status st, strbuf *err, const char *what)
@@ -270,8 +273,9 @@ static void make_sig(const ir_model *m, const backend_tensor *bt, bool device, c
     sig->present = present;
 }
 
+/* rows: NULL, or the pointers a kernel by pool row takes (cuda_sig.rows). */
 static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T, CUdeviceptr ws,
-                          const CUdeviceptr *ptrs, CUstream stream, diag *d)
+                          const CUdeviceptr *ptrs, const CUdeviceptr rows[2], CUstream stream, diag *d)
 {
     const ir_model *m = s->m;
     cuda_launch l = cuda_launch_of(s->plan, batch);
@@ -280,7 +284,7 @@ static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T
                    (long long)l.blocks);
         return SSMC_ERR_ARG;
     }
-    void **params = calloc(m->ntensors + 3, sizeof *params);
+    void **params = calloc(m->ntensors + 5, sizeof *params);
     if (!params) {
         diag_error(d, "out of memory");
         return SSMC_ERR_NOMEM;
@@ -290,6 +294,10 @@ static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T
     params[k++] = &B;
     params[k++] = &TT;
     params[k++] = &ws;
+    if (rows) {
+        params[k++] = (void *)&rows[0];
+        params[k++] = (void *)&rows[1];
+    }
     for (uint32_t i = 0; i < m->ntensors; i++)
         if (m->tensors[i].kind != IR_LET) params[k++] = (void *)&ptrs[i];
     unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
@@ -346,7 +354,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
             (st = rt_cuda_htod(s->gpu, ptrs[i], bt[i].data, run_elems(m, i, batch, T) * dtype_size(dt[i]), &err)))
             fail(d, st, &err, "copying tensors to the GPU");
     }
-    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, d);
+    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, NULL, d);
     if (st == SSMC_OK && (st = rt_cuda_sync(s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "running the kernel");
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
         ir_kind k = m->tensors[i].kind;
@@ -363,10 +371,29 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
     return st;
 }
 
+/* rows: NULL, or a decode against state pools (device pointers). */
+static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const backend_tensor *bt,
+                                 const ssmc_rows *rows, void *stream, diag *d);
+
 static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const backend_tensor *bt, void *stream,
                                    diag *d)
 {
-    cuda_state *s = state;
+    return run_on_device(state, batch, T, bt, NULL, stream, d);
+}
+
+static ssmc_status cuda_decode(void *state, int64_t batch, int64_t T, const backend_tensor *bt, const ssmc_rows *rows,
+                               bool device, void *stream, diag *d)
+{
+    if (!device) {
+        diag_error(d, "cuda: a decode on this device takes device pointers (ssmc_decode_device)");
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    return run_on_device(state, batch, T, bt, rows, stream, d);
+}
+
+static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const backend_tensor *bt,
+                                 const ssmc_rows *rows, void *stream, diag *d)
+{
     const ir_model *m = s->m;
     ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
     bool *present = calloc(m->ntensors + 1, sizeof *present);
@@ -381,6 +408,11 @@ static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const 
     pthread_mutex_lock(&s->lock);
     cuda_sig sig;
     make_sig(m, bt, true, &sig, dt, present);
+    /* a decode step (T = 1) gets a kernel of its own, with the time loop gone */
+    sig.rows = rows != NULL;
+    sig.one_step = rows && T == 1;
+    CUdeviceptr rp[2] = {rows ? (CUdeviceptr)(uintptr_t)rows->index : 0,
+                         rows ? (CUdeviceptr)(uintptr_t)rows->has_state : 0};
     for (uint32_t i = 0; i < m->ntensors; i++) ptrs[i] = present[i] ? (CUdeviceptr)(uintptr_t)bt[i].data : 0;
     CUfunction fn;
     strbuf err = {0};
@@ -395,7 +427,7 @@ static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const 
         if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, ws, &s->ws, &err)) == SSMC_OK) s->ws_cap = ws;
         if (st != SSMC_OK) fail(d, st, &err, "allocating the kernel's workspace");
     }
-    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->ws : 0, ptrs, (CUstream)stream, d);
+    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->ws : 0, ptrs, rows ? rp : NULL, (CUstream)stream, d);
     pthread_mutex_unlock(&s->lock);
     sb_free(&err);
     free(dt);
@@ -474,4 +506,5 @@ const backend cuda_backend = {
     .emit = cuda_emit_text,
     .free = state_free,
     .run_device = cuda_run_device,
+    .decode = cuda_decode,
 };

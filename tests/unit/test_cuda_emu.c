@@ -122,9 +122,20 @@ static void *build(const char *src, const char *kernel, launch_fn *launch)
     return h;
 }
 
-/* One emulated run against the interpreter. */
-static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
-                     const char *what)
+/* A decode against state pools (cuda_sig.rows): pools of `rows` rows, the
+ * row of each sequence (negative: padding), which sequences have a state. */
+typedef struct emu_rows {
+    int64_t rows;
+    const int32_t *index;
+    const uint8_t *has; /* NULL: every sequence has */
+    bool one_step;      /* the T = 1 kernel */
+} emu_rows;
+
+/* One emulated run against the interpreter; r: NULL, or a decode by pool
+ * row (init is then implied: the pools hold the final states of a random
+ * 5-step prefix of `rows` sequences). */
+static void emu_case_rows(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
+                          const emu_rows *r, const char *what)
 {
     const ir_model *m = md->m;
     arena a;
@@ -143,7 +154,9 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
         dts[i] = dt;
         present[i] = m->tensors[i].kind != IR_LET && (m->tensors[i].kind != IR_STATE || init);
     }
-    cuda_sig sig = {dts, present, true};
+    if (r) init = true;
+    for (uint32_t i = 0; i < nt; i++) present[i] = m->tensors[i].kind != IR_LET && (m->tensors[i].kind != IR_STATE || init);
+    cuda_sig sig = {.dtype = dts, .present = present, .vec = true, .rows = r != NULL, .one_step = r && r->one_step};
     strbuf src = {0}, kname = {0};
     if (cuda_emit(&src, plan, &sig, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
     cuda_kernel_name(&kname, m);
@@ -151,10 +164,18 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
     void *lib = build(sb_cstr(&src), sb_cstr(&kname), &launch);
 
     int np = 0;
+    if (r) { /* the kernel's rows and has pointers come first */
+        ptrs = realloc(ptrs, (nt + 2) * sizeof *ptrs);
+        assert_non_null(ptrs);
+        ptrs[np++] = (void *)r->index;
+        ptrs[np++] = (void *)r->has;
+    }
+    int64_t SB = r ? r->rows : B; /* the states' batch: pools of rows */
     for (uint32_t i = 0; i < nt; i++) {
         const ir_tensor *t = &m->tensors[i];
         if (t->kind == IR_LET) continue;
-        size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)B) * (t->per_step ? (size_t)T : 1);
+        size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : t->kind == IR_STATE ? (size_t)SB : (size_t)B) *
+                   (t->per_step ? (size_t)T : 1);
         count[i] = n;
         ref[i] = calloc(n ? n : 1, sizeof(double));
         buf[i] = aligned_alloc(64, ((n ? n : 1) * dtype_size(dt) + 63) / 64 * 64);
@@ -170,13 +191,13 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
         for (uint32_t i = 0; i < nt; i++) {
             const ir_tensor *t = &m->tensors[i];
             if (t->kind == IR_LET || t->kind == IR_OUTPUT) continue;
-            size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)B) * (t->per_step ? 5 : 1);
+            size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)SB) * (t->per_step ? 5 : 1);
             pd[i] = calloc(n ? n : 1, sizeof(double));
             if (t->kind == IR_PARAM) memcpy(pd[i], ref[i], n * sizeof(double));
             if (t->kind == IR_INPUT)
                 for (size_t k = 0; k < n; k++) pd[i][k] = uniform();
         }
-        ir_interp_args pa = {B, 5, pd};
+        ir_interp_args pa = {.batch = SB, .T = 5, .data = pd};
         assert_true(ir_interp(m, &pa, &d));
         for (uint32_t i = 0; i < nt; i++) {
             if (m->tensors[i].kind == IR_STATE)
@@ -198,7 +219,7 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
     launch(l.blocks, (int)l.threads, B, T, ws, ptrs);
     for (uint32_t i = 0; i < nt; i++)
         data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init) ? NULL : ref[i];
-    ir_interp_args ia = {B, T, data};
+    ir_interp_args ia = {.batch = B, .T = T, .data = data, .rows = r ? r->index : NULL, .has_state = r ? r->has : NULL};
     assert_true(ir_interp(m, &ia, &d));
     double tol = dt == SSMC_F32 ? 1e-5 : 2e-2;
     for (uint32_t i = 0; i < nt; i++) {
@@ -206,10 +227,14 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
         if (t->kind != IR_OUTPUT && !(t->kind == IR_STATE && init)) continue;
         double mref = 0, mdiff = 0;
         for (size_t k = 0; k < count[i]; k++) {
-            double g = dtype_get(buf[i], dt, k), r = ref[i][k];
-            if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", what, t->name, k, g, r);
-            if (fabs(r) > mref) mref = fabs(r);
-            if (fabs(g - r) > mdiff) mdiff = fabs(g - r);
+            double g = dtype_get(buf[i], dt, k), rv = ref[i][k];
+            /* a padding slot's outputs stay as poisoned; rows no sequence has stay as they were,
+             * exactly (the reference leaves both alone too) */
+            if (isnan(rv) && isnan(g)) continue;
+            if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", what, t->name, k, g, rv);
+            if (isnan(rv)) fail_msg("%s: %s[%zu] = %g was written (a padding slot's)", what, t->name, k, g);
+            if (fabs(rv) > mref) mref = fabs(rv);
+            if (fabs(g - rv) > mdiff) mdiff = fabs(g - rv);
         }
         double rel = mref > 0 ? mdiff / mref : mdiff;
         if (rel > tol) fail_msg("%s: %s: relative error %.3e > %.0e", what, t->name, rel, tol);
@@ -232,6 +257,12 @@ static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int6
     sb_free(&kname);
     diag_free(&d);
     arena_free(&a);
+}
+
+static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
+                     const char *what)
+{
+    emu_case_rows(md, tune, dt, B, T, init, NULL, what);
 }
 
 /* f32 from a state at the declared dims; bf16 without one at odd dims. */
@@ -297,6 +328,32 @@ static void test_layouts(void **state)
         }
 }
 
+/* Decoding against state pools: sequences on rows out of order, a padding
+ * slot, a sequence that starts from the model's initial state (ttt_linear's
+ * is its init, W0), one step (the T = 1 kernel) and several, f32 and bf16,
+ * declared and odd dims. Rows no sequence has must come out unchanged. */
+static void test_decode_rows(void **state)
+{
+    if (!have_cxx) skip();
+    static const char *const files[] = {"examples/mamba2.ssm", "examples/gated_deltanet.ssm", "examples/gla.ssm",
+                                        "examples/ttt_linear.ssm", "tests/gpu/edge.ssm"};
+    static const int32_t index[] = {5, 0, -1, 3};
+    static const uint8_t has[] = {1, 0, 1, 1};
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++)
+        for (int v = 0; v < 4; v++) {
+            model md;
+            bool odd = v & 1;
+            model_open(&md, files[f], f == 4 ? "big" : NULL, NULL, 0, odd);
+            emu_rows r = {.rows = 7, .index = index, .has = v == 1 || v == 2 ? has : NULL, .one_step = !(v & 2)};
+            int64_t T = r.one_step ? 1 : 3;
+            char what[256];
+            snprintf(what, sizeof what, "%s %s rows T=%lld%s%s", files[f], odd ? "bf16 odd" : "f32", (long long)T,
+                     r.has ? " has_state" : "", r.one_step ? " one step" : "");
+            emu_case_rows(&md, NULL, odd ? SSMC_BF16 : SSMC_F32, 4, T, true, &r, what);
+            model_close(&md);
+        }
+}
+
 static int setup(void **state)
 {
     char cmd[256];
@@ -320,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
         cmocka_unit_test(test_layouts),
+        cmocka_unit_test(test_decode_rows),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -87,7 +87,7 @@ static void ptx_of(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dt
         dt[i] = t->kind == IR_PARAM ? params : io;
         present[i] = t->kind != IR_LET && (t->kind != IR_STATE || states);
     }
-    cuda_sig sig = {dt, present, vec};
+    cuda_sig sig = {.dtype = dt, .present = present, .vec = vec};
     strbuf src = {0}, name = {0}, log = {0}, entry = {0};
     diag d = {0};
     if (cuda_emit(&src, p, &sig, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
@@ -218,7 +218,7 @@ static void test_nvrtc_failure_names_program(void **state)
     ssmc_dtype dt[16] = {0};
     bool present[16];
     for (uint32_t i = 0; i < c.m->ntensors; i++) present[i] = c.m->tensors[i].kind != IR_LET;
-    cuda_sig sig = {dt, present, true};
+    cuda_sig sig = {.dtype = dt, .present = present, .vec = true};
     strbuf src = {0}, bad = {0}, name = {0}, log = {0};
     assert_int_equal(cuda_emit(&src, p, &sig, &d), SSMC_OK);
     const char *nl = strchr(sb_cstr(&src), '\n');
