@@ -414,8 +414,9 @@ static ssmc_status check_rows(const ssmc_model *m, int64_t batch, const ssmc_row
     const src_loc *lag = ir_first_lagged_read(m->ir);
     if (lag) {
         diag_at(d, m->ir->file, *lag,
-                "%s: model '%s' reads a value at an earlier step (t - k) here, and the window of earlier values does "
-                "not carry over from one call to the next in this version: a decode cannot continue its sequences",
+                "%s: model '%s' reads a value at an earlier step (t - k: here, or a let that reads this at t - k), "
+                "and the window of earlier values does not carry over from one call to the next in this version: "
+                "a decode cannot continue its sequences",
                 fn, m->ir->name);
         return SSMC_ERR_UNSUPPORTED;
     }
