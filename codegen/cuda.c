@@ -1363,5 +1363,7 @@ cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch)
     return l;
 }
 
+const char *const cuda_nvrtc_options[CUDA_NVRTC_NOPTIONS] = {"--extra-device-vectorization"};
+
 void cuda_program_name(strbuf *out, const ir_model *m) { sb_printf(out, "ssmc_%s.cu", m->name); }
 void cuda_kernel_name(strbuf *out, const ir_model *m) { sb_printf(out, "ssmc_%s", m->name); }

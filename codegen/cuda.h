@@ -61,6 +61,12 @@ ssmc_status cuda_emit(strbuf *out, const pass_plan *p, const cuda_sig *sig, diag
 
 cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch);
 
+/* The NVRTC options the kernels are compiled with, beyond those
+ * rt_nvrtc_compile always passes: by the CUDA backend at load time and by
+ * driver/bundle.c for AOT bundles. */
+#define CUDA_NVRTC_NOPTIONS 1
+extern const char *const cuda_nvrtc_options[CUDA_NVRTC_NOPTIONS];
+
 /* "ssmc_<model>.cu" and "ssmc_<model>". */
 void cuda_program_name(strbuf *out, const ir_model *m);
 void cuda_kernel_name(strbuf *out, const ir_model *m);

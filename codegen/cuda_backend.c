@@ -50,9 +50,10 @@ typedef struct cuda_state {
     pthread_mutex_t lock;
 } cuda_state;
 
-/* NVRTC options beyond those rt_nvrtc_compile always passes; part of the key. */
-static const char *const nvrtc_opts[] = {"--extra-device-vectorization"};
-#define NVRTC_NOPTS ((int)(sizeof nvrtc_opts / sizeof nvrtc_opts[0]))
+/* NVRTC options beyond those rt_nvrtc_compile always passes (codegen/cuda.h);
+ * part of the key. */
+#define nvrtc_opts cuda_nvrtc_options
+#define NVRTC_NOPTS CUDA_NVRTC_NOPTIONS
 
 static int env_int(const char *name, int lo, int hi)
 {

@@ -241,13 +241,21 @@ void ssmc_tape_free(ssmc_tape *tape);
 /* Builds a bundle of one model of `source` (opts->model; opts->dims apply)
  * into the directory `outdir` (created if needed): <model>.h, a documented C
  * ABI, and lib<model>.so and lib<model>.a, which need neither LLVM nor ssmc
- * at run time (only libc, libm and pthreads). `targets` is a comma-separated
- * list; "cpu" is this machine's CPU, "cpu:x86-64-v2", "cpu:x86-64-v3" or
- * "cpu:x86-64-v4" a portable x86-64 level; NULL means "cpu". Needs a C
- * compiler, `ar` and `objcopy` on PATH (or $CC, $AR and $OBJCOPY); their
- * output is in the diagnostics when they fail. */
+ * nor NVRTC at run time (libc, libm, pthreads; with cuda targets libdl, and
+ * the CUDA driver libcuda.so.1 when a CUDA entry point is called). `targets` is
+ * a comma-separated list: "cpu" is this machine's CPU, "cpu:x86-64-v2",
+ * "cpu:x86-64-v3" or "cpu:x86-64-v4" a portable x86-64 level (one CPU target
+ * at most), "cuda:sm_80", "cuda:sm_90", ... GPU archs, each compiled to cubins
+ * by NVRTC now (no GPU needed; SSMC_ERR_UNSUPPORTED when NVRTC cannot be
+ * loaded), the highest to PTX too; NULL means "cpu". `dtypes` lists the CUDA
+ * kernels' dtype signatures, "f32,bf16/f32,bf16/f32/f32": each the dtype of
+ * inputs and outputs, then of params, then of states (a dtype left out is the
+ * first); NULL means "f32" (the CPU code takes f32 only). Needs a C compiler,
+ * `ar` and `objcopy` on PATH (or $CC, $AR and $OBJCOPY); their output is in
+ * the diagnostics when they fail. docs/api.md, "Ahead of time", says what the
+ * header holds. */
 ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, size_t len, const ssmc_options *opts,
-                       const char *targets, const char *outdir);
+                       const char *targets, const char *dtypes, const char *outdir);
 
 #ifdef __cplusplus
 }
