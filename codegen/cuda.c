@@ -224,6 +224,11 @@ static const char *const prelude[] = {
     "// ---- end of prelude\n",
 };
 
+void cuda_prelude(strbuf *out)
+{
+    for (size_t i = 0; i < sizeof prelude / sizeof *prelude; i++) sb_puts(out, prelude[i]);
+}
+
 /* ---- index values ---- */
 
 static const char *coord(em *e, int c)

@@ -67,6 +67,11 @@ cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch);
 #define CUDA_NVRTC_NOPTIONS 1
 extern const char *const cuda_nvrtc_options[CUDA_NVRTC_NOPTIONS];
 
+/* The prelude every kernel's source starts with: storage types (ssmc_bf16,
+ * ssmc_f16), conversions, loads and stores (ssmc_get, ssmc_st, ...). It reads
+ * SSMC_MASK, which the source defines before it. */
+void cuda_prelude(strbuf *out);
+
 /* "ssmc_<model>.cu" and "ssmc_<model>". */
 void cuda_program_name(strbuf *out, const ir_model *m);
 void cuda_kernel_name(strbuf *out, const ir_model *m);

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "driver/pipeline.h"
+#include "helpers/chunk_ref.h"
 #include "helpers/files.h"
 #include "support/support.h"
 
@@ -44,88 +45,6 @@ static double *same_name(const ir_model *from, double **data, const char *name)
 {
     int k = ir_find_tensor(from, name);
     return k >= 0 ? data[k] : NULL;
-}
-
-/* ---- the reference core: S(t) = exp(g) (S - beta w (w^T S)) + k v^T, R = q^T S ---- */
-
-typedef struct canon {
-    int nheads, K, V;
-    int64_t B, T;
-} canon;
-
-/* run one chunk form over the prologue's outputs (pro/pdata) into the epilogue's
- * readout inputs (edata), and the state's initial/final values s0/s1 (layout of
- * the original state tensor) */
-static void reference_core(const ir_model *m, const pass_chunk *f, const pass_chunk_ops *op, const ir_model *pro,
-                           double **pdata, const ir_model *epi, double **edata, const double *s0, double *s1, int64_t B,
-                           int64_t T)
-{
-    const ir_tensor *st = &m->tensors[f->state];
-    int K = (int)m->dims[st->dims[f->key_axis]].value;
-    int V = f->value_axis >= 0 ? (int)m->dims[st->dims[f->value_axis]].value : 1;
-    int nh = (int)(ir_tensor_elems(m, st) / K / V);
-    /* the strides of the state's axes, and each flattened head's offset */
-    int64_t stride[IR_MAX_RANK], s = 1;
-    for (int ax = st->rank - 1; ax >= 0; ax--) {
-        stride[ax] = s;
-        s *= m->dims[st->dims[ax]].value;
-    }
-    double *h = calloc((size_t)K * V, sizeof *h), *old = calloc((size_t)K * V, sizeof *old);
-    double *pred = calloc((size_t)V, sizeof *pred);
-    assert_non_null(h);
-    for (int64_t b = 0; b < B; b++)
-        for (int hh = 0; hh < nh; hh++) {
-            /* hh's offset in the state: its index on every head axis, last axis fastest */
-            int64_t hoff = 0, rem = hh;
-            for (int ax = st->rank - 1; ax >= 0; ax--) {
-                if (ax == f->key_axis || ax == f->value_axis) continue;
-                int64_t dim = m->dims[st->dims[ax]].value;
-                hoff += (rem % dim) * stride[ax];
-                rem /= dim;
-            }
-            int64_t ks = stride[f->key_axis], vs = f->value_axis >= 0 ? stride[f->value_axis] : 0;
-            int64_t sbase = b * ir_tensor_elems(m, st) + hoff;
-            for (int i = 0; i < K; i++)
-                for (int j = 0; j < V; j++) h[i * V + j] = s0 ? s0[sbase + i * ks + j * vs] : 0;
-            for (int64_t t = 0; t < T; t++) {
-                int64_t bt = b * T + t;
-                const double *k = pdata[op->k] + (bt * nh + hh) * K, *v = pdata[op->v] + (bt * nh + hh) * V;
-                memcpy(old, h, (size_t)K * V * sizeof *h);
-                if (f->delta) {
-                    const double *w = pdata[op->w] + (bt * nh + hh) * K;
-                    double beta = pdata[op->beta][bt * nh + hh];
-                    for (int j = 0; j < V; j++) {
-                        pred[j] = 0;
-                        for (int i = 0; i < K; i++) pred[j] += w[i] * h[i * V + j];
-                    }
-                    for (int i = 0; i < K; i++)
-                        for (int j = 0; j < V; j++) h[i * V + j] -= beta * w[i] * pred[j];
-                }
-                for (int i = 0; i < K; i++) {
-                    double a = 1;
-                    if (op->g >= 0)
-                        a = exp(f->decay_kind == PASS_DECAY_KEY ? pdata[op->g][(bt * nh + hh) * K + i]
-                                                                : pdata[op->g][bt * nh + hh]);
-                    for (int j = 0; j < V; j++) h[i * V + j] = a * h[i * V + j] + k[i] * v[j];
-                }
-                for (int r = 0; r < f->nreadouts; r++) {
-                    const double *q = pdata[op->q[r]] + (bt * nh + hh) * K;
-                    const double *src = f->readouts[r].after_update ? h : old;
-                    double *R = edata[op->r[r]] + (bt * nh + hh) * V;
-                    for (int j = 0; j < V; j++) {
-                        R[j] = 0;
-                        for (int i = 0; i < K; i++) R[j] += q[i] * src[i * V + j];
-                    }
-                }
-            }
-            for (int i = 0; s1 && i < K; i++)
-                for (int j = 0; j < V; j++) s1[sbase + i * ks + j * vs] = h[i * V + j];
-        }
-    free(h);
-    free(old);
-    free(pred);
-    (void)pro;
-    (void)epi;
 }
 
 static double rel_err(const double *a, const double *b, size_t n)
@@ -157,8 +76,10 @@ static int check_parts(const char *name, const char *src, size_t len, int64_t B,
         diag_free(&d);
         return 1;
     }
-    pass_chunk_parts parts;
-    if (!pass_chunk_lower(&a, m, &pl.chunks, &parts, &d)) fail_msg("%s: %s", name, sb_cstr(&d.text));
+    plan_target tg = plan_target_cpu(1);
+    pass_plan *plan;
+    if (plan_make_chunked(&a, m, &pl.an, &pl.chunks, 0, &tg, &plan, &d) != SSMC_OK) fail_msg("%s: %s", name, sb_cstr(&d.text));
+    const pass_chunk_parts parts = plan->chunked->parts;
 
     /* the original, from random inputs, params and initial states */
     double **data = alloc_data(m), **ref = alloc_data(m);
@@ -203,11 +124,11 @@ static int check_parts(const char *name, const char *src, size_t len, int64_t B,
             memcpy(edata[i], src, n * sizeof(double));
     }
     double **finals = alloc_data(m);
-    for (int i = 0; i < pl.chunks.nforms; i++) {
-        const pass_chunk *f = &pl.chunks.forms[i];
-        size_t n = elems(m, &m->tensors[f->state], B, T);
-        finals[f->state] = malloc(n * sizeof(double));
-        reference_core(m, f, &parts.ops[i], pro, pdata, epi, edata, data[f->state], finals[f->state], B, T);
+    for (int i = 0; i < plan->chunked->ncores; i++) {
+        const plan_chunk_core *c = &plan->chunked->cores[i];
+        size_t n = elems(m, &m->tensors[c->state], B, T);
+        finals[c->state] = malloc(n * sizeof(double));
+        chunk_ref_core(c, pdata, edata, data[c->state], finals[c->state], B, T);
     }
     ir_interp_args eargs = {.batch = B, .T = T, .data = edata};
     if (!ir_interp(epi, &eargs, &d)) fail_msg("%s epilogue: %s", name, sb_cstr(&d.text));

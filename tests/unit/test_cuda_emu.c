@@ -23,6 +23,9 @@
 #include <unistd.h>
 
 #include "codegen/cuda.h"
+#include "codegen/cuda_chunk.h"
+#include "driver/pipeline.h"
+#include "tests/unit/helpers/chunk_ref.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
@@ -354,6 +357,159 @@ static void test_decode_rows(void **state)
         }
 }
 
+/* ---- the chunked cores (codegen/cuda_chunk.c): tensor-core mma emulated,
+ * against the f64 reference core on the prologue's canonical operands ---- */
+
+static double max_rel(const float *got, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]);
+        if (!(e <= num)) num = e;
+        if (fabs(ref[i]) > den) den = fabs(ref[i]);
+    }
+    return den > 0 ? num / den : num;
+}
+
+static size_t part_elems(const ir_model *m, const ir_tensor *t, int64_t B, int64_t T)
+{
+    size_t n = (size_t)ir_tensor_elems(m, t);
+    return t->kind == IR_PARAM ? n : n * (size_t)B * (t->per_step ? (size_t)T : 1);
+}
+
+static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state)
+{
+    size_t len;
+    char *src = test_slurp(rel, &len);
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    ssmc_options o = {.dims = dims, .ndims = nd, .algo = SSMC_ALGO_CHUNKED, .chunk = C};
+    plan_target tg = plan_target_cuda(NULL);
+    pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+    if (pipeline_run(&pl, rel, src, len, PIPE_PLAN) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    const plan_chunked *ch = pl.plan->chunked;
+    const ir_model *pro = ch->parts.prologue, *epi = ch->parts.epilogue;
+    /* the canonical operands drawn as a model would make them: q, v in [-1, 1);
+     * keys of norm below 1 (so the delta rule's I - beta k k^T contracts);
+     * log-decays in (-0.5, 0]; beta in [0, 1) */
+    double **pd = calloc(pro->ntensors + 1, sizeof *pd), **ed = calloc(epi->ntensors + 1, sizeof *ed);
+    for (uint32_t i = 0; i < pro->ntensors; i++) {
+        const ir_tensor *t = &pro->tensors[i];
+        if (t->kind != IR_OUTPUT) continue;
+        size_t n = part_elems(pro, t, B, T);
+        pd[i] = malloc((n ? n : 1) * sizeof(double));
+        for (size_t k = 0; k < n; k++) pd[i][k] = uniform();
+    }
+    for (uint32_t i = 0; i < epi->ntensors; i++) {
+        const ir_tensor *t = &epi->tensors[i];
+        if (t->kind == IR_INPUT) ed[i] = calloc(part_elems(epi, t, B, T) + 1, sizeof(double));
+    }
+    for (int ci = 0; ci < ch->ncores; ci++) {
+        const plan_chunk_core *c = &ch->cores[ci];
+        size_t rows = (size_t)(B * T * c->nheads);
+        if (c->ops.g >= 0)
+            for (size_t k = 0; k < rows * (c->decay == PASS_DECAY_KEY ? (size_t)c->K : 1); k++) pd[c->ops.g][k] = -0.25 * (1 + pd[c->ops.g][k]);
+        if (c->ops.beta >= 0)
+            for (size_t k = 0; k < rows; k++) pd[c->ops.beta][k] = 0.5 * (1 + pd[c->ops.beta][k]);
+        int keys[2] = {c->ops.k, c->ops.w};
+        for (int kk = 0; kk < 2; kk++)
+            for (size_t r = 0; keys[kk] >= 0 && r < rows; r++) {
+                double *x = pd[keys[kk]] + r * (size_t)c->K, nrm = 0;
+                for (int i = 0; i < c->K; i++) nrm += x[i] * x[i];
+                for (int i = 0; i < c->K; i++) x[i] /= sqrt(nrm) + 1e-3;
+            }
+        if (c->delta) memcpy(pd[c->ops.w], pd[c->ops.k], rows * (size_t)c->K * sizeof(double));
+    }
+    for (int ci = 0; ci < ch->ncores; ci++) {
+        const plan_chunk_core *c = &ch->cores[ci];
+        if (!cuda_chunk_supported(c, NULL)) continue;
+        size_t se = (size_t)B * (size_t)c->state_elems;
+        double *s0 = malloc(se * sizeof *s0), *s1 = malloc(se * sizeof *s1);
+        for (size_t k = 0; k < se; k++) s0[k] = state ? uniform() : 0;
+        chunk_ref_core(c, pd, ed, state ? s0 : NULL, s1, B, T);
+        /* f32 copies for the kernel: q.., k, v, g, beta, R.. (poisoned), the state */
+        void *ptrs[2 * PASS_MAX_READOUTS + 8];
+        float *buf[2 * PASS_MAX_READOUTS + 8] = {0};
+        int np = 0;
+        int ins[PASS_MAX_READOUTS + 4], nin = 0;
+        for (int r = 0; r < c->nreadouts; r++) ins[nin++] = c->ops.q[r];
+        ins[nin++] = c->ops.k;
+        ins[nin++] = c->ops.v;
+        ins[nin++] = c->ops.g;
+        ins[nin++] = c->ops.beta;
+        for (int i = 0; i < nin; i++) {
+            int t = ins[i];
+            if (t < 0) {
+                ptrs[np++] = NULL;
+                continue;
+            }
+            size_t n = part_elems(pro, &pro->tensors[t], B, T);
+            buf[np] = malloc(n * sizeof(float));
+            for (size_t k = 0; k < n; k++) buf[np][k] = (float)pd[t][k];
+            ptrs[np] = buf[np];
+            np++;
+        }
+        int r0 = np;
+        for (int r = 0; r < c->nreadouts; r++) {
+            size_t n = part_elems(epi, &epi->tensors[c->ops.r[r]], B, T);
+            buf[np] = malloc(n * sizeof(float));
+            for (size_t k = 0; k < n; k++) buf[np][k] = NAN;
+            ptrs[np] = buf[np];
+            np++;
+        }
+        float *st = malloc(se * sizeof *st);
+        for (size_t k = 0; k < se; k++) st[k] = (float)s0[k];
+        ptrs[np++] = state ? st : NULL;
+        strbuf cu = {0}, name = {0};
+        if (cuda_chunk_emit(&cu, pl.ir, c, state, SSMC_F32, &d) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+        cuda_chunk_kernel_name(&name, pl.ir, c);
+        launch_fn launch;
+        void *h = build(sb_cstr(&cu), sb_cstr(&name), &launch);
+        cuda_launch l = cuda_chunk_launch(c, B);
+        assert_int_equal(launch(l.blocks, (int)l.threads, B, T, NULL, ptrs), 0);
+        for (int r = 0; r < c->nreadouts; r++) {
+            int t = c->ops.r[r];
+            double e = max_rel(buf[r0 + r], ed[t], part_elems(epi, &epi->tensors[t], B, T));
+            if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): readout %d rel err %g", rel, ci, C, (long long)T, r, e);
+        }
+        if (state) {
+            double e = max_rel(st, s1, se);
+            if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): final state rel err %g", rel, ci, C, (long long)T, e);
+        }
+        dlclose(h);
+        sb_free(&cu);
+        sb_free(&name);
+        for (int i = 0; i < np; i++) free(buf[i]);
+        free(st);
+        free(s0);
+        free(s1);
+    }
+    for (uint32_t i = 0; i < pro->ntensors; i++) free(pd[i]);
+    for (uint32_t i = 0; i < epi->ntensors; i++) free(ed[i]);
+    free(pd);
+    free(ed);
+    free(src);
+    arena_free(&a);
+    diag_free(&d);
+}
+
+static void test_chunk_cores(void **state)
+{
+    (void)state;
+    if (!have_cxx) skip();
+    static const ssmc_dim small[] = {{"H", 2}, {"K", 24}, {"V", 20}};
+    /* a scalar decay, none, and the delta rule (plain and gated); odd K and V (padding); T past a
+     * chunk and not a multiple of it; from a state and from zero; C = 16 and 64 */
+    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true);
+    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false);
+    chunk_core_case("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true);
+    chunk_core_case("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true);
+    chunk_core_case("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true);
+    chunk_core_case("examples/linear_attn.ssm", (ssmc_dim[]){{"H", 2}, {"K", 16}, {"V", 8}}, 3, 1, 19, 16, true);
+    chunk_core_case("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true);
+}
+
 static int setup(void **state)
 {
     char cmd[256];
@@ -378,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_edge_models),
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_decode_rows),
+        cmocka_unit_test(test_chunk_cores),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -21,6 +21,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(n)
 #define __shared__
+#define __constant__
 struct emu_dim3 { unsigned x, y, z; };
 static thread_local emu_dim3 threadIdx, blockIdx;
 float ssmc_smem[1 << 20];
@@ -35,6 +36,46 @@ static inline float __shfl_xor_sync(unsigned, float v, int o)
     float r = emu_exchange[w][lane ^ o];
     pthread_barrier_wait(&emu_warp_barrier[w]);
     return r;
+}
+/* mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 (codegen/cuda_chunk.c's ck_mma):
+ * the warp's fragments exchanged, each lane's four results computed from the
+ * whole A (16 x 16) and B (16 x 8) in the PTX fragment layout */
+static unsigned emu_mma_a[32][32][4], emu_mma_b[32][32][2];
+static inline float emu_bf16(unsigned short b)
+{
+    unsigned u = (unsigned)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline void ck_mma(float *d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    unsigned *a = emu_mma_a[w][lane];
+    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
+    emu_mma_b[w][lane][0] = b0, emu_mma_b[w][lane][1] = b1;
+    pthread_barrier_wait(&emu_warp_barrier[w]);
+    float A[16][16], Bm[16][8];
+    for (int l = 0; l < 32; l++) {
+        int g = l >> 2, t = l & 3;
+        const unsigned *x = emu_mma_a[w][l], *y = emu_mma_b[w][l];
+        for (int h = 0; h < 2; h++) {
+            A[g][2 * t + h] = emu_bf16((unsigned short)(x[0] >> (16 * h)));
+            A[g + 8][2 * t + h] = emu_bf16((unsigned short)(x[1] >> (16 * h)));
+            A[g][2 * t + 8 + h] = emu_bf16((unsigned short)(x[2] >> (16 * h)));
+            A[g + 8][2 * t + 8 + h] = emu_bf16((unsigned short)(x[3] >> (16 * h)));
+            Bm[2 * t + h][g] = emu_bf16((unsigned short)(y[0] >> (16 * h)));
+            Bm[2 * t + 8 + h][g] = emu_bf16((unsigned short)(y[1] >> (16 * h)));
+        }
+    }
+    pthread_barrier_wait(&emu_warp_barrier[w]);
+    int g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < 4; e++) {
+        int r = g + (e >> 1) * 8, c = 2 * t + (e & 1);
+        float acc = 0;
+        for (int k = 0; k < 16; k++) acc += A[r][k] * Bm[k][c];
+        d[e] += acc;
+    }
 }
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }

@@ -1,0 +1,340 @@
+/* cuda_chunk.c: CUDA C of a chunked core (passes/plan.h, plan_chunk_core) on
+ * tensor cores (mma.sync m16n8k16, bf16 operands, f32 accumulators).
+ *
+ * One block of 4 warps per (sequence, head, tile of VT values) walks the chunks
+ * of its sequence in order, the state tile h[KP][VT] held in the warps'
+ * accumulator registers. Per chunk of C steps (n <= C of them in the last):
+ *   0. b = the cumulative log-decay of the chunk (b_t = g_0 + .. + g_t);
+ *   1. the chunk's q (each readout), k and v into shared memory as bf16: Q[t][i],
+ *      K[t][i] row-major, and transposed K~[i][s] = k_s[i] exp(b_last - b_s),
+ *      V^T[j][s] (the layouts every mma operand reads with 32-bit loads);
+ *   2. (delta rule) U = (I + L)^-1 (V - diag(beta exp(b)) K h), L[t][s] =
+ *      beta_t (k_t . k_s) exp(b_t - b_s) for s < t, by forward substitution,
+ *      one value column per thread (a column's steps depend only on itself);
+ *   3. per readout: A = (Q K^T) masked by exp(b_t - b_s), s <= t (s < t and
+ *      b_{t-1} for S(t-1)); R = A U + (Q exp(b_t)) h;
+ *   4. h = exp(b_last) h + K~^T U, then h's bf16 copy (h^T, for step 3's
+ *      operand in the next chunk).
+ * Every exponent is a difference b_t - b_s with s <= t (<= 0 when the decays
+ * are <= 1): no product of raw decays. Rows past the sequence end read zeros
+ * and write nothing; K and V are padded to multiples of 16 and 8 with zeros.
+ * A decay per key is not rendered yet (cuda_chunk_supported says so).
+ *
+ * The source needs no header (NVRTC, no include path). Without __CUDA_ARCH__
+ * (tests/gpu/emu/cuda_emu.h compiles it for the CPU) the warp-level mma is
+ * the emulator's. */
+#include <stdio.h>
+#include <string.h>
+
+#include "codegen/cuda_chunk.h"
+
+#define THREADS 128
+
+static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+int cuda_chunk_vt(const plan_chunk_core *c) { return c->V >= 64 ? 64 : round_up(c->V, 8); }
+
+bool cuda_chunk_supported(const plan_chunk_core *c, diag *d)
+{
+    const char *why = c->decay == PASS_DECAY_KEY ? "a decay per key"
+                      : c->C % 16 || c->C > 64   ? "a chunk length that is not a multiple of 16 up to 64"
+                      : c->K > 256               ? "a key dim above 256"
+                                                 : NULL;
+    if (why && d) diag_error(d, "cuda: the chunked kernels do not render %s yet (use --algo=recurrent, or the cpu device)", why);
+    return !why;
+}
+
+static const char *state_type(ssmc_dtype dt)
+{
+    switch (dt) {
+    case SSMC_F16: return "ssmc_f16";
+    case SSMC_BF16: return "ssmc_bf16";
+    case SSMC_F64: return "double";
+    default: return "float";
+    }
+}
+
+/* Shared memory of the kernel, in bytes. */
+static size_t smem_bytes(const plan_chunk_core *c)
+{
+    size_t C = (size_t)c->C, KP = (size_t)round_up(c->K, 16), VT = (size_t)cuda_chunk_vt(c), NR = (size_t)c->nreadouts;
+    size_t h = 2 * (NR * C * (KP + 8) + C * (KP + 8) + KP * (C + 8) + VT * (C + 8) + VT * (KP + 8) + C * (C + 8));
+    h = (h + 15) / 16 * 16 + 4 * C;
+    if (c->delta) h += 4 * (C * VT + C * (C + 1) + C);
+    return h;
+}
+
+cuda_launch cuda_chunk_launch(const plan_chunk_core *c, int64_t batch)
+{
+    int nv = (c->V + cuda_chunk_vt(c) - 1) / cuda_chunk_vt(c);
+    return (cuda_launch){.blocks = batch * c->nheads * nv, .threads = THREADS, .shared_bytes = (unsigned)smem_bytes(c)};
+}
+
+void cuda_chunk_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c)
+{
+    sb_printf(out, "ssmc_%s_chunk_%s", m->name, m->tensors[c->state].name);
+}
+
+/* The kernel's body: one string per line (C11 promises literals of 4095 bytes only). */
+static const char *const body[] = {
+    "typedef unsigned short ck_b16;\n",
+    "__device__ __forceinline__ ck_b16 ck_bf16(float f)\n",
+    "{\n",
+    "    unsigned u = __float_as_uint(f);\n",
+    "    if ((u & 0x7fffffffu) > 0x7f800000u) return (ck_b16)((u >> 16) | 0x40u);\n",
+    "    u += 0x7fffu + ((u >> 16) & 1u);\n",
+    "    return (ck_b16)(u >> 16);\n",
+    "}\n",
+    "#ifdef __CUDA_ARCH__\n",
+    "__device__ __forceinline__ void ck_mma(float *d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)\n",
+    "{\n",
+    "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n\"\n",
+    "                 : \"+f\"(d[0]), \"+f\"(d[1]), \"+f\"(d[2]), \"+f\"(d[3])\n",
+    "                 : \"r\"(a0), \"r\"(a1), \"r\"(a2), \"r\"(a3), \"r\"(b0), \"r\"(b1));\n",
+    "}\n",
+    "#endif\n",
+    "#define CK_U32(p) (*(const unsigned *)(p))\n",
+    "/* d += A[r0 .. r0+16][k..] B^T where Bt[n][k] holds B's column n (k contiguous), KSTEPS steps of 16 */\n",
+    "__device__ __forceinline__ void ck_tile(float *d, const ck_b16 *A, int as, int r0, const ck_b16 *Bt, int bs, int n0, int k0,\n",
+    "                                        int ksteps, int gq, int tq)\n",
+    "{\n",
+    "    for (int kk = 0; kk < ksteps; kk++) {\n",
+    "        int k = k0 + kk * 16 + 2 * tq;\n",
+    "        ck_mma(d, CK_U32(A + (r0 + gq) * as + k), CK_U32(A + (r0 + gq + 8) * as + k), CK_U32(A + (r0 + gq) * as + k + 8),\n",
+    "               CK_U32(A + (r0 + gq + 8) * as + k + 8), CK_U32(Bt + (n0 + gq) * bs + k), CK_U32(Bt + (n0 + gq) * bs + k + 8));\n",
+    "    }\n",
+    "}\n",
+    "#define QS (CK_KP + 8)\n",
+    "#define TS (CK_C + 8)\n",
+    "#define MT_H (CK_KP / 16)\n",
+    "#define NT_V (CK_VT / 8)\n",
+    "#define H_TILES ((MT_H * NT_V + 3) / 4)\n",
+    "#define O_TILES (((CK_C / 16) * NT_V + 3) / 4)\n",
+    "#define A_TILES (((CK_C / 16) * (CK_C / 8) + 3) / 4)\n",
+    "extern \"C\" __global__ void __launch_bounds__(128) CK_NAME(long long B, long long T, float *ws CK_PARAMS)\n",
+    "{\n",
+    "    extern __shared__ float ssmc_smem[];\n",
+    "    ck_b16 *Qs = (ck_b16 *)ssmc_smem;            /* [NR][C][QS] */\n",
+    "    ck_b16 *Ks = Qs + CK_NR * CK_C * QS;          /* [C][QS] */\n",
+    "    ck_b16 *KsT = Ks + CK_C * QS;                 /* [KP][TS] */\n",
+    "    ck_b16 *VsT = KsT + CK_KP * TS;               /* [VT][TS] */\n",
+    "    ck_b16 *HsT = VsT + CK_VT * TS;               /* [VT][QS] */\n",
+    "    ck_b16 *As = HsT + CK_VT * QS;                /* [C][TS] */\n",
+    "    float *bc = (float *)((char *)ssmc_smem + ((size_t)(As + CK_C * TS - Qs) * 2 + 15) / 16 * 16);\n",
+    "#if CK_DELTA\n",
+    "    float *Us = bc + CK_C;                         /* [C][VT] */\n",
+    "    float *Ls = Us + CK_C * CK_VT;                 /* [C][C + 1] */\n",
+    "    float *bs = Ls + CK_C * (CK_C + 1);            /* [C] */\n",
+    "#endif\n",
+    "    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;\n",
+    "    long long blk = blockIdx.x;\n",
+    "    const int vt = (int)(blk % CK_NV);\n",
+    "    blk /= CK_NV;\n",
+    "    const int hh = (int)(blk % CK_NH);\n",
+    "    const long long b = blk / CK_NH;\n",
+    "    if (b >= B) return;\n",
+    "    const int v0 = vt * CK_VT;\n",
+    "    float h[H_TILES][4];\n",
+    "    /* the state: tile w + 4 i of the KP x VT grid of 16 x 8 tiles is warp w's */\n",
+    "    for (int i = 0; i < H_TILES; i++) {\n",
+    "        int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "        for (int e = 0; e < 4; e++) {\n",
+    "            int r = mt * 16 + gq + (e >> 1) * 8, cl = nt * 8 + 2 * tq + (e & 1);\n",
+    "            float x = 0.f;\n",
+    "#if CK_HAS_STATE\n",
+    "            if (tile < MT_H * NT_V && r < CK_K && v0 + cl < CK_V && state)\n",
+    "                x = ssmc_get(state + b * CK_SE + ck_head_off[hh] + (long long)r * CK_KSTR + (long long)(v0 + cl) * CK_VSTR);\n",
+    "#endif\n",
+    "            h[i][e] = x;\n",
+    "        }\n",
+    "    }\n",
+    "    /* h^T in bf16, the operand of R's inter-chunk term */\n",
+    "    for (int i = 0; i < H_TILES; i++) {\n",
+    "        int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "        if (tile >= MT_H * NT_V) continue;\n",
+    "        for (int e = 0; e < 4; e++) HsT[(nt * 8 + 2 * tq + (e & 1)) * QS + mt * 16 + gq + (e >> 1) * 8] = ck_bf16(h[i][e]);\n",
+    "    }\n",
+    "    for (long long c0 = 0; c0 < T; c0 += CK_C) {\n",
+    "        const int n = (int)(T - c0 < CK_C ? T - c0 : CK_C);\n",
+    "        __syncthreads(); /* the last chunk's operands are read no more */\n",
+    "        /* 0: the cumulative log-decay (and beta) */\n",
+    "        if (tid == 0) {\n",
+    "            float acc = 0.f;\n",
+    "            for (int t = 0; t < CK_C; t++) {\n",
+    "#if CK_DECAY\n",
+    "                if (t < n) acc += g[(b * T + c0 + t) * CK_NH + hh];\n",
+    "#endif\n",
+    "                bc[t] = acc;\n",
+    "            }\n",
+    "        }\n",
+    "#if CK_DELTA\n",
+    "        for (int t = tid; t < CK_C; t += 128) bs[t] = t < n ? beta[(b * T + c0 + t) * CK_NH + hh] : 0.f;\n",
+    "#endif\n",
+    "        __syncthreads();\n",
+    "        const float blast = bc[n - 1];\n",
+    "        /* 1: the chunk's operands */\n",
+    "        for (int x = tid; x < CK_C * CK_KP; x += 128) {\n",
+    "            int t = x / CK_KP, i = x % CK_KP;\n",
+    "            bool in = t < n && i < CK_K;\n",
+    "            long long row = ((b * T + c0 + t) * CK_NH + hh) * CK_K + i;\n",
+    "            float kv = in ? k[row] : 0.f;\n",
+    "            Ks[t * QS + i] = ck_bf16(kv);\n",
+    "            KsT[i * TS + t] = ck_bf16(in ? kv * expf(blast - bc[t]) : 0.f);\n",
+    "            CK_LOAD_Q\n",
+    "        }\n",
+    "        for (int x = tid; x < CK_C * CK_VT; x += 128) {\n",
+    "            int t = x / CK_VT, j = x % CK_VT;\n",
+    "            bool in = t < n && v0 + j < CK_V;\n",
+    "            float vv = in ? v[((b * T + c0 + t) * CK_NH + hh) * CK_V + v0 + j] : 0.f;\n",
+    "#if CK_DELTA\n",
+    "            Us[t * CK_VT + j] = vv;\n",
+    "#else\n",
+    "            VsT[j * TS + t] = ck_bf16(vv);\n",
+    "#endif\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "#if CK_DELTA\n",
+    "        /* 2: L = beta (K K^T) exp(b_t - b_s) below the diagonal; U -= beta exp(b) K h */\n",
+    "        for (int i = 0; i < A_TILES; i++) {\n",
+    "            int tile = warp + 4 * i, mt = tile / (CK_C / 8), nt = tile % (CK_C / 8);\n",
+    "            if (tile >= (CK_C / 16) * (CK_C / 8)) continue;\n",
+    "            float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
+    "            ck_tile(d, Ks, QS, mt * 16, Ks, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                int t = mt * 16 + gq + (e >> 1) * 8, s = nt * 8 + 2 * tq + (e & 1);\n",
+    "                Ls[t * (CK_C + 1) + s] = s < t ? bs[t] * d[e] * expf(bc[t] - bc[s]) : 0.f;\n",
+    "            }\n",
+    "        }\n",
+    "        for (int i = 0; i < O_TILES; i++) {\n",
+    "            int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "            if (tile >= (CK_C / 16) * NT_V) continue;\n",
+    "            float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
+    "            ck_tile(d, Ks, QS, mt * 16, HsT, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                int t = mt * 16 + gq + (e >> 1) * 8, j = nt * 8 + 2 * tq + (e & 1);\n",
+    "                Us[t * CK_VT + j] -= bs[t] * expf(bc[t]) * d[e];\n",
+    "            }\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "        /* forward substitution: column j's rows depend on its earlier rows only */\n",
+    "        for (int j = tid; j < CK_VT; j += 128)\n",
+    "            for (int t = 1; t < n; t++) {\n",
+    "                float acc = Us[t * CK_VT + j];\n",
+    "                for (int s = 0; s < t; s++) acc -= Ls[t * (CK_C + 1) + s] * Us[s * CK_VT + j];\n",
+    "                Us[t * CK_VT + j] = acc;\n",
+    "            }\n",
+    "        __syncthreads();\n",
+    "        for (int x = tid; x < CK_C * CK_VT; x += 128) {\n",
+    "            int t = x / CK_VT, j = x % CK_VT;\n",
+    "            VsT[j * TS + t] = ck_bf16(Us[t * CK_VT + j]);\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "#endif\n",
+    "        /* 3: the readouts */\n",
+    "        for (int r = 0; r < CK_NR; r++) {\n",
+    "            ck_b16 *Q = Qs + r * CK_C * QS;\n",
+    "            const int prev = (CK_PREV >> r) & 1;\n",
+    "            for (int i = 0; i < A_TILES; i++) {\n",
+    "                int tile = warp + 4 * i, mt = tile / (CK_C / 8), nt = tile % (CK_C / 8);\n",
+    "                if (tile >= (CK_C / 16) * (CK_C / 8)) continue;\n",
+    "                float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
+    "                ck_tile(d, Q, QS, mt * 16, Ks, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "                for (int e = 0; e < 4; e++) {\n",
+    "                    int t = mt * 16 + gq + (e >> 1) * 8, s = nt * 8 + 2 * tq + (e & 1), tb = t - prev;\n",
+    "                    As[t * TS + s] = ck_bf16(s <= tb ? d[e] * expf(bc[tb] - bc[s]) : 0.f);\n",
+    "                }\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "            /* Q's rows scaled by exp(b_t) (b_{t-1} for S(t-1); 1 before the chunk) */\n",
+    "            for (int x = tid; x < CK_C * CK_KP; x += 128) {\n",
+    "                int t = x / CK_KP, i = x % CK_KP, tb = t - prev;\n",
+    "                float e = tb >= 0 ? expf(bc[tb]) : 1.f;\n",
+    "                Q[t * QS + i] = ck_bf16(ck_f32(Q[t * QS + i]) * e);\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "            float *R = CK_R(r);\n",
+    "            for (int i = 0; i < O_TILES; i++) {\n",
+    "                int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "                if (tile >= (CK_C / 16) * NT_V) continue;\n",
+    "                float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
+    "                ck_tile(d, As, TS, mt * 16, VsT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
+    "                ck_tile(d, Q, QS, mt * 16, HsT, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "                for (int e = 0; e < 4; e++) {\n",
+    "                    int t = mt * 16 + gq + (e >> 1) * 8, j = nt * 8 + 2 * tq + (e & 1);\n",
+    "                    if (t < n && v0 + j < CK_V) R[((b * T + c0 + t) * CK_NH + hh) * CK_V + v0 + j] = d[e];\n",
+    "                }\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "        }\n",
+    "        /* 4: the state at the chunk's end */\n",
+    "        const float eb = expf(blast);\n",
+    "        for (int i = 0; i < H_TILES; i++) {\n",
+    "            int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "            if (tile >= MT_H * NT_V) continue;\n",
+    "            for (int e = 0; e < 4; e++) h[i][e] *= eb;\n",
+    "            ck_tile(h[i], KsT, TS, mt * 16, VsT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
+    "        }\n",
+    "        __syncthreads(); /* HsT is read no more this chunk */\n",
+    "        for (int i = 0; i < H_TILES; i++) {\n",
+    "            int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "            if (tile >= MT_H * NT_V) continue;\n",
+    "            for (int e = 0; e < 4; e++) HsT[(nt * 8 + 2 * tq + (e & 1)) * QS + mt * 16 + gq + (e >> 1) * 8] = ck_bf16(h[i][e]);\n",
+    "        }\n",
+    "    }\n",
+    "#if CK_HAS_STATE\n",
+    "    if (state)\n",
+    "        for (int i = 0; i < H_TILES; i++) {\n",
+    "            int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                int r = mt * 16 + gq + (e >> 1) * 8, cl = nt * 8 + 2 * tq + (e & 1);\n",
+    "                if (tile < MT_H * NT_V && r < CK_K && v0 + cl < CK_V)\n",
+    "                    ssmc_st(state + b * CK_SE + ck_head_off[hh] + (long long)r * CK_KSTR + (long long)(v0 + cl) * CK_VSTR, h[i][e]);\n",
+    "            }\n",
+    "        }\n",
+    "#endif\n",
+    "}\n",
+};
+
+ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, bool has_state,
+                            ssmc_dtype state_dtype, diag *d)
+{
+    if (!cuda_chunk_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
+    int KP = round_up(c->K, 16), VT = cuda_chunk_vt(c), NV = (c->V + VT - 1) / VT;
+    strbuf name = {0};
+    cuda_chunk_kernel_name(&name, m, c);
+    sb_printf(out, "// ssmc: the chunked core of state %s of model %s (codegen/cuda_chunk.c)\n", m->tensors[c->state].name,
+              m->name);
+    sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d), V = %d in tiles of %d, decay %s%s\n", c->C,
+              c->nheads, c->K, KP, c->V, VT, c->decay == PASS_DECAY_NONE ? "none" : "one per head",
+              c->delta ? ", delta rule (UT transform)" : "");
+    sb_printf(out, "#define CK_NAME %s\n#define CK_C %d\n#define CK_K %d\n#define CK_KP %d\n#define CK_V %d\n#define CK_VT %d\n"
+                   "#define CK_NV %d\n#define CK_NH %d\n#define CK_NR %d\n#define CK_DECAY %d\n#define CK_DELTA %d\n"
+                   "#define CK_HAS_STATE %d\n#define CK_SE %lldLL\n#define CK_KSTR %lldLL\n#define CK_VSTR %lldLL\n",
+              sb_cstr(&name), c->C, c->K, KP, c->V, VT, NV, c->nheads, c->nreadouts, c->decay != PASS_DECAY_NONE, c->delta,
+              has_state, (long long)c->state_elems, (long long)c->key_stride, (long long)c->value_stride);
+    unsigned prev = 0;
+    for (int r = 0; r < c->nreadouts; r++) prev |= (unsigned)c->prev[r] << r;
+    sb_printf(out, "#define CK_PREV %uu\n", prev);
+    /* parameters: every readout's q, k, v, g, beta, every readout's R, the state */
+    sb_puts(out, "#define CK_PARAMS ");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ q%d", r);
+    sb_puts(out, ", const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ g, const float *__restrict__ beta");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", float *__restrict__ r%d", r);
+    sb_printf(out, ", %s *state\n", state_type(has_state ? state_dtype : SSMC_F32));
+    sb_puts(out, "#define CK_LOAD_Q ");
+    for (int r = 0; r < c->nreadouts; r++)
+        sb_printf(out, " Qs[(%d * CK_C + t) * QS + i] = ck_bf16(in ? q%d[row] : 0.f);", r, r);
+    sb_puts(out, "\n#define CK_R(r) (");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, "%sr == %d ? r%d", r ? " : " : "", r, r);
+    sb_puts(out, " : r0)\n");
+    /* the storage types and conversions of the recurrent kernels' prelude */
+    sb_puts(out, "#define SSMC_MASK 0xffffffffu\n");
+    cuda_prelude(out);
+    sb_puts(out, "__device__ __forceinline__ float ck_f32(unsigned short b) { return __uint_as_float((unsigned)b << 16); }\n");
+    sb_printf(out, "__constant__ long long ck_head_off[%d] = {", c->nheads);
+    for (int i = 0; i < c->nheads; i++) sb_printf(out, "%s%lldLL", i ? ", " : "", (long long)c->head_off[i]);
+    sb_puts(out, "};\n");
+    for (size_t i = 0; i < sizeof body / sizeof *body; i++) sb_puts(out, body[i]);
+    sb_free(&name);
+    return out->failed ? SSMC_ERR_NOMEM : SSMC_OK;
+}
