@@ -731,6 +731,19 @@ static bool write_bytes(const char *path, const void *data, size_t n, diag *d)
     return ok;
 }
 
+/* Whether two kernels' sources are the same code: equal but for the line of
+ * the header that says whether vector loads were allowed (a kernel with no
+ * load to make wider is the same either way). */
+static bool same_code(strbuf *a, strbuf *b)
+{
+    static const char tag[] = "\n// vector loads: ";
+    const char *x = sb_cstr(a), *y = sb_cstr(b), *px = strstr(x, tag), *py = strstr(y, tag);
+    if (!px || !py || px - x != py - y || memcmp(x, y, (size_t)(px - x)) != 0) return false;
+    px = strchr(px + 1, '\n');
+    py = strchr(py + 1, '\n');
+    return px && py && strcmp(px, py) == 0;
+}
+
 /* Compiles every kernel to a cubin per arch and PTX for the highest, into
  * files under tmp. Kernels whose source is the same (a model with nothing to
  * load in vectors) share their images. */
@@ -770,7 +783,7 @@ static ssmc_status build_cuda(arena *a, const pass_plan *p, const targets *tg, c
             }
             int same = -1;
             for (int j = 0; j < k && same < 0; j++)
-                if (srcs[j].len == src.len && memcmp(sb_cstr(&srcs[j]), sb_cstr(&src), src.len) == 0) same = j;
+                if (same_code(&srcs[j], &src)) same = j;
             srcs[k] = src;
             if (same >= 0) {
                 ke->first = cb->kernels[same].first;
