@@ -383,7 +383,8 @@ static void gen_header(strbuf *h, const bundle_gen *g)
     define(h, m, "ERR_NOMEM 2    /* host or device memory could not be allocated */\n");
     if (tg->narchs) {
         define(h, m, "ERR_NODEVICE 3 /* no CUDA driver or no such GPU, or no code for its arch */\n");
-        define(h, m, "ERR_CUDA 4     /* a CUDA driver call failed: <model>_cuda_error says which and why */\n");
+        define(h, m, "ERR_CUDA 4     /* a CUDA driver call failed: ");
+        sb_printf(h, "%s_cuda_error says which and why */\n", name);
     }
     if (tg->cpu) {
         sb_printf(h, "\n/* ---- the CPU: f32 tensors ---- */\n\n/* The tensors of one call, by name. */\n"
@@ -421,8 +422,9 @@ static void gen_header(strbuf *h, const bundle_gen *g)
                    " * The kernels run in the primary context of the device opened, which every call\n"
                    " * makes current on the calling thread; device pointers must belong to it (a\n"
                    " * PyTorch tensor on that device does). The image loaded is the cubin of the\n"
-                   " * GPU's arch (a cubin for sm_X0 runs on sm_X0 and later sm_X*), else the PTX,\n"
-                   " * compiled by the driver on GPUs newer than every cubin.\n"
+                   " * highest arch of the GPU's major at most its own (an sm_80 cubin runs on an\n"
+                   " * sm_86 GPU), else the PTX, which the driver compiles on GPUs newer than every\n"
+                   " * cubin (once per process, for each kernel used).\n"
                    " *\n"
                    " * Dtype signatures built (inputs and outputs / params / states); each call names one:\n");
         for (int i = 0; i < g->sg->n; i++) {
