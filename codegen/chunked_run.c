@@ -98,15 +98,27 @@ ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backen
     ssmc_status st = pwork && ework && pt && et ? SSMC_OK : SSMC_ERR_NOMEM;
     if (st != SSMC_OK) diag_error(d, "out of memory");
     /* the canonical operands (the prologue's outputs) and the readout results
-     * (the epilogue's inputs the source lacks), f32 in the backend's memory */
+     * (the epilogue's inputs the source lacks), f32, carved from one workspace */
+    size_t total = 0;
+#define CARVE(part, i) (total += (run_elems(part, &(part)->tensors[i], batch, T) * sizeof(float) + 255) / 256 * 256)
     for (uint32_t i = 0; st == SSMC_OK && i < pro->ntensors; i++)
-        if (pro->tensors[i].kind == IR_OUTPUT &&
-            !(pwork[i] = s->h->alloc(s->ctx, run_elems(pro, &pro->tensors[i], batch, T) * sizeof(float), d)))
-            st = SSMC_ERR_NOMEM;
+        if (pro->tensors[i].kind == IR_OUTPUT) CARVE(pro, i);
     for (uint32_t i = 0; st == SSMC_OK && i < epi->ntensors; i++)
-        if (epi->tensors[i].kind == IR_INPUT && ir_find_tensor(s->m, epi->tensors[i].name) < 0 &&
-            !(ework[i] = s->h->alloc(s->ctx, run_elems(epi, &epi->tensors[i], batch, T) * sizeof(float), d)))
-            st = SSMC_ERR_NOMEM;
+        if (epi->tensors[i].kind == IR_INPUT && ir_find_tensor(s->m, epi->tensors[i].name) < 0) CARVE(epi, i);
+    char *ws = st == SSMC_OK ? s->h->workspace(s->ctx, total ? total : 256, d) : NULL;
+    if (st == SSMC_OK && !ws) st = SSMC_ERR_NOMEM;
+    total = 0;
+    for (uint32_t i = 0; st == SSMC_OK && i < pro->ntensors; i++)
+        if (pro->tensors[i].kind == IR_OUTPUT) {
+            pwork[i] = ws + total;
+            CARVE(pro, i);
+        }
+    for (uint32_t i = 0; st == SSMC_OK && i < epi->ntensors; i++)
+        if (epi->tensors[i].kind == IR_INPUT && ir_find_tensor(s->m, epi->tensors[i].name) < 0) {
+            ework[i] = ws + total;
+            CARVE(epi, i);
+        }
+#undef CARVE
     if (st == SSMC_OK) st = bind(s->m, bt, pro, pwork, pt, d);
     if (st == SSMC_OK) st = run_part(s, s->pro, ch->fold_prologue, pro, pt, batch, T, device, stream, d);
     for (int c = 0; st == SSMC_OK && c < ch->ncores; c++) {
@@ -126,10 +138,6 @@ ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backen
     }
     if (st == SSMC_OK) st = bind(s->m, bt, epi, ework, et, d);
     if (st == SSMC_OK) st = run_part(s, s->epi, ch->fold_epilogue, epi, et, batch, T, device, stream, d);
-    for (uint32_t i = 0; pwork && i < pro->ntensors; i++)
-        if (pwork[i]) s->h->release(s->ctx, pwork[i]);
-    for (uint32_t i = 0; ework && i < epi->ntensors; i++)
-        if (ework[i]) s->h->release(s->ctx, ework[i]);
     free(pwork);
     free(ework);
     free(pt);

@@ -22,9 +22,10 @@ typedef struct chunk_core_io {
 
 typedef struct chunk_hooks {
     const backend *be; /* compiles and runs the prologue and the epilogue */
-    /* memory of the backend's tensors: host memory on a CPU, device memory on a GPU */
-    void *(*alloc)(void *ctx, size_t bytes, diag *d);
-    void (*release)(void *ctx, void *p);
+    /* the run's workspace in the backend's memory (host memory on a CPU, device
+     * memory on a GPU), at least `bytes`, 256-byte aligned, valid until the next
+     * call; the backend keeps and grows it (runs of one model are serialised) */
+    void *(*workspace)(void *ctx, size_t bytes, diag *d);
     /* the cores */
     ssmc_status (*core_compile)(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **core);
     ssmc_status (*core_run)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,

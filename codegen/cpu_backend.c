@@ -39,6 +39,8 @@ typedef struct cpu_model {
     llvm_kernel_shape shape;
     rt_pool *pool;
     chunked_state *chunked; /* a chunked plan: its parts (then jit is NULL) */
+    void *ws;               /* the chunked runs' workspace */
+    size_t ws_cap;
 } cpu_model;
 
 static void cpu_free(void *state)
@@ -46,6 +48,7 @@ static void cpu_free(void *state)
     cpu_model *cm = state;
     if (!cm) return;
     chunked_free(cm->chunked);
+    free(cm->ws);
     rt_pool_free(cm->pool);
     llvm_jit_free(cm->jit);
     free(cm);
@@ -54,14 +57,21 @@ static void cpu_free(void *state)
 /* ---- the chunked algorithm's hooks (codegen/chunked_run.h): host memory,
  * the cores of codegen/cpu_chunk.c over the model's pool ---- */
 
-static void *host_alloc(void *ctx, size_t bytes, diag *d)
+static void *host_workspace(void *ctx, size_t bytes, diag *d)
 {
-    void *p = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
-    if (!p) diag_error(d, "out of memory");
-    return p;
+    cpu_model *cm = ctx;
+    if (bytes > cm->ws_cap) {
+        free(cm->ws);
+        cm->ws_cap = 0;
+        cm->ws = aligned_alloc(256, (bytes + 255) / 256 * 256);
+        if (!cm->ws) {
+            diag_error(d, "out of memory");
+            return NULL;
+        }
+        cm->ws_cap = bytes;
+    }
+    return cm->ws;
 }
-
-static void host_release(void *ctx, void *p) { free(p); }
 
 static ssmc_status core_compile(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **core)
 {
@@ -106,8 +116,7 @@ static void core_free(void *ctx, void *core) {}
 extern const backend cpu_backend;
 static const chunk_hooks cpu_chunk_hooks = {
     .be = &cpu_backend,
-    .alloc = host_alloc,
-    .release = host_release,
+    .workspace = host_workspace,
     .core_compile = core_compile,
     .core_run = core_run,
     .core_free = core_free,

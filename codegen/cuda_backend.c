@@ -21,7 +21,9 @@
 #include <string.h>
 
 #include "codegen/backend.h"
+#include "codegen/chunked_run.h"
 #include "codegen/cuda.h"
+#include "codegen/cuda_chunk.h"
 #include "runtime/cache.h"
 #include "runtime/cuda_driver.h"
 #include "support/dtype.h"
@@ -47,6 +49,9 @@ typedef struct cuda_state {
     size_t buf_cap;
     CUdeviceptr ws;       /* device runs: the workspace */
     size_t ws_cap;
+    chunked_state *chunked; /* a chunked plan: its parts (then the fields above serve the host copies) */
+    CUdeviceptr cws;      /* the chunked runs' workspace */
+    size_t cws_cap;
     pthread_mutex_t lock;
 } cuda_state;
 
@@ -189,9 +194,11 @@ static void state_free(void *state)
         free(s->kernels[i].sig);
     }
     free(s->kernels);
+    chunked_free(s->chunked);
     if (s->gpu) {
         rt_cuda_free(s->gpu, s->buf, &err);
         rt_cuda_free(s->gpu, s->ws, &err);
+        rt_cuda_free(s->gpu, s->cws, &err);
     }
     sb_free(&err);
     rt_cuda_close(s->gpu);
@@ -200,6 +207,121 @@ static void state_free(void *state)
     arena_free(&s->arena);
     free(s);
 }
+
+/* ---- the chunked algorithm (codegen/chunked_run.h): device memory, the
+ * cores of codegen/cuda_chunk.c compiled per (state given, its dtype) ---- */
+
+extern const backend cuda_backend;
+
+typedef struct cuda_core {
+    cuda_state *s;
+    const plan_chunk_core *c;
+    cuda_kernel k[2][SSMC_NDTYPES]; /* [state given][its dtype] */
+} cuda_core;
+
+static void *chunk_workspace(void *ctx, size_t bytes, diag *d)
+{
+    cuda_state *s = ctx;
+    strbuf err = {0};
+    ssmc_status st = SSMC_OK;
+    if (bytes > s->cws_cap) {
+        /* the old workspace may still be read by work in flight */
+        if ((st = rt_cuda_sync(s->gpu, &err)) == SSMC_OK && s->cws) st = rt_cuda_free(s->gpu, s->cws, &err);
+        s->cws = 0;
+        s->cws_cap = 0;
+        if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, bytes, &s->cws, &err)) == SSMC_OK) s->cws_cap = bytes;
+        if (st != SSMC_OK) fail(d, st, &err, "allocating the chunked algorithm's workspace");
+    }
+    sb_free(&err);
+    return st == SSMC_OK ? (void *)(uintptr_t)s->cws : NULL;
+}
+
+static ssmc_status core_compile(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **out)
+{
+    *out = NULL;
+    if (!cuda_chunk_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
+    cuda_core *k = calloc(1, sizeof *k);
+    if (!k) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    k->s = ctx;
+    k->c = c;
+    *out = k;
+    return SSMC_OK;
+}
+
+static void core_free(void *ctx, void *core)
+{
+    cuda_core *k = core;
+    strbuf err = {0};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < SSMC_NDTYPES; j++)
+            if (k->k[i][j].mod) rt_cuda_module_unload(k->s->gpu, k->k[i][j].mod, &err);
+    sb_free(&err);
+    free(k);
+}
+
+static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream, diag *d)
+{
+    cuda_core *k = core;
+    cuda_state *s = k->s;
+    const plan_chunk_core *c = k->c;
+    bool given = io->state != NULL;
+    cuda_kernel *kn = &k->k[given][given ? io->state_dtype : SSMC_F32];
+    strbuf src = {0}, name = {0}, err = {0};
+    ssmc_status st = SSMC_OK;
+    cuda_chunk_kernel_name(&name, s->m, c);
+    if (!kn->fn) {
+        char *image = NULL;
+        size_t len = 0;
+        st = cuda_chunk_emit(&src, s->m, c, given, io->state_dtype, d);
+        if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
+        if (st == SSMC_OK) st = build_image(s->nvrtc, s->m, sb_cstr(&src), s->arch, true, &image, &len, d);
+        if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &kn->mod, &err)) != SSMC_OK)
+            fail(d, st, &err, "loading the chunked kernel");
+        if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, kn->mod, sb_cstr(&name), &kn->fn, &err)) != SSMC_OK)
+            fail(d, st, &err, "finding the chunked kernel");
+        free(image);
+    }
+    cuda_launch l = cuda_chunk_launch(c, batch);
+    if (st == SSMC_OK && l.blocks > 0x7fffffff) {
+        diag_error(d, "cuda: the chunked kernel of a batch of %lld needs too many blocks", (long long)batch);
+        st = SSMC_ERR_ARG;
+    }
+    if (st == SSMC_OK) {
+        long long B = batch, TT = T;
+        CUdeviceptr none = 0, ptr[2 * PASS_MAX_READOUTS + 8];
+        void *params[2 * PASS_MAX_READOUTS + 12];
+        int np = 0, n = 0;
+        params[np++] = &B;
+        params[np++] = &TT;
+        params[np++] = &none;
+        for (int r = 0; r < c->nreadouts; r++) ptr[n++] = (CUdeviceptr)(uintptr_t)io->q[r];
+        ptr[n++] = (CUdeviceptr)(uintptr_t)io->k;
+        ptr[n++] = (CUdeviceptr)(uintptr_t)io->v;
+        ptr[n++] = (CUdeviceptr)(uintptr_t)io->g;
+        ptr[n++] = (CUdeviceptr)(uintptr_t)io->beta;
+        for (int r = 0; r < c->nreadouts; r++) ptr[n++] = (CUdeviceptr)(uintptr_t)io->r[r];
+        ptr[n++] = (CUdeviceptr)(uintptr_t)io->state;
+        for (int i = 0; i < n; i++) params[np++] = &ptr[i];
+        unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
+        if ((st = rt_cuda_launch(s->gpu, kn->fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) != SSMC_OK)
+            fail(d, st, &err, "launching the chunked kernel");
+    }
+    sb_free(&src);
+    sb_free(&name);
+    sb_free(&err);
+    return st;
+}
+
+static const chunk_hooks cuda_chunk_hooks = {
+    .be = &cuda_backend,
+    .workspace = chunk_workspace,
+    .core_compile = core_compile,
+    .core_run = core_run,
+    .core_free = core_free,
+};
 
 static plan_target cuda_target(const ssmc_options *o)
 {
@@ -224,11 +346,7 @@ static ssmc_status cuda_compile(const ir_model *m, const pass_plan *plan, const 
     }
     s->plan = plan;
     ssmc_status st = SSMC_OK;
-    if (plan->algo == PLAN_ALGO_CHUNKED) {
-        diag_error(d, "cuda: the chunked algorithm's GPU kernels are not in this build yet (--algo=chunked runs on the "
-                   "cpu and interp devices; use --algo=recurrent or auto on cuda)");
-        st = SSMC_ERR_UNSUPPORTED;
-    }
+
     strbuf err = {0};
     if (st == SSMC_OK && (st = rt_cuda_open(&s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "no GPU to run on");
     if (st == SSMC_OK) {
@@ -241,6 +359,8 @@ static ssmc_status cuda_compile(const ir_model *m, const pass_plan *plan, const 
         }
     }
     sb_free(&err);
+    if (st == SSMC_OK && plan->algo == PLAN_ALGO_CHUNKED)
+        st = chunked_compile(&cuda_chunk_hooks, s, m, plan, o, d, &s->chunked);
     if (st != SSMC_OK) {
         state_free(s);
         return st;
@@ -327,9 +447,10 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
     pthread_mutex_lock(&s->lock);
     cuda_sig sig;
     make_sig(m, bt, false, &sig, dt, present);
-    CUfunction fn;
+    CUfunction fn = NULL;
     strbuf err = {0};
-    ssmc_status st = kernel_for(s, &sig, &fn, d);
+    /* the chunked algorithm runs its parts on device tensors: only the copies here */
+    ssmc_status st = s->chunked ? SSMC_OK : kernel_for(s, &sig, &fn, d);
     /* one buffer: every tensor at an aligned offset, then the workspace */
     size_t total = 0;
     for (uint32_t i = 0; i < m->ntensors; i++) {
@@ -355,7 +476,19 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
             (st = rt_cuda_htod(s->gpu, ptrs[i], bt[i].data, run_elems(m, i, batch, T) * dtype_size(dt[i]), &err)))
             fail(d, st, &err, "copying tensors to the GPU");
     }
-    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, NULL, d);
+    if (st == SSMC_OK && s->chunked) {
+        backend_tensor *dbt = calloc(m->ntensors + 1, sizeof *dbt);
+        if (!dbt) {
+            diag_error(d, "out of memory");
+            st = SSMC_ERR_NOMEM;
+        }
+        for (uint32_t i = 0; dbt && i < m->ntensors; i++)
+            dbt[i] = (backend_tensor){present[i] ? (void *)(uintptr_t)ptrs[i] : NULL, dt[i]};
+        if (st == SSMC_OK) st = chunked_run(s->chunked, batch, T, dbt, true, NULL, d);
+        free(dbt);
+    } else if (st == SSMC_OK) {
+        st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, NULL, d);
+    }
     if (st == SSMC_OK && (st = rt_cuda_sync(s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "running the kernel");
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
         ir_kind k = m->tensors[i].kind;
@@ -395,6 +528,16 @@ static ssmc_status cuda_decode(void *state, int64_t batch, int64_t T, const back
 static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const backend_tensor *bt,
                                  const ssmc_rows *rows, void *stream, diag *d)
 {
+    if (s->chunked && rows) {
+        diag_error(d, "cuda: a decode runs the recurrent algorithm (leave --algo out)");
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    if (s->chunked) {
+        pthread_mutex_lock(&s->lock);
+        ssmc_status st = chunked_run(s->chunked, batch, T, bt, true, stream, d);
+        pthread_mutex_unlock(&s->lock);
+        return st;
+    }
     const ir_model *m = s->m;
     ssmc_dtype *dt = calloc(m->ntensors + 1, sizeof *dt);
     bool *present = calloc(m->ntensors + 1, sizeof *present);
@@ -462,8 +605,19 @@ static ssmc_status cuda_emit_text(const pass_plan *plan, const ssmc_options *o, 
     const ir_model *m = plan->m;
     if (plan->algo == PLAN_ALGO_CHUNKED) {
         arena_free(&a);
-        diag_error(d, "cuda: the chunked algorithm's GPU kernels are not in this build yet");
-        return SSMC_ERR_UNSUPPORTED;
+        if (kind != SSMC_EMIT_CUDA) {
+            diag_error(d, "cuda: --emit=ptx of a chunked plan is not supported (--emit=cuda shows its kernels)");
+            return SSMC_ERR_UNSUPPORTED;
+        }
+        /* the prologue's kernel, each core, the epilogue's kernel */
+        const plan_chunked *ch = plan->chunked;
+        ssmc_status st = cuda_emit_text(ch->prologue, o, kind, out, d);
+        for (int i = 0; st == SSMC_OK && i < ch->ncores; i++) {
+            bool given = true;
+            st = cuda_chunk_emit(out, m, &ch->cores[i], given, SSMC_F32, d);
+        }
+        if (st == SSMC_OK) st = cuda_emit_text(ch->epilogue, o, kind, out, d);
+        return st;
     }
     ssmc_dtype *dt = arena_array(&a, m->ntensors + 1, sizeof *dt);
     bool *present = arena_array(&a, m->ntensors + 1, sizeof *present);

@@ -5,15 +5,15 @@
  *             state, and, per chunked state S, the canonical operands of its
  *             chunk form as outputs over [T, heads..., D] (heads: the axes of S
  *             but the key and value axes, in S's order):
- *               S.q<r>[t, h.., i]  readout r's query       S.k[t, h.., i]  the key
- *               S.v[t, h.., j]     the value (a vector state: no j)
- *               S.g[t, h..(, i)]   the log of the decay (absent for identity)
- *               S.beta[t, h..], S.w[t, h.., i]  the delta rule's scalar and key
+ *               S__q<r>[t, h.., i]  readout r's query      S__k[t, h.., i]  the key
+ *               S__v[t, h.., j]     the value (a vector state: no j)
+ *               S__g[t, h..(, i)]   the log of the decay (absent for identity)
+ *               S__beta[t, h..], S__w[t, h.., i]  the delta rule's scalar and key
  *   core      per state, the chunked recurrence over those operands
  *             (S(t) = exp(g) (S - beta w w^T S) + k v^T, R_r = q_r^T S(t) or
  *             S(t-1)); a backend's kernel, not IR;
  *   epilogue  a model without states: the inputs, params and state-free lets
- *             again, the readout results S.r<r>[t, h.., j] as inputs, and every
+ *             again, the readout results S__r<r>[t, h.., j] as inputs, and every
  *             output and let that held a readout, the readout's sum replaced by
  *             its result (plus the sum's terms free of S).
  * Both parts are ordinary verified models, so every backend runs them with
@@ -207,7 +207,14 @@ static void copy_free_lets(lower *l)
     }
 }
 
-static const char *name2(lower *l, const char *a, const char *b) { return arena_printf(l->a, "%s.%s", a, b); }
+/* A name for a new tensor: the state's name and the role, joined by "__" (an
+ * identifier, as the renderers need), made unique among the source's names. */
+static const char *name2(lower *l, const char *a, const char *b)
+{
+    const char *n = arena_printf(l->a, "%s__%s", a, b);
+    for (int k = 2; n && ir_find_tensor(l->m, n) >= 0; k++) n = arena_printf(l->a, "%s__%s%d", a, b, k);
+    return n;
+}
 
 /* The canonical axes of state f: its head axes in order, then `last` (the key
  * or value axis, or -1: none): dims and the update's variables. */
@@ -290,7 +297,7 @@ static ir_model *build_prologue(lower *l, pass_chunk_parts *out)
             canonical(l, f, "w", f->key_axis, build_product(l, &f->dkey, loc), &op->w);
         }
     }
-    return l->bad ? NULL : ir_finish(&l->b, l->a, arena_printf(l->a, "%s.prologue", m->name), m, false);
+    return l->bad ? NULL : ir_finish(&l->b, l->a, arena_printf(l->a, "%s__prologue", m->name), m, false);
 }
 
 /* A statement that holds readouts: its expression, each readout sum replaced
@@ -380,7 +387,7 @@ static ir_model *build_epilogue(lower *l, pass_chunk_parts *parts)
         add_stmt(l, l->tmap[s->tensor], s->vars, t->rank, free_let ? copy_tree(l, s->root, NULL) : replaced_root(l, s, parts),
                  s->per_step, s->loc);
     }
-    return l->bad ? NULL : ir_finish(&l->b, l->a, arena_printf(l->a, "%s.epilogue", m->name), m, false);
+    return l->bad ? NULL : ir_finish(&l->b, l->a, arena_printf(l->a, "%s__epilogue", m->name), m, false);
 }
 
 bool pass_chunk_lower(arena *a, const ir_model *m, const pass_chunks *cs, pass_chunk_parts *out, diag *d)

@@ -47,7 +47,7 @@
 typedef struct bench_case {
     const char *name;
     const char *file; /* relative to --repo */
-    ssmc_dim dims[4];
+    ssmc_dim dims[6];
     int ndims;
     int64_t batch, T;
     int give_state; /* decode: the state is read and written */
@@ -59,6 +59,17 @@ static const bench_case bench_cases[] = {
     {"gated_deltanet", "examples/gated_deltanet.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3, 4, 4096, 0},
     {"mamba2", "examples/mamba2.ssm", {{"H", 64}, {"P", 64}, {"N", 128}}, 3, 4, 4096, 0},
     {"mamba2_decode", "examples/mamba2.ssm", {{"H", 64}, {"P", 64}, {"N", 128}}, 3, 64, 1, 1},
+    /* flash-linear-attention's and mamba_ssm's semantics (examples/fla_*.ssm, mamba2_ssd.ssm), their shapes */
+    {"fla_linear_attn", "examples/fla_linear_attn.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3, 4, 4096, 0},
+    {"fla_retention", "examples/fla_retention.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3, 4, 4096, 0},
+    {"fla_simple_gla", "examples/fla_simple_gla.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3, 4, 4096, 0},
+    {"fla_gla", "examples/fla_gla.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3, 4, 4096, 0},
+    {"fla_delta_rule", "examples/fla_delta_rule.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3, 4, 4096, 0},
+    {"fla_gated_delta_rule", "examples/fla_gated_delta_rule.ssm", {{"H", 16}, {"HV", 16}, {"R", 1}, {"K", 128}, {"V", 128}},
+     5, 4, 4096, 0},
+    {"fla_gated_delta_rule_8k", "examples/fla_gated_delta_rule.ssm",
+     {{"H", 32}, {"HV", 32}, {"R", 1}, {"K", 128}, {"V", 128}}, 5, 4, 8192, 0},
+    {"mamba2_ssd", "examples/mamba2_ssd.ssm", {{"H", 64}, {"P", 64}, {"G", 1}, {"R", 64}, {"N", 128}}, 5, 4, 4096, 0},
 };
 #define BENCH_NCASES ((int)(sizeof bench_cases / sizeof bench_cases[0]))
 
@@ -129,6 +140,12 @@ static double init_value(const char *name, uint64_t *s)
     }
     if (!strcmp(name, "g")) return -log1p(exp(-(normal(s) + 4)));
     if (!strcmp(name, "dt")) return 0.5 * normal(s);
+    /* the delta rules: a contracting correction (beta in (0, 1), keys of norm about 1 at K = 128) */
+    if (!strcmp(name, "beta")) return uniform01(s);
+    if (!strcmp(name, "k")) return normal(s) / sqrt(128.0);
+    if (!strcmp(name, "g_gamma")) return log(1 - pow(2, -5 - 4 * uniform01(s)));
+    if (!strcmp(name, "scale")) return 1 / sqrt(128.0);
+    if (!strcmp(name, "A")) return -exp(uniform01(s));
     return normal(s);
 }
 

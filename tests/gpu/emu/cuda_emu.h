@@ -77,6 +77,21 @@ static inline void ck_mma(float *d, unsigned a0, unsigned a1, unsigned a2, unsig
         d[e] += acc;
     }
 }
+static inline float emu_exchange_get(float v, int src)
+{
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    emu_exchange[w][lane] = v;
+    pthread_barrier_wait(&emu_warp_barrier[w]);
+    float r = emu_exchange[w][src & 31];
+    pthread_barrier_wait(&emu_warp_barrier[w]);
+    return r;
+}
+static inline float __shfl_up_sync(unsigned, float v, int o)
+{
+    int lane = threadIdx.x % 32;
+    return emu_exchange_get(v, lane >= o ? lane - o : lane);
+}
+static inline float __shfl_sync(unsigned, float v, int src) { return emu_exchange_get(v, src); }
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
