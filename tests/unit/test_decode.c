@@ -9,8 +9,8 @@
  * poisoned, no row changes) and a sequence that starts from the model's
  * initial state (has_state 0; ttt_linear's is its init, W0, but it reads at
  * t - j, so it is refused: a decode cannot carry the window). Rows no sequence
- * has must come out bit for bit unchanged. Four single steps give what one
- * run of four steps gives. Bad calls are refused with a message. Exits 77
+ * has must come out bit for bit unchanged; batch 256 from a pool of 300
+ * rows. Four single steps give what one run of four steps gives. Bad calls are refused with a message. Exits 77
  * (skipped) without the CPU backend. SSMC_TEST_SEED=<n> repeats a run. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -192,6 +192,37 @@ static void test_cpu_against_interp(void **state)
         }
 }
 
+/* Batch 256 from a pool of 300 rows (every seventh row plus eleven, mod 300:
+ * distinct), one step, on 2 threads. */
+static void test_batch_256(void **state)
+{
+    static const ssmc_dim dims[] = {{"H", 2}, {"P", 8}, {"N", 16}};
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *cpu = compile(ctx, "examples/mamba2.ssm", dims, 3, SSMC_DEVICE_CPU),
+               *ref = compile(ctx, "examples/mamba2.ssm", dims, 3, SSMC_DEVICE_INTERP);
+    int32_t index[256];
+    for (int i = 0; i < 256; i++) index[i] = (int32_t)((i * 7 + 11) % 300);
+    index[100] = -1; /* and a padding slot */
+    tensors ts;
+    fill(&ts, cpu, SSMC_F32, 256, 300, 1);
+    ssmc_arg a[MAXT], r[MAXT];
+    int n = args_of(&ts, false, a);
+    args_of(&ts, true, r);
+    ssmc_rows rows = {index, NULL, 300};
+    assert_int_equal(ssmc_decode(cpu, 256, 1, a, n, &rows), SSMC_OK);
+    assert_int_equal(ssmc_decode(ref, 256, 1, r, n, &rows), SSMC_OK);
+    for (int i = 0; i < ts.n; i++) {
+        if (ts.info[i].role != SSMC_OUTPUT && ts.info[i].role != SSMC_STATE) continue;
+        double e = rel_error(&ts, i, "batch 256");
+        printf("# batch 256, a pool of 300 rows: %s rel %.2e\n", ts.info[i].name, e);
+        assert_true(e <= ssmc_model_tolerance(cpu, i, SSMC_F32, 1));
+    }
+    release(&ts);
+    ssmc_model_free(cpu);
+    ssmc_model_free(ref);
+    ssmc_ctx_free(ctx);
+}
+
 /* The interpreter's decode is what its definition says: ssmc_run on rows
  * 0..B-1, and on the gathered rows otherwise. */
 static void test_interp_definition(void **state)
@@ -346,6 +377,7 @@ int main(void)
     printf("# SSMC_TEST_SEED=%" PRIu64 "\n", rng);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cpu_against_interp),
+        cmocka_unit_test(test_batch_256),
         cmocka_unit_test(test_interp_definition),
         cmocka_unit_test(test_steps_make_a_run),
         cmocka_unit_test(test_refusals),
