@@ -35,6 +35,12 @@ typedef struct backend {
      * with no copies or synchronisation; NULL for a backend without a device. */
     ssmc_status (*run_device)(void *state, int64_t batch, int64_t T, const backend_tensor *tensors, void *stream,
                               diag *d);
+    /* Runs against state pools (ssmc_decode, ssmc_decode_device; ssmc.h,
+     * ssmc_rows): every state is given, as a pool of rows->rows rows; device:
+     * every pointer (tensors, index, has_state) is a device address and the
+     * run is enqueued on `stream`. NULL for a backend that cannot. */
+    ssmc_status (*decode)(void *state, int64_t batch, int64_t T, const backend_tensor *tensors, const ssmc_rows *rows,
+                          bool device, void *stream, diag *d);
     /* Runs reverse models (ir.h), as the adjoint of passes/grad.c is: what
      * gradients need of a backend beyond running ordinary models. */
     bool reverse;

@@ -30,6 +30,7 @@
 #include "codegen/cpu_chunk.h"
 #include "codegen/llvm.h"
 #include "runtime/pool.h"
+#include "support/dtype.h"
 
 typedef struct cpu_model {
     const ir_model *m; /* owned by the caller; outlives this state */
@@ -281,6 +282,134 @@ static ssmc_status cpu_run(void *state, int64_t batch, int64_t T, const backend_
     return s;
 }
 
+/* ---- decoding against state pools (backend.h: decode) ----
+ * One pool run over the items of every sequence that is not a padding slot,
+ * each sequence with tensor pointers of its own: its slices of the inputs and
+ * outputs, its row of every state's pool. The kernel then runs a batch of one
+ * per sequence, and needs nothing it does not already have. f32 pools are used
+ * in place; a pool of another dtype has its rows gathered into an f32 copy and
+ * scattered back. A sequence without a state starts from zeros (its row in
+ * the f32 view cleared) or, with init statements, from them (the fresh flag). */
+
+typedef struct dec_job {
+    llvm_kernel_fn *fn;
+    const llvm_kargs *seq;   /* [batch] */
+    const int32_t *index;
+    int64_t ips;             /* items per sequence */
+    float *scratch;
+    int64_t stride;
+} dec_job;
+
+static void dec_work(void *arg, int64_t begin, int64_t end, int worker)
+{
+    dec_job *j = arg;
+    while (begin < end) {
+        int64_t b = begin / j->ips, lo = begin % j->ips, hi = j->ips;
+        if (hi - lo > end - begin) hi = lo + (end - begin);
+        if (j->index[b] >= 0) j->fn(&j->seq[b], lo, hi, j->scratch + (int64_t)worker * j->stride);
+        begin += hi - lo;
+    }
+}
+
+static ssmc_status cpu_decode(void *state, int64_t batch, int64_t T, const backend_tensor *bt, const ssmc_rows *rows,
+                              bool device, void *stream, diag *d)
+{
+    cpu_model *cm = state;
+    const ir_model *m = cm->m;
+    if (cm->chunked) {
+        diag_error(d, "cpu: a decode runs the recurrent algorithm (leave --algo out)");
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    uint32_t nt = m->ntensors ? m->ntensors : 1;
+    float **view = calloc(nt, sizeof *view);         /* f32: each tensor, or its copy */
+    bool *owned = calloc(nt, sizeof *owned);
+    float **seqp = calloc((size_t)batch * nt, sizeof *seqp);
+    unsigned char *fresh = calloc((size_t)batch * nt, 1);
+    llvm_kargs *seq = calloc((size_t)batch, sizeof *seq);
+    ssmc_status s = view && owned && seqp && fresh && seq ? SSMC_OK : SSMC_ERR_NOMEM;
+    int64_t *elems = s == SSMC_OK ? calloc(nt, sizeof *elems) : NULL;
+    if (!elems) s = SSMC_ERR_NOMEM;
+    for (uint32_t i = 0; s == SSMC_OK && i < m->ntensors; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (t->kind == IR_LET) continue;
+        elems[i] = ir_tensor_elems(m, t) * (t->per_step ? T : 1);
+        if (t->kind == IR_STATE && t->hidden) { /* passes/lag.c's: zeros of its own */
+            view[i] = calloc((size_t)(batch * elems[i]) + 1, sizeof(float));
+            owned[i] = true;
+            if (!view[i]) s = SSMC_ERR_NOMEM;
+            continue;
+        }
+        if (!bt[i].data) continue;
+        bool pool = t->kind == IR_STATE;
+        size_t n = (size_t)elems[i] * (t->kind == IR_PARAM ? 1 : (size_t)batch);
+        if (bt[i].dtype == SSMC_F32) {
+            view[i] = bt[i].data;
+            continue;
+        }
+        view[i] = aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
+        owned[i] = true;
+        if (!view[i]) {
+            s = SSMC_ERR_NOMEM;
+            break;
+        }
+        if (t->kind == IR_INPUT || t->kind == IR_PARAM) to_f32(view[i], bt[i].data, bt[i].dtype, n);
+        for (int64_t b = 0; pool && b < batch; b++) /* row b of the copy: sequence b's */
+            if (rows->index[b] >= 0)
+                to_f32(view[i] + b * elems[i],
+                       (const char *)bt[i].data + (size_t)rows->index[b] * (size_t)elems[i] * dtype_size(bt[i].dtype),
+                       bt[i].dtype, (size_t)elems[i]);
+    }
+    for (int64_t b = 0; s == SSMC_OK && b < batch; b++) {
+        bool start = rows->has_state && !rows->has_state[b];
+        for (uint32_t i = 0; i < m->ntensors; i++) {
+            const ir_tensor *t = &m->tensors[i];
+            if (!view[i]) continue;
+            int64_t at = t->kind == IR_PARAM ? 0 : b;
+            if (t->kind == IR_STATE && !owned[i]) at = rows->index[b] < 0 ? 0 : rows->index[b];
+            float *p = view[i] + at * elems[i];
+            seqp[b * nt + i] = p;
+            if (t->kind == IR_STATE && (t->hidden || start)) {
+                fresh[b * nt + i] = 1;
+                if (rows->index[b] >= 0) memset(p, 0, (size_t)elems[i] * sizeof(float));
+            }
+        }
+        seq[b] = (llvm_kargs){T, seqp + b * nt, fresh + b * nt};
+    }
+    int workers = cm->pool ? rt_pool_size(cm->pool) : 1;
+    int64_t stride = cm->shape.scratch_stride;
+    float *scratch = NULL;
+    if (s == SSMC_OK) {
+        scratch = aligned_alloc(SCRATCH_PAGE_FLOATS * sizeof(float), (size_t)stride * sizeof(float) * (size_t)workers);
+        if (!scratch) s = SSMC_ERR_NOMEM;
+    }
+    if (s == SSMC_OK) {
+        dec_job job = {cm->fn, seq, rows->index, cm->shape.items_per_seq, scratch, stride};
+        rt_pool_run(cm->pool, batch * cm->shape.items_per_seq, dec_work, &job);
+        for (uint32_t i = 0; i < m->ntensors; i++) {
+            const ir_tensor *t = &m->tensors[i];
+            if (!owned[i] || !bt[i].data || (t->kind != IR_OUTPUT && t->kind != IR_STATE)) continue;
+            size_t es = dtype_size(bt[i].dtype);
+            for (int64_t b = 0; b < batch; b++) {
+                if (rows->index[b] < 0) continue;
+                int64_t at = t->kind == IR_STATE ? rows->index[b] : b;
+                from_f32((char *)bt[i].data + (size_t)at * (size_t)elems[i] * es, view[i] + b * elems[i],
+                         bt[i].dtype, (size_t)elems[i]);
+            }
+        }
+    }
+    if (s == SSMC_ERR_NOMEM) diag_error(d, "out of memory");
+    for (uint32_t i = 0; owned && view && i < m->ntensors; i++)
+        if (owned[i]) free(view[i]);
+    free(scratch);
+    free(view);
+    free(owned);
+    free(seqp);
+    free(fresh);
+    free(seq);
+    free(elems);
+    return s;
+}
+
 static ssmc_status cpu_emit(const pass_plan *plan, const ssmc_options *o, ssmc_emit_kind kind, strbuf *out, diag *d)
 {
     if (kind != SSMC_EMIT_LLVM) {
@@ -299,6 +428,7 @@ static ssmc_status cpu_emit(const pass_plan *plan, const ssmc_options *o, ssmc_e
 const backend cpu_backend = {
     .name = "cpu", .target = cpu_target, .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
     .reverse = true, /* codegen/llvm.c runs a reverse model's steps from T-1 down */
+    .decode = cpu_decode,
 };
 
 #else

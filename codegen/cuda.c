@@ -958,12 +958,14 @@ static void pattern_load(em *e, int id, const char *dst, const char *base, const
 static const char *const place_names[] = {"", "registers", "shared memory", "the global workspace"};
 
 /* Loops over a state's owned slots (registers) and loads or stores it. */
-static void state_regs(em *e, int ti, bool store)
+/* given: a load reads the tensor (else zeros); a store writes it when the
+ * signature has it. */
+static void state_regs(em *e, int ti, bool store, bool given)
 {
     const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
-    bool given = store ? e->sig->present[ti] : reads_initial(e, ti);
+    if (store) given = e->sig->present[ti];
     if (store && !given) return;
     const char *slots[IR_MAX_RANK], *idx[IR_MAX_RANK], *ok = NULL;
     bool *hcls = class_set(e);
@@ -1001,12 +1003,12 @@ static void state_regs(em *e, int ti, bool store)
 }
 
 /* A memory-held state: the block's threads walk its local elements. */
-static void state_mem(em *e, int ti, bool store)
+static void state_mem(em *e, int ti, bool store, bool given)
 {
     const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
-    bool given = store ? e->sig->present[ti] : reads_initial(e, ti);
+    if (store) given = e->sig->present[ti];
     if (store && !given) return;
     int64_t n = plan_local_elems(p, ti);
     line(e, "for (int e = tid; e < %lld; e += %d) {", (long long)n, p->nthreads);
@@ -1069,6 +1071,16 @@ static void state_init(em *e, const ir_stmt *s)
     close_block(e);
 }
 
+/* A state's value before the first step: read from its tensor when given,
+ * else its init statement's value, else zeros. */
+static void state_start(em *e, int ti, bool given)
+{
+    const ir_stmt *init = given ? NULL : ir_find_init(e->m, ti);
+    if (init) state_init(e, init);
+    else if (e->p->place[ti] == PLAN_PLACE_REG) state_regs(e, ti, false, given);
+    else state_mem(e, ti, false, given);
+}
+
 /* ---- the kernel ---- */
 
 static void header(em *e)
@@ -1091,6 +1103,8 @@ static void header(em *e)
         first = false;
     }
     sb_printf(e->out, "\n// vector loads: %s\n", e->sig->vec ? "allowed" : "off");
+    if (e->sig->rows) sb_puts(e->out, "// states: by pool row (ssmc_rows), sequences without a state (ssmc_has)\n");
+    if (e->sig->one_step) sb_puts(e->out, "// one step (T = 1)\n");
     plan_print_comment(e->out, e->p, "// ");
 }
 
@@ -1103,7 +1117,8 @@ static void params(em *e)
     sb_free(&kn);
     e->ind += 2;
     strbuf b = {0};
-    sb_puts(&b, "long long B, long long T, float *__restrict__ ws");
+    sb_printf(&b, "long long B, long long %s, float *__restrict__ ws", e->sig->one_step ? "T_arg" : "T");
+    if (e->sig->rows) sb_puts(&b, ",\n        const int *__restrict__ ssmc_rows, const unsigned char *__restrict__ ssmc_has");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
         if (t->kind == IR_LET) continue;
@@ -1124,6 +1139,7 @@ static void prologue(em *e)
 {
     const pass_plan *p = e->p;
     const ir_model *m = e->m;
+    if (e->sig->one_step) line(e, "const long long T = 1; // one step: a decode kernel");
     line(e, "const int tid = threadIdx.x;");
     for (int c = 0; c < p->ncls; c++) {
         const plan_class *k = &p->cls[c];
@@ -1145,6 +1161,15 @@ static void prologue(em *e)
     }
     line(e, "const long long bat = blk;");
     line(e, "if (bat >= B) return;");
+    if (e->sig->rows) {
+        line(e, "// the states of sequence bat: row ssmc_rows[bat] of each state's pool (a negative row: a padding");
+        line(e, "// slot, nothing read or written); ssmc_has[bat] == 0: it starts from the model's initial state");
+        line(e, "const long long row = ssmc_rows ? (long long)ssmc_rows[bat] : bat;");
+        line(e, "if (row < 0) return;");
+        bool any = false;
+        for (uint32_t i = 0; i < m->ntensors; i++) any |= m->tensors[i].kind == IR_STATE && e->sig->present[i];
+        if (any) line(e, "const bool fresh = ssmc_has && !ssmc_has[bat];");
+    }
     bool any_smem = p->local_floats > 0;
     if (any_smem) line(e, "extern __shared__ float ssmc_smem[];");
     for (uint32_t i = 0; i < m->ntensors; i++) {
@@ -1156,7 +1181,8 @@ static void prologue(em *e)
             line(e, "%s%s *p_%s = g_%s + bat * T * %lld;", ro ? "const " : "", dtype_c(e->sig->dtype[i]), t->name, t->name,
                  (long long)n);
         else
-            line(e, "%s *p_%s = g_%s + bat * %lld;", dtype_c(e->sig->dtype[i]), t->name, t->name, (long long)n);
+            line(e, "%s *p_%s = g_%s + %s * %lld;", dtype_c(e->sig->dtype[i]), t->name, t->name,
+                 e->sig->rows && t->kind == IR_STATE ? "row" : "bat", (long long)n);
     }
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
@@ -1218,10 +1244,22 @@ static void kernel(em *e)
     line(e, "// states: the initial state, or the init's value, or zero");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (m->tensors[i].kind != IR_STATE) continue;
-        const ir_stmt *init = reads_initial(e, (int)i) ? NULL : ir_find_init(m, (int)i);
-        if (init) state_init(e, init);
-        else if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, false);
-        else state_mem(e, (int)i, false);
+        bool given = reads_initial(e, (int)i);
+        /* by pool row, a sequence without a state starts from the model's
+         * (fresh is uniform over the block: the branch holds no divergence) */
+        if (given && e->sig->rows) {
+            line(e, "if (fresh) {");
+            e->ind++;
+            state_start(e, (int)i, false);
+            e->ind--;
+            line(e, "} else {");
+            e->ind++;
+        }
+        state_start(e, (int)i, given);
+        if (given && e->sig->rows) {
+            e->ind--;
+            line(e, "}");
+        }
         if (p->place[i] != PLAN_PLACE_REG) e->written[i] = true;
     }
     bool invariant = false;
@@ -1292,8 +1330,8 @@ static void kernel(em *e)
     else barrier_if_pending(e);
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (m->tensors[i].kind != IR_STATE) continue;
-        if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, true);
-        else state_mem(e, (int)i, true);
+        if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, true, true);
+        else state_mem(e, (int)i, true, true);
     }
     e->ind--;
     line(e, "}");
@@ -1334,6 +1372,8 @@ cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch)
     l.shared_bytes = (unsigned)(p->local_floats * 4);
     return l;
 }
+
+const char *const cuda_nvrtc_options[CUDA_NVRTC_NOPTIONS] = {"--extra-device-vectorization"};
 
 void cuda_program_name(strbuf *out, const ir_model *m) { sb_printf(out, "ssmc_%s.cu", m->name); }
 void cuda_kernel_name(strbuf *out, const ir_model *m) { sb_printf(out, "ssmc_%s", m->name); }

@@ -9,7 +9,8 @@
  * path.
  *
  * The kernel (named cuda_kernel_name, in a program named cuda_program_name)
- * takes (long long B, long long T, float *ws, then one pointer per input,
+ * takes (long long B, long long T, float *ws, [rows, has: see cuda_sig.rows,]
+ * then one pointer per input,
  * param, state and output in IR tensor order); a state's pointer holds the
  * initial state and receives the final state in place; a pointer whose tensor
  * is absent from the signature is never touched. It is launched over
@@ -37,6 +38,16 @@ typedef struct cuda_sig {
     bool vec;                /* every pointer is 16-byte aligned: vector loads allowed */
     const bool *fresh;       /* NULL, or states present that only receive the final
                                 state: the initial value is the init's, or zero */
+    /* States by pool row (decoding against a serving cache): the kernel takes
+     * two more pointers after ws, const int *rows and const unsigned char *has
+     * (either may be NULL). Sequence b of the batch reads and writes row
+     * rows[b] of every state tensor given (row b when rows is NULL); a
+     * negative row is a padding slot, whose block returns at once (no output
+     * written, no state touched); has[b] == 0 makes sequence b start from the
+     * model's initial state (its init, or zeros) instead of its row, which
+     * still receives the final state. */
+    bool rows;
+    bool one_step;           /* T is 1 (the kernel's T argument is ignored): a decode step */
 } cuda_sig;
 
 typedef struct cuda_launch {
@@ -51,6 +62,12 @@ typedef struct cuda_launch {
 ssmc_status cuda_emit(strbuf *out, const pass_plan *p, const cuda_sig *sig, diag *d);
 
 cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch);
+
+/* The NVRTC options the kernels are compiled with, beyond those
+ * rt_nvrtc_compile always passes: by the CUDA backend at load time and by
+ * driver/bundle.c for AOT bundles. */
+#define CUDA_NVRTC_NOPTIONS 1
+extern const char *const cuda_nvrtc_options[CUDA_NVRTC_NOPTIONS];
 
 /* The prelude every kernel's source starts with: storage types (ssmc_bf16,
  * ssmc_f16), conversions, loads and stores (ssmc_get, ssmc_st, ...). It reads

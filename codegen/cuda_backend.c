@@ -55,9 +55,10 @@ typedef struct cuda_state {
     pthread_mutex_t lock;
 } cuda_state;
 
-/* NVRTC options beyond those rt_nvrtc_compile always passes; part of the key. */
-static const char *const nvrtc_opts[] = {"--extra-device-vectorization"};
-#define NVRTC_NOPTS ((int)(sizeof nvrtc_opts / sizeof nvrtc_opts[0]))
+/* NVRTC options beyond those rt_nvrtc_compile always passes (codegen/cuda.h);
+ * part of the key. */
+#define nvrtc_opts cuda_nvrtc_options
+#define NVRTC_NOPTS CUDA_NVRTC_NOPTIONS
 
 static int env_int(const char *name, int lo, int hi)
 {
@@ -78,14 +79,16 @@ static plan_tune cuda_tune_from_env(void)
 }
 
 /* One byte per tensor (0: absent, else 1 + dtype, plus 16 for a state that only
- * receives its final value) and the vector flag. */
-static size_t sig_len(const ir_model *m) { return m->ntensors + 1; }
+ * receives its final value), then the vector, rows and one-step flags. */
+static size_t sig_len(const ir_model *m) { return m->ntensors + 3; }
 
 static void sig_bytes(const ir_model *m, const cuda_sig *sig, unsigned char *out)
 {
     for (uint32_t i = 0; i < m->ntensors; i++)
         out[i] = sig->present[i] ? (unsigned char)(1 + sig->dtype[i] + (sig->fresh && sig->fresh[i] ? 16 : 0)) : 0;
     out[m->ntensors] = sig->vec;
+    out[m->ntensors + 1] = sig->rows;
+    out[m->ntensors + 2] = sig->one_step;
 }
 
 static ssmc_status fail(diag *d, ssmc_status st, strbuf *err, const char *what)
@@ -404,8 +407,9 @@ static void make_sig(const ir_model *m, const backend_tensor *bt, bool device, c
     sig->fresh = fresh;
 }
 
+/* rows: NULL, or the pointers a kernel by pool row takes (cuda_sig.rows). */
 static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T, CUdeviceptr ws,
-                          const CUdeviceptr *ptrs, CUstream stream, diag *d)
+                          const CUdeviceptr *ptrs, const CUdeviceptr rows[2], CUstream stream, diag *d)
 {
     const ir_model *m = s->m;
     cuda_launch l = cuda_launch_of(s->plan, batch);
@@ -414,7 +418,7 @@ static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T
                    (long long)l.blocks);
         return SSMC_ERR_ARG;
     }
-    void **params = calloc(m->ntensors + 3, sizeof *params);
+    void **params = calloc(m->ntensors + 5, sizeof *params);
     if (!params) {
         diag_error(d, "out of memory");
         return SSMC_ERR_NOMEM;
@@ -424,6 +428,10 @@ static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T
     params[k++] = &B;
     params[k++] = &TT;
     params[k++] = &ws;
+    if (rows) {
+        params[k++] = (void *)&rows[0];
+        params[k++] = (void *)&rows[1];
+    }
     for (uint32_t i = 0; i < m->ntensors; i++)
         if (m->tensors[i].kind != IR_LET) params[k++] = (void *)&ptrs[i];
     unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
@@ -492,7 +500,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
         if (st == SSMC_OK) st = chunked_run(s->chunked, batch, T, dbt, true, NULL, d);
         free(dbt);
     } else if (st == SSMC_OK) {
-        st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, d);
+        st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, NULL, d);
     }
     if (st == SSMC_OK && (st = rt_cuda_sync(s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "running the kernel");
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
@@ -510,10 +518,33 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
     return st;
 }
 
+/* rows: NULL, or a decode against state pools (device pointers). */
+static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const backend_tensor *bt,
+                                 const ssmc_rows *rows, void *stream, diag *d);
+
 static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const backend_tensor *bt, void *stream,
                                    diag *d)
 {
-    cuda_state *s = state;
+    return run_on_device(state, batch, T, bt, NULL, stream, d);
+}
+
+static ssmc_status cuda_decode(void *state, int64_t batch, int64_t T, const backend_tensor *bt, const ssmc_rows *rows,
+                               bool device, void *stream, diag *d)
+{
+    if (!device) {
+        diag_error(d, "cuda: a decode on this device takes device pointers (ssmc_decode_device)");
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    return run_on_device(state, batch, T, bt, rows, stream, d);
+}
+
+static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const backend_tensor *bt,
+                                 const ssmc_rows *rows, void *stream, diag *d)
+{
+    if (s->chunked && rows) {
+        diag_error(d, "cuda: a decode runs the recurrent algorithm (leave --algo out)");
+        return SSMC_ERR_UNSUPPORTED;
+    }
     if (s->chunked) {
         pthread_mutex_lock(&s->lock);
         ssmc_status st = chunked_run(s->chunked, batch, T, bt, true, stream, d);
@@ -534,6 +565,11 @@ static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const 
     pthread_mutex_lock(&s->lock);
     cuda_sig sig;
     make_sig(m, bt, true, &sig, dt, present);
+    /* a decode step (T = 1) gets a kernel of its own, with the time loop gone */
+    sig.rows = rows != NULL;
+    sig.one_step = rows && T == 1;
+    CUdeviceptr rp[2] = {rows ? (CUdeviceptr)(uintptr_t)rows->index : 0,
+                         rows ? (CUdeviceptr)(uintptr_t)rows->has_state : 0};
     for (uint32_t i = 0; i < m->ntensors; i++) ptrs[i] = present[i] ? (CUdeviceptr)(uintptr_t)bt[i].data : 0;
     CUfunction fn;
     strbuf err = {0};
@@ -548,7 +584,7 @@ static ssmc_status cuda_run_device(void *state, int64_t batch, int64_t T, const 
         if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, ws, &s->ws, &err)) == SSMC_OK) s->ws_cap = ws;
         if (st != SSMC_OK) fail(d, st, &err, "allocating the kernel's workspace");
     }
-    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->ws : 0, ptrs, (CUstream)stream, d);
+    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->ws : 0, ptrs, rows ? rp : NULL, (CUstream)stream, d);
     pthread_mutex_unlock(&s->lock);
     sb_free(&err);
     free(dt);
@@ -638,4 +674,5 @@ const backend cuda_backend = {
     .emit = cuda_emit_text,
     .free = state_free,
     .run_device = cuda_run_device,
+    .decode = cuda_decode,
 };

@@ -397,10 +397,43 @@ static bool check_finite(const ir_model *ir, const ir_tensor *t, const backend_t
     return true;
 }
 
-/* ssmc_run and ssmc_run_device: the arguments checked once, then the device
- * (or the interpreter) runs. Device tensors cannot be checked for finiteness. */
+/* The checks of a decode's rows before anything runs (host: the indices are
+ * readable). */
+static ssmc_status check_rows(const ssmc_model *m, int64_t batch, const ssmc_rows *rows, bool on_device, diag *d)
+{
+    const char *fn = on_device ? "ssmc_decode_device" : "ssmc_decode";
+    if (!rows || !rows->index || rows->rows < 1) {
+        diag_error(d, "%s needs rows: an index per sequence and a pool of at least one row", fn);
+        return SSMC_ERR_ARG;
+    }
+    if (on_device ? !(m->be && m->be->decode && m->be->run_device) : !(m->be && m->be->decode && !m->be->run_device)) {
+        diag_error(d, on_device ? "%s needs a model compiled for the cuda device"
+                                : "%s runs on the interp and cpu devices (on cuda: ssmc_decode_device)", fn);
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    const src_loc *lag = ir_first_lagged_read(m->ir);
+    if (lag) {
+        diag_at(d, m->ir->file, *lag,
+                "%s: model '%s' reads a value at an earlier step (t - k: here, or a let that reads this at t - k), "
+                "and the window of earlier values does not carry over from one call to the next in this version: "
+                "a decode cannot continue its sequences",
+                fn, m->ir->name);
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    for (int64_t i = 0; !on_device && i < batch; i++)
+        if (rows->index[i] >= rows->rows) {
+            diag_error(d, "%s: sequence %lld's row %d is past the pool's %lld rows", fn, (long long)i,
+                       (int)rows->index[i], (long long)rows->rows);
+            return SSMC_ERR_ARG;
+        }
+    return SSMC_OK;
+}
+
+/* ssmc_run, ssmc_run_device, ssmc_decode and ssmc_decode_device (rows): the
+ * arguments checked once, then the device (or the interpreter) runs. Device
+ * tensors cannot be checked for finiteness. */
 static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, bool on_device,
-                              void *stream)
+                              void *stream, const ssmc_rows *rows)
 {
     if (!m) return SSMC_ERR_ARG;
     diag *d = &m->ctx->diag;
@@ -410,13 +443,17 @@ static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssm
         return SSMC_ERR_ARG;
     }
     const ir_model *ir = m->ir;
-    if (on_device && !(m->be && m->be->run_device)) {
+    if (!rows && on_device && !(m->be && m->be->run_device)) {
         diag_error(d, "ssmc_run_device needs a model compiled for the cuda device");
         return SSMC_ERR_UNSUPPORTED;
     }
     if (batch < 1 || T < 1) {
         diag_error(d, "batch and T must be at least 1 (got batch %lld, T %lld)", (long long)batch, (long long)T);
         return SSMC_ERR_ARG;
+    }
+    if (rows) {
+        ssmc_status rs = check_rows(m, batch, rows, on_device, d);
+        if (rs != SSMC_OK) return rs;
     }
     backend_tensor *bt = calloc(ir->ntensors ? ir->ntensors : 1, sizeof *bt);
     if (!bt) {
@@ -451,23 +488,30 @@ static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssm
     for (uint32_t i = 0; s == SSMC_OK && i < ir->ntensors; i++) {
         const ir_tensor *t = &ir->tensors[i];
         size_t n;
-        if (!run_elems(ir, t, batch, T, &n) || n > ((size_t)1 << 46)) {
+        /* a state's pool has rows->rows rows */
+        if (!run_elems(ir, t, rows && t->kind == IR_STATE ? rows->rows : batch, T, &n) || n > ((size_t)1 << 46)) {
             diag_error(d, "%s '%s' would have too many elements for batch %lld, T %lld", ir_kind_names[t->kind],
                        t->name, (long long)batch, (long long)T);
             s = SSMC_ERR_ARG;
         } else if ((t->kind == IR_INPUT || t->kind == IR_PARAM) && !bt[i].data) {
             diag_error(d, "missing %s '%s'", ir_kind_names[t->kind], t->name);
             s = SSMC_ERR_ARG;
-        } else if (!on_device && m->opts.check_finite && bt[i].data && t->kind != IR_OUTPUT && !bt[i].fresh &&
+        } else if (rows && t->kind == IR_STATE && !t->hidden && !bt[i].data) {
+            diag_error(d, "missing state '%s': a decode takes every state, as its pool of %lld rows", t->name,
+                       (long long)rows->rows);
+            s = SSMC_ERR_ARG;
+        } else if (!rows && !on_device && m->opts.check_finite && bt[i].data && t->kind != IR_OUTPUT && !bt[i].fresh &&
                    !check_finite(ir, t, &bt[i], batch, T, d, "")) {
             s = SSMC_ERR_NUMERIC;
         }
     }
-    if (s == SSMC_OK && on_device)
+    if (s == SSMC_OK && rows)
+        s = m->be->decode(m->be_state, batch, T, bt, rows, on_device, stream, d);
+    else if (s == SSMC_OK && on_device)
         s = m->be->run_device(m->be_state, batch, T, bt, stream, d);
     else if (s == SSMC_OK)
         s = m->be->run(m->be_state, batch, T, bt, d);
-    for (uint32_t i = 0; s == SSMC_OK && !on_device && m->opts.check_finite && i < ir->ntensors; i++) {
+    for (uint32_t i = 0; s == SSMC_OK && !rows && !on_device && m->opts.check_finite && i < ir->ntensors; i++) {
         const ir_tensor *t = &ir->tensors[i];
         if (bt[i].data && (t->kind == IR_OUTPUT || t->kind == IR_STATE) &&
             !check_finite(ir, t, &bt[i], batch, T, d, " after the run"))
@@ -479,10 +523,24 @@ static ssmc_status run_common(ssmc_model *m, int64_t batch, int64_t T, const ssm
 
 ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs)
 {
-    return run_common(m, batch, T, args, nargs, false, NULL);
+    return run_common(m, batch, T, args, nargs, false, NULL, NULL);
 }
 
 ssmc_status ssmc_run_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, void *stream)
 {
-    return run_common(m, batch, T, args, nargs, true, stream);
+    return run_common(m, batch, T, args, nargs, true, stream, NULL);
+}
+
+ssmc_status ssmc_decode(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                        const ssmc_rows *rows)
+{
+    static const ssmc_rows none = {0};
+    return run_common(m, batch, T, args, nargs, false, NULL, rows ? rows : &none);
+}
+
+ssmc_status ssmc_decode_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                               const ssmc_rows *rows, void *stream)
+{
+    static const ssmc_rows none = {0};
+    return run_common(m, batch, T, args, nargs, true, stream, rows ? rows : &none);
 }

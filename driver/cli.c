@@ -4,7 +4,7 @@
  *   ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]
  *                   [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]
  *                   [--init-state NAME=FILE.npy] [--verify] [--grad] [--dout NAME=FILE.npy ...]
- *   ssmc build FILE -o DIR [--target cpu,cuda:sm_90]
+ *   ssmc build FILE -o DIR [--target cpu,cuda:sm_90] [--dtype f32,bf16/f32]
  *   ssmc bench FILE [same options as run]
  *   ssmc --help | --version;  ssmc CMD --help   (to stdout, exit 0)
  * Exit status: 0 success, 1 an error in the input or a failed verification,
@@ -30,6 +30,7 @@ typedef struct pair {
 
 typedef struct cli {
     const char *cmd, *file, *emit, *out, *target, *model, *arch;
+    const char *dtypes; /* build: the CUDA kernels' dtype signatures, as given */
     ssmc_dim dims[MAX_PAIRS];
     int ndims;
     pair ins[MAX_PAIRS], inits[MAX_PAIRS], douts[MAX_PAIRS];
@@ -80,11 +81,18 @@ static const struct command_help {
      "why not); scan is not implemented yet (an error on every device). --grad runs\n"
      "the backward too (docs/gradients.md) and writes DIR/grad_<name>.npy.\n"},
     {"build",
-     "  ssmc build FILE -o DIR [--target cpu|cpu:x86-64[-v2|-v3|-v4]] [-D NAME=VAL ...]\n"
-     "                  [--model NAME] [--threads N] [--algo A]\n",
+     "  ssmc build FILE -o DIR [--target cpu|cpu:x86-64[-v2|-v3|-v4][,cuda:sm_XX ...]]\n"
+     "                  [--dtype SIG[,SIG ...]] [-D NAME=VAL ...] [--model NAME] [--threads N] [--algo A]\n",
      "Builds a model of FILE ahead of time into DIR: <model>.h, lib<model>.so and\n"
-     "lib<model>.a, which need neither LLVM nor ssmc. The header gives the link\n"
-     "line. Needs a C compiler, ar and objcopy (or $CC, $AR and $OBJCOPY).\n"},
+     "lib<model>.a, which need neither LLVM nor ssmc, nor NVRTC with cuda targets.\n"
+     "--target lists a CPU and GPU archs (cpu,cuda:sm_80,cuda:sm_90; default cpu):\n"
+     "each cuda:sm_XX gets cubins, the highest also PTX, compiled here by NVRTC (no\n"
+     "GPU needed). --dtype lists the CUDA kernels' dtype signatures, each\n"
+     "DTYPE[/PARAMS[/STATES]] of f32, f16, bf16, f64 (default f32; bf16/f32: bf16\n"
+     "inputs, outputs and states, f32 params); the CPU code takes f32. The header\n"
+     "documents the entry points (run, decode against state pools, CUDA on device\n"
+     "pointers with a stream) and gives the link line. Needs a C compiler, ar and\n"
+     "objcopy (or $CC, $AR and $OBJCOPY).\n"},
     {"bench",
      "  ssmc bench FILE [the options of run] [--iters N]\n",
      "Times the model: a warm-up run, then N runs (default 20) on tensors already\n"
@@ -207,8 +215,12 @@ static int parse_args(int argc, char **argv, cli *c)
             else if (val && strcmp(val, "cuda") == 0) c->device = SSMC_DEVICE_CUDA;
             else return usage_error("--device takes interp, cpu or cuda%s", "");
         } else if (ARG("--dtype")) {
-            if (!dtype_from_name(val, &c->dtype) || c->dtype == SSMC_F64)
+            if (strcmp(c->cmd, "build") == 0) { /* a list of signatures, checked by ssmc_build */
+                if (!val) return usage_error("--dtype takes a list of dtype signatures such as f32,bf16/f32%s", "");
+                c->dtypes = val;
+            } else if (!dtype_from_name(val, &c->dtype) || c->dtype == SSMC_F64) {
                 return usage_error("--dtype takes f32, bf16 or f16%s", "");
+            }
         } else if (ARG("--algo")) {
             /* the names only: whether the model may run an algorithm is the library's (one rule everywhere) */
             if (val && strcmp(val, "auto") == 0) c->algo = SSMC_ALGO_AUTO;
@@ -536,7 +548,7 @@ static int cmd_build(const cli *c)
     ssmc_ctx *ctx = ssmc_ctx_new();
     ssmc_options o = options_of(c);
     int rc = 0;
-    if (!ctx || ssmc_build(ctx, c->file, src, len, &o, c->target, c->out) != SSMC_OK)
+    if (!ctx || ssmc_build(ctx, c->file, src, len, &o, c->target, c->dtypes, c->out) != SSMC_OK)
         rc = ctx ? fail(ctx, "build failed") : 1;
     ssmc_ctx_free(ctx);
     free(src);

@@ -162,6 +162,36 @@ ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *ar
  * before it enqueues. */
 ssmc_status ssmc_run_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, void *stream);
 
+/* ---- decoding against a state pool (docs/api.md, "Decoding") ----
+ * A serving cache keeps the states of many sequences in one pool per state,
+ * [rows, ...declared], and steps a batch of them at once: sequence i of the
+ * batch reads and writes row index[i] of every state's pool, in place. Inputs
+ * and outputs are [batch, T, ...] as for ssmc_run; T = 1 is one decode step,
+ * T > 1 several tokens at once (speculative verification, chunked prefill).
+ * Every state must be given, as its pool; an output not given is not
+ * computed. Rows must be distinct (two sequences on one row race). */
+typedef struct ssmc_rows {
+    const int32_t *index;     /* [batch]: sequence i's row; negative: a padding slot, skipped
+                                 (no output written, no row touched) */
+    const uint8_t *has_state; /* [batch] or NULL (every sequence continues from its row):
+                                 0: sequence i starts from the model's initial state (its init, or
+                                 zeros) instead of its row, which still receives the final state */
+    int64_t rows;             /* rows in every state's pool */
+} ssmc_rows;
+
+/* On host tensors (index and has_state on the host, checked: every index
+ * below rows); for models compiled for the interpreter or the CPU. A model
+ * that reads an input or a let at an earlier step (t - k) cannot continue a
+ * sequence across calls: SSMC_ERR_UNSUPPORTED, located. */
+ssmc_status ssmc_decode(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                        const ssmc_rows *rows);
+/* The same on device pointers (tensors, index and has_state), enqueued on
+ * `stream` as ssmc_run_device; for models compiled for SSMC_DEVICE_CUDA.
+ * Indices are not checked (they are on the device): one past rows writes
+ * past the pool. */
+ssmc_status ssmc_decode_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                               const ssmc_rows *rows, void *stream);
+
 /* ---- gradients (docs/gradients.md) ----
  * The backward of L = sum over outputs y and final states S of <dy, y> +
  * <dS, S(T)>, derived by the compiler from the model (an adjoint model run in
@@ -217,13 +247,21 @@ void ssmc_tape_free(ssmc_tape *tape);
 /* Builds a bundle of one model of `source` (opts->model; opts->dims apply)
  * into the directory `outdir` (created if needed): <model>.h, a documented C
  * ABI, and lib<model>.so and lib<model>.a, which need neither LLVM nor ssmc
- * at run time (only libc, libm and pthreads). `targets` is a comma-separated
- * list; "cpu" is this machine's CPU, "cpu:x86-64-v2", "cpu:x86-64-v3" or
- * "cpu:x86-64-v4" a portable x86-64 level; NULL means "cpu". Needs a C
- * compiler, `ar` and `objcopy` on PATH (or $CC, $AR and $OBJCOPY); their
- * output is in the diagnostics when they fail. */
+ * nor NVRTC at run time (libc, libm, pthreads; with cuda targets libdl, and
+ * the CUDA driver libcuda.so.1 when a CUDA entry point is called). `targets` is
+ * a comma-separated list: "cpu" is this machine's CPU, "cpu:x86-64-v2",
+ * "cpu:x86-64-v3" or "cpu:x86-64-v4" a portable x86-64 level (one CPU target
+ * at most), "cuda:sm_80", "cuda:sm_90", ... GPU archs, each compiled to cubins
+ * by NVRTC now (no GPU needed; SSMC_ERR_UNSUPPORTED when NVRTC cannot be
+ * loaded), the highest to PTX too; NULL means "cpu". `dtypes` lists the CUDA
+ * kernels' dtype signatures, "f32,bf16/f32,bf16/f32/f32": each the dtype of
+ * inputs and outputs, then of params, then of states (a dtype left out is the
+ * first); NULL means "f32" (the CPU code takes f32 only). Needs a C compiler,
+ * `ar` and `objcopy` on PATH (or $CC, $AR and $OBJCOPY); their output is in
+ * the diagnostics when they fail. docs/api.md, "Ahead of time", says what the
+ * header holds. */
 ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, size_t len, const ssmc_options *opts,
-                       const char *targets, const char *outdir);
+                       const char *targets, const char *dtypes, const char *outdir);
 
 #ifdef __cplusplus
 }

@@ -195,12 +195,15 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
         diag_error(d, "out of memory in the interpreter");
     }
     for (I.b = 0; ok && I.b < args->batch; I.b++) {
+        int64_t row = args->rows ? args->rows[I.b] : I.b; /* the states' row */
+        if (row < 0) continue;
+        bool start = args->has_state && !args->has_state[I.b];
         for (uint32_t i = 0; i < m->ntensors; i++) {
             const ir_tensor *t = &m->tensors[i];
             if (t->kind != IR_STATE) continue;
             size_t bytes = (size_t)I.elems[i] * sizeof(double);
-            if (args->data[i] && !(args->fresh && args->fresh[i]))
-                memcpy(I.buf[i], args->data[i] + I.b * I.elems[i], bytes);
+            if (args->data[i] && !start && !(args->fresh && args->fresh[i]))
+                memcpy(I.buf[i], args->data[i] + row * I.elems[i], bytes);
             else if (ir_find_init(m, (int)i))
                 run_stmt(&I, ir_find_init(m, (int)i), I.buf[i]);
             else
@@ -231,7 +234,7 @@ bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d)
         }
         for (uint32_t i = 0; i < m->ntensors; i++)
             if (m->tensors[i].kind == IR_STATE && args->data[i])
-                memcpy(args->data[i] + I.b * I.elems[i], I.buf[i], (size_t)I.elems[i] * sizeof(double));
+                memcpy(args->data[i] + row * I.elems[i], I.buf[i], (size_t)I.elems[i] * sizeof(double));
     }
     for (uint32_t i = 0; I.buf && i < m->ntensors; i++) free(I.buf[i]);
     for (uint32_t i = 0; I.hist && i < m->ntensors; i++) free(I.hist[i]);

@@ -38,6 +38,18 @@ const ir_origin *ir_find_origin(const ir_model *m, int tensor)
     return NULL;
 }
 
+const src_loc *ir_first_lagged_read(const ir_model *m)
+{
+    for (uint32_t i = 0; i < m->ninsts; i++) {
+        const ir_inst *in = &m->insts[i];
+        if (in->op == IR_LOAD && m->tensors[in->load.tensor].per_step && (in->load.lag || in->load.lag_var >= 0))
+            return &in->loc;
+    }
+    for (uint32_t i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].hidden) return &m->tensors[i].loc;
+    return NULL;
+}
+
 /* ---- builder ---- */
 
 #define BUILD_PUSH(b, arr, x) \

@@ -164,6 +164,11 @@ ir_ref ir_operand(const ir_inst *in, int i);
 const ir_stmt *ir_find_init(const ir_model *m, int tensor);
 /* What passes/lag.c made tensor `tensor` for, or NULL. */
 const ir_origin *ir_find_origin(const ir_model *m, int tensor);
+/* The first read of a per-step tensor at an earlier step (t - k, t - j) or
+ * hidden state (passes/lag.c), located; NULL when every step reads only its
+ * own inputs and the states: then a run continued from its final states (a
+ * decode) gives what one run over the whole sequence gives. */
+const src_loc *ir_first_lagged_read(const ir_model *m);
 
 /* ---- builder: growable arrays, frozen into the arena by ir_finish ----
  * For passes that make new models (passes/unlag.c, passes/grad.c). The add
@@ -230,6 +235,12 @@ typedef struct ir_interp_args {
     double **data;              /* [ntensors] */
     const unsigned char *fresh; /* [ntensors] or NULL: nonzero for a state whose data only
                                    receives the final state (it starts as one not given) */
+    /* Decoding against state pools: NULL, or sequence b's states are row
+     * rows[b] of every state given (a negative row: sequence b is skipped, no
+     * output written); has_state NULL, or has_state[b] == 0: sequence b starts
+     * from its init (or zeros) instead of its row, which gets the final state. */
+    const int32_t *rows;
+    const uint8_t *has_state;
 } ir_interp_args;
 bool ir_interp(const ir_model *m, const ir_interp_args *args, diag *d);
 

@@ -1,4 +1,6 @@
 /* cuda_driver.c: the CUDA driver API and NVRTC through dlopen (see cuda_driver.h).
+ * AOT bundles compile it too (driver/bundle.c), with RT_CUDA_NO_NVRTC defined:
+ * the driver part only.
  *
  * The functions used are listed once, in two X-macro tables; each table becomes
  * a struct of function pointers filled from dlsym, and every handle owns its
@@ -100,9 +102,11 @@ enum {
 typedef struct cuda_api {
     RT_CUDA_DRIVER_FNS(DECLARE_FN)
 } cuda_api;
+#ifndef RT_CUDA_NO_NVRTC
 typedef struct nvrtc_api {
     RT_NVRTC_FNS(DECLARE_FN)
 } nvrtc_api;
+#endif
 #undef DECLARE_FN
 
 /* dlsym returns an object pointer; POSIX guarantees it converts to a function
@@ -116,10 +120,15 @@ _Static_assert(sizeof(void *) == sizeof(void (*)(void)), "function and object po
     }
 /* Both return the first missing symbol, or NULL when all were found. */
 static const char *cuda_api_load(void *lib, cuda_api *api) { RT_CUDA_DRIVER_FNS(LOAD_FN) return NULL; }
+#ifndef RT_CUDA_NO_NVRTC
 static const char *nvrtc_api_load(void *lib, nvrtc_api *api) { RT_NVRTC_FNS(LOAD_FN) return NULL; }
+#endif
 #undef LOAD_FN
 
-/* ---- NVRTC ---- */
+/* ---- NVRTC ----
+ * Left out when RT_CUDA_NO_NVRTC is defined: AOT bundles (driver/bundle.c)
+ * compile this file so, and then neither name nor load NVRTC. */
+#ifndef RT_CUDA_NO_NVRTC
 
 struct rt_nvrtc {
     void *lib;
@@ -359,6 +368,8 @@ out:
     return st;
 }
 
+#endif /* RT_CUDA_NO_NVRTC */
+
 /* ---- the driver ---- */
 
 struct rt_cuda {
@@ -479,7 +490,9 @@ ssmc_status rt_cuda_open_from(const char *library, int device, rt_cuda **out, st
     return cuda_open_lib(lib, library, device, out, err);
 }
 
-ssmc_status rt_cuda_open(rt_cuda **out, strbuf *err)
+ssmc_status rt_cuda_open(rt_cuda **out, strbuf *err) { return rt_cuda_open_device(0, out, err); }
+
+ssmc_status rt_cuda_open_device(int device, rt_cuda **out, strbuf *err)
 {
     *out = NULL;
     strbuf tried = {0};
@@ -487,7 +500,7 @@ ssmc_status rt_cuda_open(rt_cuda **out, strbuf *err)
         void *lib = dlopen(cuda_names[i], RTLD_NOW | RTLD_LOCAL);
         if (lib) {
             sb_free(&tried);
-            return cuda_open_lib(lib, cuda_names[i], 0, out, err);
+            return cuda_open_lib(lib, cuda_names[i], device, out, err);
         }
         sb_printf(&tried, "\n  %s", dlerror());
     }

@@ -26,7 +26,7 @@ typedef struct CUfunc_st *CUfunction;
 typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
 
-/* ---- NVRTC ---- */
+/* ---- NVRTC (not in AOT bundles: runtime/cuda_driver.c built with RT_CUDA_NO_NVRTC) ---- */
 typedef struct rt_nvrtc rt_nvrtc;
 
 /* Loads NVRTC from the usual library names and CUDA install paths. */
@@ -57,6 +57,8 @@ typedef struct rt_cuda rt_cuda;
 
 /* Loads libcuda, initialises it and retains device 0's primary context. */
 ssmc_status rt_cuda_open(rt_cuda **out, strbuf *err);
+/* The same for device `device` (CUDA's ordinal). */
+ssmc_status rt_cuda_open_device(int device, rt_cuda **out, strbuf *err);
 /* The same with an explicit library (a name for dlopen or a path) and device. */
 ssmc_status rt_cuda_open_from(const char *library, int device, rt_cuda **out, strbuf *err);
 void rt_cuda_close(rt_cuda *c); /* releases the primary context; NULL is allowed */

@@ -438,7 +438,7 @@ static void test_bad_pointers_and_values(void **state)
         expect_status(ctx, ssmc_check(ctx, "d.ssm", src, len, &bad[i].o), SSMC_ERR_ARG, bad[i].msg);
         expect_status(ctx, ssmc_emit(ctx, "d.ssm", src, len, &bad[i].o, SSMC_EMIT_IR, &text), SSMC_ERR_ARG, bad[i].msg);
         assert_null(text);
-        expect_status(ctx, ssmc_build(ctx, "d.ssm", src, len, &bad[i].o, NULL, "/nonexistent/never"), SSMC_ERR_ARG,
+        expect_status(ctx, ssmc_build(ctx, "d.ssm", src, len, &bad[i].o, NULL, NULL, "/nonexistent/never"), SSMC_ERR_ARG,
                       bad[i].msg);
     }
     assert_int_equal(ssmc_check(NULL, "d.ssm", src, len, NULL), SSMC_ERR_ARG);
@@ -448,9 +448,9 @@ static void test_bad_pointers_and_values(void **state)
     expect_status(ctx, ssmc_emit(ctx, "d.ssm", NULL, 5, NULL, SSMC_EMIT_IR, &text), SSMC_ERR_ARG, "source is NULL");
     expect_status(ctx, ssmc_emit(ctx, "d.ssm", src, len, NULL, (ssmc_emit_kind)77, &text), SSMC_ERR_ARG,
                   "unknown emit kind 77");
-    assert_int_equal(ssmc_build(NULL, "d.ssm", src, len, NULL, NULL, "/tmp"), SSMC_ERR_ARG);
-    expect_status(ctx, ssmc_build(ctx, "d.ssm", NULL, 3, NULL, NULL, "/tmp"), SSMC_ERR_ARG, "source is NULL");
-    expect_status(ctx, ssmc_build(ctx, "d.ssm", src, len, NULL, NULL, NULL), SSMC_ERR_ARG, "no output directory");
+    assert_int_equal(ssmc_build(NULL, "d.ssm", src, len, NULL, NULL, NULL, "/tmp"), SSMC_ERR_ARG);
+    expect_status(ctx, ssmc_build(ctx, "d.ssm", NULL, 3, NULL, NULL, NULL, "/tmp"), SSMC_ERR_ARG, "source is NULL");
+    expect_status(ctx, ssmc_build(ctx, "d.ssm", src, len, NULL, NULL, NULL, NULL), SSMC_ERR_ARG, "no output directory");
 
     /* introspection */
     assert_string_equal(ssmc_model_name(NULL), "");

@@ -125,11 +125,22 @@ static void *build(const char *src, const char *kernel, launch_fn *launch)
     return h;
 }
 
+/* A decode against state pools (cuda_sig.rows): pools of `rows` rows, the
+ * row of each sequence (negative: padding), which sequences have a state. */
+typedef struct emu_rows {
+    int64_t rows;
+    const int32_t *index;
+    const uint8_t *has; /* NULL: every sequence has */
+    bool one_step;      /* the T = 1 kernel */
+} emu_rows;
+
 /* One emulated run against the interpreter; with `final_only` the states are
  * given to receive the final state only (their buffers NaN): they start as
- * states not given do (their init, or zero). */
-static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
-                           bool final_only, const char *what)
+ * states not given do (their init, or zero). r: NULL, or a decode by pool
+ * row (init is then implied: the pools hold the final states of a random
+ * 5-step prefix of `rows` sequences). */
+static void emu_case_full(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
+                          bool final_only, const emu_rows *r, const char *what)
 {
     const ir_model *m = md->m;
     arena a;
@@ -151,7 +162,11 @@ static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt
         fresh[i] = final_only && m->tensors[i].kind == IR_STATE;
         ifresh[i] = fresh[i];
     }
-    cuda_sig sig = {dts, present, true, fresh};
+    if (r) {
+        init = true;
+        for (uint32_t i = 0; i < nt; i++) present[i] = m->tensors[i].kind != IR_LET && (m->tensors[i].kind != IR_STATE || init);
+    }
+    cuda_sig sig = {.dtype = dts, .present = present, .vec = true, .fresh = fresh, .rows = r != NULL, .one_step = r && r->one_step};
     strbuf src = {0}, kname = {0};
     if (cuda_emit(&src, plan, &sig, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
     cuda_kernel_name(&kname, m);
@@ -159,10 +174,18 @@ static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt
     void *lib = build(sb_cstr(&src), sb_cstr(&kname), &launch);
 
     int np = 0;
+    if (r) { /* the kernel's rows and has pointers come first */
+        ptrs = realloc(ptrs, (nt + 2) * sizeof *ptrs);
+        assert_non_null(ptrs);
+        ptrs[np++] = (void *)r->index;
+        ptrs[np++] = (void *)r->has;
+    }
+    int64_t SB = r ? r->rows : B; /* the states' batch: pools of rows */
     for (uint32_t i = 0; i < nt; i++) {
         const ir_tensor *t = &m->tensors[i];
         if (t->kind == IR_LET) continue;
-        size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)B) * (t->per_step ? (size_t)T : 1);
+        size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : t->kind == IR_STATE ? (size_t)SB : (size_t)B) *
+                   (t->per_step ? (size_t)T : 1);
         count[i] = n;
         ref[i] = calloc(n ? n : 1, sizeof(double));
         buf[i] = aligned_alloc(64, ((n ? n : 1) * dtype_size(dt) + 63) / 64 * 64);
@@ -178,13 +201,13 @@ static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt
         for (uint32_t i = 0; i < nt; i++) {
             const ir_tensor *t = &m->tensors[i];
             if (t->kind == IR_LET || t->kind == IR_OUTPUT) continue;
-            size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)B) * (t->per_step ? 5 : 1);
+            size_t n = (size_t)ir_tensor_elems(m, t) * (t->kind == IR_PARAM ? 1 : (size_t)SB) * (t->per_step ? 5 : 1);
             pd[i] = calloc(n ? n : 1, sizeof(double));
             if (t->kind == IR_PARAM) memcpy(pd[i], ref[i], n * sizeof(double));
             if (t->kind == IR_INPUT)
                 for (size_t k = 0; k < n; k++) pd[i][k] = uniform();
         }
-        ir_interp_args pa = {B, 5, pd, NULL};
+        ir_interp_args pa = {.batch = SB, .T = 5, .data = pd};
         assert_true(ir_interp(m, &pa, &d));
         for (uint32_t i = 0; i < nt; i++) {
             if (m->tensors[i].kind == IR_STATE)
@@ -206,7 +229,8 @@ static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt
     launch(l.blocks, (int)l.threads, B, T, ws, ptrs);
     for (uint32_t i = 0; i < nt; i++)
         data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init && !final_only) ? NULL : ref[i];
-    ir_interp_args ia = {B, T, data, ifresh};
+    ir_interp_args ia = {.batch = B, .T = T, .data = data, .fresh = ifresh, .rows = r ? r->index : NULL,
+                         .has_state = r ? r->has : NULL};
     assert_true(ir_interp(m, &ia, &d));
     double tol = dt == SSMC_F32 ? 1e-5 : 2e-2;
     for (uint32_t i = 0; i < nt; i++) {
@@ -214,10 +238,14 @@ static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt
         if (t->kind != IR_OUTPUT && !(t->kind == IR_STATE && (init || final_only))) continue;
         double mref = 0, mdiff = 0;
         for (size_t k = 0; k < count[i]; k++) {
-            double g = dtype_get(buf[i], dt, k), r = ref[i][k];
-            if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", what, t->name, k, g, r);
-            if (fabs(r) > mref) mref = fabs(r);
-            if (fabs(g - r) > mdiff) mdiff = fabs(g - r);
+            double g = dtype_get(buf[i], dt, k), rv = ref[i][k];
+            /* a padding slot's outputs stay as poisoned; rows no sequence has stay as they were,
+             * exactly (the reference leaves both alone too) */
+            if (isnan(rv) && isnan(g)) continue;
+            if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", what, t->name, k, g, rv);
+            if (isnan(rv)) fail_msg("%s: %s[%zu] = %g was written (a padding slot's)", what, t->name, k, g);
+            if (fabs(rv) > mref) mref = fabs(rv);
+            if (fabs(g - rv) > mdiff) mdiff = fabs(g - rv);
         }
         double rel = mref > 0 ? mdiff / mref : mdiff;
         if (rel > tol) fail_msg("%s: %s: relative error %.3e > %.0e", what, t->name, rel, tol);
@@ -247,7 +275,7 @@ static void emu_case_final(const model *md, const plan_tune *tune, ssmc_dtype dt
 static void emu_case(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
                      const char *what)
 {
-    emu_case_final(md, tune, dt, B, T, init, false, what);
+    emu_case_full(md, tune, dt, B, T, init, false, NULL, what);
 }
 
 /* f32 from a state at the declared dims; bf16 without one at odd dims. */
@@ -291,10 +319,10 @@ static void test_edge_models(void **state)
     /* final states asked for, initial ones not: the inits, then the states written */
     model md;
     model_open(&md, "tests/gpu/edge.ssm", "v2_init", NULL, 0, false);
-    emu_case_final(&md, NULL, SSMC_F32, 2, 6, false, true, "tests/gpu/edge.ssm v2_init f32 B=2 T=6 final states only");
+    emu_case_full(&md, NULL, SSMC_F32, 2, 6, false, true, NULL, "tests/gpu/edge.ssm v2_init f32 B=2 T=6 final states only");
     model_close(&md);
     model_open(&md, "examples/ttt_linear.ssm", NULL, NULL, 0, true);
-    emu_case_final(&md, NULL, SSMC_BF16, 3, 3, false, true, "examples/ttt_linear.ssm bf16 B=3 T=3 odd final states only");
+    emu_case_full(&md, NULL, SSMC_BF16, 3, 3, false, true, NULL, "examples/ttt_linear.ssm bf16 B=3 T=3 odd final states only");
     model_close(&md);
 }
 
@@ -322,6 +350,32 @@ static void test_layouts(void **state)
             char what[256];
             snprintf(what, sizeof what, "%s layout %zu f32 B=2 T=4 from a state", cases[k].file, v);
             emu_case(&md, &tunes[v], SSMC_F32, 2, 4, true, what);
+            model_close(&md);
+        }
+}
+
+/* Decoding against state pools: sequences on rows out of order, a padding
+ * slot, a sequence that starts from the model's initial state (ttt_linear's
+ * is its init, W0), one step (the T = 1 kernel) and several, f32 and bf16,
+ * declared and odd dims. Rows no sequence has must come out unchanged. */
+static void test_decode_rows(void **state)
+{
+    if (!have_cxx) skip();
+    static const char *const files[] = {"examples/mamba2.ssm", "examples/gated_deltanet.ssm", "examples/gla.ssm",
+                                        "examples/ttt_linear.ssm", "tests/gpu/edge.ssm"};
+    static const int32_t index[] = {5, 0, -1, 3};
+    static const uint8_t has[] = {1, 0, 1, 1};
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++)
+        for (int v = 0; v < 4; v++) {
+            model md;
+            bool odd = v & 1;
+            model_open(&md, files[f], f == 4 ? "big" : NULL, NULL, 0, odd);
+            emu_rows r = {.rows = 7, .index = index, .has = v == 1 || v == 2 ? has : NULL, .one_step = !(v & 2)};
+            int64_t T = r.one_step ? 1 : 3;
+            char what[256];
+            snprintf(what, sizeof what, "%s %s rows T=%lld%s%s", files[f], odd ? "bf16 odd" : "f32", (long long)T,
+                     r.has ? " has_state" : "", r.one_step ? " one step" : "");
+            emu_case_full(&md, NULL, odd ? SSMC_BF16 : SSMC_F32, 4, T, true, false, &r, what);
             model_close(&md);
         }
 }
@@ -502,6 +556,7 @@ int main(void)
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
         cmocka_unit_test(test_layouts),
+        cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_chunk_cores),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -2,7 +2,9 @@
  * edge-case models of tests/gpu/edge.ssm), at its own dims and at odd dims,
  * is emitted as CUDA C and compiled by NVRTC to PTX for sm_90, for the f32
  * signature of `ssmc emit` and for bf16, f16 and mixed signatures with states
- * absent and vector loads off. The emitted source names every statement's
+ * absent and vector loads off, and as the decode kernels by pool row (for T
+ * and for one step), each taking the parameters a launch passes. The emitted
+ * source names every statement's
  * DSL line; an NVRTC failure names the generated program; the plans of the
  * benchmark shapes keep their states in registers. The NVRTC cases skip()
  * where NVRTC cannot be loaded. */
@@ -76,8 +78,10 @@ static void compiled_free(compiled *c)
     arena_free(&c->a);
 }
 
-/* Emits one signature and compiles it to PTX for sm_90. */
-static void ptx_of(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dtype params, bool states, bool vec)
+/* Emits one signature and compiles it to PTX for sm_90; rows: the kernel by
+ * pool row (cuda_sig.rows; every state given), one_step: for T = 1. */
+static void ptx_of_rows(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dtype params, bool states, bool vec,
+                        bool rows, bool one_step)
 {
     ssmc_dtype dt[64];
     bool present[64];
@@ -87,7 +91,7 @@ static void ptx_of(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dt
         dt[i] = t->kind == IR_PARAM ? params : io;
         present[i] = t->kind != IR_LET && (t->kind != IR_STATE || states);
     }
-    cuda_sig sig = {dt, present, vec, NULL};
+    cuda_sig sig = {.dtype = dt, .present = present, .vec = vec, .rows = rows, .one_step = one_step};
     strbuf src = {0}, name = {0}, log = {0}, entry = {0};
     diag d = {0};
     if (cuda_emit(&src, p, &sig, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
@@ -99,12 +103,22 @@ static void ptx_of(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dt
     cuda_kernel_name(&entry, m);
     assert_non_null(strstr(ptx, sb_cstr(&entry)));
     assert_non_null(strstr(ptx, ".target sm_90"));
+    /* the parameters a launch passes: B, T, ws, [rows, has,] one per tensor but lets */
+    int want = rows ? 5 : 3, got = 0;
+    for (uint32_t i = 0; i < m->ntensors; i++) want += m->tensors[i].kind != IR_LET;
+    for (const char *q = strstr(ptx, ".entry"); q && *q && *q != ')'; q++) got += strncmp(q, ".param", 6) == 0;
+    if (got != want) fail_msg("%s: the kernel takes %d parameters, a launch passes %d", m->name, got, want);
     free(ptx);
     sb_free(&src);
     sb_free(&name);
     sb_free(&log);
     sb_free(&entry);
     diag_free(&d);
+}
+
+static void ptx_of(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dtype params, bool states, bool vec)
+{
+    ptx_of_rows(m, p, io, params, states, vec, false, false);
 }
 
 /* odd: the dims to use at odd sizes (NULL: every dim made odd) */
@@ -135,6 +149,9 @@ static void check_model_ptx(const char *rel, const char *model, const ssmc_dim *
         ptx_of(c.m, p, SSMC_BF16, SSMC_BF16, false, false);
         ptx_of(c.m, p, SSMC_F16, SSMC_F32, true, true);
         if (!odd) ptx_of(c.m, p, SSMC_F64, SSMC_F32, true, true);
+        /* the decode kernels by pool row, for T and for one step */
+        ptx_of_rows(c.m, p, SSMC_BF16, SSMC_F32, true, !odd, true, false);
+        ptx_of_rows(c.m, p, SSMC_F32, SSMC_F32, true, true, true, true);
 
         /* the public path: ssmc emit --emit=ptx --arch sm_90 (f32) */
         ssmc_ctx *ctx = ssmc_ctx_new();
@@ -222,7 +239,7 @@ static void test_nvrtc_failure_names_program(void **state)
     ssmc_dtype dt[16] = {0};
     bool present[16];
     for (uint32_t i = 0; i < c.m->ntensors; i++) present[i] = c.m->tensors[i].kind != IR_LET;
-    cuda_sig sig = {dt, present, true, NULL};
+    cuda_sig sig = {.dtype = dt, .present = present, .vec = true};
     strbuf src = {0}, bad = {0}, name = {0}, log = {0};
     assert_int_equal(cuda_emit(&src, p, &sig, &d), SSMC_OK);
     const char *nl = strchr(sb_cstr(&src), '\n');
