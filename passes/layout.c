@@ -20,6 +20,8 @@
 #define TEMP_MAX 32             /* flat non-in-place updates: temporaries per thread */
 #define MAX_FLAT_SLOTS 8        /* flat statements with at most this many elements per thread
                                    prefetch their loads */
+#define STATELESS_ITEM (FLAT_MIN_THREADS * MAX_FLAT_SLOTS) /* most values an item of a
+                                   model without states gathers */
 
 /* ---- statistics that choose the layout ---- */
 
@@ -53,11 +55,36 @@ static void count_reductions(const pass_plan *p, const ir_stmt *s, ir_ref r, sta
     }
 }
 
+/* A model without states carries nothing from one step to the next, so a
+ * split class buys an item nothing but its launch: left on the grid at tiles
+ * of one value, a block of FLAT_MIN_THREADS threads computes one value per
+ * step (the chunked algorithm's epilogue at H = 16, V = 128 and its batch x
+ * time folded into one-step sequences: 2048 blocks per step). Its splittable
+ * classes go into the item instead, those of an output's innermost axis first,
+ * then the last first, while the item holds at most STATELESS_ITEM values. */
+static void gather_stateless(pass_plan *p, const stats *st)
+{
+    const ir_model *m = p->m;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++)
+        if (m->tensors[ti].kind == IR_STATE) return;
+    int64_t elems = 1;
+    for (int c = 0; c < p->ncls; c++)
+        if (!p->cls[c].split) elems *= p->cls[c].n;
+    for (int inner = 1; inner >= 0; inner--)
+        for (int c = p->ncls - 1; c >= 0; c--) {
+            plan_class *k = &p->cls[c];
+            if (!k->split || st->inner[c] != (inner == 1) || elems * k->n > STATELESS_ITEM) continue;
+            k->split = false;
+            elems *= k->n;
+        }
+}
+
 /* Steps 1 and 2: the lane class, the column class, every class's threads,
  * slots and tile. */
 static void choose_layout(pass_plan *p, const stats *st, plan_tune tune)
 {
     int R = -1, C = -1;
+    gather_stateless(p, st);
     /* R: a local class, preferring states' classes, then reductions that can be
      * distributed over it, then size */
     for (int c = 0; c < p->ncls; c++) {

@@ -533,6 +533,55 @@ static void test_chunk_cores(void **state)
     chunk_core_case("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true);
 }
 
+/* The chunked algorithm's prologue and epilogue (models of their own, without
+ * states, planned for CUDA as any model is) at the declared dims and at the
+ * benchmark's shape, run as the chunked runner runs them (batch and time
+ * folded into one-step sequences) and over a few steps. */
+static void test_chunk_parts(void **state)
+{
+    (void)state;
+    if (!have_cxx) skip();
+    static const struct {
+        const char *rel;
+        ssmc_dim dims[5];
+        int nd;
+    } cases[] = {
+        {"examples/fla_simple_gla.ssm", {{0}}, 0},
+        {"examples/fla_simple_gla.ssm", {{"H", 16}, {"K", 128}, {"V", 128}}, 3},
+        {"examples/fla_gated_delta_rule.ssm", {{0}}, 0},
+        {"examples/fla_gated_delta_rule.ssm", {{"H", 3}, {"HV", 6}, {"R", 2}, {"K", 40}, {"V", 24}}, 5},
+        {"examples/mamba2_ssd.ssm", {{0}}, 0},
+        {"examples/gla.ssm", {{0}}, 0},
+        {"examples/linear_attn.ssm", {{0}}, 0},
+        {"examples/deltanet.ssm", {{"H", 5}, {"K", 12}, {"V", 9}}, 3},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        size_t len;
+        char *src = test_slurp(cases[ci].rel, &len);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        ssmc_options o = {.dims = cases[ci].dims, .ndims = cases[ci].nd, .algo = SSMC_ALGO_CHUNKED};
+        plan_target tg = plan_target_cuda(NULL);
+        pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+        if (pipeline_run(&pl, cases[ci].rel, src, len, PIPE_PLAN) != SSMC_OK)
+            fail_msg("%s: %s", cases[ci].rel, sb_cstr(&d.text));
+        const pass_chunk_parts *parts = &pl.plan->chunked->parts;
+        const ir_model *part[2] = {parts->prologue, parts->epilogue};
+        for (int k = 0; k < 2; k++) {
+            model md = {.m = (ir_model *)part[k]};
+            char what[256];
+            snprintf(what, sizeof what, "%s %s (%d dims) f32 B*T=12 folded", cases[ci].rel, part[k]->name, cases[ci].nd);
+            emu_case(&md, NULL, SSMC_F32, 12, 1, false, what);
+            snprintf(what, sizeof what, "%s %s (%d dims) bf16 B=2 T=3", cases[ci].rel, part[k]->name, cases[ci].nd);
+            emu_case(&md, NULL, SSMC_BF16, 2, 3, false, what);
+        }
+        free(src);
+        diag_free(&d);
+        arena_free(&a);
+    }
+}
+
 static int setup(void **state)
 {
     char cmd[256];
@@ -558,6 +607,7 @@ int main(void)
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_chunk_cores),
+        cmocka_unit_test(test_chunk_parts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
