@@ -27,6 +27,7 @@
 #include "runtime/cache.h"
 #include "runtime/cuda_driver.h"
 #include "support/dtype.h"
+#include "support/env.h"
 
 #define ALIGN 256 /* device sub-buffers: every vector load is aligned */
 
@@ -60,22 +61,14 @@ typedef struct cuda_state {
 #define nvrtc_opts cuda_nvrtc_options
 #define NVRTC_NOPTS CUDA_NVRTC_NOPTIONS
 
-static int env_int(const char *name, int lo, int hi)
-{
-    const char *v = getenv(name);
-    char *end;
-    long n = v ? strtol(v, &end, 10) : 0;
-    return v && *v && !*end && n >= lo && n <= hi ? (int)n : 0;
-}
-
 /* The layout knobs from SSMC_CUDA_LANE_SLOTS, SSMC_CUDA_STATE_SLOTS,
  * SSMC_CUDA_WARPS, SSMC_CUDA_SHARE_LETS (docs/cuda.md; for benchmarking). */
 static plan_tune cuda_tune_from_env(void)
 {
-    return (plan_tune){.lane_slots = env_int("SSMC_CUDA_LANE_SLOTS", 1, 64),
-                       .state_slots = env_int("SSMC_CUDA_STATE_SLOTS", 1, 64),
-                       .warps = env_int("SSMC_CUDA_WARPS", 1, 8),
-                       .share_lets = env_int("SSMC_CUDA_SHARE_LETS", 1, 2)};
+    return (plan_tune){.lane_slots = (int)env_long(ENV_SSMC_CUDA_LANE_SLOTS, 1, 64, 0),
+                       .state_slots = (int)env_long(ENV_SSMC_CUDA_STATE_SLOTS, 1, 64, 0),
+                       .warps = (int)env_long(ENV_SSMC_CUDA_WARPS, 1, 8, 0),
+                       .share_lets = (int)env_long(ENV_SSMC_CUDA_SHARE_LETS, 1, 2, 0)};
 }
 
 /* One byte per tensor (0: absent, else 1 + dtype, plus 16 for a state that only

@@ -46,6 +46,7 @@
 #include "codegen/llvm.h"
 #include "runtime/cuda_driver.h"
 #include "support/dtype.h"
+#include "support/env.h"
 
 extern char **environ;
 
@@ -1026,10 +1027,10 @@ static bool write_text(const char *path, strbuf *text, diag *d)
     return ok;
 }
 
-static const char *tool(const char *env, const char *fallback)
+static const char *tool(env_var env, const char *fallback)
 {
-    const char *v = getenv(env);
-    return v && *v ? v : fallback;
+    const char *v = env_get(env);
+    return v ? v : fallback;
 }
 
 /* Whether the bundle compiles the embedded source at `path`: the pool with
@@ -1154,7 +1155,7 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
          * points (and the CPU kernel's own symbol) stay global, so that two
          * bundles, or a bundle and libssmc, link into one program without
          * clashing. */
-        const char *cc = tool("CC", "cc"), *ar = tool("AR", "ar"), *objcopy = tool("OBJCOPY", "objcopy");
+        const char *cc = tool(ENV_CC, "cc"), *ar = tool(ENV_AR, "ar"), *objcopy = tool(ENV_OBJCOPY, "objcopy");
         char *compile[] = {(char *)cc, "-O2", "-fPIC", "-fvisibility=hidden", "-D_GNU_SOURCE", inc, srcinc, srcinc2,
                            "-c", wrap_c, "-o", wrap_o, NULL};
         bool ok = run_tool(compile, log, d);

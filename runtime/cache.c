@@ -9,6 +9,7 @@
  * directory; there is no fsync: an entry cut short by a crash fails its checks
  * and reads as a miss. Assumes POSIX rename semantics (atomic replace). */
 #include "runtime/cache.h"
+#include "support/env.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -96,11 +97,11 @@ ssmc_status rt_cache_dir(const char *dir, strbuf *path, strbuf *err)
     const char *env;
     if (dir && *dir)
         sb_puts(path, dir);
-    else if ((env = getenv("SSMC_CACHE_DIR")) && *env)
+    else if ((env = env_get(ENV_SSMC_CACHE_DIR)))
         sb_puts(path, env);
-    else if ((env = getenv("XDG_CACHE_HOME")) && env[0] == '/') /* the XDG spec ignores relative values */
+    else if ((env = env_get(ENV_XDG_CACHE_HOME)) && env[0] == '/') /* the XDG spec ignores relative values */
         sb_printf(path, "%s/ssmc", env);
-    else if ((env = getenv("HOME")) && *env)
+    else if ((env = env_get(ENV_HOME)))
         sb_printf(path, "%s/.cache/ssmc", env);
     else {
         sb_puts(err, "no cache directory: set SSMC_CACHE_DIR or HOME");

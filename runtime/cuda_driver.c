@@ -12,6 +12,7 @@
  * (SSMC_ERR_NOMEM for out-of-memory) with the function and the driver's error
  * name and text; a missing library, symbol or device is SSMC_ERR_UNSUPPORTED. */
 #include "runtime/cuda_driver.h"
+#include "support/env.h"
 
 #include <dlfcn.h>
 #include <link.h>
@@ -164,8 +165,8 @@ static char *find_include_dir(void *lib)
     strbuf cand[5] = {{0}};
     int k = 0;
     const char *env, *slash;
-    if ((env = getenv("CUDA_HOME")) && *env) sb_printf(&cand[k++], "%s/include", env);
-    if ((env = getenv("CUDA_PATH")) && *env) sb_printf(&cand[k++], "%s/include", env);
+    if ((env = env_get(ENV_CUDA_HOME))) sb_printf(&cand[k++], "%s/include", env);
+    if ((env = env_get(ENV_CUDA_PATH))) sb_printf(&cand[k++], "%s/include", env);
     struct link_map *lm = NULL;
     if (dlinfo(lib, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name && (slash = strrchr(lm->l_name, '/'))) {
         sb_putn(&cand[k], lm->l_name, (size_t)(slash - lm->l_name));

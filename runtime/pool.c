@@ -24,6 +24,7 @@
  * the caller (pool.h says why). A run that starts on a worker's CPU trades the
  * two: one sched_setaffinity call, and only after the caller has moved. */
 #include "runtime/pool.h"
+#include "support/env.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -218,7 +219,7 @@ static int available_cores(void)
  * the workers take the others, in CPU-number order. */
 static void plan_cpus(rt_pool *p)
 {
-    const char *env = getenv("SSMC_PIN");
+    const char *env = env_get(ENV_SSMC_PIN);
     cpu_set_t set;
     if (p->size < 2 || (env && strcmp(env, "0") == 0) || sched_getaffinity(0, sizeof set, &set) != 0 ||
         CPU_COUNT(&set) != p->size || !(p->cpu = malloc((size_t)p->size * sizeof *p->cpu)))
@@ -287,9 +288,7 @@ rt_pool *rt_pool_new(int nthreads, strbuf *err)
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->work_cv, NULL);
     pthread_cond_init(&p->done_cv, NULL);
-    const char *spin_env = getenv("SSMC_SPIN_US");
-    long spin_us = spin_env && *spin_env ? strtol(spin_env, NULL, 10) : SPIN_US;
-    if (spin_us < 0 || spin_us > 1000000) spin_us = SPIN_US;
+    long spin_us = env_long(ENV_SSMC_SPIN_US, 0, 1000000, SPIN_US);
     p->spin_ns = nthreads <= available_cores() ? (int64_t)spin_us * 1000 : 0;
     plan_cpus(p);
     for (int i = 1; i < nthreads; i++) {
