@@ -24,7 +24,7 @@
     X(SSMC_CUDA_LANE_SLOTS, "codegen/cuda_backend.c", "CUDA layout: slots per lane of the lane class (1-64)") \
     X(SSMC_CUDA_STATE_SLOTS, "codegen/cuda_backend.c", "CUDA layout: state slots per thread (1-64)")      \
     X(SSMC_CUDA_WARPS, "codegen/cuda_backend.c", "CUDA layout: most warps along the column class (1-8)")   \
-    X(SSMC_CUDA_SHARE_LETS, "codegen/cuda_backend.c", "CUDA layout: 1 computes costly lets per thread, 2 once per block") \
+    X(SSMC_CUDA_SHARE_LETS, "codegen/cuda_backend.c", "CUDA layout: 1 shares costly replicated lets through shared memory, 2 never") \
     X(CUDA_HOME, "runtime/cuda_driver.c", "where NVRTC finds cuda_fp16.h and cuda_bf16.h ($CUDA_HOME/include)") \
     X(CUDA_PATH, "runtime/cuda_driver.c", "as CUDA_HOME, tried after it")                                   \
     X(CC, "driver/bundle.c", "the C compiler `ssmc build` runs (default cc)")                              \

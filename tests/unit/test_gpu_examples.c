@@ -450,6 +450,33 @@ static void test_run_device(void **state)
 
 /* A second model of the same source loads its kernel from the cache: its
  * first run skips NVRTC and is much faster than the cold one. */
+/* `ssmc bench --device cuda` times the kernels on device tensors with the
+ * copies apart (SPEC §5), and what comes back still matches the interpreter. */
+static void test_cli_bench(void **state)
+{
+    (void)state;
+    const char *cli = getenv("SSMC_CLI");
+    if (!cli || !*cli) skip();
+    char cmd[4096], line[1024];
+    snprintf(cmd, sizeof cmd, "%s bench %s/examples/gla.ssm --device cuda --seqlen 40 --batch 2 --iters 5 --verify 2>&1",
+             cli, test_src_dir());
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    bool header = false, timed = false, verified = false, failed = false;
+    double median = -1, in_ms = -1, out_ms = -1;
+    while (fgets(line, sizeof line, f)) {
+        printf("# %s", line);
+        if (strstr(line, "copy_in_ms") && strstr(line, "copy_out_ms")) header = true;
+        else if (header && median < 0) sscanf(line, "%*s %*s %*s %*f %lf %*f %lf %lf", &median, &in_ms, &out_ms);
+        if (strstr(line, "timed: the kernels on tensors already on the GPU")) timed = true;
+        if (strstr(line, "verify") && strstr(line, " ok")) verified = true;
+        if (strstr(line, "FAIL") || strstr(line, "error")) failed = true;
+    }
+    assert_int_equal(pclose(f), 0);
+    assert_true(header && timed && verified && !failed);
+    assert_true(median > 0 && in_ms > 0 && out_ms > 0);
+}
+
 static void test_kernel_cache(void **state)
 {
     char dir[] = "/tmp/ssmc-gpu-cache-XXXXXX";
@@ -507,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_decode_continues),
         cmocka_unit_test(test_run_device),
         cmocka_unit_test(test_kernel_cache),
+        cmocka_unit_test(test_cli_bench),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rt_cuda_close(gpu);
