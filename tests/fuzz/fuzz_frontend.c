@@ -322,11 +322,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* -D overrides: every dim the IR lists ("  dim NAME = VALUE") set to a
          * small value drawn from the input, which may break grouped indices */
         ssmc_dim dims[MAX_OVERRIDES];
-        char names[MAX_OVERRIDES][64];
+        char *names[MAX_OVERRIDES];
         int n = 0;
         uint64_t seed = hash64(data, size, 7);
         for (const char *p = ir; n < MAX_OVERRIDES && (p = strstr(p, "\n  dim ")); p++) {
-            if (sscanf(p, "\n  dim %63s = ", names[n]) != 1) violated("an IR dim line does not parse", p);
+            /* the whole name, however long (a fixed-width scan would cut it
+             * and ask for a different dim) */
+            const char *name = p + strlen("\n  dim ");
+            size_t len = strcspn(name, " \n");
+            if (len == 0 || strncmp(name + len, " = ", 3) != 0) violated("an IR dim line does not parse", p);
+            names[n] = strndup(name, len);
+            if (!names[n]) break;
             dims[n] = (ssmc_dim){names[n], 1 + (int64_t)(splitmix64(&seed) % 6)};
             n++;
         }
@@ -350,6 +356,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 !strstr(ssmc_ctx_error(ctx), "is already given"))
                 violated("a dim given twice was not reported", ssmc_ctx_error(ctx));
         }
+        for (int i = 0; i < n; i++) free(names[i]);
     }
     free(ir);
     ssmc_ctx_free(ctx);
