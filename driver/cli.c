@@ -4,6 +4,7 @@
  *   ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]
  *                   [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]
  *                   [--init-state NAME=FILE.npy] [--verify] [--grad] [--dout NAME=FILE.npy ...]
+ *                   [--algo A] [--chunk C] [--cu-seqlens FILE.npy]
  *   ssmc build FILE -o DIR [--target cpu,cuda:sm_90] [--dtype f32,bf16/f32]
  *   ssmc bench FILE [same options as run]
  *   ssmc --help | --version;  ssmc CMD --help   (to stdout, exit 0)
@@ -32,6 +33,7 @@ typedef struct pair {
 typedef struct cli {
     const char *cmd, *file, *emit, *out, *target, *model, *arch;
     const char *dtypes; /* build: the CUDA kernels' dtype signatures, as given */
+    const char *cu_seqlens; /* run, bench: --cu-seqlens FILE.npy */
     ssmc_dim dims[MAX_PAIRS];
     int ndims;
     pair ins[MAX_PAIRS], inits[MAX_PAIRS], douts[MAX_PAIRS];
@@ -68,8 +70,8 @@ static const struct command_help {
      "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
      "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
      "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
-     "                  [--algo auto|recurrent|chunked|scan] [--chunk C] [--check-finite]\n"
-     "                  [--grad] [--dout NAME=FILE.npy ...]\n",
+     "                  [--algo auto|recurrent|chunked|scan] [--chunk C] [--cu-seqlens FILE.npy]\n"
+     "                  [--check-finite] [--grad] [--dout NAME=FILE.npy ...]\n",
      "Runs a model of FILE on a device. Inputs and params not given with --in are\n"
      "drawn uniformly from [-1, 1) with the seed (default 0); B and T come from\n"
      "the --in files, else --batch and --seqlen (default 1 and 16). --out DIR\n"
@@ -80,7 +82,10 @@ static const struct command_help {
      "--algo chunked runs the chunked algorithm (chunks of --chunk C steps, 64 by\n"
      "default) where every state has a chunk form (ssmc emit --emit=analysis says\n"
      "why not); scan is not implemented yet (an error on every device). --grad runs\n"
-     "the backward too (docs/gradients.md) and writes DIR/grad_<name>.npy.\n"},
+     "the backward too (docs/gradients.md) and writes DIR/grad_<name>.npy.\n"
+     "--cu-seqlens FILE.npy (N + 1 offsets, <i4 or <i8, from 0 up to T) runs N\n"
+     "sequences packed along T of a batch of one: inputs and outputs [1, T, ...],\n"
+     "initial and final states [N, ...]; each sequence starts from its own state.\n"},
     {"build",
      "  ssmc build FILE -o DIR [--target cpu|cpu:x86-64[-v2|-v3|-v4][,cuda:sm_XX ...]]\n"
      "                  [--dtype SIG[,SIG ...]] [-D NAME=VAL ...] [--model NAME] [--threads N] [--algo A]\n",
@@ -229,6 +234,9 @@ static int parse_args(int argc, char **argv, cli *c)
             else if (val && strcmp(val, "chunked") == 0) c->algo = SSMC_ALGO_CHUNKED;
             else if (val && strcmp(val, "scan") == 0) c->algo = SSMC_ALGO_SCAN;
             else return usage_error("--algo takes auto, recurrent, chunked or scan%s", "");
+        } else if (ARG("--cu-seqlens")) {
+            if (!val) return usage_error("--cu-seqlens takes FILE.npy (int32 or int64 offsets)%s", "");
+            c->cu_seqlens = val;
         } else if (ARG("--dout")) {
             pair p;
             if (!val || !split_pair(val, &p)) return usage_error("--dout takes NAME=FILE.npy%s", "");
@@ -383,9 +391,70 @@ static bool mkdir_p(const char *dir)
     return mkdir(buf, 0777) == 0 || errno == EEXIST;
 }
 
+/* The sequences of a run: B of length T, or (cu != NULL) the nseq sequences
+ * of --cu-seqlens packed along T of a batch of one. */
+typedef struct packing {
+    int64_t *cu; /* nseq + 1 offsets */
+    int64_t nseq;
+} packing;
+
+static ssmc_status run_packed(ssmc_model *m, int64_t B, int64_t T, const packing *pk, const ssmc_arg *args, int n)
+{
+    return pk->cu ? ssmc_run_varlen(m, T, pk->cu, pk->nseq, args, n) : ssmc_run(m, B, T, args, n);
+}
+
+/* --cu-seqlens FILE.npy: N + 1 offsets (<i4 or <i8) into *pk, B = 1 and T =
+ * the last offset. Whether they rise from 0 is the library's to check (one
+ * rule for every caller): the run reports it. */
+static bool load_offsets(const cli *c, packing *pk, int64_t *B, int64_t *T)
+{
+    if (c->batch > 1) {
+        fprintf(stderr, "error: --cu-seqlens packs the sequences along T of a batch of one, but --batch is %lld\n",
+                (long long)c->batch);
+        return false;
+    }
+    rt_npy f;
+    strbuf err = {0};
+    if (rt_npy_read(c->cu_seqlens, RT_NPY_ALLOW_INDEX, &f, &err) != SSMC_OK) {
+        fprintf(stderr, "error: --cu-seqlens %s\n", sb_cstr(&err));
+        sb_free(&err);
+        return false;
+    }
+    sb_free(&err);
+    const int64_t *off = f.data;
+    const char *why = !f.index                ? "holds floating-point values"
+                      : f.rank != 1           ? "is not 1-D"
+                      : f.count < 2           ? "has fewer than two offsets (one sequence)"
+                      : off[f.count - 1] < 1  ? "ends below 1 (its last offset is T)"
+                      : c->T && off[f.count - 1] != c->T ? "does not end at --seqlen"
+                                                         : NULL;
+    if (why) {
+        fprintf(stderr, "error: --cu-seqlens %s: the array %s; expected N + 1 int32 or int64 offsets from 0 to T\n",
+                c->cu_seqlens, why);
+        rt_npy_free(&f);
+        return false;
+    }
+    pk->cu = f.data; /* taken over from f */
+    pk->nseq = (int64_t)f.count - 1;
+    *B = 1;
+    *T = pk->cu[pk->nseq];
+    return true;
+}
+
+/* The longest sequence: the --verify tolerance grows with the steps a value runs through. */
+static int64_t longest(const packing *pk, int64_t T)
+{
+    if (!pk->cu) return T;
+    int64_t L = 1;
+    for (int64_t i = 0; i < pk->nseq; i++)
+        if (pk->cu[i + 1] - pk->cu[i] > L) L = pk->cu[i + 1] - pk->cu[i];
+    return L;
+}
+
 /* Loads the --in / --init-state files, fixing B and T from them where the
  * command line did not. Returns false with a message on any mismatch. */
-static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, rt_npy *dfiles, int64_t *B, int64_t *T)
+static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, rt_npy *dfiles, int64_t *B, int64_t *T,
+                       int64_t nseq)
 {
     int n = ssmc_model_num_tensors(m);
     static const char *const flags[] = {"--in", "--init-state", "--dout"};
@@ -435,7 +504,10 @@ static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, rt_npy *dfile
             }
             bool ok = file->rank == lead + info.rank;
             for (int j = 0; ok && j < info.rank; j++) ok = file->shape[lead + j] == info.shape[j];
-            if (ok && lead >= 1) {
+            bool rows = nseq && lead == 1; /* a state of packed sequences: [N, ...] */
+            if (ok && rows) {
+                ok = file->shape[0] == nseq;
+            } else if (ok && lead >= 1) {
                 if (!*B) *B = file->shape[0];
                 ok = file->shape[0] == *B;
             }
@@ -445,16 +517,17 @@ static bool load_given(const cli *c, ssmc_model *m, rt_npy *files, rt_npy *dfile
             }
             if (!ok) {
                 strbuf want = {0}, got = {0};
-                if (lead >= 1) sb_printf(&want, "%s", *B ? "" : "B");
-                if (*B && lead >= 1) sb_printf(&want, "%lld", (long long)*B);
+                if (rows) sb_printf(&want, "%lld", (long long)nseq);
+                else if (lead >= 1 && !*B) sb_puts(&want, "B");
+                else if (lead >= 1) sb_printf(&want, "%lld", (long long)*B);
                 if (lead == 2) {
                     if (*T) sb_printf(&want, ", %lld", (long long)*T);
                     else sb_puts(&want, ", T");
                 }
                 for (int j = 0; j < info.rank; j++) sb_printf(&want, "%s%lld", (j || lead) ? ", " : "", (long long)info.shape[j]);
                 for (int j = 0; j < file->rank; j++) sb_printf(&got, "%s%lld", j ? ", " : "", (long long)file->shape[j]);
-                fprintf(stderr, "error: %s: '%s' must have shape [%s], the file has [%s]\n", ps[i].value, ps[i].name,
-                        sb_cstr(&want), sb_cstr(&got));
+                fprintf(stderr, "error: %s: '%s' must have shape [%s]%s, the file has [%s]\n", ps[i].value, ps[i].name,
+                        sb_cstr(&want), rows ? " (a row per sequence of --cu-seqlens)" : "", sb_cstr(&got));
                 sb_free(&want);
                 sb_free(&got);
                 return false;
@@ -476,7 +549,8 @@ static void free_tensors(tensor *ts, int n)
 
 /* Runs the same inputs through the interpreter and prints the relative error
  * of every output and final state. Returns false when one is over tolerance. */
-static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n, int64_t B, int64_t T, bool *ok)
+static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n, int64_t B, int64_t T,
+                   const packing *pk, bool *ok)
 {
     ssmc_ctx *ctx = ssmc_ctx_new();
     ssmc_options o = options_of(c);
@@ -503,13 +577,14 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
                          : ts[i].info.role == SSMC_OUTPUT ? NAN : dtype_get(ts[i].data, c->dtype, k);
         args[i] = (ssmc_arg){ts[i].info.name, SSMC_F64, bufs[i], final_only(&ts[i])};
     }
-    if (good && ssmc_run(ref, B, T, args, n) != SSMC_OK) {
+    if (good && run_packed(ref, B, T, pk, args, n) != SSMC_OK) {
         fail(ctx, "verify: interpreter failed");
         good = false;
     }
     for (int i = 0; good && i < n; i++) {
         if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
-        double tol = ssmc_model_tolerance(ref, i, c->dtype, T); /* the model's reductions and chains (numerics.md) */
+        /* the model's reductions and chains (numerics.md) */
+        double tol = ssmc_model_tolerance(ref, i, c->dtype, longest(pk, T));
         double maxref = 0, maxdiff = 0;
         bool finite = true;
         for (size_t k = 0; k < ts[i].count; k++) {
@@ -712,8 +787,8 @@ static bool grad_step(const cli *c, ssmc_model *m, ssmc_ctx *ctx, const ssmc_tap
  * out timed once, apart. Every state given starts each run from its initial
  * value (a device-to-device copy outside the timed span). The outputs come
  * back to ts[] for --verify and --out. */
-static bool bench_device(ssmc_ctx *ctx, ssmc_model *m, tensor *ts, const ssmc_arg *args, int n, int64_t B, int64_t T, int64_t iters,
-                         ssmc_dtype dt, double *times, double *in_ms, double *out_ms)
+static bool bench_device(ssmc_ctx *ctx, ssmc_model *m, tensor *ts, const ssmc_arg *args, int n, int64_t B, int64_t T,
+                         const packing *pk, int64_t iters, ssmc_dtype dt, double *times, double *in_ms, double *out_ms)
 {
     strbuf err = {0};
     rt_cuda *gpu = NULL;
@@ -742,7 +817,8 @@ static bool bench_device(ssmc_ctx *ctx, ssmc_model *m, tensor *ts, const ssmc_ar
             if (init[i]) ok = rt_cuda_dtod(gpu, dp[i], init[i], bytes[i], &err) == SSMC_OK;
         float ms = 0;
         ok = ok && rt_cuda_event_record(gpu, e0, NULL, &err) == SSMC_OK;
-        if (ok && ssmc_run_device(m, B, T, dargs, n, NULL) != SSMC_OK) {
+        if (ok && (pk->cu ? ssmc_run_varlen_device(m, T, pk->cu, pk->nseq, dargs, n, NULL)
+                          : ssmc_run_device(m, B, T, dargs, n, NULL)) != SSMC_OK) {
             sb_puts(&err, ssmc_ctx_error(ctx));
             ok = false;
         }
@@ -796,6 +872,7 @@ static int cmd_run(const cli *c, bool bench)
     ssmc_arg *args = calloc((size_t)n, sizeof *args);
     ssmc_tape *tape = NULL;
     int64_t B = c->batch, T = c->T;
+    packing pk = {0};
     if (bench && c->grad) {
         rc = usage_error("--grad is for run, not bench%s", "");
         goto done;
@@ -804,14 +881,21 @@ static int cmd_run(const cli *c, bool bench)
         rc = usage_error("--dout gives cotangents for --grad%s", "");
         goto done;
     }
-    if (!ts || !files || !dfiles || !args || !load_given(c, m, files, dfiles, &B, &T)) goto done;
+    if (c->cu_seqlens && c->grad) {
+        /* the gradient API takes batches of equal lengths in this version */
+        fprintf(stderr, "error: --grad with --cu-seqlens is not supported yet; run each sequence on its own "
+                        "(the Python package's cu_seqlens does that)\n");
+        goto done;
+    }
+    if (c->cu_seqlens && !load_offsets(c, &pk, &B, &T)) goto done;
+    if (!ts || !files || !dfiles || !args || !load_given(c, m, files, dfiles, &B, &T, pk.nseq)) goto done;
     if (!B) B = 1;
     if (!T) T = 16;
     uint64_t rng = c->seed * 0x2545f4914f6cdd1dull + 1;
     for (int i = 0; i < n; i++) {
         tensor *t = &ts[i];
         ssmc_model_tensor(m, i, &t->info);
-        if (t->info.role != SSMC_PARAM) t->shape[t->rank++] = B;
+        if (t->info.role != SSMC_PARAM) t->shape[t->rank++] = t->info.role == SSMC_STATE && pk.cu ? pk.nseq : B;
         if (t->info.per_step) t->shape[t->rank++] = T;
         size_t count = 1;
         bool over = false;
@@ -857,7 +941,7 @@ static int cmd_run(const cli *c, bool bench)
     if (!times) goto done;
     bool on_device = bench && c->device == SSMC_DEVICE_CUDA;
     double in_ms = 0, out_ms = 0;
-    if (on_device && !bench_device(ctx, m, ts, args, n, B, T, iters, c->dtype, times, &in_ms, &out_ms)) {
+    if (on_device && !bench_device(ctx, m, ts, args, n, B, T, &pk, iters, c->dtype, times, &in_ms, &out_ms)) {
         free(times);
         goto done;
     }
@@ -866,7 +950,7 @@ static int cmd_run(const cli *c, bool bench)
             if (ts[i].info.role == SSMC_STATE)
                 for (size_t k = 0; k < ts[i].count; k++) dtype_set(ts[i].data, c->dtype, k, ts[i].initial[k]);
         double s0 = now_s();
-        ssmc_status st = c->grad ? ssmc_forward_train(m, B, T, args, n, &tape) : ssmc_run(m, B, T, args, n);
+        ssmc_status st = c->grad ? ssmc_forward_train(m, B, T, args, n, &tape) : run_packed(m, B, T, &pk, args, n);
         if (st != SSMC_OK) {
             free(times);
             fail(ctx, "run failed");
@@ -881,9 +965,10 @@ static int cmd_run(const cli *c, bool bench)
     free(times);
     static const char *devs[] = {"interp", "cpu", "cuda"};
     static const char *dts[] = {"f32", "f16", "bf16", "f64"};
-    printf("model %s  device %s  dtype %s  batch %lld  seqlen %lld  compile %.2f ms  run %.3f ms%s\n",
-           ssmc_model_name(m), devs[c->device], dts[c->dtype], (long long)B, (long long)T, compile_s * 1e3,
-           median * 1e3, bench ? " (median)" : "");
+    printf("model %s  device %s  dtype %s  batch %lld  seqlen %lld", ssmc_model_name(m), devs[c->device],
+           dts[c->dtype], (long long)B, (long long)T);
+    if (pk.cu) printf("  sequences %lld", (long long)pk.nseq);
+    printf("  compile %.2f ms  run %.3f ms%s\n", compile_s * 1e3, median * 1e3, bench ? " (median)" : "");
     if (bench) {
         double bytes = 0;
         for (int i = 0; i < n; i++)
@@ -910,7 +995,7 @@ static int cmd_run(const cli *c, bool bench)
         printf("]  sum %.6g  max|x| %.6g\n", sum, amax);
     }
     bool ok = true;
-    if (c->verify && !verify(c, src, len, ts, n, B, T, &ok)) goto done;
+    if (c->verify && !verify(c, src, len, ts, n, B, T, &pk, &ok)) goto done;
     if (c->out) {
         if (!mkdir_p(c->out)) {
             fprintf(stderr, "error: cannot create directory '%s': %s\n", c->out, strerror(errno));
@@ -939,6 +1024,7 @@ static int cmd_run(const cli *c, bool bench)
     if (c->grad && !grad_step(c, m, ctx, tape, ts, n, dfiles, src, len, B, T, &ok)) goto done;
     rc = ok ? 0 : 1;
 done:
+    free(pk.cu);
     for (int i = 0; files && i < n; i++) rt_npy_free(&files[i]);
     for (int i = 0; dfiles && i < n; i++) rt_npy_free(&dfiles[i]);
     free(files);

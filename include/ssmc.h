@@ -162,6 +162,22 @@ ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *ar
  * before it enqueues. */
 ssmc_status ssmc_run_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, void *stream);
 
+/* ---- variable-length batches (SPEC §3) ----
+ * nseq sequences packed along T of a batch of one: sequence i is steps
+ * [cu_seqlens[i], cu_seqlens[i+1]); the offsets run from 0 to T and rise
+ * strictly (every sequence has at least one step). Inputs and outputs are
+ * [1, T, ...], params as declared, states [nseq, ...]: sequence i starts from
+ * row i of each state given (the model's initial value for a state not given
+ * or given SSMC_ARG_FINAL_ONLY) and leaves its final state there. Nothing
+ * crosses a boundary: reads at t - k see the initial history at a sequence's
+ * start, chunks and windows stop at its end. Each sequence is one run of the
+ * model (one kernel launch, or one per phase, per sequence). */
+ssmc_status ssmc_run_varlen(ssmc_model *m, int64_t T, const int64_t *cu_seqlens, int64_t nseq, const ssmc_arg *args,
+                            int nargs);
+/* The same on device tensors (as ssmc_run_device); cu_seqlens stays on the host. */
+ssmc_status ssmc_run_varlen_device(ssmc_model *m, int64_t T, const int64_t *cu_seqlens, int64_t nseq,
+                                   const ssmc_arg *args, int nargs, void *stream);
+
 /* ---- decoding against a state pool (docs/api.md, "Decoding") ----
  * A serving cache keeps the states of many sequences in one pool per state,
  * [rows, ...declared], and steps a batch of them at once: sequence i of the

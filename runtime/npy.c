@@ -156,6 +156,10 @@ static bool parse_descr(hdr_parser *h, unsigned flags, rt_npy *out)
     const char *s;
     size_t n;
     if (!hp_string(h, &s, &n)) return false;
+    if ((flags & RT_NPY_ALLOW_INDEX) && n == 3 && (!memcmp(s, "<i4", 3) || !memcmp(s, "<i8", 3))) {
+        out->index = s[2] == '4' ? 4 : 8;
+        return true;
+    }
     for (int i = 0; i < SSMC_NDTYPES; i++) {
         ssmc_dtype dt = (ssmc_dtype)i;
         if (n == 3 && memcmp(s, dtype_descr(dt), 3) == 0) {
@@ -170,7 +174,8 @@ static bool parse_descr(hdr_parser *h, unsigned flags, rt_npy *out)
     if (n >= 1 && s[0] == '>')
         sb_printf(h->err, "big-endian dtype '%.*s' is not supported: save the array as little-endian", (int)n, s);
     else
-        sb_printf(h->err, "unsupported dtype '%.*s' (expected <f4, <f2, <f8 or <u2 for bf16)", (int)n > 40 ? 40 : (int)n, s);
+        sb_printf(h->err, "unsupported dtype '%.*s' (expected %s)", (int)n > 40 ? 40 : (int)n, s,
+                  flags & RT_NPY_ALLOW_INDEX ? "<i4 or <i8" : "<f4, <f2, <f8 or <u2 for bf16");
     return false;
 }
 
@@ -286,6 +291,14 @@ static ssmc_status npy_preamble(const unsigned char *b, size_t len, size_t *hsta
     return SSMC_OK;
 }
 
+/* Bytes of one element in the file. */
+static size_t elem_size(const rt_npy *a) { return a->index ? (size_t)a->index : dtype_size(a->dtype); }
+static const char *descr_of(const rt_npy *a)
+{
+    return a->index == 4 ? "<i4" : a->index == 8 ? "<i8" : dtype_descr(a->dtype);
+}
+
+/* The data's allocation: room for the file's bytes and for what decode makes of them. */
 /* The header b[hstart..hstart+hlen) into *a (shape, dtype, count) and the
  * bytes of data that must follow it. */
 static ssmc_status npy_header(const unsigned char *b, size_t hstart, size_t hlen, unsigned flags, rt_npy *a,
@@ -298,7 +311,7 @@ static ssmc_status npy_header(const unsigned char *b, size_t hstart, size_t hlen
         return SSMC_ERR_IO;
     }
     if (!parse_header((const char *)b + hstart, hlen, flags, a, err)) return SSMC_ERR_IO;
-    size_t elem = dtype_size(a->dtype);
+    size_t elem = elem_size(a);
     if (!shape_count(a->rank, a->shape, elem, &a->count)) {
         strbuf shp = {0};
         shape_text(&shp, a->rank, a->shape);
@@ -310,12 +323,18 @@ static ssmc_status npy_header(const unsigned char *b, size_t hstart, size_t hlen
     return SSMC_OK;
 }
 
+static void *alloc_data(const rt_npy *a, size_t need)
+{
+    size_t n = a->index ? a->count * sizeof(int64_t) : need;
+    return malloc(n > need ? n : need ? need : 1);
+}
+
 static ssmc_status data_size_error(const rt_npy *a, size_t need, size_t have, bool more, strbuf *err)
 {
     strbuf shp = {0};
     shape_text(&shp, a->rank, a->shape);
     sb_printf(err, "%s: shape %s of %s needs %zu bytes of data but the file has %s%zu",
-              have < need ? "truncated data" : "trailing data", sb_cstr(&shp), dtype_descr(a->dtype), need,
+              have < need ? "truncated data" : "trailing data", sb_cstr(&shp), descr_of(a), need,
               more ? "more than " : "", have);
     sb_free(&shp);
     return SSMC_ERR_IO;
@@ -324,6 +343,14 @@ static ssmc_status data_size_error(const rt_npy *a, size_t need, size_t have, bo
 /* The count little-endian elements at src into a->data (src may be a->data). */
 static void decode(rt_npy *a, const unsigned char *src)
 {
+    if (a->index) {
+        /* widened to int64 from the last element down, so that decoding in
+         * place reads each element before a wider one overwrites it */
+        int64_t *dst = a->data;
+        for (size_t i = a->count; i-- > 0;)
+            dst[i] = a->index == 4 ? (int64_t)(int32_t)load_le32(src + 4 * i) : (int64_t)load_le64(src + 8 * i);
+        return;
+    }
     for (size_t i = 0; i < a->count; i++) {
         switch (a->dtype) {
         case SSMC_F64: {
@@ -358,7 +385,7 @@ ssmc_status rt_npy_parse(const void *buf, size_t len, unsigned flags, rt_npy *ou
     if ((st = npy_header(b, hstart, hlen, flags, &a, &need, err)) != SSMC_OK) return st;
     size_t have = len - hstart - hlen;
     if (have != need) return data_size_error(&a, need, have, false, err);
-    a.data = malloc(need ? need : 1);
+    a.data = alloc_data(&a, need);
     if (!a.data) {
         sb_printf(err, "out of memory reading %zu bytes of array data", need);
         return SSMC_ERR_NOMEM;
@@ -430,7 +457,7 @@ ssmc_status rt_npy_read(const char *path, unsigned flags, rt_npy *out, strbuf *e
         st = data_size_error(&a, need, size, false, &msg);
         goto done;
     }
-    a.data = malloc(need ? need : 1);
+    a.data = alloc_data(&a, need);
     if (!a.data) {
         sb_printf(&msg, "out of memory reading %zu bytes of array data", need);
         st = SSMC_ERR_NOMEM;

@@ -1,7 +1,8 @@
 /* npy.h: reading and writing NumPy .npy files (SPEC §5: tensors on disk).
  *
  * Reads format versions 1.0, 2.0 and 3.0 holding a C-ordered array of one of
- * `<f8`, `<f4`, `<f2`, or `<u2` (bf16 bit patterns, only with RT_NPY_ALLOW_BF16).
+ * `<f8`, `<f4`, `<f2`, or `<u2` (bf16 bit patterns, only with RT_NPY_ALLOW_BF16),
+ * or of `<i4` or `<i8` integers (only with RT_NPY_ALLOW_INDEX; read as int64).
  * Anything else (Fortran order, big-endian or unknown dtypes, a truncated file,
  * a header that lies about its length, a shape whose size overflows, data shorter
  * or longer than the shape) is rejected with a message; no input crashes the
@@ -26,12 +27,17 @@
 
 
 /* Flags for rt_npy_read and rt_npy_parse. */
-enum { RT_NPY_ALLOW_BF16 = 1u << 0 }; /* accept `<u2` as bf16 bit patterns */
+enum {
+    RT_NPY_ALLOW_BF16 = 1u << 0,  /* accept `<u2` as bf16 bit patterns */
+    RT_NPY_ALLOW_INDEX = 1u << 1  /* accept `<i4` and `<i8` (offsets such as cu_seqlens), read as int64 */
+};
 
 typedef struct rt_npy {
     int rank;                         /* 0 for a scalar */
     int64_t shape[RT_NPY_MAX_RANK];   /* shape[0..rank) */
-    ssmc_dtype dtype;                 /* SSMC_F64, F32, F16 or BF16 (f16/bf16: uint16_t bit patterns) */
+    ssmc_dtype dtype;                 /* SSMC_F64, F32, F16 or BF16 (f16/bf16: uint16_t bit patterns); unused when index */
+    int index;                        /* 0, or 4 or 8: the file held `<i4` or `<i8` (RT_NPY_ALLOW_INDEX) and
+                                       * data holds count int64_t */
     void *data;                       /* malloc'd, count elements in host byte order */
     size_t count;                     /* product of the shape (1 for rank 0, may be 0) */
 } rt_npy;
@@ -45,7 +51,7 @@ ssmc_status rt_npy_read(const char *path, unsigned flags, rt_npy *out, strbuf *e
 void rt_npy_free(rt_npy *a);
 
 
-/* Converts all a->count elements into dst, which holds that many elements of
+/* Converts all a->count elements (of a float array: a->index is 0) into dst, which holds that many elements of
  * the target type (f16 and bf16 as uint16_t bit patterns, rounded to nearest even). */
 void rt_npy_convert(const rt_npy *a, ssmc_dtype to, void *dst);
 void rt_npy_to_f64(const rt_npy *a, double *dst);

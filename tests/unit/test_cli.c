@@ -540,6 +540,117 @@ static void test_init_state_cpu(void **state)
     continue_from_state("cpu");
 }
 
+/* A file rewritten with a new shape of the same size, in f32 (the m2 values are exact there). */
+static void reshape(const char *from, const char *to, int rank, const int64_t *shape)
+{
+    rt_npy a;
+    strbuf err = {0};
+    if (rt_npy_read(from, 0, &a, &err) != SSMC_OK) fail_msg("%s", sb_cstr(&err));
+    sb_free(&err);
+    double *v = malloc(a.count * sizeof *v);
+    assert_non_null(v);
+    rt_npy_to_f64(&a, v);
+    write_f32(to, v, rank, shape);
+    rt_npy_free(&a);
+    free(v);
+}
+
+/* --cu-seqlens: a batch of B sequences of length T is the packed batch of one
+ * [1, B*T, ...] with offsets 0, T, 2T (the same bytes), so the packed run must
+ * give the batched run's outputs and final states; unequal lengths verify
+ * against the interpreter; the offsets' and shapes' errors are located. */
+static void cu_seqlens_on(const char *device)
+{
+    static m2 m;
+    m2_fill(&m, 31);
+    char *all[M2_NINS], *packed[M2_NINS];
+    m2_write(&m, 0, MT, "cu", all);
+    const char *names[] = {"x", "dt", "B", "C"};
+    const int64_t inner[4][2] = {{MH, MP}, {MH, 0}, {MN, 0}, {MN, 0}};
+    for (int i = 0; i < M2_NINS; i++) packed[i] = all[i];
+    for (int i = 0; i < 4; i++) {
+        char *from = tmp(fmt("cu_%s.npy", names[i])), *to = tmp(fmt("cup_%s.npy", names[i]));
+        int64_t shape[4] = {1, MB * MT, inner[i][0], inner[i][1]};
+        reshape(from, to, inner[i][1] ? 4 : 3, shape);
+        packed[2 * i + 1] = fmt("%s=%s", names[i], to);
+    }
+    double s0[MB * MH * MP * MN];
+    uint64_t seed = 5;
+    for (size_t k = 0; k < sizeof s0 / sizeof *s0; k++) s0[k] = grid(&seed);
+    char *sfile = tmp("cu_S0.npy");
+    write_f32(sfile, s0, 4, (int64_t[]){MB, MH, MP, MN});
+    int32_t even[3] = {0, MT, 2 * MT};
+    char *cu_even = tmp("cu_even.npy"), *cu_uneven = tmp("cu_uneven.npy");
+    write_raw(cu_even, "<i4", 1, (int64_t[]){3}, even, sizeof even);
+    int64_t uneven8[4] = {0, 3, 4, 2 * MT};
+    write_raw(cu_uneven, "<i8", 1, (int64_t[]){4}, uneven8, sizeof uneven8);
+
+    char *db = tmp(fmt("cub_%s", device)), *dp = tmp(fmt("cup_%s", device)), *du = tmp(fmt("cuu_%s", device));
+    expect_ok(m2_run(all, M2_NINS, "--device", device, "--init-state", fmt("S=%s", sfile), "--out", db, NULL));
+    proc p = m2_run(packed, M2_NINS, "--device", device, "--init-state", fmt("S=%s", sfile), "--cu-seqlens", cu_even,
+                    "--verify", "--out", dp, NULL);
+    expect_ok(p);
+    if (!strstr(p.out, "sequences 2")) fail_msg("no 'sequences 2' in: %s", p.out);
+    arr yb = load(fmt("%s/y.npy", db), SSMC_F32), sb = load(fmt("%s/S.npy", db), SSMC_F32);
+    arr yp = load(fmt("%s/y.npy", dp), SSMC_F32), sp = load(fmt("%s/S.npy", dp), SSMC_F32);
+    expect_shape(&yp, 4, (int64_t)1, (int64_t)(MB * MT), (int64_t)MH, (int64_t)MP);
+    expect_shape(&sp, 4, (int64_t)MB, (int64_t)MH, (int64_t)MP, (int64_t)MN);
+    double ey = rel_err(yp.v, yb.v, yb.count), es = rel_err(sp.v, sb.v, sb.count);
+    if (!(ey <= 1e-6 && es <= 1e-6)) fail_msg("%s: packed run differs from the batched one: y %.3e, S %.3e", device, ey, es);
+
+    /* three sequences of 3, 1 and 16 steps, each from its own row of S */
+    double s3[3 * MH * MP * MN];
+    for (size_t k = 0; k < sizeof s3 / sizeof *s3; k++) s3[k] = grid(&seed);
+    char *s3file = tmp("cu_S3.npy");
+    write_f32(s3file, s3, 4, (int64_t[]){3, MH, MP, MN});
+    p = m2_run(packed, M2_NINS, "--device", device, "--init-state", fmt("S=%s", s3file), "--cu-seqlens", cu_uneven,
+               "--verify", "--out", du, NULL);
+    expect_ok(p);
+    arr yu = load(fmt("%s/y.npy", du), SSMC_F32), su = load(fmt("%s/S.npy", du), SSMC_F32);
+    expect_shape(&su, 4, (int64_t)3, (int64_t)MH, (int64_t)MP, (int64_t)MN);
+    assert_true(rel_err(yu.v, yb.v, yb.count) > 1e-4); /* the boundaries moved: not the batched run */
+    free(yb.v), free(sb.v), free(yp.v), free(sp.v), free(yu.v), free(su.v);
+
+    /* errors */
+    expect_error(m2_run(packed, M2_NINS, "--device", device, "--init-state", fmt("S=%s", sfile), "--cu-seqlens",
+                        cu_uneven, NULL),
+                 "'S' must have shape [3, 2, 4, 8] (a row per sequence of --cu-seqlens)", NULL);
+    expect_error(m2_run(all, M2_NINS, "--device", device, "--cu-seqlens", cu_even, NULL), "'x' must have shape [1, 20",
+                 NULL);
+    int64_t empty[4] = {0, 3, 3, 2 * MT}, late[3] = {1, 3, 2 * MT};
+    char *cu_empty = tmp("cu_empty.npy"), *cu_late = tmp("cu_late.npy"), *cu_float = tmp("cu_float.npy");
+    write_raw(cu_empty, "<i8", 1, (int64_t[]){4}, empty, sizeof empty);
+    write_raw(cu_late, "<i8", 1, (int64_t[]){3}, late, sizeof late);
+    write_f64(cu_float, (double[]){0, 20}, 1, (int64_t[]){2});
+    expect_error(m2_run(packed, M2_NINS, "--device", device, "--cu-seqlens", cu_empty, NULL), "sequence 1 is empty",
+                 NULL);
+    expect_error(m2_run(packed, M2_NINS, "--device", device, "--cu-seqlens", cu_late, NULL), "must run from 0 to T",
+                 NULL);
+    expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", cu_float, NULL), "--cu-seqlens", "floating-point", NULL);
+    expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", cu_even, "--batch", "2", NULL), "batch of one", NULL);
+    expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", cu_even, "--seqlen", "7", NULL), "does not end at --seqlen",
+                 NULL);
+    expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", cu_even, "--grad", NULL), "--grad with --cu-seqlens", NULL);
+    expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", tmp("nope.npy"), NULL), "--cu-seqlens", "nope.npy", NULL);
+    expect_usage(ssmc("run", example("mamba2"), "--cu-seqlens"));
+}
+
+static void test_cu_seqlens_interp(void **state)
+{
+    (void)state;
+    cu_seqlens_on("interp");
+}
+
+static void test_cu_seqlens_cpu(void **state)
+{
+    (void)state;
+    if (!cpu_available()) {
+        print_message("the cpu backend is not in this build\n");
+        skip();
+    }
+    cu_seqlens_on("cpu");
+}
+
 /* --dtype bf16 with a `<u2` file: the same as f32 with the same values, to bf16 rounding */
 static void test_dtype_bf16(void **state)
 {
@@ -1139,6 +1250,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_seed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_init_state_interp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_init_state_cpu, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cu_seqlens_interp, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cu_seqlens_cpu, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dtype_bf16, setup, teardown),
         cmocka_unit_test_setup_teardown(test_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grad_out, setup, teardown),

@@ -209,6 +209,66 @@ static void test_bf16_input(void **state)
     sb_free(&err);
 }
 
+/* Offsets (cu_seqlens): `<i4` and `<i8` only with RT_NPY_ALLOW_INDEX, read as
+ * int64 whatever the file's width (negative values sign-extended), through
+ * both the parser and the file reader (which decodes in place); a float file
+ * is still a float array; truncated data names the integer dtype. */
+static void test_index_input(void **state)
+{
+    (void)state;
+    const int32_t v4[5] = {0, 3, -7, 2147483647, -2147483647 - 1};
+    const int64_t v8[3] = {0, 5, (int64_t)1 << 40};
+    unsigned char le4[20], le8[24];
+    for (int i = 0; i < 5; i++)
+        for (int b = 0; b < 4; b++) le4[4 * i + b] = (unsigned char)((uint32_t)v4[i] >> (8 * b));
+    for (int i = 0; i < 3; i++)
+        for (int b = 0; b < 8; b++) le8[8 * i + b] = (unsigned char)((uint64_t)v8[i] >> (8 * b));
+    strbuf b4 = {0}, b8 = {0}, err = {0};
+    make_npy(&b4, 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (5,), }", le4, sizeof le4, 0);
+    make_npy(&b8, 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }", le8, sizeof le8, 0);
+    rt_npy a;
+    assert_int_equal(rt_npy_parse(b4.data, b4.len, 0, &a, &err), SSMC_ERR_IO);
+    assert_non_null(strstr(sb_cstr(&err), "unsupported dtype '<i4'"));
+    err.len = 0;
+    char path[128];
+    for (int w = 0; w < 2; w++) {
+        strbuf *b = w ? &b8 : &b4;
+        size_t n = w ? 3 : 5;
+        for (int via_file = 0; via_file < 2; via_file++) {
+            if (via_file) {
+                snprintf(path, sizeof path, "%s/cu%d.npy", tmpdir, w);
+                FILE *f = fopen(path, "wb");
+                assert_non_null(f);
+                assert_int_equal(fwrite(b->data, 1, b->len, f), b->len);
+                fclose(f);
+                assert_int_equal(rt_npy_read(path, RT_NPY_ALLOW_INDEX, &a, &err), SSMC_OK);
+            } else {
+                assert_int_equal(rt_npy_parse(b->data, b->len, RT_NPY_ALLOW_INDEX, &a, &err), SSMC_OK);
+            }
+            assert_int_equal(a.index, w ? 8 : 4);
+            assert_int_equal(a.count, n);
+            for (size_t i = 0; i < n; i++)
+                assert_true(((int64_t *)a.data)[i] == (w ? v8[i] : (int64_t)v4[i]));
+            rt_npy_free(&a);
+        }
+    }
+    /* a float array is not read as offsets */
+    float one = 1.0f;
+    strbuf bf = {0};
+    make_npy(&bf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", &one, 4, 0);
+    assert_int_equal(rt_npy_parse(bf.data, bf.len, RT_NPY_ALLOW_INDEX, &a, &err), SSMC_OK);
+    assert_int_equal(a.index, 0);
+    assert_int_equal(a.dtype, SSMC_F32);
+    rt_npy_free(&a);
+    /* truncated: the message names <i4 */
+    assert_int_equal(rt_npy_parse(b4.data, b4.len - 2, RT_NPY_ALLOW_INDEX, &a, &err), SSMC_ERR_IO);
+    assert_non_null(strstr(sb_cstr(&err), "of <i4 needs 20 bytes"));
+    sb_free(&b4);
+    sb_free(&b8);
+    sb_free(&bf);
+    sb_free(&err);
+}
+
 static void test_versions(void **state)
 {
     float x[3] = {1.5f, -2.0f, 3.25f};
@@ -509,6 +569,7 @@ int main(void)
         cmocka_unit_test(test_header_text),
         cmocka_unit_test(test_f16_input),
         cmocka_unit_test(test_bf16_input),
+        cmocka_unit_test(test_index_input),
         cmocka_unit_test(test_versions),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_truncations_and_flips),
