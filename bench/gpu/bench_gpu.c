@@ -130,8 +130,11 @@ static double normal(uint64_t *s)
 
 /* The value of element i of tensor `name`, in the ranges the references use:
  * A_log = log U(1,16), dt_bias = softplus^-1 U(1e-3, 1e-1), simple GLA's g a
- * log-space gate logsigmoid(z+4), mamba's dt N(0, 0.5^2); else N(0,1). */
-static double init_value(const char *name, uint64_t *s)
+ * log-space gate logsigmoid(z+4), mamba's dt N(0, 0.5^2) where the model
+ * takes it raw (it has a dt_bias and a softplus), else (mamba2_ssd, dt already
+ * through softplus, as mamba_chunk_scan_combined takes it) log-uniform in
+ * [1e-3, 1e-1] as bench_ref.py draws it; else N(0,1). */
+static double init_value(const char *name, bool raw_dt, uint64_t *s)
 {
     if (!strcmp(name, "A_log")) return log(1 + 15 * uniform01(s));
     if (!strcmp(name, "dt_bias")) {
@@ -139,7 +142,7 @@ static double init_value(const char *name, uint64_t *s)
         return y + log(-expm1(-y));
     }
     if (!strcmp(name, "g")) return -log1p(exp(-(normal(s) + 4)));
-    if (!strcmp(name, "dt")) return 0.5 * normal(s);
+    if (!strcmp(name, "dt")) return raw_dt ? 0.5 * normal(s) : exp(log(1e-3) + uniform01(s) * (log(1e-1) - log(1e-3)));
     /* the delta rules: a contracting correction (beta in (0, 1), keys of norm about 1 at K = 128) */
     if (!strcmp(name, "beta")) return uniform01(s);
     if (!strcmp(name, "k")) return normal(s) / sqrt(128.0);
@@ -194,6 +197,7 @@ static int alloc_tensors(bench_run *r, ssmc_model *m)
 {
     uint64_t seed = hash64(r->c->name, strlen(r->c->name), HASH64_SEED) | 1;
     int n = ssmc_model_num_tensors(m);
+    bool raw_dt = ssmc_model_find(m, "dt_bias") >= 0;
     for (int i = 0; i < n; i++) {
         ssmc_tensor_info info;
         if (ssmc_model_tensor(m, i, &info) != SSMC_OK) continue;
@@ -213,7 +217,7 @@ static int alloc_tensors(bench_run *r, ssmc_model *m)
         if (!t->host) return 0;
         r->nt++;
         for (size_t e = 0; e < elems; e++) {
-            float v = info.role == SSMC_OUTPUT ? NAN : (float)init_value(info.name, &seed);
+            float v = info.role == SSMC_OUTPUT ? NAN : (float)init_value(info.name, raw_dt, &seed);
             if (t->dtype == SSMC_F32)
                 ((float *)t->host)[e] = v;
             else
