@@ -605,6 +605,34 @@ static void test_verify(void **state)
     }
 }
 
+/* bench (SPEC §5): a table with the median, and a line saying what was
+ * timed; on the host devices ssmc_run converts tensors not in its working
+ * dtype inside the timed span, and the line says so. --verify and --out
+ * apply to the last run. */
+static void test_bench(void **state)
+{
+    (void)state;
+    const char *devs[] = {"interp", "cpu"};
+    for (int d = 0; d < 1 + cpu_available(); d++) {
+        proc p = ssmc("bench", example("gla"), "-D", "H=2", "--seqlen", "5", "--iters", "3", "--device", devs[d],
+                      "--verify", "--out", tmp(devs[d]));
+        expect_ok(p);
+        assert_non_null(strstr(p.out, "median_ms"));
+        assert_int_equal(count_lines(p.out, "timed: "), 1);
+        assert_int_equal(count_lines(p.out, "verify "), 2);
+        assert_null(strstr(p.out, "FAIL"));
+        arr y = load(fmt("%s/y.npy", tmp(devs[d])), SSMC_F32);
+        expect_shape(&y, 4, (int64_t)1, (int64_t)5, (int64_t)2, (int64_t)32);
+        free(y.v);
+        if (d == 0) assert_non_null(strstr(p.out, "conversion to and from f64 included"));
+        else assert_non_null(strstr(p.out, "f32, used in place"));
+        p = ssmc("bench", example("gla"), "-D", "H=2", "--seqlen", "5", "--iters", "2", "--device", devs[d], "--dtype", "bf16");
+        expect_ok(p);
+        assert_non_null(strstr(p.out, d == 0 ? "conversion to and from f64 included" : "conversion to and from f32 included"));
+    }
+    expect_usage(ssmc("bench", example("gla"), "--iters", "0"));
+}
+
 /* ================= check, emit, usage ================= */
 
 static void test_check(void **state)
@@ -1141,6 +1169,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_init_state_cpu, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dtype_bf16, setup, teardown),
         cmocka_unit_test_setup_teardown(test_verify, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bench, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grad_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grad_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grad_errors, setup, teardown),
