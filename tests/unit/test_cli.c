@@ -556,7 +556,7 @@ static void test_dtype_bf16(void **state)
     ins[1] = fmt("x=%s", xb);
     char *ob = tmp("ob"), *of = tmp("of");
     expect_ok(m2_run(ins, M2_NINS, "--dtype", "bf16", "--out", ob, NULL));
-    expect_error(m2_run(ins, M2_NINS, "--dtype", "f32", NULL), "x_bf16.npy", NULL); /* <u2 only with bf16 */
+    expect_error(m2_run(ins, M2_NINS, "--dtype", "f32", NULL), "x_bf16.npy", "--dtype bf16", NULL); /* <u2 only with bf16 */
     ins[1] = fmt("x=%s", tmp("all_x.npy"));
     expect_ok(m2_run(ins, M2_NINS, "--dtype", "f32", "--out", of, NULL));
     arr yb = load(fmt("%s/y.npy", ob), SSMC_F32), yf = load(fmt("%s/y.npy", of), SSMC_F32);
