@@ -668,6 +668,25 @@ static void test_emit(void **state)
     proc p = ssmc("emit", example("gla"), "--emit", "analysis");
     expect_ok(p);
     assert_non_null(strstr(p.out, "diagonal"));
+    /* every stage of SPEC §5, with -D and --algo as the synopsis has them; each
+     * text says what it is; llvm needs the CPU backend, ptx NVRTC (else an
+     * error that says so) */
+    static const struct {
+        const char *stage, *mark;
+    } stages[] = {{"ast", "(model mamba2"},        {"ir", "dim H = 16"},
+                  {"analysis", "state S[H,P,N]: scalar"}, {"grad", "model mamba2__adjoint"},
+                  {"plan", "plan mamba2: target cpu"},    {"llvm", "; ssmc: model mamba2"},
+                  {"cuda", "ssmc_mamba2.cu"},           {"ptx", ".entry"}};
+    bool cpu = cpu_available();
+    for (size_t k = 0; k < sizeof stages / sizeof *stages; k++) {
+        p = ssmc("emit", example("mamba2"), fmt("--emit=%s", stages[k].stage), "-D", "H=16", "--algo", "recurrent");
+        if ((strcmp(stages[k].stage, "llvm") == 0 && !cpu) || (strcmp(stages[k].stage, "ptx") == 0 && p.rc == 1)) {
+            expect_error(p, NULL);
+            continue;
+        }
+        expect_ok(p);
+        if (!strstr(p.out, stages[k].mark)) fail_msg("--emit=%s lacks '%s'", stages[k].stage, stages[k].mark);
+    }
 }
 
 /* --help and --version: to stdout, exit 0, nothing on stderr; each command's
