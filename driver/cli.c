@@ -70,7 +70,8 @@ static const struct command_help {
      "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
      "                  [--algo auto|recurrent|chunked|scan] [--chunk C] [--check-finite]\n"
      "                  [--grad] [--dout NAME=FILE.npy ...]\n",
-     "Runs a model of FILE on a device. Inputs and params not given with --in are\n"
+     "Runs a model of FILE on a device (--device; interp, the f64 reference\n"
+     "interpreter, when not given). Inputs and params not given with --in are\n"
      "drawn uniformly from [-1, 1) with the seed (default 0); B and T come from\n"
      "the --in files, else --batch and --seqlen (default 1 and 16). --out DIR\n"
      "writes every output and final state as DIR/<name>.npy (<f4). --verify runs\n"
