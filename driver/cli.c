@@ -72,7 +72,8 @@ static const struct command_help {
      "                  [--init-state NAME=FILE.npy] [--verify] [--threads N] [--model NAME]\n"
      "                  [--algo auto|recurrent|chunked|scan] [--chunk C] [--cu-seqlens FILE.npy]\n"
      "                  [--check-finite] [--grad] [--dout NAME=FILE.npy ...]\n",
-     "Runs a model of FILE on a device. Inputs and params not given with --in are\n"
+     "Runs a model of FILE on a device (--device; interp, the f64 reference\n"
+     "interpreter, when not given). Inputs and params not given with --in are\n"
      "drawn uniformly from [-1, 1) with the seed (default 0); B and T come from\n"
      "the --in files, else --batch and --seqlen (default 1 and 16). --out DIR\n"
      "writes every output and final state as DIR/<name>.npy (<f4). --verify runs\n"
@@ -102,7 +103,9 @@ static const struct command_help {
     {"bench",
      "  ssmc bench FILE [the options of run] [--iters N]\n",
      "Times the model: a warm-up run, then N runs (default 20) on tensors already\n"
-     "in place; prints the median and the bandwidth it implies.\n"},
+     "on the device (--device cuda: the kernels between CUDA events, the copies in\n"
+     "and out timed once, apart); prints the median, the bandwidth it implies and a\n"
+     "line saying what was timed. --verify and --out apply to the last run.\n"},
 };
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 
@@ -978,9 +981,17 @@ static int cmd_run(const cli *c, bool bench)
         printf("%-10s %-10s %-10s %12.2f %12.4f %12.2f", ssmc_model_name(m), devs[c->device], dts[c->dtype],
                compile_s * 1e3, median * 1e3, bytes / median * 1e-9);
         if (on_device) printf(" %12.3f %12.3f", in_ms, out_ms);
-        printf("\n%s\n", on_device ? "timed: the kernels on tensors already on the GPU (events around ssmc_run_device); "
-                                      "the copies in and out once, apart"
-                                    : "timed: ssmc_run on host tensors (the device's own memory)");
+        /* what the median holds, honestly: on the CPU and the interpreter the
+         * device's memory is the host's, and ssmc_run converts what is not in
+         * its working dtype inside the timed span */
+        printf("\n%s\n", on_device                        ? "timed: the kernels on tensors already on the GPU (events around "
+                                                            "ssmc_run_device); the copies in and out once, apart"
+                         : c->device == SSMC_DEVICE_INTERP ? "timed: ssmc_run on host tensors (the device's own memory), "
+                                                            "their conversion to and from f64 included"
+                         : c->dtype != SSMC_F32            ? "timed: ssmc_run on host tensors (the device's own memory), "
+                                                            "their conversion to and from f32 included"
+                                                          : "timed: ssmc_run on host tensors (the device's own memory; "
+                                                            "f32, used in place)");
     }
     for (int i = 0; !bench && i < n; i++) {
         if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;

@@ -228,6 +228,16 @@ static void check_read(checker *c, ast_expr *e)
         int dim = find_decl(c, d->axes[i]);
         if (ix->kind == AST_IX_VAR || ix->kind == AST_IX_DIV || ix->kind == AST_IX_T_VAR) {
             int v = lookup_var(c, ix->name);
+            int named = v < 0 ? find_decl(c, ix->name) : -1;
+            if (named >= 0) { /* a dim or tensor where an index variable goes: say what an index may be */
+                err(c, ix->name_loc,
+                    "'%s' is %s %s, not an index variable: %s", ix->name,
+                    strchr("aeiou", kind_name(c->decls[named].kind)[0]) ? "an" : "a", kind_name(c->decls[named].kind),
+                    ix->kind == AST_IX_T_VAR ? "t - k takes an integer literal or an index variable as k"
+                    : ix->kind == AST_IX_DIV ? "i / R divides an index variable"
+                                             : "an index is an index variable, an integer literal, t - k or i / R");
+                return;
+            }
             if (v < 0) {
                 err(c, ix->name_loc,
                     "index variable '%s' is not bound: it must appear on the left side or in a reduction", ix->name);

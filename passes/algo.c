@@ -52,8 +52,9 @@ bool pass_algo_choose(const ir_model *m, const pass_analysis *an, const pass_chu
         *out = PLAN_ALGO_CHUNKED;
         return true;
     case SSMC_ALGO_SCAN:
-        diag_error(d, "--algo=%s is not implemented yet: this version generates the recurrent algorithm on every "
-                   "device (use --algo=recurrent or leave --algo out)",
+        diag_error(d, "--algo=%s is not implemented yet: this version generates the recurrent algorithm, and the "
+                   "chunked one where every state has a chunk form (use --algo=recurrent, --algo=chunked or leave "
+                   "--algo out)",
                    pass_algo_name(requested));
         return false;
     }

@@ -38,8 +38,10 @@
  *   The update is that class when no term mixes; diagonal+rank-r when every
  *   mixing term mixes one and the same axis through a reduction variable b with
  *   a coefficient that separates into a part free of b and a part free of the
- *   axis variable (f(i) g(b): one outer product each; r counts the terms, an
- *   upper bound on the rank); dense otherwise. Never updated: constant.
+ *   axis variable (f(i) g(b): one outer product each; r is the smaller of the
+ *   numbers of distinct f and of distinct g, compared as expressions: exact
+ *   unless two different expressions are dependent vectors, never below the
+ *   rank); dense otherwise. Never updated: constant.
  *
  * Readouts. A sum in an output's statement, or in a per-step let that an
  * output reads (directly or through lets), whose body is affine in S(t) or in
@@ -679,8 +681,13 @@ static int uf_find(int *p, int x)
 
 /* A term that mixes only `axis`, through a reduction atom b: does its
  * coefficient separate into f(axis variable) * g(b)? Factors tied by another
- * reduction atom of the term form one block; no block may depend on both. */
-static bool rank_one(ctx *c, const term *t, int axis, int uvar)
+ * reduction atom of the term form one block; no block may depend on both.
+ * part (when not NULL, one per factor in list order) says where each factor
+ * went: PART_F (a block that depends on the axis variable), PART_G (on b), or
+ * PART_SCALAR (neither). */
+enum { PART_SCALAR, PART_F, PART_G };
+
+static bool separate(ctx *c, const term *t, int axis, int uvar, uint8_t *part)
 {
     atom x = t->ix[axis];
     if (x.kind != ATOM_VAR || !term_bound(t, x.id)) return false;
@@ -717,7 +724,106 @@ static bool rank_one(ctx *c, const term *t, int axis, int uvar)
     }
     for (i = 0; i < nf; i++)
         if (has_b[i] && has_u[i]) return false;
+    for (i = 0; part && i < nf; i++) {
+        int r = uf_find(parent, (int)i);
+        part[i] = has_u[r] ? PART_F : has_b[r] ? PART_G : PART_SCALAR;
+    }
     return true;
+}
+
+static bool rank_one(ctx *c, const term *t, int axis, int uvar) { return separate(c, t, axis, uvar, NULL); }
+
+/* factor_eq with x's mixing atom xa standing for y's xb. */
+static bool factor_eq_renamed(const ir_model *m, const factor *f, const factor *g, int xa, int xb)
+{
+    if (f->mode != g->mode || !f->sig || !g->sig || f->nsig != g->nsig) return false;
+    for (size_t i = 0; i < f->nsig; i++) {
+        atom a = f->sig[i], b = g->sig[i];
+        bool ra = a.kind != ATOM_CONST && a.kind != ATOM_MASK && a.id == xa;
+        bool rb = b.kind != ATOM_CONST && b.kind != ATOM_MASK && b.id == xb;
+        if (ra != rb) return false;
+        if (ra) {
+            if (a.kind != b.kind || (a.kind == ATOM_DIV && a.k != b.k)) return false;
+        } else if (!atom_eq(a, b)) {
+            return false;
+        }
+    }
+    return f->inst == g->inst || same_shape(m, f->inst, g->inst);
+}
+
+/* One mixing term split by separate(): its factors and where each went. */
+typedef struct split_term {
+    const factor **fs;
+    uint8_t *part;
+    size_t nf;
+    int x; /* its mixing atom */
+} split_term;
+
+/* Do x and y have the same vector in `which` (the same factors, in any
+ * order, x's mixing atom standing for y's)? */
+static bool same_part(ctx *c, const split_term *x, const split_term *y, int which)
+{
+    size_t nx = 0, ny = 0;
+    for (size_t i = 0; i < x->nf; i++) nx += x->part[i] == which;
+    for (size_t i = 0; i < y->nf; i++) ny += y->part[i] == which;
+    if (nx != ny) return false;
+    bool *taken = arena_array(c->tmp, y->nf ? y->nf : 1, sizeof *taken);
+    if (!taken) {
+        c->oom = true;
+        return false;
+    }
+    for (size_t i = 0; i < x->nf; i++) {
+        if (x->part[i] != which) continue;
+        size_t j = 0;
+        for (; j < y->nf; j++)
+            if (!taken[j] && y->part[j] == which && factor_eq_renamed(c->m, x->fs[i], y->fs[j], x->x, y->x)) break;
+        if (j == y->nf) return false;
+        taken[j] = true;
+    }
+    return true;
+}
+
+/* The rank of a diagonal+rank correction sum_m c_m f_m(i) g_m(b) (SPEC §2:
+ * counted exactly): at most the number of distinct vectors f, and at most the
+ * number of distinct g; two terms whose f (or g) are the same expression count
+ * it once (two delta-rule steps in one token: f in {k1, k2}, g in {k1, k2},
+ * rank 2, from three terms). Vectors that differ as expressions are counted
+ * apart, so the count stays an upper bound where they happen to be dependent.
+ * nmix when a term cannot be split (memory). */
+static int correction_rank(ctx *c, terms L, const ir_stmt *u, int rank, int axis, int nmix)
+{
+    split_term *st = arena_array(c->tmp, (size_t)nmix, sizeof *st);
+    if (!st) {
+        c->oom = true;
+        return nmix;
+    }
+    int n = 0;
+    for (size_t i = 0; i < L.n && n < nmix; i++) {
+        const term *t = &L.t[i];
+        if (pointwise(t, u, rank)) continue;
+        split_term *s = &st[n++];
+        s->nf = 0;
+        for (const flist *l = t->f; l; l = l->next) s->nf++;
+        s->fs = arena_array(c->tmp, s->nf ? s->nf : 1, sizeof *s->fs);
+        s->part = arena_array(c->tmp, s->nf ? s->nf : 1, sizeof *s->part);
+        if (!s->fs || !s->part) {
+            c->oom = true;
+            return nmix;
+        }
+        size_t k = 0;
+        for (const flist *l = t->f; l; l = l->next) s->fs[k++] = l->f;
+        s->x = t->ix[axis].id;
+        if (!separate(c, t, axis, u->vars[axis], s->part)) return nmix;
+    }
+    int distinct[2] = {0, 0};
+    for (int which = PART_F; which <= PART_G; which++)
+        for (int i = 0; i < n; i++) {
+            bool seen = false;
+            for (int j = 0; j < i && !seen; j++) seen = same_part(c, &st[i], &st[j], which);
+            distinct[which - PART_F] += !seen;
+        }
+    int r = distinct[0] < distinct[1] ? distinct[0] : distinct[1];
+    return r > 0 ? r : 1;
 }
 
 static void print_factor(strbuf *sb, const ir_model *m, const factor *f, int min_prec)
@@ -845,7 +951,7 @@ static void classify(ctx *c, arena *a, pass_state *ps, uint32_t usi, terms L, co
         ps->roles[k] = mixed[k] ? PASS_ROLE_MIXED : dep[k] ? PASS_ROLE_INDEPENDENT : PASS_ROLE_PASSIVE;
     ps->diag = pointwise_class(c, L, u, rank, pdep, contracted);
     ps->cls = !nmix ? ps->diag : dense ? PASS_CLASS_DENSE : PASS_CLASS_DIAG_RANK;
-    ps->rank = ps->cls == PASS_CLASS_DIAG_RANK ? nmix : 0;
+    ps->rank = ps->cls == PASS_CLASS_DIAG_RANK ? correction_rank(c, L, u, rank, mix_axis, nmix) : 0;
     ps->coef_text = coef_text(c, a, L, u, rank);
     if (!ps->coef_text) c->oom = true;
     /* the coefficient as one instruction, for the passes that evaluate it */

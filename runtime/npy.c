@@ -164,7 +164,7 @@ static bool parse_descr(hdr_parser *h, unsigned flags, rt_npy *out)
         ssmc_dtype dt = (ssmc_dtype)i;
         if (n == 3 && memcmp(s, dtype_descr(dt), 3) == 0) {
             if (dt == SSMC_BF16 && !(flags & RT_NPY_ALLOW_BF16)) {
-                sb_puts(h->err, "dtype '<u2' is read as bf16 bit patterns only when bf16 input is enabled");
+                sb_puts(h->err, "dtype '<u2' is taken as bf16 bit patterns only where bf16 is asked for (ssmc run --dtype bf16)");
                 return false;
             }
             out->dtype = dt;

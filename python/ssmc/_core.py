@@ -217,15 +217,20 @@ def run_forward(call, comp, tensors, train):
     specs = model._specs
     n_in = len(model._input_names) + len(model._param_names)
     outs = [torch.empty(s.full_shape(call.B, call.T), dtype=call.out_dtype, device=dev) for s in model._outputs]
-    states = []
+    states, flags = [], []
     for i, s in enumerate(model._states):
         init = tensors[n_in + i]
         if init is not None:
             states.append(init.to(dtype=call.state_dtypes[i], device=dev, copy=True).contiguous())
+            flags.append(0)
         elif call.final_states or train:
+            # not given: the library starts it from its init (zero without one)
+            # and only writes the final state into the buffer
             states.append(torch.zeros((call.nseq,) + s.shape, dtype=call.state_dtypes[i], device=dev))
+            flags.append(_lib.ARG_FINAL_ONLY)
         else:
             states.append(None)
+            flags.append(0)
     values = list(tensors[:n_in])
     tapes = []
     stream = _stream(call)
@@ -237,9 +242,9 @@ def run_forward(call, comp, tensors, train):
             pairs = []
             for name, t in zip(call.names[:n_in], values):
                 pairs.append((specs[name].bname, _DTYPES[t.dtype], _ptr(_cut(specs[name], t, steps, seqs))))
-            for s, t in zip(model._states, states):
+            for s, t, f in zip(model._states, states, flags):
                 if t is not None:
-                    pairs.append((s.bname, _DTYPES[t.dtype], _ptr(t[seqs])))
+                    pairs.append((s.bname, _DTYPES[t.dtype], _ptr(t[seqs]), f))
             for s, t in zip(model._outputs, outs):
                 pairs.append((s.bname, _DTYPES[t.dtype], _ptr(t[:, steps])))
             arr, n = _lib.make_args(pairs)

@@ -188,8 +188,11 @@ def library():
 
 
 def make_args(pairs):
-    """An ssmc_arg array from (name bytes, dtype code, address) triples."""
+    """An ssmc_arg array from (name bytes, dtype code, address[, flags])
+    tuples (flags 0 when left out)."""
     arr = (Arg * max(len(pairs), 1))()
-    for i, (name, dtype, ptr) in enumerate(pairs):
-        arr[i].name, arr[i].dtype, arr[i].data, arr[i].flags = name, dtype, ptr, 0
+    for i, pair in enumerate(pairs):
+        name, dtype, ptr = pair[:3]
+        arr[i].name, arr[i].dtype, arr[i].data = name, dtype, ptr
+        arr[i].flags = pair[3] if len(pair) > 3 else 0
     return arr, len(pairs)

@@ -667,7 +667,7 @@ static void test_dtype_bf16(void **state)
     ins[1] = fmt("x=%s", xb);
     char *ob = tmp("ob"), *of = tmp("of");
     expect_ok(m2_run(ins, M2_NINS, "--dtype", "bf16", "--out", ob, NULL));
-    expect_error(m2_run(ins, M2_NINS, "--dtype", "f32", NULL), "x_bf16.npy", NULL); /* <u2 only with bf16 */
+    expect_error(m2_run(ins, M2_NINS, "--dtype", "f32", NULL), "x_bf16.npy", "--dtype bf16", NULL); /* <u2 only with bf16 */
     ins[1] = fmt("x=%s", tmp("all_x.npy"));
     expect_ok(m2_run(ins, M2_NINS, "--dtype", "f32", "--out", of, NULL));
     arr yb = load(fmt("%s/y.npy", ob), SSMC_F32), yf = load(fmt("%s/y.npy", of), SSMC_F32);
@@ -716,6 +716,34 @@ static void test_verify(void **state)
     }
 }
 
+/* bench (SPEC §5): a table with the median, and a line saying what was
+ * timed; on the host devices ssmc_run converts tensors not in its working
+ * dtype inside the timed span, and the line says so. --verify and --out
+ * apply to the last run. */
+static void test_bench(void **state)
+{
+    (void)state;
+    const char *devs[] = {"interp", "cpu"};
+    for (int d = 0; d < 1 + cpu_available(); d++) {
+        proc p = ssmc("bench", example("gla"), "-D", "H=2", "--seqlen", "5", "--iters", "3", "--device", devs[d],
+                      "--verify", "--out", tmp(devs[d]));
+        expect_ok(p);
+        assert_non_null(strstr(p.out, "median_ms"));
+        assert_int_equal(count_lines(p.out, "timed: "), 1);
+        assert_int_equal(count_lines(p.out, "verify "), 2);
+        assert_null(strstr(p.out, "FAIL"));
+        arr y = load(fmt("%s/y.npy", tmp(devs[d])), SSMC_F32);
+        expect_shape(&y, 4, (int64_t)1, (int64_t)5, (int64_t)2, (int64_t)32);
+        free(y.v);
+        if (d == 0) assert_non_null(strstr(p.out, "conversion to and from f64 included"));
+        else assert_non_null(strstr(p.out, "f32, used in place"));
+        p = ssmc("bench", example("gla"), "-D", "H=2", "--seqlen", "5", "--iters", "2", "--device", devs[d], "--dtype", "bf16");
+        expect_ok(p);
+        assert_non_null(strstr(p.out, d == 0 ? "conversion to and from f64 included" : "conversion to and from f32 included"));
+    }
+    expect_usage(ssmc("bench", example("gla"), "--iters", "0"));
+}
+
 /* ================= check, emit, usage ================= */
 
 static void test_check(void **state)
@@ -751,6 +779,25 @@ static void test_emit(void **state)
     proc p = ssmc("emit", example("gla"), "--emit", "analysis");
     expect_ok(p);
     assert_non_null(strstr(p.out, "diagonal"));
+    /* every stage of SPEC §5, with -D and --algo as the synopsis has them; each
+     * text says what it is; llvm needs the CPU backend, ptx NVRTC (else an
+     * error that says so) */
+    static const struct {
+        const char *stage, *mark;
+    } stages[] = {{"ast", "(model mamba2"},        {"ir", "dim H = 16"},
+                  {"analysis", "state S[H,P,N]: scalar"}, {"grad", "model mamba2__adjoint"},
+                  {"plan", "plan mamba2: target cpu"},    {"llvm", "; ssmc: model mamba2"},
+                  {"cuda", "ssmc_mamba2.cu"},           {"ptx", ".entry"}};
+    bool cpu = cpu_available();
+    for (size_t k = 0; k < sizeof stages / sizeof *stages; k++) {
+        p = ssmc("emit", example("mamba2"), fmt("--emit=%s", stages[k].stage), "-D", "H=16", "--algo", "recurrent");
+        if ((strcmp(stages[k].stage, "llvm") == 0 && !cpu) || (strcmp(stages[k].stage, "ptx") == 0 && p.rc == 1)) {
+            expect_error(p, NULL);
+            continue;
+        }
+        expect_ok(p);
+        if (!strstr(p.out, stages[k].mark)) fail_msg("--emit=%s lacks '%s'", stages[k].stage, stages[k].mark);
+    }
 }
 
 /* --help and --version: to stdout, exit 0, nothing on stderr; each command's
@@ -1254,6 +1301,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cu_seqlens_cpu, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dtype_bf16, setup, teardown),
         cmocka_unit_test_setup_teardown(test_verify, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bench, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grad_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grad_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grad_errors, setup, teardown),
