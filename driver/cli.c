@@ -174,6 +174,45 @@ static bool split_pair(char *s, pair *p)
     return true;
 }
 
+/* Which commands take each option (SPEC §5): an option given to a command
+ * that has no use for it is a usage error, never silently ignored. */
+static const struct option_use {
+    const char *flag, *cmds;
+} option_uses[] = {
+    {"-D", "check emit run bench build"},     {"--model", "check emit run bench build"},
+    {"--emit", "emit"},                       {"--arch", "emit run bench"},
+    {"--threads", "emit run bench build"},    {"--device", "emit run bench"},
+    {"--algo", "emit run bench build"},       {"--chunk", "emit run bench"},
+    {"--batch", "run bench"},                 {"--seqlen", "run bench"},
+    {"--seed", "run bench"},                  {"--in", "run bench"},
+    {"--init-state", "run bench"},            {"--out", "run bench build"},
+    {"-o", "run bench build"},                {"--verify", "run bench"},
+    {"--check-finite", "run bench"},          {"--cu-seqlens", "run bench"},
+    {"--dtype", "run bench build"},           {"--grad", "run bench"}, /* bench: a usage error of its own */
+    {"--dout", "run bench"},                  {"--iters", "bench"},
+    {"--target", "build"},
+};
+
+/* 0 when command `cmd` takes option `a` (or either is unknown: reported
+ * elsewhere), else the usage error's exit status. */
+static int check_option_use(const char *cmd, const char *a)
+{
+    size_t n = strncmp(a, "-D", 2) == 0 ? 2 : strcspn(a, "=");
+    bool known_cmd = false;
+    for (size_t i = 0; i < NCOMMANDS; i++) known_cmd |= strcmp(commands[i].name, cmd) == 0;
+    for (size_t i = 0; known_cmd && i < sizeof option_uses / sizeof *option_uses; i++) {
+        const struct option_use *u = &option_uses[i];
+        if (strlen(u->flag) != n || strncmp(u->flag, a, n) != 0) continue;
+        size_t lc = strlen(cmd);
+        for (const char *p = u->cmds; (p = strstr(p, cmd)) != NULL; p += lc)
+            if ((p == u->cmds || p[-1] == ' ') && (p[lc] == ' ' || p[lc] == 0)) return 0;
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s is not an option of '%s' (it is for: %s)", u->flag, cmd, u->cmds);
+        return usage_error("%s", msg);
+    }
+    return 0;
+}
+
 /* Returns 0 on success, else the exit status. */
 static int parse_args(int argc, char **argv, cli *c)
 {
@@ -183,6 +222,10 @@ static int parse_args(int argc, char **argv, cli *c)
     for (int i = 2; i < argc; i++) {
         char *a = argv[i];
         char *val = NULL;
+        if (a[0] == '-' && a[1]) {
+            int rc = check_option_use(c->cmd, a);
+            if (rc) return rc;
+        }
 #define ARG(flag)                                                                          \
     (strcmp(a, flag) == 0 ? (i + 1 < argc ? (val = argv[++i], true) : (val = NULL, true))  \
                           : (strncmp(a, flag "=", sizeof flag) == 0 ? (val = a + sizeof flag, true) : false))

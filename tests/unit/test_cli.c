@@ -855,6 +855,23 @@ static void test_bad_flags(void **state)
     expect_usage(ssmc("emit", f, "--emit=bogus"));
     expect_usage(ssmc("run", f, f));
     expect_usage(ssmc_lim(NULL, (char *)NULL));
+    /* an option of another command is a usage error that names both, never ignored */
+    proc p = ssmc("check", f, "--seqlen", "4");
+    expect_usage(p);
+    if (!strstr(p.err, "--seqlen is not an option of 'check'")) fail_msg("%s", p.err);
+    expect_usage(ssmc("check", f, "--device", "cpu"));
+    expect_usage(ssmc("emit", f, "--emit=ir", "--batch", "2"));
+    expect_usage(ssmc("emit", f, "--emit=ir", "--in=x=a.npy"));
+    expect_usage(ssmc("build", f, "-o", tmp("b"), "--verify"));
+    expect_usage(ssmc("run", f, "--iters", "3"));
+    expect_usage(ssmc("run", f, "--target", "cpu"));
+    expect_usage(ssmc("run", f, "--emit=ir"));
+    /* and every option of a command's synopsis is taken by it */
+    expect_ok(ssmc("check", f, "-D", "H=2", "--model", "mamba2"));
+    expect_ok(ssmc("emit", f, "--emit=plan", "-D", "H=2", "--model", "mamba2", "--arch", "sm_90", "--threads", "1",
+                   "--device", "cpu", "--algo", "recurrent", "--chunk", "16"));
+    expect_ok(ssmc("bench", f, "-D", "H=2", "--iters", "1", "--batch", "1", "--seqlen", "2", "--seed", "1",
+                   "--threads", "1", "--algo", "auto", "--chunk", "16", "--verify", "--check-finite", "--dtype", "f32"));
 }
 
 /* --algo: one rule for run, bench, build and emit on every device: auto and
