@@ -14,14 +14,14 @@
  * their only states. The cores' backward is the backend's hook
  * (chunked_run.h, core_backward): one algorithm over the core's description.
  *
- * Memory: the run is cut into segments of G chunks (G * C steps, the
- * checkpoint interval of grad.c rounded up to a multiple of the chunk length
- * C). The training forward runs segment after segment and keeps, before each,
- * every core's state and the parts' history states (the tape: ceil(T / (G C))
- * copies). The backward goes over the segments from the last: the prologue
- * recomputed from its checkpoint (O and its trace), the cores' forward from
- * theirs (R), the epilogue's adjoint, the cores' backward (which recomputes
- * the G chunk states from the segment's checkpoint, then runs the chunks in
+ * Memory: the run of n chunks of C steps is cut into segments of G =
+ * ceil(sqrt(n)) chunks (or grad_chunk steps, rounded up to whole chunks;
+ * segment_for). The training forward runs segment after segment and keeps,
+ * before each, every core's state and the parts' history states (the tape:
+ * ceil(n / G) copies). The backward goes over the segments from the last: the
+ * prologue recomputed from its checkpoint (O and its trace), the cores'
+ * forward from theirs (R), the epilogue's adjoint, the cores' backward (which
+ * recomputes the G chunk states from the segment's checkpoint, then runs them in
  * reverse, carrying dh), the prologue's adjoint. ssmc_options.grad_chunk <= C
  * makes every segment one chunk: every chunk's state is then kept by the
  * forward and none is recomputed. The driver's buffers are f32. */
@@ -137,11 +137,17 @@ static ssmc_status prepare(ssmc_model *m, grad_chunked **out)
     return SSMC_OK;
 }
 
-/* The checkpoint interval: grad.c's, rounded up to whole chunks, at most the
- * whole run's. */
+/* The checkpoint interval, in steps: ceil(sqrt(n)) chunks of the run's n,
+ * which minimises the ceil(n / G) checkpoints the tape keeps plus the G chunk
+ * states the cores' backward recomputes; ssmc_options.grad_chunk (grad.c's
+ * interval) rounded up to whole chunks when set; at most the whole run. */
 static int64_t segment_for(const grad_chunked *g, const ssmc_options *o, int64_t T)
 {
-    int64_t C = g->C, whole = (T + C - 1) / C * C;
+    int64_t C = g->C, nch = (T + C - 1) / C, whole = nch * C;
+    if (o->grad_chunk <= 0) {
+        ssmc_options chunks = {.grad_chunk = 0};
+        return grad_interval(&chunks, nch) * C;
+    }
     int64_t seg = (grad_interval(o, T) + C - 1) / C * C;
     return seg < whole ? seg : whole;
 }
