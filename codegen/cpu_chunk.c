@@ -32,6 +32,7 @@
  * interpreter and with tests/unit/helpers/chunk_ref.c); the GPU renders the
  * same forward on tensor cores (codegen/cuda_chunk.c). */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 

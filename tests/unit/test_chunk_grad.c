@@ -302,6 +302,7 @@ static double cpu_vs_ref(const made_core *mc, int64_t B, int64_t T, bool state, 
     for (size_t k = 0; k < cd.sn; k++) cd.s0[k] = (float)cd.s0[k];
     chunk_ref_core_backward(c, cd.p, cd.s0, dR, ds1, dp, ds0, B, T);
 
+    assert_true(cd.npro > 0 && cd.nepi > 0);
     float **fp = calloc((size_t)cd.npro, sizeof *fp), **fdp = calloc((size_t)cd.npro, sizeof *fdp);
     float **fdr = calloc((size_t)cd.nepi, sizeof *fdr);
     for (int i = 0; i < cd.npro; i++)
