@@ -44,6 +44,11 @@ typedef struct backend {
     /* Runs reverse models (ir.h), as the adjoint of passes/grad.c is: what
      * gradients need of a backend beyond running ordinary models. */
     bool reverse;
+    /* The chunked runner (codegen/chunked_run.h) of a model compiled with a
+     * chunked plan, NULL otherwise; NULL for a backend whose chunked models
+     * have no backward (the chunked backward, driver/grad_chunked.c, runs the
+     * parts and the cores through it). */
+    struct chunked_state *(*chunked)(void *state);
 } backend;
 
 /* The device table (codegen/backends.c): the backend of a device, NULL where

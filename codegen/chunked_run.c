@@ -150,3 +150,22 @@ ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backen
     free(et);
     return st;
 }
+
+const plan_chunked *chunked_plan(const chunked_state *s) { return s->p->chunked; }
+
+bool chunked_has_backward(const chunked_state *s) { return s->h->core_backward != NULL; }
+
+ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, diag *d)
+{
+    return s->h->core_run(s->ctx, s->cores[c], batch, T, io, NULL, d);
+}
+
+ssmc_status chunked_core_backward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_grad_io *io,
+                                  diag *d)
+{
+    if (!s->h->core_backward) {
+        diag_error(d, "the %s backend has no backward of the chunked core yet", s->h->be->name);
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    return s->h->core_backward(s->ctx, s->cores[c], batch, T, io, NULL, d);
+}

@@ -20,6 +20,20 @@ typedef struct chunk_core_io {
     ssmc_dtype state_dtype;
 } chunk_core_io;
 
+/* What a core's backward reads and writes in one run of T steps: the
+ * gradients of L = sum_r <dr_r, R_r> + <dstate, h(T)> with respect to every
+ * operand and the state before the first step (f32, the same layouts as
+ * chunk_core_io). With the delta rule k and w are one vector (passes/chunk.c
+ * proves it): only dk + dw is the gradient along it, and how it splits
+ * between the two is the algorithm's. */
+typedef struct chunk_core_grad_io {
+    const float *q[PASS_MAX_READOUTS], *k, *v, *g, *beta, *w; /* the operands (absent ones NULL) */
+    const float *dr[PASS_MAX_READOUTS];                         /* the readouts' cotangents */
+    float *dq[PASS_MAX_READOUTS], *dk, *dv, *dg, *dbeta, *dw;   /* written; NULL where the operand is */
+    const float *state; /* the state before the first step, f32 in the state's layout; NULL: zero */
+    float *dstate;      /* in: the cotangent of h(T); out: the gradient of the state before the first step */
+} chunk_core_grad_io;
+
 typedef struct chunk_hooks {
     const backend *be; /* compiles and runs the prologue and the epilogue */
     /* the run's workspace in the backend's memory (host memory on a CPU, device
@@ -34,6 +48,11 @@ typedef struct chunk_hooks {
     ssmc_status (*core_run)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,
                             diag *d);
     void (*core_free)(void *ctx, void *core);
+    /* the core's backward over T steps (chunk_core_grad_io): chunk states
+     * recomputed from io->state, then the chunks in reverse; NULL where the
+     * backend has none (gradients of a chunked model are then refused) */
+    ssmc_status (*core_backward)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
+                                 void *stream, diag *d);
 } chunk_hooks;
 
 typedef struct chunked_state chunked_state;
@@ -47,5 +66,15 @@ ssmc_status chunked_compile(const chunk_hooks *h, void *ctx, const ir_model *m, 
 ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backend_tensor *tensors, bool device,
                         void *stream, diag *d);
 void chunked_free(chunked_state *s);
+
+/* For the chunked backward (driver/grad_chunked.c), which runs the parts
+ * itself: the plan, and core c's forward (hooks.core_run) and backward
+ * (hooks.core_backward) on host memory; chunked_core_backward is
+ * SSMC_ERR_UNSUPPORTED, said in d, where the backend has no core backward. */
+const plan_chunked *chunked_plan(const chunked_state *s);
+bool chunked_has_backward(const chunked_state *s);
+ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, diag *d);
+ssmc_status chunked_core_backward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_grad_io *io,
+                                  diag *d);
 
 #endif

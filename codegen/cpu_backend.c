@@ -111,6 +111,38 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     return SSMC_OK;
 }
 
+typedef struct core_bwd_job {
+    const plan_chunk_core *c;
+    const chunk_core_grad_io *io;
+    int64_t B, T;
+    char *scratch;
+    size_t stride;
+} core_bwd_job;
+
+static void core_bwd_work(void *arg, int64_t begin, int64_t end, int worker)
+{
+    core_bwd_job *j = arg;
+    cpu_chunk_backward_items(j->c, j->io, j->B, j->T, begin, end, j->scratch + (size_t)worker * j->stride);
+}
+
+static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
+                                 void *stream, diag *d)
+{
+    cpu_model *cm = ctx;
+    const plan_chunk_core *c = core;
+    size_t stride = (cpu_chunk_backward_scratch_bytes(c, T) + 4095) / 4096 * 4096;
+    int workers = rt_pool_size(cm->pool);
+    char *scratch = aligned_alloc(4096, stride * (size_t)workers);
+    if (!scratch) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    core_bwd_job j = {c, io, batch, T, scratch, stride};
+    rt_pool_run(cm->pool, batch * c->nheads, core_bwd_work, &j);
+    free(scratch);
+    return SSMC_OK;
+}
+
 static void core_free(void *ctx, void *core) {}
 
 extern const backend cpu_backend;
@@ -127,7 +159,10 @@ static const chunk_hooks cpu_chunk_hooks = {
     .core_compile = core_compile,
     .core_run = core_run,
     .core_free = core_free,
+    .core_backward = core_backward,
 };
+
+static struct chunked_state *cpu_chunked(void *state) { return ((cpu_model *)state)->chunked; }
 
 static plan_target cpu_target(const ssmc_options *o) { return plan_target_cpu(o->threads); }
 
@@ -429,6 +464,7 @@ const backend cpu_backend = {
     .name = "cpu", .target = cpu_target, .compile = cpu_compile, .run = cpu_run, .emit = cpu_emit, .free = cpu_free,
     .reverse = true, /* codegen/llvm.c runs a reverse model's steps from T-1 down */
     .decode = cpu_decode,
+    .chunked = cpu_chunked,
 };
 
 #else

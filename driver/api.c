@@ -27,7 +27,9 @@ struct ssmc_model {
     ssmc_options opts;
     const backend *be;
     void *be_state;
+    const pass_plan *plan; /* its plan (NULL on a backend without a target) */
     grad_state *grad; /* made by the first gradient call (driver/grad.c) */
+    grad_chunked *gradc; /* ... of a chunked plan (driver/grad_chunked.c) */
 };
 
 ssmc_ctx *ssmc_ctx_new(void) { return calloc(1, sizeof(ssmc_ctx)); }
@@ -135,6 +137,7 @@ ssmc_status ssmc_compile(ssmc_ctx *ctx, const char *filename, const char *source
     pipeline pl = {.a = &m->arena, .d = &ctx->diag, .o = o, .target = target_of(m->be, o, &tg)};
     ssmc_status s = pipeline_run(&pl, filename, source, len, PIPE_PLAN);
     m->ir = pl.ir;
+    m->plan = pl.plan;
     if (s == SSMC_OK) s = m->be->compile(m->ir, pl.plan, &m->opts, &ctx->diag, &m->be_state);
     if (s != SSMC_OK) {
         ssmc_model_free(m);
@@ -148,6 +151,7 @@ void ssmc_model_free(ssmc_model *m)
 {
     if (!m) return;
     grad_state_free(m->grad);
+    grad_chunked_free(m->gradc);
     if (m->be && m->be_state) m->be->free(m->be_state);
     arena_free(&m->arena);
     free(m);
@@ -289,6 +293,9 @@ const backend *api_model_backend(const ssmc_model *m) { return m->be; }
 const ssmc_options *api_model_options(const ssmc_model *m) { return &m->opts; }
 diag *api_model_diag(ssmc_model *m) { return &m->ctx->diag; }
 grad_state **api_model_grad(ssmc_model *m) { return &m->grad; }
+grad_chunked **api_model_grad_chunked(ssmc_model *m) { return &m->gradc; }
+const pass_plan *api_model_plan(const ssmc_model *m) { return m->plan; }
+void *api_model_state(const ssmc_model *m) { return m->be_state; }
 int ssmc_model_num_tensors(const ssmc_model *m)
 {
     if (!m) return 0;

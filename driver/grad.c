@@ -41,6 +41,7 @@ struct ssmc_tape {
     void **ckpt;   /* per training-forward state: [nck][batch][elems] */
     bool *from_init; /* per state: its initial value came from its init statement */
     size_t bytes;
+    grad_ctape *chunked; /* a chunked model's tape (driver/grad_chunked.c); then the fields above are unused */
 };
 
 void grad_state_free(grad_state *g)
@@ -56,6 +57,7 @@ void grad_state_free(grad_state *g)
 void ssmc_tape_free(ssmc_tape *t)
 {
     if (!t) return;
+    grad_ctape_free(t->chunked);
     for (int i = 0; t->ckpt && i < t->ntensors; i++) free(t->ckpt[i]);
     free(t->ckpt);
     free(t->from_init);
@@ -76,14 +78,23 @@ static int64_t chunk_for(const ssmc_options *o, int64_t T)
 }
 
 /* Compiles a model the gradients pass made for the device: through the rest
- * of the pipeline to its plan where the backend renders one. */
+ * of the pipeline to its plan where the backend renders one. The training
+ * forward and the adjoint are ordinary models run by the recurrent algorithm,
+ * whatever the model's own (a chunked model's backward is grad_chunked.c's). */
+ssmc_status grad_compile(const backend *be, ir_model *model, const ssmc_options *o, arena *a, diag *d, void **state)
+{
+    if (!be->target) return be->compile(model, NULL, o, d, state); /* nothing to plan */
+    plan_target tg = be->target(o);
+    ssmc_options ro = *o;
+    ro.algo = SSMC_ALGO_RECURRENT;
+    pipeline pl = {.a = a, .d = d, .o = &ro, .target = &tg};
+    ssmc_status s = pipeline_run_ir(&pl, model, PIPE_PLAN);
+    return s == SSMC_OK ? be->compile(model, pl.plan, &ro, d, state) : s;
+}
+
 static ssmc_status compile(grad_state *g, ir_model *model, const ssmc_options *o, arena *a, diag *d, void **state)
 {
-    if (!g->be->target) return g->be->compile(model, NULL, o, d, state); /* nothing to plan */
-    plan_target tg = g->be->target(o);
-    pipeline pl = {.a = a, .d = d, .o = o, .target = &tg};
-    ssmc_status s = pipeline_run_ir(&pl, model, PIPE_PLAN);
-    return s == SSMC_OK ? g->be->compile(model, pl.plan, o, d, state) : s;
+    return grad_compile(g->be, model, o, a, d, state);
 }
 
 static ssmc_status prepare(ssmc_model *m, grad_state **out)
@@ -270,6 +281,7 @@ ssmc_status ssmc_grad_info_of(ssmc_model *m, int64_t T, ssmc_grad_info *info)
         diag_error(d, "ssmc_grad_info_of needs T >= 1 and somewhere to write");
         return SSMC_ERR_ARG;
     }
+    if (grad_chunked_applies(m)) return grad_chunked_info(m, T, info);
     grad_state *g;
     ssmc_status s = prepare(m, &g);
     if (s != SSMC_OK) return s;
@@ -604,10 +616,64 @@ done:
     return s;
 }
 
+/* ---- the chunked algorithm's backward: driver/grad_chunked.c, with the
+ * argument checks of this file ---- */
+
+static ssmc_status chunked_forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs,
+                                         ssmc_tape **tape)
+{
+    diag *d = api_model_diag(m);
+    diag_reset(d);
+    if (!tape) {
+        diag_error(d, "ssmc_forward_train needs somewhere to put the tape");
+        return SSMC_ERR_ARG;
+    }
+    *tape = NULL;
+    ssmc_tape *tp = calloc(1, sizeof *tp);
+    if (!tp) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    tp->model = m;
+    tp->batch = B;
+    tp->T = T;
+    ssmc_status s = grad_chunked_forward(m, B, T, args, nargs, &tp->chunked);
+    if (s != SSMC_OK) {
+        free(tp);
+        return s;
+    }
+    tp->bytes = grad_ctape_bytes(tp->chunked);
+    *tape = tp;
+    return SSMC_OK;
+}
+
+ssmc_status grad_run_args(const ir_model *ir, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                          backend_tensor *bt, diag *d)
+{
+    ssmc_status s = check_sizes(ir, batch, T, d);
+    if (s == SSMC_OK)
+        s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, "ssmc_forward_train", bt, d);
+    return s == SSMC_OK ? require(ir, bt, d) : s;
+}
+
+ssmc_status grad_backward_args(const ir_model *ir, const ssmc_arg *args, int nargs, const ssmc_arg *douts, int ndouts,
+                               const ssmc_arg *grads, int ngrads, backend_tensor *bt, backend_tensor *cot,
+                               backend_tensor *gr, diag *d)
+{
+    ssmc_status s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, "ssmc_backward: args", bt, d);
+    if (s == SSMC_OK) s = require(ir, bt, d);
+    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false, "ssmc_backward: douts", cot, d);
+    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false, "ssmc_backward: grads", gr, d);
+    return s;
+}
+
+int64_t grad_interval(const ssmc_options *o, int64_t T) { return chunk_for(o, T); }
+
 ssmc_status ssmc_forward_train(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
                                ssmc_tape **tape)
 {
     if (!m) return SSMC_ERR_ARG;
+    if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape);
     return forward_train(m, batch, T, args, nargs, tape);
 }
 
@@ -615,6 +681,8 @@ ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *
                           const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
 {
     if (!m) return SSMC_ERR_ARG;
+    if (tape && tape->model == m && tape->chunked)
+        return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads);
     return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads);
 }
 

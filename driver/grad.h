@@ -18,5 +18,38 @@ const backend *api_model_backend(const ssmc_model *m);
 const ssmc_options *api_model_options(const ssmc_model *m);
 diag *api_model_diag(ssmc_model *m);
 grad_state **api_model_grad(ssmc_model *m);
+/* ... its plan (NULL where the backend plans nothing), its backend state,
+ * and the slot of its chunked backward */
+const pass_plan *api_model_plan(const ssmc_model *m);
+void *api_model_state(const ssmc_model *m);
+typedef struct grad_chunked grad_chunked;
+grad_chunked **api_model_grad_chunked(ssmc_model *m);
+
+/* ---- from driver/grad.c, for driver/grad_chunked.c ---- */
+/* Compiles a model the gradients pass made for backend be (through the rest
+ * of the pipeline, the recurrent algorithm, where be plans). */
+ssmc_status grad_compile(const backend *be, ir_model *model, const ssmc_options *o, arena *a, diag *d, void **state);
+/* The arguments of ssmc_forward_train and ssmc_backward checked as the
+ * recurrent backward checks them, into bt/cot/gr (zeroed, by tensor id of ir). */
+ssmc_status grad_run_args(const ir_model *ir, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                          backend_tensor *bt, diag *d);
+ssmc_status grad_backward_args(const ir_model *ir, const ssmc_arg *args, int nargs, const ssmc_arg *douts, int ndouts,
+                               const ssmc_arg *grads, int ngrads, backend_tensor *bt, backend_tensor *cot,
+                               backend_tensor *gr, diag *d);
+/* The checkpoint interval of T steps (ssmc_options.grad_chunk, else ceil(sqrt(T))). */
+int64_t grad_interval(const ssmc_options *o, int64_t T);
+
+/* ---- driver/grad_chunked.c: the backward of a model compiled with a
+ * chunked plan (docs/chunked.md, "Gradients") ---- */
+typedef struct grad_ctape grad_ctape;
+void grad_chunked_free(grad_chunked *g);
+bool grad_chunked_applies(const ssmc_model *m); /* the model runs the chunked algorithm on a backend with a plan */
+ssmc_status grad_chunked_info(ssmc_model *m, int64_t T, ssmc_grad_info *info);
+ssmc_status grad_chunked_forward(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
+                                 grad_ctape **tape);
+ssmc_status grad_chunked_backward(ssmc_model *m, const grad_ctape *tape, const ssmc_arg *args, int nargs,
+                                  const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads);
+size_t grad_ctape_bytes(const grad_ctape *t);
+void grad_ctape_free(grad_ctape *t);
 
 #endif

@@ -70,7 +70,8 @@ typedef struct ssmc_options {
     int threads;           /* CPU worker threads; 0: all cores */
     const char *cuda_arch; /* e.g. "sm_90"; NULL: the GPU's own */
     int check_finite;      /* nonzero: report NaN/Inf in inputs and outputs */
-    int64_t grad_chunk;    /* gradients: keep the states every grad_chunk steps; 0: ceil(sqrt(T)) */
+    int64_t grad_chunk;    /* gradients: keep the states every grad_chunk steps; 0: ceil(sqrt(T)) (chunked:
+                              whole chunks; <= chunk keeps every chunk's state, docs/chunked.md) */
     int chunk;             /* the chunked algorithm's chunk length (--chunk); 0: the default, 64 */
 } ssmc_options;
 

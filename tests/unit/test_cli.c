@@ -1279,6 +1279,15 @@ static void test_grad_verify(void **state)
         expect_ok(p);
         assert_int_equal(count_lines(p.out, "verify grad"), 6); /* x W U bias h c */
         assert_null(strstr(p.out, "FAIL"));
+        /* the chunked backward (docs/chunked.md, "Gradients") against the interpreter's; its files */
+        const char *dir = tmp("chunked_grads");
+        p = ssmc("run", example("gated_deltanet"), "-D", "H=3", "-D", "K=5", "-D", "V=3", "--batch", "2", "--seqlen", "21",
+                 "--device", "cpu", "--algo", "chunked", "--chunk", "4", "--grad", "--verify", "--out", dir);
+        expect_ok(p);
+        assert_int_equal(count_lines(p.out, "verify grad"), 8); /* q k v a b A_log dt_bias S */
+        assert_null(strstr(p.out, "FAIL"));
+        assert_int_equal(access(fmt("%s/grad_A_log.npy", dir), F_OK), 0);
+        assert_int_equal(access(fmt("%s/grad_S.npy", dir), F_OK), 0);
     }
 }
 

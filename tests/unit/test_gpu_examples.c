@@ -518,6 +518,25 @@ static void test_kernel_cache(void **state)
     free(text);
 }
 
+/* The chunked backward has no CUDA core yet: gradients of a chunked model on
+ * the GPU are refused with that reason (docs/chunked.md, "Gradients"). */
+static void test_chunked_grad_refused(void **state)
+{
+    size_t len;
+    char *text = test_slurp("examples/gated_deltanet.ssm", &len);
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = {.device = SSMC_DEVICE_CUDA, .algo = SSMC_ALGO_CHUNKED};
+    ssmc_model *m = NULL;
+    if (ssmc_compile(ctx, "gated_deltanet.ssm", text, len, &o, &m) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+    ssmc_grad_info info;
+    assert_int_equal(ssmc_grad_info_of(m, 16, &info), SSMC_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "gradients of the chunked algorithm need the backward of its core, "
+                                                "which the cuda backend does not have yet"));
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+    free(text);
+}
+
 int main(void)
 {
     strbuf err = {0};
@@ -535,6 +554,7 @@ int main(void)
         cmocka_unit_test(test_run_device),
         cmocka_unit_test(test_kernel_cache),
         cmocka_unit_test(test_cli_bench),
+        cmocka_unit_test(test_chunked_grad_refused),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rt_cuda_close(gpu);

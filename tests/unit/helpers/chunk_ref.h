@@ -13,4 +13,13 @@
 void chunk_ref_core(const plan_chunk_core *c, double *const *pdata, double *const *edata, const double *s0, double *s1,
                     int64_t B, int64_t T);
 
+/* Its backward, by reverse-mode differentiation of that recurrence step by
+ * step (every state kept): for L = sum_r <dR_r, R_r> + <ds1, h(T)> with dR
+ * in dedata (by the epilogue's readout ids) and ds1 (NULL: zero), writes the
+ * gradient of every operand into dpdata (by the prologue's ids; k and w
+ * apart, as independent operands) and of the initial state into ds0 (NULL:
+ * dropped). */
+void chunk_ref_core_backward(const plan_chunk_core *c, double *const *pdata, const double *s0, double *const *dedata,
+                             const double *ds1, double *const *dpdata, double *ds0, int64_t B, int64_t T);
+
 #endif
