@@ -398,7 +398,7 @@ static size_t run_elems(const ir_model *m, uint32_t i, int64_t batch, int64_t T)
 static void make_sig(const ir_model *m, const backend_tensor *bt, bool device, cuda_sig *sig, ssmc_dtype *dt,
                      bool *present)
 {
-    sig->vec = true;
+    *sig = (cuda_sig){.vec = true}; /* not by rows, not one step: a decode sets those */
     bool *fresh = present + m->ntensors + 1; /* the caller's array holds both */
     for (uint32_t i = 0; i < m->ntensors; i++) {
         present[i] = m->tensors[i].kind != IR_LET && bt[i].data != NULL;
