@@ -18,6 +18,29 @@ typedef struct backend_tensor {
                    the run starts from the model's initial value, as for one not given */
 } backend_tensor;
 
+/* Device memory for the gradient driver (driver/grad.c) on device tensors:
+ * its checkpoints, trace and adjoint states live on the device, and every
+ * move between them and the caller's tensors is enqueued on `stream`. `ctx`
+ * is a compiled state of the backend (any of one model's). Pointers are
+ * device addresses; alloc gives uninitialised memory (NULL with a message when
+ * it fails); free does not wait for work in flight (call sync first). */
+typedef struct backend_mem {
+    void *(*alloc)(void *ctx, size_t bytes, diag *d);
+    void (*free)(void *ctx, void *p);
+    /* `height` rows of `width` bytes, `spitch` apart in src and `dpitch` in dst */
+    ssmc_status (*copy2d)(void *ctx, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                          size_t height, void *stream, diag *d);
+    ssmc_status (*zero)(void *ctx, void *p, size_t bytes, void *stream, diag *d);
+    /* n elements converted between dtypes (through f32) */
+    ssmc_status (*convert)(void *ctx, void *dst, ssmc_dtype dd, const void *src, ssmc_dtype sd, size_t n, void *stream,
+                           diag *d);
+    /* dst[e] = sum over r < rows of src[r * n + e], src f32 */
+    ssmc_status (*sum_rows)(void *ctx, void *dst, ssmc_dtype dd, const float *src, int64_t rows, size_t n, void *stream,
+                            diag *d);
+    /* waits for the stream's work; stream NULL: every stream's */
+    ssmc_status (*sync)(void *ctx, void *stream, diag *d);
+} backend_mem;
+
 typedef struct backend {
     const char *name;
     /* The target the pipeline plans this device's kernels for; NULL for a
@@ -49,6 +72,8 @@ typedef struct backend {
      * have no backward (the chunked backward, driver/grad_chunked.c, runs the
      * parts and the cores through it). */
     struct chunked_state *(*chunked)(void *state);
+    /* Device memory for gradients on device tensors; NULL without a device. */
+    const backend_mem *mem;
 } backend;
 
 /* The device table (codegen/backends.c): the backend of a device, NULL where

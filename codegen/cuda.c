@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "codegen/cuda.h"
+#include "support/dtype.h"
 
 typedef struct vbind {
     bool on;
@@ -53,6 +54,13 @@ typedef struct em {
 } em;
 
 #define SCRATCH(e) ((e)->m->ntensors)
+
+/* The direction of "k steps earlier in execution order" in a per-step
+ * tensor: back in time, or forward in a reverse model (ir.h), whose steps
+ * run at t = T-1 .. 0 (its pointers start at step T-1 and walk back). The
+ * kernel's `t` counts the steps executed either way, so a guard "at least k
+ * steps done" reads the same in both. */
+static const char *back(const em *e) { return e->m->reverse ? "+" : "-"; }
 
 static const char *S(em *e, const char *fmt, ...)
 {
@@ -459,10 +467,11 @@ static const char *load(em *e, ir_ref r)
         if (in->load.lag_var >= 0) { /* t - lag - var (passes/lag.c combines the two) */
             const char *lv = var_glob(e, in->load.lag_var);
             if (in->load.lag) lv = S(e, "(%s + %lld)", lv, (long long)in->load.lag);
-            return S(e, "(t >= %s ? ssmc_ld(p_%s - (long long)%s * %lld + %s) : 0.f)", lv, t->name, lv, (long long)step, off);
+            return S(e, "(t >= %s ? ssmc_ld(p_%s %s (long long)%s * %lld + %s) : 0.f)", lv, t->name, back(e), lv,
+                     (long long)step, off);
         }
         if (in->load.lag)
-            return S(e, "(t >= %lld ? ssmc_ld(p_%s - %lldLL + %s) : 0.f)", (long long)in->load.lag, t->name,
+            return S(e, "(t >= %lld ? ssmc_ld(p_%s %s %lldLL + %s) : 0.f)", (long long)in->load.lag, t->name, back(e),
                      (long long)(in->load.lag * step), off);
         return S(e, "ssmc_ld(p_%s + %s)", t->name, off);
     }
@@ -1105,6 +1114,7 @@ static void header(em *e)
     sb_printf(e->out, "\n// vector loads: %s\n", e->sig->vec ? "allowed" : "off");
     if (e->sig->rows) sb_puts(e->out, "// states: by pool row (ssmc_rows), sequences without a state (ssmc_has)\n");
     if (e->sig->one_step) sb_puts(e->out, "// one step (T = 1)\n");
+    if (e->m->reverse) sb_puts(e->out, "// a reverse model: its steps run at t = T-1 .. 0\n");
     plan_print_comment(e->out, e->p, "// ");
 }
 
@@ -1178,8 +1188,8 @@ static void prologue(em *e)
         int64_t n = ir_tensor_elems(m, t);
         bool ro = t->kind == IR_INPUT;
         if (t->per_step)
-            line(e, "%s%s *p_%s = g_%s + bat * T * %lld;", ro ? "const " : "", dtype_c(e->sig->dtype[i]), t->name, t->name,
-                 (long long)n);
+            line(e, "%s%s *p_%s = g_%s + %s * %lld;", ro ? "const " : "", dtype_c(e->sig->dtype[i]), t->name, t->name,
+                 m->reverse ? "(bat * T + T - 1)" : "bat * T", (long long)n);
         else
             line(e, "%s *p_%s = g_%s + %s * %lld;", dtype_c(e->sig->dtype[i]), t->name, t->name,
                  e->sig->rows && t->kind == IR_STATE ? "row" : "bat", (long long)n);
@@ -1217,8 +1227,8 @@ static const char *pat_base(em *e, const plan_pat *pt, const char *ahead)
     const ir_tensor *t = &e->m->tensors[pt->tensor];
     int64_t n = ir_tensor_elems(e->m, t);
     const char *s = S(e, "p_%s", t->name);
-    if (ahead) s = S(e, "%s + %s * %lld", s, ahead, (long long)n);
-    if (pt->lag) s = S(e, "%s - %lldLL", s, (long long)(pt->lag * n));
+    if (ahead) s = S(e, "%s %s %s * %lld", s, e->m->reverse ? "-" : "+", ahead, (long long)n);
+    if (pt->lag) s = S(e, "%s %s %lldLL", s, back(e), (long long)(pt->lag * n));
     return s;
 }
 
@@ -1271,6 +1281,7 @@ static void kernel(em *e)
     for (int id = 0; id < p->npats; id++)
         if (!pat_is_param(e, id)) pattern_load(e, id, S(e, "pat%d", id), pat_base(e, &p->pats[id], NULL), lag_guard(e, &p->pats[id], "0"));
 
+    if (m->reverse) line(e, "// t counts the steps run; the step at t is at time T-1-t, where the p_ pointers are");
     line(e, "for (long long t = 0; t < T; t++) {");
     e->ind++;
     for (uint32_t i = 0; i < m->ntensors; i++)
@@ -1311,7 +1322,7 @@ static void kernel(em *e)
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
         if (t->per_step && e->sig->present[i] && (t->kind == IR_INPUT || t->kind == IR_OUTPUT))
-            line(e, "p_%s += %lld;", t->name, (long long)ir_tensor_elems(m, t));
+            line(e, "p_%s %s= %lld;", t->name, m->reverse ? "-" : "+", (long long)ir_tensor_elems(m, t));
     }
     e->ind--;
     line(e, "}");
@@ -1371,6 +1382,42 @@ cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch)
     cuda_launch l = {.blocks = batch * p->items_per_seq, .threads = (unsigned)p->nthreads, .ws_floats = p->global_floats};
     l.shared_bytes = (unsigned)(p->local_floats * 4);
     return l;
+}
+
+/* ---- helper kernels: the gradient driver's conversions and batch sums ---- */
+
+void cuda_helper_name(strbuf *out, bool sum_rows, ssmc_dtype dst, ssmc_dtype src)
+{
+    if (sum_rows)
+        sb_printf(out, "ssmc_sum_rows_%s", dtype_names[dst]);
+    else
+        sb_printf(out, "ssmc_convert_%s_%s", dtype_names[dst], dtype_names[src]);
+}
+
+void cuda_emit_helpers(strbuf *out)
+{
+    sb_printf(out, "// %s: conversions and batch sums for the gradients' device buffers, generated by ssmc %s\n",
+              CUDA_HELPERS_PROGRAM, SSMC_VERSION);
+    sb_puts(out, "#define SSMC_MASK 0xffffffffu\n");
+    cuda_prelude(out);
+    for (int d = 0; d < SSMC_NDTYPES; d++) {
+        const char *dc = dtype_c((ssmc_dtype)d);
+        for (int s = 0; s < SSMC_NDTYPES; s++) {
+            sb_printf(out, "extern \"C\" __global__ void __launch_bounds__(%d) ", CUDA_HELPERS_THREADS);
+            cuda_helper_name(out, false, (ssmc_dtype)d, (ssmc_dtype)s);
+            sb_printf(out, "(long long n, %s *__restrict__ dst, const %s *__restrict__ src)\n{\n", dc, dtype_c((ssmc_dtype)s));
+            sb_printf(out, "    const long long i = (long long)blockIdx.x * %d + threadIdx.x;\n", CUDA_HELPERS_THREADS);
+            sb_puts(out, "    if (i < n) ssmc_st(dst + i, ssmc_get(src + i));\n}\n");
+        }
+        sb_printf(out, "extern \"C\" __global__ void __launch_bounds__(%d) ", CUDA_HELPERS_THREADS);
+        cuda_helper_name(out, true, (ssmc_dtype)d, SSMC_F32);
+        sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src)\n{\n", dc);
+        sb_printf(out, "    const long long i = (long long)blockIdx.x * %d + threadIdx.x;\n", CUDA_HELPERS_THREADS);
+        sb_puts(out, "    if (i >= n) return;\n");
+        sb_puts(out, "    float acc = 0.f;\n");
+        sb_puts(out, "    for (long long r = 0; r < rows; r++) acc += src[r * n + i];\n");
+        sb_puts(out, "    ssmc_st(dst + i, acc);\n}\n");
+    }
 }
 
 const char *const cuda_nvrtc_options[CUDA_NVRTC_NOPTIONS] = {"--extra-device-vectorization"};

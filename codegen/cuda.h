@@ -74,6 +74,18 @@ extern const char *const cuda_nvrtc_options[CUDA_NVRTC_NOPTIONS];
  * SSMC_MASK, which the source defines before it. */
 void cuda_prelude(strbuf *out);
 
+/* The helper kernels the gradient driver's device buffers need
+ * (backend_mem, codegen/backend.h), one program (CUDA_HELPERS_PROGRAM) for
+ * every dtype: ssmc_convert_<dst>_<src>(long long n, D *dst, const S *src)
+ * converts n elements through f32, ssmc_sum_rows_<dst>(long long rows, long
+ * long n, D *dst, const float *src) writes dst[e] = the sum over r of
+ * src[r * n + e]; dtype names as in support/dtype.h (f32, f16, bf16, f64).
+ * One thread per element, CUDA_HELPERS_THREADS per block. */
+#define CUDA_HELPERS_PROGRAM "ssmc_helpers.cu"
+#define CUDA_HELPERS_THREADS 256
+void cuda_emit_helpers(strbuf *out);
+void cuda_helper_name(strbuf *out, bool sum_rows, ssmc_dtype dst, ssmc_dtype src);
+
 /* "ssmc_<model>.cu" and "ssmc_<model>". */
 void cuda_program_name(strbuf *out, const ir_model *m);
 void cuda_kernel_name(strbuf *out, const ir_model *m);

@@ -53,6 +53,8 @@ typedef struct cuda_state {
     chunked_state *chunked; /* a chunked plan: its parts (then the fields above serve the host copies) */
     CUdeviceptr cws;      /* the chunked runs' workspace */
     size_t cws_cap;
+    CUmodule helpers;     /* codegen/cuda.h's helper kernels, loaded at their first use */
+    CUfunction convert[SSMC_NDTYPES][SSMC_NDTYPES], sum_rows[SSMC_NDTYPES];
     pthread_mutex_t lock;
 } cuda_state;
 
@@ -99,12 +101,18 @@ static ssmc_status load_nvrtc(rt_nvrtc **n, diag *d)
     return st ? fail(d, st, &err, "cannot compile kernels") : SSMC_OK;
 }
 
+static const char *prog_name(strbuf *b, const ir_model *m)
+{
+    cuda_program_name(b, m);
+    return sb_cstr(b);
+}
+
 /* Generated source to an image (cubin or PTX) through the cache (cubins only). */
-static ssmc_status build_image(rt_nvrtc *n, const ir_model *m, const char *src, const char *arch, bool cubin,
+static ssmc_status build_image(rt_nvrtc *n, const char *prog_name, const char *src, const char *arch, bool cubin,
                                char **image, size_t *len, diag *d)
 {
     strbuf prog = {0}, log = {0}, opts = {0};
-    cuda_program_name(&prog, m);
+    sb_puts(&prog, prog_name);
     for (int i = 0; i < NVRTC_NOPTS; i++) sb_printf(&opts, "%s ", nvrtc_opts[i]);
     sb_puts(&opts, cubin ? "cubin" : "ptx");
     const char *parts[] = {src, sb_cstr(&opts), rt_nvrtc_version_string(n), arch};
@@ -149,13 +157,13 @@ static ssmc_status kernel_for(cuda_state *s, const cuda_sig *sig, CUfunction *fn
             *fn = s->kernels[i].fn;
             return SSMC_OK;
         }
-    strbuf src = {0}, name = {0}, err = {0};
+    strbuf src = {0}, name = {0}, err = {0}, pn = {0};
     char *image = NULL;
     size_t len = 0;
     cuda_kernel k = {.sig = key};
     ssmc_status st = cuda_emit(&src, s->plan, sig, d);
     if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
-    if (st == SSMC_OK) st = build_image(s->nvrtc, s->m, sb_cstr(&src), s->arch, true, &image, &len, d);
+    if (st == SSMC_OK) st = build_image(s->nvrtc, prog_name(&pn, s->m), sb_cstr(&src), s->arch, true, &image, &len, d);
     if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &k.mod, &err)) != SSMC_OK)
         fail(d, st, &err, "loading the kernel");
     cuda_kernel_name(&name, s->m);
@@ -175,6 +183,7 @@ static ssmc_status kernel_for(cuda_state *s, const cuda_sig *sig, CUfunction *fn
     sb_free(&src);
     sb_free(&name);
     sb_free(&err);
+    sb_free(&pn);
     return st;
 }
 
@@ -188,6 +197,7 @@ static void state_free(void *state)
         free(s->kernels[i].sig);
     }
     free(s->kernels);
+    if (s->helpers) rt_cuda_module_unload(s->gpu, s->helpers, &err);
     chunked_free(s->chunked);
     if (s->gpu) {
         rt_cuda_free(s->gpu, s->buf, &err);
@@ -271,7 +281,7 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     const plan_chunk_core *c = k->c;
     bool given = io->state != NULL;
     cuda_kernel *kn = &k->k[given][given ? io->state_dtype : SSMC_F32];
-    strbuf src = {0}, name = {0}, err = {0};
+    strbuf src = {0}, name = {0}, err = {0}, pn = {0};
     ssmc_status st = SSMC_OK;
     cuda_chunk_kernel_name(&name, s->m, c);
     if (!kn->fn) {
@@ -279,7 +289,7 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
         size_t len = 0;
         st = cuda_chunk_emit(&src, s->m, c, given, io->state_dtype, d);
         if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
-        if (st == SSMC_OK) st = build_image(s->nvrtc, s->m, sb_cstr(&src), s->arch, true, &image, &len, d);
+        if (st == SSMC_OK) st = build_image(s->nvrtc, prog_name(&pn, s->m), sb_cstr(&src), s->arch, true, &image, &len, d);
         if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &kn->mod, &err)) != SSMC_OK)
             fail(d, st, &err, "loading the chunked kernel");
         if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, kn->mod, sb_cstr(&name), &kn->fn, &err)) != SSMC_OK)
@@ -314,6 +324,7 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     sb_free(&src);
     sb_free(&name);
     sb_free(&err);
+    sb_free(&pn);
     return st;
 }
 
@@ -387,7 +398,7 @@ static size_t run_elems(const ir_model *m, uint32_t i, int64_t batch, int64_t T)
 static void make_sig(const ir_model *m, const backend_tensor *bt, bool device, cuda_sig *sig, ssmc_dtype *dt,
                      bool *present)
 {
-    sig->vec = true;
+    *sig = (cuda_sig){.vec = true}; /* not by rows, not one step: a decode sets those */
     bool *fresh = present + m->ntensors + 1; /* the caller's array holds both */
     for (uint32_t i = 0; i < m->ntensors; i++) {
         present[i] = m->tensors[i].kind != IR_LET && bt[i].data != NULL;
@@ -586,6 +597,137 @@ static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const 
     return st;
 }
 
+/* ---- device memory for the gradient driver (backend_mem) ---- */
+
+static void *mem_alloc(void *ctx, size_t bytes, diag *d)
+{
+    cuda_state *s = ctx;
+    CUdeviceptr p = 0;
+    strbuf err = {0};
+    ssmc_status st = rt_cuda_alloc(s->gpu, bytes, &p, &err);
+    if (st != SSMC_OK) fail(d, st, &err, "allocating the gradients' device buffers");
+    sb_free(&err);
+    return st == SSMC_OK ? (void *)(uintptr_t)p : NULL;
+}
+
+static void mem_free(void *ctx, void *p)
+{
+    cuda_state *s = ctx;
+    strbuf err = {0};
+    rt_cuda_free(s->gpu, (CUdeviceptr)(uintptr_t)p, &err); /* nothing to do about a failure to free */
+    sb_free(&err);
+}
+
+static ssmc_status mem_copy2d(void *ctx, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                              size_t height, void *stream, diag *d)
+{
+    cuda_state *s = ctx;
+    strbuf err = {0};
+    CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src;
+    ssmc_status st = SSMC_OK;
+    if (height == 1 || dpitch > 0x7fffffff || spitch > 0x7fffffff) /* past the 2D copy's pitch limit: row by row */
+        for (size_t r = 0; st == SSMC_OK && r < height; r++)
+            st = rt_cuda_dtod_async(s->gpu, dp + r * dpitch, sp + r * spitch, width, (CUstream)stream, &err);
+    else
+        st = rt_cuda_dtod_2d_async(s->gpu, dp, dpitch, sp, spitch, width, height, (CUstream)stream, &err);
+    return st ? fail(d, st, &err, "copying the gradients' device buffers") : SSMC_OK;
+}
+
+static ssmc_status mem_zero(void *ctx, void *p, size_t bytes, void *stream, diag *d)
+{
+    return chunk_zero(ctx, p, bytes, stream, d);
+}
+
+/* The helper kernels, compiled (or taken from the cache) at their first use. */
+static ssmc_status helpers_load(cuda_state *s, diag *d)
+{
+    if (s->helpers) return SSMC_OK;
+    strbuf src = {0}, name = {0}, err = {0};
+    char *image = NULL;
+    size_t len = 0;
+    CUmodule mod = NULL;
+    cuda_emit_helpers(&src);
+    ssmc_status st = src.failed ? SSMC_ERR_NOMEM : load_nvrtc(&s->nvrtc, d);
+    if (st == SSMC_OK) st = build_image(s->nvrtc, CUDA_HELPERS_PROGRAM, sb_cstr(&src), s->arch, true, &image, &len, d);
+    if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &mod, &err)) != SSMC_OK)
+        fail(d, st, &err, "loading the helper kernels");
+    for (int dd = 0; st == SSMC_OK && dd < SSMC_NDTYPES; dd++)
+        for (int sd = 0; st == SSMC_OK && sd <= SSMC_NDTYPES; sd++) {
+            bool sum = sd == SSMC_NDTYPES;
+            CUfunction *fn = sum ? &s->sum_rows[dd] : &s->convert[dd][sd];
+            name.len = 0;
+            cuda_helper_name(&name, sum, (ssmc_dtype)dd, sum ? SSMC_F32 : (ssmc_dtype)sd);
+            if ((st = rt_cuda_module_function(s->gpu, mod, sb_cstr(&name), fn, &err)) != SSMC_OK)
+                fail(d, st, &err, "finding a helper kernel");
+        }
+    if (st == SSMC_OK) s->helpers = mod;
+    else if (mod) rt_cuda_module_unload(s->gpu, mod, &err);
+    free(image);
+    sb_free(&src);
+    sb_free(&name);
+    sb_free(&err);
+    return st;
+}
+
+static ssmc_status helper_launch(cuda_state *s, CUfunction fn, size_t n, void **params, void *stream, diag *d)
+{
+    size_t blocks = (n + CUDA_HELPERS_THREADS - 1) / CUDA_HELPERS_THREADS;
+    if (blocks > 0x7fffffff) {
+        diag_error(d, "cuda: %zu elements are too many for one conversion", n);
+        return SSMC_ERR_ARG;
+    }
+    unsigned grid[3] = {(unsigned)blocks, 1, 1}, block[3] = {CUDA_HELPERS_THREADS, 1, 1};
+    strbuf err = {0};
+    ssmc_status st = rt_cuda_launch(s->gpu, fn, grid, block, 0, (CUstream)stream, params, &err);
+    return st ? fail(d, st, &err, "launching a helper kernel") : SSMC_OK;
+}
+
+static ssmc_status mem_convert(void *ctx, void *dst, ssmc_dtype dd, const void *src, ssmc_dtype sd, size_t n,
+                               void *stream, diag *d)
+{
+    cuda_state *s = ctx;
+    pthread_mutex_lock(&s->lock);
+    ssmc_status st = helpers_load(s, d);
+    long long nn = (long long)n;
+    CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src;
+    void *params[] = {&nn, &dp, &sp};
+    if (st == SSMC_OK) st = helper_launch(s, s->convert[dd][sd], n, params, stream, d);
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
+
+static ssmc_status mem_sum_rows(void *ctx, void *dst, ssmc_dtype dd, const float *src, int64_t rows, size_t n,
+                                void *stream, diag *d)
+{
+    cuda_state *s = ctx;
+    pthread_mutex_lock(&s->lock);
+    ssmc_status st = helpers_load(s, d);
+    long long nr = rows, nn = (long long)n;
+    CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src;
+    void *params[] = {&nr, &nn, &dp, &sp};
+    if (st == SSMC_OK) st = helper_launch(s, s->sum_rows[dd], n, params, stream, d);
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
+
+static ssmc_status mem_sync(void *ctx, void *stream, diag *d)
+{
+    cuda_state *s = ctx;
+    strbuf err = {0};
+    ssmc_status st = stream ? rt_cuda_stream_sync(s->gpu, (CUstream)stream, &err) : rt_cuda_sync(s->gpu, &err);
+    return st ? fail(d, st, &err, "waiting for the GPU") : SSMC_OK;
+}
+
+static const backend_mem cuda_mem = {
+    .alloc = mem_alloc,
+    .free = mem_free,
+    .copy2d = mem_copy2d,
+    .zero = mem_zero,
+    .convert = mem_convert,
+    .sum_rows = mem_sum_rows,
+    .sync = mem_sync,
+};
+
 /* The arch for emitted PTX: the option, else the GPU's, else sm_90. */
 static void emit_arch(const ssmc_options *o, char *arch, size_t n)
 {
@@ -639,18 +781,19 @@ static ssmc_status cuda_emit_text(const pass_plan *plan, const ssmc_options *o, 
             diag_error(d, "the cuda backend emits CUDA C and PTX only");
             st = SSMC_ERR_ARG;
         } else {
-            strbuf src = {0};
+            strbuf src = {0}, pn = {0};
             rt_nvrtc *n = NULL;
             char arch[32], *image = NULL;
             size_t len = 0;
             emit_arch(o, arch, sizeof arch);
             st = cuda_emit(&src, plan, &sig, d);
             if (st == SSMC_OK) st = load_nvrtc(&n, d);
-            if (st == SSMC_OK) st = build_image(n, m, sb_cstr(&src), arch, false, &image, &len, d);
+            if (st == SSMC_OK) st = build_image(n, prog_name(&pn, m), sb_cstr(&src), arch, false, &image, &len, d);
             if (st == SSMC_OK) sb_puts(out, image);
             free(image);
             rt_nvrtc_free(n);
             sb_free(&src);
+            sb_free(&pn);
         }
     } else if (!dt || !present) {
         diag_error(d, "out of memory");
@@ -668,4 +811,6 @@ const backend cuda_backend = {
     .free = state_free,
     .run_device = cuda_run_device,
     .decode = cuda_decode,
+    .reverse = true, /* codegen/cuda.c runs a reverse model's steps from T-1 down */
+    .mem = &cuda_mem,
 };

@@ -14,7 +14,15 @@
  * reads its per-step tensors at its own steps only: a run on a batch of one
  * sequence takes them in place; with more, the chunk's slices are copied to
  * and from [B, C, ...] buffers. The driver's own buffers (checkpoints,
- * trace, adjoint states) are f64 for the interpreter and f32 elsewhere. */
+ * trace, adjoint states) are f64 for the interpreter and f32 elsewhere.
+ *
+ * The device entry points (ssmc_forward_train_device, ssmc_backward_device)
+ * run the same code with the driver's buffers on the backend's device
+ * (backend.mem): the tape's checkpoints, the trace, the adjoint states and
+ * the chunks' slices are device memory, every copy and conversion is
+ * enqueued on the caller's stream, the runs are the backend's run_device;
+ * nothing per step goes through the host. Each call waits for its stream
+ * before it frees its working buffers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +41,19 @@ struct grad_state {
     ssmc_dtype wd;   /* the driver's own buffers */
 };
 
+/* Where the driver's buffers live and how data moves between them and the
+ * caller's tensors: on the host (malloc, memcpy, conversions in C), or for
+ * the device entry points on the backend's device (backend.mem), every move
+ * enqueued on one stream. The training forward and the backward are written
+ * once, against these. */
+typedef struct gmem {
+    const backend *be;
+    const backend_mem *dev; /* NULL: the host */
+    void *ctx;              /* the backend state the device hooks take */
+    void *stream;
+    diag *d;
+} gmem;
+
 struct ssmc_tape {
     const ssmc_model *model;
     int64_t batch, T, C, nck;
@@ -41,6 +62,7 @@ struct ssmc_tape {
     void **ckpt;   /* per training-forward state: [nck][batch][elems] */
     bool *from_init; /* per state: its initial value came from its init statement */
     size_t bytes;
+    gmem mem;      /* where the checkpoints are (the host, or the device) */
     grad_ctape *chunked; /* a chunked model's tape (driver/grad_chunked.c); then the fields above are unused */
 };
 
@@ -52,16 +74,6 @@ void grad_state_free(grad_state *g)
     if (g->be && g->ifwd) g->be->free(g->ifwd);
     if (g->be && g->iadj) g->be->free(g->iadj);
     free(g);
-}
-
-void ssmc_tape_free(ssmc_tape *t)
-{
-    if (!t) return;
-    grad_ctape_free(t->chunked);
-    for (int i = 0; t->ckpt && i < t->ntensors; i++) free(t->ckpt[i]);
-    free(t->ckpt);
-    free(t->from_init);
-    free(t);
 }
 
 size_t ssmc_tape_bytes(const ssmc_tape *t) { return t ? t->bytes : 0; }
@@ -212,13 +224,99 @@ static ssmc_status require(const ir_model *ir, const backend_tensor *bt, diag *d
 
 /* ---- buffers ---- */
 
-static void convert(void *dst, ssmc_dtype dd, const void *src, ssmc_dtype sd, size_t n)
+
+static gmem gmem_of(const grad_state *g, bool device, void *stream, diag *d)
 {
-    if (dd == sd) {
-        memcpy(dst, src, n * dtype_size(dd));
-        return;
+    return (gmem){g->be, device ? g->be->mem : NULL, g->fwd, stream, d};
+}
+
+/* Uninitialised; NULL (reported) when memory ran out. */
+static void *gm_alloc(const gmem *g, size_t bytes)
+{
+    if (g->dev) return g->dev->alloc(g->ctx, bytes ? bytes : 1, g->d);
+    void *p = malloc(bytes + 1);
+    if (!p) diag_error(g->d, "out of memory");
+    return p;
+}
+
+static void gm_free(const gmem *g, void *p)
+{
+    if (!p) return;
+    if (g->dev) g->dev->free(g->ctx, p);
+    else free(p);
+}
+
+static ssmc_status gm_zero(const gmem *g, void *p, size_t bytes)
+{
+    if (g->dev) return bytes ? g->dev->zero(g->ctx, p, bytes, g->stream, g->d) : SSMC_OK;
+    memset(p, 0, bytes);
+    return SSMC_OK;
+}
+
+static void *gm_calloc(const gmem *g, size_t bytes)
+{
+    void *p = gm_alloc(g, bytes);
+    if (p && gm_zero(g, p, bytes) != SSMC_OK) {
+        gm_free(g, p);
+        p = NULL;
     }
+    return p;
+}
+
+/* `height` rows of `width` bytes, `spitch` apart in src and `dpitch` in dst. */
+static ssmc_status gm_copy2d(const gmem *g, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                             size_t height)
+{
+    if (!width || !height) return SSMC_OK;
+    if (g->dev) return g->dev->copy2d(g->ctx, dst, dpitch, src, spitch, width, height, g->stream, g->d);
+    for (size_t r = 0; r < height; r++) memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    return SSMC_OK;
+}
+
+static ssmc_status gm_copy(const gmem *g, void *dst, const void *src, size_t bytes)
+{
+    return gm_copy2d(g, dst, bytes, src, bytes, bytes, 1);
+}
+
+static ssmc_status gm_convert(const gmem *g, void *dst, ssmc_dtype dd, const void *src, ssmc_dtype sd, size_t n)
+{
+    if (dd == sd) return gm_copy(g, dst, src, n * dtype_size(dd));
+    if (g->dev) return n ? g->dev->convert(g->ctx, dst, dd, src, sd, n, g->stream, g->d) : SSMC_OK;
     for (size_t i = 0; i < n; i++) dtype_set(dst, dd, i, dtype_get(src, sd, i));
+    return SSMC_OK;
+}
+
+/* dst[e] = the sum over the batch of src[b, e] (src in the driver's dtype wd,
+ * f32 on a device). */
+static ssmc_status gm_sum_batch(const gmem *g, void *dst, ssmc_dtype dd, const void *src, ssmc_dtype wd, int64_t B,
+                                size_t n)
+{
+    if (g->dev) return n ? g->dev->sum_rows(g->ctx, dst, dd, src, B, n, g->stream, g->d) : SSMC_OK;
+    for (size_t e = 0; e < n; e++) {
+        double sum = 0;
+        for (int64_t b = 0; b < B; b++) sum += dtype_get(src, wd, (size_t)b * n + e);
+        dtype_set(dst, dd, e, sum);
+    }
+    return SSMC_OK;
+}
+
+static ssmc_status gm_run(const gmem *g, void *state, int64_t B, int64_t T, const backend_tensor *bt)
+{
+    return g->dev ? g->be->run_device(state, B, T, bt, g->stream, g->d) : g->be->run(state, B, T, bt, g->d);
+}
+
+/* The device's work done, before buffers it uses are freed. */
+static ssmc_status gm_sync(const gmem *g) { return g->dev ? g->dev->sync(g->ctx, g->stream, g->d) : SSMC_OK; }
+
+void ssmc_tape_free(ssmc_tape *t)
+{
+    if (!t) return;
+    grad_ctape_free(t->chunked);
+    if (t->mem.dev) t->mem.dev->sync(t->mem.ctx, NULL, t->mem.d); /* the whole device: work may still read them */
+    for (int i = 0; t->ckpt && i < t->ntensors; i++) gm_free(&t->mem, t->ckpt[i]);
+    free(t->ckpt);
+    free(t->from_init);
+    free(t);
 }
 
 /* A per-step tensor's slice of steps [t0, t0 + n) as a run of a chunk takes it,
@@ -231,33 +329,37 @@ typedef struct slice {
     char *scratch;       /* [B, C, elems], or NULL when always in place */
 } slice;
 
-static void *slice_at(const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n, bool in)
+static ssmc_status slice_at(const gmem *g, const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n, bool in,
+                            void **out)
 {
-    size_t es = dtype_size(s->dtype), row = s->elems * es;
-    if (B == 1 || n == T) return s->base + (size_t)t0 * row;
-    if (in)
-        for (int64_t b = 0; b < B; b++)
-            memcpy(s->scratch + (size_t)(b * n) * row, s->base + (size_t)(b * T + t0) * row, (size_t)n * row);
-    return s->scratch;
+    size_t row = s->elems * dtype_size(s->dtype);
+    if (B == 1 || n == T) {
+        *out = s->base + (size_t)t0 * row;
+        return SSMC_OK;
+    }
+    *out = s->scratch;
+    return in ? gm_copy2d(g, s->scratch, (size_t)n * row, s->base + (size_t)t0 * row, (size_t)T * row, (size_t)n * row,
+                          (size_t)B)
+              : SSMC_OK;
 }
 
-static void slice_back(const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n)
+static ssmc_status slice_back(const gmem *g, const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n)
 {
-    size_t es = dtype_size(s->dtype), row = s->elems * es;
-    if (B == 1 || n == T) return;
-    for (int64_t b = 0; b < B; b++)
-        memcpy(s->base + (size_t)(b * T + t0) * row, s->scratch + (size_t)(b * n) * row, (size_t)n * row);
+    size_t row = s->elems * dtype_size(s->dtype);
+    if (B == 1 || n == T) return SSMC_OK;
+    return gm_copy2d(g, s->base + (size_t)t0 * row, (size_t)T * row, s->scratch, (size_t)n * row, (size_t)n * row,
+                     (size_t)B);
 }
 
 /* Scratch for slices of steps: needed only with several sequences and chunks. */
-static bool slice_init(slice *s, const backend_tensor *bt, size_t elems, int64_t B, int64_t T, int64_t C)
+static bool slice_init(const gmem *g, slice *s, const backend_tensor *bt, size_t elems, int64_t B, int64_t T, int64_t C)
 {
     s->base = bt->data;
     s->dtype = bt->dtype;
     s->elems = elems;
     s->scratch = NULL;
     if (!bt->data || B == 1 || C == T) return true;
-    s->scratch = malloc((size_t)B * (size_t)C * elems * dtype_size(bt->dtype) + 1);
+    s->scratch = gm_alloc(g, (size_t)B * (size_t)C * elems * dtype_size(bt->dtype));
     return s->scratch != NULL;
 }
 
@@ -309,8 +411,8 @@ ssmc_status ssmc_grad_info_of(ssmc_model *m, int64_t T, ssmc_grad_info *info)
 
 /* The initial value of every state marked in from_init, into cur[state] (one
  * step of the init model, whose outputs [B, 1, ...] are laid out as states). */
-static ssmc_status init_states(grad_state *g, int64_t B, const backend_tensor *bt, void **cur, const bool *from_init,
-                               diag *d)
+static ssmc_status init_states(grad_state *g, const gmem *gm, int64_t B, const backend_tensor *bt, void **cur,
+                               const bool *from_init)
 {
     const pass_grad *pg = &g->pg;
     if (!pg->init) return SSMC_OK;
@@ -327,7 +429,7 @@ static ssmc_status init_states(grad_state *g, int64_t B, const backend_tensor *b
             any = true;
         }
     }
-    ssmc_status s = any ? g->be->run(g->ifwd, B, 1, ib, d) : SSMC_OK;
+    ssmc_status s = any ? gm_run(gm, g->ifwd, B, 1, ib) : SSMC_OK;
     free(ib);
     return s;
 }
@@ -335,8 +437,8 @@ static ssmc_status init_states(grad_state *g, int64_t B, const backend_tensor *b
 /* What the gradients of the initial states in from_init pass on to the
  * params through the init statements, added into the params' adjoint states
  * adj[param] (one step of the init model's adjoint). */
-static ssmc_status init_backward(grad_state *g, int64_t B, const backend_tensor *bt, void **adj, const bool *from_init,
-                                 diag *d)
+static ssmc_status init_backward(grad_state *g, const gmem *gm, int64_t B, const backend_tensor *bt, void **adj,
+                                 const bool *from_init)
 {
     const pass_grad *pg = &g->pg, *ip = pg->init;
     if (!ip) return SSMC_OK;
@@ -347,7 +449,7 @@ static ssmc_status init_backward(grad_state *g, int64_t B, const backend_tensor 
     for (uint32_t i = 0; i < f->ntensors; i++)
         if (pg->init_id[i] >= 0 && f->tensors[i].kind == IR_STATE && (size_t)ir_tensor_elems(f, &f->tensors[i]) > zmax)
             zmax = (size_t)ir_tensor_elems(f, &f->tensors[i]);
-    if (!ib || !(zeros = calloc((size_t)B * zmax + 1, dtype_size(g->wd)))) {
+    if (!ib || !(zeros = gm_calloc(gm, (size_t)B * zmax * dtype_size(g->wd)))) {
         free(ib);
         return SSMC_ERR_NOMEM;
     }
@@ -364,29 +466,44 @@ static ssmc_status init_backward(grad_state *g, int64_t B, const backend_tensor 
             any |= from_init[i];
         }
     }
-    ssmc_status s = any ? g->be->run(g->iadj, B, 1, ib, d) : SSMC_OK;
+    ssmc_status s = any ? gm_run(gm, g->iadj, B, 1, ib) : SSMC_OK;
+    if (s == SSMC_OK) s = gm_sync(gm); /* before zeros goes */
     free(ib);
-    free(zeros);
+    gm_free(gm, zeros);
     return s;
 }
 
 /* ---- the training forward ---- */
 
-static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs,
-                                 ssmc_tape **tape)
+/* Gradients on device pointers need a backend with device memory. */
+static ssmc_status device_check(ssmc_model *m, const char *fn)
 {
+    const backend *be = api_model_backend(m);
+    if (be->run_device && be->mem) return SSMC_OK;
+    diag_error(api_model_diag(m), "%s takes device pointers: it needs a model compiled for the cuda device (the %s "
+                                  "device runs on host tensors: use %s)",
+               fn, be->name, strstr(fn, "forward") ? "ssmc_forward_train" : "ssmc_backward");
+    return SSMC_ERR_UNSUPPORTED;
+}
+
+static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs,
+                                 ssmc_tape **tape, bool device, void *stream)
+{
+    const char *fn = device ? "ssmc_forward_train_device" : "ssmc_forward_train";
     diag *d = api_model_diag(m);
     diag_reset(d);
     if (!tape) {
-        diag_error(d, "ssmc_forward_train needs somewhere to put the tape");
+        diag_error(d, "%s needs somewhere to put the tape", fn);
         return SSMC_ERR_ARG;
     }
     *tape = NULL;
     const ir_model *ir = api_model_ir(m);
-    ssmc_status s = check_sizes(ir, B, T, d);
+    ssmc_status s = device ? device_check(m, fn) : SSMC_OK;
+    if (s == SSMC_OK) s = check_sizes(ir, B, T, d);
     grad_state *g = NULL;
     if (s == SSMC_OK) s = prepare(m, &g);
     if (s != SSMC_OK) return s;
+    gmem gm = gmem_of(g, device, stream, d);
     const ir_model *f = g->pg.forward;
     size_t nf = f->ntensors, ws = dtype_size(g->wd);
     backend_tensor *bt = calloc(nf, sizeof *bt), *rb = calloc(nf, sizeof *rb);
@@ -398,7 +515,9 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
         s = SSMC_ERR_NOMEM;
         goto done;
     }
-    s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, "ssmc_forward_train", bt, d);
+    tp->mem = gm;
+    tp->mem.stream = NULL;
+    s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, fn, bt, d);
     if (s == SSMC_OK) s = require(ir, bt, d);
     if (s != SSMC_OK) goto done;
     tp->model = m;
@@ -408,55 +527,58 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
     tp->nck = (T + tp->C - 1) / tp->C;
     tp->wd = g->wd;
     tp->ntensors = (int)nf;
-    for (size_t i = 0; i < nf; i++) {
+    for (size_t i = 0; i < nf && s == SSMC_OK; i++) {
         const ir_tensor *t = &f->tensors[i];
         size_t n = elems_of(f, (int)i);
         if (t->kind == IR_STATE) {
             size_t bytes = (size_t)B * n * ws;
-            cur[i] = calloc(1, bytes + 1);
-            tp->ckpt[i] = malloc((size_t)tp->nck * bytes + 1);
-            if (!cur[i] || !tp->ckpt[i]) {
+            if (!(cur[i] = gm_calloc(&gm, bytes)) || !(tp->ckpt[i] = gm_alloc(&gm, (size_t)tp->nck * bytes))) {
                 s = SSMC_ERR_NOMEM;
                 goto done;
             }
             tp->bytes += (size_t)tp->nck * bytes;
             /* a final-only state starts as one not given: from its init, or zero */
             if ((int)i < g->pg.nfwd && bt[i].data && !bt[i].fresh)
-                convert(cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
+                s = gm_convert(&gm, cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
             else tp->from_init[i] = g->pg.init_id[i] >= 0;
-        } else if (t->per_step && (int)i < g->pg.nfwd && !slice_init(&sl[i], &bt[i], n, B, T, tp->C)) {
+        } else if (t->per_step && (int)i < g->pg.nfwd && !slice_init(&gm, &sl[i], &bt[i], n, B, T, tp->C)) {
             s = SSMC_ERR_NOMEM;
             goto done;
         }
     }
-    s = init_states(g, B, bt, cur, tp->from_init, d);
+    if (s == SSMC_OK) s = init_states(g, &gm, B, bt, cur, tp->from_init);
     for (int64_t k = 0; k < tp->nck && s == SSMC_OK; k++) {
         int64_t t0 = k * tp->C, n = T - t0 < tp->C ? T - t0 : tp->C;
-        for (size_t i = 0; i < nf; i++) {
+        for (size_t i = 0; i < nf && s == SSMC_OK; i++) {
             const ir_tensor *t = &f->tensors[i];
             rb[i] = (backend_tensor){NULL, g->wd, false};
             if (t->kind == IR_STATE) {
                 size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
-                memcpy((char *)tp->ckpt[i] + (size_t)k * bytes, cur[i], bytes);
+                s = gm_copy(&gm, (char *)tp->ckpt[i] + (size_t)k * bytes, cur[i], bytes);
                 rb[i].data = cur[i];
             } else if (t->kind == IR_PARAM) {
                 rb[i] = bt[i];
             } else if ((int)i < g->pg.nfwd && bt[i].data) {
-                rb[i] = (backend_tensor){slice_at(&sl[i], B, T, t0, n, t->kind == IR_INPUT), bt[i].dtype, false};
+                rb[i].dtype = bt[i].dtype;
+                s = slice_at(&gm, &sl[i], B, T, t0, n, t->kind == IR_INPUT, &rb[i].data);
             }
         }
-        s = g->be->run(g->fwd, B, n, rb, d);
+        if (s == SSMC_OK) s = gm_run(&gm, g->fwd, B, n, rb);
         for (size_t i = 0; s == SSMC_OK && i < nf; i++)
-            if (f->tensors[i].kind == IR_OUTPUT && sl[i].base) slice_back(&sl[i], B, T, t0, n);
+            if (f->tensors[i].kind == IR_OUTPUT && sl[i].base) s = slice_back(&gm, &sl[i], B, T, t0, n);
     }
     for (size_t i = 0; s == SSMC_OK && (int)i < g->pg.nfwd; i++)
         if (f->tensors[i].kind == IR_STATE && bt[i].data)
-            convert(bt[i].data, bt[i].dtype, cur[i], g->wd, (size_t)B * elems_of(f, (int)i));
+            s = gm_convert(&gm, bt[i].data, bt[i].dtype, cur[i], g->wd, (size_t)B * elems_of(f, (int)i));
 done:
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
-    for (size_t i = 0; i < nf; i++) {
-        if (cur) free(cur[i]);
-        if (sl) free(sl[i].scratch);
+    if (g) {
+        ssmc_status ss = gm_sync(&gm); /* the temporaries below are in use until then */
+        if (s == SSMC_OK) s = ss;
+    }
+    for (size_t i = 0; g && i < nf; i++) {
+        if (cur) gm_free(&gm, cur[i]);
+        if (sl) gm_free(&gm, sl[i].scratch);
     }
     free(cur);
     free(sl);
@@ -472,17 +594,27 @@ done:
 /* ---- the backward ---- */
 
 static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *args, int nargs,
-                            const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
+                            const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads, bool device,
+                            void *stream)
 {
+    const char *fn = device ? "ssmc_backward_device" : "ssmc_backward";
     diag *d = api_model_diag(m);
     diag_reset(d);
     if (!tp || tp->model != m) {
-        diag_error(d, "ssmc_backward needs a tape made by ssmc_forward_train on this model");
+        diag_error(d, "%s needs a tape made by %s on this model", fn,
+                   device ? "ssmc_forward_train_device" : "ssmc_forward_train");
+        return SSMC_ERR_ARG;
+    }
+    if ((tp->mem.dev != NULL) != device) {
+        diag_error(d, "%s: the tape was made by %s, whose checkpoints are on the %s: use %s", fn,
+                   device ? "ssmc_forward_train" : "ssmc_forward_train_device", device ? "host" : "device",
+                   device ? "ssmc_backward" : "ssmc_backward_device");
         return SSMC_ERR_ARG;
     }
     grad_state *g;
     ssmc_status s = prepare(m, &g);
     if (s != SSMC_OK) return s;
+    gmem gm = gmem_of(g, device, stream, d);
     const ir_model *ir = api_model_ir(m), *f = g->pg.forward, *A = g->pg.adjoint;
     const pass_grad *pg = &g->pg;
     int64_t B = tp->batch, T = tp->T, C = tp->C;
@@ -496,29 +628,34 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
         s = SSMC_ERR_NOMEM;
         goto done;
     }
-    s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, "ssmc_backward: args", bt, d);
+    s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, device ? "ssmc_backward_device: args" : "ssmc_backward: args",
+                bt, d);
     if (s == SSMC_OK) s = require(ir, bt, d);
-    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false, "ssmc_backward: douts", cot, d);
-    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false, "ssmc_backward: grads", gr, d);
+    if (s == SSMC_OK)
+        s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false,
+                    device ? "ssmc_backward_device: douts" : "ssmc_backward: douts", cot, d);
+    if (s == SSMC_OK)
+        s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false,
+                    device ? "ssmc_backward_device: grads" : "ssmc_backward: grads", gr, d);
     if (s != SSMC_OK) goto done;
 
     size_t zmax = 0;
-    for (size_t i = 0; i < nf; i++) {
+    for (size_t i = 0; i < nf && s == SSMC_OK; i++) {
         const ir_tensor *t = &f->tensors[i];
         size_t n = elems_of(f, (int)i);
         bool mine = (int)i < pg->nfwd;
         bool ok = true;
         if (t->kind == IR_STATE) {
             /* the adjoint state starts at the cotangent of the final state */
-            ok = (rec[i] = malloc((size_t)B * n * ws + 1)) && (adj[i] = calloc(1, (size_t)B * n * ws + 1));
-            if (ok && mine && cot[i].data) convert(adj[i], g->wd, cot[i].data, cot[i].dtype, (size_t)B * n);
-            if (ok && pg->trace[i] >= 0) ok = (trace[i] = malloc((size_t)B * (size_t)C * n * ws + 1)) != NULL;
+            ok = (rec[i] = gm_alloc(&gm, (size_t)B * n * ws)) && (adj[i] = gm_calloc(&gm, (size_t)B * n * ws));
+            if (ok && mine && cot[i].data) s = gm_convert(&gm, adj[i], g->wd, cot[i].data, cot[i].dtype, (size_t)B * n);
+            if (ok && pg->trace[i] >= 0) ok = (trace[i] = gm_alloc(&gm, (size_t)B * (size_t)C * n * ws)) != NULL;
         } else if (t->kind == IR_PARAM) {
-            ok = (adj[i] = calloc(1, (size_t)B * n * ws + 1)) != NULL;
+            ok = (adj[i] = gm_calloc(&gm, (size_t)B * n * ws)) != NULL;
         } else if (t->kind == IR_INPUT && mine) {
-            ok = slice_init(&in[i], &bt[i], n, B, T, C) && slice_init(&dx[i], &gr[i], n, B, T, C);
+            ok = slice_init(&gm, &in[i], &bt[i], n, B, T, C) && slice_init(&gm, &dx[i], &gr[i], n, B, T, C);
         } else if (t->kind == IR_OUTPUT && mine) {
-            ok = slice_init(&dy[i], &cot[i], n, B, T, C);
+            ok = slice_init(&gm, &dy[i], &cot[i], n, B, T, C);
             if (!cot[i].data && B * C * (int64_t)n > (int64_t)zmax) zmax = (size_t)(B * C) * n;
         }
         if (!ok) {
@@ -526,33 +663,32 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
             goto done;
         }
     }
-    if (!(zeros = calloc(zmax + 1, ws))) {
-        s = SSMC_ERR_NOMEM;
-        goto done;
-    }
+    if (s == SSMC_OK && !(zeros = gm_calloc(&gm, zmax * ws))) s = SSMC_ERR_NOMEM;
+    if (s != SSMC_OK) goto done;
 
     for (int64_t k = tp->nck - 1; k >= 0 && s == SSMC_OK; k--) {
         int64_t t0 = k * C, n = T - t0 < C ? T - t0 : C;
         /* recompute the chunk from its checkpoint, with the trace on */
         for (size_t i = 0; i < nf; i++) rb[i] = (backend_tensor){NULL, g->wd, false};
-        for (size_t i = 0; i < nf; i++) {
+        for (size_t i = 0; i < nf && s == SSMC_OK; i++) {
             const ir_tensor *t = &f->tensors[i];
             if (t->kind == IR_STATE) {
                 size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
-                memcpy(rec[i], (const char *)tp->ckpt[i] + (size_t)k * bytes, bytes);
+                s = gm_copy(&gm, rec[i], (const char *)tp->ckpt[i] + (size_t)k * bytes, bytes);
                 rb[i].data = rec[i];
                 if (pg->trace[i] >= 0) rb[pg->trace[i]] = (backend_tensor){trace[i], g->wd, false};
             } else if (t->kind == IR_PARAM) {
                 rb[i] = bt[i];
             } else if (t->kind == IR_INPUT) {
-                rb[i] = (backend_tensor){slice_at(&in[i], B, T, t0, n, true), bt[i].dtype, false};
+                rb[i].dtype = bt[i].dtype;
+                s = slice_at(&gm, &in[i], B, T, t0, n, true, &rb[i].data);
             }
         }
-        s = g->be->run(g->fwd, B, n, rb, d);
+        if (s == SSMC_OK) s = gm_run(&gm, g->fwd, B, n, rb);
         if (s != SSMC_OK) break;
         /* the adjoint over the chunk, in reverse */
         for (size_t j = 0; j < na; j++) ab[j] = (backend_tensor){NULL, g->wd, false};
-        for (size_t i = 0; i < nf; i++) {
+        for (size_t i = 0; i < nf && s == SSMC_OK; i++) {
             const ir_tensor *t = &f->tensors[i];
             int v = pg->adj_value[i], a = pg->adj_grad[i];
             if (t->kind == IR_STATE) {
@@ -563,51 +699,56 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
                 if (a >= 0) ab[a] = (backend_tensor){adj[i], g->wd, false};
             } else if (t->kind == IR_INPUT) {
                 if (v >= 0) ab[v] = rb[i];
-                if (a >= 0 && gr[i].data) ab[a] = (backend_tensor){slice_at(&dx[i], B, T, t0, n, false), gr[i].dtype, false};
+                if (a >= 0 && gr[i].data) {
+                    ab[a].dtype = gr[i].dtype;
+                    s = slice_at(&gm, &dx[i], B, T, t0, n, false, &ab[a].data);
+                }
             } else if (t->kind == IR_OUTPUT && (int)i < pg->nfwd && a >= 0) {
-                ab[a] = cot[i].data ? (backend_tensor){slice_at(&dy[i], B, T, t0, n, true), cot[i].dtype, false}
-                                    : (backend_tensor){zeros, g->wd, false};
+                if (cot[i].data) {
+                    ab[a].dtype = cot[i].dtype;
+                    s = slice_at(&gm, &dy[i], B, T, t0, n, true, &ab[a].data);
+                } else {
+                    ab[a].data = zeros;
+                }
             }
         }
-        s = g->be->run(g->adj, B, n, ab, d);
+        if (s == SSMC_OK) s = gm_run(&gm, g->adj, B, n, ab);
         for (size_t i = 0; s == SSMC_OK && i < nf; i++)
-            if (f->tensors[i].kind == IR_INPUT && dx[i].base) slice_back(&dx[i], B, T, t0, n);
+            if (f->tensors[i].kind == IR_INPUT && dx[i].base) s = slice_back(&gm, &dx[i], B, T, t0, n);
     }
-    if (s == SSMC_OK) s = init_backward(g, B, bt, adj, tp->from_init, d);
+    if (s == SSMC_OK) s = init_backward(g, &gm, B, bt, adj, tp->from_init);
     for (size_t i = 0; s == SSMC_OK && (int)i < pg->nfwd; i++) {
         const ir_tensor *t = &f->tensors[i];
         size_t n = elems_of(f, (int)i);
         if (!gr[i].data) continue;
-        if (t->kind == IR_STATE) {
-            convert(gr[i].data, gr[i].dtype, adj[i], g->wd, (size_t)B * n);
-        } else if (t->kind == IR_PARAM) {
-            for (size_t e = 0; e < n; e++) {
-                double sum = 0;
-                for (int64_t b = 0; b < B; b++) sum += dtype_get(adj[i], g->wd, (size_t)b * n + e);
-                dtype_set(gr[i].data, gr[i].dtype, e, sum);
-            }
-        } else if (t->kind == IR_INPUT && pg->adj_grad[i] < 0) {
-            /* the input is never read: its gradient is zero */
-            for (size_t e = 0; e < (size_t)(B * T) * n; e++) dtype_set(gr[i].data, gr[i].dtype, e, 0.0);
-        }
+        if (t->kind == IR_STATE)
+            s = gm_convert(&gm, gr[i].data, gr[i].dtype, adj[i], g->wd, (size_t)B * n);
+        else if (t->kind == IR_PARAM)
+            s = gm_sum_batch(&gm, gr[i].data, gr[i].dtype, adj[i], g->wd, B, n);
+        else if (t->kind == IR_INPUT && pg->adj_grad[i] < 0) /* never read: its gradient is zero (all bits clear) */
+            s = gm_zero(&gm, gr[i].data, (size_t)(B * T) * n * dtype_size(gr[i].dtype));
     }
 done:
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
-    for (size_t i = 0; i < nf; i++) {
-        if (rec) free(rec[i]);
-        if (trace) free(trace[i]);
-        if (adj) free(adj[i]);
-        if (in) free(in[i].scratch);
-        if (dy) free(dy[i].scratch);
-        if (dx) free(dx[i].scratch);
+    if (g) {
+        ssmc_status ss = gm_sync(&gm); /* the temporaries below are in use until then */
+        if (s == SSMC_OK) s = ss;
     }
+    for (size_t i = 0; g && i < nf; i++) {
+        if (rec) gm_free(&gm, rec[i]);
+        if (trace) gm_free(&gm, trace[i]);
+        if (adj) gm_free(&gm, adj[i]);
+        if (in) gm_free(&gm, in[i].scratch);
+        if (dy) gm_free(&gm, dy[i].scratch);
+        if (dx) gm_free(&gm, dx[i].scratch);
+    }
+    if (g) gm_free(&gm, zeros);
     free(rec);
     free(trace);
     free(adj);
     free(in);
     free(dy);
     free(dx);
-    free(zeros);
     free(bt);
     free(cot);
     free(gr);
@@ -674,7 +815,7 @@ ssmc_status ssmc_forward_train(ssmc_model *m, int64_t batch, int64_t T, const ss
 {
     if (!m) return SSMC_ERR_ARG;
     if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape);
-    return forward_train(m, batch, T, args, nargs, tape);
+    return forward_train(m, batch, T, args, nargs, tape, false, NULL);
 }
 
 ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,
@@ -683,24 +824,24 @@ ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *
     if (!m) return SSMC_ERR_ARG;
     if (tape && tape->model == m && tape->chunked)
         return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads);
-    return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads);
-}
-
-static ssmc_status no_device(ssmc_model *m, const char *fn)
-{
-    diag *d = api_model_diag(m);
-    diag_reset(d);
-    diag_error(d, "%s: gradients on device pointers need the cuda backend to run reverse models, which it does "
-                  "not yet; use ssmc_forward_train and ssmc_backward on host tensors", fn);
-    return SSMC_ERR_UNSUPPORTED;
+    return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, false, NULL);
 }
 
 ssmc_status ssmc_forward_train_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
                                       ssmc_tape **tape, void *stream)
 {
     if (!m) return SSMC_ERR_ARG;
-    if (tape) *tape = NULL;
-    return no_device(m, "ssmc_forward_train_device");
+    if (grad_chunked_applies(m)) {
+        /* the one backend with device pointers (cuda) has no backward of the chunked core yet */
+        diag_reset(api_model_diag(m));
+        diag_error(api_model_diag(m), "ssmc_forward_train_device: gradients of the chunked algorithm need the "
+                                      "backward of its core, which the %s backend does not have yet (compile the "
+                                      "model with --algo=recurrent for gradients on the GPU)",
+                   api_model_backend(m)->name);
+        if (tape) *tape = NULL;
+        return SSMC_ERR_UNSUPPORTED;
+    }
+    return forward_train(m, batch, T, args, nargs, tape, true, stream);
 }
 
 ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,
@@ -708,5 +849,7 @@ ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssm
                                  void *stream)
 {
     if (!m) return SSMC_ERR_ARG;
-    return no_device(m, "ssmc_backward_device");
+    diag_reset(api_model_diag(m));
+    ssmc_status s = device_check(m, "ssmc_backward_device");
+    return s != SSMC_OK ? s : backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, true, stream);
 }

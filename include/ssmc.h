@@ -247,9 +247,13 @@ ssmc_status ssmc_forward_train(ssmc_model *m, int64_t batch, int64_t T, const ss
 ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,
                           const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads);
 
-/* The same on device pointers, enqueued on `stream` (as ssmc_run_device).
- * SSMC_ERR_UNSUPPORTED in this version: the CUDA backend does not run the
- * adjoint yet (docs/gradients.md, "Backends"). */
+/* The same on device pointers, for a model compiled for SSMC_DEVICE_CUDA:
+ * every tensor is a device address (as ssmc_run_device) and the work is
+ * enqueued on `stream`; the tape's checkpoints are on the device. Each call
+ * waits for `stream` before it returns (it frees its working buffers). A tape
+ * from ssmc_forward_train_device serves ssmc_backward_device only, one from
+ * ssmc_forward_train ssmc_backward only (SSMC_ERR_ARG otherwise); other
+ * devices: SSMC_ERR_UNSUPPORTED. ssmc_tape_free waits for the device. */
 ssmc_status ssmc_forward_train_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
                                       ssmc_tape **tape, void *stream);
 ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *args, int nargs,

@@ -273,9 +273,11 @@ static void walk_load(walker *w, ir_ref r)
     }
     p->ld_kind[r] = PLAN_LD_INLINE;
     if (!w->collect || !w->per_step || in->load.lag_var >= 0) return;
+    /* a pattern follows one variable per axis; an affine index (var * k + var2,
+     * the gradients' gather over grouped reads) is loaded inline */
     for (int i = 0; i < t->rank; i++) {
         const ir_index *ix = &m->ix[in->load.ix + (uint32_t)i];
-        if (ix->kind != IR_IX_CONST && !w->bound[ix->var]) return;
+        if (ix->kind == IR_IX_AFFINE || (ix->kind != IR_IX_CONST && !w->bound[ix->var])) return;
     }
     int id = pattern_of(w, in);
     if (id >= 0) {

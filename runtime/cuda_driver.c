@@ -41,6 +41,24 @@ enum {
     NVRTC_SUCCESS = 0
 };
 
+/* CUDA_MEMCPY2D of cuda.h (the _v2 layout), for device-to-device copies only. */
+typedef struct cuda_memcpy2d {
+    size_t srcXInBytes, srcY;
+    int srcMemoryType;
+    const void *srcHost;
+    CUdeviceptr srcDevice;
+    void *srcArray;
+    size_t srcPitch;
+    size_t dstXInBytes, dstY;
+    int dstMemoryType;
+    void *dstHost;
+    CUdeviceptr dstDevice;
+    void *dstArray;
+    size_t dstPitch;
+    size_t WidthInBytes, Height;
+} cuda_memcpy2d;
+enum { CU_MEMORYTYPE_DEVICE = 2 };
+
 /* Above this much dynamic shared memory a kernel must opt in (all archs >= 7.0). */
 #define DEFAULT_SHARED_LIMIT (48u * 1024u)
 
@@ -68,6 +86,7 @@ enum {
     CUDA_FN(CUresult, cuMemcpyDtoHAsync_v2, (void *, CUdeviceptr, size_t, CUstream))                    \
     CUDA_FN(CUresult, cuMemcpyDtoDAsync_v2, (CUdeviceptr, CUdeviceptr, size_t, CUstream))               \
     CUDA_FN(CUresult, cuMemsetD8Async, (CUdeviceptr, unsigned char, size_t, CUstream))                  \
+    CUDA_FN(CUresult, cuMemcpy2DAsync_v2, (const cuda_memcpy2d *, CUstream))                             \
     CUDA_FN(CUresult, cuModuleLoadDataEx, (CUmodule *, const void *, unsigned, int *, void **))         \
     CUDA_FN(CUresult, cuModuleUnload, (CUmodule))                                                       \
     CUDA_FN(CUresult, cuModuleGetFunction, (CUfunction *, CUmodule, const char *))                      \
@@ -223,6 +242,12 @@ ssmc_status rt_nvrtc_load_from(const char *library, rt_nvrtc **out, strbuf *err)
 
 ssmc_status rt_nvrtc_load(rt_nvrtc **out, strbuf *err)
 {
+    const char *lib = env_get(ENV_SSMC_NVRTC);
+    if (lib) {
+        ssmc_status st = rt_nvrtc_load_from(lib, out, err);
+        if (st != SSMC_OK) sb_puts(err, " (named by SSMC_NVRTC)");
+        return st;
+    }
     strbuf tried = {0};
     ssmc_status st = SSMC_ERR_UNSUPPORTED;
     for (size_t i = 0; i < sizeof nvrtc_names / sizeof nvrtc_names[0]; i++) {
@@ -496,6 +521,12 @@ ssmc_status rt_cuda_open(rt_cuda **out, strbuf *err) { return rt_cuda_open_devic
 ssmc_status rt_cuda_open_device(int device, rt_cuda **out, strbuf *err)
 {
     *out = NULL;
+    const char *lib = env_get(ENV_SSMC_CUDA_DRIVER);
+    if (lib) {
+        ssmc_status st = rt_cuda_open_from(lib, device, out, err);
+        if (st != SSMC_OK) sb_puts(err, " (named by SSMC_CUDA_DRIVER)");
+        return st;
+    }
     strbuf tried = {0};
     for (size_t i = 0; i < sizeof cuda_names / sizeof cuda_names[0]; i++) {
         void *lib = dlopen(cuda_names[i], RTLD_NOW | RTLD_LOCAL);
@@ -601,6 +632,17 @@ ssmc_status rt_cuda_memset_async(rt_cuda *c, CUdeviceptr dst, unsigned char byte
 {
     ssmc_status st = rt_cuda_make_current(c, err);
     return st ? st : cu_check(c, c->api.cuMemsetD8Async(dst, byte, bytes, s), err, "cuMemsetD8Async");
+}
+
+ssmc_status rt_cuda_dtod_2d_async(rt_cuda *c, CUdeviceptr dst, size_t dpitch, CUdeviceptr src, size_t spitch,
+                                  size_t width, size_t height, CUstream s, strbuf *err)
+{
+    ssmc_status st = rt_cuda_make_current(c, err);
+    if (st) return st;
+    cuda_memcpy2d p = {.srcMemoryType = CU_MEMORYTYPE_DEVICE, .srcDevice = src, .srcPitch = spitch,
+                       .dstMemoryType = CU_MEMORYTYPE_DEVICE, .dstDevice = dst, .dstPitch = dpitch,
+                       .WidthInBytes = width, .Height = height};
+    return cu_check(c, c->api.cuMemcpy2DAsync_v2(&p, s), err, "cuMemcpy2DAsync_v2");
 }
 
 /* ---- modules and launches ---- */

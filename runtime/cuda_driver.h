@@ -84,6 +84,10 @@ ssmc_status rt_cuda_memset(rt_cuda *c, CUdeviceptr dst, unsigned char byte, size
 ssmc_status rt_cuda_htod_async(rt_cuda *c, CUdeviceptr dst, const void *src, size_t bytes, CUstream s, strbuf *err);
 ssmc_status rt_cuda_dtoh_async(rt_cuda *c, void *dst, CUdeviceptr src, size_t bytes, CUstream s, strbuf *err);
 ssmc_status rt_cuda_dtod_async(rt_cuda *c, CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream s, strbuf *err);
+/* `height` rows of `width` bytes, `spitch` apart at src and `dpitch` at dst
+ * (pitches at most the driver's limit, 2^31 - 1 on current GPUs). */
+ssmc_status rt_cuda_dtod_2d_async(rt_cuda *c, CUdeviceptr dst, size_t dpitch, CUdeviceptr src, size_t spitch,
+                                  size_t width, size_t height, CUstream s, strbuf *err);
 ssmc_status rt_cuda_memset_async(rt_cuda *c, CUdeviceptr dst, unsigned char byte, size_t bytes, CUstream s,
                                  strbuf *err);
 

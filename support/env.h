@@ -27,6 +27,8 @@
     X(SSMC_CUDA_SHARE_LETS, "codegen/cuda_backend.c", "CUDA layout: 1 shares costly replicated lets through shared memory, 2 never") \
     X(CUDA_HOME, "runtime/cuda_driver.c", "where NVRTC finds cuda_fp16.h and cuda_bf16.h ($CUDA_HOME/include)") \
     X(CUDA_PATH, "runtime/cuda_driver.c", "as CUDA_HOME, tried after it")                                   \
+    X(SSMC_CUDA_DRIVER, "runtime/cuda_driver.c", "the CUDA driver library to load (a path, or a name for dlopen) instead of libcuda.so.1") \
+    X(SSMC_NVRTC, "runtime/cuda_driver.c", "the NVRTC library to load (a path, or a name for dlopen) instead of searching for one") \
     X(CC, "driver/bundle.c", "the C compiler `ssmc build` runs (default cc)")                              \
     X(AR, "driver/bundle.c", "the archiver `ssmc build` runs for static bundles (default ar)")              \
     X(OBJCOPY, "driver/bundle.c", "the objcopy `ssmc build` runs to localise a bundle's symbols (default objcopy)")

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codegen/cuda.h"
 #include "frontend/ast.h"
@@ -26,6 +27,7 @@
 #include "runtime/cuda_driver.h"
 #include "ssmc.h"
 #include "tests/unit/helpers/files.h"
+#include "tests/unit/helpers/grad_dims.h"
 
 /* The kernel plan for the CUDA target (tune may be NULL). */
 static ssmc_status cuda_plan_of(arena *a, const ir_model *m, const plan_tune *tune, pass_plan **p, diag *d)
@@ -196,6 +198,70 @@ static void test_edge_models_to_ptx(void **state)
     check_model_ptx("tests/gpu/edge.ssm", "v2_init", v2_init, 1);
 }
 
+/* The gradients' kernels (passes/grad.c: the training forward, the adjoint,
+ * a reverse model, and the init statements' pair) of every example (at
+ * test_grad's small dims: mamba3's training forward at its declared dims takes
+ * NVRTC two minutes) and edge model (declared dims), planned for CUDA, to PTX for sm_90 in the
+ * signature the gradient driver runs them with (bf16 tensors, f32 params);
+ * and the helper kernels of its device buffers. */
+static void grad_ptx(const char *rel, const char *model, const example_dims *e)
+{
+    size_t len;
+    char *text = test_slurp(rel, &len);
+    compiled c;
+    compile_ir(&c, rel, text, len, model, e ? e->dims : NULL, e ? e->ndims : 0);
+    pass_grad pg;
+    if (!pass_grad_build(&c.a, c.m, &pg, &c.d)) fail_msg("%s: %s", rel, sb_cstr(&c.d.text));
+    ir_model *parts[4] = {pg.forward, pg.adjoint, pg.init ? pg.init->forward : NULL, pg.init ? pg.init->adjoint : NULL};
+    for (int k = 0; k < 4; k++) {
+        if (!parts[k]) continue;
+        pass_plan *p;
+        diag d = {0};
+        if (cuda_plan_of(&c.a, parts[k], NULL, &p, &d) != SSMC_OK) fail_msg("%s %s: %s", rel, parts[k]->name, sb_cstr(&d.text));
+        diag_free(&d);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        ptx_of(parts[k], p, SSMC_BF16, SSMC_F32, true, true);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        printf("# %-34s %-24s %.2f s\n", rel, parts[k]->name, (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+    }
+    assert_true(pg.adjoint->reverse);
+    compiled_free(&c);
+    free(text);
+}
+
+static void test_grad_kernels_to_ptx(void **state)
+{
+    if (!nvrtc) skip();
+    char names[64][128];
+    int n = test_list_examples(names, 64);
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        char *text = test_slurp(names[i], &len);
+        example_dims own;
+        grad_ptx(names[i], NULL, grad_example_dims(names[i], text, len, &own));
+        free(text);
+    }
+    static const char *const edge[] = {"dense", "mix", "big", "v2_ops", "v2_lag", "v2_init"};
+    for (size_t i = 0; i < sizeof edge / sizeof *edge; i++) grad_ptx("tests/gpu/edge.ssm", edge[i], NULL);
+    strbuf src = {0}, log = {0};
+    char *ptx = NULL;
+    size_t len;
+    cuda_emit_helpers(&src);
+    if (rt_nvrtc_compile(nvrtc, sb_cstr(&src), CUDA_HELPERS_PROGRAM, "sm_90", false, NULL, 0, &ptx, &len, &log) != SSMC_OK)
+        fail_msg("%s", sb_cstr(&log));
+    strbuf name = {0};
+    cuda_helper_name(&name, true, SSMC_BF16, SSMC_F32);
+    assert_non_null(strstr(ptx, sb_cstr(&name)));
+    name.len = 0;
+    cuda_helper_name(&name, false, SSMC_F16, SSMC_F64);
+    assert_non_null(strstr(ptx, sb_cstr(&name)));
+    free(ptx);
+    sb_free(&src);
+    sb_free(&log);
+    sb_free(&name);
+}
+
 /* Every statement's comment names its line, with the left side and the
  * expression as the IR printer writes it. */
 static void test_emit_names_lines(void **state)
@@ -342,6 +408,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_examples_to_ptx),
         cmocka_unit_test(test_edge_models_to_ptx),
+        cmocka_unit_test(test_grad_kernels_to_ptx),
         cmocka_unit_test(test_emit_names_lines),
         cmocka_unit_test(test_nvrtc_failure_names_program),
         cmocka_unit_test(test_plans_keep_states_in_registers),

@@ -109,6 +109,28 @@ template <class T> static inline T __ldg(const T *p)
     return *p;
 }
 #else
+#ifndef EMU_TAIL_DONE
+#define EMU_TAIL_DONE
+/* Runs `body` on every thread of every block, one block after another. */
+template <class F> static void emu_blocks(long long blocks, int threads, const F &body)
+{
+    for (long long b = 0; b < blocks; b++) {
+        for (size_t i = 0; i < sizeof ssmc_smem / sizeof *ssmc_smem; i++) ssmc_smem[i] = NAN; /* garbage */
+        pthread_barrier_init(&emu_block_barrier, NULL, (unsigned)threads);
+        for (int w = 0; w * 32 < threads; w++)
+            pthread_barrier_init(&emu_warp_barrier[w], NULL, (unsigned)(threads - w * 32 < 32 ? threads - w * 32 : 32));
+        std::vector<std::thread> th;
+        for (int i = 0; i < threads; i++)
+            th.emplace_back([=, &body] {
+                threadIdx.x = (unsigned)i;
+                blockIdx.x = (unsigned)b;
+                body();
+            });
+        for (auto &x : th) x.join();
+        pthread_barrier_destroy(&emu_block_barrier);
+        for (int w = 0; w * 32 < threads; w++) pthread_barrier_destroy(&emu_warp_barrier[w]);
+    }
+}
 template <class... P, size_t... I>
 static void emu_call_idx(void (*f)(long long, long long, float *, P...), long long B, long long T, float *ws,
                          void **ptrs, std::index_sequence<I...>)
@@ -120,24 +142,25 @@ static void emu_call(void (*f)(long long, long long, float *, P...), long long B
 {
     emu_call_idx(f, B, T, ws, ptrs, std::index_sequence_for<P...>{});
 }
-extern "C" int emu_launch(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+/* A kernel of any signature, its arguments as cuLaunchKernel takes them
+ * (params[i] points at argument i): what the emulated driver
+ * (tests/gpu/emu/fake_cuda.cpp) launches. */
+template <class... P, size_t... I>
+static void emu_params_idx(void (*f)(P...), void **params, std::index_sequence<I...>)
 {
-    for (long long b = 0; b < blocks; b++) {
-        for (size_t i = 0; i < sizeof ssmc_smem / sizeof *ssmc_smem; i++) ssmc_smem[i] = NAN; /* garbage */
-        pthread_barrier_init(&emu_block_barrier, NULL, (unsigned)threads);
-        for (int w = 0; w * 32 < threads; w++)
-            pthread_barrier_init(&emu_warp_barrier[w], NULL, (unsigned)(threads - w * 32 < 32 ? threads - w * 32 : 32));
-        std::vector<std::thread> th;
-        for (int i = 0; i < threads; i++)
-            th.emplace_back([=] {
-                threadIdx.x = (unsigned)i;
-                blockIdx.x = (unsigned)b;
-                emu_call(EMU_KERNEL, B, T, ws, ptrs);
-            });
-        for (auto &x : th) x.join();
-        pthread_barrier_destroy(&emu_block_barrier);
-        for (int w = 0; w * 32 < threads; w++) pthread_barrier_destroy(&emu_warp_barrier[w]);
-    }
+    f(*(P *)params[I]...);
+}
+template <class... P> static int emu_run(void (*f)(P...), long long blocks, int threads, void **params)
+{
+    emu_blocks(blocks, threads, [=] { emu_params_idx(f, params, std::index_sequence_for<P...>{}); });
     return 0;
 }
+#endif
+#ifdef EMU_KERNEL
+extern "C" int emu_launch(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+{
+    emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL, B, T, ws, ptrs); });
+    return 0;
+}
+#endif
 #endif

@@ -1,0 +1,39 @@
+/* grad_cases.h: gradient cases on the cuda device against the interpreter,
+ * shared by test_cuda_emu_grad (an emulated driver, helpers/emu_driver.h) and
+ * test_gpu_grad (a GPU). A case compiles one model for both devices, runs a
+ * training step (ssmc_forward_train_device and ssmc_backward_device on device
+ * buffers made with runtime/cuda_driver.h, or the host API) with the same
+ * values (exact in the case's dtype) and compares the training forward's
+ * outputs and final states and every gradient: max|got - ref| <= tol *
+ * max|ref| + 1e-7, tol 1e-5 in f32 (as the CPU backend's), 2e-2 in bf16. */
+#ifndef SSMC_TEST_GRAD_CASES_H
+#define SSMC_TEST_GRAD_CASES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grad_dims.h"
+
+typedef struct gcase {
+    const char *file, *model;
+    example_dims dims;
+    int64_t B, T, C;
+    ssmc_dtype dt;
+    bool states; /* initial states given (and final-state cotangents); else the inits */
+    bool host;   /* ssmc_forward_train / ssmc_backward on the cuda device instead of the device entry points */
+} gcase;
+
+/* One case; false with the reason in msg. */
+bool grad_case(const gcase *c, char *msg, size_t cap);
+/* Every case, each reported on stdout; fork_them: in child processes, one per
+ * core (the emulator's compiles), else in this process. Fails the running
+ * CMocka test when any fails. SSMC_TEST_ONLY=S runs the files containing S. */
+void grad_run_cases(const gcase *cases, int n, bool fork_them);
+/* Every example (test_grad's small dims, f32 from states over several chunks
+ * and sequences; from its inits where it has some; bf16 and the host API for
+ * three) and every edge model (tests/gpu/edge.ssm); return how many. */
+int grad_example_cases(gcase *cases, int max);
+int grad_edge_cases(gcase *cases, int max);
+
+#endif
