@@ -339,7 +339,7 @@ class _Function(torch.autograd.Function):
         except Error as e:
             if not (native and call.device == "cuda" and e.status == "unsupported"):
                 raise
-            # the CUDA backend does not run the adjoint on device pointers yet
+            # the CUDA backend refuses this model's backward on device pointers (a chunked model)
             comp.device_grad, comp.grad_via = False, None
             route = model._grad_route(comp)
             native = False

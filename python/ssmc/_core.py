@@ -10,8 +10,9 @@ backward) and its backward, on host tensors (interp, cpu) or on CUDA tensors
 on torch's current stream.
 
 Gradients: the library derives the backward (ssmc_forward_train and
-ssmc_backward). A device whose backend does not run the adjoint yet
-(SSMC_ERR_UNSUPPORTED with a model that the interpreter differentiates) gets
+ssmc_backward, their _device forms on CUDA tensors). A device whose backend
+refuses it (SSMC_ERR_UNSUPPORTED with a model that the interpreter
+differentiates: a chunked model on CUDA) gets
 its gradients from a twin of the model on a device that does: the backward
 then reruns the training forward there on host copies of the tensors and
 casts the gradients back. That is exact (the same function, differentiated by
@@ -100,7 +101,9 @@ class Compiled:
             self.tensors.append(TensorSpec(info))
         # gradients: None until asked; then "native" or a twin Compiled on another device
         self.grad_via = None
-        self.device_grad = device != "cuda"
+        # every device runs its own backward (CUDA on device pointers); a
+        # refusal at the training forward turns this off (ssmc.Model's forward)
+        self.device_grad = True
 
     def error_text(self, status):
         text = self.lib.ctx_error(self.ctx).decode().rstrip("\n")
