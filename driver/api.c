@@ -286,7 +286,8 @@ const char *ssmc_model_name(const ssmc_model *m) { return m ? m->ir->name : ""; 
 const ir_model *api_model_ir(const ssmc_model *m) { return m->ir; }
 diag *api_ctx_diag(ssmc_ctx *ctx) { return &ctx->diag; }
 /* Lets and the hidden states of passes/lag.c are internal. */
-static bool is_public(const ir_tensor *t) { return t->kind != IR_LET && !t->hidden; }
+bool api_tensor_public(const ir_tensor *t) { return t->kind != IR_LET && !t->hidden; }
+#define is_public api_tensor_public
 
 arena *api_model_arena(ssmc_model *m) { return &m->arena; }
 const backend *api_model_backend(const ssmc_model *m) { return m->be; }
@@ -536,80 +537,6 @@ ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *ar
 ssmc_status ssmc_run_device(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, void *stream)
 {
     return run_common(m, batch, T, args, nargs, true, stream, NULL);
-}
-
-/* ---- variable-length batches (SPEC §3) ----
- * Sequence i is steps [cu[i], cu[i+1]) of a batch of one; it runs as a batch
- * of one sequence of its own length, from row i of each state given to row i,
- * so nothing (a time offset's history, a chunk, a window) crosses a boundary:
- * the hidden history states of reads at t - k start fresh per sequence. One
- * backend run per sequence (docs/api.md says what that costs). */
-static ssmc_status run_varlen(ssmc_model *m, int64_t T, const int64_t *cu, int64_t nseq, const ssmc_arg *args,
-                              int nargs, bool on_device, void *stream)
-{
-    if (!m) return SSMC_ERR_ARG;
-    diag *d = &m->ctx->diag;
-    diag_reset(d);
-    if (nargs < 0 || (nargs > 0 && !args)) {
-        diag_error(d, "args is %s but nargs is %d", args ? "given" : "NULL", nargs);
-        return SSMC_ERR_ARG;
-    }
-    if (!cu || nseq < 1) {
-        diag_error(d, "cu_seqlens must hold at least two offsets (one sequence); got %s with %lld sequences",
-                   cu ? "offsets" : "NULL", (long long)nseq);
-        return SSMC_ERR_ARG;
-    }
-    if (cu[0] != 0 || cu[nseq] != T) {
-        diag_error(d, "cu_seqlens must run from 0 to T = %lld, but it runs from %lld to %lld", (long long)T,
-                   (long long)cu[0], (long long)cu[nseq]);
-        return SSMC_ERR_ARG;
-    }
-    for (int64_t i = 0; i < nseq; i++)
-        if (cu[i + 1] <= cu[i]) {
-            diag_error(d, "cu_seqlens[%lld] = %lld and cu_seqlens[%lld] = %lld: sequence %lld is %s; every "
-                          "sequence needs at least one step",
-                       (long long)i, (long long)cu[i], (long long)(i + 1), (long long)cu[i + 1], (long long)i,
-                       cu[i + 1] < cu[i] ? "of negative length (the offsets must rise)" : "empty");
-            return SSMC_ERR_ARG;
-        }
-    const ir_model *ir = m->ir;
-    ssmc_arg *piece = calloc(nargs ? (size_t)nargs : 1, sizeof *piece);
-    if (!piece) {
-        diag_error(d, "out of memory");
-        return SSMC_ERR_NOMEM;
-    }
-    ssmc_status s = SSMC_OK;
-    for (int64_t i = 0; s == SSMC_OK && i < nseq; i++) {
-        for (int a = 0; a < nargs; a++) {
-            piece[a] = args[a];
-            int k = args[a].name && args[a].data && (unsigned)args[a].dtype <= SSMC_F64
-                        ? ir_find_tensor(ir, args[a].name)
-                        : -1;
-            if (k < 0 || !is_public(&ir->tensors[k])) continue; /* run_common reports it */
-            const ir_tensor *t = &ir->tensors[k];
-            size_t row = (size_t)ir_tensor_elems(ir, t) * dtype_size(args[a].dtype);
-            size_t off = t->kind == IR_STATE ? (size_t)i * row : t->per_step ? (size_t)cu[i] * row : 0;
-            piece[a].data = (char *)args[a].data + off;
-        }
-        s = run_common(m, 1, cu[i + 1] - cu[i], piece, nargs, on_device, stream, NULL);
-        if (s != SSMC_OK && nseq > 1)
-            diag_error(d, "(the error above is in sequence %lld of cu_seqlens, steps %lld to %lld)", (long long)i,
-                       (long long)cu[i], (long long)cu[i + 1]);
-    }
-    free(piece);
-    return s;
-}
-
-ssmc_status ssmc_run_varlen(ssmc_model *m, int64_t T, const int64_t *cu_seqlens, int64_t nseq, const ssmc_arg *args,
-                            int nargs)
-{
-    return run_varlen(m, T, cu_seqlens, nseq, args, nargs, false, NULL);
-}
-
-ssmc_status ssmc_run_varlen_device(ssmc_model *m, int64_t T, const int64_t *cu_seqlens, int64_t nseq,
-                                   const ssmc_arg *args, int nargs, void *stream)
-{
-    return run_varlen(m, T, cu_seqlens, nseq, args, nargs, true, stream);
 }
 
 ssmc_status ssmc_decode(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,

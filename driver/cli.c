@@ -722,7 +722,8 @@ static bool backward_into(ssmc_model *m, ssmc_ctx *ctx, const ssmc_tape *tape, c
  * backward, a line per gradient, --verify against the interpreter's
  * gradients, --out DIR/grad_<name>.npy. */
 static bool grad_step(const cli *c, ssmc_model *m, ssmc_ctx *ctx, const ssmc_tape *tape, tensor *ts, int n,
-                      const rt_npy *dfiles, const char *src, size_t len, int64_t B, int64_t T, bool *pass)
+                      const rt_npy *dfiles, const char *src, size_t len, int64_t B, int64_t T, const packing *pk,
+                      bool *pass)
 {
     double **cot = calloc((size_t)n, sizeof *cot), **grads = calloc((size_t)n, sizeof *grads);
     double **refg = calloc((size_t)n, sizeof *refg);
@@ -783,7 +784,8 @@ static bool grad_step(const cli *c, ssmc_model *m, ssmc_ctx *ctx, const ssmc_tap
             rargs[i] = (ssmc_arg){t->info.name, SSMC_F64, rbufs[i], final_only(t)}; /* as the run had them */
             if (t->info.role == SSMC_INPUT || t->info.role == SSMC_PARAM) rvals[nrv++] = rargs[i];
         }
-        if (ok && ssmc_forward_train(ref, B, T, rargs, n, &rtape) != SSMC_OK) {
+        if (ok && (pk->cu ? ssmc_forward_train_varlen(ref, T, pk->cu, pk->nseq, rargs, n, &rtape)
+                          : ssmc_forward_train(ref, B, T, rargs, n, &rtape)) != SSMC_OK) {
             fail(rctx, "verify: interpreter failed");
             ok = false;
         }
@@ -927,12 +929,6 @@ static int cmd_run(const cli *c, bool bench)
         rc = usage_error("--dout gives cotangents for --grad%s", "");
         goto done;
     }
-    if (c->cu_seqlens && c->grad) {
-        /* the gradient API takes batches of equal lengths in this version */
-        fprintf(stderr, "error: --grad with --cu-seqlens is not supported yet; run each sequence on its own "
-                        "(the Python package's cu_seqlens does that)\n");
-        goto done;
-    }
     if (c->cu_seqlens && !load_offsets(c, &pk, &B, &T)) goto done;
     if (!ts || !files || !dfiles || !args || !load_given(c, m, files, dfiles, &B, &T, pk.nseq)) goto done;
     if (!B) B = 1;
@@ -996,7 +992,11 @@ static int cmd_run(const cli *c, bool bench)
             if (ts[i].info.role == SSMC_STATE)
                 for (size_t k = 0; k < ts[i].count; k++) dtype_set(ts[i].data, c->dtype, k, ts[i].initial[k]);
         double s0 = now_s();
-        ssmc_status st = c->grad ? ssmc_forward_train(m, B, T, args, n, &tape) : run_packed(m, B, T, &pk, args, n);
+        ssmc_tape_free(tape); /* run's one iteration: none yet */
+        tape = NULL;
+        ssmc_status st = !c->grad ? run_packed(m, B, T, &pk, args, n)
+                         : pk.cu  ? ssmc_forward_train_varlen(m, T, pk.cu, pk.nseq, args, n, &tape)
+                                  : ssmc_forward_train(m, B, T, args, n, &tape);
         if (st != SSMC_OK) {
             free(times);
             fail(ctx, "run failed");
@@ -1075,7 +1075,7 @@ static int cmd_run(const cli *c, bool bench)
             sb_free(&err);
         }
     }
-    if (c->grad && !grad_step(c, m, ctx, tape, ts, n, dfiles, src, len, B, T, &ok)) goto done;
+    if (c->grad && !grad_step(c, m, ctx, tape, ts, n, dfiles, src, len, B, T, &pk, &ok)) goto done;
     rc = ok ? 0 : 1;
 done:
     free(pk.cu);

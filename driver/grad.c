@@ -64,6 +64,7 @@ struct ssmc_tape {
     size_t bytes;
     gmem mem;      /* where the checkpoints are (the host, or the device) */
     grad_ctape *chunked; /* a chunked model's tape (driver/grad_chunked.c); then the fields above are unused */
+    varlen_tape *varlen; /* packed sequences' tapes (driver/varlen.c); then the fields above are unused */
 };
 
 void grad_state_free(grad_state *g)
@@ -312,6 +313,7 @@ void ssmc_tape_free(ssmc_tape *t)
 {
     if (!t) return;
     grad_ctape_free(t->chunked);
+    varlen_tape_free(t->varlen);
     if (t->mem.dev) t->mem.dev->sync(t->mem.ctx, NULL, t->mem.d); /* the whole device: work may still read them */
     for (int i = 0; t->ckpt && i < t->ntensors; i++) gm_free(&t->mem, t->ckpt[i]);
     free(t->ckpt);
@@ -822,6 +824,8 @@ ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *
                           const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
 {
     if (!m) return SSMC_ERR_ARG;
+    if (tape && tape->model == m && tape->varlen)
+        return varlen_backward(m, tape->varlen, args, nargs, douts, ndouts, grads, ngrads);
     if (tape && tape->model == m && tape->chunked)
         return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads);
     return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, false, NULL);
@@ -852,4 +856,14 @@ ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssm
     diag_reset(api_model_diag(m));
     ssmc_status s = device_check(m, "ssmc_backward_device");
     return s != SSMC_OK ? s : backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, true, stream);
+}
+
+ssmc_tape *grad_tape_of_varlen(const ssmc_model *m, varlen_tape *v, size_t bytes)
+{
+    ssmc_tape *tp = calloc(1, sizeof *tp);
+    if (!tp) return NULL;
+    tp->model = m;
+    tp->varlen = v;
+    tp->bytes = bytes;
+    return tp;
 }

@@ -25,7 +25,20 @@ void *api_model_state(const ssmc_model *m);
 typedef struct grad_chunked grad_chunked;
 grad_chunked **api_model_grad_chunked(ssmc_model *m);
 
-/* ---- from driver/grad.c, for driver/grad_chunked.c ---- */
+/* ... whether a tensor is public (an input, param, state or output the API
+ * names; not a let, not a hidden state of passes/lag.c) */
+bool api_tensor_public(const ir_tensor *t);
+const ir_model *api_model_ir(const ssmc_model *m);
+
+/* ---- from driver/grad.c, for driver/grad_chunked.c and driver/varlen.c ---- */
+/* A tape of packed sequences (driver/varlen.c): one tape per sequence. */
+typedef struct varlen_tape varlen_tape;
+void varlen_tape_free(varlen_tape *v);
+ssmc_status varlen_backward(ssmc_model *m, const varlen_tape *v, const ssmc_arg *args, int nargs,
+                            const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads);
+/* A tape that holds v (owned) and says bytes. NULL when out of memory. */
+ssmc_tape *grad_tape_of_varlen(const ssmc_model *m, varlen_tape *v, size_t bytes);
+
 /* Compiles a model the gradients pass made for backend be (through the rest
  * of the pipeline, the recurrent algorithm, where be plans). */
 ssmc_status grad_compile(const backend *be, ir_model *model, const ssmc_options *o, arena *a, diag *d, void **state);

@@ -260,6 +260,14 @@ ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssm
                                  const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads,
                                  void *stream);
 
+/* The training forward of packed sequences (as ssmc_run_varlen: inputs and
+ * outputs [1, T, ...], states [nseq, ...]); the tape holds one per sequence.
+ * ssmc_backward takes it with tensors of the same shapes: gradients of inputs
+ * [1, T, ...], of initial states [nseq, ...], of params summed over every
+ * sequence; cotangents of final states [nseq, ...]. Host tensors. */
+ssmc_status ssmc_forward_train_varlen(ssmc_model *m, int64_t T, const int64_t *cu_seqlens, int64_t nseq,
+                                      const ssmc_arg *args, int nargs, ssmc_tape **tape);
+
 /* Bytes the tape holds (its checkpoints, all sequences). */
 size_t ssmc_tape_bytes(const ssmc_tape *tape);
 void ssmc_tape_free(ssmc_tape *tape);

@@ -630,7 +630,25 @@ static void cu_seqlens_on(const char *device)
     expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", cu_even, "--batch", "2", NULL), "batch of one", NULL);
     expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", cu_even, "--seqlen", "7", NULL), "does not end at --seqlen",
                  NULL);
-    expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", cu_even, "--grad", NULL), "--grad with --cu-seqlens", NULL);
+    /* gradients: the packed batch's are the batched run's (the same cotangents, drawn in the same order) */
+    char *gb = tmp(fmt("cugb_%s", device)), *gpk = tmp(fmt("cugp_%s", device));
+    expect_ok(m2_run(all, M2_NINS, "--device", device, "--init-state", fmt("S=%s", sfile), "--grad", "--out", gb, NULL));
+    p = m2_run(packed, M2_NINS, "--device", device, "--init-state", fmt("S=%s", sfile), "--cu-seqlens", cu_even,
+               "--grad", "--verify", "--out", gpk, NULL);
+    expect_ok(p);
+    if (!strstr(p.out, "verify grad   S")) fail_msg("no gradient verified: %s", p.out);
+    const char *gnames[] = {"x", "dt", "B", "C", "A_log", "D", "dt_bias", "S"};
+    for (int i = 0; i < 8; i++) {
+        arr a = load(fmt("%s/grad_%s.npy", gb, gnames[i]), SSMC_F32), b = load(fmt("%s/grad_%s.npy", gpk, gnames[i]), SSMC_F32);
+        assert_int_equal(a.count, b.count);
+        double e = rel_err(b.v, a.v, a.count);
+        if (!(e <= 1e-6)) fail_msg("%s: packed grad_%s differs from the batched one by %.3e", device, gnames[i], e);
+        if (i == 0) expect_shape(&b, 4, (int64_t)1, (int64_t)(MB * MT), (int64_t)MH, (int64_t)MP);
+        if (i == 7) expect_shape(&b, 4, (int64_t)MB, (int64_t)MH, (int64_t)MP, (int64_t)MN);
+        free(a.v), free(b.v);
+    }
+    expect_ok(m2_run(packed, M2_NINS, "--device", device, "--init-state", fmt("S=%s", s3file), "--cu-seqlens",
+                     cu_uneven, "--grad", "--verify", NULL));
     expect_error(m2_run(packed, M2_NINS, "--cu-seqlens", tmp("nope.npy"), NULL), "--cu-seqlens", "nope.npy", NULL);
     expect_usage(ssmc("run", example("mamba2"), "--cu-seqlens"));
 }

@@ -10,7 +10,9 @@
  * algorithm with chunks longer than some sequences (gated_deltanet), with
  * states given, not given, and given final-only; sequences of one step among
  * them. Bad offsets (not from 0, not to T, empty or falling sequences, none)
- * are refused with a message; an error inside a sequence says which.
+ * are refused with a message; an error inside a sequence says which. The
+ * gradients of a packed batch (ssmc_forward_train_varlen and ssmc_backward)
+ * are held to its sequences' own, params summed over them.
  * SSMC_TEST_SEED=<n> repeats a run. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -233,6 +235,127 @@ static void test_bad_offsets(void **st)
     ssmc_ctx_free(ctx);
 }
 
+/* Gradients of a packed batch (ssmc_forward_train_varlen, then ssmc_backward
+ * on its tape) against each sequence's own training forward and backward on
+ * copies: inputs' and initial states' gradients land in their slices, params'
+ * are summed over the sequences. */
+static void check_packed_grads(const tcase *tc, ssmc_device dev, const int64_t *cu, int64_t nseq)
+{
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *m = compile(ctx, tc, dev);
+    int n = ssmc_model_num_tensors(m);
+    int64_t T = cu[nseq];
+    ssmc_tensor_info info[MAXT];
+    size_t row[MAXT], count[MAXT];
+    float *val[MAXT], *val0[MAXT], *cot[MAXT], *gp[MAXT];
+    double *ga[MAXT];
+    for (int i = 0; i < n; i++) {
+        ssmc_model_tensor(m, i, &info[i]);
+        row[i] = row_elems(&info[i]);
+        count[i] = row[i] * (info[i].role == SSMC_PARAM ? 1 : info[i].role == SSMC_STATE ? (size_t)nseq : (size_t)T);
+        val[i] = malloc(count[i] * sizeof(float) + 4);
+        val0[i] = malloc(count[i] * sizeof(float) + 4);
+        cot[i] = malloc(count[i] * sizeof(float) + 4);
+        gp[i] = malloc(count[i] * sizeof(float) + 4);
+        ga[i] = calloc(count[i] + 1, sizeof(double));
+        for (size_t k = 0; k < count[i]; k++) {
+            val[i][k] = info[i].role == SSMC_OUTPUT ? NAN : (float)(0.5 * uniform());
+            cot[i][k] = (float)uniform();
+            gp[i][k] = NAN;
+        }
+        memcpy(val0[i], val[i], count[i] * sizeof(float));
+    }
+    ssmc_arg all[MAXT], vals[MAXT], douts[MAXT], grads[MAXT];
+    int nv = 0, nd = 0, ng = 0;
+    for (int i = 0; i < n; i++) {
+        ssmc_role r = info[i].role;
+        all[i] = (ssmc_arg){info[i].name, SSMC_F32, val[i], 0};
+        if (r == SSMC_INPUT || r == SSMC_PARAM) vals[nv++] = all[i];
+        if (r == SSMC_OUTPUT || r == SSMC_STATE) douts[nd++] = (ssmc_arg){info[i].name, SSMC_F32, cot[i], 0};
+        if (r != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){info[i].name, SSMC_F32, gp[i], 0};
+    }
+    ssmc_tape *tape = NULL;
+    ssmc_status s = ssmc_forward_train_varlen(m, T, cu, nseq, all, n, &tape);
+    if (s == SSMC_OK) s = ssmc_backward(m, tape, vals, nv, douts, nd, grads, ng);
+    if (s != SSMC_OK) fail_msg("%s: %s", tc->file, ssmc_ctx_error(ctx));
+    assert_true(ssmc_tape_bytes(tape) > 0);
+    ssmc_tape_free(tape);
+
+    for (int64_t q = 0; q < nseq; q++) {
+        int64_t L = cu[q + 1] - cu[q];
+        float *v1[MAXT], *c1[MAXT], *g1[MAXT];
+        size_t cnt[MAXT], off[MAXT];
+        for (int i = 0; i < n; i++) {
+            ssmc_role r = info[i].role;
+            cnt[i] = r == SSMC_PARAM || r == SSMC_STATE ? row[i] : row[i] * (size_t)L;
+            off[i] = r == SSMC_PARAM ? 0 : r == SSMC_STATE ? (size_t)q * row[i] : (size_t)cu[q] * row[i];
+            v1[i] = malloc(cnt[i] * sizeof(float) + 4);
+            c1[i] = malloc(cnt[i] * sizeof(float) + 4);
+            g1[i] = malloc(cnt[i] * sizeof(float) + 4);
+            memcpy(v1[i], val0[i] + off[i], cnt[i] * sizeof(float));
+            memcpy(c1[i], cot[i] + off[i], cnt[i] * sizeof(float));
+        }
+        ssmc_arg a1[MAXT], vv[MAXT], dd[MAXT], gg[MAXT];
+        int n1 = 0, n2 = 0, n3 = 0;
+        for (int i = 0; i < n; i++) {
+            ssmc_role r = info[i].role;
+            a1[i] = (ssmc_arg){info[i].name, SSMC_F32, v1[i], 0};
+            if (r == SSMC_INPUT || r == SSMC_PARAM) vv[n1++] = a1[i];
+            if (r == SSMC_OUTPUT || r == SSMC_STATE) dd[n2++] = (ssmc_arg){info[i].name, SSMC_F32, c1[i], 0};
+            if (r != SSMC_OUTPUT) gg[n3++] = (ssmc_arg){info[i].name, SSMC_F32, g1[i], 0};
+        }
+        ssmc_tape *t1 = NULL;
+        s = ssmc_forward_train(m, 1, L, a1, n, &t1);
+        if (s == SSMC_OK) s = ssmc_backward(m, t1, vv, n1, dd, n2, gg, n3);
+        if (s != SSMC_OK) fail_msg("%s alone: %s", tc->file, ssmc_ctx_error(ctx));
+        ssmc_tape_free(t1);
+        for (int i = 0; i < n; i++) {
+            if (info[i].role != SSMC_OUTPUT)
+                for (size_t k = 0; k < cnt[i]; k++) ga[i][off[i] + k] += g1[i][k]; /* params: summed */
+            free(v1[i]), free(c1[i]), free(g1[i]);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (info[i].role == SSMC_OUTPUT) continue;
+        double maxref = 0, maxdiff = 0;
+        for (size_t k = 0; k < count[i]; k++) {
+            assert_true(isfinite(gp[i][k]));
+            maxref = fmax(maxref, fabs(ga[i][k]));
+            maxdiff = fmax(maxdiff, fabs(gp[i][k] - ga[i][k]));
+        }
+        if (!(maxdiff <= 1e-5 * maxref))
+            fail_msg("%s on %s: the gradient of %s differs from its sequences' by %.3e (max %.3e)", tc->file,
+                     dev == SSMC_DEVICE_CPU ? "cpu" : "interp", info[i].name, maxdiff, maxref);
+    }
+    for (int i = 0; i < n; i++) free(val[i]), free(val0[i]), free(cot[i]), free(gp[i]), free(ga[i]);
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
+static void test_packed_grads(void **st)
+{
+    (void)st;
+    ssmc_device devs[2] = {SSMC_DEVICE_INTERP, SSMC_DEVICE_CPU};
+    for (int d = 0; d < 2; d++) {
+        if (devs[d] == SSMC_DEVICE_CPU && !harness_cpu_available()) continue;
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            int64_t cu[5];
+            random_offsets(cu, 4);
+            check_packed_grads(&cases[c], devs[d], cu, 4);
+        }
+    }
+    /* a bad offset is refused before anything runs */
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_model *m = compile(ctx, &cases[3], SSMC_DEVICE_INTERP);
+    ssmc_tape *tape = (ssmc_tape *)(void *)&ctx;
+    assert_int_equal(ssmc_forward_train_varlen(m, 4, (const int64_t[]){0, 2, 2, 4}, 3, NULL, 0, &tape), SSMC_ERR_ARG);
+    assert_null(tape);
+    assert_non_null(strstr(ssmc_ctx_error(ctx), "sequence 1 is empty"));
+    assert_int_equal(ssmc_forward_train_varlen(m, 4, (const int64_t[]){0, 4}, 1, NULL, 0, NULL), SSMC_ERR_ARG);
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+}
+
 int main(void)
 {
     rng = harness_seed();
@@ -240,6 +363,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packed_equals_alone),
         cmocka_unit_test(test_bad_offsets),
+        cmocka_unit_test(test_packed_grads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
