@@ -225,7 +225,7 @@ static mlist concat(cx *c, mlist x, mlist y, int ysign)
     }
     mlist l = {arena_array(c->a, (size_t)(x.n + y.n) + 1, sizeof(mono)), x.n + y.n, false};
     if (!l.m) return (mlist){NULL, 0, true};
-    memcpy(l.m, x.m, (size_t)x.n * sizeof(mono));
+    if (x.n) memcpy(l.m, x.m, (size_t)x.n * sizeof(mono)); /* x.m may be NULL when empty */
     for (int i = 0; i < y.n; i++) {
         l.m[x.n + i] = y.m[i];
         l.m[x.n + i].sign *= ysign;
