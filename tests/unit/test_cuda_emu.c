@@ -388,7 +388,8 @@ static double max_rel(const float *got, const double *ref, size_t n)
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)got[i] - ref[i]);
-        if (!(e <= num)) num = e;
+        if (isnan(e)) return NAN; /* a non-finite value fails whatever follows it */
+        if (e > num) num = e;
         if (fabs(ref[i]) > den) den = fabs(ref[i]);
     }
     return den > 0 ? num / den : num;
@@ -400,7 +401,12 @@ static size_t part_elems(const ir_model *m, const ir_tensor *t, int64_t B, int64
     return t->kind == IR_PARAM ? n : n * (size_t)B * (t->per_step ? (size_t)T : 1);
 }
 
-static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state)
+/* strong: a decay per key drawn with log-decays in (-5, 0] at odd keys (and
+ * (-0.05, 0] at even ones, which carry the sequence across sub-chunks and
+ * chunks): over a chunk of 64 a key's b_t reaches about -160, so a kernel that
+ * formed exp(b_t) and exp(-b_s) apart would overflow to inf and NaN. */
+static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state,
+                            bool strong)
 {
     size_t len;
     char *src = test_slurp(rel, &len);
@@ -432,7 +438,11 @@ static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64
         const plan_chunk_core *c = &ch->cores[ci];
         size_t rows = (size_t)(B * T * c->nheads);
         if (c->ops.g >= 0)
-            for (size_t k = 0; k < rows * (c->decay == PASS_DECAY_KEY ? (size_t)c->K : 1); k++) pd[c->ops.g][k] = -0.25 * (1 + pd[c->ops.g][k]);
+            for (size_t k = 0; k < rows * (c->decay == PASS_DECAY_KEY ? (size_t)c->K : 1); k++) {
+                bool odd_key = c->decay == PASS_DECAY_KEY && (k % (size_t)c->K) % 2;
+                double lo = !strong ? -0.5 : odd_key ? -5 : -0.05;
+                pd[c->ops.g][k] = lo * 0.5 * (1 + pd[c->ops.g][k]);
+            }
         if (c->ops.beta >= 0)
             for (size_t k = 0; k < rows; k++) pd[c->ops.beta][k] = 0.5 * (1 + pd[c->ops.beta][k]);
         int keys[2] = {c->ops.k, c->ops.w};
@@ -495,10 +505,13 @@ static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64
             int t = c->ops.r[r];
             double e = max_rel(buf[r0 + r], ed[t], part_elems(epi, &epi->tensors[t], B, T));
             if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): readout %d rel err %g", rel, ci, C, (long long)T, r, e);
+            printf("# %s core %d C=%d T=%lld%s%s readout %d rel %.2e\n", rel, ci, C, (long long)T, state ? " from a state" : "",
+                   strong ? " strong decays" : "", r, e);
         }
         if (state) {
             double e = max_rel(st, s1, se);
             if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): final state rel err %g", rel, ci, C, (long long)T, e);
+            printf("# %s core %d C=%d T=%lld final state rel %.2e\n", rel, ci, C, (long long)T, e);
         }
         dlclose(h);
         sb_free(&cu);
@@ -524,13 +537,31 @@ static void test_chunk_cores(void **state)
     static const ssmc_dim small[] = {{"H", 2}, {"K", 24}, {"V", 20}};
     /* a scalar decay, none, and the delta rule (plain and gated); odd K and V (padding); T past a
      * chunk and not a multiple of it; from a state and from zero; C = 16 and 64 */
-    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true);
-    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false);
-    chunk_core_case("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true);
-    chunk_core_case("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true);
-    chunk_core_case("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true);
-    chunk_core_case("examples/linear_attn.ssm", (ssmc_dim[]){{"H", 2}, {"K", 16}, {"V", 8}}, 3, 1, 19, 16, true);
-    chunk_core_case("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true);
+    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true, false);
+    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false, false);
+    chunk_core_case("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true, false);
+    chunk_core_case("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true, false);
+    chunk_core_case("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true, false);
+    chunk_core_case("examples/linear_attn.ssm", (ssmc_dim[]){{"H", 2}, {"K", 16}, {"V", 8}}, 3, 1, 19, 16, true, false);
+    chunk_core_case("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true, false);
+}
+
+/* A decay per key (GLA, RWKV-6, Mamba): the sub-chunks of 16, their
+ * reference points and the diagonal blocks, at padded K and V, C = 16, 32 and
+ * 64, readouts of S(t) and S(t-1), from a state and from zero, with strong
+ * decays (where exp(b_t) exp(-b_s) apart overflows) and mild ones. */
+static void test_chunk_cores_per_key(void **state)
+{
+    (void)state;
+    if (!have_cxx) skip();
+    static const ssmc_dim small[] = {{"H", 2}, {"K", 24}, {"V", 20}};
+    chunk_core_case("examples/fla_gla.ssm", small, 3, 2, 37, 16, true, true);
+    chunk_core_case("examples/gla.ssm", small, 3, 1, 150, 64, false, true);
+    chunk_core_case("examples/gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 40}, {"V", 12}}, 3, 2, 70, 64, true, false);
+    chunk_core_case("examples/rwkv6.ssm", small, 3, 1, 101, 64, true, true);
+    chunk_core_case("examples/rwkv6.ssm", (ssmc_dim[]){{"H", 1}, {"K", 16}, {"V", 8}}, 3, 2, 45, 32, false, true);
+    chunk_core_case("examples/fla_gla_kv.ssm", (ssmc_dim[]){{"H", 2}, {"K", 20}, {"V", 3}}, 3, 2, 40, 32, true, true);
+    chunk_core_case("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, true);
 }
 
 /* The chunked algorithm's prologue and epilogue (models of their own, without
@@ -607,7 +638,10 @@ int main(void)
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_chunk_cores),
+        cmocka_unit_test(test_chunk_cores_per_key),
         cmocka_unit_test(test_chunk_parts),
     };
+    const char *only = getenv("SSMC_EMU_FILTER"); /* e.g. test_chunk_*: the tests to run, when one is being worked on */
+    if (only && *only) cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, setup, teardown);
 }
