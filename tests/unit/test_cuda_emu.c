@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "codegen/cuda.h"
+#include "codegen/chunked_run.h"
 #include "codegen/cuda_chunk.h"
 #include "driver/pipeline.h"
 #include "tests/unit/helpers/chunk_ref.h"
@@ -104,11 +105,34 @@ static ssmc_status cuda_plan_of(arena *a, const ir_model *m, const plan_tune *tu
     return plan_make(a, m, NULL, NULL, PLAN_ALGO_RECURRENT, &tg, p, d);
 }
 
+/* Kernels already compiled (by a hash of their source and name), so that a
+ * kernel two cases share is compiled once. */
+static struct {
+    uint64_t hash;
+    char so[96];
+} built[512];
+static int nbuilt, nso;
+
+static uint64_t fnv1a(uint64_t h, const char *s)
+{
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
 static void *build(const char *src, const char *kernel, launch_fn *launch)
 {
-    char cpp[128], so[128], cmd[1024];
+    char cpp[128], so[96], cmd[1024];
+    uint64_t hash = fnv1a(fnv1a(0xcbf29ce484222325ull, src), kernel);
+    for (int i = 0; i < nbuilt; i++)
+        if (built[i].hash == hash) {
+            void *h = dlopen(built[i].so, RTLD_NOW | RTLD_LOCAL);
+            if (!h) fail_msg("%s", dlerror());
+            *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
+            assert_non_null(*launch);
+            return h;
+        }
     snprintf(cpp, sizeof cpp, "%s/k.cpp", workdir);
-    snprintf(so, sizeof so, "%s/k%d.so", workdir, (int)(rng & 0xffff));
+    snprintf(so, sizeof so, "%s/k%d.so", workdir, nso++);
     FILE *f = fopen(cpp, "w");
     assert_non_null(f);
     fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n#define EMU_TAIL\n"
@@ -121,7 +145,12 @@ static void *build(const char *src, const char *kernel, launch_fn *launch)
     if (!h) fail_msg("%s", dlerror());
     *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
     assert_non_null(*launch);
-    unlink(so);
+    if (nbuilt < (int)(sizeof built / sizeof *built)) {
+        built[nbuilt].hash = hash;
+        snprintf(built[nbuilt++].so, sizeof built[0].so, "%s", so);
+    } else {
+        unlink(so);
+    }
     return h;
 }
 
@@ -564,6 +593,258 @@ static void test_chunk_cores_per_key(void **state)
     chunk_core_case("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, true);
 }
 
+/* ---- the chunked algorithm end to end: codegen/chunked_run.c's runner over
+ * an emulated CUDA backend (the prologue's and epilogue's kernels of
+ * codegen/cuda.c and the cores of codegen/cuda_chunk.c, each compiled with
+ * the emulation header and run over its real grid) on host memory ---- */
+
+typedef struct emu_part {
+    const ir_model *m;
+    const pass_plan *p;
+} emu_part;
+
+static ssmc_status emu_part_compile(const ir_model *m, const pass_plan *p, const ssmc_options *o, diag *d, void **state)
+{
+    (void)o, (void)d;
+    emu_part *e = malloc(sizeof *e);
+    assert_non_null(e);
+    *e = (emu_part){m, p};
+    *state = e;
+    return SSMC_OK;
+}
+
+static ssmc_status emu_part_run(void *state, int64_t batch, int64_t T, const backend_tensor *bt, diag *d)
+{
+    const emu_part *e = state;
+    const ir_model *m = e->m;
+    uint32_t nt = m->ntensors;
+    ssmc_dtype *dts = calloc(nt, sizeof *dts);
+    bool *present = calloc(nt, sizeof *present), *fresh = calloc(nt, sizeof *fresh);
+    void **ptrs = calloc(nt + 1, sizeof *ptrs);
+    assert_true(dts && present && fresh && ptrs);
+    int np = 0;
+    for (uint32_t i = 0; i < nt; i++) {
+        dts[i] = bt[i].dtype;
+        present[i] = bt[i].data != NULL;
+        fresh[i] = bt[i].fresh;
+        if (m->tensors[i].kind != IR_LET) ptrs[np++] = bt[i].data;
+    }
+    cuda_sig sig = {.dtype = dts, .present = present, .vec = true, .fresh = fresh};
+    strbuf src = {0}, name = {0};
+    if (cuda_emit(&src, e->p, &sig, d) != SSMC_OK) fail_msg("%s: %s", m->name, sb_cstr(&d->text));
+    cuda_kernel_name(&name, m);
+    launch_fn launch;
+    void *lib = build(sb_cstr(&src), sb_cstr(&name), &launch);
+    cuda_launch l = cuda_launch_of(e->p, batch);
+    float *ws = l.ws_floats ? malloc((size_t)(l.blocks * l.ws_floats) * sizeof(float)) : NULL;
+    for (int64_t k = 0; k < l.blocks * l.ws_floats; k++) ws[k] = NAN;
+    assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, ws, ptrs), 0);
+    dlclose(lib);
+    free(ws);
+    sb_free(&src);
+    sb_free(&name);
+    free(dts);
+    free(present);
+    free(fresh);
+    free(ptrs);
+    return SSMC_OK;
+}
+
+static void emu_part_free(void *state) { free(state); }
+
+static const backend emu_backend = {
+    .name = "cuda (emulated)", .compile = emu_part_compile, .run = emu_part_run, .free = emu_part_free};
+
+typedef struct emu_chunked {
+    const ir_model *m; /* the source model (names) */
+    void *ws;
+    size_t ws_bytes;
+} emu_chunked;
+
+static void *emu_workspace(void *ctx, size_t bytes, diag *d)
+{
+    (void)d;
+    emu_chunked *x = ctx;
+    if (bytes > x->ws_bytes) {
+        free(x->ws);
+        x->ws = aligned_alloc(256, (bytes + 255) / 256 * 256);
+        x->ws_bytes = bytes;
+    }
+    float *f = x->ws; /* garbage, as device memory is */
+    for (size_t k = 0; k < bytes / sizeof(float); k++) f[k] = NAN;
+    return x->ws;
+}
+
+static ssmc_status emu_zero(void *ctx, void *ptr, size_t bytes, void *stream, diag *d)
+{
+    (void)ctx, (void)stream, (void)d;
+    memset(ptr, 0, bytes);
+    return SSMC_OK;
+}
+
+static ssmc_status emu_core_compile(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **core)
+{
+    (void)ctx, (void)o;
+    *core = (void *)c;
+    return cuda_chunk_supported(c, d) ? SSMC_OK : SSMC_ERR_UNSUPPORTED;
+}
+
+static ssmc_status emu_core_run(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,
+                                diag *d)
+{
+    (void)stream;
+    const emu_chunked *x = ctx;
+    const plan_chunk_core *c = core;
+    void *ptrs[2 * PASS_MAX_READOUTS + 8];
+    int np = 0;
+    for (int r = 0; r < c->nreadouts; r++) ptrs[np++] = (void *)io->q[r];
+    ptrs[np++] = (void *)io->k;
+    ptrs[np++] = (void *)io->v;
+    ptrs[np++] = (void *)io->g;
+    ptrs[np++] = (void *)io->beta;
+    for (int r = 0; r < c->nreadouts; r++) ptrs[np++] = io->r[r];
+    ptrs[np++] = io->state;
+    strbuf src = {0}, name = {0};
+    if (cuda_chunk_emit(&src, x->m, c, io->state != NULL, io->state_dtype, d) != SSMC_OK) return SSMC_ERR_UNSUPPORTED;
+    cuda_chunk_kernel_name(&name, x->m, c);
+    launch_fn launch;
+    void *lib = build(sb_cstr(&src), sb_cstr(&name), &launch);
+    cuda_launch l = cuda_chunk_launch(c, batch);
+    assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, NULL, ptrs), 0);
+    dlclose(lib);
+    sb_free(&src);
+    sb_free(&name);
+    return SSMC_OK;
+}
+
+static void emu_core_free(void *ctx, void *core) { (void)ctx, (void)core; }
+
+static const chunk_hooks emu_chunk_hooks = {
+    .be = &emu_backend,
+    .workspace = emu_workspace,
+    .zero = emu_zero,
+    .core_compile = emu_core_compile,
+    .core_run = emu_core_run,
+    .core_free = emu_core_free,
+};
+
+/* One model through --algo=chunked on the emulated CUDA backend against the
+ * interpreter, on fresh random inputs, params and states (uniform in [-1, 1),
+ * stored as dt): outputs and final states within 2e-2 of max |ref| (the
+ * cores' operands are bf16). state: 0 none given, 1 given, 2 given to receive
+ * the final state only (SSMC_ARG_FINAL_ONLY: the runner zeroes it). Returns
+ * whether some core has a decay per key. */
+static bool chunk_e2e_case(const char *rel, const ssmc_dim *dims, int nd, ssmc_dtype dt, int64_t B, int64_t T, int C,
+                           int state)
+{
+    size_t len;
+    char *text = test_slurp(rel, &len);
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    ssmc_options o = {.dims = dims, .ndims = nd, .algo = SSMC_ALGO_CHUNKED, .chunk = C};
+    plan_target tg = plan_target_cuda(NULL);
+    pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+    if (pipeline_run(&pl, rel, text, len, PIPE_PLAN) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    const ir_model *m = pl.ir;
+    const plan_chunked *ch = pl.plan->chunked;
+    assert_non_null(ch);
+    bool per_key = false;
+    for (int i = 0; i < ch->ncores; i++) per_key |= ch->cores[i].decay == PASS_DECAY_KEY;
+    uint32_t nt = m->ntensors;
+    backend_tensor *bt = calloc(nt + 1, sizeof *bt);
+    double **ref = calloc(nt + 1, sizeof *ref);
+    size_t *count = calloc(nt + 1, sizeof *count);
+    assert_true(bt && ref && count);
+    for (uint32_t i = 0; i < nt; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (t->kind == IR_LET || t->hidden || (t->kind == IR_STATE && !state)) continue;
+        size_t n = part_elems(m, t, B, T);
+        count[i] = n;
+        bt[i] = (backend_tensor){aligned_alloc(64, ((n ? n : 1) * dtype_size(dt) + 63) / 64 * 64), dt,
+                                 t->kind == IR_STATE && state == 2};
+        ref[i] = calloc(n ? n : 1, sizeof(double));
+        assert_true(bt[i].data && ref[i]);
+        for (size_t k = 0; k < n; k++) {
+            bool poison = t->kind == IR_OUTPUT || bt[i].fresh;
+            dtype_set(bt[i].data, dt, k, poison ? NAN : uniform());
+            ref[i][k] = t->kind == IR_STATE && state == 2 ? 0 : dtype_get(bt[i].data, dt, k);
+        }
+    }
+    ir_interp_args ia = {.batch = B, .T = T, .data = ref};
+    if (!ir_interp(m, &ia, &d)) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    emu_chunked x = {.m = m};
+    chunked_state *cs;
+    if (chunked_compile(&emu_chunk_hooks, &x, m, pl.plan, &o, &d, &cs) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    if (chunked_run(cs, B, T, bt, false, NULL, &d) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    chunked_free(cs);
+    for (uint32_t i = 0; i < nt; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (!bt[i].data || (t->kind != IR_OUTPUT && t->kind != IR_STATE)) continue;
+        double num = 0, den = 0;
+        for (size_t k = 0; k < count[i]; k++) {
+            double g = dtype_get(bt[i].data, dt, k), e = fabs(g - ref[i][k]);
+            if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", rel, t->name, k, g, ref[i][k]);
+            if (e > num) num = e;
+            if (fabs(ref[i][k]) > den) den = fabs(ref[i][k]);
+        }
+        double rel_err = den > 0 ? num / den : num;
+        if (rel_err > 2e-2)
+            fail_msg("%s (C=%d B=%lld T=%lld): %s relative error %.3e > 2e-2", rel, C, (long long)B, (long long)T, t->name, rel_err);
+        printf("# %-34s chunked C=%-2d %-4s B=%lld T=%-3lld %-16s %-6s rel %.2e\n", rel, C, dt == SSMC_F32 ? "f32" : "bf16",
+               (long long)B, (long long)T, state == 0 ? "from zero" : state == 1 ? "from a state" : "final state only",
+               t->name, rel_err);
+    }
+    free(x.ws);
+    for (uint32_t i = 0; i < nt; i++) {
+        free(bt[i].data);
+        free(ref[i]);
+    }
+    free(bt);
+    free(ref);
+    free(count);
+    free(text);
+    diag_free(&d);
+    arena_free(&a);
+    return per_key;
+}
+
+/* Every example whose chunked plan has a core with a decay per key (GLA,
+ * fla's GLA with both gates, RWKV-6, Mamba and mamba_ssm's selective state
+ * update) through prologue, core and epilogue, at its declared dims: from a
+ * state with C = 16 (T past two chunks), from zero in bf16 with C = 64, and
+ * given its state to receive the final one only. */
+static void test_chunked_per_key_examples(void **state)
+{
+    (void)state;
+    if (!have_cxx) skip();
+    char names[64][128];
+    int n = test_list_examples(names, 64), seen = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        char *text = test_slurp(names[i], &len);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        ssmc_options o = {.algo = SSMC_ALGO_CHUNKED};
+        plan_target tg = plan_target_cuda(NULL);
+        pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+        bool key = false;
+        if (pipeline_run(&pl, names[i], text, len, PIPE_PLAN) == SSMC_OK)
+            for (int c = 0; c < pl.plan->chunked->ncores; c++) key |= pl.plan->chunked->cores[c].decay == PASS_DECAY_KEY;
+        free(text);
+        diag_free(&d);
+        arena_free(&a);
+        if (!key) continue;
+        seen++;
+        assert_true(chunk_e2e_case(names[i], NULL, 0, SSMC_F32, 2, 37, 16, 1));
+        chunk_e2e_case(names[i], NULL, 0, SSMC_BF16, 1, 70, 64, 0);
+        chunk_e2e_case(names[i], NULL, 0, SSMC_F32, 1, 20, 16, 2);
+    }
+    /* gla, fla_gla, fla_gla_kv, rwkv6, mamba, mamba_ssu, mamba_ssu_z */
+    assert_true(seen >= 7);
+}
+
 /* The chunked algorithm's prologue and epilogue (models of their own, without
  * states, planned for CUDA as any model is) at the declared dims and at the
  * benchmark's shape, run as the chunked runner runs them (batch and time
@@ -640,6 +921,7 @@ int main(void)
         cmocka_unit_test(test_chunk_cores),
         cmocka_unit_test(test_chunk_cores_per_key),
         cmocka_unit_test(test_chunk_parts),
+        cmocka_unit_test(test_chunked_per_key_examples),
     };
     const char *only = getenv("SSMC_EMU_FILTER"); /* e.g. test_chunk_*: the tests to run, when one is being worked on */
     if (only && *only) cmocka_set_test_filter(only);
