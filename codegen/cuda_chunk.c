@@ -4,7 +4,8 @@
  * One block of 4 warps per (sequence, head, tile of VT values) walks the chunks
  * of its sequence in order, the state tile h[KP][VT] held in the warps'
  * accumulator registers. Per chunk of C steps (n <= C of them in the last):
- *   0. b = the cumulative log-decay of the chunk (b_t = g_0 + .. + g_t);
+ *   0. b = the cumulative log-decay of the chunk (b_t = g_0 + .. + g_t; with
+ *      a decay per key b_t[i], f32 in shared memory);
  *   1. the chunk's q (each readout), k and v into shared memory as bf16: Q[t][i],
  *      K[t][i] row-major, and transposed K~[i][s] = k_s[i] exp(b_last - b_s),
  *      V^T[j][s] (the layouts every mma operand reads with 32-bit loads);
@@ -15,10 +16,22 @@
  *      b_{t-1} for S(t-1)); R = A U + (Q exp(b_t)) h;
  *   4. h = exp(b_last) h + K~^T U, then h's bf16 copy (h^T, for step 3's
  *      operand in the next chunk).
+ * With a decay per key, A[t][s] = sum_i q_t[i] k_s[i] exp(b_t[i] - b_s[i]) has
+ * no factor outside the sum. It is built from 16 x 16 blocks (sub-chunks of 16,
+ * as fla's chunk_gla builds it): a block below the diagonal (queries of
+ * sub-chunk I, keys of an earlier one) runs on tensor cores relative to the
+ * reference point n = 16 I (16 I - 1 for S(t-1)), its operands
+ * q_t exp(b_t - b_n) and k_s exp(b_n - b_s) formed as the fragments are
+ * loaded; t >= n >= s makes both exponents <= 0. A block on the diagonal is
+ * summed elementwise over the keys in f32, only where s <= t: no exponent is
+ * formed for s > t. Steps 3 and 4 scale by exp(b_t[i]), exp(b_last[i] - b_s[i])
+ * and exp(b_last[i]) per key.
  * Every exponent is a difference b_t - b_s with s <= t (<= 0 when the decays
- * are <= 1): no product of raw decays. Rows past the sequence end read zeros
+ * are <= 1): no product of raw decays, and no exp(b_t) exp(-b_s) split, which
+ * overflows where decays are strong. Rows past the sequence end read zeros
  * and write nothing; K and V are padded to multiples of 16 and 8 with zeros.
- * A decay per key is not rendered yet (cuda_chunk_supported says so).
+ * The delta rule with a decay per key is not chunked (passes/chunk.c refuses
+ * it, and so does cuda_chunk_supported).
  *
  * The source needs no header (NVRTC, no include path). Without __CUDA_ARCH__
  * (tests/gpu/emu/cuda_emu.h compiles it for the CPU) the warp-level mma is
@@ -36,10 +49,10 @@ int cuda_chunk_vt(const plan_chunk_core *c) { return c->V >= 64 ? 64 : round_up(
 
 bool cuda_chunk_supported(const plan_chunk_core *c, diag *d)
 {
-    const char *why = c->decay == PASS_DECAY_KEY ? "a decay per key"
-                      : c->C % 16 || c->C > 64   ? "a chunk length that is not a multiple of 16 up to 64"
-                      : c->K > 256               ? "a key dim above 256"
-                                                 : NULL;
+    const char *why = c->decay == PASS_DECAY_KEY && c->delta ? "the delta rule with a decay per key"
+                      : c->C % 16 || c->C > 64                ? "a chunk length that is not a multiple of 16 up to 64"
+                      : c->K > 256                            ? "a key dim above 256"
+                                                              : NULL;
     if (why && d) diag_error(d, "cuda: the chunked kernels do not render %s yet (use --algo=recurrent, or the cpu device)", why);
     return !why;
 }
@@ -59,7 +72,8 @@ static size_t smem_bytes(const plan_chunk_core *c)
 {
     size_t C = (size_t)c->C, KP = (size_t)round_up(c->K, 16), VT = (size_t)cuda_chunk_vt(c), NR = (size_t)c->nreadouts;
     size_t h = 2 * (NR * C * (KP + 8) + C * (KP + 8) + KP * (C + 8) + VT * (C + 8) + VT * (KP + 8) + C * (C + 8));
-    h = (h + 15) / 16 * 16 + 4 * C;
+    /* the cumulative log-decay: [C], or [C][KP + 1] floats with a decay per key */
+    h = (h + 15) / 16 * 16 + 4 * C * (c->decay == PASS_DECAY_KEY ? KP + 1 : 1);
     if (c->delta) h += 4 * (C * VT + C * (C + 1) + C);
     return h;
 }
@@ -111,6 +125,18 @@ static const char *const body[] = {
     "#define H_TILES ((MT_H * NT_V + 3) / 4)\n",
     "#define O_TILES (((CK_C / 16) * NT_V + 3) / 4)\n",
     "#define A_TILES (((CK_C / 16) * (CK_C / 8) + 3) / 4)\n",
+    "/* the cumulative log-decay b[t] (b[t][i] with a decay per key, rows padded against bank conflicts) */\n",
+    "#define BW (CK_DECAY == 2 ? CK_KP + 1 : 1)\n",
+    "#define CK_B(t, i) bc[(t) * BW + (CK_DECAY == 2 ? (i) : 0)]\n",
+    "#if CK_DECAY == 2\n",
+    "/* the bf16 pair X[row][c], X[row][c + 1], each times exp(b[r1][.] - b[r2][.]) (an mma fragment's register) */\n",
+    "__device__ __forceinline__ unsigned ck_scaled(const ck_b16 *X, int row, int c, const float *bc, int r1, int r2)\n",
+    "{\n",
+    "    float x0 = ck_f32(X[row * QS + c]) * expf(CK_B(r1, c) - CK_B(r2, c));\n",
+    "    float x1 = ck_f32(X[row * QS + c + 1]) * expf(CK_B(r1, c + 1) - CK_B(r2, c + 1));\n",
+    "    return (unsigned)ck_bf16(x0) | (unsigned)ck_bf16(x1) << 16;\n",
+    "}\n",
+    "#endif\n",
     "extern \"C\" __global__ void __launch_bounds__(128) CK_NAME(long long B, long long T, float *ws CK_PARAMS)\n",
     "{\n",
     "    extern __shared__ float ssmc_smem[];\n",
@@ -122,7 +148,7 @@ static const char *const body[] = {
     "    ck_b16 *As = HsT + CK_VT * QS;                /* [C][TS] */\n",
     "    float *bc = (float *)((char *)ssmc_smem + ((size_t)(As + CK_C * TS - Qs) * 2 + 15) / 16 * 16);\n",
     "#if CK_DELTA\n",
-    "    float *Us = bc + CK_C;                         /* [C][VT] */\n",
+    "    float *Us = bc + CK_C * BW;                    /* [C][VT] */\n",
     "    float *Ls = Us + CK_C * CK_VT;                 /* [C][C + 1] */\n",
     "    float *bs = Ls + CK_C * (CK_C + 1);            /* [C] */\n",
     "#endif\n",
@@ -157,7 +183,30 @@ static const char *const body[] = {
     "    for (long long c0 = 0; c0 < T; c0 += CK_C) {\n",
     "        const int n = (int)(T - c0 < CK_C ? T - c0 : CK_C);\n",
     "        __syncthreads(); /* the last chunk's operands are read no more */\n",
-    "        /* 0: the cumulative log-decay (and beta): loaded in parallel, summed by warp 0 */\n",
+    "        /* 0: the cumulative log-decay (and beta): loaded in parallel, summed by warp 0 (one key a thread) */\n",
+    "#if CK_DECAY == 2\n",
+    "#pragma unroll 4\n",
+    "        for (int x = tid * 4; x < CK_C * CK_KP; x += 512) {\n",
+    "            int t = x / CK_KP, i0 = x % CK_KP;\n",
+    "            long long row = ((b * T + c0 + t) * CK_NH + hh) * CK_K + i0;\n",
+    "            float gg[4];\n",
+    "            if (t < n && i0 + 3 < CK_K && CK_K % 4 == 0) {\n",
+    "                float4 w = *(const float4 *)(g + row);\n",
+    "                gg[0] = w.x, gg[1] = w.y, gg[2] = w.z, gg[3] = w.w;\n",
+    "            } else {\n",
+    "                for (int u = 0; u < 4; u++) gg[u] = t < n && i0 + u < CK_K ? g[row + u] : 0.f;\n",
+    "            }\n",
+    "            for (int u = 0; u < 4; u++) CK_B(t, i0 + u) = gg[u];\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "        for (int i = tid; i < CK_KP; i += 128) {\n",
+    "            float acc = 0.f;\n",
+    "            for (int t = 0; t < CK_C; t++) {\n",
+    "                acc += CK_B(t, i);\n",
+    "                CK_B(t, i) = acc;\n",
+    "            }\n",
+    "        }\n",
+    "#else\n",
     "        for (int t = tid; t < CK_C; t += 128) {\n",
     "#if CK_DECAY\n",
     "            bc[t] = t < n ? g[(b * T + c0 + t) * CK_NH + hh] : 0.f;\n",
@@ -179,11 +228,14 @@ static const char *const body[] = {
     "                carry = __shfl_sync(0xffffffffu, x, 31);\n",
     "            }\n",
     "        }\n",
+    "#endif\n",
     "#if CK_DELTA\n",
     "        for (int t = tid; t < CK_C; t += 128) bs[t] = t < n ? beta[(b * T + c0 + t) * CK_NH + hh] : 0.f;\n",
     "#endif\n",
     "        __syncthreads();\n",
+    "#if CK_DECAY != 2\n",
     "        const float blast = bc[n - 1];\n",
+    "#endif\n",
     "        /* 1: the chunk's operands */\n",
     "        /* 4 consecutive keys a thread (16-byte loads when K is a multiple of 4), several loads in flight */\n",
     "#pragma unroll 4\n",
@@ -202,8 +254,13 @@ static const char *const body[] = {
     "                    CK_LOAD_Q1\n",
     "                }\n",
     "            }\n",
+    "#if CK_DECAY != 2\n",
     "            float e = t < n ? expf(blast - bc[t]) : 0.f;\n",
+    "#endif\n",
     "            for (int u = 0; u < 4; u++) {\n",
+    "#if CK_DECAY == 2\n",
+    "                float e = t < n ? expf(CK_B(n - 1, i0 + u) - CK_B(t, i0 + u)) : 0.f;\n",
+    "#endif\n",
     "                Ks[t * QS + i0 + u] = ck_bf16(kq[u]);\n",
     "                KsT[(i0 + u) * TS + t] = ck_bf16(kq[u] * e);\n",
     "                CK_STORE_Q\n",
@@ -270,6 +327,39 @@ static const char *const body[] = {
     "        for (int r = 0; r < CK_NR; r++) {\n",
     "            ck_b16 *Q = Qs + r * CK_C * QS;\n",
     "            const int prev = (CK_PREV >> r) & 1;\n",
+    "#if CK_DECAY == 2\n",
+    "            /* A below the diagonal blocks: tensor cores, relative to the reference point n = 16 I - prev of the\n",
+    "             * query sub-chunk I (t - prev >= n >= s: both exponents <= 0); above them: zeros */\n",
+    "            for (int i = 0; i < A_TILES; i++) {\n",
+    "                int tile = warp + 4 * i, mt = tile / (CK_C / 8), nt = tile % (CK_C / 8);\n",
+    "                if (tile >= (CK_C / 16) * (CK_C / 8) || nt / 2 == mt) continue;\n",
+    "                float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
+    "                if (nt / 2 < mt) {\n",
+    "                    const int ref = mt * 16 - prev, t0 = mt * 16 + gq, t1 = t0 + 8, s = nt * 8 + gq;\n",
+    "                    for (int kk = 0; kk < CK_KP / 16; kk++) {\n",
+    "                        int k = kk * 16 + 2 * tq;\n",
+    "                        ck_mma(d, ck_scaled(Q, t0, k, bc, t0 - prev, ref), ck_scaled(Q, t1, k, bc, t1 - prev, ref),\n",
+    "                               ck_scaled(Q, t0, k + 8, bc, t0 - prev, ref), ck_scaled(Q, t1, k + 8, bc, t1 - prev, ref),\n",
+    "                               ck_scaled(Ks, s, k, bc, ref, s), ck_scaled(Ks, s, k + 8, bc, ref, s));\n",
+    "                    }\n",
+    "                }\n",
+    "                for (int e = 0; e < 4; e++) {\n",
+    "                    int t = mt * 16 + gq + (e >> 1) * 8, s = nt * 8 + 2 * tq + (e & 1);\n",
+    "                    As[t * TS + s] = ck_bf16(d[e]);\n",
+    "                }\n",
+    "            }\n",
+    "            /* the diagonal blocks, elementwise in f32: a thread's row t against 8 keys s of its sub-chunk, s <= t - prev */\n",
+    "            for (int x = tid; x < 2 * CK_C; x += 128) {\n",
+    "                const int t = x >> 1, s0 = (t & ~15) + (x & 1) * 8, tb = t - prev;\n",
+    "                float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};\n",
+    "                for (int c = 0; c < CK_K; c++) {\n",
+    "                    float qc = ck_f32(Q[t * QS + c]), bt = tb >= 0 ? CK_B(tb, c) : 0.f;\n",
+    "                    for (int u = 0; u < 8; u++)\n",
+    "                        if (s0 + u <= tb) acc[u] += qc * ck_f32(Ks[(s0 + u) * QS + c]) * expf(bt - CK_B(s0 + u, c));\n",
+    "                }\n",
+    "                for (int u = 0; u < 8; u++) As[t * TS + s0 + u] = ck_bf16(acc[u]);\n",
+    "            }\n",
+    "#else\n",
     "            for (int i = 0; i < A_TILES; i++) {\n",
     "                int tile = warp + 4 * i, mt = tile / (CK_C / 8), nt = tile % (CK_C / 8);\n",
     "                if (tile >= (CK_C / 16) * (CK_C / 8)) continue;\n",
@@ -280,11 +370,12 @@ static const char *const body[] = {
     "                    As[t * TS + s] = ck_bf16(s <= tb ? d[e] * expf(bc[tb] - bc[s]) : 0.f);\n",
     "                }\n",
     "            }\n",
+    "#endif\n",
     "            __syncthreads();\n",
     "            /* Q's rows scaled by exp(b_t) (b_{t-1} for S(t-1); 1 before the chunk) */\n",
     "            for (int x = tid; x < CK_C * CK_KP; x += 128) {\n",
     "                int t = x / CK_KP, i = x % CK_KP, tb = t - prev;\n",
-    "                float e = tb >= 0 ? expf(bc[tb]) : 1.f;\n",
+    "                float e = tb >= 0 ? expf(CK_B(tb, i)) : 1.f;\n",
     "                Q[t * QS + i] = ck_bf16(ck_f32(Q[t * QS + i]) * e);\n",
     "            }\n",
     "            __syncthreads();\n",
@@ -303,11 +394,18 @@ static const char *const body[] = {
     "            __syncthreads();\n",
     "        }\n",
     "        /* 4: the state at the chunk's end */\n",
+    "#if CK_DECAY != 2\n",
     "        const float eb = expf(blast);\n",
+    "#endif\n",
+    "#pragma unroll\n",
     "        for (int i = 0; i < H_TILES; i++) {\n",
     "            int tile = warp + 4 * i, mt = tile / NT_V, nt = tile % NT_V;\n",
     "            if (tile >= MT_H * NT_V) continue;\n",
+    "#if CK_DECAY == 2\n",
+    "            for (int e = 0; e < 4; e++) h[i][e] *= expf(CK_B(n - 1, mt * 16 + gq + (e >> 1) * 8));\n",
+    "#else\n",
     "            for (int e = 0; e < 4; e++) h[i][e] *= eb;\n",
+    "#endif\n",
     "            ck_tile(h[i], KsT, TS, mt * 16, VsT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
     "        }\n",
     "        __syncthreads(); /* HsT is read no more this chunk */\n",
@@ -341,12 +439,14 @@ ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_cor
     sb_printf(out, "// ssmc: the chunked core of state %s of model %s (codegen/cuda_chunk.c)\n", m->tensors[c->state].name,
               m->name);
     sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d), V = %d in tiles of %d, decay %s%s\n", c->C,
-              c->nheads, c->K, KP, c->V, VT, c->decay == PASS_DECAY_NONE ? "none" : "one per head",
+              c->nheads, c->K, KP, c->V, VT, c->decay == PASS_DECAY_NONE     ? "none"
+              : c->decay == PASS_DECAY_SCALAR ? "one per head"
+                                              : "one per key (sub-chunks of 16)",
               c->delta ? ", delta rule (UT transform)" : "");
     sb_printf(out, "#define CK_NAME %s\n#define CK_C %d\n#define CK_K %d\n#define CK_KP %d\n#define CK_V %d\n#define CK_VT %d\n"
                    "#define CK_NV %d\n#define CK_NH %d\n#define CK_NR %d\n#define CK_DECAY %d\n#define CK_DELTA %d\n"
                    "#define CK_HAS_STATE %d\n#define CK_SE %lldLL\n#define CK_KSTR %lldLL\n#define CK_VSTR %lldLL\n",
-              sb_cstr(&name), c->C, c->K, KP, c->V, VT, NV, c->nheads, c->nreadouts, c->decay != PASS_DECAY_NONE, c->delta,
+              sb_cstr(&name), c->C, c->K, KP, c->V, VT, NV, c->nheads, c->nreadouts, (int)c->decay, c->delta,
               has_state, (long long)c->state_elems, (long long)c->key_stride, (long long)c->value_stride);
     unsigned prev = 0;
     for (int r = 0; r < c->nreadouts; r++) prev |= (unsigned)c->prev[r] << r;

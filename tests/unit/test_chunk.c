@@ -52,7 +52,8 @@ static double rel_err(const double *a, const double *b, size_t n)
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs(a[i] - b[i]);
-        if (!(e <= num)) num = e; /* NaN wins */
+        if (isnan(e)) return NAN; /* a non-finite value fails whatever follows it */
+        if (e > num) num = e;
         if (fabs(b[i]) > den) den = fabs(b[i]);
     }
     return den > 0 ? num / den : num;

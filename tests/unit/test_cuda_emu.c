@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "codegen/cuda.h"
+#include "codegen/chunked_run.h"
 #include "codegen/cuda_chunk.h"
 #include "driver/pipeline.h"
 #include "tests/unit/helpers/chunk_ref.h"
@@ -104,11 +105,34 @@ static ssmc_status cuda_plan_of(arena *a, const ir_model *m, const plan_tune *tu
     return plan_make(a, m, NULL, NULL, PLAN_ALGO_RECURRENT, &tg, p, d);
 }
 
+/* Kernels already compiled (by a hash of their source and name), so that a
+ * kernel two cases share is compiled once. */
+static struct {
+    uint64_t hash;
+    char so[96];
+} built[512];
+static int nbuilt, nso;
+
+static uint64_t fnv1a(uint64_t h, const char *s)
+{
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
 static void *build(const char *src, const char *kernel, launch_fn *launch)
 {
-    char cpp[128], so[128], cmd[1024];
+    char cpp[128], so[96], cmd[1024];
+    uint64_t hash = fnv1a(fnv1a(0xcbf29ce484222325ull, src), kernel);
+    for (int i = 0; i < nbuilt; i++)
+        if (built[i].hash == hash) {
+            void *h = dlopen(built[i].so, RTLD_NOW | RTLD_LOCAL);
+            if (!h) fail_msg("%s", dlerror());
+            *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
+            assert_non_null(*launch);
+            return h;
+        }
     snprintf(cpp, sizeof cpp, "%s/k.cpp", workdir);
-    snprintf(so, sizeof so, "%s/k%d.so", workdir, (int)(rng & 0xffff));
+    snprintf(so, sizeof so, "%s/k%d.so", workdir, nso++);
     FILE *f = fopen(cpp, "w");
     assert_non_null(f);
     fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n#define EMU_TAIL\n"
@@ -121,7 +145,12 @@ static void *build(const char *src, const char *kernel, launch_fn *launch)
     if (!h) fail_msg("%s", dlerror());
     *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
     assert_non_null(*launch);
-    unlink(so);
+    if (nbuilt < (int)(sizeof built / sizeof *built)) {
+        built[nbuilt].hash = hash;
+        snprintf(built[nbuilt++].so, sizeof built[0].so, "%s", so);
+    } else {
+        unlink(so);
+    }
     return h;
 }
 
@@ -388,7 +417,8 @@ static double max_rel(const float *got, const double *ref, size_t n)
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)got[i] - ref[i]);
-        if (!(e <= num)) num = e;
+        if (isnan(e)) return NAN; /* a non-finite value fails whatever follows it */
+        if (e > num) num = e;
         if (fabs(ref[i]) > den) den = fabs(ref[i]);
     }
     return den > 0 ? num / den : num;
@@ -400,7 +430,12 @@ static size_t part_elems(const ir_model *m, const ir_tensor *t, int64_t B, int64
     return t->kind == IR_PARAM ? n : n * (size_t)B * (t->per_step ? (size_t)T : 1);
 }
 
-static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state)
+/* strong: a decay per key drawn with log-decays in (-5, 0] at odd keys (and
+ * (-0.05, 0] at even ones, which carry the sequence across sub-chunks and
+ * chunks): over a chunk of 64 a key's b_t reaches about -160, so a kernel that
+ * formed exp(b_t) and exp(-b_s) apart would overflow to inf and NaN. */
+static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state,
+                            bool strong)
 {
     size_t len;
     char *src = test_slurp(rel, &len);
@@ -432,7 +467,11 @@ static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64
         const plan_chunk_core *c = &ch->cores[ci];
         size_t rows = (size_t)(B * T * c->nheads);
         if (c->ops.g >= 0)
-            for (size_t k = 0; k < rows * (c->decay == PASS_DECAY_KEY ? (size_t)c->K : 1); k++) pd[c->ops.g][k] = -0.25 * (1 + pd[c->ops.g][k]);
+            for (size_t k = 0; k < rows * (c->decay == PASS_DECAY_KEY ? (size_t)c->K : 1); k++) {
+                bool odd_key = c->decay == PASS_DECAY_KEY && (k % (size_t)c->K) % 2;
+                double lo = !strong ? -0.5 : odd_key ? -5 : -0.05;
+                pd[c->ops.g][k] = lo * 0.5 * (1 + pd[c->ops.g][k]);
+            }
         if (c->ops.beta >= 0)
             for (size_t k = 0; k < rows; k++) pd[c->ops.beta][k] = 0.5 * (1 + pd[c->ops.beta][k]);
         int keys[2] = {c->ops.k, c->ops.w};
@@ -495,10 +534,13 @@ static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64
             int t = c->ops.r[r];
             double e = max_rel(buf[r0 + r], ed[t], part_elems(epi, &epi->tensors[t], B, T));
             if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): readout %d rel err %g", rel, ci, C, (long long)T, r, e);
+            printf("# %s core %d C=%d T=%lld%s%s readout %d rel %.2e\n", rel, ci, C, (long long)T, state ? " from a state" : "",
+                   strong ? " strong decays" : "", r, e);
         }
         if (state) {
             double e = max_rel(st, s1, se);
             if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): final state rel err %g", rel, ci, C, (long long)T, e);
+            printf("# %s core %d C=%d T=%lld final state rel %.2e\n", rel, ci, C, (long long)T, e);
         }
         dlclose(h);
         sb_free(&cu);
@@ -524,13 +566,283 @@ static void test_chunk_cores(void **state)
     static const ssmc_dim small[] = {{"H", 2}, {"K", 24}, {"V", 20}};
     /* a scalar decay, none, and the delta rule (plain and gated); odd K and V (padding); T past a
      * chunk and not a multiple of it; from a state and from zero; C = 16 and 64 */
-    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true);
-    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false);
-    chunk_core_case("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true);
-    chunk_core_case("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true);
-    chunk_core_case("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true);
-    chunk_core_case("examples/linear_attn.ssm", (ssmc_dim[]){{"H", 2}, {"K", 16}, {"V", 8}}, 3, 1, 19, 16, true);
-    chunk_core_case("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true);
+    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true, false);
+    chunk_core_case("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false, false);
+    chunk_core_case("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true, false);
+    chunk_core_case("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true, false);
+    chunk_core_case("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true, false);
+    chunk_core_case("examples/linear_attn.ssm", (ssmc_dim[]){{"H", 2}, {"K", 16}, {"V", 8}}, 3, 1, 19, 16, true, false);
+    chunk_core_case("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true, false);
+}
+
+/* A decay per key (GLA, RWKV-6, Mamba): the sub-chunks of 16, their
+ * reference points and the diagonal blocks, at padded K and V, C = 16, 32 and
+ * 64, readouts of S(t) and S(t-1), from a state and from zero, with strong
+ * decays (where exp(b_t) exp(-b_s) apart overflows) and mild ones. */
+static void test_chunk_cores_per_key(void **state)
+{
+    (void)state;
+    if (!have_cxx) skip();
+    static const ssmc_dim small[] = {{"H", 2}, {"K", 24}, {"V", 20}};
+    chunk_core_case("examples/fla_gla.ssm", small, 3, 2, 37, 16, true, true);
+    chunk_core_case("examples/gla.ssm", small, 3, 1, 150, 64, false, true);
+    chunk_core_case("examples/gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 40}, {"V", 12}}, 3, 2, 70, 64, true, false);
+    chunk_core_case("examples/rwkv6.ssm", small, 3, 1, 101, 64, true, true);
+    chunk_core_case("examples/rwkv6.ssm", (ssmc_dim[]){{"H", 1}, {"K", 16}, {"V", 8}}, 3, 2, 45, 32, false, true);
+    chunk_core_case("examples/fla_gla_kv.ssm", (ssmc_dim[]){{"H", 2}, {"K", 20}, {"V", 3}}, 3, 2, 40, 32, true, true);
+    chunk_core_case("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, true);
+}
+
+/* ---- the chunked algorithm end to end: codegen/chunked_run.c's runner over
+ * an emulated CUDA backend (the prologue's and epilogue's kernels of
+ * codegen/cuda.c and the cores of codegen/cuda_chunk.c, each compiled with
+ * the emulation header and run over its real grid) on host memory ---- */
+
+typedef struct emu_part {
+    const ir_model *m;
+    const pass_plan *p;
+} emu_part;
+
+static ssmc_status emu_part_compile(const ir_model *m, const pass_plan *p, const ssmc_options *o, diag *d, void **state)
+{
+    (void)o, (void)d;
+    emu_part *e = malloc(sizeof *e);
+    assert_non_null(e);
+    *e = (emu_part){m, p};
+    *state = e;
+    return SSMC_OK;
+}
+
+static ssmc_status emu_part_run(void *state, int64_t batch, int64_t T, const backend_tensor *bt, diag *d)
+{
+    const emu_part *e = state;
+    const ir_model *m = e->m;
+    uint32_t nt = m->ntensors;
+    ssmc_dtype *dts = calloc(nt, sizeof *dts);
+    bool *present = calloc(nt, sizeof *present), *fresh = calloc(nt, sizeof *fresh);
+    void **ptrs = calloc(nt + 1, sizeof *ptrs);
+    assert_true(dts && present && fresh && ptrs);
+    int np = 0;
+    for (uint32_t i = 0; i < nt; i++) {
+        dts[i] = bt[i].dtype;
+        present[i] = bt[i].data != NULL;
+        fresh[i] = bt[i].fresh;
+        if (m->tensors[i].kind != IR_LET) ptrs[np++] = bt[i].data;
+    }
+    cuda_sig sig = {.dtype = dts, .present = present, .vec = true, .fresh = fresh};
+    strbuf src = {0}, name = {0};
+    if (cuda_emit(&src, e->p, &sig, d) != SSMC_OK) fail_msg("%s: %s", m->name, sb_cstr(&d->text));
+    cuda_kernel_name(&name, m);
+    launch_fn launch;
+    void *lib = build(sb_cstr(&src), sb_cstr(&name), &launch);
+    cuda_launch l = cuda_launch_of(e->p, batch);
+    float *ws = l.ws_floats ? malloc((size_t)(l.blocks * l.ws_floats) * sizeof(float)) : NULL;
+    for (int64_t k = 0; k < l.blocks * l.ws_floats; k++) ws[k] = NAN;
+    assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, ws, ptrs), 0);
+    dlclose(lib);
+    free(ws);
+    sb_free(&src);
+    sb_free(&name);
+    free(dts);
+    free(present);
+    free(fresh);
+    free(ptrs);
+    return SSMC_OK;
+}
+
+static void emu_part_free(void *state) { free(state); }
+
+static const backend emu_backend = {
+    .name = "cuda (emulated)", .compile = emu_part_compile, .run = emu_part_run, .free = emu_part_free};
+
+typedef struct emu_chunked {
+    const ir_model *m; /* the source model (names) */
+    void *ws;
+    size_t ws_bytes;
+} emu_chunked;
+
+static void *emu_workspace(void *ctx, size_t bytes, diag *d)
+{
+    (void)d;
+    emu_chunked *x = ctx;
+    if (bytes > x->ws_bytes) {
+        free(x->ws);
+        x->ws = aligned_alloc(256, (bytes + 255) / 256 * 256);
+        x->ws_bytes = bytes;
+    }
+    float *f = x->ws; /* garbage, as device memory is */
+    for (size_t k = 0; k < bytes / sizeof(float); k++) f[k] = NAN;
+    return x->ws;
+}
+
+static ssmc_status emu_zero(void *ctx, void *ptr, size_t bytes, void *stream, diag *d)
+{
+    (void)ctx, (void)stream, (void)d;
+    memset(ptr, 0, bytes);
+    return SSMC_OK;
+}
+
+static ssmc_status emu_core_compile(void *ctx, const plan_chunk_core *c, const ssmc_options *o, diag *d, void **core)
+{
+    (void)ctx, (void)o;
+    *core = (void *)c;
+    return cuda_chunk_supported(c, d) ? SSMC_OK : SSMC_ERR_UNSUPPORTED;
+}
+
+static ssmc_status emu_core_run(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,
+                                diag *d)
+{
+    (void)stream;
+    const emu_chunked *x = ctx;
+    const plan_chunk_core *c = core;
+    void *ptrs[2 * PASS_MAX_READOUTS + 8];
+    int np = 0;
+    for (int r = 0; r < c->nreadouts; r++) ptrs[np++] = (void *)io->q[r];
+    ptrs[np++] = (void *)io->k;
+    ptrs[np++] = (void *)io->v;
+    ptrs[np++] = (void *)io->g;
+    ptrs[np++] = (void *)io->beta;
+    for (int r = 0; r < c->nreadouts; r++) ptrs[np++] = io->r[r];
+    ptrs[np++] = io->state;
+    strbuf src = {0}, name = {0};
+    if (cuda_chunk_emit(&src, x->m, c, io->state != NULL, io->state_dtype, d) != SSMC_OK) return SSMC_ERR_UNSUPPORTED;
+    cuda_chunk_kernel_name(&name, x->m, c);
+    launch_fn launch;
+    void *lib = build(sb_cstr(&src), sb_cstr(&name), &launch);
+    cuda_launch l = cuda_chunk_launch(c, batch);
+    assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, NULL, ptrs), 0);
+    dlclose(lib);
+    sb_free(&src);
+    sb_free(&name);
+    return SSMC_OK;
+}
+
+static void emu_core_free(void *ctx, void *core) { (void)ctx, (void)core; }
+
+static const chunk_hooks emu_chunk_hooks = {
+    .be = &emu_backend,
+    .workspace = emu_workspace,
+    .zero = emu_zero,
+    .core_compile = emu_core_compile,
+    .core_run = emu_core_run,
+    .core_free = emu_core_free,
+};
+
+/* One model through --algo=chunked on the emulated CUDA backend against the
+ * interpreter, on fresh random inputs, params and states (uniform in [-1, 1),
+ * stored as dt): outputs and final states within 2e-2 of max |ref| (the
+ * cores' operands are bf16). state: 0 none given, 1 given, 2 given to receive
+ * the final state only (SSMC_ARG_FINAL_ONLY: the runner zeroes it). Returns
+ * whether some core has a decay per key. */
+static bool chunk_e2e_case(const char *rel, const ssmc_dim *dims, int nd, ssmc_dtype dt, int64_t B, int64_t T, int C,
+                           int state)
+{
+    size_t len;
+    char *text = test_slurp(rel, &len);
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    ssmc_options o = {.dims = dims, .ndims = nd, .algo = SSMC_ALGO_CHUNKED, .chunk = C};
+    plan_target tg = plan_target_cuda(NULL);
+    pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+    if (pipeline_run(&pl, rel, text, len, PIPE_PLAN) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    const ir_model *m = pl.ir;
+    const plan_chunked *ch = pl.plan->chunked;
+    assert_non_null(ch);
+    bool per_key = false;
+    for (int i = 0; i < ch->ncores; i++) per_key |= ch->cores[i].decay == PASS_DECAY_KEY;
+    uint32_t nt = m->ntensors;
+    backend_tensor *bt = calloc(nt + 1, sizeof *bt);
+    double **ref = calloc(nt + 1, sizeof *ref);
+    size_t *count = calloc(nt + 1, sizeof *count);
+    assert_true(bt && ref && count);
+    for (uint32_t i = 0; i < nt; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (t->kind == IR_LET || t->hidden || (t->kind == IR_STATE && !state)) continue;
+        size_t n = part_elems(m, t, B, T);
+        count[i] = n;
+        bt[i] = (backend_tensor){aligned_alloc(64, ((n ? n : 1) * dtype_size(dt) + 63) / 64 * 64), dt,
+                                 t->kind == IR_STATE && state == 2};
+        ref[i] = calloc(n ? n : 1, sizeof(double));
+        assert_true(bt[i].data && ref[i]);
+        for (size_t k = 0; k < n; k++) {
+            bool poison = t->kind == IR_OUTPUT || bt[i].fresh;
+            dtype_set(bt[i].data, dt, k, poison ? NAN : uniform());
+            ref[i][k] = t->kind == IR_STATE && state == 2 ? 0 : dtype_get(bt[i].data, dt, k);
+        }
+    }
+    ir_interp_args ia = {.batch = B, .T = T, .data = ref};
+    if (!ir_interp(m, &ia, &d)) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    emu_chunked x = {.m = m};
+    chunked_state *cs;
+    if (chunked_compile(&emu_chunk_hooks, &x, m, pl.plan, &o, &d, &cs) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    if (chunked_run(cs, B, T, bt, false, NULL, &d) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
+    chunked_free(cs);
+    for (uint32_t i = 0; i < nt; i++) {
+        const ir_tensor *t = &m->tensors[i];
+        if (!bt[i].data || (t->kind != IR_OUTPUT && t->kind != IR_STATE)) continue;
+        double num = 0, den = 0;
+        for (size_t k = 0; k < count[i]; k++) {
+            double g = dtype_get(bt[i].data, dt, k), e = fabs(g - ref[i][k]);
+            if (!isfinite(g)) fail_msg("%s: %s[%zu] = %g (reference %g)", rel, t->name, k, g, ref[i][k]);
+            if (e > num) num = e;
+            if (fabs(ref[i][k]) > den) den = fabs(ref[i][k]);
+        }
+        double rel_err = den > 0 ? num / den : num;
+        if (rel_err > 2e-2)
+            fail_msg("%s (C=%d B=%lld T=%lld): %s relative error %.3e > 2e-2", rel, C, (long long)B, (long long)T, t->name, rel_err);
+        printf("# %-34s chunked C=%-2d %-4s B=%lld T=%-3lld %-16s %-6s rel %.2e\n", rel, C, dt == SSMC_F32 ? "f32" : "bf16",
+               (long long)B, (long long)T, state == 0 ? "from zero" : state == 1 ? "from a state" : "final state only",
+               t->name, rel_err);
+    }
+    free(x.ws);
+    for (uint32_t i = 0; i < nt; i++) {
+        free(bt[i].data);
+        free(ref[i]);
+    }
+    free(bt);
+    free(ref);
+    free(count);
+    free(text);
+    diag_free(&d);
+    arena_free(&a);
+    return per_key;
+}
+
+/* Every example whose chunked plan has a core with a decay per key (GLA,
+ * fla's GLA with both gates, RWKV-6, Mamba and mamba_ssm's selective state
+ * update) through prologue, core and epilogue, at its declared dims: from a
+ * state with C = 16 (T past two chunks), from zero in bf16 with C = 64, and
+ * given its state to receive the final one only. */
+static void test_chunked_per_key_examples(void **state)
+{
+    (void)state;
+    if (!have_cxx) skip();
+    char names[64][128];
+    int n = test_list_examples(names, 64), seen = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        char *text = test_slurp(names[i], &len);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        ssmc_options o = {.algo = SSMC_ALGO_CHUNKED};
+        plan_target tg = plan_target_cuda(NULL);
+        pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+        bool key = false;
+        if (pipeline_run(&pl, names[i], text, len, PIPE_PLAN) == SSMC_OK)
+            for (int c = 0; c < pl.plan->chunked->ncores; c++) key |= pl.plan->chunked->cores[c].decay == PASS_DECAY_KEY;
+        free(text);
+        diag_free(&d);
+        arena_free(&a);
+        if (!key) continue;
+        seen++;
+        assert_true(chunk_e2e_case(names[i], NULL, 0, SSMC_F32, 2, 37, 16, 1));
+        chunk_e2e_case(names[i], NULL, 0, SSMC_BF16, 1, 70, 64, 0);
+        chunk_e2e_case(names[i], NULL, 0, SSMC_F32, 1, 20, 16, 2);
+    }
+    /* gla, fla_gla, fla_gla_kv, rwkv6, mamba, mamba_ssu, mamba_ssu_z */
+    assert_true(seen >= 7);
 }
 
 /* The chunked algorithm's prologue and epilogue (models of their own, without
@@ -607,7 +919,11 @@ int main(void)
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_chunk_cores),
+        cmocka_unit_test(test_chunk_cores_per_key),
         cmocka_unit_test(test_chunk_parts),
+        cmocka_unit_test(test_chunked_per_key_examples),
     };
+    const char *only = getenv("SSMC_EMU_FILTER"); /* e.g. test_chunk_*: the tests to run, when one is being worked on */
+    if (only && *only) cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, setup, teardown);
 }

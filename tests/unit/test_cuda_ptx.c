@@ -21,6 +21,8 @@
 #include <time.h>
 
 #include "codegen/cuda.h"
+#include "codegen/cuda_chunk.h"
+#include "driver/pipeline.h"
 #include "frontend/ast.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
@@ -385,6 +387,134 @@ static void test_plans_keep_states_in_registers(void **state)
     free(text);
 }
 
+/* The chunked cores (codegen/cuda_chunk.c) of every example with a chunked
+ * plan, at its dims, to PTX for sm_90, each taking the parameters a launch
+ * passes (B, T, ws, every readout's q, k, v, g, beta, every readout's R, the
+ * state). */
+static int chunk_plan(arena *a, diag *d, const char *rel, const char *text, size_t len, const ssmc_dim *dims, int nd, int C,
+                      pipeline *pl)
+{
+    static ssmc_options o;
+    static plan_target tg;
+    o = (ssmc_options){.dims = dims, .ndims = nd, .algo = SSMC_ALGO_CHUNKED, .chunk = C};
+    tg = plan_target_cuda(NULL);
+    *pl = (pipeline){.a = a, .d = d, .o = &o, .target = &tg};
+    return pipeline_run(pl, rel, text, len, PIPE_PLAN) == SSMC_OK;
+}
+
+static char *chunk_ptx(const ir_model *m, const plan_chunk_core *c, bool state, ssmc_dtype sdt, bool cubin, strbuf *log)
+{
+    strbuf src = {0}, name = {0};
+    diag d = {0};
+    if (cuda_chunk_emit(&src, m, c, state, sdt, &d) != SSMC_OK) fail_msg("%s: %s", m->name, sb_cstr(&d.text));
+    cuda_program_name(&name, m);
+    static const char *const verbose[] = {"--ptxas-options=-v"};
+    char *out = NULL;
+    size_t len;
+    if (rt_nvrtc_compile(nvrtc, sb_cstr(&src), sb_cstr(&name), "sm_90", cubin, cubin ? verbose : NULL, cubin ? 1 : 0,
+                         &out, &len, log) != SSMC_OK)
+        fail_msg("%s (chunked core of %s, state %d):\n%s", m->name, m->tensors[c->state].name, state, sb_cstr(log));
+    if (!cubin) {
+        strbuf entry = {0};
+        cuda_chunk_kernel_name(&entry, m, c);
+        assert_non_null(strstr(out, sb_cstr(&entry)));
+        assert_non_null(strstr(out, ".target sm_90"));
+        int want = 3 + 2 * c->nreadouts + 4 + 1, got = 0;
+        for (const char *q = strstr(out, ".entry"); q && *q && *q != ')'; q++) got += strncmp(q, ".param", 6) == 0;
+        if (got != want) fail_msg("%s: the chunked kernel takes %d parameters, a launch passes %d", m->name, got, want);
+        sb_free(&entry);
+    }
+    sb_free(&src);
+    sb_free(&name);
+    diag_free(&d);
+    return out;
+}
+
+static void test_chunk_cores_to_ptx(void **state)
+{
+    (void)state;
+    if (!nvrtc) skip();
+    char names[64][128];
+    int n = test_list_examples(names, 64), cores = 0, per_key = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        char *text = test_slurp(names[i], &len);
+        for (int C = 64; C >= 16; C -= 48) {
+            arena a;
+            arena_init(&a);
+            diag d = {0};
+            pipeline pl;
+            if (chunk_plan(&a, &d, names[i], text, len, NULL, 0, C, &pl)) {
+                const plan_chunked *ch = pl.plan->chunked;
+                for (int c = 0; c < ch->ncores; c++) {
+                    /* every core at C = 64 with an f32 state; those with a decay per key also without a state,
+                     * and at C = 16 with a bf16 one */
+                    bool key = ch->cores[c].decay == PASS_DECAY_KEY;
+                    strbuf log = {0};
+                    if (C == 64) free(chunk_ptx(pl.ir, &ch->cores[c], true, SSMC_F32, false, &log));
+                    if (C == 64 && key) free(chunk_ptx(pl.ir, &ch->cores[c], false, SSMC_F32, false, &log));
+                    if (C == 16 && key) free(chunk_ptx(pl.ir, &ch->cores[c], true, SSMC_BF16, false, &log));
+                    sb_free(&log);
+                    cores += C == 64;
+                    per_key += key && C == 16;
+                }
+            }
+            diag_free(&d);
+            arena_free(&a);
+        }
+        free(text);
+    }
+    /* 16 examples with a chunked plan (linear_attn has two cores), 7 of them with a decay per key */
+    assert_true(cores >= 17);
+    assert_true(per_key >= 7);
+}
+
+/* The number before `what` in ptxas's report (NVRTC's log), or -1. */
+static int ptxas_number(const char *log, const char *what)
+{
+    const char *p = strstr(log, what);
+    if (!p) return -1;
+    while (p > log && p[-1] == ' ') p--;
+    while (p > log && p[-1] >= '0' && p[-1] <= '9') p--;
+    return *p >= '0' && *p <= '9' ? atoi(p) : -1;
+}
+
+/* At the benchmark shape (H = 16, K = V = 128, C = 64) the cores with a decay
+ * per key keep their state tile and operands in registers: ptxas reports no
+ * stack frame and no spill (their carry's loop once put the state tile in
+ * local memory); the others' numbers are printed. */
+static void test_chunk_cores_registers(void **state)
+{
+    (void)state;
+    if (!nvrtc) skip();
+    static const char *const files[] = {"examples/gla.ssm", "examples/rwkv6.ssm", "examples/fla_simple_gla.ssm",
+                                        "examples/gated_deltanet.ssm"};
+    static const ssmc_dim dims[] = {{"H", 16}, {"K", 128}, {"V", 128}};
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        size_t len;
+        char *text = test_slurp(files[f], &len);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        pipeline pl;
+        if (!chunk_plan(&a, &d, files[f], text, len, dims, 3, 64, &pl)) fail_msg("%s: %s", files[f], sb_cstr(&d.text));
+        const plan_chunk_core *c = &pl.plan->chunked->cores[0];
+        strbuf log = {0};
+        free(chunk_ptx(pl.ir, c, true, SSMC_BF16, true, &log));
+        const char *r = sb_cstr(&log);
+        int regs = ptxas_number(r, "registers"), frame = ptxas_number(r, "bytes stack frame"),
+            spills = ptxas_number(r, "bytes spill stores");
+        if (regs < 0 || frame < 0 || spills < 0) fail_msg("%s: no ptxas report in NVRTC's log:\n%s", files[f], r);
+        printf("# %s chunked core at K = V = 128, C = 64: %d registers, %d bytes stack frame, %d bytes spilled\n", files[f],
+               regs, frame, spills);
+        if (c->decay == PASS_DECAY_KEY && (frame || spills)) fail_msg("%s: the core uses local memory:\n%s", files[f], r);
+        sb_free(&log);
+        diag_free(&d);
+        arena_free(&a);
+        free(text);
+    }
+}
+
 static int setup(void **state)
 {
     strbuf err = {0};
@@ -412,6 +542,10 @@ int main(void)
         cmocka_unit_test(test_emit_names_lines),
         cmocka_unit_test(test_nvrtc_failure_names_program),
         cmocka_unit_test(test_plans_keep_states_in_registers),
+        cmocka_unit_test(test_chunk_cores_to_ptx),
+        cmocka_unit_test(test_chunk_cores_registers),
     };
+    const char *only = getenv("SSMC_PTX_FILTER"); /* e.g. test_chunk_*: the tests to run, when one is being worked on */
+    if (only && *only) cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, setup, teardown);
 }

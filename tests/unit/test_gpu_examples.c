@@ -8,7 +8,9 @@
  * every output and final state must be within max|got - ref| / max|ref| of
  * 1e-5 (f32) or 2e-2 (bf16). Then: decoding step by step and in pieces gives
  * what one run gives; ssmc_run_device on device buffers and a stream gives
- * what ssmc_run gives; a second model of the same source hits the kernel cache.
+ * what ssmc_run gives; a second model of the same source hits the kernel cache;
+ * the chunked algorithm with a decay per key (test_chunked_per_key, written
+ * without a GPU: not yet run on one).
  * Exits 77 (skipped) when no GPU can be opened. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -68,12 +70,12 @@ typedef struct pair {
     tensor *t;
 } pair;
 
-static void pair_open(pair *p, const char *rel, const char *text, size_t len, const char *model, const ssmc_dim *dims,
-                      int nd)
+/* o: the options of both (its device is set here) */
+static void pair_open_with(pair *p, const char *rel, const char *text, size_t len, ssmc_options o)
 {
     memset(p, 0, sizeof *p);
     p->ctx = ssmc_ctx_new();
-    ssmc_options o = {.model = model, .dims = dims, .ndims = nd, .device = SSMC_DEVICE_CUDA};
+    o.device = SSMC_DEVICE_CUDA;
     if (ssmc_compile(p->ctx, rel, text, len, &o, &p->gpu) != SSMC_OK) fail_msg("%s: %s", rel, ssmc_ctx_error(p->ctx));
     o.device = SSMC_DEVICE_INTERP;
     if (ssmc_compile(p->ctx, rel, text, len, &o, &p->ref) != SSMC_OK) fail_msg("%s: %s", rel, ssmc_ctx_error(p->ctx));
@@ -81,6 +83,12 @@ static void pair_open(pair *p, const char *rel, const char *text, size_t len, co
     p->t = calloc((size_t)p->n, sizeof *p->t);
     assert_non_null(p->t);
     for (int i = 0; i < p->n; i++) assert_int_equal(ssmc_model_tensor(p->gpu, i, &p->t[i].info), SSMC_OK);
+}
+
+static void pair_open(pair *p, const char *rel, const char *text, size_t len, const char *model, const ssmc_dim *dims,
+                      int nd)
+{
+    pair_open_with(p, rel, text, len, (ssmc_options){.model = model, .dims = dims, .ndims = nd});
 }
 
 static void pair_free_data(pair *p)
@@ -448,6 +456,67 @@ static void test_run_device(void **state)
     free(text);
 }
 
+/* The chunked algorithm with a decay per key (codegen/cuda_chunk.c's per-key
+ * core on tensor cores, between the prologue's and epilogue's kernels): every
+ * example whose chunked plan has one, at its declared dims, f32 and bf16,
+ * B = 2, T = 1, 70 and 200 at C = 64, from a state and from zero; then
+ * fla_gla at H = 2, K = V = 128 with strong decays (log-decays in (-5, 0] at
+ * odd keys, (-0.05, 0] at even ones: exp(b_t) and exp(-b_s) formed apart
+ * would overflow) at T = 300, C = 64 and 16. Within 2e-2 of the interpreter
+ * whatever the dtype: the cores' operands are bf16. Written without a GPU
+ * (checked in emulation by test_cuda_emu); not yet run on one. */
+static void test_chunked_per_key(void **state)
+{
+    (void)state;
+    static const char *const files[] = {"examples/gla.ssm",    "examples/fla_gla.ssm",     "examples/fla_gla_kv.ssm",
+                                        "examples/rwkv6.ssm",  "examples/mamba.ssm",       "examples/mamba_ssu.ssm",
+                                        "examples/mamba_ssu_z.ssm"};
+    static const config cfgs[] = {{2, 1, true, false}, {2, 70, false, false}, {2, 200, true, false}};
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        size_t len;
+        char *text = test_slurp(files[f], &len);
+        pair p;
+        pair_open_with(&p, files[f], text, len, (ssmc_options){.algo = SSMC_ALGO_CHUNKED, .chunk = 64});
+        for (int di = 0; di < 2; di++)
+            for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+                ssmc_dtype dt = di ? SSMC_BF16 : SSMC_F32;
+                char what[256];
+                snprintf(what, sizeof what, "%s chunked %s B=%lld T=%lld%s", files[f], di ? "bf16" : "f32",
+                         (long long)cfgs[c].B, (long long)cfgs[c].T, cfgs[c].init ? " from a state" : "");
+                pair_fill(&p, cfgs[c].B, cfgs[c].T, dt);
+                if (cfgs[c].init) pair_prefix_state(&p, cfgs[c].B, dt);
+                printf("# %-62s rel %.2e\n", what, pair_run_compare(&p, cfgs[c].B, cfgs[c].T, dt, cfgs[c].init, 2e-2, what));
+            }
+        pair_close(&p);
+        free(text);
+    }
+    size_t len;
+    char *text = test_slurp("examples/fla_gla.ssm", &len);
+    static const ssmc_dim dims[] = {{"H", 2}, {"K", 128}, {"V", 128}};
+    for (int C = 64; C >= 16; C -= 48) {
+        pair p;
+        pair_open_with(&p, "examples/fla_gla.ssm", text, len,
+                       (ssmc_options){.dims = dims, .ndims = 3, .algo = SSMC_ALGO_CHUNKED, .chunk = C});
+        const int64_t B = 1, T = 300;
+        pair_fill(&p, B, T, SSMC_BF16);
+        pair_prefix_state(&p, B, SSMC_BF16);
+        for (int i = 0; i < p.n; i++) {
+            tensor *t = &p.t[i];
+            if (strcmp(t->info.name, "g") != 0) continue;
+            for (size_t k = 0; k < t->count; k++) {
+                double lo = (k % 128) % 2 ? -5 : -0.05;
+                dtype_set(t->data, SSMC_BF16, k, lo * 0.5 * (1 + uniform()));
+                t->ref[k] = dtype_get(t->data, SSMC_BF16, k);
+            }
+        }
+        char what[128];
+        snprintf(what, sizeof what, "examples/fla_gla.ssm K=V=128 strong decays chunked C=%d bf16 B=1 T=300", C);
+        printf("# %-62s rel %.2e\n", what, pair_run_compare(&p, B, T, SSMC_BF16, true, 2e-2, what));
+        pair_close(&p);
+    }
+    free(text);
+}
+
 /* A second model of the same source loads its kernel from the cache: its
  * first run skips NVRTC and is much faster than the cold one. */
 /* `ssmc bench --device cuda` times the kernels on device tensors with the
@@ -555,6 +624,7 @@ int main(void)
         cmocka_unit_test(test_kernel_cache),
         cmocka_unit_test(test_cli_bench),
         cmocka_unit_test(test_chunked_grad_refused),
+        cmocka_unit_test(test_chunked_per_key),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rt_cuda_close(gpu);
