@@ -298,6 +298,18 @@ static bool has_init(const char *file, const char *model)
     return yes;
 }
 
+/* A copy of s that lives as long as the process: the cases share their
+ * strings (several cases per example), so they are kept here, reachable,
+ * rather than freed case by case. */
+static const char *keep(const char *s)
+{
+    static char *kept[4096];
+    static int nkept;
+    char *c = strdup(s);
+    if (c && nkept < (int)(sizeof kept / sizeof *kept)) kept[nkept++] = c;
+    return c;
+}
+
 int grad_example_cases(gcase *cases, int max)
 {
     char names[64][128];
@@ -308,8 +320,8 @@ int grad_example_cases(gcase *cases, int max)
         example_dims own;
         const example_dims *e = grad_example_dims(names[i], src, len, &own);
         free(src);
-        gcase c = {.file = strdup(names[i]), .dims = *e, .B = 2, .T = 7, .C = 3, .dt = SSMC_F32, .states = true};
-        for (int d = 0; d < c.dims.ndims; d++) c.dims.dims[d].name = strdup(e->dims[d].name);
+        gcase c = {.file = keep(names[i]), .dims = *e, .B = 2, .T = 7, .C = 3, .dt = SSMC_F32, .states = true};
+        for (int d = 0; d < c.dims.ndims; d++) c.dims.dims[d].name = keep(e->dims[d].name);
         cases[nc++] = c;
         if (has_init(names[i], NULL)) {
             c.states = false;
