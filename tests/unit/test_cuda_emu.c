@@ -593,6 +593,173 @@ static void test_chunk_cores_per_key(void **state)
     chunk_core_case("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, true);
 }
 
+/* ---- the chunked cores' backward (codegen/cuda_chunk_bwd.c), emulated,
+ * against the f64 reference's reverse-mode backward of the recurrence
+ * (tests/unit/helpers/chunk_ref.c): the gradients of every operand and of the
+ * initial state, for readout cotangents and a final-state cotangent drawn in
+ * [-1, 1) ---- */
+
+static void chunk_bwd_case(const char *what, const char *src, size_t len, const ssmc_dim *dims, int nd, int64_t B,
+                           int64_t T, int C, bool state)
+{
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    ssmc_options o = {.dims = dims, .ndims = nd, .algo = SSMC_ALGO_CHUNKED, .chunk = C};
+    plan_target tg = plan_target_cuda(NULL);
+    pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+    if (pipeline_run(&pl, what, src, len, PIPE_PLAN) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
+    const plan_chunked *ch = pl.plan->chunked;
+    const ir_model *pro = ch->parts.prologue, *epi = ch->parts.epilogue;
+    double **pd = calloc(pro->ntensors + 1, sizeof *pd), **dpd = calloc(pro->ntensors + 1, sizeof *dpd),
+           **ed = calloc(epi->ntensors + 1, sizeof *ed);
+    for (uint32_t i = 0; i < pro->ntensors; i++) {
+        const ir_tensor *t = &pro->tensors[i];
+        if (t->kind != IR_OUTPUT) continue;
+        size_t n = part_elems(pro, t, B, T);
+        pd[i] = malloc((n ? n : 1) * sizeof(double));
+        dpd[i] = calloc(n ? n : 1, sizeof(double));
+        for (size_t k = 0; k < n; k++) pd[i][k] = uniform();
+    }
+    for (uint32_t i = 0; i < epi->ntensors; i++) {
+        const ir_tensor *t = &epi->tensors[i];
+        if (t->kind != IR_INPUT) continue;
+        size_t n = part_elems(epi, t, B, T);
+        ed[i] = malloc((n ? n : 1) * sizeof(double));
+        for (size_t k = 0; k < n; k++) ed[i][k] = uniform(); /* the readouts' cotangents */
+    }
+    int checked = 0;
+    for (int ci = 0; ci < ch->ncores; ci++) {
+        const plan_chunk_core *c = &ch->cores[ci];
+        if (!cuda_chunk_bwd_supported(c, NULL)) continue;
+        size_t rows = (size_t)(B * T * c->nheads), se = (size_t)B * (size_t)c->state_elems;
+        if (c->ops.g >= 0)
+            for (size_t k = 0; k < rows; k++) pd[c->ops.g][k] = -0.25 * (1 + pd[c->ops.g][k]); /* (-0.5, 0] */
+        for (size_t r = 0; r < rows; r++) {
+            double *x = pd[c->ops.k] + r * (size_t)c->K, nrm = 0;
+            for (int i = 0; i < c->K; i++) nrm += x[i] * x[i];
+            for (int i = 0; i < c->K; i++) x[i] /= sqrt(nrm) + 1e-3;
+        }
+        double *s0 = malloc(se * sizeof *s0), *ds1 = malloc(se * sizeof *ds1), *ds0 = malloc(se * sizeof *ds0);
+        for (size_t k = 0; k < se; k++) s0[k] = state ? uniform() : 0, ds1[k] = uniform();
+        chunk_ref_core_backward(c, pd, state ? s0 : NULL, ed, ds1, dpd, ds0, B, T);
+        /* f32 copies: q.., k, v, g, dR.., the state, its cotangent, then dq.., dk, dv, dg (poisoned) */
+        void *ptrs[3 * PASS_MAX_READOUTS + 10] = {0};
+        float *buf[3 * PASS_MAX_READOUTS + 10] = {0};
+        int np = 0, ids[3 * PASS_MAX_READOUTS + 10], isout[3 * PASS_MAX_READOUTS + 10] = {0};
+        const ir_model *of[3 * PASS_MAX_READOUTS + 10];
+        for (int r = 0; r < c->nreadouts; r++) ids[np] = c->ops.q[r], of[np++] = pro;
+        ids[np] = c->ops.k, of[np++] = pro;
+        ids[np] = c->ops.v, of[np++] = pro;
+        ids[np] = c->ops.g, of[np++] = pro;
+        for (int r = 0; r < c->nreadouts; r++) ids[np] = c->ops.r[r], of[np++] = epi;
+        int nin = np;
+        for (int i = 0; i < nin; i++) {
+            if (ids[i] < 0) continue;
+            size_t n = part_elems(of[i], &of[i]->tensors[ids[i]], B, T);
+            const double *x = of[i] == pro ? pd[ids[i]] : ed[ids[i]];
+            buf[i] = malloc(n * sizeof(float));
+            for (size_t k = 0; k < n; k++) buf[i][k] = (float)x[k];
+            ptrs[i] = buf[i];
+        }
+        float *st = malloc(se * sizeof *st), *dst = malloc(se * sizeof *dst);
+        for (size_t k = 0; k < se; k++) st[k] = (float)s0[k], dst[k] = (float)ds1[k];
+        ptrs[np++] = state ? st : NULL;
+        ptrs[np++] = dst;
+        int o0 = np;
+        for (int r = 0; r < c->nreadouts; r++) ids[np++] = c->ops.q[r];
+        ids[np++] = c->ops.k;
+        ids[np++] = c->ops.v;
+        ids[np++] = c->ops.g;
+        for (int i = o0; i < np; i++) {
+            if (ids[i] < 0) continue;
+            size_t n = part_elems(pro, &pro->tensors[ids[i]], B, T);
+            buf[i] = malloc(n * sizeof(float));
+            for (size_t k = 0; k < n; k++) buf[i][k] = NAN;
+            ptrs[i] = buf[i];
+            isout[i] = 1;
+        }
+        size_t wsb = cuda_chunk_bwd_ws_bytes(c, B, T);
+        float *ws = malloc(wsb);
+        for (size_t k = 0; k < wsb / sizeof *ws; k++) ws[k] = NAN; /* the kernel pads and clears what it reads */
+        strbuf cu = {0}, name = {0};
+        if (cuda_chunk_bwd_emit(&cu, pl.ir, c, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
+        cuda_chunk_bwd_kernel_name(&name, pl.ir, c);
+        launch_fn launch;
+        void *h = build(sb_cstr(&cu), sb_cstr(&name), &launch);
+        cuda_launch l = cuda_chunk_bwd_launch(c, B);
+        assert_int_equal(launch(l.blocks, (int)l.threads, B, T, ws, ptrs), 0);
+        static const char *const onames[] = {"dq0", "dq1", "dq2", "dq3"};
+        for (int i = o0; i < np; i++) {
+            if (!isout[i]) continue;
+            const char *nm = i - o0 < c->nreadouts ? onames[(i - o0) & 3] : i == np - 3 ? "dk" : i == np - 2 ? "dv" : "dg";
+            double e = max_rel(buf[i], dpd[ids[i]], part_elems(pro, &pro->tensors[ids[i]], B, T));
+            if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): %s rel err %g", what, ci, C, (long long)T, nm, e);
+            printf("# backward %s core %d C=%d T=%lld%s %s rel %.2e\n", what, ci, C, (long long)T,
+                   state ? " from a state" : "", nm, e);
+        }
+        double e = max_rel(dst, ds0, se);
+        if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): d(initial state) rel err %g", what, ci, C, (long long)T, e);
+        printf("# backward %s core %d C=%d T=%lld d(initial state) rel %.2e\n", what, ci, C, (long long)T, e);
+        checked++;
+        dlclose(h);
+        sb_free(&cu);
+        sb_free(&name);
+        for (int i = 0; i < np; i++) free(buf[i]);
+        free(ws);
+        free(st);
+        free(dst);
+        free(s0);
+        free(ds1);
+        free(ds0);
+    }
+    if (!checked) fail_msg("%s: no core whose backward the cuda backend renders", what);
+    for (uint32_t i = 0; i < pro->ntensors; i++) free(pd[i]), free(dpd[i]);
+    for (uint32_t i = 0; i < epi->ntensors; i++) free(ed[i]);
+    free(pd);
+    free(dpd);
+    free(ed);
+    arena_free(&a);
+    diag_free(&d);
+}
+
+static void chunk_bwd_file(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state)
+{
+    size_t len;
+    char *src = test_slurp(rel, &len);
+    chunk_bwd_case(rel, src, len, dims, nd, B, T, C, state);
+    free(src);
+}
+
+/* No decay and a decay per head; readouts of S(t) and S(t-1); K and V not
+ * multiples of 16 (padding); T past a chunk and not a multiple of it; from a
+ * state and from zero; C = 16 and 64. The delta rule and a decay per key are
+ * refused by this version (cuda_chunk_bwd_supported). */
+static void test_chunk_cores_backward(void **state)
+{
+    (void)state;
+    if (!have_cxx) skip();
+    static const ssmc_dim small[] = {{"H", 2}, {"K", 24}, {"V", 20}};
+    chunk_bwd_file("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true);
+    chunk_bwd_file("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false);
+    chunk_bwd_file("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true);
+    chunk_bwd_file("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true);
+    static const char prev_model[] =
+        "model sp { dim H = 2, K = 20, V = 12; input q[T,H,K], p[T,H,K], k[T,H,K], v[T,H,V], g[T,H]; state S[H,K,V];"
+        " output y[T,H,V], z[T,H,V]; z[t,h,j] = sum(i: p[t,h,i] * S[h,i,j]);"
+        " S[h,i,j] = exp(-softplus(g[t,h])) * S[h,i,j] + k[t,h,i] * v[t,h,j]; y[t,h,j] = sum(i: q[t,h,i] * S[h,i,j]); }";
+    chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 2, 37, 16, true);
+    chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 1, 70, 64, false);
+    /* refused, with a message, until rendered */
+    diag d = {0};
+    plan_chunk_core key = {.decay = PASS_DECAY_KEY, .C = 16, .K = 16, .V = 16}, delta = {.delta = true, .C = 16, .K = 16, .V = 16};
+    assert_false(cuda_chunk_bwd_supported(&key, &d));
+    assert_false(cuda_chunk_bwd_supported(&delta, &d));
+    assert_non_null(strstr(sb_cstr(&d.text), "a decay per key"));
+    assert_non_null(strstr(sb_cstr(&d.text), "the delta rule"));
+    diag_free(&d);
+}
+
 /* ---- the chunked algorithm end to end: codegen/chunked_run.c's runner over
  * an emulated CUDA backend (the prologue's and epilogue's kernels of
  * codegen/cuda.c and the cores of codegen/cuda_chunk.c, each compiled with
@@ -920,6 +1087,7 @@ int main(void)
         cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_chunk_cores),
         cmocka_unit_test(test_chunk_cores_per_key),
+        cmocka_unit_test(test_chunk_cores_backward),
         cmocka_unit_test(test_chunk_parts),
         cmocka_unit_test(test_chunked_per_key_examples),
     };

@@ -1,0 +1,346 @@
+/* cuda_chunk_bwd.c: CUDA C of a chunked core's backward (chunked_run.h,
+ * core_backward; the CPU's reference is codegen/cpu_chunk.c), the same
+ * algorithm: the chunk start states recomputed from the run's initial state,
+ * then the chunks from the last, the cotangent dH of a chunk's end state
+ * carried to its start (the reverse chunk-state scan). This version renders
+ * no decay and a decay per head, readouts of S(t) and S(t-1); the delta rule
+ * and a decay per key are refused (cuda_chunk_bwd_supported).
+ *
+ * One block of 4 warps per (sequence, head). Per chunk of n <= C steps, with
+ * b the cumulative log-decay, H the start state, dH the end state's
+ * cotangent, Kt[s] = k_s exp(b_last - b_s), E_t = exp(b_tb) (tb = t, or t - 1
+ * for S(t-1); 1 where tb < 0), M[t][s] = exp(b_tb - b_s) for s <= tb, else 0:
+ *   carry:    dH0 = exp(b_last) dH; dK = diag(exp(b_last - b)) U dH^T;
+ *             dU = Kt dH; db_last += exp(b_last) <H, dH> + sum_s k_s . dK_s,
+ *             db_s -= k_s . dK_s;
+ *   readouts: P = dR H^T, D = dR U^T, S = Q K^T; W = M o D, A = M o S;
+ *             dQ = diag(E) P + W K; dK += W^T Q; dU += A^T dR;
+ *             dH0 += (diag(E) Q)^T dR; db_tb += E_t q_t . P_t + sum_s (M o S o D)[t][s],
+ *             db_s -= sum_t (M o S o D)[t][s];
+ *   dv = dU, dg_s = sum_{t >= s} db_t; dH <- dH0.
+ * Every matrix product is cb_mm: mma.sync m16n8k16 over 16 x 8 tiles, bf16
+ * operands formed from f32 as the fragments are loaded, f32 accumulators;
+ * the masks, the exponents and the reductions in f32. Every exponent is
+ * b_tb - b_s with s <= tb, b_last - b_s, b_last or b_tb: <= 0 where the
+ * decays are <= 1. The working matrices (K and V zero-padded to multiples of
+ * 16) and the chunk start states are the block's slice of the workspace in
+ * global memory (cuda_chunk_bwd_ws_bytes), not shared memory: the version
+ * that stages them in shared memory is still to do. As cuda_chunk.c, the
+ * source needs no header, and without __CUDA_ARCH__ the mma is the emulator's. */
+#include "codegen/cuda_chunk.h"
+
+#define THREADS 128
+
+static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+bool cuda_chunk_bwd_supported(const plan_chunk_core *c, diag *d)
+{
+    const char *why = c->delta                     ? "the delta rule"
+                      : c->decay == PASS_DECAY_KEY ? "a decay per key"
+                      : c->C % 16 || c->C > 64     ? "a chunk length that is not a multiple of 16 up to 64"
+                      : c->K > 256 || c->V > 256   ? "a key or value dim above 256"
+                                                   : NULL;
+    if (why && d)
+        diag_error(d, "cuda: the backward of the chunked core does not render %s yet (use --algo=recurrent, or the cpu "
+                      "device)", why);
+    return !why;
+}
+
+/* floats of a block's workspace besides the nch chunk start states */
+static size_t fixed_floats(const plan_chunk_core *c)
+{
+    size_t C = (size_t)c->C, KP = (size_t)round_up(c->K, 16), VP = (size_t)round_up(c->V, 16), NR = (size_t)c->nreadouts;
+    return 2 * KP * VP + (NR + 6) * C * KP + (NR + 2) * C * VP + 2 * C * C + 4 * C + 128;
+}
+
+size_t cuda_chunk_bwd_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T)
+{
+    size_t KP = (size_t)round_up(c->K, 16), VP = (size_t)round_up(c->V, 16), nch = (size_t)((T + c->C - 1) / c->C);
+    return (size_t)batch * (size_t)c->nheads * (nch * KP * VP + fixed_floats(c)) * sizeof(float);
+}
+
+cuda_launch cuda_chunk_bwd_launch(const plan_chunk_core *c, int64_t batch)
+{
+    return (cuda_launch){.blocks = batch * c->nheads, .threads = THREADS, .shared_bytes = 0};
+}
+
+void cuda_chunk_bwd_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c)
+{
+    sb_printf(out, "ssmc_%s_chunk_bwd_%s", m->name, m->tensors[c->state].name);
+}
+
+/* The kernel's body: one string per line (C11 promises literals of 4095 bytes only). */
+static const char *const body[] = {
+    "typedef unsigned short cb_b16;\n",
+    "__device__ __forceinline__ cb_b16 ck_bf16(float f)\n",
+    "{\n",
+    "    unsigned u = __float_as_uint(f);\n",
+    "    if ((u & 0x7fffffffu) > 0x7f800000u) return (cb_b16)((u >> 16) | 0x40u);\n",
+    "    u += 0x7fffu + ((u >> 16) & 1u);\n",
+    "    return (cb_b16)(u >> 16);\n",
+    "}\n",
+    "#ifdef __CUDA_ARCH__\n",
+    "__device__ __forceinline__ void ck_mma(float *d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)\n",
+    "{\n",
+    "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n\"\n",
+    "                 : \"+f\"(d[0]), \"+f\"(d[1]), \"+f\"(d[2]), \"+f\"(d[3])\n",
+    "                 : \"r\"(a0), \"r\"(a1), \"r\"(a2), \"r\"(a3), \"r\"(b0), \"r\"(b1));\n",
+    "}\n",
+    "#endif\n",
+    "__device__ __forceinline__ unsigned cb_pair(float x0, float x1) { return (unsigned)ck_bf16(x0) | (unsigned)ck_bf16(x1) << 16; }\n",
+    "/* D[m][n] = (acc ? D[m][n] : 0) + sum_k A(m, k) B(k, n), m < M, n < N (multiples of 16 and 8), k < KD (of 16),\n",
+    " * X(r, c) = X[r * xr + c * xc]: the block's 4 warps over the 16 x 8 tiles, bf16 operands, f32 accumulators;\n",
+    " * D is none of the operands */\n",
+    "__device__ void cb_mm(float *D, int ld, int M, int N, int KD, const float *A, int ar, int ac, const float *Bm, int br,\n",
+    "                      int bcs, int acc, int warp, int gq, int tq)\n",
+    "{\n",
+    "    const int nt = N / 8, tiles = M / 16 * nt;\n",
+    "    for (int tile = warp; tile < tiles; tile += 4) {\n",
+    "        const int m0 = tile / nt * 16, n0 = tile % nt * 8;\n",
+    "        float d[4];\n",
+    "        for (int e = 0; e < 4; e++) d[e] = acc ? D[(m0 + gq + (e >> 1) * 8) * ld + n0 + 2 * tq + (e & 1)] : 0.f;\n",
+    "        const float *a0 = A + (m0 + gq) * ar, *a1 = A + (m0 + gq + 8) * ar, *bb = Bm + (n0 + gq) * bcs;\n",
+    "        for (int k0 = 0; k0 < KD; k0 += 16) {\n",
+    "            const int k = k0 + 2 * tq;\n",
+    "            ck_mma(d, cb_pair(a0[k * ac], a0[(k + 1) * ac]), cb_pair(a1[k * ac], a1[(k + 1) * ac]),\n",
+    "                   cb_pair(a0[(k + 8) * ac], a0[(k + 9) * ac]), cb_pair(a1[(k + 8) * ac], a1[(k + 9) * ac]),\n",
+    "                   cb_pair(bb[k * br], bb[(k + 1) * br]), cb_pair(bb[(k + 8) * br], bb[(k + 9) * br]));\n",
+    "        }\n",
+    "        for (int e = 0; e < 4; e++) D[(m0 + gq + (e >> 1) * 8) * ld + n0 + 2 * tq + (e & 1)] = d[e];\n",
+    "    }\n",
+    "}\n",
+    "#define KV (CB_KP * CB_VP)\n",
+    "#define CKP (CB_C * CB_KP)\n",
+    "#define CVP (CB_C * CB_VP)\n",
+    "#define CC (CB_C * CB_C)\n",
+    "#define CB_ROW(t) (((b * T + c0 + (t)) * CB_NH + hh))\n",
+    "/* the chunk's cumulative log-decay bc, keys Kc, keys scaled to its end Kt = k_s exp(b_last - b_s), values U */\n",
+    "__device__ void cb_load_kv(const float *k, const float *v, const float *g, long long b, long long T, int hh, long long c0,\n",
+    "                           int n, float *bc, float *Kc, float *Kt, float *U, int tid)\n",
+    "{\n",
+    "    for (int t = tid; t < CB_C; t += 128) {\n",
+    "#if CB_DECAY\n",
+    "        bc[t] = t < n ? g[CB_ROW(t)] : 0.f;\n",
+    "#else\n",
+    "        bc[t] = 0.f;\n",
+    "#endif\n",
+    "    }\n",
+    "    __syncthreads();\n",
+    "    if (tid == 0)\n",
+    "        for (int t = 1; t < CB_C; t++) bc[t] += bc[t - 1];\n",
+    "    __syncthreads();\n",
+    "    const float blast = bc[n - 1];\n",
+    "    for (int x = tid; x < CKP; x += 128) {\n",
+    "        int t = x / CB_KP, i = x % CB_KP;\n",
+    "        float kv = t < n && i < CB_K ? k[CB_ROW(t) * CB_K + i] : 0.f;\n",
+    "        Kc[x] = kv;\n",
+    "        Kt[x] = t < n ? kv * expf(blast - bc[t]) : 0.f;\n",
+    "    }\n",
+    "    for (int x = tid; x < CVP; x += 128) {\n",
+    "        int t = x / CB_VP, j = x % CB_VP;\n",
+    "        U[x] = t < n && j < CB_V ? v[CB_ROW(t) * CB_V + j] : 0.f;\n",
+    "    }\n",
+    "}\n",
+    "extern \"C\" __global__ void __launch_bounds__(128) CB_NAME(long long B, long long T, float *ws CB_PARAMS)\n",
+    "{\n",
+    "    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;\n",
+    "    const long long blk = blockIdx.x;\n",
+    "    const int hh = (int)(blk % CB_NH);\n",
+    "    const long long b = blk / CB_NH;\n",
+    "    if (b >= B) return;\n",
+    "    const long long nch = (T + CB_C - 1) / CB_C;\n",
+    "    /* this block's workspace (cuda_chunk_bwd_ws_bytes), zero-padded matrices of f32 */\n",
+    "    float *Hs = ws + blk * (nch * KV + CB_FIXED); /* [nch][KP][VP] every chunk's start state */\n",
+    "    float *dH = Hs + nch * KV, *dH0 = dH + KV;     /* the cotangents of the chunk's end and start states */\n",
+    "    float *Qm = dH0 + KV;                          /* [NR][C][KP] */\n",
+    "    float *Kc = Qm + CB_NR * CKP, *Kt = Kc + CKP, *dQ = Kt + CKP, *dK = dQ + CKP, *Pm = dK + CKP, *Mk = Pm + CKP;\n",
+    "    float *U = Mk + CKP, *dR = U + CVP, *dU = dR + CB_NR * CVP; /* [C][VP], [NR][C][VP], [C][VP] */\n",
+    "    float *S = dU + CVP, *Dm = S + CC;                          /* [C][C] */\n",
+    "    float *bc = Dm + CC, *db = bc + CB_C, *rowv = db + CB_C, *colv = rowv + CB_C, *red = colv + CB_C; /* red: [128] */\n",
+    "    const long long sb = b * CB_SE + cb_head_off[hh];\n",
+    "    long long c0 = 0;\n",
+    "    /* the chunk start states, from the initial state */\n",
+    "    for (int x = tid; x < KV; x += 128) {\n",
+    "        int i = x / CB_VP, j = x % CB_VP;\n",
+    "        Hs[x] = state && i < CB_K && j < CB_V ? state[sb + i * CB_KSTR + j * CB_VSTR] : 0.f;\n",
+    "    }\n",
+    "    for (long long ch = 0; ch + 1 < nch; ch++) {\n",
+    "        c0 = ch * CB_C;\n",
+    "        __syncthreads();\n",
+    "        cb_load_kv(k, v, g, b, T, hh, c0, CB_C, bc, Kc, Kt, U, tid);\n",
+    "        const float e = expf(bc[CB_C - 1]);\n",
+    "        float *H0 = Hs + ch * KV, *H1 = H0 + KV;\n",
+    "        for (int x = tid; x < KV; x += 128) H1[x] = e * H0[x];\n",
+    "        __syncthreads();\n",
+    "        cb_mm(H1, CB_VP, CB_KP, CB_VP, CB_C, Kt, 1, CB_KP, U, CB_VP, 1, 1, warp, gq, tq); /* += Kt^T U */\n",
+    "    }\n",
+    "    /* the reverse chunk-state scan */\n",
+    "    for (int x = tid; x < KV; x += 128) {\n",
+    "        int i = x / CB_VP, j = x % CB_VP;\n",
+    "        dH[x] = dstate && i < CB_K && j < CB_V ? dstate[sb + i * CB_KSTR + j * CB_VSTR] : 0.f;\n",
+    "    }\n",
+    "    for (long long ch = nch - 1; ch >= 0; ch--) {\n",
+    "        c0 = ch * CB_C;\n",
+    "        const int n = (int)(T - c0 < CB_C ? T - c0 : CB_C), last = n - 1;\n",
+    "        const float *H = Hs + ch * KV;\n",
+    "        __syncthreads();\n",
+    "        cb_load_kv(k, v, g, b, T, hh, c0, n, bc, Kc, Kt, U, tid);\n",
+    "        for (int r = 0; r < CB_NR; r++) {\n",
+    "            const float *q = CB_Q(r), *dr = CB_DR(r);\n",
+    "            for (int x = tid; x < CKP; x += 128) {\n",
+    "                int t = x / CB_KP, i = x % CB_KP;\n",
+    "                Qm[r * CKP + x] = t < n && i < CB_K ? q[CB_ROW(t) * CB_K + i] : 0.f;\n",
+    "            }\n",
+    "            for (int x = tid; x < CVP; x += 128) {\n",
+    "                int t = x / CB_VP, j = x % CB_VP;\n",
+    "                dR[r * CVP + x] = t < n && j < CB_V ? dr[CB_ROW(t) * CB_V + j] : 0.f;\n",
+    "            }\n",
+    "        }\n",
+    "        const float blast = bc[last], eb = expf(blast);\n",
+    "        /* the carry H' = exp(b_last) H + sum_s exp(b_last - b_s) k_s U_s^T */\n",
+    "        float part = 0.f;\n",
+    "        for (int x = tid; x < KV; x += 128) {\n",
+    "            part += H[x] * dH[x];\n",
+    "            dH0[x] = eb * dH[x];\n",
+    "        }\n",
+    "        red[tid] = part;\n",
+    "        __syncthreads();\n",
+    "        cb_mm(Mk, CB_KP, CB_C, CB_KP, CB_VP, U, CB_VP, 1, dH, 1, CB_VP, 0, warp, gq, tq); /* U dH^T */\n",
+    "        cb_mm(dU, CB_VP, CB_C, CB_VP, CB_KP, Kt, CB_KP, 1, dH, CB_VP, 1, 0, warp, gq, tq); /* Kt dH */\n",
+    "        __syncthreads();\n",
+    "        for (int s = tid; s < CB_C; s += 128) {\n",
+    "            float e = s < n ? expf(blast - bc[s]) : 0.f, tb = 0.f;\n",
+    "            for (int i = 0; i < CB_KP; i++) {\n",
+    "                float m = e * Mk[s * CB_KP + i];\n",
+    "                dK[s * CB_KP + i] = m;\n",
+    "                tb += Kc[s * CB_KP + i] * m;\n",
+    "            }\n",
+    "            colv[s] = tb;\n",
+    "            db[s] = -tb;\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "        if (tid == 0) {\n",
+    "            float hd = 0.f, tot = 0.f;\n",
+    "            for (int x = 0; x < 128; x++) hd += red[x];\n",
+    "            for (int t = 0; t < n; t++) tot += colv[t];\n",
+    "            db[last] += eb * hd + tot;\n",
+    "        }\n",
+    "        /* the readouts R_t = exp(b_tb) H^T q_t + sum_{s <= tb} exp(b_tb - b_s) (q_t . k_s) U_s, tb = t (t - 1 for S(t-1)) */\n",
+    "        for (int r = 0; r < CB_NR; r++) {\n",
+    "            const int prev = (CB_PREV >> r) & 1;\n",
+    "            float *Q = Qm + r * CKP, *dRr = dR + r * CVP;\n",
+    "            __syncthreads();\n",
+    "            cb_mm(Pm, CB_KP, CB_C, CB_KP, CB_VP, dRr, CB_VP, 1, H, 1, CB_VP, 0, warp, gq, tq); /* dR H^T */\n",
+    "            cb_mm(Dm, CB_C, CB_C, CB_C, CB_VP, dRr, CB_VP, 1, U, 1, CB_VP, 0, warp, gq, tq);  /* dR U^T */\n",
+    "            cb_mm(S, CB_C, CB_C, CB_C, CB_KP, Q, CB_KP, 1, Kc, 1, CB_KP, 0, warp, gq, tq);    /* Q K^T */\n",
+    "            __syncthreads();\n",
+    "            for (int t = tid; t < CB_C; t += 128) {\n",
+    "                const int tb = t - prev;\n",
+    "                float row = 0.f, col = 0.f;\n",
+    "                if (t < n && tb >= 0) {\n",
+    "                    float qp = 0.f;\n",
+    "                    for (int i = 0; i < CB_KP; i++) qp += Q[t * CB_KP + i] * Pm[t * CB_KP + i];\n",
+    "                    row = expf(bc[tb]) * qp;\n",
+    "                    for (int s = 0; s <= tb; s++) row += expf(bc[tb] - bc[s]) * S[t * CB_C + s] * Dm[t * CB_C + s];\n",
+    "                }\n",
+    "                for (int u = t + prev; u < n; u++) col += expf(bc[u - prev] - bc[t]) * S[u * CB_C + t] * Dm[u * CB_C + t];\n",
+    "                rowv[t] = row;\n",
+    "                colv[t] = col;\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "            for (int x = tid; x < CC; x += 128) {\n",
+    "                int t = x / CB_C, s = x % CB_C, tb = t - prev;\n",
+    "                float m = t < n && s <= tb ? expf(bc[tb] - bc[s]) : 0.f;\n",
+    "                Dm[x] *= m;\n",
+    "                S[x] *= m;\n",
+    "            }\n",
+    "            for (int x = tid; x < CKP; x += 128) {\n",
+    "                int t = x / CB_KP, tb = t - prev;\n",
+    "                dQ[x] = t < n ? (tb >= 0 ? expf(bc[tb]) : 1.f) * Pm[x] : 0.f;\n",
+    "            }\n",
+    "            for (int t = tid; t < CB_C; t += 128) db[t] += (t + prev < n ? rowv[t + prev] : 0.f) - colv[t];\n",
+    "            __syncthreads();\n",
+    "            cb_mm(dQ, CB_KP, CB_C, CB_KP, CB_C, Dm, CB_C, 1, Kc, CB_KP, 1, 1, warp, gq, tq);  /* += W K */\n",
+    "            cb_mm(dK, CB_KP, CB_C, CB_KP, CB_C, Dm, 1, CB_C, Q, CB_KP, 1, 1, warp, gq, tq);   /* += W^T Q */\n",
+    "            cb_mm(dU, CB_VP, CB_C, CB_VP, CB_C, S, 1, CB_C, dRr, CB_VP, 1, 1, warp, gq, tq);  /* += A^T dR */\n",
+    "            __syncthreads();\n",
+    "            float *dq = CB_DQ(r);\n",
+    "            for (int x = tid; x < CKP; x += 128) {\n",
+    "                int t = x / CB_KP, i = x % CB_KP, tb = t - prev;\n",
+    "                if (t < n && i < CB_K) dq[CB_ROW(t) * CB_K + i] = dQ[x];\n",
+    "                Q[x] *= t < n ? (tb >= 0 ? expf(bc[tb]) : 1.f) : 0.f;\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "            cb_mm(dH0, CB_VP, CB_KP, CB_VP, CB_C, Q, 1, CB_KP, dRr, CB_VP, 1, 1, warp, gq, tq); /* += (E Q)^T dR */\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "        for (int x = tid; x < CKP; x += 128) {\n",
+    "            int t = x / CB_KP, i = x % CB_KP;\n",
+    "            if (t < n && i < CB_K) dk[CB_ROW(t) * CB_K + i] = dK[x];\n",
+    "        }\n",
+    "        for (int x = tid; x < CVP; x += 128) {\n",
+    "            int t = x / CB_VP, j = x % CB_VP;\n",
+    "            if (t < n && j < CB_V) dv[CB_ROW(t) * CB_V + j] = dU[x];\n",
+    "        }\n",
+    "#if CB_DECAY\n",
+    "        /* b_t = g_0 + .. + g_t: dg_s = sum_{t >= s} db_t */\n",
+    "        if (tid == 0) {\n",
+    "            float acc = 0.f;\n",
+    "            for (int t = n - 1; t >= 0; t--) dg[CB_ROW(t)] = acc += db[t];\n",
+    "        }\n",
+    "#endif\n",
+    "        for (int x = tid; x < KV; x += 128) dH[x] = dH0[x];\n",
+    "    }\n",
+    "    __syncthreads();\n",
+    "    if (dstate)\n",
+    "        for (int x = tid; x < KV; x += 128) {\n",
+    "            int i = x / CB_VP, j = x % CB_VP;\n",
+    "            if (i < CB_K && j < CB_V) dstate[sb + i * CB_KSTR + j * CB_VSTR] = dH[x];\n",
+    "        }\n",
+    "}\n",
+};
+
+static void pick(strbuf *out, const char *macro, const char *prefix, int n)
+{
+    sb_printf(out, "#define %s(r) (", macro);
+    for (int r = 0; r < n; r++) sb_printf(out, "%sr == %d ? %s%d", r ? " : " : "", r, prefix, r);
+    sb_printf(out, " : %s0)\n", prefix);
+}
+
+ssmc_status cuda_chunk_bwd_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, diag *d)
+{
+    if (!cuda_chunk_bwd_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
+    int KP = round_up(c->K, 16), VP = round_up(c->V, 16);
+    strbuf name = {0};
+    cuda_chunk_bwd_kernel_name(&name, m, c);
+    sb_printf(out, "// ssmc: the backward of the chunked core of state %s of model %s (codegen/cuda_chunk_bwd.c)\n",
+              m->tensors[c->state].name, m->name);
+    sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d), V = %d (padded to %d), decay %s\n", c->C,
+              c->nheads, c->K, KP, c->V, VP, c->decay == PASS_DECAY_NONE ? "none" : "one per head");
+    unsigned prev = 0;
+    for (int r = 0; r < c->nreadouts; r++) prev |= (unsigned)c->prev[r] << r;
+    sb_printf(out, "#define CB_NAME %s\n#define CB_C %d\n#define CB_K %d\n#define CB_KP %d\n#define CB_V %d\n#define CB_VP %d\n"
+                   "#define CB_NH %d\n#define CB_NR %d\n#define CB_DECAY %d\n#define CB_PREV %uu\n#define CB_SE %lldLL\n"
+                   "#define CB_KSTR %lldLL\n#define CB_VSTR %lldLL\n#define CB_FIXED %lldLL\n",
+              sb_cstr(&name), c->C, c->K, KP, c->V, VP, c->nheads, c->nreadouts, (int)c->decay, prev,
+              (long long)c->state_elems, (long long)c->key_stride, (long long)c->value_stride,
+              (long long)fixed_floats(c));
+    /* parameters: every readout's q, k, v, g, every readout's dR, the state, its cotangent (in: of h(T), out: of
+     * the initial state), every readout's dq, dk, dv, dg */
+    sb_puts(out, "#define CB_PARAMS ");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ q%d", r);
+    sb_puts(out, ", const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ g");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ dr%d", r);
+    sb_puts(out, ", const float *__restrict__ state, float *__restrict__ dstate");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", float *__restrict__ dq%d", r);
+    sb_puts(out, ", float *__restrict__ dk, float *__restrict__ dv, float *__restrict__ dg\n");
+    pick(out, "CB_Q", "q", c->nreadouts);
+    pick(out, "CB_DR", "dr", c->nreadouts);
+    pick(out, "CB_DQ", "dq", c->nreadouts);
+    sb_printf(out, "__constant__ long long cb_head_off[%d] = {", c->nheads);
+    for (int i = 0; i < c->nheads; i++) sb_printf(out, "%s%lldLL", i ? ", " : "", (long long)c->head_off[i]);
+    sb_puts(out, "};\n");
+    for (size_t i = 0; i < sizeof body / sizeof *body; i++) sb_puts(out, body[i]);
+    sb_free(&name);
+    return out->failed ? SSMC_ERR_NOMEM : SSMC_OK;
+}
