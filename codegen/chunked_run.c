@@ -153,10 +153,17 @@ ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backen
 
 const plan_chunked *chunked_plan(const chunked_state *s) { return s->p->chunked; }
 
-bool chunked_has_backward(const chunked_state *s) { return s->h->core_backward != NULL; }
+bool chunked_has_backward(const chunked_state *s, diag *d)
+{
+    if (!s->h->core_backward) return false;
+    for (int c = 0; s->h->core_has_backward && c < s->p->chunked->ncores; c++)
+        if (!s->h->core_has_backward(s->ctx, s->cores[c], d)) return false;
+    return true;
+}
 
 ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, diag *d)
 {
+    if (s->h->core_run_host) return s->h->core_run_host(s->ctx, s->cores[c], batch, T, io, d);
     return s->h->core_run(s->ctx, s->cores[c], batch, T, io, NULL, d);
 }
 

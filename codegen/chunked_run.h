@@ -48,11 +48,18 @@ typedef struct chunk_hooks {
     ssmc_status (*core_run)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,
                             diag *d);
     void (*core_free)(void *ctx, void *core);
-    /* the core's backward over T steps (chunk_core_grad_io): chunk states
-     * recomputed from io->state, then the chunks in reverse; NULL where the
-     * backend has none (gradients of a chunked model are then refused) */
+    /* the core's backward over T steps (chunk_core_grad_io) on host memory:
+     * chunk states recomputed from io->state, then the chunks in reverse;
+     * NULL where the backend has none (gradients of a chunked model are then
+     * refused) */
     ssmc_status (*core_backward)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
                                  void *stream, diag *d);
+    /* whether core_backward renders this core (false with the reason in d
+     * when d); NULL: every core */
+    bool (*core_has_backward)(void *ctx, void *core, diag *d);
+    /* core_run on host memory (chunked_core_forward); NULL: core_run takes
+     * host memory itself (a CPU backend) */
+    ssmc_status (*core_run_host)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, diag *d);
 } chunk_hooks;
 
 typedef struct chunked_state chunked_state;
@@ -68,11 +75,13 @@ ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backen
 void chunked_free(chunked_state *s);
 
 /* For the chunked backward (driver/grad_chunked.c), which runs the parts
- * itself: the plan, and core c's forward (hooks.core_run) and backward
- * (hooks.core_backward) on host memory; chunked_core_backward is
- * SSMC_ERR_UNSUPPORTED, said in d, where the backend has no core backward. */
+ * itself: the plan, and core c's forward (hooks.core_run_host, or core_run)
+ * and backward (hooks.core_backward) on host memory; chunked_has_backward is
+ * false, with the reason in d when d, where the backend has no core backward
+ * or does not render one of the cores'; chunked_core_backward is then
+ * SSMC_ERR_UNSUPPORTED, said in d. */
 const plan_chunked *chunked_plan(const chunked_state *s);
-bool chunked_has_backward(const chunked_state *s);
+bool chunked_has_backward(const chunked_state *s, diag *d);
 ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, diag *d);
 ssmc_status chunked_core_backward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_grad_io *io,
                                   diag *d);

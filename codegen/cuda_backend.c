@@ -53,6 +53,8 @@ typedef struct cuda_state {
     chunked_state *chunked; /* a chunked plan: its parts (then the fields above serve the host copies) */
     CUdeviceptr cws;      /* the chunked runs' workspace */
     size_t cws_cap;
+    CUdeviceptr gbuf;     /* the chunked cores' runs on host memory (the chunked gradients): their copies */
+    size_t gbuf_cap;
     CUmodule helpers;     /* codegen/cuda.h's helper kernels, loaded at their first use */
     CUfunction convert[SSMC_NDTYPES][SSMC_NDTYPES], sum_rows[SSMC_NDTYPES];
     pthread_mutex_t lock;
@@ -203,6 +205,7 @@ static void state_free(void *state)
         rt_cuda_free(s->gpu, s->buf, &err);
         rt_cuda_free(s->gpu, s->ws, &err);
         rt_cuda_free(s->gpu, s->cws, &err);
+        rt_cuda_free(s->gpu, s->gbuf, &err);
     }
     sb_free(&err);
     rt_cuda_close(s->gpu);
@@ -221,6 +224,7 @@ typedef struct cuda_core {
     cuda_state *s;
     const plan_chunk_core *c;
     cuda_kernel k[2][SSMC_NDTYPES]; /* [state given][its dtype] */
+    cuda_kernel bk;                 /* the backward (codegen/cuda_chunk_bwd.c) */
 } cuda_core;
 
 static void *chunk_workspace(void *ctx, size_t bytes, diag *d)
@@ -270,6 +274,7 @@ static void core_free(void *ctx, void *core)
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < SSMC_NDTYPES; j++)
             if (k->k[i][j].mod) rt_cuda_module_unload(k->s->gpu, k->k[i][j].mod, &err);
+    if (k->bk.mod) rt_cuda_module_unload(k->s->gpu, k->bk.mod, &err);
     sb_free(&err);
     free(k);
 }
@@ -328,6 +333,166 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     return st;
 }
 
+/* ---- the cores on host memory (driver/grad_chunked.c): every tensor copied
+ * into one device buffer (cuda_state.gbuf, kept and grown), the run, the
+ * results copied back ---- */
+
+typedef struct staged {
+    const void *host; /* NULL: absent */
+    size_t bytes;
+    bool in, out;     /* copied in before the run, back after it */
+    CUdeviceptr dev;
+} staged;
+
+/* Places the n tensors and `extra` bytes (dev[n]: their address) in gbuf and copies the inputs in. */
+static ssmc_status stage_in(cuda_state *s, staged *t, int n, size_t extra, CUdeviceptr *extra_dev, diag *d)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += t[i].host ? (t[i].bytes + 255) / 256 * 256 : 0;
+    total += (extra + 255) / 256 * 256 + 256;
+    strbuf err = {0};
+    ssmc_status st = SSMC_OK;
+    if (total > s->gbuf_cap) {
+        if ((st = rt_cuda_sync(s->gpu, &err)) == SSMC_OK && s->gbuf) st = rt_cuda_free(s->gpu, s->gbuf, &err);
+        s->gbuf = 0;
+        s->gbuf_cap = 0;
+        if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, total, &s->gbuf, &err)) == SSMC_OK) s->gbuf_cap = total;
+        if (st != SSMC_OK) return fail(d, st, &err, "allocating the chunked core's device copies");
+    }
+    CUdeviceptr at = s->gbuf;
+    for (int i = 0; i < n; i++) {
+        t[i].dev = 0;
+        if (!t[i].host) continue;
+        t[i].dev = at;
+        at += (t[i].bytes + 255) / 256 * 256;
+        if (t[i].in && t[i].bytes && (st = rt_cuda_htod(s->gpu, t[i].dev, t[i].host, t[i].bytes, &err)) != SSMC_OK)
+            return fail(d, st, &err, "copying the chunked core's operands to the device");
+    }
+    *extra_dev = at;
+    return SSMC_OK;
+}
+
+static ssmc_status stage_out(cuda_state *s, const staged *t, int n, diag *d)
+{
+    strbuf err = {0};
+    ssmc_status st = rt_cuda_sync(s->gpu, &err);
+    for (int i = 0; st == SSMC_OK && i < n; i++)
+        if (t[i].host && t[i].out && t[i].bytes)
+            st = rt_cuda_dtoh(s->gpu, (void *)t[i].host, t[i].dev, t[i].bytes, &err);
+    return st ? fail(d, st, &err, "copying the chunked core's results from the device") : SSMC_OK;
+}
+
+#define DEV(i) ((void *)(uintptr_t)t[i].dev)
+
+static ssmc_status core_run_host(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, diag *d)
+{
+    cuda_core *k = core;
+    cuda_state *s = ctx;
+    const plan_chunk_core *c = k->c;
+    size_t rows = (size_t)(batch * T * c->nheads), f = sizeof(float), K = (size_t)c->K, V = (size_t)c->V;
+    size_t gw = c->decay == PASS_DECAY_KEY ? K : 1;
+    staged t[2 * PASS_MAX_READOUTS + 8] = {{0}};
+    int n = 0, nr = c->nreadouts;
+    for (int r = 0; r < nr; r++) t[n++] = (staged){io->q[r], rows * K * f, true, false, 0};
+    t[n++] = (staged){io->k, rows * K * f, true, false, 0};
+    t[n++] = (staged){io->v, rows * V * f, true, false, 0};
+    t[n++] = (staged){io->g, rows * gw * f, true, false, 0};
+    t[n++] = (staged){io->beta, rows * f, true, false, 0};
+    t[n++] = (staged){io->w, rows * K * f, true, false, 0};
+    for (int r = 0; r < nr; r++) t[n++] = (staged){io->r[r], rows * V * f, false, true, 0};
+    t[n++] = (staged){io->state, (size_t)batch * (size_t)c->state_elems * dtype_size(io->state_dtype), true, true, 0};
+    CUdeviceptr none;
+    pthread_mutex_lock(&s->lock);
+    ssmc_status st = stage_in(s, t, n, 0, &none, d);
+    if (st == SSMC_OK) {
+        chunk_core_io dio = {.k = DEV(nr), .v = DEV(nr + 1), .g = DEV(nr + 2), .beta = DEV(nr + 3), .w = DEV(nr + 4),
+                             .state = DEV(n - 1), .state_dtype = io->state_dtype};
+        for (int r = 0; r < nr; r++) {
+            dio.q[r] = DEV(r);
+            dio.r[r] = DEV(nr + 5 + r);
+        }
+        st = core_run(ctx, core, batch, T, &dio, NULL, d);
+    }
+    if (st == SSMC_OK) st = stage_out(s, t, n, d);
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
+
+static bool core_has_backward(void *ctx, void *core, diag *d)
+{
+    (void)ctx;
+    return cuda_chunk_bwd_supported(((cuda_core *)core)->c, d);
+}
+
+static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
+                                 void *stream, diag *d)
+{
+    (void)stream;
+    cuda_core *k = core;
+    cuda_state *s = ctx;
+    const plan_chunk_core *c = k->c;
+    if (!cuda_chunk_bwd_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
+    strbuf src = {0}, name = {0}, err = {0}, pn = {0};
+    ssmc_status st = SSMC_OK;
+    pthread_mutex_lock(&s->lock);
+    cuda_chunk_bwd_kernel_name(&name, s->m, c);
+    if (!k->bk.fn) {
+        char *image = NULL;
+        size_t len = 0;
+        st = cuda_chunk_bwd_emit(&src, s->m, c, d);
+        if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
+        if (st == SSMC_OK) st = build_image(s->nvrtc, prog_name(&pn, s->m), sb_cstr(&src), s->arch, true, &image, &len, d);
+        if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &k->bk.mod, &err)) != SSMC_OK)
+            fail(d, st, &err, "loading the chunked core's backward kernel");
+        if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, k->bk.mod, sb_cstr(&name), &k->bk.fn, &err)) != SSMC_OK)
+            fail(d, st, &err, "finding the chunked core's backward kernel");
+        free(image);
+    }
+    size_t rows = (size_t)(batch * T * c->nheads), f = sizeof(float), K = (size_t)c->K, V = (size_t)c->V;
+    size_t se = (size_t)batch * (size_t)c->state_elems * f;
+    staged t[3 * PASS_MAX_READOUTS + 10] = {{0}};
+    int n = 0, nr = c->nreadouts;
+    for (int r = 0; r < nr; r++) t[n++] = (staged){io->q[r], rows * K * f, true, false, 0};
+    t[n++] = (staged){io->k, rows * K * f, true, false, 0};
+    t[n++] = (staged){io->v, rows * V * f, true, false, 0};
+    t[n++] = (staged){io->g, rows * f, true, false, 0};
+    for (int r = 0; r < nr; r++) t[n++] = (staged){io->dr[r], rows * V * f, true, false, 0};
+    t[n++] = (staged){io->state, se, true, false, 0};
+    t[n++] = (staged){io->dstate, se, true, true, 0};
+    for (int r = 0; r < nr; r++) t[n++] = (staged){io->dq[r], rows * K * f, false, true, 0};
+    t[n++] = (staged){io->dk, rows * K * f, false, true, 0};
+    t[n++] = (staged){io->dv, rows * V * f, false, true, 0};
+    t[n++] = (staged){io->dg, rows * f, false, true, 0};
+    CUdeviceptr ws = 0;
+    cuda_launch l = cuda_chunk_bwd_launch(c, batch);
+    if (st == SSMC_OK && l.blocks > 0x7fffffff) {
+        diag_error(d, "cuda: the chunked core's backward of a batch of %lld needs too many blocks", (long long)batch);
+        st = SSMC_ERR_ARG;
+    }
+    if (st == SSMC_OK) st = stage_in(s, t, n, cuda_chunk_bwd_ws_bytes(c, batch, T), &ws, d);
+    if (st == SSMC_OK) {
+        long long B = batch, TT = T;
+        void *params[3 * PASS_MAX_READOUTS + 16];
+        int np = 0;
+        params[np++] = &B;
+        params[np++] = &TT;
+        params[np++] = &ws;
+        for (int i = 0; i < n; i++) params[np++] = &t[i].dev;
+        unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
+        if ((st = rt_cuda_launch(s->gpu, k->bk.fn, grid, block, l.shared_bytes, NULL, params, &err)) != SSMC_OK)
+            fail(d, st, &err, "launching the chunked core's backward kernel");
+    }
+    if (st == SSMC_OK) st = stage_out(s, t, n, d);
+    pthread_mutex_unlock(&s->lock);
+    sb_free(&src);
+    sb_free(&name);
+    sb_free(&err);
+    sb_free(&pn);
+    return st;
+}
+
+#undef DEV
+
 static const chunk_hooks cuda_chunk_hooks = {
     .be = &cuda_backend,
     .workspace = chunk_workspace,
@@ -335,7 +500,12 @@ static const chunk_hooks cuda_chunk_hooks = {
     .core_compile = core_compile,
     .core_run = core_run,
     .core_free = core_free,
+    .core_backward = core_backward,
+    .core_has_backward = core_has_backward,
+    .core_run_host = core_run_host,
 };
+
+static struct chunked_state *cuda_chunked(void *state) { return ((cuda_state *)state)->chunked; }
 
 static plan_target cuda_target(const ssmc_options *o)
 {
@@ -812,5 +982,6 @@ const backend cuda_backend = {
     .run_device = cuda_run_device,
     .decode = cuda_decode,
     .reverse = true, /* codegen/cuda.c runs a reverse model's steps from T-1 down */
+    .chunked = cuda_chunked,
     .mem = &cuda_mem,
 };

@@ -102,7 +102,7 @@ static ssmc_status prepare(ssmc_model *m, grad_chunked **out)
     if (*slot) return SSMC_OK;
     const backend *be = api_model_backend(m);
     chunked_state *cs = be->chunked ? be->chunked(api_model_state(m)) : NULL;
-    if (!cs || !chunked_has_backward(cs) || !be->reverse) {
+    if (!cs || !chunked_has_backward(cs, d) || !be->reverse) {
         diag_error(d, "gradients of the chunked algorithm need the backward of its core, which the %s backend does not "
                       "have yet (use --algo=recurrent, or the cpu device)", be->name);
         return SSMC_ERR_UNSUPPORTED;

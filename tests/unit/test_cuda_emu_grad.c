@@ -46,6 +46,28 @@ static void test_edge_models(void **state)
     grad_run_cases(cases, grad_edge_cases(cases, 32), true);
 }
 
+/* The chunked algorithm's gradients on the cuda device (driver/grad_chunked.c
+ * with the cuda core backward, codegen/cuda_chunk_bwd.c) against the
+ * interpreter's, at bf16's tolerance. */
+static void test_chunked(void **state)
+{
+    (void)state;
+    if (!have_emu) skip();
+    gcase cases[8];
+    grad_run_cases(cases, grad_chunked_cases(cases, 8), true);
+    /* the cores the cuda core backward does not render yet are refused, saying which */
+    static const struct {
+        const char *file, *why;
+    } refused[] = {{"examples/gla.ssm", "a decay per key"}, {"examples/fla_delta_rule.ssm", "the delta rule"}};
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        gcase c = {.file = refused[i].file, .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 1, .T = 20,
+                   .dt = SSMC_F32, .states = true, .host = true, .chunk = 16};
+        char msg[2048] = "";
+        if (grad_case(&c, msg, sizeof msg) || !strstr(msg, refused[i].why) || !strstr(msg, "backward of the chunked core"))
+            fail_msg("%s on the cuda device, chunked: not refused for %s: %s", refused[i].file, refused[i].why, msg);
+    }
+}
+
 /* The CLI's gradients on the cuda device, checked against the interpreter's
  * by the CLI itself (f32 and bf16 tensors). */
 static void test_cli_grad_verify(void **state)
@@ -106,6 +128,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
+        cmocka_unit_test(test_chunked),
         cmocka_unit_test(test_cli_grad_verify),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -184,7 +184,8 @@ int nvrtcDestroyProgram(emu_prog **p)
     return 0;
 }
 
-// The names of the source's kernels: extern "C" __global__ void [__launch_bounds__(N)] NAME(
+// The names of the source's kernels: extern "C" __global__ void [__launch_bounds__(N)] NAME(, where NAME
+// may be a macro of the source (#define NAME name: the chunked kernels, codegen/cuda_chunk.c)
 static std::vector<std::string> kernels(const std::string &src)
 {
     std::vector<std::string> out;
@@ -193,7 +194,13 @@ static std::vector<std::string> kernels(const std::string &src)
         size_t p = at + key.size();
         if (src.compare(p, 18, "__launch_bounds__(") == 0) p = src.find(')', p) + 2;
         size_t e = src.find('(', p);
-        out.push_back(src.substr(p, e - p));
+        std::string name = src.substr(p, e - p), def = "#define " + name + " ";
+        size_t d = src.find(def);
+        if (d != std::string::npos) {
+            size_t v = d + def.size(), end = src.find('\n', v);
+            name = src.substr(v, end == std::string::npos ? std::string::npos : end - v);
+        }
+        out.push_back(name);
     }
     return out;
 }

@@ -43,6 +43,10 @@ static bool run_open(run *r, const gcase *c, ssmc_device dev, const char *src, s
     r->ctx = ssmc_ctx_new();
     ssmc_options o = {.device = dev, .model = c->model, .dims = c->dims.dims, .ndims = c->dims.ndims,
                       .grad_chunk = c->C};
+    if (c->chunk > 0 && dev == SSMC_DEVICE_CUDA) {
+        o.algo = SSMC_ALGO_CHUNKED;
+        o.chunk = c->chunk;
+    }
     if (ssmc_compile(r->ctx, c->file, src, len, &o, &r->m) != SSMC_OK) {
         snprintf(msg, cap, "compile: %s", ssmc_ctx_error(r->ctx));
         return false;
@@ -195,7 +199,7 @@ bool grad_case(const gcase *c, char *msg, size_t cap)
     }
     ok = ok && train(&ri, c, SSMC_F64, false, val, cot, res[0], grad[0], msg, cap) &&
          train(&rc, c, c->dt, !c->host, val, cot, res[1], grad[1], msg, cap);
-    double tol = c->dt == SSMC_F32 ? 1e-5 : 2e-2;
+    double tol = c->dt == SSMC_F32 && c->chunk <= 0 ? 1e-5 : 2e-2;
     for (int i = 0; ok && i < ri.n; i++) {
         ssmc_role role = ri.info[i].role;
         if (role == SSMC_OUTPUT || (role == SSMC_STATE && c->states))
@@ -360,4 +364,23 @@ int grad_edge_cases(gcase *cases, int max)
     cases[nc++] = (gcase){.file = "tests/gpu/edge.ssm", .model = "mix", .B = 1, .T = 9, .C = 2, .dt = SSMC_F32,
                           .states = true};
     return nc;
+}
+
+int grad_chunked_cases(gcase *cases, int max)
+{
+    /* no decay and a decay per head; T past a chunk and not a multiple of it; segments of one chunk (grad_chunk =
+     * C) and of several (grad_chunk = 0: ceil(sqrt(n)) chunks); from states and from zero */
+    static const gcase all[] = {
+        {.file = "examples/fla_simple_gla.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 20}, {"V", 12}}}, .B = 2,
+         .T = 37, .C = 0, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
+        {.file = "examples/fla_simple_gla.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 20}, {"V", 12}}}, .B = 2,
+         .T = 70, .C = 16, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
+        {.file = "examples/mamba2.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"P", 8}, {"N", 16}}}, .B = 1,
+         .T = 45, .C = 0, .dt = SSMC_F32, .states = false, .host = true, .chunk = 16},
+        {.file = "examples/fla_linear_attn.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 2,
+         .T = 21, .C = 0, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
+    };
+    int n = 0;
+    for (size_t i = 0; i < sizeof all / sizeof *all && n < max; i++) cases[n++] = all[i];
+    return n;
 }

@@ -22,6 +22,8 @@ typedef struct gcase {
     ssmc_dtype dt;
     bool states; /* initial states given (and final-state cotangents); else the inits */
     bool host;   /* ssmc_forward_train / ssmc_backward on the cuda device instead of the device entry points */
+    int chunk;   /* > 0: the cuda model compiled with SSMC_ALGO_CHUNKED, chunks of `chunk` steps (the tolerance
+                  * is then bf16's: the cores' matrix products take bf16 operands) */
 } gcase;
 
 /* One case; false with the reason in msg. */
@@ -35,5 +37,8 @@ void grad_run_cases(const gcase *cases, int n, bool fork_them);
  * three) and every edge model (tests/gpu/edge.ssm); return how many. */
 int grad_example_cases(gcase *cases, int max);
 int grad_edge_cases(gcase *cases, int max);
+/* The chunked algorithm's gradients on the cuda device (the host API): the
+ * examples whose cores the cuda core backward renders. */
+int grad_chunked_cases(gcase *cases, int max);
 
 #endif
