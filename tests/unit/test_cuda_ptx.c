@@ -515,6 +515,78 @@ static void test_chunk_cores_registers(void **state)
     }
 }
 
+/* The chunked cores' backward (codegen/cuda_chunk_bwd.c) of every example
+ * whose core it renders, at its dims and C = 16 and 64, to PTX for sm_90,
+ * each taking the parameters core_backward passes (B, T, ws, every readout's
+ * q, k, v, g, every readout's dR, the state, dstate, every readout's dq, dk,
+ * dv, dg); at the benchmark shape (K = V = 128, C = 64) to a cubin, ptxas's
+ * numbers printed. */
+static void test_chunk_backward_to_ptx(void **state)
+{
+    (void)state;
+    if (!nvrtc) skip();
+    char names[64][128];
+    int n = test_list_examples(names, 64), cores = 0;
+    static const ssmc_dim big[] = {{"H", 16}, {"K", 128}, {"V", 128}};
+    for (int i = 0; i < n + 1; i++) {
+        const char *file = i < n ? names[i] : "examples/fla_simple_gla.ssm";
+        size_t len;
+        char *text = test_slurp(file, &len);
+        for (int C = 64; C >= 16; C -= 48) {
+            if (i == n && C == 16) break;
+            arena a;
+            arena_init(&a);
+            diag d = {0};
+            pipeline pl;
+            if (chunk_plan(&a, &d, file, text, len, i < n ? NULL : big, i < n ? 0 : 3, C, &pl)) {
+                const plan_chunked *ch = pl.plan->chunked;
+                for (int ci = 0; ci < ch->ncores; ci++) {
+                    const plan_chunk_core *c = &ch->cores[ci];
+                    if (!cuda_chunk_bwd_supported(c, NULL)) continue;
+                    strbuf src = {0}, name = {0}, log = {0}, entry = {0};
+                    if (cuda_chunk_bwd_emit(&src, pl.ir, c, &d) != SSMC_OK) fail_msg("%s: %s", file, sb_cstr(&d.text));
+                    cuda_program_name(&name, pl.ir);
+                    static const char *const verbose[] = {"--ptxas-options=-v"};
+                    bool cubin = i == n;
+                    char *out = NULL;
+                    size_t olen;
+                    if (rt_nvrtc_compile(nvrtc, sb_cstr(&src), sb_cstr(&name), "sm_90", cubin, cubin ? verbose : NULL,
+                                         cubin ? 1 : 0, &out, &olen, &log) != SSMC_OK)
+                        fail_msg("%s (chunked core backward of %s, C = %d):\n%s", file, pl.ir->tensors[c->state].name, C,
+                                 sb_cstr(&log));
+                    if (cubin) {
+                        printf("# %s chunked core backward at K = V = 128, C = 64: %d registers, %d bytes stack frame, %d "
+                               "bytes spilled\n",
+                               file, ptxas_number(sb_cstr(&log), "registers"),
+                               ptxas_number(sb_cstr(&log), "bytes stack frame"),
+                               ptxas_number(sb_cstr(&log), "bytes spill stores"));
+                    } else {
+                        cuda_chunk_bwd_kernel_name(&entry, pl.ir, c);
+                        assert_non_null(strstr(out, sb_cstr(&entry)));
+                        assert_non_null(strstr(out, "mma.sync.aligned.m16n8k16"));
+                        int want = 3 + 3 * c->nreadouts + 3 + 2 + 3, got = 0;
+                        for (const char *q = strstr(out, ".entry"); q && *q && *q != ')'; q++) got += strncmp(q, ".param", 6) == 0;
+                        if (got != want)
+                            fail_msg("%s: the chunked backward takes %d parameters, core_backward passes %d", file, got, want);
+                        cores++;
+                    }
+                    free(out);
+                    sb_free(&src);
+                    sb_free(&name);
+                    sb_free(&log);
+                    sb_free(&entry);
+                }
+            }
+            diag_free(&d);
+            arena_free(&a);
+        }
+        free(text);
+    }
+    /* no decay or a decay per head: fla_simple_gla, fla_linear_attn, linear_attn (two cores), mamba2, ... at both C */
+    printf("# %d chunked core backwards to PTX\n", cores);
+    assert_true(cores >= 8);
+}
+
 static int setup(void **state)
 {
     strbuf err = {0};
@@ -544,6 +616,7 @@ int main(void)
         cmocka_unit_test(test_plans_keep_states_in_registers),
         cmocka_unit_test(test_chunk_cores_to_ptx),
         cmocka_unit_test(test_chunk_cores_registers),
+        cmocka_unit_test(test_chunk_backward_to_ptx),
     };
     const char *only = getenv("SSMC_PTX_FILTER"); /* e.g. test_chunk_*: the tests to run, when one is being worked on */
     if (only && *only) cmocka_set_test_filter(only);
