@@ -450,12 +450,13 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     }
     size_t rows = (size_t)(batch * T * c->nheads), f = sizeof(float), K = (size_t)c->K, V = (size_t)c->V;
     size_t se = (size_t)batch * (size_t)c->state_elems * f;
-    staged t[3 * PASS_MAX_READOUTS + 10] = {{0}};
+    staged t[3 * PASS_MAX_READOUTS + 12] = {{0}};
     int n = 0, nr = c->nreadouts;
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->q[r], rows * K * f, true, false, 0};
     t[n++] = (staged){io->k, rows * K * f, true, false, 0};
     t[n++] = (staged){io->v, rows * V * f, true, false, 0};
     t[n++] = (staged){io->g, rows * f, true, false, 0};
+    t[n++] = (staged){io->beta, rows * f, true, false, 0};
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->dr[r], rows * V * f, true, false, 0};
     t[n++] = (staged){io->state, se, true, false, 0};
     t[n++] = (staged){io->dstate, se, true, true, 0};
@@ -463,6 +464,8 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     t[n++] = (staged){io->dk, rows * K * f, false, true, 0};
     t[n++] = (staged){io->dv, rows * V * f, false, true, 0};
     t[n++] = (staged){io->dg, rows * f, false, true, 0};
+    t[n++] = (staged){io->dbeta, rows * f, false, true, 0};
+    t[n++] = (staged){io->dw, rows * K * f, false, true, 0};
     CUdeviceptr ws = 0;
     cuda_launch l = cuda_chunk_bwd_launch(c, batch);
     if (st == SSMC_OK && l.blocks > 0x7fffffff) {

@@ -25,11 +25,13 @@ ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_cor
 /* The core's backward (codegen/cuda_chunk_bwd.c): the kernel
  * (cuda_chunk_bwd_kernel_name) takes (long long B, long long T, float *ws (its
  * workspace, cuda_chunk_bwd_ws_bytes for the run's batch and T), then every
- * readout's q, k, v, g (NULL without a decay), every readout's dR, the state
- * before the first step (f32, the state's layout; NULL: zero), dstate (in:
- * the cotangent of h(T), NULL: zero; out: the gradient of the initial state,
- * NULL: dropped), every readout's dq, dk, dv, dg (NULL without a decay)), f32
- * canonical tensors, over cuda_chunk_bwd_launch's grid. */
+ * readout's q, k, v, g (NULL without a decay), beta (NULL without the delta
+ * rule), every readout's dR, the state before the first step (f32, the
+ * state's layout; NULL: zero), dstate (in: the cotangent of h(T), NULL: zero;
+ * out: the gradient of the initial state, NULL: dropped), every readout's dq,
+ * dk, dv, dg, dbeta, dw (NULL where the operand is absent; with the delta
+ * rule the whole gradient along k = w is in dk, dw is zero)), f32 canonical
+ * tensors, over cuda_chunk_bwd_launch's grid. */
 bool cuda_chunk_bwd_supported(const plan_chunk_core *c, diag *d);
 size_t cuda_chunk_bwd_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T);
 cuda_launch cuda_chunk_bwd_launch(const plan_chunk_core *c, int64_t batch);

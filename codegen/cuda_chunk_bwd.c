@@ -3,8 +3,8 @@
  * algorithm: the chunk start states recomputed from the run's initial state,
  * then the chunks from the last, the cotangent dH of a chunk's end state
  * carried to its start (the reverse chunk-state scan). This version renders
- * no decay and a decay per head, readouts of S(t) and S(t-1); the delta rule
- * and a decay per key are refused (cuda_chunk_bwd_supported).
+ * no decay and a decay per head, with and without the delta rule, readouts of
+ * S(t) and S(t-1); a decay per key is refused (cuda_chunk_bwd_supported).
  *
  * One block of 4 warps per (sequence, head). Per chunk of n <= C steps, with
  * b the cumulative log-decay, H the start state, dH the end state's
@@ -17,7 +17,14 @@
  *             dQ = diag(E) P + W K; dK += W^T Q; dU += A^T dR;
  *             dH0 += (diag(E) Q)^T dR; db_tb += E_t q_t . P_t + sum_s (M o S o D)[t][s],
  *             db_s -= sum_t (M o S o D)[t][s];
- *   dv = dU, dg_s = sum_{t >= s} db_t; dH <- dH0.
+ *   delta rule (U = (I + L)^-1 (V - diag(beta exp(b)) K H), recomputed the
+ *             forward's way): dRHS = (I + L)^-T dU by back substitution;
+ *             dL = -(dRHS U^T) below the diagonal, F = dL o beta exp(b_t - b_s):
+ *             dK += F K + F^T K, dbeta, db; the correction: Y = dRHS H^T,
+ *             dK -= diag(beta exp(b)) Y, dH0 -= (diag(beta exp(b)) K)^T dRHS;
+ *             dv = dRHS (else dv = dU); k and w are one vector (passes/chunk.c):
+ *             the whole gradient along it in dk, dw zero;
+ *   dg_s = sum_{t >= s} db_t; dH <- dH0.
  * Every matrix product is cb_mm: mma.sync m16n8k16 over 16 x 8 tiles, bf16
  * operands formed from f32 as the fragments are loaded, f32 accumulators;
  * the masks, the exponents and the reductions in f32. Every exponent is
@@ -35,8 +42,7 @@ static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 bool cuda_chunk_bwd_supported(const plan_chunk_core *c, diag *d)
 {
-    const char *why = c->delta                     ? "the delta rule"
-                      : c->decay == PASS_DECAY_KEY ? "a decay per key"
+    const char *why = c->decay == PASS_DECAY_KEY ? "a decay per key"
                       : c->C % 16 || c->C > 64     ? "a chunk length that is not a multiple of 16 up to 64"
                       : c->K > 256 || c->V > 256   ? "a key or value dim above 256"
                                                    : NULL;
@@ -50,7 +56,7 @@ bool cuda_chunk_bwd_supported(const plan_chunk_core *c, diag *d)
 static size_t fixed_floats(const plan_chunk_core *c)
 {
     size_t C = (size_t)c->C, KP = (size_t)round_up(c->K, 16), VP = (size_t)round_up(c->V, 16), NR = (size_t)c->nreadouts;
-    return 2 * KP * VP + (NR + 6) * C * KP + (NR + 2) * C * VP + 2 * C * C + 4 * C + 128;
+    return 2 * KP * VP + (NR + 6) * C * KP + (NR + 3) * C * VP + 4 * C * C + 6 * C + 128;
 }
 
 size_t cuda_chunk_bwd_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T)
@@ -115,14 +121,17 @@ static const char *const body[] = {
     "#define CC (CB_C * CB_C)\n",
     "#define CB_ROW(t) (((b * T + c0 + (t)) * CB_NH + hh))\n",
     "/* the chunk's cumulative log-decay bc, keys Kc, keys scaled to its end Kt = k_s exp(b_last - b_s), values U */\n",
-    "__device__ void cb_load_kv(const float *k, const float *v, const float *g, long long b, long long T, int hh, long long c0,\n",
-    "                           int n, float *bc, float *Kc, float *Kt, float *U, int tid)\n",
+    "__device__ void cb_load_kv(const float *k, const float *v, const float *g, const float *beta, long long b, long long T,\n",
+    "                           int hh, long long c0, int n, float *bc, float *bs, float *Kc, float *Kt, float *U, int tid)\n",
     "{\n",
     "    for (int t = tid; t < CB_C; t += 128) {\n",
     "#if CB_DECAY\n",
     "        bc[t] = t < n ? g[CB_ROW(t)] : 0.f;\n",
     "#else\n",
     "        bc[t] = 0.f;\n",
+    "#endif\n",
+    "#if CB_DELTA\n",
+    "        bs[t] = t < n ? beta[CB_ROW(t)] : 0.f;\n",
     "#endif\n",
     "    }\n",
     "    __syncthreads();\n",
@@ -141,6 +150,34 @@ static const char *const body[] = {
     "        U[x] = t < n && j < CB_V ? v[CB_ROW(t) * CB_V + j] : 0.f;\n",
     "    }\n",
     "}\n",
+    "#if CB_DELTA\n",
+    "/* the delta rule's pseudo-values from the chunk's start state H: WW = K K^T, L[t][s] = beta_t WW[t][s] exp(b_t - b_s)\n",
+    " * (s < t), U = (I + L)^-1 (V - diag(beta exp(b)) K H) by forward substitution, a value column a thread (Z: scratch) */\n",
+    "__device__ void cb_delta_values(const float *H, const float *Kc, const float *bc, const float *bs, int n, float *WW,\n",
+    "                                float *L, float *Z, float *U, int tid, int warp, int gq, int tq)\n",
+    "{\n",
+    "    __syncthreads();\n",
+    "    cb_mm(WW, CB_C, CB_C, CB_C, CB_KP, Kc, CB_KP, 1, Kc, 1, CB_KP, 0, warp, gq, tq); /* K K^T */\n",
+    "    cb_mm(Z, CB_VP, CB_C, CB_VP, CB_KP, Kc, CB_KP, 1, H, CB_VP, 1, 0, warp, gq, tq);  /* K H */\n",
+    "    __syncthreads();\n",
+    "    for (int x = tid; x < CC; x += 128) {\n",
+    "        int t = x / CB_C, s = x % CB_C;\n",
+    "        L[x] = t < n && s < t ? bs[t] * WW[x] * expf(bc[t] - bc[s]) : 0.f;\n",
+    "    }\n",
+    "    for (int x = tid; x < CVP; x += 128) {\n",
+    "        int t = x / CB_VP;\n",
+    "        if (t < n) U[x] -= bs[t] * expf(bc[t]) * Z[x];\n",
+    "    }\n",
+    "    __syncthreads();\n",
+    "    for (int j = tid; j < CB_VP; j += 128)\n",
+    "        for (int t = 1; t < n; t++) {\n",
+    "            float acc = U[t * CB_VP + j];\n",
+    "            for (int s = 0; s < t; s++) acc -= L[t * CB_C + s] * U[s * CB_VP + j];\n",
+    "            U[t * CB_VP + j] = acc;\n",
+    "        }\n",
+    "    __syncthreads();\n",
+    "}\n",
+    "#endif\n",
     "extern \"C\" __global__ void __launch_bounds__(128) CB_NAME(long long B, long long T, float *ws CB_PARAMS)\n",
     "{\n",
     "    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;\n",
@@ -157,6 +194,7 @@ static const char *const body[] = {
     "    float *U = Mk + CKP, *dR = U + CVP, *dU = dR + CB_NR * CVP; /* [C][VP], [NR][C][VP], [C][VP] */\n",
     "    float *S = dU + CVP, *Dm = S + CC;                          /* [C][C] */\n",
     "    float *bc = Dm + CC, *db = bc + CB_C, *rowv = db + CB_C, *colv = rowv + CB_C, *red = colv + CB_C; /* red: [128] */\n",
+    "    float *WW = red + 128, *Lm = WW + CC, *dRHS = Lm + CC, *bs = dRHS + CVP, *dbs = bs + CB_C; /* the delta rule's */\n",
     "    const long long sb = b * CB_SE + cb_head_off[hh];\n",
     "    long long c0 = 0;\n",
     "    /* the chunk start states, from the initial state */\n",
@@ -167,9 +205,12 @@ static const char *const body[] = {
     "    for (long long ch = 0; ch + 1 < nch; ch++) {\n",
     "        c0 = ch * CB_C;\n",
     "        __syncthreads();\n",
-    "        cb_load_kv(k, v, g, b, T, hh, c0, CB_C, bc, Kc, Kt, U, tid);\n",
+    "        cb_load_kv(k, v, g, beta, b, T, hh, c0, CB_C, bc, bs, Kc, Kt, U, tid);\n",
     "        const float e = expf(bc[CB_C - 1]);\n",
     "        float *H0 = Hs + ch * KV, *H1 = H0 + KV;\n",
+    "#if CB_DELTA\n",
+    "        cb_delta_values(H0, Kc, bc, bs, CB_C, WW, Lm, dRHS, U, tid, warp, gq, tq);\n",
+    "#endif\n",
     "        for (int x = tid; x < KV; x += 128) H1[x] = e * H0[x];\n",
     "        __syncthreads();\n",
     "        cb_mm(H1, CB_VP, CB_KP, CB_VP, CB_C, Kt, 1, CB_KP, U, CB_VP, 1, 1, warp, gq, tq); /* += Kt^T U */\n",
@@ -184,7 +225,10 @@ static const char *const body[] = {
     "        const int n = (int)(T - c0 < CB_C ? T - c0 : CB_C), last = n - 1;\n",
     "        const float *H = Hs + ch * KV;\n",
     "        __syncthreads();\n",
-    "        cb_load_kv(k, v, g, b, T, hh, c0, n, bc, Kc, Kt, U, tid);\n",
+    "        cb_load_kv(k, v, g, beta, b, T, hh, c0, n, bc, bs, Kc, Kt, U, tid);\n",
+    "#if CB_DELTA\n",
+    "        cb_delta_values(H, Kc, bc, bs, n, WW, Lm, dRHS, U, tid, warp, gq, tq);\n",
+    "#endif\n",
     "        for (int r = 0; r < CB_NR; r++) {\n",
     "            const float *q = CB_Q(r), *dr = CB_DR(r);\n",
     "            for (int x = tid; x < CKP; x += 128) {\n",
@@ -274,13 +318,65 @@ static const char *const body[] = {
     "            cb_mm(dH0, CB_VP, CB_KP, CB_VP, CB_C, Q, 1, CB_KP, dRr, CB_VP, 1, 1, warp, gq, tq); /* += (E Q)^T dR */\n",
     "        }\n",
     "        __syncthreads();\n",
+    "#if CB_DELTA\n",
+    "        /* through U = (I + L)^-1 RHS: dRHS = (I + L)^-T dU by back substitution, a value column a thread */\n",
+    "        for (int j = tid; j < CB_VP; j += 128)\n",
+    "            for (int t = CB_C - 1; t >= 0; t--) {\n",
+    "                float acc = 0.f;\n",
+    "                if (t < n) {\n",
+    "                    acc = dU[t * CB_VP + j];\n",
+    "                    for (int s = t + 1; s < n; s++) acc -= Lm[s * CB_C + t] * dRHS[s * CB_VP + j];\n",
+    "                }\n",
+    "                dRHS[t * CB_VP + j] = acc;\n",
+    "            }\n",
+    "        __syncthreads();\n",
+    "        cb_mm(S, CB_C, CB_C, CB_C, CB_VP, dRHS, CB_VP, 1, U, 1, CB_VP, 0, warp, gq, tq);     /* G = dRHS U^T, dL = -G */\n",
+    "        cb_mm(Pm, CB_KP, CB_C, CB_KP, CB_VP, dRHS, CB_VP, 1, H, 1, CB_VP, 0, warp, gq, tq);  /* Y = dRHS H^T */\n",
+    "        __syncthreads();\n",
+    "        /* L[t][s] = beta_t (k_t . k_s) exp(b_t - b_s): F = dL beta exp(b_t - b_s) into Dm; the correction\n",
+    "         * RHS_t = v_t - beta_t exp(b_t) H^T k_t: dk_t -= beta_t exp(b_t) Y_t, dH0 -= (diag(beta exp(b)) K)^T dRHS */\n",
+    "        for (int t = tid; t < CB_C; t += 128) {\n",
+    "            float dbeta = 0.f, row = 0.f, col = 0.f, wy = 0.f, et = t < n ? expf(bc[t]) : 0.f;\n",
+    "            for (int s = 0; s < CB_C; s++) {\n",
+    "                float dl = t < n && s < t ? -S[t * CB_C + s] : 0.f, e = t < n && s < t ? expf(bc[t] - bc[s]) : 0.f;\n",
+    "                dbeta += dl * WW[t * CB_C + s] * e;\n",
+    "                Dm[t * CB_C + s] = dl * bs[t] * e;\n",
+    "                row += dl * Lm[t * CB_C + s];\n",
+    "                float dl2 = s < n && t < s ? -S[s * CB_C + t] : 0.f;\n",
+    "                col += dl2 * Lm[s * CB_C + t];\n",
+    "            }\n",
+    "            for (int i = 0; i < CB_KP; i++) wy += Kc[t * CB_KP + i] * Pm[t * CB_KP + i];\n",
+    "            dbs[t] = dbeta - et * wy;\n",
+    "            db[t] += row - col - bs[t] * et * wy;\n",
+    "        }\n",
+    "        for (int x = tid; x < CKP; x += 128) {\n",
+    "            int t = x / CB_KP;\n",
+    "            float f = t < n ? bs[t] * expf(bc[t]) : 0.f;\n",
+    "            dK[x] -= f * Pm[x];\n",
+    "            Mk[x] = -f * Kc[x];\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "        cb_mm(dK, CB_KP, CB_C, CB_KP, CB_C, Dm, CB_C, 1, Kc, CB_KP, 1, 1, warp, gq, tq);  /* += F K */\n",
+    "        cb_mm(dK, CB_KP, CB_C, CB_KP, CB_C, Dm, 1, CB_C, Kc, CB_KP, 1, 1, warp, gq, tq);  /* += F^T K */\n",
+    "        cb_mm(dH0, CB_VP, CB_KP, CB_VP, CB_C, Mk, 1, CB_KP, dRHS, CB_VP, 1, 1, warp, gq, tq); /* -= (beta e^b K)^T dRHS */\n",
+    "        __syncthreads();\n",
+    "        const float *dV = dRHS;\n",
+    "        /* k and w are one vector (passes/chunk.c): the whole gradient along it in dk, dw zero */\n",
+    "        for (int x = tid; x < CKP; x += 128) {\n",
+    "            int t = x / CB_KP, i = x % CB_KP;\n",
+    "            if (t < n && i < CB_K) dw[CB_ROW(t) * CB_K + i] = 0.f;\n",
+    "        }\n",
+    "        for (int t = tid; t < n; t += 128) dbeta[CB_ROW(t)] = dbs[t];\n",
+    "#else\n",
+    "        const float *dV = dU;\n",
+    "#endif\n",
     "        for (int x = tid; x < CKP; x += 128) {\n",
     "            int t = x / CB_KP, i = x % CB_KP;\n",
     "            if (t < n && i < CB_K) dk[CB_ROW(t) * CB_K + i] = dK[x];\n",
     "        }\n",
     "        for (int x = tid; x < CVP; x += 128) {\n",
     "            int t = x / CB_VP, j = x % CB_VP;\n",
-    "            if (t < n && j < CB_V) dv[CB_ROW(t) * CB_V + j] = dU[x];\n",
+    "            if (t < n && j < CB_V) dv[CB_ROW(t) * CB_V + j] = dV[x];\n",
     "        }\n",
     "#if CB_DECAY\n",
     "        /* b_t = g_0 + .. + g_t: dg_s = sum_{t >= s} db_t */\n",
@@ -315,25 +411,27 @@ ssmc_status cuda_chunk_bwd_emit(strbuf *out, const ir_model *m, const plan_chunk
     cuda_chunk_bwd_kernel_name(&name, m, c);
     sb_printf(out, "// ssmc: the backward of the chunked core of state %s of model %s (codegen/cuda_chunk_bwd.c)\n",
               m->tensors[c->state].name, m->name);
-    sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d), V = %d (padded to %d), decay %s\n", c->C,
-              c->nheads, c->K, KP, c->V, VP, c->decay == PASS_DECAY_NONE ? "none" : "one per head");
+    sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d), V = %d (padded to %d), decay %s%s\n", c->C,
+              c->nheads, c->K, KP, c->V, VP, c->decay == PASS_DECAY_NONE ? "none" : "one per head",
+              c->delta ? ", delta rule" : "");
     unsigned prev = 0;
     for (int r = 0; r < c->nreadouts; r++) prev |= (unsigned)c->prev[r] << r;
     sb_printf(out, "#define CB_NAME %s\n#define CB_C %d\n#define CB_K %d\n#define CB_KP %d\n#define CB_V %d\n#define CB_VP %d\n"
-                   "#define CB_NH %d\n#define CB_NR %d\n#define CB_DECAY %d\n#define CB_PREV %uu\n#define CB_SE %lldLL\n"
+                   "#define CB_NH %d\n#define CB_NR %d\n#define CB_DECAY %d\n#define CB_DELTA %d\n#define CB_PREV %uu\n#define CB_SE %lldLL\n"
                    "#define CB_KSTR %lldLL\n#define CB_VSTR %lldLL\n#define CB_FIXED %lldLL\n",
-              sb_cstr(&name), c->C, c->K, KP, c->V, VP, c->nheads, c->nreadouts, (int)c->decay, prev,
+              sb_cstr(&name), c->C, c->K, KP, c->V, VP, c->nheads, c->nreadouts, (int)c->decay, c->delta, prev,
               (long long)c->state_elems, (long long)c->key_stride, (long long)c->value_stride,
               (long long)fixed_floats(c));
-    /* parameters: every readout's q, k, v, g, every readout's dR, the state, its cotangent (in: of h(T), out: of
-     * the initial state), every readout's dq, dk, dv, dg */
+    /* parameters: every readout's q, k, v, g, beta, every readout's dR, the state, its cotangent (in: of h(T),
+     * out: of the initial state), every readout's dq, dk, dv, dg, dbeta, dw */
     sb_puts(out, "#define CB_PARAMS ");
     for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ q%d", r);
-    sb_puts(out, ", const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ g");
+    sb_puts(out, ", const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ g, const float *__restrict__ beta");
     for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ dr%d", r);
     sb_puts(out, ", const float *__restrict__ state, float *__restrict__ dstate");
     for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", float *__restrict__ dq%d", r);
-    sb_puts(out, ", float *__restrict__ dk, float *__restrict__ dv, float *__restrict__ dg\n");
+    sb_puts(out, ", float *__restrict__ dk, float *__restrict__ dv, float *__restrict__ dg, float *__restrict__ dbeta, "
+                 "float *__restrict__ dw\n");
     pick(out, "CB_Q", "q", c->nreadouts);
     pick(out, "CB_DR", "dr", c->nreadouts);
     pick(out, "CB_DQ", "dq", c->nreadouts);

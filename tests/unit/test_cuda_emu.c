@@ -640,18 +640,26 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
             for (int i = 0; i < c->K; i++) nrm += x[i] * x[i];
             for (int i = 0; i < c->K; i++) x[i] /= sqrt(nrm) + 1e-3;
         }
+        if (c->delta) {
+            for (size_t k = 0; k < rows; k++) pd[c->ops.beta][k] = 0.5 * (1 + pd[c->ops.beta][k]); /* [0, 1) */
+            memcpy(pd[c->ops.w], pd[c->ops.k], rows * (size_t)c->K * sizeof(double));
+        }
         double *s0 = malloc(se * sizeof *s0), *ds1 = malloc(se * sizeof *ds1), *ds0 = malloc(se * sizeof *ds0);
         for (size_t k = 0; k < se; k++) s0[k] = state ? uniform() : 0, ds1[k] = uniform();
         chunk_ref_core_backward(c, pd, state ? s0 : NULL, ed, ds1, dpd, ds0, B, T);
+        /* k and w are one vector: the gradient along it is the sum (the kernel's is all in dk) */
+        if (c->delta)
+            for (size_t k = 0; k < rows * (size_t)c->K; k++) dpd[c->ops.k][k] += dpd[c->ops.w][k], dpd[c->ops.w][k] = 0;
         /* f32 copies: q.., k, v, g, dR.., the state, its cotangent, then dq.., dk, dv, dg (poisoned) */
-        void *ptrs[3 * PASS_MAX_READOUTS + 10] = {0};
-        float *buf[3 * PASS_MAX_READOUTS + 10] = {0};
-        int np = 0, ids[3 * PASS_MAX_READOUTS + 10], isout[3 * PASS_MAX_READOUTS + 10] = {0};
-        const ir_model *of[3 * PASS_MAX_READOUTS + 10];
+        void *ptrs[3 * PASS_MAX_READOUTS + 12] = {0};
+        float *buf[3 * PASS_MAX_READOUTS + 12] = {0};
+        int np = 0, ids[3 * PASS_MAX_READOUTS + 12], isout[3 * PASS_MAX_READOUTS + 12] = {0};
+        const ir_model *of[3 * PASS_MAX_READOUTS + 12];
         for (int r = 0; r < c->nreadouts; r++) ids[np] = c->ops.q[r], of[np++] = pro;
         ids[np] = c->ops.k, of[np++] = pro;
         ids[np] = c->ops.v, of[np++] = pro;
         ids[np] = c->ops.g, of[np++] = pro;
+        ids[np] = c->ops.beta, of[np++] = pro;
         for (int r = 0; r < c->nreadouts; r++) ids[np] = c->ops.r[r], of[np++] = epi;
         int nin = np;
         for (int i = 0; i < nin; i++) {
@@ -671,6 +679,8 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
         ids[np++] = c->ops.k;
         ids[np++] = c->ops.v;
         ids[np++] = c->ops.g;
+        ids[np++] = c->ops.beta;
+        ids[np++] = c->ops.w;
         for (int i = o0; i < np; i++) {
             if (ids[i] < 0) continue;
             size_t n = part_elems(pro, &pro->tensors[ids[i]], B, T);
@@ -692,7 +702,8 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
         static const char *const onames[] = {"dq0", "dq1", "dq2", "dq3"};
         for (int i = o0; i < np; i++) {
             if (!isout[i]) continue;
-            const char *nm = i - o0 < c->nreadouts ? onames[(i - o0) & 3] : i == np - 3 ? "dk" : i == np - 2 ? "dv" : "dg";
+            static const char *const rest[] = {"dk", "dv", "dg", "dbeta", "dw"};
+            const char *nm = i - o0 < c->nreadouts ? onames[(i - o0) & 3] : rest[i - o0 - c->nreadouts];
             double e = max_rel(buf[i], dpd[ids[i]], part_elems(pro, &pro->tensors[ids[i]], B, T));
             if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): %s rel err %g", what, ci, C, (long long)T, nm, e);
             printf("# backward %s core %d C=%d T=%lld%s %s rel %.2e\n", what, ci, C, (long long)T,
@@ -731,10 +742,10 @@ static void chunk_bwd_file(const char *rel, const ssmc_dim *dims, int nd, int64_
     free(src);
 }
 
-/* No decay and a decay per head; readouts of S(t) and S(t-1); K and V not
- * multiples of 16 (padding); T past a chunk and not a multiple of it; from a
- * state and from zero; C = 16 and 64. The delta rule and a decay per key are
- * refused by this version (cuda_chunk_bwd_supported). */
+/* No decay and a decay per head, the delta rule plain and gated; readouts of
+ * S(t) and S(t-1); K and V not multiples of 16 (padding); T past a chunk and
+ * not a multiple of it; from a state and from zero; C = 16 and 64. A decay
+ * per key is refused by this version (cuda_chunk_bwd_supported). */
 static void test_chunk_cores_backward(void **state)
 {
     (void)state;
@@ -750,13 +761,15 @@ static void test_chunk_cores_backward(void **state)
         " S[h,i,j] = exp(-softplus(g[t,h])) * S[h,i,j] + k[t,h,i] * v[t,h,j]; y[t,h,j] = sum(i: q[t,h,i] * S[h,i,j]); }";
     chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 2, 37, 16, true);
     chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 1, 70, 64, false);
+    /* the delta rule, plain and gated */
+    chunk_bwd_file("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true);
+    chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true);
+    chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 2}, {"K", 12}, {"V", 10}}, 3, 1, 45, 16, false);
     /* refused, with a message, until rendered */
     diag d = {0};
-    plan_chunk_core key = {.decay = PASS_DECAY_KEY, .C = 16, .K = 16, .V = 16}, delta = {.delta = true, .C = 16, .K = 16, .V = 16};
+    plan_chunk_core key = {.decay = PASS_DECAY_KEY, .C = 16, .K = 16, .V = 16};
     assert_false(cuda_chunk_bwd_supported(&key, &d));
-    assert_false(cuda_chunk_bwd_supported(&delta, &d));
     assert_non_null(strstr(sb_cstr(&d.text), "a decay per key"));
-    assert_non_null(strstr(sb_cstr(&d.text), "the delta rule"));
     diag_free(&d);
 }
 

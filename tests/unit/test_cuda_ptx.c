@@ -518,8 +518,8 @@ static void test_chunk_cores_registers(void **state)
 /* The chunked cores' backward (codegen/cuda_chunk_bwd.c) of every example
  * whose core it renders, at its dims and C = 16 and 64, to PTX for sm_90,
  * each taking the parameters core_backward passes (B, T, ws, every readout's
- * q, k, v, g, every readout's dR, the state, dstate, every readout's dq, dk,
- * dv, dg); at the benchmark shape (K = V = 128, C = 64) to a cubin, ptxas's
+ * q, k, v, g, beta, every readout's dR, the state, dstate, every readout's
+ * dq, dk, dv, dg, dbeta, dw); at the benchmark shape (K = V = 128, C = 64) to a cubin, ptxas's
  * numbers printed. */
 static void test_chunk_backward_to_ptx(void **state)
 {
@@ -528,12 +528,13 @@ static void test_chunk_backward_to_ptx(void **state)
     char names[64][128];
     int n = test_list_examples(names, 64), cores = 0;
     static const ssmc_dim big[] = {{"H", 16}, {"K", 128}, {"V", 128}};
-    for (int i = 0; i < n + 1; i++) {
-        const char *file = i < n ? names[i] : "examples/fla_simple_gla.ssm";
+    static const char *const bench[] = {"examples/fla_simple_gla.ssm", "examples/gated_deltanet.ssm"};
+    for (int i = 0; i < n + 2; i++) {
+        const char *file = i < n ? names[i] : bench[i - n];
         size_t len;
         char *text = test_slurp(file, &len);
         for (int C = 64; C >= 16; C -= 48) {
-            if (i == n && C == 16) break;
+            if (i >= n && C == 16) break;
             arena a;
             arena_init(&a);
             diag d = {0};
@@ -547,7 +548,7 @@ static void test_chunk_backward_to_ptx(void **state)
                     if (cuda_chunk_bwd_emit(&src, pl.ir, c, &d) != SSMC_OK) fail_msg("%s: %s", file, sb_cstr(&d.text));
                     cuda_program_name(&name, pl.ir);
                     static const char *const verbose[] = {"--ptxas-options=-v"};
-                    bool cubin = i == n;
+                    bool cubin = i >= n;
                     char *out = NULL;
                     size_t olen;
                     if (rt_nvrtc_compile(nvrtc, sb_cstr(&src), sb_cstr(&name), "sm_90", cubin, cubin ? verbose : NULL,
@@ -564,7 +565,7 @@ static void test_chunk_backward_to_ptx(void **state)
                         cuda_chunk_bwd_kernel_name(&entry, pl.ir, c);
                         assert_non_null(strstr(out, sb_cstr(&entry)));
                         assert_non_null(strstr(out, "mma.sync.aligned.m16n8k16"));
-                        int want = 3 + 3 * c->nreadouts + 3 + 2 + 3, got = 0;
+                        int want = 3 + 3 * c->nreadouts + 4 + 2 + 5, got = 0;
                         for (const char *q = strstr(out, ".entry"); q && *q && *q != ')'; q++) got += strncmp(q, ".param", 6) == 0;
                         if (got != want)
                             fail_msg("%s: the chunked backward takes %d parameters, core_backward passes %d", file, got, want);

@@ -38,7 +38,8 @@ void grad_run_cases(const gcase *cases, int n, bool fork_them);
 int grad_example_cases(gcase *cases, int max);
 int grad_edge_cases(gcase *cases, int max);
 /* The chunked algorithm's gradients on the cuda device (the host API): the
- * examples whose cores the cuda core backward renders. */
+ * examples whose cores the cuda core backward renders (no decay, a decay per
+ * head, the delta rule). */
 int grad_chunked_cases(gcase *cases, int max);
 
 #endif
