@@ -227,20 +227,27 @@ typedef struct cuda_core {
     cuda_kernel bk;                 /* the backward (codegen/cuda_chunk_bwd.c) */
 } cuda_core;
 
+/* A device buffer of at least `bytes` in *buf (capacity *cap), reallocated
+ * when too small; the old one may still be read by work in flight, so the
+ * device is synchronised before it is freed. */
+static ssmc_status grow_buffer(cuda_state *s, CUdeviceptr *buf, size_t *cap, size_t bytes, const char *what, diag *d)
+{
+    if (bytes <= *cap) return SSMC_OK;
+    strbuf err = {0};
+    ssmc_status st = rt_cuda_sync(s->gpu, &err);
+    if (st == SSMC_OK && *buf) st = rt_cuda_free(s->gpu, *buf, &err);
+    *buf = 0;
+    *cap = 0;
+    if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, bytes, buf, &err)) == SSMC_OK) *cap = bytes;
+    if (st != SSMC_OK) return fail(d, st, &err, what);
+    sb_free(&err);
+    return SSMC_OK;
+}
+
 static void *chunk_workspace(void *ctx, size_t bytes, diag *d)
 {
     cuda_state *s = ctx;
-    strbuf err = {0};
-    ssmc_status st = SSMC_OK;
-    if (bytes > s->cws_cap) {
-        /* the old workspace may still be read by work in flight */
-        if ((st = rt_cuda_sync(s->gpu, &err)) == SSMC_OK && s->cws) st = rt_cuda_free(s->gpu, s->cws, &err);
-        s->cws = 0;
-        s->cws_cap = 0;
-        if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, bytes, &s->cws, &err)) == SSMC_OK) s->cws_cap = bytes;
-        if (st != SSMC_OK) fail(d, st, &err, "allocating the chunked algorithm's workspace");
-    }
-    sb_free(&err);
+    ssmc_status st = grow_buffer(s, &s->cws, &s->cws_cap, bytes, "allocating the chunked algorithm's workspace", d);
     return st == SSMC_OK ? (void *)(uintptr_t)s->cws : NULL;
 }
 
@@ -351,14 +358,8 @@ static ssmc_status stage_in(cuda_state *s, staged *t, int n, size_t extra, CUdev
     for (int i = 0; i < n; i++) total += t[i].host ? (t[i].bytes + 255) / 256 * 256 : 0;
     total += (extra + 255) / 256 * 256 + 256;
     strbuf err = {0};
-    ssmc_status st = SSMC_OK;
-    if (total > s->gbuf_cap) {
-        if ((st = rt_cuda_sync(s->gpu, &err)) == SSMC_OK && s->gbuf) st = rt_cuda_free(s->gpu, s->gbuf, &err);
-        s->gbuf = 0;
-        s->gbuf_cap = 0;
-        if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, total, &s->gbuf, &err)) == SSMC_OK) s->gbuf_cap = total;
-        if (st != SSMC_OK) return fail(d, st, &err, "allocating the chunked core's device copies");
-    }
+    ssmc_status st = grow_buffer(s, &s->gbuf, &s->gbuf_cap, total, "allocating the chunked core's device copies", d);
+    if (st != SSMC_OK) return st;
     CUdeviceptr at = s->gbuf;
     for (int i = 0; i < n; i++) {
         t[i].dev = 0;
