@@ -634,7 +634,8 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
         if (!cuda_chunk_bwd_supported(c, NULL)) continue;
         size_t rows = (size_t)(B * T * c->nheads), se = (size_t)B * (size_t)c->state_elems;
         if (c->ops.g >= 0)
-            for (size_t k = 0; k < rows; k++) pd[c->ops.g][k] = -0.25 * (1 + pd[c->ops.g][k]); /* (-0.5, 0] */
+            for (size_t k = 0; k < rows * (c->decay == PASS_DECAY_KEY ? (size_t)c->K : 1); k++)
+                pd[c->ops.g][k] = -0.25 * (1 + pd[c->ops.g][k]); /* (-0.5, 0] */
         for (size_t r = 0; r < rows; r++) {
             double *x = pd[c->ops.k] + r * (size_t)c->K, nrm = 0;
             for (int i = 0; i < c->K; i++) nrm += x[i] * x[i];
@@ -765,11 +766,16 @@ static void test_chunk_cores_backward(void **state)
     chunk_bwd_file("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true);
     chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true);
     chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 2}, {"K", 12}, {"V", 10}}, 3, 1, 45, 16, false);
-    /* refused, with a message, until rendered */
+    /* a decay per key (GLA, RWKV-6 with its S(t-1), Mamba) */
+    chunk_bwd_file("examples/fla_gla.ssm", small, 3, 2, 37, 16, true);
+    chunk_bwd_file("examples/gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 40}, {"V", 12}}, 3, 2, 70, 64, true);
+    chunk_bwd_file("examples/rwkv6.ssm", small, 3, 1, 45, 16, false);
+    chunk_bwd_file("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true);
+    /* refused, with a message */
     diag d = {0};
-    plan_chunk_core key = {.decay = PASS_DECAY_KEY, .C = 16, .K = 16, .V = 16};
+    plan_chunk_core key = {.decay = PASS_DECAY_KEY, .delta = true, .C = 16, .K = 16, .V = 16};
     assert_false(cuda_chunk_bwd_supported(&key, &d));
-    assert_non_null(strstr(sb_cstr(&d.text), "a decay per key"));
+    assert_non_null(strstr(sb_cstr(&d.text), "the delta rule with a decay per key"));
     diag_free(&d);
 }
 
