@@ -456,7 +456,8 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->q[r], rows * K * f, true, false, 0};
     t[n++] = (staged){io->k, rows * K * f, true, false, 0};
     t[n++] = (staged){io->v, rows * V * f, true, false, 0};
-    t[n++] = (staged){io->g, rows * f, true, false, 0};
+    size_t gw = c->decay == PASS_DECAY_KEY ? K : 1;
+    t[n++] = (staged){io->g, rows * gw * f, true, false, 0};
     t[n++] = (staged){io->beta, rows * f, true, false, 0};
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->dr[r], rows * V * f, true, false, 0};
     t[n++] = (staged){io->state, se, true, false, 0};
@@ -464,7 +465,7 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->dq[r], rows * K * f, false, true, 0};
     t[n++] = (staged){io->dk, rows * K * f, false, true, 0};
     t[n++] = (staged){io->dv, rows * V * f, false, true, 0};
-    t[n++] = (staged){io->dg, rows * f, false, true, 0};
+    t[n++] = (staged){io->dg, rows * gw * f, false, true, 0};
     t[n++] = (staged){io->dbeta, rows * f, false, true, 0};
     t[n++] = (staged){io->dw, rows * K * f, false, true, 0};
     CUdeviceptr ws = 0;

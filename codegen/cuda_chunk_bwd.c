@@ -3,8 +3,9 @@
  * algorithm: the chunk start states recomputed from the run's initial state,
  * then the chunks from the last, the cotangent dH of a chunk's end state
  * carried to its start (the reverse chunk-state scan). This version renders
- * no decay and a decay per head, with and without the delta rule, readouts of
- * S(t) and S(t-1); a decay per key is refused (cuda_chunk_bwd_supported).
+ * no decay and a decay per head, with and without the delta rule, and a decay
+ * per key without it, readouts of S(t) and S(t-1) (the delta rule with a
+ * decay per key is not chunked: cuda_chunk_bwd_supported refuses it).
  *
  * One block of 4 warps per (sequence, head). Per chunk of n <= C steps, with
  * b the cumulative log-decay, H the start state, dH the end state's
@@ -25,6 +26,13 @@
  *             dv = dRHS (else dv = dU); k and w are one vector (passes/chunk.c):
  *             the whole gradient along it in dk, dw zero;
  *   dg_s = sum_{t >= s} db_t; dH <- dH0.
+ * With a decay per key (b_t[i]) the exponents are per key, db is [C][K], and
+ * A[t][s] = sum_i q_t[i] k_s[i] exp(b_tb[i] - b_s[i]) has no factor outside
+ * the sum: A and the intra-chunk dq_t[i] = sum_s k_s[i] exp(b_tb[i] - b_s[i])
+ * D[t][s] and dk are summed elementwise in f32 over s <= tb only (still to do:
+ * the sub-chunks of 16 with reference points that the forward puts on tensor
+ * cores); db_tb += q_t o dq_t, db_s -= k_s o dk_s(intra). P, D, dU += A^T dR
+ * and the carry stay on tensor cores.
  * Every matrix product is cb_mm: mma.sync m16n8k16 over 16 x 8 tiles, bf16
  * operands formed from f32 as the fragments are loaded, f32 accumulators;
  * the masks, the exponents and the reductions in f32. Every exponent is
@@ -42,7 +50,7 @@ static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 bool cuda_chunk_bwd_supported(const plan_chunk_core *c, diag *d)
 {
-    const char *why = c->decay == PASS_DECAY_KEY ? "a decay per key"
+    const char *why = c->decay == PASS_DECAY_KEY && c->delta ? "the delta rule with a decay per key"
                       : c->C % 16 || c->C > 64     ? "a chunk length that is not a multiple of 16 up to 64"
                       : c->K > 256 || c->V > 256   ? "a key or value dim above 256"
                                                    : NULL;
@@ -56,7 +64,7 @@ bool cuda_chunk_bwd_supported(const plan_chunk_core *c, diag *d)
 static size_t fixed_floats(const plan_chunk_core *c)
 {
     size_t C = (size_t)c->C, KP = (size_t)round_up(c->K, 16), VP = (size_t)round_up(c->V, 16), NR = (size_t)c->nreadouts;
-    return 2 * KP * VP + (NR + 6) * C * KP + (NR + 3) * C * VP + 4 * C * C + 6 * C + 128;
+    return 2 * KP * VP + (NR + 8) * C * KP + (NR + 3) * C * VP + 4 * C * C + 4 * C + 256;
 }
 
 size_t cuda_chunk_bwd_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T)
@@ -120,14 +128,22 @@ static const char *const body[] = {
     "#define CVP (CB_C * CB_VP)\n",
     "#define CC (CB_C * CB_C)\n",
     "#define CB_ROW(t) (((b * T + c0 + (t)) * CB_NH + hh))\n",
+    "/* b at step t, key i: [C][KP] with a decay per key, else [C] */\n",
+    "#define CB_B(t, i) bc[CB_DECAY == 2 ? (t) * CB_KP + (i) : (t)]\n",
     "/* the chunk's cumulative log-decay bc, keys Kc, keys scaled to its end Kt = k_s exp(b_last - b_s), values U */\n",
     "__device__ void cb_load_kv(const float *k, const float *v, const float *g, const float *beta, long long b, long long T,\n",
     "                           int hh, long long c0, int n, float *bc, float *bs, float *Kc, float *Kt, float *U, int tid)\n",
     "{\n",
+    "#if CB_DECAY == 2\n",
+    "    for (int x = tid; x < CKP; x += 128) {\n",
+    "        int t = x / CB_KP, i = x % CB_KP;\n",
+    "        bc[x] = t < n && i < CB_K ? g[CB_ROW(t) * CB_K + i] : 0.f;\n",
+    "    }\n",
+    "#endif\n",
     "    for (int t = tid; t < CB_C; t += 128) {\n",
-    "#if CB_DECAY\n",
+    "#if CB_DECAY == 1\n",
     "        bc[t] = t < n ? g[CB_ROW(t)] : 0.f;\n",
-    "#else\n",
+    "#elif CB_DECAY == 0\n",
     "        bc[t] = 0.f;\n",
     "#endif\n",
     "#if CB_DELTA\n",
@@ -135,15 +151,19 @@ static const char *const body[] = {
     "#endif\n",
     "    }\n",
     "    __syncthreads();\n",
+    "#if CB_DECAY == 2\n",
+    "    for (int i = tid; i < CB_KP; i += 128)\n",
+    "        for (int t = 1; t < CB_C; t++) bc[t * CB_KP + i] += bc[(t - 1) * CB_KP + i];\n",
+    "#else\n",
     "    if (tid == 0)\n",
     "        for (int t = 1; t < CB_C; t++) bc[t] += bc[t - 1];\n",
+    "#endif\n",
     "    __syncthreads();\n",
-    "    const float blast = bc[n - 1];\n",
     "    for (int x = tid; x < CKP; x += 128) {\n",
     "        int t = x / CB_KP, i = x % CB_KP;\n",
     "        float kv = t < n && i < CB_K ? k[CB_ROW(t) * CB_K + i] : 0.f;\n",
     "        Kc[x] = kv;\n",
-    "        Kt[x] = t < n ? kv * expf(blast - bc[t]) : 0.f;\n",
+    "        Kt[x] = t < n ? kv * expf(CB_B(n - 1, i) - CB_B(t, i)) : 0.f;\n",
     "    }\n",
     "    for (int x = tid; x < CVP; x += 128) {\n",
     "        int t = x / CB_VP, j = x % CB_VP;\n",
@@ -193,8 +213,9 @@ static const char *const body[] = {
     "    float *Kc = Qm + CB_NR * CKP, *Kt = Kc + CKP, *dQ = Kt + CKP, *dK = dQ + CKP, *Pm = dK + CKP, *Mk = Pm + CKP;\n",
     "    float *U = Mk + CKP, *dR = U + CVP, *dU = dR + CB_NR * CVP; /* [C][VP], [NR][C][VP], [C][VP] */\n",
     "    float *S = dU + CVP, *Dm = S + CC;                          /* [C][C] */\n",
-    "    float *bc = Dm + CC, *db = bc + CB_C, *rowv = db + CB_C, *colv = rowv + CB_C, *red = colv + CB_C; /* red: [128] */\n",
-    "    float *WW = red + 128, *Lm = WW + CC, *dRHS = Lm + CC, *bs = dRHS + CVP, *dbs = bs + CB_C; /* the delta rule's */\n",
+    "    float *bc = Dm + CC, *db = bc + CKP, *rowv = db + CKP, *colv = rowv + CB_C, *red = colv + CB_C; /* red: [256] */\n",
+    "    /* bc, db: [C][KP] with a decay per key (db's column i is thread i's), else [C] (db[t] thread t's) */\n",
+    "    float *WW = red + 256, *Lm = WW + CC, *dRHS = Lm + CC, *bs = dRHS + CVP, *dbs = bs + CB_C; /* the delta rule's */\n",
     "    const long long sb = b * CB_SE + cb_head_off[hh];\n",
     "    long long c0 = 0;\n",
     "    /* the chunk start states, from the initial state */\n",
@@ -206,12 +227,11 @@ static const char *const body[] = {
     "        c0 = ch * CB_C;\n",
     "        __syncthreads();\n",
     "        cb_load_kv(k, v, g, beta, b, T, hh, c0, CB_C, bc, bs, Kc, Kt, U, tid);\n",
-    "        const float e = expf(bc[CB_C - 1]);\n",
     "        float *H0 = Hs + ch * KV, *H1 = H0 + KV;\n",
     "#if CB_DELTA\n",
     "        cb_delta_values(H0, Kc, bc, bs, CB_C, WW, Lm, dRHS, U, tid, warp, gq, tq);\n",
     "#endif\n",
-    "        for (int x = tid; x < KV; x += 128) H1[x] = e * H0[x];\n",
+    "        for (int x = tid; x < KV; x += 128) H1[x] = expf(CB_B(CB_C - 1, x / CB_VP)) * H0[x];\n",
     "        __syncthreads();\n",
     "        cb_mm(H1, CB_VP, CB_KP, CB_VP, CB_C, Kt, 1, CB_KP, U, CB_VP, 1, 1, warp, gq, tq); /* += Kt^T U */\n",
     "    }\n",
@@ -240,18 +260,41 @@ static const char *const body[] = {
     "                dR[r * CVP + x] = t < n && j < CB_V ? dr[CB_ROW(t) * CB_V + j] : 0.f;\n",
     "            }\n",
     "        }\n",
-    "        const float blast = bc[last], eb = expf(blast);\n",
     "        /* the carry H' = exp(b_last) H + sum_s exp(b_last - b_s) k_s U_s^T */\n",
+    "#if CB_DECAY == 2\n",
+    "        for (int i = tid; i < CB_KP; i += 128) {\n",
+    "            float e = expf(CB_B(last, i)), acc = 0.f;\n",
+    "            for (int x = 0; x < CB_VP; x++) {\n",
+    "                acc += H[i * CB_VP + x] * dH[i * CB_VP + x];\n",
+    "                dH0[i * CB_VP + x] = e * dH[i * CB_VP + x];\n",
+    "            }\n",
+    "            red[i] = e * acc;\n",
+    "        }\n",
+    "#else\n",
+    "        const float blast = bc[last], eb = expf(blast);\n",
     "        float part = 0.f;\n",
     "        for (int x = tid; x < KV; x += 128) {\n",
     "            part += H[x] * dH[x];\n",
     "            dH0[x] = eb * dH[x];\n",
     "        }\n",
     "        red[tid] = part;\n",
+    "#endif\n",
     "        __syncthreads();\n",
     "        cb_mm(Mk, CB_KP, CB_C, CB_KP, CB_VP, U, CB_VP, 1, dH, 1, CB_VP, 0, warp, gq, tq); /* U dH^T */\n",
     "        cb_mm(dU, CB_VP, CB_C, CB_VP, CB_KP, Kt, CB_KP, 1, dH, CB_VP, 1, 0, warp, gq, tq); /* Kt dH */\n",
     "        __syncthreads();\n",
+    "#if CB_DECAY == 2\n",
+    "        for (int i = tid; i < CB_KP; i += 128) {\n",
+    "            float tot = 0.f;\n",
+    "            for (int s = 0; s < CB_C; s++) {\n",
+    "                float m = s < n ? expf(CB_B(last, i) - CB_B(s, i)) * Mk[s * CB_KP + i] : 0.f, tb = Kc[s * CB_KP + i] * m;\n",
+    "                dK[s * CB_KP + i] = m;\n",
+    "                db[s * CB_KP + i] = -tb;\n",
+    "                tot += tb;\n",
+    "            }\n",
+    "            db[last * CB_KP + i] += red[i] + tot;\n",
+    "        }\n",
+    "#else\n",
     "        for (int s = tid; s < CB_C; s += 128) {\n",
     "            float e = s < n ? expf(blast - bc[s]) : 0.f, tb = 0.f;\n",
     "            for (int i = 0; i < CB_KP; i++) {\n",
@@ -269,6 +312,7 @@ static const char *const body[] = {
     "            for (int t = 0; t < n; t++) tot += colv[t];\n",
     "            db[last] += eb * hd + tot;\n",
     "        }\n",
+    "#endif\n",
     "        /* the readouts R_t = exp(b_tb) H^T q_t + sum_{s <= tb} exp(b_tb - b_s) (q_t . k_s) U_s, tb = t (t - 1 for S(t-1)) */\n",
     "        for (int r = 0; r < CB_NR; r++) {\n",
     "            const int prev = (CB_PREV >> r) & 1;\n",
@@ -276,6 +320,40 @@ static const char *const body[] = {
     "            __syncthreads();\n",
     "            cb_mm(Pm, CB_KP, CB_C, CB_KP, CB_VP, dRr, CB_VP, 1, H, 1, CB_VP, 0, warp, gq, tq); /* dR H^T */\n",
     "            cb_mm(Dm, CB_C, CB_C, CB_C, CB_VP, dRr, CB_VP, 1, U, 1, CB_VP, 0, warp, gq, tq);  /* dR U^T */\n",
+    "#if CB_DECAY == 2\n",
+    "            /* a decay per key: A[t][s] = sum_i q_t[i] k_s[i] exp(b_tb[i] - b_s[i]) (s <= tb), and the intra-chunk\n",
+    "             * dq, dk (into Mk), elementwise in f32, no exponent formed for s > tb */\n",
+    "            for (int x = tid; x < CC; x += 128) {\n",
+    "                int t = x / CB_C, s = x % CB_C, tb = t - prev;\n",
+    "                float a = 0.f;\n",
+    "                if (t < n && s <= tb)\n",
+    "                    for (int i = 0; i < CB_K; i++) a += Q[t * CB_KP + i] * Kc[s * CB_KP + i] * expf(CB_B(tb, i) - CB_B(s, i));\n",
+    "                S[x] = a;\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "            for (int x = tid; x < CKP; x += 128) {\n",
+    "                int t = x / CB_KP, i = x % CB_KP, tb = t - prev;\n",
+    "                float dq = 0.f, dk = 0.f;\n",
+    "                if (t < n && i < CB_K) {\n",
+    "                    dq = (tb >= 0 ? expf(CB_B(tb, i)) : 1.f) * Pm[x];\n",
+    "                    for (int s = 0; s <= tb; s++) dq += Kc[s * CB_KP + i] * expf(CB_B(tb, i) - CB_B(s, i)) * Dm[t * CB_C + s];\n",
+    "                    /* t as a key: the queries u with u - prev >= t */\n",
+    "                    for (int u = t + prev; u < n; u++)\n",
+    "                        dk += Q[u * CB_KP + i] * expf(CB_B(u - prev, i) - CB_B(t, i)) * Dm[u * CB_C + t];\n",
+    "                }\n",
+    "                dQ[x] = dq;\n",
+    "                Mk[x] = dk;\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "            for (int i = tid; i < CB_KP; i += 128)\n",
+    "                for (int t = 0; t < n; t++) {\n",
+    "                    if (t - prev >= 0) db[(t - prev) * CB_KP + i] += Q[t * CB_KP + i] * dQ[t * CB_KP + i];\n",
+    "                    db[t * CB_KP + i] -= Kc[t * CB_KP + i] * Mk[t * CB_KP + i];\n",
+    "                }\n",
+    "            for (int x = tid; x < CKP; x += 128) dK[x] += Mk[x];\n",
+    "            __syncthreads();\n",
+    "            cb_mm(dU, CB_VP, CB_C, CB_VP, CB_C, S, 1, CB_C, dRr, CB_VP, 1, 1, warp, gq, tq);  /* += A^T dR */\n",
+    "#else\n",
     "            cb_mm(S, CB_C, CB_C, CB_C, CB_KP, Q, CB_KP, 1, Kc, 1, CB_KP, 0, warp, gq, tq);    /* Q K^T */\n",
     "            __syncthreads();\n",
     "            for (int t = tid; t < CB_C; t += 128) {\n",
@@ -307,12 +385,13 @@ static const char *const body[] = {
     "            cb_mm(dQ, CB_KP, CB_C, CB_KP, CB_C, Dm, CB_C, 1, Kc, CB_KP, 1, 1, warp, gq, tq);  /* += W K */\n",
     "            cb_mm(dK, CB_KP, CB_C, CB_KP, CB_C, Dm, 1, CB_C, Q, CB_KP, 1, 1, warp, gq, tq);   /* += W^T Q */\n",
     "            cb_mm(dU, CB_VP, CB_C, CB_VP, CB_C, S, 1, CB_C, dRr, CB_VP, 1, 1, warp, gq, tq);  /* += A^T dR */\n",
+    "#endif\n",
     "            __syncthreads();\n",
     "            float *dq = CB_DQ(r);\n",
     "            for (int x = tid; x < CKP; x += 128) {\n",
     "                int t = x / CB_KP, i = x % CB_KP, tb = t - prev;\n",
     "                if (t < n && i < CB_K) dq[CB_ROW(t) * CB_K + i] = dQ[x];\n",
-    "                Q[x] *= t < n ? (tb >= 0 ? expf(bc[tb]) : 1.f) : 0.f;\n",
+    "                Q[x] *= t < n ? (tb >= 0 ? expf(CB_B(tb, i)) : 1.f) : 0.f;\n",
     "            }\n",
     "            __syncthreads();\n",
     "            cb_mm(dH0, CB_VP, CB_KP, CB_VP, CB_C, Q, 1, CB_KP, dRr, CB_VP, 1, 1, warp, gq, tq); /* += (E Q)^T dR */\n",
@@ -378,7 +457,13 @@ static const char *const body[] = {
     "            int t = x / CB_VP, j = x % CB_VP;\n",
     "            if (t < n && j < CB_V) dv[CB_ROW(t) * CB_V + j] = dV[x];\n",
     "        }\n",
-    "#if CB_DECAY\n",
+    "#if CB_DECAY == 2\n",
+    "        /* b_t = g_0 + .. + g_t: dg_s = sum_{t >= s} db_t, per key */\n",
+    "        for (int i = tid; i < CB_K; i += 128) {\n",
+    "            float acc = 0.f;\n",
+    "            for (int t = n - 1; t >= 0; t--) dg[CB_ROW(t) * CB_K + i] = acc += db[t * CB_KP + i];\n",
+    "        }\n",
+    "#elif CB_DECAY\n",
     "        /* b_t = g_0 + .. + g_t: dg_s = sum_{t >= s} db_t */\n",
     "        if (tid == 0) {\n",
     "            float acc = 0.f;\n",
@@ -412,7 +497,8 @@ ssmc_status cuda_chunk_bwd_emit(strbuf *out, const ir_model *m, const plan_chunk
     sb_printf(out, "// ssmc: the backward of the chunked core of state %s of model %s (codegen/cuda_chunk_bwd.c)\n",
               m->tensors[c->state].name, m->name);
     sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d), V = %d (padded to %d), decay %s%s\n", c->C,
-              c->nheads, c->K, KP, c->V, VP, c->decay == PASS_DECAY_NONE ? "none" : "one per head",
+              c->nheads, c->K, KP, c->V, VP,
+              c->decay == PASS_DECAY_NONE ? "none" : c->decay == PASS_DECAY_SCALAR ? "one per head" : "one per key",
               c->delta ? ", delta rule" : "");
     unsigned prev = 0;
     for (int r = 0; r < c->nreadouts; r++) prev |= (unsigned)c->prev[r] << r;

@@ -600,7 +600,7 @@ static void test_chunk_cores_per_key(void **state)
  * [-1, 1) ---- */
 
 static void chunk_bwd_case(const char *what, const char *src, size_t len, const ssmc_dim *dims, int nd, int64_t B,
-                           int64_t T, int C, bool state)
+                           int64_t T, int C, bool state, bool strong)
 {
     arena a;
     arena_init(&a);
@@ -634,7 +634,13 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
         if (!cuda_chunk_bwd_supported(c, NULL)) continue;
         size_t rows = (size_t)(B * T * c->nheads), se = (size_t)B * (size_t)c->state_elems;
         if (c->ops.g >= 0)
-            for (size_t k = 0; k < rows; k++) pd[c->ops.g][k] = -0.25 * (1 + pd[c->ops.g][k]); /* (-0.5, 0] */
+            for (size_t k = 0; k < rows * (c->decay == PASS_DECAY_KEY ? (size_t)c->K : 1); k++) {
+                /* (-0.5, 0]; strong (a decay per key): (-5, 0] at odd keys, (-0.05, 0] at even ones, as for the
+                 * forward (test_chunk_cores_per_key: exp(b_t) exp(-b_s) apart would overflow) */
+                bool odd_key = c->decay == PASS_DECAY_KEY && (k % (size_t)c->K) % 2;
+                double lo = !strong ? -0.5 : odd_key ? -5 : -0.05;
+                pd[c->ops.g][k] = lo * 0.5 * (1 + pd[c->ops.g][k]);
+            }
         for (size_t r = 0; r < rows; r++) {
             double *x = pd[c->ops.k] + r * (size_t)c->K, nrm = 0;
             for (int i = 0; i < c->K; i++) nrm += x[i] * x[i];
@@ -706,8 +712,8 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
             const char *nm = i - o0 < c->nreadouts ? onames[(i - o0) & 3] : rest[i - o0 - c->nreadouts];
             double e = max_rel(buf[i], dpd[ids[i]], part_elems(pro, &pro->tensors[ids[i]], B, T));
             if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): %s rel err %g", what, ci, C, (long long)T, nm, e);
-            printf("# backward %s core %d C=%d T=%lld%s %s rel %.2e\n", what, ci, C, (long long)T,
-                   state ? " from a state" : "", nm, e);
+            printf("# backward %s core %d C=%d T=%lld%s%s %s rel %.2e\n", what, ci, C, (long long)T,
+                   state ? " from a state" : "", strong ? " strong decays" : "", nm, e);
         }
         double e = max_rel(dst, ds0, se);
         if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): d(initial state) rel err %g", what, ci, C, (long long)T, e);
@@ -734,11 +740,12 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
     diag_free(&d);
 }
 
-static void chunk_bwd_file(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state)
+static void chunk_bwd_file(const char *rel, const ssmc_dim *dims, int nd, int64_t B, int64_t T, int C, bool state,
+                           bool strong)
 {
     size_t len;
     char *src = test_slurp(rel, &len);
-    chunk_bwd_case(rel, src, len, dims, nd, B, T, C, state);
+    chunk_bwd_case(rel, src, len, dims, nd, B, T, C, state, strong);
     free(src);
 }
 
@@ -751,25 +758,32 @@ static void test_chunk_cores_backward(void **state)
     (void)state;
     if (!have_cxx) skip();
     static const ssmc_dim small[] = {{"H", 2}, {"K", 24}, {"V", 20}};
-    chunk_bwd_file("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true);
-    chunk_bwd_file("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false);
-    chunk_bwd_file("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true);
-    chunk_bwd_file("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true);
+    chunk_bwd_file("examples/fla_simple_gla.ssm", small, 3, 2, 37, 16, true, false);
+    chunk_bwd_file("examples/fla_simple_gla.ssm", small, 3, 1, 70, 64, false, false);
+    chunk_bwd_file("examples/fla_linear_attn.ssm", small, 3, 2, 21, 16, true, false);
+    chunk_bwd_file("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true, false);
     static const char prev_model[] =
         "model sp { dim H = 2, K = 20, V = 12; input q[T,H,K], p[T,H,K], k[T,H,K], v[T,H,V], g[T,H]; state S[H,K,V];"
         " output y[T,H,V], z[T,H,V]; z[t,h,j] = sum(i: p[t,h,i] * S[h,i,j]);"
         " S[h,i,j] = exp(-softplus(g[t,h])) * S[h,i,j] + k[t,h,i] * v[t,h,j]; y[t,h,j] = sum(i: q[t,h,i] * S[h,i,j]); }";
-    chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 2, 37, 16, true);
-    chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 1, 70, 64, false);
+    chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 2, 37, 16, true, false);
+    chunk_bwd_case("prev.ssm", prev_model, sizeof prev_model - 1, NULL, 0, 1, 70, 64, false, false);
     /* the delta rule, plain and gated */
-    chunk_bwd_file("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true);
-    chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true);
-    chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 2}, {"K", 12}, {"V", 10}}, 3, 1, 45, 16, false);
-    /* refused, with a message, until rendered */
+    chunk_bwd_file("examples/fla_delta_rule.ssm", small, 3, 2, 37, 16, true, false);
+    chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true, false);
+    chunk_bwd_file("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 2}, {"K", 12}, {"V", 10}}, 3, 1, 45, 16, false, false);
+    /* a decay per key (GLA, RWKV-6 with its S(t-1), Mamba) */
+    chunk_bwd_file("examples/fla_gla.ssm", small, 3, 2, 37, 16, true, false);
+    chunk_bwd_file("examples/gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 40}, {"V", 12}}, 3, 2, 70, 64, true, false);
+    chunk_bwd_file("examples/rwkv6.ssm", small, 3, 1, 45, 16, false, false);
+    chunk_bwd_file("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, false);
+    chunk_bwd_file("examples/gla.ssm", small, 3, 1, 150, 64, false, true); /* strong decays */
+    chunk_bwd_file("examples/rwkv6.ssm", (ssmc_dim[]){{"H", 1}, {"K", 16}, {"V", 8}}, 3, 2, 45, 32, true, true);
+    /* refused, with a message */
     diag d = {0};
-    plan_chunk_core key = {.decay = PASS_DECAY_KEY, .C = 16, .K = 16, .V = 16};
+    plan_chunk_core key = {.decay = PASS_DECAY_KEY, .delta = true, .C = 16, .K = 16, .V = 16};
     assert_false(cuda_chunk_bwd_supported(&key, &d));
-    assert_non_null(strstr(sb_cstr(&d.text), "a decay per key"));
+    assert_non_null(strstr(sb_cstr(&d.text), "the delta rule with a decay per key"));
     diag_free(&d);
 }
 

@@ -53,19 +53,8 @@ static void test_chunked(void **state)
 {
     (void)state;
     if (!have_emu) skip();
-    gcase cases[8];
-    grad_run_cases(cases, grad_chunked_cases(cases, 8), true);
-    /* the cores the cuda core backward does not render yet are refused, saying which */
-    static const struct {
-        const char *file, *why;
-    } refused[] = {{"examples/gla.ssm", "a decay per key"}, {"examples/rwkv6.ssm", "a decay per key"}};
-    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
-        gcase c = {.file = refused[i].file, .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 1, .T = 20,
-                   .dt = SSMC_F32, .states = true, .host = true, .chunk = 16};
-        char msg[2048] = "";
-        if (grad_case(&c, msg, sizeof msg) || !strstr(msg, refused[i].why) || !strstr(msg, "backward of the chunked core"))
-            fail_msg("%s on the cuda device, chunked: not refused for %s: %s", refused[i].file, refused[i].why, msg);
-    }
+    gcase cases[12];
+    grad_run_cases(cases, grad_chunked_cases(cases, 12), true);
 }
 
 /* The CLI's gradients on the cuda device, checked against the interpreter's

@@ -528,8 +528,8 @@ static void test_chunk_backward_to_ptx(void **state)
     char names[64][128];
     int n = test_list_examples(names, 64), cores = 0;
     static const ssmc_dim big[] = {{"H", 16}, {"K", 128}, {"V", 128}};
-    static const char *const bench[] = {"examples/fla_simple_gla.ssm", "examples/gated_deltanet.ssm"};
-    for (int i = 0; i < n + 2; i++) {
+    static const char *const bench[] = {"examples/fla_simple_gla.ssm", "examples/gated_deltanet.ssm", "examples/gla.ssm"};
+    for (int i = 0; i < n + 3; i++) {
         const char *file = i < n ? names[i] : bench[i - n];
         size_t len;
         char *text = test_slurp(file, &len);

@@ -48,6 +48,15 @@ static void test_long(void **state)
     grad_run_cases(cases, nc, false);
 }
 
+/* The chunked algorithm's gradients (driver/grad_chunked.c with the cuda core
+ * backward, codegen/cuda_chunk_bwd.c), the host API, at bf16's tolerance. */
+static void test_chunked(void **state)
+{
+    (void)state;
+    gcase cases[12];
+    grad_run_cases(cases, grad_chunked_cases(cases, 12), false);
+}
+
 static void test_cli_grad_verify(void **state)
 {
     (void)state;
@@ -75,6 +84,7 @@ int main(void)
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
         cmocka_unit_test(test_long),
+        cmocka_unit_test(test_chunked),
         cmocka_unit_test(test_cli_grad_verify),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -368,7 +368,7 @@ int grad_edge_cases(gcase *cases, int max)
 
 int grad_chunked_cases(gcase *cases, int max)
 {
-    /* no decay and a decay per head, the delta rule plain and gated; T past a chunk and not a multiple of it; segments of one chunk (grad_chunk =
+    /* no decay, a decay per head and per key, the delta rule plain and gated; T past a chunk and not a multiple of it; segments of one chunk (grad_chunk =
      * C) and of several (grad_chunk = 0: ceil(sqrt(n)) chunks); from states and from zero */
     static const gcase all[] = {
         {.file = "examples/fla_simple_gla.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 20}, {"V", 12}}}, .B = 2,
@@ -383,6 +383,10 @@ int grad_chunked_cases(gcase *cases, int max)
          .T = 37, .C = 0, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
         {.file = "examples/gated_deltanet.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 2,
          .T = 40, .C = 16, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
+        {.file = "examples/gla.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 2, .T = 37,
+         .C = 0, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
+        {.file = "examples/rwkv6.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 2, .T = 40,
+         .C = 16, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
     };
     int n = 0;
     for (size_t i = 0; i < sizeof all / sizeof *all && n < max; i++) cases[n++] = all[i];

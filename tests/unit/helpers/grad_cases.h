@@ -39,7 +39,7 @@ int grad_example_cases(gcase *cases, int max);
 int grad_edge_cases(gcase *cases, int max);
 /* The chunked algorithm's gradients on the cuda device (the host API): the
  * examples whose cores the cuda core backward renders (no decay, a decay per
- * head, the delta rule). */
+ * head or per key, the delta rule). */
 int grad_chunked_cases(gcase *cases, int max);
 
 #endif
