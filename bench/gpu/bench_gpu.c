@@ -7,8 +7,32 @@
  * from the now-filled cache (cache hit), then times `--reps` runs after
  * `--warmup` runs and prints the median. .bench/gpu/bench_ref.py (git-ignored)
  * times the reference kernels at the same shapes; bench/gpu/run_all.sh puts
- * both in one table. `--device interp|cpu` and `--T` exist to check this
- * program without a GPU (small T); their numbers compare with nothing.
+ * both in one table. `--case a,b` picks cases. `--device interp|cpu`, `--T`
+ * (or `--seqlen`), `--batch` and `-D NAME=V` exist to check this program
+ * without a GPU, or on the emulated driver of tests/gpu/emu (SSMC_CUDA_DRIVER,
+ * SSMC_NVRTC: tests/unit/helpers/emu_driver.c shows the setup), at small
+ * shapes; their numbers compare with nothing.
+ *
+ * `--grad` times the training step instead (device mode, --device cuda only),
+ * to compare with bench_ref.py --bwd's `.fwdbwd` rows: same cases, shapes,
+ * dtypes and inputs; every tensor on the device; a random cotangent (N(0,1))
+ * for every output and given state, a gradient buffer (poisoned with NaN) for
+ * every input, param and given state, all in the tensors' dtypes. Each rep:
+ * an L2 flush, then ssmc_forward_train_device (the tape's checkpoints on the
+ * device) and ssmc_backward_device, each followed by a whole-context
+ * synchronisation, on the host clock. Three rows per case: `ssmc.fwdbwd` (the
+ * whole step, what bench_ref.py's `.fwdbwd` times), `ssmc.fwdtrain` and
+ * `ssmc.bwd` (its halves; each a median of its own, so they need not add up to
+ * the step's). Both calls wait for their stream before returning (they free
+ * working buffers), so the sync between them costs only a few us. The tape is
+ * freed after the clock stops: ssmc_tape_free is a sync and one cuMemFree per
+ * state's checkpoints, bookkeeping that PyTorch's caching allocator makes
+ * near free on the reference side; its median is printed as tape_free_ms so
+ * it can be added back. The cuMemAllocs of the tape and of the backward's
+ * working buffers happen inside the calls and are timed. A call the library
+ * refuses (today: the chunked algorithm's gradients on the device) prints a
+ * BENCHERR line with the library's message and the next case runs. Warm-up
+ * steps stop early, too, when the case's --max-case-s is spent.
  *
  * Two modes, chosen when building (bench/gpu/build.sh):
  *  - device (BENCH_HAVE_RUN_DEVICE defined, when include/ssmc.h declares
@@ -17,17 +41,21 @@
  *    preceded by an L2 flush and bracketed by a host clock and a whole-context
  *    synchronisation, so it counts launch and sync latency (a few us) but no
  *    copies. A second figure, `pipelined_ms`, is the mean of the same number of
- *    back-to-back runs with one synchronisation at the end.
+ *    back-to-back runs with one synchronisation at the end. `--grad` needs
+ *    BENCH_HAVE_GRAD_DEVICE too (include/ssmc.h declares ssmc_backward_device).
  *  - host (fallback): ssmc_run on host tensors; the time includes the
  *    backend's host<->device copies (reported as mode=host in every line).
  *
  * Bytes: every input and param read once, every output written once, a given
- * state read and written: the same count bench_ref.py uses. Inputs, outputs and
- * states are bf16; params f32 (as fla and mamba_ssm keep them).
+ * state read and written: the same count bench_ref.py uses; for the training
+ * step, also every cotangent read once and every gradient written once (the
+ * backward alone: inputs, params and cotangents read, gradients written).
+ * Inputs, outputs and states are bf16; params f32 (as fla and mamba_ssm keep
+ * them); cotangents and gradients the dtype of their tensor.
  *
- * Output: one `BENCH side=ours ...` line per case (parsed by run_all.sh), or a
- * `BENCHERR side=ours case=... err=...` line; a failing case never stops the
- * others. Exit status 0 unless no case ran. */
+ * Output: `BENCH side=ours ...` lines (one per case, three with --grad; parsed
+ * by run_all.sh), or a `BENCHERR side=ours case=... err=...` line; a failing
+ * case never stops the others. Exit status 0 unless no case ran. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdint.h>
@@ -41,13 +69,14 @@
 #include "support/support.h"
 
 #define BENCH_MAX_TENSORS 32
+#define BENCH_MAX_DIMS 8
 #define BENCH_PEAK_BPS 4.3e12
 #define BENCH_FLUSH_BYTES ((size_t)256 << 20) /* > 4x the H200's 60 MB L2 */
 
 typedef struct bench_case {
     const char *name;
     const char *file; /* relative to --repo */
-    ssmc_dim dims[6];
+    ssmc_dim dims[BENCH_MAX_DIMS];
     int ndims;
     int64_t batch, T;
     int give_state; /* decode: the state is read and written */
@@ -75,12 +104,16 @@ static const bench_case bench_cases[] = {
 
 typedef struct bench_opts {
     const char *repo;
-    const char *only; /* one case name, or NULL */
+    const char *only; /* case names, comma-separated, or NULL: all */
     int reps, warmup;
     double max_case_s; /* stop timing a case's reps after this many seconds */
     ssmc_algo algo;
     ssmc_device device;
-    int64_t T; /* overrides the sequence cases' T when > 0 */
+    int64_t T;     /* overrides the sequence cases' T when > 0 */
+    int64_t batch; /* overrides every case's batch when > 0 */
+    ssmc_dim dims[BENCH_MAX_DIMS]; /* -D NAME=V: replaces dim NAME in the cases that set it */
+    int ndims;
+    int grad; /* time the training step (forward_train + backward) instead of the forward */
 } bench_opts;
 
 /* One allocated tensor of a case. */
@@ -91,6 +124,7 @@ typedef struct bench_tensor {
     size_t elems, bytes;
     void *host;
     CUdeviceptr dev;
+    CUdeviceptr cot, grad; /* --grad: its cotangent (outputs, states), its gradient (inputs, params, states); 0: none */
 } bench_tensor;
 
 static double now_ms(void)
@@ -154,10 +188,18 @@ static double init_value(const char *name, bool raw_dt, uint64_t *s)
 
 static size_t dtype_size(ssmc_dtype t) { return t == SSMC_F64 ? 8 : t == SSMC_F32 ? 4 : 2; }
 
-static double host_value(const bench_tensor *t, size_t i)
+static double host_value(ssmc_dtype dtype, const void *host, size_t i)
 {
-    if (t->dtype == SSMC_F32) return ((const float *)t->host)[i];
-    return bf16_to_f32(((const uint16_t *)t->host)[i]);
+    if (dtype == SSMC_F32) return ((const float *)host)[i];
+    return bf16_to_f32(((const uint16_t *)host)[i]);
+}
+
+static void host_set(ssmc_dtype dtype, void *host, size_t i, float v)
+{
+    if (dtype == SSMC_F32)
+        ((float *)host)[i] = v;
+    else
+        ((uint16_t *)host)[i] = f32_to_bf16(v);
 }
 
 typedef struct bench_run {
@@ -174,12 +216,49 @@ typedef struct bench_run {
     size_t bytes_moved;
 } bench_run;
 
-static void report_error(const bench_case *c, const char *what, const char *msg)
+/* One BENCHERR line (run_all.sh reads lines: the message's newlines become spaces). */
+static void print_error(const char *case_name, const char *what, const char *msg)
 {
-    printf("BENCHERR side=ours case=%s err=%s: ", c->name, what);
+    printf("BENCHERR side=ours case=%s err=%s: ", case_name, what);
     for (const char *p = msg; *p; p++) putchar(*p == '\n' ? ' ' : *p);
     putchar('\n');
     fflush(stdout);
+}
+
+static void report_error(const bench_case *c, const char *what, const char *msg) { print_error(c->name, what, msg); }
+
+/* The case as run: the command line's overrides of T, batch and dims applied. */
+static bench_case case_as_run(const bench_case *c0, const bench_opts *o)
+{
+    bench_case c = *c0;
+    if (o->T > 0 && c.T > 1) c.T = o->T;
+    if (o->batch > 0) c.batch = o->batch;
+    for (int i = 0; i < o->ndims; i++)
+        for (int k = 0; k < c.ndims; k++)
+            if (!strcmp(c.dims[k].name, o->dims[i].name)) c.dims[k].value = o->dims[i].value;
+    return c;
+}
+
+/* The case's source and a context with an empty kernel cache of its own
+ * (so that the first compile is cold); 0, reported, when that fails. */
+static int open_case(bench_run *r)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", r->o->repo, r->c->file);
+    const char *why;
+    r->src = read_file(path, &r->src_len, &why);
+    if (!r->src) {
+        report_error(r->c, path, why);
+        return 0;
+    }
+    r->ctx = ssmc_ctx_new();
+    char cache[] = "/tmp/ssmc-bench-cache-XXXXXX";
+    if (!r->ctx || !mkdtemp(cache)) {
+        report_error(r->c, "setup", "out of memory or no temporary directory");
+        return 0;
+    }
+    setenv("SSMC_CACHE_DIR", cache, 1);
+    return 1;
 }
 
 static ssmc_status compile_model(bench_run *r, ssmc_model **m)
@@ -216,13 +295,8 @@ static int alloc_tensors(bench_run *r, ssmc_model *m)
         t->host = malloc(t->bytes);
         if (!t->host) return 0;
         r->nt++;
-        for (size_t e = 0; e < elems; e++) {
-            float v = info.role == SSMC_OUTPUT ? NAN : (float)init_value(info.name, raw_dt, &seed);
-            if (t->dtype == SSMC_F32)
-                ((float *)t->host)[e] = v;
-            else
-                ((uint16_t *)t->host)[e] = f32_to_bf16(v);
-        }
+        for (size_t e = 0; e < elems; e++)
+            host_set(t->dtype, t->host, e, info.role == SSMC_OUTPUT ? NAN : (float)init_value(info.name, raw_dt, &seed));
         r->bytes_moved += t->bytes * (info.role == SSMC_STATE ? 2 : 1);
     }
     return 1;
@@ -254,13 +328,18 @@ static ssmc_status run_model(bench_run *r, ssmc_model *m)
     return ssmc_run(m, r->c->batch, r->c->T, r->args, r->nt);
 }
 
+/* Before a timed run (device mode): L2 flushed, the device idle. */
+static ssmc_status flush_and_sync(bench_run *r, strbuf *err)
+{
+    if (!r->gpu) return SSMC_OK;
+    if (r->flush && rt_cuda_memset(r->gpu, r->flush, 0, BENCH_FLUSH_BYTES, err) != SSMC_OK) return SSMC_ERR_BACKEND;
+    return rt_cuda_sync(r->gpu, err) != SSMC_OK ? SSMC_ERR_BACKEND : SSMC_OK;
+}
+
 /* One synchronous run: the host clock around the run and a whole-context sync. */
 static ssmc_status timed_run(bench_run *r, ssmc_model *m, double *ms, strbuf *err)
 {
-    if (r->gpu) {
-        if (r->flush && rt_cuda_memset(r->gpu, r->flush, 0, BENCH_FLUSH_BYTES, err) != SSMC_OK) return SSMC_ERR_BACKEND;
-        if (rt_cuda_sync(r->gpu, err) != SSMC_OK) return SSMC_ERR_BACKEND;
-    }
+    if (flush_and_sync(r, err) != SSMC_OK) return SSMC_ERR_BACKEND;
     double t0 = now_ms();
     ssmc_status s = run_model(r, m);
     if (s != SSMC_OK) return s;
@@ -269,28 +348,35 @@ static ssmc_status timed_run(bench_run *r, ssmc_model *m, double *ms, strbuf *er
     return SSMC_OK;
 }
 
+/* Notes the non-finite count and the largest magnitude of one buffer of
+ * t's dtype and size, read back from dev (device mode) or from host. */
+static void note_values(bench_run *r, const char *label, const bench_tensor *t, CUdeviceptr dev, void *host,
+                        strbuf *note)
+{
+    strbuf err = {0};
+    if (r->gpu && rt_cuda_dtoh(r->gpu, host, dev, t->bytes, &err) != SSMC_OK) {
+        sb_printf(note, " %s=unreadable", label);
+        sb_free(&err);
+        return;
+    }
+    size_t bad = 0;
+    double amax = 0;
+    for (size_t e = 0; e < t->elems; e++) {
+        double v = host_value(t->dtype, host, e);
+        if (!isfinite(v))
+            bad++;
+        else if (fabs(v) > amax)
+            amax = fabs(v);
+    }
+    sb_printf(note, " %s_nonfinite=%zu %s_absmax=%.4g", label, bad, label, amax);
+}
+
 /* Copies the outputs back (device mode) and reports non-finite values. */
 static void check_outputs(bench_run *r, strbuf *note)
 {
     for (int i = 0; i < r->nt; i++) {
         bench_tensor *t = &r->t[i];
-        if (t->role != SSMC_OUTPUT && t->role != SSMC_STATE) continue;
-        strbuf err = {0};
-        if (r->gpu && rt_cuda_dtoh(r->gpu, t->host, t->dev, t->bytes, &err) != SSMC_OK) {
-            sb_printf(note, " %s=unreadable", t->name);
-            sb_free(&err);
-            continue;
-        }
-        size_t bad = 0;
-        double amax = 0;
-        for (size_t e = 0; e < t->elems; e++) {
-            double v = host_value(t, e);
-            if (!isfinite(v))
-                bad++;
-            else if (fabs(v) > amax)
-                amax = fabs(v);
-        }
-        sb_printf(note, " %s_nonfinite=%zu %s_absmax=%.4g", t->name, bad, t->name, amax);
+        if (t->role == SSMC_OUTPUT || t->role == SSMC_STATE) note_values(r, t->name, t, t->dev, t->host, note);
     }
 }
 
@@ -298,7 +384,11 @@ static void free_run(bench_run *r)
 {
     for (int i = 0; i < r->nt; i++) {
         strbuf err = {0};
-        if (r->gpu) rt_cuda_free(r->gpu, r->t[i].dev, &err);
+        if (r->gpu) {
+            rt_cuda_free(r->gpu, r->t[i].dev, &err);
+            if (r->t[i].cot) rt_cuda_free(r->gpu, r->t[i].cot, &err);
+            if (r->t[i].grad) rt_cuda_free(r->gpu, r->t[i].grad, &err);
+        }
         sb_free(&err);
         free(r->t[i].host);
         free((char *)r->t[i].name);
@@ -306,31 +396,23 @@ static void free_run(bench_run *r)
     free(r->src);
 }
 
+static const char *algo_name(const bench_opts *o)
+{
+    return o->algo == SSMC_ALGO_CHUNKED ? "chunked" : o->algo == SSMC_ALGO_RECURRENT ? "recurrent"
+           : o->algo == SSMC_ALGO_SCAN  ? "scan"
+                                        : "auto";
+}
+
 /* Runs one case; returns 1 when it produced a BENCH line. */
 static int bench_one(const bench_case *c0, const bench_opts *o, rt_cuda *gpu, CUdeviceptr flush)
 {
-    bench_case cc = *c0;
-    if (o->T > 0 && cc.T > 1) cc.T = o->T;
+    bench_case cc = case_as_run(c0, o);
     const bench_case *c = &cc;
     bench_run r = {.c = c, .o = o, .gpu = gpu, .flush = flush};
     strbuf err = {0}, note = {0};
     ssmc_model *m = NULL;
     int ok = 0;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", o->repo, c->file);
-    const char *why;
-    r.src = read_file(path, &r.src_len, &why);
-    if (!r.src) {
-        report_error(c, path, why);
-        return 0;
-    }
-    r.ctx = ssmc_ctx_new();
-    char cache[] = "/tmp/ssmc-bench-cache-XXXXXX";
-    if (!r.ctx || !mkdtemp(cache)) {
-        report_error(c, "setup", "out of memory or no temporary directory");
-        goto done;
-    }
-    setenv("SSMC_CACHE_DIR", cache, 1);
+    if (!open_case(&r)) goto done;
 
     /* cold: empty cache; the first run may finish a lazy compile */
     double t0 = now_ms();
@@ -398,12 +480,11 @@ static int bench_one(const bench_case *c0, const bench_opts *o, rt_cuda *gpu, CU
     double gbps = (double)r.bytes_moved / (med * 1e-3) / 1e9;
     printf("BENCH side=ours case=%s impl=ssmc.%s ms=%.5f cold_ms=%.1f bytes=%zu gbps=%.1f pct=%.1f "
            "mode=%s reps=%d pipelined_ms=%.5f compile_cold_ms=%.1f first_run_ms=%.2f compile_hit_ms=%.1f "
-           "hit_first_run_ms=%.2f%s\n",
-           c->name, o->device != SSMC_DEVICE_CUDA ? (o->device == SSMC_DEVICE_CPU ? "cpu" : "interp")
-           : o->algo == SSMC_ALGO_CHUNKED ? "chunked" : o->algo == SSMC_ALGO_RECURRENT ? "recurrent" : "auto",
+           "hit_first_run_ms=%.2f batch=%lld T=%lld%s\n",
+           c->name, o->device != SSMC_DEVICE_CUDA ? (o->device == SSMC_DEVICE_CPU ? "cpu" : "interp") : algo_name(o),
            med, cold_compile + cold_run, r.bytes_moved, gbps, 100 * gbps * 1e9 / BENCH_PEAK_BPS,
            gpu ? "device" : o->device == SSMC_DEVICE_CUDA ? "host(includes-copies)" : "host", n, piped, cold_compile, cold_run, hit_compile, hit_run,
-           sb_cstr(&note));
+           (long long)c->batch, (long long)c->T, sb_cstr(&note));
     fflush(stdout);
     ok = 1;
 done:
@@ -415,14 +496,258 @@ done:
     return ok;
 }
 
+#ifdef BENCH_HAVE_GRAD_DEVICE
+#ifndef BENCH_HAVE_RUN_DEVICE
+#error "BENCH_HAVE_GRAD_DEVICE needs BENCH_HAVE_RUN_DEVICE (device tensors)"
+#endif
+/* ---- --grad: the training step ---- */
+
+/* The backward's arguments: the inputs and params (the values the forward
+ * had), a cotangent per output and given state, a gradient per input, param
+ * and given state. */
+typedef struct grad_args {
+    ssmc_arg vals[BENCH_MAX_TENSORS], douts[BENCH_MAX_TENSORS], grads[BENCH_MAX_TENSORS];
+    int nv, nd, ng;
+    size_t val_bytes, cot_bytes, grad_bytes;
+} grad_args;
+
+/* Allocates the cotangents (random N(0,1), as bench_ref.py's randn_like,
+ * drawn on the host and copied once) and the gradients (NaN: a gradient the
+ * backward does not write shows), and lists the backward's arguments. */
+static int grad_buffers(bench_run *r, grad_args *ga, strbuf *err)
+{
+    uint64_t seed = hash64(r->c->name, strlen(r->c->name), HASH64_SEED ^ 0x9e3779b97f4a7c15ull) | 1;
+    memset(ga, 0, sizeof *ga);
+    for (int i = 0; i < r->nt; i++) {
+        bench_tensor *t = &r->t[i];
+        if (t->role == SSMC_INPUT || t->role == SSMC_PARAM) {
+            ga->vals[ga->nv++] = r->args[i];
+            ga->val_bytes += t->bytes;
+        }
+        if (t->role != SSMC_OUTPUT) {
+            if (rt_cuda_alloc(r->gpu, t->bytes, &t->grad, err) != SSMC_OK) return 0;
+            if (rt_cuda_memset(r->gpu, t->grad, 0xff, t->bytes, err) != SSMC_OK) return 0;
+            ga->grads[ga->ng++] = (ssmc_arg){t->name, t->dtype, (void *)(uintptr_t)t->grad, 0};
+            ga->grad_bytes += t->bytes;
+        }
+        if (t->role == SSMC_OUTPUT || t->role == SSMC_STATE) {
+            void *host = malloc(t->bytes);
+            if (!host) {
+                sb_puts(err, "out of host memory");
+                return 0;
+            }
+            for (size_t e = 0; e < t->elems; e++) host_set(t->dtype, host, e, (float)normal(&seed));
+            ssmc_status s = rt_cuda_alloc(r->gpu, t->bytes, &t->cot, err);
+            if (s == SSMC_OK) s = rt_cuda_htod(r->gpu, t->cot, host, t->bytes, err);
+            free(host);
+            if (s != SSMC_OK) return 0;
+            ga->douts[ga->nd++] = (ssmc_arg){t->name, t->dtype, (void *)(uintptr_t)t->cot, 0};
+            ga->cot_bytes += t->bytes;
+        }
+    }
+    return 1;
+}
+
+/* One training step's times (ms): the training forward, the backward, the tape's free. */
+typedef struct step_times {
+    double fwd, bwd, free;
+} step_times;
+
+/* One training step on the default stream, timed as described at the top;
+ * *what names the call that failed. */
+static ssmc_status train_step(bench_run *r, ssmc_model *m, const grad_args *ga, step_times *st, size_t *tape_bytes,
+                              const char **what, strbuf *err)
+{
+    *what = "L2 flush/sync";
+    if (flush_and_sync(r, err) != SSMC_OK) return SSMC_ERR_BACKEND;
+    ssmc_tape *tape = NULL;
+    double t0 = now_ms();
+    *what = "ssmc_forward_train_device";
+    ssmc_status s = ssmc_forward_train_device(m, r->c->batch, r->c->T, r->args, r->nt, &tape, NULL);
+    if (s == SSMC_OK && rt_cuda_sync(r->gpu, err) != SSMC_OK) s = SSMC_ERR_BACKEND;
+    double t1 = now_ms();
+    if (s == SSMC_OK) {
+        *what = "ssmc_backward_device";
+        s = ssmc_backward_device(m, tape, ga->vals, ga->nv, ga->douts, ga->nd, ga->grads, ga->ng, NULL);
+        if (s == SSMC_OK && rt_cuda_sync(r->gpu, err) != SSMC_OK) s = SSMC_ERR_BACKEND;
+    }
+    double t2 = now_ms();
+    if (tape_bytes) *tape_bytes = ssmc_tape_bytes(tape);
+    ssmc_tape_free(tape);
+    *st = (step_times){t1 - t0, t2 - t1, now_ms() - t2};
+    return s;
+}
+
+/* A failed step: the driver's message when a sync failed, else the library's. */
+static void step_error(const bench_run *r, const char *what, ssmc_status s, strbuf *err)
+{
+    report_error(r->c, what, s == SSMC_ERR_BACKEND && err->len ? sb_cstr(err) : ssmc_ctx_error(r->ctx));
+}
+
+/* Times the training step of one case; returns 1 when it produced BENCH lines. */
+static int bench_grad_one(const bench_case *c0, const bench_opts *o, rt_cuda *gpu, CUdeviceptr flush)
+{
+    bench_case cc = case_as_run(c0, o);
+    const bench_case *c = &cc;
+    bench_run r = {.c = c, .o = o, .gpu = gpu, .flush = flush};
+    strbuf err = {0}, note = {0};
+    ssmc_model *m = NULL;
+    grad_args *ga = calloc(1, sizeof *ga);
+    double *times = malloc(sizeof(double) * 4 * (size_t)o->reps);
+    int ok = 0;
+    const char *what = "";
+    if (!ga || !times) {
+        report_error(c, "setup", "out of host memory");
+        goto done;
+    }
+    if (!open_case(&r)) goto done;
+
+    double t0 = now_ms();
+    ssmc_status s = compile_model(&r, &m);
+    double cold_compile = now_ms() - t0;
+    if (s != SSMC_OK) {
+        report_error(c, ssmc_status_name(s), ssmc_ctx_error(r.ctx));
+        goto done;
+    }
+    ssmc_grad_info gi;
+    if ((s = ssmc_grad_info_of(m, c->T, &gi)) != SSMC_OK) {
+        report_error(c, "ssmc_grad_info_of", ssmc_ctx_error(r.ctx));
+        goto done;
+    }
+    if (!alloc_tensors(&r, m)) {
+        report_error(c, "setup", "out of host memory or too many tensors");
+        goto done;
+    }
+    if (!to_device(&r, &err)) {
+        report_error(c, "device memory", sb_cstr(&err));
+        goto done;
+    }
+    make_args(&r);
+    if (!grad_buffers(&r, ga, &err)) {
+        report_error(c, "device memory", sb_cstr(&err));
+        goto done;
+    }
+    /* cold: the first step compiles the gradient models (training forward, adjoint) */
+    step_times cold, hit, st;
+    size_t tape_bytes = 0;
+    if ((s = train_step(&r, m, ga, &cold, &tape_bytes, &what, &err)) != SSMC_OK) {
+        step_error(&r, what, s, &err);
+        goto done;
+    }
+
+    /* cache hit: a new model from the same source and options, its first step */
+    ssmc_model_free(m);
+    m = NULL;
+    t0 = now_ms();
+    s = compile_model(&r, &m);
+    double hit_compile = now_ms() - t0;
+    what = "cache-hit compile";
+    if (s == SSMC_OK) s = train_step(&r, m, ga, &hit, NULL, &what, &err);
+    if (s != SSMC_OK) {
+        step_error(&r, what, s, &err);
+        goto done;
+    }
+
+    double start = now_ms();
+    for (int i = 0; i < o->warmup && s == SSMC_OK && now_ms() - start < o->max_case_s * 1e3; i++)
+        s = train_step(&r, m, ga, &st, NULL, &what, &err);
+    double *tf = times, *tb = times + o->reps, *tx = times + 2 * o->reps, *tt = times + 3 * o->reps;
+    int n = 0;
+    start = now_ms();
+    while (s == SSMC_OK && n < o->reps && (n < 3 || now_ms() - start < o->max_case_s * 1e3)) {
+        if ((s = train_step(&r, m, ga, &st, NULL, &what, &err)) != SSMC_OK) break;
+        tf[n] = st.fwd, tb[n] = st.bwd, tx[n] = st.free, tt[n] = st.fwd + st.bwd;
+        n++;
+    }
+    if (s != SSMC_OK || n == 0) {
+        step_error(&r, what, s, &err);
+        goto done;
+    }
+    double med = median(tt, n), med_f = median(tf, n), med_b = median(tb, n), med_x = median(tx, n);
+
+    check_outputs(&r, &note);
+    for (int i = 0; i < r.nt; i++) {
+        bench_tensor *t = &r.t[i];
+        char label[128];
+        snprintf(label, sizeof label, "grad_%s", t->name);
+        if (t->grad) note_values(&r, label, t, t->grad, t->host, &note); /* the host copy is not needed any more */
+    }
+
+    const char *algo = algo_name(o);
+    size_t bytes_all = r.bytes_moved + ga->cot_bytes + ga->grad_bytes;
+    size_t bytes_bwd = ga->val_bytes + ga->cot_bytes + ga->grad_bytes;
+    double gbps = (double)bytes_all / (med * 1e-3) / 1e9;
+    printf("BENCH side=ours case=%s impl=ssmc.fwdbwd ms=%.5f cold_ms=%.1f bytes=%zu gbps=%.1f pct=%.1f mode=device "
+           "algo=%s reps=%d fwdtrain_ms=%.5f bwd_ms=%.5f tape_free_ms=%.5f tape_bytes=%zu tape_bytes_per_seq=%zu "
+           "grad_chunk=%lld checkpoints=%lld backward_bytes_per_seq=%zu compile_cold_ms=%.1f first_run_ms=%.2f "
+           "compile_hit_ms=%.1f hit_first_run_ms=%.2f batch=%lld T=%lld%s\n",
+           c->name, med, cold_compile + cold.fwd + cold.bwd, bytes_all, gbps, 100 * gbps * 1e9 / BENCH_PEAK_BPS, algo,
+           n, med_f, med_b, med_x, tape_bytes, gi.tape_bytes, (long long)gi.chunk, (long long)gi.checkpoints,
+           gi.backward_bytes, cold_compile, cold.fwd + cold.bwd, hit_compile, hit.fwd + hit.bwd, (long long)c->batch,
+           (long long)c->T, sb_cstr(&note));
+    gbps = (double)r.bytes_moved / (med_f * 1e-3) / 1e9;
+    printf("BENCH side=ours case=%s impl=ssmc.fwdtrain ms=%.5f cold_ms=%.1f bytes=%zu gbps=%.1f pct=%.1f mode=device "
+           "algo=%s reps=%d tape_bytes=%zu batch=%lld T=%lld\n",
+           c->name, med_f, cold_compile + cold.fwd, r.bytes_moved, gbps, 100 * gbps * 1e9 / BENCH_PEAK_BPS, algo, n,
+           tape_bytes, (long long)c->batch, (long long)c->T);
+    gbps = (double)bytes_bwd / (med_b * 1e-3) / 1e9;
+    printf("BENCH side=ours case=%s impl=ssmc.bwd ms=%.5f cold_ms=%.1f bytes=%zu gbps=%.1f pct=%.1f mode=device "
+           "algo=%s reps=%d batch=%lld T=%lld\n",
+           c->name, med_b, cold.bwd, bytes_bwd, gbps, 100 * gbps * 1e9 / BENCH_PEAK_BPS, algo, n, (long long)c->batch,
+           (long long)c->T);
+    fflush(stdout);
+    ok = 1;
+done:
+    ssmc_model_free(m);
+    ssmc_ctx_free(r.ctx);
+    free_run(&r);
+    free(ga);
+    free(times);
+    sb_free(&err);
+    sb_free(&note);
+    return ok;
+}
+#endif
+
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bench_gpu [--repo DIR] [--case NAME] [--reps N] [--warmup N] [--max-case-s S]\n"
-            "                 [--algo auto|recurrent|chunked|scan] [--device cuda|cpu|interp] [--T N]\n"
+            "usage: bench_gpu [--repo DIR] [--case NAME[,NAME...]] [--reps N] [--warmup N] [--max-case-s S]\n"
+            "                 [--algo auto|recurrent|chunked|scan] [--device cuda|cpu|interp] [--grad]\n"
+            "                 [--T N | --seqlen N] [--batch N] [-D NAME=V]...\n"
+            "  --grad: time the training step (ssmc_forward_train_device + ssmc_backward_device; cuda only)\n"
+            "  --T/--seqlen, --batch, -D: override the sequence cases' T, every case's batch, a dim of the\n"
+            "    cases that set it (small shapes for checks without a GPU; the numbers compare with nothing)\n"
             "cases:");
     for (int i = 0; i < BENCH_NCASES; i++) fprintf(stderr, " %s", bench_cases[i].name);
     fprintf(stderr, "\n");
+}
+
+/* Whether `name` is one of the comma-separated names of list (NULL: all). */
+static int in_list(const char *list, const char *name)
+{
+    if (!list) return 1;
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n)) return 1;
+        p += len + (e != NULL);
+    }
+    return 0;
+}
+
+/* -D NAME=V into o->dims, the name cut in place in argv (which outlives
+ * every case); 0 when malformed or too many. */
+static int parse_dim(bench_opts *o, char *v)
+{
+    char *eq = strchr(v, '='), *end;
+    if (!eq || eq == v || o->ndims == BENCH_MAX_DIMS) return 0;
+    long long n = strtoll(eq + 1, &end, 10);
+    if (*end || n < 1) return 0;
+    *eq = 0;
+    o->dims[o->ndims++] = (ssmc_dim){v, n};
+    return 1;
 }
 
 int main(int argc, char **argv)
@@ -430,7 +755,12 @@ int main(int argc, char **argv)
     bench_opts o = {.repo = ".", .reps = 50, .warmup = 5, .max_case_s = 30, .algo = SSMC_ALGO_AUTO,
                     .device = SSMC_DEVICE_CUDA};
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *a = argv[i];
+        char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--grad")) {
+            o.grad = 1;
+            continue;
+        }
         if (!v) {
             usage();
             return 2;
@@ -446,9 +776,16 @@ int main(int argc, char **argv)
             o.warmup = atoi(v);
         else if (!strcmp(a, "--max-case-s"))
             o.max_case_s = atof(v);
-        else if (!strcmp(a, "--T"))
+        else if (!strcmp(a, "--T") || !strcmp(a, "--seqlen"))
             o.T = atoll(v);
-        else if (!strcmp(a, "--device")) {
+        else if (!strcmp(a, "--batch"))
+            o.batch = atoll(v);
+        else if (!strcmp(a, "-D")) {
+            if (!parse_dim(&o, v)) {
+                fprintf(stderr, "bench_gpu: -D %s: expected NAME=V with V >= 1 (at most %d)\n", v, BENCH_MAX_DIMS);
+                return 2;
+            }
+        } else if (!strcmp(a, "--device")) {
             if (!strcmp(v, "cuda"))
                 o.device = SSMC_DEVICE_CUDA;
             else if (!strcmp(v, "cpu"))
@@ -479,6 +816,21 @@ int main(int argc, char **argv)
         }
     }
     if (o.reps < 1) o.reps = 1;
+    if (o.warmup < 0) o.warmup = 0;
+    if (o.grad && o.device != SSMC_DEVICE_CUDA) {
+        fprintf(stderr, "bench_gpu: --grad times the training step on device pointers (ssmc_forward_train_device, "
+                        "ssmc_backward_device) and needs --device cuda; bench/grad.c (bench_grad) times the host "
+                        "API on the cpu and interp devices\n");
+        return 2;
+    }
+#ifndef BENCH_HAVE_GRAD_DEVICE
+    if (o.grad) {
+        printf("BENCHERR side=ours case=all err=--grad: this bench_gpu was built without BENCH_HAVE_GRAD_DEVICE "
+               "(include/ssmc.h has no ssmc_backward_device, or it did not compile against it: see "
+               "bench/gpu/build.sh's output)\n");
+        return 1;
+    }
+#endif
 
     rt_cuda *gpu = NULL;
     CUdeviceptr flush = 0;
@@ -487,7 +839,8 @@ int main(int argc, char **argv)
     if (o.device != SSMC_DEVICE_CUDA) {
         printf("bench_gpu: host mode (device %s)\n", o.device == SSMC_DEVICE_CPU ? "cpu" : "interp");
     } else if (rt_cuda_open(&gpu, &err) != SSMC_OK) {
-        printf("BENCHERR side=ours case=all err=no GPU: %s\n", sb_cstr(&err));
+        print_error("all", "no GPU", sb_cstr(&err));
+        sb_free(&err);
         return 1;
     } else {
         printf("bench_gpu: device mode, %s (%s, %d SMs)\n", rt_cuda_device_name(gpu), rt_cuda_arch_name(gpu),
@@ -498,14 +851,29 @@ int main(int argc, char **argv)
 #else
     printf("bench_gpu: host mode (ssmc_run on host tensors): times include host<->device copies\n");
 #endif
-    printf("bench_gpu: ssmc %s, reps %d, warmup %d\n", SSMC_VERSION, o.reps, o.warmup);
+    printf("bench_gpu: ssmc %s, %s, reps %d, warmup %d, algo %s\n", SSMC_VERSION,
+           o.grad ? "training step (forward_train + backward)" : "forward", o.reps, o.warmup, algo_name(&o));
     fflush(stdout);
 
+    for (const char *p = o.only; p && *p;) {
+        const char *e = strchr(p, ',');
+        int len = e ? (int)(e - p) : (int)strlen(p), found = 0;
+        for (int i = 0; i < BENCH_NCASES; i++)
+            found |= (int)strlen(bench_cases[i].name) == len && !strncmp(p, bench_cases[i].name, (size_t)len);
+        if (!found) printf("BENCHERR side=ours case=%.*s err=unknown case (bench_gpu --help lists them)\n", len, p);
+        p += len + (e != NULL);
+    }
     int ran = 0;
     for (int i = 0; i < BENCH_NCASES; i++) {
-        if (o.only && strcmp(o.only, bench_cases[i].name)) continue;
-        printf("--- %s\n", bench_cases[i].name);
+        if (!in_list(o.only, bench_cases[i].name)) continue;
+        printf("--- %s%s\n", bench_cases[i].name, o.grad ? " (grad)" : "");
         fflush(stdout);
+#ifdef BENCH_HAVE_GRAD_DEVICE
+        if (o.grad) {
+            ran += bench_grad_one(&bench_cases[i], &o, gpu, flush);
+            continue;
+        }
+#endif
         ran += bench_one(&bench_cases[i], &o, gpu, flush);
     }
     if (gpu) {
