@@ -18,7 +18,8 @@
 # build 150 s, ours 180 s, reference 240 s; with BENCH_GRAD=1 build 150 s, ours 90 s,
 # grad 120 s, reference 210 s (override with BENCH_T_BUILD/OURS/GRAD/REF; a warning
 # when they add up to more than BENCH_T_TOTAL, default 590 s).
-# BENCH_ARGS and BENCH_REF_ARGS add arguments to bench_gpu (both runs) and bench_ref.py.
+# BENCH_ARGS and BENCH_REF_ARGS add arguments to bench_gpu (both runs) and bench_ref.py;
+# BENCH_GRAD_ARGS to the --grad run only, after BENCH_ARGS (so --algo recurrent there wins).
 # BENCH_JOBS: the build's parallel jobs (default 16, the device machine's cores).
 set -u
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -67,7 +68,7 @@ if timeout "$t_build" bash -c 'cmake -S . -B build-gpu -DSSMC_LLVM=OFF -DSSMC_TE
     if [ "$grad" = 1 ]; then
         stamp "running bench_gpu --grad"
         timeout "$t_grad" build-gpu/bench_gpu --repo "$repo" --grad --max-case-s "${BENCH_GRAD_CASE_S:-4}" \
-            ${BENCH_ARGS:-} 2>&1 | tee "$out/ours_grad.log"
+            ${BENCH_ARGS:-} ${BENCH_GRAD_ARGS:-} 2>&1 | tee "$out/ours_grad.log"
         [ "${PIPESTATUS[0]}" = 124 ] &&
             echo "BENCHERR side=ours case=all err=bench_gpu --grad stopped at its ${t_grad}s limit (BENCH_T_GRAD)" |
             tee -a "$out/ours_grad.log"
