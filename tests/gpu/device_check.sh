@@ -20,7 +20,8 @@
 # Logs go to $OUT (or /tmp/device-check): one per stage, and summary.txt with a
 # line per stage. Exits 1 when any stage failed, 77 without a GPU.
 # DEVICE_CHECK_STAGES="2 6 7" runs only those stages after the build (default: all);
-# DEVICE_CHECK_CTEST="-R test_gpu_grad" narrows stage 2's ctest.
+# DEVICE_CHECK_CTEST="-R test_gpu_grad" narrows stage 2's ctest;
+# DEVICE_CHECK_MODELS="fla_retention gla" narrows stage 4 to those examples.
 set -u
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo" || exit 1
@@ -92,6 +93,7 @@ log=$out/chunked.log
 : > "$log"
 for f in examples/*.ssm; do
   m=$(basename "$f" .ssm)
+  case " ${DEVICE_CHECK_MODELS:-$m} " in *" $m "*) ;; *) continue ;; esac
   "$S" emit "$f" --emit=plan --algo chunked >/dev/null 2>&1 || continue # not chunkable: refused, as tested on the CPU
   odd=$("$S" emit "$f" --emit=ir | awk '$1 == "dim" { v = $4; if (v % 2 == 0) v++; printf "-D %s=%d ", $2, v }')
   # the models' stable domain where uniform [-1, 1) draws make the reference explode (stable_inputs.py)
