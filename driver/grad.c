@@ -18,12 +18,16 @@
  *
  * The device entry points (ssmc_forward_train_device, ssmc_backward_device)
  * run the same code with the driver's buffers on the backend's device
- * (backend.mem): the tape's checkpoints, the trace, the adjoint states and
- * the chunks' slices are device memory, every copy and conversion is
- * enqueued on the caller's stream, the runs are the backend's run_device;
- * nothing per step goes through the host. Each call waits for its stream
- * before it frees its working buffers. */
+ * (backend.mem, through driver/gmem.h): the tape's checkpoints, the trace,
+ * the adjoint states and the chunks' slices are device memory, every copy and
+ * conversion is enqueued on the caller's stream, the runs are the backend's
+ * run_device; nothing per step goes through the host. Each call waits for its
+ * stream before it frees its working buffers. A model compiled with the
+ * chunked algorithm goes to driver/grad_chunked.c, on the host or the device
+ * alike. A tape serves the backward of the memory it was made on only
+ * (tape_check). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -468,18 +472,6 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
 {
     const char *fn = device ? "ssmc_backward_device" : "ssmc_backward";
     diag *d = api_model_diag(m);
-    diag_reset(d);
-    if (!tp || tp->model != m) {
-        diag_error(d, "%s needs a tape made by %s on this model", fn,
-                   device ? "ssmc_forward_train_device" : "ssmc_forward_train");
-        return SSMC_ERR_ARG;
-    }
-    if ((tp->mem.dev != NULL) != device) {
-        diag_error(d, "%s: the tape was made by %s, whose checkpoints are on the %s: use %s", fn,
-                   device ? "ssmc_forward_train" : "ssmc_forward_train_device", device ? "host" : "device",
-                   device ? "ssmc_backward" : "ssmc_backward_device");
-        return SSMC_ERR_ARG;
-    }
     grad_state *g;
     ssmc_status s = prepare(m, &g);
     if (s != SSMC_OK) return s;
@@ -497,15 +489,7 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
         s = SSMC_ERR_NOMEM;
         goto done;
     }
-    s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, device ? "ssmc_backward_device: args" : "ssmc_backward: args",
-                bt, d);
-    if (s == SSMC_OK) s = require(ir, bt, d);
-    if (s == SSMC_OK)
-        s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false,
-                    device ? "ssmc_backward_device: douts" : "ssmc_backward: douts", cot, d);
-    if (s == SSMC_OK)
-        s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false,
-                    device ? "ssmc_backward_device: grads" : "ssmc_backward: grads", gr, d);
+    s = grad_backward_args(ir, args, nargs, douts, ndouts, grads, ngrads, fn, bt, cot, gr, d);
     if (s != SSMC_OK) goto done;
 
     size_t zmax = 0;
@@ -630,15 +614,18 @@ done:
  * argument checks of this file ---- */
 
 static ssmc_status chunked_forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs,
-                                         ssmc_tape **tape)
+                                         ssmc_tape **tape, bool device, void *stream)
 {
+    const char *fn = device ? "ssmc_forward_train_device" : "ssmc_forward_train";
     diag *d = api_model_diag(m);
     diag_reset(d);
     if (!tape) {
-        diag_error(d, "ssmc_forward_train needs somewhere to put the tape");
+        diag_error(d, "%s needs somewhere to put the tape", fn);
         return SSMC_ERR_ARG;
     }
     *tape = NULL;
+    ssmc_status s = device ? device_check(m, fn) : SSMC_OK;
+    if (s != SSMC_OK) return s;
     ssmc_tape *tp = calloc(1, sizeof *tp);
     if (!tp) {
         diag_error(d, "out of memory");
@@ -647,7 +634,7 @@ static ssmc_status chunked_forward_train(ssmc_model *m, int64_t B, int64_t T, co
     tp->model = m;
     tp->batch = B;
     tp->T = T;
-    ssmc_status s = grad_chunked_forward(m, B, T, args, nargs, &tp->chunked);
+    s = grad_chunked_forward(m, B, T, args, nargs, device, stream, &tp->chunked);
     if (s != SSMC_OK) {
         free(tp);
         return s;
@@ -658,32 +645,57 @@ static ssmc_status chunked_forward_train(ssmc_model *m, int64_t B, int64_t T, co
 }
 
 ssmc_status grad_run_args(const ir_model *ir, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
-                          backend_tensor *bt, diag *d)
+                          const char *fn, backend_tensor *bt, diag *d)
 {
     ssmc_status s = check_sizes(ir, batch, T, d);
-    if (s == SSMC_OK)
-        s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, "ssmc_forward_train", bt, d);
+    if (s == SSMC_OK) s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, fn, bt, d);
     return s == SSMC_OK ? require(ir, bt, d) : s;
 }
 
 ssmc_status grad_backward_args(const ir_model *ir, const ssmc_arg *args, int nargs, const ssmc_arg *douts, int ndouts,
-                               const ssmc_arg *grads, int ngrads, backend_tensor *bt, backend_tensor *cot,
-                               backend_tensor *gr, diag *d)
+                               const ssmc_arg *grads, int ngrads, const char *fn, backend_tensor *bt,
+                               backend_tensor *cot, backend_tensor *gr, diag *d)
 {
-    ssmc_status s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, "ssmc_backward: args", bt, d);
+    char what[64];
+    snprintf(what, sizeof what, "%s: args", fn);
+    ssmc_status s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, what, bt, d);
     if (s == SSMC_OK) s = require(ir, bt, d);
-    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false, "ssmc_backward: douts", cot, d);
-    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false, "ssmc_backward: grads", gr, d);
+    snprintf(what, sizeof what, "%s: douts", fn);
+    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false, what, cot, d);
+    snprintf(what, sizeof what, "%s: grads", fn);
+    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false, what, gr, d);
     return s;
 }
 
 int64_t grad_interval(const ssmc_options *o, int64_t T) { return chunk_for(o, T); }
 
+/* A backward takes a tape made on its model by the training forward of the
+ * same memory: ssmc_forward_train's (host) for ssmc_backward,
+ * ssmc_forward_train_device's (device) for ssmc_backward_device. */
+static ssmc_status tape_check(ssmc_model *m, const ssmc_tape *tp, bool device)
+{
+    const char *fn = device ? "ssmc_backward_device" : "ssmc_backward";
+    diag *d = api_model_diag(m);
+    if (!tp || tp->model != m) {
+        diag_error(d, "%s needs a tape made by %s on this model", fn,
+                   device ? "ssmc_forward_train_device" : "ssmc_forward_train");
+        return SSMC_ERR_ARG;
+    }
+    bool on_device = tp->chunked ? grad_ctape_on_device(tp->chunked) : tp->mem.dev != NULL;
+    if (on_device != device) {
+        diag_error(d, "%s: the tape was made by %s, whose checkpoints are on the %s: use %s", fn,
+                   device ? "ssmc_forward_train" : "ssmc_forward_train_device", device ? "host" : "device",
+                   device ? "ssmc_backward" : "ssmc_backward_device");
+        return SSMC_ERR_ARG;
+    }
+    return SSMC_OK;
+}
+
 ssmc_status ssmc_forward_train(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
                                ssmc_tape **tape)
 {
     if (!m) return SSMC_ERR_ARG;
-    if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape);
+    if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape, false, NULL);
     return forward_train(m, batch, T, args, nargs, tape, false, NULL);
 }
 
@@ -691,10 +703,12 @@ ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *
                           const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
 {
     if (!m) return SSMC_ERR_ARG;
-    if (tape && tape->model == m && tape->varlen)
-        return varlen_backward(m, tape->varlen, args, nargs, douts, ndouts, grads, ngrads);
-    if (tape && tape->model == m && tape->chunked)
-        return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads);
+    diag_reset(api_model_diag(m));
+    ssmc_status s = tape_check(m, tape, false);
+    if (s != SSMC_OK) return s;
+    if (tape->varlen) return varlen_backward(m, tape->varlen, args, nargs, douts, ndouts, grads, ngrads);
+    if (tape->chunked)
+        return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads, false, NULL);
     return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, false, NULL);
 }
 
@@ -702,16 +716,7 @@ ssmc_status ssmc_forward_train_device(ssmc_model *m, int64_t batch, int64_t T, c
                                       ssmc_tape **tape, void *stream)
 {
     if (!m) return SSMC_ERR_ARG;
-    if (grad_chunked_applies(m)) {
-        /* the one backend with device pointers (cuda) has no backward of the chunked core yet */
-        diag_reset(api_model_diag(m));
-        diag_error(api_model_diag(m), "ssmc_forward_train_device: gradients of the chunked algorithm need the "
-                                      "backward of its core, which the %s backend does not have yet (compile the "
-                                      "model with --algo=recurrent for gradients on the GPU)",
-                   api_model_backend(m)->name);
-        if (tape) *tape = NULL;
-        return SSMC_ERR_UNSUPPORTED;
-    }
+    if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape, true, stream);
     return forward_train(m, batch, T, args, nargs, tape, true, stream);
 }
 
@@ -722,7 +727,11 @@ ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssm
     if (!m) return SSMC_ERR_ARG;
     diag_reset(api_model_diag(m));
     ssmc_status s = device_check(m, "ssmc_backward_device");
-    return s != SSMC_OK ? s : backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, true, stream);
+    if (s == SSMC_OK) s = tape_check(m, tape, true);
+    if (s != SSMC_OK) return s;
+    if (tape->chunked)
+        return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads, true, stream);
+    return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, true, stream);
 }
 
 ssmc_tape *grad_tape_of_varlen(const ssmc_model *m, varlen_tape *v, size_t bytes)

@@ -37,9 +37,11 @@ void grad_run_cases(const gcase *cases, int n, bool fork_them);
  * three) and every edge model (tests/gpu/edge.ssm); return how many. */
 int grad_example_cases(gcase *cases, int max);
 int grad_edge_cases(gcase *cases, int max);
-/* The chunked algorithm's gradients on the cuda device (the host API): the
- * examples whose cores the cuda core backward renders (no decay, a decay per
- * head or per key, the delta rule). */
+/* The chunked algorithm's gradients on the cuda device: the examples whose
+ * cores the cuda core backward renders (no decay, a decay per head or per
+ * key, the delta rule), each through the host API and through the device
+ * entry points, and two more on the device (several sequences and segments,
+ * from zero; bf16 tensors). */
 int grad_chunked_cases(gcase *cases, int max);
 
 #endif
