@@ -139,12 +139,17 @@ static bool train(run *r, const gcase *c, ssmc_dtype dt, bool device, double *co
         if (role != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){nm, dt, dg[i], 0};
     }
     ssmc_tape *tape = NULL;
+    CUstream stream = NULL;
+    strbuf err = {0};
+    if (device && c->stream && rt_cuda_stream_new(gpu, &stream, &err) != SSMC_OK) fail_msg("stream: %s", sb_cstr(&err));
     long copies = device ? host_copies() : -1;
-    ssmc_status s = device ? ssmc_forward_train_device(r->m, c->B, c->T, args, na, &tape, NULL)
+    ssmc_status s = device ? ssmc_forward_train_device(r->m, c->B, c->T, args, na, &tape, stream)
                            : ssmc_forward_train(r->m, c->B, c->T, args, na, &tape);
     if (s == SSMC_OK)
-        s = device ? ssmc_backward_device(r->m, tape, vals, nv, douts, nd, grads, ng, NULL)
+        s = device ? ssmc_backward_device(r->m, tape, vals, nv, douts, nd, grads, ng, stream)
                    : ssmc_backward(r->m, tape, vals, nv, douts, nd, grads, ng);
+    if (stream && rt_cuda_stream_free(gpu, stream, &err) != SSMC_OK) fail_msg("stream: %s", sb_cstr(&err));
+    sb_free(&err);
     if (s != SSMC_OK) snprintf(msg, cap, "%s", ssmc_ctx_error(r->ctx));
     /* the device entry points keep everything on the device */
     long more = copies >= 0 ? host_copies() - copies : 0;
@@ -277,8 +282,9 @@ void grad_run_cases(const gcase *cases, int n, bool fork_them)
                 bool ok = grad_case(c, msg, sizeof msg);
                 printf("# %s %-34s %-8s %s B=%lld T=%lld C=%lld %s%s%s (%.1f s)\n", ok ? "ok  " : "FAIL", c->file,
                        c->model ? c->model : "", c->dt == SSMC_F32 ? "f32 " : "bf16", (long long)c->B, (long long)c->T,
-                       (long long)c->C, c->states ? "from states" : "from inits", c->chunk > 0 ? ", chunked" : "",
-                       c->host ? ", host API" : "", now() - t0);
+                       (long long)c->C, c->states ? "from states" : c->chunk > 0 ? "from zero" : "from inits",
+                       c->chunk > 0 ? ", chunked" : "", c->host ? ", host API" : c->stream ? ", a stream" : "",
+                       now() - t0);
                 if (!ok) printf("#      %s\n", msg);
                 fflush(stdout);
                 if (serial) {
@@ -417,14 +423,14 @@ int grad_chunked_cases(gcase *cases, int max)
         cases[n] = all[i];
         cases[n++].host = false;
     }
-    /* the device entry points with several sequences, T not a multiple of C, several segments: from zero with
-     * no final-state cotangent (mamba2), and bf16 tensors, converted to and from the driver's f32 on the device
-     * (gated_deltanet) */
+    /* the device entry points on a stream of their own, with several sequences, T not a multiple of C,
+     * several segments: from zero with no final-state cotangent (mamba2), and bf16 tensors, converted to and
+     * from the driver's f32 on the device (gated_deltanet) */
     static const gcase more[] = {
         {.file = "examples/mamba2.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"P", 8}, {"N", 16}}}, .B = 2,
-         .T = 45, .C = 16, .dt = SSMC_F32, .states = false, .chunk = 16},
+         .T = 45, .C = 16, .dt = SSMC_F32, .states = false, .chunk = 16, .stream = true},
         {.file = "examples/gated_deltanet.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 2,
-         .T = 37, .C = 0, .dt = SSMC_BF16, .states = true, .chunk = 16},
+         .T = 37, .C = 0, .dt = SSMC_BF16, .states = true, .chunk = 16, .stream = true},
     };
     for (size_t i = 0; i < sizeof more / sizeof *more && n < max; i++) cases[n++] = more[i];
     return n;
