@@ -18,10 +18,11 @@ typedef struct backend_tensor {
                    the run starts from the model's initial value, as for one not given */
 } backend_tensor;
 
-/* Device memory for the gradient driver (driver/grad.c) on device tensors:
- * its checkpoints, trace and adjoint states live on the device, and every
- * move between them and the caller's tensors is enqueued on `stream`. `ctx`
- * is a compiled state of the backend (any of one model's). Pointers are
+/* Device memory for the gradient drivers (driver/grad.c, driver/grad_chunked.c,
+ * through driver/gmem.h) on device tensors: their checkpoints, traces, adjoint
+ * states and work live on the device, and every move between them and the
+ * caller's tensors is enqueued on `stream`. `ctx` is a compiled state of the
+ * backend (any of one model's). Pointers are
  * device addresses; alloc gives uninitialised memory (NULL with a message when
  * it fails); free does not wait for work in flight (call sync first). */
 typedef struct backend_mem {

@@ -161,18 +161,26 @@ bool chunked_has_backward(const chunked_state *s, diag *d)
     return true;
 }
 
-ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, diag *d)
+ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, bool device,
+                                 void *stream, diag *d)
 {
-    if (s->h->core_run_host) return s->h->core_run_host(s->ctx, s->cores[c], batch, T, io, d);
-    return s->h->core_run(s->ctx, s->cores[c], batch, T, io, NULL, d);
+    if (!device && s->h->core_run_host) return s->h->core_run_host(s->ctx, s->cores[c], batch, T, io, d);
+    return s->h->core_run(s->ctx, s->cores[c], batch, T, io, device ? stream : NULL, d);
+}
+
+size_t chunked_core_backward_ws(const chunked_state *s, int c, int64_t batch, int64_t T, bool device)
+{
+    if ((!device && s->h->core_backward_host) || !s->h->core_backward_ws) return 0;
+    return s->h->core_backward_ws(s->ctx, s->cores[c], batch, T);
 }
 
 ssmc_status chunked_core_backward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_grad_io *io,
-                                  diag *d)
+                                  bool device, void *stream, diag *d)
 {
     if (!s->h->core_backward) {
         diag_error(d, "the %s backend has no backward of the chunked core yet", s->h->be->name);
         return SSMC_ERR_UNSUPPORTED;
     }
-    return s->h->core_backward(s->ctx, s->cores[c], batch, T, io, NULL, d);
+    if (!device && s->h->core_backward_host) return s->h->core_backward_host(s->ctx, s->cores[c], batch, T, io, d);
+    return s->h->core_backward(s->ctx, s->cores[c], batch, T, io, device ? stream : NULL, d);
 }

@@ -32,6 +32,7 @@ typedef struct chunk_core_grad_io {
     float *dq[PASS_MAX_READOUTS], *dk, *dv, *dg, *dbeta, *dw;   /* written; NULL where the operand is */
     const float *state; /* the state before the first step, f32 in the state's layout; NULL: zero */
     float *dstate;      /* in: the cotangent of h(T); out: the gradient of the state before the first step */
+    void *work;         /* core_backward's workspace (core_backward_ws bytes, uninitialised); NULL when it needs none */
 } chunk_core_grad_io;
 
 typedef struct chunk_hooks {
@@ -48,18 +49,26 @@ typedef struct chunk_hooks {
     ssmc_status (*core_run)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream,
                             diag *d);
     void (*core_free)(void *ctx, void *core);
-    /* the core's backward over T steps (chunk_core_grad_io) on host memory:
-     * chunk states recomputed from io->state, then the chunks in reverse;
-     * NULL where the backend has none (gradients of a chunked model are then
-     * refused) */
+    /* the core's backward over T steps (chunk_core_grad_io) in the backend's
+     * memory, enqueued on `stream`: chunk states recomputed from io->state,
+     * then the chunks in reverse; NULL where the backend has none (gradients
+     * of a chunked model are then refused) */
     ssmc_status (*core_backward)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
                                  void *stream, diag *d);
+    /* the bytes of io->work core_backward needs for a run of batch x T;
+     * NULL: none */
+    size_t (*core_backward_ws)(void *ctx, void *core, int64_t batch, int64_t T);
     /* whether core_backward renders this core (false with the reason in d
      * when d); NULL: every core */
     bool (*core_has_backward)(void *ctx, void *core, diag *d);
     /* core_run on host memory (chunked_core_forward); NULL: core_run takes
      * host memory itself (a CPU backend) */
     ssmc_status (*core_run_host)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, diag *d);
+    /* core_backward on host memory, with a workspace of its own (io->work
+     * unused), finished when it returns; NULL: core_backward takes host
+     * memory itself */
+    ssmc_status (*core_backward_host)(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
+                                      diag *d);
 } chunk_hooks;
 
 typedef struct chunked_state chunked_state;
@@ -75,15 +84,20 @@ ssmc_status chunked_run(chunked_state *s, int64_t batch, int64_t T, const backen
 void chunked_free(chunked_state *s);
 
 /* For the chunked backward (driver/grad_chunked.c), which runs the parts
- * itself: the plan, and core c's forward (hooks.core_run_host, or core_run)
- * and backward (hooks.core_backward) on host memory; chunked_has_backward is
- * false, with the reason in d when d, where the backend has no core backward
- * or does not render one of the cores'; chunked_core_backward is then
- * SSMC_ERR_UNSUPPORTED, said in d. */
+ * itself: the plan, and core c's forward and backward, on host memory
+ * (device false: hooks.core_run_host or core_run, core_backward_host or
+ * core_backward) or on the backend's device (device true: core_run and
+ * core_backward, enqueued on `stream`). chunked_core_backward_ws: the bytes
+ * of io->work that chunked_core_backward needs there (0: none, io->work may
+ * be NULL). chunked_has_backward is false, with the reason in d when d,
+ * where the backend has no core backward or does not render one of the
+ * cores'; chunked_core_backward is then SSMC_ERR_UNSUPPORTED, said in d. */
 const plan_chunked *chunked_plan(const chunked_state *s);
 bool chunked_has_backward(const chunked_state *s, diag *d);
-ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, diag *d);
+ssmc_status chunked_core_forward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_io *io, bool device,
+                                 void *stream, diag *d);
+size_t chunked_core_backward_ws(const chunked_state *s, int c, int64_t batch, int64_t T, bool device);
 ssmc_status chunked_core_backward(chunked_state *s, int c, int64_t batch, int64_t T, const chunk_core_grad_io *io,
-                                  diag *d);
+                                  bool device, void *stream, diag *d);
 
 #endif

@@ -292,6 +292,7 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     cuda_state *s = k->s;
     const plan_chunk_core *c = k->c;
     bool given = io->state != NULL;
+    pthread_mutex_lock(&s->lock); /* the kernel is compiled at its first use */
     cuda_kernel *kn = &k->k[given][given ? io->state_dtype : SSMC_F32];
     strbuf src = {0}, name = {0}, err = {0}, pn = {0};
     ssmc_status st = SSMC_OK;
@@ -333,6 +334,7 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
         if ((st = rt_cuda_launch(s->gpu, kn->fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) != SSMC_OK)
             fail(d, st, &err, "launching the chunked kernel");
     }
+    pthread_mutex_unlock(&s->lock);
     sb_free(&src);
     sb_free(&name);
     sb_free(&err);
@@ -340,9 +342,9 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     return st;
 }
 
-/* ---- the cores on host memory (driver/grad_chunked.c): every tensor copied
- * into one device buffer (cuda_state.gbuf, kept and grown), the run, the
- * results copied back ---- */
+/* ---- the cores on host memory (the host API's chunked gradients,
+ * driver/grad_chunked.c): every tensor copied into one device buffer
+ * (cuda_state.gbuf, kept and grown), the run, the results copied back ---- */
 
 typedef struct staged {
     const void *host; /* NULL: absent */
@@ -425,10 +427,16 @@ static bool core_has_backward(void *ctx, void *core, diag *d)
     return cuda_chunk_bwd_supported(((cuda_core *)core)->c, d);
 }
 
+static size_t core_backward_ws(void *ctx, void *core, int64_t batch, int64_t T)
+{
+    (void)ctx;
+    return cuda_chunk_bwd_ws_bytes(((cuda_core *)core)->c, batch, T);
+}
+
+/* On device memory, enqueued on `stream`; io->work holds core_backward_ws bytes. */
 static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
                                  void *stream, diag *d)
 {
-    (void)stream;
     cuda_core *k = core;
     cuda_state *s = ctx;
     const plan_chunk_core *c = k->c;
@@ -449,14 +457,60 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
             fail(d, st, &err, "finding the chunked core's backward kernel");
         free(image);
     }
+    cuda_launch l = cuda_chunk_bwd_launch(c, batch);
+    if (st == SSMC_OK && l.blocks > 0x7fffffff) {
+        diag_error(d, "cuda: the chunked core's backward of a batch of %lld needs too many blocks", (long long)batch);
+        st = SSMC_ERR_ARG;
+    }
+    if (st == SSMC_OK) {
+        /* the kernel's parameters (codegen/cuda_chunk_bwd.c): B, T, the workspace, the operands, the readouts'
+         * cotangents, the state and its cotangent, the operands' gradients */
+        int nr = c->nreadouts, n = 0;
+        CUdeviceptr ptr[3 * PASS_MAX_READOUTS + 12];
+#define P(x) (ptr[n++] = (CUdeviceptr)(uintptr_t)(x))
+        for (int r = 0; r < nr; r++) P(io->q[r]);
+        P(io->k), P(io->v), P(io->g), P(io->beta);
+        for (int r = 0; r < nr; r++) P(io->dr[r]);
+        P(io->state), P(io->dstate);
+        for (int r = 0; r < nr; r++) P(io->dq[r]);
+        P(io->dk), P(io->dv), P(io->dg), P(io->dbeta), P(io->dw);
+#undef P
+        long long B = batch, TT = T;
+        CUdeviceptr ws = (CUdeviceptr)(uintptr_t)io->work;
+        void *params[3 * PASS_MAX_READOUTS + 16];
+        int np = 0;
+        params[np++] = &B;
+        params[np++] = &TT;
+        params[np++] = &ws;
+        for (int i = 0; i < n; i++) params[np++] = &ptr[i];
+        unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
+        if ((st = rt_cuda_launch(s->gpu, k->bk.fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) !=
+            SSMC_OK)
+            fail(d, st, &err, "launching the chunked core's backward kernel");
+    }
+    pthread_mutex_unlock(&s->lock);
+    sb_free(&src);
+    sb_free(&name);
+    sb_free(&err);
+    sb_free(&pn);
+    return st;
+}
+
+/* On host memory: staged through gbuf, the workspace after the tensors. */
+static ssmc_status core_backward_host(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_grad_io *io,
+                                      diag *d)
+{
+    cuda_core *k = core;
+    cuda_state *s = ctx;
+    const plan_chunk_core *c = k->c;
+    if (!cuda_chunk_bwd_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
     size_t rows = (size_t)(batch * T * c->nheads), f = sizeof(float), K = (size_t)c->K, V = (size_t)c->V;
-    size_t se = (size_t)batch * (size_t)c->state_elems * f;
+    size_t se = (size_t)batch * (size_t)c->state_elems * f, gw = c->decay == PASS_DECAY_KEY ? K : 1;
     staged t[3 * PASS_MAX_READOUTS + 12] = {{0}};
     int n = 0, nr = c->nreadouts;
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->q[r], rows * K * f, true, false, 0};
     t[n++] = (staged){io->k, rows * K * f, true, false, 0};
     t[n++] = (staged){io->v, rows * V * f, true, false, 0};
-    size_t gw = c->decay == PASS_DECAY_KEY ? K : 1;
     t[n++] = (staged){io->g, rows * gw * f, true, false, 0};
     t[n++] = (staged){io->beta, rows * f, true, false, 0};
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->dr[r], rows * V * f, true, false, 0};
@@ -469,30 +523,22 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     t[n++] = (staged){io->dbeta, rows * f, false, true, 0};
     t[n++] = (staged){io->dw, rows * K * f, false, true, 0};
     CUdeviceptr ws = 0;
-    cuda_launch l = cuda_chunk_bwd_launch(c, batch);
-    if (st == SSMC_OK && l.blocks > 0x7fffffff) {
-        diag_error(d, "cuda: the chunked core's backward of a batch of %lld needs too many blocks", (long long)batch);
-        st = SSMC_ERR_ARG;
-    }
-    if (st == SSMC_OK) st = stage_in(s, t, n, cuda_chunk_bwd_ws_bytes(c, batch, T), &ws, d);
+    pthread_mutex_lock(&s->lock);
+    ssmc_status st = stage_in(s, t, n, cuda_chunk_bwd_ws_bytes(c, batch, T), &ws, d);
     if (st == SSMC_OK) {
-        long long B = batch, TT = T;
-        void *params[3 * PASS_MAX_READOUTS + 16];
-        int np = 0;
-        params[np++] = &B;
-        params[np++] = &TT;
-        params[np++] = &ws;
-        for (int i = 0; i < n; i++) params[np++] = &t[i].dev;
-        unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
-        if ((st = rt_cuda_launch(s->gpu, k->bk.fn, grid, block, l.shared_bytes, NULL, params, &err)) != SSMC_OK)
-            fail(d, st, &err, "launching the chunked core's backward kernel");
+        chunk_core_grad_io dio = {.k = DEV(nr), .v = DEV(nr + 1), .g = DEV(nr + 2), .beta = DEV(nr + 3),
+                                  .state = DEV(2 * nr + 4), .dstate = DEV(2 * nr + 5), .dk = DEV(3 * nr + 6),
+                                  .dv = DEV(3 * nr + 7), .dg = DEV(3 * nr + 8), .dbeta = DEV(3 * nr + 9),
+                                  .dw = DEV(3 * nr + 10), .work = (void *)(uintptr_t)ws};
+        for (int r = 0; r < nr; r++) {
+            dio.q[r] = DEV(r);
+            dio.dr[r] = DEV(nr + 4 + r);
+            dio.dq[r] = DEV(2 * nr + 6 + r);
+        }
+        st = core_backward(ctx, core, batch, T, &dio, NULL, d);
     }
     if (st == SSMC_OK) st = stage_out(s, t, n, d);
     pthread_mutex_unlock(&s->lock);
-    sb_free(&src);
-    sb_free(&name);
-    sb_free(&err);
-    sb_free(&pn);
     return st;
 }
 
@@ -506,8 +552,10 @@ static const chunk_hooks cuda_chunk_hooks = {
     .core_run = core_run,
     .core_free = core_free,
     .core_backward = core_backward,
+    .core_backward_ws = core_backward_ws,
     .core_has_backward = core_has_backward,
     .core_run_host = core_run_host,
+    .core_backward_host = core_backward_host,
 };
 
 static struct chunked_state *cuda_chunked(void *state) { return ((cuda_state *)state)->chunked; }
@@ -528,7 +576,13 @@ static ssmc_status cuda_compile(const ir_model *m, const pass_plan *plan, const 
     }
     arena_init(&s->arena);
     s->m = m;
-    if (pthread_mutex_init(&s->lock, NULL) != 0) {
+    /* recursive: a core's hooks lock it, and chunked_run calls them with it held */
+    pthread_mutexattr_t attr;
+    bool locked = pthread_mutexattr_init(&attr) == 0;
+    locked = locked && pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE) == 0 &&
+             pthread_mutex_init(&s->lock, &attr) == 0;
+    pthread_mutexattr_destroy(&attr);
+    if (!locked) {
         free(s);
         diag_error(d, "cuda: cannot create a lock");
         return SSMC_ERR_NOMEM;

@@ -18,16 +18,21 @@
  *
  * The device entry points (ssmc_forward_train_device, ssmc_backward_device)
  * run the same code with the driver's buffers on the backend's device
- * (backend.mem): the tape's checkpoints, the trace, the adjoint states and
- * the chunks' slices are device memory, every copy and conversion is
- * enqueued on the caller's stream, the runs are the backend's run_device;
- * nothing per step goes through the host. Each call waits for its stream
- * before it frees its working buffers. */
+ * (backend.mem, through driver/gmem.h): the tape's checkpoints, the trace,
+ * the adjoint states and the chunks' slices are device memory, every copy and
+ * conversion is enqueued on the caller's stream, the runs are the backend's
+ * run_device; nothing per step goes through the host. Each call waits for its
+ * stream before it frees its working buffers. A model compiled with the
+ * chunked algorithm goes to driver/grad_chunked.c, on the host or the device
+ * alike. A tape serves the backward of the memory it was made on only
+ * (tape_check). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bundle.h"
+#include "gmem.h"
 #include "grad.h"
 #include "pipeline.h"
 #include "passes/passes.h"
@@ -40,19 +45,6 @@ struct grad_state {
     void *ifwd, *iadj; /* ... and those of the init statements (pg.init) */
     ssmc_dtype wd;   /* the driver's own buffers */
 };
-
-/* Where the driver's buffers live and how data moves between them and the
- * caller's tensors: on the host (malloc, memcpy, conversions in C), or for
- * the device entry points on the backend's device (backend.mem), every move
- * enqueued on one stream. The training forward and the backward are written
- * once, against these. */
-typedef struct gmem {
-    const backend *be;
-    const backend_mem *dev; /* NULL: the host */
-    void *ctx;              /* the backend state the device hooks take */
-    void *stream;
-    diag *d;
-} gmem;
 
 struct ssmc_tape {
     const ssmc_model *model;
@@ -225,89 +217,12 @@ static ssmc_status require(const ir_model *ir, const backend_tensor *bt, diag *d
 
 /* ---- buffers ---- */
 
-
+/* Where the driver's buffers live (driver/gmem.h): the host, or for the
+ * device entry points the backend's device, every move on `stream`. */
 static gmem gmem_of(const grad_state *g, bool device, void *stream, diag *d)
 {
     return (gmem){g->be, device ? g->be->mem : NULL, g->fwd, stream, d};
 }
-
-/* Uninitialised; NULL (reported) when memory ran out. */
-static void *gm_alloc(const gmem *g, size_t bytes)
-{
-    if (g->dev) return g->dev->alloc(g->ctx, bytes ? bytes : 1, g->d);
-    void *p = malloc(bytes + 1);
-    if (!p) diag_error(g->d, "out of memory");
-    return p;
-}
-
-static void gm_free(const gmem *g, void *p)
-{
-    if (!p) return;
-    if (g->dev) g->dev->free(g->ctx, p);
-    else free(p);
-}
-
-static ssmc_status gm_zero(const gmem *g, void *p, size_t bytes)
-{
-    if (g->dev) return bytes ? g->dev->zero(g->ctx, p, bytes, g->stream, g->d) : SSMC_OK;
-    memset(p, 0, bytes);
-    return SSMC_OK;
-}
-
-static void *gm_calloc(const gmem *g, size_t bytes)
-{
-    void *p = gm_alloc(g, bytes);
-    if (p && gm_zero(g, p, bytes) != SSMC_OK) {
-        gm_free(g, p);
-        p = NULL;
-    }
-    return p;
-}
-
-/* `height` rows of `width` bytes, `spitch` apart in src and `dpitch` in dst. */
-static ssmc_status gm_copy2d(const gmem *g, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
-                             size_t height)
-{
-    if (!width || !height) return SSMC_OK;
-    if (g->dev) return g->dev->copy2d(g->ctx, dst, dpitch, src, spitch, width, height, g->stream, g->d);
-    for (size_t r = 0; r < height; r++) memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
-    return SSMC_OK;
-}
-
-static ssmc_status gm_copy(const gmem *g, void *dst, const void *src, size_t bytes)
-{
-    return gm_copy2d(g, dst, bytes, src, bytes, bytes, 1);
-}
-
-static ssmc_status gm_convert(const gmem *g, void *dst, ssmc_dtype dd, const void *src, ssmc_dtype sd, size_t n)
-{
-    if (dd == sd) return gm_copy(g, dst, src, n * dtype_size(dd));
-    if (g->dev) return n ? g->dev->convert(g->ctx, dst, dd, src, sd, n, g->stream, g->d) : SSMC_OK;
-    for (size_t i = 0; i < n; i++) dtype_set(dst, dd, i, dtype_get(src, sd, i));
-    return SSMC_OK;
-}
-
-/* dst[e] = the sum over the batch of src[b, e] (src in the driver's dtype wd,
- * f32 on a device). */
-static ssmc_status gm_sum_batch(const gmem *g, void *dst, ssmc_dtype dd, const void *src, ssmc_dtype wd, int64_t B,
-                                size_t n)
-{
-    if (g->dev) return n ? g->dev->sum_rows(g->ctx, dst, dd, src, B, n, g->stream, g->d) : SSMC_OK;
-    for (size_t e = 0; e < n; e++) {
-        double sum = 0;
-        for (int64_t b = 0; b < B; b++) sum += dtype_get(src, wd, (size_t)b * n + e);
-        dtype_set(dst, dd, e, sum);
-    }
-    return SSMC_OK;
-}
-
-static ssmc_status gm_run(const gmem *g, void *state, int64_t B, int64_t T, const backend_tensor *bt)
-{
-    return g->dev ? g->be->run_device(state, B, T, bt, g->stream, g->d) : g->be->run(state, B, T, bt, g->d);
-}
-
-/* The device's work done, before buffers it uses are freed. */
-static ssmc_status gm_sync(const gmem *g) { return g->dev ? g->dev->sync(g->ctx, g->stream, g->d) : SSMC_OK; }
 
 void ssmc_tape_free(ssmc_tape *t)
 {
@@ -315,54 +230,10 @@ void ssmc_tape_free(ssmc_tape *t)
     grad_ctape_free(t->chunked);
     varlen_tape_free(t->varlen);
     if (t->mem.dev) t->mem.dev->sync(t->mem.ctx, NULL, t->mem.d); /* the whole device: work may still read them */
-    for (int i = 0; t->ckpt && i < t->ntensors; i++) gm_free(&t->mem, t->ckpt[i]);
+    for (int i = 0; t->ckpt && i < t->ntensors; i++) gmem_free(&t->mem, t->ckpt[i]);
     free(t->ckpt);
     free(t->from_init);
     free(t);
-}
-
-/* A per-step tensor's slice of steps [t0, t0 + n) as a run of a chunk takes it,
- * [B, n, elems]: the tensor itself, in place, when that is its layout (one
- * sequence, or the whole sequence); else `scratch`, filled when `in`. */
-typedef struct slice {
-    char *base;          /* the caller's [B, T, elems] */
-    ssmc_dtype dtype;
-    size_t elems;
-    char *scratch;       /* [B, C, elems], or NULL when always in place */
-} slice;
-
-static ssmc_status slice_at(const gmem *g, const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n, bool in,
-                            void **out)
-{
-    size_t row = s->elems * dtype_size(s->dtype);
-    if (B == 1 || n == T) {
-        *out = s->base + (size_t)t0 * row;
-        return SSMC_OK;
-    }
-    *out = s->scratch;
-    return in ? gm_copy2d(g, s->scratch, (size_t)n * row, s->base + (size_t)t0 * row, (size_t)T * row, (size_t)n * row,
-                          (size_t)B)
-              : SSMC_OK;
-}
-
-static ssmc_status slice_back(const gmem *g, const slice *s, int64_t B, int64_t T, int64_t t0, int64_t n)
-{
-    size_t row = s->elems * dtype_size(s->dtype);
-    if (B == 1 || n == T) return SSMC_OK;
-    return gm_copy2d(g, s->base + (size_t)t0 * row, (size_t)T * row, s->scratch, (size_t)n * row, (size_t)n * row,
-                     (size_t)B);
-}
-
-/* Scratch for slices of steps: needed only with several sequences and chunks. */
-static bool slice_init(const gmem *g, slice *s, const backend_tensor *bt, size_t elems, int64_t B, int64_t T, int64_t C)
-{
-    s->base = bt->data;
-    s->dtype = bt->dtype;
-    s->elems = elems;
-    s->scratch = NULL;
-    if (!bt->data || B == 1 || C == T) return true;
-    s->scratch = gm_alloc(g, (size_t)B * (size_t)C * elems * dtype_size(bt->dtype));
-    return s->scratch != NULL;
 }
 
 /* Bytes of one copy of every state of the training forward, per sequence,
@@ -431,7 +302,7 @@ static ssmc_status init_states(grad_state *g, const gmem *gm, int64_t B, const b
             any = true;
         }
     }
-    ssmc_status s = any ? gm_run(gm, g->ifwd, B, 1, ib) : SSMC_OK;
+    ssmc_status s = any ? gmem_run(gm, g->ifwd, B, 1, ib) : SSMC_OK;
     free(ib);
     return s;
 }
@@ -451,7 +322,7 @@ static ssmc_status init_backward(grad_state *g, const gmem *gm, int64_t B, const
     for (uint32_t i = 0; i < f->ntensors; i++)
         if (pg->init_id[i] >= 0 && f->tensors[i].kind == IR_STATE && (size_t)ir_tensor_elems(f, &f->tensors[i]) > zmax)
             zmax = (size_t)ir_tensor_elems(f, &f->tensors[i]);
-    if (!ib || !(zeros = gm_calloc(gm, (size_t)B * zmax * dtype_size(g->wd)))) {
+    if (!ib || !(zeros = gmem_calloc(gm, (size_t)B * zmax * dtype_size(g->wd)))) {
         free(ib);
         return SSMC_ERR_NOMEM;
     }
@@ -468,10 +339,10 @@ static ssmc_status init_backward(grad_state *g, const gmem *gm, int64_t B, const
             any |= from_init[i];
         }
     }
-    ssmc_status s = any ? gm_run(gm, g->iadj, B, 1, ib) : SSMC_OK;
-    if (s == SSMC_OK) s = gm_sync(gm); /* before zeros goes */
+    ssmc_status s = any ? gmem_run(gm, g->iadj, B, 1, ib) : SSMC_OK;
+    if (s == SSMC_OK) s = gmem_sync(gm); /* before zeros goes */
     free(ib);
-    gm_free(gm, zeros);
+    gmem_free(gm, zeros);
     return s;
 }
 
@@ -509,7 +380,7 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
     const ir_model *f = g->pg.forward;
     size_t nf = f->ntensors, ws = dtype_size(g->wd);
     backend_tensor *bt = calloc(nf, sizeof *bt), *rb = calloc(nf, sizeof *rb);
-    slice *sl = calloc(nf, sizeof *sl);
+    gmem_slice *sl = calloc(nf, sizeof *sl);
     void **cur = calloc(nf, sizeof *cur);
     ssmc_tape *tp = calloc(1, sizeof *tp);
     if (!bt || !rb || !sl || !cur || !tp || !(tp->ckpt = calloc(nf, sizeof *tp->ckpt)) ||
@@ -534,16 +405,16 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
         size_t n = elems_of(f, (int)i);
         if (t->kind == IR_STATE) {
             size_t bytes = (size_t)B * n * ws;
-            if (!(cur[i] = gm_calloc(&gm, bytes)) || !(tp->ckpt[i] = gm_alloc(&gm, (size_t)tp->nck * bytes))) {
+            if (!(cur[i] = gmem_calloc(&gm, bytes)) || !(tp->ckpt[i] = gmem_alloc(&gm, (size_t)tp->nck * bytes))) {
                 s = SSMC_ERR_NOMEM;
                 goto done;
             }
             tp->bytes += (size_t)tp->nck * bytes;
             /* a final-only state starts as one not given: from its init, or zero */
             if ((int)i < g->pg.nfwd && bt[i].data && !bt[i].fresh)
-                s = gm_convert(&gm, cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
+                s = gmem_convert(&gm, cur[i], g->wd, bt[i].data, bt[i].dtype, (size_t)B * n);
             else tp->from_init[i] = g->pg.init_id[i] >= 0;
-        } else if (t->per_step && (int)i < g->pg.nfwd && !slice_init(&gm, &sl[i], &bt[i], n, B, T, tp->C)) {
+        } else if (t->per_step && (int)i < g->pg.nfwd && !gmem_slice_init(&gm, &sl[i], &bt[i], n, B, T, tp->C)) {
             s = SSMC_ERR_NOMEM;
             goto done;
         }
@@ -556,31 +427,31 @@ static ssmc_status forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc
             rb[i] = (backend_tensor){NULL, g->wd, false};
             if (t->kind == IR_STATE) {
                 size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
-                s = gm_copy(&gm, (char *)tp->ckpt[i] + (size_t)k * bytes, cur[i], bytes);
+                s = gmem_copy(&gm, (char *)tp->ckpt[i] + (size_t)k * bytes, cur[i], bytes);
                 rb[i].data = cur[i];
             } else if (t->kind == IR_PARAM) {
                 rb[i] = bt[i];
             } else if ((int)i < g->pg.nfwd && bt[i].data) {
                 rb[i].dtype = bt[i].dtype;
-                s = slice_at(&gm, &sl[i], B, T, t0, n, t->kind == IR_INPUT, &rb[i].data);
+                s = gmem_slice_at(&gm, &sl[i], B, T, t0, n, t->kind == IR_INPUT, &rb[i].data);
             }
         }
-        if (s == SSMC_OK) s = gm_run(&gm, g->fwd, B, n, rb);
+        if (s == SSMC_OK) s = gmem_run(&gm, g->fwd, B, n, rb);
         for (size_t i = 0; s == SSMC_OK && i < nf; i++)
-            if (f->tensors[i].kind == IR_OUTPUT && sl[i].base) s = slice_back(&gm, &sl[i], B, T, t0, n);
+            if (f->tensors[i].kind == IR_OUTPUT && sl[i].base) s = gmem_slice_back(&gm, &sl[i], B, T, t0, n);
     }
     for (size_t i = 0; s == SSMC_OK && (int)i < g->pg.nfwd; i++)
         if (f->tensors[i].kind == IR_STATE && bt[i].data)
-            s = gm_convert(&gm, bt[i].data, bt[i].dtype, cur[i], g->wd, (size_t)B * elems_of(f, (int)i));
+            s = gmem_convert(&gm, bt[i].data, bt[i].dtype, cur[i], g->wd, (size_t)B * elems_of(f, (int)i));
 done:
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
     if (g) {
-        ssmc_status ss = gm_sync(&gm); /* the temporaries below are in use until then */
+        ssmc_status ss = gmem_sync(&gm); /* the temporaries below are in use until then */
         if (s == SSMC_OK) s = ss;
     }
     for (size_t i = 0; g && i < nf; i++) {
-        if (cur) gm_free(&gm, cur[i]);
-        if (sl) gm_free(&gm, sl[i].scratch);
+        if (cur) gmem_free(&gm, cur[i]);
+        if (sl) gmem_free(&gm, sl[i].scratch);
     }
     free(cur);
     free(sl);
@@ -601,18 +472,6 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
 {
     const char *fn = device ? "ssmc_backward_device" : "ssmc_backward";
     diag *d = api_model_diag(m);
-    diag_reset(d);
-    if (!tp || tp->model != m) {
-        diag_error(d, "%s needs a tape made by %s on this model", fn,
-                   device ? "ssmc_forward_train_device" : "ssmc_forward_train");
-        return SSMC_ERR_ARG;
-    }
-    if ((tp->mem.dev != NULL) != device) {
-        diag_error(d, "%s: the tape was made by %s, whose checkpoints are on the %s: use %s", fn,
-                   device ? "ssmc_forward_train" : "ssmc_forward_train_device", device ? "host" : "device",
-                   device ? "ssmc_backward" : "ssmc_backward_device");
-        return SSMC_ERR_ARG;
-    }
     grad_state *g;
     ssmc_status s = prepare(m, &g);
     if (s != SSMC_OK) return s;
@@ -623,22 +482,14 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
     size_t nf = f->ntensors, na = A->ntensors, ws = dtype_size(g->wd);
     backend_tensor *bt = calloc(nf, sizeof *bt), *cot = calloc(nf, sizeof *cot), *gr = calloc(nf, sizeof *gr);
     backend_tensor *rb = calloc(nf, sizeof *rb), *ab = calloc(na, sizeof *ab);
-    slice *in = calloc(nf, sizeof *in), *dy = calloc(nf, sizeof *dy), *dx = calloc(nf, sizeof *dx);
+    gmem_slice *in = calloc(nf, sizeof *in), *dy = calloc(nf, sizeof *dy), *dx = calloc(nf, sizeof *dx);
     void **rec = calloc(nf, sizeof *rec), **trace = calloc(nf, sizeof *trace), **adj = calloc(nf, sizeof *adj);
     void *zeros = NULL;
     if (!bt || !cot || !gr || !rb || !ab || !in || !dy || !dx || !rec || !trace || !adj) {
         s = SSMC_ERR_NOMEM;
         goto done;
     }
-    s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, device ? "ssmc_backward_device: args" : "ssmc_backward: args",
-                bt, d);
-    if (s == SSMC_OK) s = require(ir, bt, d);
-    if (s == SSMC_OK)
-        s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false,
-                    device ? "ssmc_backward_device: douts" : "ssmc_backward: douts", cot, d);
-    if (s == SSMC_OK)
-        s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false,
-                    device ? "ssmc_backward_device: grads" : "ssmc_backward: grads", gr, d);
+    s = grad_backward_args(ir, args, nargs, douts, ndouts, grads, ngrads, fn, bt, cot, gr, d);
     if (s != SSMC_OK) goto done;
 
     size_t zmax = 0;
@@ -649,15 +500,15 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
         bool ok = true;
         if (t->kind == IR_STATE) {
             /* the adjoint state starts at the cotangent of the final state */
-            ok = (rec[i] = gm_alloc(&gm, (size_t)B * n * ws)) && (adj[i] = gm_calloc(&gm, (size_t)B * n * ws));
-            if (ok && mine && cot[i].data) s = gm_convert(&gm, adj[i], g->wd, cot[i].data, cot[i].dtype, (size_t)B * n);
-            if (ok && pg->trace[i] >= 0) ok = (trace[i] = gm_alloc(&gm, (size_t)B * (size_t)C * n * ws)) != NULL;
+            ok = (rec[i] = gmem_alloc(&gm, (size_t)B * n * ws)) && (adj[i] = gmem_calloc(&gm, (size_t)B * n * ws));
+            if (ok && mine && cot[i].data) s = gmem_convert(&gm, adj[i], g->wd, cot[i].data, cot[i].dtype, (size_t)B * n);
+            if (ok && pg->trace[i] >= 0) ok = (trace[i] = gmem_alloc(&gm, (size_t)B * (size_t)C * n * ws)) != NULL;
         } else if (t->kind == IR_PARAM) {
-            ok = (adj[i] = gm_calloc(&gm, (size_t)B * n * ws)) != NULL;
+            ok = (adj[i] = gmem_calloc(&gm, (size_t)B * n * ws)) != NULL;
         } else if (t->kind == IR_INPUT && mine) {
-            ok = slice_init(&gm, &in[i], &bt[i], n, B, T, C) && slice_init(&gm, &dx[i], &gr[i], n, B, T, C);
+            ok = gmem_slice_init(&gm, &in[i], &bt[i], n, B, T, C) && gmem_slice_init(&gm, &dx[i], &gr[i], n, B, T, C);
         } else if (t->kind == IR_OUTPUT && mine) {
-            ok = slice_init(&gm, &dy[i], &cot[i], n, B, T, C);
+            ok = gmem_slice_init(&gm, &dy[i], &cot[i], n, B, T, C);
             if (!cot[i].data && B * C * (int64_t)n > (int64_t)zmax) zmax = (size_t)(B * C) * n;
         }
         if (!ok) {
@@ -665,7 +516,7 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
             goto done;
         }
     }
-    if (s == SSMC_OK && !(zeros = gm_calloc(&gm, zmax * ws))) s = SSMC_ERR_NOMEM;
+    if (s == SSMC_OK && !(zeros = gmem_calloc(&gm, zmax * ws))) s = SSMC_ERR_NOMEM;
     if (s != SSMC_OK) goto done;
 
     for (int64_t k = tp->nck - 1; k >= 0 && s == SSMC_OK; k--) {
@@ -676,17 +527,17 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
             const ir_tensor *t = &f->tensors[i];
             if (t->kind == IR_STATE) {
                 size_t bytes = (size_t)B * elems_of(f, (int)i) * ws;
-                s = gm_copy(&gm, rec[i], (const char *)tp->ckpt[i] + (size_t)k * bytes, bytes);
+                s = gmem_copy(&gm, rec[i], (const char *)tp->ckpt[i] + (size_t)k * bytes, bytes);
                 rb[i].data = rec[i];
                 if (pg->trace[i] >= 0) rb[pg->trace[i]] = (backend_tensor){trace[i], g->wd, false};
             } else if (t->kind == IR_PARAM) {
                 rb[i] = bt[i];
             } else if (t->kind == IR_INPUT) {
                 rb[i].dtype = bt[i].dtype;
-                s = slice_at(&gm, &in[i], B, T, t0, n, true, &rb[i].data);
+                s = gmem_slice_at(&gm, &in[i], B, T, t0, n, true, &rb[i].data);
             }
         }
-        if (s == SSMC_OK) s = gm_run(&gm, g->fwd, B, n, rb);
+        if (s == SSMC_OK) s = gmem_run(&gm, g->fwd, B, n, rb);
         if (s != SSMC_OK) break;
         /* the adjoint over the chunk, in reverse */
         for (size_t j = 0; j < na; j++) ab[j] = (backend_tensor){NULL, g->wd, false};
@@ -703,20 +554,20 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
                 if (v >= 0) ab[v] = rb[i];
                 if (a >= 0 && gr[i].data) {
                     ab[a].dtype = gr[i].dtype;
-                    s = slice_at(&gm, &dx[i], B, T, t0, n, false, &ab[a].data);
+                    s = gmem_slice_at(&gm, &dx[i], B, T, t0, n, false, &ab[a].data);
                 }
             } else if (t->kind == IR_OUTPUT && (int)i < pg->nfwd && a >= 0) {
                 if (cot[i].data) {
                     ab[a].dtype = cot[i].dtype;
-                    s = slice_at(&gm, &dy[i], B, T, t0, n, true, &ab[a].data);
+                    s = gmem_slice_at(&gm, &dy[i], B, T, t0, n, true, &ab[a].data);
                 } else {
                     ab[a].data = zeros;
                 }
             }
         }
-        if (s == SSMC_OK) s = gm_run(&gm, g->adj, B, n, ab);
+        if (s == SSMC_OK) s = gmem_run(&gm, g->adj, B, n, ab);
         for (size_t i = 0; s == SSMC_OK && i < nf; i++)
-            if (f->tensors[i].kind == IR_INPUT && dx[i].base) s = slice_back(&gm, &dx[i], B, T, t0, n);
+            if (f->tensors[i].kind == IR_INPUT && dx[i].base) s = gmem_slice_back(&gm, &dx[i], B, T, t0, n);
     }
     if (s == SSMC_OK) s = init_backward(g, &gm, B, bt, adj, tp->from_init);
     for (size_t i = 0; s == SSMC_OK && (int)i < pg->nfwd; i++) {
@@ -724,27 +575,27 @@ static ssmc_status backward(ssmc_model *m, const ssmc_tape *tp, const ssmc_arg *
         size_t n = elems_of(f, (int)i);
         if (!gr[i].data) continue;
         if (t->kind == IR_STATE)
-            s = gm_convert(&gm, gr[i].data, gr[i].dtype, adj[i], g->wd, (size_t)B * n);
+            s = gmem_convert(&gm, gr[i].data, gr[i].dtype, adj[i], g->wd, (size_t)B * n);
         else if (t->kind == IR_PARAM)
-            s = gm_sum_batch(&gm, gr[i].data, gr[i].dtype, adj[i], g->wd, B, n);
+            s = gmem_sum_rows(&gm, gr[i].data, gr[i].dtype, adj[i], g->wd, B, n);
         else if (t->kind == IR_INPUT && pg->adj_grad[i] < 0) /* never read: its gradient is zero (all bits clear) */
-            s = gm_zero(&gm, gr[i].data, (size_t)(B * T) * n * dtype_size(gr[i].dtype));
+            s = gmem_zero(&gm, gr[i].data, (size_t)(B * T) * n * dtype_size(gr[i].dtype));
     }
 done:
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
     if (g) {
-        ssmc_status ss = gm_sync(&gm); /* the temporaries below are in use until then */
+        ssmc_status ss = gmem_sync(&gm); /* the temporaries below are in use until then */
         if (s == SSMC_OK) s = ss;
     }
     for (size_t i = 0; g && i < nf; i++) {
-        if (rec) gm_free(&gm, rec[i]);
-        if (trace) gm_free(&gm, trace[i]);
-        if (adj) gm_free(&gm, adj[i]);
-        if (in) gm_free(&gm, in[i].scratch);
-        if (dy) gm_free(&gm, dy[i].scratch);
-        if (dx) gm_free(&gm, dx[i].scratch);
+        if (rec) gmem_free(&gm, rec[i]);
+        if (trace) gmem_free(&gm, trace[i]);
+        if (adj) gmem_free(&gm, adj[i]);
+        if (in) gmem_free(&gm, in[i].scratch);
+        if (dy) gmem_free(&gm, dy[i].scratch);
+        if (dx) gmem_free(&gm, dx[i].scratch);
     }
-    if (g) gm_free(&gm, zeros);
+    if (g) gmem_free(&gm, zeros);
     free(rec);
     free(trace);
     free(adj);
@@ -763,15 +614,18 @@ done:
  * argument checks of this file ---- */
 
 static ssmc_status chunked_forward_train(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs,
-                                         ssmc_tape **tape)
+                                         ssmc_tape **tape, bool device, void *stream)
 {
+    const char *fn = device ? "ssmc_forward_train_device" : "ssmc_forward_train";
     diag *d = api_model_diag(m);
     diag_reset(d);
     if (!tape) {
-        diag_error(d, "ssmc_forward_train needs somewhere to put the tape");
+        diag_error(d, "%s needs somewhere to put the tape", fn);
         return SSMC_ERR_ARG;
     }
     *tape = NULL;
+    ssmc_status s = device ? device_check(m, fn) : SSMC_OK;
+    if (s != SSMC_OK) return s;
     ssmc_tape *tp = calloc(1, sizeof *tp);
     if (!tp) {
         diag_error(d, "out of memory");
@@ -780,7 +634,7 @@ static ssmc_status chunked_forward_train(ssmc_model *m, int64_t B, int64_t T, co
     tp->model = m;
     tp->batch = B;
     tp->T = T;
-    ssmc_status s = grad_chunked_forward(m, B, T, args, nargs, &tp->chunked);
+    s = grad_chunked_forward(m, B, T, args, nargs, device, stream, &tp->chunked);
     if (s != SSMC_OK) {
         free(tp);
         return s;
@@ -791,32 +645,57 @@ static ssmc_status chunked_forward_train(ssmc_model *m, int64_t B, int64_t T, co
 }
 
 ssmc_status grad_run_args(const ir_model *ir, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
-                          backend_tensor *bt, diag *d)
+                          const char *fn, backend_tensor *bt, diag *d)
 {
     ssmc_status s = check_sizes(ir, batch, T, d);
-    if (s == SSMC_OK)
-        s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, "ssmc_forward_train", bt, d);
+    if (s == SSMC_OK) s = resolve(ir, args, nargs, K_INPUT | K_PARAM | K_STATE | K_OUTPUT, true, fn, bt, d);
     return s == SSMC_OK ? require(ir, bt, d) : s;
 }
 
 ssmc_status grad_backward_args(const ir_model *ir, const ssmc_arg *args, int nargs, const ssmc_arg *douts, int ndouts,
-                               const ssmc_arg *grads, int ngrads, backend_tensor *bt, backend_tensor *cot,
-                               backend_tensor *gr, diag *d)
+                               const ssmc_arg *grads, int ngrads, const char *fn, backend_tensor *bt,
+                               backend_tensor *cot, backend_tensor *gr, diag *d)
 {
-    ssmc_status s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, "ssmc_backward: args", bt, d);
+    char what[64];
+    snprintf(what, sizeof what, "%s: args", fn);
+    ssmc_status s = resolve(ir, args, nargs, K_INPUT | K_PARAM, false, what, bt, d);
     if (s == SSMC_OK) s = require(ir, bt, d);
-    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false, "ssmc_backward: douts", cot, d);
-    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false, "ssmc_backward: grads", gr, d);
+    snprintf(what, sizeof what, "%s: douts", fn);
+    if (s == SSMC_OK) s = resolve(ir, douts, ndouts, K_OUTPUT | K_STATE, false, what, cot, d);
+    snprintf(what, sizeof what, "%s: grads", fn);
+    if (s == SSMC_OK) s = resolve(ir, grads, ngrads, K_INPUT | K_PARAM | K_STATE, false, what, gr, d);
     return s;
 }
 
 int64_t grad_interval(const ssmc_options *o, int64_t T) { return chunk_for(o, T); }
 
+/* A backward takes a tape made on its model by the training forward of the
+ * same memory: ssmc_forward_train's (host) for ssmc_backward,
+ * ssmc_forward_train_device's (device) for ssmc_backward_device. */
+static ssmc_status tape_check(ssmc_model *m, const ssmc_tape *tp, bool device)
+{
+    const char *fn = device ? "ssmc_backward_device" : "ssmc_backward";
+    diag *d = api_model_diag(m);
+    if (!tp || tp->model != m) {
+        diag_error(d, "%s needs a tape made by %s on this model", fn,
+                   device ? "ssmc_forward_train_device" : "ssmc_forward_train");
+        return SSMC_ERR_ARG;
+    }
+    bool on_device = tp->chunked ? grad_ctape_on_device(tp->chunked) : tp->mem.dev != NULL;
+    if (on_device != device) {
+        diag_error(d, "%s: the tape was made by %s, whose checkpoints are on the %s: use %s", fn,
+                   device ? "ssmc_forward_train" : "ssmc_forward_train_device", device ? "host" : "device",
+                   device ? "ssmc_backward" : "ssmc_backward_device");
+        return SSMC_ERR_ARG;
+    }
+    return SSMC_OK;
+}
+
 ssmc_status ssmc_forward_train(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
                                ssmc_tape **tape)
 {
     if (!m) return SSMC_ERR_ARG;
-    if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape);
+    if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape, false, NULL);
     return forward_train(m, batch, T, args, nargs, tape, false, NULL);
 }
 
@@ -824,10 +703,12 @@ ssmc_status ssmc_backward(ssmc_model *m, const ssmc_tape *tape, const ssmc_arg *
                           const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
 {
     if (!m) return SSMC_ERR_ARG;
-    if (tape && tape->model == m && tape->varlen)
-        return varlen_backward(m, tape->varlen, args, nargs, douts, ndouts, grads, ngrads);
-    if (tape && tape->model == m && tape->chunked)
-        return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads);
+    diag_reset(api_model_diag(m));
+    ssmc_status s = tape_check(m, tape, false);
+    if (s != SSMC_OK) return s;
+    if (tape->varlen) return varlen_backward(m, tape->varlen, args, nargs, douts, ndouts, grads, ngrads);
+    if (tape->chunked)
+        return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads, false, NULL);
     return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, false, NULL);
 }
 
@@ -835,16 +716,7 @@ ssmc_status ssmc_forward_train_device(ssmc_model *m, int64_t batch, int64_t T, c
                                       ssmc_tape **tape, void *stream)
 {
     if (!m) return SSMC_ERR_ARG;
-    if (grad_chunked_applies(m)) {
-        /* the one backend with device pointers (cuda) has no backward of the chunked core yet */
-        diag_reset(api_model_diag(m));
-        diag_error(api_model_diag(m), "ssmc_forward_train_device: gradients of the chunked algorithm need the "
-                                      "backward of its core, which the %s backend does not have yet (compile the "
-                                      "model with --algo=recurrent for gradients on the GPU)",
-                   api_model_backend(m)->name);
-        if (tape) *tape = NULL;
-        return SSMC_ERR_UNSUPPORTED;
-    }
+    if (grad_chunked_applies(m)) return chunked_forward_train(m, batch, T, args, nargs, tape, true, stream);
     return forward_train(m, batch, T, args, nargs, tape, true, stream);
 }
 
@@ -855,7 +727,11 @@ ssmc_status ssmc_backward_device(ssmc_model *m, const ssmc_tape *tape, const ssm
     if (!m) return SSMC_ERR_ARG;
     diag_reset(api_model_diag(m));
     ssmc_status s = device_check(m, "ssmc_backward_device");
-    return s != SSMC_OK ? s : backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, true, stream);
+    if (s == SSMC_OK) s = tape_check(m, tape, true);
+    if (s != SSMC_OK) return s;
+    if (tape->chunked)
+        return grad_chunked_backward(m, tape->chunked, args, nargs, douts, ndouts, grads, ngrads, true, stream);
+    return backward(m, tape, args, nargs, douts, ndouts, grads, ngrads, true, stream);
 }
 
 ssmc_tape *grad_tape_of_varlen(const ssmc_model *m, varlen_tape *v, size_t bytes)

@@ -42,13 +42,14 @@ ssmc_tape *grad_tape_of_varlen(const ssmc_model *m, varlen_tape *v, size_t bytes
 /* Compiles a model the gradients pass made for backend be (through the rest
  * of the pipeline, the recurrent algorithm, where be plans). */
 ssmc_status grad_compile(const backend *be, ir_model *model, const ssmc_options *o, arena *a, diag *d, void **state);
-/* The arguments of ssmc_forward_train and ssmc_backward checked as the
- * recurrent backward checks them, into bt/cot/gr (zeroed, by tensor id of ir). */
+/* The arguments of ssmc_forward_train and ssmc_backward (or their _device
+ * forms: fn, the entry point the messages name) checked as the recurrent
+ * backward checks them, into bt/cot/gr (zeroed, by tensor id of ir). */
 ssmc_status grad_run_args(const ir_model *ir, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
-                          backend_tensor *bt, diag *d);
+                          const char *fn, backend_tensor *bt, diag *d);
 ssmc_status grad_backward_args(const ir_model *ir, const ssmc_arg *args, int nargs, const ssmc_arg *douts, int ndouts,
-                               const ssmc_arg *grads, int ngrads, backend_tensor *bt, backend_tensor *cot,
-                               backend_tensor *gr, diag *d);
+                               const ssmc_arg *grads, int ngrads, const char *fn, backend_tensor *bt,
+                               backend_tensor *cot, backend_tensor *gr, diag *d);
 /* The checkpoint interval of T steps (ssmc_options.grad_chunk, else ceil(sqrt(T))). */
 int64_t grad_interval(const ssmc_options *o, int64_t T);
 
@@ -58,11 +59,17 @@ typedef struct grad_ctape grad_ctape;
 void grad_chunked_free(grad_chunked *g);
 bool grad_chunked_applies(const ssmc_model *m); /* the model runs the chunked algorithm on a backend with a plan */
 ssmc_status grad_chunked_info(ssmc_model *m, int64_t T, ssmc_grad_info *info);
-ssmc_status grad_chunked_forward(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs,
-                                 grad_ctape **tape);
+/* device: the tensors are device pointers of the backend, the tape and the
+ * work are on the device, everything is enqueued on `stream` (the caller has
+ * checked that the backend has device memory, and that the tape was made on
+ * the same memory as the backward). */
+ssmc_status grad_chunked_forward(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs, bool device,
+                                 void *stream, grad_ctape **tape);
 ssmc_status grad_chunked_backward(ssmc_model *m, const grad_ctape *tape, const ssmc_arg *args, int nargs,
-                                  const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads);
+                                  const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads, bool device,
+                                  void *stream);
 size_t grad_ctape_bytes(const grad_ctape *t);
+bool grad_ctape_on_device(const grad_ctape *t); /* made by the device entry point */
 void grad_ctape_free(grad_ctape *t);
 
 #endif

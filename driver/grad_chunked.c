@@ -24,12 +24,27 @@
  * recomputes the G chunk states from the segment's checkpoint, then runs them in
  * reverse, carrying dh), the prologue's adjoint. ssmc_options.grad_chunk <= C
  * makes every segment one chunk: every chunk's state is then kept by the
- * forward and none is recomputed. The driver's buffers are f32. */
+ * forward and none is recomputed.
+ *
+ * The driver's buffers are f32, in the memory of driver/gmem.h: the host for
+ * ssmc_forward_train / ssmc_backward (the parts run through the backend's
+ * run, the cores through its host hooks), the backend's device for
+ * ssmc_forward_train_device / ssmc_backward_device (the tape, the work, the
+ * segments' slices of the caller's tensors on the device; the parts through
+ * run_device, the cores through core_run and core_backward; every copy,
+ * conversion and sum enqueued on the caller's stream, nothing per step
+ * through the host). A segment's slice of a per-step tensor is the caller's
+ * tensor in place where its layout allows (one sequence, one segment), else a
+ * copy in the caller's dtype; each input's gradient is the sum of the two
+ * parts' shares, and each param's the sum over both parts and the batch,
+ * both by gmem_sum_rows. Each call waits for its stream before it frees its
+ * working buffers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "codegen/chunked_run.h"
+#include "gmem.h"
 #include "grad.h"
 #include "bundle.h"
 #include "passes/passes.h"
@@ -50,11 +65,12 @@ struct grad_chunked {
 
 struct grad_ctape {
     int64_t B, T, seg, nseg;
-    float **core;          /* per core: [nseg][B][state_elems] */
-    float **hist[NPARTS];  /* per tensor of the part's training forward, states: [nseg][B][elems] */
+    void **core;           /* per core: [nseg][B][state_elems] f32 */
+    void **hist[NPARTS];   /* per tensor of the part's training forward, states: [nseg][B][elems] f32 */
     int nt[NPARTS];
     int ncores;
     size_t bytes;
+    gmem mem;              /* where they are: the host, or the device (stream NULL) */
 };
 
 bool grad_chunked_applies(const ssmc_model *m)
@@ -76,16 +92,26 @@ void grad_chunked_free(grad_chunked *g)
 void grad_ctape_free(grad_ctape *t)
 {
     if (!t) return;
-    for (int c = 0; t->core && c < t->ncores; c++) free(t->core[c]);
+    if (t->mem.dev) t->mem.dev->sync(t->mem.ctx, NULL, t->mem.d); /* the whole device: work may still read them */
+    for (int c = 0; t->core && c < t->ncores; c++) gmem_free(&t->mem, t->core[c]);
     free(t->core);
     for (int p = 0; p < NPARTS; p++) {
-        for (int i = 0; t->hist[p] && i < t->nt[p]; i++) free(t->hist[p][i]);
+        for (int i = 0; t->hist[p] && i < t->nt[p]; i++) gmem_free(&t->mem, t->hist[p][i]);
         free(t->hist[p]);
     }
     free(t);
 }
 
 size_t grad_ctape_bytes(const grad_ctape *t) { return t ? t->bytes : 0; }
+
+bool grad_ctape_on_device(const grad_ctape *t) { return t && t->mem.dev; }
+
+/* Where the driver's buffers live: the host, or the backend's device with
+ * every move on `stream`. */
+static gmem gmem_of(const grad_chunked *g, bool device, void *stream, diag *d)
+{
+    return (gmem){g->be, device ? g->be->mem : NULL, g->fwd[PRO], stream, d};
+}
 
 static size_t elems_of(const ir_model *m, int t) { return (size_t)ir_tensor_elems(m, &m->tensors[t]); }
 
@@ -211,138 +237,16 @@ ssmc_status grad_chunked_info(ssmc_model *m, int64_t T, ssmc_grad_info *info)
     return SSMC_OK;
 }
 
-/* ---- per-step buffers ---- */
+/* ---- a segment's buffers ---- */
 
-/* [B, n, e] f32 from steps [t0, t0 + n) of a [B, T, e] tensor of any dtype */
-static void gather(float *dst, const backend_tensor *src, size_t e, int64_t B, int64_t T, int64_t t0, int64_t n)
+/* Part p's own tensor (among its training forward's first nfwd) that the
+ * model's tensor i is (the same name and kind), or -1. */
+static int part_index(const grad_chunked *g, int p, int i)
 {
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < n; t++)
-            for (size_t j = 0; j < e; j++)
-                dst[((size_t)(b * n + t)) * e + j] = (float)dtype_get(src->data, src->dtype, ((size_t)(b * T + t0 + t)) * e + j);
+    const ir_model *f = g->pg[p].forward;
+    int j = ir_find_tensor(f, g->M->tensors[i].name);
+    return j >= 0 && j < g->pg[p].nfwd && f->tensors[j].kind == g->M->tensors[i].kind ? j : -1;
 }
-
-/* the reverse of gather, the sum of one or two buffers (b may be NULL) */
-static void scatter(const backend_tensor *dst, const float *a, const float *b2, size_t e, int64_t B, int64_t T,
-                    int64_t t0, int64_t n)
-{
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < n; t++)
-            for (size_t j = 0; j < e; j++) {
-                size_t k = ((size_t)(b * n + t)) * e + j;
-                dtype_set(dst->data, dst->dtype, ((size_t)(b * T + t0 + t)) * e + j, (double)a[k] + (b2 ? b2[k] : 0));
-            }
-}
-
-/* What one segment works on, all f32 [B, seg, ...] (by tensor id of the model
- * M, of a part, or of a part's training forward), and the adjoint states. */
-typedef struct work {
-    float **x;             /* M: inputs' values; outputs' values (the forward) */
-    float **dx[NPARTS];    /* M inputs: part p's share of the gradient */
-    float **dy;            /* M outputs: the cotangent */
-    float **val[NPARTS];   /* part: prologue outputs (O), epilogue readout inputs (R) */
-    float **grd[NPARTS];   /* ... their cotangents */
-    float **trace[NPARTS]; /* part forward: states' trace */
-    float **cur[NPARTS];   /* part forward: states (history) */
-    float **adj[NPARTS];   /* part forward: states' and params' adjoint states [B, elems] */
-    float **core;          /* per core: the state [B, state_elems] */
-    float **dcore;         /* per core: its cotangent */
-    float *zeros;
-} work;
-
-static void work_free(const grad_chunked *g, work *w)
-{
-    const ir_model *M = g->M;
-    for (uint32_t i = 0; i < M->ntensors; i++) {
-        if (w->x) free(w->x[i]);
-        if (w->dy) free(w->dy[i]);
-        for (int p = 0; p < NPARTS; p++)
-            if (w->dx[p]) free(w->dx[p][i]);
-    }
-    free(w->x);
-    free(w->dy);
-    for (int p = 0; p < NPARTS; p++) {
-        free(w->dx[p]);
-        const ir_model *pm = part_model(g, p), *f = g->pg[p].forward;
-        for (uint32_t i = 0; i < pm->ntensors; i++) {
-            if (w->val[p]) free(w->val[p][i]);
-            if (w->grd[p]) free(w->grd[p][i]);
-        }
-        for (uint32_t i = 0; i < f->ntensors; i++) {
-            if (w->trace[p]) free(w->trace[p][i]);
-            if (w->cur[p]) free(w->cur[p][i]);
-            if (w->adj[p]) free(w->adj[p][i]);
-        }
-        free(w->val[p]);
-        free(w->grd[p]);
-        free(w->trace[p]);
-        free(w->cur[p]);
-        free(w->adj[p]);
-    }
-    for (int c = 0; c < g->ch->ncores; c++) {
-        if (w->core) free(w->core[c]);
-        if (w->dcore) free(w->dcore[c]);
-    }
-    free(w->core);
-    free(w->dcore);
-    free(w->zeros);
-}
-
-static float *zalloc(size_t n) { return calloc(n + 1, sizeof(float)); }
-
-/* The buffers of segments of `seg` steps; `grads`: the backward's too. */
-static bool work_init(const grad_chunked *g, work *w, int64_t B, int64_t seg, bool grads, const backend_tensor *cot)
-{
-    memset(w, 0, sizeof *w);
-    const ir_model *M = g->M;
-    size_t per = (size_t)B * (size_t)seg, zmax = 1;
-    if (!(w->x = calloc(M->ntensors, sizeof *w->x)) || !(w->dy = calloc(M->ntensors, sizeof *w->dy))) return false;
-    for (uint32_t i = 0; i < M->ntensors; i++) {
-        const ir_tensor *t = &M->tensors[i];
-        size_t n = per * elems_of(M, (int)i);
-        if (t->kind == IR_INPUT || t->kind == IR_OUTPUT)
-            if (!(w->x[i] = zalloc(n))) return false;
-        if (grads && t->kind == IR_OUTPUT) {
-            if (cot[i].data && !(w->dy[i] = zalloc(n))) return false;
-            if (n > zmax) zmax = n;
-        }
-    }
-    for (int p = 0; p < NPARTS; p++) {
-        const ir_model *pm = part_model(g, p), *f = g->pg[p].forward;
-        if (!(w->dx[p] = calloc(M->ntensors, sizeof(float *))) || !(w->val[p] = calloc(pm->ntensors, sizeof(float *))) ||
-            !(w->grd[p] = calloc(pm->ntensors, sizeof(float *))) || !(w->trace[p] = calloc(f->ntensors, sizeof(float *))) ||
-            !(w->cur[p] = calloc(f->ntensors, sizeof(float *))) || !(w->adj[p] = calloc(f->ntensors, sizeof(float *))))
-            return false;
-        for (uint32_t i = 0; grads && i < M->ntensors; i++)
-            if (M->tensors[i].kind == IR_INPUT && !(w->dx[p][i] = zalloc(per * elems_of(M, (int)i)))) return false;
-        for (uint32_t i = 0; i < pm->ntensors; i++) {
-            const ir_tensor *t = &pm->tensors[i];
-            bool canon = (p == PRO && t->kind == IR_OUTPUT) ||
-                         (p == EPI && t->kind == IR_INPUT && ir_find_tensor(M, t->name) < 0);
-            if (!canon) continue;
-            size_t n = per * elems_of(pm, (int)i);
-            if (!(w->val[p][i] = zalloc(n)) || (grads && !(w->grd[p][i] = zalloc(n)))) return false;
-        }
-        for (uint32_t i = 0; i < f->ntensors; i++) {
-            const ir_tensor *t = &f->tensors[i];
-            size_t n = (size_t)B * elems_of(f, (int)i);
-            if (t->kind == IR_STATE) {
-                if (!(w->cur[p][i] = zalloc(n))) return false;
-                if (grads && g->pg[p].trace[i] >= 0 && !(w->trace[p][i] = zalloc(n * (size_t)seg))) return false;
-            }
-            if (grads && (t->kind == IR_STATE || t->kind == IR_PARAM) && !(w->adj[p][i] = zalloc(n))) return false;
-        }
-    }
-    int nc = g->ch->ncores;
-    if (!(w->core = calloc((size_t)nc, sizeof *w->core)) || !(w->dcore = calloc((size_t)nc, sizeof *w->dcore))) return false;
-    for (int c = 0; c < nc; c++) {
-        size_t n = (size_t)B * (size_t)g->ch->cores[c].state_elems;
-        if (!(w->core[c] = zalloc(n)) || (grads && !(w->dcore[c] = zalloc(n)))) return false;
-    }
-    return (w->zeros = zalloc(zmax)) != NULL;
-}
-
-static backend_tensor f32(void *p) { return (backend_tensor){p, SSMC_F32, false}; }
 
 /* The model's tensor that a part's tensor i stands for (the same name and kind), or -1. */
 static int in_model(const grad_chunked *g, const ir_model *pm, int i)
@@ -351,12 +255,191 @@ static int in_model(const grad_chunked *g, const ir_model *pm, int i)
     return k >= 0 && g->M->tensors[k].kind == pm->tensors[i].kind ? k : -1;
 }
 
+/* Part p's adjoint writes a gradient of the model's input i. */
+static bool part_grads(const grad_chunked *g, int p, int i)
+{
+    int j = part_index(g, p, i);
+    return j >= 0 && g->pg[p].adj_grad[j] >= 0;
+}
+
+/* What one segment works on (by tensor id of the model M, of a part, or of a
+ * part's training forward), in the memory of gm: the segment's slices of the
+ * caller's tensors (their dtypes), the rest f32 [B, seg, ...], and the
+ * adjoint states [B, elems]. */
+typedef struct work {
+    gmem_slice *x;         /* M inputs' values, M outputs' (the forward) */
+    gmem_slice *gx;        /* M inputs' gradients */
+    gmem_slice *dy;        /* M outputs' cotangents */
+    backend_tensor *xt;    /* the segment's: M inputs' values, M outputs (the forward) */
+    backend_tensor *dyt;   /* ... M outputs' cotangents (data NULL: none given) */
+    void **dx;             /* M inputs: [NPARTS][B, n, e], part p's share of the gradient at p B n e */
+    void **padj;           /* M params: [NPARTS][B][elems], each part's adjoint state */
+    void **val[NPARTS];    /* part: prologue outputs (O), epilogue readout inputs (R) */
+    void **grd[NPARTS];    /* ... their cotangents */
+    void **trace[NPARTS];  /* part forward: states' trace */
+    void **cur[NPARTS];    /* part forward: states (history) */
+    void **adj[NPARTS];    /* part forward: states' and params' adjoint states (a param's in padj) */
+    void **core;           /* per core: the state [B, state_elems] */
+    void **dcore;          /* per core: its cotangent */
+    void *zeros;
+    void *cws;             /* the cores' backward workspace (chunked_core_backward_ws) */
+} work;
+
+static void work_free(const grad_chunked *g, const gmem *gm, work *w)
+{
+    const ir_model *M = g->M;
+    for (uint32_t i = 0; i < M->ntensors; i++) {
+        if (w->x) gmem_free(gm, w->x[i].scratch);
+        if (w->gx) gmem_free(gm, w->gx[i].scratch);
+        if (w->dy) gmem_free(gm, w->dy[i].scratch);
+        if (w->dx) gmem_free(gm, w->dx[i]);
+        if (w->padj) gmem_free(gm, w->padj[i]);
+    }
+    free(w->x);
+    free(w->gx);
+    free(w->dy);
+    free(w->xt);
+    free(w->dyt);
+    free(w->dx);
+    free(w->padj);
+    for (int p = 0; p < NPARTS; p++) {
+        const ir_model *pm = part_model(g, p), *f = g->pg[p].forward;
+        for (uint32_t i = 0; i < pm->ntensors; i++) {
+            if (w->val[p]) gmem_free(gm, w->val[p][i]);
+            if (w->grd[p]) gmem_free(gm, w->grd[p][i]);
+        }
+        for (uint32_t i = 0; i < f->ntensors; i++) {
+            if (w->trace[p]) gmem_free(gm, w->trace[p][i]);
+            if (w->cur[p]) gmem_free(gm, w->cur[p][i]);
+            if (w->adj[p] && f->tensors[i].kind == IR_STATE) gmem_free(gm, w->adj[p][i]);
+        }
+        free(w->val[p]);
+        free(w->grd[p]);
+        free(w->trace[p]);
+        free(w->cur[p]);
+        free(w->adj[p]);
+    }
+    for (int c = 0; c < g->ch->ncores; c++) {
+        if (w->core) gmem_free(gm, w->core[c]);
+        if (w->dcore) gmem_free(gm, w->dcore[c]);
+    }
+    free(w->core);
+    free(w->dcore);
+    gmem_free(gm, w->zeros);
+    gmem_free(gm, w->cws);
+}
+
+/* A part's tensor i is a canonical one: an operand the prologue gives the
+ * cores, or a readout the epilogue takes from them. */
+static bool canonical(const grad_chunked *g, int p, const ir_model *pm, int i)
+{
+    const ir_tensor *t = &pm->tensors[i];
+    return (p == PRO && t->kind == IR_OUTPUT) || (p == EPI && t->kind == IR_INPUT && ir_find_tensor(g->M, t->name) < 0);
+}
+
+/* The buffers of segments of `seg` steps over the caller's tensors bt (and,
+ * for the backward, `grads`: cot and gr), zeroed. */
+static bool work_init(const grad_chunked *g, const gmem *gm, work *w, int64_t B, int64_t T, int64_t seg,
+                      const backend_tensor *bt, bool grads, const backend_tensor *cot, const backend_tensor *gr)
+{
+    memset(w, 0, sizeof *w);
+    const ir_model *M = g->M;
+    size_t per = (size_t)B * (size_t)seg, f4 = sizeof(float), zmax = 1;
+    int64_t C = seg < T ? seg : T;
+    size_t nm = M->ntensors + 1;
+    if (!(w->x = calloc(nm, sizeof *w->x)) || !(w->gx = calloc(nm, sizeof *w->gx)) ||
+        !(w->dy = calloc(nm, sizeof *w->dy)) || !(w->xt = calloc(nm, sizeof *w->xt)) ||
+        !(w->dyt = calloc(nm, sizeof *w->dyt)) || !(w->dx = calloc(nm, sizeof *w->dx)) ||
+        !(w->padj = calloc(nm, sizeof *w->padj)))
+        return false;
+    for (uint32_t i = 0; i < M->ntensors; i++) {
+        const ir_tensor *t = &M->tensors[i];
+        size_t e = elems_of(M, (int)i);
+        if (t->kind == IR_INPUT || (t->kind == IR_OUTPUT && !grads))
+            if (!gmem_slice_init(gm, &w->x[i], &bt[i], e, B, T, C)) return false;
+        if (!grads) continue;
+        if (t->kind == IR_OUTPUT) {
+            if (!gmem_slice_init(gm, &w->dy[i], &cot[i], e, B, T, C)) return false;
+            if (per * e > zmax) zmax = per * e;
+        }
+        if (t->kind == IR_INPUT && gr[i].data) {
+            if (!gmem_slice_init(gm, &w->gx[i], &gr[i], e, B, T, C) ||
+                !(w->dx[i] = gmem_alloc(gm, NPARTS * per * e * f4)))
+                return false;
+        }
+        if (t->kind == IR_PARAM && !(w->padj[i] = gmem_calloc(gm, NPARTS * (size_t)B * e * f4))) return false;
+    }
+    for (int p = 0; p < NPARTS; p++) {
+        const ir_model *pm = part_model(g, p), *f = g->pg[p].forward;
+        if (!(w->val[p] = calloc(pm->ntensors + 1, sizeof(void *))) ||
+            !(w->grd[p] = calloc(pm->ntensors + 1, sizeof(void *))) ||
+            !(w->trace[p] = calloc(f->ntensors + 1, sizeof(void *))) ||
+            !(w->cur[p] = calloc(f->ntensors + 1, sizeof(void *))) ||
+            !(w->adj[p] = calloc(f->ntensors + 1, sizeof(void *))))
+            return false;
+        for (uint32_t i = 0; i < pm->ntensors; i++) {
+            if (!canonical(g, p, pm, (int)i)) continue;
+            size_t n = per * elems_of(pm, (int)i) * f4;
+            /* zeroed: a readout the epilogue does not differentiate keeps a zero cotangent */
+            if (!(w->val[p][i] = gmem_alloc(gm, n)) || (grads && !(w->grd[p][i] = gmem_calloc(gm, n)))) return false;
+        }
+        for (uint32_t i = 0; i < f->ntensors; i++) {
+            const ir_tensor *t = &f->tensors[i];
+            size_t n = (size_t)B * elems_of(f, (int)i) * f4;
+            if (t->kind == IR_STATE) {
+                /* the history starts at zero, as does its adjoint after the last step */
+                if (!(w->cur[p][i] = gmem_calloc(gm, n))) return false;
+                if (grads && g->pg[p].trace[i] >= 0 && !(w->trace[p][i] = gmem_alloc(gm, n * (size_t)seg)))
+                    return false;
+                if (grads && !(w->adj[p][i] = gmem_calloc(gm, n))) return false;
+            } else if (grads && t->kind == IR_PARAM) {
+                int k = in_model(g, f, (int)i);
+                w->adj[p][i] = (char *)w->padj[k] + (size_t)p * n;
+            }
+        }
+    }
+    int nc = g->ch->ncores;
+    if (!(w->core = calloc((size_t)nc + 1, sizeof *w->core)) || !(w->dcore = calloc((size_t)nc + 1, sizeof *w->dcore)))
+        return false;
+    size_t ws = 0;
+    for (int c = 0; c < nc; c++) {
+        size_t n = (size_t)B * (size_t)g->ch->cores[c].state_elems * f4;
+        if (!(w->core[c] = gmem_calloc(gm, n)) || (grads && !(w->dcore[c] = gmem_calloc(gm, n)))) return false;
+        size_t cw = grads ? chunked_core_backward_ws(g->cs, c, B, seg, gm->dev != NULL) : 0;
+        if (cw > ws) ws = cw;
+    }
+    if (ws && !(w->cws = gmem_alloc(gm, ws))) return false;
+    return (w->zeros = gmem_calloc(gm, zmax * f4)) != NULL;
+}
+
+static backend_tensor f32(void *p) { return (backend_tensor){p, SSMC_F32, false}; }
+
+/* The segment's slices of the caller's per-step tensors (steps [t0, t0 + n)):
+ * the inputs' values copied in, the outputs (values or cotangents) */
+static ssmc_status bind_segment(const grad_chunked *g, const gmem *gm, work *w, int64_t B, int64_t T, int64_t t0,
+                                int64_t n, bool grads)
+{
+    ssmc_status s = SSMC_OK;
+    for (uint32_t i = 0; s == SSMC_OK && i < g->M->ntensors; i++) {
+        ir_kind k = g->M->tensors[i].kind;
+        if (k == IR_INPUT || (k == IR_OUTPUT && !grads && w->x[i].base)) {
+            w->xt[i].dtype = w->x[i].dtype;
+            s = gmem_slice_at(gm, &w->x[i], B, T, t0, n, k == IR_INPUT, &w->xt[i].data);
+        }
+        if (k == IR_OUTPUT && grads && w->dy[i].base) {
+            w->dyt[i].dtype = w->dy[i].dtype;
+            s = gmem_slice_at(gm, &w->dy[i], B, T, t0, n, true, &w->dyt[i].data);
+        }
+    }
+    return s;
+}
+
 /* Part p's training forward over n steps of the segment: inputs and params
  * from the model's (bt), O or R from the work, states from w->cur; the
- * epilogue's outputs into w->x when `outputs`, the trace when `trace`. A part
- * without states runs with the batch and the steps folded. */
-static ssmc_status part_forward(const grad_chunked *g, int p, work *w, const backend_tensor *bt, int64_t B, int64_t n,
-                                bool outputs, bool trace, diag *d)
+ * epilogue's outputs into the segment's slices when `outputs`, the trace when
+ * `trace`. A part without states runs with the batch and the steps folded. */
+static ssmc_status part_forward(const grad_chunked *g, const gmem *gm, int p, work *w, const backend_tensor *bt,
+                                int64_t B, int64_t n, bool outputs, bool trace)
 {
     const pass_grad *pg = &g->pg[p];
     const ir_model *f = pg->forward;
@@ -372,21 +455,21 @@ static ssmc_status part_forward(const grad_chunked *g, int p, work *w, const bac
         } else if (t->kind == IR_PARAM) {
             rb[i] = bt[k];
         } else if (t->kind == IR_INPUT) {
-            rb[i] = f32(k >= 0 ? w->x[k] : w->val[p][i]);
+            rb[i] = k >= 0 ? w->xt[k] : f32(w->val[p][i]);
         } else if (t->kind == IR_OUTPUT && (int)i < pg->nfwd) {
             if (p == PRO) rb[i] = f32(w->val[p][i]);
-            else if (outputs && bt[k].data) rb[i] = f32(w->x[k]);
+            else if (outputs && w->x[k].base) rb[i] = w->xt[k];
         }
     }
     bool fold = !g->stateful[p];
-    ssmc_status s = g->be->run(g->fwd[p], fold ? B * n : B, fold ? 1 : n, rb, d);
+    ssmc_status s = gmem_run(gm, g->fwd[p], fold ? B * n : B, fold ? 1 : n, rb);
     free(rb);
     return s;
 }
 
 /* Part p's adjoint over n steps, in reverse, from the adjoint states in w->adj. */
-static ssmc_status part_adjoint(const grad_chunked *g, int p, work *w, const backend_tensor *bt, int64_t B, int64_t n,
-                                diag *d)
+static ssmc_status part_adjoint(const grad_chunked *g, const gmem *gm, int p, work *w, const backend_tensor *bt,
+                                int64_t B, int64_t n)
 {
     const pass_grad *pg = &g->pg[p];
     const ir_model *f = pg->forward, *A = pg->adjoint;
@@ -404,15 +487,35 @@ static ssmc_status part_adjoint(const grad_chunked *g, int p, work *w, const bac
             if (v >= 0) ab[v] = bt[k];
             if (a >= 0) ab[a] = f32(w->adj[p][i]);
         } else if (t->kind == IR_INPUT) {
-            if (v >= 0) ab[v] = f32(k >= 0 ? w->x[k] : w->val[p][i]);
-            if (a >= 0) ab[a] = f32(k >= 0 ? w->dx[p][k] : w->grd[p][i]);
+            if (v >= 0) ab[v] = k >= 0 ? w->xt[k] : f32(w->val[p][i]);
+            /* the part's share of a model input's gradient (where one is asked), or a readout's cotangent */
+            if (a >= 0 && k < 0) ab[a] = f32(w->grd[p][i]);
+            else if (a >= 0 && w->dx[k])
+                ab[a] = f32((char *)w->dx[k] + (size_t)p * (size_t)(B * n) * elems_of(g->M, k) * sizeof(float));
         } else if (t->kind == IR_OUTPUT && (int)i < pg->nfwd && a >= 0) {
-            ab[a] = f32(p == PRO ? w->grd[p][i] : w->dy[k] ? w->dy[k] : w->zeros);
+            ab[a] = p == PRO ? f32(w->grd[p][i]) : w->dyt[k].data ? w->dyt[k] : f32(w->zeros);
         }
     }
-    ssmc_status s = g->be->run(g->adj[p], B, n, ab, d);
+    ssmc_status s = gmem_run(gm, g->adj[p], B, n, ab);
     free(ab);
     return s;
+}
+
+/* The model's input i's gradient over the segment: the sum of the two parts'
+ * shares (or the one share, where one part only reads it), into its slice. */
+static ssmc_status input_grad(const grad_chunked *g, const gmem *gm, work *w, int i, int64_t B, int64_t T, int64_t t0,
+                              int64_t n)
+{
+    size_t e = (size_t)(B * n) * elems_of(g->M, i);
+    bool pro = part_grads(g, PRO, i), epi = part_grads(g, EPI, i);
+    if (!pro && !epi) return SSMC_OK; /* zeroed once, after the last segment */
+    void *dst;
+    const gmem_slice *sl = &w->gx[i];
+    ssmc_status s = gmem_slice_at(gm, sl, B, T, t0, n, false, &dst);
+    if (s == SSMC_OK && pro && epi) s = gmem_sum_rows(gm, dst, sl->dtype, w->dx[i], SSMC_F32, NPARTS, e);
+    else if (s == SSMC_OK)
+        s = gmem_convert(gm, dst, sl->dtype, (char *)w->dx[i] + (pro ? 0 : e * sizeof(float)), SSMC_F32, e);
+    return s == SSMC_OK ? gmem_slice_back(gm, sl, B, T, t0, n) : s;
 }
 
 /* Core c's operands in the work (f32 [B, n, nheads, D]). */
@@ -432,44 +535,41 @@ static chunk_core_io core_io(const grad_chunked *g, int c, work *w)
     return io;
 }
 
-static void gather_inputs(const grad_chunked *g, work *w, const backend_tensor *bt, int64_t B, int64_t T, int64_t t0,
-                          int64_t n)
-{
-    for (uint32_t i = 0; i < g->M->ntensors; i++)
-        if (g->M->tensors[i].kind == IR_INPUT) gather(w->x[i], &bt[i], elems_of(g->M, (int)i), B, T, t0, n);
-}
-
 /* ---- the training forward ---- */
 
-ssmc_status grad_chunked_forward(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs, grad_ctape **out)
+ssmc_status grad_chunked_forward(ssmc_model *m, int64_t B, int64_t T, const ssmc_arg *args, int nargs, bool device,
+                                 void *stream, grad_ctape **out)
 {
     diag *d = api_model_diag(m);
     *out = NULL;
     grad_chunked *g;
     const ir_model *M = api_model_ir(m);
     backend_tensor *bt = calloc(M->ntensors + 1, sizeof *bt);
-    if (!bt) return SSMC_ERR_NOMEM;
-    ssmc_status s = grad_run_args(M, B, T, args, nargs, bt, d);
+    if (!bt) {
+        diag_error(d, "out of memory");
+        return SSMC_ERR_NOMEM;
+    }
+    ssmc_status s = grad_run_args(M, B, T, args, nargs, device ? "ssmc_forward_train_device" : "ssmc_forward_train",
+                                  bt, d);
     if (s == SSMC_OK) s = prepare(m, &g);
     if (s != SSMC_OK) {
         free(bt);
         return s;
     }
+    gmem gm = gmem_of(g, device, stream, d);
     const plan_chunked *ch = g->ch;
     grad_ctape *tp = calloc(1, sizeof *tp);
     work w;
     int64_t seg = segment_for(g, api_model_options(m), T);
-    bool ok = tp && work_init(g, &w, B, seg, false, NULL);
+    bool have_work = tp != NULL, ok = have_work && work_init(g, &gm, &w, B, T, seg, bt, false, NULL, NULL);
     if (tp) {
-        *tp = (grad_ctape){.B = B, .T = T, .seg = seg, .nseg = (T + seg - 1) / seg, .ncores = ch->ncores};
-        ok = ok && (tp->core = calloc((size_t)ch->ncores, sizeof *tp->core));
+        *tp = (grad_ctape){.B = B, .T = T, .seg = seg, .nseg = (T + seg - 1) / seg, .ncores = ch->ncores, .mem = gm};
+        tp->mem.stream = NULL;
+        ok = ok && (tp->core = calloc((size_t)ch->ncores + 1, sizeof *tp->core));
         for (int c = 0; ok && c < ch->ncores; c++) {
             size_t n = (size_t)B * (size_t)ch->cores[c].state_elems;
-            ok = (tp->core[c] = malloc((size_t)tp->nseg * n * sizeof(float) + 1)) != NULL;
+            ok = (tp->core[c] = gmem_alloc(&gm, (size_t)tp->nseg * n * sizeof(float))) != NULL;
             tp->bytes += (size_t)tp->nseg * n * sizeof(float);
-            /* the state given (not only to receive the final one), else zero */
-            const backend_tensor *st = &bt[ch->cores[c].state];
-            for (size_t e = 0; ok && st->data && !st->fresh && e < n; e++) w.core[c][e] = (float)dtype_get(st->data, st->dtype, e);
         }
         for (int p = 0; ok && p < NPARTS; p++) {
             const ir_model *f = g->pg[p].forward;
@@ -478,42 +578,50 @@ ssmc_status grad_chunked_forward(ssmc_model *m, int64_t B, int64_t T, const ssmc
             for (uint32_t i = 0; ok && i < f->ntensors; i++)
                 if (f->tensors[i].kind == IR_STATE) {
                     size_t n = (size_t)B * elems_of(f, (int)i);
-                    ok = (tp->hist[p][i] = malloc((size_t)tp->nseg * n * sizeof(float) + 1)) != NULL;
+                    ok = (tp->hist[p][i] = gmem_alloc(&gm, (size_t)tp->nseg * n * sizeof(float))) != NULL;
                     tp->bytes += (size_t)tp->nseg * n * sizeof(float);
                 }
         }
     }
     if (!ok) s = SSMC_ERR_NOMEM;
+    /* the states given (not only to receive the final ones), else zero */
+    for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
+        const backend_tensor *st = &bt[ch->cores[c].state];
+        size_t n = (size_t)B * (size_t)ch->cores[c].state_elems;
+        if (st->data && !st->fresh) s = gmem_convert(&gm, w.core[c], SSMC_F32, st->data, st->dtype, n);
+    }
     for (int64_t k = 0; s == SSMC_OK && k < tp->nseg; k++) {
         int64_t t0 = k * seg, n = T - t0 < seg ? T - t0 : seg;
         /* the checkpoint: every state before the segment */
-        for (int c = 0; c < ch->ncores; c++) {
-            size_t e = (size_t)B * (size_t)ch->cores[c].state_elems;
-            memcpy(tp->core[c] + (size_t)k * e, w.core[c], e * sizeof(float));
+        for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
+            size_t e = (size_t)B * (size_t)ch->cores[c].state_elems * sizeof(float);
+            s = gmem_copy(&gm, (char *)tp->core[c] + (size_t)k * e, w.core[c], e);
         }
-        for (int p = 0; p < NPARTS; p++)
-            for (int i = 0; i < tp->nt[p]; i++)
+        for (int p = 0; s == SSMC_OK && p < NPARTS; p++)
+            for (int i = 0; s == SSMC_OK && i < tp->nt[p]; i++)
                 if (tp->hist[p][i]) {
-                    size_t e = (size_t)B * elems_of(g->pg[p].forward, i);
-                    memcpy(tp->hist[p][i] + (size_t)k * e, w.cur[p][i], e * sizeof(float));
+                    size_t e = (size_t)B * elems_of(g->pg[p].forward, i) * sizeof(float);
+                    s = gmem_copy(&gm, (char *)tp->hist[p][i] + (size_t)k * e, w.cur[p][i], e);
                 }
-        gather_inputs(g, &w, bt, B, T, t0, n);
-        s = part_forward(g, PRO, &w, bt, B, n, false, false, d);
+        if (s == SSMC_OK) s = bind_segment(g, &gm, &w, B, T, t0, n, false);
+        if (s == SSMC_OK) s = part_forward(g, &gm, PRO, &w, bt, B, n, false, false);
         for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
             chunk_core_io io = core_io(g, c, &w);
-            s = chunked_core_forward(g->cs, c, B, n, &io, d);
+            s = chunked_core_forward(g->cs, c, B, n, &io, device, stream, d);
         }
-        if (s == SSMC_OK) s = part_forward(g, EPI, &w, bt, B, n, true, false, d);
+        if (s == SSMC_OK) s = part_forward(g, &gm, EPI, &w, bt, B, n, true, false);
         for (uint32_t i = 0; s == SSMC_OK && i < M->ntensors; i++)
-            if (M->tensors[i].kind == IR_OUTPUT && bt[i].data) scatter(&bt[i], w.x[i], NULL, elems_of(M, (int)i), B, T, t0, n);
+            if (M->tensors[i].kind == IR_OUTPUT && w.x[i].base) s = gmem_slice_back(&gm, &w.x[i], B, T, t0, n);
     }
     for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
         const backend_tensor *st = &bt[ch->cores[c].state];
         size_t n = (size_t)B * (size_t)ch->cores[c].state_elems;
-        for (size_t e = 0; st->data && e < n; e++) dtype_set(st->data, st->dtype, e, w.core[c][e]);
+        if (st->data) s = gmem_convert(&gm, st->data, st->dtype, w.core[c], SSMC_F32, n);
     }
-    if (tp) work_free(g, &w);
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
+    ssmc_status ss = gmem_sync(&gm); /* the work below is in use until then */
+    if (s == SSMC_OK) s = ss;
+    if (have_work) work_free(g, &gm, &w);
     free(bt);
     if (s == SSMC_OK)
         *out = tp;
@@ -525,13 +633,15 @@ ssmc_status grad_chunked_forward(ssmc_model *m, int64_t B, int64_t T, const ssmc
 /* ---- the backward ---- */
 
 ssmc_status grad_chunked_backward(ssmc_model *m, const grad_ctape *tp, const ssmc_arg *args, int nargs,
-                                  const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads)
+                                  const ssmc_arg *douts, int ndouts, const ssmc_arg *grads, int ngrads, bool device,
+                                  void *stream)
 {
     diag *d = api_model_diag(m);
     diag_reset(d);
     grad_chunked *g;
     ssmc_status s = prepare(m, &g);
     if (s != SSMC_OK) return s;
+    gmem gm = gmem_of(g, device, stream, d);
     const ir_model *M = g->M;
     const plan_chunked *ch = g->ch;
     int64_t B = tp->B, T = tp->T, seg = tp->seg;
@@ -540,47 +650,48 @@ ssmc_status grad_chunked_backward(ssmc_model *m, const grad_ctape *tp, const ssm
     work w;
     bool have_work = false;
     if (!bt || !cot || !gr) s = SSMC_ERR_NOMEM;
-    if (s == SSMC_OK) s = grad_backward_args(M, args, nargs, douts, ndouts, grads, ngrads, bt, cot, gr, d);
+    if (s == SSMC_OK)
+        s = grad_backward_args(M, args, nargs, douts, ndouts, grads, ngrads,
+                               device ? "ssmc_backward_device" : "ssmc_backward", bt, cot, gr, d);
     if (s == SSMC_OK) {
         have_work = true;
-        if (!work_init(g, &w, B, seg, true, cot)) s = SSMC_ERR_NOMEM;
+        if (!work_init(g, &gm, &w, B, T, seg, bt, true, cot, gr)) s = SSMC_ERR_NOMEM;
     }
     /* the cores' adjoint states start at the final states' cotangents */
     for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
         const backend_tensor *ct = &cot[ch->cores[c].state];
         size_t n = (size_t)B * (size_t)ch->cores[c].state_elems;
-        for (size_t e = 0; ct->data && e < n; e++) w.dcore[c][e] = (float)dtype_get(ct->data, ct->dtype, e);
+        if (ct->data) s = gmem_convert(&gm, w.dcore[c], SSMC_F32, ct->data, ct->dtype, n);
     }
     for (int64_t k = tp->nseg - 1; s == SSMC_OK && k >= 0; k--) {
         int64_t t0 = k * seg, n = T - t0 < seg ? T - t0 : seg;
-        gather_inputs(g, &w, bt, B, T, t0, n);
-        for (uint32_t i = 0; i < M->ntensors; i++)
-            if (w.dy[i]) gather(w.dy[i], &cot[i], elems_of(M, (int)i), B, T, t0, n);
-        for (int p = 0; p < NPARTS; p++)
-            for (int i = 0; i < tp->nt[p]; i++)
+        s = bind_segment(g, &gm, &w, B, T, t0, n, true);
+        for (int p = 0; s == SSMC_OK && p < NPARTS; p++)
+            for (int i = 0; s == SSMC_OK && i < tp->nt[p]; i++)
                 if (tp->hist[p][i]) {
-                    size_t e = (size_t)B * elems_of(g->pg[p].forward, i);
-                    memcpy(w.cur[p][i], tp->hist[p][i] + (size_t)k * e, e * sizeof(float));
+                    size_t e = (size_t)B * elems_of(g->pg[p].forward, i) * sizeof(float);
+                    s = gmem_copy(&gm, w.cur[p][i], (const char *)tp->hist[p][i] + (size_t)k * e, e);
                 }
         /* the prologue recomputed (O, its trace), the cores' readouts from their checkpoints */
-        s = part_forward(g, PRO, &w, bt, B, n, false, true, d);
+        if (s == SSMC_OK) s = part_forward(g, &gm, PRO, &w, bt, B, n, false, true);
         for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
-            size_t e = (size_t)B * (size_t)ch->cores[c].state_elems;
-            memcpy(w.core[c], tp->core[c] + (size_t)k * e, e * sizeof(float));
+            size_t e = (size_t)B * (size_t)ch->cores[c].state_elems * sizeof(float);
+            s = gmem_copy(&gm, w.core[c], (const char *)tp->core[c] + (size_t)k * e, e);
             chunk_core_io io = core_io(g, c, &w);
-            s = chunked_core_forward(g->cs, c, B, n, &io, d);
+            if (s == SSMC_OK) s = chunked_core_forward(g->cs, c, B, n, &io, device, stream, d);
         }
         /* the epilogue's adjoint (its trace first, where it has states) */
-        if (s == SSMC_OK && g->stateful[EPI]) s = part_forward(g, EPI, &w, bt, B, n, false, true, d);
-        if (s == SSMC_OK) s = part_adjoint(g, EPI, &w, bt, B, n, d);
+        if (s == SSMC_OK && g->stateful[EPI]) s = part_forward(g, &gm, EPI, &w, bt, B, n, false, true);
+        if (s == SSMC_OK) s = part_adjoint(g, &gm, EPI, &w, bt, B, n);
         /* the cores' backward, from their checkpoints */
         for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
             const plan_chunk_core *core = &ch->cores[c];
             const pass_chunk_ops *op = &core->ops;
-            size_t e = (size_t)B * (size_t)core->state_elems;
+            size_t e = (size_t)B * (size_t)core->state_elems * sizeof(float);
             chunk_core_io io = core_io(g, c, &w);
             chunk_core_grad_io gio = {.k = io.k, .v = io.v, .g = io.g, .beta = io.beta, .w = io.w,
-                                      .state = tp->core[c] + (size_t)k * e, .dstate = w.dcore[c]};
+                                      .state = (const float *)((const char *)tp->core[c] + (size_t)k * e),
+                                      .dstate = w.dcore[c], .work = w.cws};
             for (int r = 0; r < core->nreadouts; r++) {
                 gio.q[r] = io.q[r];
                 gio.dr[r] = w.grd[EPI][op->r[r]];
@@ -591,36 +702,35 @@ ssmc_status grad_chunked_backward(ssmc_model *m, const grad_ctape *tp, const ssm
             gio.dg = op->g >= 0 ? w.grd[PRO][op->g] : NULL;
             gio.dbeta = op->beta >= 0 ? w.grd[PRO][op->beta] : NULL;
             gio.dw = op->w >= 0 ? w.grd[PRO][op->w] : NULL;
-            s = chunked_core_backward(g->cs, c, B, n, &gio, d);
+            s = chunked_core_backward(g->cs, c, B, n, &gio, device, stream, d);
         }
         /* the prologue's adjoint; each input's gradient is what both parts pass to it */
-        if (s == SSMC_OK) s = part_adjoint(g, PRO, &w, bt, B, n, d);
+        if (s == SSMC_OK) s = part_adjoint(g, &gm, PRO, &w, bt, B, n);
         for (uint32_t i = 0; s == SSMC_OK && i < M->ntensors; i++)
-            if (M->tensors[i].kind == IR_INPUT && gr[i].data)
-                scatter(&gr[i], w.dx[PRO][i], w.dx[EPI][i], elems_of(M, (int)i), B, T, t0, n);
+            if (M->tensors[i].kind == IR_INPUT && gr[i].data) s = input_grad(g, &gm, &w, (int)i, B, T, t0, n);
     }
-    /* the initial states' gradients; the params' summed over the batch and both parts */
+    /* the initial states' gradients; the params' summed over both parts and the batch; zero for an input no
+     * part reads */
     for (int c = 0; s == SSMC_OK && c < ch->ncores; c++) {
         const backend_tensor *gt = &gr[ch->cores[c].state];
         size_t n = (size_t)B * (size_t)ch->cores[c].state_elems;
-        for (size_t e = 0; gt->data && e < n; e++) dtype_set(gt->data, gt->dtype, e, w.dcore[c][e]);
+        if (gt->data) s = gmem_convert(&gm, gt->data, gt->dtype, w.dcore[c], SSMC_F32, n);
     }
     for (uint32_t i = 0; s == SSMC_OK && i < M->ntensors; i++) {
-        if (M->tensors[i].kind != IR_PARAM || !gr[i].data) continue;
+        const ir_tensor *t = &M->tensors[i];
         size_t n = elems_of(M, (int)i);
-        for (size_t e = 0; e < n; e++) {
-            double sum = 0;
-            for (int p = 0; p < NPARTS; p++) {
-                const ir_model *f = g->pg[p].forward;
-                int j = ir_find_tensor(f, M->tensors[i].name);
-                if (j < 0 || g->pg[p].adj_grad[j] < 0) continue;
-                for (int64_t b = 0; b < B; b++) sum += w.adj[p][j][(size_t)b * n + e];
-            }
-            dtype_set(gr[i].data, gr[i].dtype, e, sum);
-        }
+        if (!gr[i].data) continue;
+        if (t->kind == IR_PARAM)
+            s = gmem_sum_rows(&gm, gr[i].data, gr[i].dtype, w.padj[i], SSMC_F32, NPARTS * B, n);
+        else if (t->kind == IR_INPUT && !part_grads(g, PRO, (int)i) && !part_grads(g, EPI, (int)i))
+            s = gmem_zero(&gm, gr[i].data, (size_t)(B * T) * n * dtype_size(gr[i].dtype));
     }
-    if (have_work) work_free(g, &w);
     if (s == SSMC_ERR_NOMEM && d->nerrors == 0) diag_error(d, "out of memory");
+    if (have_work) {
+        ssmc_status ss = gmem_sync(&gm); /* the work below is in use until then */
+        if (s == SSMC_OK) s = ss;
+        work_free(g, &gm, &w);
+    }
     free(bt);
     free(cot);
     free(gr);

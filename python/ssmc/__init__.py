@@ -339,7 +339,7 @@ class _Function(torch.autograd.Function):
         except Error as e:
             if not (native and call.device == "cuda" and e.status == "unsupported"):
                 raise
-            # the CUDA backend refuses this model's backward on device pointers (a chunked model)
+            # the CUDA backend refuses this model's backward on device pointers (a chunked core it has no backward for)
             comp.device_grad, comp.grad_via = False, None
             route = model._grad_route(comp)
             native = False

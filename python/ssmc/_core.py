@@ -12,7 +12,7 @@ on torch's current stream.
 Gradients: the library derives the backward (ssmc_forward_train and
 ssmc_backward, their _device forms on CUDA tensors). A device whose backend
 refuses it (SSMC_ERR_UNSUPPORTED with a model that the interpreter
-differentiates: a chunked model on CUDA) gets
+differentiates: a chunked core the CUDA core backward does not render) gets
 its gradients from a twin of the model on a device that does: the backward
 then reruns the training forward there on host copies of the tensors and
 casts the gradients back. That is exact (the same function, differentiated by

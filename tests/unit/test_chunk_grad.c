@@ -709,6 +709,13 @@ static void test_tape(void **state)
             ssmc_tape *tape = NULL;
             assert_int_equal(ssmc_forward_train(rt.m, 3, T, args, rt.n, &tape), SSMC_OK);
             assert_int_equal(ssmc_tape_bytes(tape), 3 * info.tape_bytes);
+            /* the device entry points take device pointers: refused on the cpu, said so */
+            ssmc_tape *dt = NULL;
+            assert_int_equal(ssmc_forward_train_device(rt.m, 3, T, args, rt.n, &dt, NULL), SSMC_ERR_UNSUPPORTED);
+            assert_null(dt);
+            assert_non_null(strstr(ssmc_ctx_error(rt.ctx), "ssmc_forward_train_device takes device pointers"));
+            assert_int_equal(ssmc_backward_device(rt.m, tape, args, rt.n, NULL, 0, NULL, 0, NULL), SSMC_ERR_UNSUPPORTED);
+            assert_non_null(strstr(ssmc_ctx_error(rt.ctx), "needs a model compiled for the cuda device"));
             ssmc_tape_free(tape);
             for (int i = 0; i < rt.n; i++) free(bufs[i]);
             run_close(&rt);

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "helpers/emu_driver.h"
+#include "helpers/files.h"
 #include "helpers/grad_cases.h"
 
 static bool have_emu;
@@ -48,13 +49,70 @@ static void test_edge_models(void **state)
 
 /* The chunked algorithm's gradients on the cuda device (driver/grad_chunked.c
  * with the cuda core backward, codegen/cuda_chunk_bwd.c) against the
- * interpreter's, at bf16's tolerance. */
+ * interpreter's, at bf16's tolerance: every chunkable example through the
+ * host API and through the device entry points (device pointers from the
+ * emulated driver: the tape, the work and the segments' slices on the
+ * device), and on the device with several sequences, T not a multiple of
+ * the chunk and several segments, from zero and in bf16. */
 static void test_chunked(void **state)
 {
     (void)state;
     if (!have_emu) skip();
-    gcase cases[12];
-    grad_run_cases(cases, grad_chunked_cases(cases, 12), true);
+    gcase cases[24];
+    grad_run_cases(cases, grad_chunked_cases(cases, 24), true);
+}
+
+/* A chunked model's tape serves the backward of the memory it was made on:
+ * one of ssmc_forward_train (host) is refused by ssmc_backward_device and
+ * one of ssmc_forward_train_device (device pointers: the emulator's device
+ * memory is host memory) by ssmc_backward, each with a message that says
+ * which to use; both hold what ssmc_grad_info_of says. */
+static void test_chunked_tapes(void **state)
+{
+    (void)state;
+    if (!have_emu) skip();
+    size_t len;
+    char *src = test_slurp("examples/fla_simple_gla.ssm", &len);
+    ssmc_dim dims[3] = {{"H", 2}, {"K", 8}, {"V", 6}};
+    ssmc_ctx *ctx = ssmc_ctx_new();
+    ssmc_options o = {.device = SSMC_DEVICE_CUDA, .algo = SSMC_ALGO_CHUNKED, .chunk = 16, .dims = dims, .ndims = 3};
+    ssmc_model *m = NULL;
+    if (ssmc_compile(ctx, "fla_simple_gla.ssm", src, len, &o, &m) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+    enum { B = 2, T = 20 };
+    int n = ssmc_model_num_tensors(m);
+    ssmc_arg args[16];
+    float *bufs[16];
+    assert_true(n <= 16);
+    for (int i = 0; i < n; i++) {
+        ssmc_tensor_info ti;
+        ssmc_model_tensor(m, i, &ti);
+        size_t k = ti.role == SSMC_PARAM ? 1 : (size_t)B * (ti.per_step ? T : 1);
+        for (int j = 0; j < ti.rank; j++) k *= (size_t)ti.shape[j];
+        bufs[i] = aligned_alloc(256, (k * sizeof(float) + 255) / 256 * 256);
+        for (size_t e = 0; e < k; e++) bufs[i][e] = 0.125f * (float)(e % 7) - 0.375f;
+        args[i] = (ssmc_arg){ti.name, SSMC_F32, bufs[i], 0};
+    }
+    ssmc_grad_info info;
+    assert_int_equal(ssmc_grad_info_of(m, T, &info), SSMC_OK);
+    ssmc_tape *host = NULL, *dev = NULL;
+    if (ssmc_forward_train(m, B, T, args, n, &host) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+    if (ssmc_forward_train_device(m, B, T, args, n, &dev, NULL) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+    assert_int_equal(ssmc_tape_bytes(host), B * info.tape_bytes);
+    assert_int_equal(ssmc_tape_bytes(dev), B * info.tape_bytes);
+    assert_int_equal(ssmc_backward_device(m, host, NULL, 0, NULL, 0, NULL, 0, NULL), SSMC_ERR_ARG);
+    if (!strstr(ssmc_ctx_error(ctx), "ssmc_backward_device: the tape was made by ssmc_forward_train, whose "
+                                     "checkpoints are on the host: use ssmc_backward"))
+        fail_msg("host tape: %s", ssmc_ctx_error(ctx));
+    assert_int_equal(ssmc_backward(m, dev, NULL, 0, NULL, 0, NULL, 0), SSMC_ERR_ARG);
+    if (!strstr(ssmc_ctx_error(ctx), "ssmc_backward: the tape was made by ssmc_forward_train_device, whose "
+                                     "checkpoints are on the device: use ssmc_backward_device"))
+        fail_msg("device tape: %s", ssmc_ctx_error(ctx));
+    ssmc_tape_free(host);
+    ssmc_tape_free(dev);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    ssmc_model_free(m);
+    ssmc_ctx_free(ctx);
+    free(src);
 }
 
 /* The CLI's gradients on the cuda device, checked against the interpreter's
@@ -118,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
         cmocka_unit_test(test_chunked),
+        cmocka_unit_test(test_chunked_tapes),
         cmocka_unit_test(test_cli_grad_verify),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -589,7 +589,8 @@ static void test_kernel_cache(void **state)
 
 /* The chunked backward has a CUDA core (codegen/cuda_chunk_bwd.c): the
  * gradients of a chunked model on the GPU are available (docs/chunked.md,
- * "Gradients"; test_gpu_grad's test_chunked checks them). */
+ * "Gradients"; test_gpu_grad's test_chunked checks them, through the host API
+ * and the device entry points). */
 static void test_chunked_grad_info(void **state)
 {
     size_t len;

@@ -49,12 +49,14 @@ static void test_long(void **state)
 }
 
 /* The chunked algorithm's gradients (driver/grad_chunked.c with the cuda core
- * backward, codegen/cuda_chunk_bwd.c), the host API, at bf16's tolerance. */
+ * backward, codegen/cuda_chunk_bwd.c), through the host API and through the
+ * device entry points on device pointers (the default stream), at bf16's
+ * tolerance: test_cuda_emu_grad's cases. */
 static void test_chunked(void **state)
 {
     (void)state;
-    gcase cases[12];
-    grad_run_cases(cases, grad_chunked_cases(cases, 12), false);
+    gcase cases[24];
+    grad_run_cases(cases, grad_chunked_cases(cases, 24), false);
 }
 
 static void test_cli_grad_verify(void **state)

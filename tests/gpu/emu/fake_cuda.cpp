@@ -10,6 +10,8 @@
 // loads are here. Environment (set by the test): SSMC_EMU_HEADER, the path of
 // cuda_emu.h; SSMC_EMU_WORK, a directory for sources and objects (a
 // precompiled cuda_emu.h there is used when present); CXX, the compiler.
+// emu_host_copies, not the driver's, counts the copies between host and
+// device memory, for tests of what the device entry points copy.
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -44,6 +46,7 @@ struct cuda_memcpy2d { // runtime/cuda_driver.c's copy of CUDA_MEMCPY2D
 
 static const char magic[8] = {'E', 'M', 'U', 'S', 'O', 0, 0, 0};
 static std::atomic<int> serial{0};
+static std::atomic<long> host_copies{0}; // copies between host and device memory (emu_host_copies)
 
 static const char *env_or(const char *name, const char *fallback)
 {
@@ -54,6 +57,10 @@ static const char *env_or(const char *name, const char *fallback)
 static void *ptr(CUdeviceptr p) { return (void *)(uintptr_t)p; }
 
 extern "C" {
+
+// Not the driver's: how many copies between host and device memory this
+// process made, for a test to check that the device entry points make none.
+long emu_host_copies(void) { return host_copies; }
 
 CUresult cuInit(unsigned) { return 0; }
 CUresult cuDriverGetVersion(int *v) { *v = 13000; return 0; }
@@ -88,8 +95,8 @@ CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n)
     return 0;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) { free(ptr(p)); return 0; }
-CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { memcpy(ptr(d), s, n); return 0; }
-CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { memcpy(d, ptr(s), n); return 0; }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { host_copies++; memcpy(ptr(d), s, n); return 0; }
+CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { host_copies++; memcpy(d, ptr(s), n); return 0; }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { memmove(ptr(d), ptr(s), n); return 0; }
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char b, size_t n) { memset(ptr(d), b, n); return 0; }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *s, size_t n, void *) { return cuMemcpyHtoD_v2(d, s, n); }

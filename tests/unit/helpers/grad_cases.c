@@ -6,6 +6,7 @@
 
 #include <cmocka.h>
 
+#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +93,19 @@ static void from_device(void *host, void *dev, size_t bytes)
     sb_free(&err);
 }
 
+/* The copies between host and device memory so far, where the driver is the
+ * emulated one (tests/gpu/emu/fake_cuda.cpp counts them); -1 on a GPU. */
+static long host_copies(void)
+{
+    const char *lib = getenv("SSMC_CUDA_DRIVER");
+    void *h = lib ? dlopen(lib, RTLD_LAZY | RTLD_NOLOAD) : NULL;
+    long (*count)(void) = NULL;
+    if (h) *(void **)&count = dlsym(h, "emu_host_copies"); /* POSIX's way to a function from dlsym */
+    long n = count ? count() : -1;
+    if (h) dlclose(h);
+    return n;
+}
+
 /* One training step on `r` with tensors of dtype dt made from the f64 values
  * val (inputs, params, initial states) and cot (cotangents): the outputs and
  * final states into res, the gradients into grad (f64 copies). device: the
@@ -125,12 +139,24 @@ static bool train(run *r, const gcase *c, ssmc_dtype dt, bool device, double *co
         if (role != SSMC_OUTPUT) grads[ng++] = (ssmc_arg){nm, dt, dg[i], 0};
     }
     ssmc_tape *tape = NULL;
-    ssmc_status s = device ? ssmc_forward_train_device(r->m, c->B, c->T, args, na, &tape, NULL)
+    CUstream stream = NULL;
+    strbuf err = {0};
+    if (device && c->stream && rt_cuda_stream_new(gpu, &stream, &err) != SSMC_OK) fail_msg("stream: %s", sb_cstr(&err));
+    long copies = device ? host_copies() : -1;
+    ssmc_status s = device ? ssmc_forward_train_device(r->m, c->B, c->T, args, na, &tape, stream)
                            : ssmc_forward_train(r->m, c->B, c->T, args, na, &tape);
     if (s == SSMC_OK)
-        s = device ? ssmc_backward_device(r->m, tape, vals, nv, douts, nd, grads, ng, NULL)
+        s = device ? ssmc_backward_device(r->m, tape, vals, nv, douts, nd, grads, ng, stream)
                    : ssmc_backward(r->m, tape, vals, nv, douts, nd, grads, ng);
+    if (stream && rt_cuda_stream_free(gpu, stream, &err) != SSMC_OK) fail_msg("stream: %s", sb_cstr(&err));
+    sb_free(&err);
     if (s != SSMC_OK) snprintf(msg, cap, "%s", ssmc_ctx_error(r->ctx));
+    /* the device entry points keep everything on the device */
+    long more = copies >= 0 ? host_copies() - copies : 0;
+    if (s == SSMC_OK && more != 0) {
+        snprintf(msg, cap, "the device entry points made %ld copies between host and device memory", more);
+        s = SSMC_ERR_BACKEND;
+    }
     ssmc_tape_free(tape);
     for (int i = 0; i < r->n; i++) {
         if (device) {
@@ -254,9 +280,10 @@ void grad_run_cases(const gcase *cases, int n, bool fork_them)
                 const gcase *c = &cases[next];
                 double t0 = now();
                 bool ok = grad_case(c, msg, sizeof msg);
-                printf("# %s %-34s %-8s %s B=%lld T=%lld C=%lld %s%s (%.1f s)\n", ok ? "ok  " : "FAIL", c->file,
+                printf("# %s %-34s %-8s %s B=%lld T=%lld C=%lld %s%s%s (%.1f s)\n", ok ? "ok  " : "FAIL", c->file,
                        c->model ? c->model : "", c->dt == SSMC_F32 ? "f32 " : "bf16", (long long)c->B, (long long)c->T,
-                       (long long)c->C, c->states ? "from states" : "from inits", c->host ? ", host API" : "",
+                       (long long)c->C, c->states ? "from states" : c->chunk > 0 ? "from zero" : "from inits",
+                       c->chunk > 0 ? ", chunked" : "", c->host ? ", host API" : c->stream ? ", a stream" : "",
                        now() - t0);
                 if (!ok) printf("#      %s\n", msg);
                 fflush(stdout);
@@ -389,6 +416,22 @@ int grad_chunked_cases(gcase *cases, int max)
          .C = 16, .dt = SSMC_F32, .states = true, .host = true, .chunk = 16},
     };
     int n = 0;
-    for (size_t i = 0; i < sizeof all / sizeof *all && n < max; i++) cases[n++] = all[i];
+    /* each through the host API and through the device entry points (the tape, the work and the segments'
+     * slices on the device) */
+    for (size_t i = 0; i < sizeof all / sizeof *all && n + 2 <= max; i++) {
+        cases[n++] = all[i];
+        cases[n] = all[i];
+        cases[n++].host = false;
+    }
+    /* the device entry points on a stream of their own, with several sequences, T not a multiple of C,
+     * several segments: from zero with no final-state cotangent (mamba2), and bf16 tensors, converted to and
+     * from the driver's f32 on the device (gated_deltanet) */
+    static const gcase more[] = {
+        {.file = "examples/mamba2.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"P", 8}, {"N", 16}}}, .B = 2,
+         .T = 45, .C = 16, .dt = SSMC_F32, .states = false, .chunk = 16, .stream = true},
+        {.file = "examples/gated_deltanet.ssm", .dims = {.ndims = 3, .dims = {{"H", 2}, {"K", 8}, {"V", 6}}}, .B = 2,
+         .T = 37, .C = 0, .dt = SSMC_BF16, .states = true, .chunk = 16, .stream = true},
+    };
+    for (size_t i = 0; i < sizeof more / sizeof *more && n < max; i++) cases[n++] = more[i];
     return n;
 }

@@ -24,6 +24,8 @@ typedef struct gcase {
     bool host;   /* ssmc_forward_train / ssmc_backward on the cuda device instead of the device entry points */
     int chunk;   /* > 0: the cuda model compiled with SSMC_ALGO_CHUNKED, chunks of `chunk` steps (the tolerance
                   * is then bf16's: the cores' matrix products take bf16 operands) */
+    bool stream; /* the device entry points on a stream of their own (non-blocking: work left on the default
+                  * stream would race it on a GPU), not the default stream */
 } gcase;
 
 /* One case; false with the reason in msg. */
@@ -37,9 +39,11 @@ void grad_run_cases(const gcase *cases, int n, bool fork_them);
  * three) and every edge model (tests/gpu/edge.ssm); return how many. */
 int grad_example_cases(gcase *cases, int max);
 int grad_edge_cases(gcase *cases, int max);
-/* The chunked algorithm's gradients on the cuda device (the host API): the
- * examples whose cores the cuda core backward renders (no decay, a decay per
- * head or per key, the delta rule). */
+/* The chunked algorithm's gradients on the cuda device: the examples whose
+ * cores the cuda core backward renders (no decay, a decay per head or per
+ * key, the delta rule), each through the host API and through the device
+ * entry points, and two more on the device on a stream of their own
+ * (several sequences and segments, from zero; bf16 tensors). */
 int grad_chunked_cases(gcase *cases, int max);
 
 #endif
