@@ -75,6 +75,10 @@ typedef struct backend {
     struct chunked_state *(*chunked)(void *state);
     /* Device memory for gradients on device tensors; NULL without a device. */
     const backend_mem *mem;
+    /* The precision of the chunked cores' matrix-product operands, whatever the
+     * tensors' dtype (bf16 on CUDA's tensor cores; 0, i.e. SSMC_F32, the tensors'
+     * own elsewhere): what `--verify` holds a chunked run to (ssmc_model_tolerance). */
+    ssmc_dtype chunk_operands;
 } backend;
 
 /* The device table (codegen/backends.c): the backend of a device, NULL where

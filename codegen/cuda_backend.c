@@ -1043,4 +1043,5 @@ const backend cuda_backend = {
     .reverse = true, /* codegen/cuda.c runs a reverse model's steps from T-1 down */
     .chunked = cuda_chunked,
     .mem = &cuda_mem,
+    .chunk_operands = SSMC_BF16, /* mma.sync m16n8k16 bf16 (codegen/cuda_chunk.c) */
 };

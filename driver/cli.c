@@ -595,8 +595,8 @@ static void free_tensors(tensor *ts, int n)
 
 /* Runs the same inputs through the interpreter and prints the relative error
  * of every output and final state. Returns false when one is over tolerance. */
-static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n, int64_t B, int64_t T,
-                   const packing *pk, bool *ok)
+static bool verify(const cli *c, const ssmc_model *m, const char *src, size_t len, tensor *ts, int n, int64_t B,
+                   int64_t T, const packing *pk, bool *ok)
 {
     ssmc_ctx *ctx = ssmc_ctx_new();
     ssmc_options o = options_of(c);
@@ -630,7 +630,7 @@ static bool verify(const cli *c, const char *src, size_t len, tensor *ts, int n,
     for (int i = 0; good && i < n; i++) {
         if (ts[i].info.role != SSMC_OUTPUT && ts[i].info.role != SSMC_STATE) continue;
         /* the model's reductions and chains (numerics.md) */
-        double tol = ssmc_model_tolerance(ref, i, c->dtype, longest(pk, T));
+        double tol = ssmc_model_tolerance(m, i, c->dtype, longest(pk, T)); /* the model under test's plan */
         double maxref = 0, maxdiff = 0;
         bool finite = true;
         for (size_t k = 0; k < ts[i].count; k++) {
@@ -1049,7 +1049,7 @@ static int cmd_run(const cli *c, bool bench)
         printf("]  sum %.6g  max|x| %.6g\n", sum, amax);
     }
     bool ok = true;
-    if (c->verify && !verify(c, src, len, ts, n, B, T, &pk, &ok)) goto done;
+    if (c->verify && !verify(c, m, src, len, ts, n, B, T, &pk, &ok)) goto done;
     if (c->out) {
         if (!mkdir_p(c->out)) {
             fprintf(stderr, "error: cannot create directory '%s': %s\n", c->out, strerror(errno));

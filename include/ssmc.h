@@ -145,7 +145,9 @@ int ssmc_model_find(const ssmc_model *m, const char *name);
  * state) to: the largest relative error max|got - ref| / max|ref| that a run
  * of T steps with tensors of `dtype` may show against the f64 interpreter,
  * from f32 rounding alone. It grows with the model's reductions and chains of
- * operations (docs/numerics.md, "How --verify judges"); -1 when m is NULL, i
+ * operations (docs/numerics.md, "How --verify judges"), and a chunked run on a
+ * backend whose matrix products take coarser operands (CUDA: bf16) is held to
+ * that precision; -1 when m is NULL, i
  * is not an output or a state, dtype is unknown or T is below 1. */
 double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_t T);
 

@@ -66,7 +66,8 @@ static void test_chunked(void **state)
  * one of ssmc_forward_train (host) is refused by ssmc_backward_device and
  * one of ssmc_forward_train_device (device pointers: the emulator's device
  * memory is host memory) by ssmc_backward, each with a message that says
- * which to use; both hold what ssmc_grad_info_of says. */
+ * which to use; both hold what ssmc_grad_info_of says. And the tolerance
+ * --verify holds the chunked model to: its cores' bf16 operands. */
 static void test_chunked_tapes(void **state)
 {
     (void)state;
@@ -110,6 +111,17 @@ static void test_chunked_tapes(void **state)
     ssmc_tape_free(host);
     ssmc_tape_free(dev);
     for (int i = 0; i < n; i++) free(bufs[i]);
+    /* --verify holds a chunked CUDA run to its cores' bf16 operands, whatever the
+     * tensors' dtype; the recurrent one to f32 rounding */
+    ssmc_model *r = NULL;
+    o.algo = SSMC_ALGO_RECURRENT;
+    if (ssmc_compile(ctx, "fla_simple_gla.ssm", src, len, &o, &r) != SSMC_OK) fail_msg("%s", ssmc_ctx_error(ctx));
+    int y = ssmc_model_find(m, "o");
+    assert_true(y >= 0 && ssmc_model_find(r, "o") == y);
+    assert_true(ssmc_model_tolerance(m, y, SSMC_F32, T) >= 2e-2);
+    assert_true(ssmc_model_tolerance(m, y, SSMC_BF16, T) >= 2e-2);
+    assert_true(ssmc_model_tolerance(r, y, SSMC_F32, T) < 1e-3);
+    ssmc_model_free(r);
     ssmc_model_free(m);
     ssmc_ctx_free(ctx);
     free(src);
