@@ -387,6 +387,22 @@ static ssmc_status stage_out(cuda_state *s, const staged *t, int n, diag *d)
 
 #define DEV(i) ((void *)(uintptr_t)t[i].dev)
 
+/* The core's operands read from the host (the readouts' q, k, v, the decay g
+ * of gw values a row, beta) into t from its start; returns their count. */
+static int stage_operands(staged *t, const float *const *q, int nr, const float *k, const float *v, const float *g,
+                          const float *beta, size_t rows,
+                          size_t K, size_t V, size_t gw)
+{
+    int n = 0;
+    size_t f = sizeof(float);
+    for (int r = 0; r < nr; r++) t[n++] = (staged){q[r], rows * K * f, true, false, 0};
+    t[n++] = (staged){k, rows * K * f, true, false, 0};
+    t[n++] = (staged){v, rows * V * f, true, false, 0};
+    t[n++] = (staged){g, rows * gw * f, true, false, 0};
+    t[n++] = (staged){beta, rows * f, true, false, 0};
+    return n;
+}
+
 static ssmc_status core_run_host(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, diag *d)
 {
     cuda_core *k = core;
@@ -396,11 +412,7 @@ static ssmc_status core_run_host(void *ctx, void *core, int64_t batch, int64_t T
     size_t gw = c->decay == PASS_DECAY_KEY ? K : 1;
     staged t[2 * PASS_MAX_READOUTS + 8] = {{0}};
     int n = 0, nr = c->nreadouts;
-    for (int r = 0; r < nr; r++) t[n++] = (staged){io->q[r], rows * K * f, true, false, 0};
-    t[n++] = (staged){io->k, rows * K * f, true, false, 0};
-    t[n++] = (staged){io->v, rows * V * f, true, false, 0};
-    t[n++] = (staged){io->g, rows * gw * f, true, false, 0};
-    t[n++] = (staged){io->beta, rows * f, true, false, 0};
+    n = stage_operands(t, io->q, nr, io->k, io->v, io->g, io->beta, rows, K, V, gw);
     t[n++] = (staged){io->w, rows * K * f, true, false, 0};
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->r[r], rows * V * f, false, true, 0};
     t[n++] = (staged){io->state, (size_t)batch * (size_t)c->state_elems * dtype_size(io->state_dtype), true, true, 0};
@@ -508,11 +520,7 @@ static ssmc_status core_backward_host(void *ctx, void *core, int64_t batch, int6
     size_t se = (size_t)batch * (size_t)c->state_elems * f, gw = c->decay == PASS_DECAY_KEY ? K : 1;
     staged t[3 * PASS_MAX_READOUTS + 12] = {{0}};
     int n = 0, nr = c->nreadouts;
-    for (int r = 0; r < nr; r++) t[n++] = (staged){io->q[r], rows * K * f, true, false, 0};
-    t[n++] = (staged){io->k, rows * K * f, true, false, 0};
-    t[n++] = (staged){io->v, rows * V * f, true, false, 0};
-    t[n++] = (staged){io->g, rows * gw * f, true, false, 0};
-    t[n++] = (staged){io->beta, rows * f, true, false, 0};
+    n = stage_operands(t, io->q, nr, io->k, io->v, io->g, io->beta, rows, K, V, gw);
     for (int r = 0; r < nr; r++) t[n++] = (staged){io->dr[r], rows * V * f, true, false, 0};
     t[n++] = (staged){io->state, se, true, false, 0};
     t[n++] = (staged){io->dstate, se, true, true, 0};

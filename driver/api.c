@@ -344,6 +344,15 @@ int ssmc_model_find(const ssmc_model *m, const char *name)
  * makes them larger relative to it). The floor: the earlier fixed
  * tolerances, which held every example; f16 and bf16 for the rounding of the
  * tensors themselves. */
+ssmc_dtype ssmc_model_arith_dtype(const ssmc_model *m, ssmc_dtype dtype)
+{
+    /* a chunked run's matrix products take the backend's operand precision */
+    static const int mantissa[] = {[SSMC_F32] = 23, [SSMC_F16] = 10, [SSMC_BF16] = 7, [SSMC_F64] = 52};
+    if ((unsigned)dtype > SSMC_F64 || !m) return dtype;
+    ssmc_dtype op = m->be ? m->be->chunk_operands : SSMC_F32;
+    return m->plan && m->plan->algo == PLAN_ALGO_CHUNKED && mantissa[op] < mantissa[dtype] ? op : dtype;
+}
+
 double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_t T)
 {
     int k = m && i >= 0 ? public_to_ir(m, i) : -1;
@@ -361,10 +370,7 @@ double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_
             for (int s = 0; s < an.nstates; s++)
                 if (an.states[s].cls == PASS_CLASS_IDENTITY) carried[an.states[s].tensor] = 2 * sqrt((double)T);
         pass_rounding(ir, carried, len);
-        /* a chunked run's matrix products take the backend's operand precision */
-        static const int mantissa[] = {[SSMC_F32] = 23, [SSMC_F16] = 10, [SSMC_BF16] = 7, [SSMC_F64] = 52};
-        ssmc_dtype op = m->be ? m->be->chunk_operands : SSMC_F32;
-        if (m->plan && m->plan->algo == PLAN_ALGO_CHUNKED && mantissa[op] < mantissa[dtype]) dtype = op;
+        dtype = ssmc_model_arith_dtype(m, dtype);
         double floor = dtype == SSMC_F16 ? 1e-2 : dtype == SSMC_BF16 ? 2e-2 : 1e-5;
         tol = floor + 4 * 0x1p-24 * len[k];
     }

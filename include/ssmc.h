@@ -151,6 +151,12 @@ int ssmc_model_find(const ssmc_model *m, const char *name);
  * is not an output or a state, dtype is unknown or T is below 1. */
 double ssmc_model_tolerance(const ssmc_model *m, int i, ssmc_dtype dtype, int64_t T);
 
+/* The coarsest precision a run of m with tensors of `dtype` computes in:
+ * dtype itself, or the operands of a chunked model's matrix products where
+ * they are coarser (bf16 on CUDA's tensor cores). What the tolerances of
+ * --verify (values and gradients) are set by. */
+ssmc_dtype ssmc_model_arith_dtype(const ssmc_model *m, ssmc_dtype dtype);
+
 /* ---- running ---- */
 /* Runs the model over `batch` sequences of length `T` (T >= 1) on host tensors. */
 ssmc_status ssmc_run(ssmc_model *m, int64_t batch, int64_t T, const ssmc_arg *args, int nargs);

@@ -121,6 +121,9 @@ static void test_chunked_tapes(void **state)
     assert_true(ssmc_model_tolerance(m, y, SSMC_F32, T) >= 2e-2);
     assert_true(ssmc_model_tolerance(m, y, SSMC_BF16, T) >= 2e-2);
     assert_true(ssmc_model_tolerance(r, y, SSMC_F32, T) < 1e-3);
+    assert_int_equal(ssmc_model_arith_dtype(m, SSMC_F32), SSMC_BF16);
+    assert_int_equal(ssmc_model_arith_dtype(m, SSMC_F16), SSMC_BF16);
+    assert_int_equal(ssmc_model_arith_dtype(r, SSMC_F32), SSMC_F32);
     ssmc_model_free(r);
     ssmc_model_free(m);
     ssmc_ctx_free(ctx);
