@@ -1462,9 +1462,10 @@ void cuda_emit_helpers(strbuf *out)
         }
         sb_printf(out, "extern \"C\" __global__ void __launch_bounds__(%d) ", CUDA_HELPERS_THREADS);
         cuda_helper_name(out, true, (ssmc_dtype)d, SSMC_F32);
-        sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src)\n{\n", dc);
+        sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src,\n"
+                       "    const int *__restrict__ pool_rows, long long per_seq)\n{\n", dc);
         sb_printf(out, "    const long long i = (long long)blockIdx.x * %d + threadIdx.x;\n", CUDA_HELPERS_THREADS);
-        sb_puts(out, "    if (i >= n) return;\n");
+        sb_puts(out, "    if (i >= n || (pool_rows && pool_rows[i / per_seq] < 0)) return;\n");
         sb_puts(out, "    float acc = 0.f;\n");
         sb_puts(out, "    for (long long r = 0; r < rows; r++) acc += src[r * n + i];\n");
         sb_puts(out, "    ssmc_st(dst + i, acc);\n}\n");

@@ -88,8 +88,10 @@ void cuda_prelude(strbuf *out);
  * (backend_mem, codegen/backend.h), one program (CUDA_HELPERS_PROGRAM) for
  * every dtype: ssmc_convert_<dst>_<src>(long long n, D *dst, const S *src)
  * converts n elements through f32, ssmc_sum_rows_<dst>(long long rows, long
- * long n, D *dst, const float *src) writes dst[e] = the sum over r of
- * src[r * n + e]; dtype names as in support/dtype.h (f32, f16, bf16, f64).
+ * long n, D *dst, const float *src, const int *pool_rows, long long per_seq)
+ * writes dst[e] = the sum over r of src[r * n + e], r in order (the params'
+ * batch sums; split reductions' tiles), skipping e when pool_rows is not NULL
+ * and pool_rows[e / per_seq] < 0 (a decode's padding slot); dtype names as in support/dtype.h (f32, f16, bf16, f64).
  * One thread per element, CUDA_HELPERS_THREADS per block. */
 #define CUDA_HELPERS_PROGRAM "ssmc_helpers.cu"
 #define CUDA_HELPERS_THREADS 256

@@ -628,7 +628,8 @@ static ssmc_status helper_launch(cuda_state *s, CUfunction fn, size_t n, void **
  * scratch past the blocks' workspace, in slice order (deterministic), in its
  * dtype. */
 static ssmc_status finish_partials(cuda_state *s, int64_t batch, int64_t T, CUdeviceptr ws, const CUdeviceptr *ptrs,
-                                   const ssmc_dtype *dt, const bool *present, void *stream, diag *d)
+                                   const ssmc_dtype *dt, const bool *present, CUdeviceptr pool_rows, void *stream,
+                                   diag *d)
 {
     const pass_plan *p = s->plan;
     const ir_model *m = s->m;
@@ -637,9 +638,10 @@ static ssmc_status finish_partials(cuda_state *s, int64_t batch, int64_t T, CUde
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
         if (!p->part_tiles[i] || !present[i] || batch * T == 0) continue;
         if ((st = helpers_load(s, d)) != SSMC_OK) break;
-        long long rows = p->part_tiles[i], n = batch * T * p->elems[i];
+        /* a padding slot of a decode by pool rows (a negative row) keeps its outputs */
+        long long rows = p->part_tiles[i], n = batch * T * p->elems[i], per = T * p->elems[i];
         CUdeviceptr dst = ptrs[i], src = ws + (CUdeviceptr)((l.blocks * l.ws_floats + batch * T * p->part_off[i]) * 4);
-        void *params[] = {&rows, &n, &dst, &src};
+        void *params[] = {&rows, &n, &dst, &src, &pool_rows, &per};
         st = helper_launch(s, s->sum_rows[dt[i]], (size_t)n, params, stream, d);
     }
     return st;
@@ -705,7 +707,7 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
         free(dbt);
     } else if (st == SSMC_OK) {
         st = launch(s, fn, batch, T, ws_bytes ? s->buf + ws_off : 0, ptrs, NULL, NULL, d);
-        if (st == SSMC_OK) st = finish_partials(s, batch, T, s->buf + ws_off, ptrs, dt, present, NULL, d);
+        if (st == SSMC_OK) st = finish_partials(s, batch, T, s->buf + ws_off, ptrs, dt, present, 0, NULL, d);
     }
     if (st == SSMC_OK && (st = rt_cuda_sync(s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "running the kernel");
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
@@ -790,7 +792,7 @@ static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const 
         if (st != SSMC_OK) fail(d, st, &err, "allocating the kernel's workspace");
     }
     if (st == SSMC_OK) st = launch(s, fn, batch, T, ws ? s->ws : 0, ptrs, rows ? rp : NULL, (CUstream)stream, d);
-    if (st == SSMC_OK) st = finish_partials(s, batch, T, s->ws, ptrs, dt, present, stream, d);
+    if (st == SSMC_OK) st = finish_partials(s, batch, T, s->ws, ptrs, dt, present, rows ? rp[0] : 0, stream, d);
     pthread_mutex_unlock(&s->lock);
     sb_free(&err);
     free(dt);
@@ -904,9 +906,9 @@ static ssmc_status mem_sum_rows(void *ctx, void *dst, ssmc_dtype dd, const float
     cuda_state *s = ctx;
     pthread_mutex_lock(&s->lock);
     ssmc_status st = helpers_load(s, d);
-    long long nr = rows, nn = (long long)n;
-    CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src;
-    void *params[] = {&nr, &nn, &dp, &sp};
+    long long nr = rows, nn = (long long)n, per = 1;
+    CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src, none = 0;
+    void *params[] = {&nr, &nn, &dp, &sp, &none, &per};
     if (st == SSMC_OK) st = helper_launch(s, s->sum_rows[dd], n, params, stream, d);
     pthread_mutex_unlock(&s->lock);
     return st;

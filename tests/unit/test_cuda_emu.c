@@ -168,6 +168,40 @@ typedef struct emu_rows {
  * states not given do (their init, or zero). r: NULL, or a decode by pool
  * row (init is then implied: the pools hold the final states of a random
  * 5-step prefix of `rows` sequences). */
+/* The workspace of a launch (every block's, then the partial sums' scratch),
+ * poisoned. */
+static float *emu_workspace_of(const pass_plan *plan, int64_t B, int64_t T)
+{
+    cuda_launch l = cuda_launch_of(plan, B);
+    int64_t n = cuda_ws_floats(&l, B, T);
+    if (!n) return NULL;
+    float *ws = malloc((size_t)n * sizeof(float));
+    assert_non_null(ws);
+    for (int64_t k = 0; k < n; k++) ws[k] = NAN;
+    return ws;
+}
+
+/* The finishing step of split reductions (plan.h), as the backend's
+ * ssmc_sum_rows helper does it: each partial output gets the sum of its
+ * slices, in order; a padding slot (rows: a negative row) keeps its values. */
+static void emu_finish_partials(const pass_plan *plan, int64_t B, int64_t T, const float *ws, void *const *out,
+                                ssmc_dtype dt, const int *rows)
+{
+    const ir_model *m = plan->m;
+    cuda_launch l = cuda_launch_of(plan, B);
+    for (uint32_t i = 0; i < m->ntensors; i++) {
+        if (!plan->part_tiles[i] || !out[i]) continue;
+        int64_t n = B * T * plan->elems[i];
+        const float *src = ws + l.blocks * l.ws_floats + B * T * plan->part_off[i];
+        for (int64_t e = 0; e < n; e++) {
+            if (rows && rows[e / (T * plan->elems[i])] < 0) continue;
+            float acc = 0.f;
+            for (int64_t r = 0; r < plan->part_tiles[i]; r++) acc += src[r * n + e];
+            dtype_set(out[i], dt, (size_t)e, acc);
+        }
+    }
+}
+
 static void emu_case_full(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
                           bool final_only, const emu_rows *r, const char *what)
 {
@@ -249,13 +283,9 @@ static void emu_case_full(const model *md, const plan_tune *tune, ssmc_dtype dt,
         free(pd);
     }
     cuda_launch l = cuda_launch_of(plan, B);
-    float *ws = NULL;
-    if (l.ws_floats) {
-        ws = malloc((size_t)(l.blocks * l.ws_floats) * sizeof(float));
-        assert_non_null(ws);
-        for (int64_t k = 0; k < l.blocks * l.ws_floats; k++) ws[k] = NAN;
-    }
+    float *ws = emu_workspace_of(plan, B, T);
     launch(l.blocks, (int)l.threads, B, T, ws, ptrs);
+    emu_finish_partials(plan, B, T, ws, buf, dt, r ? r->index : NULL);
     for (uint32_t i = 0; i < nt; i++)
         data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init && !final_only) ? NULL : ref[i];
     ir_interp_args ia = {.batch = B, .T = T, .data = data, .fresh = ifresh, .rows = r ? r->index : NULL,
@@ -830,8 +860,8 @@ static ssmc_status emu_part_run(void *state, int64_t batch, int64_t T, const bac
     launch_fn launch;
     void *lib = build(sb_cstr(&src), sb_cstr(&name), &launch);
     cuda_launch l = cuda_launch_of(e->p, batch);
-    float *ws = l.ws_floats ? malloc((size_t)(l.blocks * l.ws_floats) * sizeof(float)) : NULL;
-    for (int64_t k = 0; k < l.blocks * l.ws_floats; k++) ws[k] = NAN;
+    float *ws = emu_workspace_of(e->p, batch, T);
+    assert_int_equal(e->p->part_floats, 0); /* the chunked parts have no states: no split reductions */
     assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, ws, ptrs), 0);
     dlclose(lib);
     free(ws);
