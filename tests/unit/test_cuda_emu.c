@@ -361,6 +361,51 @@ static void test_examples(void **state)
     for (int i = 0; i < n; i++) two_cases(names[i], NULL, NULL, 0);
 }
 
+/* Split reductions (tests/gpu/partial.ssm): outputs whose root sum runs over
+ * V, which the plan splits only so, in tiles that overhang V; against the
+ * interpreter from a state (f32) and without (bf16, a smaller V, odd), and the
+ * plan's facts: V on the grid with partial outputs, the schedule alone keeping
+ * it whole. */
+static void test_partial_sums(void **state)
+{
+    (void)state;
+    static const char *const models[] = {"partial_sums", "partial_lanes"};
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+        model md;
+        model_open(&md, "tests/gpu/partial.ssm", models[k], NULL, 0, false);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        pass_plan *p;
+        if (cuda_plan_of(&a, md.m, NULL, &p, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+        int V = -1;
+        for (int c = 0; c < p->ncls; c++)
+            if (strcmp(md.m->dims[p->sched.class_dim[c]].name, "V") == 0) V = c;
+        assert_true(V >= 0 && p->cls[V].split && p->cls[V].ntiles == 3 && p->cls[V].n % p->cls[V].tile != 0);
+        assert_true(p->part_floats > 0);
+        pass_sched plain;
+        assert_true(pass_schedule(&a, md.m, &plain, &d));
+        for (int c = 0; c < plain.nclasses; c++)
+            if (strcmp(md.m->dims[plain.class_dim[c]].name, "V") == 0) assert_false(plain.splittable[c]);
+        arena_free(&a);
+        diag_free(&d);
+        if (!have_cxx) {
+            model_close(&md);
+            continue;
+        }
+        char what[128];
+        snprintf(what, sizeof what, "partial.ssm %s f32 B=2 T=6 from a state", models[k]);
+        emu_case(&md, NULL, SSMC_F32, 2, 6, true, what);
+        model_close(&md);
+        ssmc_dim odd[] = {{"H", 2}, {"K", 33}, {"V", 21}};
+        model_open(&md, "tests/gpu/partial.ssm", models[k], odd, 3, false);
+        snprintf(what, sizeof what, "partial.ssm %s bf16 B=3 T=3 H=2 K=33 V=21", models[k]);
+        emu_case(&md, NULL, SSMC_BF16, 3, 3, false, what);
+        model_close(&md);
+    }
+    if (!have_cxx) skip();
+}
+
 static void test_edge_models(void **state)
 {
     if (!have_cxx) skip();
@@ -1140,6 +1185,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
+        cmocka_unit_test(test_partial_sums),
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_chunk_cores),
