@@ -513,16 +513,33 @@ static const char *reduction(em *e, ir_ref r)
             line(e, "%s = ssmc_%s<%d, %d>(%s);", acc, sum ? "wsum" : "wmax", k->stride, k->stride * k->threads, acc);
         return acc;
     }
+    /* a variable of a split class (a partial sum, plan.h) runs over the item's
+     * tile, at its base, the tile's overhang past the dim masked out */
+    const char *ok = NULL;
     for (uint32_t i = 0; i < in->red.nvars; i++) {
         int var = (int)m->red_vars[in->red.vars + i];
         const char *name = m->vars[var].name;
-        line(e, "for (int v_%s = 0; v_%s < %lld; v_%s++) {", name, name, (long long)m->dims[m->vars[var].dim].value, name);
+        int c = p->sched.var_class[var];
+        const plan_class *k = c >= 0 && p->cls[c].split ? &p->cls[c] : NULL;
+        const char *lv = S(e, k ? "w_%s" : "v_%s", name);
+        line(e, "for (int %s = 0; %s < %lld; %s++) {", lv, lv, (long long)(k ? k->tile : m->dims[m->vars[var].dim].value), lv);
         e->ind++;
         vbind *b = &e->v[var];
-        *b = (vbind){.on = true, .glob = S(e, "v_%s", name), .loc = S(e, "v_%s", name)};
+        *b = (vbind){.on = true, .glob = lv, .loc = lv};
+        if (!k) continue;
+        if (k->n % k->tile == 0) {
+            line(e, "const int v_%s = base%d + w_%s;", name, c, name);
+        } else {
+            line(e, "const int v_%s = ssmc_imin(base%d + w_%s, %lld);", name, c, name, (long long)(k->n - 1));
+            ok = and_ok(e, ok, S(e, "base%d + w_%s < %lld", c, name, (long long)k->n));
+        }
+        b->glob = S(e, "v_%s", name);
     }
     const char *x = ex(e, in->a);
-    line(e, sum ? "%s += %s;" : "%s = ssmc_maxn(%s, %s);", acc, sum ? x : acc, x);
+    if (ok)
+        line(e, sum ? "if (%s) %s += %s;" : "if (%s) %s = ssmc_maxn(%s, %s);", ok, acc, sum ? x : acc, x);
+    else
+        line(e, sum ? "%s += %s;" : "%s = ssmc_maxn(%s, %s);", acc, sum ? x : acc, x);
     for (uint32_t i = 0; i < in->red.nvars; i++) {
         e->v[m->red_vars[in->red.vars + i]].on = false;
         close_block(e);
@@ -1145,6 +1162,28 @@ static void params(em *e)
     e->ind -= 2;
 }
 
+/* The pointer of a partial output: its scratch slice for this item's tile of
+ * the classes it is partial over (plan.h: [tiles][batch][T][elems] in f32,
+ * past every item's workspace). */
+static void partial_ptr(em *e, int ti)
+{
+    const pass_plan *p = e->p;
+    const ir_model *m = e->m;
+    const ir_tensor *t = &m->tensors[ti];
+    const size_t nc = (size_t)p->ncls;
+    const char *tile = NULL;
+    for (int c = 0; c < p->ncls; c++) {
+        if (!p->partial[(size_t)t->def * nc + (size_t)c]) continue;
+        const char *q = p->cls[c].ntiles == 1 ? "0" : S(e, "base%d / %lld", c, (long long)p->cls[c].tile);
+        tile = tile ? S(e, "(%s) * %lld + %s", tile, (long long)p->cls[c].ntiles, q) : q;
+    }
+    const char *row = S(e, "((long long)(%s) * B + bat) * T", tile);
+    line(e, "// partial sums over this item's tile, summed into %s after the kernel", t->name);
+    line(e, "float *p_%s = ws + B * %lldLL + B * T * %lldLL + (%s%s) * %lld;", t->name,
+         (long long)(p->items_per_seq * p->global_floats), (long long)p->part_off[ti], row,
+         m->reverse ? " + T - 1" : "", (long long)ir_tensor_elems(m, t));
+}
+
 static void prologue(em *e)
 {
     const pass_plan *p = e->p;
@@ -1187,6 +1226,10 @@ static void prologue(em *e)
         if (t->kind == IR_LET || t->kind == IR_PARAM || !e->sig->present[i]) continue;
         int64_t n = ir_tensor_elems(m, t);
         bool ro = t->kind == IR_INPUT;
+        if (p->part_tiles[i]) {
+            partial_ptr(e, (int)i);
+            continue;
+        }
         if (t->per_step)
             line(e, "%s%s *p_%s = g_%s + %s * %lld;", ro ? "const " : "", dtype_c(e->sig->dtype[i]), t->name, t->name,
                  m->reverse ? "(bat * T + T - 1)" : "bat * T", (long long)n);
@@ -1379,9 +1422,17 @@ ssmc_status cuda_emit(strbuf *out, const pass_plan *p, const cuda_sig *sig, diag
 
 cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch)
 {
-    cuda_launch l = {.blocks = batch * p->items_per_seq, .threads = (unsigned)p->nthreads, .ws_floats = p->global_floats};
+    cuda_launch l = {.blocks = batch * p->items_per_seq,
+                     .threads = (unsigned)p->nthreads,
+                     .ws_floats = p->global_floats,
+                     .part_floats = p->part_floats};
     l.shared_bytes = (unsigned)(p->local_floats * 4);
     return l;
+}
+
+int64_t cuda_ws_floats(const cuda_launch *l, int64_t batch, int64_t T)
+{
+    return l->blocks * l->ws_floats + batch * T * l->part_floats;
 }
 
 /* ---- helper kernels: the gradient driver's conversions and batch sums ---- */
@@ -1411,9 +1462,10 @@ void cuda_emit_helpers(strbuf *out)
         }
         sb_printf(out, "extern \"C\" __global__ void __launch_bounds__(%d) ", CUDA_HELPERS_THREADS);
         cuda_helper_name(out, true, (ssmc_dtype)d, SSMC_F32);
-        sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src)\n{\n", dc);
+        sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src,\n"
+                       "    const int *__restrict__ pool_rows, long long per_seq)\n{\n", dc);
         sb_printf(out, "    const long long i = (long long)blockIdx.x * %d + threadIdx.x;\n", CUDA_HELPERS_THREADS);
-        sb_puts(out, "    if (i >= n) return;\n");
+        sb_puts(out, "    if (i >= n || (pool_rows && pool_rows[i / per_seq] < 0)) return;\n");
         sb_puts(out, "    float acc = 0.f;\n");
         sb_puts(out, "    for (long long r = 0; r < rows; r++) acc += src[r * n + i];\n");
         sb_puts(out, "    ssmc_st(dst + i, acc);\n}\n");

@@ -15,7 +15,11 @@
  * initial state and receives the final state in place; a pointer whose tensor
  * is absent from the signature is never touched. It is launched over
  * cuda_launch_of's grid, block and dynamic shared memory, with `ws` pointing at
- * blocks * ws_floats floats of device memory (NULL when ws_floats is 0).
+ * cuda_ws_floats floats of device memory (NULL when that is 0). An output
+ * whose statement is a split reduction (plan.h part_tiles) is written into the
+ * scratch past the blocks' workspace, not through its pointer: after the
+ * kernel, the caller sums its part_tiles slices, in order, into the output
+ * (the helper kernel cuda_helper_name(sum_rows) does exactly that).
  * Nothing here needs a GPU, NVRTC or CUDA headers. */
 #ifndef SSMC_CODEGEN_CUDA_H
 #define SSMC_CODEGEN_CUDA_H
@@ -55,7 +59,13 @@ typedef struct cuda_launch {
     unsigned threads;      /* block.x */
     unsigned shared_bytes; /* dynamic shared memory */
     int64_t ws_floats;     /* per block, of the global workspace */
+    int64_t part_floats;   /* per sequence and step, of the partial sums' scratch past the
+                              blocks' workspace (plan.h); 0: none */
 } cuda_launch;
+
+/* The workspace a launch of batch x T needs, in floats: every block's, then the
+ * partial sums' scratch. */
+int64_t cuda_ws_floats(const cuda_launch *l, int64_t batch, int64_t T);
 
 /* The CUDA C of the plan's kernel for one signature, appended to out. Every
  * statement is preceded by a comment naming its DSL line. */
@@ -78,8 +88,10 @@ void cuda_prelude(strbuf *out);
  * (backend_mem, codegen/backend.h), one program (CUDA_HELPERS_PROGRAM) for
  * every dtype: ssmc_convert_<dst>_<src>(long long n, D *dst, const S *src)
  * converts n elements through f32, ssmc_sum_rows_<dst>(long long rows, long
- * long n, D *dst, const float *src) writes dst[e] = the sum over r of
- * src[r * n + e]; dtype names as in support/dtype.h (f32, f16, bf16, f64).
+ * long n, D *dst, const float *src, const int *pool_rows, long long per_seq)
+ * writes dst[e] = the sum over r of src[r * n + e], r in order (the params'
+ * batch sums; split reductions' tiles), skipping e when pool_rows is not NULL
+ * and pool_rows[e / per_seq] < 0 (a decode's padding slot); dtype names as in support/dtype.h (f32, f16, bf16, f64).
  * One thread per element, CUDA_HELPERS_THREADS per block. */
 #define CUDA_HELPERS_PROGRAM "ssmc_helpers.cu"
 #define CUDA_HELPERS_THREADS 256

@@ -682,6 +682,33 @@ static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T
     return st ? fail(d, st, &err, "launching the kernel") : SSMC_OK;
 }
 
+static ssmc_status helpers_load(cuda_state *s, diag *d);
+static ssmc_status helper_launch(cuda_state *s, CUfunction fn, size_t n, void **params, void *stream, diag *d);
+
+/* The finishing step of split reductions (plan.h): after the kernel, on its
+ * stream, each partial output present gets the sum of its slices in the
+ * scratch past the blocks' workspace, in slice order (deterministic), in its
+ * dtype. */
+static ssmc_status finish_partials(cuda_state *s, int64_t batch, int64_t T, CUdeviceptr ws, const CUdeviceptr *ptrs,
+                                   const ssmc_dtype *dt, const bool *present, CUdeviceptr pool_rows, void *stream,
+                                   diag *d)
+{
+    const pass_plan *p = s->plan;
+    const ir_model *m = s->m;
+    cuda_launch l = cuda_launch_of(p, batch);
+    ssmc_status st = SSMC_OK;
+    for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
+        if (!p->part_tiles[i] || !present[i] || batch * T == 0) continue;
+        if ((st = helpers_load(s, d)) != SSMC_OK) break;
+        /* a padding slot of a decode by pool rows (a negative row) keeps its outputs */
+        long long rows = p->part_tiles[i], n = batch * T * p->elems[i], per = T * p->elems[i];
+        CUdeviceptr dst = ptrs[i], src = ws + (CUdeviceptr)((l.blocks * l.ws_floats + batch * T * p->part_off[i]) * 4);
+        void *params[] = {&rows, &n, &dst, &src, &pool_rows, &per};
+        st = helper_launch(s, s->sum_rows[dt[i]], (size_t)n, params, stream, d);
+    }
+    return st;
+}
+
 static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend_tensor *bt, diag *d)
 {
     cuda_state *s = state;
@@ -712,8 +739,8 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
         if (present[i]) total += (run_elems(m, i, batch, T) * dtype_size(dt[i]) + ALIGN - 1) / ALIGN * ALIGN;
     }
     cuda_launch l = cuda_launch_of(s->plan, batch);
-    size_t ws_off = total;
-    total += (size_t)l.blocks * (size_t)l.ws_floats * 4;
+    size_t ws_off = total, ws_bytes = (size_t)cuda_ws_floats(&l, batch, T) * 4;
+    total += ws_bytes;
     if (st == SSMC_OK && total > s->buf_cap) {
         rt_cuda_free(s->gpu, s->buf, &err);
         s->buf = 0;
@@ -741,7 +768,8 @@ static ssmc_status cuda_run(void *state, int64_t batch, int64_t T, const backend
         if (st == SSMC_OK) st = chunked_run(s->chunked, batch, T, dbt, true, NULL, d);
         free(dbt);
     } else if (st == SSMC_OK) {
-        st = launch(s, fn, batch, T, l.ws_floats ? s->buf + ws_off : 0, ptrs, NULL, NULL, d);
+        st = launch(s, fn, batch, T, ws_bytes ? s->buf + ws_off : 0, ptrs, NULL, NULL, d);
+        if (st == SSMC_OK) st = finish_partials(s, batch, T, s->buf + ws_off, ptrs, dt, present, 0, NULL, d);
     }
     if (st == SSMC_OK && (st = rt_cuda_sync(s->gpu, &err)) != SSMC_OK) fail(d, st, &err, "running the kernel");
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
@@ -816,7 +844,7 @@ static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const 
     strbuf err = {0};
     ssmc_status st = kernel_for(s, &sig, &fn, d);
     cuda_launch l = cuda_launch_of(s->plan, batch);
-    size_t ws = (size_t)l.blocks * (size_t)l.ws_floats * 4;
+    size_t ws = (size_t)cuda_ws_floats(&l, batch, T) * 4;
     if (st == SSMC_OK && ws > s->ws_cap) {
         /* the old workspace may still be in use by a launch in flight */
         if ((st = rt_cuda_sync(s->gpu, &err)) == SSMC_OK) st = rt_cuda_free(s->gpu, s->ws, &err);
@@ -825,7 +853,8 @@ static ssmc_status run_on_device(cuda_state *s, int64_t batch, int64_t T, const 
         if (st == SSMC_OK && (st = rt_cuda_alloc(s->gpu, ws, &s->ws, &err)) == SSMC_OK) s->ws_cap = ws;
         if (st != SSMC_OK) fail(d, st, &err, "allocating the kernel's workspace");
     }
-    if (st == SSMC_OK) st = launch(s, fn, batch, T, l.ws_floats ? s->ws : 0, ptrs, rows ? rp : NULL, (CUstream)stream, d);
+    if (st == SSMC_OK) st = launch(s, fn, batch, T, ws ? s->ws : 0, ptrs, rows ? rp : NULL, (CUstream)stream, d);
+    if (st == SSMC_OK) st = finish_partials(s, batch, T, s->ws, ptrs, dt, present, rows ? rp[0] : 0, stream, d);
     pthread_mutex_unlock(&s->lock);
     sb_free(&err);
     free(dt);
@@ -939,9 +968,9 @@ static ssmc_status mem_sum_rows(void *ctx, void *dst, ssmc_dtype dd, const float
     cuda_state *s = ctx;
     pthread_mutex_lock(&s->lock);
     ssmc_status st = helpers_load(s, d);
-    long long nr = rows, nn = (long long)n;
-    CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src;
-    void *params[] = {&nr, &nn, &dp, &sp};
+    long long nr = rows, nn = (long long)n, per = 1;
+    CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src, none = 0;
+    void *params[] = {&nr, &nn, &dp, &sp, &none, &per};
     if (st == SSMC_OK) st = helper_launch(s, s->sum_rows[dd], n, params, stream, d);
     pthread_mutex_unlock(&s->lock);
     return st;

@@ -1323,6 +1323,11 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
                                 const char *symbol, diag *d, LLVMModuleRef *out)
 {
     *out = NULL;
+    /* split reductions are planned for targets with lanes only (plan.c) */
+    if (p->part_floats) {
+        diag_error(d, "internal error: llvm: the plan of model %s has partial sums, which a CPU plan never has", m->name);
+        return SSMC_ERR_BACKEND;
+    }
     cg c = {.p = p, .m = m, .ctx = ctx, .fused_sum = IR_NONE, .hoisting = IR_NONE};
     c.mod = LLVMModuleCreateWithNameInContext(m->name, ctx);
     char *triple = LLVMGetTargetMachineTriple(tm);

@@ -1073,6 +1073,9 @@ ssmc_status ssmc_build(ssmc_ctx *ctx, const char *filename, const char *source, 
     ssmc_status s = parse_targets(target_list_text, d, &tg, tbuf, sizeof tbuf);
     if (s == SSMC_OK) s = parse_dtypes(dtypes, &tg, d, &sg);
     plan_target cpu_tg = plan_target_cpu(o.threads), cuda_tg = plan_target_cuda(NULL);
+    /* a bundle's runtime (runtime/cuda_bundle.c) launches one kernel per run:
+     * no finishing step for split reductions */
+    cuda_tg.partial_sums = false;
     pipeline pc = {.a = &a, .d = d, .o = &o, .target = &cpu_tg}, pg = {.a = &a, .d = d, .o = &o, .target = &cuda_tg};
     if (s == SSMC_OK && tg.cpu) s = plan_for(&pc, filename, source, len, d);
     if (s == SSMC_OK && tg.narchs) s = plan_for(&pg, filename, source, len, d);

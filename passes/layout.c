@@ -38,10 +38,12 @@ static void count_reductions(const pass_plan *p, const ir_stmt *s, ir_ref r, sta
     if (r == IR_NONE) return;
     const ir_inst *in = &m->insts[r];
     if (in->op == IR_SUM || in->op == IR_RMAX) {
+        size_t si = (size_t)(s - m->stmts);
         for (uint32_t k = 0; k < in->red.nvars; k++) {
             int c = p->sched.var_class[m->red_vars[in->red.vars + k]];
             if (c < 0) continue;
-            st->reduced[c] = true;
+            /* a root sum that may be partial does not keep a class off the columns */
+            if (!p->sched.partial_over || !p->sched.partial_over[si * (size_t)p->ncls + (size_t)c]) st->reduced[c] = true;
             bool free_in_lhs = true;
             for (int i = 0; i < m->tensors[s->tensor].rank; i++)
                 if (p->sched.var_class[s->vars[i]] == c) free_in_lhs = false;
@@ -103,6 +105,10 @@ static void choose_layout(pass_plan *p, const stats *st, plan_tune tune)
         }
     }
     if (R >= 0 && !st->of_state[R] && st->eligible[R] == 0) R = -1;
+    /* split reductions: every class splittable only through partial sums goes
+     * on the grid, except the lane class, whose sums stay whole (shuffles) */
+    for (int c = 0; p->sched.class_partial && c < p->ncls; c++)
+        if (c != R && p->sched.splittable[c] && p->sched.class_partial[c] && p->cls[c].n > 1) p->cls[c].split = true;
     /* C: the largest state class that no reduction runs over; on a tie, the
      * innermost axis of a state or output (contiguous loads), then a splittable one */
     for (int c = 0; c < p->ncls; c++) {

@@ -174,6 +174,17 @@ typedef struct pass_sched {
     int *axis_class;       /* [ntensors * IR_MAX_RANK] class of each axis; -1 for inputs and params */
     bool *inplace;         /* [nstmts] a state update that reads the old state only at its own
                               element: it may overwrite the state as it goes */
+    /* Split reductions. `partial` is the schedule computed as if the root SUM of
+     * an output statement whose output no statement reads could run over a
+     * class split across items (each item sums its tile, the tiles' partial
+     * sums are added afterwards): such a reduction does not poison its
+     * classes, and such an output need not carry them. NULL when no statement
+     * qualifies. In that schedule (and only there) partial_over[si * nclasses
+     * + k] says statement si's root SUM runs over class k and class_partial[k]
+     * that some statement does; in this one both are NULL. */
+    struct pass_sched *partial;
+    bool *partial_over;    /* [nstmts * nclasses] */
+    bool *class_partial;   /* [nclasses] */
 } pass_sched;
 
 bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d);

@@ -174,6 +174,44 @@ static bool plan_grid(arena *a, pass_plan *p)
     return true;
 }
 
+/* A stateful model (the chunked algorithm's stateless parts gain nothing) with
+ * a class splittable only through partial sums. */
+static bool partial_gain(const ir_model *m, const pass_sched *ps)
+{
+    bool state = false;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) state |= m->tensors[ti].kind == IR_STATE;
+    for (int k = 0; state && k < ps->nclasses; k++)
+        if (ps->splittable[k] && ps->class_partial[k]) return true;
+    return false;
+}
+
+/* 3b: the statements whose root sum runs over a split class, and the scratch
+ * of their outputs (plan.h). */
+static bool plan_partials(arena *a, pass_plan *p)
+{
+    const ir_model *m = p->m;
+    size_t nc = p->ncls ? (size_t)p->ncls : 1;
+    p->partial = arena_array(a, (m->nstmts ? m->nstmts : 1) * nc, sizeof *p->partial);
+    if (!p->partial) return false;
+    if (!p->sched.partial_over) return true;
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        int o = m->stmts[si].tensor;
+        int64_t tiles = 1;
+        bool any = false;
+        for (int k = 0; k < p->ncls; k++) {
+            if (!p->sched.partial_over[si * nc + (size_t)k] || !p->cls[k].split) continue;
+            p->partial[si * nc + (size_t)k] = true;
+            tiles *= p->cls[k].ntiles;
+            any = true;
+        }
+        if (!any) continue;
+        p->part_tiles[o] = tiles;
+        p->part_off[o] = p->part_floats;
+        p->part_floats += tiles * ir_tensor_elems(m, &m->tensors[o]);
+    }
+    return true;
+}
+
 /* =============================================================== 4. strides */
 
 static void plan_strides(pass_plan *p)
@@ -261,6 +299,9 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
         p->sched = *sched;
     else if (!pass_schedule(a, m, &p->sched, d))
         return SSMC_ERR_NOMEM;
+    bool lanes = p->target.lanes > 1;
+    /* split reductions: with lanes, when some class is splittable only so */
+    if (lanes && p->target.partial_sums && p->sched.partial && partial_gain(m, p->sched.partial)) p->sched = *p->sched.partial;
     p->ncls = p->sched.nclasses;
     size_t nt = m->ntensors ? m->ntensors : 1, ns = m->nstmts ? m->nstmts : 1, ni = m->ninsts ? m->ninsts : 1;
     size_t nc = p->ncls ? (size_t)p->ncls : 1;
@@ -287,6 +328,8 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
     p->ld_pat = arena_array(a, ni, sizeof *p->ld_pat);
     p->prefetch = arena_array(a, nt, sizeof *p->prefetch);
     p->bufs = arena_array(a, nt + ns + ni, sizeof *p->bufs);
+    p->part_tiles = arena_array(a, nt, sizeof *p->part_tiles);
+    p->part_off = arena_array(a, nt, sizeof *p->part_off);
     if (a->failed) goto oom;
     for (uint32_t i = 0; i < m->ntensors; i++) p->buf_tensor[i] = -1;
     for (uint32_t i = 0; i < m->nstmts; i++) p->fuse[i] = p->buf_stmt[i] = -1, p->fuse_sum[i] = IR_NONE;
@@ -296,14 +339,15 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
     /* 1: the classes */
     for (int c = 0; c < p->ncls; c++) {
         p->cls[c].n = m->dims[p->sched.class_dim[c]].value;
-        p->cls[c].split = p->sched.splittable[c];
+        /* a class splittable only with partial sums: the layout decides */
+        p->cls[c].split = p->sched.splittable[c] && !(p->sched.class_partial && p->sched.class_partial[c]);
     }
-    bool lanes = p->target.lanes > 1;
     /* 2: with lanes, the layout inside a block (it fixes the column class's tile) */
     if (lanes && !plan_lane_layout(a, p)) goto oom;
     if (!lanes) p->nthreads = p->layout_threads = 1;
     /* 3, 4: the grid, the strides */
     if (!plan_grid(a, p)) goto oom;
+    if (!plan_partials(a, p)) goto oom;
     plan_strides(p);
     if (lanes) {
         /* 6, 7: placement and memory */

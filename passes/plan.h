@@ -56,6 +56,9 @@ typedef struct plan_target {
     int max_reg_slots;         /* registers per thread for states and lets together */
     op_cost hoist_cost;        /* loops: subexpressions at least this costly are hoisted */
     op_cost share_cost;        /* lanes: per-step lets at least this costly are computed once per block */
+    bool partial_sums;         /* split reductions: a class an output's root SUM runs over may go on the
+                                  grid (each item sums its tile into a scratch slice, the tiles' sums
+                                  are added after the kernel); lanes only */
     plan_tune tune;
 } plan_target;
 
@@ -233,6 +236,20 @@ typedef struct pass_plan {
 
     plan_prefetch *prefetch;
     int nprefetch;
+
+    /* split reductions (target.partial_sums): statement si's root SUM runs
+     * over the item's tile of class k (k split) when partial[si * ncls + k];
+     * its output o then goes to a scratch area of part_tiles[o] slices (the
+     * product of those classes' ntiles), each [batch][T][elems[o]] in f32,
+     * slice number the item's tile index over those classes (the first class
+     * slowest), at part_off[o] * batch * T floats past the workspace of every
+     * item; after the kernel, a finishing step sums the slices in order into
+     * the output, in its dtype. part_tiles[o] = 0: not partial. part_floats:
+     * the scratch's floats per sequence and step (0: no partial output). */
+    bool *partial;          /* [nstmts * ncls] */
+    int64_t *part_tiles;    /* [ntensors] */
+    int64_t *part_off;      /* [ntensors] */
+    int64_t part_floats;
 
     /* memory per item, in floats: buffers in block-local memory (GPU shared
      * memory, CPU scratch) or the global workspace, each aligned to the

@@ -6,7 +6,8 @@
 
 static const char *const red_mode_names[] = {"a loop over its values", "over the threads' slots, then across threads"};
 
-static void print_reductions(strbuf *out, const pass_plan *p, ir_ref r)
+/* si: the statement when r is its root, else -1 (a partial sum is a root). */
+static void print_reductions(strbuf *out, const pass_plan *p, ir_ref r, int si)
 {
     if (r == IR_NONE) return;
     const ir_inst *in = &p->m->insts[r];
@@ -24,11 +25,16 @@ static void print_reductions(strbuf *out, const pass_plan *p, ir_ref r)
             sb_printf(out, " (class %s, %d slot%s%s)", p->m->dims[p->sched.class_dim[d.cls]].name, d.slots,
                       d.slots == 1 ? "" : "s", d.spread ? ", spread" : "");
         }
+        for (int k = 0; si >= 0 && k < p->ncls; k++)
+            if (p->partial[(size_t)si * (size_t)p->ncls + (size_t)k])
+                sb_printf(out, "; partial over the item's tile of class %s", p->m->dims[p->sched.class_dim[k]].name);
+        if (si >= 0 && p->part_tiles[p->m->stmts[si].tensor])
+            sb_printf(out, ", %lld tiles, summed after the kernel", (long long)p->part_tiles[p->m->stmts[si].tensor]);
     }
     if (in->op == IR_LOAD || in->op == IR_CONST) return;
-    print_reductions(out, p, in->a);
-    print_reductions(out, p, in->b);
-    print_reductions(out, p, in->c);
+    print_reductions(out, p, in->a, -1);
+    print_reductions(out, p, in->b, -1);
+    print_reductions(out, p, in->c, -1);
 }
 
 static void print_hoists(strbuf *out, const pass_plan *p, ir_ref r)
@@ -169,7 +175,7 @@ void plan_print(strbuf *out, const pass_plan *p)
         sb_printf(out, "  init:     %s", t->name);
         for (int i = 0; i < t->rank; i++) sb_printf(out, "%s%s", i ? "," : "[", m->vars[s->vars[i]].name);
         sb_printf(out, "%s: before the first step when no initial state is given", t->rank ? "]" : "");
-        print_reductions(out, p, s->root);
+        print_reductions(out, p, s->root, -1);
         sb_putc(out, '\n');
     }
     for (uint32_t si = 0; si < m->nstmts; si++) {
@@ -198,12 +204,21 @@ void plan_print(strbuf *out, const pass_plan *p)
             if (p->fuse[si] == -2) sb_puts(out, "; inside the state update's loops");
         }
         if (t->kind == IR_STATE) sb_puts(out, p->sched.inplace[si] ? "; in place" : "; simultaneous: through new values");
-        print_reductions(out, p, s->root);
+        print_reductions(out, p, s->root, (int)si);
         print_hoists(out, p, s->root);
         sb_putc(out, '\n');
     }
     sb_printf(out, "memory per item: %lld floats local, %lld floats global\n", (long long)p->local_floats,
               (long long)p->global_floats);
+    if (p->part_floats) {
+        sb_printf(out, "partial sums: %lld floats per sequence and step, f32, past every item's workspace:",
+                  (long long)p->part_floats);
+        for (uint32_t ti = 0; ti < m->ntensors; ti++)
+            if (p->part_tiles[ti])
+                sb_printf(out, " %s [%lld tiles][batch][T][%lld] at %lld x batch x T;", m->tensors[ti].name,
+                          (long long)p->part_tiles[ti], (long long)p->elems[ti], (long long)p->part_off[ti]);
+        sb_putc(out, '\n');
+    }
 }
 
 void plan_print_comment(strbuf *out, const pass_plan *p, const char *prefix)

@@ -1,6 +1,11 @@
 /* schedule.c: index classes, which of them split across parallel workers, and
  * which state updates may run in place (see passes.h). Union-find over slots:
- * one slot per variable, one per axis of every state, let and output. */
+ * one slot per variable, one per axis of every state, let and output.
+ *
+ * Run twice: once as SPEC §3 has it (every reduction poisons its classes), and
+ * once for split reductions (pass_sched.partial), where the root SUM of an
+ * output statement that nothing reads leaves its classes free: an item can sum
+ * its own tile of them and the tiles' sums be added after the kernel. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +40,9 @@ typedef struct ctx {
     const ir_stmt *s;
     bool *self_ok; /* per statement: in-place so far */
     uint32_t si;
+    bool partial;   /* the split-reductions schedule */
+    bool *eligible; /* [nstmts] partial: its root SUM may be partial */
+    bool *root_red; /* [nvars] partial: a variable of such a root SUM */
 } ctx;
 
 static int axis_slot(ctx *c, int tensor, int axis) { return c->nvars + tensor * IR_MAX_RANK + axis; }
@@ -64,16 +72,32 @@ static void walk(ctx *c, ir_ref r)
     }
     if (in->op == IR_SUM || in->op == IR_RMAX) {
         walk(c, in->a);
-        /* a reduction over a class ties its values together */
+        /* a reduction over a class ties its values together, unless it is a
+         * root SUM that may be partial (only a sum's partials add up) */
+        bool partial = c->partial && c->eligible[c->si] && r == c->s->root;
         for (uint32_t i = 0; i < in->red.nvars; i++) {
             int v = (int)m->red_vars[in->red.vars + i];
-            c->u.poison[find(&c->u, v)] = true;
+            if (partial)
+                c->root_red[v] = true;
+            else
+                c->u.poison[find(&c->u, v)] = true;
         }
         return;
     }
     walk(c, in->a);
     walk(c, in->b);
     walk(c, in->c);
+}
+
+/* Statement si's root SUM (partial schedule) runs over a variable whose class
+ * root is marked. */
+static bool partial_in(ctx *c, int si, const bool *marked)
+{
+    if (si < 0 || !c->partial || !c->eligible[si]) return false;
+    const ir_inst *in = &c->m->insts[c->m->stmts[si].root];
+    for (uint32_t i = 0; i < in->red.nvars; i++)
+        if (marked[find(&c->u, (int)c->m->red_vars[in->red.vars + i])]) return true;
+    return false;
 }
 
 /* Counts the axes of tensor ti whose class root is in `roots` (marked). */
@@ -113,7 +137,9 @@ static void merge_aligned(ctx *c)
         bool ok = true;
         for (uint32_t ti = 0; ok && ti < m->ntensors; ti++) {
             const ir_tensor *t = &m->tensors[ti];
-            if (t->kind == IR_STATE || t->kind == IR_OUTPUT) ok = axes_in(c, ti, marked) == 1;
+            if (t->kind != IR_STATE && t->kind != IR_OUTPUT) continue;
+            int n = axes_in(c, ti, marked);
+            ok = n == 1 || (n == 0 && t->kind == IR_OUTPUT && partial_in(c, t->def, marked));
         }
         if (!ok) continue;
         for (int i = 0; i < nslots; i++)
@@ -122,21 +148,39 @@ static void merge_aligned(ctx *c)
     free(marked);
 }
 
-bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
+/* An output statement whose root is a SUM and whose output no statement reads. */
+static void find_eligible(const ir_model *m, bool *eligible)
 {
-    ctx c = {.m = m, .nvars = (int)m->nvars};
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        const ir_stmt *s = &m->stmts[si];
+        const ir_tensor *t = &m->tensors[s->tensor];
+        eligible[si] = t->kind == IR_OUTPUT && t->per_step && t->def == (int)si && m->insts[s->root].op == IR_SUM;
+    }
+    for (uint32_t r = 0; r < m->ninsts; r++) {
+        const ir_inst *in = &m->insts[r];
+        if (in->op != IR_LOAD) continue;
+        int def = m->tensors[in->load.tensor].def;
+        if (m->tensors[in->load.tensor].kind == IR_OUTPUT && def >= 0) eligible[def] = false;
+    }
+}
+
+static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out, diag *d)
+{
+    ctx c = {.m = m, .nvars = (int)m->nvars, .partial = partial};
     int nslots = (int)m->nvars + (int)m->ntensors * IR_MAX_RANK;
     c.u.parent = malloc((size_t)(nslots ? nslots : 1) * sizeof *c.u.parent);
     c.u.poison = calloc((size_t)(nslots ? nslots : 1), sizeof *c.u.poison);
     c.self_ok = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.self_ok);
     int *root_class = malloc((size_t)(nslots ? nslots : 1) * sizeof *root_class);
+    c.eligible = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.eligible);
+    c.root_red = arena_array(a, m->nvars ? m->nvars : 1, sizeof *c.root_red);
     memset(out, 0, sizeof *out);
     out->var_class = arena_array(a, m->nvars ? m->nvars : 1, sizeof(int));
     out->axis_class = arena_array(a, (size_t)m->ntensors * IR_MAX_RANK + 1, sizeof(int));
     out->class_dim = arena_array(a, (size_t)nslots + 1, sizeof(int));
     out->splittable = arena_array(a, (size_t)nslots + 1, sizeof(bool));
     bool ok = c.u.parent && c.u.poison && c.self_ok && root_class && out->var_class && out->axis_class &&
-              out->class_dim && out->splittable;
+              out->class_dim && out->splittable && c.eligible && c.root_red;
     if (!ok) {
         free(c.u.parent);
         free(c.u.poison);
@@ -145,6 +189,7 @@ bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
         return false;
     }
     for (int i = 0; i < nslots; i++) c.u.parent[i] = i;
+    if (partial) find_eligible(m, c.eligible);
     for (uint32_t si = 0; si < m->nstmts; si++) {
         c.s = &m->stmts[si];
         c.si = si;
@@ -179,14 +224,39 @@ bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
         }
     }
     for (uint32_t v = 0; v < m->nvars; v++) out->var_class[v] = root_class[find(&c.u, (int)v)];
-    /* every state and output must carry a splittable class, and only once */
+    if (partial) {
+        size_t nc = out->nclasses ? (size_t)out->nclasses : 1;
+        out->partial_over = arena_array(a, (m->nstmts ? m->nstmts : 1) * nc, sizeof(bool));
+        out->class_partial = arena_array(a, nc, sizeof(bool));
+        if (a->failed) {
+            free(c.u.parent);
+            free(c.u.poison);
+            free(root_class);
+            diag_error(d, "out of memory");
+            return false;
+        }
+        for (uint32_t si = 0; si < m->nstmts; si++) {
+            if (!c.eligible[si]) continue;
+            const ir_inst *in = &m->insts[m->stmts[si].root];
+            for (uint32_t i = 0; i < in->red.nvars; i++) {
+                int k = out->var_class[m->red_vars[in->red.vars + i]];
+                if (k < 0) continue;
+                out->partial_over[si * nc + (size_t)k] = true;
+                out->class_partial[k] = true;
+            }
+        }
+    }
+    /* every state and output must carry a splittable class, and only once (an
+     * output whose root sum is partial over it: not at all) */
     for (int k = 0; k < out->nclasses; k++) {
         for (uint32_t ti = 0; out->splittable[k] && ti < m->ntensors; ti++) {
             const ir_tensor *t = &m->tensors[ti];
             if (t->kind != IR_STATE && t->kind != IR_OUTPUT) continue;
             int count = 0;
             for (int ax = 0; ax < t->rank; ax++) count += out->axis_class[ti * IR_MAX_RANK + (uint32_t)ax] == k;
-            if (count != 1) out->splittable[k] = false;
+            bool part = partial && t->kind == IR_OUTPUT && t->def >= 0 &&
+                        out->partial_over[(size_t)t->def * (size_t)out->nclasses + (size_t)k];
+            if (part ? count != 0 : count != 1) out->splittable[k] = false;
         }
     }
     out->inplace = c.self_ok;
@@ -195,6 +265,28 @@ bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
     free(c.u.parent);
     free(c.u.poison);
     free(root_class);
+    return true;
+}
+
+bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
+{
+    if (!schedule(a, m, false, out, d)) return false;
+    bool *eligible = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *eligible);
+    if (!eligible) {
+        diag_error(d, "out of memory");
+        return false;
+    }
+    find_eligible(m, eligible);
+    bool any = false;
+    for (uint32_t si = 0; si < m->nstmts; si++) any |= eligible[si];
+    if (!any) return true;
+    pass_sched *ps = arena_alloc(a, sizeof *ps);
+    if (!ps) {
+        diag_error(d, "out of memory");
+        return false;
+    }
+    if (!schedule(a, m, true, ps, d)) return false;
+    out->partial = ps;
     return true;
 }
 

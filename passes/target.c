@@ -50,6 +50,7 @@ plan_target plan_target_cuda(const plan_tune *tune)
         .max_reg_slots = 80,
         .hoist_cost = OPC_DIV,
         .share_cost = OPC_TRANS,
+        .partial_sums = true,
         .tune = tn,
     };
 }

@@ -168,6 +168,40 @@ typedef struct emu_rows {
  * states not given do (their init, or zero). r: NULL, or a decode by pool
  * row (init is then implied: the pools hold the final states of a random
  * 5-step prefix of `rows` sequences). */
+/* The workspace of a launch (every block's, then the partial sums' scratch),
+ * poisoned. */
+static float *emu_workspace_of(const pass_plan *plan, int64_t B, int64_t T)
+{
+    cuda_launch l = cuda_launch_of(plan, B);
+    int64_t n = cuda_ws_floats(&l, B, T);
+    if (!n) return NULL;
+    float *ws = malloc((size_t)n * sizeof(float));
+    assert_non_null(ws);
+    for (int64_t k = 0; k < n; k++) ws[k] = NAN;
+    return ws;
+}
+
+/* The finishing step of split reductions (plan.h), as the backend's
+ * ssmc_sum_rows helper does it: each partial output gets the sum of its
+ * slices, in order; a padding slot (rows: a negative row) keeps its values. */
+static void emu_finish_partials(const pass_plan *plan, int64_t B, int64_t T, const float *ws, void *const *out,
+                                ssmc_dtype dt, const int *rows)
+{
+    const ir_model *m = plan->m;
+    cuda_launch l = cuda_launch_of(plan, B);
+    for (uint32_t i = 0; i < m->ntensors; i++) {
+        if (!plan->part_tiles[i] || !out[i]) continue;
+        int64_t n = B * T * plan->elems[i];
+        const float *src = ws + l.blocks * l.ws_floats + B * T * plan->part_off[i];
+        for (int64_t e = 0; e < n; e++) {
+            if (rows && rows[e / (T * plan->elems[i])] < 0) continue;
+            float acc = 0.f;
+            for (int64_t r = 0; r < plan->part_tiles[i]; r++) acc += src[r * n + e];
+            dtype_set(out[i], dt, (size_t)e, acc);
+        }
+    }
+}
+
 static void emu_case_full(const model *md, const plan_tune *tune, ssmc_dtype dt, int64_t B, int64_t T, bool init,
                           bool final_only, const emu_rows *r, const char *what)
 {
@@ -249,13 +283,9 @@ static void emu_case_full(const model *md, const plan_tune *tune, ssmc_dtype dt,
         free(pd);
     }
     cuda_launch l = cuda_launch_of(plan, B);
-    float *ws = NULL;
-    if (l.ws_floats) {
-        ws = malloc((size_t)(l.blocks * l.ws_floats) * sizeof(float));
-        assert_non_null(ws);
-        for (int64_t k = 0; k < l.blocks * l.ws_floats; k++) ws[k] = NAN;
-    }
+    float *ws = emu_workspace_of(plan, B, T);
     launch(l.blocks, (int)l.threads, B, T, ws, ptrs);
+    emu_finish_partials(plan, B, T, ws, buf, dt, r ? r->index : NULL);
     for (uint32_t i = 0; i < nt; i++)
         data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init && !final_only) ? NULL : ref[i];
     ir_interp_args ia = {.batch = B, .T = T, .data = data, .fresh = ifresh, .rows = r ? r->index : NULL,
@@ -329,6 +359,113 @@ static void test_examples(void **state)
     int n = test_list_examples(names, 64);
     assert_true(n >= 9);
     for (int i = 0; i < n; i++) two_cases(names[i], NULL, NULL, 0);
+}
+
+/* Split reductions (tests/gpu/partial.ssm): outputs whose root sum runs over
+ * V, which the plan splits only so, in tiles that overhang V; against the
+ * interpreter from a state (f32) and without (bf16, a smaller V, odd), and the
+ * plan's facts: V on the grid with partial outputs, the schedule alone keeping
+ * it whole. */
+static void test_partial_sums(void **state)
+{
+    (void)state;
+    static const char *const models[] = {"partial_sums", "partial_lanes"};
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+        model md;
+        model_open(&md, "tests/gpu/partial.ssm", models[k], NULL, 0, false);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        pass_plan *p;
+        if (cuda_plan_of(&a, md.m, NULL, &p, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+        int V = -1;
+        for (int c = 0; c < p->ncls; c++)
+            if (strcmp(md.m->dims[p->sched.class_dim[c]].name, "V") == 0) V = c;
+        assert_true(V >= 0 && p->cls[V].split && p->cls[V].ntiles == 3 && p->cls[V].n % p->cls[V].tile != 0);
+        assert_true(p->part_floats > 0);
+        pass_sched plain;
+        assert_true(pass_schedule(&a, md.m, &plain, &d));
+        for (int c = 0; c < plain.nclasses; c++)
+            if (strcmp(md.m->dims[plain.class_dim[c]].name, "V") == 0) assert_false(plain.splittable[c]);
+        arena_free(&a);
+        diag_free(&d);
+        if (!have_cxx) {
+            model_close(&md);
+            continue;
+        }
+        char what[128];
+        snprintf(what, sizeof what, "partial.ssm %s f32 B=2 T=6 from a state", models[k]);
+        emu_case(&md, NULL, SSMC_F32, 2, 6, true, what);
+        model_close(&md);
+        ssmc_dim odd[] = {{"H", 2}, {"K", 33}, {"V", 21}};
+        model_open(&md, "tests/gpu/partial.ssm", models[k], odd, 3, false);
+        snprintf(what, sizeof what, "partial.ssm %s bf16 B=3 T=3 H=2 K=33 V=21", models[k]);
+        emu_case(&md, NULL, SSMC_BF16, 3, 3, false, what);
+        model_close(&md);
+    }
+    if (!have_cxx) skip();
+}
+
+/* The class of dim `dim` in a plan, -1 when none. */
+static int class_named(const pass_plan *p, const char *dim)
+{
+    for (int c = 0; c < p->ncls; c++)
+        if (strcmp(p->m->dims[p->sched.class_dim[c]].name, dim) == 0) return c;
+    return -1;
+}
+
+/* The simple GLA adjoint at H = 16, K = V = 128 on the cuda target (the
+ * recurrent backward measured ~700x its forward without split reductions):
+ * items like the forward's (V in 4 tiles of 32 on the grid, K on the lanes,
+ * the dS state in registers), dq, dk and dg partial over V, dv whole. */
+static void test_partial_adjoint(void **state)
+{
+    (void)state;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/bench/gpu/simple_gla.ssm", test_src_dir());
+    size_t len;
+    const char *why;
+    char *src = read_file(path, &len, &why);
+    if (!src) fail_msg("cannot read %s: %s", path, why);
+    ssmc_dim dims[] = {{"H", 16}, {"K", 128}, {"V", 128}};
+    ssmc_options o = {.dims = dims, .ndims = 3, .device = SSMC_DEVICE_CUDA, .algo = SSMC_ALGO_RECURRENT};
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    plan_target tg = plan_target_cuda(NULL);
+    pipeline pl = {.a = &a, .d = &d, .o = &o, .target = &tg};
+    if (pipeline_run(&pl, path, src, len, PIPE_IR) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+    pass_grad pg;
+    assert_true(pass_grad_build(&a, pl.ir, &pg, &d));
+    pipeline pa = {.a = &a, .d = &d, .o = &o, .target = &tg};
+    if (pipeline_run_ir(&pa, pg.adjoint, PIPE_PLAN) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+    const pass_plan *p = pa.plan;
+    const ir_model *m = p->m;
+    int K = class_named(p, "K"), V = class_named(p, "V"), H = class_named(p, "H");
+    assert_true(K >= 0 && V >= 0 && H >= 0);
+    assert_int_equal(p->lane_cls, K);
+    assert_false(p->cls[K].split);
+    assert_true(p->cls[V].split);
+    assert_int_equal(p->cls[V].tile, 32);
+    assert_int_equal(p->cls[V].ntiles, 4);
+    assert_int_equal(p->items_per_seq, 64);
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        const ir_tensor *t = &m->tensors[ti];
+        if (strcmp(t->name, "dS") == 0) assert_int_equal(p->place[ti], PLAN_PLACE_REG);
+        if (t->kind != IR_OUTPUT) continue;
+        bool want = strcmp(t->name, "dv") != 0;
+        assert_int_equal(p->partial[(size_t)t->def * (size_t)p->ncls + (size_t)V], want);
+        assert_int_equal(p->part_tiles[ti], want ? 4 : 0);
+    }
+    /* the CPU plan of the same adjoint has none */
+    plan_target cpu = plan_target_cpu(8);
+    pipeline pc = {.a = &a, .d = &d, .o = &o, .target = &cpu};
+    o.device = SSMC_DEVICE_CPU;
+    if (pipeline_run_ir(&pc, pg.adjoint, PIPE_PLAN) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+    assert_int_equal(pc.plan->part_floats, 0);
+    free(src);
+    diag_free(&d);
+    arena_free(&a);
 }
 
 static void test_edge_models(void **state)
@@ -830,8 +967,8 @@ static ssmc_status emu_part_run(void *state, int64_t batch, int64_t T, const bac
     launch_fn launch;
     void *lib = build(sb_cstr(&src), sb_cstr(&name), &launch);
     cuda_launch l = cuda_launch_of(e->p, batch);
-    float *ws = l.ws_floats ? malloc((size_t)(l.blocks * l.ws_floats) * sizeof(float)) : NULL;
-    for (int64_t k = 0; k < l.blocks * l.ws_floats; k++) ws[k] = NAN;
+    float *ws = emu_workspace_of(e->p, batch, T);
+    assert_int_equal(e->p->part_floats, 0); /* the chunked parts have no states: no split reductions */
     assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, ws, ptrs), 0);
     dlclose(lib);
     free(ws);
@@ -1110,6 +1247,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
+        cmocka_unit_test(test_partial_sums),
+        cmocka_unit_test(test_partial_adjoint),
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_chunk_cores),
