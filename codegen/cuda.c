@@ -50,6 +50,8 @@ typedef struct em {
     vbind *v;      /* [nvars] */
     bool *written; /* [ntensors + 1]: memory-held tensors (and the scratch area, last) */
     bool *read;    /*   written or read since the last barrier */
+    int group;     /* a flat statement with a group of lanes per element (plan.h): its size, */
+    const char *group_in; /* and whether the lane's element exists (NULL: always) */
     bool oom;
 } em;
 
@@ -486,6 +488,78 @@ static const char *load(em *e, ir_ref r)
     return S(e, "s_%s[%s]", t->name, offset(e, t->rank, idx, ext));
 }
 
+/* A reduction over the lanes of the element's group (PLAN_RED_GROUP): lane gl
+ * of the group takes the values gl, gl + G, .. of the domain flattened
+ * row-major (the first variable slowest; a split class's variable over the
+ * item's tile, the overhang past the dim masked out), then a butterfly over the
+ * group's lanes, which all get the result. The lanes' loops differ in length,
+ * but no shuffle runs inside them. */
+static const char *group_reduction(em *e, ir_ref r, const char *acc)
+{
+    const pass_plan *p = e->p;
+    const ir_model *m = e->m;
+    const ir_inst *in = &m->insts[r];
+    bool sum = in->op == IR_SUM;
+    int64_t ext[IR_MAX_RANK], total = 1;
+    for (uint32_t i = 0; i < in->red.nvars; i++) {
+        int var = (int)m->red_vars[in->red.vars + i];
+        int c = p->sched.var_class[var];
+        ext[i] = c >= 0 && p->cls[c].split ? p->cls[c].tile : m->dims[m->vars[var].dim].value;
+        total *= ext[i];
+    }
+    const char *kk = S(e, "k%s", acc + 3);
+    /* a lane of an element past the last one only joins the shuffles */
+    line(e, "for (int %s = gl; %s%s%s < %lld; %s += %d) {", kk, e->group_in ? e->group_in : "", e->group_in ? " && " : "",
+         kk, (long long)total, kk, e->group);
+    e->ind++;
+    strbuf *outer = e->out, body = {0};
+    e->out = &body;
+    const char *ok = NULL;
+    int64_t stride = 1;
+    for (int i = (int)in->red.nvars - 1; i >= 0; i--) {
+        int var = (int)m->red_vars[in->red.vars + (uint32_t)i];
+        const char *name = m->vars[var].name;
+        int c = p->sched.var_class[var];
+        const plan_class *k = c >= 0 && p->cls[c].split ? &p->cls[c] : NULL;
+        const char *w = stride == 1 ? kk : S(e, "%s / %lld", kk, (long long)stride);
+        if (i > 0) w = S(e, "%s %% %lld", w, (long long)ext[i]);
+        stride *= ext[i];
+        vbind *b = &e->v[var];
+        if (!k) {
+            *b = (vbind){.on = true, .glob = S(e, "v_%s", name), .loc = S(e, "v_%s", name),
+                         .def_glob = S(e, "const int v_%s = %s;", name, w)};
+            continue;
+        }
+        *b = (vbind){.on = true, .glob = S(e, "v_%s", name), .loc = S(e, "w_%s", name),
+                     .def_loc = S(e, "const int w_%s = %s;", name, w)};
+        if (k->n % k->tile == 0) {
+            b->def_glob = S(e, "const int v_%s = base%d + w_%s;", name, c, name);
+        } else {
+            b->def_glob = S(e, "const int v_%s = ssmc_imin(base%d + w_%s, %lld);", name, c, name, (long long)(k->n - 1));
+            ok = and_ok(e, ok, S(e, "base%d + %s < %lld", c, var_loc(e, var), (long long)k->n));
+        }
+    }
+    const char *x = ex(e, in->a);
+    if (ok)
+        line(e, sum ? "if (%s) %s += %s;" : "if (%s) %s = ssmc_maxn(%s, %s);", ok, acc, sum ? x : acc, x);
+    else
+        line(e, sum ? "%s += %s;" : "%s = ssmc_maxn(%s, %s);", acc, sum ? x : acc, x);
+    e->out = outer;
+    for (uint32_t i = 0; i < in->red.nvars; i++) {
+        int var = (int)m->red_vars[in->red.vars + i];
+        vbind *b = &e->v[var];
+        if (b->def_loc) b->used_loc |= b->used_glob; /* v_ is computed from w_ */
+        write_defs(e, var);
+        b->on = false;
+    }
+    sb_putn(e->out, body.data ? body.data : "", body.len);
+    if (body.failed) e->oom = true;
+    sb_free(&body);
+    close_block(e);
+    line(e, "%s = ssmc_%s<1, %d>(%s);", acc, sum ? "wsum" : "wmax", e->group, acc);
+    return acc;
+}
+
 /* Emits a reduction's loops and returns the name of its result. */
 static const char *reduction(em *e, ir_ref r)
 {
@@ -513,6 +587,7 @@ static const char *reduction(em *e, ir_ref r)
             line(e, "%s = ssmc_%s<%d, %d>(%s);", acc, sum ? "wsum" : "wmax", k->stride, k->stride * k->threads, acc);
         return acc;
     }
+    if (p->red_mode[r] == PLAN_RED_GROUP) return group_reduction(e, r, acc);
     /* a variable of a split class (a partial sum, plan.h) runs over the item's
      * tile, at its base, the tile's overhang past the dim masked out */
     const char *ok = NULL;
@@ -760,8 +835,10 @@ static const char *flat_value(em *e, uint32_t si, int k, const char *elem)
 
 /* Binds the LHS vars of a flat statement to element `e` of its local domain
  * (row-major over the tiles); their declarations wait for the body. Returns the
- * condition that the element lies inside the sequence's dims (NULL: always). */
-static const char *flat_bind(em *e, const ir_stmt *s)
+ * condition that the element lies inside the sequence's dims (NULL: always);
+ * with clamp, the global values past the dims are clamped into range (a group's
+ * lanes compute such an element too, to take part in its shuffles). */
+static const char *flat_bind(em *e, const ir_stmt *s, bool clamp)
 {
     const pass_plan *p = e->p;
     const ir_model *m = e->m;
@@ -782,7 +859,13 @@ static const char *flat_bind(em *e, const ir_stmt *s)
                      .glob = k->split ? S(e, "v_%s", name) : S(e, "w_%s", name),
                      .def_loc = S(e, "const int w_%s = %s;", name, w),
                      .def_glob = k->split ? S(e, "const int v_%s = base%d + w_%s;", name, c, name) : NULL};
-        if (k->split && k->n % k->tile) ok = and_ok(e, ok, S(e, "%s < %lld", var_glob(e, s->vars[i]), (long long)k->n));
+        if (!k->split || k->n % k->tile == 0) continue;
+        if (clamp) {
+            b->def_glob = S(e, "const int v_%s = ssmc_imin(base%d + w_%s, %lld);", name, c, name, (long long)(k->n - 1));
+            ok = and_ok(e, ok, S(e, "base%d + %s < %lld", c, var_loc(e, s->vars[i]), (long long)k->n));
+        } else {
+            ok = and_ok(e, ok, S(e, "%s < %lld", var_glob(e, s->vars[i]), (long long)k->n));
+        }
     }
     return ok;
 }
@@ -810,8 +893,21 @@ static void flat_stmt(em *e, uint32_t si)
     int64_t per = (n + nt - 1) / nt;
     const char *nv = temp ? S(e, "nv%d", e->tmp++) : NULL;
     bool pats = uses_patterns(e, s->root);
+    int G = p->group[si];
+    int64_t gpass = nt / G;
+    const char *in_range = NULL;
     if (temp) line(e, "float %s[%lld];", nv, (long long)per);
-    if (temp || pats) { /* unrolled: mm is a register slot */
+    if (G > 1) { /* every lane of a warp runs each pass: the shuffles need them all */
+        line(e, "const int gl = tid & %d;", G - 1);
+        line(e, "for (int eb = 0; eb < %lld; eb += %lld) {", (long long)n, (long long)gpass);
+        e->ind++;
+        if (n % gpass) {
+            line(e, "const int e = ssmc_imin(eb + tid / %d, %lld);", G, (long long)(n - 1));
+            in_range = S(e, "eb + tid / %d < %lld", G, (long long)n);
+        } else {
+            line(e, "const int e = eb + tid / %d;", G);
+        }
+    } else if (temp || pats) { /* unrolled: mm is a register slot */
         line(e, "#pragma unroll");
         line(e, "for (int mm = 0; mm < %lld; mm++) {", (long long)per);
         e->ind++;
@@ -824,10 +920,21 @@ static void flat_stmt(em *e, uint32_t si)
     }
     strbuf *outer = e->out, body = {0};
     e->out = &body;
-    const char *ok = flat_bind(e, s);
-    if (ok) line(e, "if (!(%s)) continue;", ok);
+    const char *ok = flat_bind(e, s, G > 1);
+    if (ok && G == 1) line(e, "if (!(%s)) continue;", ok);
+    e->group = G;
+    e->group_in = in_range;
     const char *val = ex(e, s->root);
-    if (t->kind == IR_OUTPUT) {
+    e->group = 1;
+    e->group_in = NULL;
+    if (G > 1) { /* one lane of the group stores */
+        const char *st = and_ok(e, and_ok(e, "gl == 0", in_range), ok);
+        if (t->kind == IR_OUTPUT) {
+            if (e->sig->present[s->tensor]) line(e, "if (%s) ssmc_st(%s, %s);", st, lhs_mem(e, s), val);
+        } else {
+            line(e, "if (%s) s_%s[e] = %s;", st, t->name, val);
+        }
+    } else if (t->kind == IR_OUTPUT) {
         if (e->sig->present[s->tensor]) line(e, "ssmc_st(%s, %s);", lhs_mem(e, s), val);
     } else if (temp) {
         line(e, "%s[mm] = %s;", nv, val);
@@ -1081,7 +1188,7 @@ static void state_init(em *e, const ir_stmt *s)
     e->ind++;
     strbuf *outer = e->out, body = {0};
     e->out = &body;
-    const char *ok = flat_bind(e, s);
+    const char *ok = flat_bind(e, s, false);
     if (ok) line(e, "if (!(%s)) { s_%s[e] = 0.f; continue; }", ok, t->name);
     line(e, "s_%s[e] = %s;", t->name, ex(e, s->root));
     e->out = outer;

@@ -22,6 +22,7 @@
                                    prefetch their loads */
 #define STATELESS_ITEM (FLAT_MIN_THREADS * MAX_FLAT_SLOTS) /* most values an item of a
                                    model without states gathers */
+#define GROUP_MAX 32            /* lanes per element of a flat statement: one warp at most */
 
 /* ---- statistics that choose the layout ---- */
 
@@ -194,6 +195,8 @@ typedef struct walker {
     pass_plan *p;
     const ir_stmt *s;
     bool layout, per_step, collect;
+    int group;        /* the statement's lanes per element (pass_plan.group) */
+    int depth;        /* reductions around the current instruction */
     bool *bound;      /* [nvars] */
     plan_dom *dom;    /* [nvars] */
     bool *busy;       /* [ncls] a class whose coordinate is taken in this context */
@@ -300,6 +303,13 @@ static void walk_reduction(walker *w, ir_ref r)
     p->red_mode[r] = PLAN_RED_SEQ;
     plan_dom d = {0};
     int v = (int)m->red_vars[in->red.vars];
+    if (!w->layout && w->group > 1 && w->depth == 0) {
+        p->red_mode[r] = PLAN_RED_GROUP;
+        w->depth++;
+        walk(w, in->a);
+        w->depth--;
+        return;
+    }
     if (w->layout && in->red.nvars == 1) {
         int c = p->sched.var_class[v];
         int R = p->lane_cls;
@@ -313,8 +323,10 @@ static void walk_reduction(walker *w, ir_ref r)
             if (d.slots <= MAX_DIST_SLOTS) p->red_mode[r] = PLAN_RED_DIST;
         }
     }
+    w->depth++;
     if (p->red_mode[r] != PLAN_RED_DIST) {
         walk(w, in->a);
+        w->depth--;
         return;
     }
     p->red_dom[r] = d;
@@ -322,6 +334,7 @@ static void walk_reduction(walker *w, ir_ref r)
     w->dom[v] = d;
     w->busy[d.cls] = true;
     walk(w, in->a);
+    w->depth--;
     w->busy[d.cls] = false;
     w->bound[v] = false;
 }
@@ -352,6 +365,8 @@ static bool walk_stmt(walker *w, uint32_t si)
     bool reads_reg = false;
     w->s = s;
     w->layout = p->layout[si];
+    w->group = p->group[si];
+    w->depth = 0;
     w->per_step = s->per_step;
     w->reads_reg = &reads_reg;
     memset(w->bound, 0, m->nvars * sizeof *w->bound);
@@ -363,7 +378,7 @@ static bool walk_stmt(walker *w, uint32_t si)
             w->dom[s->vars[i]] = plan_class_dom(p, c);
             w->busy[c] = true;
         }
-    } else if (w->collect && s->per_step) {
+    } else if (w->collect && s->per_step && w->group == 1) {
         /* flat: thread tid's m-th element is tid + m * nthreads; its loads
          * that depend on the element only can be prefetched too */
         int64_t n = plan_local_elems(p, s->tensor), per = ceil_div(n, p->nthreads);
@@ -375,6 +390,57 @@ static bool walk_stmt(walker *w, uint32_t si)
     }
     walk(w, s->root);
     return reads_reg;
+}
+
+/* The values of reduction r in an item: a split class's variable runs over
+ * the item's tile (a partial sum), any other over its dim. */
+static int64_t reduction_values(const pass_plan *p, const ir_inst *in)
+{
+    const ir_model *m = p->m;
+    int64_t n = 1;
+    for (uint32_t k = 0; k < in->red.nvars; k++) {
+        int v = (int)m->red_vars[in->red.vars + k];
+        int c = p->sched.var_class[v];
+        n *= c >= 0 && p->cls[c].split ? p->cls[c].tile : m->dims[m->vars[v].dim].value;
+    }
+    return n;
+}
+
+/* The cost, in sequential steps per element, of the reductions that no other
+ * reduction encloses when G lanes share each: ceil(values / G) adds, then
+ * log2 G shuffles. Returns 0 when r holds none. */
+static int64_t outer_reduction_cost(const pass_plan *p, ir_ref r, int G)
+{
+    if (r == IR_NONE) return 0;
+    const ir_inst *in = &p->m->insts[r];
+    if (in->op == IR_SUM || in->op == IR_RMAX) {
+        int64_t steps = 0;
+        for (int g = G; g > 1; g >>= 1) steps++;
+        return ceil_div(reduction_values(p, in), G) + steps;
+    }
+    if (in->op == IR_CONST || in->op == IR_LOAD) return 0;
+    return outer_reduction_cost(p, in->a, G) + outer_reduction_cost(p, in->b, G) + outer_reduction_cost(p, in->c, G);
+}
+
+/* Lanes per element of flat statement si (pass_plan.group): of G = 1, 2, ..,
+ * GROUP_MAX, the one that makes a thread's sequential work least, passes over
+ * the elements (ceil(E * G / nthreads)) times the outer reductions' steps (ties
+ * to the smaller G). Only a per-step statement that writes its elements directly
+ * (not through temporaries: a non-in-place state) qualifies. */
+static int flat_group(const pass_plan *p, uint32_t si)
+{
+    const ir_model *m = p->m;
+    const ir_stmt *s = &m->stmts[si];
+    if (p->layout[si] || !s->per_step || (m->tensors[s->tensor].kind == IR_STATE && !p->sched.inplace[si])) return 1;
+    int64_t E = plan_local_elems(p, s->tensor), N = p->nthreads;
+    int best = 1;
+    int64_t best_cost = ceil_div(E, N) * outer_reduction_cost(p, s->root, 1);
+    if (best_cost == 0) return 1;
+    for (int G = 2; G <= GROUP_MAX && G <= N; G *= 2) {
+        int64_t cost = ceil_div(E * G, N) * outer_reduction_cost(p, s->root, G);
+        if (cost < best_cost) best = G, best_cost = cost;
+    }
+    return best;
 }
 
 /* Some thread coordinate the tensor's elements do not depend on. */
@@ -493,7 +559,10 @@ bool plan_lane_placement(arena *a, pass_plan *p)
     p->nthreads = p->layout_threads;
     while (p->nthreads < want) p->nthreads *= 2;
 
-    /* 6d: the final walk fixes every reduction's mode and the load patterns */
+    /* 6d: a flat statement with too few elements for the block gives each a
+     * group of lanes, which share its outer reductions; then the final walk
+     * fixes every reduction's mode and the load patterns */
+    for (uint32_t si = 0; si < m->nstmts; si++) p->group[si] = flat_group(p, si);
     w->collect = true;
     for (uint32_t si = 0; si < m->nstmts; si++) walk_stmt(w, si);
     p->npats = (int)w->npats;

@@ -315,6 +315,7 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
     p->dbuf = arena_array(a, nt, sizeof *p->dbuf);
     p->buf_tensor = arena_array(a, nt, sizeof *p->buf_tensor);
     p->layout = arena_array(a, ns, sizeof *p->layout);
+    p->group = arena_array(a, ns, sizeof *p->group);
     p->buf_stmt = arena_array(a, ns, sizeof *p->buf_stmt);
     p->stmt_xchg = arena_array(a, ns, sizeof *p->stmt_xchg);
     p->fuse = arena_array(a, ns, sizeof *p->fuse);
@@ -332,7 +333,7 @@ ssmc_status plan_make(arena *a, const ir_model *m, const pass_analysis *an, cons
     p->part_off = arena_array(a, nt, sizeof *p->part_off);
     if (a->failed) goto oom;
     for (uint32_t i = 0; i < m->ntensors; i++) p->buf_tensor[i] = -1;
-    for (uint32_t i = 0; i < m->nstmts; i++) p->fuse[i] = p->buf_stmt[i] = -1, p->fuse_sum[i] = IR_NONE;
+    for (uint32_t i = 0; i < m->nstmts; i++) p->fuse[i] = p->buf_stmt[i] = -1, p->fuse_sum[i] = IR_NONE, p->group[i] = 1;
     for (uint32_t i = 0; i < m->ninsts; i++) p->xchg_var[i] = p->hoist_var[i] = p->buf_inst[i] = -1;
     p->lane_cls = p->col_cls = -1;
 

@@ -100,8 +100,12 @@ typedef struct plan_dom {
 #define PLAN_FLAT_DOM(si) (-1 - (int)(si))
 #define PLAN_FLAT_STMT(cls) (-1 - (cls))
 
-enum { PLAN_RED_SEQ, PLAN_RED_DIST };  /* a reduction: loop over every value, or over
-                                          the thread's slots and then across threads */
+/* A reduction: a loop over every value; over the thread's slots and then
+ * across threads; or (an outer reduction of a flat statement with a group,
+ * pass_plan.group) over the lanes of the element's group: lane l of the group
+ * accumulates values l, l + G, .. of the reduction's domain flattened row-major
+ * (its variables in order, the first slowest), then a butterfly over the G lanes. */
+enum { PLAN_RED_SEQ, PLAN_RED_DIST, PLAN_RED_GROUP };
 enum { PLAN_LD_INLINE, PLAN_LD_PAT };  /* a load of an input or param: at its use, or
                                           from a pattern's registers */
 
@@ -215,6 +219,10 @@ typedef struct pass_plan {
 
     /* statements [nstmts] */
     bool *layout;           /* lanes: threads follow the layout; false: flat over the domain */
+    int *group;             /* lanes: a flat per-step statement whose elements are too few for the
+                               block: G > 1 lanes per element (a power of two, at most a warp),
+                               element eb + tid / G of pass eb computed by the lanes tid % G, its
+                               outer reductions PLAN_RED_GROUP; 1: one thread per element */
     int *buf_stmt;          /* lanes: a flat non-in-place update's scratch area; -1: temporaries
                                in registers */
     bool *stmt_xchg;        /* loops: the statement has an interchanged SUM */

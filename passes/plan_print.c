@@ -4,7 +4,8 @@
 
 #include "passes/plan_steps.h"
 
-static const char *const red_mode_names[] = {"a loop over its values", "over the threads' slots, then across threads"};
+static const char *const red_mode_names[] = {"a loop over its values", "over the threads' slots, then across threads",
+                                             "over the lanes of its element's group, then across them"};
 
 /* si: the statement when r is its root, else -1 (a partial sum is a root). */
 static void print_reductions(strbuf *out, const pass_plan *p, ir_ref r, int si)
@@ -186,6 +187,7 @@ void plan_print(strbuf *out, const pass_plan *p)
         sb_puts(out, t->rank ? "]" : "");
         if (tg->lanes > 1) {
             sb_puts(out, p->layout[si] ? ": threads follow the layout" : ": flat over the block");
+            if (p->group[si] > 1) sb_printf(out, ", a group of %d lanes per element", p->group[si]);
             if (p->buf_stmt[si] >= 0) {
                 sb_puts(out, ", new values in ");
                 print_buf(out, p, p->buf_stmt[si]);

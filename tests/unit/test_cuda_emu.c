@@ -406,6 +406,60 @@ static void test_partial_sums(void **state)
     if (!have_cxx) skip();
 }
 
+/* Lanes per element (tests/gpu/group.ssm): flat statements with too few
+ * elements for the block get groups of lanes for their outer reductions
+ * (PLAN_RED_GROUP), one element per item (y, m: 32 lanes) or several passes
+ * over the elements, the last one overhanging (u: 8 lanes, 16 per pass, 41
+ * elements); against the interpreter in f32 from a state and in bf16 at odd
+ * dims. */
+static void test_group_reductions(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *model, *out;
+        int group;
+    } cases[] = {{"group_whole", "y", 32}, {"group_whole", "m", 32}, {"group_passes", "u", 8}};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        model md;
+        model_open(&md, "tests/gpu/group.ssm", cases[k].model, NULL, 0, false);
+        arena a;
+        arena_init(&a);
+        diag d = {0};
+        pass_plan *p;
+        if (cuda_plan_of(&a, md.m, NULL, &p, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+        bool found = false;
+        for (uint32_t si = 0; si < md.m->nstmts; si++) {
+            const ir_stmt *s = &md.m->stmts[si];
+            if (strcmp(md.m->tensors[s->tensor].name, cases[k].out) != 0) continue;
+            found = true;
+            assert_false(p->layout[si]);
+            assert_int_equal(p->group[si], cases[k].group);
+            ir_ref r = s->root;
+            while (md.m->insts[r].op != IR_SUM && md.m->insts[r].op != IR_RMAX) r = md.m->insts[r].a;
+            assert_int_equal(p->red_mode[r], PLAN_RED_GROUP);
+        }
+        assert_true(found);
+        arena_free(&a);
+        diag_free(&d);
+        model_close(&md);
+    }
+    if (!have_cxx) skip();
+    static const char *const models[] = {"group_whole", "group_passes"};
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+        model md;
+        char what[128];
+        model_open(&md, "tests/gpu/group.ssm", models[k], NULL, 0, false);
+        snprintf(what, sizeof what, "group.ssm %s f32 B=2 T=5 from a state", models[k]);
+        emu_case(&md, NULL, SSMC_F32, 2, 5, true, what);
+        model_close(&md);
+        ssmc_dim odd[] = {{"K", 19}, {"V", 45}};
+        model_open(&md, "tests/gpu/group.ssm", models[k], odd, 2, false);
+        snprintf(what, sizeof what, "group.ssm %s bf16 B=3 T=3 K=19 V=45", models[k]);
+        emu_case(&md, NULL, SSMC_BF16, 3, 3, false, what);
+        model_close(&md);
+    }
+}
+
 /* The class of dim `dim` in a plan, -1 when none. */
 static int class_named(const pass_plan *p, const char *dim)
 {
@@ -456,6 +510,14 @@ static void test_partial_adjoint(void **state)
         bool want = strcmp(t->name, "dv") != 0;
         assert_int_equal(p->partial[(size_t)t->def * (size_t)p->ncls + (size_t)V], want);
         assert_int_equal(p->part_tiles[ti], want ? 4 : 0);
+        /* dg (one element per item) and dv (32) share their sums over groups of lanes */
+        if (strcmp(t->name, "dg") == 0 || strcmp(t->name, "dv") == 0) {
+            const ir_stmt *s = &m->stmts[t->def];
+            assert_false(p->layout[t->def]);
+            assert_int_equal(p->group[t->def], strcmp(t->name, "dg") == 0 ? 32 : 4);
+            assert_true(m->insts[s->root].op == IR_SUM);
+            assert_int_equal(p->red_mode[s->root], PLAN_RED_GROUP);
+        }
     }
     /* the CPU plan of the same adjoint has none */
     plan_target cpu = plan_target_cpu(8);
@@ -1248,6 +1310,7 @@ int main(void)
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_edge_models),
         cmocka_unit_test(test_partial_sums),
+        cmocka_unit_test(test_group_reductions),
         cmocka_unit_test(test_partial_adjoint),
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_decode_rows),
