@@ -60,12 +60,13 @@ static const struct command_help {
      "diagnostics (file:line:col: error: ...) go to stderr and the exit status is 1.\n"},
     {"emit",
      "  ssmc emit  FILE --emit=ast|ir|analysis|grad|plan|llvm|cuda|ptx [-D NAME=VAL ...] [--model NAME]\n"
-     "                  [--arch sm_90] [--threads N] [--device D] [--algo A] [--chunk C]\n",
+     "                  [--arch sm_90] [--threads N] [--device D] [--algo A] [--chunk C] [--grad]\n",
      "Prints one stage of the compiler for a model of FILE (all models for ast):\n"
      "the syntax tree, the IR, the recurrence analysis (with each state's chunk form),\n"
      "the adjoint IR of the gradients, the kernel plan for --device (cpu when not\n"
      "given), the CPU kernel's LLVM IR, the CUDA C or its PTX (--arch sets the GPU\n"
-     "architecture).\n"},
+     "architecture). --emit=plan --grad prints the plans the gradients run: the\n"
+     "training forward's and the adjoint's.\n"},
     {"run",
      "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
      "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
@@ -188,7 +189,7 @@ static const struct option_use {
     {"--init-state", "run bench"},            {"--out", "run bench build"},
     {"-o", "run bench build"},                {"--verify", "run bench"},
     {"--check-finite", "run bench"},          {"--cu-seqlens", "run bench"},
-    {"--dtype", "run bench build"},           {"--grad", "run bench"}, /* bench: a usage error of its own */
+    {"--dtype", "run bench build"},           {"--grad", "emit run bench"}, /* bench: a usage error of its own */
     {"--dout", "run bench"},                  {"--iters", "bench"},
     {"--target", "build"},
 };
@@ -403,8 +404,15 @@ static int cmd_check_emit(const cli *c, bool emit)
             free(src);
             return usage_error("--emit takes ast, ir, analysis, grad, plan, llvm, cuda or ptx%s", "");
         }
+        ssmc_emit_kind kind = kinds[k].kind;
+        if (c->grad && kind != SSMC_EMIT_PLAN) {
+            ssmc_ctx_free(ctx);
+            free(src);
+            return usage_error("emit --grad prints the gradients' kernel plans: it takes --emit=plan%s", "");
+        }
+        if (c->grad) kind = SSMC_EMIT_GRAD_PLAN;
         char *text;
-        if (ssmc_emit(ctx, c->file, src, len, &o, kinds[k].kind, &text) != SSMC_OK) {
+        if (ssmc_emit(ctx, c->file, src, len, &o, kind, &text) != SSMC_OK) {
             rc = fail(ctx, "emit failed");
         } else {
             fputs(text, stdout);

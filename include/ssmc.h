@@ -106,7 +106,9 @@ typedef enum ssmc_emit_kind {
     SSMC_EMIT_CUDA,
     SSMC_EMIT_PTX,
     SSMC_EMIT_PLAN, /* the kernel plan for opts->device (the interpreter: the CPU's) */
-    SSMC_EMIT_GRAD  /* the adjoint model (docs/gradients.md) */
+    SSMC_EMIT_GRAD, /* the adjoint model (docs/gradients.md) */
+    SSMC_EMIT_GRAD_PLAN /* the kernel plans of the gradients (the training forward, the adjoint) for
+                           opts->device; the recurrent algorithm's (`ssmc emit --emit=plan --grad`) */
 } ssmc_emit_kind;
 
 /* ---- context ---- */

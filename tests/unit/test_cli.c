@@ -816,6 +816,20 @@ static void test_emit(void **state)
         expect_ok(p);
         if (!strstr(p.out, stages[k].mark)) fail_msg("--emit=%s lacks '%s'", stages[k].stage, stages[k].mark);
     }
+    /* the gradients' plans: the training forward's and the adjoint's (the CUDA plan needs no GPU);
+     * simple GLA's adjoint on cuda splits V with its sums over the tiles finished after the kernel */
+    p = ssmc("emit", fmt("%s/bench/gpu/simple_gla.ssm", getenv("SSMC_SOURCE_DIR")), "--emit=plan", "--grad", "--device", "cuda",
+             "-D", "H=16", "-D", "K=128", "-D", "V=128");
+    expect_ok(p);
+    const char *adj = strstr(p.out, "plan simple_gla__adjoint: target cuda");
+    if (!strstr(p.out, "plan simple_gla: target cuda") || !adj || !strstr(adj, "items = batch x V x H") ||
+        !strstr(adj, "summed after the kernel"))
+        fail_msg("--emit=plan --grad:\n%s", p.out);
+    p = ssmc("emit", example("ttt_linear"), "--emit=plan", "--grad");
+    expect_ok(p);
+    assert_non_null(strstr(p.out, "plan ttt_linear__init__adjoint: target cpu"));
+    expect_usage(ssmc("emit", example("gla"), "--emit=ir", "--grad"));
+    expect_error(ssmc("emit", example("gla"), "--emit=plan", "--grad", "--algo", "chunked"), "does not print yet", NULL);
 }
 
 /* --help and --version: to stdout, exit 0, nothing on stderr; each command's

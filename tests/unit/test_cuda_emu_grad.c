@@ -155,6 +155,24 @@ static void test_cli_grad_verify(void **state)
         if (rc != 0 || !strstr(text, "verify grad") || strstr(text, "FAIL"))
             fail_msg("ssmc run --device cuda --grad --verify --dtype %s (exit %d):\n%s", dtypes[i], rc, text);
     }
+    /* split reductions over several tiles in the adjoint: at K = 16, V = 70 simple GLA's adjoint
+     * splits K in 2 tiles of 8, dv and dg summed over them after the kernel, dk and dg over groups
+     * of lanes (`ssmc emit bench/gpu/simple_gla.ssm --emit=plan --grad --device cuda -D H=2 -D K=16
+     * -D V=70` prints it) */
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "%s run %s/bench/gpu/simple_gla.ssm --device cuda --grad --verify -D H=2 -D K=16 -D V=70 --batch 2 "
+             "--seqlen 9 > %s/cli.out 2>&1",
+             cli, root, workdir);
+    int rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    FILE *f = fopen(cmd, "r");
+    char text[16384] = "";
+    size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    if (rc != 0 || !strstr(text, "verify grad   g ") || strstr(text, "FAIL"))
+        fail_msg("simple GLA over 3 tiles of V (exit %d):\n%s", rc, text);
 }
 
 /* The helper kernels (conversions, batch sums) into the kernel cache before
