@@ -207,11 +207,12 @@ static ssmc_device emit_device(ssmc_emit_kind kind, ssmc_device asked)
     }
 }
 
-/* The plans of a model's gradients, as driver/grad.c compiles them: the
- * training forward and the adjoint (and an init's), each a model of its own
- * through the stages after the IR, the recurrent algorithm, for `target`. */
-static ssmc_status emit_grad_plans(arena *a, const ir_model *m, const ssmc_options *o, const plan_target *target,
-                                   strbuf *out, diag *d)
+/* A stage (plan, or a backend's code) of the models a model's gradients
+ * run, as driver/grad.c compiles them: the training forward and the adjoint
+ * (and an init's), each a model of its own through the stages after the IR,
+ * the recurrent algorithm, for `target`. */
+static ssmc_status emit_grad_models(arena *a, const ir_model *m, const ssmc_options *o, const plan_target *target,
+                                    const backend *be, ssmc_emit_kind kind, strbuf *out, diag *d)
 {
     pass_grad pg;
     if (!pass_grad_build(a, m, &pg, d)) return a->failed ? SSMC_ERR_NOMEM : SSMC_ERR_UNSUPPORTED;
@@ -222,8 +223,9 @@ static ssmc_status emit_grad_plans(arena *a, const ir_model *m, const ssmc_optio
         if (!models[i]) continue;
         pipeline pl = {.a = a, .d = d, .o = &ro, .target = target};
         ssmc_status s = pipeline_run_ir(&pl, models[i], PIPE_PLAN);
+        if (s == SSMC_OK && kind == SSMC_EMIT_PLAN) plan_print(out, pl.plan);
+        else if (s == SSMC_OK) s = be->emit(pl.plan, &ro, kind, out, d);
         if (s != SSMC_OK) return s;
-        plan_print(out, pl.plan);
     }
     return SSMC_OK;
 }
@@ -241,8 +243,14 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
     const ssmc_options *o = opts ? opts : &default_options;
     ssmc_status cs = api_check_call(&ctx->diag, source, len, o);
     if (cs != SSMC_OK) return cs;
-    if ((unsigned)kind > SSMC_EMIT_GRAD_PLAN) {
+    bool for_grad = (kind & SSMC_EMIT_FOR_GRAD) != 0;
+    kind = (ssmc_emit_kind)(kind & ~SSMC_EMIT_FOR_GRAD);
+    if ((unsigned)kind > SSMC_EMIT_GRAD) {
         diag_error(&ctx->diag, "ssmc_emit: unknown emit kind %d", (int)kind);
+        return SSMC_ERR_ARG;
+    }
+    if (for_grad && kind != SSMC_EMIT_PLAN && kind != SSMC_EMIT_LLVM && kind != SSMC_EMIT_CUDA && kind != SSMC_EMIT_PTX) {
+        diag_error(&ctx->diag, "ssmc_emit: SSMC_EMIT_FOR_GRAD goes with the plan, llvm, cuda or ptx stage");
         return SSMC_ERR_ARG;
     }
     arena a;
@@ -251,8 +259,7 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
     static const pipe_stage stage_of[] = {[SSMC_EMIT_AST] = PIPE_AST,   [SSMC_EMIT_IR] = PIPE_IR,
                                           [SSMC_EMIT_ANALYSIS] = PIPE_ANALYSIS, [SSMC_EMIT_PLAN] = PIPE_PLAN,
                                           [SSMC_EMIT_LLVM] = PIPE_PLAN, [SSMC_EMIT_CUDA] = PIPE_PLAN,
-                                          [SSMC_EMIT_PTX] = PIPE_PLAN, [SSMC_EMIT_GRAD] = PIPE_IR,
-                                          [SSMC_EMIT_GRAD_PLAN] = PIPE_IR};
+                                          [SSMC_EMIT_PTX] = PIPE_PLAN, [SSMC_EMIT_GRAD] = PIPE_IR};
     ssmc_status s = SSMC_OK;
     ssmc_device dev = emit_device(kind, o->device);
     const backend *be = backend_for(dev);
@@ -264,13 +271,13 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
     }
     plan_target tg;
     const plan_target *target = NULL;
-    if (s == SSMC_OK && kind == SSMC_EMIT_GRAD_PLAN && o->algo == SSMC_ALGO_CHUNKED) {
-        diag_error(&ctx->diag, "--emit=plan --grad prints the recurrent algorithm's gradient plans; a chunked "
-                               "model's gradients run its parts' adjoints around the core's backward "
-                               "(docs/chunked.md), which it does not print yet: leave --algo out");
+    if (s == SSMC_OK && for_grad && o->algo == SSMC_ALGO_CHUNKED) {
+        diag_error(&ctx->diag, "--grad prints the recurrent algorithm's gradient models; a chunked model's "
+                               "gradients run its parts' adjoints around the core's backward (docs/chunked.md), "
+                               "which it does not print yet: leave --algo out");
         s = SSMC_ERR_UNSUPPORTED;
     }
-    if (s == SSMC_OK && (stage_of[kind] == PIPE_PLAN || kind == SSMC_EMIT_GRAD_PLAN)) {
+    if (s == SSMC_OK && stage_of[kind] == PIPE_PLAN) {
         if (be && be->target) {
             target = target_of(be, o, &tg);
         } else if (dev == SSMC_DEVICE_CPU) { /* a plan needs no LLVM */
@@ -279,8 +286,10 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
         }
     }
     pipeline pl = {.a = &a, .d = &ctx->diag, .o = o, .target = target};
-    if (s == SSMC_OK) s = pipeline_run(&pl, filename, source, len, stage_of[kind]);
-    if (s == SSMC_OK) {
+    if (s == SSMC_OK) s = pipeline_run(&pl, filename, source, len, for_grad ? PIPE_IR : stage_of[kind]);
+    if (s == SSMC_OK && for_grad) {
+        s = emit_grad_models(&a, pl.ir, o, target, be, kind, &out, &ctx->diag);
+    } else if (s == SSMC_OK) {
         switch (kind) {
         case SSMC_EMIT_AST: ast_print(&out, pl.ast); break;
         case SSMC_EMIT_IR: ir_print(&out, pl.ir); break;
@@ -289,7 +298,6 @@ ssmc_status ssmc_emit(ssmc_ctx *ctx, const char *filename, const char *source, s
             pass_chunk_print(&out, pl.ir, &pl.chunks);
             break;
         case SSMC_EMIT_PLAN: plan_print(&out, pl.plan); break;
-        case SSMC_EMIT_GRAD_PLAN: s = emit_grad_plans(&a, pl.ir, o, target, &out, &ctx->diag); break;
         case SSMC_EMIT_GRAD: {
             pass_grad pg;
             if (pass_grad_build(&a, pl.ir, &pg, &ctx->diag))

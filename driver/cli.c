@@ -65,8 +65,8 @@ static const struct command_help {
      "the syntax tree, the IR, the recurrence analysis (with each state's chunk form),\n"
      "the adjoint IR of the gradients, the kernel plan for --device (cpu when not\n"
      "given), the CPU kernel's LLVM IR, the CUDA C or its PTX (--arch sets the GPU\n"
-     "architecture). --emit=plan --grad prints the plans the gradients run: the\n"
-     "training forward's and the adjoint's.\n"},
+     "architecture). With --grad, the plan, llvm, cuda or ptx stage of the models\n"
+     "the gradients run: the training forward's and the adjoint's.\n"},
     {"run",
      "  ssmc run   FILE [-D NAME=VAL ...] [--batch B] [--seqlen T] [--device interp|cpu|cuda]\n"
      "                  [--dtype f32|bf16|f16] [--seed S] [--in NAME=FILE.npy ...] [--out DIR]\n"
@@ -405,12 +405,12 @@ static int cmd_check_emit(const cli *c, bool emit)
             return usage_error("--emit takes ast, ir, analysis, grad, plan, llvm, cuda or ptx%s", "");
         }
         ssmc_emit_kind kind = kinds[k].kind;
-        if (c->grad && kind != SSMC_EMIT_PLAN) {
+        if (c->grad && kind != SSMC_EMIT_PLAN && kind != SSMC_EMIT_LLVM && kind != SSMC_EMIT_CUDA && kind != SSMC_EMIT_PTX) {
             ssmc_ctx_free(ctx);
             free(src);
-            return usage_error("emit --grad prints the gradients' kernel plans: it takes --emit=plan%s", "");
+            return usage_error("emit --grad prints the gradients' models: it takes --emit=plan, llvm, cuda or ptx%s", "");
         }
-        if (c->grad) kind = SSMC_EMIT_GRAD_PLAN;
+        if (c->grad) kind = (ssmc_emit_kind)(kind | SSMC_EMIT_FOR_GRAD);
         char *text;
         if (ssmc_emit(ctx, c->file, src, len, &o, kind, &text) != SSMC_OK) {
             rc = fail(ctx, "emit failed");

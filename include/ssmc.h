@@ -107,8 +107,10 @@ typedef enum ssmc_emit_kind {
     SSMC_EMIT_PTX,
     SSMC_EMIT_PLAN, /* the kernel plan for opts->device (the interpreter: the CPU's) */
     SSMC_EMIT_GRAD, /* the adjoint model (docs/gradients.md) */
-    SSMC_EMIT_GRAD_PLAN /* the kernel plans of the gradients (the training forward, the adjoint) for
-                           opts->device; the recurrent algorithm's (`ssmc emit --emit=plan --grad`) */
+    /* or'ed with SSMC_EMIT_PLAN, _LLVM, _CUDA or _PTX: that stage of the models the gradients
+     * run (the training forward, the adjoint, an init's), the recurrent algorithm's, instead of
+     * the model's own (`ssmc emit --emit=plan --grad`) */
+    SSMC_EMIT_FOR_GRAD = 0x100
 } ssmc_emit_kind;
 
 /* ---- context ---- */

@@ -825,6 +825,10 @@ static void test_emit(void **state)
     if (!strstr(p.out, "plan simple_gla: target cuda") || !adj || !strstr(adj, "items = batch x V x H") ||
         !strstr(adj, "summed after the kernel"))
         fail_msg("--emit=plan --grad:\n%s", p.out);
+    p = ssmc("emit", fmt("%s/bench/gpu/simple_gla.ssm", getenv("SSMC_SOURCE_DIR")), "--emit=cuda", "--grad", "-D", "H=2");
+    expect_ok(p);
+    if (!strstr(p.out, "ssmc_simple_gla.cu") || !strstr(p.out, "__global__ void __launch_bounds__(128) ssmc_simple_gla__adjoint("))
+        fail_msg("--emit=cuda --grad:\n%.2000s", p.out);
     p = ssmc("emit", example("ttt_linear"), "--emit=plan", "--grad");
     expect_ok(p);
     assert_non_null(strstr(p.out, "plan ttt_linear__init__adjoint: target cpu"));
