@@ -143,6 +143,31 @@ static ssmc_status build_image(rt_nvrtc *n, const char *prog_name, const char *s
     return st;
 }
 
+/* Generated source `src` through NVRTC (a cubin for this GPU, by the cache) into a
+ * module, and its function `name`, into kn; `what` names the kernel in errors. */
+static ssmc_status load_kernel(cuda_state *s, const char *src, const char *name, const char *what, cuda_kernel *kn,
+                               diag *d)
+{
+    strbuf pn = {0}, err = {0};
+    char *image = NULL, msg[96];
+    size_t len = 0;
+    ssmc_status st = load_nvrtc(&s->nvrtc, d);
+    if (st == SSMC_OK) st = build_image(s->nvrtc, prog_name(&pn, s->m), src, s->arch, true, &image, &len, d);
+    if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &kn->mod, &err)) != SSMC_OK) {
+        snprintf(msg, sizeof msg, "loading %s", what);
+        fail(d, st, &err, msg);
+    }
+    if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, kn->mod, name, &kn->fn, &err)) != SSMC_OK) {
+        snprintf(msg, sizeof msg, "finding %s", what);
+        fail(d, st, &err, msg);
+    }
+    free(image);
+    sb_free(&pn);
+    sb_free(&err);
+    return st;
+}
+
+
 /* The kernel for a signature: from this model's table, the disk cache, or NVRTC. */
 static ssmc_status kernel_for(cuda_state *s, const cuda_sig *sig, CUfunction *fn, diag *d)
 {
@@ -159,18 +184,11 @@ static ssmc_status kernel_for(cuda_state *s, const cuda_sig *sig, CUfunction *fn
             *fn = s->kernels[i].fn;
             return SSMC_OK;
         }
-    strbuf src = {0}, name = {0}, err = {0}, pn = {0};
-    char *image = NULL;
-    size_t len = 0;
+    strbuf src = {0}, name = {0}, err = {0};
     cuda_kernel k = {.sig = key};
     ssmc_status st = cuda_emit(&src, s->plan, sig, d);
-    if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
-    if (st == SSMC_OK) st = build_image(s->nvrtc, prog_name(&pn, s->m), sb_cstr(&src), s->arch, true, &image, &len, d);
-    if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &k.mod, &err)) != SSMC_OK)
-        fail(d, st, &err, "loading the kernel");
     cuda_kernel_name(&name, s->m);
-    if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, k.mod, sb_cstr(&name), &k.fn, &err)) != SSMC_OK)
-        fail(d, st, &err, "finding the kernel");
+    if (st == SSMC_OK) st = load_kernel(s, sb_cstr(&src), sb_cstr(&name), "the kernel", &k, d);
     if (st == SSMC_OK && !VEC_PUSH(s->kernels, s->nkernels, s->ckernels, k)) {
         diag_error(d, "out of memory");
         st = SSMC_ERR_NOMEM;
@@ -181,11 +199,9 @@ static ssmc_status kernel_for(cuda_state *s, const cuda_sig *sig, CUfunction *fn
     } else {
         *fn = k.fn;
     }
-    free(image);
     sb_free(&src);
     sb_free(&name);
     sb_free(&err);
-    sb_free(&pn);
     return st;
 }
 
@@ -294,20 +310,12 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     bool given = io->state != NULL;
     pthread_mutex_lock(&s->lock); /* the kernel is compiled at its first use */
     cuda_kernel *kn = &k->k[given][given ? io->state_dtype : SSMC_F32];
-    strbuf src = {0}, name = {0}, err = {0}, pn = {0};
+    strbuf src = {0}, name = {0}, err = {0};
     ssmc_status st = SSMC_OK;
     cuda_chunk_kernel_name(&name, s->m, c);
     if (!kn->fn) {
-        char *image = NULL;
-        size_t len = 0;
         st = cuda_chunk_emit(&src, s->m, c, given, io->state_dtype, d);
-        if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
-        if (st == SSMC_OK) st = build_image(s->nvrtc, prog_name(&pn, s->m), sb_cstr(&src), s->arch, true, &image, &len, d);
-        if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &kn->mod, &err)) != SSMC_OK)
-            fail(d, st, &err, "loading the chunked kernel");
-        if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, kn->mod, sb_cstr(&name), &kn->fn, &err)) != SSMC_OK)
-            fail(d, st, &err, "finding the chunked kernel");
-        free(image);
+        if (st == SSMC_OK) st = load_kernel(s, sb_cstr(&src), sb_cstr(&name), "the chunked kernel", kn, d);
     }
     cuda_launch l = cuda_chunk_launch(c, batch);
     if (st == SSMC_OK && l.blocks > 0x7fffffff) {
@@ -338,7 +346,6 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     sb_free(&src);
     sb_free(&name);
     sb_free(&err);
-    sb_free(&pn);
     return st;
 }
 
@@ -453,21 +460,13 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     cuda_state *s = ctx;
     const plan_chunk_core *c = k->c;
     if (!cuda_chunk_bwd_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
-    strbuf src = {0}, name = {0}, err = {0}, pn = {0};
+    strbuf src = {0}, name = {0}, err = {0};
     ssmc_status st = SSMC_OK;
     pthread_mutex_lock(&s->lock);
     cuda_chunk_bwd_kernel_name(&name, s->m, c);
     if (!k->bk.fn) {
-        char *image = NULL;
-        size_t len = 0;
         st = cuda_chunk_bwd_emit(&src, s->m, c, d);
-        if (st == SSMC_OK) st = load_nvrtc(&s->nvrtc, d);
-        if (st == SSMC_OK) st = build_image(s->nvrtc, prog_name(&pn, s->m), sb_cstr(&src), s->arch, true, &image, &len, d);
-        if (st == SSMC_OK && (st = rt_cuda_module_load(s->gpu, image, &k->bk.mod, &err)) != SSMC_OK)
-            fail(d, st, &err, "loading the chunked core's backward kernel");
-        if (st == SSMC_OK && (st = rt_cuda_module_function(s->gpu, k->bk.mod, sb_cstr(&name), &k->bk.fn, &err)) != SSMC_OK)
-            fail(d, st, &err, "finding the chunked core's backward kernel");
-        free(image);
+        if (st == SSMC_OK) st = load_kernel(s, sb_cstr(&src), sb_cstr(&name), "the chunked core's backward kernel", &k->bk, d);
     }
     cuda_launch l = cuda_chunk_bwd_launch(c, batch);
     if (st == SSMC_OK && l.blocks > 0x7fffffff) {
@@ -504,7 +503,6 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     sb_free(&src);
     sb_free(&name);
     sb_free(&err);
-    sb_free(&pn);
     return st;
 }
 

@@ -89,8 +89,8 @@ void cuda_chunk_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_cor
     sb_printf(out, "ssmc_%s_chunk_%s", m->name, m->tensors[c->state].name);
 }
 
-/* The kernel's body: one string per line (C11 promises literals of 4095 bytes only). */
-static const char *const body[] = {
+/* bf16 rounding and the m16n8k16 mma, which the core's backward (cuda_chunk_bwd.c) takes too. */
+static const char *const preamble[] = {
     "typedef unsigned short ck_b16;\n",
     "__device__ __forceinline__ ck_b16 ck_bf16(float f)\n",
     "{\n",
@@ -107,6 +107,15 @@ static const char *const body[] = {
     "                 : \"r\"(a0), \"r\"(a1), \"r\"(a2), \"r\"(a3), \"r\"(b0), \"r\"(b1));\n",
     "}\n",
     "#endif\n",
+};
+
+void cuda_chunk_preamble(strbuf *out)
+{
+    for (size_t i = 0; i < sizeof preamble / sizeof *preamble; i++) sb_puts(out, preamble[i]);
+}
+
+/* The kernel's body: one string per line (C11 promises literals of 4095 bytes only). */
+static const char *const body[] = {
     "#define CK_U32(p) (*(const unsigned *)(p))\n",
     "/* d += A[r0 .. r0+16][k..] B^T where Bt[n][k] holds B's column n (k contiguous), KSTEPS steps of 16 */\n",
     "__device__ __forceinline__ void ck_tile(float *d, const ck_b16 *A, int as, int r0, const ck_b16 *Bt, int bs, int n0, int k0,\n",
@@ -476,6 +485,7 @@ ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_cor
     sb_printf(out, "__constant__ long long ck_head_off[%d] = {", c->nheads);
     for (int i = 0; i < c->nheads; i++) sb_printf(out, "%s%lldLL", i ? ", " : "", (long long)c->head_off[i]);
     sb_puts(out, "};\n");
+    cuda_chunk_preamble(out);
     for (size_t i = 0; i < sizeof body / sizeof *body; i++) sb_puts(out, body[i]);
     sb_free(&name);
     return out->failed ? SSMC_ERR_NOMEM : SSMC_OK;

@@ -17,6 +17,10 @@ bool cuda_chunk_supported(const plan_chunk_core *c, diag *d);
 int cuda_chunk_vt(const plan_chunk_core *c);
 cuda_launch cuda_chunk_launch(const plan_chunk_core *c, int64_t batch);
 void cuda_chunk_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c);
+
+/* The device helpers every chunked kernel opens with: the bf16 type ck_b16, its rounding
+ * ck_bf16 (to nearest even, NaN kept) and ck_mma (mma.sync m16n8k16 bf16 -> f32). */
+void cuda_chunk_preamble(strbuf *out);
 /* The source: m is the source model (names), has_state whether a state is
  * given (its dtype then). */
 ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, bool has_state,

@@ -85,22 +85,6 @@ void cuda_chunk_bwd_kernel_name(strbuf *out, const ir_model *m, const plan_chunk
 
 /* The kernel's body: one string per line (C11 promises literals of 4095 bytes only). */
 static const char *const body[] = {
-    "typedef unsigned short cb_b16;\n",
-    "__device__ __forceinline__ cb_b16 ck_bf16(float f)\n",
-    "{\n",
-    "    unsigned u = __float_as_uint(f);\n",
-    "    if ((u & 0x7fffffffu) > 0x7f800000u) return (cb_b16)((u >> 16) | 0x40u);\n",
-    "    u += 0x7fffu + ((u >> 16) & 1u);\n",
-    "    return (cb_b16)(u >> 16);\n",
-    "}\n",
-    "#ifdef __CUDA_ARCH__\n",
-    "__device__ __forceinline__ void ck_mma(float *d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)\n",
-    "{\n",
-    "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n\"\n",
-    "                 : \"+f\"(d[0]), \"+f\"(d[1]), \"+f\"(d[2]), \"+f\"(d[3])\n",
-    "                 : \"r\"(a0), \"r\"(a1), \"r\"(a2), \"r\"(a3), \"r\"(b0), \"r\"(b1));\n",
-    "}\n",
-    "#endif\n",
     "__device__ __forceinline__ unsigned cb_pair(float x0, float x1) { return (unsigned)ck_bf16(x0) | (unsigned)ck_bf16(x1) << 16; }\n",
     "/* D[m][n] = (acc ? D[m][n] : 0) + sum_k A(m, k) B(k, n), m < M, n < N (multiples of 16 and 8), k < KD (of 16),\n",
     " * X(r, c) = X[r * xr + c * xc]: the block's 4 warps over the 16 x 8 tiles, bf16 operands, f32 accumulators;\n",
@@ -524,6 +508,7 @@ ssmc_status cuda_chunk_bwd_emit(strbuf *out, const ir_model *m, const plan_chunk
     sb_printf(out, "__constant__ long long cb_head_off[%d] = {", c->nheads);
     for (int i = 0; i < c->nheads; i++) sb_printf(out, "%s%lldLL", i ? ", " : "", (long long)c->head_off[i]);
     sb_puts(out, "};\n");
+    cuda_chunk_preamble(out); /* ck_b16, ck_bf16, ck_mma */
     for (size_t i = 0; i < sizeof body / sizeof *body; i++) sb_puts(out, body[i]);
     sb_free(&name);
     return out->failed ? SSMC_ERR_NOMEM : SSMC_OK;
