@@ -133,7 +133,6 @@ def _fla_fn(name):
 
 
 def _fla_args(name, varlen, g):
-    # the backward runs on the interpreter until the CUDA backend runs the adjoint: modest sizes
     B, T, H, K, V = (1, 130, 4, 32, 32) if varlen else (2, 130, 4, 32, 32)
     bf = lambda *s: torch.randn(*s, generator=g).to(DEV, torch.bfloat16)
     q, k, v = bf(B, T, H, K), bf(B, T, H, K), bf(B, T, H, V)
@@ -152,27 +151,72 @@ def _fla_args(name, varlen, g):
     return (q, k, v), kw, h0, cu
 
 
+def _refusal(e):
+    """fla declining to run a backward here (not a failure of ssmc): its gated
+    chunked backward refuses Triton >= 3.4, < 3.7.1 on Hopper (fla issue #640),
+    and fused_recurrent_gated_delta_rule has no backward at all."""
+    s = str(e)
+    return isinstance(e, NotImplementedError) or (isinstance(e, RuntimeError) and "Triton" in s and "incorrect" in s)
+
+
+def _run_op(fn, q, k, v, kw, h0, cu, extra, backward=True):
+    """fn's outputs, final state and (backward) the gradients of q, k, v, the
+    gates, beta and h0 for a fixed random cotangent."""
+    ins = [t.clone().requires_grad_(backward) for t in (q, k, v)]
+    kws = {key: t.clone().requires_grad_(backward) for key, t in kw.items()}
+    s0 = h0.clone().requires_grad_(backward)
+    o, ht = fn(*ins, **kws, **extra, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+    if not backward:
+        return [o, ht]
+    gg = torch.Generator(device=DEV).manual_seed(7)
+    loss = (o.float() * torch.randn(o.shape, generator=gg, device=DEV)).sum() + \
+        (ht * torch.randn(ht.shape, generator=gg, device=DEV)).sum()
+    loss.backward()
+    return [o, ht] + [t.grad for t in ins] + [t.grad for t in kws.values()] + [s0.grad]
+
+
+def _naive_delta(q, k, v, beta, g, initial_state, output_final_state, cu_seqlens):
+    """naive.delta_rule on the CPU in f64, back on the GPU in the inputs' dtypes."""
+    c = lambda t: t.cpu()
+    o, ht = naive.delta_rule(c(q), c(k), c(v), c(beta), g=c(g), h0=c(initial_state),
+                             cu=None if cu_seqlens is None else cu_seqlens.cpu())
+    return o.to(DEV, q.dtype), ht.to(DEV, initial_state.dtype)
+
+
 @pytest.mark.parametrize("name", FLA_CASES)
 @pytest.mark.parametrize("varlen", [False, True])
 def test_ops_against_fla(name, varlen):
     """ssmc.ops.X against fla.ops.X on the same bf16 tensors: outputs, final
-    states and the gradients of q, k, v, the gates, beta and h0."""
+    states and the gradients of q, k, v, the gates, beta and h0. Where fla
+    refuses the backward on this machine (_refusal), the values are still
+    compared with fla.ops.X and the gradients with the twin of X
+    (chunk_ <-> fused_recurrent_) when its backward runs, else with the f64
+    loop of naive.py; the refusal is printed."""
     _fla()
     g = torch.Generator().manual_seed(6)
     (q, k, v), kw, h0, cu = _fla_args(name, varlen, g)
     extra = {"normalize": False} if "linear_attn" in name else {}
-    results = []
-    for fn in (_fla_fn(name), getattr(ops, name)):
-        ins = [t.clone().requires_grad_() for t in (q, k, v)]
-        kws = {key: t.clone().requires_grad_() for key, t in kw.items()}
-        s0 = h0.clone().requires_grad_()
-        o, ht = fn(*ins, **kws, **extra, initial_state=s0, output_final_state=True, cu_seqlens=cu)
-        gg = torch.Generator(device=DEV).manual_seed(7)
-        loss = (o.float() * torch.randn(o.shape, generator=gg, device=DEV)).sum() + \
-            (ht * torch.randn(ht.shape, generator=gg, device=DEV)).sum()
-        loss.backward()
-        results.append([o, ht] + [t.grad for t in ins] + [t.grad for t in kws.values()] + [s0.grad])
-    for i, (a, b) in enumerate(zip(results[1], results[0])):
+    ours = _run_op(getattr(ops, name), q, k, v, kw, h0, cu, extra)
+    try:
+        ref = _run_op(_fla_fn(name), q, k, v, kw, h0, cu, extra)
+    except (NotImplementedError, RuntimeError) as e:
+        if not _refusal(e):
+            raise
+        print(f"fla.{name} refuses its backward here ({type(e).__name__}: {str(e)[:120]})")
+        ref = _run_op(_fla_fn(name), q, k, v, kw, h0, cu, extra, backward=False)
+        twin = name.replace("chunk_", "fused_recurrent_") if name.startswith("chunk_") else \
+            name.replace("fused_recurrent_", "chunk_")
+        try:
+            grads = _run_op(_fla_fn(twin), q, k, v, kw, h0, cu, extra)[2:]
+            print(f"  gradients compared with fla.{twin}")
+        except (NotImplementedError, RuntimeError) as e2:
+            if not _refusal(e2) or "gated_delta" not in name:
+                raise
+            grads = _run_op(_naive_delta, q, k, v, kw, h0, cu, {})[2:]
+            print("  gradients compared with naive.delta_rule (f64)")
+        ref = ref + grads
+    assert len(ours) == len(ref)
+    for i, (a, b) in enumerate(zip(ours, ref)):
         assert a.dtype == b.dtype and a.shape == b.shape, i
         assert nrel(a, b) < 3e-2, (name, i, nrel(a, b))
 
