@@ -52,6 +52,7 @@ typedef struct em {
     bool *read;    /*   written or read since the last barrier */
     int group;     /* a flat statement with a group of lanes per element (plan.h): its size, */
     const char *group_in; /* and whether the lane's element exists (NULL: always) */
+    const char *state_at; /* non-NULL: a state's final values go to this f32 pointer, not p_ (scalar stores) */
     bool oom;
 } em;
 
@@ -1107,7 +1108,7 @@ static void state_regs(em *e, int ti, bool store, bool given)
         return;
     }
     int64_t ext[IR_MAX_RANK];
-    int w = t->rank && given ? vec_width(e, ti, plan_class_dom(p, plan_axis_class(p, ti, t->rank - 1))) : 1;
+    int w = t->rank && given && !e->state_at ? vec_width(e, ti, plan_class_dom(p, plan_axis_class(p, ti, t->rank - 1))) : 1;
     for (int i = 0; i < t->rank; i++) {
         int c = plan_axis_class(p, ti, i);
         plan_dom d = plan_class_dom(p, c);
@@ -1123,7 +1124,7 @@ static void state_regs(em *e, int ti, bool store, bool given)
     dims_of(m, t, ext);
     const char *reg = S(e, "r_%s", t->name);
     for (int i = 0; i < t->rank; i++) reg = S(e, "%s[%s]", reg, slots[i]);
-    const char *addr = S(e, "p_%s + %s", t->name, offset(e, t->rank, idx, ext));
+    const char *addr = S(e, "%s + %s", e->state_at ? e->state_at : S(e, "p_%s", t->name), offset(e, t->rank, idx, ext));
     if (store && w > 1)
         line(e, "%s", guard(e, and_ok(e, ok, primary(e, hcls)), S(e, "ssmc_st%d(%s, &%s);", w, addr, reg)));
     else if (store)
@@ -1158,7 +1159,7 @@ static void state_mem(em *e, int ti, bool store, bool given)
         if (k->split && k->n % k->tile) ok = and_ok(e, ok, S(e, "base%d + ia%d < %lld", c, i, (long long)k->n));
     }
     dims_of(m, t, ext);
-    const char *addr = S(e, "p_%s + %s", t->name, offset(e, t->rank, idx, ext));
+    const char *addr = S(e, "%s + %s", e->state_at ? e->state_at : S(e, "p_%s", t->name), offset(e, t->rank, idx, ext));
     if (store)
         line(e, "%s", guard(e, ok, S(e, "ssmc_st(%s, s_%s[e]);", addr, t->name)));
     else if (given)
@@ -1269,6 +1270,22 @@ static void params(em *e)
     e->ind -= 2;
 }
 
+/* The index of this item's tile over the classes tensor ti's statement is
+ * partial over (plan.h: the first class slowest). */
+static const char *tile_index(em *e, int ti)
+{
+    const pass_plan *p = e->p;
+    const ir_tensor *t = &e->m->tensors[ti];
+    const size_t nc = (size_t)p->ncls;
+    const char *tile = NULL;
+    for (int c = 0; c < p->ncls; c++) {
+        if (!p->partial[(size_t)t->def * nc + (size_t)c]) continue;
+        const char *q = p->cls[c].ntiles == 1 ? "0" : S(e, "base%d / %lld", c, (long long)p->cls[c].tile);
+        tile = tile ? S(e, "(%s) * %lld + %s", tile, (long long)p->cls[c].ntiles, q) : q;
+    }
+    return tile ? tile : "0";
+}
+
 /* The pointer of a partial output: its scratch slice for this item's tile of
  * the classes it is partial over (plan.h: [tiles][batch][T][elems] in f32,
  * past every item's workspace). */
@@ -1277,18 +1294,31 @@ static void partial_ptr(em *e, int ti)
     const pass_plan *p = e->p;
     const ir_model *m = e->m;
     const ir_tensor *t = &m->tensors[ti];
-    const size_t nc = (size_t)p->ncls;
-    const char *tile = NULL;
-    for (int c = 0; c < p->ncls; c++) {
-        if (!p->partial[(size_t)t->def * nc + (size_t)c]) continue;
-        const char *q = p->cls[c].ntiles == 1 ? "0" : S(e, "base%d / %lld", c, (long long)p->cls[c].tile);
-        tile = tile ? S(e, "(%s) * %lld + %s", tile, (long long)p->cls[c].ntiles, q) : q;
-    }
-    const char *row = S(e, "((long long)(%s) * B + bat) * T", tile);
+    const char *row = S(e, "((long long)(%s) * B + bat) * T", tile_index(e, ti));
     line(e, "// partial sums over this item's tile, summed into %s after the kernel", t->name);
     line(e, "float *p_%s = ws + B * %lldLL + B * T * %lldLL + (%s%s) * %lld;", t->name,
          (long long)(p->items_per_seq * p->global_floats), (long long)p->part_off[ti], row,
          m->reverse ? " + T - 1" : "", (long long)ir_tensor_elems(m, t));
+}
+
+/* A partial accumulator (plan.h): tile_S, and q_S, where the items of tiles
+ * past the first leave their final values (f32). */
+static void partial_state_ptr(em *e, int ti)
+{
+    const pass_plan *p = e->p;
+    const ir_model *m = e->m;
+    const ir_tensor *t = &m->tensors[ti];
+    line(e, "// an accumulator partial over this item's tile: tile 0 keeps it in place, the others start from");
+    line(e, "// zero and leave their final values here, added to %s after the kernel", t->name);
+    line(e, "const int tile_%s = %s;", t->name, tile_index(e, ti));
+    line(e, "float *q_%s = ws + B * %lldLL + B * T * %lldLL + B * %lldLL + ((long long)(tile_%s - 1) * B + bat) * %lld;",
+         t->name, (long long)(p->items_per_seq * p->global_floats), (long long)p->part_floats,
+         (long long)p->part_off[ti], t->name, (long long)ir_tensor_elems(m, t));
+}
+
+static bool partial_state(const em *e, int ti)
+{
+    return e->p->part_tiles[ti] && e->m->tensors[ti].kind == IR_STATE && e->sig->present[ti];
 }
 
 static void prologue(em *e)
@@ -1333,7 +1363,7 @@ static void prologue(em *e)
         if (t->kind == IR_LET || t->kind == IR_PARAM || !e->sig->present[i]) continue;
         int64_t n = ir_tensor_elems(m, t);
         bool ro = t->kind == IR_INPUT;
-        if (p->part_tiles[i]) {
+        if (p->part_tiles[i] && t->kind != IR_STATE) {
             partial_ptr(e, (int)i);
             continue;
         }
@@ -1343,6 +1373,7 @@ static void prologue(em *e)
         else
             line(e, "%s *p_%s = g_%s + %s * %lld;", dtype_c(e->sig->dtype[i]), t->name, t->name,
                  e->sig->rows && t->kind == IR_STATE ? "row" : "bat", (long long)n);
+        if (partial_state(e, (int)i)) partial_state_ptr(e, (int)i);
     }
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
@@ -1415,7 +1446,19 @@ static void kernel(em *e)
             line(e, "} else {");
             e->ind++;
         }
+        if (partial_state(e, (int)i)) { /* tiles past the first start from zero */
+            line(e, "if (tile_%s == 0) {", m->tensors[i].name);
+            e->ind++;
+        }
         state_start(e, (int)i, given);
+        if (partial_state(e, (int)i)) {
+            e->ind--;
+            line(e, "} else {");
+            e->ind++;
+            state_start(e, (int)i, false);
+            e->ind--;
+            line(e, "}");
+        }
         if (given && e->sig->rows) {
             e->ind--;
             line(e, "}");
@@ -1491,8 +1534,23 @@ static void kernel(em *e)
     else barrier_if_pending(e);
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (m->tensors[i].kind != IR_STATE) continue;
+        bool part = partial_state(e, (int)i);
+        if (part) {
+            line(e, "if (tile_%s == 0) {", m->tensors[i].name);
+            e->ind++;
+        }
         if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, true, true);
         else state_mem(e, (int)i, true, true);
+        if (!part) continue;
+        e->ind--;
+        line(e, "} else {");
+        e->ind++;
+        e->state_at = S(e, "q_%s", m->tensors[i].name);
+        if (p->place[i] == PLAN_PLACE_REG) state_regs(e, (int)i, true, true);
+        else state_mem(e, (int)i, true, true);
+        e->state_at = NULL;
+        e->ind--;
+        line(e, "}");
     }
     e->ind--;
     line(e, "}");
@@ -1532,14 +1590,15 @@ cuda_launch cuda_launch_of(const pass_plan *p, int64_t batch)
     cuda_launch l = {.blocks = batch * p->items_per_seq,
                      .threads = (unsigned)p->nthreads,
                      .ws_floats = p->global_floats,
-                     .part_floats = p->part_floats};
+                     .part_floats = p->part_floats,
+                     .part_state_floats = p->part_state_floats};
     l.shared_bytes = (unsigned)(p->local_floats * 4);
     return l;
 }
 
 int64_t cuda_ws_floats(const cuda_launch *l, int64_t batch, int64_t T)
 {
-    return l->blocks * l->ws_floats + batch * T * l->part_floats;
+    return l->blocks * l->ws_floats + batch * T * l->part_floats + batch * l->part_state_floats;
 }
 
 /* ---- helper kernels: the gradient driver's conversions and batch sums ---- */
@@ -1551,6 +1610,8 @@ void cuda_helper_name(strbuf *out, bool sum_rows, ssmc_dtype dst, ssmc_dtype src
     else
         sb_printf(out, "ssmc_convert_%s_%s", dtype_names[dst], dtype_names[src]);
 }
+
+void cuda_helper_add_name(strbuf *out, ssmc_dtype dst) { sb_printf(out, "ssmc_add_rows_%s", dtype_names[dst]); }
 
 void cuda_emit_helpers(strbuf *out)
 {
@@ -1576,6 +1637,22 @@ void cuda_emit_helpers(strbuf *out)
         sb_puts(out, "    float acc = 0.f;\n");
         sb_puts(out, "    for (long long r = 0; r < rows; r++) acc += src[r * n + i];\n");
         sb_puts(out, "    ssmc_st(dst + i, acc);\n}\n");
+        /* a partial accumulator's finish (plan.h): dst[row of i] += the slices, in order */
+        sb_printf(out, "extern \"C\" __global__ void __launch_bounds__(%d) ", CUDA_HELPERS_THREADS);
+        cuda_helper_add_name(out, (ssmc_dtype)d);
+        sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src,\n"
+                       "    const int *__restrict__ pool_rows, long long per_seq)\n{\n", dc);
+        sb_printf(out, "    const long long i = (long long)blockIdx.x * %d + threadIdx.x;\n", CUDA_HELPERS_THREADS);
+        sb_puts(out, "    if (i >= n) return;\n");
+        sb_puts(out, "    long long o = i;\n");
+        sb_puts(out, "    if (pool_rows) {\n");
+        sb_puts(out, "        const int r = pool_rows[i / per_seq];\n");
+        sb_puts(out, "        if (r < 0) return;\n");
+        sb_puts(out, "        o = (long long)r * per_seq + i % per_seq;\n");
+        sb_puts(out, "    }\n");
+        sb_puts(out, "    float acc = ssmc_get(dst + o);\n");
+        sb_puts(out, "    for (long long r = 0; r < rows; r++) acc += src[r * n + i];\n");
+        sb_puts(out, "    ssmc_st(dst + o, acc);\n}\n");
     }
 }
 

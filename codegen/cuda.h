@@ -19,7 +19,9 @@
  * whose statement is a split reduction (plan.h part_tiles) is written into the
  * scratch past the blocks' workspace, not through its pointer: after the
  * kernel, the caller sums its part_tiles slices, in order, into the output
- * (the helper kernel cuda_helper_name(sum_rows) does exactly that).
+ * (the helper kernel cuda_helper_name(sum_rows) does exactly that); a partial
+ * accumulator state leaves tiles 1.. of its final value past those, and the
+ * caller adds them to the state (cuda_helper_add_name's kernel).
  * Nothing here needs a GPU, NVRTC or CUDA headers. */
 #ifndef SSMC_CODEGEN_CUDA_H
 #define SSMC_CODEGEN_CUDA_H
@@ -61,6 +63,7 @@ typedef struct cuda_launch {
     int64_t ws_floats;     /* per block, of the global workspace */
     int64_t part_floats;   /* per sequence and step, of the partial sums' scratch past the
                               blocks' workspace (plan.h); 0: none */
+    int64_t part_state_floats; /* per sequence, of the partial accumulators' past that */
 } cuda_launch;
 
 /* The workspace a launch of batch x T needs, in floats: every block's, then the
@@ -96,6 +99,7 @@ void cuda_prelude(strbuf *out);
 #define CUDA_HELPERS_PROGRAM "ssmc_helpers.cu"
 #define CUDA_HELPERS_THREADS 256
 void cuda_emit_helpers(strbuf *out);
+void cuda_helper_add_name(strbuf *out, ssmc_dtype dst);
 void cuda_helper_name(strbuf *out, bool sum_rows, ssmc_dtype dst, ssmc_dtype src);
 
 /* "ssmc_<model>.cu" and "ssmc_<model>". */

@@ -56,7 +56,7 @@ typedef struct cuda_state {
     CUdeviceptr gbuf;     /* the chunked cores' runs on host memory (the chunked gradients): their copies */
     size_t gbuf_cap;
     CUmodule helpers;     /* codegen/cuda.h's helper kernels, loaded at their first use */
-    CUfunction convert[SSMC_NDTYPES][SSMC_NDTYPES], sum_rows[SSMC_NDTYPES];
+    CUfunction convert[SSMC_NDTYPES][SSMC_NDTYPES], sum_rows[SSMC_NDTYPES], add_rows[SSMC_NDTYPES];
     pthread_mutex_t lock;
 } cuda_state;
 
@@ -686,7 +686,8 @@ static ssmc_status helper_launch(cuda_state *s, CUfunction fn, size_t n, void **
 /* The finishing step of split reductions (plan.h): after the kernel, on its
  * stream, each partial output present gets the sum of its slices in the
  * scratch past the blocks' workspace, in slice order (deterministic), in its
- * dtype. */
+ * dtype; each partial accumulator state gets its tiles past the first added
+ * to the value tile 0 left in place, in the same order. */
 static ssmc_status finish_partials(cuda_state *s, int64_t batch, int64_t T, CUdeviceptr ws, const CUdeviceptr *ptrs,
                                    const ssmc_dtype *dt, const bool *present, CUdeviceptr pool_rows, void *stream,
                                    diag *d)
@@ -696,7 +697,18 @@ static ssmc_status finish_partials(cuda_state *s, int64_t batch, int64_t T, CUde
     cuda_launch l = cuda_launch_of(p, batch);
     ssmc_status st = SSMC_OK;
     for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
-        if (!p->part_tiles[i] || !present[i] || batch * T == 0) continue;
+        if (!p->part_tiles[i] || !present[i] || m->tensors[i].kind != IR_STATE || p->part_tiles[i] < 2 || batch == 0)
+            continue;
+        /* an accumulator: tiles 1.. added to tile 0's value, in place (by pool row in a decode) */
+        if ((st = helpers_load(s, d)) != SSMC_OK) break;
+        long long rows = p->part_tiles[i] - 1, n = batch * p->elems[i], per = p->elems[i];
+        CUdeviceptr dst = ptrs[i],
+                    src = ws + (CUdeviceptr)((l.blocks * l.ws_floats + batch * T * p->part_floats + batch * p->part_off[i]) * 4);
+        void *params[] = {&rows, &n, &dst, &src, &pool_rows, &per};
+        st = helper_launch(s, s->add_rows[dt[i]], (size_t)n, params, stream, d);
+    }
+    for (uint32_t i = 0; st == SSMC_OK && i < m->ntensors; i++) {
+        if (!p->part_tiles[i] || !present[i] || m->tensors[i].kind == IR_STATE || batch * T == 0) continue;
         if ((st = helpers_load(s, d)) != SSMC_OK) break;
         /* a padding slot of a decode by pool rows (a negative row) keeps its outputs */
         long long rows = p->part_tiles[i], n = batch * T * p->elems[i], per = T * p->elems[i];
@@ -924,6 +936,12 @@ static ssmc_status helpers_load(cuda_state *s, diag *d)
             if ((st = rt_cuda_module_function(s->gpu, mod, sb_cstr(&name), fn, &err)) != SSMC_OK)
                 fail(d, st, &err, "finding a helper kernel");
         }
+    for (int dd = 0; st == SSMC_OK && dd < SSMC_NDTYPES; dd++) {
+        name.len = 0;
+        cuda_helper_add_name(&name, (ssmc_dtype)dd);
+        if ((st = rt_cuda_module_function(s->gpu, mod, sb_cstr(&name), &s->add_rows[dd], &err)) != SSMC_OK)
+            fail(d, st, &err, "finding a helper kernel");
+    }
     if (st == SSMC_OK) s->helpers = mod;
     else if (mod) rt_cuda_module_unload(s->gpu, mod, &err);
     free(image);

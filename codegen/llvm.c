@@ -1324,7 +1324,7 @@ static ssmc_status build_module(const ir_model *m, const pass_plan *p, LLVMConte
 {
     *out = NULL;
     /* split reductions are planned for targets with lanes only (plan.c) */
-    if (p->part_floats) {
+    if (p->part_floats || p->part_state_floats) {
         diag_error(d, "internal error: llvm: the plan of model %s has partial sums, which a CPU plan never has", m->name);
         return SSMC_ERR_BACKEND;
     }

@@ -185,8 +185,8 @@ static bool partial_gain(const ir_model *m, const pass_sched *ps)
     return false;
 }
 
-/* 3b: the statements whose root sum runs over a split class, and the scratch
- * of their outputs (plan.h). */
+/* 3b: the statements whose linear root's terms run over a split class, and the
+ * scratch of their outputs and accumulator states (plan.h). */
 static bool plan_partials(arena *a, pass_plan *p)
 {
     const ir_model *m = p->m;
@@ -206,6 +206,11 @@ static bool plan_partials(arena *a, pass_plan *p)
         }
         if (!any) continue;
         p->part_tiles[o] = tiles;
+        if (m->tensors[o].kind == IR_STATE) { /* an accumulator: the tiles past the first */
+            p->part_off[o] = p->part_state_floats;
+            p->part_state_floats += (tiles - 1) * ir_tensor_elems(m, &m->tensors[o]);
+            continue;
+        }
         p->part_off[o] = p->part_floats;
         p->part_floats += tiles * ir_tensor_elems(m, &m->tensors[o]);
     }

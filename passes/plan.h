@@ -245,19 +245,27 @@ typedef struct pass_plan {
     plan_prefetch *prefetch;
     int nprefetch;
 
-    /* split reductions (target.partial_sums): statement si's root SUM runs
-     * over the item's tile of class k (k split) when partial[si * ncls + k];
-     * its output o then goes to a scratch area of part_tiles[o] slices (the
-     * product of those classes' ntiles), each [batch][T][elems[o]] in f32,
-     * slice number the item's tile index over those classes (the first class
-     * slowest), at part_off[o] * batch * T floats past the workspace of every
-     * item; after the kernel, a finishing step sums the slices in order into
-     * the output, in its dtype. part_tiles[o] = 0: not partial. part_floats:
-     * the scratch's floats per sequence and step (0: no partial output). */
+    /* split reductions (target.partial_sums): statement si's linear root (its
+     * terms, passes/schedule.c) runs over the item's tile of class k (k split)
+     * when partial[si * ncls + k]. Its output o then goes to a scratch area of
+     * part_tiles[o] slices (the product of those classes' ntiles), each
+     * [batch][T][elems[o]] in f32, slice number the item's tile index over
+     * those classes (the first class slowest), at part_off[o] * batch * T
+     * floats past the workspace of every item; after the kernel, a finishing
+     * step sums the slices in order into the output, in its dtype. An
+     * accumulator state o (S = S + terms) instead starts from the given state
+     * in the items of tile 0 and from zero in the others, tile 0 keeps it in
+     * the state's own memory, and tiles 1 .. part_tiles[o] - 1 leave their
+     * final values in slices [batch][elems[o]] (f32) at part_off[o] * batch
+     * floats past the partial outputs' scratch (part_floats * batch * T);
+     * the finishing step adds them, in order, to the state. part_tiles[o] = 0:
+     * not partial. part_floats: the outputs' scratch floats per sequence and
+     * step, part_state_floats the accumulators' per sequence (0: none). */
     bool *partial;          /* [nstmts * ncls] */
     int64_t *part_tiles;    /* [ntensors] */
     int64_t *part_off;      /* [ntensors] */
     int64_t part_floats;
+    int64_t part_state_floats;
 
     /* memory per item, in floats: buffers in block-local memory (GPU shared
      * memory, CPU scratch) or the global workspace, each aligned to the

@@ -7,7 +7,8 @@
 static const char *const red_mode_names[] = {"a loop over its values", "over the threads' slots, then across threads",
                                              "over the lanes of its element's group, then across them"};
 
-/* si: the statement when r is its root, else -1 (a partial sum is a root). */
+/* si: the statement r is in (-1: an init); a sum over a class the statement is partial over
+ * is a term of its linear root (passes/schedule.c). */
 static void print_reductions(strbuf *out, const pass_plan *p, ir_ref r, int si)
 {
     if (r == IR_NONE) return;
@@ -26,16 +27,23 @@ static void print_reductions(strbuf *out, const pass_plan *p, ir_ref r, int si)
             sb_printf(out, " (class %s, %d slot%s%s)", p->m->dims[p->sched.class_dim[d.cls]].name, d.slots,
                       d.slots == 1 ? "" : "s", d.spread ? ", spread" : "");
         }
-        for (int k = 0; si >= 0 && k < p->ncls; k++)
-            if (p->partial[(size_t)si * (size_t)p->ncls + (size_t)k])
-                sb_printf(out, "; partial over the item's tile of class %s", p->m->dims[p->sched.class_dim[k]].name);
-        if (si >= 0 && p->part_tiles[p->m->stmts[si].tensor])
-            sb_printf(out, ", %lld tiles, summed after the kernel", (long long)p->part_tiles[p->m->stmts[si].tensor]);
+        bool part = false;
+        for (int k = 0; si >= 0 && k < p->ncls; k++) {
+            bool over = false;
+            for (uint32_t i = 0; i < in->red.nvars; i++) over |= p->sched.var_class[p->m->red_vars[in->red.vars + i]] == k;
+            if (!over || !p->partial[(size_t)si * (size_t)p->ncls + (size_t)k]) continue;
+            sb_printf(out, "; partial over the item's tile of class %s", p->m->dims[p->sched.class_dim[k]].name);
+            part = true;
+        }
+        int64_t tiles = si >= 0 ? p->part_tiles[p->m->stmts[si].tensor] : 0;
+        if (part && tiles)
+            sb_printf(out, ", %lld tiles, %s after the kernel", (long long)tiles,
+                      p->m->tensors[p->m->stmts[si].tensor].kind == IR_STATE ? "added to the state" : "summed");
     }
     if (in->op == IR_LOAD || in->op == IR_CONST) return;
-    print_reductions(out, p, in->a, -1);
-    print_reductions(out, p, in->b, -1);
-    print_reductions(out, p, in->c, -1);
+    print_reductions(out, p, in->a, si);
+    print_reductions(out, p, in->b, si);
+    print_reductions(out, p, in->c, si);
 }
 
 static void print_hoists(strbuf *out, const pass_plan *p, ir_ref r)
@@ -216,9 +224,18 @@ void plan_print(strbuf *out, const pass_plan *p)
         sb_printf(out, "partial sums: %lld floats per sequence and step, f32, past every item's workspace:",
                   (long long)p->part_floats);
         for (uint32_t ti = 0; ti < m->ntensors; ti++)
-            if (p->part_tiles[ti])
+            if (p->part_tiles[ti] && m->tensors[ti].kind != IR_STATE)
                 sb_printf(out, " %s [%lld tiles][batch][T][%lld] at %lld x batch x T;", m->tensors[ti].name,
                           (long long)p->part_tiles[ti], (long long)p->elems[ti], (long long)p->part_off[ti]);
+        sb_putc(out, '\n');
+    }
+    if (p->part_state_floats) {
+        sb_printf(out, "partial accumulators: %lld floats per sequence, f32, past the partial sums:",
+                  (long long)p->part_state_floats);
+        for (uint32_t ti = 0; ti < m->ntensors; ti++)
+            if (p->part_tiles[ti] && m->tensors[ti].kind == IR_STATE)
+                sb_printf(out, " %s: tile 0 in place, tiles 1-%lld [batch][%lld] at %lld x batch;", m->tensors[ti].name,
+                          (long long)p->part_tiles[ti] - 1, (long long)p->elems[ti], (long long)p->part_off[ti]);
         sb_putc(out, '\n');
     }
 }

@@ -3,9 +3,11 @@
  * one slot per variable, one per axis of every state, let and output.
  *
  * Run twice: once as SPEC §3 has it (every reduction poisons its classes), and
- * once for split reductions (pass_sched.partial), where the root SUM of an
- * output statement that nothing reads leaves its classes free: an item can sum
- * its own tile of them and the tiles' sums be added after the kernel. */
+ * once for split reductions (pass_sched.partial), where the terms of a linear
+ * root (linear_terms) of an output that nothing reads, or of the increment of
+ * an accumulator state that nothing else reads, leave their classes free: an
+ * item can sum its own tile of them and the tiles' sums be added after the
+ * kernel. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +35,49 @@ static void unite(uf *u, int a, int b)
 
 static bool tracked(const ir_tensor *t) { return t->kind == IR_STATE || t->kind == IR_LET || t->kind == IR_OUTPUT; }
 
+/* ---- linear roots (split reductions) ----
+ * A linear root is a SUM (a term), an ADD or SUB of two linear roots, a NEG of
+ * one, or a MUL (either side) or DIV (the numerator) of one by any factor. An
+ * item that computes it with every term's sum over its own tile of a class
+ * gets a partial value, and the items' values add up to the whole: a factor
+ * holds no variable of a class split that way (only the statement's own, which
+ * a partial output or accumulator may not carry, and those its own sums bind,
+ * which those sums keep off the grid), and a class is partial only when every
+ * term sums over it (split_terms). */
+#define MAX_TERMS 8
+
+static bool is_linear(const ir_model *m, ir_ref r)
+{
+    const ir_inst *in = &m->insts[r];
+    switch (in->op) {
+    case IR_SUM: return true;
+    case IR_ADD:
+    case IR_SUB: return is_linear(m, in->a) && is_linear(m, in->b);
+    case IR_NEG:
+    case IR_DIV: return is_linear(m, in->a);
+    case IR_MUL: return is_linear(m, in->a) || is_linear(m, in->b);
+    default: return false;
+    }
+}
+
+/* Appends the terms of linear root r to terms[*n]; false past MAX_TERMS. */
+static bool linear_terms(const ir_model *m, ir_ref r, ir_ref *terms, int *n)
+{
+    const ir_inst *in = &m->insts[r];
+    switch (in->op) {
+    case IR_SUM:
+        if (*n >= MAX_TERMS) return false;
+        terms[(*n)++] = r;
+        return true;
+    case IR_ADD:
+    case IR_SUB: return linear_terms(m, in->a, terms, n) && linear_terms(m, in->b, terms, n);
+    case IR_NEG:
+    case IR_DIV: return linear_terms(m, in->a, terms, n);
+    case IR_MUL: return linear_terms(m, is_linear(m, in->a) ? in->a : in->b, terms, n);
+    default: return false;
+    }
+}
+
 typedef struct ctx {
     const ir_model *m;
     uf u;
@@ -41,8 +86,10 @@ typedef struct ctx {
     bool *self_ok; /* per statement: in-place so far */
     uint32_t si;
     bool partial;   /* the split-reductions schedule */
-    bool *eligible; /* [nstmts] partial: its root SUM may be partial */
-    bool *root_red; /* [nvars] partial: a variable of such a root SUM */
+    bool *eligible; /* [nstmts] partial: its linear root's terms may be partial */
+    bool *root_red; /* [nvars] partial: a variable of such a term */
+    ir_ref *terms;  /* [nstmts * MAX_TERMS] partial: the terms (SUMs) of each eligible statement */
+    int *nterms;    /* [nstmts] */
 } ctx;
 
 static int axis_slot(ctx *c, int tensor, int axis) { return c->nvars + tensor * IR_MAX_RANK + axis; }
@@ -73,8 +120,10 @@ static void walk(ctx *c, ir_ref r)
     if (in->op == IR_SUM || in->op == IR_RMAX) {
         walk(c, in->a);
         /* a reduction over a class ties its values together, unless it is a
-         * root SUM that may be partial (only a sum's partials add up) */
-        bool partial = c->partial && c->eligible[c->si] && r == c->s->root;
+         * term of a linear root that may be partial (only sums' partials add up) */
+        bool partial = false;
+        for (int k = 0; c->partial && c->eligible[c->si] && k < c->nterms[c->si]; k++)
+            partial |= c->terms[(size_t)c->si * MAX_TERMS + (size_t)k] == r;
         for (uint32_t i = 0; i < in->red.nvars; i++) {
             int v = (int)m->red_vars[in->red.vars + i];
             if (partial)
@@ -89,15 +138,43 @@ static void walk(ctx *c, ir_ref r)
     walk(c, in->c);
 }
 
-/* Statement si's root SUM (partial schedule) runs over a variable whose class
- * root is marked. */
+/* A term of statement si's linear root (partial schedule) runs over a
+ * variable whose class root is marked. */
 static bool partial_in(ctx *c, int si, const bool *marked)
 {
     if (si < 0 || !c->partial || !c->eligible[si]) return false;
-    const ir_inst *in = &c->m->insts[c->m->stmts[si].root];
-    for (uint32_t i = 0; i < in->red.nvars; i++)
-        if (marked[find(&c->u, (int)c->m->red_vars[in->red.vars + i])]) return true;
+    for (int k = 0; k < c->nterms[si]; k++) {
+        const ir_inst *in = &c->m->insts[c->terms[(size_t)si * MAX_TERMS + (size_t)k]];
+        for (uint32_t i = 0; i < in->red.nvars; i++)
+            if (marked[find(&c->u, (int)c->m->red_vars[in->red.vars + i])]) return true;
+    }
     return false;
+}
+
+/* A class some term of a linear root sums over and another does not would be
+ * counted once per tile in that other term: it stays whole (poisoned). */
+static void split_terms(ctx *c)
+{
+    const ir_model *m = c->m;
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        if (!c->eligible[si] || c->nterms[si] < 2) continue;
+        const ir_ref *tm = &c->terms[(size_t)si * MAX_TERMS];
+        for (int k = 0; k < c->nterms[si]; k++) {
+            const ir_inst *in = &m->insts[tm[k]];
+            for (uint32_t i = 0; i < in->red.nvars; i++) {
+                int root = find(&c->u, (int)m->red_vars[in->red.vars + i]);
+                bool everywhere = true;
+                for (int o = 0; everywhere && o < c->nterms[si]; o++) {
+                    const ir_inst *other = &m->insts[tm[o]];
+                    bool here = false;
+                    for (uint32_t j = 0; !here && j < other->red.nvars; j++)
+                        here = find(&c->u, (int)m->red_vars[other->red.vars + j]) == root;
+                    everywhere = here;
+                }
+                if (!everywhere) c->u.poison[root] = true;
+            }
+        }
+    }
 }
 
 /* Counts the axes of tensor ti whose class root is in `roots` (marked). */
@@ -139,7 +216,7 @@ static void merge_aligned(ctx *c)
             const ir_tensor *t = &m->tensors[ti];
             if (t->kind != IR_STATE && t->kind != IR_OUTPUT) continue;
             int n = axes_in(c, ti, marked);
-            ok = n == 1 || (n == 0 && t->kind == IR_OUTPUT && partial_in(c, t->def, marked));
+            ok = n == 1 || (n == 0 && partial_in(c, t->def, marked));
         }
         if (!ok) continue;
         for (int i = 0; i < nslots; i++)
@@ -148,20 +225,77 @@ static void merge_aligned(ctx *c)
     free(marked);
 }
 
-/* An output statement whose root is a SUM and whose output no statement reads. */
-static void find_eligible(const ir_model *m, bool *eligible)
+/* The statements whose linear root's terms may be partial, and their terms:
+ * a per-step output no statement reads, and the update `S = S + L` (or `L + S`)
+ * of an accumulator state S, read by no other statement, with no init (an
+ * item of a tile past the first starts from zero; the tiles' final values are
+ * added after the kernel). */
+static bool reads(const ir_model *m, ir_ref r, int tensor)
+{
+    if (r == IR_NONE) return false;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_LOAD) return in->load.tensor == tensor;
+    if (in->op == IR_CONST || in->op == IR_IDX) return false;
+    return reads(m, in->a, tensor) || reads(m, in->b, tensor) || reads(m, in->c, tensor);
+}
+
+static bool accumulator(const ir_model *m, uint32_t si, ir_ref *inc)
+{
+    const ir_stmt *s = &m->stmts[si];
+    const ir_tensor *t = &m->tensors[s->tensor];
+    const ir_inst *in = &m->insts[s->root];
+    if (t->kind != IR_STATE || t->def != (int)si || in->op != IR_ADD) return false;
+    for (uint32_t ii = 0; ii < m->ninits; ii++)
+        if (m->inits[ii].tensor == s->tensor) return false;
+    for (int side = 0; side < 2; side++) {
+        const ir_inst *ld = &m->insts[side ? in->b : in->a];
+        if (ld->op != IR_LOAD || ld->load.tensor != s->tensor || ld->load.after_update || ld->load.lag_var >= 0) continue;
+        bool own = true;
+        for (int i = 0; i < t->rank; i++) {
+            const ir_index *ix = &m->ix[ld->load.ix + (uint32_t)i];
+            own &= ix->kind == IR_IX_VAR && ix->var == s->vars[i];
+        }
+        if (!own) continue;
+        *inc = side ? in->a : in->b;
+        return !reads(m, *inc, s->tensor);
+    }
+    return false;
+}
+
+static bool reaches(const ir_model *m, ir_ref from, ir_ref r)
+{
+    if (from == IR_NONE) return false;
+    if (from == r) return true;
+    const ir_inst *in = &m->insts[from];
+    if (in->op == IR_CONST || in->op == IR_LOAD || in->op == IR_IDX) return false;
+    return reaches(m, in->a, r) || reaches(m, in->b, r) || reaches(m, in->c, r);
+}
+
+static bool in_stmt(const ir_model *m, uint32_t si, ir_ref r) { return reaches(m, m->stmts[si].root, r); }
+
+static void find_eligible(const ir_model *m, bool *eligible, ir_ref *terms, int *nterms)
 {
     for (uint32_t si = 0; si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         const ir_tensor *t = &m->tensors[s->tensor];
-        eligible[si] = t->kind == IR_OUTPUT && t->per_step && t->def == (int)si && m->insts[s->root].op == IR_SUM;
+        ir_ref lin = s->root, inc;
+        bool ok = false;
+        if (t->kind == IR_OUTPUT) ok = t->per_step && t->def == (int)si;
+        else if (accumulator(m, si, &inc)) ok = true, lin = inc;
+        nterms[si] = 0;
+        eligible[si] = ok && is_linear(m, lin) && linear_terms(m, lin, &terms[(size_t)si * MAX_TERMS], &nterms[si]);
+        if (!eligible[si]) nterms[si] = 0;
     }
+    /* nothing else may read the tensor (a state's own update reads it) */
     for (uint32_t r = 0; r < m->ninsts; r++) {
         const ir_inst *in = &m->insts[r];
         if (in->op != IR_LOAD) continue;
-        int def = m->tensors[in->load.tensor].def;
-        if (m->tensors[in->load.tensor].kind == IR_OUTPUT && def >= 0) eligible[def] = false;
+        const ir_tensor *t = &m->tensors[in->load.tensor];
+        if (t->def < 0 || !eligible[t->def]) continue;
+        if (t->kind == IR_OUTPUT || !in_stmt(m, (uint32_t)t->def, r)) eligible[t->def] = false;
     }
+    for (uint32_t si = 0; si < m->nstmts; si++)
+        if (!eligible[si]) nterms[si] = 0;
 }
 
 static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out, diag *d)
@@ -174,13 +308,15 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
     int *root_class = malloc((size_t)(nslots ? nslots : 1) * sizeof *root_class);
     c.eligible = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.eligible);
     c.root_red = arena_array(a, m->nvars ? m->nvars : 1, sizeof *c.root_red);
+    c.terms = arena_array(a, (m->nstmts ? m->nstmts : 1) * MAX_TERMS, sizeof *c.terms);
+    c.nterms = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.nterms);
     memset(out, 0, sizeof *out);
     out->var_class = arena_array(a, m->nvars ? m->nvars : 1, sizeof(int));
     out->axis_class = arena_array(a, (size_t)m->ntensors * IR_MAX_RANK + 1, sizeof(int));
     out->class_dim = arena_array(a, (size_t)nslots + 1, sizeof(int));
     out->splittable = arena_array(a, (size_t)nslots + 1, sizeof(bool));
     bool ok = c.u.parent && c.u.poison && c.self_ok && root_class && out->var_class && out->axis_class &&
-              out->class_dim && out->splittable && c.eligible && c.root_red;
+              out->class_dim && out->splittable && c.eligible && c.root_red && c.terms && c.nterms;
     if (!ok) {
         free(c.u.parent);
         free(c.u.poison);
@@ -189,7 +325,7 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
         return false;
     }
     for (int i = 0; i < nslots; i++) c.u.parent[i] = i;
-    if (partial) find_eligible(m, c.eligible);
+    if (partial) find_eligible(m, c.eligible, c.terms, c.nterms);
     for (uint32_t si = 0; si < m->nstmts; si++) {
         c.s = &m->stmts[si];
         c.si = si;
@@ -205,6 +341,7 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
         const ir_tensor *t = &m->tensors[s->tensor];
         for (int i = 0; i < t->rank; i++) unite(&c.u, s->vars[i], axis_slot(&c, s->tensor, i));
     }
+    if (partial) split_terms(&c);
     merge_aligned(&c);
     /* number the classes that hold at least one tracked axis */
     for (int i = 0; i < nslots; i++) root_class[i] = -1;
@@ -236,25 +373,26 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
             return false;
         }
         for (uint32_t si = 0; si < m->nstmts; si++) {
-            if (!c.eligible[si]) continue;
-            const ir_inst *in = &m->insts[m->stmts[si].root];
-            for (uint32_t i = 0; i < in->red.nvars; i++) {
-                int k = out->var_class[m->red_vars[in->red.vars + i]];
-                if (k < 0) continue;
-                out->partial_over[si * nc + (size_t)k] = true;
-                out->class_partial[k] = true;
+            for (int tk = 0; c.eligible[si] && tk < c.nterms[si]; tk++) {
+                const ir_inst *in = &m->insts[c.terms[(size_t)si * MAX_TERMS + (size_t)tk]];
+                for (uint32_t i = 0; i < in->red.nvars; i++) {
+                    int k = out->var_class[m->red_vars[in->red.vars + i]];
+                    if (k < 0 || !out->splittable[k]) continue;
+                    out->partial_over[si * nc + (size_t)k] = true;
+                    out->class_partial[k] = true;
+                }
             }
         }
     }
     /* every state and output must carry a splittable class, and only once (an
-     * output whose root sum is partial over it: not at all) */
+     * output or accumulator whose terms are partial over it: not at all) */
     for (int k = 0; k < out->nclasses; k++) {
         for (uint32_t ti = 0; out->splittable[k] && ti < m->ntensors; ti++) {
             const ir_tensor *t = &m->tensors[ti];
             if (t->kind != IR_STATE && t->kind != IR_OUTPUT) continue;
             int count = 0;
             for (int ax = 0; ax < t->rank; ax++) count += out->axis_class[ti * IR_MAX_RANK + (uint32_t)ax] == k;
-            bool part = partial && t->kind == IR_OUTPUT && t->def >= 0 &&
+            bool part = partial && t->def >= 0 &&
                         out->partial_over[(size_t)t->def * (size_t)out->nclasses + (size_t)k];
             if (part ? count != 0 : count != 1) out->splittable[k] = false;
         }
@@ -276,7 +414,13 @@ bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
         diag_error(d, "out of memory");
         return false;
     }
-    find_eligible(m, eligible);
+    ir_ref *terms = arena_array(a, (m->nstmts ? m->nstmts : 1) * MAX_TERMS, sizeof *terms);
+    int *nterms = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *nterms);
+    if (!terms || !nterms) {
+        diag_error(d, "out of memory");
+        return false;
+    }
+    find_eligible(m, eligible, terms, nterms);
     bool any = false;
     for (uint32_t si = 0; si < m->nstmts; si++) any |= eligible[si];
     if (!any) return true;

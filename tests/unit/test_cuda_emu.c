@@ -181,9 +181,11 @@ static float *emu_workspace_of(const pass_plan *plan, int64_t B, int64_t T)
     return ws;
 }
 
-/* The finishing step of split reductions (plan.h), as the backend's
- * ssmc_sum_rows helper does it: each partial output gets the sum of its
- * slices, in order; a padding slot (rows: a negative row) keeps its values. */
+/* The finishing step of split reductions (plan.h), as the backend's helpers
+ * (ssmc_sum_rows, ssmc_add_rows) do it: each partial output gets the sum of
+ * its slices, in order, and each partial accumulator state its tiles past the
+ * first added to what tile 0 left in place (by pool row when rows are given);
+ * a padding slot (rows: a negative row) keeps its values. */
 static void emu_finish_partials(const pass_plan *plan, int64_t B, int64_t T, const float *ws, void *const *out,
                                 ssmc_dtype dt, const int *rows)
 {
@@ -191,10 +193,26 @@ static void emu_finish_partials(const pass_plan *plan, int64_t B, int64_t T, con
     cuda_launch l = cuda_launch_of(plan, B);
     for (uint32_t i = 0; i < m->ntensors; i++) {
         if (!plan->part_tiles[i] || !out[i]) continue;
-        int64_t n = B * T * plan->elems[i];
+        int64_t per = plan->elems[i];
+        if (m->tensors[i].kind == IR_STATE) {
+            int64_t n = B * per;
+            const float *src = ws + l.blocks * l.ws_floats + B * T * plan->part_floats + B * plan->part_off[i];
+            for (int64_t e = 0; e < n; e++) {
+                int64_t o = e;
+                if (rows) {
+                    if (rows[e / per] < 0) continue;
+                    o = (int64_t)rows[e / per] * per + e % per;
+                }
+                float acc = (float)dtype_get(out[i], dt, (size_t)o);
+                for (int64_t r = 0; r < plan->part_tiles[i] - 1; r++) acc += src[r * n + e];
+                dtype_set(out[i], dt, (size_t)o, acc);
+            }
+            continue;
+        }
+        int64_t n = B * T * per;
         const float *src = ws + l.blocks * l.ws_floats + B * T * plan->part_off[i];
         for (int64_t e = 0; e < n; e++) {
-            if (rows && rows[e / (T * plan->elems[i])] < 0) continue;
+            if (rows && rows[e / (T * per)] < 0) continue;
             float acc = 0.f;
             for (int64_t r = 0; r < plan->part_tiles[i]; r++) acc += src[r * n + e];
             dtype_set(out[i], dt, (size_t)e, acc);
@@ -361,15 +379,17 @@ static void test_examples(void **state)
     for (int i = 0; i < n; i++) two_cases(names[i], NULL, NULL, 0);
 }
 
-/* Split reductions (tests/gpu/partial.ssm): outputs whose root sum runs over
- * V, which the plan splits only so, in tiles that overhang V; against the
- * interpreter from a state (f32) and without (bf16, a smaller V, odd), and the
- * plan's facts: V on the grid with partial outputs, the schedule alone keeping
- * it whole. */
+/* Split reductions (tests/gpu/partial.ssm): outputs whose root sum (or linear
+ * root) runs over V, and accumulator states summing over V (and H), which the
+ * plan splits only so, in tiles that overhang V; against the interpreter from
+ * a state (f32: tile 0 of an accumulator starts from it, the others from zero)
+ * and without (bf16, a smaller V, odd), and the plan's facts: V on the grid
+ * with partial outputs or accumulators, the schedule alone keeping it whole;
+ * an output that adds a value outside its sum keeps V whole. */
 static void test_partial_sums(void **state)
 {
     (void)state;
-    static const char *const models[] = {"partial_sums", "partial_lanes"};
+    static const char *const models[] = {"partial_sums", "partial_lanes", "partial_linear", "partial_accum"};
     for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
         model md;
         model_open(&md, "tests/gpu/partial.ssm", models[k], NULL, 0, false);
@@ -382,7 +402,10 @@ static void test_partial_sums(void **state)
         for (int c = 0; c < p->ncls; c++)
             if (strcmp(md.m->dims[p->sched.class_dim[c]].name, "V") == 0) V = c;
         assert_true(V >= 0 && p->cls[V].split && p->cls[V].ntiles == 3 && p->cls[V].n % p->cls[V].tile != 0);
-        assert_true(p->part_floats > 0);
+        if (strcmp(models[k], "partial_accum") == 0)
+            assert_true(p->part_floats == 0 && p->part_state_floats > 0);
+        else
+            assert_true(p->part_floats > 0 && p->part_state_floats == 0);
         pass_sched plain;
         assert_true(pass_schedule(&a, md.m, &plain, &d));
         for (int c = 0; c < plain.nclasses; c++)
@@ -403,6 +426,20 @@ static void test_partial_sums(void **state)
         emu_case(&md, NULL, SSMC_BF16, 3, 3, false, what);
         model_close(&md);
     }
+    model md;
+    model_open(&md, "tests/gpu/partial.ssm", "partial_affine", NULL, 0, false);
+    arena a;
+    arena_init(&a);
+    diag d = {0};
+    pass_plan *p;
+    if (cuda_plan_of(&a, md.m, NULL, &p, &d) != SSMC_OK) fail_msg("%s", sb_cstr(&d.text));
+    for (int c = 0; c < p->ncls; c++)
+        if (strcmp(md.m->dims[p->sched.class_dim[c]].name, "V") == 0) assert_false(p->cls[c].split);
+    assert_true(p->part_floats == 0 && p->part_state_floats == 0);
+    arena_free(&a);
+    diag_free(&d);
+    if (have_cxx) emu_case(&md, NULL, SSMC_F32, 2, 6, true, "partial.ssm partial_affine f32 B=2 T=6 from a state");
+    model_close(&md);
     if (!have_cxx) skip();
 }
 
@@ -589,10 +626,12 @@ static void test_layouts(void **state)
 static void test_decode_rows(void **state)
 {
     if (!have_cxx) skip();
-    /* partial_sums: outputs summed over V's tiles after the kernel, padding slots included */
+    /* partial_sums: outputs summed over V's tiles after the kernel, padding slots included;
+     * partial_accum: accumulators added by pool row, from the model's zero (has_state 0) too */
     static const char *const files[] = {"examples/mamba2.ssm", "examples/gated_deltanet.ssm", "examples/gla.ssm",
-                                        "examples/ttt_linear.ssm", "tests/gpu/edge.ssm", "tests/gpu/partial.ssm"};
-    static const char *const names[] = {NULL, NULL, NULL, NULL, "big", "partial_sums"};
+                                        "examples/ttt_linear.ssm", "tests/gpu/edge.ssm", "tests/gpu/partial.ssm",
+                                        "tests/gpu/partial.ssm"};
+    static const char *const names[] = {NULL, NULL, NULL, NULL, "big", "partial_sums", "partial_accum"};
     static const int32_t index[] = {5, 0, -1, 3};
     static const uint8_t has[] = {1, 0, 1, 1};
     for (size_t f = 0; f < sizeof files / sizeof *files; f++)
