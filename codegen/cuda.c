@@ -403,10 +403,13 @@ static const char *index_glob(em *e, const ir_index *ix)
 }
 
 /* A var's local value; grouped and constant indices only reach classes that
- * stay in the block, where the local value is the global one. */
+ * stay in the block, where the local value is the global one, but a group of
+ * one (passes/schedule.c) is the var's own value, local too. */
 static const char *index_loc(em *e, const ir_index *ix)
 {
-    return ix->kind == IR_IX_VAR ? var_loc(e, ix->var) : index_glob(e, ix);
+    if (ix->kind == IR_IX_VAR || (ix->kind == IR_IX_DIV && ix->k == 1)) return var_loc(e, ix->var);
+    if (ix->kind == IR_IX_AFFINE && ix->k == 1) return S(e, "(%s + %s)", var_loc(e, ix->var), var_glob(e, ix->var2));
+    return index_glob(e, ix);
 }
 
 /* sum of idx[i] * stride[i], row-major over `ext` */

@@ -204,7 +204,7 @@ static bool plan_partials(arena *a, pass_plan *p)
             tiles *= p->cls[k].ntiles;
             any = true;
         }
-        if (!any) continue;
+        if (!any || m->tensors[o].kind == IR_LET) continue; /* a partial let: its readers' sums finish it */
         p->part_tiles[o] = tiles;
         if (m->tensors[o].kind == IR_STATE) { /* an accumulator: the tiles past the first */
             p->part_off[o] = p->part_state_floats;

@@ -36,44 +36,60 @@ static void unite(uf *u, int a, int b)
 static bool tracked(const ir_tensor *t) { return t->kind == IR_STATE || t->kind == IR_LET || t->kind == IR_OUTPUT; }
 
 /* ---- linear roots (split reductions) ----
- * A linear root is a SUM (a term), an ADD or SUB of two linear roots, a NEG of
- * one, or a MUL (either side) or DIV (the numerator) of one by any factor. An
- * item that computes it with every term's sum over its own tile of a class
- * gets a partial value, and the items' values add up to the whole: a factor
- * holds no variable of a class split that way (only the statement's own, which
- * a partial output or accumulator may not carry, and those its own sums bind,
- * which those sums keep off the grid), and a class is partial only when every
- * term sums over it (split_terms). */
+ * A linear root is a SUM or a read of a partial let (a term), an ADD or SUB of
+ * two linear roots, a NEG of one, or a MUL (either side) or DIV (the
+ * numerator) of one by any factor. An item that computes it with every term's
+ * sum over its own tile of a class gets a partial value, and the items'
+ * values add up to the whole: a factor holds no variable of a class split
+ * that way (only the statement's own, which a partial output, accumulator or
+ * let may not carry, and those its own sums bind, which those sums keep off
+ * the grid), and a class is partial only when every term sums over it
+ * (split_terms). A partial let is a per-step let with a linear root whose
+ * every read is a term of a later partial statement: its value in an item is
+ * that item's share, which only its readers' sums make whole. */
 #define MAX_TERMS 8
 
-static bool is_linear(const ir_model *m, ir_ref r)
+/* A read of let tensor ti that is a term in statement `at`: the let is
+ * (still) partial, defined by an earlier statement, read at step t. */
+static bool let_term(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
+{
+    const ir_inst *in = &m->insts[r];
+    if (!plet || in->op != IR_LOAD || in->load.lag_var >= 0) return false;
+    const ir_tensor *t = &m->tensors[in->load.tensor];
+    return t->kind == IR_LET && t->def >= 0 && (uint32_t)t->def < at && plet[t->def];
+}
+
+static bool is_linear(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
 {
     const ir_inst *in = &m->insts[r];
     switch (in->op) {
     case IR_SUM: return true;
+    case IR_LOAD: return let_term(m, plet, r, at);
     case IR_ADD:
-    case IR_SUB: return is_linear(m, in->a) && is_linear(m, in->b);
+    case IR_SUB: return is_linear(m, plet, in->a, at) && is_linear(m, plet, in->b, at);
     case IR_NEG:
-    case IR_DIV: return is_linear(m, in->a);
-    case IR_MUL: return is_linear(m, in->a) || is_linear(m, in->b);
+    case IR_DIV: return is_linear(m, plet, in->a, at);
+    case IR_MUL: return is_linear(m, plet, in->a, at) || is_linear(m, plet, in->b, at);
     default: return false;
     }
 }
 
 /* Appends the terms of linear root r to terms[*n]; false past MAX_TERMS. */
-static bool linear_terms(const ir_model *m, ir_ref r, ir_ref *terms, int *n)
+static bool linear_terms(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, ir_ref *terms, int *n)
 {
     const ir_inst *in = &m->insts[r];
     switch (in->op) {
     case IR_SUM:
+    case IR_LOAD:
         if (*n >= MAX_TERMS) return false;
         terms[(*n)++] = r;
         return true;
     case IR_ADD:
-    case IR_SUB: return linear_terms(m, in->a, terms, n) && linear_terms(m, in->b, terms, n);
+    case IR_SUB: return linear_terms(m, plet, in->a, at, terms, n) && linear_terms(m, plet, in->b, at, terms, n);
     case IR_NEG:
-    case IR_DIV: return linear_terms(m, in->a, terms, n);
-    case IR_MUL: return linear_terms(m, is_linear(m, in->a) ? in->a : in->b, terms, n);
+    case IR_DIV: return linear_terms(m, plet, in->a, at, terms, n);
+    case IR_MUL:
+        return linear_terms(m, plet, is_linear(m, plet, in->a, at) ? in->a : in->b, at, terms, n);
     default: return false;
     }
 }
@@ -88,9 +104,13 @@ typedef struct ctx {
     bool partial;   /* the split-reductions schedule */
     bool *eligible; /* [nstmts] partial: its linear root's terms may be partial */
     bool *root_red; /* [nvars] partial: a variable of such a term */
-    ir_ref *terms;  /* [nstmts * MAX_TERMS] partial: the terms (SUMs) of each eligible statement */
+    ir_ref *terms;  /* [nstmts * MAX_TERMS] partial: the terms (SUMs, partial lets' reads) of each eligible statement */
     int *nterms;    /* [nstmts] */
+    int *pset;      /* [nstmts * MAX_PSET] partial: slots whose classes the statement is partial over */
+    int *npset;     /* [nstmts] */
 } ctx;
+
+#define MAX_PSET 16
 
 static int axis_slot(ctx *c, int tensor, int axis) { return c->nvars + tensor * IR_MAX_RANK + axis; }
 
@@ -109,7 +129,11 @@ static void walk(ctx *c, ir_ref r)
             if (self && !(ix->kind == IR_IX_VAR && ix->var == c->s->vars[i])) c->self_ok[c->si] = false;
             if (!tracked(t)) continue;
             int slot = axis_slot(c, in->load.tensor, i);
-            if (ix->kind == IR_IX_VAR)
+            /* a group of one (h / 1, h * 1 + h2 with h2 < 1: the gradients' gather over
+             * grouped reads at R = 1) names the variable's own value: on a GPU plan,
+             * whose codegen reads it at the variable's local value, it ties like one */
+            bool unit = (ix->kind == IR_IX_DIV || ix->kind == IR_IX_AFFINE) && ix->k == 1;
+            if (ix->kind == IR_IX_VAR || (c->partial && unit))
                 unite(&c->u, ix->var, slot);
             else
                 c->u.poison[find(&c->u, slot)] = true;
@@ -138,42 +162,69 @@ static void walk(ctx *c, ir_ref r)
     walk(c, in->c);
 }
 
-/* A term of statement si's linear root (partial schedule) runs over a
- * variable whose class root is marked. */
+/* Statement si (partial schedule) is partial over a class whose root is marked. */
 static bool partial_in(ctx *c, int si, const bool *marked)
 {
     if (si < 0 || !c->partial || !c->eligible[si]) return false;
-    for (int k = 0; k < c->nterms[si]; k++) {
-        const ir_inst *in = &c->m->insts[c->terms[(size_t)si * MAX_TERMS + (size_t)k]];
-        for (uint32_t i = 0; i < in->red.nvars; i++)
-            if (marked[find(&c->u, (int)c->m->red_vars[in->red.vars + i])]) return true;
-    }
+    for (int k = 0; k < c->npset[si]; k++)
+        if (marked[find(&c->u, c->pset[(size_t)si * MAX_PSET + (size_t)k])]) return true;
     return false;
 }
 
-/* A class some term of a linear root sums over and another does not would be
- * counted once per tile in that other term: it stays whole (poisoned). */
+/* The class roots term r of a linear root runs over: a SUM's variables', a
+ * partial let's own (pset); -1 past MAX_PSET. */
+static int term_roots(ctx *c, ir_ref r, int *roots)
+{
+    const ir_model *m = c->m;
+    const ir_inst *in = &m->insts[r];
+    int n = 0;
+    if (in->op == IR_SUM) {
+        for (uint32_t i = 0; i < in->red.nvars; i++) {
+            if (n == MAX_PSET) return -1;
+            roots[n++] = find(&c->u, (int)m->red_vars[in->red.vars + i]);
+        }
+        return n;
+    }
+    int L = m->tensors[in->load.tensor].def;
+    for (int k = 0; k < c->npset[L]; k++) roots[n++] = find(&c->u, c->pset[(size_t)L * MAX_PSET + (size_t)k]);
+    return n;
+}
+
+/* In statement order, what each eligible statement is partial over: the
+ * classes every one of its terms runs over. A class some term runs over and
+ * another does not would be counted once per tile in that other term, and a
+ * class a partial let carries would split the let itself: those stay whole
+ * (poisoned). */
 static void split_terms(ctx *c)
 {
     const ir_model *m = c->m;
+    int roots[MAX_TERMS][MAX_PSET], nr[MAX_TERMS];
     for (uint32_t si = 0; si < m->nstmts; si++) {
-        if (!c->eligible[si] || c->nterms[si] < 2) continue;
+        c->npset[si] = 0;
+        if (!c->eligible[si]) continue;
         const ir_ref *tm = &c->terms[(size_t)si * MAX_TERMS];
-        for (int k = 0; k < c->nterms[si]; k++) {
-            const ir_inst *in = &m->insts[tm[k]];
-            for (uint32_t i = 0; i < in->red.nvars; i++) {
-                int root = find(&c->u, (int)m->red_vars[in->red.vars + i]);
-                bool everywhere = true;
+        bool over = false;
+        for (int k = 0; k < c->nterms[si]; k++) over |= (nr[k] = term_roots(c, tm[k], roots[k])) < 0;
+        for (int k = 0; k < c->nterms[si]; k++)
+            for (int i = 0; i < nr[k]; i++) {
+                bool everywhere = !over;
                 for (int o = 0; everywhere && o < c->nterms[si]; o++) {
-                    const ir_inst *other = &m->insts[tm[o]];
                     bool here = false;
-                    for (uint32_t j = 0; !here && j < other->red.nvars; j++)
-                        here = find(&c->u, (int)m->red_vars[other->red.vars + j]) == root;
+                    for (int j = 0; !here && j < nr[o]; j++) here = roots[o][j] == roots[k][i];
                     everywhere = here;
                 }
-                if (!everywhere) c->u.poison[root] = true;
+                const ir_tensor *t = &m->tensors[m->stmts[si].tensor];
+                for (int ax = 0; everywhere && t->kind == IR_LET && ax < t->rank; ax++)
+                    everywhere = find(&c->u, axis_slot(c, m->stmts[si].tensor, ax)) != roots[k][i];
+                if (!everywhere) {
+                    c->u.poison[roots[k][i]] = true;
+                    continue;
+                }
+                bool dup = false;
+                for (int j = 0; j < c->npset[si]; j++) dup |= find(&c->u, c->pset[(size_t)si * MAX_PSET + (size_t)j]) == roots[k][i];
+                if (!dup && !c->u.poison[roots[k][i]] && c->npset[si] < MAX_PSET)
+                    c->pset[(size_t)si * MAX_PSET + (size_t)c->npset[si]++] = roots[k][i];
             }
-        }
     }
 }
 
@@ -273,29 +324,50 @@ static bool reaches(const ir_model *m, ir_ref from, ir_ref r)
 
 static bool in_stmt(const ir_model *m, uint32_t si, ir_ref r) { return reaches(m, m->stmts[si].root, r); }
 
+/* The statements whose linear root's terms may be partial, and their terms:
+ * per-step outputs, accumulators and partial lets (above), until nothing
+ * changes: a statement whose root is no longer linear (a let it read stopped
+ * being partial) and a let read other than as a term are dropped. */
 static void find_eligible(const ir_model *m, bool *eligible, ir_ref *terms, int *nterms)
 {
+    ir_ref *lin = calloc(m->nstmts ? m->nstmts : 1, sizeof *lin);
+    if (!lin) { /* no split reductions: always correct */
+        for (uint32_t si = 0; si < m->nstmts; si++) eligible[si] = false, nterms[si] = 0;
+        return;
+    }
     for (uint32_t si = 0; si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         const ir_tensor *t = &m->tensors[s->tensor];
-        ir_ref lin = s->root, inc;
-        bool ok = false;
-        if (t->kind == IR_OUTPUT) ok = t->per_step && t->def == (int)si;
-        else if (accumulator(m, si, &inc)) ok = true, lin = inc;
-        nterms[si] = 0;
-        eligible[si] = ok && is_linear(m, lin) && linear_terms(m, lin, &terms[(size_t)si * MAX_TERMS], &nterms[si]);
-        if (!eligible[si]) nterms[si] = 0;
+        ir_ref inc;
+        lin[si] = s->root;
+        eligible[si] = (t->kind == IR_OUTPUT || t->kind == IR_LET) && t->per_step && s->per_step && t->def == (int)si;
+        if (accumulator(m, si, &inc)) eligible[si] = true, lin[si] = inc;
     }
-    /* nothing else may read the tensor (a state's own update reads it) */
-    for (uint32_t r = 0; r < m->ninsts; r++) {
-        const ir_inst *in = &m->insts[r];
-        if (in->op != IR_LOAD) continue;
-        const ir_tensor *t = &m->tensors[in->load.tensor];
-        if (t->def < 0 || !eligible[t->def]) continue;
-        if (t->kind == IR_OUTPUT || !in_stmt(m, (uint32_t)t->def, r)) eligible[t->def] = false;
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (uint32_t si = 0; si < m->nstmts; si++) {
+            nterms[si] = 0;
+            if (!eligible[si]) continue;
+            if (!is_linear(m, eligible, lin[si], si) ||
+                !linear_terms(m, eligible, lin[si], si, &terms[(size_t)si * MAX_TERMS], &nterms[si]))
+                eligible[si] = false, nterms[si] = 0, changed = true;
+        }
+        /* nothing else may read the tensor: a state only its own update, a let only as a term */
+        for (uint32_t r = 0; r < m->ninsts; r++) {
+            const ir_inst *in = &m->insts[r];
+            if (in->op != IR_LOAD) continue;
+            const ir_tensor *t = &m->tensors[in->load.tensor];
+            if (t->def < 0 || !eligible[t->def]) continue;
+            bool ok = false;
+            if (t->kind == IR_STATE) ok = in_stmt(m, (uint32_t)t->def, r);
+            for (uint32_t si = 0; t->kind == IR_LET && !ok && si < m->nstmts; si++)
+                for (int k = 0; eligible[si] && k < nterms[si]; k++) ok |= terms[(size_t)si * MAX_TERMS + (size_t)k] == r;
+            if (!ok) eligible[t->def] = false, changed = true;
+        }
     }
     for (uint32_t si = 0; si < m->nstmts; si++)
         if (!eligible[si]) nterms[si] = 0;
+    free(lin);
 }
 
 static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out, diag *d)
@@ -310,13 +382,15 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
     c.root_red = arena_array(a, m->nvars ? m->nvars : 1, sizeof *c.root_red);
     c.terms = arena_array(a, (m->nstmts ? m->nstmts : 1) * MAX_TERMS, sizeof *c.terms);
     c.nterms = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.nterms);
+    c.pset = arena_array(a, (m->nstmts ? m->nstmts : 1) * MAX_PSET, sizeof *c.pset);
+    c.npset = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.npset);
     memset(out, 0, sizeof *out);
     out->var_class = arena_array(a, m->nvars ? m->nvars : 1, sizeof(int));
     out->axis_class = arena_array(a, (size_t)m->ntensors * IR_MAX_RANK + 1, sizeof(int));
     out->class_dim = arena_array(a, (size_t)nslots + 1, sizeof(int));
     out->splittable = arena_array(a, (size_t)nslots + 1, sizeof(bool));
     bool ok = c.u.parent && c.u.poison && c.self_ok && root_class && out->var_class && out->axis_class &&
-              out->class_dim && out->splittable && c.eligible && c.root_red && c.terms && c.nterms;
+              out->class_dim && out->splittable && c.eligible && c.root_red && c.terms && c.nterms && c.pset && c.npset;
     if (!ok) {
         free(c.u.parent);
         free(c.u.poison);
@@ -372,17 +446,13 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
             diag_error(d, "out of memory");
             return false;
         }
-        for (uint32_t si = 0; si < m->nstmts; si++) {
-            for (int tk = 0; c.eligible[si] && tk < c.nterms[si]; tk++) {
-                const ir_inst *in = &m->insts[c.terms[(size_t)si * MAX_TERMS + (size_t)tk]];
-                for (uint32_t i = 0; i < in->red.nvars; i++) {
-                    int k = out->var_class[m->red_vars[in->red.vars + i]];
-                    if (k < 0 || !out->splittable[k]) continue;
-                    out->partial_over[si * nc + (size_t)k] = true;
-                    out->class_partial[k] = true;
-                }
+        for (uint32_t si = 0; si < m->nstmts; si++)
+            for (int j = 0; c.eligible[si] && j < c.npset[si]; j++) {
+                int k = root_class[find(&c.u, c.pset[(size_t)si * MAX_PSET + (size_t)j])];
+                if (k < 0 || !out->splittable[k]) continue;
+                out->partial_over[si * nc + (size_t)k] = true;
+                out->class_partial[k] = true;
             }
-        }
     }
     /* every state and output must carry a splittable class, and only once (an
      * output or accumulator whose terms are partial over it: not at all) */

@@ -380,7 +380,7 @@ static void test_examples(void **state)
 }
 
 /* Split reductions (tests/gpu/partial.ssm): outputs whose root sum (or linear
- * root) runs over V, and accumulator states summing over V (and H), which the
+ * root, through a partial let too) runs over V, and accumulator states summing over V (and H), which the
  * plan splits only so, in tiles that overhang V; against the interpreter from
  * a state (f32: tile 0 of an accumulator starts from it, the others from zero)
  * and without (bf16, a smaller V, odd), and the plan's facts: V on the grid
@@ -389,7 +389,7 @@ static void test_examples(void **state)
 static void test_partial_sums(void **state)
 {
     (void)state;
-    static const char *const models[] = {"partial_sums", "partial_lanes", "partial_linear", "partial_accum"};
+    static const char *const models[] = {"partial_sums", "partial_lanes", "partial_linear", "partial_accum", "partial_let"};
     for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
         model md;
         model_open(&md, "tests/gpu/partial.ssm", models[k], NULL, 0, false);

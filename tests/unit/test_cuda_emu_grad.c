@@ -173,6 +173,32 @@ static void test_cli_grad_verify(void **state)
     if (f) fclose(f);
     if (rc != 0 || !strstr(text, "verify grad   g ") || strstr(text, "FAIL"))
         fail_msg("simple GLA over 3 tiles of V (exit %d):\n%s", rc, text);
+    /* fla's gated delta rule at R = 1, V = 33: the adjoint on the forward's grid (batch x V x HV):
+     * da a partial let read by dg, dscale a partial accumulator, the grouped reads' gathers at
+     * R = 1 tying like plain ones (passes/schedule.c); V in 3 tiles of 16 that overhang it */
+    static const char dims[] = "-D H=3 -D HV=3 -D R=1 -D K=48 -D V=33";
+    snprintf(cmd, sizeof cmd, "%s emit %s/examples/fla_gated_delta_rule.ssm --emit=plan --grad --device cuda %s > %s/cli.out 2>&1",
+             cli, root, dims, workdir);
+    rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    f = fopen(cmd, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    const char *adj = strstr(text, "__adjoint");
+    if (rc != 0 || !adj || !strstr(adj, "items = batch x V x HV") || !strstr(adj, "partial accumulators"))
+        fail_msg("the gated delta rule's adjoint plan (exit %d):\n%s", rc, text);
+    snprintf(cmd, sizeof cmd,
+             "%s run %s/examples/fla_gated_delta_rule.ssm --device cuda --grad --verify %s --batch 2 --seqlen 9 > %s/cli.out 2>&1",
+             cli, root, dims, workdir);
+    rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    f = fopen(cmd, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    if (rc != 0 || !strstr(text, "verify grad   g ") || !strstr(text, "verify grad   scale ") || strstr(text, "FAIL"))
+        fail_msg("the gated delta rule over 3 tiles of V (exit %d):\n%s", rc, text);
 }
 
 /* The helper kernels (conversions, batch sums) into the kernel cache before
