@@ -23,6 +23,7 @@
 #define STATELESS_ITEM (FLAT_MIN_THREADS * MAX_FLAT_SLOTS) /* most values an item of a
                                    model without states gathers */
 #define GROUP_MAX 32            /* lanes per element of a flat statement: one warp at most */
+#define LONG_SUM 256            /* a thread's values past which a replicated let's sums are shared (6e) */
 
 /* ---- statistics that choose the layout ---- */
 
@@ -541,6 +542,19 @@ bool plan_lane_placement(arena *a, pass_plan *p)
         if (plan_reg_slots(p, ti) < 2 || !replicated(p, ti) || !costly(m, s->root, p->target.share_cost) ||
             walk_stmt(w, si))
             continue;
+        p->place[ti] = PLAN_PLACE_LOCAL;
+        p->dbuf[ti] = true;
+    }
+    /* 6e: a per-step let in registers that several threads would each compute
+     * and whose reductions are long (more than LONG_SUM values a thread: the
+     * adjoint's da = sum(i, j: dS * S) of one head) is computed once by the
+     * block into block-local memory instead: its statement runs flat, and 6d
+     * gives its elements groups of lanes that share those reductions */
+    for (uint32_t si = 0; si < m->nstmts; si++) {
+        const ir_stmt *s = &m->stmts[si];
+        int ti = s->tensor;
+        if (!s->per_step || m->tensors[ti].kind != IR_LET || p->place[ti] != PLAN_PLACE_REG) continue;
+        if (!replicated(p, ti) || outer_reduction_cost(p, s->root, 1) <= LONG_SUM || walk_stmt(w, si)) continue;
         p->place[ti] = PLAN_PLACE_LOCAL;
         p->dbuf[ti] = true;
     }

@@ -199,6 +199,28 @@ static void test_cli_grad_verify(void **state)
     if (f) fclose(f);
     if (rc != 0 || !strstr(text, "verify grad   g ") || !strstr(text, "verify grad   scale ") || strstr(text, "FAIL"))
         fail_msg("the gated delta rule over 3 tiles of V (exit %d):\n%s", rc, text);
+    /* RetNet at its declared dims: the adjoint's dgamma, a replicated let with a long sum, is
+     * computed flat by the block over groups of 32 lanes (passes/layout.c 6e) */
+    snprintf(cmd, sizeof cmd, "%s emit %s/examples/retnet.ssm --emit=plan --grad --device cuda > %s/cli.out 2>&1", cli, root,
+             workdir);
+    rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    f = fopen(cmd, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    if (rc != 0 || !strstr(text, "dgamma[h]: flat over the block, a group of 32 lanes per element"))
+        fail_msg("RetNet's adjoint plan (exit %d):\n%s", rc, text);
+    snprintf(cmd, sizeof cmd, "%s run %s/examples/retnet.ssm --device cuda --grad --verify --batch 2 --seqlen 9 > %s/cli.out 2>&1",
+             cli, root, workdir);
+    rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    f = fopen(cmd, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    if (rc != 0 || !strstr(text, "verify grad   q ") || strstr(text, "FAIL"))
+        fail_msg("RetNet's gradients (exit %d):\n%s", rc, text);
 }
 
 /* The helper kernels (conversions, batch sums) into the kernel cache before
