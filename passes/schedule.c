@@ -59,6 +59,8 @@ static bool let_term(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
     return t->kind == IR_LET && t->def >= 0 && (uint32_t)t->def < at && plet[t->def];
 }
 
+static bool linear_terms_of(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, ir_ref *terms, int *n);
+
 static bool is_linear(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
 {
     const ir_inst *in = &m->insts[r];
@@ -74,12 +76,42 @@ static bool is_linear(const ir_model *m, const bool *plet, ir_ref r, uint32_t at
     }
 }
 
-/* Appends the terms of linear root r to terms[*n]; false past MAX_TERMS. */
+/* A SUM whose body is linear in partial lets' reads (dkinv = sum(i: dkn * k)
+ * with dkn partial): the sum of shares is a share, so the SUM is partial over
+ * its own classes and the body's too, and those reads are terms. */
+static bool sum_of_shares(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
+{
+    const ir_inst *in = &m->insts[r];
+    if (in->op != IR_SUM || !is_linear(m, plet, in->a, at)) return false;
+    ir_ref t[MAX_TERMS];
+    int n = 0;
+    bool lets = false;
+    if (!linear_terms_of(m, plet, in->a, at, t, &n)) return false;
+    for (int k = 0; k < n; k++) lets |= m->insts[t[k]].op == IR_LOAD;
+    return lets;
+}
+
+/* Appends the terms of linear root r to terms[*n] (with the partial lets'
+ * reads inside a sum of shares after it); false past MAX_TERMS. */
 static bool linear_terms(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, ir_ref *terms, int *n)
 {
     const ir_inst *in = &m->insts[r];
     switch (in->op) {
     case IR_SUM:
+        if (*n >= MAX_TERMS) return false;
+        terms[(*n)++] = r;
+        if (!sum_of_shares(m, plet, r, at)) return true;
+        {
+            ir_ref t[MAX_TERMS];
+            int k = 0;
+            if (!linear_terms_of(m, plet, in->a, at, t, &k)) return false;
+            for (int i = 0; i < k; i++) {
+                if (m->insts[t[i]].op != IR_LOAD) continue;
+                if (*n >= MAX_TERMS) return false;
+                terms[(*n)++] = t[i];
+            }
+        }
+        return true;
     case IR_LOAD:
         if (*n >= MAX_TERMS) return false;
         terms[(*n)++] = r;
@@ -90,6 +122,26 @@ static bool linear_terms(const ir_model *m, const bool *plet, ir_ref r, uint32_t
     case IR_DIV: return linear_terms(m, plet, in->a, at, terms, n);
     case IR_MUL:
         return linear_terms(m, plet, is_linear(m, plet, in->a, at) ? in->a : in->b, at, terms, n);
+    default: return false;
+    }
+}
+
+/* The top-level terms of linear root r (no look inside its sums). */
+static bool linear_terms_of(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, ir_ref *terms, int *n)
+{
+    const ir_inst *in = &m->insts[r];
+    switch (in->op) {
+    case IR_SUM:
+    case IR_LOAD:
+        if (*n >= MAX_TERMS) return false;
+        terms[(*n)++] = r;
+        return true;
+    case IR_ADD:
+    case IR_SUB: return linear_terms_of(m, plet, in->a, at, terms, n) && linear_terms_of(m, plet, in->b, at, terms, n);
+    case IR_NEG:
+    case IR_DIV: return linear_terms_of(m, plet, in->a, at, terms, n);
+    case IR_MUL:
+        return linear_terms_of(m, plet, is_linear(m, plet, in->a, at) ? in->a : in->b, at, terms, n);
     default: return false;
     }
 }
@@ -173,7 +225,40 @@ static bool partial_in(ctx *c, int si, const bool *marked)
 
 /* The class roots term r of a linear root runs over: a SUM's variables', a
  * partial let's own (pset); -1 past MAX_PSET. */
-static int term_roots(ctx *c, ir_ref r, int *roots)
+static int term_roots(ctx *c, ir_ref r, uint32_t si, int *roots);
+static bool reaches(const ir_model *m, ir_ref from, ir_ref r);
+
+/* The classes every term of linear root r runs over (appended to roots[n..]);
+ * -1 past MAX_PSET. */
+static int common_roots(ctx *c, ir_ref r, uint32_t si, int *roots, int n)
+{
+    ir_ref t[MAX_TERMS];
+    int nt = 0, rr[MAX_TERMS][MAX_PSET], nr[MAX_TERMS];
+    if (!linear_terms_of(c->m, c->eligible, r, si, t, &nt)) return -1;
+    for (int k = 0; k < nt; k++)
+        if ((nr[k] = term_roots(c, t[k], si, rr[k])) < 0) return -1;
+    /* a class some term runs over and another does not stays whole (split_terms) */
+    for (int k = 0; k < nt; k++)
+        for (int i = 0; i < nr[k]; i++) {
+            bool everywhere = true;
+            for (int o = 0; everywhere && o < nt; o++) {
+                bool here = false;
+                for (int j = 0; !here && j < nr[o]; j++) here = rr[o][j] == rr[k][i];
+                everywhere = here;
+            }
+            if (!everywhere) c->u.poison[rr[k][i]] = true;
+            else if (k == 0) {
+                if (n == MAX_PSET) return -1;
+                roots[n++] = rr[0][i];
+            }
+        }
+    return n;
+}
+
+/* The class roots term r of statement si's linear root runs over: a SUM's
+ * variables' (and, for a sum of shares, its body's), a partial let's own
+ * (pset); -1 past MAX_PSET. */
+static int term_roots(ctx *c, ir_ref r, uint32_t si, int *roots)
 {
     const ir_model *m = c->m;
     const ir_inst *in = &m->insts[r];
@@ -183,11 +268,22 @@ static int term_roots(ctx *c, ir_ref r, int *roots)
             if (n == MAX_PSET) return -1;
             roots[n++] = find(&c->u, (int)m->red_vars[in->red.vars + i]);
         }
-        return n;
+        return sum_of_shares(m, c->eligible, r, si) ? common_roots(c, in->a, si, roots, n) : n;
     }
     int L = m->tensors[in->load.tensor].def;
     for (int k = 0; k < c->npset[L]; k++) roots[n++] = find(&c->u, c->pset[(size_t)L * MAX_PSET + (size_t)k]);
     return n;
+}
+
+/* A read of a partial let inside a sum of shares among statement si's terms
+ * (term k): it counts through that sum, not as a term of its own. */
+static bool nested_term(ctx *c, uint32_t si, int k)
+{
+    const ir_ref *tm = &c->terms[(size_t)si * MAX_TERMS];
+    if (c->m->insts[tm[k]].op != IR_LOAD) return false;
+    for (int o = 0; o < c->nterms[si]; o++)
+        if (o != k && c->m->insts[tm[o]].op == IR_SUM && reaches(c->m, tm[o], tm[k])) return true;
+    return false;
 }
 
 /* In statement order, what each eligible statement is partial over: the
@@ -204,11 +300,13 @@ static void split_terms(ctx *c)
         if (!c->eligible[si]) continue;
         const ir_ref *tm = &c->terms[(size_t)si * MAX_TERMS];
         bool over = false;
-        for (int k = 0; k < c->nterms[si]; k++) over |= (nr[k] = term_roots(c, tm[k], roots[k])) < 0;
+        for (int k = 0; k < c->nterms[si]; k++)
+            over |= (nr[k] = nested_term(c, si, k) ? -2 : term_roots(c, tm[k], si, roots[k])) == -1;
         for (int k = 0; k < c->nterms[si]; k++)
             for (int i = 0; i < nr[k]; i++) {
                 bool everywhere = !over;
                 for (int o = 0; everywhere && o < c->nterms[si]; o++) {
+                    if (nr[o] == -2) continue; /* counted through its sum */
                     bool here = false;
                     for (int j = 0; !here && j < nr[o]; j++) here = roots[o][j] == roots[k][i];
                     everywhere = here;

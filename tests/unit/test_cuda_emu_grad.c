@@ -199,6 +199,30 @@ static void test_cli_grad_verify(void **state)
     if (f) fclose(f);
     if (rc != 0 || !strstr(text, "verify grad   g ") || !strstr(text, "verify grad   scale ") || strstr(text, "FAIL"))
         fail_msg("the gated delta rule over 3 tiles of V (exit %d):\n%s", rc, text);
+    /* gated_deltanet.ssm at K = 48, V = 33: its key norm's adjoint, dkinv = sum(i: dkn * k) with
+     * dkn partial over V, is a sum of shares (passes/schedule.c), so the adjoint splits V too */
+    snprintf(cmd, sizeof cmd, "%s emit %s/examples/gated_deltanet.ssm --emit=plan --grad --device cuda -D H=3 -D K=48 -D V=33 > %s/cli.out 2>&1",
+             cli, root, workdir);
+    rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    f = fopen(cmd, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    adj = strstr(text, "__adjoint");
+    if (rc != 0 || !adj || !strstr(adj, "items = batch x V x H"))
+        fail_msg("gated_deltanet's adjoint plan (exit %d):\n%s", rc, text);
+    snprintf(cmd, sizeof cmd,
+             "%s run %s/examples/gated_deltanet.ssm --device cuda --grad --verify -D H=3 -D K=48 -D V=33 --batch 2 --seqlen 9 > %s/cli.out 2>&1",
+             cli, root, workdir);
+    rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    f = fopen(cmd, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    if (rc != 0 || !strstr(text, "verify grad   k ") || !strstr(text, "verify grad   A_log ") || strstr(text, "FAIL"))
+        fail_msg("gated_deltanet over 3 tiles of V (exit %d):\n%s", rc, text);
     /* RetNet at its declared dims: the adjoint's dgamma, a replicated let with a long sum, is
      * computed flat by the block over groups of 32 lanes (passes/layout.c 6e) */
     snprintf(cmd, sizeof cmd, "%s emit %s/examples/retnet.ssm --emit=plan --grad --device cuda > %s/cli.out 2>&1", cli, root,
