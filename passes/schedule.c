@@ -59,8 +59,6 @@ static bool let_term(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
     return t->kind == IR_LET && t->def >= 0 && (uint32_t)t->def < at && plet[t->def];
 }
 
-static bool linear_terms_of(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, ir_ref *terms, int *n);
-
 static bool is_linear(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
 {
     const ir_inst *in = &m->insts[r];
@@ -76,35 +74,37 @@ static bool is_linear(const ir_model *m, const bool *plet, ir_ref r, uint32_t at
     }
 }
 
+static bool linear_terms(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, bool nested, ir_ref *terms, int *n);
+
 /* A SUM whose body is linear in partial lets' reads (dkinv = sum(i: dkn * k)
  * with dkn partial): the sum of shares is a share, so the SUM is partial over
  * its own classes and the body's too, and those reads are terms. */
 static bool sum_of_shares(const ir_model *m, const bool *plet, ir_ref r, uint32_t at)
 {
     const ir_inst *in = &m->insts[r];
-    if (in->op != IR_SUM || !is_linear(m, plet, in->a, at)) return false;
     ir_ref t[MAX_TERMS];
     int n = 0;
-    bool lets = false;
-    if (!linear_terms_of(m, plet, in->a, at, t, &n)) return false;
-    for (int k = 0; k < n; k++) lets |= m->insts[t[k]].op == IR_LOAD;
-    return lets;
+    if (in->op != IR_SUM || !is_linear(m, plet, in->a, at) || !linear_terms(m, plet, in->a, at, false, t, &n)) return false;
+    for (int k = 0; k < n; k++)
+        if (m->insts[t[k]].op == IR_LOAD) return true;
+    return false;
 }
 
-/* Appends the terms of linear root r to terms[*n] (with the partial lets'
- * reads inside a sum of shares after it); false past MAX_TERMS. */
-static bool linear_terms(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, ir_ref *terms, int *n)
+/* Appends the terms of linear root r to terms[*n], with (nested) the partial
+ * lets' reads inside a sum of shares after it; false past MAX_TERMS. */
+static bool linear_terms(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, bool nested, ir_ref *terms, int *n)
 {
     const ir_inst *in = &m->insts[r];
     switch (in->op) {
     case IR_SUM:
+    case IR_LOAD:
         if (*n >= MAX_TERMS) return false;
         terms[(*n)++] = r;
-        if (!sum_of_shares(m, plet, r, at)) return true;
+        if (in->op == IR_LOAD || !nested || !sum_of_shares(m, plet, r, at)) return true;
         {
             ir_ref t[MAX_TERMS];
             int k = 0;
-            if (!linear_terms_of(m, plet, in->a, at, t, &k)) return false;
+            if (!linear_terms(m, plet, in->a, at, false, t, &k)) return false;
             for (int i = 0; i < k; i++) {
                 if (m->insts[t[i]].op != IR_LOAD) continue;
                 if (*n >= MAX_TERMS) return false;
@@ -112,36 +112,12 @@ static bool linear_terms(const ir_model *m, const bool *plet, ir_ref r, uint32_t
             }
         }
         return true;
-    case IR_LOAD:
-        if (*n >= MAX_TERMS) return false;
-        terms[(*n)++] = r;
-        return true;
     case IR_ADD:
-    case IR_SUB: return linear_terms(m, plet, in->a, at, terms, n) && linear_terms(m, plet, in->b, at, terms, n);
+    case IR_SUB:
+        return linear_terms(m, plet, in->a, at, nested, terms, n) && linear_terms(m, plet, in->b, at, nested, terms, n);
     case IR_NEG:
-    case IR_DIV: return linear_terms(m, plet, in->a, at, terms, n);
-    case IR_MUL:
-        return linear_terms(m, plet, is_linear(m, plet, in->a, at) ? in->a : in->b, at, terms, n);
-    default: return false;
-    }
-}
-
-/* The top-level terms of linear root r (no look inside its sums). */
-static bool linear_terms_of(const ir_model *m, const bool *plet, ir_ref r, uint32_t at, ir_ref *terms, int *n)
-{
-    const ir_inst *in = &m->insts[r];
-    switch (in->op) {
-    case IR_SUM:
-    case IR_LOAD:
-        if (*n >= MAX_TERMS) return false;
-        terms[(*n)++] = r;
-        return true;
-    case IR_ADD:
-    case IR_SUB: return linear_terms_of(m, plet, in->a, at, terms, n) && linear_terms_of(m, plet, in->b, at, terms, n);
-    case IR_NEG:
-    case IR_DIV: return linear_terms_of(m, plet, in->a, at, terms, n);
-    case IR_MUL:
-        return linear_terms_of(m, plet, is_linear(m, plet, in->a, at) ? in->a : in->b, at, terms, n);
+    case IR_DIV: return linear_terms(m, plet, in->a, at, nested, terms, n);
+    case IR_MUL: return linear_terms(m, plet, is_linear(m, plet, in->a, at) ? in->a : in->b, at, nested, terms, n);
     default: return false;
     }
 }
@@ -234,7 +210,7 @@ static int common_roots(ctx *c, ir_ref r, uint32_t si, int *roots, int n)
 {
     ir_ref t[MAX_TERMS];
     int nt = 0, rr[MAX_TERMS][MAX_PSET], nr[MAX_TERMS];
-    if (!linear_terms_of(c->m, c->eligible, r, si, t, &nt)) return -1;
+    if (!linear_terms(c->m, c->eligible, r, si, false, t, &nt)) return -1;
     for (int k = 0; k < nt; k++)
         if ((nr[k] = term_roots(c, t[k], si, rr[k])) < 0) return -1;
     /* a class some term runs over and another does not stays whole (split_terms) */
@@ -447,7 +423,7 @@ static void find_eligible(const ir_model *m, bool *eligible, ir_ref *terms, int 
             nterms[si] = 0;
             if (!eligible[si]) continue;
             if (!is_linear(m, eligible, lin[si], si) ||
-                !linear_terms(m, eligible, lin[si], si, &terms[(size_t)si * MAX_TERMS], &nterms[si]))
+                !linear_terms(m, eligible, lin[si], si, true, &terms[(size_t)si * MAX_TERMS], &nterms[si]))
                 eligible[si] = false, nterms[si] = 0, changed = true;
         }
         /* nothing else may read the tensor: a state only its own update, a let only as a term */

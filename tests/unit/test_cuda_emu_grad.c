@@ -130,121 +130,72 @@ static void test_chunked_tapes(void **state)
     free(src);
 }
 
+/* Runs `ssmc ARGS` (the CLI at SSMC_CLI, from SSMC_SOURCE_DIR) into text;
+ * returns its exit status. */
+static int cli_run(const char *cli, const char *root, const char *args, char *text, size_t cap)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cd %s && %s %s > %s/cli.out 2>&1", root, cli, args, workdir);
+    int rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
+    FILE *f = fopen(cmd, "r");
+    size_t n = f ? fread(text, 1, cap - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    return rc;
+}
+
 /* The CLI's gradients on the cuda device, checked against the interpreter's
- * by the CLI itself (f32 and bf16 tensors). */
+ * by the CLI itself (f32 and bf16 tensors), and, for the cases with a plan
+ * fact, the adjoint's plan (`ssmc emit --emit=plan --grad --device cuda`)
+ * saying it. */
 static void test_cli_grad_verify(void **state)
 {
     (void)state;
     if (!have_emu) skip();
     const char *cli = getenv("SSMC_CLI"), *root = getenv("SSMC_SOURCE_DIR");
     if (!cli || !root) skip();
-    static const char *const dtypes[] = {"f32", "bf16"};
-    for (int i = 0; i < 2; i++) {
-        char cmd[2048];
-        snprintf(cmd, sizeof cmd,
-                 "%s run %s/examples/gated_deltanet.ssm --device cuda --grad --verify -D H=2 -D K=3 -D V=2 --batch 2 "
-                 "--seqlen 9 --dtype %s > %s/cli.out 2>&1",
-                 cli, root, dtypes[i], workdir);
-        int rc = system(cmd);
-        snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-        FILE *f = fopen(cmd, "r");
-        char text[16384] = "";
-        size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-        text[n] = 0;
-        if (f) fclose(f);
-        if (rc != 0 || !strstr(text, "verify grad") || strstr(text, "FAIL"))
-            fail_msg("ssmc run --device cuda --grad --verify --dtype %s (exit %d):\n%s", dtypes[i], rc, text);
+    static const struct {
+        const char *file, *args, *plan, *grads[2];
+    } cases[] = {
+        {"examples/gated_deltanet.ssm", "-D H=2 -D K=3 -D V=2", NULL, {"verify grad", NULL}},
+        {"examples/gated_deltanet.ssm", "-D H=2 -D K=3 -D V=2 --dtype bf16", NULL, {"verify grad", NULL}},
+        /* split reductions over several tiles in the adjoint: at K = 16, V = 70 simple GLA's
+         * adjoint splits K in 2 tiles of 8, dv and dg summed over them after the kernel */
+        {"bench/gpu/simple_gla.ssm", "-D H=2 -D K=16 -D V=70", "partial over the item's tile of class K, 2 tiles",
+         {"verify grad   g ", NULL}},
+        /* fla's gated delta rule at R = 1, V = 33: the adjoint on the forward's grid: da a
+         * partial let read by dg, dscale a partial accumulator, the grouped reads' gathers at
+         * R = 1 tying like plain ones (passes/schedule.c); V in 3 tiles of 16 that overhang it */
+        {"examples/fla_gated_delta_rule.ssm", "-D H=3 -D HV=3 -D R=1 -D K=48 -D V=33", "items = batch x V x HV",
+         {"verify grad   g ", "verify grad   scale "}},
+        /* gated_deltanet.ssm at K = 48, V = 33: its key norm's adjoint, dkinv = sum(i: dkn * k)
+         * with dkn partial over V, is a sum of shares, so the adjoint splits V too */
+        {"examples/gated_deltanet.ssm", "-D H=3 -D K=48 -D V=33", "items = batch x V x H",
+         {"verify grad   k ", "verify grad   A_log "}},
+        /* RetNet at its declared dims: the adjoint's dgamma, a replicated let with a long sum,
+         * is computed flat by the block over groups of 32 lanes (passes/layout.c 6e) */
+        {"examples/retnet.ssm", "", "dgamma[h]: flat over the block, a group of 32 lanes per element",
+         {"verify grad   q ", NULL}},
+    };
+    static char text[16384];
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char args[1024];
+        if (cases[k].plan) {
+            snprintf(args, sizeof args, "emit %s --emit=plan --grad --device cuda %s", cases[k].file, cases[k].args);
+            int rc = cli_run(cli, root, args, text, sizeof text);
+            const char *adj = strstr(text, "__adjoint");
+            if (rc != 0 || !adj || !strstr(adj, cases[k].plan))
+                fail_msg("%s %s: the adjoint's plan lacks '%s' (exit %d):\n%s", cases[k].file, cases[k].args,
+                         cases[k].plan, rc, text);
+        }
+        snprintf(args, sizeof args, "run %s --device cuda --grad --verify %s --batch 2 --seqlen 9", cases[k].file,
+                 cases[k].args);
+        int rc = cli_run(cli, root, args, text, sizeof text);
+        bool ok = rc == 0 && !strstr(text, "FAIL");
+        for (int g = 0; g < 2; g++) ok &= !cases[k].grads[g] || strstr(text, cases[k].grads[g]) != NULL;
+        if (!ok) fail_msg("ssmc %s (exit %d):\n%s", args, rc, text);
     }
-    /* split reductions over several tiles in the adjoint: at K = 16, V = 70 simple GLA's adjoint
-     * splits K in 2 tiles of 8, dv and dg summed over them after the kernel, dk and dg over groups
-     * of lanes (`ssmc emit bench/gpu/simple_gla.ssm --emit=plan --grad --device cuda -D H=2 -D K=16
-     * -D V=70` prints it) */
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd,
-             "%s run %s/bench/gpu/simple_gla.ssm --device cuda --grad --verify -D H=2 -D K=16 -D V=70 --batch 2 "
-             "--seqlen 9 > %s/cli.out 2>&1",
-             cli, root, workdir);
-    int rc = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-    FILE *f = fopen(cmd, "r");
-    char text[16384] = "";
-    size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = 0;
-    if (f) fclose(f);
-    if (rc != 0 || !strstr(text, "verify grad   g ") || strstr(text, "FAIL"))
-        fail_msg("simple GLA over 3 tiles of V (exit %d):\n%s", rc, text);
-    /* fla's gated delta rule at R = 1, V = 33: the adjoint on the forward's grid (batch x V x HV):
-     * da a partial let read by dg, dscale a partial accumulator, the grouped reads' gathers at
-     * R = 1 tying like plain ones (passes/schedule.c); V in 3 tiles of 16 that overhang it */
-    static const char dims[] = "-D H=3 -D HV=3 -D R=1 -D K=48 -D V=33";
-    snprintf(cmd, sizeof cmd, "%s emit %s/examples/fla_gated_delta_rule.ssm --emit=plan --grad --device cuda %s > %s/cli.out 2>&1",
-             cli, root, dims, workdir);
-    rc = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-    f = fopen(cmd, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = 0;
-    if (f) fclose(f);
-    const char *adj = strstr(text, "__adjoint");
-    if (rc != 0 || !adj || !strstr(adj, "items = batch x V x HV") || !strstr(adj, "partial accumulators"))
-        fail_msg("the gated delta rule's adjoint plan (exit %d):\n%s", rc, text);
-    snprintf(cmd, sizeof cmd,
-             "%s run %s/examples/fla_gated_delta_rule.ssm --device cuda --grad --verify %s --batch 2 --seqlen 9 > %s/cli.out 2>&1",
-             cli, root, dims, workdir);
-    rc = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-    f = fopen(cmd, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = 0;
-    if (f) fclose(f);
-    if (rc != 0 || !strstr(text, "verify grad   g ") || !strstr(text, "verify grad   scale ") || strstr(text, "FAIL"))
-        fail_msg("the gated delta rule over 3 tiles of V (exit %d):\n%s", rc, text);
-    /* gated_deltanet.ssm at K = 48, V = 33: its key norm's adjoint, dkinv = sum(i: dkn * k) with
-     * dkn partial over V, is a sum of shares (passes/schedule.c), so the adjoint splits V too */
-    snprintf(cmd, sizeof cmd, "%s emit %s/examples/gated_deltanet.ssm --emit=plan --grad --device cuda -D H=3 -D K=48 -D V=33 > %s/cli.out 2>&1",
-             cli, root, workdir);
-    rc = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-    f = fopen(cmd, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = 0;
-    if (f) fclose(f);
-    adj = strstr(text, "__adjoint");
-    if (rc != 0 || !adj || !strstr(adj, "items = batch x V x H"))
-        fail_msg("gated_deltanet's adjoint plan (exit %d):\n%s", rc, text);
-    snprintf(cmd, sizeof cmd,
-             "%s run %s/examples/gated_deltanet.ssm --device cuda --grad --verify -D H=3 -D K=48 -D V=33 --batch 2 --seqlen 9 > %s/cli.out 2>&1",
-             cli, root, workdir);
-    rc = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-    f = fopen(cmd, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = 0;
-    if (f) fclose(f);
-    if (rc != 0 || !strstr(text, "verify grad   k ") || !strstr(text, "verify grad   A_log ") || strstr(text, "FAIL"))
-        fail_msg("gated_deltanet over 3 tiles of V (exit %d):\n%s", rc, text);
-    /* RetNet at its declared dims: the adjoint's dgamma, a replicated let with a long sum, is
-     * computed flat by the block over groups of 32 lanes (passes/layout.c 6e) */
-    snprintf(cmd, sizeof cmd, "%s emit %s/examples/retnet.ssm --emit=plan --grad --device cuda > %s/cli.out 2>&1", cli, root,
-             workdir);
-    rc = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-    f = fopen(cmd, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = 0;
-    if (f) fclose(f);
-    if (rc != 0 || !strstr(text, "dgamma[h]: flat over the block, a group of 32 lanes per element"))
-        fail_msg("RetNet's adjoint plan (exit %d):\n%s", rc, text);
-    snprintf(cmd, sizeof cmd, "%s run %s/examples/retnet.ssm --device cuda --grad --verify --batch 2 --seqlen 9 > %s/cli.out 2>&1",
-             cli, root, workdir);
-    rc = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/cli.out", workdir);
-    f = fopen(cmd, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = 0;
-    if (f) fclose(f);
-    if (rc != 0 || !strstr(text, "verify grad   q ") || strstr(text, "FAIL"))
-        fail_msg("RetNet's gradients (exit %d):\n%s", rc, text);
 }
 
 /* The helper kernels (conversions, batch sums) into the kernel cache before
