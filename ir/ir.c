@@ -24,6 +24,14 @@ int ir_find_tensor(const ir_model *m, const char *name)
 
 ir_ref ir_operand(const ir_inst *in, int i) { return i == 0 ? in->a : i == 1 ? in->b : i == 2 ? in->c : IR_NONE; }
 
+bool ir_reads(const ir_model *m, ir_ref r, int tensor)
+{
+    if (r == IR_NONE) return false;
+    const ir_inst *in = &m->insts[r];
+    if (in->op == IR_LOAD) return in->load.tensor == tensor;
+    return ir_reads(m, in->a, tensor) || ir_reads(m, in->b, tensor) || ir_reads(m, in->c, tensor);
+}
+
 const ir_stmt *ir_find_init(const ir_model *m, int tensor)
 {
     for (uint32_t i = 0; i < m->ninits; i++)

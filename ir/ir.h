@@ -160,6 +160,8 @@ int64_t ir_tensor_elems(const ir_model *m, const ir_tensor *t);
 int ir_find_tensor(const ir_model *m, const char *name);
 /* Operand i (0, 1, 2) of an instruction: a, b or c. */
 ir_ref ir_operand(const ir_inst *in, int i);
+/* Whether the expression at r reads tensor `tensor`. */
+bool ir_reads(const ir_model *m, ir_ref r, int tensor);
 /* The init statement of state `tensor`, or NULL. */
 const ir_stmt *ir_find_init(const ir_model *m, int tensor);
 /* What passes/lag.c made tensor `tensor` for, or NULL. */

@@ -79,15 +79,6 @@ static int nreductions(const ir_model *m, ir_ref r, ir_ref *last)
     return nreductions(m, in->a, last) + nreductions(m, in->b, last) + nreductions(m, in->c, last);
 }
 
-static bool reads_tensor(const ir_model *m, ir_ref r, int ti)
-{
-    if (r == IR_NONE) return false;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_LOAD) return in->load.tensor == ti;
-    if (in->op == IR_CONST) return false;
-    return reads_tensor(m, in->a, ti) || reads_tensor(m, in->b, ti) || reads_tensor(m, in->c, ti);
-}
-
 /* Every read of U's state in the tree of r is at U's current element, given
  * map (R's variable -> U's variable); none at all outside `sum`. */
 static bool reads_at_element(const pass_plan *p, ir_ref r, const ir_stmt *u, const int *map, ir_ref sum, bool inside)
@@ -139,7 +130,7 @@ static bool try_fuse(pass_plan *p, arena *a, uint32_t ui, uint32_t ri)
     const ir_stmt *u = &m->stmts[ui], *r = &m->stmts[ri];
     const ir_tensor *rt = &m->tensors[r->tensor];
     if (!r->per_step || (rt->kind != IR_OUTPUT && rt->kind != IR_LET) || p->fuse[ri] != -1) return false;
-    if (reads_tensor(m, u->root, r->tensor)) return false;
+    if (ir_reads(m, u->root, r->tensor)) return false;
     ir_ref sum = IR_NONE;
     if (nreductions(m, r->root, &sum) != 1 || m->insts[sum].op != IR_SUM) return false;
     int rl[2 * IR_MAX_RANK], ul[IR_MAX_RANK];

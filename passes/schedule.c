@@ -131,9 +131,9 @@ typedef struct ctx {
     uint32_t si;
     bool partial;   /* the split-reductions schedule */
     bool *eligible; /* [nstmts] partial: its linear root's terms may be partial */
-    bool *root_red; /* [nvars] partial: a variable of such a term */
     ir_ref *terms;  /* [nstmts * MAX_TERMS] partial: the terms (SUMs, partial lets' reads) of each eligible statement */
     int *nterms;    /* [nstmts] */
+    ir_ref *lin;    /* [nstmts] partial: each eligible statement's linear root (an accumulator's increment) */
     int *pset;      /* [nstmts * MAX_PSET] partial: slots whose classes the statement is partial over */
     int *npset;     /* [nstmts] */
 } ctx;
@@ -176,13 +176,7 @@ static void walk(ctx *c, ir_ref r)
         bool partial = false;
         for (int k = 0; c->partial && c->eligible[c->si] && k < c->nterms[c->si]; k++)
             partial |= c->terms[(size_t)c->si * MAX_TERMS + (size_t)k] == r;
-        for (uint32_t i = 0; i < in->red.nvars; i++) {
-            int v = (int)m->red_vars[in->red.vars + i];
-            if (partial)
-                c->root_red[v] = true;
-            else
-                c->u.poison[find(&c->u, v)] = true;
-        }
+        for (uint32_t i = 0; !partial && i < in->red.nvars; i++) c->u.poison[find(&c->u, (int)m->red_vars[in->red.vars + i])] = true;
         return;
     }
     walk(c, in->a);
@@ -202,7 +196,6 @@ static bool partial_in(ctx *c, int si, const bool *marked)
 /* The class roots term r of a linear root runs over: a SUM's variables', a
  * partial let's own (pset); -1 past MAX_PSET. */
 static int term_roots(ctx *c, ir_ref r, uint32_t si, int *roots);
-static bool reaches(const ir_model *m, ir_ref from, ir_ref r);
 
 /* The classes every term of linear root r runs over (appended to roots[n..]);
  * -1 past MAX_PSET. */
@@ -213,7 +206,8 @@ static int common_roots(ctx *c, ir_ref r, uint32_t si, int *roots, int n)
     if (!linear_terms(c->m, c->eligible, r, si, false, t, &nt)) return -1;
     for (int k = 0; k < nt; k++)
         if ((nr[k] = term_roots(c, t[k], si, rr[k])) < 0) return -1;
-    /* a class some term runs over and another does not stays whole (split_terms) */
+    /* a class some term runs over and another does not would be counted once per
+     * tile in that other term: it stays whole */
     for (int k = 0; k < nt; k++)
         for (int i = 0; i < nr[k]; i++) {
             bool everywhere = true;
@@ -251,54 +245,48 @@ static int term_roots(ctx *c, ir_ref r, uint32_t si, int *roots)
     return n;
 }
 
-/* A read of a partial let inside a sum of shares among statement si's terms
- * (term k): it counts through that sum, not as a term of its own. */
-static bool nested_term(ctx *c, uint32_t si, int k)
+/* What an over-long linear root (past MAX_PSET) would have been partial over
+ * stays whole. */
+static void poison_terms(ctx *c, uint32_t si)
 {
-    const ir_ref *tm = &c->terms[(size_t)si * MAX_TERMS];
-    if (c->m->insts[tm[k]].op != IR_LOAD) return false;
-    for (int o = 0; o < c->nterms[si]; o++)
-        if (o != k && c->m->insts[tm[o]].op == IR_SUM && reaches(c->m, tm[o], tm[k])) return true;
-    return false;
+    const ir_model *m = c->m;
+    for (int k = 0; k < c->nterms[si]; k++) {
+        const ir_inst *in = &m->insts[c->terms[(size_t)si * MAX_TERMS + (size_t)k]];
+        if (in->op == IR_SUM) {
+            for (uint32_t i = 0; i < in->red.nvars; i++) c->u.poison[find(&c->u, (int)m->red_vars[in->red.vars + i])] = true;
+            continue;
+        }
+        int L = m->tensors[in->load.tensor].def;
+        for (int j = 0; j < c->npset[L]; j++) c->u.poison[find(&c->u, c->pset[(size_t)L * MAX_PSET + (size_t)j])] = true;
+    }
 }
 
 /* In statement order, what each eligible statement is partial over: the
- * classes every one of its terms runs over. A class some term runs over and
- * another does not would be counted once per tile in that other term, and a
- * class a partial let carries would split the let itself: those stay whole
- * (poisoned). */
+ * classes every one of its terms runs over (common_roots, which keeps the
+ * others whole), but a class a partial let carries, which would split the
+ * let itself (poisoned too). */
 static void split_terms(ctx *c)
 {
     const ir_model *m = c->m;
-    int roots[MAX_TERMS][MAX_PSET], nr[MAX_TERMS];
+    int roots[MAX_PSET];
     for (uint32_t si = 0; si < m->nstmts; si++) {
         c->npset[si] = 0;
         if (!c->eligible[si]) continue;
-        const ir_ref *tm = &c->terms[(size_t)si * MAX_TERMS];
-        bool over = false;
-        for (int k = 0; k < c->nterms[si]; k++)
-            over |= (nr[k] = nested_term(c, si, k) ? -2 : term_roots(c, tm[k], si, roots[k])) == -1;
-        for (int k = 0; k < c->nterms[si]; k++)
-            for (int i = 0; i < nr[k]; i++) {
-                bool everywhere = !over;
-                for (int o = 0; everywhere && o < c->nterms[si]; o++) {
-                    if (nr[o] == -2) continue; /* counted through its sum */
-                    bool here = false;
-                    for (int j = 0; !here && j < nr[o]; j++) here = roots[o][j] == roots[k][i];
-                    everywhere = here;
-                }
-                const ir_tensor *t = &m->tensors[m->stmts[si].tensor];
-                for (int ax = 0; everywhere && t->kind == IR_LET && ax < t->rank; ax++)
-                    everywhere = find(&c->u, axis_slot(c, m->stmts[si].tensor, ax)) != roots[k][i];
-                if (!everywhere) {
-                    c->u.poison[roots[k][i]] = true;
-                    continue;
-                }
-                bool dup = false;
-                for (int j = 0; j < c->npset[si]; j++) dup |= find(&c->u, c->pset[(size_t)si * MAX_PSET + (size_t)j]) == roots[k][i];
-                if (!dup && !c->u.poison[roots[k][i]] && c->npset[si] < MAX_PSET)
-                    c->pset[(size_t)si * MAX_PSET + (size_t)c->npset[si]++] = roots[k][i];
-            }
+        int n = common_roots(c, c->lin[si], si, roots, 0);
+        if (n < 0) {
+            poison_terms(c, si);
+            continue;
+        }
+        const ir_stmt *s = &m->stmts[si];
+        const ir_tensor *t = &m->tensors[s->tensor];
+        for (int i = 0; i < n; i++) {
+            bool carried = false;
+            for (int ax = 0; t->kind == IR_LET && ax < t->rank; ax++) carried |= find(&c->u, axis_slot(c, s->tensor, ax)) == roots[i];
+            if (carried) c->u.poison[roots[i]] = true;
+            bool dup = false;
+            for (int j = 0; j < c->npset[si]; j++) dup |= find(&c->u, c->pset[(size_t)si * MAX_PSET + (size_t)j]) == roots[i];
+            if (!dup && !c->u.poison[roots[i]]) c->pset[(size_t)si * MAX_PSET + (size_t)c->npset[si]++] = roots[i];
+        }
     }
 }
 
@@ -355,23 +343,12 @@ static void merge_aligned(ctx *c)
  * of an accumulator state S, read by no other statement, with no init (an
  * item of a tile past the first starts from zero; the tiles' final values are
  * added after the kernel). */
-static bool reads(const ir_model *m, ir_ref r, int tensor)
-{
-    if (r == IR_NONE) return false;
-    const ir_inst *in = &m->insts[r];
-    if (in->op == IR_LOAD) return in->load.tensor == tensor;
-    if (in->op == IR_CONST || in->op == IR_IDX) return false;
-    return reads(m, in->a, tensor) || reads(m, in->b, tensor) || reads(m, in->c, tensor);
-}
-
 static bool accumulator(const ir_model *m, uint32_t si, ir_ref *inc)
 {
     const ir_stmt *s = &m->stmts[si];
     const ir_tensor *t = &m->tensors[s->tensor];
     const ir_inst *in = &m->insts[s->root];
-    if (t->kind != IR_STATE || t->def != (int)si || in->op != IR_ADD) return false;
-    for (uint32_t ii = 0; ii < m->ninits; ii++)
-        if (m->inits[ii].tensor == s->tensor) return false;
+    if (t->kind != IR_STATE || t->def != (int)si || in->op != IR_ADD || ir_find_init(m, s->tensor)) return false;
     for (int side = 0; side < 2; side++) {
         const ir_inst *ld = &m->insts[side ? in->b : in->a];
         if (ld->op != IR_LOAD || ld->load.tensor != s->tensor || ld->load.after_update || ld->load.lag_var >= 0) continue;
@@ -382,7 +359,7 @@ static bool accumulator(const ir_model *m, uint32_t si, ir_ref *inc)
         }
         if (!own) continue;
         *inc = side ? in->a : in->b;
-        return !reads(m, *inc, s->tensor);
+        return !ir_reads(m, *inc, s->tensor);
     }
     return false;
 }
@@ -402,13 +379,8 @@ static bool in_stmt(const ir_model *m, uint32_t si, ir_ref r) { return reaches(m
  * per-step outputs, accumulators and partial lets (above), until nothing
  * changes: a statement whose root is no longer linear (a let it read stopped
  * being partial) and a let read other than as a term are dropped. */
-static void find_eligible(const ir_model *m, bool *eligible, ir_ref *terms, int *nterms)
+static void find_eligible(const ir_model *m, bool *eligible, ir_ref *terms, int *nterms, ir_ref *lin)
 {
-    ir_ref *lin = calloc(m->nstmts ? m->nstmts : 1, sizeof *lin);
-    if (!lin) { /* no split reductions: always correct */
-        for (uint32_t si = 0; si < m->nstmts; si++) eligible[si] = false, nterms[si] = 0;
-        return;
-    }
     for (uint32_t si = 0; si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         const ir_tensor *t = &m->tensors[s->tensor];
@@ -441,7 +413,6 @@ static void find_eligible(const ir_model *m, bool *eligible, ir_ref *terms, int 
     }
     for (uint32_t si = 0; si < m->nstmts; si++)
         if (!eligible[si]) nterms[si] = 0;
-    free(lin);
 }
 
 static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out, diag *d)
@@ -453,9 +424,9 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
     c.self_ok = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.self_ok);
     int *root_class = malloc((size_t)(nslots ? nslots : 1) * sizeof *root_class);
     c.eligible = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.eligible);
-    c.root_red = arena_array(a, m->nvars ? m->nvars : 1, sizeof *c.root_red);
     c.terms = arena_array(a, (m->nstmts ? m->nstmts : 1) * MAX_TERMS, sizeof *c.terms);
     c.nterms = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.nterms);
+    c.lin = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.lin);
     c.pset = arena_array(a, (m->nstmts ? m->nstmts : 1) * MAX_PSET, sizeof *c.pset);
     c.npset = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *c.npset);
     memset(out, 0, sizeof *out);
@@ -464,7 +435,7 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
     out->class_dim = arena_array(a, (size_t)nslots + 1, sizeof(int));
     out->splittable = arena_array(a, (size_t)nslots + 1, sizeof(bool));
     bool ok = c.u.parent && c.u.poison && c.self_ok && root_class && out->var_class && out->axis_class &&
-              out->class_dim && out->splittable && c.eligible && c.root_red && c.terms && c.nterms && c.pset && c.npset;
+              out->class_dim && out->splittable && c.eligible && c.terms && c.nterms && c.lin && c.pset && c.npset;
     if (!ok) {
         free(c.u.parent);
         free(c.u.poison);
@@ -473,7 +444,7 @@ static bool schedule(arena *a, const ir_model *m, bool partial, pass_sched *out,
         return false;
     }
     for (int i = 0; i < nslots; i++) c.u.parent[i] = i;
-    if (partial) find_eligible(m, c.eligible, c.terms, c.nterms);
+    if (partial) find_eligible(m, c.eligible, c.terms, c.nterms, c.lin);
     for (uint32_t si = 0; si < m->nstmts; si++) {
         c.s = &m->stmts[si];
         c.si = si;
@@ -560,11 +531,12 @@ bool pass_schedule(arena *a, const ir_model *m, pass_sched *out, diag *d)
     }
     ir_ref *terms = arena_array(a, (m->nstmts ? m->nstmts : 1) * MAX_TERMS, sizeof *terms);
     int *nterms = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *nterms);
-    if (!terms || !nterms) {
+    ir_ref *lin = arena_array(a, m->nstmts ? m->nstmts : 1, sizeof *lin);
+    if (!terms || !nterms || !lin) {
         diag_error(d, "out of memory");
         return false;
     }
-    find_eligible(m, eligible, terms, nterms);
+    find_eligible(m, eligible, terms, nterms, lin);
     bool any = false;
     for (uint32_t si = 0; si < m->nstmts; si++) any |= eligible[si];
     if (!any) return true;
