@@ -53,6 +53,8 @@ typedef struct cuda_state {
     chunked_state *chunked; /* a chunked plan: its parts (then the fields above serve the host copies) */
     CUdeviceptr cws;      /* the chunked runs' workspace */
     size_t cws_cap;
+    CUdeviceptr kws;      /* the chunked cores' forward workspace (cuda_chunk_ws_bytes) */
+    size_t kws_cap;
     CUdeviceptr gbuf;     /* the chunked cores' runs on host memory (the chunked gradients): their copies */
     size_t gbuf_cap;
     CUmodule helpers;     /* codegen/cuda.h's helper kernels, loaded at their first use */
@@ -221,6 +223,7 @@ static void state_free(void *state)
         rt_cuda_free(s->gpu, s->buf, &err);
         rt_cuda_free(s->gpu, s->ws, &err);
         rt_cuda_free(s->gpu, s->cws, &err);
+        rt_cuda_free(s->gpu, s->kws, &err);
         rt_cuda_free(s->gpu, s->gbuf, &err);
     }
     sb_free(&err);
@@ -239,7 +242,8 @@ extern const backend cuda_backend;
 typedef struct cuda_core {
     cuda_state *s;
     const plan_chunk_core *c;
-    cuda_kernel k[2][SSMC_NDTYPES]; /* [state given][its dtype] */
+    cuda_kernel k[2][SSMC_NDTYPES]; /* [state given][its dtype]: the module and its state pass */
+    CUfunction readouts[2][SSMC_NDTYPES]; /* the module's second pass */
     cuda_kernel bk;                 /* the backward (codegen/cuda_chunk_bwd.c) */
 } cuda_core;
 
@@ -308,28 +312,42 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     cuda_state *s = k->s;
     const plan_chunk_core *c = k->c;
     bool given = io->state != NULL;
-    pthread_mutex_lock(&s->lock); /* the kernel is compiled at its first use */
-    cuda_kernel *kn = &k->k[given][given ? io->state_dtype : SSMC_F32];
-    strbuf src = {0}, name = {0}, err = {0};
+    int sdt = given ? io->state_dtype : SSMC_F32;
+    pthread_mutex_lock(&s->lock); /* the kernels are compiled at their first use */
+    cuda_kernel *kn = &k->k[given][sdt];
+    strbuf src = {0}, name = {0}, name2 = {0}, err = {0};
     ssmc_status st = SSMC_OK;
-    cuda_chunk_kernel_name(&name, s->m, c);
     if (!kn->fn) {
+        cuda_chunk_kernel_name(&name, s->m, c, 0);
+        cuda_chunk_kernel_name(&name2, s->m, c, 1);
         st = cuda_chunk_emit(&src, s->m, c, given, io->state_dtype, d);
         if (st == SSMC_OK) st = load_kernel(s, sb_cstr(&src), sb_cstr(&name), "the chunked kernel", kn, d);
+        if (st == SSMC_OK &&
+            (st = rt_cuda_module_function(s->gpu, kn->mod, sb_cstr(&name2), &k->readouts[given][sdt], &err)) != SSMC_OK) {
+            fail(d, st, &err, "finding the chunked kernel's readout pass");
+            rt_cuda_module_unload(s->gpu, kn->mod, &err);
+            kn->mod = NULL;
+            kn->fn = NULL;
+        }
     }
-    cuda_launch l = cuda_chunk_launch(c, batch);
-    if (st == SSMC_OK && l.blocks > 0x7fffffff) {
-        diag_error(d, "cuda: the chunked kernel of a batch of %lld needs too many blocks", (long long)batch);
-        st = SSMC_ERR_ARG;
-    }
-    if (st == SSMC_OK) {
+    if (st == SSMC_OK)
+        st = grow_buffer(s, &s->kws, &s->kws_cap, cuda_chunk_ws_bytes(c, batch, T),
+                         "allocating the chunked kernel's workspace", d);
+    for (int pass = 0; st == SSMC_OK && pass < CUDA_CHUNK_PASSES; pass++) {
+        cuda_launch l = cuda_chunk_launch(c, batch, T, pass);
+        if (l.blocks > 0x7fffffff) {
+            diag_error(d, "cuda: the chunked kernel of a batch of %lld and %lld steps needs too many blocks",
+                       (long long)batch, (long long)T);
+            st = SSMC_ERR_ARG;
+            break;
+        }
         long long B = batch, TT = T;
-        CUdeviceptr none = 0, ptr[2 * PASS_MAX_READOUTS + 8];
+        CUdeviceptr ws = s->kws, ptr[2 * PASS_MAX_READOUTS + 8];
         void *params[2 * PASS_MAX_READOUTS + 12];
         int np = 0, n = 0;
         params[np++] = &B;
         params[np++] = &TT;
-        params[np++] = &none;
+        params[np++] = &ws;
         for (int r = 0; r < c->nreadouts; r++) ptr[n++] = (CUdeviceptr)(uintptr_t)io->q[r];
         ptr[n++] = (CUdeviceptr)(uintptr_t)io->k;
         ptr[n++] = (CUdeviceptr)(uintptr_t)io->v;
@@ -339,12 +357,14 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
         ptr[n++] = (CUdeviceptr)(uintptr_t)io->state;
         for (int i = 0; i < n; i++) params[np++] = &ptr[i];
         unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
-        if ((st = rt_cuda_launch(s->gpu, kn->fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) != SSMC_OK)
-            fail(d, st, &err, "launching the chunked kernel");
+        CUfunction fn = pass == 0 ? kn->fn : k->readouts[given][sdt];
+        if ((st = rt_cuda_launch(s->gpu, fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) != SSMC_OK)
+            fail(d, st, &err, pass == 0 ? "launching the chunked kernel's state pass" : "launching the chunked kernel's readout pass");
     }
     pthread_mutex_unlock(&s->lock);
     sb_free(&src);
     sb_free(&name);
+    sb_free(&name2);
     sb_free(&err);
     return st;
 }

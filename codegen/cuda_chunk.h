@@ -1,11 +1,17 @@
 /* cuda_chunk.h: CUDA C of a chunked core on tensor cores (codegen/cuda_chunk.c).
  *
- * The kernel (cuda_chunk_kernel_name) takes (long long B, long long T, float *ws
- * (unused), then every readout's q, k, v, g, beta as const float * — g and
- * beta may be NULL when the core has no decay or no delta rule —, every
+ * A core runs as two kernels of one source, launched in order on one stream:
+ * pass 0, the state pass (sequential over the chunks: each chunk's start state,
+ * the final state, and with the delta rule each step's U), then pass 1, the
+ * readouts (every chunk at once, from its start state). Both
+ * (cuda_chunk_kernel_name of the pass) take (long long B, long long T, float *ws
+ * (a workspace of cuda_chunk_ws_bytes for the run's batch and T: what pass 0
+ * leaves for pass 1), then every readout's q, k, v, g, beta as const float * —
+ * g and beta may be NULL when the core has no decay or no delta rule —, every
  * readout's R as float *, and the state (its dtype's storage type; NULL: start
- * at zero, drop the final value)), over the canonical tensors of plan.h. It is
- * launched over cuda_chunk_launch's grid, block and dynamic shared memory. */
+ * at zero, drop the final value)), over the canonical tensors of plan.h, and
+ * are launched over cuda_chunk_launch's grid, block and dynamic shared memory
+ * for their pass. */
 #ifndef SSMC_CODEGEN_CUDA_CHUNK_H
 #define SSMC_CODEGEN_CUDA_CHUNK_H
 
@@ -15,8 +21,10 @@
 bool cuda_chunk_supported(const plan_chunk_core *c, diag *d);
 /* The value tile of a block. */
 int cuda_chunk_vt(const plan_chunk_core *c);
-cuda_launch cuda_chunk_launch(const plan_chunk_core *c, int64_t batch);
-void cuda_chunk_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c);
+#define CUDA_CHUNK_PASSES 2
+cuda_launch cuda_chunk_launch(const plan_chunk_core *c, int64_t batch, int64_t T, int pass);
+size_t cuda_chunk_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T);
+void cuda_chunk_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c, int pass);
 
 /* The device helpers every chunked kernel opens with: the bf16 type ck_b16, its rounding
  * ck_bf16 (to nearest even, NaN kept) and ck_mma (mma.sync m16n8k16 bf16 -> f32). */

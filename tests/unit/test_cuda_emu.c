@@ -119,39 +119,71 @@ static uint64_t fnv1a(uint64_t h, const char *s)
     return h;
 }
 
-static void *build(const char *src, const char *kernel, launch_fn *launch)
+/* Compiles `kernel` (and `kernel2`, a second kernel of the source with the
+ * same parameters, when not NULL) with the emulation header; returns the library. */
+static void *build2(const char *src, const char *kernel, const char *kernel2, launch_fn *launch, launch_fn *launch2)
 {
     char cpp[128], so[96], cmd[1024];
-    uint64_t hash = fnv1a(fnv1a(0xcbf29ce484222325ull, src), kernel);
-    for (int i = 0; i < nbuilt; i++)
-        if (built[i].hash == hash) {
-            void *h = dlopen(built[i].so, RTLD_NOW | RTLD_LOCAL);
-            if (!h) fail_msg("%s", dlerror());
-            *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
-            assert_non_null(*launch);
-            return h;
-        }
-    snprintf(cpp, sizeof cpp, "%s/k.cpp", workdir);
-    snprintf(so, sizeof so, "%s/k%d.so", workdir, nso++);
-    FILE *f = fopen(cpp, "w");
-    assert_non_null(f);
-    fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n#define EMU_TAIL\n"
-               "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n",
-            test_src_dir(), src, kernel, test_src_dir());
-    fclose(f);
-    snprintf(cmd, sizeof cmd, "%s -std=c++17 -O1 -shared -fPIC -w -o %s %s -lpthread", cxx(), so, cpp);
-    if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), kernel);
-    void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    uint64_t hash = fnv1a(fnv1a(fnv1a(0xcbf29ce484222325ull, src), kernel), kernel2 ? kernel2 : "");
+    const char *path = NULL;
+    for (int i = 0; i < nbuilt && !path; i++)
+        if (built[i].hash == hash) path = built[i].so;
+    if (!path) {
+        snprintf(cpp, sizeof cpp, "%s/k.cpp", workdir);
+        snprintf(so, sizeof so, "%s/k%d.so", workdir, nso++);
+        FILE *f = fopen(cpp, "w");
+        assert_non_null(f);
+        fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n", test_src_dir(), src, kernel);
+        if (kernel2) fprintf(f, "#define EMU_KERNEL2 %s\n", kernel2);
+        fprintf(f, "#define EMU_TAIL\n#include \"%s/tests/gpu/emu/cuda_emu.h\"\n", test_src_dir());
+        fclose(f);
+        snprintf(cmd, sizeof cmd, "%s -std=c++17 -O1 -shared -fPIC -w -o %s %s -lpthread", cxx(), so, cpp);
+        if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), kernel);
+        path = so;
+    }
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) fail_msg("%s", dlerror());
     *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
     assert_non_null(*launch);
-    if (nbuilt < (int)(sizeof built / sizeof *built)) {
-        built[nbuilt].hash = hash;
-        snprintf(built[nbuilt++].so, sizeof built[0].so, "%s", so);
-    } else {
-        unlink(so);
+    if (kernel2) {
+        *launch2 = (launch_fn)(uintptr_t)dlsym(h, "emu_launch2");
+        assert_non_null(*launch2);
+    }
+    if (path == so) {
+        if (nbuilt < (int)(sizeof built / sizeof *built)) {
+            built[nbuilt].hash = hash;
+            snprintf(built[nbuilt++].so, sizeof built[0].so, "%s", so);
+        } else {
+            unlink(so);
+        }
     }
     return h;
+}
+
+static void *build(const char *src, const char *kernel, launch_fn *launch) { return build2(src, kernel, NULL, launch, NULL); }
+
+/* A chunked core's two passes (codegen/cuda_chunk.h) over ptrs (its
+ * parameters after B, T and the workspace), with a workspace of
+ * cuda_chunk_ws_bytes poisoned with NaN. */
+static void run_chunk_core(const char *src, const ir_model *m, const plan_chunk_core *c, int64_t B, int64_t T, void **ptrs)
+{
+    strbuf n0 = {0}, n1 = {0};
+    cuda_chunk_kernel_name(&n0, m, c, 0);
+    cuda_chunk_kernel_name(&n1, m, c, 1);
+    launch_fn pass[CUDA_CHUNK_PASSES];
+    void *lib = build2(src, sb_cstr(&n0), sb_cstr(&n1), &pass[0], &pass[1]);
+    size_t wsb = cuda_chunk_ws_bytes(c, B, T);
+    float *ws = malloc(wsb);
+    assert_non_null(ws);
+    memset(ws, 0xff, wsb); /* NaN in f32 and bf16 */
+    for (int p = 0; p < CUDA_CHUNK_PASSES; p++) {
+        cuda_launch l = cuda_chunk_launch(c, B, T, p);
+        assert_int_equal(pass[p](l.blocks, (int)l.threads, B, T, ws, ptrs), 0);
+    }
+    free(ws);
+    dlclose(lib);
+    sb_free(&n0);
+    sb_free(&n1);
 }
 
 /* A decode against state pools (cuda_sig.rows): pools of `rows` rows, the
@@ -763,13 +795,9 @@ static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64
         float *st = malloc(se * sizeof *st);
         for (size_t k = 0; k < se; k++) st[k] = (float)s0[k];
         ptrs[np++] = state ? st : NULL;
-        strbuf cu = {0}, name = {0};
+        strbuf cu = {0};
         if (cuda_chunk_emit(&cu, pl.ir, c, state, SSMC_F32, &d) != SSMC_OK) fail_msg("%s: %s", rel, sb_cstr(&d.text));
-        cuda_chunk_kernel_name(&name, pl.ir, c);
-        launch_fn launch;
-        void *h = build(sb_cstr(&cu), sb_cstr(&name), &launch);
-        cuda_launch l = cuda_chunk_launch(c, B);
-        assert_int_equal(launch(l.blocks, (int)l.threads, B, T, NULL, ptrs), 0);
+        run_chunk_core(sb_cstr(&cu), pl.ir, c, B, T, ptrs);
         for (int r = 0; r < c->nreadouts; r++) {
             int t = c->ops.r[r];
             double e = max_rel(buf[r0 + r], ed[t], part_elems(epi, &epi->tensors[t], B, T));
@@ -782,9 +810,7 @@ static void chunk_core_case(const char *rel, const ssmc_dim *dims, int nd, int64
             if (!(e <= 2e-2)) fail_msg("%s core %d (C=%d T=%lld): final state rel err %g", rel, ci, C, (long long)T, e);
             printf("# %s core %d C=%d T=%lld final state rel %.2e\n", rel, ci, C, (long long)T, e);
         }
-        dlclose(h);
         sb_free(&cu);
-        sb_free(&name);
         for (int i = 0; i < np; i++) free(buf[i]);
         free(st);
         free(s0);
@@ -813,6 +839,8 @@ static void test_chunk_cores(void **state)
     chunk_core_case("examples/gated_deltanet.ssm", (ssmc_dim[]){{"H", 1}, {"K", 32}, {"V", 16}}, 3, 2, 70, 64, true, false);
     chunk_core_case("examples/linear_attn.ssm", (ssmc_dim[]){{"H", 2}, {"K", 16}, {"V", 8}}, 3, 1, 19, 16, true, false);
     chunk_core_case("examples/mamba2.ssm", (ssmc_dim[]){{"H", 2}, {"P", 8}, {"N", 16}}, 3, 2, 33, 16, true, false);
+    /* K = 128: the state pass in two key tiles of 64; V = 72: a full value tile and a partial one */
+    chunk_core_case("examples/fla_simple_gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 128}, {"V", 72}}, 3, 2, 70, 32, true, false);
 }
 
 /* A decay per key (GLA, RWKV-6, Mamba): the sub-chunks of 16, their
@@ -831,6 +859,8 @@ static void test_chunk_cores_per_key(void **state)
     chunk_core_case("examples/rwkv6.ssm", (ssmc_dim[]){{"H", 1}, {"K", 16}, {"V", 8}}, 3, 2, 45, 32, false, true);
     chunk_core_case("examples/fla_gla_kv.ssm", (ssmc_dim[]){{"H", 2}, {"K", 20}, {"V", 3}}, 3, 2, 40, 32, true, true);
     chunk_core_case("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, true);
+    /* two key tiles in the state pass, each scaling by its own keys' decays */
+    chunk_core_case("examples/fla_gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 128}, {"V", 72}}, 3, 1, 70, 32, true, true);
 }
 
 /* ---- the chunked cores' backward (codegen/cuda_chunk_bwd.c), emulated,
@@ -1138,16 +1168,10 @@ static ssmc_status emu_core_run(void *ctx, void *core, int64_t batch, int64_t T,
     ptrs[np++] = (void *)io->beta;
     for (int r = 0; r < c->nreadouts; r++) ptrs[np++] = io->r[r];
     ptrs[np++] = io->state;
-    strbuf src = {0}, name = {0};
+    strbuf src = {0};
     if (cuda_chunk_emit(&src, x->m, c, io->state != NULL, io->state_dtype, d) != SSMC_OK) return SSMC_ERR_UNSUPPORTED;
-    cuda_chunk_kernel_name(&name, x->m, c);
-    launch_fn launch;
-    void *lib = build(sb_cstr(&src), sb_cstr(&name), &launch);
-    cuda_launch l = cuda_chunk_launch(c, batch);
-    assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, NULL, ptrs), 0);
-    dlclose(lib);
+    run_chunk_core(sb_cstr(&src), x->m, c, batch, T, ptrs);
     sb_free(&src);
-    sb_free(&name);
     return SSMC_OK;
 }
 

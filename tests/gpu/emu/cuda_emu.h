@@ -163,4 +163,12 @@ extern "C" int emu_launch(long long blocks, int threads, long long B, long long 
     return 0;
 }
 #endif
+#ifdef EMU_KERNEL2
+/* a second kernel of the same source and signature (a chunked core's second pass) */
+extern "C" int emu_launch2(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+{
+    emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL2, B, T, ws, ptrs); });
+    return 0;
+}
+#endif
 #endif
