@@ -83,6 +83,25 @@ static void gather_stateless(pass_plan *p, const stats *st)
         }
 }
 
+/* The most elements of a state over its classes that are neither split nor
+ * the lane class R or the column class C (those a thread holds whole). */
+static int64_t max_other_state(const pass_plan *p, int R, int C)
+{
+    const ir_model *m = p->m;
+    int64_t most = 1;
+    for (uint32_t ti = 0; ti < m->ntensors; ti++) {
+        const ir_tensor *t = &m->tensors[ti];
+        if (t->kind != IR_STATE) continue;
+        int64_t e = 1;
+        for (int i = 0; i < t->rank; i++) {
+            int c = plan_axis_class(p, (int)ti, i);
+            if (c >= 0 && c != R && c != C && !p->cls[c].split) e *= p->cls[c].n;
+        }
+        if (e > most) most = e;
+    }
+    return most;
+}
+
 /* Steps 1 and 2: the lane class, the column class, every class's threads,
  * slots and tile. */
 static void choose_layout(pass_plan *p, const stats *st, plan_tune tune)
@@ -140,6 +159,11 @@ static void choose_layout(pass_plan *p, const stats *st, plan_tune tune)
     if (R >= 0) {
         plan_class *k = &p->cls[R];
         int64_t q = k->n / tune.lane_slots;
+        /* a state's classes other than R and C stay whole in each thread's slots: with many of them
+         * (mamba3's training forward, S[H,P,N,R] in one item per sequence) R takes more lanes, so
+         * that a thread's share of the state stays within state_slots */
+        int64_t q_state = ceil_div(k->n * max_other_state(p, R, C), tune.state_slots);
+        if (q_state > q) q = q_state;
         k->threads = pow2floor(q < 1 ? 1 : q > W ? W : q);
         k->slots = (int)ceil_div(k->n, k->threads);
         k->stride = 1;
