@@ -496,9 +496,9 @@ static int ptxas_max(const char *log, const char *what)
 }
 
 /* At the benchmark shape (H = 16, K = V = 128, C = 64) the cores with a decay
- * per key keep their state tile and operands in registers: ptxas reports no
- * stack frame and no spill (their carry's loop once put the state tile in
- * local memory); the others' numbers are printed. */
+ * per key keep their state tile and operands in registers: ptxas reports at
+ * most 16 bytes of stack frame and spills (their carry's loop once put the
+ * state tile in local memory); the others' numbers are printed. */
 static void test_chunk_cores_registers(void **state)
 {
     (void)state;
@@ -525,7 +525,10 @@ static void test_chunk_cores_registers(void **state)
         printf("# %s chunked core at K = V = 128, C = 64 (the worse pass): %d registers, %d bytes stack frame, %d bytes "
                "spilled\n",
                files[f], regs, frame, spills);
-        if (c->decay == PASS_DECAY_KEY && (frame || spills)) fail_msg("%s: the core uses local memory:\n%s", files[f], r);
+        /* the state pass runs two blocks an SM (128 registers): a scalar or two may spill, never the state
+         * tile (256 bytes a thread at K = V = 128) */
+        if (c->decay == PASS_DECAY_KEY && (frame > 16 || spills > 16))
+            fail_msg("%s: the core uses local memory:\n%s", files[f], r);
         sb_free(&log);
         diag_free(&d);
         arena_free(&a);
