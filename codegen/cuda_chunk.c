@@ -1,9 +1,19 @@
 /* cuda_chunk.c: CUDA C of a chunked core (passes/plan.h, plan_chunk_core) on
  * tensor cores (mma.sync m16n8k16, bf16 operands, f32 accumulators).
  *
- * One block of 4 warps per (sequence, head, tile of VT values) walks the chunks
- * of its sequence in order, the state tile h[KP][VT] held in the warps'
- * accumulator registers. Per chunk of C steps (n <= C of them in the last):
+ * Two passes (kernels of one source, launched in order), 8 warps a block:
+ * - the state pass: one block per (sequence, head, tile of VT values, tile of
+ *   KT keys: 64 where K splits into them and there is no delta rule, whose
+ *   correction reads every key) walks the chunks of its sequence in order, its
+ *   tile of the state in the warps' accumulator registers, the next chunk's k
+ *   and v loaded into registers while the current chunk's products run; it
+ *   stores each chunk's start state (bf16, value rows of KP keys) in the
+ *   workspace and, with the delta rule, each step's U (bf16) after them;
+ *   steps 0, 1 (k and v), 2 and 4 below;
+ * - the readout pass: one block per (sequence, head, chunk, tile of VT values),
+ *   every chunk at once, from the chunk's start state: steps 0, 1 (q, k, v or
+ *   U) and 3.
+ * Per chunk of C steps (n <= C of them in the last):
  *   0. b = the cumulative log-decay of the chunk (b_t = g_0 + .. + g_t; with
  *      a decay per key b_t[i], f32 in shared memory);
  *   1. the chunk's q (each readout), k and v into shared memory as bf16: Q[t][i],

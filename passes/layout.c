@@ -159,11 +159,13 @@ static void choose_layout(pass_plan *p, const stats *st, plan_tune tune)
     if (R >= 0) {
         plan_class *k = &p->cls[R];
         int64_t q = k->n / tune.lane_slots;
-        /* a state's classes other than R and C stay whole in each thread's slots: with many of them
-         * (mamba3's training forward, S[H,P,N,R] in one item per sequence) R takes more lanes, so
-         * that a thread's share of the state stays within state_slots */
-        int64_t q_state = ceil_div(k->n * max_other_state(p, R, C), tune.state_slots);
-        if (q_state > q) q = q_state;
+        /* a state's classes other than R and C stay whole in each thread's slots: where R and C
+         * together would leave most of a warp idle and a thread with many of them (mamba3's training
+         * forward: S[H,P,N,R], one item per sequence, 4 threads of 512 values each), R takes more
+         * lanes, so that a thread's share of the state stays within state_slots. (Applied to every
+         * layout, it slowed mamba2's adjoint, whose layout fills a warp, from 886 to 1097 ms.) */
+        int64_t cmax = C >= 0 ? p->cls[C].n : 1, q_state = ceil_div(k->n * max_other_state(p, R, C), tune.state_slots);
+        if ((q < 1 ? 1 : q) * cmax < W && q_state > q) q = q_state;
         k->threads = pow2floor(q < 1 ? 1 : q > W ? W : q);
         k->slots = (int)ceil_div(k->n, k->threads);
         k->stride = 1;
