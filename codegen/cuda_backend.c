@@ -242,8 +242,8 @@ extern const backend cuda_backend;
 typedef struct cuda_core {
     cuda_state *s;
     const plan_chunk_core *c;
-    cuda_kernel k[2][SSMC_NDTYPES]; /* [state given][its dtype]: the module and its first pass */
-    CUfunction pass[2][SSMC_NDTYPES][CUDA_CHUNK_MAX_PASSES]; /* the module's passes, in order */
+    cuda_kernel k[2][SSMC_NDTYPES]; /* [state given][its dtype]: the module and its state pass */
+    CUfunction readouts[2][SSMC_NDTYPES]; /* the module's second pass */
     cuda_kernel bk;                 /* the backward (codegen/cuda_chunk_bwd.c) */
 } cuda_core;
 
@@ -315,31 +315,25 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     int sdt = given ? io->state_dtype : SSMC_F32;
     pthread_mutex_lock(&s->lock); /* the kernels are compiled at their first use */
     cuda_kernel *kn = &k->k[given][sdt];
-    strbuf src = {0}, name = {0}, err = {0};
+    strbuf src = {0}, name = {0}, name2 = {0}, err = {0};
     ssmc_status st = SSMC_OK;
-    int npass = cuda_chunk_passes(c);
-    CUfunction *fns = k->pass[given][sdt];
     if (!kn->fn) {
         cuda_chunk_kernel_name(&name, s->m, c, 0);
+        cuda_chunk_kernel_name(&name2, s->m, c, 1);
         st = cuda_chunk_emit(&src, s->m, c, given, io->state_dtype, d);
         if (st == SSMC_OK) st = load_kernel(s, sb_cstr(&src), sb_cstr(&name), "the chunked kernel", kn, d);
-        fns[0] = kn->fn;
-        for (int i = 1; st == SSMC_OK && i < npass; i++) {
-            strbuf pn = {0};
-            cuda_chunk_kernel_name(&pn, s->m, c, i);
-            if ((st = rt_cuda_module_function(s->gpu, kn->mod, sb_cstr(&pn), &fns[i], &err)) != SSMC_OK) {
-                fail(d, st, &err, "finding a pass of the chunked kernel");
-                rt_cuda_module_unload(s->gpu, kn->mod, &err);
-                kn->mod = NULL;
-                kn->fn = NULL;
-            }
-            sb_free(&pn);
+        if (st == SSMC_OK &&
+            (st = rt_cuda_module_function(s->gpu, kn->mod, sb_cstr(&name2), &k->readouts[given][sdt], &err)) != SSMC_OK) {
+            fail(d, st, &err, "finding the chunked kernel's readout pass");
+            rt_cuda_module_unload(s->gpu, kn->mod, &err);
+            kn->mod = NULL;
+            kn->fn = NULL;
         }
     }
     if (st == SSMC_OK)
         st = grow_buffer(s, &s->kws, &s->kws_cap, cuda_chunk_ws_bytes(c, batch, T),
                          "allocating the chunked kernel's workspace", d);
-    for (int pass = 0; st == SSMC_OK && pass < npass; pass++) {
+    for (int pass = 0; st == SSMC_OK && pass < CUDA_CHUNK_PASSES; pass++) {
         cuda_launch l = cuda_chunk_launch(c, batch, T, pass);
         if (l.blocks > 0x7fffffff) {
             diag_error(d, "cuda: the chunked kernel of a batch of %lld and %lld steps needs too many blocks",
@@ -363,12 +357,14 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
         ptr[n++] = (CUdeviceptr)(uintptr_t)io->state;
         for (int i = 0; i < n; i++) params[np++] = &ptr[i];
         unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
-        if ((st = rt_cuda_launch(s->gpu, fns[pass], grid, block, l.shared_bytes, (CUstream)stream, params, &err)) != SSMC_OK)
-            fail(d, st, &err, "launching a pass of the chunked kernel");
+        CUfunction fn = pass == 0 ? kn->fn : k->readouts[given][sdt];
+        if ((st = rt_cuda_launch(s->gpu, fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) != SSMC_OK)
+            fail(d, st, &err, pass == 0 ? "launching the chunked kernel's state pass" : "launching the chunked kernel's readout pass");
     }
     pthread_mutex_unlock(&s->lock);
     sb_free(&src);
     sb_free(&name);
+    sb_free(&name2);
     sb_free(&err);
     return st;
 }

@@ -96,30 +96,18 @@ static int key_tile(const plan_chunk_core *c)
     return !c->delta && KP > 64 && KP % 64 == 0 ? 64 : KP;
 }
 
-/* The passes of a core, in launch order: the delta rule's WY factors, the
- * states, the readouts. */
-enum { PASS_WY, PASS_STATES, PASS_READOUTS };
-
-int cuda_chunk_passes(const plan_chunk_core *c) { return c->delta ? 3 : 2; }
-
-static int pass_kind(const plan_chunk_core *c, int pass) { return c->delta ? pass : pass + 1; }
-
-/* Shared memory of a pass of kind `kind`, in bytes. */
-static size_t smem_bytes(const plan_chunk_core *c, int kind)
+/* Shared memory of pass `pass` (0: the states, 1: the readouts), in bytes. */
+static size_t smem_bytes(const plan_chunk_core *c, int pass)
 {
     size_t C = (size_t)c->C, KP = (size_t)round_up(c->K, 16), VT = (size_t)cuda_chunk_vt(c), NR = (size_t)c->nreadouts;
-    size_t KT = (size_t)key_tile(c), NV = ((size_t)c->V + VT - 1) / VT, h;
-    if (kind == PASS_WY) {
-        h = 2 * (C * (KP + 8) + KP * (C + 8) + NV * VT * (C + 8) + C * (C + 8));
-        return (h + 15) / 16 * 16 + 4 * (C + 2 * C * (C + 1) + C);
-    }
-    if (kind == PASS_STATES)
+    size_t KT = (size_t)key_tile(c), h;
+    if (pass == 0)
         h = 2 * (KT * (C + 8) + VT * (C + 8) + VT * (KT + 8) + (c->delta ? C * (KP + 8) : 0));
     else
         h = 2 * (NR * C * (KP + 8) + C * (KP + 8) + VT * (C + 8) + VT * (KP + 8) + C * (C + 8));
     /* the cumulative log-decay: [C], or [C][KP + 1] floats with a decay per key */
     h = (h + 15) / 16 * 16 + 4 * C * (c->decay == PASS_DECAY_KEY ? KP + 1 : 1);
-    if (kind == PASS_STATES && c->delta) h += 4 * C * VT;
+    if (pass == 0 && c->delta) h += 4 * (C * VT + C * (C + 1) + C);
     return h;
 }
 
@@ -127,33 +115,22 @@ static int64_t chunks_of(const plan_chunk_core *c, int64_t T) { return (T + c->C
 
 cuda_launch cuda_chunk_launch(const plan_chunk_core *c, int64_t batch, int64_t T, int pass)
 {
-    int kind = pass_kind(c, pass);
     int64_t nv = (c->V + cuda_chunk_vt(c) - 1) / cuda_chunk_vt(c), nk = round_up(c->K, 16) / key_tile(c);
-    int64_t per_seq = kind == PASS_WY       ? c->nheads * chunks_of(c, T)
-                      : kind == PASS_STATES ? c->nheads * nv * nk
-                                            : c->nheads * nv * chunks_of(c, T);
-    return (cuda_launch){.blocks = batch * per_seq, .threads = THREADS, .shared_bytes = (unsigned)smem_bytes(c, kind)};
+    int64_t per_seq = pass == 0 ? c->nheads * nv * nk : c->nheads * nv * chunks_of(c, T);
+    return (cuda_launch){.blocks = batch * per_seq, .threads = THREADS, .shared_bytes = (unsigned)smem_bytes(c, pass)};
 }
 
 size_t cuda_chunk_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T)
 {
     size_t VT = (size_t)cuda_chunk_vt(c), NV = ((size_t)c->V + VT - 1) / VT, KP = (size_t)round_up(c->K, 16);
     size_t starts = (size_t)batch * (size_t)c->nheads * (size_t)chunks_of(c, T) * NV * VT * KP;
-    size_t rows = (size_t)batch * (size_t)T * (size_t)c->nheads;
-    /* with the delta rule: U, U0 (each rows x V) and W (rows x K) */
-    size_t delta = c->delta ? rows * (2 * (size_t)c->V + (size_t)c->K) : 0;
-    return 2 * (starts + delta) + 256;
-}
-
-static void pass_name(strbuf *out, const ir_model *m, const plan_chunk_core *c, int kind)
-{
-    static const char *const names[] = {"wy", "states", "readouts"};
-    sb_printf(out, "ssmc_%s_chunk_%s_%s", m->name, m->tensors[c->state].name, names[kind]);
+    size_t u = c->delta ? (size_t)batch * (size_t)T * (size_t)c->nheads * (size_t)c->V : 0;
+    return 2 * (starts + u) + 256;
 }
 
 void cuda_chunk_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c, int pass)
 {
-    pass_name(out, m, c, pass_kind(c, pass));
+    sb_printf(out, "ssmc_%s_chunk_%s_%s", m->name, m->tensors[c->state].name, pass == 0 ? "states" : "readouts");
 }
 
 /* bf16 rounding and the m16n8k16 mma, which the core's backward (cuda_chunk_bwd.c) takes too. */
@@ -206,12 +183,6 @@ static const char *const body[] = {
     "/* the chunk-start states: per (sequence, head, chunk) CK_NV * CK_VT value rows of CK_KP keys, bf16 */\n",
     "#define CK_HROWS ((long long)CK_NV * CK_VT * CK_KP)\n",
     "#define CK_HWS(b, hh, ci) ((ck_b16 *)ws + (((b) * CK_NH + (hh)) * nchunks + (ci)) * CK_HROWS)\n",
-    "/* with the delta rule, after the start states (bf16, each in the canonical layout of v or k): U, which the\n",
-    " * state pass leaves for the readouts; U0 = Tm V and W = Tm diag(beta exp(b)) K, which the WY pass leaves for\n",
-    " * the state pass */\n",
-    "#define CK_UWS ((ck_b16 *)ws + B * CK_NH * nchunks * CK_HROWS)\n",
-    "#define CK_U0WS (CK_UWS + B * T * CK_NH * CK_V)\n",
-    "#define CK_WWS (CK_U0WS + B * T * CK_NH * CK_V)\n",
     "/* the cumulative log-decay b[t] (b[t][i] with a decay per key, rows padded against bank conflicts) */\n",
     "#define BW (CK_DECAY == 2 ? CK_KP + 1 : 1)\n",
     "#define CK_B(t, i) bc[(t) * BW + (CK_DECAY == 2 ? (i) : 0)]\n",
@@ -276,15 +247,14 @@ static const char *const body[] = {
     "    return (unsigned)ck_bf16(x0) | (unsigned)ck_bf16(x1) << 16;\n",
     "}\n",
     "#endif\n",
-    "/* The state pass's share of a chunk's k (keys k0 .. k0 + KT) and v (values v0 .. v0 + VT; U0 with the delta\n",
-    " * rule) into registers:\n",
+    "/* The state pass's share of a chunk's k (keys k0 .. k0 + KT) and v (values v0 .. v0 + VT) into registers:\n",
     " * 4 consecutive elements a thread and slot, 16-byte loads when K (V) is a multiple of 4; zeros past the\n",
     " * chunk's n steps */\n",
     "#define KPRE ((CK_C * CK_KT + 4 * CK_THREADS - 1) / (4 * CK_THREADS))\n",
     "#define VPRE ((CK_C * CK_VT + 4 * CK_THREADS - 1) / (4 * CK_THREADS))\n",
     "__device__ __forceinline__ void ck_load_kv(float (*kp)[4], float (*vp)[4], const float *__restrict__ k,\n",
-    "                                           const float *__restrict__ v, const ck_b16 *__restrict__ u0, long long b,\n",
-    "                                           long long T, long long c0, int n, int hh, int k0, int v0)\n",
+    "                                           const float *__restrict__ v, long long b, long long T, long long c0, int n,\n",
+    "                                           int hh, int k0, int v0)\n",
     "{\n",
     "    const int tid = threadIdx.x;\n",
     "#pragma unroll\n",
@@ -304,16 +274,12 @@ static const char *const body[] = {
     "        int x = (tid + p * CK_THREADS) * 4, t = x / CK_VT, j0 = x % CK_VT;\n",
     "        long long row = ((b * T + c0 + t) * CK_NH + hh) * CK_V + v0 + j0;\n",
     "        bool in = x < CK_C * CK_VT && t < n;\n",
-    "#if CK_DELTA\n",
-    "        for (int u = 0; u < 4; u++) vp[p][u] = in && v0 + j0 + u < CK_V ? ck_f32(u0[row + u]) : 0.f;\n",
-    "#else\n",
     "        if (in && v0 + j0 + 3 < CK_V && CK_V % 4 == 0) {\n",
     "            float4 w = *(const float4 *)(v + row);\n",
     "            vp[p][0] = w.x, vp[p][1] = w.y, vp[p][2] = w.z, vp[p][3] = w.w;\n",
     "        } else {\n",
     "            for (int u = 0; u < 4; u++) vp[p][u] = in && v0 + j0 + u < CK_V ? v[row + u] : 0.f;\n",
     "        }\n",
-    "#endif\n",
     "    }\n",
     "}\n",
     "/* Pass 1, the state pass: one block per (sequence, head, value tile, key tile) walks the chunks in order, its\n",
@@ -327,14 +293,16 @@ static const char *const body[] = {
     "    ck_b16 *VsT = KsT + CK_KT * TS;               /* [VT][TS] */\n",
     "    ck_b16 *HsT = VsT + CK_VT * TS;               /* [VT][HS]: the state's tile, transposed */\n",
     "#if CK_DELTA\n",
-    "    ck_b16 *Ws = HsT + CK_VT * HS;                /* [C][QS]: W = Tm diag(beta exp(b)) K of the WY pass */\n",
-    "    ck_b16 *end = Ws + CK_C * QS;\n",
+    "    ck_b16 *Ks = HsT + CK_VT * HS;                /* [C][QS] */\n",
+    "    ck_b16 *end = Ks + CK_C * QS;\n",
     "#else\n",
     "    ck_b16 *end = HsT + CK_VT * HS;\n",
     "#endif\n",
     "    float *bc = (float *)((char *)ssmc_smem + ((size_t)(end - KsT) * 2 + 15) / 16 * 16);\n",
     "#if CK_DELTA\n",
-    "    float *Us = bc + CK_C * BW;                    /* [C][VT]: U = U0 - W h */\n",
+    "    float *Us = bc + CK_C * BW;                    /* [C][VT] */\n",
+    "    float *Ls = Us + CK_C * CK_VT;                 /* [C][C + 1] */\n",
+    "    float *bs = Ls + CK_C * (CK_C + 1);            /* [C] */\n",
     "#endif\n",
     "    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;\n",
     "    long long blk = blockIdx.x;\n",
@@ -348,10 +316,7 @@ static const char *const body[] = {
     "    const int v0 = vt * CK_VT, k0 = kt * CK_KT;\n",
     "    const long long nchunks = (T + CK_C - 1) / CK_C;\n",
     "#if CK_DELTA\n",
-    "    ck_b16 *uws = CK_UWS;\n",
-    "    const ck_b16 *u0 = CK_U0WS, *wws = CK_WWS;\n",
-    "#else\n",
-    "    const ck_b16 *u0 = 0;\n",
+    "    ck_b16 *uws = (ck_b16 *)ws + B * CK_NH * nchunks * CK_HROWS;\n",
     "#endif\n",
     "    float h[H_TILES][4];\n",
     "    /* the state: tile w + 4 i of the KT x VT grid of 16 x 8 tiles is warp w's */\n",
@@ -373,7 +338,7 @@ static const char *const body[] = {
     "        for (int e = 0; e < 4; e++) HsT[(nt * 8 + 2 * tq + (e & 1)) * HS + mt * 16 + gq + (e >> 1) * 8] = ck_bf16(h[i][e]);\n",
     "    }\n",
     "    float kpre[KPRE][4], vpre[VPRE][4];\n",
-    "    ck_load_kv(kpre, vpre, k, v, u0, b, T, 0, (int)(T < CK_C ? T : CK_C), hh, k0, v0);\n",
+    "    ck_load_kv(kpre, vpre, k, v, b, T, 0, (int)(T < CK_C ? T : CK_C), hh, k0, v0);\n",
     "    for (long long ci = 0; ci < nchunks; ci++) {\n",
     "        const long long c0 = ci * CK_C;\n",
     "        const int n = (int)(T - c0 < CK_C ? T - c0 : CK_C);\n",
@@ -387,18 +352,13 @@ static const char *const body[] = {
     "        }\n",
     "        ck_decay(bc, g, b, T, c0, n, hh, k0, CK_KT);\n",
     "#if CK_DELTA\n",
-    "        /* W, the A operand of W h */\n",
-    "        for (int x = tid * 4; x < CK_C * CK_KP; x += 4 * CK_THREADS) {\n",
-    "            int t = x / CK_KP, i0 = x % CK_KP;\n",
-    "            long long row = ((b * T + c0 + t) * CK_NH + hh) * CK_K + i0;\n",
-    "            for (int u = 0; u < 4; u++) Ws[t * QS + i0 + u] = t < n && i0 + u < CK_K ? wws[row + u] : (ck_b16)0;\n",
-    "        }\n",
+    "        for (int t = tid; t < CK_C; t += CK_THREADS) bs[t] = t < n ? beta[(b * T + c0 + t) * CK_NH + hh] : 0.f;\n",
     "#endif\n",
     "        __syncthreads();\n",
     "#if CK_DECAY != 2\n",
     "        const float blast = bc[n - 1];\n",
     "#endif\n",
-    "        /* K~ and V (U0 with the delta rule) from the registers loaded a chunk ahead */\n",
+    "        /* K~ (and K for the delta rule) and V from the registers loaded a chunk ahead */\n",
     "#pragma unroll\n",
     "        for (int p = 0; p < KPRE; p++) {\n",
     "            int x = (tid + p * CK_THREADS) * 4, t = x / CK_KT, i0 = x % CK_KT, ia = k0 + i0;\n",
@@ -411,6 +371,9 @@ static const char *const body[] = {
     "                float e = t < n ? expf(CK_B(n - 1, ia + u) - CK_B(t, ia + u)) : 0.f;\n",
     "#endif\n",
     "                KsT[(i0 + u) * TS + t] = ck_bf16(kpre[p][u] * e);\n",
+    "#if CK_DELTA\n",
+    "                Ks[t * QS + i0 + u] = ck_bf16(kpre[p][u]);\n",
+    "#endif\n",
     "            }\n",
     "        }\n",
     "#pragma unroll\n",
@@ -428,21 +391,39 @@ static const char *const body[] = {
     "        /* the next chunk's k and v in flight while this one's products run */\n",
     "        if (ci + 1 < nchunks) {\n",
     "            const long long c1 = c0 + CK_C;\n",
-    "            ck_load_kv(kpre, vpre, k, v, u0, b, T, c1, (int)(T - c1 < CK_C ? T - c1 : CK_C), hh, k0, v0);\n",
+    "            ck_load_kv(kpre, vpre, k, v, b, T, c1, (int)(T - c1 < CK_C ? T - c1 : CK_C), hh, k0, v0);\n",
     "        }\n",
     "        __syncthreads();\n",
     "#if CK_DELTA\n",
-    "        /* U = U0 - W h */\n",
+    "        /* L = beta (K K^T) exp(b_t - b_s) below the diagonal; U -= beta exp(b) K h */\n",
+    "        for (int i = 0; i < A_TILES; i++) {\n",
+    "            int tile = warp + CK_WARPS * i, mt = tile / (CK_C / 8), nt = tile % (CK_C / 8);\n",
+    "            if (tile >= (CK_C / 16) * (CK_C / 8)) continue;\n",
+    "            float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
+    "            ck_tile(d, Ks, QS, mt * 16, Ks, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                int t = mt * 16 + gq + (e >> 1) * 8, s = nt * 8 + 2 * tq + (e & 1);\n",
+    "                Ls[t * (CK_C + 1) + s] = s < t ? bs[t] * d[e] * expf(bc[t] - bc[s]) : 0.f;\n",
+    "            }\n",
+    "        }\n",
     "        for (int i = 0; i < O_TILES; i++) {\n",
     "            int tile = warp + CK_WARPS * i, mt = tile / NT_V, nt = tile % NT_V;\n",
     "            if (tile >= (CK_C / 16) * NT_V) continue;\n",
     "            float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
-    "            ck_tile(d, Ws, QS, mt * 16, HsT, HS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "            ck_tile(d, Ks, QS, mt * 16, HsT, HS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
     "            for (int e = 0; e < 4; e++) {\n",
     "                int t = mt * 16 + gq + (e >> 1) * 8, j = nt * 8 + 2 * tq + (e & 1);\n",
-    "                Us[t * CK_VT + j] -= d[e];\n",
+    "                Us[t * CK_VT + j] -= bs[t] * expf(bc[t]) * d[e];\n",
     "            }\n",
     "        }\n",
+    "        __syncthreads();\n",
+    "        /* forward substitution: column j's rows depend on its earlier rows only */\n",
+    "        for (int j = tid; j < CK_VT; j += CK_THREADS)\n",
+    "            for (int t = 1; t < n; t++) {\n",
+    "                float acc = Us[t * CK_VT + j];\n",
+    "                for (int s = 0; s < t; s++) acc -= Ls[t * (CK_C + 1) + s] * Us[s * CK_VT + j];\n",
+    "                Us[t * CK_VT + j] = acc;\n",
+    "            }\n",
     "        __syncthreads();\n",
     "        for (int x = tid; x < CK_C * CK_VT; x += CK_THREADS) {\n",
     "            int t = x / CK_VT, j = x % CK_VT;\n",
@@ -511,7 +492,7 @@ static const char *const body[] = {
     "    const long long c0 = ci * CK_C;\n",
     "    const int n = (int)(T - c0 < CK_C ? T - c0 : CK_C);\n",
     "#if CK_DELTA\n",
-    "    const ck_b16 *uws = CK_UWS;\n",
+    "    const ck_b16 *uws = (const ck_b16 *)ws + B * CK_NH * nchunks * CK_HROWS;\n",
     "#endif\n",
     "    ck_decay(bc, g, b, T, c0, n, hh, 0, CK_KP);\n",
     "    /* the chunk's q and k: 4 consecutive keys a thread (16-byte loads when K is a multiple of 4) */\n",
@@ -637,120 +618,22 @@ static const char *const body[] = {
     "}\n",
 };
 
-/* The delta rule's WY pass, emitted only for a core with the delta rule (before the state pass). */
-static const char *const wy_body[] = {
-    "/* The WY pass (the delta rule's first): one block per (sequence, head, chunk), every chunk at once. With\n",
-    " * L[t][s] = beta_t (k_t . k_s) exp(b_t - b_s) below the diagonal, Tm = (I + L)^-1 by forward substitution (a\n",
-    " * column a thread, in f32), then U0 = Tm V and W = Tm diag(beta exp(b)) K on tensor cores, stored (bf16) for\n",
-    " * the state pass, whose U = Tm (V - diag(beta exp(b)) K h) = U0 - W h is then one product */\n",
-    "extern \"C\" __global__ void __launch_bounds__(CK_THREADS) CK_NAME_WY(long long B, long long T, float *ws CK_PARAMS)\n",
-    "{\n",
-    "    extern __shared__ float ssmc_smem[];\n",
-    "    ck_b16 *Ks = (ck_b16 *)ssmc_smem;            /* [C][QS] */\n",
-    "    ck_b16 *KbT = Ks + CK_C * QS;                 /* [KP][TS]: beta_s exp(b_s) k_s[i] */\n",
-    "    ck_b16 *VsT = KbT + CK_KP * TS;               /* [NV VT][TS] */\n",
-    "    ck_b16 *TmB = VsT + CK_NV * CK_VT * TS;       /* [C][TS]: Tm in bf16 */\n",
-    "    float *bc = (float *)((char *)ssmc_smem + ((size_t)(TmB + CK_C * TS - Ks) * 2 + 15) / 16 * 16);\n",
-    "    float *Ls = bc + CK_C;                         /* [C][C + 1] */\n",
-    "    float *Xs = Ls + CK_C * (CK_C + 1);            /* [C][C + 1]: Tm */\n",
-    "    float *bs = Xs + CK_C * (CK_C + 1);            /* [C] */\n",
-    "    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;\n",
-    "    const long long nchunks = (T + CK_C - 1) / CK_C;\n",
-    "    long long blk = blockIdx.x;\n",
-    "    const long long ci = blk % nchunks;\n",
-    "    blk /= nchunks;\n",
-    "    const int hh = (int)(blk % CK_NH);\n",
-    "    const long long b = blk / CK_NH;\n",
-    "    if (b >= B) return;\n",
-    "    const long long c0 = ci * CK_C;\n",
-    "    const int n = (int)(T - c0 < CK_C ? T - c0 : CK_C);\n",
-    "    ck_b16 *u0 = CK_U0WS, *wws = CK_WWS;\n",
-    "    ck_decay(bc, g, b, T, c0, n, hh, 0, CK_KP);\n",
-    "    for (int t = tid; t < CK_C; t += CK_THREADS) bs[t] = t < n ? beta[(b * T + c0 + t) * CK_NH + hh] : 0.f;\n",
-    "    __syncthreads();\n",
-    "#pragma unroll 4\n",
-    "    for (int x = tid * 4; x < CK_C * CK_KP; x += 4 * CK_THREADS) {\n",
-    "        int t = x / CK_KP, i0 = x % CK_KP;\n",
-    "        long long row = ((b * T + c0 + t) * CK_NH + hh) * CK_K + i0;\n",
-    "        float kq[4];\n",
-    "        if (t < n && i0 + 3 < CK_K && CK_K % 4 == 0) {\n",
-    "            float4 w = *(const float4 *)(k + row);\n",
-    "            kq[0] = w.x, kq[1] = w.y, kq[2] = w.z, kq[3] = w.w;\n",
-    "        } else {\n",
-    "            for (int u = 0; u < 4; u++) kq[u] = t < n && i0 + u < CK_K ? k[row + u] : 0.f;\n",
-    "        }\n",
-    "        float sc = t < n ? bs[t] * expf(bc[t]) : 0.f;\n",
-    "        for (int u = 0; u < 4; u++) {\n",
-    "            Ks[t * QS + i0 + u] = ck_bf16(kq[u]);\n",
-    "            KbT[(i0 + u) * TS + t] = ck_bf16(kq[u] * sc);\n",
-    "        }\n",
-    "    }\n",
-    "#pragma unroll 4\n",
-    "    for (int x = tid * 4; x < CK_C * CK_NV * CK_VT; x += 4 * CK_THREADS) {\n",
-    "        int t = x / (CK_NV * CK_VT), j0 = x % (CK_NV * CK_VT);\n",
-    "        long long row = ((b * T + c0 + t) * CK_NH + hh) * CK_V + j0;\n",
-    "        for (int u = 0; u < 4; u++) VsT[(j0 + u) * TS + t] = ck_bf16(t < n && j0 + u < CK_V ? v[row + u] : 0.f);\n",
-    "    }\n",
-    "    __syncthreads();\n",
-    "    for (int i = 0; i < A_TILES; i++) {\n",
-    "        int tile = warp + CK_WARPS * i, mt = tile / (CK_C / 8), nt = tile % (CK_C / 8);\n",
-    "        if (tile >= (CK_C / 16) * (CK_C / 8)) continue;\n",
-    "        float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
-    "        ck_tile(d, Ks, QS, mt * 16, Ks, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
-    "        for (int e = 0; e < 4; e++) {\n",
-    "            int t = mt * 16 + gq + (e >> 1) * 8, s = nt * 8 + 2 * tq + (e & 1);\n",
-    "            Ls[t * (CK_C + 1) + s] = s < t ? bs[t] * d[e] * expf(bc[t] - bc[s]) : 0.f;\n",
-    "        }\n",
-    "    }\n",
-    "    __syncthreads();\n",
-    "    /* Tm's column c: x_t = [t == c] - sum(c <= s < t: L[t][s] x_s) */\n",
-    "    for (int c = tid; c < CK_C; c += CK_THREADS)\n",
-    "        for (int t = 0; t < CK_C; t++) {\n",
-    "            float acc = t == c ? 1.f : 0.f;\n",
-    "            for (int s = c; s < t; s++) acc -= Ls[t * (CK_C + 1) + s] * Xs[s * (CK_C + 1) + c];\n",
-    "            Xs[t * (CK_C + 1) + c] = t < c ? 0.f : acc;\n",
-    "        }\n",
-    "    __syncthreads();\n",
-    "    for (int x = tid; x < CK_C * CK_C; x += CK_THREADS) TmB[(x / CK_C) * TS + x % CK_C] = ck_bf16(Xs[(x / CK_C) * (CK_C + 1) + x % CK_C]);\n",
-    "    __syncthreads();\n",
-    "    /* U0 = Tm V, W = Tm Kb: 16 x 8 tiles over the value columns, then over the keys */\n",
-    "    for (int tile = warp; tile < (CK_C / 16) * (CK_NV * CK_VT / 8 + CK_KP / 8); tile += CK_WARPS) {\n",
-    "        const int nu = CK_NV * CK_VT / 8, mt = tile % (CK_C / 16), col = tile / (CK_C / 16);\n",
-    "        const bool isu = col < nu;\n",
-    "        const int nt = isu ? col : col - nu;\n",
-    "        float d[4] = {0.f, 0.f, 0.f, 0.f};\n",
-    "        ck_tile(d, TmB, TS, mt * 16, isu ? VsT : KbT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
-    "        for (int e = 0; e < 4; e++) {\n",
-    "            int t = mt * 16 + gq + (e >> 1) * 8, j = nt * 8 + 2 * tq + (e & 1);\n",
-    "            if (t >= n) continue;\n",
-    "            if (isu) {\n",
-    "                if (j < CK_V) u0[((b * T + c0 + t) * CK_NH + hh) * CK_V + j] = ck_bf16(d[e]);\n",
-    "            } else if (j < CK_K) {\n",
-    "                wws[((b * T + c0 + t) * CK_NH + hh) * CK_K + j] = ck_bf16(d[e]);\n",
-    "            }\n",
-    "        }\n",
-    "    }\n",
-    "}\n",
-};
-
 ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, bool has_state,
                             ssmc_dtype state_dtype, diag *d)
 {
     if (!cuda_chunk_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
     int KP = round_up(c->K, 16), VT = cuda_chunk_vt(c), NV = (c->V + VT - 1) / VT;
     int KT = key_tile(c);
-    strbuf name = {0}, name2 = {0}, name3 = {0};
-    pass_name(&name, m, c, PASS_STATES);
-    pass_name(&name2, m, c, PASS_READOUTS);
-    pass_name(&name3, m, c, PASS_WY);
+    strbuf name = {0}, name2 = {0};
+    cuda_chunk_kernel_name(&name, m, c, 0);
+    cuda_chunk_kernel_name(&name2, m, c, 1);
     sb_printf(out, "// ssmc: the chunked core of state %s of model %s (codegen/cuda_chunk.c)\n", m->tensors[c->state].name,
               m->name);
     sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d, tiles of %d in the state pass), V = %d in tiles of %d, decay %s%s\n",
               c->C, c->nheads, c->K, KP, KT, c->V, VT, c->decay == PASS_DECAY_NONE     ? "none"
               : c->decay == PASS_DECAY_SCALAR ? "one per head"
                                               : "one per key (sub-chunks of 16)",
-              c->delta ? ", delta rule (a WY pass first: U = U0 - W h)" : "");
-    sb_printf(out, "#define CK_NAME_WY %s\n", sb_cstr(&name3));
+              c->delta ? ", delta rule (UT transform)" : "");
     sb_printf(out, "#define CK_NAME_STATES %s\n#define CK_NAME_READOUTS %s\n#define CK_C %d\n#define CK_K %d\n#define CK_KP %d\n"
                    "#define CK_KT %d\n#define CK_NK %d\n#define CK_V %d\n#define CK_VT %d\n#define CK_NV %d\n"
                    "#define CK_WARPS %d\n#define CK_DSPAN %d\n#define CK_NH %d\n#define CK_NR %d\n#define CK_DECAY %d\n#define CK_DELTA %d\n"
@@ -787,9 +670,7 @@ ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_cor
     sb_puts(out, "};\n");
     cuda_chunk_preamble(out);
     for (size_t i = 0; i < sizeof body / sizeof *body; i++) sb_puts(out, body[i]);
-    for (size_t i = 0; c->delta && i < sizeof wy_body / sizeof *wy_body; i++) sb_puts(out, wy_body[i]);
     sb_free(&name);
     sb_free(&name2);
-    sb_free(&name3);
     return out->failed ? SSMC_ERR_NOMEM : SSMC_OK;
 }

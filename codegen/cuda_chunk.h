@@ -1,11 +1,9 @@
 /* cuda_chunk.h: CUDA C of a chunked core on tensor cores (codegen/cuda_chunk.c).
  *
- * A core runs as kernels of one source, launched in order on one stream: with
- * the delta rule first its WY pass (every chunk at once: U0 = Tm V and
- * W = Tm diag(beta exp(b)) K, Tm = (I + L)^-1); then the state pass
- * (sequential over the chunks: each chunk's start state, the final state, and
- * with the delta rule each step's U = U0 - W h), then the readouts (every chunk
- * at once, from its start state). All
+ * A core runs as two kernels of one source, launched in order on one stream:
+ * pass 0, the state pass (sequential over the chunks: each chunk's start state,
+ * the final state, and with the delta rule each step's U), then pass 1, the
+ * readouts (every chunk at once, from its start state). Both
  * (cuda_chunk_kernel_name of the pass) take (long long B, long long T, float *ws
  * (a workspace of cuda_chunk_ws_bytes for the run's batch and T: what pass 0
  * leaves for pass 1), then every readout's q, k, v, g, beta as const float * —
@@ -23,9 +21,7 @@
 bool cuda_chunk_supported(const plan_chunk_core *c, diag *d);
 /* The value tile of a block. */
 int cuda_chunk_vt(const plan_chunk_core *c);
-#define CUDA_CHUNK_MAX_PASSES 3
-/* The core's passes: 2, or 3 with the delta rule (its WY factors first). */
-int cuda_chunk_passes(const plan_chunk_core *c);
+#define CUDA_CHUNK_PASSES 2
 cuda_launch cuda_chunk_launch(const plan_chunk_core *c, int64_t batch, int64_t T, int pass);
 size_t cuda_chunk_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T);
 void cuda_chunk_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c, int pass);

@@ -119,14 +119,12 @@ static uint64_t fnv1a(uint64_t h, const char *s)
     return h;
 }
 
-/* Compiles the source's kernels `names[0..n)` (n <= 3, with the same
- * parameters) with the emulation header; returns the library, and in
- * launch[i] the entry of names[i]. */
-static void *build_n(const char *src, const char *const *names, int n, launch_fn *launch)
+/* Compiles `kernel` (and `kernel2`, a second kernel of the source with the
+ * same parameters, when not NULL) with the emulation header; returns the library. */
+static void *build2(const char *src, const char *kernel, const char *kernel2, launch_fn *launch, launch_fn *launch2)
 {
     char cpp[128], so[96], cmd[1024];
-    uint64_t hash = fnv1a(0xcbf29ce484222325ull, src);
-    for (int i = 0; i < n; i++) hash = fnv1a(fnv1a(hash, names[i]), "\n");
+    uint64_t hash = fnv1a(fnv1a(fnv1a(0xcbf29ce484222325ull, src), kernel), kernel2 ? kernel2 : "");
     const char *path = NULL;
     for (int i = 0; i < nbuilt && !path; i++)
         if (built[i].hash == hash) path = built[i].so;
@@ -135,21 +133,21 @@ static void *build_n(const char *src, const char *const *names, int n, launch_fn
         snprintf(so, sizeof so, "%s/k%d.so", workdir, nso++);
         FILE *f = fopen(cpp, "w");
         assert_non_null(f);
-        fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n", test_src_dir(), src, names[0]);
-        if (n > 1) fprintf(f, "#define EMU_KERNEL2 %s\n", names[1]);
-        if (n > 2) fprintf(f, "#define EMU_KERNEL3 %s\n", names[2]);
+        fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n", test_src_dir(), src, kernel);
+        if (kernel2) fprintf(f, "#define EMU_KERNEL2 %s\n", kernel2);
         fprintf(f, "#define EMU_TAIL\n#include \"%s/tests/gpu/emu/cuda_emu.h\"\n", test_src_dir());
         fclose(f);
         snprintf(cmd, sizeof cmd, "%s -std=c++17 -O1 -shared -fPIC -w -o %s %s -lpthread", cxx(), so, cpp);
-        if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), names[0]);
+        if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), kernel);
         path = so;
     }
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) fail_msg("%s", dlerror());
-    static const char *const entries[] = {"emu_launch", "emu_launch2", "emu_launch3"};
-    for (int i = 0; i < n; i++) {
-        launch[i] = (launch_fn)(uintptr_t)dlsym(h, entries[i]);
-        assert_non_null(launch[i]);
+    *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
+    assert_non_null(*launch);
+    if (kernel2) {
+        *launch2 = (launch_fn)(uintptr_t)dlsym(h, "emu_launch2");
+        assert_non_null(*launch2);
     }
     if (path == so) {
         if (nbuilt < (int)(sizeof built / sizeof *built)) {
@@ -162,33 +160,30 @@ static void *build_n(const char *src, const char *const *names, int n, launch_fn
     return h;
 }
 
-static void *build(const char *src, const char *kernel, launch_fn *launch) { return build_n(src, &kernel, 1, launch); }
+static void *build(const char *src, const char *kernel, launch_fn *launch) { return build2(src, kernel, NULL, launch, NULL); }
 
-/* A chunked core's passes (codegen/cuda_chunk.h) over ptrs (its parameters
- * after B, T and the workspace), in order, with a workspace of
+/* A chunked core's two passes (codegen/cuda_chunk.h) over ptrs (its
+ * parameters after B, T and the workspace), with a workspace of
  * cuda_chunk_ws_bytes poisoned with NaN. */
 static void run_chunk_core(const char *src, const ir_model *m, const plan_chunk_core *c, int64_t B, int64_t T, void **ptrs)
 {
-    int n = cuda_chunk_passes(c);
-    strbuf nm[CUDA_CHUNK_MAX_PASSES] = {{0}};
-    const char *names[CUDA_CHUNK_MAX_PASSES];
-    for (int p = 0; p < n; p++) {
-        cuda_chunk_kernel_name(&nm[p], m, c, p);
-        names[p] = sb_cstr(&nm[p]);
-    }
-    launch_fn pass[CUDA_CHUNK_MAX_PASSES];
-    void *lib = build_n(src, names, n, pass);
+    strbuf n0 = {0}, n1 = {0};
+    cuda_chunk_kernel_name(&n0, m, c, 0);
+    cuda_chunk_kernel_name(&n1, m, c, 1);
+    launch_fn pass[CUDA_CHUNK_PASSES];
+    void *lib = build2(src, sb_cstr(&n0), sb_cstr(&n1), &pass[0], &pass[1]);
     size_t wsb = cuda_chunk_ws_bytes(c, B, T);
     float *ws = malloc(wsb);
     assert_non_null(ws);
     memset(ws, 0xff, wsb); /* NaN in f32 and bf16 */
-    for (int p = 0; p < n; p++) {
+    for (int p = 0; p < CUDA_CHUNK_PASSES; p++) {
         cuda_launch l = cuda_chunk_launch(c, B, T, p);
         assert_int_equal(pass[p](l.blocks, (int)l.threads, B, T, ws, ptrs), 0);
     }
     free(ws);
     dlclose(lib);
-    for (int p = 0; p < n; p++) sb_free(&nm[p]);
+    sb_free(&n0);
+    sb_free(&n1);
 }
 
 /* A decode against state pools (cuda_sig.rows): pools of `rows` rows, the

@@ -416,7 +416,7 @@ static char *chunk_ptx(const ir_model *m, const plan_chunk_core *c, bool state, 
         fail_msg("%s (chunked core of %s, state %d):\n%s", m->name, m->tensors[c->state].name, state, sb_cstr(log));
     if (!cubin) {
         assert_non_null(strstr(out, ".target sm_90"));
-        for (int pass = 0; pass < cuda_chunk_passes(c); pass++) { /* every pass, with the parameters a launch passes */
+        for (int pass = 0; pass < CUDA_CHUNK_PASSES; pass++) { /* both passes, with the parameters a launch passes */
             strbuf entry = {0};
             cuda_chunk_kernel_name(&entry, m, c, pass);
             sb_puts(&entry, "(");

@@ -164,17 +164,10 @@ extern "C" int emu_launch(long long blocks, int threads, long long B, long long 
 }
 #endif
 #ifdef EMU_KERNEL2
-/* more kernels of the same source and signature (a chunked core's passes) */
+/* a second kernel of the same source and signature (a chunked core's second pass) */
 extern "C" int emu_launch2(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
 {
     emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL2, B, T, ws, ptrs); });
-    return 0;
-}
-#endif
-#ifdef EMU_KERNEL3
-extern "C" int emu_launch3(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
-{
-    emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL3, B, T, ws, ptrs); });
     return 0;
 }
 #endif
