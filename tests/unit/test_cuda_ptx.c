@@ -84,6 +84,8 @@ static void compiled_free(compiled *c)
 
 /* Emits one signature and compiles it to PTX for sm_90; rows: the kernel by
  * pool row (cuda_sig.rows; every state given), one_step: for T = 1. */
+#define PTX_MAX_BYTES (1 << 21)
+
 static void ptx_of_rows(const ir_model *m, const pass_plan *p, ssmc_dtype io, ssmc_dtype params, bool states, bool vec,
                         bool rows, bool one_step)
 {
@@ -107,6 +109,10 @@ static void ptx_of_rows(const ir_model *m, const pass_plan *p, ssmc_dtype io, ss
     cuda_kernel_name(&entry, m);
     assert_non_null(strstr(ptx, sb_cstr(&entry)));
     assert_non_null(strstr(ptx, ".target sm_90"));
+    /* no plan unrolls a kernel past PTX_MAX_BYTES (mamba3's training forward once held 512 state
+     * values a thread on 4 threads: 4.2 MB of PTX, 36 s in NVRTC) */
+    if (len > PTX_MAX_BYTES) fail_msg("%s: %zu bytes of PTX (at most %d)", m->name, len, PTX_MAX_BYTES);
+    if (getenv("SSMC_PTX_SIZES")) printf("# ptx %-32s %zu bytes\n", m->name, len);
     /* the parameters a launch passes: B, T, ws, [rows, has,] one per tensor but lets */
     int want = rows ? 5 : 3, got = 0;
     for (uint32_t i = 0; i < m->ntensors; i++) want += m->tensors[i].kind != IR_LET;
