@@ -111,25 +111,30 @@ template <class T> static inline T __ldg(const T *p)
 #else
 #ifndef EMU_TAIL_DONE
 #define EMU_TAIL_DONE
-/* Runs `body` on every thread of every block, one block after another. */
+/* Runs `body` on every thread of every block, one block after another: one
+ * host thread per CUDA thread for the whole launch, which walks the blocks in
+ * order; shared memory is garbage (NaN) at each block's start. */
 template <class F> static void emu_blocks(long long blocks, int threads, const F &body)
 {
-    for (long long b = 0; b < blocks; b++) {
-        for (size_t i = 0; i < sizeof ssmc_smem / sizeof *ssmc_smem; i++) ssmc_smem[i] = NAN; /* garbage */
-        pthread_barrier_init(&emu_block_barrier, NULL, (unsigned)threads);
-        for (int w = 0; w * 32 < threads; w++)
-            pthread_barrier_init(&emu_warp_barrier[w], NULL, (unsigned)(threads - w * 32 < 32 ? threads - w * 32 : 32));
-        std::vector<std::thread> th;
-        for (int i = 0; i < threads; i++)
-            th.emplace_back([=, &body] {
-                threadIdx.x = (unsigned)i;
+    pthread_barrier_init(&emu_block_barrier, NULL, (unsigned)threads);
+    for (int w = 0; w * 32 < threads; w++)
+        pthread_barrier_init(&emu_warp_barrier[w], NULL, (unsigned)(threads - w * 32 < 32 ? threads - w * 32 : 32));
+    std::vector<std::thread> th;
+    for (int i = 0; i < threads; i++)
+        th.emplace_back([=, &body] {
+            threadIdx.x = (unsigned)i;
+            for (long long b = 0; b < blocks; b++) {
+                if (i == 0)
+                    for (size_t k = 0; k < sizeof ssmc_smem / sizeof *ssmc_smem; k++) ssmc_smem[k] = NAN; /* garbage */
+                pthread_barrier_wait(&emu_block_barrier); /* the block's start */
                 blockIdx.x = (unsigned)b;
                 body();
-            });
-        for (auto &x : th) x.join();
-        pthread_barrier_destroy(&emu_block_barrier);
-        for (int w = 0; w * 32 < threads; w++) pthread_barrier_destroy(&emu_warp_barrier[w]);
-    }
+                pthread_barrier_wait(&emu_block_barrier); /* every thread is done with the block */
+            }
+        });
+    for (auto &x : th) x.join();
+    pthread_barrier_destroy(&emu_block_barrier);
+    for (int w = 0; w * 32 < threads; w++) pthread_barrier_destroy(&emu_warp_barrier[w]);
 }
 template <class... P, size_t... I>
 static void emu_call_idx(void (*f)(long long, long long, float *, P...), long long B, long long T, float *ws,
