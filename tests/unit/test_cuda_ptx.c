@@ -480,22 +480,24 @@ static void test_chunk_cores_to_ptx(void **state)
     assert_true(per_key >= 7);
 }
 
-/* The number before `what` in ptxas's report (NVRTC's log), or -1. */
-static int ptxas_number(const char *log, const char *what)
+/* The number that ends just before p in ptxas's report (NVRTC's log), or -1. */
+static int number_before(const char *log, const char *p)
 {
-    const char *p = strstr(log, what);
     if (!p) return -1;
     while (p > log && p[-1] == ' ') p--;
     while (p > log && p[-1] >= '0' && p[-1] <= '9') p--;
     return *p >= '0' && *p <= '9' ? atoi(p) : -1;
 }
 
+/* The number before the first `what` in ptxas's report, or -1. */
+static int ptxas_number(const char *log, const char *what) { return number_before(log, strstr(log, what)); }
+
 /* The largest of ptxas's numbers `what` over every kernel of the log (-1: none). */
 static int ptxas_max(const char *log, const char *what)
 {
     int best = -1;
     for (const char *p = strstr(log, what); p; p = strstr(p + 1, what)) {
-        int x = ptxas_number(p - (p - log < 16 ? p - log : 16), what);
+        int x = number_before(log, p);
         if (x > best) best = x;
     }
     return best;
