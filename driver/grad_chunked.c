@@ -273,7 +273,8 @@ typedef struct work {
     backend_tensor *xt;    /* the segment's: M inputs' values, M outputs (the forward) */
     backend_tensor *dyt;   /* ... M outputs' cotangents (data NULL: none given) */
     void **dx;             /* M inputs: [NPARTS][B, n, e], part p's share of the gradient at p B n e */
-    void **padj;           /* M params: [NPARTS][B][elems], each part's adjoint state */
+    void **padj;           /* M params: [prow[0] + prow[1]][elems], each part's adjoint states, one a sequence */
+    int64_t prow[NPARTS];  /* rows of part p's block of padj: B, or B seg where its adjoint runs folded */
     void **val[NPARTS];    /* part: prologue outputs (O), epilogue readout inputs (R) */
     void **grd[NPARTS];    /* ... their cotangents */
     void **trace[NPARTS];  /* part forward: states' trace */
@@ -337,6 +338,19 @@ static bool canonical(const grad_chunked *g, int p, const ir_model *pm, int i)
     return (p == PRO && t->kind == IR_OUTPUT) || (p == EPI && t->kind == IR_INPUT && ir_find_tensor(g->M, t->name) < 0);
 }
 
+/* The params' adjoint states of one sequence each that a folded adjoint may
+ * keep (bytes, all params together): 64 MiB. */
+#define FOLD_PARAM_BYTES ((size_t)64 << 20)
+
+/* Part p's adjoint runs with the batch and the steps folded: the part is
+ * stateless (no step reads another), so each step's adjoint is a sequence of
+ * its own, as the part's forward runs (part_forward); its params' adjoint
+ * states are then one a step (pbytes of them), summed at the end. */
+static bool adjoint_folds(const grad_chunked *g, int p, size_t pbytes)
+{
+    return !g->stateful[p] && pbytes <= FOLD_PARAM_BYTES;
+}
+
 /* The buffers of segments of `seg` steps over the caller's tensors bt (and,
  * for the backward, `grads`: cot and gr), zeroed. */
 static bool work_init(const grad_chunked *g, const gmem *gm, work *w, int64_t B, int64_t T, int64_t seg,
@@ -367,8 +381,17 @@ static bool work_init(const grad_chunked *g, const gmem *gm, work *w, int64_t B,
                 !(w->dx[i] = gmem_alloc(gm, NPARTS * per * e * f4)))
                 return false;
         }
-        if (t->kind == IR_PARAM && !(w->padj[i] = gmem_calloc(gm, NPARTS * (size_t)B * e * f4))) return false;
     }
+    /* a stateless part's adjoint runs with the batch and the steps folded (B seg one-step sequences), each with
+     * its own param adjoint states, summed at the end: where those rows fit FOLD_PARAM_BYTES */
+    size_t pbytes = 0;
+    for (uint32_t i = 0; i < M->ntensors; i++)
+        if (M->tensors[i].kind == IR_PARAM) pbytes += (size_t)(B * C) * elems_of(M, (int)i) * f4;
+    for (int p = 0; p < NPARTS; p++) w->prow[p] = adjoint_folds(g, p, pbytes) ? B * C : B;
+    for (uint32_t i = 0; i < M->ntensors; i++)
+        if (grads && M->tensors[i].kind == IR_PARAM &&
+            !(w->padj[i] = gmem_calloc(gm, (size_t)(w->prow[0] + w->prow[1]) * elems_of(M, (int)i) * f4)))
+            return false;
     for (int p = 0; p < NPARTS; p++) {
         const ir_model *pm = part_model(g, p), *f = g->pg[p].forward;
         if (!(w->val[p] = calloc(pm->ntensors + 1, sizeof(void *))) ||
@@ -394,7 +417,7 @@ static bool work_init(const grad_chunked *g, const gmem *gm, work *w, int64_t B,
                 if (grads && !(w->adj[p][i] = gmem_calloc(gm, n))) return false;
             } else if (grads && t->kind == IR_PARAM) {
                 int k = in_model(g, f, (int)i);
-                w->adj[p][i] = (char *)w->padj[k] + (size_t)p * n;
+                w->adj[p][i] = (char *)w->padj[k] + (size_t)(p ? w->prow[0] : 0) * elems_of(f, (int)i) * f4;
             }
         }
     }
@@ -496,7 +519,8 @@ static ssmc_status part_adjoint(const grad_chunked *g, const gmem *gm, int p, wo
             ab[a] = p == PRO ? f32(w->grd[p][i]) : w->dyt[k].data ? w->dyt[k] : f32(w->zeros);
         }
     }
-    ssmc_status s = gmem_run(gm, g->adj[p], B, n, ab);
+    bool fold = w->prow[p] > B; /* adjoint_folds */
+    ssmc_status s = gmem_run(gm, g->adj[p], fold ? B * n : B, fold ? 1 : n, ab);
     free(ab);
     return s;
 }
@@ -721,7 +745,7 @@ ssmc_status grad_chunked_backward(ssmc_model *m, const grad_ctape *tp, const ssm
         size_t n = elems_of(M, (int)i);
         if (!gr[i].data) continue;
         if (t->kind == IR_PARAM)
-            s = gmem_sum_rows(&gm, gr[i].data, gr[i].dtype, w.padj[i], SSMC_F32, NPARTS * B, n);
+            s = gmem_sum_rows(&gm, gr[i].data, gr[i].dtype, w.padj[i], SSMC_F32, w.prow[0] + w.prow[1], n);
         else if (t->kind == IR_INPUT && !part_grads(g, PRO, (int)i) && !part_grads(g, EPI, (int)i))
             s = gmem_zero(&gm, gr[i].data, (size_t)(B * T) * n * dtype_size(gr[i].dtype));
     }
