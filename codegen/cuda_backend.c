@@ -244,7 +244,8 @@ typedef struct cuda_core {
     const plan_chunk_core *c;
     cuda_kernel k[2][SSMC_NDTYPES]; /* [state given][its dtype]: the module and its state pass */
     CUfunction readouts[2][SSMC_NDTYPES]; /* the module's second pass */
-    cuda_kernel bk;                 /* the backward (codegen/cuda_chunk_bwd.c) */
+    cuda_kernel bk;                 /* the backward (codegen/cuda_chunk_bwd.c): the module and its first pass */
+    CUfunction bpass[CUDA_CHUNK_BWD_MAX_PASSES]; /* its passes (bpass[0] = bk.fn) */
 } cuda_core;
 
 /* A device buffer of at least `bytes` in *buf (capacity *cap), reallocated
@@ -482,18 +483,32 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
     if (!cuda_chunk_bwd_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
     strbuf src = {0}, name = {0}, err = {0};
     ssmc_status st = SSMC_OK;
+    const int npass = cuda_chunk_bwd_passes(c);
     pthread_mutex_lock(&s->lock);
-    cuda_chunk_bwd_kernel_name(&name, s->m, c);
     if (!k->bk.fn) {
+        cuda_chunk_bwd_kernel_name(&name, s->m, c, 0);
         st = cuda_chunk_bwd_emit(&src, s->m, c, d);
         if (st == SSMC_OK) st = load_kernel(s, sb_cstr(&src), sb_cstr(&name), "the chunked core's backward kernel", &k->bk, d);
+        k->bpass[0] = k->bk.fn;
+        for (int p = 1; st == SSMC_OK && p < npass; p++) {
+            sb_free(&name);
+            cuda_chunk_bwd_kernel_name(&name, s->m, c, p);
+            if ((st = rt_cuda_module_function(s->gpu, k->bk.mod, sb_cstr(&name), &k->bpass[p], &err)) != SSMC_OK) {
+                fail(d, st, &err, "finding a pass of the chunked core's backward");
+                rt_cuda_module_unload(s->gpu, k->bk.mod, &err);
+                k->bk.mod = NULL;
+                k->bk.fn = NULL;
+            }
+        }
     }
-    cuda_launch l = cuda_chunk_bwd_launch(c, batch);
-    if (st == SSMC_OK && l.blocks > 0x7fffffff) {
-        diag_error(d, "cuda: the chunked core's backward of a batch of %lld needs too many blocks", (long long)batch);
-        st = SSMC_ERR_ARG;
-    }
-    if (st == SSMC_OK) {
+    for (int pass = 0; st == SSMC_OK && pass < npass; pass++) {
+        cuda_launch l = cuda_chunk_bwd_launch(c, batch, T, pass);
+        if (l.blocks > 0x7fffffff) {
+            diag_error(d, "cuda: the chunked core's backward of a batch of %lld and %lld steps needs too many blocks",
+                       (long long)batch, (long long)T);
+            st = SSMC_ERR_ARG;
+            break;
+        }
         /* the kernel's parameters (codegen/cuda_chunk_bwd.c): B, T, the workspace, the operands, the readouts'
          * cotangents, the state and its cotangent, the operands' gradients */
         int nr = c->nreadouts, n = 0;
@@ -515,7 +530,7 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
         params[np++] = &ws;
         for (int i = 0; i < n; i++) params[np++] = &ptr[i];
         unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
-        if ((st = rt_cuda_launch(s->gpu, k->bk.fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) !=
+        if ((st = rt_cuda_launch(s->gpu, k->bpass[pass], grid, block, l.shared_bytes, (CUstream)stream, params, &err)) !=
             SSMC_OK)
             fail(d, st, &err, "launching the chunked core's backward kernel");
     }

@@ -279,8 +279,10 @@ static const char *const body[] = {
     "/* Pass 1, the state pass: one block per (sequence, head, value tile, key tile) walks the chunks in order, its\n",
     " * tile of the state in the warps' accumulators; it stores each chunk's start state (bf16) for pass 2 and, with\n",
     " * the delta rule, the chunk's U (bf16, the canonical v's layout, after the start states) */\n",
-    "/* two blocks an SM where the key split makes the grid more than the SMs (B H V/VT K/KT blocks) */\n",
-    "extern \"C\" __global__ void __launch_bounds__(CK_THREADS, CK_DELTA ? 1 : 2) CK_NAME_STATES(long long B, long long T, float *ws CK_PARAMS)\n",
+    "/* (the backward's first pass too, cuda_chunk_bwd.c: CK_FORWARD 0 keeps the given state as it is) */\n",
+    "__device__ __forceinline__ void ck_states(long long B, long long T, float *ws, const float *__restrict__ k,\n",
+    "                                          const float *__restrict__ v, const float *__restrict__ g,\n",
+    "                                          const float *__restrict__ beta, CK_STATE_T *state)\n",
     "{\n",
     "    extern __shared__ float ssmc_smem[];\n",
     "    ck_b16 *KsT = (ck_b16 *)ssmc_smem;            /* [KT][TS]: k_s[i] exp(b_last - b_s), the block's keys */\n",
@@ -449,7 +451,7 @@ static const char *const body[] = {
     "            for (int e = 0; e < 4; e++) HsT[(nt * 8 + 2 * tq + (e & 1)) * HS + mt * 16 + gq + (e >> 1) * 8] = ck_bf16(h[i][e]);\n",
     "        }\n",
     "    }\n",
-    "#if CK_HAS_STATE\n",
+    "#if CK_HAS_STATE && CK_FORWARD\n",
     "    if (state)\n",
     "        for (int i = 0; i < H_TILES; i++) {\n",
     "            int tile = warp + CK_WARPS * i, mt = tile / NT_V, nt = tile % NT_V;\n",
@@ -460,6 +462,12 @@ static const char *const body[] = {
     "            }\n",
     "        }\n",
     "#endif\n",
+    "}\n",
+    "#if CK_FORWARD\n",
+    "/* two blocks an SM where the key split makes the grid more than the SMs (B H V/VT K/KT blocks) */\n",
+    "extern \"C\" __global__ void __launch_bounds__(CK_THREADS, CK_DELTA ? 1 : 2) CK_NAME_STATES(long long B, long long T, float *ws CK_PARAMS)\n",
+    "{\n",
+    "    ck_states(B, T, ws, k, v, g, beta, state);\n",
     "}\n",
     "/* Pass 2, the readouts: one block per (sequence, head, chunk, value tile), every chunk at once, from the chunk's\n",
     " * start state that pass 1 stored */\n",
@@ -596,10 +604,13 @@ static const char *const body[] = {
     "        __syncthreads();\n",
     "    }\n",
     "}\n",
+    "#endif\n",
 };
 
-ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, bool has_state,
-                            ssmc_dtype state_dtype, diag *d)
+/* forward false: the state pass's device function only (ck_states), for the backward, which hands it an f32
+ * state that it keeps as it is */
+static ssmc_status emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, bool has_state, ssmc_dtype state_dtype,
+                        bool forward, diag *d)
 {
     if (!cuda_chunk_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
     int KP = round_up(c->K, 16), VT = cuda_chunk_vt(c), NV = (c->V + VT - 1) / VT;
@@ -622,7 +633,8 @@ ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_cor
               has_state, (long long)c->state_elems, (long long)c->key_stride, (long long)c->value_stride);
     unsigned prev = 0;
     for (int r = 0; r < c->nreadouts; r++) prev |= (unsigned)c->prev[r] << r;
-    sb_printf(out, "#define CK_PREV %uu\n", prev);
+    sb_printf(out, "#define CK_PREV %uu\n#define CK_FORWARD %d\n#define CK_STATE_T %s\n", prev, forward,
+              state_type(has_state ? state_dtype : SSMC_F32));
     /* parameters: every readout's q, k, v, g, beta, every readout's R, the state */
     sb_puts(out, "#define CK_PARAMS ");
     for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ q%d", r);
@@ -644,8 +656,22 @@ ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_cor
     for (int i = 0; i < c->nheads; i++) sb_printf(out, "%s%lldLL", i ? ", " : "", (long long)c->head_off[i]);
     sb_puts(out, "};\n");
     cuda_chunk_preamble(out);
-    for (size_t i = 0; i < sizeof body / sizeof *body; i++) sb_puts(out, body[i]);
+    for (size_t i = 0; i < sizeof body / sizeof *body; i++) {
+        if (!forward && !strcmp(body[i], "#if CK_FORWARD\n")) break; /* the kernels: the forward's only */
+        sb_puts(out, body[i]);
+    }
     sb_free(&name);
     sb_free(&name2);
     return out->failed ? SSMC_ERR_NOMEM : SSMC_OK;
+}
+
+ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, bool has_state,
+                            ssmc_dtype state_dtype, diag *d)
+{
+    return emit(out, m, c, has_state, state_dtype, true, d);
+}
+
+ssmc_status cuda_chunk_emit_states(strbuf *out, const ir_model *m, const plan_chunk_core *c, diag *d)
+{
+    return emit(out, m, c, true, SSMC_F32, false, d);
 }

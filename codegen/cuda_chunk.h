@@ -33,9 +33,15 @@ void cuda_chunk_preamble(strbuf *out);
  * given (its dtype then). */
 ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, bool has_state,
                             ssmc_dtype state_dtype, diag *d);
+/* The state pass alone, as a device function ck_states(B, T, ws, k, v, g, beta, state) over an f32 state that
+ * it leaves as it is, with the macros and helpers of the source above (the backward's first pass). */
+ssmc_status cuda_chunk_emit_states(strbuf *out, const ir_model *m, const plan_chunk_core *c, diag *d);
 
-/* The core's backward (codegen/cuda_chunk_bwd.c): the kernel
- * (cuda_chunk_bwd_kernel_name) takes (long long B, long long T, float *ws (its
+/* The core's backward (codegen/cuda_chunk_bwd.c): cuda_chunk_bwd_passes
+ * kernels of one source, launched in order on one stream (pass 0 .. passes - 1:
+ * three for a decay none or per head without the delta rule, the chunks'
+ * start states, their end states' cotangents, every chunk's gradients; else
+ * one); each (cuda_chunk_bwd_kernel_name of its pass) takes (long long B, long long T, float *ws (its
  * workspace, cuda_chunk_bwd_ws_bytes for the run's batch and T), then every
  * readout's q, k, v, g (NULL without a decay), beta (NULL without the delta
  * rule), every readout's dR, the state before the first step (f32, the
@@ -45,9 +51,11 @@ ssmc_status cuda_chunk_emit(strbuf *out, const ir_model *m, const plan_chunk_cor
  * rule the whole gradient along k = w is in dk, dw is zero)), f32 canonical
  * tensors, over cuda_chunk_bwd_launch's grid. */
 bool cuda_chunk_bwd_supported(const plan_chunk_core *c, diag *d);
+#define CUDA_CHUNK_BWD_MAX_PASSES 3
+int cuda_chunk_bwd_passes(const plan_chunk_core *c);
 size_t cuda_chunk_bwd_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T);
-cuda_launch cuda_chunk_bwd_launch(const plan_chunk_core *c, int64_t batch);
-void cuda_chunk_bwd_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c);
+cuda_launch cuda_chunk_bwd_launch(const plan_chunk_core *c, int64_t batch, int64_t T, int pass);
+void cuda_chunk_bwd_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c, int pass);
 ssmc_status cuda_chunk_bwd_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, diag *d);
 
 #endif

@@ -67,20 +67,57 @@ static size_t fixed_floats(const plan_chunk_core *c)
     return 2 * KP * VP + (NR + 8) * C * KP + (NR + 3) * C * VP + 4 * C * C + 4 * C + 256;
 }
 
+/* The three-pass form's X buffer (bf16 elements): a K x V matrix stored (VP rows of KP + 8) or transposed
+ * (KP rows of VP + 8). */
+static size_t xn_of(const plan_chunk_core *c)
+{
+    size_t KP = (size_t)round_up(c->K, 16), VP = (size_t)round_up(c->V, 16), a = VP * (KP + 8), b = KP * (VP + 8);
+    return a > b ? a : b;
+}
+
+/* Shared memory of the three-pass form's gradient pass (body_passes' CB_NAME_GRADS), in bytes. */
+static size_t grads_smem(const plan_chunk_core *c)
+{
+    size_t C = (size_t)c->C, KP = (size_t)round_up(c->K, 16), VP = (size_t)round_up(c->V, 16);
+    size_t QS = KP + 8, VS = VP + 8, TS = C + 8;
+    size_t h = 2 * (2 * C * QS + 2 * KP * TS + 2 * C * VS + VP * TS + 3 * C * TS + xn_of(c));
+    return (h + 15) / 16 * 16 + 4 * 2 * C;
+}
+
+/* The backward in three passes (the forward's state pass, the end-state cotangents from the last chunk, every
+ * chunk's gradients at once) serves a decay none or per head without the delta rule, where the gradient pass's
+ * block fits an SM's shared memory (227 KiB: K and V up to 128 at C = 64); the rest run the one kernel below. */
+#define SMEM_MAX ((size_t)227 * 1024)
+static bool three_passes(const plan_chunk_core *c)
+{
+    return c->decay != PASS_DECAY_KEY && !c->delta && grads_smem(c) <= SMEM_MAX;
+}
+
+int cuda_chunk_bwd_passes(const plan_chunk_core *c) { return three_passes(c) ? 3 : 1; }
+
 size_t cuda_chunk_bwd_ws_bytes(const plan_chunk_core *c, int64_t batch, int64_t T)
 {
     size_t KP = (size_t)round_up(c->K, 16), VP = (size_t)round_up(c->V, 16), nch = (size_t)((T + c->C - 1) / c->C);
+    if (three_passes(c)) { /* the start states and the end states' cotangents, bf16, in cuda_chunk.c's layout */
+        size_t VT = (size_t)cuda_chunk_vt(c), NV = ((size_t)c->V + VT - 1) / VT;
+        return 2 * 2 * (size_t)batch * (size_t)c->nheads * nch * NV * VT * KP + 256;
+    }
     return (size_t)batch * (size_t)c->nheads * (nch * KP * VP + fixed_floats(c)) * sizeof(float);
 }
 
-cuda_launch cuda_chunk_bwd_launch(const plan_chunk_core *c, int64_t batch)
+cuda_launch cuda_chunk_bwd_launch(const plan_chunk_core *c, int64_t batch, int64_t T, int pass)
 {
-    return (cuda_launch){.blocks = batch * c->nheads, .threads = THREADS, .shared_bytes = 0};
+    if (!three_passes(c)) return (cuda_launch){.blocks = batch * c->nheads, .threads = THREADS, .shared_bytes = 0};
+    if (pass < 2) return cuda_chunk_launch(c, batch, T, 0); /* the state pass's grid, block and shared memory */
+    return (cuda_launch){.blocks = batch * c->nheads * ((T + c->C - 1) / c->C), .threads = 256,
+                         .shared_bytes = (unsigned)grads_smem(c)};
 }
 
-void cuda_chunk_bwd_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c)
+void cuda_chunk_bwd_kernel_name(strbuf *out, const ir_model *m, const plan_chunk_core *c, int pass)
 {
-    sb_printf(out, "ssmc_%s_chunk_bwd_%s", m->name, m->tensors[c->state].name);
+    static const char *const suffix[] = {"_states", "_dh", "_grads"};
+    sb_printf(out, "ssmc_%s_chunk_bwd_%s%s", m->name, m->tensors[c->state].name,
+              three_passes(c) ? suffix[pass < 0 ? 0 : pass > 2 ? 2 : pass] : "");
 }
 
 /* The kernel's body: one string per line (C11 promises literals of 4095 bytes only). */
@@ -465,6 +502,364 @@ static const char *const body[] = {
     "}\n",
 };
 
+/* The three-pass form's kernels (after cuda_chunk.c's state pass, cuda_chunk_emit_states). */
+static const char *const body_passes[] = {
+    "/* ---- the backward in three passes (a decay none or per head, no delta rule): ck_states (cuda_chunk.c's\n",
+    " * state pass: the chunks' start states), then the end-state cotangents from the last chunk, then every chunk's\n",
+    " * gradients at once ---- */\n",
+    "#define CB_DHWS(b, hh, ci) (CK_HWS(b, hh, ci) + B * CK_NH * nchunks * CK_HROWS)\n",
+    "/* Pass 1: the start states (bf16, CK_HWS) from the given state, which stays as it is */\n",
+    "extern \"C\" __global__ void __launch_bounds__(CK_THREADS, 2) CB_NAME_STATES(long long B, long long T, float *ws CB_PARAMS)\n",
+    "{\n",
+    "    ck_states(B, T, ws, k, v, g, beta, (float *)state);\n",
+    "}\n",
+    "/* a (the thread's rows r0 and r0 + 8 of a 16 x 8 fragment, x0 and x1) summed over the four lanes of a row\n",
+    " * into acc[r] where r >= 0 */\n",
+    "__device__ __forceinline__ void cb_rows_add(float *acc, int r0, float x0, float x1, int tq)\n",
+    "{\n",
+    "    for (int o = 1; o < 4; o <<= 1) {\n",
+    "        x0 += __shfl_xor_sync(0xffffffffu, x0, o);\n",
+    "        x1 += __shfl_xor_sync(0xffffffffu, x1, o);\n",
+    "    }\n",
+    "    if (tq == 0) {\n",
+    "        if (r0 >= 0) atomicAdd(&acc[r0], x0);\n",
+    "        if (r0 + 8 >= 0) atomicAdd(&acc[r0 + 8], x1);\n",
+    "    }\n",
+    "}\n",
+    "/* Pass 2: the cotangent dh of every chunk's end state, from the last chunk: one block per (sequence, head,\n",
+    " * value tile, key tile) as the state pass, dh's tile in the warps' accumulators. Before chunk ci's update dh is\n",
+    " * stored (bf16, after the start states, their layout); then dh = exp(b_last) dh + sum_r (diag(E) Q_r)^T dR_r,\n",
+    " * E_t = exp(b_tb) (1 where tb < 0). At the end dh is the gradient of the state before the first step. */\n",
+    "extern \"C\" __global__ void __launch_bounds__(CK_THREADS, 2) CB_NAME_DH(long long B, long long T, float *ws CB_PARAMS)\n",
+    "{\n",
+    "    extern __shared__ float ssmc_smem[];\n",
+    "    ck_b16 *QsT = (ck_b16 *)ssmc_smem;            /* [KT][TS]: q_t[i] E_t, the block's keys */\n",
+    "    ck_b16 *DsT = QsT + CK_KT * TS;               /* [VT][TS]: dR_t[j] */\n",
+    "    ck_b16 *HsT = DsT + CK_VT * TS;               /* [VT][HS]: dh's tile, transposed, for the store */\n",
+    "    float *bc = (float *)((char *)ssmc_smem + ((size_t)(HsT + CK_VT * HS - QsT) * 2 + 15) / 16 * 16);\n",
+    "    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;\n",
+    "    long long blk = blockIdx.x;\n",
+    "    const int kt = (int)(blk % CK_NK);\n",
+    "    blk /= CK_NK;\n",
+    "    const int vt = (int)(blk % CK_NV);\n",
+    "    blk /= CK_NV;\n",
+    "    const int hh = (int)(blk % CK_NH);\n",
+    "    const long long b = blk / CK_NH;\n",
+    "    if (b >= B) return;\n",
+    "    const int v0 = vt * CK_VT, k0 = kt * CK_KT;\n",
+    "    const long long nchunks = (T + CK_C - 1) / CK_C;\n",
+    "    float h[H_TILES][4];\n",
+    "    for (int i = 0; i < H_TILES; i++) {\n",
+    "        int tile = warp + CK_WARPS * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "        for (int e = 0; e < 4; e++) {\n",
+    "            int r = k0 + mt * 16 + gq + (e >> 1) * 8, cl = nt * 8 + 2 * tq + (e & 1);\n",
+    "            h[i][e] = tile < MT_H * NT_V && r < CK_K && v0 + cl < CK_V && dstate\n",
+    "                          ? dstate[b * CK_SE + ck_head_off[hh] + (long long)r * CK_KSTR + (long long)(v0 + cl) * CK_VSTR]\n",
+    "                          : 0.f;\n",
+    "        }\n",
+    "    }\n",
+    "    for (long long ci = nchunks - 1; ci >= 0; ci--) {\n",
+    "        const long long c0 = ci * CK_C;\n",
+    "        const int n = (int)(T - c0 < CK_C ? T - c0 : CK_C);\n",
+    "        for (int i = 0; i < H_TILES; i++) {\n",
+    "            int tile = warp + CK_WARPS * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "            if (tile >= MT_H * NT_V) continue;\n",
+    "            for (int e = 0; e < 4; e++) HsT[(nt * 8 + 2 * tq + (e & 1)) * HS + mt * 16 + gq + (e >> 1) * 8] = ck_bf16(h[i][e]);\n",
+    "        }\n",
+    "        ck_decay(bc, g, b, T, c0, n, hh, k0, CK_KT);\n",
+    "        __syncthreads();\n",
+    "        {\n",
+    "            ck_b16 *hd = CB_DHWS(b, hh, ci) + (long long)v0 * CK_KP + k0;\n",
+    "            for (int x = tid * 8; x < CK_VT * CK_KT; x += 8 * CK_THREADS) {\n",
+    "                int j = x / CK_KT, i = x % CK_KT;\n",
+    "                *(uint4 *)(hd + (long long)j * CK_KP + i) = *(const uint4 *)(HsT + j * HS + i);\n",
+    "            }\n",
+    "        }\n",
+    "        const float eb = expf(bc[n - 1]);\n",
+    "        for (int i = 0; i < H_TILES; i++)\n",
+    "            for (int e = 0; e < 4; e++) h[i][e] *= eb;\n",
+    "        for (int r = 0; r < CK_NR; r++) {\n",
+    "            const int prev = (CK_PREV >> r) & 1;\n",
+    "            float qp[KPRE][4], dp[VPRE][4];\n",
+    "            ck_load_kv(qp, dp, CB_Q(r), CB_DR(r), b, T, c0, n, hh, k0, v0);\n",
+    "#pragma unroll\n",
+    "            for (int p = 0; p < KPRE; p++) {\n",
+    "                int x = (tid + p * CK_THREADS) * 4, t = x / CK_KT, i0 = x % CK_KT, tb = t - prev;\n",
+    "                if (x >= CK_C * CK_KT) break;\n",
+    "                float e = t < n ? (tb >= 0 ? expf(bc[tb]) : 1.f) : 0.f;\n",
+    "                for (int u = 0; u < 4; u++) QsT[(i0 + u) * TS + t] = ck_bf16(qp[p][u] * e);\n",
+    "            }\n",
+    "#pragma unroll\n",
+    "            for (int p = 0; p < VPRE; p++) {\n",
+    "                int x = (tid + p * CK_THREADS) * 4, t = x / CK_VT, j0 = x % CK_VT;\n",
+    "                if (x >= CK_C * CK_VT) break;\n",
+    "                for (int u = 0; u < 4; u++) DsT[(j0 + u) * TS + t] = ck_bf16(dp[p][u]);\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "#pragma unroll\n",
+    "            for (int i = 0; i < H_TILES; i++) {\n",
+    "                int tile = warp + CK_WARPS * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "                if (tile >= MT_H * NT_V) continue;\n",
+    "                ck_tile(h[i], QsT, TS, mt * 16, DsT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
+    "            }\n",
+    "            __syncthreads();\n",
+    "        }\n",
+    "    }\n",
+    "    if (dstate)\n",
+    "        for (int i = 0; i < H_TILES; i++) {\n",
+    "            int tile = warp + CK_WARPS * i, mt = tile / NT_V, nt = tile % NT_V;\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                int r = k0 + mt * 16 + gq + (e >> 1) * 8, cl = nt * 8 + 2 * tq + (e & 1);\n",
+    "                if (tile < MT_H * NT_V && r < CK_K && v0 + cl < CK_V)\n",
+    "                    dstate[b * CK_SE + ck_head_off[hh] + (long long)r * CK_KSTR + (long long)(v0 + cl) * CK_VSTR] = h[i][e];\n",
+    "            }\n",
+    "        }\n",
+    "}\n",
+    "#define VS (CB_VP + 8)\n",
+    "#define S_TILES (((CK_C / 16) * (CK_C / 8) + CK_WARPS - 1) / CK_WARPS)\n",
+    "#define DK_TILES (((CK_C / 16) * (CK_KP / 8) + CK_WARPS - 1) / CK_WARPS)\n",
+    "#define DV_TILES (((CK_C / 16) * (CB_VP / 8) + CK_WARPS - 1) / CK_WARPS)\n",
+    "/* X = a chunk's stored K x V matrix (value rows of KP keys, bf16; rows past V read as zeros) as stored (VP value\n",
+    " * rows, QS apart) or transposed (KP key rows, VS apart) */\n",
+    "__device__ __forceinline__ void cb_load_x(ck_b16 *X, const ck_b16 *src, int trans)\n",
+    "{\n",
+    "    for (int x = threadIdx.x * 8; x < CB_VP * CK_KP; x += 8 * CK_THREADS) {\n",
+    "        int j = x / CK_KP, i = x % CK_KP;\n",
+    "        uint4 w = {0u, 0u, 0u, 0u};\n",
+    "        if (j < CK_V) w = *(const uint4 *)(src + (long long)j * CK_KP + i);\n",
+    "        if (!trans) {\n",
+    "            *(uint4 *)(X + j * QS + i) = w;\n",
+    "        } else {\n",
+    "            const unsigned wv[4] = {w.x, w.y, w.z, w.w};\n",
+    "            for (int u = 0; u < 8; u++) X[(i + u) * VS + j] = (ck_b16)(wv[u >> 1] >> (16 * (u & 1)));\n",
+    "        }\n",
+    "    }\n",
+    "}\n",
+    "/* Pass 3: every chunk's gradients at once: one block per (sequence, head, chunk), every key and value, from the\n",
+    " * chunk's start state H (pass 1) and its end-state cotangent dH (pass 2); with E_t = exp(b_tb), M[t][s] =\n",
+    " * exp(b_tb - b_s) for s <= tb, e_s = exp(b_last - b_s):\n",
+    " *   dV = diag(e) K dH + sum_r (M o Q_r K^T)^T dR_r,   dK = diag(e) V dH^T + sum_r (M o dR_r V^T)^T Q_r,\n",
+    " *   dQ_r = diag(E) dR_r H^T + (M o dR_r V^T) K,\n",
+    " *   db_tb += E_t q_t . (H dR_t) + sum_s (M o S o D)[t][s], db_s -= sum_t (M o S o D)[t][s],\n",
+    " *   db_last += exp(b_last) <H, dH> + sum_s k_s . dK_s(carry), db_s -= k_s . dK_s(carry); dg_u = sum_{t >= u} db_t.\n",
+    " * dK and dV accumulate in the warps' registers over the readouts. */\n",
+    "extern \"C\" __global__ void __launch_bounds__(CK_THREADS) CB_NAME_GRADS(long long B, long long T, float *ws CB_PARAMS)\n",
+    "{\n",
+    "    extern __shared__ float ssmc_smem[];\n",
+    "    ck_b16 *Qs = (ck_b16 *)ssmc_smem;             /* [C][QS]: q_r */\n",
+    "    ck_b16 *QsT = Qs + CK_C * QS;                 /* [KP][TS] */\n",
+    "    ck_b16 *Ks = QsT + CK_KP * TS;                /* [C][QS] */\n",
+    "    ck_b16 *KsT = Ks + CK_C * QS;                 /* [KP][TS] */\n",
+    "    ck_b16 *Vs = KsT + CK_KP * TS;                /* [C][VS] */\n",
+    "    ck_b16 *Ds = Vs + CK_C * VS;                  /* [C][VS]: dR_r */\n",
+    "    ck_b16 *DsT = Ds + CK_C * VS;                 /* [VP][TS] */\n",
+    "    ck_b16 *AT = DsT + CB_VP * TS;                /* [C][TS]: (M o S)^T */\n",
+    "    ck_b16 *Ws = AT + CK_C * TS;                  /* [C][TS]: M o D */\n",
+    "    ck_b16 *WT = Ws + CK_C * TS;                  /* [C][TS]: (M o D)^T */\n",
+    "    ck_b16 *X = WT + CK_C * TS;                   /* CB_XN: dH^T, then dH, then H */\n",
+    "    float *bc = (float *)((char *)ssmc_smem + ((size_t)(X + CB_XN - Qs) * 2 + 15) / 16 * 16);\n",
+    "    float *db = bc + CK_C;                        /* [C]: the gradient of b_t */\n",
+    "    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;\n",
+    "    const long long nchunks = (T + CK_C - 1) / CK_C;\n",
+    "    long long blk = blockIdx.x;\n",
+    "    const long long ci = blk % nchunks;\n",
+    "    blk /= nchunks;\n",
+    "    const int hh = (int)(blk % CK_NH);\n",
+    "    const long long b = blk / CK_NH;\n",
+    "    if (b >= B) return;\n",
+    "    const long long c0 = ci * CK_C;\n",
+    "    const int n = (int)(T - c0 < CK_C ? T - c0 : CK_C);\n",
+    "    ck_decay(bc, g, b, T, c0, n, hh, 0, CK_KP);\n",
+    "    for (int t = tid; t < CK_C; t += CK_THREADS) db[t] = 0.f;\n",
+    "    for (int x = tid * 4; x < CK_C * CK_KP; x += 4 * CK_THREADS) {\n",
+    "        int t = x / CK_KP, i0 = x % CK_KP;\n",
+    "        float kk[4];\n",
+    "        ck_load4(kk, k, ((b * T + c0 + t) * CK_NH + hh) * CK_K + i0, t < n, i0, CK_K);\n",
+    "        for (int u = 0; u < 4; u++) {\n",
+    "            ck_b16 z = ck_bf16(kk[u]);\n",
+    "            Ks[t * QS + i0 + u] = z;\n",
+    "            KsT[(i0 + u) * TS + t] = z;\n",
+    "        }\n",
+    "    }\n",
+    "    for (int x = tid * 4; x < CK_C * CB_VP; x += 4 * CK_THREADS) {\n",
+    "        int t = x / CB_VP, j0 = x % CB_VP;\n",
+    "        float vv[4];\n",
+    "        ck_load4(vv, v, ((b * T + c0 + t) * CK_NH + hh) * CK_V + j0, t < n, j0, CK_V);\n",
+    "        for (int u = 0; u < 4; u++) Vs[t * VS + j0 + u] = ck_bf16(vv[u]);\n",
+    "    }\n",
+    "    const ck_b16 *Hst = CK_HWS(b, hh, ci), *dHst = CB_DHWS(b, hh, ci);\n",
+    "    cb_load_x(X, dHst, 0);\n",
+    "    __syncthreads();\n",
+    "    const float blast = bc[n - 1];\n",
+    "    float adk[DK_TILES][4], adv[DV_TILES][4];\n",
+    "    /* the carry's share: dV = diag(e) K dH */\n",
+    "#pragma unroll\n",
+    "    for (int i = 0; i < DV_TILES; i++) {\n",
+    "        int tile = warp + CK_WARPS * i, mt = tile / (CB_VP / 8), nt = tile % (CB_VP / 8);\n",
+    "        for (int e = 0; e < 4; e++) adv[i][e] = 0.f;\n",
+    "        if (tile >= (CK_C / 16) * (CB_VP / 8)) continue;\n",
+    "        ck_tile(adv[i], Ks, QS, mt * 16, X, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "        for (int e = 0; e < 4; e++) {\n",
+    "            int s = mt * 16 + gq + (e >> 1) * 8;\n",
+    "            adv[i][e] *= s < n ? expf(blast - bc[s]) : 0.f;\n",
+    "        }\n",
+    "    }\n",
+    "    __syncthreads();\n",
+    "    cb_load_x(X, dHst, 1);\n",
+    "    __syncthreads();\n",
+    "    /* dK = diag(e) V dH^T; c_s = k_s . dK_s into db */\n",
+    "    float cl = 0.f;\n",
+    "#pragma unroll\n",
+    "    for (int i = 0; i < DK_TILES; i++) {\n",
+    "        int tile = warp + CK_WARPS * i, mt = tile / (CK_KP / 8), nt = tile % (CK_KP / 8);\n",
+    "        for (int e = 0; e < 4; e++) adk[i][e] = 0.f;\n",
+    "        if (tile >= (CK_C / 16) * (CK_KP / 8)) continue;\n",
+    "        ck_tile(adk[i], Vs, VS, mt * 16, X, VS, nt * 8, 0, CB_VP / 16, gq, tq);\n",
+    "        float c[4];\n",
+    "        for (int e = 0; e < 4; e++) {\n",
+    "            int s = mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);\n",
+    "            adk[i][e] *= s < n ? expf(blast - bc[s]) : 0.f;\n",
+    "            c[e] = ck_f32(Ks[s * QS + col]) * adk[i][e];\n",
+    "            cl += c[e];\n",
+    "        }\n",
+    "#if CK_DECAY\n",
+    "        cb_rows_add(db, mt * 16 + gq, -(c[0] + c[1]), -(c[2] + c[3]), tq);\n",
+    "#endif\n",
+    "    }\n",
+    "#if CK_DECAY\n",
+    "    /* exp(b_last) <H, dH> (dH in X, key rows) */\n",
+    "    {\n",
+    "        const float ebl = expf(blast);\n",
+    "        for (int x = tid; x < CK_V * CK_KP; x += CK_THREADS) {\n",
+    "            int j = x / CK_KP, i = x % CK_KP;\n",
+    "            cl += ebl * ck_f32(Hst[(long long)j * CK_KP + i]) * ck_f32(X[i * VS + j]);\n",
+    "        }\n",
+    "        for (int o = 16; o > 0; o >>= 1) cl += __shfl_xor_sync(0xffffffffu, cl, o);\n",
+    "        if (lane == 0) atomicAdd(&db[n - 1], cl);\n",
+    "    }\n",
+    "#endif\n",
+    "    __syncthreads();\n",
+    "    cb_load_x(X, Hst, 1);\n",
+    "    for (int r = 0; r < CK_NR; r++) {\n",
+    "        const int prev = (CK_PREV >> r) & 1;\n",
+    "        const float *q = CB_Q(r), *dr = CB_DR(r);\n",
+    "        float *dq = CB_DQ(r);\n",
+    "        for (int x = tid * 4; x < CK_C * CK_KP; x += 4 * CK_THREADS) {\n",
+    "            int t = x / CK_KP, i0 = x % CK_KP;\n",
+    "            float qq[4];\n",
+    "            ck_load4(qq, q, ((b * T + c0 + t) * CK_NH + hh) * CK_K + i0, t < n, i0, CK_K);\n",
+    "            for (int u = 0; u < 4; u++) {\n",
+    "                ck_b16 z = ck_bf16(qq[u]);\n",
+    "                Qs[t * QS + i0 + u] = z;\n",
+    "                QsT[(i0 + u) * TS + t] = z;\n",
+    "            }\n",
+    "        }\n",
+    "        for (int x = tid * 4; x < CK_C * CB_VP; x += 4 * CK_THREADS) {\n",
+    "            int t = x / CB_VP, j0 = x % CB_VP;\n",
+    "            float dd[4];\n",
+    "            ck_load4(dd, dr, ((b * T + c0 + t) * CK_NH + hh) * CK_V + j0, t < n, j0, CK_V);\n",
+    "            for (int u = 0; u < 4; u++) {\n",
+    "                ck_b16 z = ck_bf16(dd[u]);\n",
+    "                Ds[t * VS + j0 + u] = z;\n",
+    "                DsT[(j0 + u) * TS + t] = z;\n",
+    "            }\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "        /* S = Q K^T and D = dR V^T under the mask: A^T, W, W^T; db from M o S o D */\n",
+    "        for (int i = 0; i < S_TILES; i++) {\n",
+    "            int tile = warp + CK_WARPS * i, mt = tile / (CK_C / 8), nt = tile % (CK_C / 8);\n",
+    "            if (tile >= (CK_C / 16) * (CK_C / 8)) continue;\n",
+    "            float sd[4] = {0.f, 0.f, 0.f, 0.f}, dd[4] = {0.f, 0.f, 0.f, 0.f}, x[4];\n",
+    "            ck_tile(sd, Qs, QS, mt * 16, Ks, QS, nt * 8, 0, CK_KP / 16, gq, tq);\n",
+    "            ck_tile(dd, Ds, VS, mt * 16, Vs, VS, nt * 8, 0, CB_VP / 16, gq, tq);\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                int t = mt * 16 + gq + (e >> 1) * 8, s = nt * 8 + 2 * tq + (e & 1), tb = t - prev;\n",
+    "                float m = s <= tb && t < n ? expf(bc[tb] - bc[s]) : 0.f;\n",
+    "                AT[s * TS + t] = ck_bf16(m * sd[e]);\n",
+    "                ck_b16 w = ck_bf16(m * dd[e]);\n",
+    "                Ws[t * TS + s] = w;\n",
+    "                WT[s * TS + t] = w;\n",
+    "                x[e] = m * sd[e] * dd[e];\n",
+    "            }\n",
+    "#if CK_DECAY\n",
+    "            /* rows tb: the four lanes of a row; columns s: each lane's two, once per row half */\n",
+    "            cb_rows_add(db, mt * 16 + gq - prev, x[0] + x[1], x[2] + x[3], tq);\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                float y = x[e];\n",
+    "                for (int o = 4; o < 32; o <<= 1) y += __shfl_xor_sync(0xffffffffu, y, o);\n",
+    "                if (gq == 0) atomicAdd(&db[nt * 8 + 2 * tq + (e & 1)], -y);\n",
+    "            }\n",
+    "#endif\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "        /* dV += A^T dR, dK += W^T Q */\n",
+    "#pragma unroll\n",
+    "        for (int i = 0; i < DV_TILES; i++) {\n",
+    "            int tile = warp + CK_WARPS * i, mt = tile / (CB_VP / 8), nt = tile % (CB_VP / 8);\n",
+    "            if (tile >= (CK_C / 16) * (CB_VP / 8)) continue;\n",
+    "            ck_tile(adv[i], AT, TS, mt * 16, DsT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
+    "        }\n",
+    "#pragma unroll\n",
+    "        for (int i = 0; i < DK_TILES; i++) {\n",
+    "            int tile = warp + CK_WARPS * i, mt = tile / (CK_KP / 8), nt = tile % (CK_KP / 8);\n",
+    "            if (tile >= (CK_C / 16) * (CK_KP / 8)) continue;\n",
+    "            ck_tile(adk[i], WT, TS, mt * 16, QsT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
+    "        }\n",
+    "        /* dQ = diag(E) dR H^T + W K; db_tb += E_t q_t . (H dR_t) */\n",
+    "        for (int i = 0; i < DK_TILES; i++) {\n",
+    "            int tile = warp + CK_WARPS * i, mt = tile / (CK_KP / 8), nt = tile % (CK_KP / 8);\n",
+    "            if (tile >= (CK_C / 16) * (CK_KP / 8)) continue;\n",
+    "            float p[4] = {0.f, 0.f, 0.f, 0.f}, w[4] = {0.f, 0.f, 0.f, 0.f}, x[4];\n",
+    "            ck_tile(p, Ds, VS, mt * 16, X, VS, nt * 8, 0, CB_VP / 16, gq, tq);\n",
+    "            ck_tile(w, Ws, TS, mt * 16, KsT, TS, nt * 8, 0, CK_C / 16, gq, tq);\n",
+    "            for (int e = 0; e < 4; e++) {\n",
+    "                int t = mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1), tb = t - prev;\n",
+    "                float E = tb >= 0 ? expf(bc[tb]) : 1.f;\n",
+    "                x[e] = tb >= 0 ? E * ck_f32(Qs[t * QS + col]) * p[e] : 0.f;\n",
+    "                if (t < n && col < CK_K && dq) dq[((b * T + c0 + t) * CK_NH + hh) * CK_K + col] = E * p[e] + w[e];\n",
+    "            }\n",
+    "#if CK_DECAY\n",
+    "            cb_rows_add(db, mt * 16 + gq - prev, x[0] + x[1], x[2] + x[3], tq);\n",
+    "#endif\n",
+    "        }\n",
+    "        __syncthreads();\n",
+    "    }\n",
+    "    for (int i = 0; i < DV_TILES; i++) {\n",
+    "        int tile = warp + CK_WARPS * i, mt = tile / (CB_VP / 8), nt = tile % (CB_VP / 8);\n",
+    "        if (tile >= (CK_C / 16) * (CB_VP / 8)) continue;\n",
+    "        for (int e = 0; e < 4; e++) {\n",
+    "            int s = mt * 16 + gq + (e >> 1) * 8, j = nt * 8 + 2 * tq + (e & 1);\n",
+    "            if (s < n && j < CK_V && dv) dv[((b * T + c0 + s) * CK_NH + hh) * CK_V + j] = adv[i][e];\n",
+    "        }\n",
+    "    }\n",
+    "    for (int i = 0; i < DK_TILES; i++) {\n",
+    "        int tile = warp + CK_WARPS * i, mt = tile / (CK_KP / 8), nt = tile % (CK_KP / 8);\n",
+    "        if (tile >= (CK_C / 16) * (CK_KP / 8)) continue;\n",
+    "        for (int e = 0; e < 4; e++) {\n",
+    "            int s = mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);\n",
+    "            if (s < n && col < CK_K && dk) dk[((b * T + c0 + s) * CK_NH + hh) * CK_K + col] = adk[i][e];\n",
+    "        }\n",
+    "    }\n",
+    "#if CK_DECAY\n",
+    "    /* dg_u = sum_{t >= u} db_t, u < n: a suffix sum by warp 0, 32 steps at a time from the last */\n",
+    "    __syncthreads();\n",
+    "    if (warp == 0 && dg) {\n",
+    "        float carry = 0.f;\n",
+    "        for (int base = (CK_C - 1) / 32 * 32; base >= 0; base -= 32) {\n",
+    "            float x = base + lane < n ? db[base + lane] : 0.f;\n",
+    "            for (int o = 1; o < 32; o <<= 1) {\n",
+    "                float y = __shfl_down_sync(0xffffffffu, x, o);\n",
+    "                if (lane + o < 32) x += y;\n",
+    "            }\n",
+    "            x += carry;\n",
+    "            if (base + lane < n) dg[(b * T + c0 + base + lane) * CK_NH + hh] = x;\n",
+    "            carry = __shfl_sync(0xffffffffu, x, 0);\n",
+    "        }\n",
+    "    }\n",
+    "#endif\n",
+    "}\n",
+};
+
 static void pick(strbuf *out, const char *macro, const char *prefix, int n)
 {
     sb_printf(out, "#define %s(r) (", macro);
@@ -472,12 +867,52 @@ static void pick(strbuf *out, const char *macro, const char *prefix, int n)
     sb_printf(out, " : %s0)\n", prefix);
 }
 
+/* The parameters every kernel of the backward takes (cuda_chunk.h) and the macros that pick a readout's. */
+static void emit_params(strbuf *out, const plan_chunk_core *c)
+{
+    /* every readout's q, k, v, g, beta, every readout's dR, the state, its cotangent (in: of h(T), out: of the
+     * initial state), every readout's dq, dk, dv, dg, dbeta, dw */
+    sb_puts(out, "#define CB_PARAMS ");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ q%d", r);
+    sb_puts(out, ", const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ g, const float *__restrict__ beta");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ dr%d", r);
+    sb_puts(out, ", const float *__restrict__ state, float *__restrict__ dstate");
+    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", float *__restrict__ dq%d", r);
+    sb_puts(out, ", float *__restrict__ dk, float *__restrict__ dv, float *__restrict__ dg, float *__restrict__ dbeta, "
+                 "float *__restrict__ dw\n");
+    pick(out, "CB_Q", "q", c->nreadouts);
+    pick(out, "CB_DR", "dr", c->nreadouts);
+    pick(out, "CB_DQ", "dq", c->nreadouts);
+}
+
+/* The three-pass form: cuda_chunk.c's state pass, then body_passes. */
+static ssmc_status emit_passes(strbuf *out, const ir_model *m, const plan_chunk_core *c, diag *d)
+{
+    sb_printf(out, "// ssmc: the backward of the chunked core of state %s of model %s in three passes "
+                   "(codegen/cuda_chunk_bwd.c), after the forward's state pass (codegen/cuda_chunk.c)\n",
+              m->tensors[c->state].name, m->name);
+    ssmc_status st = cuda_chunk_emit_states(out, m, c, d);
+    if (st != SSMC_OK) return st;
+    static const char *const macro[] = {"CB_NAME_STATES", "CB_NAME_DH", "CB_NAME_GRADS"};
+    for (int p = 0; p < 3; p++) {
+        strbuf name = {0};
+        cuda_chunk_bwd_kernel_name(&name, m, c, p);
+        sb_printf(out, "#define %s %s\n", macro[p], sb_cstr(&name));
+        sb_free(&name);
+    }
+    sb_printf(out, "#define CB_VP %d\n#define CB_XN %zu\n", round_up(c->V, 16), xn_of(c));
+    emit_params(out, c);
+    for (size_t i = 0; i < sizeof body_passes / sizeof *body_passes; i++) sb_puts(out, body_passes[i]);
+    return out->failed ? SSMC_ERR_NOMEM : SSMC_OK;
+}
+
 ssmc_status cuda_chunk_bwd_emit(strbuf *out, const ir_model *m, const plan_chunk_core *c, diag *d)
 {
     if (!cuda_chunk_bwd_supported(c, d)) return SSMC_ERR_UNSUPPORTED;
+    if (three_passes(c)) return emit_passes(out, m, c, d);
     int KP = round_up(c->K, 16), VP = round_up(c->V, 16);
     strbuf name = {0};
-    cuda_chunk_bwd_kernel_name(&name, m, c);
+    cuda_chunk_bwd_kernel_name(&name, m, c, 0);
     sb_printf(out, "// ssmc: the backward of the chunked core of state %s of model %s (codegen/cuda_chunk_bwd.c)\n",
               m->tensors[c->state].name, m->name);
     sb_printf(out, "// chunks of %d steps, %d heads, K = %d (padded to %d), V = %d (padded to %d), decay %s%s\n", c->C,
@@ -492,19 +927,7 @@ ssmc_status cuda_chunk_bwd_emit(strbuf *out, const ir_model *m, const plan_chunk
               sb_cstr(&name), c->C, c->K, KP, c->V, VP, c->nheads, c->nreadouts, (int)c->decay, c->delta, prev,
               (long long)c->state_elems, (long long)c->key_stride, (long long)c->value_stride,
               (long long)fixed_floats(c));
-    /* parameters: every readout's q, k, v, g, beta, every readout's dR, the state, its cotangent (in: of h(T),
-     * out: of the initial state), every readout's dq, dk, dv, dg, dbeta, dw */
-    sb_puts(out, "#define CB_PARAMS ");
-    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ q%d", r);
-    sb_puts(out, ", const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ g, const float *__restrict__ beta");
-    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", const float *__restrict__ dr%d", r);
-    sb_puts(out, ", const float *__restrict__ state, float *__restrict__ dstate");
-    for (int r = 0; r < c->nreadouts; r++) sb_printf(out, ", float *__restrict__ dq%d", r);
-    sb_puts(out, ", float *__restrict__ dk, float *__restrict__ dv, float *__restrict__ dg, float *__restrict__ dbeta, "
-                 "float *__restrict__ dw\n");
-    pick(out, "CB_Q", "q", c->nreadouts);
-    pick(out, "CB_DR", "dr", c->nreadouts);
-    pick(out, "CB_DQ", "dq", c->nreadouts);
+    emit_params(out, c);
     sb_printf(out, "__constant__ long long cb_head_off[%d] = {", c->nheads);
     for (int i = 0; i < c->nheads; i++) sb_printf(out, "%s%lldLL", i ? ", " : "", (long long)c->head_off[i]);
     sb_puts(out, "};\n");

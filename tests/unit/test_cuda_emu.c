@@ -119,12 +119,14 @@ static uint64_t fnv1a(uint64_t h, const char *s)
     return h;
 }
 
-/* Compiles `kernel` (and `kernel2`, a second kernel of the source with the
- * same parameters, when not NULL) with the emulation header; returns the library. */
-static void *build2(const char *src, const char *kernel, const char *kernel2, launch_fn *launch, launch_fn *launch2)
+/* Compiles the n (1 to 3) kernels of the source named `kernel` (the same
+ * parameters) with the emulation header; returns the library, launch[i] the
+ * i-th kernel's launcher. */
+static void *buildn(const char *src, const char *const *kernel, int n, launch_fn *launch)
 {
     char cpp[128], so[96], cmd[1024];
-    uint64_t hash = fnv1a(fnv1a(fnv1a(0xcbf29ce484222325ull, src), kernel), kernel2 ? kernel2 : "");
+    uint64_t hash = fnv1a(0xcbf29ce484222325ull, src);
+    for (int i = 0; i < n; i++) hash = fnv1a(fnv1a(hash, kernel[i]), "\n");
     const char *path = NULL;
     for (int i = 0; i < nbuilt && !path; i++)
         if (built[i].hash == hash) path = built[i].so;
@@ -133,21 +135,20 @@ static void *build2(const char *src, const char *kernel, const char *kernel2, la
         snprintf(so, sizeof so, "%s/k%d.so", workdir, nso++);
         FILE *f = fopen(cpp, "w");
         assert_non_null(f);
-        fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n", test_src_dir(), src, kernel);
-        if (kernel2) fprintf(f, "#define EMU_KERNEL2 %s\n", kernel2);
+        fprintf(f, "#include \"%s/tests/gpu/emu/cuda_emu.h\"\n%s\n#define EMU_KERNEL %s\n", test_src_dir(), src, kernel[0]);
+        for (int i = 1; i < n; i++) fprintf(f, "#define EMU_KERNEL%d %s\n", i + 1, kernel[i]);
         fprintf(f, "#define EMU_TAIL\n#include \"%s/tests/gpu/emu/cuda_emu.h\"\n", test_src_dir());
         fclose(f);
         snprintf(cmd, sizeof cmd, "%s -std=c++17 -O1 -shared -fPIC -w -o %s %s -lpthread", cxx(), so, cpp);
-        if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), kernel);
+        if (system(cmd) != 0) fail_msg("%s failed on the generated kernel %s", cxx(), kernel[0]);
         path = so;
     }
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) fail_msg("%s", dlerror());
-    *launch = (launch_fn)(uintptr_t)dlsym(h, "emu_launch");
-    assert_non_null(*launch);
-    if (kernel2) {
-        *launch2 = (launch_fn)(uintptr_t)dlsym(h, "emu_launch2");
-        assert_non_null(*launch2);
+    static const char *const entry[] = {"emu_launch", "emu_launch2", "emu_launch3"};
+    for (int i = 0; i < n; i++) {
+        launch[i] = (launch_fn)(uintptr_t)dlsym(h, entry[i]);
+        assert_non_null(launch[i]);
     }
     if (path == so) {
         if (nbuilt < (int)(sizeof built / sizeof *built)) {
@@ -160,7 +161,7 @@ static void *build2(const char *src, const char *kernel, const char *kernel2, la
     return h;
 }
 
-static void *build(const char *src, const char *kernel, launch_fn *launch) { return build2(src, kernel, NULL, launch, NULL); }
+static void *build(const char *src, const char *kernel, launch_fn *launch) { return buildn(src, &kernel, 1, launch); }
 
 /* A chunked core's two passes (codegen/cuda_chunk.h) over ptrs (its
  * parameters after B, T and the workspace), with a workspace of
@@ -171,7 +172,8 @@ static void run_chunk_core(const char *src, const ir_model *m, const plan_chunk_
     cuda_chunk_kernel_name(&n0, m, c, 0);
     cuda_chunk_kernel_name(&n1, m, c, 1);
     launch_fn pass[CUDA_CHUNK_PASSES];
-    void *lib = build2(src, sb_cstr(&n0), sb_cstr(&n1), &pass[0], &pass[1]);
+    const char *names[] = {sb_cstr(&n0), sb_cstr(&n1)};
+    void *lib = buildn(src, names, 2, pass);
     size_t wsb = cuda_chunk_ws_bytes(c, B, T);
     float *ws = malloc(wsb);
     assert_non_null(ws);
@@ -968,13 +970,21 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
         size_t wsb = cuda_chunk_bwd_ws_bytes(c, B, T);
         float *ws = malloc(wsb);
         for (size_t k = 0; k < wsb / sizeof *ws; k++) ws[k] = NAN; /* the kernel pads and clears what it reads */
-        strbuf cu = {0}, name = {0};
+        strbuf cu = {0}, name[CUDA_CHUNK_BWD_MAX_PASSES] = {{0}};
         if (cuda_chunk_bwd_emit(&cu, pl.ir, c, &d) != SSMC_OK) fail_msg("%s: %s", what, sb_cstr(&d.text));
-        cuda_chunk_bwd_kernel_name(&name, pl.ir, c);
-        launch_fn launch;
-        void *h = build(sb_cstr(&cu), sb_cstr(&name), &launch);
-        cuda_launch l = cuda_chunk_bwd_launch(c, B);
-        assert_int_equal(launch(l.blocks, (int)l.threads, B, T, ws, ptrs), 0);
+        const int npass = cuda_chunk_bwd_passes(c);
+        const char *names[CUDA_CHUNK_BWD_MAX_PASSES];
+        for (int p = 0; p < npass; p++) {
+            cuda_chunk_bwd_kernel_name(&name[p], pl.ir, c, p);
+            names[p] = sb_cstr(&name[p]);
+        }
+        launch_fn launch[CUDA_CHUNK_BWD_MAX_PASSES];
+        void *h = buildn(sb_cstr(&cu), names, npass, launch);
+        for (int p = 0; p < npass; p++) {
+            cuda_launch l = cuda_chunk_bwd_launch(c, B, T, p);
+            assert_int_equal(launch[p](l.blocks, (int)l.threads, B, T, ws, ptrs), 0);
+        }
+        printf("# backward %s core %d: %d pass%s\n", what, ci, npass, npass > 1 ? "es" : "");
         static const char *const onames[] = {"dq0", "dq1", "dq2", "dq3"};
         for (int i = o0; i < np; i++) {
             if (!isout[i]) continue;
@@ -991,7 +1001,7 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
         checked++;
         dlclose(h);
         sb_free(&cu);
-        sb_free(&name);
+        for (int p = 0; p < npass; p++) sb_free(&name[p]);
         for (int i = 0; i < np; i++) free(buf[i]);
         free(ws);
         free(st);

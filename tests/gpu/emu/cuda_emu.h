@@ -92,6 +92,21 @@ static inline float __shfl_up_sync(unsigned, float v, int o)
     return emu_exchange_get(v, lane >= o ? lane - o : lane);
 }
 static inline float __shfl_sync(unsigned, float v, int src) { return emu_exchange_get(v, src); }
+static inline float __shfl_down_sync(unsigned, float v, int o)
+{
+    int lane = threadIdx.x % 32;
+    return emu_exchange_get(v, lane + o < 32 ? lane + o : lane);
+}
+/* atomicAdd on a float (shared or global memory): one lock for every thread of the launch */
+static inline float atomicAdd(float *p, float v)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    float old = *p;
+    *p = old + v;
+    pthread_mutex_unlock(&mu);
+    return old;
+}
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
@@ -173,6 +188,14 @@ extern "C" int emu_launch(long long blocks, int threads, long long B, long long 
 extern "C" int emu_launch2(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
 {
     emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL2, B, T, ws, ptrs); });
+    return 0;
+}
+#endif
+#ifdef EMU_KERNEL3
+/* a third (a chunked core backward's third pass) */
+extern "C" int emu_launch3(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+{
+    emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL3, B, T, ws, ptrs); });
     return 0;
 }
 #endif
