@@ -1029,10 +1029,10 @@ static void chunk_bwd_file(const char *rel, const ssmc_dim *dims, int nd, int64_
     free(src);
 }
 
-/* No decay and a decay per head, the delta rule plain and gated; readouts of
- * S(t) and S(t-1); K and V not multiples of 16 (padding); T past a chunk and
- * not a multiple of it; from a state and from zero; C = 16 and 64. A decay
- * per key is refused by this version (cuda_chunk_bwd_supported). */
+/* No decay, a decay per head and per key (three passes), the delta rule plain
+ * and gated and a wide key dim (one kernel); readouts of S(t) and S(t-1); K
+ * and V not multiples of 16 (padding); T past a chunk and not a multiple of
+ * it; from a state and from zero; C = 16, 32 and 64; strong decays. */
 static void test_chunk_cores_backward(void **state)
 {
     (void)state;
@@ -1059,6 +1059,15 @@ static void test_chunk_cores_backward(void **state)
     chunk_bwd_file("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, false);
     chunk_bwd_file("examples/gla.ssm", small, 3, 1, 150, 64, false, true); /* strong decays */
     chunk_bwd_file("examples/rwkv6.ssm", (ssmc_dim[]){{"H", 1}, {"K", 16}, {"V", 8}}, 3, 2, 45, 32, true, true);
+    /* K = 256 at C = 64: the three-pass form's gradient block would pass an SM's shared memory, so the one
+     * kernel runs (as with the delta rule above) */
+    chunk_bwd_file("examples/gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 256}, {"V", 8}}, 3, 1, 70, 64, true, false);
+    plan_chunk_core wide = {.decay = PASS_DECAY_KEY, .C = 64, .K = 256, .V = 8, .nreadouts = 1},
+                    bench = {.decay = PASS_DECAY_KEY, .C = 64, .K = 128, .V = 128, .nreadouts = 1},
+                    delta = {.decay = PASS_DECAY_SCALAR, .delta = true, .C = 64, .K = 128, .V = 128, .nreadouts = 1};
+    assert_int_equal(cuda_chunk_bwd_passes(&wide), 1);
+    assert_int_equal(cuda_chunk_bwd_passes(&bench), 3);
+    assert_int_equal(cuda_chunk_bwd_passes(&delta), 1);
     /* refused, with a message */
     diag d = {0};
     plan_chunk_core key = {.decay = PASS_DECAY_KEY, .delta = true, .C = 16, .K = 16, .V = 16};

@@ -582,6 +582,15 @@ static void test_chunk_backward_to_ptx(void **state)
                         fail_msg("%s (chunked core backward of %s, C = %d):\n%s", file, pl.ir->tensors[c->state].name, C,
                                  sb_cstr(&log));
                     if (cubin) {
+                        const char *dump = getenv("SSMC_PTX_DUMP"); /* a folder: the sources, for nvcc -v by hand */
+                        if (dump) {
+                            char path[512];
+                            snprintf(path, sizeof path, "%s/%s_bwd.cu", dump, pl.ir->name);
+                            FILE *f = fopen(path, "w");
+                            if (f) fputs(sb_cstr(&src), f), fclose(f);
+                            snprintf(path, sizeof path, "%s/%s_bwd.log", dump, pl.ir->name);
+                            if ((f = fopen(path, "w"))) fputs(sb_cstr(&log), f), fclose(f);
+                        }
                         printf("# %s chunked core backward at K = V = 128, C = 64 (%d passes, the most of any): %d "
                                "registers, %d bytes stack frame, %d bytes spilled\n",
                                file, cuda_chunk_bwd_passes(c), ptxas_max(sb_cstr(&log), "registers"),
