@@ -483,6 +483,16 @@ static bool replicated(const pass_plan *p, int tensor)
     return false;
 }
 
+/* Every element of the tensor is one thread's (rank 0 included): the block,
+ * at least a warp, holds a copy in each of its threads. */
+static bool every_thread(const pass_plan *p, int tensor)
+{
+    const ir_tensor *t = &p->m->tensors[tensor];
+    for (int i = 0; i < t->rank; i++)
+        if (p->cls[plan_axis_class(p, tensor, i)].threads > 1) return false;
+    return true;
+}
+
 /* Runs an operation of at least cost `at` (op table) and no reduction (which
  * would leave a flat statement one thread's sequential loop). */
 static bool costly_walk(const ir_model *m, ir_ref r, op_cost at, bool *fn)
@@ -575,14 +585,22 @@ bool plan_lane_placement(arena *a, pass_plan *p)
      * and whose reductions are long (more than LONG_SUM values a thread: the
      * adjoint's da = sum(i, j: dS * S) of one head) is computed once by the
      * block into block-local memory instead: its statement runs flat, and 6d
-     * gives its elements groups of lanes that share those reductions */
+     * gives its elements groups of lanes that share those reductions. So is an
+     * accumulator state updated in place (a param's adjoint, dp = dp + sum(..):
+     * one copy a thread, each summing every value) */
     for (uint32_t si = 0; si < m->nstmts; si++) {
         const ir_stmt *s = &m->stmts[si];
         int ti = s->tensor;
-        if (!s->per_step || m->tensors[ti].kind != IR_LET || p->place[ti] != PLAN_PLACE_REG) continue;
-        if (!replicated(p, ti) || outer_reduction_cost(p, s->root, 1) <= LONG_SUM || walk_stmt(w, si)) continue;
-        p->place[ti] = PLAN_PLACE_LOCAL;
-        p->dbuf[ti] = true;
+        bool let = m->tensors[ti].kind == IR_LET, acc = m->tensors[ti].kind == IR_STATE && p->sched.inplace[si];
+        if (!s->per_step || !(let || acc) || p->place[ti] != PLAN_PLACE_REG) continue;
+        if (!(replicated(p, ti) || (acc && every_thread(p, ti))) || outer_reduction_cost(p, s->root, 1) <= LONG_SUM)
+            continue;
+        p->place[ti] = PLAN_PLACE_LOCAL; /* (the accumulator reads itself: from there) */
+        if (walk_stmt(w, si)) {
+            p->place[ti] = PLAN_PLACE_REG; /* it reads registers: it stays on the layout */
+            continue;
+        }
+        p->dbuf[ti] = let;
     }
     /* 6a again: a statement that neither reads nor writes registers runs flat,
      * with every thread of the block on its own domain */

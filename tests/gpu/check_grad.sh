@@ -38,7 +38,7 @@ run() { # label args...
 for f in "$repo"/examples/*.ssm; do
   for dt in f32 bf16; do run "$(basename "$f") $dt" "$f" --dtype "$dt"; done
 done
-for m in dense mix big v2_ops v2_lag v2_init; do
+for m in dense mix big v2_ops v2_lag v2_init scale_sum; do
   for dt in f32 bf16; do run "edge.ssm $m $dt" "$repo/tests/gpu/edge.ssm" --model "$m" --dtype "$dt"; done
 done
 echo "check_grad: $pass passed, $fail failed"

@@ -178,6 +178,10 @@ static void test_cli_grad_verify(void **state)
          * is computed flat by the block over groups of 32 lanes (passes/layout.c 6e) */
         {"examples/retnet.ssm", "", "dgamma[h]: flat over the block, a group of 32 lanes per element",
          {"verify grad   q ", NULL}, false},
+        /* a param's accumulator with a long sum (16 x 40 values a step), one copy a thread: summed once a
+         * step, by a warp's lanes together, from block-local memory (passes/layout.c 6e) */
+        {"tests/gpu/edge.ssm", "--model scale_sum", "dscale: flat over the block, a group of 32 lanes per element",
+         {"verify grad   scale ", NULL}, false},
         /* mamba3's training forward, one item per sequence: its lane class P takes 16 lanes, so a
          * thread holds 64 of S[H,P,N,R]'s values, not 512 on 4 threads (passes/layout.c) */
         {"examples/mamba3.ssm", "", "P = 16: inside the item; 16 threads x 1 slot; lanes", {"verify grad   theta ", NULL},
