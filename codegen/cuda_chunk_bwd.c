@@ -563,6 +563,7 @@ static const char *const body_passes[] = {
     "        }\n",
     "        for (int i = 0; i < H_TILES; i++) {\n",
     "            int tile = warp + CK_WARPS * i, mt = tile / NT_V;\n",
+    "            if (tile >= MT_H * NT_V) continue; /* (its keys would read past the decays) */\n",
     "            for (int e = 0; e < 4; e++) h[i][e] *= expf(CK_B(n - 1, k0 + mt * 16 + gq + (e >> 1) * 8));\n",
     "        }\n",
     "        for (int r = 0; r < CK_NR; r++) {\n",
