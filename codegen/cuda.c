@@ -1614,6 +1614,11 @@ void cuda_helper_name(strbuf *out, bool sum_rows, ssmc_dtype dst, ssmc_dtype src
         sb_printf(out, "ssmc_convert_%s_%s", dtype_names[dst], dtype_names[src]);
 }
 
+int cuda_sum_rows_per_block(int64_t rows, int64_t n)
+{
+    return rows >= 64 && n <= 8192 ? 32 : CUDA_HELPERS_THREADS;
+}
+
 void cuda_helper_add_name(strbuf *out, ssmc_dtype dst) { sb_printf(out, "ssmc_add_rows_%s", dtype_names[dst]); }
 
 void cuda_emit_helpers(strbuf *out)
@@ -1635,10 +1640,19 @@ void cuda_emit_helpers(strbuf *out)
         cuda_helper_name(out, true, (ssmc_dtype)d, SSMC_F32);
         sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src,\n"
                        "    const int *__restrict__ pool_rows, long long per_seq)\n{\n", dc);
-        sb_printf(out, "    const long long i = (long long)blockIdx.x * %d + threadIdx.x;\n", CUDA_HELPERS_THREADS);
-        sb_puts(out, "    if (i >= n || (pool_rows && pool_rows[i / per_seq] < 0)) return;\n");
+        sb_puts(out, "    extern __shared__ float ssmc_smem[];\n");
+        sb_puts(out, "    const long long per = (n + gridDim.x - 1) / gridDim.x; /* elements a block */\n");
+        sb_printf(out, "    const int groups = %d / (int)per, g = threadIdx.x / (int)per;\n", CUDA_HELPERS_THREADS);
+        sb_puts(out, "    const long long i = (long long)blockIdx.x * per + threadIdx.x % per;\n");
         sb_puts(out, "    float acc = 0.f;\n");
-        sb_puts(out, "    for (long long r = 0; r < rows; r++) acc += src[r * n + i];\n");
+        sb_puts(out, "    if (i < n && g < groups)\n");
+        sb_puts(out, "        for (long long r = g; r < rows; r += groups) acc += src[r * n + i];\n");
+        sb_puts(out, "    if (groups > 1) {\n");
+        sb_puts(out, "        ssmc_smem[threadIdx.x] = acc;\n");
+        sb_puts(out, "        __syncthreads();\n");
+        sb_puts(out, "    }\n");
+        sb_puts(out, "    if (g != 0 || i >= n || (pool_rows && pool_rows[i / per_seq] < 0)) return;\n");
+        sb_puts(out, "    for (int k = 1; k < groups; k++) acc += ssmc_smem[k * per + threadIdx.x];\n");
         sb_puts(out, "    ssmc_st(dst + i, acc);\n}\n");
         /* a partial accumulator's finish (plan.h): dst[row of i] += the slices, in order */
         sb_printf(out, "extern \"C\" __global__ void __launch_bounds__(%d) ", CUDA_HELPERS_THREADS);

@@ -717,6 +717,8 @@ static ssmc_status launch(cuda_state *s, CUfunction fn, int64_t batch, int64_t T
 
 static ssmc_status helpers_load(cuda_state *s, diag *d);
 static ssmc_status helper_launch(cuda_state *s, CUfunction fn, size_t n, void **params, void *stream, diag *d);
+static ssmc_status sum_rows_launch(cuda_state *s, CUfunction fn, long long rows, size_t n, void **params, void *stream,
+                                   diag *d);
 
 /* The finishing step of split reductions (plan.h): after the kernel, on its
  * stream, each partial output present gets the sum of its slices in the
@@ -749,7 +751,7 @@ static ssmc_status finish_partials(cuda_state *s, int64_t batch, int64_t T, CUde
         long long rows = p->part_tiles[i], n = batch * T * p->elems[i], per = T * p->elems[i];
         CUdeviceptr dst = ptrs[i], src = ws + (CUdeviceptr)((l.blocks * l.ws_floats + batch * T * p->part_off[i]) * 4);
         void *params[] = {&rows, &n, &dst, &src, &pool_rows, &per};
-        st = helper_launch(s, s->sum_rows[dt[i]], (size_t)n, params, stream, d);
+        st = sum_rows_launch(s, s->sum_rows[dt[i]], rows, (size_t)n, params, stream, d);
     }
     return st;
 }
@@ -986,17 +988,32 @@ static ssmc_status helpers_load(cuda_state *s, diag *d)
     return st;
 }
 
-static ssmc_status helper_launch(cuda_state *s, CUfunction fn, size_t n, void **params, void *stream, diag *d)
+static ssmc_status launch_blocks(cuda_state *s, CUfunction fn, size_t n, size_t per_block, unsigned shared, void **params,
+                                 void *stream, diag *d)
 {
-    size_t blocks = (n + CUDA_HELPERS_THREADS - 1) / CUDA_HELPERS_THREADS;
+    size_t blocks = (n + per_block - 1) / per_block;
     if (blocks > 0x7fffffff) {
         diag_error(d, "cuda: %zu elements are too many for one conversion", n);
         return SSMC_ERR_ARG;
     }
     unsigned grid[3] = {(unsigned)blocks, 1, 1}, block[3] = {CUDA_HELPERS_THREADS, 1, 1};
     strbuf err = {0};
-    ssmc_status st = rt_cuda_launch(s->gpu, fn, grid, block, 0, (CUstream)stream, params, &err);
+    ssmc_status st = rt_cuda_launch(s->gpu, fn, grid, block, shared, (CUstream)stream, params, &err);
     return st ? fail(d, st, &err, "launching a helper kernel") : SSMC_OK;
+}
+
+/* One thread per element. */
+static ssmc_status helper_launch(cuda_state *s, CUfunction fn, size_t n, void **params, void *stream, diag *d)
+{
+    return launch_blocks(s, fn, n, CUDA_HELPERS_THREADS, 0, params, stream, d);
+}
+
+/* ssmc_sum_rows_*: cuda_sum_rows_per_block elements a block, its threads over their rows (codegen/cuda.h). */
+static ssmc_status sum_rows_launch(cuda_state *s, CUfunction fn, long long rows, size_t n, void **params, void *stream,
+                                   diag *d)
+{
+    return launch_blocks(s, fn, n, (size_t)cuda_sum_rows_per_block(rows, (int64_t)n), CUDA_HELPERS_THREADS * sizeof(float),
+                         params, stream, d);
 }
 
 static ssmc_status mem_convert(void *ctx, void *dst, ssmc_dtype dd, const void *src, ssmc_dtype sd, size_t n,
@@ -1022,7 +1039,7 @@ static ssmc_status mem_sum_rows(void *ctx, void *dst, ssmc_dtype dd, const float
     long long nr = rows, nn = (long long)n, per = 1;
     CUdeviceptr dp = (CUdeviceptr)(uintptr_t)dst, sp = (CUdeviceptr)(uintptr_t)src, none = 0;
     void *params[] = {&nr, &nn, &dp, &sp, &none, &per};
-    if (st == SSMC_OK) st = helper_launch(s, s->sum_rows[dd], n, params, stream, d);
+    if (st == SSMC_OK) st = sum_rows_launch(s, s->sum_rows[dd], nr, n, params, stream, d);
     pthread_mutex_unlock(&s->lock);
     return st;
 }

@@ -114,6 +114,7 @@ typedef struct bench_opts {
     ssmc_dim dims[BENCH_MAX_DIMS]; /* -D NAME=V: replaces dim NAME in the cases that set it */
     int ndims;
     int grad; /* time the training step (forward_train + backward) instead of the forward */
+    int64_t grad_chunk; /* --grad-chunk: ssmc_options.grad_chunk (0: the default) */
 } bench_opts;
 
 /* One allocated tensor of a case. */
@@ -268,6 +269,7 @@ static ssmc_status compile_model(bench_run *r, ssmc_model **m)
     opts.ndims = r->c->ndims;
     opts.device = r->o->device;
     opts.algo = r->o->algo;
+    opts.grad_chunk = r->o->grad_chunk;
     return ssmc_compile(r->ctx, r->c->file, r->src, r->src_len, &opts, m);
 }
 
@@ -714,8 +716,9 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench_gpu [--repo DIR] [--case NAME[,NAME...]] [--reps N] [--warmup N] [--max-case-s S]\n"
             "                 [--algo auto|recurrent|chunked|scan] [--device cuda|cpu|interp] [--grad]\n"
-            "                 [--T N | --seqlen N] [--batch N] [-D NAME=V]...\n"
+            "                 [--T N | --seqlen N] [--batch N] [-D NAME=V]... [--grad-chunk N]\n"
             "  --grad: time the training step (ssmc_forward_train_device + ssmc_backward_device; cuda only)\n"
+            "  --grad-chunk N: the steps between the training forward's checkpoints (ssmc_options.grad_chunk)\n"
             "  --T/--seqlen, --batch, -D: override the sequence cases' T, every case's batch, a dim of the\n"
             "    cases that set it (small shapes for checks without a GPU; the numbers compare with nothing)\n"
             "cases:");
@@ -780,6 +783,8 @@ int main(int argc, char **argv)
             o.T = atoll(v);
         else if (!strcmp(a, "--batch"))
             o.batch = atoll(v);
+        else if (!strcmp(a, "--grad-chunk"))
+            o.grad_chunk = atoll(v);
         else if (!strcmp(a, "-D")) {
             if (!parse_dim(&o, v)) {
                 fprintf(stderr, "bench_gpu: -D %s: expected NAME=V with V >= 1 (at most %d)\n", v, BENCH_MAX_DIMS);

@@ -23,7 +23,7 @@
 #define __shared__
 #define __constant__
 struct emu_dim3 { unsigned x, y, z; };
-static thread_local emu_dim3 threadIdx, blockIdx;
+static thread_local emu_dim3 threadIdx, blockIdx, gridDim;
 float ssmc_smem[1 << 20];
 static pthread_barrier_t emu_block_barrier, emu_warp_barrier[32];
 static float emu_exchange[32][32];
@@ -138,6 +138,7 @@ template <class F> static void emu_blocks(long long blocks, int threads, const F
     for (int i = 0; i < threads; i++)
         th.emplace_back([=, &body] {
             threadIdx.x = (unsigned)i;
+            gridDim.x = (unsigned)blocks;
             for (long long b = 0; b < blocks; b++) {
                 if (i == 0)
                     for (size_t k = 0; k < sizeof ssmc_smem / sizeof *ssmc_smem; k++) ssmc_smem[k] = NAN; /* garbage */
