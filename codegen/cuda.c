@@ -1614,6 +1614,13 @@ void cuda_helper_name(strbuf *out, bool sum_rows, ssmc_dtype dst, ssmc_dtype src
         sb_printf(out, "ssmc_convert_%s_%s", dtype_names[dst], dtype_names[src]);
 }
 
+static int ilog2(int x)
+{
+    int k = 0;
+    while ((1 << (k + 1)) <= x) k++;
+    return k;
+}
+
 int cuda_sum_rows_per_block(int64_t rows, int64_t n)
 {
     return rows >= 64 && n <= 8192 ? 32 : CUDA_HELPERS_THREADS;
@@ -1641,9 +1648,11 @@ void cuda_emit_helpers(strbuf *out)
         sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src,\n"
                        "    const int *__restrict__ pool_rows, long long per_seq)\n{\n", dc);
         sb_puts(out, "    extern __shared__ float ssmc_smem[];\n");
-        sb_puts(out, "    const long long per = (n + gridDim.x - 1) / gridDim.x; /* elements a block */\n");
-        sb_printf(out, "    const int groups = %d / (int)per, g = threadIdx.x / (int)per;\n", CUDA_HELPERS_THREADS);
-        sb_puts(out, "    const long long i = (long long)blockIdx.x * per + threadIdx.x % per;\n");
+        /* elements a block: 32 or CUDA_HELPERS_THREADS (cuda_sum_rows_per_block), told apart by the grid,
+         * whose blocks cover n either way; shifts and masks, no division */
+        sb_printf(out, "    const int sh = n > 32LL * gridDim.x ? %d : 5, per = 1 << sh;\n", ilog2(CUDA_HELPERS_THREADS));
+        sb_printf(out, "    const int groups = %d >> sh, g = (int)threadIdx.x >> sh;\n", CUDA_HELPERS_THREADS);
+        sb_puts(out, "    const long long i = (long long)blockIdx.x * per + ((int)threadIdx.x & (per - 1));\n");
         sb_puts(out, "    float acc = 0.f;\n");
         sb_puts(out, "    if (i < n && g < groups)\n");
         sb_puts(out, "        for (long long r = g; r < rows; r += groups) acc += src[r * n + i];\n");

@@ -95,14 +95,14 @@ void cuda_prelude(strbuf *out);
  * writes dst[e] = the sum over r of src[r * n + e], r in order (the params'
  * batch sums; split reductions' tiles), skipping e when pool_rows is not NULL
  * and pool_rows[e / per_seq] < 0 (a decode's padding slot); dtype names as in support/dtype.h (f32, f16, bf16, f64).
- * CUDA_HELPERS_THREADS threads a block, one per element, but ssmc_sum_rows_*: a
- * block of it takes P = ceil(n / gridDim.x) elements (P <= CUDA_HELPERS_THREADS),
- * its threads in CUDA_HELPERS_THREADS / P groups that sum rows g, g + groups, ..
- * of each, then one thread adds the groups' sums in order (deterministic), with
- * CUDA_HELPERS_THREADS floats of dynamic shared memory; its grid is
- * ceil(n / cuda_sum_rows_per_block(rows, n)) blocks: 32 elements a block where
- * the rows are many and the elements few (a param's sums over the batch and the
- * steps), else CUDA_HELPERS_THREADS. */
+ * CUDA_HELPERS_THREADS threads a block, one per element, but ssmc_sum_rows_*:
+ * its grid is ceil(n / P) blocks, P = cuda_sum_rows_per_block(rows, n): 32
+ * elements a block where the rows are many and the elements few (a param's sums
+ * over the batch and the steps), else CUDA_HELPERS_THREADS (P = 32 exactly when
+ * n <= 32 gridDim.x); a block's threads are CUDA_HELPERS_THREADS / P groups that
+ * sum rows g, g + groups, .. of each element, then one thread adds the groups'
+ * sums in order (deterministic), with CUDA_HELPERS_THREADS floats of dynamic
+ * shared memory. */
 #define CUDA_HELPERS_PROGRAM "ssmc_helpers.cu"
 #define CUDA_HELPERS_THREADS 256
 int cuda_sum_rows_per_block(int64_t rows, int64_t n);
