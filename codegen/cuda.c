@@ -116,6 +116,10 @@ static const char *const prelude[] = {
     "struct ssmc_bf16 { unsigned short bits; };\n",
     "struct ssmc_f16 { unsigned short bits; };\n",
     "#define SSMC_NEG_INF __int_as_float(0xff800000)\n",
+    "/* the block's dynamic shared memory, declared in a kernel (the emulator, tests/gpu/emu, defines its own) */\n",
+    "#ifndef SSMC_DYN_SMEM\n",
+    "#define SSMC_DYN_SMEM extern __shared__ float ssmc_smem[]\n",
+    "#endif\n",
     "__device__ __forceinline__ int ssmc_imin(int a, int b) { return a < b ? a : b; }\n",
     "__device__ __forceinline__ float ssmc_bf16_f32(unsigned short b) { return __uint_as_float((unsigned)b << 16); }\n",
     "__device__ __forceinline__ unsigned short ssmc_f32_bf16(float f)\n",
@@ -1360,7 +1364,7 @@ static void prologue(em *e)
         if (any) line(e, "const bool fresh = ssmc_has && !ssmc_has[bat];");
     }
     bool any_smem = p->local_floats > 0;
-    if (any_smem) line(e, "extern __shared__ float ssmc_smem[];");
+    if (any_smem) line(e, "SSMC_DYN_SMEM;");
     for (uint32_t i = 0; i < m->ntensors; i++) {
         const ir_tensor *t = &m->tensors[i];
         if (t->kind == IR_LET || t->kind == IR_PARAM || !e->sig->present[i]) continue;
@@ -1647,7 +1651,7 @@ void cuda_emit_helpers(strbuf *out)
         cuda_helper_name(out, true, (ssmc_dtype)d, SSMC_F32);
         sb_printf(out, "(long long rows, long long n, %s *__restrict__ dst, const float *__restrict__ src,\n"
                        "    const int *__restrict__ pool_rows, long long per_seq)\n{\n", dc);
-        sb_puts(out, "    extern __shared__ float ssmc_smem[];\n");
+        sb_puts(out, "    SSMC_DYN_SMEM;\n");
         /* elements a block: 32 or CUDA_HELPERS_THREADS (cuda_sum_rows_per_block), told apart by the grid,
          * whose blocks cover n either way; shifts and masks, no division */
         sb_printf(out, "    const int sh = n > 32LL * gridDim.x ? %d : 5, per = 1 << sh;\n", ilog2(CUDA_HELPERS_THREADS));

@@ -95,7 +95,8 @@ static void model_close(model *md)
     free(md->text);
 }
 
-typedef int (*launch_fn)(long long, int, long long, long long, float *, void **);
+/* blocks, threads, dynamic shared bytes, then the kernel's B, T, workspace and parameters */
+typedef int (*launch_fn)(long long, int, unsigned, long long, long long, float *, void **);
 
 /* Compiles the kernel with the emulation header; returns the library. */
 /* The kernel plan for the CUDA target (tune may be NULL). */
@@ -180,7 +181,7 @@ static void run_chunk_core(const char *src, const ir_model *m, const plan_chunk_
     memset(ws, 0xff, wsb); /* NaN in f32 and bf16 */
     for (int p = 0; p < CUDA_CHUNK_PASSES; p++) {
         cuda_launch l = cuda_chunk_launch(c, B, T, p);
-        assert_int_equal(pass[p](l.blocks, (int)l.threads, B, T, ws, ptrs), 0);
+        assert_int_equal(pass[p](l.blocks, (int)l.threads, l.shared_bytes, B, T, ws, ptrs), 0);
     }
     free(ws);
     dlclose(lib);
@@ -336,7 +337,7 @@ static void emu_case_full(const model *md, const plan_tune *tune, ssmc_dtype dt,
     }
     cuda_launch l = cuda_launch_of(plan, B);
     float *ws = emu_workspace_of(plan, B, T);
-    launch(l.blocks, (int)l.threads, B, T, ws, ptrs);
+    launch(l.blocks, (int)l.threads, l.shared_bytes, B, T, ws, ptrs);
     emu_finish_partials(plan, B, T, ws, buf, dt, r ? r->index : NULL);
     for (uint32_t i = 0; i < nt; i++)
         data[i] = m->tensors[i].kind == IR_LET || (m->tensors[i].kind == IR_STATE && !init && !final_only) ? NULL : ref[i];
@@ -982,7 +983,7 @@ static void chunk_bwd_case(const char *what, const char *src, size_t len, const 
         void *h = buildn(sb_cstr(&cu), names, npass, launch);
         for (int p = 0; p < npass; p++) {
             cuda_launch l = cuda_chunk_bwd_launch(c, B, T, p);
-            assert_int_equal(launch[p](l.blocks, (int)l.threads, B, T, ws, ptrs), 0);
+            assert_int_equal(launch[p](l.blocks, (int)l.threads, l.shared_bytes, B, T, ws, ptrs), 0);
         }
         printf("# backward %s core %d: %d pass%s\n", what, ci, npass, npass > 1 ? "es" : "");
         static const char *const onames[] = {"dq0", "dq1", "dq2", "dq3"};
@@ -1121,7 +1122,7 @@ static ssmc_status emu_part_run(void *state, int64_t batch, int64_t T, const bac
     cuda_launch l = cuda_launch_of(e->p, batch);
     float *ws = emu_workspace_of(e->p, batch, T);
     assert_int_equal(e->p->part_floats, 0); /* the chunked parts have no states: no split reductions */
-    assert_int_equal(launch(l.blocks, (int)l.threads, batch, T, ws, ptrs), 0);
+    assert_int_equal(launch(l.blocks, (int)l.threads, l.shared_bytes, batch, T, ws, ptrs), 0);
     dlclose(lib);
     free(ws);
     sb_free(&src);

@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -24,7 +26,12 @@
 #define __constant__
 struct emu_dim3 { unsigned x, y, z; };
 static thread_local emu_dim3 threadIdx, blockIdx, gridDim;
-float ssmc_smem[1 << 20];
+/* A launch's dynamic shared memory: its bytes (rounded up to 16) end where a
+ * page that may not be read or written begins, so a kernel that reads past what
+ * its launch gave it faults here as on a GPU (which compute-sanitizer reports) */
+static float *emu_smem_base;
+static size_t emu_smem_bytes;
+#define SSMC_DYN_SMEM float *const ssmc_smem = emu_smem_base
 static pthread_barrier_t emu_block_barrier, emu_warp_barrier[32];
 static float emu_exchange[32][32];
 static inline void __syncthreads() { pthread_barrier_wait(&emu_block_barrier); }
@@ -126,11 +133,27 @@ template <class T> static inline T __ldg(const T *p)
 #else
 #ifndef EMU_TAIL_DONE
 #define EMU_TAIL_DONE
+/* The launch's `shared` bytes of dynamic shared memory, ending at a guard page. */
+static void emu_smem_map(size_t shared, void **map, size_t *len)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), bytes = (shared + 15) / 16 * 16, data = (bytes + page - 1) / page * page;
+    *len = data + page;
+    *map = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (*map == MAP_FAILED || mprotect((char *)*map + data, page, PROT_NONE) != 0) {
+        fprintf(stderr, "cuda_emu: cannot map %zu bytes of shared memory\n", shared);
+        abort();
+    }
+    emu_smem_base = (float *)((char *)*map + data - bytes);
+    emu_smem_bytes = bytes;
+}
 /* Runs `body` on every thread of every block, one block after another: one
  * host thread per CUDA thread for the whole launch, which walks the blocks in
- * order; shared memory is garbage (NaN) at each block's start. */
-template <class F> static void emu_blocks(long long blocks, int threads, const F &body)
+ * order; shared memory (`shared` bytes) is garbage (NaN) at each block's start. */
+template <class F> static void emu_blocks(long long blocks, int threads, unsigned shared, const F &body)
 {
+    void *map;
+    size_t len;
+    emu_smem_map(shared, &map, &len);
     pthread_barrier_init(&emu_block_barrier, NULL, (unsigned)threads);
     for (int w = 0; w * 32 < threads; w++)
         pthread_barrier_init(&emu_warp_barrier[w], NULL, (unsigned)(threads - w * 32 < 32 ? threads - w * 32 : 32));
@@ -141,7 +164,7 @@ template <class F> static void emu_blocks(long long blocks, int threads, const F
             gridDim.x = (unsigned)blocks;
             for (long long b = 0; b < blocks; b++) {
                 if (i == 0)
-                    for (size_t k = 0; k < sizeof ssmc_smem / sizeof *ssmc_smem; k++) ssmc_smem[k] = NAN; /* garbage */
+                    for (size_t k = 0; k < emu_smem_bytes / sizeof(float); k++) emu_smem_base[k] = NAN; /* garbage */
                 pthread_barrier_wait(&emu_block_barrier); /* the block's start */
                 blockIdx.x = (unsigned)b;
                 body();
@@ -149,6 +172,7 @@ template <class F> static void emu_blocks(long long blocks, int threads, const F
             }
         });
     for (auto &x : th) x.join();
+    munmap(map, len);
     pthread_barrier_destroy(&emu_block_barrier);
     for (int w = 0; w * 32 < threads; w++) pthread_barrier_destroy(&emu_warp_barrier[w]);
 }
@@ -171,32 +195,32 @@ static void emu_params_idx(void (*f)(P...), void **params, std::index_sequence<I
 {
     f(*(P *)params[I]...);
 }
-template <class... P> static int emu_run(void (*f)(P...), long long blocks, int threads, void **params)
+template <class... P> static int emu_run(void (*f)(P...), long long blocks, int threads, unsigned shared, void **params)
 {
-    emu_blocks(blocks, threads, [=] { emu_params_idx(f, params, std::index_sequence_for<P...>{}); });
+    emu_blocks(blocks, threads, shared, [=] { emu_params_idx(f, params, std::index_sequence_for<P...>{}); });
     return 0;
 }
 #endif
 #ifdef EMU_KERNEL
-extern "C" int emu_launch(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+extern "C" int emu_launch(long long blocks, int threads, unsigned shared, long long B, long long T, float *ws, void **ptrs)
 {
-    emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL, B, T, ws, ptrs); });
+    emu_blocks(blocks, threads, shared, [=] { emu_call(EMU_KERNEL, B, T, ws, ptrs); });
     return 0;
 }
 #endif
 #ifdef EMU_KERNEL2
 /* a second kernel of the same source and signature (a chunked core's second pass) */
-extern "C" int emu_launch2(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+extern "C" int emu_launch2(long long blocks, int threads, unsigned shared, long long B, long long T, float *ws, void **ptrs)
 {
-    emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL2, B, T, ws, ptrs); });
+    emu_blocks(blocks, threads, shared, [=] { emu_call(EMU_KERNEL2, B, T, ws, ptrs); });
     return 0;
 }
 #endif
 #ifdef EMU_KERNEL3
 /* a third (a chunked core backward's third pass) */
-extern "C" int emu_launch3(long long blocks, int threads, long long B, long long T, float *ws, void **ptrs)
+extern "C" int emu_launch3(long long blocks, int threads, unsigned shared, long long B, long long T, float *ws, void **ptrs)
 {
-    emu_blocks(blocks, threads, [=] { emu_call(EMU_KERNEL3, B, T, ws, ptrs); });
+    emu_blocks(blocks, threads, shared, [=] { emu_call(EMU_KERNEL3, B, T, ws, ptrs); });
     return 0;
 }
 #endif

@@ -143,15 +143,15 @@ CUresult cuModuleGetFunction(void **f, void *mod, const char *name)
 }
 CUresult cuModuleGetGlobal_v2(CUdeviceptr *, size_t *, void *, const char *) { return 500; }
 CUresult cuFuncSetAttribute(void *, int, int) { return 0; }
-CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned,
-                        void *, void **params, void **)
+CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shared, void *, void **params, void **)
 {
     if (gy != 1 || gz != 1 || by != 1 || bz != 1 || bx > 1024) return 1;
-    typedef int (*entry)(long long, int, void **);
+    typedef int (*entry)(long long, int, unsigned, void **);
     entry e;
     memcpy(&e, &f, sizeof e);
     auto t0 = std::chrono::steady_clock::now();
-    int r = e(gx, (int)bx, params);
+    int r = e(gx, (int)bx, shared, params);
     if (getenv("SSMC_EMU_VERBOSE"))
         fprintf(stderr, "fake_cuda: launch %u x %u in %.3f s\n", gx, bx,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -223,7 +223,7 @@ int nvrtcCompileProgram(emu_prog *p, int, const char *const *)
     fprintf(f, "#include \"%s\"\n#line 1 \"%s\"\n%s\n#define EMU_TAIL\n#include \"%s\"\n",
             access(pch.c_str(), R_OK) == 0 ? pch.c_str() : header.c_str(), p->name.c_str(), p->src.c_str(), header.c_str());
     for (const std::string &k : kernels(p->src))
-        fprintf(f, "extern \"C\" int emu_entry_%s(long long b, int t, void **p) { return emu_run(%s, b, t, p); }\n",
+        fprintf(f, "extern \"C\" int emu_entry_%s(long long b, int t, unsigned s, void **p) { return emu_run(%s, b, t, s, p); }\n",
                 k.c_str(), k.c_str());
     fclose(f);
     std::string cmd = std::string(env_or("CXX", "c++")) + " -std=c++17 -O1 -shared -fPIC -w -o " + so + " " + cpp +
