@@ -1060,6 +1060,11 @@ static void test_chunk_cores_backward(void **state)
     chunk_bwd_file("examples/mamba.ssm", (ssmc_dim[]){{"E", 3}, {"N", 12}}, 2, 2, 70, 64, true, false);
     chunk_bwd_file("examples/gla.ssm", small, 3, 1, 150, 64, false, true); /* strong decays */
     chunk_bwd_file("examples/rwkv6.ssm", (ssmc_dim[]){{"H", 1}, {"K", 16}, {"V", 8}}, 3, 2, 45, 32, true, true);
+    /* a long run, T = 65,536 at tiny dims (1,024 chunks): the reverse pass carries dH over all of them;
+     * finite and within tolerance, with a decay per head and per key (strong decays) */
+    chunk_bwd_file("examples/fla_simple_gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 8}, {"V", 8}}, 3, 1, 65536, 64, true,
+                   false);
+    chunk_bwd_file("examples/gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 8}, {"V", 8}}, 3, 1, 65536, 64, true, true);
     /* K = 256 at C = 64: the three-pass form's gradient block would pass an SM's shared memory, so the one
      * kernel runs (as with the delta rule above) */
     chunk_bwd_file("examples/gla.ssm", (ssmc_dim[]){{"H", 1}, {"K", 256}, {"V", 8}}, 3, 1, 70, 64, true, false);
