@@ -307,6 +307,36 @@ static void core_free(void *ctx, void *core)
     free(k);
 }
 
+/* One pass of a chunked core's kernels (forward or backward): (B, T, the workspace, then the n pointers
+ * ptr) over the pass's launch l, on `stream`; `what` names it in a failure. */
+static ssmc_status launch_core_pass(cuda_state *s, CUfunction fn, cuda_launch l, int64_t batch, int64_t T, CUdeviceptr ws,
+                                    const CUdeviceptr *ptr, int n, void *stream, const char *what, diag *d)
+{
+    if (l.blocks > 0x7fffffff) {
+        diag_error(d, "cuda: %s of a batch of %lld and %lld steps needs too many blocks", what, (long long)batch,
+                   (long long)T);
+        return SSMC_ERR_ARG;
+    }
+    long long B = batch, TT = T;
+    void *params[3 * PASS_MAX_READOUTS + 16];
+    int np = 0;
+    params[np++] = &B;
+    params[np++] = &TT;
+    params[np++] = &ws;
+    for (int i = 0; i < n; i++) params[np++] = (void *)&ptr[i];
+    unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
+    strbuf err = {0};
+    ssmc_status st = rt_cuda_launch(s->gpu, fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err);
+    if (st != SSMC_OK) {
+        strbuf msg = {0};
+        sb_printf(&msg, "launching %s", what);
+        fail(d, st, &err, sb_cstr(&msg));
+        sb_free(&msg);
+    }
+    sb_free(&err);
+    return st;
+}
+
 static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, const chunk_core_io *io, void *stream, diag *d)
 {
     cuda_core *k = core;
@@ -334,34 +364,20 @@ static ssmc_status core_run(void *ctx, void *core, int64_t batch, int64_t T, con
     if (st == SSMC_OK)
         st = grow_buffer(s, &s->kws, &s->kws_cap, cuda_chunk_ws_bytes(c, batch, T),
                          "allocating the chunked kernel's workspace", d);
-    for (int pass = 0; st == SSMC_OK && pass < CUDA_CHUNK_PASSES; pass++) {
-        cuda_launch l = cuda_chunk_launch(c, batch, T, pass);
-        if (l.blocks > 0x7fffffff) {
-            diag_error(d, "cuda: the chunked kernel of a batch of %lld and %lld steps needs too many blocks",
-                       (long long)batch, (long long)T);
-            st = SSMC_ERR_ARG;
-            break;
-        }
-        long long B = batch, TT = T;
-        CUdeviceptr ws = s->kws, ptr[2 * PASS_MAX_READOUTS + 8];
-        void *params[2 * PASS_MAX_READOUTS + 12];
-        int np = 0, n = 0;
-        params[np++] = &B;
-        params[np++] = &TT;
-        params[np++] = &ws;
-        for (int r = 0; r < c->nreadouts; r++) ptr[n++] = (CUdeviceptr)(uintptr_t)io->q[r];
-        ptr[n++] = (CUdeviceptr)(uintptr_t)io->k;
-        ptr[n++] = (CUdeviceptr)(uintptr_t)io->v;
-        ptr[n++] = (CUdeviceptr)(uintptr_t)io->g;
-        ptr[n++] = (CUdeviceptr)(uintptr_t)io->beta;
-        for (int r = 0; r < c->nreadouts; r++) ptr[n++] = (CUdeviceptr)(uintptr_t)io->r[r];
-        ptr[n++] = (CUdeviceptr)(uintptr_t)io->state;
-        for (int i = 0; i < n; i++) params[np++] = &ptr[i];
-        unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
-        CUfunction fn = pass == 0 ? kn->fn : k->readouts[given][sdt];
-        if ((st = rt_cuda_launch(s->gpu, fn, grid, block, l.shared_bytes, (CUstream)stream, params, &err)) != SSMC_OK)
-            fail(d, st, &err, pass == 0 ? "launching the chunked kernel's state pass" : "launching the chunked kernel's readout pass");
-    }
+    /* the kernels' parameters after B, T and the workspace (codegen/cuda_chunk.h) */
+    CUdeviceptr ptr[2 * PASS_MAX_READOUTS + 8];
+    int n = 0;
+    for (int r = 0; r < c->nreadouts; r++) ptr[n++] = (CUdeviceptr)(uintptr_t)io->q[r];
+    ptr[n++] = (CUdeviceptr)(uintptr_t)io->k;
+    ptr[n++] = (CUdeviceptr)(uintptr_t)io->v;
+    ptr[n++] = (CUdeviceptr)(uintptr_t)io->g;
+    ptr[n++] = (CUdeviceptr)(uintptr_t)io->beta;
+    for (int r = 0; r < c->nreadouts; r++) ptr[n++] = (CUdeviceptr)(uintptr_t)io->r[r];
+    ptr[n++] = (CUdeviceptr)(uintptr_t)io->state;
+    for (int pass = 0; st == SSMC_OK && pass < CUDA_CHUNK_PASSES; pass++)
+        st = launch_core_pass(s, pass == 0 ? kn->fn : k->readouts[given][sdt], cuda_chunk_launch(c, batch, T, pass), batch,
+                              T, s->kws, ptr, n, stream,
+                              pass == 0 ? "the chunked kernel's state pass" : "the chunked kernel's readout pass", d);
     pthread_mutex_unlock(&s->lock);
     sb_free(&src);
     sb_free(&name);
@@ -501,39 +517,21 @@ static ssmc_status core_backward(void *ctx, void *core, int64_t batch, int64_t T
             }
         }
     }
-    for (int pass = 0; st == SSMC_OK && pass < npass; pass++) {
-        cuda_launch l = cuda_chunk_bwd_launch(c, batch, T, pass);
-        if (l.blocks > 0x7fffffff) {
-            diag_error(d, "cuda: the chunked core's backward of a batch of %lld and %lld steps needs too many blocks",
-                       (long long)batch, (long long)T);
-            st = SSMC_ERR_ARG;
-            break;
-        }
-        /* the kernel's parameters (codegen/cuda_chunk_bwd.c): B, T, the workspace, the operands, the readouts'
-         * cotangents, the state and its cotangent, the operands' gradients */
-        int nr = c->nreadouts, n = 0;
-        CUdeviceptr ptr[3 * PASS_MAX_READOUTS + 12];
+    /* the kernels' parameters after B, T and the workspace (codegen/cuda_chunk_bwd.c): the operands, the
+     * readouts' cotangents, the state and its cotangent, the operands' gradients */
+    int nr = c->nreadouts, n = 0;
+    CUdeviceptr ptr[3 * PASS_MAX_READOUTS + 12];
 #define P(x) (ptr[n++] = (CUdeviceptr)(uintptr_t)(x))
-        for (int r = 0; r < nr; r++) P(io->q[r]);
-        P(io->k), P(io->v), P(io->g), P(io->beta);
-        for (int r = 0; r < nr; r++) P(io->dr[r]);
-        P(io->state), P(io->dstate);
-        for (int r = 0; r < nr; r++) P(io->dq[r]);
-        P(io->dk), P(io->dv), P(io->dg), P(io->dbeta), P(io->dw);
+    for (int r = 0; r < nr; r++) P(io->q[r]);
+    P(io->k), P(io->v), P(io->g), P(io->beta);
+    for (int r = 0; r < nr; r++) P(io->dr[r]);
+    P(io->state), P(io->dstate);
+    for (int r = 0; r < nr; r++) P(io->dq[r]);
+    P(io->dk), P(io->dv), P(io->dg), P(io->dbeta), P(io->dw);
 #undef P
-        long long B = batch, TT = T;
-        CUdeviceptr ws = (CUdeviceptr)(uintptr_t)io->work;
-        void *params[3 * PASS_MAX_READOUTS + 16];
-        int np = 0;
-        params[np++] = &B;
-        params[np++] = &TT;
-        params[np++] = &ws;
-        for (int i = 0; i < n; i++) params[np++] = &ptr[i];
-        unsigned grid[3] = {(unsigned)l.blocks, 1, 1}, block[3] = {l.threads, 1, 1};
-        if ((st = rt_cuda_launch(s->gpu, k->bpass[pass], grid, block, l.shared_bytes, (CUstream)stream, params, &err)) !=
-            SSMC_OK)
-            fail(d, st, &err, "launching the chunked core's backward kernel");
-    }
+    for (int pass = 0; st == SSMC_OK && pass < npass; pass++)
+        st = launch_core_pass(s, k->bpass[pass], cuda_chunk_bwd_launch(c, batch, T, pass), batch, T,
+                              (CUdeviceptr)(uintptr_t)io->work, ptr, n, stream, "the chunked core's backward kernel", d);
     pthread_mutex_unlock(&s->lock);
     sb_free(&src);
     sb_free(&name);
